@@ -1,0 +1,24 @@
+//! Shared state of a running emulator: the org, sessions, limits, fault injection and Bulk jobs.
+//! Cheap to clone (every field is an `Arc`).
+
+use std::sync::Arc;
+
+use sfsync_org::Org;
+
+use crate::auth::Auth;
+use crate::bulk::BulkJobs;
+use crate::config::EmulatorConfig;
+use crate::faults::Faults;
+use crate::limits::Limits;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub org: Arc<Org>,
+    pub auth: Arc<Auth>,
+    pub limits: Arc<Limits>,
+    pub faults: Arc<Faults>,
+    pub bulk: Arc<BulkJobs>,
+    pub config: Arc<EmulatorConfig>,
+    /// `https://127.0.0.1:8443` — what `instance_url` and `serverUrl` point at (no path).
+    pub base_url: Arc<str>,
+}
