@@ -1,0 +1,821 @@
+//! The HTTP core every Salesforce call goes through.
+//!
+//! Guarantees: each request carries a Bearer token from the [`TokenSource`]; a 401
+//! `INVALID_SESSION_ID` answer causes one re-authentication (shared by concurrent callers) and
+//! exactly one retry of that request; 403 `REQUEST_LIMIT_EXCEEDED` never causes a re-login. Every
+//! response's `Sforce-Limit-Info` header updates the shared [`ApiUsage`], which callers read or
+//! watch. Errors name the method and path and carry the class from the one error-code table.
+//! Automatic retries (exponential backoff with jitter, bounded) apply only to idempotent requests
+//! and only to errors of class `Retry`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sfsync_core::ErrorClass;
+
+use crate::auth::{AccessToken, Credentials, TokenSource};
+use crate::error::{parse_error_body, snippet, Result, SalesforceError};
+
+/// Default REST API version.
+pub const DEFAULT_API_VERSION: &str = "66.0";
+
+/// Client settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// Base URL for API calls. `None` uses the `instance_url` of the token response.
+    pub instance_url: Option<String>,
+    /// API version without the `v`, e.g. `66.0`.
+    pub api_version: String,
+    /// Extra trusted CA certificates (PEM file), added to the platform roots. The emulator writes
+    /// `DIR/ca.pem`.
+    pub ca_pem: Option<PathBuf>,
+    /// Sent as `Sforce-Call-Options: client=<value>` so our own writes can be recognised in CDC.
+    pub call_options_client: Option<String>,
+    pub connect_timeout_secs: u64,
+    /// Whole-request timeout for ordinary calls (Salesforce's own limit is 10 min).
+    pub request_timeout_secs: u64,
+    pub user_agent: String,
+    /// Retry policy for idempotent calls on `Retry`-class errors.
+    pub retry: RetryPolicy,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            instance_url: None,
+            api_version: DEFAULT_API_VERSION.to_string(),
+            ca_pem: None,
+            call_options_client: None,
+            connect_timeout_secs: 10,
+            request_timeout_secs: 600,
+            user_agent: format!("sfsync/{}", env!("CARGO_PKG_VERSION")),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+impl ClientConfig {
+    /// Settings for a base URL and an optional extra CA file.
+    pub fn new(instance_url: impl Into<String>, ca_pem: Option<PathBuf>) -> Self {
+        ClientConfig {
+            instance_url: Some(instance_url.into()),
+            ca_pem,
+            ..ClientConfig::default()
+        }
+    }
+}
+
+/// Exponential backoff with full jitter, bounded in attempts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryPolicy {
+    /// Total attempts including the first; 1 disables retries.
+    pub max_attempts: u32,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub multiplier: f64,
+    /// Randomise each wait in `[wait/2, wait]`.
+    pub jitter: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 4,
+            initial_backoff_ms: 250,
+            max_backoff_ms: 10_000,
+            multiplier: 2.0,
+            jitter: true,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// No retries.
+    pub fn none() -> Self {
+        RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        }
+    }
+
+    /// Wait before retry number `retry` (1-based).
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let exp = self
+            .multiplier
+            .max(1.0)
+            .powi(retry.saturating_sub(1).min(60) as i32);
+        let base = (self.initial_backoff_ms as f64 * exp).min(self.max_backoff_ms as f64);
+        let ms = if self.jitter {
+            base * (0.5 + rand::random::<f64>() * 0.5)
+        } else {
+            base
+        };
+        Duration::from_millis(ms.max(0.0) as u64)
+    }
+
+    /// Runs `op` until it succeeds, fails with a non-`Retry` error, or attempts run out.
+    pub async fn run<T, F, Fut>(&self, mut op: F) -> Result<T>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match op(attempt).await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.class() == ErrorClass::Retry && attempt < self.max_attempts.max(1) => {
+                    let wait = self.backoff(attempt);
+                    tracing::warn!(attempt, wait_ms = wait.as_millis() as u64, error = %e.report(), "Retrying a Salesforce call after a transient error.");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// API request usage reported by `Sforce-Limit-Info`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiUsage {
+    pub used: u64,
+    pub max: u64,
+    /// `per-app-api-usage`, when the connected app has its own allocation.
+    pub per_app: Option<PerAppUsage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PerAppUsage {
+    pub used: u64,
+    pub max: u64,
+    pub app_name: String,
+}
+
+impl ApiUsage {
+    /// Requests left in the org-wide allocation.
+    pub fn remaining(&self) -> u64 {
+        self.max.saturating_sub(self.used)
+    }
+}
+
+/// Parses `api-usage=18/5000[; per-app-api-usage=17/250(appName=x)]`. Unknown parts are ignored;
+/// returns None when `api-usage` is absent or malformed.
+pub fn parse_limit_info(header: &str) -> Option<ApiUsage> {
+    fn ratio(s: &str) -> Option<(u64, u64)> {
+        let (a, b) = s.trim().split_once('/')?;
+        Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+    }
+    let mut usage: Option<(u64, u64)> = None;
+    let mut per_app = None;
+    for part in header.split([';', ',']) {
+        let Some((key, value)) = part.split_once('=') else {
+            continue;
+        };
+        match key.trim().to_ascii_lowercase().as_str() {
+            "api-usage" => usage = ratio(value),
+            "per-app-api-usage" => {
+                // Value is `17/250(appName=x)`; the split on '=' cut at the first one only.
+                let (nums, rest) = match value.find('(') {
+                    Some(i) => (&value[..i], &value[i + 1..]),
+                    None => (value, ""),
+                };
+                if let Some((used, max)) = ratio(nums) {
+                    let name = rest
+                        .trim_end()
+                        .trim_end_matches(')')
+                        .split_once('=')
+                        .map(|(_, n)| n.trim().to_string())
+                        .unwrap_or_default();
+                    per_app = Some(PerAppUsage {
+                        used,
+                        max,
+                        app_name: name,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    let (used, max) = usage?;
+    Some(ApiUsage { used, max, per_app })
+}
+
+/// One entry of `GET /limits`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitValue {
+    pub max: i64,
+    pub remaining: i64,
+    /// Per connected-app sub-limits, by app name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub per_app: BTreeMap<String, LimitValue>,
+}
+
+impl LimitValue {
+    pub fn used(&self) -> i64 {
+        self.max - self.remaining
+    }
+}
+
+/// The `GET /limits` resource, by limit name (`DailyApiRequests`, `DailyBulkV2QueryJobs`, …).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits(pub BTreeMap<String, LimitValue>);
+
+impl Limits {
+    pub fn get(&self, name: &str) -> Option<&LimitValue> {
+        self.0.get(name)
+    }
+
+    /// Parses the JSON object `{"Name": {"Max": n, "Remaining": n, "<App>": {…}}}`. Entries
+    /// without `Max`/`Remaining` are skipped.
+    pub fn from_json(v: &serde_json::Value) -> Option<Limits> {
+        fn entry(v: &serde_json::Value) -> Option<LimitValue> {
+            let o = v.as_object()?;
+            let max = o.get("Max")?.as_i64()?;
+            let remaining = o.get("Remaining")?.as_i64()?;
+            let per_app = o
+                .iter()
+                .filter(|(k, _)| *k != "Max" && *k != "Remaining")
+                .filter_map(|(k, v)| entry(v).map(|e| (k.clone(), e)))
+                .collect();
+            Some(LimitValue {
+                max,
+                remaining,
+                per_app,
+            })
+        }
+        let o = v.as_object()?;
+        Some(Limits(
+            o.iter()
+                .filter_map(|(k, v)| entry(v).map(|e| (k.clone(), e)))
+                .collect(),
+        ))
+    }
+}
+
+/// A request body.
+#[derive(Debug, Clone, Default)]
+pub enum Body {
+    #[default]
+    Empty,
+    /// Serialized JSON.
+    Json(Bytes),
+    /// CSV (Bulk uploads).
+    Csv(Bytes),
+}
+
+impl Body {
+    /// Serializes `v` as JSON.
+    pub fn json<T: Serialize + ?Sized>(v: &T) -> Result<Body> {
+        serde_json::to_vec(v)
+            .map(|b| Body::Json(Bytes::from(b)))
+            .map_err(|e| SalesforceError::invalid("request body", format!("cannot serialize: {e}")))
+    }
+}
+
+/// A request relative to the instance.
+#[derive(Debug, Clone)]
+pub struct ApiRequest {
+    pub method: Method,
+    /// Path from the host (`/services/data/v66.0/...`), or a full `http(s)://` URL.
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Body,
+    /// Whether the request may be repeated safely (enables automatic retries).
+    pub idempotent: bool,
+    /// Overrides the client's request timeout (e.g. long result downloads).
+    pub timeout: Option<Duration>,
+}
+
+impl ApiRequest {
+    pub fn new(method: Method, path: impl Into<String>) -> Self {
+        let idempotent = matches!(method, Method::GET | Method::HEAD | Method::DELETE);
+        ApiRequest {
+            method,
+            path: path.into(),
+            query: Vec::new(),
+            headers: Vec::new(),
+            body: Body::Empty,
+            idempotent,
+            timeout: None,
+        }
+    }
+
+    pub fn query(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.query.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    pub fn body(mut self, body: Body) -> Self {
+        self.body = body;
+        self
+    }
+
+    pub fn idempotent(mut self, yes: bool) -> Self {
+        self.idempotent = yes;
+        self
+    }
+
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+
+    /// The path without query string, for error messages.
+    fn place(&self) -> String {
+        self.path.split('?').next().unwrap_or("").to_string()
+    }
+}
+
+/// A successful response: status, headers and a body still to be read.
+pub struct ApiResponse {
+    pub method: Method,
+    pub path: String,
+    pub response: reqwest::Response,
+}
+
+impl ApiResponse {
+    pub fn status(&self) -> StatusCode {
+        self.response.status()
+    }
+
+    pub fn headers(&self) -> &HeaderMap {
+        self.response.headers()
+    }
+
+    /// A header as text.
+    pub fn header_str(&self, name: &str) -> Option<&str> {
+        self.response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+    }
+
+    /// Reads the whole body.
+    pub async fn bytes(self) -> Result<(StatusCode, Bytes)> {
+        let status = self.response.status();
+        let method = self.method;
+        let path = self.path;
+        let b = self
+            .response
+            .bytes()
+            .await
+            .map_err(|source| SalesforceError::Transport {
+                method: method.to_string(),
+                path,
+                reason: "reading the response body failed",
+                source,
+            })?;
+        Ok((status, b))
+    }
+
+    /// Reads and decodes a JSON body.
+    pub async fn json<T: DeserializeOwned>(self) -> Result<T> {
+        let method = self.method.to_string();
+        let path = self.path.clone();
+        let (status, body) = self.bytes().await?;
+        decode_json(&method, &path, status.as_u16(), &body)
+    }
+
+    /// Reads the next chunk of the body (for streaming).
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>> {
+        self.response
+            .chunk()
+            .await
+            .map_err(|source| SalesforceError::Transport {
+                method: self.method.to_string(),
+                path: self.path.clone(),
+                reason: "reading the response body failed",
+                source,
+            })
+    }
+}
+
+pub(crate) fn decode_json<T: DeserializeOwned>(
+    method: &str,
+    path: &str,
+    status: u16,
+    body: &[u8],
+) -> Result<T> {
+    serde_json::from_slice(body).map_err(|e| {
+        SalesforceError::decode(
+            method,
+            path,
+            status,
+            format!("{e}; body starts: {}", snippet(body)),
+        )
+    })
+}
+
+struct Inner {
+    http: reqwest::Client,
+    config: ClientConfig,
+    tokens: TokenSource,
+    usage: tokio::sync::watch::Sender<Option<ApiUsage>>,
+    call_options: Option<HeaderValue>,
+}
+
+/// A Salesforce API client. Cheap to clone; clones share the token and the API usage.
+#[derive(Clone)]
+pub struct SalesforceClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SalesforceClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SalesforceClient")
+            .field("instance_url", &self.inner.config.instance_url)
+            .field("api_version", &self.inner.config.api_version)
+            .field("tokens", &self.inner.tokens)
+            .finish()
+    }
+}
+
+/// Builds the reqwest client: rustls with platform roots plus `ca_pem`, HTTP/2, gzip.
+pub fn build_http_client(config: &ClientConfig) -> Result<reqwest::Client> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut b = reqwest::Client::builder()
+        .user_agent(config.user_agent.clone())
+        .connect_timeout(Duration::from_secs(config.connect_timeout_secs.max(1)))
+        .read_timeout(Duration::from_secs(config.request_timeout_secs.max(1)))
+        .gzip(true)
+        .pool_idle_timeout(Duration::from_secs(90));
+    if let Some(path) = &config.ca_pem {
+        let place = path.display().to_string();
+        let pem = std::fs::read(path).map_err(|e| {
+            SalesforceError::config(&place, format!("cannot read the CA file: {e}"))
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            SalesforceError::config(&place, format!("not a PEM certificate bundle: {e}"))
+        })?;
+        if certs.is_empty() {
+            return Err(SalesforceError::config(
+                &place,
+                "no certificate in the CA file",
+            ));
+        }
+        b = b.tls_certs_merge(certs);
+    }
+    b.build()
+        .map_err(|e| SalesforceError::config("HTTP client", crate::error::error_chain(&e)))
+}
+
+impl SalesforceClient {
+    /// Builds a client from settings and credentials. No network access happens here.
+    pub fn new(config: ClientConfig, credentials: Credentials) -> Result<Self> {
+        let http = build_http_client(&config)?;
+        Self::with_http(config, credentials, http)
+    }
+
+    /// Builds a client over an existing reqwest client.
+    pub fn with_http(
+        config: ClientConfig,
+        credentials: Credentials,
+        http: reqwest::Client,
+    ) -> Result<Self> {
+        let call_options = match &config.call_options_client {
+            Some(c) => Some(HeaderValue::from_str(&format!("client={c}")).map_err(|_| {
+                SalesforceError::config("call_options_client", "not a valid header value")
+            })?),
+            None => None,
+        };
+        let tokens = TokenSource::new(http.clone(), credentials);
+        let (usage, _) = tokio::sync::watch::channel(None);
+        Ok(SalesforceClient {
+            inner: Arc::new(Inner {
+                http,
+                config,
+                tokens,
+                usage,
+                call_options,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// The token source (for the Pub/Sub client, which needs the token, instance and org id).
+    pub fn tokens(&self) -> &TokenSource {
+        &self.inner.tokens
+    }
+
+    /// The underlying reqwest client.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.inner.http
+    }
+
+    /// A current access token, minting one if needed.
+    pub async fn access_token(&self) -> Result<Arc<AccessToken>> {
+        self.inner.tokens.token().await
+    }
+
+    /// Latest API usage seen in a `Sforce-Limit-Info` header.
+    pub fn api_usage(&self) -> Option<ApiUsage> {
+        self.inner.usage.borrow().clone()
+    }
+
+    /// A receiver notified whenever a response reports API usage.
+    pub fn watch_api_usage(&self) -> tokio::sync::watch::Receiver<Option<ApiUsage>> {
+        self.inner.usage.subscribe()
+    }
+
+    /// `/services/data/v<version>/<rest>`.
+    pub fn data_path(&self, rest: &str) -> String {
+        format!(
+            "/services/data/v{}/{}",
+            self.inner.config.api_version,
+            rest.trim_start_matches('/')
+        )
+    }
+
+    fn base_url(&self, token: &AccessToken) -> String {
+        self.inner
+            .config
+            .instance_url
+            .as_deref()
+            .unwrap_or(&token.instance_url)
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    /// Sends a request: auth header, call options, usage tracking, one re-auth on 401, retries for
+    /// idempotent requests. Non-success statuses become errors, except 300 (returned for callers
+    /// that handle multiple matches).
+    pub async fn send(&self, req: ApiRequest) -> Result<ApiResponse> {
+        let policy = if req.idempotent {
+            self.inner.config.retry.clone()
+        } else {
+            RetryPolicy::none()
+        };
+        policy.run(|_| self.send_once(&req)).await
+    }
+
+    /// Sends and decodes a JSON response.
+    pub async fn send_json<T: DeserializeOwned>(&self, req: ApiRequest) -> Result<T> {
+        self.send(req).await?.json().await
+    }
+
+    /// Sends and expects no meaningful body (204 or similar).
+    pub async fn send_empty(&self, req: ApiRequest) -> Result<StatusCode> {
+        let (status, _) = self.send(req).await?.bytes().await?;
+        Ok(status)
+    }
+
+    /// `GET` a data-API path and decode JSON.
+    pub async fn get_json<T: DeserializeOwned>(&self, rest: &str) -> Result<T> {
+        self.send_json(ApiRequest::new(Method::GET, self.data_path(rest)))
+            .await
+    }
+
+    async fn send_once(&self, req: &ApiRequest) -> Result<ApiResponse> {
+        let mut token = self.inner.tokens.token().await?;
+        let mut reauthed = false;
+        loop {
+            let resp = self.dispatch(req, &token).await?;
+            let status = resp.status();
+            if status.is_success() || status == StatusCode::MULTIPLE_CHOICES {
+                return Ok(ApiResponse {
+                    method: req.method.clone(),
+                    path: req.place(),
+                    response: resp,
+                });
+            }
+            let body = resp.bytes().await.unwrap_or_default();
+            let err = parse_error_body(req.method.as_str(), &req.place(), status.as_u16(), &body);
+            if status == StatusCode::UNAUTHORIZED
+                && err.class == ErrorClass::RefreshAuth
+                && !reauthed
+                && !matches!(
+                    self.inner.tokens.credentials(),
+                    Credentials::AccessToken { .. }
+                )
+            {
+                tracing::info!(method = %req.method, path = %req.place(), "Session expired or invalid; re-authenticating once.");
+                token = self.inner.tokens.refresh(&token).await?;
+                reauthed = true;
+                continue;
+            }
+            return Err(SalesforceError::Api(Box::new(err)));
+        }
+    }
+
+    async fn dispatch(&self, req: &ApiRequest, token: &AccessToken) -> Result<reqwest::Response> {
+        let url = if req.path.starts_with("http://") || req.path.starts_with("https://") {
+            req.path.clone()
+        } else {
+            format!(
+                "{}/{}",
+                self.base_url(token),
+                req.path.trim_start_matches('/')
+            )
+        };
+        let mut url = url::Url::parse(&url).map_err(|e| {
+            SalesforceError::invalid(
+                format!("{} {}", req.method, req.place()),
+                format!("bad URL {url}: {e}"),
+            )
+        })?;
+        if !req.query.is_empty() {
+            url.query_pairs_mut()
+                .extend_pairs(req.query.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        }
+        let mut rb = self
+            .inner
+            .http
+            .request(req.method.clone(), url)
+            .bearer_auth(token.access_token.expose());
+        if let Some(t) = req.timeout {
+            rb = rb.timeout(t);
+        } else {
+            rb = rb.timeout(Duration::from_secs(
+                self.inner.config.request_timeout_secs.max(1),
+            ));
+        }
+        if let Some(co) = &self.inner.call_options {
+            rb = rb.header("Sforce-Call-Options", co.clone());
+        }
+        let mut has_accept = false;
+        for (k, v) in &req.headers {
+            has_accept |= k == reqwest::header::ACCEPT;
+            rb = rb.header(k.clone(), v.clone());
+        }
+        if !has_accept {
+            rb = rb.header(reqwest::header::ACCEPT, "application/json");
+        }
+        rb = match &req.body {
+            Body::Empty => rb,
+            Body::Json(b) => rb
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(b.clone()),
+            Body::Csv(b) => rb
+                .header(reqwest::header::CONTENT_TYPE, "text/csv")
+                .body(b.clone()),
+        };
+        let resp = rb
+            .send()
+            .await
+            .map_err(|source| SalesforceError::Transport {
+                method: req.method.to_string(),
+                path: req.place(),
+                reason: if source.is_timeout() {
+                    "request timed out"
+                } else if source.is_connect() {
+                    "cannot connect"
+                } else {
+                    "request failed"
+                },
+                source,
+            })?;
+        if let Some(usage) = resp
+            .headers()
+            .get("Sforce-Limit-Info")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_limit_info)
+        {
+            self.inner.usage.send_replace(Some(usage));
+        }
+        Ok(resp)
+    }
+
+    /// `GET /limits`.
+    pub async fn limits(&self) -> Result<Limits> {
+        let path = self.data_path("limits");
+        let v: serde_json::Value = self.get_json("limits").await?;
+        Limits::from_json(&v).ok_or_else(|| {
+            SalesforceError::decode(
+                "GET",
+                &path,
+                200,
+                "the limits resource is not a JSON object",
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_info_header() {
+        assert_eq!(
+            parse_limit_info("api-usage=18/5000"),
+            Some(ApiUsage {
+                used: 18,
+                max: 5000,
+                per_app: None
+            })
+        );
+        let u = parse_limit_info(
+            "api-usage=25/5000; per-app-api-usage=17/250(appName=sample-connected-app)",
+        )
+        .unwrap();
+        assert_eq!(u.used, 25);
+        assert_eq!(u.remaining(), 4975);
+        assert_eq!(
+            u.per_app,
+            Some(PerAppUsage {
+                used: 17,
+                max: 250,
+                app_name: "sample-connected-app".into()
+            })
+        );
+        assert_eq!(parse_limit_info(" API-Usage = 1 / 2 ").unwrap().max, 2);
+        assert_eq!(parse_limit_info("api-usage=x/5000"), None);
+        assert_eq!(parse_limit_info(""), None);
+        assert_eq!(parse_limit_info("per-app-api-usage=1/2(appName=a)"), None);
+        assert_eq!(
+            parse_limit_info("api-usage=99999999999999999999999/1"),
+            None
+        );
+    }
+
+    #[test]
+    fn limits_resource() {
+        let v: serde_json::Value = serde_json::from_str(
+            r#"{"DailyApiRequests":{"Max":15000,"Remaining":14998,"Ant Migration Tool":{"Max":0,"Remaining":0}},
+                "DailyBulkV2QueryJobs":{"Max":10000,"Remaining":9990},
+                "Weird":"x"}"#,
+        )
+        .unwrap();
+        let l = Limits::from_json(&v).unwrap();
+        let d = l.get("DailyApiRequests").unwrap();
+        assert_eq!((d.max, d.remaining, d.used()), (15000, 14998, 2));
+        assert_eq!(d.per_app["Ant Migration Tool"].max, 0);
+        assert_eq!(l.get("DailyBulkV2QueryJobs").unwrap().remaining, 9990);
+        assert!(l.get("Weird").is_none());
+    }
+
+    #[test]
+    fn backoff_grows_and_is_bounded() {
+        let p = RetryPolicy {
+            jitter: false,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(p.backoff(1), Duration::from_millis(250));
+        assert_eq!(p.backoff(2), Duration::from_millis(500));
+        assert_eq!(p.backoff(20), Duration::from_millis(10_000));
+        assert_eq!(p.backoff(u32::MAX), Duration::from_millis(10_000));
+        let j = RetryPolicy::default();
+        for r in 1..10 {
+            let w = j.backoff(r);
+            assert!(w <= Duration::from_millis(10_000));
+        }
+    }
+
+    #[tokio::test]
+    async fn retry_only_retry_class_and_bounded() {
+        let p = RetryPolicy {
+            max_attempts: 3,
+            initial_backoff_ms: 1,
+            max_backoff_ms: 2,
+            multiplier: 2.0,
+            jitter: true,
+        };
+        let mut calls = 0;
+        let r: Result<()> = p
+            .run(|_| {
+                calls += 1;
+                async {
+                    Err(SalesforceError::Api(Box::new(parse_error_body(
+                        "GET", "/x", 503, b"",
+                    ))))
+                }
+            })
+            .await;
+        assert!(r.is_err());
+        assert_eq!(calls, 3);
+        let mut calls = 0;
+        let r: Result<()> = p
+            .run(|_| {
+                calls += 1;
+                async {
+                    Err(SalesforceError::Api(Box::new(parse_error_body(
+                        "GET",
+                        "/x",
+                        403,
+                        br#"[{"errorCode":"REQUEST_LIMIT_EXCEEDED","message":"TotalRequests Limit exceeded."}]"#,
+                    ))))
+                }
+            })
+            .await;
+        assert_eq!(r.unwrap_err().class(), ErrorClass::Defer);
+        assert_eq!(calls, 1);
+    }
+}
