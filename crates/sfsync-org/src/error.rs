@@ -58,7 +58,9 @@ impl SfError {
         SfError::new(
             404,
             "NOT_FOUND",
-            format!("The requested resource does not exist: sObject type '{object}' is not supported."),
+            format!(
+                "The requested resource does not exist: sObject type '{object}' is not supported."
+            ),
         )
     }
 

@@ -7,17 +7,19 @@
 
 pub mod describe;
 pub mod error;
+mod formula;
 pub mod org;
 pub mod persist;
 pub mod schema;
 pub mod seed;
 pub mod soql;
+mod store;
 pub mod value;
 
 pub use error::SfError;
 pub use org::{
     ApiKind, CallContext, ChangeKind, CommitListener, CommittedTransaction, DmlOp, DmlOutcome,
-    DmlResult, Org, OrgConfig, QueryResult, RecordChange,
+    DmlResult, Org, OrgConfig, QueryRelation, QueryResult, RecordChange,
 };
 pub use schema::{FieldDef, FieldType, ObjectDef, Schema};
 
