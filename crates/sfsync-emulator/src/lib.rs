@@ -139,6 +139,7 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator> {
         faults: Arc::new(faults::Faults::default()),
         config: Arc::new(config.clone()),
         base_url: base_url.clone().into(),
+        admin_token: secrets.admin_token.clone().into(),
     };
 
     let creds = Credentials {

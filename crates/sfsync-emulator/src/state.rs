@@ -21,4 +21,6 @@ pub struct AppState {
     pub config: Arc<EmulatorConfig>,
     /// `https://127.0.0.1:8443` — what `instance_url` and `serverUrl` point at (no path).
     pub base_url: Arc<str>,
+    /// Bearer token of the admin API (`/admin/...`), from the credentials file.
+    pub admin_token: Arc<str>,
 }

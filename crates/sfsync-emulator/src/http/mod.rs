@@ -60,6 +60,11 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Header marking a Composite sub-request dispatched inside the emulator. Salesforce counts a
+/// composite call as one API request, so sub-requests are not counted again. Requests from the
+/// network never carry it: the server strips it before routing.
+pub const INTERNAL_SUBREQUEST_HEADER: &str = "x-sfsync-internal-subrequest";
+
 fn is_counted_api_call(path: &str) -> bool {
     path.starts_with("/services/data/v") || path.starts_with("/services/async/")
 }
@@ -67,7 +72,7 @@ fn is_counted_api_call(path: &str) -> bool {
 /// Latency and error injection, allocation enforcement and the `Sforce-Limit-Info` header.
 async fn api_middleware(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
-    if !is_counted_api_call(&path) {
+    if !is_counted_api_call(&path) || req.headers().contains_key(INTERNAL_SUBREQUEST_HEADER) {
         return next.run(req).await;
     }
     let latency = state.faults.latency();
@@ -143,6 +148,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
                 trim_trailing_slash(&mut req);
+                req.headers_mut().remove(INTERNAL_SUBREQUEST_HEADER);
                 let mut router = router.clone();
                 async move {
                     let req = req.map(Body::new);
