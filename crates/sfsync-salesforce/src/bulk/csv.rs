@@ -1180,10 +1180,7 @@ mod tests {
 
     type HeaderAndRows = (Option<Vec<String>>, Vec<Vec<String>>);
 
-    fn chunked(
-        input: &[u8],
-        cuts: &[usize],
-    ) -> Result<HeaderAndRows, CsvError> {
+    fn chunked(input: &[u8], cuts: &[usize]) -> Result<HeaderAndRows, CsvError> {
         let mut p = CsvParser::new(CsvOptions::default());
         let mut out = Vec::new();
         let mut prev = 0;
