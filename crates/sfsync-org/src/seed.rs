@@ -511,7 +511,7 @@ fn gen_field(
             let max = 10i64.pow(f.precision.clamp(1, 9).saturating_sub(f.scale).min(6));
             Val::Int(rng.random_range(1..max.max(2)))
         }
-        FieldType::Currency => Val::Num(rng.random_range(1_000..50_000_000) as f64 / 100.0 * 10.0),
+        FieldType::Currency => Val::Num(rng.random_range(1_000..50_000_000) as f64 / 10.0),
         FieldType::Percent => Val::Num((rng.random_range(0..=10) * 10) as f64),
         FieldType::Double => {
             if suffix("Latitude") {
