@@ -1,6 +1,7 @@
 //! The `sfsync` binary: command-line interface and wiring. Business logic lives in the library
 //! crates; this crate parses arguments, loads configuration and starts the right pieces.
 
+mod bench_salesforce;
 mod emulator_cmd;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +18,55 @@ struct Cli {
 enum Command {
     /// Run the Salesforce-compatible emulator (REST, SOAP login, OAuth, Bulk API 2.0, limits).
     Emulator(emulator_cmd::EmulatorArgs),
+    /// Run a benchmark suite: print a table and write a JSON report.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// Which suite to run.
+    #[arg(value_enum, default_value_t = BenchSuite::Salesforce)]
+    suite: BenchSuite,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Salesforce suite: Accounts seeded and exported by Bulk query.
+    #[arg(long, default_value_t = 1_000_000)]
+    accounts: usize,
+    /// Salesforce suite: seconds of REST GETs.
+    #[arg(long, default_value_t = 10)]
+    rest_secs: u64,
+    /// Salesforce suite: concurrent REST callers.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Salesforce suite: records upserted by Bulk ingest.
+    #[arg(long, default_value_t = 100_000)]
+    upserts: usize,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum BenchSuite {
+    /// REST GETs/s, Bulk 2.0 export, Bulk ingest upserts (issue: the HTTP side).
+    Salesforce,
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let report = match args.suite {
+        BenchSuite::Salesforce => {
+            bench_salesforce::run(bench_salesforce::SalesforceBenchOptions {
+                accounts: args.accounts,
+                rest_secs: args.rest_secs,
+                concurrency: args.concurrency,
+                upserts: args.upserts,
+            })
+            .await?
+        }
+    };
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+        println!("JSON report written to {}", path.display());
+    }
+    Ok(())
 }
 
 fn init_tracing() {
@@ -39,6 +89,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Emulator(args) => emulator_cmd::run(args).await,
+            Command::Bench(args) => bench(args).await,
         }
     })
 }
