@@ -179,6 +179,8 @@ pub struct CredentialsFile {
     pub org_id: Option<String>,
     pub admin_token: Option<Secret>,
     pub jwt_private_key_file: Option<PathBuf>,
+    /// CA certificate (PEM) to trust for this org, when it uses a private CA (the emulator).
+    pub ca_file: Option<PathBuf>,
     /// Directory of the file, to resolve a relative `jwt_private_key_file`.
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
