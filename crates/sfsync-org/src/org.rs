@@ -523,7 +523,9 @@ impl Org {
         Ok(())
     }
 
-    /// Registers a listener for committed transactions.
+    /// Registers a listener for committed transactions. Listeners run in commit order under the
+    /// commit lock (after the state lock is released): they may read the org (retrieve, query)
+    /// but must not write to it, or they would deadlock.
     pub fn add_commit_listener(&self, listener: CommitListener) {
         self.side.lock().listeners.push(listener);
     }

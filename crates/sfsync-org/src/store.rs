@@ -533,7 +533,7 @@ pub(crate) struct State {
 }
 
 /// Ids are `<prefix>` + a pod character pair folded into the number + a counter, so they look
-/// like `001Kx0000000001`.
+/// like `0010Kx000000001`.
 pub(crate) const ID_BASE: u64 = 20 * 62u64.pow(10) + 59 * 62u64.pow(9);
 
 impl State {
