@@ -156,6 +156,18 @@ async fn collections_all_or_none_rolls_back_everything() {
         .iter()
         .all(|e| e["success"] == true));
     assert_eq!(emu.count("SELECT COUNT() FROM Account").await, 2);
+
+    // 200 wide records (about 3 MB, above axum's default body limit) in one call.
+    let long = "x".repeat(15_000);
+    let records: Vec<Value> = (0..200)
+        .map(|i| json!({"attributes": {"type": "Account"}, "Name": format!("Wide {i}"), "Description": long}))
+        .collect();
+    let r = emu
+        .post(&url, json!({"allOrNone": true, "records": records}))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body.as_array().unwrap().len(), 200);
+    assert_eq!(emu.count("SELECT COUNT() FROM Account").await, 202);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

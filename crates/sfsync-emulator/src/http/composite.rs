@@ -26,7 +26,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
@@ -97,6 +97,7 @@ pub fn routes() -> Router<AppState> {
         )
         .method_not_allowed_fallback(rest::method_not_allowed)
         .layer(Extension(sub))
+        .layer(DefaultBodyLimit::max(rest::MAX_BODY_BYTES))
 }
 
 async fn composite_resources(

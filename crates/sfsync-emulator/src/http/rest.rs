@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -39,6 +39,8 @@ pub const MIN_BATCH_SIZE: usize = 200;
 pub const CURSOR_IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// At most this many open cursors per emulator; the least recently used one is dropped first.
 pub const MAX_OPEN_CURSORS: usize = 100;
+/// Largest accepted request body (axum's 2 MB default is too small for 200 wide records).
+pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
 /// The REST routes (full paths; trailing slashes are stripped before routing).
 pub fn routes() -> Router<AppState> {
@@ -71,6 +73,7 @@ pub fn routes() -> Router<AppState> {
         .route("/services/data/{v}/queryAll/{locator}", get(query_all_more))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(Extension(cursors))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
 /// 405 in Salesforce's shape.
@@ -1058,6 +1061,38 @@ mod tests {
         let e = parse_record_body(b"{\"Name\": ").unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         assert!(e.errors[0].message.contains("EOF"));
+    }
+
+    fn result(rows: usize) -> Arc<QueryResult> {
+        Arc::new(QueryResult {
+            object: "Account".into(),
+            columns: vec!["Id".into()],
+            rows: vec![vec![Value::Null]; rows],
+            ids: vec![SfId::from_parts("001", 1); rows],
+            total_size: rows,
+            is_count: false,
+            relations: Vec::new(),
+            parent_ids: vec![Vec::new(); rows],
+        })
+    }
+
+    #[test]
+    fn cursors_are_capped_least_recently_used_first() {
+        let cursors = QueryCursors::default();
+        let first = cursors.open(result(3), 200);
+        let second = cursors.open(result(3), 500);
+        assert_eq!(cursors.get(&second).map(|(_, b)| b), Some(500));
+        // Touch the first so the second is the least recently used.
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(cursors.get(&first).is_some());
+        for _ in 0..MAX_OPEN_CURSORS - 1 {
+            std::thread::sleep(Duration::from_micros(50));
+            cursors.open(result(1), 200);
+        }
+        assert_eq!(cursors.len(), MAX_OPEN_CURSORS);
+        assert!(cursors.get(&second).is_none(), "evicted");
+        assert!(cursors.get(&first).is_some());
+        assert!(first.starts_with("01g") && first.len() == 18);
     }
 
     #[test]
