@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::cdc::CdcConfig;
+
 /// How the emulator is started.
 #[derive(Debug, Clone)]
 pub struct EmulatorConfig {
@@ -23,6 +25,8 @@ pub struct EmulatorConfig {
     /// public-sector objects.
     pub schema_file: Option<PathBuf>,
     pub limits: LimitsConfig,
+    /// Change Data Capture and Pub/Sub settings.
+    pub cdc: CdcConfig,
 }
 
 impl EmulatorConfig {
@@ -37,6 +41,7 @@ impl EmulatorConfig {
             session_timeout: Duration::from_secs(2 * 3600),
             schema_file: None,
             limits: LimitsConfig::default(),
+            cdc: CdcConfig::default(),
         }
     }
 

@@ -6,9 +6,11 @@
 
 pub mod auth;
 pub mod bulk;
+pub mod cdc;
 pub mod config;
 pub mod credentials;
 pub mod faults;
+pub mod grpc;
 pub mod http;
 pub mod limits;
 pub mod state;
@@ -54,7 +56,10 @@ impl RunningEmulator {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
         if self.state.config.persist {
-            self.state.org.checkpoint().context("writing the final org snapshot")?;
+            self.state
+                .org
+                .checkpoint()
+                .context("writing the final org snapshot")?;
         }
         Ok(())
     }
@@ -75,7 +80,9 @@ fn load_schema(config: &EmulatorConfig) -> Result<Schema> {
 /// Starts the emulator: creates or loads the data directory, binds the listeners and serves.
 pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    if config.plain_http && !(http::is_loopback(&config.http_addr) && http::is_loopback(&config.grpc_addr)) {
+    if config.plain_http
+        && !(http::is_loopback(&config.http_addr) && http::is_loopback(&config.grpc_addr))
+    {
         bail!(
             "--plain-http is only allowed when every listener is on loopback; {} or {} is not",
             config.http_addr,
@@ -83,11 +90,14 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator> {
         );
     }
     let dir = config.data_dir.clone();
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating data directory {}", dir.display()))?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating data directory {}", dir.display()))?;
     let tls_material = tls::load_or_create(&dir)?;
     let secrets = match credentials::load_secrets(&dir)? {
         Some(s) => s,
-        None => credentials::Secrets::generate(SfId::from_parts("00D", 0x5F5E100 + rand::random::<u32>() as u64).as_str()),
+        None => credentials::Secrets::generate(
+            SfId::from_parts("00D", 0x5F5E100 + rand::random::<u32>() as u64).as_str(),
+        ),
     };
     let org_id = SfId::parse(&secrets.org_id)
         .with_context(|| format!("org_id in {}", credentials::path(&dir).display()))?;
@@ -116,7 +126,13 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator> {
         }
     };
     let base_url = format!("{scheme}://{host}:{}", http_addr.port());
-    let grpc_addr = config.grpc_addr;
+    let grpc_listener = tokio::net::TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("binding the Pub/Sub gRPC listener on {}", config.grpc_addr))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let cdc_dir = config.persist.then(|| dir.join("cdc"));
+    let cdc = cdc::CdcBus::new(config.cdc.clone(), cdc_dir.as_deref())?;
+    cdc.attach(&org);
 
     let users = auth_users(&org, &secrets)?;
     let auth = Arc::new(auth::Auth::new(
@@ -134,6 +150,7 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator> {
     let state = AppState {
         bulk: Arc::new(bulk::BulkJobs::new(org.clone(), limits.clone())),
         org,
+        cdc,
         auth,
         limits,
         faults: Arc::new(faults::Faults::default()),
@@ -166,8 +183,19 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator> {
         Some(tls::server_config(&tls_material)?)
     };
     let router = http::router(state.clone());
-    let tasks = vec![tokio::spawn(http::serve(http_listener, router, tls_config, rx))];
+    let grpc_router =
+        tonic::service::Routes::new(grpc::PubSubService::server(state.clone())).into_axum_router();
+    let tasks = vec![
+        tokio::spawn(http::serve(
+            http_listener,
+            router,
+            tls_config.clone(),
+            rx.clone(),
+        )),
+        tokio::spawn(http::serve(grpc_listener, grpc_router, tls_config, rx)),
+    ];
     tracing::info!(url = %base_url, "Emulator HTTP listener is up");
+    tracing::info!(address = %creds.pubsub_address, "Emulator Pub/Sub gRPC listener is up");
     Ok(RunningEmulator {
         http_addr,
         grpc_addr,

@@ -7,6 +7,7 @@ use sfsync_org::Org;
 
 use crate::auth::Auth;
 use crate::bulk::BulkJobs;
+use crate::cdc::CdcBus;
 use crate::config::EmulatorConfig;
 use crate::faults::Faults;
 use crate::limits::Limits;
@@ -18,6 +19,8 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     pub faults: Arc<Faults>,
     pub bulk: Arc<BulkJobs>,
+    /// The CDC / platform-event bus behind the Pub/Sub API.
+    pub cdc: Arc<CdcBus>,
     pub config: Arc<EmulatorConfig>,
     /// `https://127.0.0.1:8443` — what `instance_url` and `serverUrl` point at (no path).
     pub base_url: Arc<str>,

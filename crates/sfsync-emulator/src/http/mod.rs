@@ -4,6 +4,7 @@
 //! injection, and answered with a `Sforce-Limit-Info` header. Trailing slashes are accepted.
 
 pub mod admin;
+pub mod admin_cdc;
 pub mod bulk;
 pub mod composite;
 pub mod error;
@@ -55,8 +56,12 @@ pub fn router(state: AppState) -> Router {
         .merge(composite::routes())
         .merge(bulk::routes())
         .merge(admin::routes())
+        .merge(admin_cdc::routes())
         .fallback(|| async { ApiError::not_found() })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), api_middleware))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            api_middleware,
+        ))
         .with_state(state)
 }
 
@@ -146,16 +151,17 @@ pub async fn serve(
         let router = router.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-                trim_trailing_slash(&mut req);
-                req.headers_mut().remove(INTERNAL_SUBREQUEST_HEADER);
-                let mut router = router.clone();
-                async move {
-                    let req = req.map(Body::new);
-                    let resp: Result<Response, Infallible> = router.call(req).await;
-                    resp
-                }
-            });
+            let service =
+                hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                    trim_trailing_slash(&mut req);
+                    req.headers_mut().remove(INTERNAL_SUBREQUEST_HEADER);
+                    let mut router = router.clone();
+                    async move {
+                        let req = req.map(Body::new);
+                        let resp: Result<Response, Infallible> = router.call(req).await;
+                        resp
+                    }
+                });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let result = match acceptor {
                 Some(acceptor) => match acceptor.accept(stream).await {
@@ -165,7 +171,11 @@ pub async fn serve(
                         return;
                     }
                 },
-                None => builder.serve_connection(TokioIo::new(stream), service).await,
+                None => {
+                    builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                }
             };
             if let Err(e) = result {
                 tracing::debug!(peer = %peer, error = %e, "HTTP connection ended with an error");
