@@ -187,6 +187,17 @@ fn body_values(
         let av = match f {
             TopField::Header => continue,
             TopField::Scalar { name, kind } => scalar(&schema.entity, name, *kind, v)?,
+            TopField::Required { name, kind } => match scalar(&schema.entity, name, *kind, v)? {
+                Avro::Union(1, inner) => *inner,
+                _ => {
+                    return Err(EncodeError::Mismatch {
+                        schema: schema.entity.clone(),
+                        field: name.clone(),
+                        expected: "a non-null value",
+                        got: v.clone(),
+                    })
+                }
+            },
             TopField::Compound {
                 name, components, ..
             } => match v {
@@ -305,7 +316,7 @@ pub fn values_from_fields(
     for f in &schema.fields {
         match f {
             TopField::Header => {}
-            TopField::Scalar { name, kind } => out.push(
+            TopField::Scalar { name, kind } | TopField::Required { name, kind } => out.push(
                 fields
                     .get(name)
                     .map(|v| json_to_value(*kind, v))

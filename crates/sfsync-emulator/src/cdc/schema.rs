@@ -108,6 +108,8 @@ pub enum TopField {
         name: String,
         kind: AvroKind,
     },
+    /// A non-nullable field (platform events' `CreatedDate` and `CreatedById`).
+    Required { name: String, kind: AvroKind },
     Compound {
         /// `BillingAddress`, `Name`.
         name: String,
@@ -121,7 +123,9 @@ impl TopField {
     pub fn name(&self) -> &str {
         match self {
             TopField::Header => "ChangeEventHeader",
-            TopField::Scalar { name, .. } | TopField::Compound { name, .. } => name,
+            TopField::Scalar { name, .. }
+            | TopField::Required { name, .. }
+            | TopField::Compound { name, .. } => name,
         }
     }
 }
@@ -333,7 +337,7 @@ pub fn schema_for(object: &ObjectDef) -> CdcSchema {
     ];
     for f in &fields[1..] {
         match f {
-            TopField::Header => {}
+            TopField::Header | TopField::Required { .. } => {}
             TopField::Scalar { name, kind } => {
                 let doc = object.field(name).map(field_doc).unwrap_or_default();
                 jf.push(
@@ -412,11 +416,11 @@ pub fn platform_event_schema(name: &str, fields: &[PlatformField]) -> Result<Cdc
         ));
     }
     let mut layout = vec![
-        TopField::Scalar {
+        TopField::Required {
             name: "CreatedDate".into(),
             kind: AvroKind::DateTime,
         },
-        TopField::Scalar {
+        TopField::Required {
             name: "CreatedById".into(),
             kind: AvroKind::String,
         },
