@@ -26,4 +26,7 @@ pub struct AppState {
     pub base_url: Arc<str>,
     /// Bearer token of the admin API (`/admin/...`), from the credentials file.
     pub admin_token: Arc<str>,
+    /// Open SOQL query cursors (`nextRecordsUrl`), shared by top-level calls and Composite
+    /// sub-requests so a locator from either works in the other.
+    pub query_cursors: Arc<crate::http::rest::QueryCursors>,
 }

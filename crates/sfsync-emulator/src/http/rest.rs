@@ -20,7 +20,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use sfsync_core::SfId;
@@ -44,7 +44,6 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
 /// The REST routes (full paths; trailing slashes are stripped before routing).
 pub fn routes() -> Router<AppState> {
-    let cursors = Arc::new(QueryCursors::default());
     Router::new()
         .route("/services/data", get(versions))
         .route("/services/data/{v}", get(resources))
@@ -72,7 +71,6 @@ pub fn routes() -> Router<AppState> {
         .route("/services/data/{v}/query/{locator}", get(query_more))
         .route("/services/data/{v}/queryAll/{locator}", get(query_all_more))
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(Extension(cursors))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
@@ -945,22 +943,22 @@ async fn run_query(
 async fn query(
     _session: Session,
     State(state): State<AppState>,
-    Extension(cursors): Extension<Arc<QueryCursors>>,
     Path(v): Path<String>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
+    let cursors = state.query_cursors.clone();
     run_query(state, cursors, v, params, headers, false).await
 }
 
 async fn query_all(
     _session: Session,
     State(state): State<AppState>,
-    Extension(cursors): Extension<Arc<QueryCursors>>,
     Path(v): Path<String>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
+    let cursors = state.query_cursors.clone();
     run_query(state, cursors, v, params, headers, true).await
 }
 
@@ -993,20 +991,20 @@ async fn continue_query(
 
 async fn query_more(
     _session: Session,
-    Extension(cursors): Extension<Arc<QueryCursors>>,
+    State(state): State<AppState>,
     Path((v, locator)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    continue_query(cursors, v, locator, headers, "query").await
+    continue_query(state.query_cursors.clone(), v, locator, headers, "query").await
 }
 
 async fn query_all_more(
     _session: Session,
-    Extension(cursors): Extension<Arc<QueryCursors>>,
+    State(state): State<AppState>,
     Path((v, locator)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    continue_query(cursors, v, locator, headers, "queryAll").await
+    continue_query(state.query_cursors.clone(), v, locator, headers, "queryAll").await
 }
 
 #[cfg(test)]

@@ -39,7 +39,12 @@ fn esc(s: &str) -> String {
 }
 
 fn xml_response(status: StatusCode, body: String) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/xml;charset=UTF-8")], body).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/xml;charset=UTF-8")],
+        body,
+    )
+        .into_response()
 }
 
 fn fault(code: &str, message: &str) -> Response {
@@ -86,16 +91,21 @@ pub fn parse_login(body: &[u8]) -> Result<LoginRequest, String> {
                     let text = quick_xml::escape::unescape(&text)
                         .map_err(|e| format!("bad escape in <{field}>: {e}"))?
                         .into_owned();
-                    match field {
-                        "username" => out.username = Some(text),
-                        _ => out.password = Some(text),
-                    }
+                    // Text may arrive in pieces around entity references: append.
+                    let slot = if field == "username" {
+                        &mut out.username
+                    } else {
+                        &mut out.password
+                    };
+                    slot.get_or_insert_with(String::new).push_str(&text);
                 }
             }
             Ok(Event::GeneralRef(r)) => {
                 // Entity references inside text (e.g. &amp;) arrive as separate events.
                 if let Some(field) = current {
-                    let name = r.decode().map_err(|e| format!("bad reference in <{field}>: {e}"))?;
+                    let name = r
+                        .decode()
+                        .map_err(|e| format!("bad reference in <{field}>: {e}"))?;
                     let resolved = match name.as_ref() {
                         "amp" => "&".to_string(),
                         "lt" => "<".to_string(),
@@ -108,15 +118,23 @@ pub fn parse_login(body: &[u8]) -> Result<LoginRequest, String> {
                                     Some(hex) => u32::from_str_radix(hex, 16),
                                     None => num.parse(),
                                 }
-                                .map_err(|_| format!("bad character reference &{other}; in <{field}>"))?;
+                                .map_err(|_| {
+                                    format!("bad character reference &{other}; in <{field}>")
+                                })?;
                                 char::from_u32(code)
-                                    .ok_or_else(|| format!("bad character reference &{other}; in <{field}>"))?
+                                    .ok_or_else(|| {
+                                        format!("bad character reference &{other}; in <{field}>")
+                                    })?
                                     .to_string()
                             }
                             None => return Err(format!("unknown entity &{other}; in <{field}>")),
                         },
                     };
-                    let slot = if field == "username" { &mut out.username } else { &mut out.password };
+                    let slot = if field == "username" {
+                        &mut out.username
+                    } else {
+                        &mut out.password
+                    };
                     slot.get_or_insert_with(String::new).push_str(&resolved);
                 }
             }
@@ -145,26 +163,45 @@ async fn login(
         .find(|(k, _)| k == "version")
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
-    let major: u32 = version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    let major: u32 = version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
     if !(20..=crate::http::MAX_API_VERSION).contains(&major) {
-        return fault("UNSUPPORTED_API_VERSION", &format!("Invalid Api version specified on URL: {version}"));
+        return fault(
+            "UNSUPPORTED_API_VERSION",
+            &format!("Invalid Api version specified on URL: {version}"),
+        );
     }
     let req = match parse_login(&body) {
         Ok(r) => r,
         Err(e) => return fault("INVALID_SOAP_REQUEST", &e),
     };
     if !req.is_login {
-        return fault("INVALID_OPERATION", "this emulator's SOAP endpoint serves login only");
+        return fault(
+            "INVALID_OPERATION",
+            "this emulator's SOAP endpoint serves login only",
+        );
     }
     let (Some(username), Some(password)) = (req.username, req.password) else {
-        return fault("INVALID_LOGIN", "Invalid username, password, security token; or user locked out.");
+        return fault(
+            "INVALID_LOGIN",
+            "Invalid username, password, security token; or user locked out.",
+        );
     };
     let Some(user) = state.auth.user_by_name(&username).cloned() else {
-        return fault("INVALID_LOGIN", "Invalid username, password, security token; or user locked out.");
+        return fault(
+            "INVALID_LOGIN",
+            "Invalid username, password, security token; or user locked out.",
+        );
     };
     let full = format!("{}{}", user.password, user.security_token);
     if user.password.is_empty() || (password != full && password != user.password) {
-        return fault("INVALID_LOGIN", "Invalid username, password, security token; or user locked out.");
+        return fault(
+            "INVALID_LOGIN",
+            "Invalid username, password, security token; or user locked out.",
+        );
     }
     let (session_id, _) = state.auth.issue(user.user_id);
     let org = state.auth.org_id;
