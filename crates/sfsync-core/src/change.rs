@@ -45,7 +45,9 @@ impl ReplayId {
 
     /// Parses the form written by [`ReplayId::to_hex`] (either case, even length).
     pub fn from_hex(s: &str) -> Result<ReplayId, ReplayIdHexError> {
-        hex_decode(s).map(ReplayId).ok_or_else(|| ReplayIdHexError(s.to_string()))
+        hex_decode(s)
+            .map(ReplayId)
+            .ok_or_else(|| ReplayIdHexError(s.to_string()))
     }
 }
 
@@ -238,7 +240,10 @@ pub enum FieldValue {
     Record(Vec<(String, FieldValue)>),
     /// A long-text field sent as a unified diff (flagged in `diffFields`): `patch` is the diff
     /// text, `sha256` the hex SHA-256 of the full new value announced in its `+++` line.
-    Diff { patch: String, sha256: String },
+    Diff {
+        patch: String,
+        sha256: String,
+    },
 }
 
 impl FieldValue {
@@ -315,7 +320,13 @@ impl Change {
         self.header
             .record_ids
             .iter()
-            .map(|id| EventKey::new(&self.header.transaction_key, self.header.sequence_number, id))
+            .map(|id| {
+                EventKey::new(
+                    &self.header.transaction_key,
+                    self.header.sequence_number,
+                    id,
+                )
+            })
             .collect()
     }
 }

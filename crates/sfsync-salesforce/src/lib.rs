@@ -15,6 +15,7 @@ pub mod bulk;
 pub mod composite;
 pub mod error;
 pub mod http;
+pub mod pubsub;
 pub mod rest;
 
 pub use auth::{AccessToken, AuthFlow, Credentials, CredentialsFile, Secret, TokenSource};
