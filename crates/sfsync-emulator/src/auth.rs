@@ -60,7 +60,12 @@ pub struct Session {
 impl Session {
     /// The DML context for this caller: commit user, API kind and version, and the `client=`
     /// value of `Sforce-Call-Options` (separated by `;` in current docs, `,` in older ones).
-    pub fn call_context(&self, api: ApiKind, api_version: &str, headers: &HeaderMap) -> CallContext {
+    pub fn call_context(
+        &self,
+        api: ApiKind,
+        api_version: &str,
+        headers: &HeaderMap,
+    ) -> CallContext {
         CallContext {
             user_id: self.user_id,
             api,
@@ -205,7 +210,10 @@ impl Auth {
 
 /// The token of an `Authorization: Bearer|OAuth <token>` header.
 pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let v = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = v.split_once(' ')?;
     (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("oauth"))
         .then(|| token.trim())
@@ -214,9 +222,15 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 impl FromRequestParts<AppState> for Session {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = bearer_token(&parts.headers).ok_or_else(ApiError::invalid_session)?;
-        state.auth.validate(token).ok_or_else(ApiError::invalid_session)
+        state
+            .auth
+            .validate(token)
+            .ok_or_else(ApiError::invalid_session)
     }
 }
 
@@ -263,11 +277,20 @@ mod tests {
     #[test]
     fn call_options_client_is_parsed_in_both_separators() {
         let mut h = HeaderMap::new();
-        h.insert("sforce-call-options", HeaderValue::from_static("client=sfsync; defaultNamespace=x"));
+        h.insert(
+            "sforce-call-options",
+            HeaderValue::from_static("client=sfsync; defaultNamespace=x"),
+        );
         assert_eq!(call_options_client(&h).as_deref(), Some("sfsync"));
-        h.insert("sforce-call-options", HeaderValue::from_static("defaultNamespace=x, client=etl"));
+        h.insert(
+            "sforce-call-options",
+            HeaderValue::from_static("defaultNamespace=x, client=etl"),
+        );
         assert_eq!(call_options_client(&h).as_deref(), Some("etl"));
-        h.insert("sforce-call-options", HeaderValue::from_static("defaultNamespace=x"));
+        h.insert(
+            "sforce-call-options",
+            HeaderValue::from_static("defaultNamespace=x"),
+        );
         assert_eq!(call_options_client(&h), None);
     }
 }

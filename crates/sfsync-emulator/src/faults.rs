@@ -79,7 +79,10 @@ impl FaultConfig {
     pub fn validate(&self) -> Result<(), String> {
         for (i, r) in self.rules.iter().enumerate() {
             if !(0.0..=1.0).contains(&r.rate) || r.rate.is_nan() {
-                return Err(format!("rules[{i}].rate is {}; it must be between 0 and 1", r.rate));
+                return Err(format!(
+                    "rules[{i}].rate is {}; it must be between 0 and 1",
+                    r.rate
+                ));
             }
             if r.path_contains.is_empty() {
                 return Err(format!("rules[{i}].path_contains is empty"));
@@ -165,12 +168,22 @@ mod tests {
                 fired: 0,
             }],
         });
-        assert!(faults.draw("GET", "/services/data/v66.0/composite/sobjects").is_none());
-        assert!(faults.draw("PATCH", "/services/data/v66.0/sobjects/Account/x").is_none());
-        let e = faults.draw("PATCH", "/services/data/v66.0/composite/sobjects").unwrap();
+        assert!(faults
+            .draw("GET", "/services/data/v66.0/composite/sobjects")
+            .is_none());
+        assert!(faults
+            .draw("PATCH", "/services/data/v66.0/sobjects/Account/x")
+            .is_none());
+        let e = faults
+            .draw("PATCH", "/services/data/v66.0/composite/sobjects")
+            .unwrap();
         assert_eq!(e.error_code, "UNABLE_TO_LOCK_ROW");
-        assert!(faults.draw("PATCH", "/services/data/v66.0/composite/sobjects").is_some());
-        assert!(faults.draw("PATCH", "/services/data/v66.0/composite/sobjects").is_none());
+        assert!(faults
+            .draw("PATCH", "/services/data/v66.0/composite/sobjects")
+            .is_some());
+        assert!(faults
+            .draw("PATCH", "/services/data/v66.0/composite/sobjects")
+            .is_none());
     }
 
     #[test]

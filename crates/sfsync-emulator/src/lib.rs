@@ -13,6 +13,7 @@ pub mod faults;
 pub mod grpc;
 pub mod http;
 pub mod limits;
+pub mod load;
 pub mod state;
 pub mod tls;
 
@@ -157,6 +158,7 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator> {
         config: Arc::new(config.clone()),
         base_url: base_url.clone().into(),
         admin_token: secrets.admin_token.clone().into(),
+        query_cursors: Default::default(),
     };
 
     let creds = Credentials {

@@ -44,9 +44,14 @@ pub fn load_or_create(dir: &Path) -> Result<TlsMaterial> {
     let ca_key_path = dir.join("ca-key.pem");
     let server_path = dir.join("server.pem");
     let server_key_path = dir.join("server-key.pem");
-    if !(ca_path.exists() && ca_key_path.exists() && server_path.exists() && server_key_path.exists()) {
+    if !(ca_path.exists()
+        && ca_key_path.exists()
+        && server_path.exists()
+        && server_key_path.exists())
+    {
         let (ca_pem, ca_key_pem, server_pem, server_key_pem) = generate_ca_and_server()?;
-        std::fs::write(&ca_path, ca_pem).with_context(|| format!("writing {}", ca_path.display()))?;
+        std::fs::write(&ca_path, ca_pem)
+            .with_context(|| format!("writing {}", ca_path.display()))?;
         write_private(&ca_key_path, &ca_key_pem)?;
         std::fs::write(&server_path, server_pem)
             .with_context(|| format!("writing {}", server_path.display()))?;

@@ -80,12 +80,18 @@ async fn start_emulator() -> Result<(EmulatorProcess, CredentialsFile, PathBuf)>
         .kill_on_drop(true)
         .spawn()
         .context("starting the emulator process")?;
-    let proc = EmulatorProcess { child, dir: dir.clone() };
+    let proc = EmulatorProcess {
+        child,
+        dir: dir.clone(),
+    };
     let cred_path = dir.join(".sfsync/emulator/credentials.json");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !cred_path.exists() {
         if Instant::now() > deadline {
-            bail!("the emulator did not write {} within 60 s", cred_path.display());
+            bail!(
+                "the emulator did not write {} within 60 s",
+                cred_path.display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -101,7 +107,10 @@ fn client_for(creds: &CredentialsFile, ca: &Path) -> Result<SalesforceClient> {
         .clone()
         .context("credentials have no instance_url")?;
     let config = ClientConfig::new(instance, Some(ca.to_path_buf()));
-    Ok(SalesforceClient::new(config, creds.credentials(AuthFlow::Password)?)?)
+    Ok(SalesforceClient::new(
+        config,
+        creds.credentials(AuthFlow::Password)?,
+    )?)
 }
 
 /// Peak resident set size of this process (VmHWM), in bytes.
@@ -193,7 +202,9 @@ async fn rest_gets(client: &SalesforceClient, secs: u64, concurrency: usize) -> 
     }
     let ids = Arc::new(ids);
     // Warm up the connection pool and the token.
-    client.retrieve("Account", &ids[0], Some(&["Id", "Name"])).await?;
+    client
+        .retrieve("Account", &ids[0], Some(&["Id", "Name"]))
+        .await?;
     let done = Arc::new(AtomicU64::new(0));
     let stop = Instant::now() + Duration::from_secs(secs);
     let start = Instant::now();
@@ -258,10 +269,19 @@ pub async fn run(opts: SalesforceBenchOptions) -> Result<Value> {
 
     eprintln!("Seeding {} Accounts in the emulator…", opts.accounts);
     let t = Instant::now();
-    admin_post(&creds, &ca, "/admin/seed", json!({"objects": {"Account": opts.accounts}, "seed": 7})).await?;
+    admin_post(
+        &creds,
+        &ca,
+        "/admin/seed",
+        json!({"objects": {"Account": opts.accounts}, "seed": 7}),
+    )
+    .await?;
     let seed_secs = t.elapsed().as_secs_f64();
 
-    eprintln!("REST GETs for {} s with {} concurrent callers…", opts.rest_secs, opts.concurrency);
+    eprintln!(
+        "REST GETs for {} s with {} concurrent callers…",
+        opts.rest_secs, opts.concurrency
+    );
     let (gets, get_secs) = rest_gets(&client, opts.rest_secs, opts.concurrency).await?;
     let gets_per_sec = gets as f64 / get_secs;
 
@@ -272,7 +292,10 @@ pub async fn run(opts: SalesforceBenchOptions) -> Result<Value> {
     let (rows, bytes, secs, peak) = export(&client, None).await?;
     let export_rate = rows as f64 / secs;
     if rows as usize != opts.accounts {
-        bail!("the export returned {rows} rows, expected {}", opts.accounts);
+        bail!(
+            "the export returned {rows} rows, expected {}",
+            opts.accounts
+        );
     }
 
     eprintln!("Bulk ingest: {} upserts (inserting)…", opts.upserts);
@@ -307,15 +330,48 @@ pub async fn run(opts: SalesforceBenchOptions) -> Result<Value> {
     });
 
     println!();
-    println!("sfsync bench salesforce — emulator in a separate process, client over TLS on loopback");
+    println!(
+        "sfsync bench salesforce — emulator in a separate process, client over TLS on loopback"
+    );
     println!("{:<44} {:>16} {:>12}", "figure", "value", "floor");
-    println!("{:<44} {:>16.0} {:>12}", "REST GET requests/s (keep-alive, TLS)", gets_per_sec, "≥ 10,000");
-    println!("{:<44} {:>16.0} {:>12}", "Bulk query export records/s", export_rate, "≥ 300,000");
-    println!("{:<44} {:>16.1} {:>12}", "  export MB/s (cell text)", mb(bytes) / secs, "");
-    println!("{:<44} {:>16.1} {:>12}", format!("  client peak RSS MB, {rows} rows"), mb(peak), "");
-    println!("{:<44} {:>16.1} {:>12}", format!("  client peak RSS MB, {small_rows} rows"), mb(small_peak), "");
-    println!("{:<44} {:>16.0} {:>12}", "Bulk ingest upserts/s (insert pass)", ins_n as f64 / ins_secs, "");
-    println!("{:<44} {:>16.0} {:>12}", "Bulk ingest upserts/s (update pass)", upd_n as f64 / upd_secs, "");
+    println!(
+        "{:<44} {:>16.0} {:>12}",
+        "REST GET requests/s (keep-alive, TLS)", gets_per_sec, "≥ 10,000"
+    );
+    println!(
+        "{:<44} {:>16.0} {:>12}",
+        "Bulk query export records/s", export_rate, "≥ 300,000"
+    );
+    println!(
+        "{:<44} {:>16.1} {:>12}",
+        "  export MB/s (cell text)",
+        mb(bytes) / secs,
+        ""
+    );
+    println!(
+        "{:<44} {:>16.1} {:>12}",
+        format!("  client peak RSS MB, {rows} rows"),
+        mb(peak),
+        ""
+    );
+    println!(
+        "{:<44} {:>16.1} {:>12}",
+        format!("  client peak RSS MB, {small_rows} rows"),
+        mb(small_peak),
+        ""
+    );
+    println!(
+        "{:<44} {:>16.0} {:>12}",
+        "Bulk ingest upserts/s (insert pass)",
+        ins_n as f64 / ins_secs,
+        ""
+    );
+    println!(
+        "{:<44} {:>16.0} {:>12}",
+        "Bulk ingest upserts/s (update pass)",
+        upd_n as f64 / upd_secs,
+        ""
+    );
     println!("{:<44} {:>16.1} {:>12}", "seed Accounts (s)", seed_secs, "");
     Ok(report)
 }

@@ -92,8 +92,14 @@ pub async fn run(args: EmulatorArgs) -> Result<()> {
     println!("  REST / SOAP / OAuth / Bulk  {}", running.base_url);
     println!("  login URL                   {}", c.login_url);
     println!("  Pub/Sub gRPC address        {}", c.pubsub_address);
-    println!("  credentials                 {}", running.credentials_path.display());
-    println!("  CA certificate              {}", running.ca_pem_path.display());
+    println!(
+        "  credentials                 {}",
+        running.credentials_path.display()
+    );
+    println!(
+        "  CA certificate              {}",
+        running.ca_pem_path.display()
+    );
     println!("  org id                      {}", c.org_id);
     println!("  username                    {}", c.username);
     println!(

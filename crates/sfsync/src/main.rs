@@ -2,6 +2,7 @@
 //! crates; this crate parses arguments, loads configuration and starts the right pieces.
 
 mod bench_salesforce;
+mod demo;
 mod emulator_cmd;
 
 use clap::{Parser, Subcommand};
@@ -18,6 +19,8 @@ struct Cli {
 enum Command {
     /// Run the Salesforce-compatible emulator (REST, SOAP login, OAuth, Bulk API 2.0, limits).
     Emulator(emulator_cmd::EmulatorArgs),
+    /// The demo: embedded emulator, workload-shaped traffic, the sfsync client reading it, live figures.
+    Demo(demo::DemoArgs),
     /// Run a benchmark suite: print a table and write a JSON report.
     Bench(BenchArgs),
 }
@@ -90,6 +93,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Emulator(args) => emulator_cmd::run(args).await,
             Command::Bench(args) => bench(args).await,
+            Command::Demo(args) => demo::run(args).await,
         }
     })
 }

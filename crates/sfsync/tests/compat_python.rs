@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 /// A Python with the compat requirements installed.
@@ -29,11 +32,21 @@ fn python() -> PathBuf {
         assert!(ok.success(), "creating {} failed", venv.display());
     }
     let ok = Command::new(&py)
-        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "-r"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "-r",
+        ])
         .arg(root.join("tests/compat/requirements.txt"))
         .status()
         .expect("running pip");
-    assert!(ok.success(), "installing tests/compat/requirements.txt failed");
+    assert!(
+        ok.success(),
+        "installing tests/compat/requirements.txt failed"
+    );
     py
 }
 
@@ -48,7 +61,11 @@ async fn simple_salesforce_works_against_the_emulator() {
     let script = workspace_root().join("tests/compat/simple_salesforce_check.py");
     let creds = running.credentials_path.clone();
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(py).arg(script).arg(creds).output().expect("running python")
+        Command::new(py)
+            .arg(script)
+            .arg(creds)
+            .output()
+            .expect("running python")
     })
     .await
     .unwrap();

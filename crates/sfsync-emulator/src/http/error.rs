@@ -28,7 +28,11 @@ impl ApiError {
     }
 
     pub fn bad_json(detail: impl std::fmt::Display) -> ApiError {
-        ApiError::new(400, "JSON_PARSER_ERROR", format!("The request body is not valid JSON: {detail}"))
+        ApiError::new(
+            400,
+            "JSON_PARSER_ERROR",
+            format!("The request body is not valid JSON: {detail}"),
+        )
     }
 }
 

@@ -57,14 +57,20 @@ impl IntoResponse for OAuthError {
 }
 
 /// Client id and secret from the form or from HTTP Basic auth.
-fn client_credentials(form: &HashMap<String, String>, headers: &HeaderMap) -> (Option<String>, Option<String>) {
+fn client_credentials(
+    form: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> (Option<String>, Option<String>) {
     let mut id = form.get("client_id").cloned();
     let mut secret = form.get("client_secret").cloned();
     if let Some(v) = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
     {
-        if let Some(b64) = v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")) {
+        if let Some(b64) = v
+            .strip_prefix("Basic ")
+            .or_else(|| v.strip_prefix("basic "))
+        {
             if let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) {
                 if let Ok(text) = String::from_utf8(raw) {
                     if let Some((i, s)) = text.split_once(':') {
@@ -86,14 +92,22 @@ fn client_credentials(form: &HashMap<String, String>, headers: &HeaderMap) -> (O
 fn check_client_id(state: &AppState, client_id: Option<&str>) -> Result<(), OAuthError> {
     match client_id {
         Some(id) if id == state.auth.app.client_id => Ok(()),
-        Some(_) => Err(oauth_error("invalid_client_id", "client identifier invalid")),
-        None => Err(oauth_error("invalid_client_id", "client identifier invalid")),
+        Some(_) => Err(oauth_error(
+            "invalid_client_id",
+            "client identifier invalid",
+        )),
+        None => Err(oauth_error(
+            "invalid_client_id",
+            "client identifier invalid",
+        )),
     }
 }
 
 fn check_client_secret(state: &AppState, secret: Option<&str>) -> Result<(), OAuthError> {
     match secret {
-        Some(s) if constant_time_eq(s.as_bytes(), state.auth.app.client_secret.as_bytes()) => Ok(()),
+        Some(s) if constant_time_eq(s.as_bytes(), state.auth.app.client_secret.as_bytes()) => {
+            Ok(())
+        }
         _ => Err(oauth_error("invalid_client", "invalid client credentials")),
     }
 }
@@ -106,9 +120,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The token response for a freshly issued session.
-fn token_response(state: &AppState, user: &UserLogin, scope: &str, refresh_token: Option<&str>) -> Response {
+fn token_response(
+    state: &AppState,
+    user: &UserLogin,
+    scope: &str,
+    refresh_token: Option<&str>,
+) -> Response {
     let (token, issued_at) = state.auth.issue(user.user_id);
-    let id = format!("{}/id/{}/{}", state.base_url, state.auth.org_id, user.user_id);
+    let id = format!(
+        "{}/id/{}/{}",
+        state.base_url, state.auth.org_id, user.user_id
+    );
     let issued_at = issued_at.to_string();
     let mut mac = Hmac::<Sha256>::new_from_slice(state.auth.app.client_secret.as_bytes())
         .expect("HMAC accepts any key length");
@@ -139,7 +161,11 @@ struct JwtClaims {
     exp: i64,
 }
 
-async fn token(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+async fn token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     match token_inner(&state, &headers, &body) {
         Ok(r) => r,
         Err(e) => e.into_response(),
@@ -170,7 +196,10 @@ fn token_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Res
             if let Some(secret) = client_secret.as_deref() {
                 check_client_secret(state, Some(secret))?;
             }
-            let refresh = form.get("refresh_token").map(String::as_str).unwrap_or_default();
+            let refresh = form
+                .get("refresh_token")
+                .map(String::as_str)
+                .unwrap_or_default();
             let user = state
                 .auth
                 .refresh_token_user(refresh)
@@ -191,7 +220,10 @@ fn token_inner(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<Res
             let user = verify_jwt(state, assertion)?;
             Ok(token_response(state, &user, "api", None))
         }
-        _ => Err(oauth_error("unsupported_grant_type", "grant type not supported")),
+        _ => Err(oauth_error(
+            "unsupported_grant_type",
+            "grant type not supported",
+        )),
     }
 }
 
@@ -211,12 +243,21 @@ fn password_matches(user: &UserLogin, given: &str) -> bool {
 /// future (30 s leeway).
 fn verify_jwt(state: &AppState, assertion: &str) -> Result<UserLogin, OAuthError> {
     use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
-    let header = decode_header(assertion).map_err(|e| oauth_error("invalid_grant", format!("invalid assertion: {e}")))?;
+    let header = decode_header(assertion)
+        .map_err(|e| oauth_error("invalid_grant", format!("invalid assertion: {e}")))?;
     if header.alg != Algorithm::RS256 {
-        return Err(oauth_error("invalid_grant", "invalid assertion: algorithm must be RS256"));
+        return Err(oauth_error(
+            "invalid_grant",
+            "invalid assertion: algorithm must be RS256",
+        ));
     }
-    let key = DecodingKey::from_rsa_pem(state.auth.app.jwt_public_key_pem.as_bytes())
-        .map_err(|e| oauth_error("invalid_grant", format!("connected app certificate unusable: {e}")))?;
+    let key =
+        DecodingKey::from_rsa_pem(state.auth.app.jwt_public_key_pem.as_bytes()).map_err(|e| {
+            oauth_error(
+                "invalid_grant",
+                format!("connected app certificate unusable: {e}"),
+            )
+        })?;
     let mut validation = Validation::new(Algorithm::RS256);
     validation.leeway = 30;
     validation.validate_aud = false;
@@ -224,14 +265,21 @@ fn verify_jwt(state: &AppState, assertion: &str) -> Result<UserLogin, OAuthError
     let data = decode::<JwtClaims>(assertion, &key, &validation).map_err(|e| {
         use jsonwebtoken::errors::ErrorKind;
         match e.kind() {
-            ErrorKind::ExpiredSignature => oauth_error("invalid_grant", "expired authorization code"),
-            ErrorKind::InvalidSignature => oauth_error("invalid_grant", "invalid assertion: signature"),
+            ErrorKind::ExpiredSignature => {
+                oauth_error("invalid_grant", "expired authorization code")
+            }
+            ErrorKind::InvalidSignature => {
+                oauth_error("invalid_grant", "invalid assertion: signature")
+            }
             _ => oauth_error("invalid_grant", format!("invalid assertion: {e}")),
         }
     })?;
     let claims = data.claims;
     if claims.iss != state.auth.app.client_id {
-        return Err(oauth_error("invalid_client_id", "client identifier invalid"));
+        return Err(oauth_error(
+            "invalid_client_id",
+            "client identifier invalid",
+        ));
     }
     let allowed = [
         state.base_url.to_string(),
@@ -265,21 +313,31 @@ async fn revoke(State(state): State<AppState>, Form(p): Form<TokenParam>) -> Res
     revoke_token(&state, p.token)
 }
 
-async fn revoke_get(State(state): State<AppState>, axum::extract::Query(p): axum::extract::Query<TokenParam>) -> Response {
+async fn revoke_get(
+    State(state): State<AppState>,
+    axum::extract::Query(p): axum::extract::Query<TokenParam>,
+) -> Response {
     revoke_token(&state, p.token)
 }
 
 fn revoke_token(state: &AppState, token: Option<String>) -> Response {
     match token {
         Some(t) if state.auth.revoke(&t) => StatusCode::OK.into_response(),
-        _ => oauth_error("unsupported_token_type", "this token type is not supported").into_response(),
+        _ => oauth_error("unsupported_token_type", "this token type is not supported")
+            .into_response(),
     }
 }
 
-async fn introspect(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+async fn introspect(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
     let (id, secret) = client_credentials(&form, &headers);
-    if check_client_id(&state, id.as_deref()).is_err() || check_client_secret(&state, secret.as_deref()).is_err() {
+    if check_client_id(&state, id.as_deref()).is_err()
+        || check_client_secret(&state, secret.as_deref()).is_err()
+    {
         let mut e = oauth_error("invalid_client", "invalid client credentials");
         e.status = StatusCode::UNAUTHORIZED;
         return e.into_response();
@@ -334,8 +392,12 @@ async fn identity(
     session: Session,
     Path((org, user)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let org_ok = sfsync_core::SfId::parse(&org).map(|o| o == state.auth.org_id).unwrap_or(false);
-    let user_ok = sfsync_core::SfId::parse(&user).map(|u| u == session.user_id).unwrap_or(false);
+    let org_ok = sfsync_core::SfId::parse(&org)
+        .map(|o| o == state.auth.org_id)
+        .unwrap_or(false);
+    let user_ok = sfsync_core::SfId::parse(&user)
+        .map(|u| u == session.user_id)
+        .unwrap_or(false);
     if !org_ok || !user_ok {
         return Err(ApiError::new(403, "INSUFFICIENT_ACCESS", "Bad_Id"));
     }
