@@ -60,6 +60,10 @@ pub fn classify_error_code(code: &str, http_status: Option<u16>) -> ErrorClass {
         | "TooManyLockFailure"
         | "REQUEST_RUNNING_TOO_LONG"
         | "JOB_NOT_COMPLETE"
+        // The record itself was fine: it was rolled back or not run because another one failed.
+        | "ALL_OR_NONE_OPERATION_ROLLED_BACK"
+        | "BATCH_PROCESSING_HALTED"
+        | "PROCESSING_HALTED"
         | "sfdc.platform.eventbus.grpc.service.unavailable" => Retry,
         // Session problems.
         "INVALID_SESSION_ID"
@@ -92,6 +96,16 @@ pub fn classify_error_code(code: &str, http_status: Option<u16>) -> ErrorClass {
         | "InvalidOperation"
         | "InvalidUrl"
         | "FUNCTIONALITY_NOT_ENABLED"
+        | "FeatureNotEnabled"
+        | "INVALIDENTITY"
+        | "InvalidUser"
+        | "MethodNotAllowed"
+        | "InvalidXML"
+        | "EXCEEDED_ID_LIMIT"
+        | "DUPLICATE_EXTERNAL_ID"
+        | "INVALID_EMAIL_ADDRESS"
+        | "NUMBER_OUTSIDE_VALID_RANGE"
+        | "UNDELETE_FAILED"
         | "INVALID_QUERY_LOCATOR"
         | "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY"
         | "INSUFFICIENT_ACCESS_OR_READONLY"
@@ -128,14 +142,32 @@ mod tests {
             classify_error_code("UNABLE_TO_LOCK_ROW", Some(400)),
             ErrorClass::Retry
         );
-        assert_eq!(classify_error_code("INVALID_FIELD", Some(400)), ErrorClass::User);
+        assert_eq!(
+            classify_error_code("INVALID_FIELD", Some(400)),
+            ErrorClass::User
+        );
     }
 
     #[test]
     fn unknown_codes_fall_back_on_status() {
         assert_eq!(classify_error_code("WHATEVER", Some(400)), ErrorClass::User);
-        assert_eq!(classify_error_code("WHATEVER", Some(503)), ErrorClass::Retry);
+        assert_eq!(
+            classify_error_code("WHATEVER", Some(503)),
+            ErrorClass::Retry
+        );
         assert_eq!(classify_error_code("", Some(420)), ErrorClass::Retry);
         assert_eq!(classify_error_code("", None), ErrorClass::Retry);
+    }
+
+    #[test]
+    fn rolled_back_records_are_retried_not_reported_as_bad() {
+        assert_eq!(
+            classify_error_code("ALL_OR_NONE_OPERATION_ROLLED_BACK", Some(200)),
+            ErrorClass::Retry
+        );
+        assert_eq!(
+            classify_error_code("DUPLICATE_EXTERNAL_ID", Some(300)),
+            ErrorClass::User
+        );
     }
 }
