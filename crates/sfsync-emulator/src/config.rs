@@ -25,6 +25,8 @@ pub struct EmulatorConfig {
     /// public-sector objects.
     pub schema_file: Option<PathBuf>,
     pub limits: LimitsConfig,
+    /// Fault injection from the start (the admin API can change it later).
+    pub faults: crate::faults::FaultConfig,
     /// Change Data Capture and Pub/Sub settings.
     pub cdc: CdcConfig,
 }
@@ -41,6 +43,7 @@ impl EmulatorConfig {
             session_timeout: Duration::from_secs(2 * 3600),
             schema_file: None,
             limits: LimitsConfig::default(),
+            faults: crate::faults::FaultConfig::default(),
             cdc: CdcConfig::default(),
         }
     }

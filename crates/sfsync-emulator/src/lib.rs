@@ -90,6 +90,10 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator> {
             config.grpc_addr
         );
     }
+    config
+        .faults
+        .validate()
+        .map_err(|e| anyhow::anyhow!("fault configuration: {e}"))?;
     let dir = config.data_dir.clone();
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating data directory {}", dir.display()))?;
@@ -154,7 +158,7 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator> {
         cdc,
         auth,
         limits,
-        faults: Arc::new(faults::Faults::default()),
+        faults: Arc::new(faults::Faults::new(config.faults.clone())),
         config: Arc::new(config.clone()),
         base_url: base_url.clone().into(),
         admin_token: secrets.admin_token.clone().into(),

@@ -33,13 +33,18 @@ pub struct EmulatorArgs {
     /// Rolling-24 h API request allocation.
     #[arg(long, default_value_t = LimitsConfig::default().daily_api_requests)]
     pub daily_api_requests: u64,
+    /// Fault injection from a JSON file: `{"latency_ms": 50, "seed": 1, "rules": [{"path_contains":
+    /// "/composite/", "method": "PATCH", "kind": "UNABLE_TO_LOCK_ROW", "rate": 0.1}]}`
+    /// (kinds: SERVER_UNAVAILABLE, UNABLE_TO_LOCK_ROW, QUERY_TIMEOUT). Also `PUT /admin/faults`.
+    #[arg(long)]
+    pub faults: Option<PathBuf>,
     /// Seed this many records per standard and custom object at start (0 = empty org).
     #[arg(long, default_value_t = 0)]
     pub seed: usize,
 }
 
 impl EmulatorArgs {
-    pub fn to_config(&self) -> EmulatorConfig {
+    pub fn to_config(&self) -> Result<EmulatorConfig> {
         let persist = self.data_dir.is_some();
         let dir = self
             .data_dir
@@ -53,12 +58,18 @@ impl EmulatorArgs {
         c.schema_file = self.schema.clone();
         c.session_timeout = Duration::from_secs(self.session_timeout_secs);
         c.limits.daily_api_requests = self.daily_api_requests;
-        c
+        if let Some(path) = &self.faults {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the fault file {}", path.display()))?;
+            c.faults = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a valid fault configuration", path.display()))?;
+        }
+        Ok(c)
     }
 }
 
 pub async fn run(args: EmulatorArgs) -> Result<()> {
-    let config = args.to_config();
+    let config = args.to_config()?;
     let running = sfsync_emulator::start(config.clone()).await?;
     if args.seed > 0 {
         let org = running.org().clone();
