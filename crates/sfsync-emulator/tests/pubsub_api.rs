@@ -67,7 +67,7 @@ async fn dml_changes_arrive_with_documented_header_bitmaps_and_nulls() {
     assert_eq!(r1.len(), 8);
     assert_eq!(ev.change_type(), "CREATE");
     assert_eq!(ev.header("entityName"), Avro::String("Account".into()));
-    assert_eq!(ev.header_strings("recordIds"), [id.clone()]);
+    assert_eq!(ev.header_strings("recordIds"), std::slice::from_ref(&id));
     assert_eq!(
         ev.header("changeOrigin"),
         Avro::String("com/salesforce/api/soap/66.0;client=sfsync".into())

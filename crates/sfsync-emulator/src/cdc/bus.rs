@@ -149,6 +149,9 @@ pub struct BusStats {
     pub delivered: AtomicU64,
 }
 
+/// A platform event's declared fields and generated schema.
+type PlatformDef = (Vec<PlatformField>, Arc<CdcSchema>);
+
 /// The org's event bus. Create with [`CdcBus::new`], connect with [`CdcBus::attach`].
 pub struct CdcBus {
     config: RwLock<CdcConfig>,
@@ -156,7 +159,7 @@ pub struct CdcBus {
     /// Every schema ever used: id → exact JSON.
     registry: RwLock<HashMap<String, Arc<str>>>,
     cache: Mutex<SchemaCache>,
-    platform: RwLock<HashMap<String, (Vec<PlatformField>, Arc<CdcSchema>)>>,
+    platform: RwLock<HashMap<String, PlatformDef>>,
     faults: Mutex<GapFaults>,
     delivered: Mutex<Delivered>,
     notify: watch::Sender<u64>,
