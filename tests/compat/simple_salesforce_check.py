@@ -10,6 +10,7 @@ Exits non-zero with a message naming the failed check.
 import csv
 import io
 import json
+import os
 import sys
 import tempfile
 
@@ -52,6 +53,10 @@ def session_for(creds):
 
 def main(path):
     creds = json.load(open(path))
+    # How a user makes Python tools trust the emulator's CA (requests reads it and lets it
+    # override a session's `verify`).
+    os.environ["REQUESTS_CA_BUNDLE"] = creds["ca_file"]
+    os.environ.pop("CURL_CA_BUNDLE", None)
 
     # 1. SOAP partner login, as simple-salesforce does by default.
     sf = Salesforce(

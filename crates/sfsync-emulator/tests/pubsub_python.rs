@@ -2,10 +2,12 @@
 //! generated at test time from our .proto) subscribes to the emulator over TLS, decodes change
 //! events and resumes from a replay id with no loss and no duplicate.
 //!
-//! Needs `SFSYNC_TEST_PYTHON` (a Python with tests/compat/requirements.txt installed), which
-//! `scripts/test` sets; without it the test fails and says so instead of passing silently.
+//! The Python comes from `SFSYNC_TEST_PYTHON` (scripts/test prepares it) or is prepared in
+//! `target/py-venv` by the test itself.
 
 mod pubsub_common;
+#[path = "../../../tests/compat/python_env.rs"]
+mod python_env;
 
 use pubsub_common::*;
 use serde_json::{json, Value};
@@ -14,13 +16,9 @@ use sfsync_org::DmlOp;
 
 #[tokio::test]
 async fn python_grpc_avro_client_decodes_and_resumes() {
-    let python = std::env::var("SFSYNC_TEST_PYTHON").unwrap_or_else(|_| {
-        panic!(
-            "SFSYNC_TEST_PYTHON is not set: this compatibility test needs a Python with \
-             tests/compat/requirements.txt installed. Run scripts/test (it creates the venv and \
-             sets the variable), or set SFSYNC_TEST_PYTHON=/path/to/venv/bin/python."
-        )
-    });
+    let python = tokio::task::spawn_blocking(python_env::python)
+        .await
+        .unwrap();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let emu = Emu::start(CdcConfig::default()).await;
     let mut ids = Vec::new();

@@ -38,6 +38,16 @@ pub struct EmulatorArgs {
     /// (kinds: SERVER_UNAVAILABLE, UNABLE_TO_LOCK_ROW, QUERY_TIMEOUT). Also `PUT /admin/faults`.
     #[arg(long)]
     pub faults: Option<PathBuf>,
+    /// Objects that publish Change Data Capture events (comma-separated; default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub cdc_objects: Option<Vec<String>>,
+    /// How long change events stay replayable (Salesforce: 72 hours).
+    #[arg(long, default_value_t = 72)]
+    pub cdc_retention_hours: u64,
+    /// Change events delivered to subscribers per rolling 24 h before
+    /// `subscription.limit.exceeded` (default sized for the design workload of 35 M changes/day).
+    #[arg(long)]
+    pub cdc_daily_delivery_allocation: Option<u64>,
     /// Seed this many records per standard and custom object at start (0 = empty org).
     #[arg(long, default_value_t = 0)]
     pub seed: usize,
@@ -58,11 +68,17 @@ impl EmulatorArgs {
         c.schema_file = self.schema.clone();
         c.session_timeout = Duration::from_secs(self.session_timeout_secs);
         c.limits.daily_api_requests = self.daily_api_requests;
+        c.cdc.enabled_objects = self.cdc_objects.clone();
+        c.cdc.retention = Duration::from_secs(self.cdc_retention_hours * 3600);
+        if let Some(n) = self.cdc_daily_delivery_allocation {
+            c.cdc.daily_delivery_allocation = n;
+        }
         if let Some(path) = &self.faults {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading the fault file {}", path.display()))?;
-            c.faults = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not a valid fault configuration", path.display()))?;
+            c.faults = serde_json::from_str(&text).with_context(|| {
+                format!("{} is not a valid fault configuration", path.display())
+            })?;
         }
         Ok(c)
     }

@@ -157,8 +157,9 @@ struct JwtClaims {
     iss: String,
     sub: String,
     aud: serde_json::Value,
-    #[allow(dead_code)]
-    exp: i64,
+    /// Epoch seconds; some clients (simple-salesforce) send it as a string, which Salesforce
+    /// accepts, so both forms are read.
+    exp: serde_json::Value,
 }
 
 async fn token(
@@ -259,9 +260,10 @@ fn verify_jwt(state: &AppState, assertion: &str) -> Result<UserLogin, OAuthError
             )
         })?;
     let mut validation = Validation::new(Algorithm::RS256);
-    validation.leeway = 30;
     validation.validate_aud = false;
-    validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+    // `exp` is checked below: jsonwebtoken only accepts it as a number.
+    validation.validate_exp = false;
+    validation.set_required_spec_claims::<&str>(&[]);
     let data = decode::<JwtClaims>(assertion, &key, &validation).map_err(|e| {
         use jsonwebtoken::errors::ErrorKind;
         match e.kind() {
@@ -275,6 +277,21 @@ fn verify_jwt(state: &AppState, assertion: &str) -> Result<UserLogin, OAuthError
         }
     })?;
     let claims = data.claims;
+    let exp = match &claims.exp {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        oauth_error(
+            "invalid_grant",
+            "invalid assertion: exp is missing or not a number",
+        )
+    })?;
+    let now = chrono::Utc::now().timestamp() as f64;
+    if exp + 30.0 < now {
+        return Err(oauth_error("invalid_grant", "expired authorization code"));
+    }
     if claims.iss != state.auth.app.client_id {
         return Err(oauth_error(
             "invalid_client_id",

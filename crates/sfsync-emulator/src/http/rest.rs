@@ -420,7 +420,7 @@ async fn limits(
     Path(v): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     api_version(&v)?;
-    Ok(Json(state.limits.limits_json(&[])))
+    Ok(Json(state.limits.limits_json(&state.cdc.limits_extra())))
 }
 
 async fn global_describe(
