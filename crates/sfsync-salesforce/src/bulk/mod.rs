@@ -553,7 +553,10 @@ impl Bulk {
         self.ingest_results(job_id, "unprocessedrecords/").await
     }
 
+    /// Result CSVs use the job's column delimiter, so the job is read first (one GET) to parse
+    /// them with the right one.
     async fn ingest_results(&self, job_id: &str, leaf: &str) -> Result<CsvResultStream> {
+        let delimiter = self.ingest_job(job_id).await?.delimiter_byte();
         let path = format!("{}/{leaf}", self.job_path(JobKind::Ingest, job_id));
         let mut s = CsvResultStream::new(
             self.client.clone(),
@@ -561,7 +564,7 @@ impl Bulk {
             job_id,
             path,
             false,
-            b',',
+            delimiter,
             None,
         );
         s.open_page().await?;
