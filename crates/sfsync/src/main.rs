@@ -1,6 +1,7 @@
 //! The `sfsync` binary: command-line interface and wiring. Business logic lives in the library
 //! crates; this crate parses arguments, loads configuration and starts the right pieces.
 
+mod bench_pubsub;
 mod bench_salesforce;
 mod demo;
 mod emulator_cmd;
@@ -45,12 +46,17 @@ struct BenchArgs {
     /// Salesforce suite: records upserted by Bulk ingest.
     #[arg(long, default_value_t = 100_000)]
     upserts: usize,
+    /// Pub/Sub suite: change events pre-committed and subscribed to.
+    #[arg(long, default_value_t = 200_000)]
+    events: usize,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum BenchSuite {
     /// REST GETs/s, Bulk 2.0 export, Bulk ingest upserts (issue: the HTTP side).
     Salesforce,
+    /// CDC Avro decode rate (1 KB / 5 KB events) and end-to-end Pub/Sub subscribe rate.
+    Pubsub,
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -61,6 +67,13 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 rest_secs: args.rest_secs,
                 concurrency: args.concurrency,
                 upserts: args.upserts,
+            })
+            .await?
+        }
+        BenchSuite::Pubsub => {
+            bench_pubsub::run(bench_pubsub::PubsubBenchOptions {
+                events: args.events,
+                ..Default::default()
             })
             .await?
         }

@@ -441,11 +441,10 @@ impl Schema {
         } else {
             n as u64
         };
-        let limit = if item_width == 0 {
-            MAX_ZERO_WIDTH_ITEMS
-        } else {
-            (r.remaining() / item_width) as u64
-        };
+        let limit = r
+            .remaining()
+            .checked_div(item_width)
+            .map_or(MAX_ZERO_WIDTH_ITEMS, |n| n as u64);
         if count > limit {
             return Err(RawError::at(
                 if item_width == 0 {
@@ -756,7 +755,7 @@ impl RawError {
         s
     }
 
-    fn into_error(self: Box<Self>, schema_id: &str) -> DecodeError {
+    fn into_error(self, schema_id: &str) -> DecodeError {
         let schema_id = schema_id.to_string();
         let path = self.path_string();
         let offset = self.offset;
@@ -967,7 +966,8 @@ struct RawHeader {
     changed: Vec<String>,
     nulled: Vec<String>,
     diff: Vec<String>,
-    change_type_symbol: Option<String>,
+    /// The parsed change type, or the unknown symbol.
+    change_type: Option<Result<ChangeType, String>>,
 }
 
 impl ChangeSchema {
@@ -1036,36 +1036,99 @@ impl ChangeSchema {
         &self.tree
     }
 
+    /// A header string: read in place when the writer type is `string`.
+    fn header_string(&self, r: &mut Reader<'_>, node: &Node) -> Result<String, Box<RawError>> {
+        match node {
+            Node::String => Ok(r.str()?.to_owned()),
+            _ => Ok(take_string(self.schema.read(r, node, 1)?)),
+        }
+    }
+
+    /// A header `array<string>`: read in place when the writer type is exactly that.
+    fn header_strings(
+        &self,
+        r: &mut Reader<'_>,
+        node: &Node,
+    ) -> Result<Vec<String>, Box<RawError>> {
+        match node {
+            Node::Array(items) if matches!(**items, Node::String) => {
+                let mut out = Vec::new();
+                loop {
+                    let n = self.schema.block_count(r, 1)?;
+                    if n == 0 {
+                        return Ok(out);
+                    }
+                    out.reserve(n as usize);
+                    for k in 0..n {
+                        out.push(r.str().map_err(|e| e.within_index(k as usize))?.to_owned());
+                    }
+                }
+            }
+            _ => Ok(take_strings(self.schema.read(r, node, 1)?)),
+        }
+    }
+
+    fn header_long(&self, r: &mut Reader<'_>, node: &Node) -> Result<i64, Box<RawError>> {
+        match node {
+            Node::Int | Node::Long => r.long(),
+            _ => Ok(take_i64(&self.schema.read(r, node, 1)?)),
+        }
+    }
+
     fn read_header(&self, r: &mut Reader<'_>) -> Result<RawHeader, Box<RawError>> {
         let mut h = RawHeader::default();
         let rec = &self.schema.records[self.header_record];
         for (f, slot) in rec.fields.iter().zip(&self.header_slots) {
-            if *slot == HeaderSlot::Other {
-                self.schema
-                    .skip(r, &f.node, 1)
-                    .map_err(|e| e.within(&f.name))?;
-                continue;
-            }
-            let v = self
-                .schema
-                .read(r, &f.node, 1)
-                .map_err(|e| e.within(&f.name))?;
+            let node = &f.node;
             let hd = &mut h.header;
-            match slot {
-                HeaderSlot::EntityName => hd.entity_name = take_string(v),
-                HeaderSlot::RecordIds => hd.record_ids = take_strings(v),
-                HeaderSlot::ChangeType => h.change_type_symbol = Some(take_string(v)),
-                HeaderSlot::ChangeOrigin => hd.change_origin = take_string(v),
-                HeaderSlot::TransactionKey => hd.transaction_key = take_string(v),
-                HeaderSlot::SequenceNumber => hd.sequence_number = take_i64(&v) as i32,
-                HeaderSlot::CommitTimestamp => hd.commit_timestamp = take_i64(&v),
-                HeaderSlot::CommitNumber => hd.commit_number = take_i64(&v),
-                HeaderSlot::CommitUser => hd.commit_user = take_string(v),
-                HeaderSlot::NulledFields => h.nulled = take_strings(v),
-                HeaderSlot::DiffFields => h.diff = take_strings(v),
-                HeaderSlot::ChangedFields => h.changed = take_strings(v),
-                HeaderSlot::Other => {}
-            }
+            let res = match slot {
+                HeaderSlot::Other => self.schema.skip(r, node, 1),
+                HeaderSlot::EntityName => self.header_string(r, node).map(|v| hd.entity_name = v),
+                HeaderSlot::RecordIds => self.header_strings(r, node).map(|v| hd.record_ids = v),
+                HeaderSlot::ChangeType => match node {
+                    Node::Enum(i) => {
+                        let at = r.pos;
+                        r.long().and_then(|idx| {
+                            let symbols = &self.schema.enums[*i].symbols;
+                            let s = usize::try_from(idx)
+                                .ok()
+                                .and_then(|k| symbols.get(k))
+                                .ok_or_else(|| {
+                                    RawError::at(
+                                        RawKind::BadEnum {
+                                            index: idx,
+                                            symbols: symbols.len(),
+                                        },
+                                        at,
+                                    )
+                                })?;
+                            h.change_type = Some(ChangeType::parse(s).ok_or_else(|| s.clone()));
+                            Ok(())
+                        })
+                    }
+                    _ => self.header_string(r, node).map(|s| {
+                        h.change_type = Some(ChangeType::parse(&s).ok_or(s));
+                    }),
+                },
+                HeaderSlot::ChangeOrigin => {
+                    self.header_string(r, node).map(|v| hd.change_origin = v)
+                }
+                HeaderSlot::TransactionKey => {
+                    self.header_string(r, node).map(|v| hd.transaction_key = v)
+                }
+                HeaderSlot::SequenceNumber => self
+                    .header_long(r, node)
+                    .map(|v| hd.sequence_number = v as i32),
+                HeaderSlot::CommitTimestamp => {
+                    self.header_long(r, node).map(|v| hd.commit_timestamp = v)
+                }
+                HeaderSlot::CommitNumber => self.header_long(r, node).map(|v| hd.commit_number = v),
+                HeaderSlot::CommitUser => self.header_string(r, node).map(|v| hd.commit_user = v),
+                HeaderSlot::NulledFields => self.header_strings(r, node).map(|v| h.nulled = v),
+                HeaderSlot::DiffFields => self.header_strings(r, node).map(|v| h.diff = v),
+                HeaderSlot::ChangedFields => self.header_strings(r, node).map(|v| h.changed = v),
+            };
+            res.map_err(|e| e.within(&f.name))?;
         }
         Ok(h)
     }
@@ -1091,15 +1154,16 @@ impl ChangeSchema {
             changed,
             nulled,
             diff,
-            change_type_symbol,
+            change_type,
         } = raw;
-        header.change_type = match change_type_symbol.as_deref() {
-            Some(s) => Some(
-                ChangeType::parse(s).ok_or_else(|| DecodeError::NotAChangeEvent {
+        header.change_type = match change_type {
+            Some(Ok(t)) => Some(t),
+            Some(Err(s)) => {
+                return Err(DecodeError::NotAChangeEvent {
                     schema_id: sid.to_string(),
                     reason: format!("unknown changeType `{s}`"),
-                })?,
-            ),
+                })
+            }
             None => None,
         };
         let bm = |list: &[String], field: &'static str| {
@@ -1201,16 +1265,15 @@ impl ChangeSchema {
                     let value = if is_nulled {
                         FieldValue::Null
                     } else {
-                        let parent = values.get(fr.top as usize).and_then(Option::as_ref);
+                        // A listed top-level field is used once (duplicates were skipped and
+                        // its components are not listed separately), so it can be moved out.
+                        let parent = values.get_mut(fr.top as usize);
                         let v = match (parent, fr.sub) {
-                            (Some(v), None) => v.clone(),
-                            (Some(v @ FieldValue::Record(_)), Some(sub)) => match v {
-                                FieldValue::Record(items) => items
-                                    .get(sub as usize)
-                                    .map(|(_, v)| v.clone())
-                                    .unwrap_or(FieldValue::Null),
-                                _ => FieldValue::Null,
-                            },
+                            (Some(slot), None) => slot.take().unwrap_or(FieldValue::Null),
+                            (Some(Some(FieldValue::Record(items))), Some(sub)) => items
+                                .get(sub as usize)
+                                .map(|(_, v)| v.clone())
+                                .unwrap_or(FieldValue::Null),
                             _ => FieldValue::Null,
                         };
                         if is_diff(fr) {

@@ -530,30 +530,30 @@ impl Inner {
     }
 
     async fn get_topic(&self, topic: &str) -> Result<TopicInfo, PubSubError> {
-        let mut token = self.token().await?;
-        for attempt in 0..2 {
+        let call = |token: Arc<AccessToken>| async move {
             let req = self.request(
                 TopicRequest {
                     topic_name: topic.to_string(),
                 },
                 &token,
             )?;
-            match self.client.clone().get_topic(req).await {
-                Ok(r) => return Ok(r.into_inner()),
-                Err(s) => match PubSubError::from_status("GetTopic", &s, None) {
-                    PubSubError::Auth { .. } if attempt == 0 => {
-                        token = self.refresh(&token).await?
-                    }
-                    e => return Err(e),
-                },
-            }
+            self.client
+                .clone()
+                .get_topic(req)
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|s| PubSubError::from_status("GetTopic", &s, None))
+        };
+        let token = self.token().await?;
+        match call(token.clone()).await {
+            // One token refresh, then one retry.
+            Err(PubSubError::Auth { .. }) => call(self.refresh(&token).await?).await,
+            other => other,
         }
-        unreachable!("the loop returns on its second attempt")
     }
 
     async fn fetch_schema(&self, schema_id: &str) -> Result<Arc<ChangeSchema>, PubSubError> {
-        let mut token = self.token().await?;
-        for attempt in 0..2 {
+        let call = |token: Arc<AccessToken>| async move {
             let req = self.request(
                 SchemaRequest {
                     schema_id: schema_id.to_string(),
@@ -561,27 +561,24 @@ impl Inner {
                 &token,
             )?;
             self.schema_fetches.fetch_add(1, Ordering::Relaxed);
-            match self.client.clone().get_schema(req).await {
-                Ok(r) => {
-                    let info = r.into_inner();
-                    let schema =
-                        ChangeSchema::parse(schema_id, &info.schema_json).map_err(|e| {
-                            PubSubError::Schema {
-                                schema_id: schema_id.to_string(),
-                                reason: e.to_string(),
-                            }
-                        })?;
-                    return Ok(Arc::new(schema));
-                }
-                Err(s) => match PubSubError::from_status("GetSchema", &s, None) {
-                    PubSubError::Auth { .. } if attempt == 0 => {
-                        token = self.refresh(&token).await?
-                    }
-                    e => return Err(e),
-                },
-            }
-        }
-        unreachable!("the loop returns on its second attempt")
+            self.client
+                .clone()
+                .get_schema(req)
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|s| PubSubError::from_status("GetSchema", &s, None))
+        };
+        let token = self.token().await?;
+        let info = match call(token.clone()).await {
+            Err(PubSubError::Auth { .. }) => call(self.refresh(&token).await?).await,
+            other => other,
+        }?;
+        let schema =
+            ChangeSchema::parse(schema_id, &info.schema_json).map_err(|e| PubSubError::Schema {
+                schema_id: schema_id.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(Arc::new(schema))
     }
 
     async fn schema(&self, schema_id: &str) -> Result<Arc<ChangeSchema>, PubSubError> {
