@@ -25,11 +25,12 @@ use serde_json::Value as Json;
 use sfsync_org::{ChangeKind, CommittedTransaction, Org, RecordChange, Schema};
 use tokio::sync::watch;
 
+use super::avro_writer;
 use super::bitmap::{self, FieldBits};
 use super::diff::text_diff;
 use super::encode::{
     encode_event, json_to_value, values_from_fields, ChangeEvent, ChangeEventHeader, ChangeType,
-    FieldValue,
+    EncodeError, FieldValue,
 };
 use super::log::{self, LogFile};
 use super::schema::{self, AvroKind, CdcSchema, PlatformField, TopField};
@@ -508,16 +509,16 @@ impl CdcBus {
 
     /// Publishes the change events of one committed transaction (called in commit order).
     pub fn on_commit(&self, org_schema: &Arc<Schema>, tx: &CommittedTransaction) -> Vec<u64> {
-        let events = self.build_events(org_schema, tx);
+        let events = self.build(org_schema, tx);
         let stored = events
             .into_iter()
             .map(|(entity, schema_id, payload)| StoredEvent {
                 replay_id: 0,
                 time_ms: tx.commit_timestamp,
                 kind: EventKind::Change,
-                entity: entity.into(),
-                schema_id: schema_id.into(),
-                event_id: uuid::Uuid::new_v4().to_string(),
+                entity,
+                schema_id,
+                event_id: event_uuid(),
                 payload: Bytes::from(payload),
             })
             .collect();
@@ -552,20 +553,59 @@ impl CdcBus {
         org_schema: &Arc<Schema>,
         tx: &CommittedTransaction,
     ) -> Vec<(String, String, Vec<u8>)> {
+        self.build(org_schema, tx)
+            .into_iter()
+            .map(|(e, id, p)| (e.to_string(), id.to_string(), p))
+            .collect()
+    }
+
+    /// [`CdcBus::build_events`] with entity and schema id shared per schema.
+    ///
+    /// Each change's body (every field after the header) is encoded once, straight from the
+    /// org's field values; identical changes are found by comparing (object, change type,
+    /// bitmaps, body bytes), and the header — which carries the merged record ids — is written
+    /// in front of the body at the end.
+    fn build(
+        &self,
+        org_schema: &Arc<Schema>,
+        tx: &CommittedTransaction,
+    ) -> Vec<(Arc<str>, Arc<str>, Vec<u8>)> {
         let (threshold, max_bytes) = {
             let c = self.config.read();
             (c.overflow_threshold, c.max_event_bytes)
         };
-        let mut drafts: Vec<(Arc<CdcSchema>, ChangeEvent)> = Vec::new();
-        let mut merge: HashMap<String, usize> = HashMap::new();
+        // Schemas used by this transaction: (object, schema, entity, schema id).
+        let mut schemas: Vec<SchemaUse> = Vec::new();
+        let mut drafts: Vec<Draft> = Vec::new();
+        let mut merge: HashMap<u64, Vec<usize>> = HashMap::new();
         let mut overflow: Vec<(String, u32)> = Vec::new();
         let mut count: u64 = 0;
         let mut overflowing = false;
+        let mut last: Option<usize> = None;
         for change in &tx.changes {
-            if !self.is_enabled(&change.object) {
-                continue;
-            }
-            let Some(schema) = self.object_schema(org_schema, &change.object) else {
+            let s = match last.filter(|&i| schemas[i].object == change.object) {
+                Some(i) => i,
+                None => match schemas.iter().position(|u| u.object == change.object) {
+                    Some(i) => i,
+                    None => {
+                        let schema = if self.is_enabled(&change.object) {
+                            self.object_schema(org_schema, &change.object)
+                        } else {
+                            None
+                        };
+                        schemas.push(SchemaUse {
+                            object: change.object.clone(),
+                            ids: schema
+                                .as_ref()
+                                .map(|s| (Arc::from(s.entity.as_str()), Arc::from(s.id.as_str()))),
+                            schema,
+                        });
+                        schemas.len() - 1
+                    }
+                },
+            };
+            last = Some(s);
+            let Some(schema) = schemas[s].schema.as_ref() else {
                 continue;
             };
             let cost = match change.change_type {
@@ -580,33 +620,30 @@ impl CdcBus {
                 continue;
             }
             count += cost;
-            let ev = draft_event(tx, &schema, change);
-            let key = format!(
-                "{}|{:?}|{:?}|{:?}|{:?}|{}",
-                change.object,
-                ev.header.change_type,
-                ev.header.changed_fields,
-                ev.header.nulled_fields,
-                ev.header.diff_fields,
-                serde_json::to_string(&ev.values).unwrap_or_default()
-            );
-            match merge.get(&key) {
-                Some(&i) => {
-                    drafts[i]
-                        .1
-                        .header
-                        .record_ids
-                        .push(change.record_id.as_str().to_string());
+            let d = draft_event(schema, s, change);
+            let key = d.merge_hash();
+            let candidates = merge.entry(key).or_default();
+            match candidates
+                .iter()
+                .copied()
+                .find(|&i| drafts[i].same_change(&d))
+            {
+                Some(i) => {
+                    drafts[i].record_ids.push(change.record_id.as_str());
                     self.stats.merged_records.fetch_add(1, Ordering::Relaxed);
                 }
                 None => {
-                    merge.insert(key, drafts.len());
-                    drafts.push((schema, ev));
+                    candidates.push(drafts.len());
+                    drafts.push(d);
                 }
             }
         }
         let mut out = Vec::with_capacity(drafts.len() + overflow.len());
-        for (schema, ev) in drafts {
+        for d in drafts {
+            let u = &schemas[d.schema];
+            let (Some(schema), Some((entity, id))) = (u.schema.as_ref(), u.ids.as_ref()) else {
+                continue;
+            };
             let forced_gap = {
                 let mut f = self.faults.lock();
                 if f.next > 0 {
@@ -616,46 +653,40 @@ impl CdcBus {
                     f.rate > 0.0 && rand::random::<f64>() < f.rate
                 }
             };
-            let encoded = if forced_gap {
-                None
-            } else {
-                match encode_event(&schema, &ev) {
-                    Ok(b) if b.len() <= max_bytes => Some(b),
-                    Ok(b) => {
-                        tracing::info!(entity = %schema.entity, bytes = b.len(), max_bytes, "Change event exceeds the maximum size; sending a gap event");
+            let encoded = match (&d.body, forced_gap) {
+                (_, true) => None,
+                (Ok(body), false) => {
+                    let mut buf = Vec::with_capacity(d.header_size_hint(tx) + body.len());
+                    d.write_header(&mut buf, tx, d.change_type, false);
+                    buf.extend_from_slice(body);
+                    if buf.len() <= max_bytes {
+                        Some(buf)
+                    } else {
+                        tracing::info!(entity = %schema.entity, bytes = buf.len(), max_bytes, "Change event exceeds the maximum size; sending a gap event");
                         None
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, "Encoding a change event failed; sending a gap event");
-                        None
-                    }
+                }
+                (Err(e), false) => {
+                    tracing::error!(error = %e, "Encoding a change event failed; sending a gap event");
+                    None
                 }
             };
             let payload = match encoded {
                 Some(b) => b,
                 None => {
                     self.stats.gaps.fetch_add(1, Ordering::Relaxed);
-                    let mut h = ev.header.clone();
-                    h.change_type = h.change_type.gap();
-                    h.changed_fields.clear();
-                    h.nulled_fields.clear();
-                    h.diff_fields.clear();
-                    match encode_event(
-                        &schema,
-                        &ChangeEvent {
-                            header: h,
-                            values: Vec::new(),
-                        },
-                    ) {
-                        Ok(b) => b,
-                        Err(e) => {
-                            tracing::error!(error = %e, "Encoding a gap event failed; event lost");
-                            continue;
-                        }
+                    let mut buf =
+                        Vec::with_capacity(d.header_size_hint(tx) + schema.plan.ops.len());
+                    d.write_header(&mut buf, tx, d.change_type.gap(), true);
+                    if let Err(e) = avro_writer::write_body(&mut buf, &schema.plan, &**schema, &[])
+                    {
+                        tracing::error!(error = %e, "Encoding a gap event failed; event lost");
+                        continue;
                     }
+                    buf
                 }
             };
-            out.push((schema.entity.clone(), schema.id.clone(), payload));
+            out.push((entity.clone(), id.clone(), payload));
         }
         for (object, seq) in overflow {
             let Some(schema) = self.object_schema(org_schema, &object) else {
@@ -670,7 +701,7 @@ impl CdcBus {
                     values: Vec::new(),
                 },
             ) {
-                Ok(b) => out.push((object, schema.id.clone(), b)),
+                Ok(b) => out.push((Arc::from(object.as_str()), Arc::from(schema.id.as_str()), b)),
                 Err(e) => tracing::error!(error = %e, "Encoding a GAP_OVERFLOW event failed"),
             }
         }
@@ -678,25 +709,146 @@ impl CdcBus {
     }
 }
 
-/// The change event of one record change (before merging).
-fn draft_event(
-    tx: &CommittedTransaction,
-    schema: &CdcSchema,
-    change: &RecordChange,
-) -> ChangeEvent {
+/// A random (version 4) UUID for `ProducerEvent.id`, from the thread-local generator (no
+/// system call per event).
+fn event_uuid() -> String {
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .to_string()
+}
+
+/// A schema used by a transaction being built.
+struct SchemaUse {
+    object: String,
+    /// `None` when CDC is disabled for the object or it has no definition.
+    schema: Option<Arc<CdcSchema>>,
+    /// Entity and schema id, shared by all events of the schema.
+    ids: Option<(Arc<str>, Arc<str>)>,
+}
+
+/// One change event before merging and header encoding.
+struct Draft<'t> {
+    /// Index into the transaction's [`SchemaUse`]s.
+    schema: usize,
+    entity: &'t str,
+    change_type: ChangeType,
+    sequence_number: u32,
+    record_ids: Vec<&'t str>,
+    nulled_fields: Vec<String>,
+    diff_fields: Vec<String>,
+    changed_fields: Vec<String>,
+    /// Encoded body (every top-level field after the header).
+    body: Result<Vec<u8>, EncodeError>,
+}
+
+impl Draft<'_> {
+    fn merge_hash(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.schema.hash(&mut h);
+        self.change_type.hash(&mut h);
+        self.changed_fields.hash(&mut h);
+        self.nulled_fields.hash(&mut h);
+        self.diff_fields.hash(&mut h);
+        match &self.body {
+            Ok(b) => b.hash(&mut h),
+            // Never merged (see `same_change`).
+            Err(_) => self.sequence_number.hash(&mut h),
+        }
+        h.finish()
+    }
+
+    /// Identical changes: same object, change type, bitmaps and (successfully encoded) values.
+    fn same_change(&self, o: &Draft) -> bool {
+        self.schema == o.schema
+            && self.change_type == o.change_type
+            && self.changed_fields == o.changed_fields
+            && self.nulled_fields == o.nulled_fields
+            && self.diff_fields == o.diff_fields
+            && matches!((&self.body, &o.body), (Ok(a), Ok(b)) if a == b)
+    }
+
+    fn header_size_hint(&self, tx: &CommittedTransaction) -> usize {
+        let arr = |v: &[String]| v.iter().map(|s| s.len() + 2).sum::<usize>() + 2;
+        self.entity.len()
+            + self.record_ids.iter().map(|r| r.len() + 2).sum::<usize>()
+            + tx.change_origin.len()
+            + tx.transaction_key.len()
+            + tx.commit_user.as_str().len()
+            + arr(&self.nulled_fields)
+            + arr(&self.diff_fields)
+            + arr(&self.changed_fields)
+            + 48
+    }
+
+    /// Writes the `ChangeEventHeader` (`gap`: without bitmaps).
+    fn write_header(
+        &self,
+        buf: &mut Vec<u8>,
+        tx: &CommittedTransaction,
+        change_type: ChangeType,
+        gap: bool,
+    ) {
+        let none: &[String] = &[];
+        let (pick_nulled, pick_diff, pick_changed) = if gap {
+            (none, none, none)
+        } else {
+            (
+                &self.nulled_fields[..],
+                &self.diff_fields[..],
+                &self.changed_fields[..],
+            )
+        };
+        avro_writer::write_header_view(
+            buf,
+            &avro_writer::HeaderView {
+                entity_name: self.entity,
+                record_ids: &self.record_ids,
+                change_type,
+                change_origin: &tx.change_origin,
+                transaction_key: &tx.transaction_key,
+                sequence_number: self.sequence_number as i32,
+                commit_timestamp: tx.commit_timestamp,
+                commit_number: tx.commit_number,
+                commit_user: tx.commit_user.as_str(),
+                nulled_fields: pick_nulled,
+                diff_fields: pick_diff,
+                changed_fields: pick_changed,
+            },
+        );
+    }
+}
+
+/// The change event of one record change (before merging), with its body encoded.
+fn draft_event<'t>(schema: &CdcSchema, schema_index: usize, change: &'t RecordChange) -> Draft<'t> {
     let change_type = match change.change_type {
         ChangeKind::Create => ChangeType::Create,
         ChangeKind::Update => ChangeType::Update,
         ChangeKind::Delete => ChangeType::Delete,
         ChangeKind::Undelete => ChangeType::Undelete,
     };
-    let mut header = CdcBus::header(tx, &change.object, change_type, change.sequence_number);
-    header
-        .record_ids
-        .push(change.record_id.as_str().to_string());
-    let values = match change.change_type {
-        ChangeKind::Create | ChangeKind::Undelete => values_from_fields(schema, &change.values),
-        ChangeKind::Delete => Vec::new(),
+    let mut d = Draft {
+        schema: schema_index,
+        entity: &change.object,
+        change_type,
+        sequence_number: change.sequence_number,
+        record_ids: vec![change.record_id.as_str()],
+        nulled_fields: Vec::new(),
+        diff_fields: Vec::new(),
+        changed_fields: Vec::new(),
+        body: Ok(Vec::new()),
+    };
+    d.body = match change.change_type {
+        ChangeKind::Create | ChangeKind::Undelete => {
+            let mut buf = Vec::with_capacity(256 + 2 * schema.plan.ops.len());
+            if avro_writer::write_body_from_fields(&mut buf, &schema.fields, &change.values) {
+                Ok(buf)
+            } else {
+                // Not a change-event layout: the generic path reports what does not fit.
+                encode_body(schema, &values_from_fields(schema, &change.values))
+            }
+        }
+        ChangeKind::Delete => encode_body(schema, &[]),
         ChangeKind::Update => {
             let mut values = vec![FieldValue::Null; schema.fields.len() - 1];
             let (mut changed, mut nulled, mut diffed) = (
@@ -754,13 +906,20 @@ fn draft_event(
                     v.sort_unstable();
                 }
             }
-            header.changed_fields = bitmap::encode(&changed);
-            header.nulled_fields = bitmap::encode(&nulled);
-            header.diff_fields = bitmap::encode(&diffed);
-            values
+            d.changed_fields = bitmap::encode(&changed);
+            d.nulled_fields = bitmap::encode(&nulled);
+            d.diff_fields = bitmap::encode(&diffed);
+            encode_body(schema, &values)
         }
     };
-    ChangeEvent { header, values }
+    d
+}
+
+/// The encoded body of `values` (see [`avro_writer::write_body`]).
+fn encode_body(schema: &CdcSchema, values: &[FieldValue]) -> Result<Vec<u8>, EncodeError> {
+    let mut buf = Vec::with_capacity(avro_writer::body_size_hint(values));
+    avro_writer::write_body(&mut buf, &schema.plan, schema, values)?;
+    Ok(buf)
 }
 
 #[cfg(test)]

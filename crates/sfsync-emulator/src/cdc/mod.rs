@@ -6,6 +6,7 @@
 //! once, at commit, and stored as bytes; subscribers only copy them. Events stay replayable for
 //! the retention window; with persistence the log survives restarts.
 
+pub mod avro_writer;
 pub mod bitmap;
 pub mod bus;
 pub mod diff;

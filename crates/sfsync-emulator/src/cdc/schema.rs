@@ -19,6 +19,8 @@ use serde_json::{json, Value};
 use sfsync_org::{FieldDef, FieldType, ObjectDef};
 use sha2::{Digest, Sha256};
 
+use super::avro_writer::{EncodePlan, FieldNames};
+
 /// The change types of the `ChangeType` enum, in symbol order.
 pub const CHANGE_TYPES: [&str; 9] = [
     "CREATE",
@@ -142,6 +144,18 @@ pub struct CdcSchema {
     pub entity: String,
     /// Top-level layout; for change events index 0 is the header.
     pub fields: Vec<TopField>,
+    /// The compiled Avro writer of the body (built once from `fields`).
+    pub plan: EncodePlan,
+}
+
+impl FieldNames for CdcSchema {
+    fn entity(&self) -> &str {
+        &self.entity
+    }
+
+    fn top(&self, position: usize) -> &TopField {
+        &self.fields[position]
+    }
 }
 
 impl CdcSchema {
@@ -389,6 +403,7 @@ fn finish(v: Value, entity: String, fields: Vec<TopField>) -> CdcSchema {
         json,
         avro,
         entity,
+        plan: EncodePlan::compile(&fields),
         fields,
     }
 }
