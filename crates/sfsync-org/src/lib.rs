@@ -5,6 +5,7 @@
 //! listeners (the emulator's CDC bus) and, with a data directory, to a journal that makes the org
 //! survive restarts. This crate does no network I/O; the emulator crate serves it over HTTP/gRPC.
 
+pub mod bulk_csv;
 pub mod describe;
 pub mod error;
 mod formula;
@@ -16,10 +17,11 @@ pub mod soql;
 mod store;
 pub mod value;
 
+pub use bulk_csv::{CsvChunk, CsvQueryOptions, CsvQueryResult};
 pub use error::SfError;
 pub use org::{
     ApiKind, CallContext, ChangeKind, CommitListener, CommittedTransaction, DmlOp, DmlOutcome,
-    DmlResult, Org, OrgConfig, QueryRelation, QueryResult, RecordChange,
+    DmlResult, Org, OrgConfig, QueryRelation, QueryResult, QueryShape, RecordChange,
 };
 pub use schema::{FieldDef, FieldType, ObjectDef, Schema};
 

@@ -14,7 +14,7 @@ use sfsync_core::SfId;
 
 use crate::store::{self, CObject, FKind, Record, State, Store};
 use crate::value::{self, Val};
-use crate::{FieldType, Fields, Schema, SfError};
+use crate::{CsvQueryOptions, CsvQueryResult, FieldType, Fields, Schema, SfError};
 
 /// Which API made a call; shows up in `changeOrigin` as `com/salesforce/api/<api>/<version>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,6 +212,17 @@ pub struct QueryResult {
     /// Per row, the id of the parent record reached by each of `relations` (None = absent).
     /// Empty when `relations` is empty.
     pub parent_ids: Vec<Vec<Option<SfId>>>,
+}
+
+/// What a query returns, known before it runs (see [`Org::query_shape`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryShape {
+    /// The queried object's API name (`AggregateResult` for `SELECT COUNT(field)`).
+    pub object: String,
+    /// Select-list paths in order (canonical field-name case); empty for `SELECT COUNT()`.
+    pub columns: Vec<String>,
+    /// True for `SELECT COUNT() …`.
+    pub is_count: bool,
 }
 
 /// A parent relationship path of a query's select list.
@@ -646,6 +657,43 @@ impl Org {
         let q = crate::soql::parse(soql)?;
         let st = self.state.read();
         crate::soql::execute(&st, &q, soql, include_deleted)
+    }
+
+    /// Parses a query and resolves every name in it against the schema without reading any
+    /// record: the errors [`Org::query`] would give for the text itself (MALFORMED_QUERY,
+    /// INVALID_TYPE, INVALID_FIELD, …), and the result's shape.
+    pub fn query_shape(&self, soql: &str) -> Result<QueryShape, SfError> {
+        let q = crate::soql::parse(soql)?;
+        let st = self.state.read();
+        let plan = crate::soql::plan(&st, &q, soql)?;
+        Ok(if plan.is_count_field() {
+            QueryShape {
+                object: "AggregateResult".into(),
+                columns: vec!["expr0".into()],
+                is_count: false,
+            }
+        } else {
+            QueryShape {
+                object: plan.object_name(&st),
+                columns: plan.column_names(),
+                is_count: plan.is_count(),
+            }
+        })
+    }
+
+    /// Runs a query and renders its rows straight into Bulk API 2.0 CSV chunks, never building
+    /// JSON rows: byte-for-byte what rendering [`Org::query`]'s rows as Bulk CSV gives. Rows are
+    /// selected and rendered (in parallel) under one read lock, so the result is a consistent
+    /// snapshot.
+    pub fn query_csv(
+        &self,
+        soql: &str,
+        include_deleted: bool,
+        opts: &CsvQueryOptions,
+    ) -> Result<CsvQueryResult, SfError> {
+        let q = crate::soql::parse(soql)?;
+        let st = self.state.read();
+        crate::bulk_csv::run(&st, &q, soql, include_deleted, opts)
     }
 
     /// The whole org as JSON lines, one record per line, ordered by object then id:

@@ -1136,7 +1136,11 @@ impl Ctx<'_> {
 // Evaluation
 
 /// Follows the relationship hops from a root record; None when a parent is absent or deleted.
-fn walk<'a>(st: &'a State, rec: &'a Record, hops: &[(usize, usize)]) -> Option<&'a Record> {
+pub(crate) fn walk<'a>(
+    st: &'a State,
+    rec: &'a Record,
+    hops: &[(usize, usize)],
+) -> Option<&'a Record> {
     let mut cur = rec;
     for &(f, target) in hops {
         let Val::Id(id) = cur.val(f) else { return None };
@@ -1317,17 +1321,58 @@ fn cmp_vals(a: &Val, b: &Val) -> Ordering {
     }
 }
 
-enum Col {
-    Field(Acc),
+/// A query compiled against the schema: every name resolved, nothing scanned yet.
+pub(crate) struct Plan {
+    pub root: usize,
+    filter: Option<Expr>,
+    /// Select-list fields in order.
+    cols: Vec<Acc>,
+    count: Option<(Option<Acc>, Pos)>,
+    /// (key, descending, nulls first).
+    order: Vec<(Acc, bool, bool)>,
+    offset: usize,
+    limit: usize,
 }
 
-/// Runs a parsed query against the state.
-pub(crate) fn execute(
-    st: &State,
-    q: &Query,
-    src: &str,
-    include_deleted: bool,
-) -> Result<QueryResult, SfError> {
+/// One select-list column of a [`Plan`], for renderers outside this module.
+pub(crate) struct PlanColumn<'p> {
+    pub hops: &'p [(usize, usize)],
+    pub obj: usize,
+    pub field: usize,
+}
+
+impl Plan {
+    /// The queried object's API name.
+    pub fn object_name(&self, st: &State) -> String {
+        st.compiled.objects[self.root].name().to_string()
+    }
+
+    /// True for `SELECT COUNT() …` and `SELECT COUNT(field) …`.
+    pub fn is_count(&self) -> bool {
+        self.count.is_some()
+    }
+
+    /// True for `SELECT COUNT(field) …` (an AggregateResult row).
+    pub fn is_count_field(&self) -> bool {
+        matches!(self.count, Some((Some(_), _)))
+    }
+
+    /// Canonical select-list paths in order.
+    pub fn column_names(&self) -> Vec<String> {
+        self.cols.iter().map(|a| a.name.clone()).collect()
+    }
+
+    pub fn columns(&self) -> impl Iterator<Item = PlanColumn<'_>> {
+        self.cols.iter().map(|a| PlanColumn {
+            hops: &a.hops,
+            obj: a.obj,
+            field: a.field,
+        })
+    }
+}
+
+/// Resolves a parsed query against the schema (object, select list, filter, order keys).
+pub(crate) fn plan(st: &State, q: &Query, src: &str) -> Result<Plan, SfError> {
     let root = st
         .compiled
         .object(&q.from)
@@ -1349,11 +1394,11 @@ pub(crate) fn execute(
         .map(|c| ctx.compile(c, today, now))
         .transpose()?;
     // Select list.
-    let mut cols: Vec<Col> = Vec::new();
+    let mut cols: Vec<Acc> = Vec::new();
     let mut count: Option<(Option<Acc>, Pos)> = None;
     for item in &q.select {
         match item {
-            SelectItem::Field(p) => cols.push(Col::Field(ctx.resolve(p)?)),
+            SelectItem::Field(p) => cols.push(ctx.resolve(p)?),
             SelectItem::Fields(kind, _) => {
                 let c = ctx.obj(root);
                 for (i, f) in c.def.fields.iter().enumerate() {
@@ -1363,12 +1408,12 @@ pub(crate) fn execute(
                         _ => true,
                     };
                     if keep {
-                        cols.push(Col::Field(Acc {
+                        cols.push(Acc {
                             hops: Vec::new(),
                             obj: root,
                             field: i,
                             name: f.name.clone(),
-                        }));
+                        });
                     }
                 }
             }
@@ -1404,13 +1449,28 @@ pub(crate) fn execute(
         let nulls_first = ob.nulls_first.unwrap_or(!ob.descending);
         order.push((acc, ob.descending, nulls_first));
     }
+    Ok(Plan {
+        root,
+        filter,
+        cols,
+        count,
+        order,
+        offset: q.offset.unwrap_or(0) as usize,
+        limit: q.limit.map(|l| l as usize).unwrap_or(usize::MAX),
+    })
+}
+
+/// The records a non-COUNT plan returns, in result order (WHERE, ORDER BY, OFFSET and LIMIT
+/// applied); with a COUNT plan, every matching record (neither OFFSET nor LIMIT applied).
+pub(crate) fn select<'a>(st: &'a State, plan: &Plan, include_deleted: bool) -> Vec<&'a Record> {
+    let root = plan.root;
+    let order = &plan.order;
     let store = &st.stores[root];
-    let offset = q.offset.unwrap_or(0) as usize;
-    let limit = q.limit.map(|l| l as usize).unwrap_or(usize::MAX);
+    let (offset, limit) = (plan.offset, plan.limit);
     let id_order = order.len() == 1
         && !order[0].1
         && order[0].0.hops.is_empty()
-        && order[0].0.field == ctx.obj(root).id_f;
+        && order[0].0.field == st.compiled.objects[root].id_f;
     let stop_after = if order.is_empty() || id_order {
         offset.saturating_add(limit)
     } else {
@@ -1421,41 +1481,18 @@ pub(crate) fn execute(
         if rec.deleted && !include_deleted {
             continue;
         }
-        if let Some(f) = &filter {
+        if let Some(f) = &plan.filter {
             if !eval(st, rec, f) {
                 continue;
             }
         }
         matched.push(rec);
-        if count.is_none() && matched.len() >= stop_after {
+        if plan.count.is_none() && matched.len() >= stop_after {
             break;
         }
     }
-    let obj_name = ctx.obj(root).name().to_string();
-    if let Some((arg, _)) = count {
-        let n = match &arg {
-            None => matched.len(),
-            Some(acc) => matched
-                .iter()
-                .filter(|r| !value_of(st, r, acc).is_null())
-                .count(),
-        };
-        let n = n.saturating_sub(offset).min(limit);
-        return Ok(match arg {
-            None => QueryResult {
-                object: obj_name,
-                total_size: n,
-                is_count: true,
-                ..QueryResult::default()
-            },
-            Some(_) => QueryResult {
-                object: "AggregateResult".into(),
-                columns: vec!["expr0".into()],
-                rows: vec![vec![Value::from(n as u64)]],
-                total_size: 1,
-                ..QueryResult::default()
-            },
-        });
+    if plan.count.is_some() {
+        return matched;
     }
     if !order.is_empty() && !id_order {
         let mut keyed: Vec<(Vec<Val>, &Record)> = matched
@@ -1506,10 +1543,63 @@ pub(crate) fn execute(
         });
         matched = keyed.into_iter().map(|(_, r)| r).collect();
     }
-    let rows_iter = matched.into_iter().skip(offset).take(limit);
+    if offset > 0 || matched.len() > limit {
+        let end = offset.saturating_add(limit).min(matched.len());
+        let start = offset.min(end);
+        matched.drain(end..);
+        matched.drain(..start);
+    }
+    matched
+}
+
+/// The COUNT value of a COUNT plan over the records [`select`] returned.
+pub(crate) fn count_of(st: &State, plan: &Plan, matched: &[&Record]) -> usize {
+    let n = match &plan.count {
+        Some((Some(acc), _)) => matched
+            .iter()
+            .filter(|r| !value_of(st, r, acc).is_null())
+            .count(),
+        _ => matched.len(),
+    };
+    n.saturating_sub(plan.offset).min(plan.limit)
+}
+
+/// Runs a parsed query against the state.
+pub(crate) fn execute(
+    st: &State,
+    q: &Query,
+    src: &str,
+    include_deleted: bool,
+) -> Result<QueryResult, SfError> {
+    let plan = plan(st, q, src)?;
+    let matched = select(st, &plan, include_deleted);
+    let obj_name = plan.object_name(st);
+    if let Some((arg, _)) = &plan.count {
+        let n = count_of(st, &plan, &matched);
+        return Ok(match arg {
+            None => QueryResult {
+                object: obj_name,
+                total_size: n,
+                is_count: true,
+                ..QueryResult::default()
+            },
+            Some(_) => QueryResult {
+                object: "AggregateResult".into(),
+                columns: vec!["expr0".into()],
+                rows: vec![vec![Value::from(n as u64)]],
+                total_size: 1,
+                ..QueryResult::default()
+            },
+        });
+    }
+    let ctx = Ctx {
+        st,
+        src,
+        root: plan.root,
+    };
     // Relations (every prefix of every hop chain).
     let mut relations: Vec<(QueryRelation, Vec<(usize, usize)>)> = Vec::new();
-    let accs: Vec<&Acc> = cols.iter().map(|Col::Field(a)| a).collect();
+    let accs: Vec<&Acc> = plan.cols.iter().collect();
     for acc in &accs {
         let parts: Vec<&str> = acc.name.split('.').collect();
         for k in 1..=acc.hops.len() {
@@ -1531,7 +1621,7 @@ pub(crate) fn execute(
         relations: relations.iter().map(|(r, _)| r.clone()).collect(),
         ..QueryResult::default()
     };
-    for rec in rows_iter {
+    for rec in matched {
         let mut row = Vec::with_capacity(accs.len());
         for acc in &accs {
             let c = &st.compiled.objects[acc.obj];
