@@ -339,17 +339,16 @@ enum State {
     Nulled,
 }
 
-/// One random event: the emulator event and the `Change` fields we expect back.
-fn random_event(
-    schema: &emu::CdcSchema,
-    ct: emu::ChangeType,
-    rng: &mut Rng,
-) -> (
+/// A random event, the `Change` fields expected back, and the changed and nulled paths.
+type RandomEvent = (
     emu::ChangeEvent,
     Vec<(String, FieldValue)>,
     Vec<String>,
     Vec<String>,
-) {
+);
+
+/// One random event: the emulator event and the `Change` fields we expect back.
+fn random_event(schema: &emu::CdcSchema, ct: emu::ChangeType, rng: &mut Rng) -> RandomEvent {
     let mut values = Vec::new();
     let mut all = Vec::new();
     let mut changed_top = Vec::new();
