@@ -71,6 +71,13 @@ pub struct EncodePlan {
     pub ops: Vec<Op>,
     /// `schema.fields` index of each op (for error messages).
     pub positions: Vec<usize>,
+    /// Org field carried by each scalar and compound component, in layout order (compounds
+    /// flattened): the slots [`write_body_from_fields`] fills.
+    pub slot_fields: Vec<String>,
+    /// `slot_fields` name → slot.
+    pub slot_index: std::collections::HashMap<String, usize>,
+    /// Whether the layout has required (non-union) fields (platform events).
+    pub has_required: bool,
 }
 
 impl EncodePlan {
@@ -80,21 +87,35 @@ impl EncodePlan {
         for (i, f) in fields.iter().enumerate() {
             let op = match f {
                 TopField::Header => continue,
-                TopField::Scalar { kind, .. } => Op::Nullable {
-                    prim: Prim::of(*kind),
-                    kind: *kind,
-                },
-                TopField::Required { kind, .. } => Op::Required {
-                    prim: Prim::of(*kind),
-                    kind: *kind,
-                },
-                TopField::Compound { components, .. } => Op::Compound {
-                    prims: components.iter().map(|c| Prim::of(c.kind)).collect(),
-                    kinds: components.iter().map(|c| c.kind).collect(),
-                },
+                TopField::Scalar { kind, name } => {
+                    plan.slot_fields.push(name.clone());
+                    Op::Nullable {
+                        prim: Prim::of(*kind),
+                        kind: *kind,
+                    }
+                }
+                TopField::Required { kind, name } => {
+                    plan.has_required = true;
+                    plan.slot_fields.push(name.clone());
+                    Op::Required {
+                        prim: Prim::of(*kind),
+                        kind: *kind,
+                    }
+                }
+                TopField::Compound { components, .. } => {
+                    plan.slot_fields
+                        .extend(components.iter().map(|c| c.field.clone()));
+                    Op::Compound {
+                        prims: components.iter().map(|c| Prim::of(c.kind)).collect(),
+                        kinds: components.iter().map(|c| c.kind).collect(),
+                    }
+                }
             };
             plan.ops.push(op);
             plan.positions.push(i);
+        }
+        for (k, f) in plan.slot_fields.iter().enumerate() {
+            plan.slot_index.entry(f.clone()).or_insert(k);
         }
         plan
     }
@@ -450,29 +471,58 @@ fn write_json_nullable(buf: &mut Vec<u8>, kind: AvroKind, v: Option<&Json>) -> b
 /// encoding `values_from_fields(schema, fields)` (compound fields whose components are all
 /// absent or null are null). Change-event layouts only: returns false (buffer unchanged) for a
 /// layout with required fields, true when written.
+///
+/// The map is walked once; the org builds it in describe order, which is the layout's slot
+/// order, so each entry is usually matched by comparing with the next expected slot only (a
+/// hash lookup otherwise).
 #[must_use]
 pub fn write_body_from_fields(
     buf: &mut Vec<u8>,
+    plan: &EncodePlan,
     fields: &[TopField],
     values: &Map<String, Json>,
 ) -> bool {
-    let start = buf.len();
+    if plan.has_required {
+        return false;
+    }
+    let n = plan.slot_fields.len();
+    let mut found: Vec<Option<&Json>> = vec![None; n];
+    let mut cursor = 0;
+    let mut text = 0;
+    if plan.slot_index.len() != n {
+        // A field in two slots (not produced by `schema_for`): plain lookups.
+        for (slot, name) in found.iter_mut().zip(&plan.slot_fields) {
+            *slot = values.get(name);
+        }
+    }
+    for (k, v) in values.iter().filter(|_| plan.slot_index.len() == n) {
+        let slot = if cursor < n && plan.slot_fields[cursor] == *k {
+            Some(cursor)
+        } else {
+            plan.slot_index.get(k.as_str()).copied()
+        };
+        if let Some(s) = slot {
+            found[s] = Some(v);
+            cursor = s + 1;
+            if let Json::String(t) = v {
+                text += t.len();
+            }
+        }
+    }
+    buf.reserve(text + 3 * n + 16);
+    let mut slots = found.into_iter();
     for f in fields {
         match f {
             TopField::Header => {}
-            TopField::Required { .. } => {
-                buf.truncate(start);
-                return false;
-            }
-            TopField::Scalar { name, kind } => {
-                write_json_nullable(buf, *kind, values.get(name));
+            TopField::Scalar { kind, .. } | TopField::Required { kind, .. } => {
+                write_json_nullable(buf, *kind, slots.next().flatten());
             }
             TopField::Compound { components, .. } => {
                 let at = buf.len();
                 buf.push(2);
                 let mut any = false;
                 for c in components {
-                    any |= write_json_nullable(buf, c.kind, values.get(&c.field));
+                    any |= write_json_nullable(buf, c.kind, slots.next().flatten());
                 }
                 if !any {
                     buf.truncate(at);

@@ -840,8 +840,13 @@ fn draft_event<'t>(schema: &CdcSchema, schema_index: usize, change: &'t RecordCh
     };
     d.body = match change.change_type {
         ChangeKind::Create | ChangeKind::Undelete => {
-            let mut buf = Vec::with_capacity(256 + 2 * schema.plan.ops.len());
-            if avro_writer::write_body_from_fields(&mut buf, &schema.fields, &change.values) {
+            let mut buf = Vec::new();
+            if avro_writer::write_body_from_fields(
+                &mut buf,
+                &schema.plan,
+                &schema.fields,
+                &change.values,
+            ) {
                 Ok(buf)
             } else {
                 // Not a change-event layout: the generic path reports what does not fit.
