@@ -7,7 +7,8 @@ pub mod error;
 pub mod id;
 
 pub use change::{
-    Change, ChangeHeader, ChangeType, EventKey, FieldValue, RecordVersion, ReplayId, ReplayIdHexError,
+    Change, ChangeHeader, ChangeType, EventKey, FieldValue, RecordVersion, ReplayId,
+    ReplayIdHexError,
 };
 pub use error::{classify_error_code, ErrorClass};
 pub use id::{IdError, SfId};
