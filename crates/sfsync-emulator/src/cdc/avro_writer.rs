@@ -467,10 +467,14 @@ fn write_json_nullable(buf: &mut Vec<u8>, kind: AvroKind, v: Option<&Json>) -> b
     }
 }
 
+/// Spare capacity [`write_body_from_fields`] leaves so that a change-event header can later be
+/// inserted in front of the body without reallocating.
+pub const HEADER_ROOM: usize = 256;
+
 /// The body of a record given as org field name → REST JSON value, byte-identical to
 /// encoding `values_from_fields(schema, fields)` (compound fields whose components are all
 /// absent or null are null). Change-event layouts only: returns false (buffer unchanged) for a
-/// layout with required fields, true when written.
+/// layout with required fields, true when written. Reserves [`HEADER_ROOM`] extra bytes.
 ///
 /// The map is walked once; the org builds it in describe order, which is the layout's slot
 /// order, so each entry is usually matched by comparing with the next expected slot only (a
@@ -509,7 +513,7 @@ pub fn write_body_from_fields(
             }
         }
     }
-    buf.reserve(text + 3 * n + 16);
+    buf.reserve(HEADER_ROOM + text + 3 * n + 16);
     let mut slots = found.into_iter();
     for f in fields {
         match f {

@@ -577,7 +577,8 @@ impl CdcBus {
         // Schemas used by this transaction: (object, schema, entity, schema id).
         let mut schemas: Vec<SchemaUse> = Vec::new();
         let mut drafts: Vec<Draft> = Vec::new();
-        let mut merge: HashMap<u64, Vec<usize>> = HashMap::new();
+        // Merge hash → first draft with it (later ones chained through `Draft::next`).
+        let mut merge: HashMap<u64, usize> = HashMap::new();
         let mut overflow: Vec<(String, u32)> = Vec::new();
         let mut count: u64 = 0;
         let mut overflowing = false;
@@ -622,24 +623,34 @@ impl CdcBus {
             count += cost;
             let d = draft_event(schema, s, change);
             let key = d.merge_hash();
-            let candidates = merge.entry(key).or_default();
-            match candidates
-                .iter()
-                .copied()
-                .find(|&i| drafts[i].same_change(&d))
-            {
+            let mut at = merge.get(&key).copied();
+            let mut tail = None;
+            while let Some(i) = at {
+                if drafts[i].same_change(&d) {
+                    break;
+                }
+                tail = Some(i);
+                at = drafts[i].next;
+            }
+            match at {
                 Some(i) => {
                     drafts[i].record_ids.push(change.record_id.as_str());
                     self.stats.merged_records.fetch_add(1, Ordering::Relaxed);
                 }
                 None => {
-                    candidates.push(drafts.len());
+                    match tail {
+                        Some(t) => drafts[t].next = Some(drafts.len()),
+                        None => {
+                            merge.insert(key, drafts.len());
+                        }
+                    }
                     drafts.push(d);
                 }
             }
         }
         let mut out = Vec::with_capacity(drafts.len() + overflow.len());
-        for d in drafts {
+        let mut header = Vec::with_capacity(512);
+        for mut d in drafts {
             let u = &schemas[d.schema];
             let (Some(schema), Some((entity, id))) = (u.schema.as_ref(), u.ids.as_ref()) else {
                 continue;
@@ -653,16 +664,18 @@ impl CdcBus {
                     f.rate > 0.0 && rand::random::<f64>() < f.rate
                 }
             };
-            let encoded = match (&d.body, forced_gap) {
+            let body = std::mem::replace(&mut d.body, Ok(Vec::new()));
+            let encoded = match (body, forced_gap) {
                 (_, true) => None,
-                (Ok(body), false) => {
-                    let mut buf = Vec::with_capacity(d.header_size_hint(tx) + body.len());
-                    d.write_header(&mut buf, tx, d.change_type, false);
-                    buf.extend_from_slice(body);
-                    if buf.len() <= max_bytes {
-                        Some(buf)
+                (Ok(mut body), false) => {
+                    header.clear();
+                    d.write_header(&mut header, tx, d.change_type, false);
+                    if header.len() + body.len() <= max_bytes {
+                        // The body was written with room for the header in front.
+                        body.splice(0..0, header.iter().copied());
+                        Some(body)
                     } else {
-                        tracing::info!(entity = %schema.entity, bytes = buf.len(), max_bytes, "Change event exceeds the maximum size; sending a gap event");
+                        tracing::info!(entity = %schema.entity, bytes = header.len() + body.len(), max_bytes, "Change event exceeds the maximum size; sending a gap event");
                         None
                     }
                 }
@@ -737,8 +750,11 @@ struct Draft<'t> {
     nulled_fields: Vec<String>,
     diff_fields: Vec<String>,
     changed_fields: Vec<String>,
-    /// Encoded body (every top-level field after the header).
+    /// Encoded body (every top-level field after the header), with spare capacity for the
+    /// header.
     body: Result<Vec<u8>, EncodeError>,
+    /// Next draft with the same merge hash.
+    next: Option<usize>,
 }
 
 impl Draft<'_> {
@@ -751,7 +767,9 @@ impl Draft<'_> {
         self.nulled_fields.hash(&mut h);
         self.diff_fields.hash(&mut h);
         match &self.body {
-            Ok(b) => b.hash(&mut h),
+            // The body can be kilobytes: a cheap multiplicative hash (collisions are resolved
+            // by `same_change`).
+            Ok(b) => bytes_hash(b).hash(&mut h),
             // Never merged (see `same_change`).
             Err(_) => self.sequence_number.hash(&mut h),
         }
@@ -837,6 +855,7 @@ fn draft_event<'t>(schema: &CdcSchema, schema_index: usize, change: &'t RecordCh
         diff_fields: Vec::new(),
         changed_fields: Vec::new(),
         body: Ok(Vec::new()),
+        next: None,
     };
     d.body = match change.change_type {
         ChangeKind::Create | ChangeKind::Undelete => {
@@ -920,9 +939,25 @@ fn draft_event<'t>(schema: &CdcSchema, schema_index: usize, change: &'t RecordCh
     d
 }
 
-/// The encoded body of `values` (see [`avro_writer::write_body`]).
+/// FxHash-style hash of a byte string, 8 bytes per step.
+fn bytes_hash(b: &[u8]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut h = b.len() as u64;
+    let mut chunks = b.chunks_exact(8);
+    for c in &mut chunks {
+        let w = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+        h = (h.rotate_left(5) ^ w).wrapping_mul(K);
+    }
+    for &x in chunks.remainder() {
+        h = (h.rotate_left(5) ^ x as u64).wrapping_mul(K);
+    }
+    h
+}
+
+/// The encoded body of `values` (see [`avro_writer::write_body`]), with room for a header.
 fn encode_body(schema: &CdcSchema, values: &[FieldValue]) -> Result<Vec<u8>, EncodeError> {
-    let mut buf = Vec::with_capacity(avro_writer::body_size_hint(values));
+    let mut buf =
+        Vec::with_capacity(avro_writer::HEADER_ROOM + avro_writer::body_size_hint(values));
     avro_writer::write_body(&mut buf, &schema.plan, schema, values)?;
     Ok(buf)
 }
