@@ -6,6 +6,8 @@
 //! exponent), datetimes `2018-12-10T17:50:19.000Z`, parent relationship paths as their leaf value
 //! (empty when the parent is absent or deleted), compound address fields as their JSON text.
 
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+
 use crate::store::{FKind, Record, State};
 use crate::value::{format_date, format_datetime, Val, NULL};
 
@@ -83,6 +85,11 @@ impl CsvQueryResult {
 /// Appends `text` as a double-quoted CSV value (`"` doubled).
 pub(crate) fn push_quoted(out: &mut Vec<u8>, text: &[u8]) {
     out.push(b'"');
+    if !text.contains(&b'"') {
+        out.extend_from_slice(text);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &c) in text.iter().enumerate() {
         if c == b'"' {
@@ -226,8 +233,19 @@ fn push_cell(out: &mut Vec<u8>, st: &State, rec: &Record, cell: &Cell, scratch: 
     }
 }
 
-fn render_chunk(st: &State, rows: &[&Record], cells: &[Cell], d: u8, le: &[u8]) -> CsvChunk {
-    let mut out: Vec<u8> = Vec::with_capacity(rows.len() * (cells.len() * 12 + 8));
+/// Renders one chunk. `row_bytes` is a shared estimate of bytes per row (raised as chunks are
+/// rendered), so buffers are allocated once at about the right size instead of growing by
+/// copying; capacity that is never written costs no memory.
+fn render_chunk(
+    st: &State,
+    rows: &[&Record],
+    cells: &[Cell],
+    d: u8,
+    le: &[u8],
+    row_bytes: &AtomicUsize,
+) -> CsvChunk {
+    let estimate = row_bytes.load(AtomicOrdering::Relaxed);
+    let mut out: Vec<u8> = Vec::with_capacity(rows.len() * estimate + 4096);
     let mut offsets = Vec::with_capacity(rows.len() + 1);
     let mut scratch = String::new();
     for rec in rows {
@@ -241,6 +259,11 @@ fn render_chunk(st: &State, rows: &[&Record], cells: &[Cell], d: u8, le: &[u8]) 
         out.extend_from_slice(le);
     }
     offsets.push(out.len() as u32);
+    if !rows.is_empty() {
+        // 1/8 above the largest rows seen so far.
+        let per_row = out.len() / rows.len();
+        row_bytes.fetch_max(per_row + per_row / 8 + 1, AtomicOrdering::Relaxed);
+    }
     CsvChunk {
         bytes: out,
         offsets,
@@ -326,9 +349,11 @@ pub(crate) fn run(
     .clamp(1, 16)
     .min(blocks.len().max(1));
     let mut chunks: Vec<CsvChunk> = Vec::with_capacity(blocks.len());
+    let row_bytes = AtomicUsize::new(cells.len() * 24 + 8);
+    let row_bytes = &row_bytes;
     if threads <= 1 {
         for block in &blocks {
-            chunks.push(render_chunk(st, block, &cells, d, le));
+            chunks.push(render_chunk(st, block, &cells, d, le, row_bytes));
         }
     } else {
         // Interleave blocks across threads so each gets an even share of the work.
@@ -340,7 +365,7 @@ pub(crate) fn run(
                     s.spawn(move || {
                         (t..blocks.len())
                             .step_by(threads)
-                            .map(|b| (b, render_chunk(st, blocks[b], cells, d, le)))
+                            .map(|b| (b, render_chunk(st, blocks[b], cells, d, le, row_bytes)))
                             .collect::<Vec<_>>()
                     })
                 })

@@ -165,12 +165,18 @@ impl Chunk {
 #[derive(Debug)]
 pub struct RenderedResults {
     pub header: Bytes,
+    header_gz: OnceLock<GzPiece>,
     pub chunks: Vec<Chunk>,
     pub total_rows: usize,
 }
 
 /// Renders one chunk of rows.
-fn render_chunk(rows: &[Vec<Value>], delimiter: u8, line_ending: &[u8]) -> Chunk {
+fn render_chunk(
+    rows: &[Vec<Value>],
+    delimiter: u8,
+    line_ending: &[u8],
+    precompress: bool,
+) -> Chunk {
     let mut out: Vec<u8> = Vec::with_capacity(rows.len() * 128);
     let mut offsets = Vec::with_capacity(rows.len() + 1);
     let mut scratch = String::new();
@@ -185,20 +191,27 @@ fn render_chunk(rows: &[Vec<Value>], delimiter: u8, line_ending: &[u8]) -> Chunk
         out.extend_from_slice(line_ending);
     }
     offsets.push(out.len() as u32);
-    Chunk {
+    let chunk = Chunk {
         bytes: Bytes::from(out),
         offsets,
         gz: OnceLock::new(),
+    };
+    if precompress {
+        chunk.gz();
     }
+    chunk
 }
 
-/// Renders query rows (in `columns` order) into chunks, using up to `threads` threads.
+/// Renders query rows (in `columns` order) into chunks, using up to `threads` threads. With
+/// `precompress`, each chunk's gzip piece is computed right away too (so gzip pages are served
+/// without compressing in the request path).
 pub fn render_results(
     columns: &[String],
     rows: &[Vec<Value>],
     delimiter: ColumnDelimiter,
     line_ending: LineEnding,
     threads: usize,
+    precompress: bool,
 ) -> RenderedResults {
     let d = delimiter.byte();
     let le = line_ending.bytes();
@@ -215,7 +228,7 @@ pub fn render_results(
     let mut chunks: Vec<Option<Chunk>> = (0..blocks.len()).map(|_| None).collect();
     if threads <= 1 {
         for (slot, block) in chunks.iter_mut().zip(&blocks) {
-            *slot = Some(render_chunk(block, d, le));
+            *slot = Some(render_chunk(block, d, le, precompress));
         }
     } else {
         let per = blocks.len().div_ceil(threads);
@@ -223,7 +236,7 @@ pub fn render_results(
             for (slots, group) in chunks.chunks_mut(per).zip(blocks.chunks(per)) {
                 s.spawn(move || {
                     for (slot, block) in slots.iter_mut().zip(group) {
-                        *slot = Some(render_chunk(block, d, le));
+                        *slot = Some(render_chunk(block, d, le, precompress));
                     }
                 });
             }
@@ -231,15 +244,63 @@ pub fn render_results(
     }
     RenderedResults {
         header: Bytes::from(header),
+        header_gz: OnceLock::new(),
         chunks: chunks.into_iter().flatten().collect(),
         total_rows: rows.len(),
     }
 }
 
+/// Wraps rows already rendered as CSV chunks of [`CHUNK_ROWS`] rows (each with its row offsets,
+/// `rows + 1` entries) as a job's results. With `precompress`, the chunks' gzip pieces are
+/// computed now, on up to `threads` threads (see also [`RenderedResults::precompress`]).
+pub fn results_from_chunks(
+    header: Vec<u8>,
+    chunks: Vec<(Vec<u8>, Vec<u32>)>,
+    total_rows: usize,
+    threads: usize,
+    precompress: bool,
+) -> RenderedResults {
+    let chunks: Vec<Chunk> = chunks
+        .into_iter()
+        .map(|(bytes, offsets)| Chunk {
+            bytes: Bytes::from(bytes),
+            offsets,
+            gz: OnceLock::new(),
+        })
+        .collect();
+    let results = RenderedResults {
+        header: Bytes::from(header),
+        header_gz: OnceLock::new(),
+        chunks,
+        total_rows,
+    };
+    if precompress {
+        results.precompress(threads);
+    }
+    results
+}
+
 impl RenderedResults {
+    /// Computes every chunk's gzip piece (first chunks first) on up to `threads` threads; chunks
+    /// already compressed, or being compressed by a page request, are not compressed again.
+    /// Blocking.
+    pub fn precompress(&self, threads: usize) {
+        let chunks = &self.chunks;
+        let threads = threads.clamp(1, 8).min(chunks.len().max(1));
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                s.spawn(move || {
+                    for c in chunks.iter().skip(t).step_by(threads) {
+                        c.gz();
+                    }
+                });
+            }
+        });
+    }
+
     /// The byte slices of rows `[start, end)` (header first), zero-copy.
     pub fn page_pieces(&self, start: usize, end: usize) -> Vec<PagePiece<'_>> {
-        let mut out = vec![PagePiece::Partial(self.header.clone())];
+        let mut out = vec![PagePiece::Header(self)];
         let mut row = start;
         while row < end {
             let ci = row / CHUNK_ROWS;
@@ -262,8 +323,9 @@ impl RenderedResults {
     }
 }
 
-/// Part of a page: a whole chunk (its gzip form is cached) or a slice.
+/// Part of a page: the header row, a whole chunk (both with cached gzip forms) or a slice.
 pub enum PagePiece<'a> {
+    Header(&'a RenderedResults),
     Whole(&'a Chunk),
     Partial(Bytes),
 }
@@ -271,15 +333,27 @@ pub enum PagePiece<'a> {
 impl PagePiece<'_> {
     pub fn bytes(&self) -> Bytes {
         match self {
+            PagePiece::Header(r) => r.header.clone(),
             PagePiece::Whole(c) => c.bytes.clone(),
             PagePiece::Partial(b) => b.clone(),
         }
     }
 
+    /// The gzip piece, compressing now if it is not cached.
     pub fn gz(&self) -> GzPiece {
         match self {
+            PagePiece::Header(r) => r.header_gz.get_or_init(|| deflate_piece(&r.header)).clone(),
             PagePiece::Whole(c) => c.gz().clone(),
             PagePiece::Partial(b) => deflate_piece(b),
+        }
+    }
+
+    /// The gzip piece if it costs no real compression work (cached, or the tiny header).
+    pub fn cached_gz(&self) -> Option<GzPiece> {
+        match self {
+            PagePiece::Header(_) => Some(self.gz()),
+            PagePiece::Whole(c) => c.gz.get().cloned(),
+            PagePiece::Partial(_) => None,
         }
     }
 }
@@ -340,6 +414,7 @@ mod tests {
             ColumnDelimiter::Comma,
             LineEnding::Lf,
             1,
+            false,
         );
         let text = String::from_utf8(page_bytes(&r, 0, 2)).unwrap();
         let mut lines = text.lines();
@@ -356,8 +431,22 @@ mod tests {
     #[test]
     fn pages_across_chunks_match_a_single_render_and_gzip_round_trips() {
         let data = rows(CHUNK_ROWS * 2 + 123);
-        let threaded = render_results(&columns(), &data, ColumnDelimiter::Tab, LineEnding::Crlf, 3);
-        let single = render_results(&columns(), &data, ColumnDelimiter::Tab, LineEnding::Crlf, 1);
+        let threaded = render_results(
+            &columns(),
+            &data,
+            ColumnDelimiter::Tab,
+            LineEnding::Crlf,
+            3,
+            true,
+        );
+        let single = render_results(
+            &columns(),
+            &data,
+            ColumnDelimiter::Tab,
+            LineEnding::Crlf,
+            1,
+            false,
+        );
         let total = data.len();
         assert_eq!(
             page_bytes(&threaded, 0, total),

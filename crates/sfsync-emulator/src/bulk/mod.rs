@@ -187,6 +187,10 @@ pub struct BulkSettings {
     pub default_page_rows: usize,
     /// Records per ingest batch (= per org transaction).
     pub batch_records: usize,
+    /// Compress query result chunks for gzip in the background as soon as the job is complete
+    /// (first chunks first, overlapping the downloads), so gzip pages are served from cache.
+    /// Costs ~8 % more memory and some CPU per job.
+    pub precompress_gzip: bool,
 }
 
 impl Default for BulkSettings {
@@ -197,6 +201,7 @@ impl Default for BulkSettings {
             max_job_bytes: 1024 * 1024 * 1024,
             default_page_rows: 100_000,
             batch_records: 10_000,
+            precompress_gzip: true,
         }
     }
 }

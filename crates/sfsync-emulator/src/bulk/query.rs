@@ -14,9 +14,9 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use serde_json::{Map, Value};
 use sfsync_core::SfId;
-use sfsync_org::{FieldDef, FieldType, QueryResult, Schema, SfError};
+use sfsync_org::{CsvQueryOptions, FieldDef, FieldType, QueryShape, Schema, SfError};
 
-use super::csv_writer::{render_results, GzTrailer, RenderedResults, GZIP_HEADER};
+use super::csv_writer::{results_from_chunks, GzTrailer, RenderedResults, CHUNK_ROWS, GZIP_HEADER};
 use super::{
     api_version_number, csv_format, info_head, now_ms, reject_unknown, string_prop, BulkJobs, Job,
     JobMeta, JobState,
@@ -250,8 +250,8 @@ pub fn check_bulk_restrictions(soql: &str, schema: &Schema) -> Result<(), BulkEr
     check(&item)
 }
 
-/// Refuses results that cannot be written as Bulk CSV (checked on the evaluated query).
-fn check_result(result: &QueryResult, schema: &Schema) -> Result<(), BulkError> {
+/// Refuses results that cannot be written as Bulk CSV (checked on the resolved query).
+fn check_result(result: &QueryShape, schema: &Schema) -> Result<(), BulkError> {
     if result.is_count {
         return Err(not_supported(
             "Aggregate functions such as COUNT() are not supported in Bulk API 2.0 queries; query the rows and count them yourself",
@@ -309,6 +309,21 @@ impl Page {
             .iter()
             .map(|p| p.bytes())
             .collect()
+    }
+
+    /// The page as one gzip member when every piece is already compressed (no blocking work),
+    /// with its total length.
+    pub fn gzip_cached(&self) -> Option<(Vec<Bytes>, usize)> {
+        let mut out = vec![Bytes::from_static(&GZIP_HEADER)];
+        let mut trailer = GzTrailer::default();
+        for piece in self.results.page_pieces(self.start, self.end) {
+            let gz = piece.cached_gz()?;
+            trailer.add(&gz);
+            out.push(gz.deflated);
+        }
+        out.push(trailer.finish());
+        let len = out.iter().map(Bytes::len).sum();
+        Some((out, len))
     }
 
     /// Produces the page as one gzip member, piece by piece (whole chunks are compressed once
@@ -472,30 +487,23 @@ impl QueryJob {
 impl BulkJobs {
     /// Creates a query job: counts it against the daily allocation, refuses what Bulk queries do
     /// not support, evaluates the query (400 on a bad query) and starts rendering it.
+    /// `gzip_hint` (the creating request accepted gzip) lets rendering pre-compress the chunks
+    /// when [`super::BulkSettings::precompress_gzip`] is on.
     pub async fn create_query(
         &self,
         created_by: SfId,
         api_version: &str,
         req: QueryRequest,
+        gzip_hint: bool,
     ) -> Result<Arc<QueryJob>, BulkError> {
         self.limits
             .take_query_job()
             .map_err(|e| BulkError::new(400, &e.error_code, e.message))?;
         let schema = self.org.schema();
         check_bulk_restrictions(&req.query, &schema)?;
-        let org = self.org.clone();
-        let soql = req.query.clone();
-        let include_deleted = req.operation == QueryOperation::QueryAll;
-        let result = tokio::task::spawn_blocking(move || org.query(&soql, include_deleted))
-            .await
-            .map_err(|e| {
-                BulkError::new(
-                    500,
-                    "UNKNOWN_EXCEPTION",
-                    format!("Evaluating the query failed unexpectedly: {e}"),
-                )
-            })?
-            .map_err(query_error)?;
+        // Parse and resolve every name now (a bad query is a 400 right away); the rows are read
+        // and rendered by the job.
+        let result = self.org.query_shape(&req.query).map_err(query_error)?;
         check_result(&result, &schema)?;
         let meta = self.new_meta(created_by, api_version, req.delimiter, req.line_ending);
         let now = meta.created_ms;
@@ -516,12 +524,44 @@ impl BulkJobs {
             }),
         });
         self.insert(Job::Query(job.clone()));
-        self.spawn_render(job.clone(), result);
+        self.spawn_render(job.clone(), gzip_hint);
         Ok(job)
     }
 
-    fn spawn_render(&self, job: Arc<QueryJob>, result: QueryResult) {
-        let delay = self.settings().processing_delay;
+    /// Evaluates the query straight into CSV chunks (`Org::query_csv`, one read-locked snapshot
+    /// taken as soon as the job exists) and publishes the results after the processing delay.
+    fn spawn_render(&self, job: Arc<QueryJob>, gzip_hint: bool) {
+        let settings = self.settings();
+        let delay = settings.processing_delay;
+        let precompress = settings.precompress_gzip && gzip_hint;
+        let org = self.org.clone();
+        let soql = job.query.clone();
+        let include_deleted = job.operation == QueryOperation::QueryAll;
+        let delimiter = job.meta.delimiter;
+        let line_ending = job.meta.line_ending;
+        let started = Instant::now();
+        let rendering = tokio::task::spawn_blocking(move || {
+            let threads = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1);
+            let opts = CsvQueryOptions {
+                delimiter: delimiter.byte(),
+                crlf: line_ending == super::LineEnding::Crlf,
+                chunk_rows: CHUNK_ROWS,
+                threads,
+            };
+            let csv = org.query_csv(&soql, include_deleted, &opts)?;
+            let total = csv.total_rows;
+            let chunks = csv
+                .chunks
+                .into_iter()
+                .map(|c| (c.bytes, c.offsets))
+                .collect();
+            // Gzip pieces are computed after JobComplete (below), while pages are downloaded.
+            Ok::<_, SfError>(results_from_chunks(
+                csv.header, chunks, total, threads, false,
+            ))
+        });
         tokio::spawn(async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
@@ -533,32 +573,32 @@ impl BulkJobs {
                 }
                 QueryJob::set_state(&mut g, JobState::InProgress);
             }
-            let started = Instant::now();
-            let delimiter = job.meta.delimiter;
-            let line_ending = job.meta.line_ending;
-            let rendered = tokio::task::spawn_blocking(move || {
-                let threads = std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1);
-                render_results(
-                    &result.columns,
-                    &result.rows,
-                    delimiter,
-                    line_ending,
-                    threads,
-                )
-            })
-            .await;
+            let rendered = rendering.await;
             let mut g = job.inner.lock();
             g.total_ms = started.elapsed().as_millis() as i64;
             if g.deleted || g.state != JobState::InProgress {
                 return;
             }
             match rendered {
-                Ok(r) => {
+                Ok(Ok(r)) => {
                     g.processed = r.total_rows as u64;
-                    g.results = Some(Arc::new(r));
+                    let r = Arc::new(r);
+                    g.results = Some(r.clone());
                     QueryJob::set_state(&mut g, JobState::JobComplete);
+                    drop(g);
+                    if precompress {
+                        // Compress in the background, first chunks first, so the job completes
+                        // as soon as the CSV exists and compression overlaps the downloads (a
+                        // page asking for a chunk being compressed waits for it, never redoes it).
+                        let threads = std::thread::available_parallelism()
+                            .map(|n| n.get())
+                            .unwrap_or(1);
+                        tokio::task::spawn_blocking(move || r.precompress(threads));
+                    }
+                }
+                Ok(Err(e)) => {
+                    g.error_message = Some(format!("{} : {}", e.error_code, e.message));
+                    QueryJob::set_state(&mut g, JobState::Failed);
                 }
                 Err(e) => {
                     g.error_message = Some(format!(

@@ -261,11 +261,15 @@ async fn create_query(
     State(st): State<AppState>,
     Path(v): Path<String>,
     session: Session,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, BulkError> {
     let version = version(&v)?;
     let req = QueryRequest::parse(&parse_body(&body)?)?;
-    let job = st.bulk.create_query(session.user_id, &version, req).await?;
+    let job = st
+        .bulk
+        .create_query(session.user_id, &version, req, accepts_gzip(&headers))
+        .await?;
     tracing::debug!(job = %job.meta.id, object = %job.object, "Bulk query job created");
     Ok(Json(job.info()))
 }
@@ -366,6 +370,19 @@ async fn query_results(
         );
     let body = if accepts_gzip(&headers) {
         response = response.header(header::CONTENT_ENCODING, "gzip");
+        if let Some((pieces, len)) = page.gzip_cached() {
+            response = response.header(header::CONTENT_LENGTH, len.to_string());
+            let body = Body::from_stream(futures::stream::iter(
+                pieces.into_iter().map(Ok::<Bytes, Infallible>),
+            ));
+            return response.body(body).map_err(|e| {
+                BulkError::new(
+                    500,
+                    "UNKNOWN_EXCEPTION",
+                    format!("Building the results response of job {id} failed: {e}"),
+                )
+            });
+        }
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
         tokio::task::spawn_blocking(move || page.write_gzip(|b| tx.blocking_send(b).is_ok()));
         let stream = futures::stream::unfold(rx, |mut rx| async move {

@@ -295,7 +295,10 @@ struct JobList {
     next_records_url: Option<String>,
 }
 
-/// How to wait for a job: exponential backoff between polls, bounded total time.
+/// How to wait for a job: exponential backoff between polls, bounded total time. During the
+/// first [`EARLY_POLL_SECS`] the interval grows to at most [`EARLY_MAX_INTERVAL_MS`] (when
+/// `max_interval_ms` is larger), so a job that finishes in a few seconds is noticed within a
+/// second instead of up to half its run time late; after that it backs off to `max_interval_ms`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PollPolicy {
@@ -305,6 +308,11 @@ pub struct PollPolicy {
     /// Give up (with [`SalesforceError::JobTimeout`]) after this long.
     pub timeout_secs: u64,
 }
+
+/// How long [`PollPolicy`]'s early interval cap lasts.
+pub const EARLY_POLL_SECS: u64 = 30;
+/// The longest interval between polls during the first [`EARLY_POLL_SECS`].
+pub const EARLY_MAX_INTERVAL_MS: u64 = 1_000;
 
 impl Default for PollPolicy {
     fn default() -> Self {
@@ -526,8 +534,12 @@ impl Bulk {
                         .min(Duration::from_secs(poll.timeout_secs).saturating_sub(waited))
                         .max(Duration::from_millis(1));
                     tokio::time::sleep(wait).await;
-                    interval = (interval * poll.multiplier.max(1.0))
-                        .min(poll.max_interval_ms.max(1) as f64);
+                    let max = if start.elapsed() < Duration::from_secs(EARLY_POLL_SECS) {
+                        poll.max_interval_ms.clamp(1, EARLY_MAX_INTERVAL_MS)
+                    } else {
+                        poll.max_interval_ms.max(1)
+                    };
+                    interval = (interval * poll.multiplier.max(1.0)).min(max as f64);
                 }
             }
         }
