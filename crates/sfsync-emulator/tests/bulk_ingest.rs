@@ -300,7 +300,7 @@ async fn insert_update_upsert_delete_and_hard_delete() {
     assert_eq!(header, vec!["sf__Id", "sf__Error", "Id"]);
     assert_eq!(rows[0][0], beta);
     let cell = &rows[0][1];
-    assert_eq!(cell.split(':').count() >= 3, true, "{cell}");
+    assert!(cell.split(':').count() >= 3, "{cell}");
 }
 
 #[tokio::test]

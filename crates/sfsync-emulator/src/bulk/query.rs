@@ -1,8 +1,9 @@
 //! Bulk API 2.0 query jobs. The SOQL is checked for what Bulk queries refuse (compound fields,
-//! aggregates, OFFSET, nested subqueries) and evaluated once when the job is created, so a bad
-//! query is answered with a 400 right away and the result is a consistent snapshot. Processing
-//! then renders the rows once into immutable CSV chunks; every page is cut from them without
-//! copying, so the same locator always yields the same bytes and serving a page never
+//! aggregates, OFFSET, nested subqueries) and resolved against the schema when the job is
+//! created (`Org::query_shape`), so a bad query is answered with a 400 right away. The job then
+//! reads one consistent snapshot straight into CSV chunks (`Org::query_csv`, 10,000 rows per
+//! chunk, optionally gzip-compressed in the same pass); every page is cut from those chunks
+//! without copying, so the same locator always yields the same bytes and serving a page never
 //! re-queries. Locators are opaque (base64 of the next row number); the last page's locator is
 //! the literal string `null`.
 
@@ -486,7 +487,7 @@ impl QueryJob {
 
 impl BulkJobs {
     /// Creates a query job: counts it against the daily allocation, refuses what Bulk queries do
-    /// not support, evaluates the query (400 on a bad query) and starts rendering it.
+    /// not support, resolves the query (400 on a bad query) and starts reading it into CSV.
     /// `gzip_hint` (the creating request accepted gzip) lets rendering pre-compress the chunks
     /// when [`super::BulkSettings::precompress_gzip`] is on.
     pub async fn create_query(
