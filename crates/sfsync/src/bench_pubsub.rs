@@ -61,7 +61,7 @@ fn account_event(
         .collect();
     let scalar = |kind: emu::schema::AvroKind, i: usize| match kind {
         emu::schema::AvroKind::String => emu::FieldValue::String(format!("value {i}")),
-        emu::schema::AvroKind::Boolean => emu::FieldValue::Boolean(i % 2 == 0),
+        emu::schema::AvroKind::Boolean => emu::FieldValue::Boolean(i.is_multiple_of(2)),
         emu::schema::AvroKind::Int | emu::schema::AvroKind::Date => {
             emu::FieldValue::Int(19_000 + i as i32)
         }

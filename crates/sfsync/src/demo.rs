@@ -96,7 +96,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         }
         let now = load.snapshot();
         let secs = started.elapsed().as_secs();
-        if secs > 0 && secs % 5 == 0 {
+        if secs > 0 && secs.is_multiple_of(5) {
             // The sfsync client reading the org over HTTPS, as the pipeline will.
             match client
                 .query_page("SELECT COUNT() FROM Case", &Default::default())
