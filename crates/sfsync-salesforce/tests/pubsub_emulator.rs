@@ -402,3 +402,93 @@ async fn unknown_topic_and_bad_address_are_clear_errors() {
         .unwrap();
     assert!(matches!(err, PubSubError::Transport { .. }), "{err}");
 }
+
+/// A change made through Bulk API 2.0 reaches the subscriber with the Bulk change origin and the
+/// caller's client id; changes of one Bulk batch share one transaction key with increasing
+/// sequence numbers.
+#[tokio::test]
+async fn bulk_ingest_changes_arrive_with_bulk_origin() {
+    let emu = emulator(|_| {}).await;
+    let sf = rest(&emu);
+    let sub = subscriber(&emu, 100).await;
+    let mut stream = sub
+        .subscribe("/data/AccountChangeEvent", ReplayStart::Earliest)
+        .await
+        .unwrap();
+    let mut w = sfsync_salesforce::BulkCsvWriter::new(b',', false);
+    w.write_header(["External_Id__c", "Name", "Phone"]).unwrap();
+    for i in 0..25 {
+        let ext = format!("BULK-CDC-{i}");
+        let name = format!("Bulk CDC {i}");
+        let phone = format!("+1 555 01{i:02}");
+        w.write_record([
+            sfsync_salesforce::BulkValue::Text(&ext),
+            sfsync_salesforce::BulkValue::Text(&name),
+            sfsync_salesforce::BulkValue::Text(&phone),
+        ])
+        .unwrap();
+    }
+    let jobs = sf
+        .bulk()
+        .ingest(
+            &sfsync_salesforce::IngestJobRequest::upsert("Account", "External_Id__c"),
+            w.into_bytes(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(jobs[0].number_records_processed, 25);
+    assert_eq!(jobs[0].number_records_failed, 0);
+
+    let mut creates = Vec::new();
+    while creates.len() < 25 {
+        let b = next(&mut stream).await;
+        assert!(b.undecoded.is_empty());
+        creates.extend(b.changes);
+    }
+    let first = &creates[0].header;
+    for c in &creates {
+        let h = &c.header;
+        assert_eq!(h.change_type, Some(ChangeType::Create));
+        assert!(
+            h.change_origin.starts_with("com/salesforce/api/bulkapi/"),
+            "{}",
+            h.change_origin
+        );
+        assert_eq!(h.origin_client(), Some("sfsync-it"));
+        assert_eq!(
+            h.transaction_key, first.transaction_key,
+            "one batch, one transaction"
+        );
+        assert!(
+            matches!(c.field("Name"), Some(FieldValue::String(n)) if n.starts_with("Bulk CDC "))
+        );
+    }
+    let seqs: Vec<i32> = creates.iter().map(|c| c.header.sequence_number).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+}
+
+/// A gap event (here injected by the emulator) arrives as a header-only GAP_* change with its
+/// record ids and no field values, so the pipeline can re-read those records.
+#[tokio::test]
+async fn gap_events_arrive_header_only_with_record_ids() {
+    let emu = emulator(|_| {}).await;
+    let sub = subscriber(&emu, 100).await;
+    let mut stream = sub
+        .subscribe("/data/AccountChangeEvent", ReplayStart::Earliest)
+        .await
+        .unwrap();
+    emu.running.state.cdc.set_gap_next(1);
+    let ids = insert_accounts(&emu, 1, 1, "Gap");
+    let gap = wait_for(&mut stream, |c| c.header.record_ids.contains(&ids[0])).await;
+    assert_eq!(gap.header.change_type, Some(ChangeType::GapCreate));
+    assert!(
+        gap.fields.is_empty(),
+        "gap events carry no field values: {:?}",
+        gap.fields
+    );
+    assert!(gap.header.changed_fields.is_empty());
+    // The next change is a normal event again.
+    let ids2 = insert_accounts(&emu, 1, 1, "After gap");
+    let normal = wait_for(&mut stream, |c| c.header.record_ids.contains(&ids2[0])).await;
+    assert_eq!(normal.header.change_type, Some(ChangeType::Create));
+}
