@@ -637,6 +637,47 @@ impl Org {
         Ok(c.record_json(rec, sel.as_deref(), api_version))
     }
 
+    /// [`Org::retrieve`] rendered straight to REST JSON bytes (identical to serialising its
+    /// result), for the hot single-record read path.
+    pub fn retrieve_json(
+        &self,
+        object: &str,
+        id: &str,
+        fields: Option<&[String]>,
+        api_version: &str,
+    ) -> Result<Vec<u8>, SfError> {
+        let st = self.state.read();
+        let c = st
+            .compiled
+            .object(object)
+            .ok_or_else(|| SfError::invalid_type(object))?;
+        let sel: Option<Vec<usize>> = match fields {
+            Some(fs) => Some(
+                fs.iter()
+                    .map(|f| f.trim())
+                    .filter(|f| !f.is_empty())
+                    .map(|f| c.field(f).ok_or_else(|| no_such_column(f, c.name())))
+                    .collect::<Result<_, _>>()?,
+            ),
+            None => None,
+        };
+        let id = SfId::parse(id).map_err(|_| SfError::not_found())?;
+        let (_, rec) = st.stores[c.index].get(&id).ok_or_else(SfError::not_found)?;
+        if rec.deleted {
+            return Err(entity_is_deleted());
+        }
+        let mut out = Vec::with_capacity(4096);
+        c.write_record_json(rec, sel.as_deref(), api_version, &mut out)
+            .map_err(|e| {
+                SfError::new(
+                    500,
+                    "UNKNOWN_EXCEPTION",
+                    format!("rendering the record: {e}"),
+                )
+            })?;
+        Ok(out)
+    }
+
     /// Ids of live records whose external id field equals `value`.
     pub fn find_by_external_id(
         &self,

@@ -153,6 +153,80 @@ impl CObject {
     }
 }
 
+impl CObject {
+    /// Writes the REST record JSON (same bytes as serialising [`CObject::record_json`]) straight
+    /// from the store, without building a map or copying strings.
+    pub fn write_record_json(
+        &self,
+        rec: &Record,
+        fields: Option<&[usize]>,
+        api_version: &str,
+        out: &mut Vec<u8>,
+    ) -> serde_json::Result<()> {
+        serde_json::to_writer(
+            out,
+            &RecordJson {
+                c: self,
+                rec,
+                fields,
+                api_version,
+            },
+        )
+    }
+}
+
+struct RecordJson<'a> {
+    c: &'a CObject,
+    rec: &'a Record,
+    fields: Option<&'a [usize]>,
+    api_version: &'a str,
+}
+
+/// A stored value serialised exactly as `Val::to_json` would render it, borrowing strings.
+struct ValJson<'a>(&'a Val);
+
+impl serde::Serialize for ValJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Val::Str(t) => s.serialize_str(t),
+            Val::Id(id) => s.serialize_str(id.as_str()),
+            other => other.to_json().serialize(s),
+        }
+    }
+}
+
+impl serde::Serialize for RecordJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let c = self.c;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry(
+            "attributes",
+            &attributes(c.name(), &self.rec.id, self.api_version),
+        )?;
+        let one = |i: usize, m: &mut S::SerializeMap| -> Result<(), S::Error> {
+            let name = c.fd(i).name.as_str();
+            match &c.kinds[i] {
+                FKind::Address(_) => m.serialize_entry(name, &c.field_json(self.rec, i)),
+                _ => m.serialize_entry(name, &ValJson(&c.get(self.rec, i))),
+            }
+        };
+        match self.fields {
+            Some(fs) => {
+                for &i in fs {
+                    one(i, &mut m)?;
+                }
+            }
+            None => {
+                for i in 0..c.def.fields.len() {
+                    one(i, &mut m)?;
+                }
+            }
+        }
+        m.end()
+    }
+}
+
 /// `{"type": X, "url": "/services/data/vNN.N/sobjects/X/<id>"}`.
 pub(crate) fn attributes(object: &str, id: &SfId, api_version: &str) -> Value {
     json!({
