@@ -615,25 +615,7 @@ impl Org {
         api_version: &str,
     ) -> Result<Fields, SfError> {
         let st = self.state.read();
-        let c = st
-            .compiled
-            .object(object)
-            .ok_or_else(|| SfError::invalid_type(object))?;
-        let sel: Option<Vec<usize>> = match fields {
-            Some(fs) => Some(
-                fs.iter()
-                    .map(|f| f.trim())
-                    .filter(|f| !f.is_empty())
-                    .map(|f| c.field(f).ok_or_else(|| no_such_column(f, c.name())))
-                    .collect::<Result<_, _>>()?,
-            ),
-            None => None,
-        };
-        let id = SfId::parse(id).map_err(|_| SfError::not_found())?;
-        let (_, rec) = st.stores[c.index].get(&id).ok_or_else(SfError::not_found)?;
-        if rec.deleted {
-            return Err(entity_is_deleted());
-        }
+        let (c, rec, sel) = live_record(&st, object, id, fields)?;
         Ok(c.record_json(rec, sel.as_deref(), api_version))
     }
 
@@ -647,25 +629,7 @@ impl Org {
         api_version: &str,
     ) -> Result<Vec<u8>, SfError> {
         let st = self.state.read();
-        let c = st
-            .compiled
-            .object(object)
-            .ok_or_else(|| SfError::invalid_type(object))?;
-        let sel: Option<Vec<usize>> = match fields {
-            Some(fs) => Some(
-                fs.iter()
-                    .map(|f| f.trim())
-                    .filter(|f| !f.is_empty())
-                    .map(|f| c.field(f).ok_or_else(|| no_such_column(f, c.name())))
-                    .collect::<Result<_, _>>()?,
-            ),
-            None => None,
-        };
-        let id = SfId::parse(id).map_err(|_| SfError::not_found())?;
-        let (_, rec) = st.stores[c.index].get(&id).ok_or_else(SfError::not_found)?;
-        if rec.deleted {
-            return Err(entity_is_deleted());
-        }
+        let (c, rec, sel) = live_record(&st, object, id, fields)?;
         let mut out = Vec::with_capacity(4096);
         c.write_record_json(rec, sel.as_deref(), api_version, &mut out)
             .map_err(|e| {
@@ -1554,4 +1518,36 @@ fn build_transaction(
         change_origin: ctx.change_origin(),
         changes,
     })
+}
+
+/// The object, the live record and the resolved field list (`None` = all) of a single-record
+/// read: unknown object → `NOT_FOUND` (type), unknown field → `INVALID_FIELD`, unknown id →
+/// `NOT_FOUND`, recycle-bin record → `ENTITY_IS_DELETED`.
+#[allow(clippy::type_complexity)]
+fn live_record<'s>(
+    st: &'s State,
+    object: &str,
+    id: &str,
+    fields: Option<&[String]>,
+) -> Result<(&'s CObject, &'s Record, Option<Vec<usize>>), SfError> {
+    let c = st
+        .compiled
+        .object(object)
+        .ok_or_else(|| SfError::invalid_type(object))?;
+    let sel: Option<Vec<usize>> = match fields {
+        Some(fs) => Some(
+            fs.iter()
+                .map(|f| f.trim())
+                .filter(|f| !f.is_empty())
+                .map(|f| c.field(f).ok_or_else(|| no_such_column(f, c.name())))
+                .collect::<Result<_, _>>()?,
+        ),
+        None => None,
+    };
+    let id = SfId::parse(id).map_err(|_| SfError::not_found())?;
+    let (_, rec) = st.stores[c.index].get(&id).ok_or_else(SfError::not_found)?;
+    if rec.deleted {
+        return Err(entity_is_deleted());
+    }
+    Ok((c, rec, sel))
 }
