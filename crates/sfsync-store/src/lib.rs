@@ -1,1 +1,180 @@
-//! placeholder
+//! Durable state for sfsync: the raw change log, subscription checkpoints and apply offsets, on
+//! SQLite (embedded default) or Postgres, behind one [`ChangeLog`] interface.
+//!
+//! Guarantees: a batch of raw changes and the subscription checkpoint (replay id) that covers it
+//! commit in ONE transaction — either both are durable or neither is (architecture invariant 1).
+//! Each change has a unique event key, so re-delivering a change is a counted no-op (invariant 3).
+//! Replay ids are stored as the exact bytes received, never parsed (invariant 2). Log offsets are
+//! assigned in commit order and only increase, so a reader that has seen offset `n` never later
+//! finds a new entry below `n`. Bad input is rejected with an error naming the channel, the item
+//! and the reason, and nothing of its batch is written (invariant 9).
+//!
+//! This crate never calls Salesforce.
+
+pub mod error;
+pub mod migrate;
+pub mod postgres;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use sfsync_core::{Change, ChangeType, EventKey, RecordVersion, ReplayId};
+
+pub use error::{Result, StoreError};
+pub use migrate::{AppliedMigration, Migration};
+pub use postgres::PostgresChangeLog;
+pub use sqlite::{SqliteChangeLog, SqliteOptions, SqliteSynchronous};
+
+/// One raw change as it goes into the log: the identity and ordering fields the apply stage
+/// needs, plus the payload bytes exactly as received (e.g. the Avro record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawChange {
+    /// The dedupe identity. For a change event use the key of its first record id (see
+    /// [`RawChange::from_change`]); re-delivery yields the same key.
+    pub event_key: EventKey,
+    /// Replay id of the event that carried this change, verbatim.
+    pub replay_id: ReplayId,
+    /// Writer schema id of the payload.
+    pub schema_id: String,
+    /// `entityName` of the change (`Account`, `Case`, …).
+    pub entity: String,
+    pub change_type: ChangeType,
+    /// Commit timestamp (epoch ms), commit number and sequence number.
+    pub version: RecordVersion,
+    /// Payload bytes, stored verbatim.
+    pub payload: Bytes,
+}
+
+impl RawChange {
+    /// The raw-log form of a decoded change with its payload bytes; `None` when the change has no
+    /// change type (a header that lacked it cannot be applied and belongs in quarantine).
+    pub fn from_change(change: &Change, payload: impl Into<Bytes>) -> Option<RawChange> {
+        let event_key = change.event_keys().into_iter().next()?;
+        Some(RawChange {
+            event_key,
+            replay_id: change.replay_id.clone(),
+            schema_id: change.schema_id.clone(),
+            entity: change.header.entity_name.clone(),
+            change_type: change.change_type()?,
+            version: change.version(),
+            payload: payload.into(),
+        })
+    }
+}
+
+/// A position in the raw change log. Offsets start at 1, only increase in commit order, and may
+/// have holes (rolled-back appends, duplicates).
+pub type LogOffset = u64;
+
+/// A change read back from the log with its position and channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedChange {
+    pub offset: LogOffset,
+    pub channel: String,
+    pub change: RawChange,
+}
+
+/// What one [`ChangeLog::append_batch`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AppendOutcome {
+    /// Changes newly written to the log.
+    pub appended: u64,
+    /// Changes whose event key was already in the log (or earlier in the same batch): skipped.
+    pub duplicates: u64,
+    /// Offset of the last change written by this batch, if any.
+    pub last_offset: Option<LogOffset>,
+}
+
+/// The raw change log with its checkpoints and apply offsets.
+///
+/// Contracts: every method is one transaction (atomic); [`ChangeLog::append_batch`] is
+/// idempotent per event key; methods are safe to call concurrently from one process (writes are
+/// serialised); a future dropped before completion leaves either the whole transaction committed
+/// or nothing.
+#[async_trait]
+pub trait ChangeLog: Send + Sync {
+    /// Backend name for logs and errors (`sqlite`, `postgres`).
+    fn backend(&self) -> &'static str;
+
+    /// Appends `changes` (in order) and sets the checkpoint of `channel` to `checkpoint`, in one
+    /// transaction. A change whose event key is already logged is skipped and counted. If any
+    /// change is rejected, nothing of the batch and no checkpoint is written and the error names
+    /// the item. An empty batch only moves the checkpoint.
+    async fn append_batch(
+        &self,
+        channel: &str,
+        changes: &[RawChange],
+        checkpoint: &ReplayId,
+    ) -> Result<AppendOutcome>;
+
+    /// The last committed checkpoint of `channel` (replay id bytes verbatim), if any.
+    async fn checkpoint(&self, channel: &str) -> Result<Option<ReplayId>>;
+
+    /// Up to `limit` changes with offset `>= from`, in log order.
+    async fn read_from(&self, from: LogOffset, limit: usize) -> Result<Vec<LoggedChange>>;
+
+    /// The last log offset `consumer` has applied, if any.
+    async fn applied_offset(&self, consumer: &str) -> Result<Option<LogOffset>>;
+
+    /// Records that `consumer` has applied everything up to `offset`, in its own transaction.
+    /// Offsets never move backwards: a smaller offset is an internal error. Curated writers set
+    /// it inside their own transaction instead (see the backends' transaction handles).
+    async fn set_applied_offset(&self, consumer: &str, offset: LogOffset) -> Result<()>;
+
+    /// Migrations recorded in `schema_migrations`, in version order.
+    async fn applied_migrations(&self) -> Result<Vec<AppliedMigration>>;
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Rebuilds an [`EventKey`] from its stored text form.
+pub(crate) fn event_key_from_stored(s: &str) -> Option<EventKey> {
+    use serde::Deserialize;
+    let de = serde::de::value::StrDeserializer::<serde::de::value::Error>::new(s);
+    EventKey::deserialize(de).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sfsync_core::ChangeHeader;
+
+    #[test]
+    fn raw_change_from_change_keeps_identity_and_bytes() {
+        let change = Change {
+            header: ChangeHeader {
+                entity_name: "Case".into(),
+                record_ids: vec!["500A".into(), "500B".into()],
+                change_type: Some(ChangeType::Update),
+                transaction_key: "tx1".into(),
+                sequence_number: 3,
+                commit_timestamp: 10,
+                commit_number: 11,
+                ..Default::default()
+            },
+            schema_id: "s1".into(),
+            replay_id: ReplayId::from_bytes(vec![0xff, 0]),
+            fields: vec![],
+        };
+        let raw = RawChange::from_change(&change, vec![1u8, 2]).unwrap();
+        assert_eq!(raw.event_key.as_str(), "tx1/3/500A");
+        assert_eq!(raw.replay_id.as_bytes(), &[0xff, 0]);
+        assert_eq!(raw.version, change.version());
+        assert_eq!(&raw.payload[..], &[1, 2]);
+
+        let mut headerless = change.clone();
+        headerless.header.change_type = None;
+        assert_eq!(RawChange::from_change(&headerless, vec![]), None);
+    }
+
+    #[test]
+    fn stored_event_keys_round_trip() {
+        let k = EventKey::new("tx", 1, "001");
+        assert_eq!(event_key_from_stored(k.as_str()), Some(k));
+    }
+}

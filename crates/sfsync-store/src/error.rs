@@ -1,0 +1,161 @@
+//! Store errors. Every error names the backend and the operation (and for rejected input the
+//! channel, item and event key) and carries an [`ErrorClass`]: `User` for input the store refuses
+//! (retrying cannot help), `Retry` for an external condition (database busy, unreachable, disk),
+//! `Internal` for a bug or a database that does not look like ours.
+
+use sfsync_core::ErrorClass;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A database call failed.
+    #[error("{backend} store: {op} failed")]
+    Database {
+        backend: &'static str,
+        op: &'static str,
+        class: ErrorClass,
+        #[source]
+        source: BoxError,
+    },
+    /// One change of a batch was refused by the store; nothing of the batch was written.
+    #[error(
+        "{backend} store: change #{index} (event key '{event_key}') of the batch for channel \
+         '{channel}' was rejected; nothing from the batch and no checkpoint was written"
+    )]
+    RejectedChange {
+        backend: &'static str,
+        channel: String,
+        index: usize,
+        event_key: String,
+        #[source]
+        source: BoxError,
+    },
+    /// Input refused before reaching the database.
+    #[error("{backend} store: {op}: {reason}")]
+    InvalidInput {
+        backend: &'static str,
+        op: &'static str,
+        reason: String,
+    },
+    /// An apply offset would move backwards.
+    #[error(
+        "{backend} store: apply offset of consumer '{consumer}' would move back from {current} \
+         to {requested}"
+    )]
+    OffsetRegression {
+        backend: &'static str,
+        consumer: String,
+        current: u64,
+        requested: u64,
+    },
+    /// The database was migrated by a newer sfsync.
+    #[error(
+        "{backend} store: database schema is at version {found}, newer than this build knows \
+         ({known}); upgrade sfsync"
+    )]
+    SchemaTooNew {
+        backend: &'static str,
+        found: i64,
+        known: i64,
+    },
+    /// A stored row cannot be read back as what we wrote.
+    #[error("{backend} store: corrupt row in {table} at log offset {offset}: {reason}")]
+    Corrupt {
+        backend: &'static str,
+        table: &'static str,
+        offset: i64,
+        reason: String,
+    },
+    /// The blocking worker running a SQLite call panicked or was cancelled.
+    #[error("sqlite store: worker thread for {op} did not complete")]
+    Worker {
+        op: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+impl StoreError {
+    /// What a caller should do about this error.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            StoreError::Database { class, .. } => *class,
+            StoreError::RejectedChange { .. } | StoreError::InvalidInput { .. } => ErrorClass::User,
+            StoreError::SchemaTooNew { .. } => ErrorClass::User,
+            StoreError::OffsetRegression { .. }
+            | StoreError::Corrupt { .. }
+            | StoreError::Worker { .. } => ErrorClass::Internal,
+        }
+    }
+
+    /// The error and all its causes, `: `-separated (for logs and CLI output).
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(self);
+        while let Some(e) = cur {
+            out.push_str(": ");
+            out.push_str(&e.to_string());
+            cur = e.source();
+        }
+        out
+    }
+
+    pub(crate) fn sqlite(op: &'static str, e: rusqlite::Error) -> StoreError {
+        StoreError::Database {
+            backend: "sqlite",
+            op,
+            class: sqlite_class(&e),
+            source: Box::new(e),
+        }
+    }
+
+    pub(crate) fn postgres(op: &'static str, e: tokio_postgres::Error) -> StoreError {
+        StoreError::Database {
+            backend: "postgres",
+            op,
+            class: postgres_class(&e),
+            source: Box::new(e),
+        }
+    }
+}
+
+fn sqlite_class(e: &rusqlite::Error) -> ErrorClass {
+    use rusqlite::ErrorCode::*;
+    match e.sqlite_error_code() {
+        Some(DatabaseBusy | DatabaseLocked | SystemIoFailure | DiskFull | CannotOpen) => {
+            ErrorClass::Retry
+        }
+        Some(ConstraintViolation | TooBig) => ErrorClass::User,
+        _ => ErrorClass::Internal,
+    }
+}
+
+fn postgres_class(e: &tokio_postgres::Error) -> ErrorClass {
+    if e.is_closed() {
+        return ErrorClass::Retry;
+    }
+    match e.code() {
+        // No SQLSTATE: connection, I/O or protocol trouble.
+        None => ErrorClass::Retry,
+        Some(code) => {
+            let c = code.code();
+            if c.starts_with("08") // connection exception
+                || c.starts_with("53") // insufficient resources
+                || c.starts_with("57") // operator intervention (shutdown)
+                || c == "40001" // serialization failure
+                || c == "40P01"
+            // deadlock
+            {
+                ErrorClass::Retry
+            } else if c.starts_with("22") || c.starts_with("23") {
+                // data exception, integrity constraint violation
+                ErrorClass::User
+            } else {
+                ErrorClass::Internal
+            }
+        }
+    }
+}

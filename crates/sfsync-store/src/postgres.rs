@@ -1,0 +1,403 @@
+//! Postgres backend (tokio-postgres, Postgres 15+).
+//!
+//! Appends take `LOCK TABLE raw_changes IN SHARE ROW EXCLUSIVE MODE` inside their transaction,
+//! which serialises appenders (readers are not blocked), so log offsets are assigned in commit
+//! order: a reader never finds a new entry below an offset it has already seen. Durability is the
+//! server's (`synchronous_commit`); the checkpoint commits with the events it covers either way.
+
+use async_trait::async_trait;
+use sfsync_core::{RecordVersion, ReplayId};
+use tokio::sync::{Mutex, MutexGuard};
+use tokio_postgres::{Client, Config, NoTls, Transaction};
+
+use crate::error::{Result, StoreError};
+use crate::migrate::{self, AppliedMigration, Migration};
+use crate::sqlite::decode_row;
+use crate::{now_ms, AppendOutcome, ChangeLog, LogOffset, LoggedChange, RawChange};
+
+const BACKEND: &str = "postgres";
+
+/// Key of the transaction-scoped advisory lock that serialises migrations.
+const MIGRATION_LOCK_KEY: i64 = 0x5f5f_5359_4e43_0001;
+
+/// The Postgres schema, in order. Never edit a released entry; append a new one.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "raw change log, checkpoints, apply offsets",
+    sql: r#"
+CREATE TABLE raw_changes (
+    log_offset       BIGINT  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    channel          TEXT    NOT NULL CHECK (channel <> ''),
+    event_key        TEXT    NOT NULL UNIQUE CHECK (event_key <> ''),
+    replay_id        BYTEA   NOT NULL,
+    schema_id        TEXT    NOT NULL,
+    entity           TEXT    NOT NULL CHECK (entity <> ''),
+    change_type      TEXT    NOT NULL CHECK (change_type IN ('CREATE','UPDATE','DELETE',
+                         'UNDELETE','GAP_CREATE','GAP_UPDATE','GAP_DELETE','GAP_UNDELETE',
+                         'GAP_OVERFLOW')),
+    commit_timestamp BIGINT  NOT NULL,
+    commit_number    BIGINT  NOT NULL,
+    sequence_number  INTEGER NOT NULL,
+    payload          BYTEA   NOT NULL,
+    appended_at_ms   BIGINT  NOT NULL
+);
+CREATE TABLE checkpoints (
+    channel       TEXT   PRIMARY KEY CHECK (channel <> ''),
+    replay_id     BYTEA  NOT NULL,
+    updated_at_ms BIGINT NOT NULL
+);
+CREATE TABLE apply_offsets (
+    consumer      TEXT   PRIMARY KEY CHECK (consumer <> ''),
+    log_offset    BIGINT NOT NULL CHECK (log_offset >= 0),
+    updated_at_ms BIGINT NOT NULL
+);
+"#,
+}];
+
+/// The change log in a Postgres database (tables in the connection's `search_path` schema).
+pub struct PostgresChangeLog {
+    client: Mutex<Client>,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for PostgresChangeLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresChangeLog").finish_non_exhaustive()
+    }
+}
+
+impl Drop for PostgresChangeLog {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+impl PostgresChangeLog {
+    /// Connects with a libpq-style URL or key=value string and applies pending migrations.
+    pub async fn connect(url: &str) -> Result<PostgresChangeLog> {
+        let config: Config =
+            url.parse()
+                .map_err(|e: tokio_postgres::Error| StoreError::InvalidInput {
+                    backend: BACKEND,
+                    op: "parse connection string",
+                    reason: e.to_string(),
+                })?;
+        PostgresChangeLog::connect_with(&config).await
+    }
+
+    /// Connects with a parsed config (no TLS: loopback or a trusted network) and migrates.
+    pub async fn connect_with(config: &Config) -> Result<PostgresChangeLog> {
+        let (client, connection) = config
+            .connect(NoTls)
+            .await
+            .map_err(|e| StoreError::postgres("connect", e))?;
+        let connection = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "Postgres connection closed with an error.");
+            }
+        });
+        let store = PostgresChangeLog {
+            client: Mutex::new(client),
+            connection,
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Exclusive use of the connection, for curated writers that open their own transaction and
+    /// call [`set_applied_offset_in`] inside it.
+    pub async fn client(&self) -> MutexGuard<'_, Client> {
+        self.client.lock().await
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut client = self.client.lock().await;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| StoreError::postgres("begin migrations", e))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
+            .await
+            .map_err(|e| StoreError::postgres("take migration lock", e))?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version       BIGINT PRIMARY KEY,
+                 name          TEXT   NOT NULL,
+                 applied_at_ms BIGINT NOT NULL
+             )",
+        )
+        .await
+        .map_err(|e| StoreError::postgres("create schema_migrations", e))?;
+        let current: i64 = tx
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations",
+                &[],
+            )
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| StoreError::postgres("read schema version", e))?;
+        let known = migrate::latest(MIGRATIONS);
+        if current > known {
+            return Err(StoreError::SchemaTooNew {
+                backend: BACKEND,
+                found: current,
+                known,
+            });
+        }
+        for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+            tx.batch_execute(m.sql)
+                .await
+                .map_err(|e| StoreError::postgres("apply migration", e))?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES ($1, $2, $3)",
+                &[&m.version, &m.name, &now_ms()],
+            )
+            .await
+            .map_err(|e| StoreError::postgres("record migration", e))?;
+            tracing::info!(
+                version = m.version,
+                name = m.name,
+                "Applied Postgres migration."
+            );
+        }
+        tx.commit()
+            .await
+            .map_err(|e| StoreError::postgres("commit migrations", e))
+    }
+}
+
+fn check_name(op: &'static str, what: &str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(StoreError::InvalidInput {
+            backend: BACKEND,
+            op,
+            reason: format!("{what} must not be empty"),
+        });
+    }
+    Ok(())
+}
+
+fn to_i64(offset: LogOffset) -> i64 {
+    i64::try_from(offset).unwrap_or(i64::MAX)
+}
+
+/// Sets the apply offset of `consumer` inside the caller's transaction (never backwards), so
+/// curated rows and the offset commit together.
+pub async fn set_applied_offset_in(
+    tx: &Transaction<'_>,
+    consumer: &str,
+    offset: LogOffset,
+) -> Result<()> {
+    check_name("set applied offset", "consumer", consumer)?;
+    let current = tx
+        .query_opt(
+            "SELECT log_offset FROM apply_offsets WHERE consumer = $1 FOR UPDATE",
+            &[&consumer],
+        )
+        .await
+        .map_err(|e| StoreError::postgres("read applied offset", e))?
+        .map(|r| r.try_get::<_, i64>(0))
+        .transpose()
+        .map_err(|e| StoreError::postgres("read applied offset", e))?;
+    if let Some(cur) = current {
+        if (cur.max(0) as u64) > offset {
+            return Err(StoreError::OffsetRegression {
+                backend: BACKEND,
+                consumer: consumer.to_string(),
+                current: cur.max(0) as u64,
+                requested: offset,
+            });
+        }
+    }
+    tx.execute(
+        "INSERT INTO apply_offsets (consumer, log_offset, updated_at_ms) VALUES ($1, $2, $3)
+         ON CONFLICT (consumer) DO UPDATE SET log_offset = excluded.log_offset,
+             updated_at_ms = excluded.updated_at_ms",
+        &[&consumer, &to_i64(offset), &now_ms()],
+    )
+    .await
+    .map_err(|e| StoreError::postgres("write applied offset", e))?;
+    Ok(())
+}
+
+#[async_trait]
+impl ChangeLog for PostgresChangeLog {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn append_batch(
+        &self,
+        channel: &str,
+        changes: &[RawChange],
+        checkpoint: &ReplayId,
+    ) -> Result<AppendOutcome> {
+        check_name("append batch", "channel", channel)?;
+        let mut client = self.client.lock().await;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| StoreError::postgres("begin append", e))?;
+        tx.batch_execute("LOCK TABLE raw_changes IN SHARE ROW EXCLUSIVE MODE")
+            .await
+            .map_err(|e| StoreError::postgres("lock raw_changes", e))?;
+        let stmt = tx
+            .prepare(
+                "INSERT INTO raw_changes (channel, event_key, replay_id, schema_id, entity,
+                     change_type, commit_timestamp, commit_number, sequence_number, payload,
+                     appended_at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 ON CONFLICT (event_key) DO NOTHING
+                 RETURNING log_offset",
+            )
+            .await
+            .map_err(|e| StoreError::postgres("prepare append", e))?;
+        let now = now_ms();
+        let mut out = AppendOutcome::default();
+        for (index, c) in changes.iter().enumerate() {
+            let rejected = |e: tokio_postgres::Error| StoreError::RejectedChange {
+                backend: BACKEND,
+                channel: channel.to_string(),
+                index,
+                event_key: c.event_key.to_string(),
+                source: Box::new(e),
+            };
+            let row = tx
+                .query_opt(
+                    &stmt,
+                    &[
+                        &channel,
+                        &c.event_key.as_str(),
+                        &c.replay_id.as_bytes(),
+                        &c.schema_id,
+                        &c.entity,
+                        &c.change_type.as_str(),
+                        &c.version.commit_timestamp,
+                        &c.version.commit_number,
+                        &c.version.sequence_number,
+                        &&c.payload[..],
+                        &now,
+                    ],
+                )
+                .await
+                .map_err(rejected)?;
+            match row {
+                Some(r) => {
+                    let off: i64 = r.try_get(0).map_err(rejected)?;
+                    out.appended += 1;
+                    out.last_offset = Some(off.max(0) as LogOffset);
+                }
+                None => out.duplicates += 1,
+            }
+        }
+        tx.execute(
+            "INSERT INTO checkpoints (channel, replay_id, updated_at_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (channel) DO UPDATE SET replay_id = excluded.replay_id,
+                 updated_at_ms = excluded.updated_at_ms",
+            &[&channel, &checkpoint.as_bytes(), &now_ms()],
+        )
+        .await
+        .map_err(|e| StoreError::postgres("write checkpoint", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| StoreError::postgres("commit append", e))?;
+        Ok(out)
+    }
+
+    async fn checkpoint(&self, channel: &str) -> Result<Option<ReplayId>> {
+        let client = self.client.lock().await;
+        let row = client
+            .query_opt(
+                "SELECT replay_id FROM checkpoints WHERE channel = $1",
+                &[&channel],
+            )
+            .await
+            .map_err(|e| StoreError::postgres("read checkpoint", e))?;
+        row.map(|r| r.try_get::<_, Vec<u8>>(0).map(ReplayId::from_bytes))
+            .transpose()
+            .map_err(|e| StoreError::postgres("read checkpoint", e))
+    }
+
+    async fn read_from(&self, from: LogOffset, limit: usize) -> Result<Vec<LoggedChange>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let client = self.client.lock().await;
+        let rows = client
+            .query(
+                "SELECT log_offset, channel, event_key, replay_id, schema_id, entity,
+                     change_type, commit_timestamp, commit_number, sequence_number, payload
+                 FROM raw_changes WHERE log_offset >= $1 ORDER BY log_offset LIMIT $2",
+                &[&to_i64(from), &limit],
+            )
+            .await
+            .map_err(|e| StoreError::postgres("read log", e))?;
+        let get = |e| StoreError::postgres("decode log row", e);
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let change_type: String = r.try_get(6).map_err(get)?;
+            out.push(decode_row(
+                BACKEND,
+                r.try_get(0).map_err(get)?,
+                r.try_get(1).map_err(get)?,
+                r.try_get(2).map_err(get)?,
+                r.try_get(3).map_err(get)?,
+                r.try_get(4).map_err(get)?,
+                r.try_get(5).map_err(get)?,
+                &change_type,
+                RecordVersion {
+                    commit_timestamp: r.try_get(7).map_err(get)?,
+                    commit_number: r.try_get(8).map_err(get)?,
+                    sequence_number: r.try_get(9).map_err(get)?,
+                },
+                r.try_get(10).map_err(get)?,
+            )?);
+        }
+        Ok(out)
+    }
+
+    async fn applied_offset(&self, consumer: &str) -> Result<Option<LogOffset>> {
+        let client = self.client.lock().await;
+        let row = client
+            .query_opt(
+                "SELECT log_offset FROM apply_offsets WHERE consumer = $1",
+                &[&consumer],
+            )
+            .await
+            .map_err(|e| StoreError::postgres("read applied offset", e))?;
+        row.map(|r| r.try_get::<_, i64>(0).map(|v| v.max(0) as LogOffset))
+            .transpose()
+            .map_err(|e| StoreError::postgres("read applied offset", e))
+    }
+
+    async fn set_applied_offset(&self, consumer: &str, offset: LogOffset) -> Result<()> {
+        let mut client = self.client.lock().await;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| StoreError::postgres("begin set applied offset", e))?;
+        set_applied_offset_in(&tx, consumer, offset).await?;
+        tx.commit()
+            .await
+            .map_err(|e| StoreError::postgres("commit applied offset", e))
+    }
+
+    async fn applied_migrations(&self) -> Result<Vec<AppliedMigration>> {
+        let client = self.client.lock().await;
+        let rows = client
+            .query(
+                "SELECT version, name, applied_at_ms FROM schema_migrations ORDER BY version",
+                &[],
+            )
+            .await
+            .map_err(|e| StoreError::postgres("read migrations", e))?;
+        rows.iter()
+            .map(|r| {
+                Ok(AppliedMigration {
+                    version: r.try_get(0)?,
+                    name: r.try_get(1)?,
+                    applied_at_ms: r.try_get(2)?,
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, tokio_postgres::Error>>()
+            .map_err(|e| StoreError::postgres("read migrations", e))
+    }
+}

@@ -1,0 +1,519 @@
+//! SQLite backend: one database file in WAL mode, one connection serialised behind a mutex and
+//! driven from tokio's blocking pool.
+//!
+//! Durability: `synchronous=NORMAL` by default. In WAL mode a process crash (SIGKILL, panic)
+//! never loses a committed transaction; a power loss or OS crash can lose the last few commits,
+//! but whole transactions only — the checkpoint rolls back together with the events it covers,
+//! so the source simply redelivers them from the older replay id (within Salesforce's retention)
+//! and nothing is lost or duplicated. `FULL` (fsync on every commit) closes that window too, at a
+//! large cost in commits/s; choose it with [`SqliteOptions::synchronous`] when the replay window
+//! cannot be relied on.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use sfsync_core::{ChangeType, RecordVersion, ReplayId};
+
+use crate::error::{Result, StoreError};
+use crate::migrate::{self, AppliedMigration, Migration};
+use crate::{now_ms, AppendOutcome, ChangeLog, LogOffset, LoggedChange, RawChange};
+
+const BACKEND: &str = "sqlite";
+
+/// The SQLite schema, in order. Never edit a released entry; append a new one.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "raw change log, checkpoints, apply offsets",
+    sql: r#"
+CREATE TABLE raw_changes (
+    log_offset       INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel          TEXT    NOT NULL CHECK (channel <> ''),
+    event_key        TEXT    NOT NULL UNIQUE CHECK (event_key <> ''),
+    replay_id        BLOB    NOT NULL,
+    schema_id        TEXT    NOT NULL,
+    entity           TEXT    NOT NULL CHECK (entity <> ''),
+    change_type      TEXT    NOT NULL CHECK (change_type IN ('CREATE','UPDATE','DELETE',
+                         'UNDELETE','GAP_CREATE','GAP_UPDATE','GAP_DELETE','GAP_UNDELETE',
+                         'GAP_OVERFLOW')),
+    commit_timestamp INTEGER NOT NULL,
+    commit_number    INTEGER NOT NULL,
+    sequence_number  INTEGER NOT NULL,
+    payload          BLOB    NOT NULL,
+    appended_at_ms   INTEGER NOT NULL
+);
+CREATE TABLE checkpoints (
+    channel       TEXT    PRIMARY KEY CHECK (channel <> ''),
+    replay_id     BLOB    NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE TABLE apply_offsets (
+    consumer      TEXT    PRIMARY KEY CHECK (consumer <> ''),
+    log_offset    INTEGER NOT NULL CHECK (log_offset >= 0),
+    updated_at_ms INTEGER NOT NULL
+);
+"#,
+}];
+
+/// `PRAGMA synchronous` setting; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SqliteSynchronous {
+    #[default]
+    Normal,
+    Full,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqliteOptions {
+    pub synchronous: SqliteSynchronous,
+    /// How long a writer waits for another connection's lock before failing with a retryable
+    /// error.
+    pub busy_timeout_ms: u64,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            synchronous: SqliteSynchronous::Normal,
+            busy_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// The change log in one SQLite file.
+pub struct SqliteChangeLog {
+    path: PathBuf,
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteChangeLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteChangeLog")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// A write transaction on the SQLite store, for curated writers: their rows and the apply offset
+/// commit together when the closure passed to [`SqliteChangeLog::with_transaction`] returns `Ok`.
+pub struct SqliteTx<'c> {
+    tx: rusqlite::Transaction<'c>,
+}
+
+impl SqliteTx<'_> {
+    /// The connection inside the transaction, for the caller's own statements.
+    pub fn connection(&self) -> &Connection {
+        &self.tx
+    }
+
+    /// Sets the apply offset of `consumer` as part of this transaction (never backwards).
+    pub fn set_applied_offset(&self, consumer: &str, offset: LogOffset) -> Result<()> {
+        set_applied_offset_in(&self.tx, consumer, offset)
+    }
+}
+
+impl SqliteChangeLog {
+    /// Opens (creating if needed) the database at `path` with default options and applies
+    /// pending migrations.
+    pub async fn open(path: impl AsRef<Path>) -> Result<SqliteChangeLog> {
+        SqliteChangeLog::open_with(path, SqliteOptions::default()).await
+    }
+
+    pub async fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let p = path.clone();
+        let conn = tokio::task::spawn_blocking(move || open_blocking(&p, options))
+            .await
+            .map_err(|source| StoreError::Worker { op: "open", source })??;
+        tracing::debug!(path = %path.display(), "Opened SQLite change log.");
+        Ok(SqliteChangeLog {
+            path,
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction on the blocking pool; commits when it
+    /// returns `Ok`, rolls back otherwise.
+    pub async fn with_transaction<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&SqliteTx<'_>) -> Result<T> + Send + 'static,
+    {
+        self.blocking("transaction", move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| StoreError::sqlite("begin transaction", e))?;
+            let handle = SqliteTx { tx };
+            let out = f(&handle)?;
+            handle
+                .tx
+                .commit()
+                .map_err(|e| StoreError::sqlite("commit transaction", e))?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn blocking<T, F>(&self, op: &'static str, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock();
+            f(&mut guard)
+        })
+        .await
+        .map_err(|source| StoreError::Worker { op, source })?
+    }
+}
+
+fn open_blocking(path: &Path, options: SqliteOptions) -> Result<Connection> {
+    let mut conn = Connection::open(path).map_err(|e| StoreError::sqlite("open database", e))?;
+    conn.busy_timeout(std::time::Duration::from_millis(options.busy_timeout_ms))
+        .map_err(|e| StoreError::sqlite("set busy timeout", e))?;
+    let sync = match options.synchronous {
+        SqliteSynchronous::Normal => "NORMAL",
+        SqliteSynchronous::Full => "FULL",
+    };
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(|e| StoreError::sqlite("enable WAL", e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::InvalidInput {
+            backend: BACKEND,
+            op: "enable WAL",
+            reason: format!(
+                "{} cannot use write-ahead logging (journal mode stays '{mode}')",
+                path.display()
+            ),
+        });
+    }
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON;"
+    ))
+    .map_err(|e| StoreError::sqlite("set pragmas", e))?;
+    migrate_blocking(&mut conn)?;
+    Ok(conn)
+}
+
+fn migrate_blocking(conn: &mut Connection) -> Result<()> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| StoreError::sqlite("begin migrations", e))?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version       INTEGER PRIMARY KEY,
+             name          TEXT    NOT NULL,
+             applied_at_ms INTEGER NOT NULL
+         )",
+    )
+    .map_err(|e| StoreError::sqlite("create schema_migrations", e))?;
+    let current: i64 = tx
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| StoreError::sqlite("read schema version", e))?;
+    let known = migrate::latest(MIGRATIONS);
+    if current > known {
+        return Err(StoreError::SchemaTooNew {
+            backend: BACKEND,
+            found: current,
+            known,
+        });
+    }
+    for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+        tx.execute_batch(m.sql)
+            .map_err(|e| StoreError::sqlite("apply migration", e))?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES (?1, ?2, ?3)",
+            params![m.version, m.name, now_ms()],
+        )
+        .map_err(|e| StoreError::sqlite("record migration", e))?;
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            "Applied SQLite migration."
+        );
+    }
+    tx.commit()
+        .map_err(|e| StoreError::sqlite("commit migrations", e))
+}
+
+fn check_name(op: &'static str, what: &str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(StoreError::InvalidInput {
+            backend: BACKEND,
+            op,
+            reason: format!("{what} must not be empty"),
+        });
+    }
+    Ok(())
+}
+
+fn to_i64(offset: LogOffset) -> i64 {
+    i64::try_from(offset).unwrap_or(i64::MAX)
+}
+
+fn append_blocking(
+    conn: &mut Connection,
+    channel: &str,
+    changes: &[RawChange],
+    checkpoint: &ReplayId,
+) -> Result<AppendOutcome> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| StoreError::sqlite("begin append", e))?;
+    let mut out = AppendOutcome::default();
+    {
+        let mut stmt = tx
+            .prepare_cached(
+                "INSERT INTO raw_changes (channel, event_key, replay_id, schema_id, entity,
+                     change_type, commit_timestamp, commit_number, sequence_number, payload,
+                     appended_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT (event_key) DO NOTHING",
+            )
+            .map_err(|e| StoreError::sqlite("prepare append", e))?;
+        let now = now_ms();
+        for (index, c) in changes.iter().enumerate() {
+            let n = stmt
+                .execute(params![
+                    channel,
+                    c.event_key.as_str(),
+                    c.replay_id.as_bytes(),
+                    c.schema_id,
+                    c.entity,
+                    c.change_type.as_str(),
+                    c.version.commit_timestamp,
+                    c.version.commit_number,
+                    c.version.sequence_number,
+                    &c.payload[..],
+                    now,
+                ])
+                .map_err(|e| StoreError::RejectedChange {
+                    backend: BACKEND,
+                    channel: channel.to_string(),
+                    index,
+                    event_key: c.event_key.to_string(),
+                    source: Box::new(e),
+                })?;
+            if n == 1 {
+                out.appended += 1;
+                out.last_offset = Some(tx.last_insert_rowid() as LogOffset);
+            } else {
+                out.duplicates += 1;
+            }
+        }
+    }
+    tx.execute(
+        "INSERT INTO checkpoints (channel, replay_id, updated_at_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT (channel) DO UPDATE SET replay_id = excluded.replay_id,
+             updated_at_ms = excluded.updated_at_ms",
+        params![channel, checkpoint.as_bytes(), now_ms()],
+    )
+    .map_err(|e| StoreError::sqlite("write checkpoint", e))?;
+    tx.commit()
+        .map_err(|e| StoreError::sqlite("commit append", e))?;
+    Ok(out)
+}
+
+fn set_applied_offset_in(conn: &Connection, consumer: &str, offset: LogOffset) -> Result<()> {
+    check_name("set applied offset", "consumer", consumer)?;
+    let current: Option<i64> = conn
+        .query_row(
+            "SELECT log_offset FROM apply_offsets WHERE consumer = ?1",
+            [consumer],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| StoreError::sqlite("read applied offset", e))?;
+    if let Some(cur) = current {
+        if (cur as u64) > offset {
+            return Err(StoreError::OffsetRegression {
+                backend: BACKEND,
+                consumer: consumer.to_string(),
+                current: cur as u64,
+                requested: offset,
+            });
+        }
+    }
+    conn.execute(
+        "INSERT INTO apply_offsets (consumer, log_offset, updated_at_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT (consumer) DO UPDATE SET log_offset = excluded.log_offset,
+             updated_at_ms = excluded.updated_at_ms",
+        params![consumer, to_i64(offset), now_ms()],
+    )
+    .map_err(|e| StoreError::sqlite("write applied offset", e))?;
+    Ok(())
+}
+
+/// Columns of one `raw_changes` row, decoded without panicking on bad data.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn decode_row(
+    backend: &'static str,
+    offset: i64,
+    channel: String,
+    event_key: String,
+    replay_id: Vec<u8>,
+    schema_id: String,
+    entity: String,
+    change_type: &str,
+    version: RecordVersion,
+    payload: Vec<u8>,
+) -> Result<LoggedChange> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        backend,
+        table: "raw_changes",
+        offset,
+        reason,
+    };
+    let change_type = ChangeType::parse(change_type)
+        .ok_or_else(|| corrupt(format!("unknown change type '{change_type}'")))?;
+    let offset_u = u64::try_from(offset).map_err(|_| corrupt("negative log offset".into()))?;
+    let event_key = crate::event_key_from_stored(&event_key)
+        .ok_or_else(|| corrupt(format!("unreadable event key '{event_key}'")))?;
+    Ok(LoggedChange {
+        offset: offset_u,
+        channel,
+        change: RawChange {
+            event_key,
+            replay_id: ReplayId::from_bytes(replay_id),
+            schema_id,
+            entity,
+            change_type,
+            version,
+            payload: payload.into(),
+        },
+    })
+}
+
+#[async_trait]
+impl ChangeLog for SqliteChangeLog {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn append_batch(
+        &self,
+        channel: &str,
+        changes: &[RawChange],
+        checkpoint: &ReplayId,
+    ) -> Result<AppendOutcome> {
+        check_name("append batch", "channel", channel)?;
+        let channel = channel.to_string();
+        let changes = changes.to_vec();
+        let checkpoint = checkpoint.clone();
+        self.blocking("append batch", move |conn| {
+            append_blocking(conn, &channel, &changes, &checkpoint)
+        })
+        .await
+    }
+
+    async fn checkpoint(&self, channel: &str) -> Result<Option<ReplayId>> {
+        let channel = channel.to_string();
+        self.blocking("read checkpoint", move |conn| {
+            conn.query_row(
+                "SELECT replay_id FROM checkpoints WHERE channel = ?1",
+                [&channel],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+            .optional()
+            .map(|o| o.map(ReplayId::from_bytes))
+            .map_err(|e| StoreError::sqlite("read checkpoint", e))
+        })
+        .await
+    }
+
+    async fn read_from(&self, from: LogOffset, limit: usize) -> Result<Vec<LoggedChange>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.blocking("read log", move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT log_offset, channel, event_key, replay_id, schema_id, entity,
+                         change_type, commit_timestamp, commit_number, sequence_number, payload
+                     FROM raw_changes WHERE log_offset >= ?1 ORDER BY log_offset LIMIT ?2",
+                )
+                .map_err(|e| StoreError::sqlite("prepare read log", e))?;
+            let mut rows = stmt
+                .query(params![to_i64(from), limit])
+                .map_err(|e| StoreError::sqlite("read log", e))?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next().map_err(|e| StoreError::sqlite("read log", e))? {
+                let get = |e| StoreError::sqlite("decode log row", e);
+                let change_type: String = r.get(6).map_err(get)?;
+                out.push(decode_row(
+                    BACKEND,
+                    r.get(0).map_err(get)?,
+                    r.get(1).map_err(get)?,
+                    r.get(2).map_err(get)?,
+                    r.get(3).map_err(get)?,
+                    r.get(4).map_err(get)?,
+                    r.get(5).map_err(get)?,
+                    &change_type,
+                    RecordVersion {
+                        commit_timestamp: r.get(7).map_err(get)?,
+                        commit_number: r.get(8).map_err(get)?,
+                        sequence_number: r.get(9).map_err(get)?,
+                    },
+                    r.get(10).map_err(get)?,
+                )?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn applied_offset(&self, consumer: &str) -> Result<Option<LogOffset>> {
+        let consumer = consumer.to_string();
+        self.blocking("read applied offset", move |conn| {
+            let v: Option<i64> = conn
+                .query_row(
+                    "SELECT log_offset FROM apply_offsets WHERE consumer = ?1",
+                    [&consumer],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(|e| StoreError::sqlite("read applied offset", e))?;
+            Ok(v.map(|v| v.max(0) as LogOffset))
+        })
+        .await
+    }
+
+    async fn set_applied_offset(&self, consumer: &str, offset: LogOffset) -> Result<()> {
+        let consumer = consumer.to_string();
+        self.with_transaction(move |tx| tx.set_applied_offset(&consumer, offset))
+            .await
+    }
+
+    async fn applied_migrations(&self) -> Result<Vec<AppliedMigration>> {
+        self.blocking("read migrations", |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT version, name, applied_at_ms FROM schema_migrations ORDER BY version",
+                )
+                .map_err(|e| StoreError::sqlite("read migrations", e))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(AppliedMigration {
+                        version: r.get(0)?,
+                        name: r.get(1)?,
+                        applied_at_ms: r.get(2)?,
+                    })
+                })
+                .map_err(|e| StoreError::sqlite("read migrations", e))?;
+            rows.collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| StoreError::sqlite("read migrations", e))
+        })
+        .await
+    }
+}

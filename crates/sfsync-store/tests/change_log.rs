@@ -1,0 +1,561 @@
+//! One behavioural suite for the raw change log, run against SQLite (temp file) and Postgres
+//! (`SFSYNC_TEST_POSTGRES_URL`, or a throwaway server started by the tests).
+
+mod support;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sfsync_core::{ChangeType, ErrorClass, EventKey, RecordVersion, ReplayId};
+use sfsync_store::{ChangeLog, PostgresChangeLog, RawChange, SqliteChangeLog, StoreError};
+
+/// Opens a store on the same underlying database each time.
+#[async_trait]
+trait Backend: Send + Sync {
+    async fn open(&self) -> Box<dyn ChangeLog>;
+}
+
+struct SqliteBackend {
+    dir: tempfile::TempDir,
+}
+
+#[async_trait]
+impl Backend for SqliteBackend {
+    async fn open(&self) -> Box<dyn ChangeLog> {
+        Box::new(
+            SqliteChangeLog::open(self.dir.path().join("sfsync.db"))
+                .await
+                .expect("open SQLite store"),
+        )
+    }
+}
+
+fn sqlite_backend() -> SqliteBackend {
+    SqliteBackend {
+        dir: tempfile::tempdir().expect("temp dir"),
+    }
+}
+
+struct PostgresBackend {
+    config: tokio_postgres::Config,
+    _server: Option<Arc<support::pg::PgServer>>,
+}
+
+#[async_trait]
+impl Backend for PostgresBackend {
+    async fn open(&self) -> Box<dyn ChangeLog> {
+        Box::new(
+            PostgresChangeLog::connect_with(&self.config)
+                .await
+                .expect("connect to Postgres store"),
+        )
+    }
+}
+
+/// A fresh schema on the test server, so tests run in parallel without seeing each other.
+async fn postgres_backend() -> PostgresBackend {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let (url, server) = match std::env::var("SFSYNC_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => (url, None),
+        _ => {
+            let s = tokio::task::spawn_blocking(support::pg::shared_server)
+                .await
+                .expect("start Postgres");
+            (s.url(), Some(s))
+        }
+    };
+    let schema = format!(
+        "sfsync_test_{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    );
+    let mut config: tokio_postgres::Config = url.parse().expect("Postgres URL");
+    let (client, conn) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test Postgres server");
+    let task = tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .expect("create test schema");
+    drop(client);
+    let _ = task.await;
+    config.options(format!("-c search_path={schema}"));
+    PostgresBackend {
+        config,
+        _server: server,
+    }
+}
+
+fn change(key: &str, entity: &str, replay: &[u8], payload: &[u8]) -> RawChange {
+    RawChange {
+        event_key: EventKey::new(key, 1, "001000000000001AAA"),
+        replay_id: ReplayId::from_bytes(replay.to_vec()),
+        schema_id: "schema-1".into(),
+        entity: entity.into(),
+        change_type: ChangeType::Update,
+        version: RecordVersion {
+            commit_timestamp: 1_700_000_000_000,
+            commit_number: 42,
+            sequence_number: 1,
+        },
+        payload: payload.to_vec().into(),
+    }
+}
+
+fn batch(prefix: &str, n: usize) -> Vec<RawChange> {
+    (0..n)
+        .map(|i| {
+            change(
+                &format!("{prefix}-{i}"),
+                "Account",
+                &[0, 0, 1, i as u8],
+                format!("payload {prefix} {i}").as_bytes(),
+            )
+        })
+        .collect()
+}
+
+async fn all(log: &dyn ChangeLog) -> Vec<sfsync_store::LoggedChange> {
+    log.read_from(0, usize::MAX).await.expect("read log")
+}
+
+async fn append_and_checkpoint_commit_together(b: &dyn Backend) {
+    let log = b.open().await;
+    assert_eq!(
+        log.checkpoint("/data/AccountChangeEvent").await.unwrap(),
+        None
+    );
+    let changes = batch("tx-a", 3);
+    let cp = ReplayId::from_bytes(vec![0, 0, 1, 2]);
+    let out = log
+        .append_batch("/data/AccountChangeEvent", &changes, &cp)
+        .await
+        .unwrap();
+    assert_eq!((out.appended, out.duplicates), (3, 0));
+    assert_eq!(
+        log.checkpoint("/data/AccountChangeEvent").await.unwrap(),
+        Some(cp)
+    );
+    let got = all(&*log).await;
+    assert_eq!(got.len(), 3);
+    assert_eq!(out.last_offset, Some(got[2].offset));
+    for (g, c) in got.iter().zip(&changes) {
+        assert_eq!(&g.change, c);
+        assert_eq!(g.channel, "/data/AccountChangeEvent");
+    }
+    // An empty batch only moves the checkpoint.
+    let cp2 = ReplayId::from_bytes(vec![9]);
+    let out = log
+        .append_batch("/data/AccountChangeEvent", &[], &cp2)
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.appended, out.duplicates, out.last_offset),
+        (0, 0, None)
+    );
+    assert_eq!(
+        log.checkpoint("/data/AccountChangeEvent").await.unwrap(),
+        Some(cp2)
+    );
+}
+
+async fn failed_batch_writes_nothing(b: &dyn Backend) {
+    let log = b.open().await;
+    let ch = "/data/ChangeEvents";
+    let first = ReplayId::from_bytes(vec![1]);
+    log.append_batch(ch, &batch("good", 2), &first)
+        .await
+        .unwrap();
+
+    // The third item violates a constraint (empty entity) after two items were inserted.
+    let mut bad = batch("bad", 4);
+    bad[2].entity = String::new();
+    let err = log
+        .append_batch(ch, &bad, &ReplayId::from_bytes(vec![2]))
+        .await
+        .expect_err("a batch with a bad item must fail");
+    match &err {
+        StoreError::RejectedChange {
+            index,
+            event_key,
+            channel,
+            ..
+        } => {
+            assert_eq!(*index, 2);
+            assert_eq!(event_key, bad[2].event_key.as_str());
+            assert_eq!(channel, ch);
+        }
+        other => panic!("expected RejectedChange, got {other:?}"),
+    }
+    assert_eq!(err.class(), ErrorClass::User);
+    assert!(err.chain().contains("change #2"), "{}", err.chain());
+
+    let got = all(&*log).await;
+    assert_eq!(got.len(), 2, "nothing of the failed batch is logged");
+    assert!(got
+        .iter()
+        .all(|g| g.change.event_key.as_str().starts_with("good")));
+    assert_eq!(
+        log.checkpoint(ch).await.unwrap(),
+        Some(first),
+        "checkpoint unchanged"
+    );
+
+    // A channel whose first batch fails has no checkpoint at all.
+    let err = log
+        .append_batch("/data/Other", &bad, &ReplayId::from_bytes(vec![3]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::RejectedChange { .. }));
+    assert_eq!(log.checkpoint("/data/Other").await.unwrap(), None);
+
+    // The store stays usable, and the repaired batch goes in whole.
+    bad[2].entity = "Account".into();
+    let out = log
+        .append_batch(ch, &bad, &ReplayId::from_bytes(vec![2]))
+        .await
+        .unwrap();
+    assert_eq!(out.appended, 4);
+    assert_eq!(all(&*log).await.len(), 6);
+
+    // An empty channel name is refused up front.
+    let err = log
+        .append_batch("", &batch("x", 1), &ReplayId::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::User);
+}
+
+async fn reappend_is_idempotent(b: &dyn Backend) {
+    let log = b.open().await;
+    let ch = "/data/CaseChangeEvent";
+    let changes = batch("tx", 3);
+    log.append_batch(ch, &changes, &ReplayId::from_bytes(vec![1]))
+        .await
+        .unwrap();
+    let before = all(&*log).await;
+
+    let out = log
+        .append_batch(ch, &changes, &ReplayId::from_bytes(vec![2]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.appended, out.duplicates, out.last_offset),
+        (0, 3, None)
+    );
+    assert_eq!(all(&*log).await, before, "re-delivery changes nothing");
+    assert_eq!(
+        log.checkpoint(ch).await.unwrap(),
+        Some(ReplayId::from_bytes(vec![2]))
+    );
+
+    // Duplicates inside one batch, mixed with new changes, are counted too.
+    let mut mixed = batch("tx", 1);
+    mixed.extend(batch("new", 2));
+    mixed.push(batch("new", 1).remove(0));
+    let out = log
+        .append_batch(ch, &mixed, &ReplayId::from_bytes(vec![3]))
+        .await
+        .unwrap();
+    assert_eq!((out.appended, out.duplicates), (2, 2));
+    assert_eq!(all(&*log).await.len(), 5);
+}
+
+async fn log_order_and_offsets(b: &dyn Backend) {
+    let log = b.open().await;
+    let mut expected = Vec::new();
+    for round in 0..4 {
+        for ch in ["/data/A", "/data/B"] {
+            let changes = batch(&format!("{ch}-{round}"), 5);
+            log.append_batch(ch, &changes, &ReplayId::from_bytes(vec![round]))
+                .await
+                .unwrap();
+            expected.extend(changes.into_iter().map(|c| (ch.to_string(), c)));
+        }
+    }
+    let got = all(&*log).await;
+    assert_eq!(got.len(), 40);
+    for w in got.windows(2) {
+        assert!(w[0].offset < w[1].offset, "offsets increase");
+    }
+    assert!(got[0].offset >= 1);
+    let pairs: Vec<_> = got
+        .iter()
+        .map(|g| (g.channel.clone(), g.change.clone()))
+        .collect();
+    assert_eq!(pairs, expected, "log order is append order");
+
+    let tail = log.read_from(got[17].offset, usize::MAX).await.unwrap();
+    assert_eq!(tail, got[17..]);
+    let page = log.read_from(got[3].offset + 1, 5).await.unwrap();
+    assert_eq!(page, got[4..9]);
+    assert!(log
+        .read_from(got[39].offset + 1, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(log.read_from(0, 0).await.unwrap().is_empty());
+}
+
+async fn replay_id_bytes_round_trip(b: &dyn Backend) {
+    let log = b.open().await;
+    let weird: Vec<Vec<u8>> = vec![
+        vec![0xff, 0xfe, 0x00, 0x80, 0xc3, 0x28],
+        vec![0x00; 8],
+        (0u8..=255).collect(),
+        vec![],
+    ];
+    for (i, bytes) in weird.iter().enumerate() {
+        let ch = format!("/data/C{i}");
+        let mut c = change(
+            &format!("k{i}"),
+            "Contact",
+            bytes,
+            &[0xff, 0x00, 0xfe, b'x'],
+        );
+        c.payload = bytes.clone().into();
+        log.append_batch(&ch, &[c], &ReplayId::from_bytes(bytes.clone()))
+            .await
+            .unwrap();
+        assert_eq!(
+            log.checkpoint(&ch).await.unwrap().map(ReplayId::into_bytes),
+            Some(bytes.clone())
+        );
+    }
+    let got = all(&*log).await;
+    for (g, bytes) in got.iter().zip(&weird) {
+        assert_eq!(g.change.replay_id.as_bytes(), &bytes[..]);
+        assert_eq!(&g.change.payload[..], &bytes[..]);
+    }
+}
+
+async fn reopen_keeps_data(b: &dyn Backend) {
+    let ch = "/data/OpportunityChangeEvent";
+    let cp = ReplayId::from_bytes(vec![0xde, 0xad, 0xbe, 0xef]);
+    let written = {
+        let log = b.open().await;
+        log.append_batch(ch, &batch("persist", 4), &cp)
+            .await
+            .unwrap();
+        log.set_applied_offset("apply", 2).await.unwrap();
+        all(&*log).await
+    };
+    let log = b.open().await;
+    assert_eq!(all(&*log).await, written);
+    assert_eq!(log.checkpoint(ch).await.unwrap(), Some(cp));
+    assert_eq!(log.applied_offset("apply").await.unwrap(), Some(2));
+    // Offsets keep increasing after a reopen.
+    let out = log
+        .append_batch(ch, &batch("after", 1), &ReplayId::from_bytes(vec![1]))
+        .await
+        .unwrap();
+    assert!(out.last_offset.unwrap() > written.last().unwrap().offset);
+}
+
+async fn migrations_idempotent(b: &dyn Backend) {
+    let first = b.open().await.applied_migrations().await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].version, 1);
+    // Opening again, and twice at once, applies nothing new.
+    let (x, y) = tokio::join!(b.open(), b.open());
+    assert_eq!(x.applied_migrations().await.unwrap(), first);
+    assert_eq!(y.applied_migrations().await.unwrap(), first);
+    assert_eq!(b.open().await.applied_migrations().await.unwrap(), first);
+}
+
+async fn applied_offsets_only_move_forward(b: &dyn Backend) {
+    let log = b.open().await;
+    assert_eq!(log.applied_offset("curate").await.unwrap(), None);
+    log.set_applied_offset("curate", 5).await.unwrap();
+    log.set_applied_offset("curate", 5).await.unwrap();
+    let err = log.set_applied_offset("curate", 3).await.unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::OffsetRegression {
+            current: 5,
+            requested: 3,
+            ..
+        }
+    ));
+    assert_eq!(err.class(), ErrorClass::Internal);
+    assert_eq!(log.applied_offset("curate").await.unwrap(), Some(5));
+    log.set_applied_offset("archive", 1).await.unwrap();
+    log.set_applied_offset("curate", 9).await.unwrap();
+    assert_eq!(log.applied_offset("curate").await.unwrap(), Some(9));
+    assert_eq!(log.applied_offset("archive").await.unwrap(), Some(1));
+}
+
+macro_rules! suite {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let b = super::sqlite_backend();
+                    super::$case(&b).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let b = super::postgres_backend().await;
+                    super::$case(&b).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    append_and_checkpoint_commit_together,
+    failed_batch_writes_nothing,
+    reappend_is_idempotent,
+    log_order_and_offsets,
+    replay_id_bytes_round_trip,
+    reopen_keeps_data,
+    migrations_idempotent,
+    applied_offsets_only_move_forward,
+);
+
+// ---- backend-specific: transaction handles for curated writers, newer schemas ----
+
+#[tokio::test]
+async fn sqlite_offset_commits_with_caller_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SqliteChangeLog::open(dir.path().join("s.db"))
+        .await
+        .unwrap();
+    log.with_transaction(|tx| {
+        tx.connection()
+            .execute_batch("CREATE TABLE curated (id TEXT PRIMARY KEY)")
+            .map_err(|e| StoreError::InvalidInput {
+                backend: "sqlite",
+                op: "test",
+                reason: e.to_string(),
+            })
+    })
+    .await
+    .unwrap();
+    // A failing curated write rolls the offset back with it.
+    let err = log
+        .with_transaction(|tx| {
+            tx.set_applied_offset("curate", 7)?;
+            tx.connection()
+                .execute("INSERT INTO nope VALUES (1)", [])
+                .map_err(|e| StoreError::InvalidInput {
+                    backend: "sqlite",
+                    op: "curated write",
+                    reason: e.to_string(),
+                })?;
+            Ok(())
+        })
+        .await;
+    assert!(err.is_err());
+    assert_eq!(log.applied_offset("curate").await.unwrap(), None);
+    log.with_transaction(|tx| {
+        tx.connection()
+            .execute("INSERT INTO curated VALUES ('001')", [])
+            .map_err(|e| StoreError::InvalidInput {
+                backend: "sqlite",
+                op: "curated write",
+                reason: e.to_string(),
+            })?;
+        tx.set_applied_offset("curate", 7)
+    })
+    .await
+    .unwrap();
+    assert_eq!(log.applied_offset("curate").await.unwrap(), Some(7));
+}
+
+#[tokio::test]
+async fn sqlite_refuses_newer_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    drop(SqliteChangeLog::open(&path).await.unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES (999, 'future', 0)",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let err = SqliteChangeLog::open(&path).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::SchemaTooNew { found: 999, .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn postgres_offset_commits_with_caller_writes() {
+    let b = postgres_backend().await;
+    let log = PostgresChangeLog::connect_with(&b.config).await.unwrap();
+    {
+        let mut client = log.client().await;
+        client
+            .batch_execute("CREATE TABLE curated (id TEXT PRIMARY KEY)")
+            .await
+            .unwrap();
+        let tx = client.transaction().await.unwrap();
+        sfsync_store::postgres::set_applied_offset_in(&tx, "curate", 7)
+            .await
+            .unwrap();
+        assert!(tx
+            .batch_execute("INSERT INTO nope VALUES (1)")
+            .await
+            .is_err());
+        drop(tx); // rolled back
+        let tx = client.transaction().await.unwrap();
+        tx.batch_execute("INSERT INTO curated VALUES ('001')")
+            .await
+            .unwrap();
+        sfsync_store::postgres::set_applied_offset_in(&tx, "curate", 8)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    assert_eq!(log.applied_offset("curate").await.unwrap(), Some(8));
+}
+
+#[tokio::test]
+async fn postgres_refuses_newer_schema() {
+    let b = postgres_backend().await;
+    let log = PostgresChangeLog::connect_with(&b.config).await.unwrap();
+    log.client()
+        .await
+        .batch_execute(
+            "INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES (999, 'future', 0)",
+        )
+        .await
+        .unwrap();
+    drop(log);
+    let err = PostgresChangeLog::connect_with(&b.config)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::SchemaTooNew { found: 999, .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_uses_wal_and_normal_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let _log = SqliteChangeLog::open(&path).await.unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    assert!(dir.path().join("s.db-wal").exists());
+}
