@@ -3,6 +3,7 @@
 
 mod bench_pubsub;
 mod bench_salesforce;
+mod config;
 mod demo;
 mod emulator_cmd;
 
@@ -30,6 +31,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run a benchmark suite: print a table and write a JSON report.
     Bench(BenchArgs),
+    /// Work with the config file (`config check --config FILE`).
+    Config(config::check::ConfigArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -103,6 +106,9 @@ fn init_tracing() {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Config(args) = cli.command {
+        std::process::exit(config::check::run(args));
+    }
     init_tracing();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -113,6 +119,7 @@ fn main() -> anyhow::Result<()> {
             Command::Emulator(args) => emulator_cmd::run(args).await,
             Command::Bench(args) => bench(args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Config(_) => unreachable!("handled before the runtime starts"),
         }
     })
 }

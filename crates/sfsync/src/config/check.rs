@@ -1,0 +1,105 @@
+//! `sfsync config check`: loads, validates and (unless told not to) resolves the secrets of a
+//! config file, then prints `ok` and a summary, or every error found and a non-zero exit.
+//! It never prints a secret value.
+
+use std::path::PathBuf;
+
+use super::{load, LoadedConfig, SyncMode, ValidObject};
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub command: ConfigCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a config file: every error with file:line:col and key, or `ok` and a summary.
+    Check {
+        /// The TOML config file.
+        #[arg(long, default_value = "sfsync.toml")]
+        config: PathBuf,
+        /// Skip reading environment variables and secret files (check the file alone).
+        #[arg(long)]
+        skip_secrets: bool,
+    },
+}
+
+/// Runs the subcommand; returns the process exit code.
+pub fn run(args: ConfigArgs) -> i32 {
+    match args.command {
+        ConfigCommand::Check {
+            config,
+            skip_secrets,
+        } => check(&config, skip_secrets),
+    }
+}
+
+fn check(path: &std::path::Path, skip_secrets: bool) -> i32 {
+    let loaded = match load(path) {
+        Ok(l) => l,
+        Err(e) => return report(&e),
+    };
+    let secrets_line = if skip_secrets {
+        "secrets:    not checked (--skip-secrets)".to_string()
+    } else {
+        match loaded.resolve_secrets_from_env() {
+            Ok(_) => "secrets:    all resolved".to_string(),
+            Err(e) => return report(&e),
+        }
+    };
+    println!("ok");
+    print!("{}", summary(&loaded));
+    println!("{secrets_line}");
+    0
+}
+
+fn report(e: &super::ConfigErrors) -> i32 {
+    eprintln!("{e}");
+    let n = e.errors.len();
+    eprintln!("{}: {n} error{}", e.file, if n == 1 { "" } else { "s" });
+    1
+}
+
+fn object_line(o: &ValidObject) -> String {
+    let mut s = format!("  {:<20}", o.name);
+    match (&o.mode, &o.channel) {
+        (SyncMode::Cdc, Some(c)) => s.push_str(&format!(" cdc  {c}")),
+        _ => s.push_str(" poll"),
+    }
+    match &o.history {
+        Some(super::HistoryFields::All) => s.push_str("  history: all fields"),
+        Some(super::HistoryFields::List(f)) => s.push_str(&format!("  history: {}", f.join(", "))),
+        None => {}
+    }
+    if !o.pii_fields.is_empty() {
+        s.push_str(&format!("  pii: {}", o.pii_fields.join(", ")));
+    }
+    s
+}
+
+/// A short human summary of a loaded config.
+pub fn summary(l: &LoadedConfig) -> String {
+    let c = &l.config;
+    let mut out = String::new();
+    let sf = &c.salesforce;
+    out.push_str(&format!(
+        "salesforce: {} (API v{}, client id {})\n",
+        sf.instance_url
+            .as_deref()
+            .unwrap_or("instance URL from the credentials file"),
+        sf.api_version,
+        sf.client_id_header
+    ));
+    out.push_str(&format!("auth:       {}\n", sf.credentials.describe()));
+    out.push_str(&format!("warehouse:  {}\n", c.warehouse.describe()));
+    if let Some(p) = &c.pii {
+        out.push_str(&format!("pii key:    {}\n", p.key_id));
+    }
+    out.push_str(&format!("objects:    {}\n", c.objects.len()));
+    for o in &c.objects {
+        out.push_str(&object_line(o));
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,319 @@
+//! The config file as written: serde structs, one per TOML table, all `deny_unknown_fields`.
+//!
+//! These types only promise that the document has the right *shape*; the semantic rules
+//! (duplicates, channel format, non-zero units, one credentials source) live in
+//! [`super::validate`]. Secrets can only be *references* (`{ env = "VAR" }` / `{ file = "path" }`):
+//! an inline literal is rejected while parsing, so a secret never sits in the file.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+/// The whole file. Each table is deserialised on its own so that one bad table does not hide
+/// the errors of the others.
+#[derive(Debug, Clone, Default)]
+pub struct SfsyncConfig {
+    pub salesforce: Option<SalesforceConfig>,
+    pub objects: Vec<ObjectConfig>,
+    pub warehouse: Option<WarehouseConfig>,
+    pub pii: Option<PiiConfig>,
+    pub pipeline: PipelineConfig,
+}
+
+/// `[salesforce]`: where the org is and how to authenticate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SalesforceConfig {
+    /// My Domain / instance URL. Optional with `credentials_file` (taken from the file).
+    pub instance_url: Option<String>,
+    /// REST API version, `NN.0`.
+    #[serde(default = "default_api_version")]
+    pub api_version: String,
+    /// An emulator-style credentials JSON file; excludes `[salesforce.auth]`.
+    pub credentials_file: Option<PathBuf>,
+    /// An explicit OAuth flow (`[salesforce.auth]`); excludes `credentials_file`. Filled by the
+    /// parser from the `type` tag (see [`super::parse`]), so errors keep exact key positions.
+    #[serde(skip)]
+    pub auth: Option<AuthConfig>,
+    /// PEM CA certificate to trust in addition to the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// The client id sent in `Sforce-Call-Options: client=…`; sfsync's own writes carry it
+    /// as their change origin, so they can be recognised in the change stream.
+    #[serde(default = "default_client_id_header")]
+    pub client_id_header: String,
+    /// Pub/Sub API endpoint, `host:port`.
+    pub pubsub_address: Option<String>,
+}
+
+pub fn default_api_version() -> String {
+    sfsync_salesforce::http::DEFAULT_API_VERSION.to_string()
+}
+
+pub fn default_client_id_header() -> String {
+    "sfsync".to_string()
+}
+
+/// `[salesforce.auth]`, tagged by `type`.
+#[derive(Debug, Clone)]
+pub enum AuthConfig {
+    JwtBearer(JwtBearerAuth),
+    ClientCredentials(ClientCredentialsAuth),
+    RefreshToken(RefreshTokenAuth),
+    Password(PasswordAuth),
+}
+
+/// `type = "jwt_bearer"`: an RS256 assertion signed with the connected app's key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtBearerAuth {
+    /// Token endpoint host and JWT audience; default the instance URL.
+    pub login_url: Option<String>,
+    pub client_id: String,
+    pub username: String,
+    /// PEM RSA private key.
+    pub private_key: SecretRef,
+}
+
+/// `type = "client_credentials"`: the token endpoint is the instance URL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCredentialsAuth {
+    pub client_id: String,
+    pub client_secret: SecretRef,
+}
+
+/// `type = "refresh_token"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshTokenAuth {
+    pub login_url: Option<String>,
+    pub client_id: String,
+    pub client_secret: Option<SecretRef>,
+    pub refresh_token: SecretRef,
+}
+
+/// `type = "password"` (legacy username-password flow).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordAuth {
+    pub login_url: Option<String>,
+    pub client_id: String,
+    pub client_secret: SecretRef,
+    pub username: String,
+    pub password: SecretRef,
+    pub security_token: Option<SecretRef>,
+}
+
+pub const AUTH_TYPES: &[&str] = &[
+    "jwt_bearer",
+    "client_credentials",
+    "refresh_token",
+    "password",
+];
+
+impl AuthConfig {
+    pub fn flow_name(&self) -> &'static str {
+        match self {
+            AuthConfig::JwtBearer(_) => "jwt_bearer",
+            AuthConfig::ClientCredentials(_) => "client_credentials",
+            AuthConfig::RefreshToken(_) => "refresh_token",
+            AuthConfig::Password(_) => "password",
+        }
+    }
+}
+
+/// Where a secret comes from. Never the secret itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    /// An environment variable.
+    Env(String),
+    /// A file (relative paths are relative to the config file); surrounding whitespace is trimmed.
+    File(PathBuf),
+}
+
+pub const INLINE_SECRET: &str =
+    "inline secrets are not allowed; write { env = \"VAR\" } or { file = \"path\" }";
+
+impl<'de> Deserialize<'de> for SecretRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = SecretRef;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("{ env = \"VAR\" } or { file = \"path\" }")
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<SecretRef, E> {
+                Err(E::custom(INLINE_SECRET))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<SecretRef, A::Error> {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Raw {
+                    env: Option<String>,
+                    file: Option<PathBuf>,
+                }
+                let raw = Raw::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                match (raw.env, raw.file) {
+                    (Some(v), None) => Ok(SecretRef::Env(v)),
+                    (None, Some(p)) => Ok(SecretRef::File(p)),
+                    (Some(_), Some(_)) => Err(de::Error::custom(
+                        "give either `env` or `file` for a secret, not both",
+                    )),
+                    (None, None) => Err(de::Error::custom(
+                        "a secret needs `env = \"VAR\"` or `file = \"path\"`",
+                    )),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `[[objects]]`: one synced Salesforce object.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectConfig {
+    /// API name, e.g. `Case` or `Service_Request__c`.
+    pub name: String,
+    /// Change Data Capture channel; default `/data/<Name>ChangeEvent`.
+    pub channel: Option<String>,
+    /// SCD2 history: which fields open a new version.
+    pub history: Option<HistoryConfig>,
+    /// Fields encrypted at rest.
+    #[serde(default)]
+    pub pii_fields: Vec<String>,
+    #[serde(default)]
+    pub mode: SyncMode,
+}
+
+/// How changes are read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// Change Data Capture over the Pub/Sub API.
+    #[default]
+    Cdc,
+    /// Periodic SOQL on `SystemModstamp` (objects without CDC).
+    Poll,
+}
+
+/// `history = { fields = [...] }` or `history = { fields = "all" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    pub fields: HistoryFields,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HistoryFields {
+    All,
+    List(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for HistoryFields {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = HistoryFields;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"all\" or a list of field names")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<HistoryFields, E> {
+                if s == "all" {
+                    Ok(HistoryFields::All)
+                } else {
+                    Err(E::custom(format!(
+                        "expected \"all\" or a list of field names, found \"{s}\""
+                    )))
+                }
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<HistoryFields, A::Error> {
+                let mut v = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    v.push(s);
+                }
+                Ok(HistoryFields::List(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `[warehouse]`, tagged by `type`.
+#[derive(Debug, Clone)]
+pub enum WarehouseConfig {
+    Sqlite(SqliteWarehouse),
+    Postgres(PostgresWarehouse),
+}
+
+pub const WAREHOUSE_TYPES: &[&str] = &["sqlite", "postgres"];
+
+/// `type = "sqlite"`: an embedded SQLite file (WAL).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteWarehouse {
+    /// Relative paths are relative to the config file.
+    pub path: PathBuf,
+}
+
+/// `type = "postgres"`: Postgres 15+. The URL usually carries a password, so it is a secret.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresWarehouse {
+    pub url: SecretRef,
+    /// Schema holding sfsync's tables.
+    #[serde(default = "default_pg_schema")]
+    pub schema: String,
+}
+
+fn default_pg_schema() -> String {
+    "sfsync".to_string()
+}
+
+/// `[pii]`: the AES-256-GCM key for PII fields.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PiiConfig {
+    /// A file holding the 32-byte key as 64 hex digits.
+    pub key_file: Option<PathBuf>,
+    /// An environment variable holding the key as 64 hex digits.
+    pub key_env: Option<String>,
+    /// Stored with every encrypted value, so keys can be rotated.
+    pub key_id: String,
+}
+
+/// `[pipeline]`: batching and timing. Every value must be > 0.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Most events applied in one warehouse transaction.
+    pub batch_max_records: u64,
+    /// Longest a partial batch waits before it is applied.
+    pub batch_max_wait_ms: u64,
+    /// Events requested per Pub/Sub `FetchRequest`.
+    pub fetch_records: u64,
+    /// Bound of the queue between subscriber and apply (blocks when full).
+    pub queue_capacity_records: u64,
+    /// Records per re-read after a gap event.
+    pub gap_reread_batch_records: u64,
+    /// Interval of `mode = "poll"` objects.
+    pub poll_interval_secs: u64,
+    /// Grace period for a final checkpoint on SIGTERM.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            batch_max_records: 1000,
+            batch_max_wait_ms: 200,
+            fetch_records: 100,
+            queue_capacity_records: 10_000,
+            gap_reread_batch_records: 200,
+            poll_interval_secs: 60,
+            shutdown_timeout_secs: 30,
+        }
+    }
+}

@@ -1,0 +1,527 @@
+//! Semantic checks: pure (no I/O — paths are only joined, never opened) and exhaustive (every
+//! problem is collected, not just the first). Produces a [`ValidConfig`] whose invariants the
+//! rest of sfsync may rely on: at least one object, unique object names, a well-formed channel
+//! per CDC object, exactly one credentials source, a PII key whenever PII fields exist, and
+//! every pipeline unit > 0.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::model::*;
+use super::ConfigError;
+
+/// A validated config.
+#[derive(Debug, Clone)]
+pub struct ValidConfig {
+    pub salesforce: ValidSalesforce,
+    pub objects: Vec<ValidObject>,
+    pub warehouse: ValidWarehouse,
+    pub pii: Option<ValidPii>,
+    pub pipeline: PipelineConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ValidSalesforce {
+    /// Without a trailing slash; `None` only with a credentials file (which then supplies it).
+    pub instance_url: Option<String>,
+    pub api_version: String,
+    pub credentials: CredentialsSource,
+    /// Absolute or relative to the working directory (anchored at the config file).
+    pub ca_file: Option<PathBuf>,
+    pub client_id_header: String,
+    pub pubsub_address: Option<String>,
+}
+
+/// Exactly one source of Salesforce credentials.
+#[derive(Debug, Clone)]
+pub enum CredentialsSource {
+    /// An emulator-style credentials JSON file (anchored at the config file).
+    File(PathBuf),
+    /// An explicit flow; secret file references are anchored at the config file.
+    Auth(AuthConfig),
+}
+
+impl CredentialsSource {
+    /// For summaries: `credentials_file (path)` or the flow name.
+    pub fn describe(&self) -> String {
+        match self {
+            CredentialsSource::File(p) => format!("credentials_file {}", p.display()),
+            CredentialsSource::Auth(a) => a.flow_name().to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ValidObject {
+    pub name: String,
+    /// `None` for `mode = "poll"`.
+    pub channel: Option<String>,
+    pub history: Option<HistoryFields>,
+    pub pii_fields: Vec<String>,
+    pub mode: SyncMode,
+}
+
+#[derive(Debug, Clone)]
+pub enum ValidWarehouse {
+    Sqlite { path: PathBuf },
+    Postgres { url: SecretRef, schema: String },
+}
+
+impl ValidWarehouse {
+    pub fn describe(&self) -> String {
+        match self {
+            ValidWarehouse::Sqlite { path } => format!("sqlite {}", path.display()),
+            ValidWarehouse::Postgres { schema, .. } => format!("postgres (schema {schema})"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ValidPii {
+    pub key: PiiKeySource,
+    pub key_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PiiKeySource {
+    File(PathBuf),
+    Env(String),
+}
+
+/// The default CDC channel of an object: `/data/AccountChangeEvent`,
+/// `/data/Service_Request__ChangeEvent` for `Service_Request__c`.
+pub fn default_channel(object: &str) -> String {
+    match object.strip_suffix("__c") {
+        Some(base) => format!("/data/{base}__ChangeEvent"),
+        None => format!("/data/{object}ChangeEvent"),
+    }
+}
+
+/// A Salesforce API name: a letter, then letters, digits and underscores.
+fn is_api_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn is_env_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn is_http_url(s: &str) -> bool {
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"));
+    rest.is_some_and(|r| !r.is_empty() && !r.contains(char::is_whitespace))
+}
+
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError::new(key, message));
+    }
+}
+
+fn anchor(base: &Path, p: &Path) -> PathBuf {
+    if p.is_relative() {
+        base.join(p)
+    } else {
+        p.to_path_buf()
+    }
+}
+
+fn check_secret(errs: &mut Errors, key: &str, s: &SecretRef, base: &Path) -> SecretRef {
+    match s {
+        SecretRef::Env(v) => {
+            if !is_env_name(v) {
+                errs.push(
+                    format!("{key}.env"),
+                    format!("\"{v}\" is not a valid environment variable name"),
+                );
+            }
+            s.clone()
+        }
+        SecretRef::File(p) => {
+            if p.as_os_str().is_empty() {
+                errs.push(format!("{key}.file"), "the path is empty");
+            }
+            SecretRef::File(anchor(base, p))
+        }
+    }
+}
+
+fn non_empty(errs: &mut Errors, key: &str, v: &str) {
+    if v.trim().is_empty() {
+        errs.push(key, "must not be empty");
+    }
+}
+
+fn check_url(errs: &mut Errors, key: &str, v: &str) {
+    if !is_http_url(v) {
+        errs.push(key, format!("\"{v}\" is not an http(s) URL"));
+    }
+}
+
+impl SfsyncConfig {
+    /// Checks the semantics. Pure: `base_dir` (the config file's directory) only anchors
+    /// relative paths; nothing is read.
+    pub fn validate(&self, base_dir: &Path) -> Result<ValidConfig, Vec<ConfigError>> {
+        let mut errs = Errors(Vec::new());
+        let salesforce = match &self.salesforce {
+            None => {
+                errs.push("salesforce", "missing table [salesforce]");
+                None
+            }
+            Some(sf) => validate_salesforce(&mut errs, sf, base_dir),
+        };
+        let objects = validate_objects(&mut errs, &self.objects, self.pii.is_some());
+        let warehouse = match &self.warehouse {
+            None => {
+                errs.push(
+                    "warehouse",
+                    "missing table [warehouse] (type = \"sqlite\" or \"postgres\")",
+                );
+                None
+            }
+            Some(WarehouseConfig::Sqlite(s)) => {
+                if s.path.as_os_str().is_empty() {
+                    errs.push("warehouse.path", "the path is empty");
+                }
+                Some(ValidWarehouse::Sqlite {
+                    path: anchor(base_dir, &s.path),
+                })
+            }
+            Some(WarehouseConfig::Postgres(p)) => {
+                let url = check_secret(&mut errs, "warehouse.url", &p.url, base_dir);
+                if !is_api_name(&p.schema) {
+                    errs.push(
+                        "warehouse.schema",
+                        format!("\"{}\" is not a valid schema name", p.schema),
+                    );
+                }
+                Some(ValidWarehouse::Postgres {
+                    url,
+                    schema: p.schema.clone(),
+                })
+            }
+        };
+        let pii = self.pii.as_ref().and_then(|pii| {
+            let valid_id = !pii.key_id.is_empty()
+                && pii
+                    .key_id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+            if !valid_id {
+                errs.push(
+                    "pii.key_id",
+                    "must be non-empty letters, digits, `_`, `.` or `-`",
+                );
+            }
+            let key = match (&pii.key_file, &pii.key_env) {
+                (Some(f), None) => Some(PiiKeySource::File(anchor(base_dir, f))),
+                (None, Some(v)) => {
+                    if !is_env_name(v) {
+                        errs.push(
+                            "pii.key_env",
+                            format!("\"{v}\" is not a valid environment variable name"),
+                        );
+                    }
+                    Some(PiiKeySource::Env(v.clone()))
+                }
+                (Some(_), Some(_)) => {
+                    errs.push("pii.key_env", "give either key_file or key_env, not both");
+                    None
+                }
+                (None, None) => {
+                    errs.push("pii", "no key: set key_file or key_env");
+                    None
+                }
+            };
+            key.map(|key| ValidPii {
+                key,
+                key_id: pii.key_id.clone(),
+            })
+        });
+        let p = &self.pipeline;
+        for (name, v) in [
+            ("batch_max_records", p.batch_max_records),
+            ("batch_max_wait_ms", p.batch_max_wait_ms),
+            ("fetch_records", p.fetch_records),
+            ("queue_capacity_records", p.queue_capacity_records),
+            ("gap_reread_batch_records", p.gap_reread_batch_records),
+            ("poll_interval_secs", p.poll_interval_secs),
+            ("shutdown_timeout_secs", p.shutdown_timeout_secs),
+        ] {
+            if v == 0 {
+                errs.push(format!("pipeline.{name}"), "must be greater than 0");
+            }
+        }
+        if p.fetch_records > 100 {
+            errs.push(
+                "pipeline.fetch_records",
+                format!(
+                    "{} is over the Pub/Sub API maximum of 100 events per fetch",
+                    p.fetch_records
+                ),
+            );
+        }
+        match (salesforce, warehouse) {
+            (Some(salesforce), Some(warehouse)) if errs.0.is_empty() => Ok(ValidConfig {
+                salesforce,
+                objects,
+                warehouse,
+                pii,
+                pipeline: p.clone(),
+            }),
+            _ => Err(errs.0),
+        }
+    }
+}
+
+fn validate_salesforce(
+    errs: &mut Errors,
+    sf: &SalesforceConfig,
+    base: &Path,
+) -> Option<ValidSalesforce> {
+    if let Some(u) = &sf.instance_url {
+        check_url(errs, "salesforce.instance_url", u);
+    }
+    let v = &sf.api_version;
+    let version_ok = v.split_once('.').is_some_and(|(major, minor)| {
+        !major.is_empty() && major.chars().all(|c| c.is_ascii_digit()) && minor == "0"
+    });
+    if !version_ok {
+        errs.push(
+            "salesforce.api_version",
+            format!("\"{v}\" is not an API version like \"66.0\""),
+        );
+    }
+    let h = &sf.client_id_header;
+    if h.is_empty()
+        || !h
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+    {
+        errs.push(
+            "salesforce.client_id_header",
+            format!("\"{h}\" must be non-empty letters, digits, `_`, `-` or `.`"),
+        );
+    }
+    if let Some(a) = &sf.pubsub_address {
+        let ok = a
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !ok {
+            errs.push(
+                "salesforce.pubsub_address",
+                format!("\"{a}\" is not host:port"),
+            );
+        }
+    }
+    let credentials = match (&sf.credentials_file, &sf.auth) {
+        (None, None) => {
+            errs.push(
+                "salesforce",
+                "no credentials source: set credentials_file or a [salesforce.auth] table",
+            );
+            None
+        }
+        (Some(_), Some(_)) => {
+            errs.push(
+                "salesforce.auth",
+                "give either credentials_file or [salesforce.auth], not both",
+            );
+            None
+        }
+        (Some(f), None) => Some(CredentialsSource::File(anchor(base, f))),
+        (None, Some(auth)) => {
+            if sf.instance_url.is_none() {
+                errs.push(
+                    "salesforce.instance_url",
+                    "required with [salesforce.auth] (only a credentials_file can supply it)",
+                );
+            }
+            Some(CredentialsSource::Auth(validate_auth(errs, auth, base)))
+        }
+    };
+    Some(ValidSalesforce {
+        instance_url: sf
+            .instance_url
+            .as_ref()
+            .map(|u| u.trim_end_matches('/').to_string()),
+        api_version: sf.api_version.clone(),
+        credentials: credentials?,
+        ca_file: sf.ca_file.as_ref().map(|p| anchor(base, p)),
+        client_id_header: sf.client_id_header.clone(),
+        pubsub_address: sf.pubsub_address.clone(),
+    })
+}
+
+fn validate_auth(errs: &mut Errors, auth: &AuthConfig, base: &Path) -> AuthConfig {
+    const P: &str = "salesforce.auth";
+    let key = |k: &str| format!("{P}.{k}");
+    let login = |errs: &mut Errors, l: &Option<String>| {
+        if let Some(u) = l {
+            check_url(errs, &key("login_url"), u);
+        }
+    };
+    match auth {
+        AuthConfig::JwtBearer(a) => {
+            login(errs, &a.login_url);
+            non_empty(errs, &key("client_id"), &a.client_id);
+            non_empty(errs, &key("username"), &a.username);
+            AuthConfig::JwtBearer(JwtBearerAuth {
+                private_key: check_secret(errs, &key("private_key"), &a.private_key, base),
+                ..a.clone()
+            })
+        }
+        AuthConfig::ClientCredentials(a) => {
+            non_empty(errs, &key("client_id"), &a.client_id);
+            AuthConfig::ClientCredentials(ClientCredentialsAuth {
+                client_secret: check_secret(errs, &key("client_secret"), &a.client_secret, base),
+                ..a.clone()
+            })
+        }
+        AuthConfig::RefreshToken(a) => {
+            login(errs, &a.login_url);
+            non_empty(errs, &key("client_id"), &a.client_id);
+            AuthConfig::RefreshToken(RefreshTokenAuth {
+                client_secret: a
+                    .client_secret
+                    .as_ref()
+                    .map(|s| check_secret(errs, &key("client_secret"), s, base)),
+                refresh_token: check_secret(errs, &key("refresh_token"), &a.refresh_token, base),
+                ..a.clone()
+            })
+        }
+        AuthConfig::Password(a) => {
+            login(errs, &a.login_url);
+            non_empty(errs, &key("client_id"), &a.client_id);
+            non_empty(errs, &key("username"), &a.username);
+            AuthConfig::Password(PasswordAuth {
+                client_secret: check_secret(errs, &key("client_secret"), &a.client_secret, base),
+                password: check_secret(errs, &key("password"), &a.password, base),
+                security_token: a
+                    .security_token
+                    .as_ref()
+                    .map(|s| check_secret(errs, &key("security_token"), s, base)),
+                ..a.clone()
+            })
+        }
+    }
+}
+
+fn check_field_list(errs: &mut Errors, key: &str, fields: &[String]) {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (j, f) in fields.iter().enumerate() {
+        let k = format!("{key}[{j}]");
+        if !is_api_name(f) {
+            errs.push(&k, format!("\"{f}\" is not a valid field API name"));
+        } else if let Some(first) = seen.insert(f.to_ascii_lowercase(), j) {
+            errs.push(
+                &k,
+                format!("\"{f}\" is listed twice (also at {key}[{first}])"),
+            );
+        }
+    }
+}
+
+fn validate_objects(
+    errs: &mut Errors,
+    objects: &[ObjectConfig],
+    has_pii: bool,
+) -> Vec<ValidObject> {
+    if objects.is_empty() {
+        errs.push(
+            "objects",
+            "no objects configured: add at least one [[objects]] table",
+        );
+    }
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut out = Vec::new();
+    for (i, o) in objects.iter().enumerate() {
+        let p = format!("objects[{i}]");
+        if o.name.is_empty() {
+            errs.push(format!("{p}.name"), "the object name is empty");
+        } else if !is_api_name(&o.name) {
+            errs.push(
+                format!("{p}.name"),
+                format!("\"{}\" is not a valid object API name", o.name),
+            );
+        } else if let Some(first) = seen.insert(o.name.to_ascii_lowercase(), i) {
+            errs.push(
+                format!("{p}.name"),
+                format!(
+                    "object \"{}\" is configured twice (also objects[{first}])",
+                    o.name
+                ),
+            );
+        }
+        let channel = match (o.mode, &o.channel) {
+            (SyncMode::Poll, Some(_)) => {
+                errs.push(
+                    format!("{p}.channel"),
+                    "a channel is only used with mode = \"cdc\"",
+                );
+                None
+            }
+            (SyncMode::Poll, None) => None,
+            (SyncMode::Cdc, None) => Some(default_channel(&o.name)),
+            (SyncMode::Cdc, Some(c)) => {
+                let own = default_channel(&o.name);
+                let custom = c
+                    .strip_prefix("/data/")
+                    .and_then(|n| n.strip_suffix("__chn"))
+                    .is_some_and(is_api_name);
+                if *c != own && !custom {
+                    errs.push(
+                        format!("{p}.channel"),
+                        format!(
+                            "\"{c}\" is not a channel of {}: use \"{own}\" or a custom channel \"/data/<Name>__chn\"",
+                            o.name
+                        ),
+                    );
+                }
+                Some(c.clone())
+            }
+        };
+        if let Some(h) = &o.history {
+            match &h.fields {
+                HistoryFields::All => {}
+                HistoryFields::List(f) if f.is_empty() => errs.push(
+                    format!("{p}.history.fields"),
+                    "empty: list the tracked fields, write \"all\", or remove `history`",
+                ),
+                HistoryFields::List(f) => check_field_list(errs, &format!("{p}.history.fields"), f),
+            }
+        }
+        check_field_list(errs, &format!("{p}.pii_fields"), &o.pii_fields);
+        for (j, f) in o.pii_fields.iter().enumerate() {
+            if f.eq_ignore_ascii_case("Id") {
+                errs.push(
+                    format!("{p}.pii_fields[{j}]"),
+                    "Id is the record key and cannot be encrypted",
+                );
+            }
+        }
+        if !o.pii_fields.is_empty() && !has_pii {
+            errs.push(
+                format!("{p}.pii_fields"),
+                "PII fields need a key: add a [pii] table with key_file or key_env",
+            );
+        }
+        out.push(ValidObject {
+            name: o.name.clone(),
+            channel,
+            history: o.history.as_ref().map(|h| h.fields.clone()),
+            pii_fields: o.pii_fields.clone(),
+            mode: o.mode,
+        });
+    }
+    out
+}

@@ -1,0 +1,157 @@
+//! `sfsync config check` as a user runs it: the real binary on real files, checking stdout,
+//! stderr and the exit status.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn sfsync(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sfsync"));
+    cmd.args(args)
+        .env_remove("SFSYNC_WAREHOUSE_URL")
+        .env_remove("SFSYNC_PII_KEY");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run sfsync")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The repository's example config copied beside the secret files it references.
+fn example_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sfsync.example.toml");
+    std::fs::copy(example, dir.path().join("sfsync.toml")).unwrap();
+    std::fs::create_dir_all(dir.path().join("secrets")).unwrap();
+    std::fs::write(
+        dir.path().join("secrets/jwt-private-key.pem"),
+        "-----BEGIN PRIVATE KEY-----\nMIIfixture\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn example_config_checks_ok_with_a_summary() {
+    let dir = example_dir();
+    let cfg = dir.path().join("sfsync.toml");
+    let key = "0f".repeat(32);
+    let out = sfsync(
+        &["config", "check", "--config", cfg.to_str().unwrap()],
+        &[
+            (
+                "SFSYNC_WAREHOUSE_URL",
+                "postgres://sfsync:secret-pw@127.0.0.1/warehouse",
+            ),
+            ("SFSYNC_PII_KEY", &key),
+        ],
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.starts_with("ok\n"), "{stdout}");
+    for want in [
+        "auth:       jwt_bearer",
+        "warehouse:  postgres (schema sfsync)",
+        "objects:    6",
+        "/data/CaseChangeEvent",
+        "/data/Payment__ChangeEvent",
+        "pii: Email, Phone, Birthdate",
+        "secrets:    all resolved",
+    ] {
+        assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");
+    }
+    assert!(!stdout.contains("secret-pw") && !stdout.contains(&key));
+}
+
+#[test]
+fn unset_secrets_fail_naming_key_and_variable_unless_skipped() {
+    let dir = example_dir();
+    let cfg = dir.path().join("sfsync.toml");
+    let cfg = cfg.to_str().unwrap();
+    let out = sfsync(&["config", "check", "--config", cfg], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(
+        lines[0]
+            .ends_with(": warehouse.url.env: environment variable SFSYNC_WAREHOUSE_URL is not set"),
+        "{stderr}"
+    );
+    assert!(lines[0].contains("sfsync.toml:"), "{stderr}");
+    assert!(
+        lines[1].ends_with(": pii.key_env: environment variable SFSYNC_PII_KEY is not set"),
+        "{stderr}"
+    );
+    assert!(lines[2].ends_with("sfsync.toml: 2 errors"), "{stderr}");
+
+    let out = sfsync(&["config", "check", "--config", cfg, "--skip-secrets"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("secrets:    not checked (--skip-secrets)"));
+}
+
+#[test]
+fn bad_config_lists_every_error_with_line_and_exits_nonzero() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        r#"[salesforce]
+instance_url = "https://x.my.salesforce.com"
+credentials_file = "creds.json"
+
+[warehouse]
+type = "sqlite"
+path = "w.db"
+
+[[objects]]
+name = "Case"
+
+[[objects]]
+name = "Case"
+pii_fields = ["Emial"]
+
+[pipeline]
+batch_max_records = 0
+"#,
+    )
+    .unwrap();
+    let out = sfsync(&["config", "check", "--config", cfg.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let f = cfg.display().to_string();
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "{f}:13:1: objects[1].name: object \"Case\" is configured twice (also objects[0])\n\
+             {f}:14:1: objects[1].pii_fields: PII fields need a key: add a [pii] table with key_file or key_env\n\
+             {f}:17:1: pipeline.batch_max_records: must be greater than 0\n\
+             {f}: 3 errors\n"
+        )
+    );
+}
+
+#[test]
+fn inline_secret_and_missing_file_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("s.toml");
+    std::fs::write(
+        &cfg,
+        "[salesforce]\ninstance_url = \"https://x\"\n[salesforce.auth]\ntype = \"client_credentials\"\nclient_id = \"cid\"\nclient_secret = \"do-not-print\"\n[warehouse]\ntype = \"sqlite\"\npath = \"w.db\"\n[[objects]]\nname = \"Case\"\n",
+    )
+    .unwrap();
+    let out = sfsync(&["config", "check", "--config", cfg.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(":6:17: salesforce.auth.client_secret: inline secrets are not allowed; write { env = \"VAR\" } or { file = \"path\" }"), "{stderr}");
+    assert!(!stderr.contains("do-not-print"));
+
+    let missing = dir.path().join("nope.toml");
+    let out = sfsync(
+        &["config", "check", "--config", missing.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("cannot read the config file"));
+}
