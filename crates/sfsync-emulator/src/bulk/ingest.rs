@@ -417,17 +417,7 @@ impl BulkJobs {
     /// `DELETE` an ingest job.
     pub fn delete_ingest(&self, job: &IngestJob) -> Result<(), BulkError> {
         let mut g = job.inner.lock();
-        if !g.state.is_deletable() {
-            return Err(BulkError::new(
-                400,
-                "InvalidJobState",
-                format!(
-                    "Job {} is {}; only UploadComplete, JobComplete, Aborted or Failed jobs can be deleted",
-                    job.meta.id,
-                    g.state.as_str()
-                ),
-            ));
-        }
+        g.state.check_deletable(&job.meta.id)?;
         g.deleted = true;
         g.uploads.clear();
         g.outcomes.clear();

@@ -80,6 +80,21 @@ impl JobState {
             JobState::UploadComplete | JobState::JobComplete | JobState::Failed | JobState::Aborted
         )
     }
+
+    /// Refuses a `DELETE` unless the job is in a deletable state (same rule for both job kinds).
+    pub fn check_deletable(self, job_id: &SfId) -> Result<(), BulkError> {
+        if self.is_deletable() {
+            return Ok(());
+        }
+        Err(BulkError::new(
+            400,
+            "InvalidJobState",
+            format!(
+                "Job {job_id} is {}; only UploadComplete, JobComplete, Aborted or Failed jobs can be deleted",
+                self.as_str()
+            ),
+        ))
+    }
 }
 
 /// `columnDelimiter` of a job.

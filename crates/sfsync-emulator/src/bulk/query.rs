@@ -636,17 +636,7 @@ impl BulkJobs {
     /// `DELETE` a query job and its results.
     pub fn delete_query(&self, job: &QueryJob) -> Result<(), BulkError> {
         let mut g = job.inner.lock();
-        if !g.state.is_deletable() {
-            return Err(BulkError::new(
-                400,
-                "InvalidJobState",
-                format!(
-                    "Job {} is {}; only UploadComplete, JobComplete, Aborted or Failed jobs can be deleted",
-                    job.meta.id,
-                    g.state.as_str()
-                ),
-            ));
-        }
+        g.state.check_deletable(&job.meta.id)?;
         g.deleted = true;
         g.results = None;
         drop(g);
