@@ -11,6 +11,7 @@
 //!
 //! This crate never calls Salesforce.
 
+pub mod curated;
 pub mod error;
 pub mod migrate;
 pub mod postgres;
@@ -20,6 +21,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use sfsync_core::{Change, ChangeType, EventKey, RecordVersion, ReplayId};
 
+pub use curated::*;
 pub use error::{Result, StoreError};
 pub use migrate::{AppliedMigration, Migration};
 pub use postgres::PostgresChangeLog;

@@ -1,0 +1,451 @@
+//! The curated warehouse model: one current-state table per object with typed columns from
+//! describe, an SCD2 history table for configured fields, a hash-chained audit table, and the
+//! bookkeeping the apply stage needs (repair and re-sync requests, dead letters, writer schemas,
+//! runs).
+//!
+//! Guarantee: everything in one [`CuratedBatch`] — current rows, history versions, audit entries,
+//! repair bookkeeping — and the apply offset commit in ONE transaction (architecture invariant 1).
+//! PII columns are sealed with AES-256-GCM before they reach the database and opened on read
+//! (invariant 10); the apply stage only ever sees plaintext [`Value`]s.
+//!
+//! This module holds the backend-neutral types and the [`Warehouse`] trait; the SQLite and
+//! Postgres backends implement it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use sfsync_core::{RecordVersion, ReplayId};
+
+use crate::error::Result;
+use crate::{AppendOutcome, ChangeLog, LogOffset, RawChange};
+
+/// Column prefix of sfsync's sync-metadata columns; no Salesforce field starts with `_`.
+pub const META_PREFIX: &str = "_sf_";
+
+/// SQL type of a curated column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnType {
+    Text,
+    Integer,
+    Real,
+    Boolean,
+    /// A calendar date ([`Value::Date`]).
+    Date,
+    /// An instant ([`Value::Timestamp`]).
+    Timestamp,
+}
+
+/// A typed column value, always plaintext in memory.
+///
+/// SQLite stores dates as `YYYY-MM-DD` text, timestamps as RFC 3339 text in UTC with
+/// milliseconds (`2026-11-21T09:30:00.000Z`) and booleans as 0/1, so the `sqlite3` tool shows
+/// readable values; Postgres uses `date`, `timestamptz`, `boolean`, `bigint`,
+/// `double precision` and `text`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", content = "v", rename_all = "snake_case")]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Real(f64),
+    Text(String),
+    /// Days since 1970-01-01.
+    Date(i32),
+    /// Milliseconds since the Unix epoch, UTC.
+    Timestamp(i64),
+}
+
+impl Value {
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+}
+
+/// One curated column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnDef {
+    /// Column name in the warehouse: the Salesforce field API name in lower case
+    /// (`billingcity`, `service_type__c`).
+    pub name: String,
+    /// The Salesforce field API name it holds (`BillingCity`).
+    pub field: String,
+    pub ty: ColumnType,
+    /// Sealed with AES-256-GCM at rest (stored as text whatever `ty` is).
+    pub pii: bool,
+}
+
+/// SCD2 history of an object: which columns open a new version when they change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistorySpec {
+    /// History table name (`sf_case_history`).
+    pub table: String,
+    /// Tracked column names (a subset of the model's columns).
+    pub columns: Vec<String>,
+}
+
+/// The curated model of one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectModel {
+    /// Salesforce API name (`Case`).
+    pub object: String,
+    /// Current-state table name (`sf_case`).
+    pub table: String,
+    /// Data columns in describe order; the record id column `id` is always first.
+    pub columns: Vec<ColumnDef>,
+    pub history: Option<HistorySpec>,
+}
+
+impl ObjectModel {
+    pub fn column(&self, name: &str) -> Option<&ColumnDef> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// Names of the PII columns.
+    pub fn pii_columns(&self) -> impl Iterator<Item = &str> {
+        self.columns.iter().filter(|c| c.pii).map(|c| c.name.as_str())
+    }
+}
+
+/// What [`Warehouse::ensure_model`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ModelChange {
+    /// The current-state (and history) tables were created.
+    pub created: bool,
+    /// Columns added to existing tables (a new schema id brought new fields).
+    pub added_columns: Vec<String>,
+    /// Columns present in the database whose type differs from the model (kept as they are;
+    /// reported so an operator can decide).
+    pub retyped_columns: Vec<String>,
+}
+
+/// Where a curated row version came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeSource {
+    /// A Change Data Capture event.
+    Cdc,
+    /// A re-read of the record (gap repair, backfill, reconciliation).
+    Snapshot,
+}
+
+impl ChangeSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeSource::Cdc => "cdc",
+            ChangeSource::Snapshot => "snapshot",
+        }
+    }
+}
+
+/// Sync metadata written on every curated row (columns `_sf_*`), so consumers can see freshness
+/// and provenance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncMeta {
+    /// Version of the newest change applied to the row.
+    pub version: RecordVersion,
+    /// `CREATE`, `UPDATE`, `DELETE`, `UNDELETE` or `SNAPSHOT`.
+    pub change_type: String,
+    pub source: ChangeSource,
+    pub transaction_key: String,
+    /// Replay id of the event (none for snapshots).
+    pub replay_id: Option<ReplayId>,
+    /// The run (`sfsync run` process, repair, backfill) that applied it.
+    pub run_id: String,
+    /// When sfsync applied it (epoch ms).
+    pub applied_at_ms: i64,
+    /// The `client=` of the change origin (`sfsync` for sfsync's own writes), if any.
+    pub origin_client: Option<String>,
+}
+
+/// A current-state row as loaded for the apply stage (PII opened).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CurrentRow {
+    pub id: String,
+    /// Data column → value; a column the row never received is absent.
+    pub values: BTreeMap<String, Value>,
+    pub meta: SyncMeta,
+    /// The record is deleted in Salesforce (the row is kept, flagged).
+    pub deleted: bool,
+    /// The version of the last full-row write (create, undelete, snapshot).
+    pub base_version: RecordVersion,
+    /// Opaque per-field version map owned by the apply stage (`None` when empty).
+    pub field_versions: Option<String>,
+    /// Number of the open SCD2 version, if the object has history and the record a version.
+    pub history_version: Option<i64>,
+    /// The row lacks fields (an UPDATE arrived for a record never seen in full); a repair
+    /// re-reads it.
+    pub partial: bool,
+}
+
+/// The state a row must have after the batch: written as one upsert.
+pub type RowWrite = CurrentRow;
+
+/// One step on an SCD2 history table, applied in batch order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HistoryWrite {
+    /// Closes the open version `version` of `id` at `valid_to_ms` (the commit time of the change
+    /// that ended it).
+    Close {
+        object: String,
+        id: String,
+        version: i64,
+        valid_to_ms: i64,
+        end_change_type: String,
+    },
+    /// Opens version `version` (valid from `valid_from_ms`, open-ended, current) with the tracked
+    /// column values.
+    Open {
+        object: String,
+        id: String,
+        version: i64,
+        valid_from_ms: i64,
+        values: BTreeMap<String, Value>,
+        meta: SyncMeta,
+    },
+    /// A change to untracked fields only: refreshes the open version's sync metadata in place.
+    Touch {
+        object: String,
+        id: String,
+        version: i64,
+        meta: SyncMeta,
+    },
+}
+
+/// One audit trail entry: who changed what, when, from where, and how sfsync applied it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub object: String,
+    pub record_id: String,
+    pub change_type: String,
+    pub event_key: String,
+    pub commit_timestamp_ms: i64,
+    /// Salesforce user id of the committer (empty for snapshots).
+    pub commit_user: String,
+    /// The raw `changeOrigin`.
+    pub change_origin: String,
+    pub source: ChangeSource,
+    /// Field API names the change set or nulled.
+    pub fields: Vec<String>,
+    /// New values of the changed fields, by column name. PII values are sealed by the store
+    /// and kept outside the hashed part of the entry (bound to it as AEAD associated data).
+    pub values: BTreeMap<String, Value>,
+    /// How the apply stage treated it: `applied`, `stale` (older than the row), `late`
+    /// (older, applied to fields only), `repair_requested`.
+    pub outcome: String,
+    pub replay_id: Option<ReplayId>,
+    pub run_id: String,
+    pub applied_at_ms: i64,
+}
+
+/// A request to re-read records from Salesforce and apply them as snapshots (after a GAP_*
+/// event, an UPDATE for an unknown record, or a diff that could not be applied).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairRequest {
+    pub object: String,
+    pub record_ids: Vec<String>,
+    /// `GAP_UPDATE`, `unknown_record`, `diff_mismatch`, …
+    pub reason: String,
+    /// Event key of the change that caused it.
+    pub event_key: String,
+    pub commit_timestamp_ms: i64,
+}
+
+/// A repair request as stored, with its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRepair {
+    pub id: i64,
+    pub request: RepairRequest,
+    pub created_at_ms: i64,
+}
+
+/// A request for a windowed re-sync of a whole object (GAP_OVERFLOW, an expired replay id),
+/// carried out by backfill. Never dropped: it stays `pending` until a run completes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResyncRequest {
+    /// Object API name; empty when the whole channel is affected (expired replay id).
+    pub object: String,
+    pub channel: String,
+    /// Re-sync changes committed at or after this time (epoch ms).
+    pub from_ms: i64,
+    pub reason: String,
+    pub event_key: Option<String>,
+}
+
+/// A re-sync request as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResync {
+    pub id: i64,
+    pub request: ResyncRequest,
+    pub status: String,
+    pub created_at_ms: i64,
+}
+
+/// An event that could not be decoded or applied, kept whole with its cause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub channel: String,
+    pub replay_id: Option<ReplayId>,
+    pub schema_id: String,
+    /// `decode`, `apply`, …
+    pub stage: String,
+    /// The error with its cause chain.
+    pub error: String,
+    /// The payload bytes as received (sealed by the store when the object has PII).
+    pub payload: Vec<u8>,
+    /// Object, when known.
+    pub object: Option<String>,
+}
+
+/// Everything the apply stage writes for one batch; committed with the apply offset in one
+/// transaction by [`Warehouse::commit_curated`].
+#[derive(Debug, Clone, Default)]
+pub struct CuratedBatch {
+    /// Final state of each touched row, keyed by (object, id); at most one per key.
+    pub rows: Vec<(String, RowWrite)>,
+    pub history: Vec<HistoryWrite>,
+    pub audit: Vec<AuditEntry>,
+    pub repairs: Vec<RepairRequest>,
+    /// Ids of repair requests this batch completes.
+    pub repairs_done: Vec<i64>,
+    pub resyncs: Vec<ResyncRequest>,
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+impl CuratedBatch {
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+            && self.history.is_empty()
+            && self.audit.is_empty()
+            && self.repairs.is_empty()
+            && self.repairs_done.is_empty()
+            && self.resyncs.is_empty()
+            && self.dead_letters.is_empty()
+    }
+}
+
+/// A history row as read back (PII opened).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryRow {
+    pub id: String,
+    pub version: i64,
+    pub valid_from_ms: i64,
+    pub valid_to_ms: Option<i64>,
+    pub is_current: bool,
+    pub change_type: String,
+    pub end_change_type: Option<String>,
+    pub transaction_key: String,
+    pub values: BTreeMap<String, Value>,
+}
+
+/// Result of [`Warehouse::verify_audit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditVerification {
+    pub entries: u64,
+    /// The first entry whose hash or link does not match, with the reason.
+    pub first_break: Option<(u64, String)>,
+    /// Hex hash of the last entry (the chain head).
+    pub head: Option<String>,
+}
+
+/// Result of [`Warehouse::rotate_keys`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RotationReport {
+    pub values_resealed: u64,
+    pub raw_payloads_resealed: u64,
+    pub new_key_id: String,
+}
+
+/// A run of sfsync (the streaming `run` process, a repair, a backfill) as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub kind: String,
+    pub status: String,
+    pub started_at_ms: i64,
+    pub ended_at_ms: Option<i64>,
+    /// Counts and reason, JSON.
+    pub detail: String,
+}
+
+/// The warehouse side of a store: curated tables, history, audit and apply bookkeeping, in the
+/// same database as the raw change log.
+///
+/// Contracts: [`Warehouse::commit_curated`] is one transaction with the apply offset; every read
+/// returns PII opened; a column is never dropped or retyped by sfsync (only added); one process
+/// applies to a database at a time (the apply stage holds [`Warehouse::acquire_apply_lock`]).
+#[async_trait]
+pub trait Warehouse: ChangeLog {
+    /// Creates the tables of `model` or adds its missing columns, and registers the model (its
+    /// PII columns) for sealing. Idempotent.
+    async fn ensure_model(&self, model: &ObjectModel) -> Result<ModelChange>;
+
+    /// Current rows of `object` for `ids` (those that exist), PII opened.
+    async fn load_current(&self, object: &str, ids: &[String])
+        -> Result<HashMap<String, CurrentRow>>;
+
+    /// All current rows of `object` ordered by id, PII opened (tests, reconciliation, tools).
+    async fn read_current(&self, object: &str) -> Result<Vec<CurrentRow>>;
+
+    /// All history rows of `object` ordered by id and version, PII opened.
+    async fn read_history(&self, object: &str) -> Result<Vec<HistoryRow>>;
+
+    /// Writes `batch` and, when `offset` is given, sets `consumer`'s apply offset to it — in ONE
+    /// transaction. Offsets never move back.
+    async fn commit_curated(
+        &self,
+        consumer: &str,
+        offset: Option<LogOffset>,
+        batch: &CuratedBatch,
+    ) -> Result<()>;
+
+    /// Appends raw changes and dead letters (undecodable events of the same fetch) and moves the
+    /// channel checkpoint, in one transaction (see [`ChangeLog::append_batch`]).
+    async fn append_with_dead_letters(
+        &self,
+        channel: &str,
+        changes: &[RawChange],
+        dead_letters: &[DeadLetter],
+        checkpoint: &ReplayId,
+    ) -> Result<AppendOutcome>;
+
+    /// Pending repair requests, oldest first.
+    async fn pending_repairs(&self, limit: usize) -> Result<Vec<StoredRepair>>;
+
+    /// All re-sync requests, oldest first.
+    async fn resync_requests(&self) -> Result<Vec<StoredResync>>;
+
+    /// Records a re-sync request outside an apply batch (e.g. an expired replay id at subscribe).
+    async fn add_resync(&self, request: &ResyncRequest) -> Result<()>;
+
+    /// Number of stored dead letters.
+    async fn dead_letter_count(&self) -> Result<u64>;
+
+    /// Stores a writer schema (JSON) by id; idempotent.
+    async fn put_schema(&self, schema_id: &str, json: &str) -> Result<()>;
+
+    /// A stored writer schema.
+    async fn schema(&self, schema_id: &str) -> Result<Option<String>>;
+
+    /// Walks the audit chain and checks every link and hash.
+    async fn verify_audit(&self) -> Result<AuditVerification>;
+
+    /// Re-seals every PII value (curated, history, audit, raw payloads, dead letters) under the
+    /// keyring's current key.
+    async fn rotate_keys(&self) -> Result<RotationReport>;
+
+    /// Records the start of a run.
+    async fn start_run(&self, run_id: &str, kind: &str, detail: &str) -> Result<()>;
+
+    /// Records the end of a run.
+    async fn finish_run(&self, run_id: &str, status: &str, detail: &str) -> Result<()>;
+
+    /// Runs, newest first.
+    async fn runs(&self, limit: usize) -> Result<Vec<RunRecord>>;
+
+    /// Takes the single-applier lock for this database (SQLite: an exclusive lock file beside
+    /// the database; Postgres: a session advisory lock). Fails with a clear error when another
+    /// process holds it.
+    async fn acquire_apply_lock(&self) -> Result<()>;
+}
