@@ -292,6 +292,8 @@ pub struct UndecodedEvent {
 pub struct Batch {
     /// Decoded events in stream order.
     pub changes: Vec<Change>,
+    /// The Avro payload bytes of each of `changes` (same index), as received, for a raw log.
+    pub payloads: Vec<bytes::Bytes>,
     /// Events that could not be decoded (stream order among themselves).
     pub undecoded: Vec<UndecodedEvent>,
     /// The response's `latest_replay_id` (for an empty keepalive: the tip of the stream).
@@ -850,6 +852,7 @@ async fn decode_response(
     start: &ReplayStart,
 ) -> Result<Batch, PubSubError> {
     let mut changes = Vec::with_capacity(resp.events.len());
+    let mut payloads = Vec::with_capacity(resp.events.len());
     let mut undecoded = Vec::new();
     let mut last: Option<ReplayId> = None;
     let mut cached: Option<Arc<ChangeSchema>> = None;
@@ -907,7 +910,10 @@ async fn decode_response(
             Err(e) => return Err(e),
         };
         match schema.decode(&pe.payload, replay_id.clone()) {
-            Ok(c) => changes.push(c),
+            Ok(c) => {
+                changes.push(c);
+                payloads.push(bytes::Bytes::from(pe.payload));
+            }
             Err(error) => undecoded.push(UndecodedEvent {
                 replay_id,
                 schema_id: pe.schema_id,
@@ -921,6 +927,7 @@ async fn decode_response(
     let checkpoint = last.or_else(|| latest.clone());
     Ok(Batch {
         changes,
+        payloads,
         undecoded,
         latest_replay_id: latest,
         checkpoint,

@@ -1,0 +1,494 @@
+//! The apply stage: reads the raw change log from its committed offset, decodes, normalises and
+//! plans each batch, and commits curated rows + history + audit + the new apply offset in ONE
+//! transaction. Exactly once: the offset moves only with the writes it covers, so a crash at any
+//! point resumes right after the last committed batch; re-delivered events never reach it (the
+//! raw log dedupes by event key) and per-record versions make any re-application a no-op.
+//!
+//! A batch is cut right after any change that needs a repair (a GAP_* event, an UPDATE for a
+//! record never seen, a diff that cannot be applied): the repair re-reads those records from
+//! Salesforce and applies them as snapshots before the next change is applied, so the outcome
+//! does not depend on where batches or crashes fall. Repairs that fail stay pending and are
+//! retried; a GAP_OVERFLOW becomes a recorded re-sync request.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sfsync_salesforce::pubsub::ChangeSchema;
+use sfsync_store::{CuratedBatch, DeadLetter, LogOffset, LoggedChange, StoredRepair, Warehouse};
+
+use crate::error::{chain, PipelineError, Result};
+use crate::model::ObjectMapping;
+use crate::normalize::{self, Normalized, RecordChange};
+use crate::plan::Planner;
+use crate::stats::PipelineStats;
+
+/// Name of the curated consumer's apply offset.
+pub const CURATED_CONSUMER: &str = "curated";
+
+/// Re-reads records from Salesforce (gap repair). Implemented over SOQL `queryAll` for the real
+/// client; the contract: return every requested record that exists or is in the recycle bin,
+/// with `Id`, `SystemModstamp`, `IsDeleted` and `fields`.
+#[async_trait]
+pub trait RecordReader: Send + Sync {
+    async fn read(
+        &self,
+        object: &str,
+        fields: &[String],
+        ids: &[String],
+    ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>>;
+
+    /// Describes an object again (schema drift).
+    async fn describe(&self, object: &str) -> Result<sfsync_salesforce::rest::ObjectDescribe>;
+}
+
+#[async_trait]
+impl RecordReader for sfsync_salesforce::SalesforceClient {
+    async fn read(
+        &self,
+        object: &str,
+        fields: &[String],
+        ids: &[String],
+    ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>> {
+        let mut select: Vec<&str> = fields.iter().map(String::as_str).collect();
+        for extra in ["SystemModstamp", "IsDeleted"] {
+            if !select.contains(&extra) {
+                select.push(extra);
+            }
+        }
+        let quoted: Vec<String> = ids
+            .iter()
+            .filter(|id| id.chars().all(|c| c.is_ascii_alphanumeric()))
+            .map(|id| format!("'{id}'"))
+            .collect();
+        if quoted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let soql = format!(
+            "SELECT {} FROM {object} WHERE Id IN ({})",
+            select.join(", "),
+            quoted.join(", ")
+        );
+        Ok(self
+            .query_all_pages(
+                &soql,
+                sfsync_salesforce::QueryOptions {
+                    include_deleted: true,
+                    ..Default::default()
+                },
+            )
+            .await?)
+    }
+
+    async fn describe(&self, object: &str) -> Result<sfsync_salesforce::rest::ObjectDescribe> {
+        Ok(self.describe_object(object).await?)
+    }
+}
+
+/// Tuning of the apply stage.
+#[derive(Debug, Clone)]
+pub struct ApplyConfig {
+    pub batch_max_records: usize,
+    pub gap_reread_batch_records: usize,
+    pub own_client: String,
+    pub run_id: String,
+}
+
+/// The apply stage.
+pub struct Applier {
+    store: Arc<dyn Warehouse>,
+    reader: Arc<dyn RecordReader>,
+    mappings: HashMap<String, ObjectMapping>,
+    specs: HashMap<String, crate::model::ObjectSpec>,
+    schemas: HashMap<String, Arc<ChangeSchema>>,
+    /// Schema ids seen per object (a new one triggers a describe and new columns).
+    seen_schemas: HashSet<(String, String)>,
+    config: ApplyConfig,
+    stats: Arc<PipelineStats>,
+    offset: Option<LogOffset>,
+}
+
+impl Applier {
+    pub fn new(
+        store: Arc<dyn Warehouse>,
+        reader: Arc<dyn RecordReader>,
+        mappings: Vec<(crate::model::ObjectSpec, ObjectMapping)>,
+        config: ApplyConfig,
+        stats: Arc<PipelineStats>,
+    ) -> Applier {
+        let mut by_obj = HashMap::new();
+        let mut specs = HashMap::new();
+        for (spec, m) in mappings {
+            specs.insert(m.object().to_string(), spec);
+            by_obj.insert(m.object().to_string(), m);
+        }
+        Applier {
+            store,
+            reader,
+            mappings: by_obj,
+            specs,
+            schemas: HashMap::new(),
+            seen_schemas: HashSet::new(),
+            config,
+            stats,
+            offset: None,
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<PipelineStats> {
+        &self.stats
+    }
+
+    pub fn mappings(&self) -> &HashMap<String, ObjectMapping> {
+        &self.mappings
+    }
+
+    /// Applies everything the raw log holds beyond the committed offset (pending repairs
+    /// first). Returns the number of raw-log entries processed.
+    pub async fn catch_up(&mut self) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let n = self.step().await?;
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n as u64;
+        }
+    }
+
+    /// One step: pending repairs, then one batch from the raw log. Returns the number of raw-log
+    /// entries processed (0 when there was nothing to do).
+    pub async fn step(&mut self) -> Result<usize> {
+        self.run_repairs().await?;
+        let from = match self.offset {
+            Some(o) => o + 1,
+            None => {
+                let o = self.store.applied_offset(CURATED_CONSUMER).await?;
+                self.offset = Some(o.unwrap_or(0));
+                o.unwrap_or(0) + 1
+            }
+        };
+        let logged = self
+            .store
+            .read_from(from, self.config.batch_max_records)
+            .await?;
+        if logged.is_empty() {
+            return Ok(0);
+        }
+        let n = self.apply_logged(&logged).await?;
+        Ok(n)
+    }
+
+    async fn schema(&mut self, schema_id: &str) -> Result<Option<Arc<ChangeSchema>>> {
+        if let Some(s) = self.schemas.get(schema_id) {
+            return Ok(Some(s.clone()));
+        }
+        let Some(json) = self.store.schema(schema_id).await? else {
+            return Ok(None);
+        };
+        match ChangeSchema::parse(schema_id, &json) {
+            Ok(s) => {
+                let s = Arc::new(s);
+                self.schemas.insert(schema_id.to_string(), s.clone());
+                Ok(Some(s))
+            }
+            Err(e) => {
+                tracing::warn!(schema_id, error = %e, "Stored writer schema does not parse.");
+                Ok(None)
+            }
+        }
+    }
+
+    /// A new schema id for an object: describe it again and add any new columns.
+    async fn on_schema(&mut self, object: &str, schema_id: &str) -> Result<()> {
+        let key = (object.to_string(), schema_id.to_string());
+        if self.seen_schemas.contains(&key) {
+            return Ok(());
+        }
+        let first = !self.seen_schemas.iter().any(|(o, _)| o == object);
+        self.seen_schemas.insert(key);
+        if first {
+            // The model was built from a describe at start; the first schema id is its baseline.
+            return Ok(());
+        }
+        let Some(spec) = self.specs.get(object).cloned() else {
+            return Ok(());
+        };
+        let describe = self.reader.describe(object).await?;
+        let mapping = ObjectMapping::build(&describe, &spec)?;
+        let change = self.store.ensure_model(&mapping.model).await?;
+        if !change.added_columns.is_empty() || !change.retyped_columns.is_empty() {
+            tracing::info!(
+                object,
+                schema_id,
+                added = ?change.added_columns,
+                retyped = ?change.retyped_columns,
+                "Schema changed: curated model updated."
+            );
+        }
+        self.mappings.insert(object.to_string(), mapping);
+        Ok(())
+    }
+
+    async fn apply_logged(&mut self, logged: &[LoggedChange]) -> Result<usize> {
+        let mut batch = CuratedBatch::default();
+        let mut planned: Vec<(usize, Vec<(String, RecordChange)>)> = Vec::new();
+        let mut cut: Option<usize> = None;
+        // Decode and normalise; stop after the first entry that needs a repair.
+        for (i, lc) in logged.iter().enumerate() {
+            let raw = &lc.change;
+            let object = raw.entity.clone();
+            let dead = |stage: &str, error: String| DeadLetter {
+                channel: lc.channel.clone(),
+                replay_id: Some(raw.replay_id.clone()),
+                schema_id: raw.schema_id.clone(),
+                stage: stage.to_string(),
+                error,
+                payload: raw.payload.to_vec(),
+                object: Some(object.clone()),
+            };
+            if !self.mappings.contains_key(&object) {
+                tracing::debug!(object, "Change for an object that is not configured; skipped.");
+                continue;
+            }
+            let Some(schema) = self.schema(&raw.schema_id).await? else {
+                batch.dead_letters.push(dead(
+                    "decode",
+                    format!("writer schema {} is not in the store", raw.schema_id),
+                ));
+                continue;
+            };
+            let change = match schema.decode(&raw.payload, raw.replay_id.clone()) {
+                Ok(c) => c,
+                Err(e) => {
+                    batch.dead_letters.push(dead("decode", chain(&e)));
+                    continue;
+                }
+            };
+            self.on_schema(&object, &raw.schema_id).await?;
+            let mapping = &self.mappings[&object];
+            match normalize::from_cdc(mapping, &lc.channel, &change) {
+                Ok(Normalized::Records(rs)) => {
+                    planned.push((i, rs.into_iter().map(|r| (object.clone(), r)).collect()));
+                }
+                Ok(Normalized::Repair(r)) => {
+                    batch.repairs.push(r);
+                    planned.push((i, Vec::new()));
+                    cut = Some(i);
+                    break;
+                }
+                Ok(Normalized::Resync(r)) => {
+                    tracing::warn!(object, from_ms = r.from_ms, "GAP_OVERFLOW: re-sync of the object recorded.");
+                    batch.resyncs.push(r);
+                }
+                Err(e) => {
+                    // The record cannot be applied from this event: keep the event, re-read the
+                    // records.
+                    batch.dead_letters.push(dead("apply", chain(&e)));
+                    batch.repairs.push(sfsync_store::RepairRequest {
+                        object: object.clone(),
+                        record_ids: change.header.record_ids.clone(),
+                        reason: "undecodable_change".into(),
+                        event_key: raw.event_key.as_str().to_string(),
+                        commit_timestamp_ms: change.header.commit_timestamp,
+                    });
+                    planned.push((i, Vec::new()));
+                    cut = Some(i);
+                    break;
+                }
+            }
+        }
+        // Load the touched rows.
+        let mut ids: HashMap<&str, Vec<String>> = HashMap::new();
+        for (_, rs) in &planned {
+            for (o, r) in rs {
+                ids.entry(o.as_str()).or_default().push(r.id.clone());
+            }
+        }
+        let mut rows = HashMap::new();
+        for (object, mut list) in ids {
+            list.sort();
+            list.dedup();
+            for (id, row) in self.store.load_current(object, &list).await? {
+                rows.insert((object.to_string(), id), row);
+            }
+        }
+        let now = now_ms();
+        let planner = Planner {
+            mappings: &self.mappings,
+            run_id: &self.config.run_id,
+            own_client: &self.config.own_client,
+            now_ms: now,
+        };
+        let mut last_index = cut.unwrap_or(logged.len() - 1);
+        let mut commit_times = Vec::new();
+        let mut totals = crate::plan::PlanStats::default();
+        for (i, rs) in &planned {
+            let repairs_before = batch.repairs.len();
+            let s = planner.plan(&mut rows, rs, &mut batch);
+            totals.applied += s.applied;
+            totals.late += s.late;
+            totals.stale += s.stale;
+            totals.own_writes += s.own_writes;
+            commit_times.extend(rs.iter().map(|(_, r)| r.version.commit_timestamp));
+            if batch.repairs.len() > repairs_before && cut.is_none_or(|c| *i < c) {
+                last_index = *i;
+                break;
+            }
+        }
+        // Every row in the map is written (unchanged ones are rewritten as they are).
+        let mut keys: Vec<_> = rows.keys().cloned().collect();
+        keys.sort();
+        for k in keys {
+            let row = rows.remove(&k).expect("key from the map");
+            batch.rows.push((k.0, row));
+        }
+        let offset = logged[last_index].offset;
+        let repairs = batch.repairs.len() as u64;
+        self.store
+            .commit_curated(CURATED_CONSUMER, Some(offset), &batch)
+            .await?;
+        self.offset = Some(offset);
+        let now_after = now_ms();
+        let st = &self.stats;
+        use std::sync::atomic::Ordering::Relaxed;
+        st.processed.fetch_add(last_index as u64 + 1, Relaxed);
+        st.applied.fetch_add(totals.applied, Relaxed);
+        st.late.fetch_add(totals.late, Relaxed);
+        st.stale.fetch_add(totals.stale, Relaxed);
+        st.own_writes.fetch_add(totals.own_writes, Relaxed);
+        st.repairs_requested.fetch_add(repairs, Relaxed);
+        st.resyncs_requested
+            .fetch_add(batch.resyncs.len() as u64, Relaxed);
+        st.dead_letters
+            .fetch_add(batch.dead_letters.len() as u64, Relaxed);
+        st.batches.fetch_add(1, Relaxed);
+        for ts in &commit_times {
+            st.observe_latency(now_after - ts);
+        }
+        if let Some(max) = commit_times.iter().max() {
+            st.last_commit_ms.fetch_max(*max, Relaxed);
+        }
+        st.last_applied_at_ms.store(now_after, Relaxed);
+        if repairs > 0 {
+            self.run_repairs().await?;
+        }
+        Ok(last_index + 1)
+    }
+
+    /// Carries out pending repairs: re-reads the records and applies them as snapshots, marking
+    /// each request done in the same transaction. A request whose re-read fails stays pending
+    /// (retried on the next step) and the error is reported.
+    pub async fn run_repairs(&mut self) -> Result<()> {
+        loop {
+            let pending = self.store.pending_repairs(16).await?;
+            if pending.is_empty() {
+                return Ok(());
+            }
+            for req in pending {
+                if let Err(e) = self.repair(&req).await {
+                    self.stats
+                        .errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(
+                        object = %req.request.object,
+                        ids = ?req.request.record_ids,
+                        error = %chain(&e),
+                        "Repair re-read failed; it stays pending and is retried."
+                    );
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn repair(&mut self, req: &StoredRepair) -> Result<()> {
+        let r = &req.request;
+        let mut batch = CuratedBatch {
+            repairs_done: vec![req.id],
+            ..Default::default()
+        };
+        let Some(mapping) = self.mappings.get(&r.object) else {
+            self.store
+                .commit_curated(CURATED_CONSUMER, None, &batch)
+                .await?;
+            return Ok(());
+        };
+        let mut ids: Vec<String> = r
+            .record_ids
+            .iter()
+            .filter(|id| !id.is_empty() && !id.ends_with('*'))
+            .cloned()
+            .collect();
+        ids.sort();
+        ids.dedup();
+        let mut changes = Vec::new();
+        for chunk in ids.chunks(self.config.gap_reread_batch_records.max(1)) {
+            let records = self
+                .reader
+                .read(&r.object, &mapping.soql_fields, chunk)
+                .await?;
+            let mut found = HashSet::new();
+            for rec in &records {
+                match normalize::from_record(mapping, rec) {
+                    Ok(c) => {
+                        found.insert(c.id.clone());
+                        changes.push((r.object.clone(), c));
+                    }
+                    Err(e) => {
+                        return Err(e);
+                    }
+                }
+            }
+            for id in chunk {
+                if !found.contains(id.as_str()) {
+                    changes.push((
+                        r.object.clone(),
+                        normalize::purged(id, r.commit_timestamp_ms),
+                    ));
+                }
+            }
+        }
+        let mut rows = HashMap::new();
+        for (id, row) in self.store.load_current(&r.object, &ids).await? {
+            rows.insert((r.object.clone(), id), row);
+        }
+        let planner = Planner {
+            mappings: &self.mappings,
+            run_id: &self.config.run_id,
+            own_client: &self.config.own_client,
+            now_ms: now_ms(),
+        };
+        planner.plan(&mut rows, &changes, &mut batch);
+        // A repair never asks for another repair of the same records.
+        batch.repairs.clear();
+        let mut keys: Vec<_> = rows.keys().cloned().collect();
+        keys.sort();
+        for k in keys {
+            let row = rows.remove(&k).expect("key from the map");
+            batch.rows.push((k.0, row));
+        }
+        self.store
+            .commit_curated(CURATED_CONSUMER, None, &batch)
+            .await?;
+        self.stats
+            .repairs_done
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl From<PipelineError> for std::io::Error {
+    fn from(e: PipelineError) -> Self {
+        std::io::Error::other(chain(&e))
+    }
+}

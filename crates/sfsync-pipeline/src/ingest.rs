@@ -1,0 +1,180 @@
+//! The stream ingest stage: one Pub/Sub subscription per channel, each fetched batch appended to
+//! the raw change log together with the channel's checkpoint (replay id) in ONE transaction, and
+//! only then acknowledged to the subscriber. A crash between fetch and commit redelivers from the
+//! stored replay id; the raw log drops the duplicates by event key. Undecodable events are kept
+//! as dead letters in the same transaction, so the checkpoint never moves past an event that was
+//! not stored. An expired or unknown replay id is reported, recorded as a re-sync request for the
+//! channel's objects, and the stream resumes from the oldest retained event — never silently at
+//! the tip.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sfsync_core::ErrorClass;
+use sfsync_salesforce::pubsub::{PubSubError, ReplayStart, Subscriber};
+use sfsync_store::{DeadLetter, RawChange, ResyncRequest, Warehouse};
+use tokio::sync::{watch, Notify};
+
+use crate::error::chain;
+use crate::stats::PipelineStats;
+
+/// One channel's ingest task.
+pub struct ChannelIngest {
+    pub channel: String,
+    /// Objects carried by the channel (for re-sync requests).
+    pub objects: Vec<String>,
+    pub store: Arc<dyn Warehouse>,
+    pub subscriber: Subscriber,
+    pub stats: Arc<PipelineStats>,
+    /// Woken after every append.
+    pub appended: Arc<Notify>,
+    /// Where to start when the channel has no checkpoint yet.
+    pub initial: ReplayStart,
+}
+
+impl ChannelIngest {
+    /// Runs until `shutdown` turns true (finishing the batch in hand) or a non-retryable error.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut schemas: HashSet<String> = HashSet::new();
+        let mut failures = 0u32;
+        let mut force_earliest = false;
+        'outer: loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let start = if force_earliest {
+                force_earliest = false;
+                ReplayStart::Earliest
+            } else {
+                match self.store.checkpoint(&self.channel).await {
+                    Ok(Some(id)) => ReplayStart::After(id),
+                    Ok(None) => self.initial.clone(),
+                    Err(e) => {
+                        self.fail(&mut failures, "reading the checkpoint", &chain(&e)).await;
+                        continue;
+                    }
+                }
+            };
+            let mut sub = match self.subscriber.subscribe(&self.channel, start.clone()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    self.fail(&mut failures, "subscribing", &chain(&e)).await;
+                    continue;
+                }
+            };
+            tracing::info!(channel = %self.channel, start = ?start, "Subscribed.");
+            loop {
+                let next = tokio::select! {
+                    n = sub.next_batch() => n,
+                    _ = shutdown.changed() => return,
+                };
+                let batch = match next {
+                    None => continue 'outer,
+                    Some(Ok(b)) => b,
+                    Some(Err(PubSubError::ReplayIdInvalid { replay_id, code, message })) => {
+                        self.stats.errors.fetch_add(1, Relaxed);
+                        tracing::error!(
+                            channel = %self.channel,
+                            replay_id = ?replay_id,
+                            code, message,
+                            "Stored replay id rejected (expired or unknown): recording a re-sync and resuming from the oldest retained event."
+                        );
+                        let from_ms = self.stats.last_commit_ms.load(Relaxed);
+                        for object in &self.objects {
+                            let req = ResyncRequest {
+                                object: object.clone(),
+                                channel: self.channel.clone(),
+                                from_ms,
+                                reason: format!("replay id rejected: {code}"),
+                                event_key: None,
+                            };
+                            if let Err(e) = self.store.add_resync(&req).await {
+                                tracing::error!(error = %chain(&e), "Recording the re-sync failed; retrying.");
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                                continue 'outer;
+                            }
+                            self.stats.resyncs_requested.fetch_add(1, Relaxed);
+                        }
+                        force_earliest = true;
+                        continue 'outer;
+                    }
+                    Some(Err(e)) => {
+                        self.fail(&mut failures, "streaming", &chain(&e)).await;
+                        if e.class() == ErrorClass::User {
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                        }
+                        continue 'outer;
+                    }
+                };
+                failures = 0;
+                let Some(checkpoint) = batch.checkpoint.clone() else {
+                    continue;
+                };
+                if batch.is_empty() && sub.acked().as_ref() == Some(&checkpoint) {
+                    continue;
+                }
+                // Writer schemas first, so the apply stage can always decode what is logged.
+                for c in &batch.changes {
+                    if schemas.insert(c.schema_id.clone()) {
+                        let stored = async {
+                            let s = self.subscriber.schema(&c.schema_id).await.map_err(|e| chain(&e))?;
+                            self.store.put_schema(&c.schema_id, &s.json).await.map_err(|e| chain(&e))
+                        };
+                        if let Err(e) = stored.await {
+                            schemas.remove(&c.schema_id);
+                            self.fail(&mut failures, "storing a writer schema", &e).await;
+                            continue 'outer;
+                        }
+                    }
+                }
+                let raws: Vec<RawChange> = batch
+                    .changes
+                    .iter()
+                    .zip(&batch.payloads)
+                    .filter_map(|(c, p)| RawChange::from_change(c, p.clone()))
+                    .collect();
+                let dead: Vec<DeadLetter> = batch
+                    .undecoded
+                    .iter()
+                    .map(|u| DeadLetter {
+                        channel: self.channel.clone(),
+                        replay_id: Some(u.replay_id.clone()),
+                        schema_id: u.schema_id.clone(),
+                        stage: "decode".into(),
+                        error: chain(&u.error),
+                        payload: u.payload.to_vec(),
+                        object: None,
+                    })
+                    .collect();
+                match self
+                    .store
+                    .append_with_dead_letters(&self.channel, &raws, &dead, &checkpoint)
+                    .await
+                {
+                    Ok(out) => {
+                        sub.ack(&checkpoint);
+                        self.stats.ingested.fetch_add(out.appended, Relaxed);
+                        self.stats.duplicates.fetch_add(out.duplicates, Relaxed);
+                        self.stats.dead_letters.fetch_add(dead.len() as u64, Relaxed);
+                        self.appended.notify_one();
+                    }
+                    Err(e) => {
+                        // Not acknowledged: the stream restarts from the stored checkpoint.
+                        self.fail(&mut failures, "appending to the raw log", &chain(&e)).await;
+                        continue 'outer;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn fail(&self, failures: &mut u32, what: &str, error: &str) {
+        *failures += 1;
+        self.stats.errors.fetch_add(1, Relaxed);
+        let delay = Duration::from_millis((200u64 << (*failures).min(7)).min(30_000));
+        tracing::warn!(channel = %self.channel, attempt = *failures, error, "Ingest failed while {what}; retrying in {delay:?}.");
+        tokio::time::sleep(delay).await;
+    }
+}

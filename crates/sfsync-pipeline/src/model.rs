@@ -1,0 +1,294 @@
+//! The curated model of an object, built from its describe and the object's config: which
+//! columns the current-state table has (typed from describe), which are PII, which the SCD2
+//! history tracks, and how change-event field paths (including compound components such as
+//! `BillingAddress.City`) map onto columns. Pure: no I/O.
+
+use std::collections::HashMap;
+
+use sfsync_salesforce::rest::{FieldDescribe, ObjectDescribe};
+use sfsync_store::{ColumnDef, ColumnType, HistorySpec, ObjectModel};
+
+use crate::error::{PipelineError, Result};
+
+/// Which fields an object's SCD2 history tracks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HistoryFields {
+    None,
+    All,
+    Fields(Vec<String>),
+}
+
+/// One synced object as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectSpec {
+    /// API name (`Case`, `Service_Request__c`).
+    pub name: String,
+    /// CDC channel (`/data/CaseChangeEvent`).
+    pub channel: String,
+    pub history: HistoryFields,
+    pub pii_fields: Vec<String>,
+}
+
+impl ObjectSpec {
+    /// A spec with the default channel, no history and no PII.
+    pub fn new(name: &str) -> ObjectSpec {
+        ObjectSpec {
+            name: name.to_string(),
+            channel: default_channel(name),
+            history: HistoryFields::None,
+            pii_fields: Vec::new(),
+        }
+    }
+}
+
+/// `/data/<Name>ChangeEvent`; custom objects drop the `c` of `__c`.
+pub fn default_channel(object: &str) -> String {
+    match object.strip_suffix("__c") {
+        Some(base) => format!("/data/{base}__ChangeEvent"),
+        None => format!("/data/{object}ChangeEvent"),
+    }
+}
+
+/// Current-state table name of an object: `sf_` + lower-case API name.
+pub fn table_name(object: &str) -> String {
+    format!("sf_{}", object.to_ascii_lowercase())
+}
+
+/// Fields never stored as columns: the change stream does not carry them (sync metadata covers
+/// them) or they are derived.
+const EXCLUDED: [&str; 2] = ["SystemModstamp", "IsDeleted"];
+
+/// The model plus the lookups the apply stage needs.
+#[derive(Debug, Clone)]
+pub struct ObjectMapping {
+    pub model: ObjectModel,
+    /// Field API name → column index.
+    by_field: HashMap<String, usize>,
+    /// Compound parent → (component name in the change event, column index).
+    compounds: HashMap<String, Vec<(String, usize)>>,
+    /// Field API names to select when re-reading records (in column order).
+    pub soql_fields: Vec<String>,
+}
+
+impl ObjectMapping {
+    /// Builds the mapping of `spec` from `describe`. Errors name the object and the field: a
+    /// configured history or PII field that describe does not know, or one that is not stored.
+    pub fn build(describe: &ObjectDescribe, spec: &ObjectSpec) -> Result<ObjectMapping> {
+        let object = &spec.name;
+        let mut columns: Vec<ColumnDef> = Vec::new();
+        let mut by_field = HashMap::new();
+        let mut compounds: HashMap<String, Vec<(String, usize)>> = HashMap::new();
+        let mut soql_fields = Vec::new();
+        let pii = |f: &str| spec.pii_fields.iter().any(|p| p.eq_ignore_ascii_case(f));
+        for p in &spec.pii_fields {
+            let known = describe.field(p).is_some_and(is_stored);
+            if !known {
+                return Err(PipelineError::config(
+                    object,
+                    format!("pii field '{p}' is not a stored field of {object} (describe)"),
+                ));
+            }
+            if p.eq_ignore_ascii_case("Id") {
+                return Err(PipelineError::config(object, "'Id' cannot be a PII field"));
+            }
+        }
+        // Id first.
+        let id = describe
+            .field("Id")
+            .ok_or_else(|| PipelineError::config(object, "describe has no Id field"))?;
+        let mut push = |f: &FieldDescribe, columns: &mut Vec<ColumnDef>| {
+            let idx = columns.len();
+            columns.push(ColumnDef {
+                name: f.name.to_ascii_lowercase(),
+                field: f.name.clone(),
+                ty: column_type(&f.field_type),
+                pii: pii(&f.name),
+            });
+            by_field.insert(f.name.clone(), idx);
+            soql_fields.push(f.name.clone());
+            idx
+        };
+        push(id, &mut columns);
+        for f in &describe.fields {
+            if f.name == "Id" || !is_stored(f) {
+                continue;
+            }
+            let idx = push(f, &mut columns);
+            if let Some(parent) = &f.compound_field_name {
+                compounds
+                    .entry(parent.clone())
+                    .or_default()
+                    .push((component_name(parent, &f.name), idx));
+            }
+        }
+        let history = match &spec.history {
+            HistoryFields::None => None,
+            HistoryFields::All => Some(columns.iter().skip(1).map(|c| c.name.clone()).collect()),
+            HistoryFields::Fields(list) => {
+                let mut cols = Vec::new();
+                for f in list {
+                    let col = f.to_ascii_lowercase();
+                    if !columns.iter().any(|c| c.name == col) {
+                        return Err(PipelineError::config(
+                            object,
+                            format!("history field '{f}' is not a stored field of {object} (describe)"),
+                        ));
+                    }
+                    cols.push(col);
+                }
+                Some(cols)
+            }
+        }
+        .map(|columns| HistorySpec {
+            table: format!("{}_history", table_name(object)),
+            columns,
+        });
+        Ok(ObjectMapping {
+            model: ObjectModel {
+                object: describe.name.clone(),
+                table: table_name(object),
+                columns,
+                history,
+            },
+            by_field,
+            compounds,
+            soql_fields,
+        })
+    }
+
+    pub fn object(&self) -> &str {
+        &self.model.object
+    }
+
+    /// Column index of a field API name.
+    pub fn column_of_field(&self, field: &str) -> Option<usize> {
+        self.by_field.get(field).copied()
+    }
+
+    /// Columns of a compound field's components, by component name.
+    pub fn compound(&self, parent: &str) -> Option<&[(String, usize)]> {
+        self.compounds.get(parent).map(|v| v.as_slice())
+    }
+
+    /// The column a change-event path maps to: `Phone`, or `BillingAddress.City` → `billingcity`.
+    pub fn column_of_path(&self, path: &str) -> Option<usize> {
+        if let Some(i) = self.column_of_field(path) {
+            return Some(i);
+        }
+        let (parent, comp) = path.split_once('.')?;
+        self.compound(parent)?
+            .iter()
+            .find(|(c, _)| c == comp)
+            .map(|(_, i)| *i)
+    }
+}
+
+/// A field that has a column: not a compound parent, not a formula, not excluded.
+fn is_stored(f: &FieldDescribe) -> bool {
+    if f.is_compound() || EXCLUDED.contains(&f.name.as_str()) {
+        return false;
+    }
+    // Formula fields are `calculated`; so are person-name parents (`Name` on Contact), whose
+    // components are stored instead. Neither is carried by the change stream.
+    !f.calculated
+}
+
+/// The column type of a describe `type`.
+pub fn column_type(describe_type: &str) -> ColumnType {
+    match describe_type {
+        "boolean" => ColumnType::Boolean,
+        "int" | "long" => ColumnType::Integer,
+        "double" | "currency" | "percent" => ColumnType::Real,
+        "date" => ColumnType::Date,
+        "datetime" => ColumnType::Timestamp,
+        _ => ColumnType::Text,
+    }
+}
+
+/// Name of a component inside its compound record as the change event carries it:
+/// `BillingCity` in `BillingAddress` → `City`, `FirstName` in `Name` → `FirstName`,
+/// `Loc__Latitude__s` in `Loc__c` → `Latitude`.
+pub fn component_name(compound: &str, field: &str) -> String {
+    let prefix = compound
+        .strip_suffix("Address")
+        .or_else(|| compound.strip_suffix("__c").map(|_| ""))
+        .unwrap_or("");
+    let mut n = field.strip_prefix(prefix).unwrap_or(field);
+    if let Some(base) = compound.strip_suffix("__c") {
+        n = n
+            .strip_prefix(&format!("{base}__"))
+            .unwrap_or(n)
+            .trim_end_matches("__s");
+    }
+    n.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(name: &str, ty: &str) -> serde_json::Value {
+        serde_json::json!({"name": name, "type": ty})
+    }
+
+    fn describe() -> ObjectDescribe {
+        let mut street = field("BillingCity", "string");
+        street["compoundFieldName"] = "BillingAddress".into();
+        let mut formula = field("Score__c", "double");
+        formula["calculated"] = true.into();
+        serde_json::from_value(serde_json::json!({
+            "name": "Account",
+            "fields": [
+                field("Id", "id"), field("Name", "string"), field("AnnualRevenue", "currency"),
+                field("IsActive__c", "boolean"), field("LastModifiedDate", "datetime"),
+                field("SystemModstamp", "datetime"), field("BillingAddress", "address"),
+                street, formula, field("Phone", "phone"), field("Founded__c", "date"),
+            ]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn columns_are_typed_and_compounds_mapped() {
+        let mut spec = ObjectSpec::new("Account");
+        spec.history = HistoryFields::Fields(vec!["Name".into()]);
+        spec.pii_fields = vec!["Phone".into()];
+        let m = ObjectMapping::build(&describe(), &spec).unwrap();
+        let names: Vec<_> = m.model.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["id", "name", "annualrevenue", "isactive__c", "lastmodifieddate", "billingcity", "phone", "founded__c"]
+        );
+        assert_eq!(m.model.columns[2].ty, ColumnType::Real);
+        assert_eq!(m.model.columns[3].ty, ColumnType::Boolean);
+        assert_eq!(m.model.columns[4].ty, ColumnType::Timestamp);
+        assert_eq!(m.model.columns[7].ty, ColumnType::Date);
+        assert!(m.model.columns[6].pii);
+        assert_eq!(m.column_of_path("BillingAddress.City"), Some(5));
+        assert_eq!(m.column_of_path("Phone"), Some(6));
+        assert_eq!(m.column_of_path("Score__c"), None);
+        assert_eq!(m.model.history.as_ref().unwrap().columns, ["name"]);
+        assert_eq!(m.model.table, "sf_account");
+    }
+
+    #[test]
+    fn unknown_config_fields_are_named() {
+        let mut spec = ObjectSpec::new("Account");
+        spec.pii_fields = vec!["Nope".into()];
+        let e = ObjectMapping::build(&describe(), &spec).unwrap_err().to_string();
+        assert!(e.contains("Account") && e.contains("Nope"), "{e}");
+        let mut spec = ObjectSpec::new("Account");
+        spec.history = HistoryFields::Fields(vec!["Score__c".into()]);
+        let e = ObjectMapping::build(&describe(), &spec).unwrap_err().to_string();
+        assert!(e.contains("Score__c"), "{e}");
+    }
+
+    #[test]
+    fn channels_and_components() {
+        assert_eq!(default_channel("Case"), "/data/CaseChangeEvent");
+        assert_eq!(default_channel("Payment__c"), "/data/Payment__ChangeEvent");
+        assert_eq!(component_name("BillingAddress", "BillingCity"), "City");
+        assert_eq!(component_name("Name", "FirstName"), "FirstName");
+        assert_eq!(component_name("Loc__c", "Loc__Latitude__s"), "Latitude");
+    }
+}

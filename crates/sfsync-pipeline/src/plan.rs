@@ -1,0 +1,411 @@
+//! The apply planner: given a batch of per-record changes in log order and the current rows of
+//! the records they touch, computes everything the warehouse must write — final rows, SCD2
+//! steps, audit entries, repair requests — as one [`CuratedBatch`]. Pure and deterministic.
+//!
+//! Ordering guarantee: each field (and the record's deleted flag) holds the value of the
+//! highest-version change that set it, whatever order changes arrive in (per-field versions,
+//! last-writer-wins by (commitTimestamp, commitNumber, sequenceNumber)). A change older than the
+//! record's newest applied change is "late": it can only set fields no newer change has set, and
+//! it does not touch history. In-order changes write history: a change to a tracked column
+//! closes the current version at the change's commit time and opens the next; other changes
+//! refresh the current version in place; a delete closes it; an undelete opens a new one.
+
+use std::collections::{BTreeMap, HashMap};
+
+use sfsync_core::RecordVersion;
+use sfsync_store::{
+    AuditEntry, CuratedBatch, CurrentRow, HistoryWrite, RepairRequest, SyncMeta, Value,
+};
+
+use crate::model::ObjectMapping;
+use crate::normalize::{Op, RecordChange};
+
+/// Counts of one planned batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlanStats {
+    /// Record changes applied in order.
+    pub applied: u64,
+    /// Older than the record's newest change, some fields still applied.
+    pub late: u64,
+    /// Older than everything they touch: nothing applied.
+    pub stale: u64,
+    /// Changes made by sfsync itself (origin client = ours).
+    pub own_writes: u64,
+    pub repairs: u64,
+}
+
+/// Per-field versions: fields set after the row's last full write. Key `_live` is the deleted
+/// flag.
+#[derive(Debug, Default, Clone)]
+struct FieldVersions(BTreeMap<String, RecordVersion>);
+
+const LIVE: &str = "_live";
+
+impl FieldVersions {
+    fn parse(text: Option<&str>) -> FieldVersions {
+        let Some(t) = text else {
+            return FieldVersions::default();
+        };
+        let raw: BTreeMap<String, (i64, i64, i32)> = serde_json::from_str(t).unwrap_or_default();
+        FieldVersions(
+            raw.into_iter()
+                .map(|(k, (a, b, c))| {
+                    (
+                        k,
+                        RecordVersion {
+                            commit_timestamp: a,
+                            commit_number: b,
+                            sequence_number: c,
+                        },
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn render(&self) -> Option<String> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let raw: BTreeMap<&str, (i64, i64, i32)> = self
+            .0
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str(),
+                    (v.commit_timestamp, v.commit_number, v.sequence_number),
+                )
+            })
+            .collect();
+        serde_json::to_string(&raw).ok()
+    }
+
+    fn get(&self, key: &str, base: RecordVersion) -> RecordVersion {
+        self.0.get(key).copied().unwrap_or(base)
+    }
+}
+
+/// Plans one batch.
+pub struct Planner<'a> {
+    pub mappings: &'a HashMap<String, ObjectMapping>,
+    pub run_id: &'a str,
+    /// Our own `Sforce-Call-Options` client id.
+    pub own_client: &'a str,
+    pub now_ms: i64,
+}
+
+impl Planner<'_> {
+    /// Plans `changes` (object, change) in order against `rows` (the current rows of the touched
+    /// records, keyed by (object, id); updated in place to the state after the batch).
+    pub fn plan(
+        &self,
+        rows: &mut HashMap<(String, String), CurrentRow>,
+        changes: &[(String, RecordChange)],
+        batch: &mut CuratedBatch,
+    ) -> PlanStats {
+        let mut stats = PlanStats::default();
+        let mut touched: Vec<(String, String)> = Vec::new();
+        for (object, ch) in changes {
+            let Some(m) = self.mappings.get(object) else {
+                continue;
+            };
+            let key = (object.clone(), ch.id.clone());
+            if !rows.contains_key(&key) {
+                touched.push(key.clone());
+            } else if !touched.contains(&key) {
+                touched.push(key.clone());
+            }
+            if ch.origin_client.as_deref() == Some(self.own_client) {
+                stats.own_writes += 1;
+            }
+            let outcome = self.apply_one(m, rows, &key, ch, batch, &mut stats);
+            let mut values = BTreeMap::new();
+            let cols = &m.model.columns;
+            for (c, v) in &ch.values {
+                if ch.op == Op::Patch || !v.is_null() {
+                    values.insert(cols[*c].name.clone(), v.clone());
+                }
+            }
+            batch.audit.push(AuditEntry {
+                object: object.clone(),
+                record_id: ch.id.clone(),
+                change_type: ch.change_type.to_string(),
+                event_key: ch.event_key.clone(),
+                commit_timestamp_ms: ch.version.commit_timestamp,
+                commit_user: ch.commit_user.clone(),
+                change_origin: ch.change_origin.clone(),
+                source: ch.source,
+                fields: ch.fields.clone(),
+                values,
+                outcome: outcome.to_string(),
+                replay_id: ch.replay_id.clone(),
+                run_id: self.run_id.to_string(),
+                applied_at_ms: self.now_ms,
+            });
+        }
+        touched.sort();
+        touched.dedup();
+        for key in touched {
+            if let Some(row) = rows.get(&key) {
+                batch.rows.push((key.0.clone(), row.clone()));
+            }
+        }
+        stats
+    }
+
+    fn meta(&self, ch: &RecordChange) -> SyncMeta {
+        SyncMeta {
+            version: ch.version,
+            change_type: ch.change_type.to_string(),
+            source: ch.source,
+            transaction_key: ch.transaction_key.clone(),
+            replay_id: ch.replay_id.clone(),
+            run_id: self.run_id.to_string(),
+            applied_at_ms: self.now_ms,
+            origin_client: ch.origin_client.clone(),
+        }
+    }
+
+    fn apply_one(
+        &self,
+        m: &ObjectMapping,
+        rows: &mut HashMap<(String, String), CurrentRow>,
+        key: &(String, String),
+        ch: &RecordChange,
+        batch: &mut CuratedBatch,
+        stats: &mut PlanStats,
+    ) -> &'static str {
+        let cols = &m.model.columns;
+        let object = &key.0;
+        let Some(row) = rows.get_mut(key) else {
+            // First sight of the record.
+            let mut row = CurrentRow {
+                id: ch.id.clone(),
+                values: BTreeMap::new(),
+                meta: self.meta(ch),
+                deleted: false,
+                base_version: RecordVersion::default(),
+                field_versions: None,
+                history_version: None,
+                partial: false,
+            };
+            row.values.insert("id".into(), Value::Text(ch.id.clone()));
+            let mut fv = FieldVersions::default();
+            let mut outcome = "applied";
+            match ch.op {
+                Op::Full => {
+                    for (c, v) in &ch.values {
+                        row.values.insert(cols[*c].name.clone(), v.clone());
+                    }
+                    row.base_version = ch.version;
+                    row.deleted = ch.deleted;
+                }
+                Op::Patch => {
+                    for (c, v) in &ch.values {
+                        row.values.insert(cols[*c].name.clone(), v.clone());
+                        fv.0.insert(cols[*c].name.clone(), ch.version);
+                    }
+                    row.partial = true;
+                    batch.repairs.push(RepairRequest {
+                        object: object.clone(),
+                        record_ids: vec![ch.id.clone()],
+                        reason: "update_for_unknown_record".into(),
+                        event_key: ch.event_key.clone(),
+                        commit_timestamp_ms: ch.version.commit_timestamp,
+                    });
+                    stats.repairs += 1;
+                    outcome = "repair_requested";
+                }
+                Op::Delete => {
+                    row.deleted = true;
+                    fv.0.insert(LIVE.into(), ch.version);
+                }
+            }
+            row.field_versions = fv.render();
+            if let Some(h) = &m.model.history {
+                if ch.op == Op::Full && !row.deleted {
+                    row.history_version = Some(1);
+                    batch.history.push(HistoryWrite::Open {
+                        object: object.clone(),
+                        id: ch.id.clone(),
+                        version: 1,
+                        valid_from_ms: ch.version.commit_timestamp,
+                        values: tracked(&row.values, &h.columns),
+                        meta: row.meta.clone(),
+                    });
+                }
+            }
+            stats.applied += 1;
+            rows.insert(key.clone(), row);
+            return outcome;
+        };
+
+        let v = ch.version;
+        let in_order = v > row.meta.version;
+        // A full re-read of a record known only from partial updates completes it even when the
+        // snapshot is not newer than those updates.
+        let completes_partial = row.partial && ch.op == Op::Full;
+        let mut fv = FieldVersions::parse(row.field_versions.as_deref());
+        let base = row.base_version;
+        let before_deleted = row.deleted;
+        let before_partial = row.partial;
+        let before_tracked = m
+            .model
+            .history
+            .as_ref()
+            .map(|h| tracked(&row.values, &h.columns));
+        let mut any = false;
+        let mut outcome = "applied";
+        match ch.op {
+            Op::Full => {
+                for (c, val) in &ch.values {
+                    let name = &cols[*c].name;
+                    if fv.get(name, base) < v {
+                        row.values.insert(name.clone(), val.clone());
+                        fv.0.insert(name.clone(), v);
+                        any = true;
+                    }
+                }
+                if fv.get(LIVE, base) < v {
+                    row.deleted = ch.deleted;
+                    fv.0.insert(LIVE.into(), v);
+                    any = true;
+                }
+                if in_order {
+                    // Every field is now at `v`: compact.
+                    row.base_version = v;
+                    fv.0.clear();
+                }
+                row.partial = false;
+            }
+            Op::Patch => {
+                for (c, val) in &ch.values {
+                    let name = &cols[*c].name;
+                    if fv.get(name, base) < v {
+                        row.values.insert(name.clone(), val.clone());
+                        fv.0.insert(name.clone(), v);
+                        any = true;
+                    }
+                }
+                for (c, patch) in &ch.diffs {
+                    let name = &cols[*c].name;
+                    if fv.get(name, base) >= v {
+                        continue;
+                    }
+                    let prev = match row.values.get(name) {
+                        Some(Value::Text(s)) => Some(s.as_str()),
+                        Some(Value::Null) => Some(""),
+                        _ => None,
+                    };
+                    let applied = prev.and_then(|p| {
+                        sfsync_salesforce::pubsub::diff::apply(p, patch)
+                            .value()
+                            .map(str::to_string)
+                    });
+                    match applied {
+                        Some(new) => {
+                            row.values.insert(name.clone(), Value::Text(new));
+                            fv.0.insert(name.clone(), v);
+                            any = true;
+                        }
+                        None => {
+                            batch.repairs.push(RepairRequest {
+                                object: object.clone(),
+                                record_ids: vec![ch.id.clone()],
+                                reason: format!("diff_not_applicable:{}", cols[*c].field),
+                                event_key: ch.event_key.clone(),
+                                commit_timestamp_ms: v.commit_timestamp,
+                            });
+                            stats.repairs += 1;
+                            outcome = "repair_requested";
+                        }
+                    }
+                }
+            }
+            Op::Delete => {
+                if fv.get(LIVE, base) < v {
+                    row.deleted = true;
+                    fv.0.insert(LIVE.into(), v);
+                    any = true;
+                }
+            }
+        }
+        row.field_versions = fv.render();
+        if !in_order && !completes_partial {
+            if any {
+                stats.late += 1;
+                return "late";
+            }
+            stats.stale += 1;
+            return "stale";
+        }
+        if in_order {
+            row.meta = self.meta(ch);
+        }
+        stats.applied += 1;
+        if let (Some(h), Some(before)) = (&m.model.history, before_tracked) {
+            let after = tracked(&row.values, &h.columns);
+            let open = row.history_version.filter(|_| !before_deleted && !before_partial);
+            let next = row.history_version.unwrap_or(0) + 1;
+            let meta = row.meta.clone();
+            let ts = v.commit_timestamp;
+            if row.deleted {
+                if let Some(n) = open {
+                    batch.history.push(HistoryWrite::Close {
+                        object: object.clone(),
+                        id: ch.id.clone(),
+                        version: n,
+                        valid_to_ms: ts,
+                        end_change_type: ch.change_type.to_string(),
+                    });
+                }
+            } else if row.partial {
+                // Tracked values unknown until the repair re-reads the record.
+            } else if let Some(n) = open {
+                if after != before {
+                    batch.history.push(HistoryWrite::Close {
+                        object: object.clone(),
+                        id: ch.id.clone(),
+                        version: n,
+                        valid_to_ms: ts,
+                        end_change_type: ch.change_type.to_string(),
+                    });
+                    batch.history.push(HistoryWrite::Open {
+                        object: object.clone(),
+                        id: ch.id.clone(),
+                        version: n + 1,
+                        valid_from_ms: ts,
+                        values: after,
+                        meta,
+                    });
+                    row.history_version = Some(n + 1);
+                } else {
+                    batch.history.push(HistoryWrite::Touch {
+                        object: object.clone(),
+                        id: ch.id.clone(),
+                        version: n,
+                        meta,
+                    });
+                }
+            } else {
+                batch.history.push(HistoryWrite::Open {
+                    object: object.clone(),
+                    id: ch.id.clone(),
+                    version: next,
+                    valid_from_ms: ts,
+                    values: after,
+                    meta,
+                });
+                row.history_version = Some(next);
+            }
+        }
+        outcome
+    }
+}
+
+fn tracked(values: &BTreeMap<String, Value>, columns: &[String]) -> BTreeMap<String, Value> {
+    columns
+        .iter()
+        .map(|c| (c.clone(), values.get(c).cloned().unwrap_or(Value::Null)))
+        .collect()
+}

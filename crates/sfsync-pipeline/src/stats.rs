@@ -1,0 +1,109 @@
+//! Live counters of a running pipeline, shared with the CLI (progress lines), the benchmark and
+//! tests. Lock-free; a commit→curated latency histogram with log-spaced buckets.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// Upper bounds (ms) of the latency buckets; the last bucket is open-ended.
+pub const LATENCY_BUCKETS_MS: [u64; 16] = [
+    5, 10, 25, 50, 100, 200, 300, 500, 750, 1_000, 2_000, 5_000, 10_000, 30_000, 60_000, 120_000,
+];
+
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    /// Events appended to the raw log.
+    pub ingested: AtomicU64,
+    /// Re-delivered events the raw log already held.
+    pub duplicates: AtomicU64,
+    /// Raw-log entries the apply stage has processed.
+    pub processed: AtomicU64,
+    /// Record changes applied in order.
+    pub applied: AtomicU64,
+    pub late: AtomicU64,
+    pub stale: AtomicU64,
+    pub own_writes: AtomicU64,
+    pub repairs_requested: AtomicU64,
+    pub repairs_done: AtomicU64,
+    pub resyncs_requested: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub errors: AtomicU64,
+    pub batches: AtomicU64,
+    /// Commit timestamp (ms) of the newest applied change.
+    pub last_commit_ms: AtomicI64,
+    /// When (ms) the newest batch was applied.
+    pub last_applied_at_ms: AtomicI64,
+    latency: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
+    latency_sum_ms: AtomicU64,
+}
+
+impl PipelineStats {
+    /// Records one change's commit→curated latency.
+    pub fn observe_latency(&self, ms: i64) {
+        let ms = ms.max(0) as u64;
+        let i = LATENCY_BUCKETS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(LATENCY_BUCKETS_MS.len());
+        self.latency[i].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_ms.fetch_add(ms, Ordering::Relaxed);
+    }
+
+    /// Bucket counts (cumulative order as [`LATENCY_BUCKETS_MS`], then the overflow bucket).
+    pub fn latency_counts(&self) -> Vec<u64> {
+        self.latency
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// The latency quantile `q` (0..1) as the upper bound of its bucket, in ms.
+    pub fn latency_quantile_ms(&self, q: f64) -> Option<u64> {
+        quantile(&self.latency_counts(), q)
+    }
+
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// Quantile from bucket counts (upper bound of the bucket; the overflow bucket reports
+/// `u64::MAX`).
+pub fn quantile(counts: &[u64], q: f64) -> Option<u64> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, c) in counts.iter().enumerate() {
+        seen += c;
+        if seen >= rank {
+            return Some(LATENCY_BUCKETS_MS.get(i).copied().unwrap_or(u64::MAX));
+        }
+    }
+    None
+}
+
+/// Difference of two bucket-count snapshots (for a measurement window).
+pub fn diff_counts(after: &[u64], before: &[u64]) -> Vec<u64> {
+    after
+        .iter()
+        .zip(before)
+        .map(|(a, b)| a.saturating_sub(*b))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_come_from_buckets() {
+        let s = PipelineStats::default();
+        for ms in [1, 2, 3, 7, 400, 900] {
+            s.observe_latency(ms);
+        }
+        assert_eq!(s.latency_quantile_ms(0.5), Some(5));
+        assert_eq!(s.latency_quantile_ms(0.99), Some(1_000));
+        assert_eq!(quantile(&[0; 17], 0.5), None);
+    }
+}
