@@ -409,3 +409,253 @@ fn tracked(values: &BTreeMap<String, Value>, columns: &[String]) -> BTreeMap<Str
         .map(|c| (c.clone(), values.get(c).cloned().unwrap_or(Value::Null)))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{HistoryFields, ObjectSpec};
+    use proptest::prelude::*;
+    use sfsync_store::ChangeSource;
+
+    fn mapping() -> ObjectMapping {
+        let f = |n: &str, t: &str| serde_json::json!({"name": n, "type": t});
+        let d = serde_json::from_value(serde_json::json!({
+            "name": "Case",
+            "fields": [f("Id", "id"), f("Status", "picklist"), f("Priority", "picklist"),
+                       f("Subject", "string"), f("Hours__c", "double")]
+        }))
+        .unwrap();
+        let mut spec = ObjectSpec::new("Case");
+        spec.history = HistoryFields::Fields(vec!["Status".into()]);
+        ObjectMapping::build(&d, &spec).unwrap()
+    }
+
+    fn change(id: &str, op: Op, ts: i64, values: Vec<(usize, Value)>) -> RecordChange {
+        RecordChange {
+            id: id.into(),
+            op,
+            change_type: match op {
+                Op::Full => "CREATE",
+                Op::Patch => "UPDATE",
+                Op::Delete => "DELETE",
+            },
+            version: RecordVersion {
+                commit_timestamp: ts,
+                commit_number: ts,
+                sequence_number: 1,
+            },
+            values,
+            diffs: vec![],
+            deleted: false,
+            fields: vec![],
+            event_key: format!("tx{ts}/1/{id}"),
+            transaction_key: format!("tx{ts}"),
+            replay_id: None,
+            commit_user: String::new(),
+            change_origin: String::new(),
+            origin_client: None,
+            source: ChangeSource::Cdc,
+        }
+    }
+
+    /// A plausible history per record: create, then updates / delete / undelete.
+    fn history_strategy() -> impl Strategy<Value = Vec<(String, RecordChange)>> {
+        let step = (0u8..6, 0usize..4, 0u8..5);
+        proptest::collection::vec(proptest::collection::vec(step, 1..12), 1..4).prop_map(
+            |records| {
+                let mut out = Vec::new();
+                let mut ts = 1_000;
+                for (r, steps) in records.iter().enumerate() {
+                    let id = format!("500{r}");
+                    let full = |ts: i64, k: u8| {
+                        let vals = (1..5)
+                            .map(|c| (c, Value::Text(format!("v{k}-{c}"))))
+                            .collect();
+                        change(&id, Op::Full, ts, vals)
+                    };
+                    ts += 1;
+                    out.push(full(ts, 0));
+                    let mut deleted = false;
+                    for (kind, col, val) in steps {
+                        ts += 1;
+                        let ch = match (kind, deleted) {
+                            (0, false) => {
+                                deleted = true;
+                                change(&id, Op::Delete, ts, vec![])
+                            }
+                            (_, true) => {
+                                deleted = false;
+                                let mut c = full(ts, *val);
+                                c.change_type = "UNDELETE";
+                                c
+                            }
+                            (1, false) => change(&id, Op::Patch, ts, vec![(col + 1, Value::Null)]),
+                            _ => change(
+                                &id,
+                                Op::Patch,
+                                ts,
+                                vec![(col + 1, Value::Text(format!("u{val}")))],
+                            ),
+                        };
+                        out.push(ch);
+                    }
+                }
+                // Interleave records by commit order (as one channel delivers them).
+                out.sort_by_key(|c: &RecordChange| c.version);
+                out.into_iter().map(|c| ("Case".to_string(), c)).collect()
+            },
+        )
+    }
+
+    fn run(
+        changes: &[(String, RecordChange)],
+        batches: &[usize],
+    ) -> (HashMap<(String, String), CurrentRow>, Vec<HistoryWrite>) {
+        let m = mapping();
+        let mut mappings = HashMap::new();
+        mappings.insert("Case".to_string(), m);
+        let planner = Planner {
+            mappings: &mappings,
+            run_id: "r",
+            own_client: "sfsync",
+            now_ms: 0,
+        };
+        let mut rows = HashMap::new();
+        let mut history = Vec::new();
+        let mut rest = changes;
+        let mut i = 0;
+        while !rest.is_empty() {
+            let n = batches.get(i).copied().unwrap_or(3).clamp(1, rest.len());
+            let mut batch = CuratedBatch::default();
+            planner.plan(&mut rows, &rest[..n], &mut batch);
+            history.extend(batch.history);
+            rest = &rest[n..];
+            i += 1;
+        }
+        (rows, history)
+    }
+
+    fn state(rows: &HashMap<(String, String), CurrentRow>) -> Vec<(String, bool, Vec<Value>)> {
+        let mut out: Vec<_> = rows
+            .values()
+            .map(|r| {
+                let vals = ["status", "priority", "subject", "hours__c"]
+                    .iter()
+                    .map(|c| r.values.get(*c).cloned().unwrap_or(Value::Null))
+                    .collect();
+                (r.id.clone(), r.deleted, vals)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Replays history writes into a table and checks the SCD2 invariants.
+    fn check_scd2(history: &[HistoryWrite]) {
+        let mut table: BTreeMap<(String, i64), (i64, Option<i64>, bool)> = BTreeMap::new();
+        for h in history {
+            match h {
+                HistoryWrite::Open { id, version, valid_from_ms, .. } => {
+                    assert!(table.insert((id.clone(), *version), (*valid_from_ms, None, true)).is_none());
+                }
+                HistoryWrite::Close { id, version, valid_to_ms, .. } => {
+                    let v = table.get_mut(&(id.clone(), *version)).expect("closing an existing version");
+                    assert!(v.2, "closing a version that is not current");
+                    *v = (v.0, Some(*valid_to_ms), false);
+                }
+                HistoryWrite::Touch { id, version, .. } => {
+                    assert!(table[&(id.clone(), *version)].2, "touching a closed version");
+                }
+            }
+        }
+        let mut by_id: BTreeMap<&str, Vec<(i64, Option<i64>, bool)>> = BTreeMap::new();
+        for ((id, _), v) in &table {
+            by_id.entry(id).or_default().push(*v);
+        }
+        for (id, versions) in by_id {
+            assert!(versions.iter().filter(|v| v.2).count() <= 1, "{id}: several current versions");
+            for w in versions.windows(2) {
+                assert!(w[0].1.expect("superseded version closed") <= w[1].0, "{id}: overlap");
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn any_redelivery_and_order_converges(
+            changes in history_strategy(),
+            seed in any::<u64>(),
+            batches in proptest::collection::vec(1usize..6, 0..20),
+        ) {
+            let (expected, history) = run(&changes, &[changes.len()]);
+            check_scd2(&history);
+            // Redeliver: duplicates of random changes, then shuffle everything.
+            let mut rng = seed;
+            let mut next = || { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; rng };
+            let mut delivered = changes.clone();
+            for _ in 0..changes.len() / 2 + 1 {
+                let i = (next() as usize) % changes.len();
+                delivered.push(changes[i].clone());
+            }
+            // In-order delivery with duplicates: identical state and identical history.
+            let mut in_order = delivered.clone();
+            in_order.sort_by_key(|(_, c)| c.version);
+            let (rows, hist) = run(&in_order, &batches);
+            prop_assert_eq!(state(&rows), state(&expected));
+            prop_assert_eq!(hist.len(), history.len());
+            check_scd2(&hist);
+            // Any order: the same current state.
+            for i in (1..delivered.len()).rev() {
+                let j = (next() as usize) % (i + 1);
+                delivered.swap(i, j);
+            }
+            let (rows, hist) = run(&delivered, &batches);
+            prop_assert_eq!(state(&rows), state(&expected));
+            check_scd2(&hist);
+        }
+    }
+
+    #[test]
+    fn partial_update_touches_only_its_fields_and_history_follows_tracked_fields() {
+        let changes = vec![
+            ("Case".to_string(), change("5001", Op::Full, 10, (1..5).map(|c| (c, Value::Text(format!("a{c}")))).collect())),
+            ("Case".to_string(), change("5001", Op::Patch, 11, vec![(3, Value::Text("new subject".into()))])),
+            ("Case".to_string(), change("5001", Op::Patch, 12, vec![(1, Value::Text("Closed".into())), (2, Value::Null)])),
+            ("Case".to_string(), change("5001", Op::Delete, 13, vec![])),
+        ];
+        let (rows, history) = run(&changes, &[10]);
+        let row = &rows[&("Case".to_string(), "5001".to_string())];
+        assert_eq!(row.values["status"], Value::Text("Closed".into()));
+        assert_eq!(row.values["priority"], Value::Null);
+        assert_eq!(row.values["subject"], Value::Text("new subject".into()));
+        assert_eq!(row.values["hours__c"], Value::Text("a4".into()));
+        assert!(row.deleted);
+        // Open v1, touch (untracked subject), close v1 + open v2 (status), close v2 (delete).
+        let kinds: Vec<&str> = history
+            .iter()
+            .map(|h| match h {
+                HistoryWrite::Open { .. } => "open",
+                HistoryWrite::Close { .. } => "close",
+                HistoryWrite::Touch { .. } => "touch",
+            })
+            .collect();
+        assert_eq!(kinds, ["open", "touch", "close", "open", "close"]);
+    }
+
+    #[test]
+    fn update_for_an_unknown_record_requests_a_repair() {
+        let changes = vec![("Case".to_string(), change("5009", Op::Patch, 10, vec![(1, Value::Text("x".into()))]))];
+        let m = mapping();
+        let mut mappings = HashMap::new();
+        mappings.insert("Case".to_string(), m);
+        let planner = Planner { mappings: &mappings, run_id: "r", own_client: "sfsync", now_ms: 0 };
+        let mut rows = HashMap::new();
+        let mut batch = CuratedBatch::default();
+        planner.plan(&mut rows, &changes, &mut batch);
+        assert_eq!(batch.repairs.len(), 1);
+        assert!(rows[&("Case".to_string(), "5009".to_string())].partial);
+        assert_eq!(batch.audit[0].outcome, "repair_requested");
+    }
+}

@@ -10,9 +10,11 @@ use anyhow::{Context, Result};
 use clap::Args;
 use sfsync_emulator::load::{LoadConfig, LoadGenerator};
 use sfsync_emulator::EmulatorConfig;
-use sfsync_salesforce::{
-    AuthFlow, ClientConfig, CredentialsFile, QueryJobRequest, SalesforceClient,
-};
+use sfsync_pipeline::{ApplyConfig, HistoryFields, ObjectSpec, PipelineConfig, PipelineStats};
+use sfsync_salesforce::pubsub::{ReplayStart, Subscriber, SubscriberConfig};
+use sfsync_salesforce::{AuthFlow, ClientConfig, CredentialsFile, SalesforceClient, TokenSource};
+use sfsync_store::{Keyring, SqliteChangeLog, Warehouse};
+use std::sync::Arc;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -72,22 +74,60 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     .map_err(|e| anyhow::anyhow!("seeding the demo org: {e}"))?;
 
     let creds = CredentialsFile::load(&running.credentials_path)?;
-    let client = SalesforceClient::new(
-        ClientConfig::new(running.base_url.clone(), Some(running.ca_pem_path.clone())),
-        creds.credentials(AuthFlow::JwtBearer)?,
-    )?;
+    let mut cc = ClientConfig::new(running.base_url.clone(), Some(running.ca_pem_path.clone()));
+    cc.call_options_client = Some("sfsync".into());
+    let credentials = creds.credentials(AuthFlow::JwtBearer)?;
+    let client = SalesforceClient::new(cc, credentials.clone())?;
+
+    // The pipeline: Pub/Sub CDC → raw change log → curated tables in a local SQLite warehouse.
+    let warehouse = args.data_dir.join("warehouse.db");
+    let store = SqliteChangeLog::open(&warehouse)
+        .await
+        .with_context(|| format!("opening {}", warehouse.display()))?;
+    store.set_keyring(Some(Arc::new(demo_keyring(&args.data_dir)?)));
+    let store: Arc<dyn Warehouse> = Arc::new(store);
+    let tokens = Arc::new(TokenSource::new(client.http().clone(), credentials));
+    let subscriber = Subscriber::connect(
+        SubscriberConfig::new(
+            running.credentials.pubsub_address.clone(),
+            Some(running.ca_pem_path.clone()),
+        ),
+        tokens,
+    )
+    .await
+    .context("connecting to the emulator's Pub/Sub API")?;
+    let pipeline = sfsync_pipeline::start(
+        store.clone(),
+        Arc::new(client.clone()),
+        subscriber,
+        PipelineConfig {
+            objects: demo_objects(),
+            apply: ApplyConfig {
+                batch_max_records: 1000,
+                gap_reread_batch_records: 200,
+                own_client: "sfsync".into(),
+                run_id: crate::run_cmd::new_run_id(),
+            },
+            initial: ReplayStart::Earliest,
+            idle_wait: Duration::from_millis(200),
+        },
+    )
+    .await
+    .context("starting the pipeline")?;
+    println!("  warehouse     {} (SQLite)", warehouse.display());
 
     let started = Instant::now();
     let stop_at = args.duration.map(|s| started + Duration::from_secs(s));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last = load.snapshot();
-    let mut last_cases = None;
+    let mut last_applied = 0u64;
     let signal = crate::emulator_cmd::shutdown_signal();
     tokio::pin!(signal);
+    let stats = pipeline.stats.clone();
     println!();
     println!(
-        "{:>6} {:>10} {:>12} {:>10} {:>12} {:>14}",
-        "secs", "changes/s", "changes", "txns", "Cases (SOQL)", "API used/max"
+        "{:>6} {:>10} {:>11} {:>10} {:>12} {:>9} {:>8} {:>8}",
+        "secs", "changes/s", "applied/s", "changes", "applied", "lag", "repairs", "dead"
     );
     loop {
         tokio::select! {
@@ -95,76 +135,106 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             _ = &mut signal => break,
         }
         let now = load.snapshot();
-        let secs = started.elapsed().as_secs();
-        if secs > 0 && secs.is_multiple_of(5) {
-            // The sfsync client reading the org over HTTPS, as the pipeline will.
-            match client
-                .query_page("SELECT COUNT() FROM Case", &Default::default())
-                .await
-            {
-                Ok(page) => last_cases = Some(page.total_size),
-                Err(e) => eprintln!("SOQL through the client failed: {e}"),
-            }
-        }
-        let usage = client
-            .api_usage()
-            .map(|u| format!("{}/{}", u.used, u.max))
-            .unwrap_or_else(|| "-".into());
+        let applied = PipelineStats::get(&stats.applied);
+        let last_commit = stats.last_commit_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let lag = if last_commit > 0 {
+            format!("{:.1}s", (chrono::Utc::now().timestamp_millis() - last_commit) as f64 / 1e3)
+        } else {
+            "-".into()
+        };
         println!(
-            "{:>6} {:>10} {:>12} {:>10} {:>12} {:>14}",
-            secs,
+            "{:>6} {:>10} {:>11} {:>10} {:>12} {:>9} {:>8} {:>8}",
+            started.elapsed().as_secs(),
             now.changes - last.changes,
+            applied - last_applied,
             now.changes,
-            now.transactions,
-            last_cases
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| "-".into()),
-            usage
+            applied,
+            lag,
+            PipelineStats::get(&stats.repairs_done),
+            PipelineStats::get(&stats.dead_letters),
         );
         last = now;
+        last_applied = applied;
         if stop_at.is_some_and(|t| Instant::now() >= t) {
             break;
         }
     }
     let total = load.stop();
-    println!();
-    println!("Exporting Cases through Bulk API 2.0 with the sfsync client…");
-    let t = Instant::now();
-    let mut stream = client
-        .bulk()
-        .query(
-            &QueryJobRequest::new(
-                "SELECT Id, CaseNumber, Status, Priority, LastModifiedDate FROM Case",
-            ),
-            None,
-        )
-        .await?;
-    let mut rows = 0usize;
-    while let Some(batch) = stream.next_batch().await? {
-        rows += batch.len();
+    // Let the pipeline catch up with the last changes (bounded), then stop it cleanly.
+    let drain_until = Instant::now() + Duration::from_secs(30);
+    let mut previous = u64::MAX;
+    while Instant::now() < drain_until {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let processed = PipelineStats::get(&stats.processed);
+        if processed == previous && PipelineStats::get(&stats.ingested) <= processed {
+            break;
+        }
+        previous = processed;
     }
-    println!(
-        "  {rows} Cases exported in {:.2} s",
-        t.elapsed().as_secs_f64()
-    );
+    pipeline.shutdown(Duration::from_secs(30)).await?;
     println!();
     println!(
-        "Summary: {} record changes in {} transactions over {:.0} s ({} rejected by validation).",
+        "Summary: {} record changes in {} transactions over {:.0} s ({} rejected by validation); \
+         {} change events ingested, {} record changes applied, {} repairs, {} dead letters.",
         total.changes,
         total.transactions,
         started.elapsed().as_secs_f64(),
-        total.failed_ops
+        total.failed_ops,
+        PipelineStats::get(&stats.ingested),
+        PipelineStats::get(&stats.applied),
+        PipelineStats::get(&stats.repairs_done),
+        PipelineStats::get(&stats.dead_letters),
     );
+    if let (Some(p50), Some(p99)) = (stats.latency_quantile_ms(0.5), stats.latency_quantile_ms(0.99)) {
+        println!("Commit → curated latency: p50 ≤ {p50} ms, p99 ≤ {p99} ms.");
+    }
+    println!();
+    println!("Query the warehouse with the sqlite3 tool, for example:");
+    let db = warehouse.display();
+    println!("  sqlite3 {db} 'SELECT status, count(*) FROM sf_case WHERE NOT _sf_deleted GROUP BY status'");
+    println!("  sqlite3 {db} 'SELECT id, status, valid_from, valid_to, is_current FROM sf_case_history ORDER BY id, _sf_version LIMIT 10'");
+    println!("  sqlite3 {db} 'SELECT object, record_id, change_type, outcome FROM audit_log ORDER BY seq DESC LIMIT 10'");
+    println!("Tables: sf_<object> (current state), sf_<object>_history (SCD2), raw_changes, audit_log.");
+    println!("Contact Email/Phone/Birthdate are PII: encrypted at rest (key in {}).", args.data_dir.join("pii.key").display());
     println!(
         "The org is kept in {} (restart the demo to continue from it).",
         args.data_dir.display()
     );
-    println!(
-        "Connect any Salesforce tool: instance URL {}, CA {}, credentials {}.",
-        running.base_url,
-        running.ca_pem_path.display(),
-        running.credentials_path.display()
-    );
-    println!("The warehouse pipeline (sfsync run) lands with the exactly-once pipeline issue.");
     running.shutdown().await
+}
+
+/// The demo's synced objects: the workload's standard and custom objects with SCD2 history on
+/// their status-like fields and the Contact's personal data as PII.
+fn demo_objects() -> Vec<ObjectSpec> {
+    let with = |name: &str, history: &[&str], pii: &[&str]| {
+        let mut s = ObjectSpec::new(name);
+        s.history = HistoryFields::Fields(history.iter().map(|f| f.to_string()).collect());
+        s.pii_fields = pii.iter().map(|f| f.to_string()).collect();
+        s
+    };
+    vec![
+        with("Case", &["Status", "Priority", "OwnerId"], &[]),
+        with("Account", &["Name", "Type"], &[]),
+        with("Contact", &["AccountId", "Email"], &["Email", "Phone", "Birthdate"]),
+        with("Opportunity", &["StageName", "Amount"], &[]),
+        with("Service_Request__c", &["Status__c"], &[]),
+        with("Payment__c", &["Status__c", "Amount__c"], &[]),
+    ]
+}
+
+/// The demo's PII key: generated once into `DIR/pii.key` (mode 0600).
+fn demo_keyring(dir: &std::path::Path) -> Result<Keyring> {
+    let path = dir.join("pii.key");
+    if !path.exists() {
+        let key: [u8; 32] = rand::random();
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(&path, hex).with_context(|| format!("writing {}", path.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    let hex = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Keyring::from_hex("demo-1", hex.trim()).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }

@@ -1,11 +1,13 @@
 //! The `sfsync` binary: command-line interface and wiring. Business logic lives in the library
 //! crates; this crate parses arguments, loads configuration and starts the right pieces.
 
+mod bench_pipeline;
 mod bench_pubsub;
 mod bench_salesforce;
 mod config;
 mod demo;
 mod emulator_cmd;
+mod run_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +27,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the pipeline: Salesforce CDC into the warehouse, until SIGTERM (`run --config FILE`).
+    Run(run_cmd::RunArgs),
     /// Run the Salesforce-compatible emulator (REST, SOAP login, OAuth, Bulk API 2.0, limits).
     Emulator(emulator_cmd::EmulatorArgs),
     /// The demo: embedded emulator, workload-shaped traffic, the sfsync client reading it, live figures.
@@ -58,6 +62,15 @@ struct BenchArgs {
     /// Pub/Sub suite: change events pre-committed and subscribed to.
     #[arg(long, default_value_t = 200_000)]
     events: usize,
+    /// Pipeline suite: Case change events committed before the pipeline starts.
+    #[arg(long, default_value_t = 100_000)]
+    backlog: usize,
+    /// Pipeline suite: seconds of offered load at each rate (2,000/s and 20,000/s).
+    #[arg(long, default_value_t = 15)]
+    load_secs: u64,
+    /// Pipeline suite: also measure a Postgres warehouse at this URL (a throwaway schema).
+    #[arg(long, env = "SFSYNC_BENCH_POSTGRES_URL")]
+    postgres_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -66,6 +79,8 @@ enum BenchSuite {
     Salesforce,
     /// CDC Avro decode rate (1 KB / 5 KB events) and end-to-end Pub/Sub subscribe rate.
     Pubsub,
+    /// The exactly-once pipeline: end-to-end events/s, CPU/event, latency at 2k and 20k/s, RSS.
+    Pipeline,
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -76,6 +91,14 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 rest_secs: args.rest_secs,
                 concurrency: args.concurrency,
                 upserts: args.upserts,
+            })
+            .await?
+        }
+        BenchSuite::Pipeline => {
+            bench_pipeline::run(bench_pipeline::PipelineBenchOptions {
+                backlog: args.backlog,
+                load_secs: args.load_secs,
+                postgres_url: args.postgres_url,
             })
             .await?
         }
@@ -117,6 +140,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Emulator(args) => emulator_cmd::run(args).await,
+            Command::Run(args) => run_cmd::run(args).await,
             Command::Bench(args) => bench(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Config(_) => unreachable!("handled before the runtime starts"),

@@ -16,10 +16,10 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod check;
-mod model;
-mod secrets;
+pub mod model;
+pub mod secrets;
 mod span;
-mod validate;
+pub mod validate;
 
 #[cfg(test)]
 mod tests;

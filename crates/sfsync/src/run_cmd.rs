@@ -1,0 +1,259 @@
+//! `sfsync run --config FILE`: the production process. Loads and validates the config, reads
+//! secrets, opens the warehouse (SQLite or Postgres) with the PII keyring, connects to
+//! Salesforce (REST for describe and repairs, Pub/Sub for CDC) and runs the pipeline until
+//! SIGTERM/SIGINT, then stops gracefully with a final checkpoint. Restarting resumes from the
+//! stored replay ids and apply offset; a SIGKILL loses nothing either (see the pipeline crate).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use sfsync_pipeline::{ApplyConfig, HistoryFields, ObjectSpec, PipelineConfig, PipelineStats};
+use sfsync_salesforce::pubsub::{ReplayStart, Subscriber, SubscriberConfig};
+use sfsync_salesforce::{ClientConfig, SalesforceClient, TokenSource};
+use sfsync_store::{Keyring, PostgresChangeLog, SqliteChangeLog, Warehouse};
+
+use crate::config::model::{HistoryFields as CfgHistory, SyncMode};
+use crate::config::secrets::{PiiKey, ResolvedSecrets};
+use crate::config::validate::{ValidConfig, ValidWarehouse};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The sfsync TOML config.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Where a channel with no stored replay id starts: the oldest retained event
+    /// (`earliest`, the default: nothing retained is missed) or only new events (`latest`).
+    #[arg(long, value_enum, default_value_t = StartAt::Earliest)]
+    pub start: StartAt,
+    /// Seconds between progress lines on stderr (0: none).
+    #[arg(long, default_value_t = 10)]
+    pub progress_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum StartAt {
+    Earliest,
+    Latest,
+}
+
+/// Loads the config and secrets, or prints every problem (`file:line:col: key: message`).
+pub fn load(path: &Path) -> Result<(ValidConfig, ResolvedSecrets)> {
+    let loaded = crate::config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let secrets = loaded
+        .resolve_secrets_from_env()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((loaded.config, secrets))
+}
+
+/// Opens the configured warehouse with the PII keyring (when configured).
+pub async fn open_store(
+    config: &ValidConfig,
+    secrets: &ResolvedSecrets,
+) -> Result<Arc<dyn Warehouse>> {
+    let keyring = secrets.pii_key.as_ref().map(keyring);
+    let store: Arc<dyn Warehouse> = match &config.warehouse {
+        ValidWarehouse::Sqlite { path } => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            let s = SqliteChangeLog::open(path)
+                .await
+                .with_context(|| format!("opening the SQLite warehouse {}", path.display()))?;
+            s.set_keyring(keyring);
+            Arc::new(s)
+        }
+        ValidWarehouse::Postgres { schema, .. } => {
+            let url = secrets
+                .warehouse_url
+                .as_ref()
+                .context("the Postgres warehouse URL was not resolved")?;
+            let s = connect_postgres(url.expose(), schema).await?;
+            s.set_keyring(keyring);
+            Arc::new(s)
+        }
+    };
+    Ok(store)
+}
+
+/// Connects to Postgres with `search_path` set to `schema` (created if missing).
+pub async fn connect_postgres(url: &str, schema: &str) -> Result<PostgresChangeLog> {
+    let mut pg: tokio_postgres::Config = url
+        .parse()
+        .context("the warehouse URL is not a valid Postgres connection string")?;
+    {
+        let (client, conn) = pg
+            .connect(tokio_postgres::NoTls)
+            .await
+            .context("connecting to the Postgres warehouse")?;
+        let task = tokio::spawn(conn);
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS \"{}\"",
+                schema.replace('"', "")
+            ))
+            .await
+            .with_context(|| format!("creating schema {schema}"))?;
+        drop(client);
+        let _ = task.await;
+    }
+    pg.options(format!("-c search_path={schema}"));
+    PostgresChangeLog::connect_with(&pg)
+        .await
+        .context("opening the Postgres warehouse")
+}
+
+fn keyring(k: &PiiKey) -> Arc<Keyring> {
+    Arc::new(Keyring::new(&k.id, k.key))
+}
+
+/// The pipeline's object specs from the config (poll-mode objects are reported and skipped
+/// until polling lands).
+pub fn object_specs(config: &ValidConfig) -> Vec<ObjectSpec> {
+    let mut out = Vec::new();
+    for o in &config.objects {
+        let Some(channel) = o.channel.clone() else {
+            if matches!(o.mode, SyncMode::Poll) {
+                tracing::warn!(object = %o.name, "mode = \"poll\" is not available yet; the object is not synced.");
+            }
+            continue;
+        };
+        out.push(ObjectSpec {
+            name: o.name.clone(),
+            channel,
+            history: match &o.history {
+                None => HistoryFields::None,
+                Some(CfgHistory::All) => HistoryFields::All,
+                Some(CfgHistory::List(l)) => HistoryFields::Fields(l.clone()),
+            },
+            pii_fields: o.pii_fields.clone(),
+        });
+    }
+    out
+}
+
+/// A REST client and a Pub/Sub subscriber for the configured org.
+pub async fn connect_salesforce(
+    config: &ValidConfig,
+    secrets: &ResolvedSecrets,
+) -> Result<(SalesforceClient, Subscriber)> {
+    let mut cc = ClientConfig::new(secrets.instance_url.clone(), secrets.ca_file.clone());
+    cc.call_options_client = Some(config.salesforce.client_id_header.clone());
+    let client = SalesforceClient::new(cc, secrets.credentials.clone())?;
+    let tokens = Arc::new(TokenSource::new(
+        client.http().clone(),
+        secrets.credentials.clone(),
+    ));
+    let address = secrets
+        .pubsub_address
+        .clone()
+        .unwrap_or_else(|| "api.pubsub.salesforce.com:7443".to_string());
+    let mut sc = SubscriberConfig::new(address, secrets.ca_file.clone());
+    sc.batch_size = config.pipeline.fetch_records.clamp(1, 100) as u32;
+    sc.top_up_at = sc.batch_size / 2;
+    let subscriber = Subscriber::connect(sc, tokens)
+        .await
+        .context("connecting to the Pub/Sub API")?;
+    Ok((client, subscriber))
+}
+
+/// The pipeline config from the file.
+pub fn pipeline_config(config: &ValidConfig, start: StartAt) -> PipelineConfig {
+    PipelineConfig {
+        objects: object_specs(config),
+        apply: ApplyConfig {
+            batch_max_records: config.pipeline.batch_max_records as usize,
+            gap_reread_batch_records: config.pipeline.gap_reread_batch_records as usize,
+            own_client: config.salesforce.client_id_header.clone(),
+            run_id: new_run_id(),
+        },
+        initial: match start {
+            StartAt::Earliest => ReplayStart::Earliest,
+            StartAt::Latest => ReplayStart::Latest,
+        },
+        idle_wait: Duration::from_millis(config.pipeline.batch_max_wait_ms),
+    }
+}
+
+pub fn new_run_id() -> String {
+    format!(
+        "run-{}-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// One progress line.
+pub fn progress_line(stats: &PipelineStats, elapsed: Duration, last_applied: &mut u64) -> String {
+    let applied = PipelineStats::get(&stats.applied);
+    let rate = (applied - *last_applied) as f64;
+    *last_applied = applied;
+    let lag = stats.last_commit_ms.load(std::sync::atomic::Ordering::Relaxed);
+    let lag = if lag > 0 {
+        format!("{:.1}s", (now_ms() - lag) as f64 / 1000.0)
+    } else {
+        "-".into()
+    };
+    format!(
+        "{:>6.0}s ingested {:>9} applied {:>9} ({:>7.0}/interval) lag {:>7} repairs {} dead letters {} errors {}",
+        elapsed.as_secs_f64(),
+        PipelineStats::get(&stats.ingested),
+        applied,
+        rate,
+        lag,
+        PipelineStats::get(&stats.repairs_done),
+        PipelineStats::get(&stats.dead_letters),
+        PipelineStats::get(&stats.errors),
+    )
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub async fn run(args: RunArgs) -> Result<()> {
+    let (config, secrets) = load(&args.config)?;
+    let store = open_store(&config, &secrets).await?;
+    let (client, subscriber) = connect_salesforce(&config, &secrets).await?;
+    let pc = pipeline_config(&config, args.start);
+    if pc.objects.is_empty() {
+        anyhow::bail!("{}: no object with mode = \"cdc\" to sync", args.config.display());
+    }
+    let running = sfsync_pipeline::start(store, Arc::new(client), subscriber, pc)
+        .await
+        .context("starting the pipeline")?;
+    eprintln!(
+        "sfsync run {}: {} objects into {}",
+        running.run_id,
+        running.mappings.len(),
+        config.warehouse.describe()
+    );
+    let started = Instant::now();
+    let signal = crate::emulator_cmd::shutdown_signal();
+    tokio::pin!(signal);
+    let mut last = 0;
+    let every = Duration::from_secs(args.progress_secs.max(1));
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            _ = tick.tick() => {
+                if args.progress_secs > 0 {
+                    eprintln!("{}", progress_line(&running.stats, started.elapsed(), &mut last));
+                }
+            }
+        }
+    }
+    eprintln!("Stopping: committing the final checkpoint…");
+    let stats = running.stats.clone();
+    running
+        .shutdown(Duration::from_secs(config.pipeline.shutdown_timeout_secs))
+        .await?;
+    eprintln!("{}", progress_line(&stats, started.elapsed(), &mut last));
+    eprintln!("Stopped cleanly.");
+    Ok(())
+}
