@@ -104,7 +104,10 @@ impl ObjectModel {
 
     /// Names of the PII columns.
     pub fn pii_columns(&self) -> impl Iterator<Item = &str> {
-        self.columns.iter().filter(|c| c.pii).map(|c| c.name.as_str())
+        self.columns
+            .iter()
+            .filter(|c| c.pii)
+            .map(|c| c.name.as_str())
     }
 }
 
@@ -163,7 +166,9 @@ pub struct SyncMeta {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CurrentRow {
     pub id: String,
-    /// Data column → value; a column the row never received is absent.
+    /// Data column → value; a column the row never received is absent. The stores write an
+    /// absent column and [`Value::Null`] alike as SQL NULL and read NULL back as absent, so a
+    /// loaded row never holds `Value::Null` (nor the `id` column, which is [`CurrentRow::id`]).
     pub values: BTreeMap<String, Value>,
     pub meta: SyncMeta,
     /// The record is deleted in Salesforce (the row is kept, flagged).
@@ -336,6 +341,7 @@ pub struct HistoryRow {
     pub change_type: String,
     pub end_change_type: Option<String>,
     pub transaction_key: String,
+    /// Tracked column → value (SQL NULL reads back as absent).
     pub values: BTreeMap<String, Value>,
 }
 
@@ -382,8 +388,11 @@ pub trait Warehouse: ChangeLog {
     async fn ensure_model(&self, model: &ObjectModel) -> Result<ModelChange>;
 
     /// Current rows of `object` for `ids` (those that exist), PII opened.
-    async fn load_current(&self, object: &str, ids: &[String])
-        -> Result<HashMap<String, CurrentRow>>;
+    async fn load_current(
+        &self,
+        object: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, CurrentRow>>;
 
     /// All current rows of `object` ordered by id, PII opened (tests, reconciliation, tools).
     async fn read_current(&self, object: &str) -> Result<Vec<CurrentRow>>;

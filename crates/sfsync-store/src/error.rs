@@ -69,6 +69,35 @@ pub enum StoreError {
         offset: i64,
         reason: String,
     },
+    /// Sealing or opening a PII value failed (never shows key material or plaintext).
+    #[error("PII {op} with key '{key_id}': {reason}")]
+    Pii {
+        op: &'static str,
+        key_id: String,
+        reason: String,
+        class: ErrorClass,
+    },
+    /// One write of a curated batch failed; the whole batch and its apply offset were rolled
+    /// back.
+    #[error(
+        "{backend} store: {what} for {object} record '{record_id}' failed; nothing of the \
+         curated batch and no apply offset was written"
+    )]
+    CuratedWrite {
+        backend: &'static str,
+        object: String,
+        record_id: String,
+        what: String,
+        class: ErrorClass,
+        #[source]
+        source: BoxError,
+    },
+    /// Another process holds the single-applier lock.
+    #[error("{backend} store: another sfsync process is applying to {database}")]
+    ApplyLockHeld {
+        backend: &'static str,
+        database: String,
+    },
     /// The blocking worker running a SQLite call panicked or was cancelled.
     #[error("sqlite store: worker thread for {op} did not complete")]
     Worker {
@@ -82,7 +111,10 @@ impl StoreError {
     /// What a caller should do about this error.
     pub fn class(&self) -> ErrorClass {
         match self {
-            StoreError::Database { class, .. } => *class,
+            StoreError::Database { class, .. }
+            | StoreError::Pii { class, .. }
+            | StoreError::CuratedWrite { class, .. } => *class,
+            StoreError::ApplyLockHeld { .. } => ErrorClass::User,
             StoreError::RejectedChange { .. } | StoreError::InvalidInput { .. } => ErrorClass::User,
             StoreError::SchemaTooNew { .. } => ErrorClass::User,
             StoreError::OffsetRegression { .. }
@@ -122,7 +154,7 @@ impl StoreError {
     }
 }
 
-fn sqlite_class(e: &rusqlite::Error) -> ErrorClass {
+pub(crate) fn sqlite_class(e: &rusqlite::Error) -> ErrorClass {
     use rusqlite::ErrorCode::*;
     match e.sqlite_error_code() {
         Some(DatabaseBusy | DatabaseLocked | SystemIoFailure | DiskFull | CannotOpen) => {
@@ -133,7 +165,7 @@ fn sqlite_class(e: &rusqlite::Error) -> ErrorClass {
     }
 }
 
-fn postgres_class(e: &tokio_postgres::Error) -> ErrorClass {
+pub(crate) fn postgres_class(e: &tokio_postgres::Error) -> ErrorClass {
     if e.is_closed() {
         return ErrorClass::Retry;
     }

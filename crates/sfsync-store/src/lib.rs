@@ -14,8 +14,10 @@
 pub mod curated;
 pub mod error;
 pub mod migrate;
+pub mod pii;
 pub mod postgres;
 pub mod sqlite;
+mod warehouse;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -24,6 +26,7 @@ use sfsync_core::{Change, ChangeType, EventKey, RecordVersion, ReplayId};
 pub use curated::*;
 pub use error::{Result, StoreError};
 pub use migrate::{AppliedMigration, Migration};
+pub use pii::Keyring;
 pub use postgres::PostgresChangeLog;
 pub use sqlite::{SqliteChangeLog, SqliteOptions, SqliteSynchronous};
 

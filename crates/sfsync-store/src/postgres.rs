@@ -5,15 +5,24 @@
 //! order: a reader never finds a new entry below an offset it has already seen. Durability is the
 //! server's (`synchronous_commit`); the checkpoint commits with the events it covers either way.
 
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use sfsync_core::{RecordVersion, ReplayId};
 use tokio::sync::{Mutex, MutexGuard};
-use tokio_postgres::{Client, Config, NoTls, Transaction};
+use tokio_postgres::{Client, Config, NoTls, Statement, Transaction};
 
+use crate::curated::DeadLetter;
 use crate::error::{Result, StoreError};
 use crate::migrate::{self, AppliedMigration, Migration};
+use crate::pii::Keyring;
 use crate::sqlite::decode_row;
+use crate::warehouse::{Dialect, Registry};
 use crate::{now_ms, AppendOutcome, ChangeLog, LogOffset, LoggedChange, RawChange};
+
+mod warehouse;
 
 const BACKEND: &str = "postgres";
 
@@ -21,10 +30,11 @@ const BACKEND: &str = "postgres";
 const MIGRATION_LOCK_KEY: i64 = 0x5f5f_5359_4e43_0001;
 
 /// The Postgres schema, in order. Never edit a released entry; append a new one.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "raw change log, checkpoints, apply offsets",
-    sql: r#"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "raw change log, checkpoints, apply offsets",
+        sql: r#"
 CREATE TABLE raw_changes (
     log_offset       BIGINT  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     channel          TEXT    NOT NULL CHECK (channel <> ''),
@@ -52,12 +62,91 @@ CREATE TABLE apply_offsets (
     updated_at_ms BIGINT NOT NULL
 );
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name:
+            "warehouse bookkeeping: schemas, repairs, re-syncs, dead letters, audit, runs, models",
+        sql: r#"
+CREATE TABLE schemas (
+    schema_id    TEXT   PRIMARY KEY CHECK (schema_id <> ''),
+    json         TEXT   NOT NULL,
+    stored_at_ms BIGINT NOT NULL
+);
+CREATE TABLE repair_requests (
+    id                  BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    object              TEXT   NOT NULL CHECK (object <> ''),
+    record_ids          TEXT   NOT NULL,
+    reason              TEXT   NOT NULL,
+    event_key           TEXT   NOT NULL,
+    commit_timestamp_ms BIGINT NOT NULL,
+    status              TEXT   NOT NULL CHECK (status IN ('pending','done')),
+    created_at_ms       BIGINT NOT NULL,
+    done_at_ms          BIGINT
+);
+CREATE INDEX repair_requests_status ON repair_requests (status, id);
+CREATE TABLE resync_requests (
+    id            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    object        TEXT   NOT NULL,
+    channel       TEXT   NOT NULL,
+    from_ms       BIGINT NOT NULL,
+    reason        TEXT   NOT NULL,
+    event_key     TEXT,
+    status        TEXT   NOT NULL CHECK (status <> ''),
+    created_at_ms BIGINT NOT NULL
+);
+CREATE TABLE dead_letters (
+    id            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    channel       TEXT   NOT NULL,
+    replay_id     BYTEA,
+    schema_id     TEXT   NOT NULL,
+    stage         TEXT   NOT NULL,
+    error         TEXT   NOT NULL,
+    object        TEXT,
+    payload       BYTEA  NOT NULL,
+    created_at_ms BIGINT NOT NULL
+);
+CREATE TABLE audit_log (
+    seq           BIGINT PRIMARY KEY,
+    object        TEXT   NOT NULL,
+    record_id     TEXT   NOT NULL,
+    change_type   TEXT   NOT NULL,
+    event_key     TEXT   NOT NULL,
+    entry         TEXT   NOT NULL,
+    sealed        TEXT,
+    prev_hash     TEXT   NOT NULL,
+    hash          TEXT   NOT NULL,
+    created_at_ms BIGINT NOT NULL
+);
+CREATE TABLE runs (
+    run_id        TEXT   PRIMARY KEY CHECK (run_id <> ''),
+    kind          TEXT   NOT NULL,
+    status        TEXT   NOT NULL,
+    started_at_ms BIGINT NOT NULL,
+    ended_at_ms   BIGINT,
+    detail        TEXT   NOT NULL
+);
+CREATE INDEX runs_started ON runs (started_at_ms);
+CREATE TABLE curated_models (
+    object        TEXT   PRIMARY KEY CHECK (object <> ''),
+    model         TEXT   NOT NULL,
+    updated_at_ms BIGINT NOT NULL
+);
+CREATE INDEX raw_changes_entity ON raw_changes (entity, log_offset);
+"#,
+    },
+];
 
 /// The change log in a Postgres database (tables in the connection's `search_path` schema).
 pub struct PostgresChangeLog {
     client: Mutex<Client>,
     connection: tokio::task::JoinHandle<()>,
+    /// Registered curated models and the PII keyring.
+    registry: Registry,
+    /// Prepared statements of this connection by SQL text (used while holding `client`).
+    statements: parking_lot::Mutex<HashMap<String, Statement>>,
+    /// This connection holds the single-applier advisory lock.
+    apply_locked: AtomicBool,
 }
 
 impl std::fmt::Debug for PostgresChangeLog {
@@ -99,15 +188,109 @@ impl PostgresChangeLog {
         let store = PostgresChangeLog {
             client: Mutex::new(client),
             connection,
+            registry: Registry::new(Dialect::Postgres),
+            statements: parking_lot::Mutex::new(HashMap::new()),
+            apply_locked: AtomicBool::new(false),
         };
         store.migrate().await?;
+        let models = warehouse::load_models(&*store.client.lock().await).await?;
+        store.registry.load(models)?;
         Ok(store)
+    }
+
+    /// Sets (or clears) the keyring that seals PII columns, raw payloads of objects with PII
+    /// and dead letters. Takes effect for calls that start afterwards.
+    pub fn set_keyring(&self, keyring: Option<Arc<Keyring>>) {
+        self.registry.set_keyring(keyring);
     }
 
     /// Exclusive use of the connection, for curated writers that open their own transaction and
     /// call [`set_applied_offset_in`] inside it.
     pub async fn client(&self) -> MutexGuard<'_, Client> {
         self.client.lock().await
+    }
+
+    /// Raw changes and dead letters with the checkpoint, in one transaction.
+    async fn append(
+        &self,
+        channel: &str,
+        changes: &[RawChange],
+        dead_letters: &[DeadLetter],
+        checkpoint: &ReplayId,
+    ) -> Result<AppendOutcome> {
+        check_name("append batch", "channel", channel)?;
+        let ctx = self.registry.ctx();
+        let mut client = self.client.lock().await;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| StoreError::postgres("begin append", e))?;
+        tx.batch_execute("LOCK TABLE raw_changes IN SHARE ROW EXCLUSIVE MODE")
+            .await
+            .map_err(|e| StoreError::postgres("lock raw_changes", e))?;
+        let stmt = tx
+            .prepare(
+                "INSERT INTO raw_changes (channel, event_key, replay_id, schema_id, entity,
+                     change_type, commit_timestamp, commit_number, sequence_number, payload,
+                     appended_at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 ON CONFLICT (event_key) DO NOTHING
+                 RETURNING log_offset",
+            )
+            .await
+            .map_err(|e| StoreError::postgres("prepare append", e))?;
+        let now = now_ms();
+        let mut out = AppendOutcome::default();
+        for (index, c) in changes.iter().enumerate() {
+            let payload = ctx.seal_raw(&c.entity, &c.payload)?;
+            let rejected = |e: tokio_postgres::Error| StoreError::RejectedChange {
+                backend: BACKEND,
+                channel: channel.to_string(),
+                index,
+                event_key: c.event_key.to_string(),
+                source: Box::new(e),
+            };
+            let row = tx
+                .query_opt(
+                    &stmt,
+                    &[
+                        &channel,
+                        &c.event_key.as_str(),
+                        &c.replay_id.as_bytes(),
+                        &c.schema_id,
+                        &c.entity,
+                        &c.change_type.as_str(),
+                        &c.version.commit_timestamp,
+                        &c.version.commit_number,
+                        &c.version.sequence_number,
+                        &&payload[..],
+                        &now,
+                    ],
+                )
+                .await
+                .map_err(rejected)?;
+            match row {
+                Some(r) => {
+                    let off: i64 = r.try_get(0).map_err(rejected)?;
+                    out.appended += 1;
+                    out.last_offset = Some(off.max(0) as LogOffset);
+                }
+                None => out.duplicates += 1,
+            }
+        }
+        warehouse::insert_dead_letters(&tx, &ctx, dead_letters).await?;
+        tx.execute(
+            "INSERT INTO checkpoints (channel, replay_id, updated_at_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (channel) DO UPDATE SET replay_id = excluded.replay_id,
+                 updated_at_ms = excluded.updated_at_ms",
+            &[&channel, &checkpoint.as_bytes(), &now_ms()],
+        )
+        .await
+        .map_err(|e| StoreError::postgres("write checkpoint", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| StoreError::postgres("commit append", e))?;
+        Ok(out)
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -232,76 +415,7 @@ impl ChangeLog for PostgresChangeLog {
         changes: &[RawChange],
         checkpoint: &ReplayId,
     ) -> Result<AppendOutcome> {
-        check_name("append batch", "channel", channel)?;
-        let mut client = self.client.lock().await;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| StoreError::postgres("begin append", e))?;
-        tx.batch_execute("LOCK TABLE raw_changes IN SHARE ROW EXCLUSIVE MODE")
-            .await
-            .map_err(|e| StoreError::postgres("lock raw_changes", e))?;
-        let stmt = tx
-            .prepare(
-                "INSERT INTO raw_changes (channel, event_key, replay_id, schema_id, entity,
-                     change_type, commit_timestamp, commit_number, sequence_number, payload,
-                     appended_at_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                 ON CONFLICT (event_key) DO NOTHING
-                 RETURNING log_offset",
-            )
-            .await
-            .map_err(|e| StoreError::postgres("prepare append", e))?;
-        let now = now_ms();
-        let mut out = AppendOutcome::default();
-        for (index, c) in changes.iter().enumerate() {
-            let rejected = |e: tokio_postgres::Error| StoreError::RejectedChange {
-                backend: BACKEND,
-                channel: channel.to_string(),
-                index,
-                event_key: c.event_key.to_string(),
-                source: Box::new(e),
-            };
-            let row = tx
-                .query_opt(
-                    &stmt,
-                    &[
-                        &channel,
-                        &c.event_key.as_str(),
-                        &c.replay_id.as_bytes(),
-                        &c.schema_id,
-                        &c.entity,
-                        &c.change_type.as_str(),
-                        &c.version.commit_timestamp,
-                        &c.version.commit_number,
-                        &c.version.sequence_number,
-                        &&c.payload[..],
-                        &now,
-                    ],
-                )
-                .await
-                .map_err(rejected)?;
-            match row {
-                Some(r) => {
-                    let off: i64 = r.try_get(0).map_err(rejected)?;
-                    out.appended += 1;
-                    out.last_offset = Some(off.max(0) as LogOffset);
-                }
-                None => out.duplicates += 1,
-            }
-        }
-        tx.execute(
-            "INSERT INTO checkpoints (channel, replay_id, updated_at_ms) VALUES ($1, $2, $3)
-             ON CONFLICT (channel) DO UPDATE SET replay_id = excluded.replay_id,
-                 updated_at_ms = excluded.updated_at_ms",
-            &[&channel, &checkpoint.as_bytes(), &now_ms()],
-        )
-        .await
-        .map_err(|e| StoreError::postgres("write checkpoint", e))?;
-        tx.commit()
-            .await
-            .map_err(|e| StoreError::postgres("commit append", e))?;
-        Ok(out)
+        self.append(channel, changes, &[], checkpoint).await
     }
 
     async fn checkpoint(&self, channel: &str) -> Result<Option<ReplayId>> {
@@ -320,6 +434,7 @@ impl ChangeLog for PostgresChangeLog {
 
     async fn read_from(&self, from: LogOffset, limit: usize) -> Result<Vec<LoggedChange>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let ctx = self.registry.ctx();
         let client = self.client.lock().await;
         let rows = client
             .query(
@@ -334,6 +449,8 @@ impl ChangeLog for PostgresChangeLog {
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let change_type: String = r.try_get(6).map_err(get)?;
+            let entity: String = r.try_get(5).map_err(get)?;
+            let payload = ctx.open_raw(&entity, r.try_get(10).map_err(get)?)?;
             out.push(decode_row(
                 BACKEND,
                 r.try_get(0).map_err(get)?,
@@ -341,14 +458,14 @@ impl ChangeLog for PostgresChangeLog {
                 r.try_get(2).map_err(get)?,
                 r.try_get(3).map_err(get)?,
                 r.try_get(4).map_err(get)?,
-                r.try_get(5).map_err(get)?,
+                entity,
                 &change_type,
                 RecordVersion {
                     commit_timestamp: r.try_get(7).map_err(get)?,
                     commit_number: r.try_get(8).map_err(get)?,
                     sequence_number: r.try_get(9).map_err(get)?,
                 },
-                r.try_get(10).map_err(get)?,
+                payload,
             )?);
         }
         Ok(out)

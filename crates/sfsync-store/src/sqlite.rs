@@ -17,17 +17,23 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use sfsync_core::{ChangeType, RecordVersion, ReplayId};
 
+use crate::curated::DeadLetter;
 use crate::error::{Result, StoreError};
 use crate::migrate::{self, AppliedMigration, Migration};
+use crate::pii::Keyring;
+use crate::warehouse::{Ctx, Dialect, Registry};
 use crate::{now_ms, AppendOutcome, ChangeLog, LogOffset, LoggedChange, RawChange};
+
+mod warehouse;
 
 const BACKEND: &str = "sqlite";
 
 /// The SQLite schema, in order. Never edit a released entry; append a new one.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "raw change log, checkpoints, apply offsets",
-    sql: r#"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "raw change log, checkpoints, apply offsets",
+        sql: r#"
 CREATE TABLE raw_changes (
     log_offset       INTEGER PRIMARY KEY AUTOINCREMENT,
     channel          TEXT    NOT NULL CHECK (channel <> ''),
@@ -55,7 +61,80 @@ CREATE TABLE apply_offsets (
     updated_at_ms INTEGER NOT NULL
 );
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name:
+            "warehouse bookkeeping: schemas, repairs, re-syncs, dead letters, audit, runs, models",
+        sql: r#"
+CREATE TABLE schemas (
+    schema_id    TEXT    PRIMARY KEY CHECK (schema_id <> ''),
+    json         TEXT    NOT NULL,
+    stored_at_ms INTEGER NOT NULL
+);
+CREATE TABLE repair_requests (
+    id                  INTEGER PRIMARY KEY AUTOINCREMENT,
+    object              TEXT    NOT NULL CHECK (object <> ''),
+    record_ids          TEXT    NOT NULL,
+    reason              TEXT    NOT NULL,
+    event_key           TEXT    NOT NULL,
+    commit_timestamp_ms INTEGER NOT NULL,
+    status              TEXT    NOT NULL CHECK (status IN ('pending','done')),
+    created_at_ms       INTEGER NOT NULL,
+    done_at_ms          INTEGER
+);
+CREATE INDEX repair_requests_status ON repair_requests (status, id);
+CREATE TABLE resync_requests (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    object        TEXT    NOT NULL,
+    channel       TEXT    NOT NULL,
+    from_ms       INTEGER NOT NULL,
+    reason        TEXT    NOT NULL,
+    event_key     TEXT,
+    status        TEXT    NOT NULL CHECK (status <> ''),
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE dead_letters (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel       TEXT    NOT NULL,
+    replay_id     BLOB,
+    schema_id     TEXT    NOT NULL,
+    stage         TEXT    NOT NULL,
+    error         TEXT    NOT NULL,
+    object        TEXT,
+    payload       BLOB    NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE audit_log (
+    seq           INTEGER PRIMARY KEY,
+    object        TEXT    NOT NULL,
+    record_id     TEXT    NOT NULL,
+    change_type   TEXT    NOT NULL,
+    event_key     TEXT    NOT NULL,
+    entry         TEXT    NOT NULL,
+    sealed        TEXT,
+    prev_hash     TEXT    NOT NULL,
+    hash          TEXT    NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE runs (
+    run_id        TEXT    PRIMARY KEY CHECK (run_id <> ''),
+    kind          TEXT    NOT NULL,
+    status        TEXT    NOT NULL,
+    started_at_ms INTEGER NOT NULL,
+    ended_at_ms   INTEGER,
+    detail        TEXT    NOT NULL
+);
+CREATE INDEX runs_started ON runs (started_at_ms);
+CREATE TABLE curated_models (
+    object        TEXT    PRIMARY KEY CHECK (object <> ''),
+    model         TEXT    NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE INDEX raw_changes_entity ON raw_changes (entity, log_offset);
+"#,
+    },
+];
 
 /// `PRAGMA synchronous` setting; see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -86,6 +165,10 @@ impl Default for SqliteOptions {
 pub struct SqliteChangeLog {
     path: PathBuf,
     conn: Arc<Mutex<Connection>>,
+    /// Registered curated models and the PII keyring.
+    registry: Registry,
+    /// The single-applier lock file, once taken (released when the store is dropped).
+    apply_lock: Mutex<Option<std::fs::File>>,
 }
 
 impl std::fmt::Debug for SqliteChangeLog {
@@ -124,14 +207,28 @@ impl SqliteChangeLog {
     pub async fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let p = path.clone();
-        let conn = tokio::task::spawn_blocking(move || open_blocking(&p, options))
-            .await
-            .map_err(|source| StoreError::Worker { op: "open", source })??;
+        let (conn, models) = tokio::task::spawn_blocking(move || {
+            let conn = open_blocking(&p, options)?;
+            let models = warehouse::load_models(&conn)?;
+            Ok::<_, StoreError>((conn, models))
+        })
+        .await
+        .map_err(|source| StoreError::Worker { op: "open", source })??;
+        let registry = Registry::new(Dialect::Sqlite);
+        registry.load(models)?;
         tracing::debug!(path = %path.display(), "Opened SQLite change log.");
         Ok(SqliteChangeLog {
             path,
             conn: Arc::new(Mutex::new(conn)),
+            registry,
+            apply_lock: Mutex::new(None),
         })
+    }
+
+    /// Sets (or clears) the keyring that seals PII columns, raw payloads of objects with PII
+    /// and dead letters. Takes effect for calls that start afterwards.
+    pub fn set_keyring(&self, keyring: Option<Arc<Keyring>>) {
+        self.registry.set_keyring(keyring);
     }
 
     pub fn path(&self) -> &Path {
@@ -156,6 +253,26 @@ impl SqliteChangeLog {
                 .commit()
                 .map_err(|e| StoreError::sqlite("commit transaction", e))?;
             Ok(out)
+        })
+        .await
+    }
+
+    /// Raw changes and dead letters with the checkpoint, in one transaction.
+    async fn append(
+        &self,
+        channel: &str,
+        changes: &[RawChange],
+        dead_letters: &[DeadLetter],
+        checkpoint: &ReplayId,
+    ) -> Result<AppendOutcome> {
+        check_name("append batch", "channel", channel)?;
+        let ctx = self.registry.ctx();
+        let channel = channel.to_string();
+        let changes = changes.to_vec();
+        let dead_letters = dead_letters.to_vec();
+        let checkpoint = checkpoint.clone();
+        self.blocking("append batch", move |conn| {
+            append_blocking(conn, &ctx, &channel, &changes, &dead_letters, &checkpoint)
         })
         .await
     }
@@ -200,6 +317,7 @@ fn open_blocking(path: &Path, options: SqliteOptions) -> Result<Connection> {
         "PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON;"
     ))
     .map_err(|e| StoreError::sqlite("set pragmas", e))?;
+    conn.set_prepared_statement_cache_capacity(256);
     migrate_blocking(&mut conn)?;
     Ok(conn)
 }
@@ -266,8 +384,10 @@ fn to_i64(offset: LogOffset) -> i64 {
 
 fn append_blocking(
     conn: &mut Connection,
+    ctx: &Ctx,
     channel: &str,
     changes: &[RawChange],
+    dead_letters: &[DeadLetter],
     checkpoint: &ReplayId,
 ) -> Result<AppendOutcome> {
     let tx = conn
@@ -286,6 +406,7 @@ fn append_blocking(
             .map_err(|e| StoreError::sqlite("prepare append", e))?;
         let now = now_ms();
         for (index, c) in changes.iter().enumerate() {
+            let payload = ctx.seal_raw(&c.entity, &c.payload)?;
             let n = stmt
                 .execute(params![
                     channel,
@@ -297,7 +418,7 @@ fn append_blocking(
                     c.version.commit_timestamp,
                     c.version.commit_number,
                     c.version.sequence_number,
-                    &c.payload[..],
+                    &payload[..],
                     now,
                 ])
                 .map_err(|e| StoreError::RejectedChange {
@@ -315,6 +436,7 @@ fn append_blocking(
             }
         }
     }
+    warehouse::insert_dead_letters(&tx, ctx, dead_letters)?;
     tx.execute(
         "INSERT INTO checkpoints (channel, replay_id, updated_at_ms) VALUES (?1, ?2, ?3)
          ON CONFLICT (channel) DO UPDATE SET replay_id = excluded.replay_id,
@@ -410,13 +532,7 @@ impl ChangeLog for SqliteChangeLog {
         checkpoint: &ReplayId,
     ) -> Result<AppendOutcome> {
         check_name("append batch", "channel", channel)?;
-        let channel = channel.to_string();
-        let changes = changes.to_vec();
-        let checkpoint = checkpoint.clone();
-        self.blocking("append batch", move |conn| {
-            append_blocking(conn, &channel, &changes, &checkpoint)
-        })
-        .await
+        self.append(channel, changes, &[], checkpoint).await
     }
 
     async fn checkpoint(&self, channel: &str) -> Result<Option<ReplayId>> {
@@ -436,6 +552,7 @@ impl ChangeLog for SqliteChangeLog {
 
     async fn read_from(&self, from: LogOffset, limit: usize) -> Result<Vec<LoggedChange>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let ctx = self.registry.ctx();
         self.blocking("read log", move |conn| {
             let mut stmt = conn
                 .prepare_cached(
@@ -451,6 +568,8 @@ impl ChangeLog for SqliteChangeLog {
             while let Some(r) = rows.next().map_err(|e| StoreError::sqlite("read log", e))? {
                 let get = |e| StoreError::sqlite("decode log row", e);
                 let change_type: String = r.get(6).map_err(get)?;
+                let entity: String = r.get(5).map_err(get)?;
+                let payload = ctx.open_raw(&entity, r.get(10).map_err(get)?)?;
                 out.push(decode_row(
                     BACKEND,
                     r.get(0).map_err(get)?,
@@ -458,14 +577,14 @@ impl ChangeLog for SqliteChangeLog {
                     r.get(2).map_err(get)?,
                     r.get(3).map_err(get)?,
                     r.get(4).map_err(get)?,
-                    r.get(5).map_err(get)?,
+                    entity,
                     &change_type,
                     RecordVersion {
                         commit_timestamp: r.get(7).map_err(get)?,
                         commit_number: r.get(8).map_err(get)?,
                         sequence_number: r.get(9).map_err(get)?,
                     },
-                    r.get(10).map_err(get)?,
+                    payload,
                 )?);
             }
             Ok(out)

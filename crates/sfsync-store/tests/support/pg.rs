@@ -178,3 +178,43 @@ fn run(cmd: &mut Command) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A connection config for a fresh schema (its own `search_path`) on the test server
+/// (`SFSYNC_TEST_POSTGRES_URL`, or the shared throwaway server, which the returned handle keeps
+/// alive), so tests run in parallel without seeing each other.
+pub async fn fresh_schema() -> (tokio_postgres::Config, Option<Arc<PgServer>>) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let (url, server) = match std::env::var("SFSYNC_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => (url, None),
+        _ => {
+            let s = tokio::task::spawn_blocking(shared_server)
+                .await
+                .expect("start Postgres");
+            (s.url(), Some(s))
+        }
+    };
+    let schema = format!(
+        "sfsync_test_{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    );
+    let mut config: tokio_postgres::Config = url.parse().expect("Postgres URL");
+    let (client, conn) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test Postgres server");
+    let task = tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .expect("create test schema");
+    drop(client);
+    let _ = task.await;
+    config.options(format!("-c search_path={schema}"));
+    (config, server)
+}

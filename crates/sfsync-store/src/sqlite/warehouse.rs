@@ -1,0 +1,1113 @@
+//! [`Warehouse`] on SQLite: every write runs in one `BEGIN IMMEDIATE` transaction on the store's
+//! single connection, with cached prepared statements per table and operation.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{params, Connection, OptionalExtension, ToSql, TransactionBehavior};
+use sfsync_core::ReplayId;
+
+use super::{set_applied_offset_in, SqliteChangeLog, BACKEND};
+use crate::curated::*;
+use crate::error::{sqlite_class, Result, StoreError};
+use crate::pii;
+use crate::warehouse::{self as wh, Cell, Ctx, Registered};
+use crate::{now_ms, AppendOutcome, LogOffset, RawChange};
+
+/// Ids per `IN (…)` list.
+const IN_CHUNK: usize = 500;
+/// Rows per transaction when re-sealing.
+const ROTATE_CHUNK: i64 = 500;
+
+impl ToSql for Cell<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        let out_of_range = |what: String| {
+            rusqlite::Error::ToSqlConversionFailure(format!("{what} is out of range").into())
+        };
+        Ok(match self {
+            Cell::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+            Cell::Bool(b) => ToSqlOutput::from(i64::from(*b)),
+            Cell::Int(i) => ToSqlOutput::from(*i),
+            Cell::Int4(i) => ToSqlOutput::from(i64::from(*i)),
+            Cell::Real(f) => ToSqlOutput::from(*f),
+            Cell::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Cell::Date(d) => ToSqlOutput::from(
+                wh::format_date(*d).ok_or_else(|| out_of_range(format!("date {d}")))?,
+            ),
+            Cell::Ts(ms) => ToSqlOutput::from(
+                wh::format_ts(*ms).ok_or_else(|| out_of_range(format!("timestamp {ms}")))?,
+            ),
+            Cell::Bytes(b) => ToSqlOutput::Borrowed(ValueRef::Blob(b)),
+        })
+    }
+}
+
+fn read_cell(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Cell<'static>> {
+    Ok(match row.get_ref(idx)? {
+        ValueRef::Null => Cell::Null,
+        ValueRef::Integer(i) => Cell::Int(i),
+        ValueRef::Real(f) => Cell::Real(f),
+        ValueRef::Text(t) => Cell::Text(Cow::Owned(String::from_utf8_lossy(t).into_owned())),
+        ValueRef::Blob(b) => Cell::Bytes(Cow::Owned(b.to_vec())),
+    })
+}
+
+fn db(op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |e| StoreError::sqlite(op, e)
+}
+
+/// A failed write naming the object and record.
+fn write_failed(
+    object: &str,
+    record_id: &str,
+    what: impl Into<String>,
+) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    let object = object.to_string();
+    let record_id = record_id.to_string();
+    let what = what.into();
+    move |e| StoreError::CuratedWrite {
+        backend: BACKEND,
+        object,
+        record_id,
+        what,
+        class: sqlite_class(&e),
+        source: Box::new(e),
+    }
+}
+
+fn invalid(op: &'static str, reason: String) -> StoreError {
+    StoreError::InvalidInput {
+        backend: BACKEND,
+        op,
+        reason,
+    }
+}
+
+/// Executes a cached statement with `cells` bound in order; returns the changed row count.
+fn exec_cells(conn: &Connection, sql: &str, cells: &[Cell<'_>]) -> rusqlite::Result<usize> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    for (i, c) in cells.iter().enumerate() {
+        stmt.raw_bind_parameter(i + 1, c)?;
+    }
+    stmt.raw_execute()
+}
+
+/// Models persisted in `curated_models`, as (object, JSON).
+pub(super) fn load_models(conn: &Connection) -> Result<Vec<(String, String)>> {
+    let mut stmt = conn
+        .prepare("SELECT object, model FROM curated_models ORDER BY object")
+        .map_err(db("read curated models"))?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(db("read curated models"))?;
+    rows.collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(db("read curated models"))
+}
+
+/// Column name → declared type of `table`, or `None` when the table does not exist.
+fn table_columns(conn: &Connection, table: &str) -> Result<Option<HashMap<String, String>>> {
+    let mut stmt = conn
+        .prepare("SELECT name, type FROM pragma_table_info(?1)")
+        .map_err(db("read table columns"))?;
+    let cols: HashMap<String, String> = stmt
+        .query_map([table], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(db("read table columns"))?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(db("read table columns"))?;
+    Ok((!cols.is_empty()).then_some(cols))
+}
+
+pub(super) fn insert_dead_letters(
+    conn: &Connection,
+    ctx: &Ctx,
+    letters: &[DeadLetter],
+) -> Result<()> {
+    if letters.is_empty() {
+        return Ok(());
+    }
+    let now = now_ms();
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO dead_letters (channel, replay_id, schema_id, stage, error, object,
+                 payload, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .map_err(db("prepare dead letter insert"))?;
+    for d in letters {
+        let payload = ctx.seal_dead_letter(&d.channel, &d.payload)?;
+        stmt.execute(params![
+            d.channel,
+            d.replay_id.as_ref().map(|r| r.as_bytes()),
+            d.schema_id,
+            d.stage,
+            d.error,
+            d.object,
+            &payload[..],
+            now,
+        ])
+        .map_err(write_failed(
+            d.object.as_deref().unwrap_or("(unknown object)"),
+            "-",
+            format!("dead letter of channel '{}'", d.channel),
+        ))?;
+    }
+    Ok(())
+}
+
+fn ensure_model_blocking(
+    conn: &mut Connection,
+    model: &ObjectModel,
+    reg: &Registered,
+) -> Result<ModelChange> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db("begin ensure model"))?;
+    let mut change = ModelChange::default();
+    let d = wh::Dialect::Sqlite;
+    let existing = table_columns(&tx, &model.table)?;
+    let plan = wh::plan_table(d, &model.table, &reg.cur, &["id"], existing.as_ref());
+    let mut statements = plan.statements;
+    change.created = plan.created;
+    change.added_columns = plan.added;
+    change.retyped_columns = plan.retyped;
+    if let (Some(h), Some(cols)) = (&model.history, &reg.hist) {
+        let existing = table_columns(&tx, &h.table)?;
+        let plan = wh::plan_table(d, &h.table, cols, &["id", "_sf_version"], existing.as_ref());
+        change.created |= plan.created;
+        statements.extend(plan.statements);
+        statements.push(wh::one_current_index(d, &h.table));
+        for c in plan.added {
+            if !change.added_columns.contains(&c) {
+                change.added_columns.push(c);
+            }
+        }
+        for c in plan.retyped {
+            if !change.retyped_columns.contains(&c) {
+                change.retyped_columns.push(c);
+            }
+        }
+    }
+    for sql in &statements {
+        tx.execute_batch(sql)
+            .map_err(|e| StoreError::InvalidInput {
+                backend: BACKEND,
+                op: "ensure model",
+                reason: format!("'{sql}' failed for '{}': {e}", model.object),
+            })?;
+    }
+    let json = serde_json::to_string(model).expect("models serialise");
+    tx.execute(
+        "INSERT INTO curated_models (object, model, updated_at_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT (object) DO UPDATE SET model = excluded.model,
+             updated_at_ms = excluded.updated_at_ms",
+        params![model.object, json, now_ms()],
+    )
+    .map_err(db("store curated model"))?;
+    tx.commit().map_err(db("commit ensure model"))?;
+    Ok(change)
+}
+
+fn commit_blocking(
+    conn: &Connection,
+    ctx: &Ctx,
+    consumer: &str,
+    offset: Option<LogOffset>,
+    batch: &CuratedBatch,
+) -> Result<()> {
+    let now = now_ms();
+    for (object, row) in &batch.rows {
+        let reg = ctx
+            .require("commit curated", object)
+            .map_err(|e| wh_error(object, &row.id, "upsert", e))?;
+        let cells = wh::encode_row(ctx, reg, row)?;
+        exec_cells(conn, &reg.sql.upsert, &cells).map_err(write_failed(
+            object,
+            &row.id,
+            format!("upsert into table '{}'", reg.model.table),
+        ))?;
+    }
+    for step in &batch.history {
+        history_step(conn, ctx, step)?;
+    }
+    if !batch.audit.is_empty() {
+        let last: Option<(i64, String)> = conn
+            .query_row(
+                "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db("read audit head"))?;
+        let (mut seq, mut prev) = last.unwrap_or((0, wh::GENESIS_HASH.to_string()));
+        let mut stmt = conn
+            .prepare_cached(
+                "INSERT INTO audit_log (seq, object, record_id, change_type, event_key, entry,
+                     sealed, prev_hash, hash, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .map_err(db("prepare audit insert"))?;
+        for e in &batch.audit {
+            seq += 1;
+            let row = wh::audit_row(ctx, seq, &prev, e)?;
+            stmt.execute(params![
+                seq,
+                e.object,
+                e.record_id,
+                e.change_type,
+                e.event_key,
+                row.entry,
+                row.sealed,
+                row.prev_hash,
+                row.hash,
+                now
+            ])
+            .map_err(write_failed(&e.object, &e.record_id, "audit entry"))?;
+            prev = row.hash;
+        }
+    }
+    if !batch.repairs.is_empty() {
+        let mut stmt = conn
+            .prepare_cached(
+                "INSERT INTO repair_requests (object, record_ids, reason, event_key,
+                     commit_timestamp_ms, status, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6)",
+            )
+            .map_err(db("prepare repair insert"))?;
+        for r in &batch.repairs {
+            let ids = serde_json::to_string(&r.record_ids).expect("strings serialise");
+            stmt.execute(params![
+                r.object,
+                ids,
+                r.reason,
+                r.event_key,
+                r.commit_timestamp_ms,
+                now
+            ])
+            .map_err(write_failed(
+                &r.object,
+                r.record_ids.first().map_or("-", String::as_str),
+                "repair request",
+            ))?;
+        }
+    }
+    for id in &batch.repairs_done {
+        let n = conn
+            .prepare_cached(
+                "UPDATE repair_requests SET status = 'done', done_at_ms = ?2 WHERE id = ?1",
+            )
+            .and_then(|mut s| s.execute(params![id, now]))
+            .map_err(db("complete repair request"))?;
+        if n == 0 {
+            return Err(invalid(
+                "commit curated",
+                format!("repair request {id} does not exist; nothing of the batch was written"),
+            ));
+        }
+    }
+    for r in &batch.resyncs {
+        insert_resync(conn, r, now)?;
+    }
+    insert_dead_letters(conn, ctx, &batch.dead_letters)?;
+    if let Some(offset) = offset {
+        set_applied_offset_in(conn, consumer, offset)?;
+    }
+    Ok(())
+}
+
+fn wh_error(object: &str, id: &str, what: &str, e: StoreError) -> StoreError {
+    StoreError::CuratedWrite {
+        backend: BACKEND,
+        object: object.to_string(),
+        record_id: id.to_string(),
+        what: what.to_string(),
+        class: e.class(),
+        source: Box::new(e),
+    }
+}
+
+fn history_reg<'c>(
+    ctx: &'c Ctx,
+    object: &str,
+    id: &str,
+    what: &str,
+) -> Result<&'c Arc<Registered>> {
+    let reg = ctx
+        .require("commit curated", object)
+        .map_err(|e| wh_error(object, id, what, e))?;
+    if reg.hist.is_none() {
+        return Err(wh_error(
+            object,
+            id,
+            what,
+            invalid(
+                "commit curated",
+                format!("object '{object}' has no history table in its model"),
+            ),
+        ));
+    }
+    Ok(reg)
+}
+
+fn history_step(conn: &Connection, ctx: &Ctx, step: &HistoryWrite) -> Result<()> {
+    match step {
+        HistoryWrite::Close {
+            object,
+            id,
+            version,
+            valid_to_ms,
+            end_change_type,
+        } => {
+            let what = format!("history close of version {version}");
+            let reg = history_reg(ctx, object, id, &what)?;
+            let cells = [
+                Cell::Ts(*valid_to_ms),
+                Cell::Text(Cow::Borrowed(end_change_type)),
+                Cell::Text(Cow::Borrowed(id)),
+                Cell::Int(*version),
+            ];
+            let n = exec_cells(conn, &reg.sql.hist_close, &cells).map_err(write_failed(
+                object,
+                id,
+                what.clone(),
+            ))?;
+            if n != 1 {
+                return Err(wh_error(
+                    object,
+                    id,
+                    &what,
+                    invalid("commit curated", "no such history version".into()),
+                ));
+            }
+        }
+        HistoryWrite::Open {
+            object,
+            id,
+            version,
+            valid_from_ms,
+            values,
+            meta,
+        } => {
+            let what = format!("history open of version {version}");
+            let reg = history_reg(ctx, object, id, &what)?;
+            let cells =
+                wh::encode_history_open(ctx, reg, id, *version, *valid_from_ms, values, meta)?;
+            exec_cells(conn, &reg.sql.hist_insert, &cells)
+                .map_err(write_failed(object, id, what))?;
+        }
+        HistoryWrite::Touch {
+            object,
+            id,
+            version,
+            meta,
+        } => {
+            let what = format!("history touch of version {version}");
+            let reg = history_reg(ctx, object, id, &what)?;
+            let mut cells = wh::history_meta_cells(meta);
+            cells.push(Cell::Text(Cow::Borrowed(id)));
+            cells.push(Cell::Int(*version));
+            let n = exec_cells(conn, &reg.sql.hist_touch, &cells).map_err(write_failed(
+                object,
+                id,
+                what.clone(),
+            ))?;
+            if n != 1 {
+                return Err(wh_error(
+                    object,
+                    id,
+                    &what,
+                    invalid("commit curated", "no such history version".into()),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn insert_resync(conn: &Connection, r: &ResyncRequest, now: i64) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO resync_requests (object, channel, from_ms, reason, event_key, status,
+             created_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            r.object,
+            r.channel,
+            r.from_ms,
+            r.reason,
+            r.event_key,
+            now
+        ])
+    })
+    .map_err(db("insert re-sync request"))?;
+    Ok(())
+}
+
+fn read_rows(
+    conn: &Connection,
+    sql: &str,
+    ids: &[String],
+    ncols: usize,
+) -> Result<Vec<Vec<Cell<'static>>>> {
+    let mut stmt = conn.prepare_cached(sql).map_err(db("prepare read"))?;
+    for (i, id) in ids.iter().enumerate() {
+        stmt.raw_bind_parameter(i + 1, id)
+            .map_err(db("bind read"))?;
+    }
+    let mut rows = stmt.raw_query();
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(db("read rows"))? {
+        let cells = (0..ncols)
+            .map(|i| read_cell(r, i))
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(db("read rows"))?;
+        out.push(cells);
+    }
+    Ok(out)
+}
+
+/// Counts of a key rotation.
+#[derive(Default)]
+struct Resealed {
+    values: u64,
+    payloads: u64,
+}
+
+fn rotate_blocking(conn: &mut Connection, ctx: &Ctx, k: &pii::Keyring) -> Result<Resealed> {
+    let mut out = Resealed::default();
+    for reg in ctx.models.values().filter(|r| r.has_pii) {
+        let object = &reg.model.object;
+        // Current table, then history, keyset-paginated, one transaction per chunk.
+        let pii_cols: Vec<&wh::DataCol> = reg.pii_data().map(|(_, c)| c).collect();
+        let list = pii_cols
+            .iter()
+            .map(|c| wh::q(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let t = wh::q(&reg.model.table);
+        let select = format!(
+            "SELECT \"id\", {list} FROM {t} WHERE \"id\" > ?1 ORDER BY \"id\" LIMIT {ROTATE_CHUNK}"
+        );
+        let mut after = String::new();
+        loop {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db("begin rotate"))?;
+            let rows = read_rows(
+                &tx,
+                &select,
+                std::slice::from_ref(&after),
+                1 + pii_cols.len(),
+            )?;
+            for r in &rows {
+                let Cell::Text(id) = &r[0] else { continue };
+                for (c, cell) in pii_cols.iter().zip(&r[1..]) {
+                    if let Some(v) = wh::reseal_cell(k, object, c, cell.clone())? {
+                        tx.execute(
+                            &format!("UPDATE {t} SET {} = ?1 WHERE \"id\" = ?2", wh::q(&c.name)),
+                            params![v, id],
+                        )
+                        .map_err(db("re-seal value"))?;
+                        out.values += 1;
+                    }
+                }
+            }
+            tx.commit().map_err(db("commit rotate"))?;
+            match rows.last().map(|r| &r[0]) {
+                Some(Cell::Text(id)) if rows.len() as i64 == ROTATE_CHUNK => after = id.to_string(),
+                _ => break,
+            }
+        }
+        if let (Some(h), Some(_)) = (&reg.model.history, &reg.hist) {
+            let tracked: Vec<&wh::DataCol> = reg
+                .tracked
+                .iter()
+                .map(|&i| &reg.data[i])
+                .filter(|c| c.pii)
+                .collect();
+            if !tracked.is_empty() {
+                let ht = wh::q(&h.table);
+                let list = tracked
+                    .iter()
+                    .map(|c| wh::q(&c.name))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let select = format!(
+                    "SELECT \"id\", \"_sf_version\", {list} FROM {ht}
+                     WHERE (\"id\", \"_sf_version\") > (?1, ?2)
+                     ORDER BY \"id\", \"_sf_version\" LIMIT {ROTATE_CHUNK}"
+                );
+                let (mut after_id, mut after_v) = (String::new(), i64::MIN);
+                loop {
+                    let tx = conn
+                        .transaction_with_behavior(TransactionBehavior::Immediate)
+                        .map_err(db("begin rotate"))?;
+                    let mut rows = Vec::new();
+                    {
+                        let mut stmt = tx.prepare(&select).map_err(db("read history"))?;
+                        let mut q = stmt
+                            .query(params![after_id, after_v])
+                            .map_err(db("read history"))?;
+                        while let Some(r) = q.next().map_err(db("read history"))? {
+                            let mut cells = Vec::new();
+                            for i in 0..2 + tracked.len() {
+                                cells.push(read_cell(r, i).map_err(db("read history"))?);
+                            }
+                            rows.push(cells);
+                        }
+                    }
+                    for r in &rows {
+                        let (Cell::Text(id), Cell::Int(v)) = (&r[0], &r[1]) else {
+                            continue;
+                        };
+                        for (c, cell) in tracked.iter().zip(&r[2..]) {
+                            if let Some(s) = wh::reseal_cell(k, object, c, cell.clone())? {
+                                tx.execute(
+                                    &format!(
+                                        "UPDATE {ht} SET {} = ?1 WHERE \"id\" = ?2 AND \"_sf_version\" = ?3",
+                                        wh::q(&c.name)
+                                    ),
+                                    params![s, id, v],
+                                )
+                                .map_err(db("re-seal history value"))?;
+                                out.values += 1;
+                            }
+                        }
+                    }
+                    tx.commit().map_err(db("commit rotate"))?;
+                    match rows.last().map(|r| (&r[0], &r[1])) {
+                        Some((Cell::Text(id), Cell::Int(v)))
+                            if rows.len() as i64 == ROTATE_CHUNK =>
+                        {
+                            after_id = id.to_string();
+                            after_v = *v;
+                        }
+                        _ => break,
+                    }
+                }
+            }
+        }
+        // Raw payloads of this entity.
+        let mut after = 0i64;
+        loop {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db("begin rotate"))?;
+            let rows: Vec<(i64, Vec<u8>)> = {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "SELECT log_offset, payload FROM raw_changes
+                         WHERE entity = ?1 AND log_offset > ?2 ORDER BY log_offset LIMIT ?3",
+                    )
+                    .map_err(db("read raw payloads"))?;
+                let rows = stmt
+                    .query_map(params![object, after, ROTATE_CHUNK], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .map_err(db("read raw payloads"))?;
+                rows.collect::<rusqlite::Result<_>>()
+                    .map_err(db("read raw payloads"))?
+            };
+            let aad = pii::raw_aad(object);
+            for (off, payload) in &rows {
+                if let Some(p) = wh::reseal_bytes(k, &aad, payload)? {
+                    tx.execute(
+                        "UPDATE raw_changes SET payload = ?1 WHERE log_offset = ?2",
+                        params![p, off],
+                    )
+                    .map_err(db("re-seal raw payload"))?;
+                    out.payloads += 1;
+                }
+            }
+            tx.commit().map_err(db("commit rotate"))?;
+            match rows.last() {
+                Some((off, _)) if rows.len() as i64 == ROTATE_CHUNK => after = *off,
+                _ => break,
+            }
+        }
+    }
+    // Audit sealed values.
+    let mut after = 0i64;
+    loop {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("begin rotate"))?;
+        let rows: Vec<(i64, String, String)> = {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT seq, object, sealed FROM audit_log
+                     WHERE sealed IS NOT NULL AND seq > ?1 ORDER BY seq LIMIT ?2",
+                )
+                .map_err(db("read audit"))?;
+            let rows = stmt
+                .query_map(params![after, ROTATE_CHUNK], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .map_err(db("read audit"))?;
+            rows.collect::<rusqlite::Result<_>>()
+                .map_err(db("read audit"))?
+        };
+        for (seq, object, sealed) in &rows {
+            if let Some((json, n)) = wh::reseal_audit(k, *seq, object, sealed)? {
+                tx.execute(
+                    "UPDATE audit_log SET sealed = ?1 WHERE seq = ?2",
+                    params![json, seq],
+                )
+                .map_err(db("re-seal audit values"))?;
+                out.values += n;
+            }
+        }
+        tx.commit().map_err(db("commit rotate"))?;
+        match rows.last() {
+            Some((seq, _, _)) if rows.len() as i64 == ROTATE_CHUNK => after = *seq,
+            _ => break,
+        }
+    }
+    // Dead letters.
+    let mut after = 0i64;
+    loop {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("begin rotate"))?;
+        let rows: Vec<(i64, String, Vec<u8>)> = {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT id, channel, payload FROM dead_letters WHERE id > ?1 ORDER BY id LIMIT ?2",
+                )
+                .map_err(db("read dead letters"))?;
+            let rows = stmt
+                .query_map(params![after, ROTATE_CHUNK], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .map_err(db("read dead letters"))?;
+            rows.collect::<rusqlite::Result<_>>()
+                .map_err(db("read dead letters"))?
+        };
+        for (id, channel, payload) in &rows {
+            if let Some(p) = wh::reseal_bytes(k, &pii::dead_letter_aad(channel), payload)? {
+                tx.execute(
+                    "UPDATE dead_letters SET payload = ?1 WHERE id = ?2",
+                    params![p, id],
+                )
+                .map_err(db("re-seal dead letter"))?;
+                out.payloads += 1;
+            }
+        }
+        tx.commit().map_err(db("commit rotate"))?;
+        match rows.last() {
+            Some((id, _, _)) if rows.len() as i64 == ROTATE_CHUNK => after = *id,
+            _ => break,
+        }
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl Warehouse for SqliteChangeLog {
+    async fn ensure_model(&self, model: &ObjectModel) -> Result<ModelChange> {
+        wh::validate_model(BACKEND, model)?;
+        let ctx = self.registry.ctx();
+        if model.columns.iter().any(|c| c.pii) && ctx.keyring.is_none() {
+            let cols: Vec<&str> = model.pii_columns().collect();
+            return Err(wh::keyring_missing(
+                BACKEND,
+                "ensure model",
+                format!(
+                    "object '{}' has PII columns ({})",
+                    model.object,
+                    cols.join(", ")
+                ),
+            ));
+        }
+        let reg = Registered::new(model.clone(), wh::Dialect::Sqlite);
+        let m = model.clone();
+        let change = self
+            .blocking("ensure model", move |conn| {
+                ensure_model_blocking(conn, &m, &reg)
+            })
+            .await?;
+        self.registry.register(model.clone());
+        if change.created || !change.added_columns.is_empty() || !change.retyped_columns.is_empty()
+        {
+            tracing::info!(
+                object = %model.object,
+                table = %model.table,
+                created = change.created,
+                added = ?change.added_columns,
+                retyped = ?change.retyped_columns,
+                "Curated model changed."
+            );
+        }
+        Ok(change)
+    }
+
+    async fn load_current(
+        &self,
+        object: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, CurrentRow>> {
+        let ctx = self.registry.ctx();
+        let reg = Arc::clone(ctx.require("load current rows", object)?);
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let ids = ids.to_vec();
+        self.blocking("load current rows", move |conn| {
+            let mut out = HashMap::with_capacity(ids.len());
+            for chunk in ids.chunks(IN_CHUNK) {
+                let params: Vec<String> = (1..=chunk.len()).map(|n| format!("?{n}")).collect();
+                let sql = format!(
+                    "{} WHERE \"id\" IN ({})",
+                    reg.sql.select_current,
+                    params.join(", ")
+                );
+                for cells in read_rows(conn, &sql, chunk, reg.cur.len())? {
+                    let row = wh::decode_row(&ctx, &reg, cells)?;
+                    out.insert(row.id.clone(), row);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn read_current(&self, object: &str) -> Result<Vec<CurrentRow>> {
+        let ctx = self.registry.ctx();
+        let reg = Arc::clone(ctx.require("read current rows", object)?);
+        self.blocking("read current rows", move |conn| {
+            let sql = format!("{} ORDER BY \"id\"", reg.sql.select_current);
+            read_rows(conn, &sql, &[], reg.cur.len())?
+                .into_iter()
+                .map(|cells| wh::decode_row(&ctx, &reg, cells))
+                .collect()
+        })
+        .await
+    }
+
+    async fn read_history(&self, object: &str) -> Result<Vec<HistoryRow>> {
+        let ctx = self.registry.ctx();
+        let reg = Arc::clone(ctx.require("read history", object)?);
+        let Some(ncols) = reg.hist.as_ref().map(Vec::len) else {
+            return Ok(Vec::new());
+        };
+        self.blocking("read history", move |conn| {
+            read_rows(conn, &reg.sql.hist_select, &[], ncols)?
+                .into_iter()
+                .map(|cells| wh::decode_history(&ctx, &reg, cells))
+                .collect()
+        })
+        .await
+    }
+
+    async fn commit_curated(
+        &self,
+        consumer: &str,
+        offset: Option<LogOffset>,
+        batch: &CuratedBatch,
+    ) -> Result<()> {
+        if batch.is_empty() && offset.is_none() {
+            return Ok(());
+        }
+        let ctx = self.registry.ctx();
+        let consumer = consumer.to_string();
+        let batch = batch.clone();
+        self.with_transaction(move |tx| {
+            commit_blocking(tx.connection(), &ctx, &consumer, offset, &batch)
+        })
+        .await
+    }
+
+    async fn append_with_dead_letters(
+        &self,
+        channel: &str,
+        changes: &[RawChange],
+        dead_letters: &[DeadLetter],
+        checkpoint: &ReplayId,
+    ) -> Result<AppendOutcome> {
+        self.append(channel, changes, dead_letters, checkpoint)
+            .await
+    }
+
+    async fn pending_repairs(&self, limit: usize) -> Result<Vec<StoredRepair>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.blocking("read repair requests", move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, object, record_ids, reason, event_key, commit_timestamp_ms,
+                         created_at_ms
+                     FROM repair_requests WHERE status = 'pending' ORDER BY id LIMIT ?1",
+                )
+                .map_err(db("read repair requests"))?;
+            let rows = stmt
+                .query_map([limit], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, i64>(5)?,
+                        r.get::<_, i64>(6)?,
+                    ))
+                })
+                .map_err(db("read repair requests"))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db("read repair requests"))?;
+            rows.into_iter()
+                .map(|(id, object, ids, reason, event_key, ts, created)| {
+                    let record_ids =
+                        serde_json::from_str(&ids).map_err(|e| StoreError::Corrupt {
+                            backend: BACKEND,
+                            table: "repair_requests",
+                            offset: id,
+                            reason: format!("record_ids is not a JSON list: {e}"),
+                        })?;
+                    Ok(StoredRepair {
+                        id,
+                        request: RepairRequest {
+                            object,
+                            record_ids,
+                            reason,
+                            event_key,
+                            commit_timestamp_ms: ts,
+                        },
+                        created_at_ms: created,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn resync_requests(&self) -> Result<Vec<StoredResync>> {
+        self.blocking("read re-sync requests", |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, object, channel, from_ms, reason, event_key, status, created_at_ms
+                     FROM resync_requests ORDER BY id",
+                )
+                .map_err(db("read re-sync requests"))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(StoredResync {
+                        id: r.get(0)?,
+                        request: ResyncRequest {
+                            object: r.get(1)?,
+                            channel: r.get(2)?,
+                            from_ms: r.get(3)?,
+                            reason: r.get(4)?,
+                            event_key: r.get(5)?,
+                        },
+                        status: r.get(6)?,
+                        created_at_ms: r.get(7)?,
+                    })
+                })
+                .map_err(db("read re-sync requests"))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db("read re-sync requests"))
+        })
+        .await
+    }
+
+    async fn add_resync(&self, request: &ResyncRequest) -> Result<()> {
+        let r = request.clone();
+        self.with_transaction(move |tx| insert_resync(tx.connection(), &r, now_ms()))
+            .await
+    }
+
+    async fn dead_letter_count(&self) -> Result<u64> {
+        self.blocking("count dead letters", |conn| {
+            conn.query_row("SELECT COUNT(*) FROM dead_letters", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n.max(0) as u64)
+            .map_err(db("count dead letters"))
+        })
+        .await
+    }
+
+    async fn put_schema(&self, schema_id: &str, json: &str) -> Result<()> {
+        let (id, json) = (schema_id.to_string(), json.to_string());
+        self.blocking("store schema", move |conn| {
+            conn.execute(
+                "INSERT INTO schemas (schema_id, json, stored_at_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (schema_id) DO NOTHING",
+                params![id, json, now_ms()],
+            )
+            .map_err(db("store schema"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn schema(&self, schema_id: &str) -> Result<Option<String>> {
+        let id = schema_id.to_string();
+        self.blocking("read schema", move |conn| {
+            conn.query_row("SELECT json FROM schemas WHERE schema_id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(db("read schema"))
+        })
+        .await
+    }
+
+    async fn verify_audit(&self) -> Result<AuditVerification> {
+        self.blocking("verify audit", |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT seq, object, record_id, change_type, event_key, entry, prev_hash, hash
+                     FROM audit_log ORDER BY seq",
+                )
+                .map_err(db("read audit"))?;
+            let mut rows = stmt.query([]).map_err(db("read audit"))?;
+            let mut v = wh::AuditVerifier::default();
+            while let Some(r) = rows.next().map_err(db("read audit"))? {
+                let get = db("read audit");
+                v.push(wh::StoredAudit {
+                    seq: r.get(0).map_err(&get)?,
+                    object: r.get(1).map_err(&get)?,
+                    record_id: r.get(2).map_err(&get)?,
+                    change_type: r.get(3).map_err(&get)?,
+                    event_key: r.get(4).map_err(&get)?,
+                    entry: r.get(5).map_err(&get)?,
+                    prev_hash: r.get(6).map_err(&get)?,
+                    hash: r.get(7).map_err(&get)?,
+                });
+            }
+            Ok(v.finish())
+        })
+        .await
+    }
+
+    async fn rotate_keys(&self) -> Result<RotationReport> {
+        let ctx = self.registry.ctx();
+        let Some(k) = ctx.keyring.clone() else {
+            return Err(wh::keyring_missing(
+                BACKEND,
+                "rotate keys",
+                "key rotation was asked for".into(),
+            ));
+        };
+        let new_key_id = k.current_key_id().to_string();
+        let n = self
+            .blocking("rotate keys", move |conn| rotate_blocking(conn, &ctx, &k))
+            .await?;
+        tracing::info!(
+            key_id = %new_key_id,
+            values = n.values,
+            payloads = n.payloads,
+            "Re-sealed PII under the current key."
+        );
+        Ok(RotationReport {
+            values_resealed: n.values,
+            raw_payloads_resealed: n.payloads,
+            new_key_id,
+        })
+    }
+
+    async fn start_run(&self, run_id: &str, kind: &str, detail: &str) -> Result<()> {
+        let (id, kind, detail) = (run_id.to_string(), kind.to_string(), detail.to_string());
+        self.blocking("start run", move |conn| {
+            conn.execute(
+                "INSERT INTO runs (run_id, kind, status, started_at_ms, detail)
+                 VALUES (?1, ?2, 'running', ?3, ?4)",
+                params![id, kind, now_ms(), detail],
+            )
+            .map_err(db("start run"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn finish_run(&self, run_id: &str, status: &str, detail: &str) -> Result<()> {
+        let (id, status, detail) = (run_id.to_string(), status.to_string(), detail.to_string());
+        self.blocking("finish run", move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE runs SET status = ?2, ended_at_ms = ?3, detail = ?4 WHERE run_id = ?1",
+                    params![id, status, now_ms(), detail],
+                )
+                .map_err(db("finish run"))?;
+            if n == 0 {
+                return Err(invalid(
+                    "finish run",
+                    format!("run '{id}' was never started"),
+                ));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn runs(&self, limit: usize) -> Result<Vec<RunRecord>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.blocking("read runs", move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT run_id, kind, status, started_at_ms, ended_at_ms, detail FROM runs
+                     ORDER BY started_at_ms DESC, rowid DESC LIMIT ?1",
+                )
+                .map_err(db("read runs"))?;
+            let rows = stmt
+                .query_map([limit], |r| {
+                    Ok(RunRecord {
+                        run_id: r.get(0)?,
+                        kind: r.get(1)?,
+                        status: r.get(2)?,
+                        started_at_ms: r.get(3)?,
+                        ended_at_ms: r.get(4)?,
+                        detail: r.get(5)?,
+                    })
+                })
+                .map_err(db("read runs"))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db("read runs"))
+        })
+        .await
+    }
+
+    async fn acquire_apply_lock(&self) -> Result<()> {
+        let mut guard = self.apply_lock.lock();
+        if guard.is_some() {
+            return Ok(());
+        }
+        let mut path = self.path.clone().into_os_string();
+        path.push(".apply-lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| StoreError::Database {
+                backend: BACKEND,
+                op: "open apply lock file",
+                class: sfsync_core::ErrorClass::Retry,
+                source: Box::new(e),
+            })?;
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: flock on a file descriptor we own; no memory is shared.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::WouldBlock {
+                return Err(StoreError::ApplyLockHeld {
+                    backend: BACKEND,
+                    database: self.path.display().to_string(),
+                });
+            }
+            return Err(StoreError::Database {
+                backend: BACKEND,
+                op: "take apply lock",
+                class: sfsync_core::ErrorClass::Retry,
+                source: Box::new(err),
+            });
+        }
+        *guard = Some(file);
+        Ok(())
+    }
+}
