@@ -19,8 +19,8 @@ use sfsync_core::{ErrorClass, RecordVersion, ReplayId};
 use sha2::{Digest, Sha256};
 
 use crate::curated::{
-    AuditEntry, AuditVerification, ChangeSource, ColumnType, CurrentRow, HistoryRow, ObjectModel,
-    SyncMeta, Value, META_PREFIX,
+    AuditEntry, AuditVerification, ChangeSource, ColumnType, CuratedBatch, CurrentRow, HistoryRow,
+    ObjectModel, SyncMeta, Value, META_PREFIX,
 };
 use crate::error::{Result, StoreError};
 use crate::pii::{self, Keyring};
@@ -193,6 +193,8 @@ pub(crate) struct Registered {
     pub cur: Vec<PhysCol>,
     /// Data columns, `cur[1..1 + data.len()]`.
     pub data: Vec<DataCol>,
+    /// Data column name → index in `data`.
+    pub data_index: HashMap<String, usize>,
     /// History table: head, tracked columns, meta.
     pub hist: Option<Vec<PhysCol>>,
     /// Tracked columns (indexes into `data`), `hist[HIST_HEAD.len()..]`.
@@ -252,10 +254,16 @@ impl Registered {
             cols
         });
         let has_pii = data.iter().any(|c| c.pii);
+        let data_index = data
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.clone(), i))
+            .collect();
         let mut reg = Registered {
             model,
             cur,
             data,
+            data_index,
             hist,
             tracked,
             has_pii,
@@ -354,6 +362,21 @@ pub(crate) fn column_list(cols: &[PhysCol]) -> String {
         .join(", ")
 }
 
+/// The store's own tables, which no model may use.
+const RESERVED_TABLES: &[&str] = &[
+    "schema_migrations",
+    "raw_changes",
+    "checkpoints",
+    "apply_offsets",
+    "schemas",
+    "repair_requests",
+    "resync_requests",
+    "dead_letters",
+    "audit_log",
+    "runs",
+    "curated_models",
+];
+
 /// Checks a model before it reaches DDL.
 pub(crate) fn validate_model(backend: &'static str, m: &ObjectModel) -> Result<()> {
     let bad = |reason: String| StoreError::InvalidInput {
@@ -370,6 +393,14 @@ pub(crate) fn validate_model(backend: &'static str, m: &ObjectModel) -> Result<(
             "table name '{}' must be 1 to 63 bytes without NUL",
             m.table
         )));
+    }
+    let tables = std::iter::once(&m.table).chain(m.history.as_ref().map(|h| &h.table));
+    for t in tables {
+        if RESERVED_TABLES.contains(&t.as_str()) {
+            return Err(bad(format!(
+                "table name '{t}' is one of sfsync's own tables"
+            )));
+        }
     }
     let mut seen = std::collections::HashSet::new();
     for c in &m.columns {
@@ -593,6 +624,47 @@ impl Ctx {
             .ok_or_else(|| keyring_missing(self.backend, op, what()))
     }
 
+    /// Refuses a model whose tables another registered object already uses.
+    pub(crate) fn check_tables(&self, m: &ObjectModel) -> Result<()> {
+        let mine = |t: &str| t == m.table || m.history.as_ref().is_some_and(|h| h.table == t);
+        for other in self.models.values().filter(|o| o.model.object != m.object) {
+            let theirs = std::iter::once(&other.model.table)
+                .chain(other.model.history.as_ref().map(|h| &h.table));
+            for t in theirs {
+                if mine(t) {
+                    return Err(StoreError::InvalidInput {
+                        backend: self.backend,
+                        op: "ensure model",
+                        reason: format!(
+                            "model of '{}': table '{t}' already belongs to object '{}'",
+                            m.object, other.model.object
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks what the database cannot check the same way on every backend: at most one row
+    /// per (object, id) in a batch.
+    pub(crate) fn check_batch(&self, batch: &CuratedBatch) -> Result<()> {
+        let mut seen = std::collections::HashSet::with_capacity(batch.rows.len());
+        for (object, row) in &batch.rows {
+            if !seen.insert((object.as_str(), row.id.as_str())) {
+                return Err(write_error(
+                    self.backend,
+                    object,
+                    &row.id,
+                    "upsert",
+                    "the record appears twice in the batch's rows (one final state per record)"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn any_pii(&self) -> bool {
         self.models.values().any(|m| m.has_pii)
     }
@@ -693,7 +765,13 @@ pub(crate) fn parse_ts(s: &str) -> Option<i64> {
 
 /// `2026-11-21`.
 pub(crate) fn format_date(days: i32) -> Option<String> {
-    date_from_days(days).map(|d| d.format("%Y-%m-%d").to_string())
+    use chrono::Datelike;
+    let d = date_from_days(days)?;
+    Some(if (0..=9999).contains(&d.year()) {
+        format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day())
+    } else {
+        d.format("%Y-%m-%d").to_string()
+    })
 }
 
 pub(crate) fn parse_date(s: &str) -> Option<i32> {
@@ -883,7 +961,7 @@ pub(crate) fn encode_row<'a>(
             }
             continue;
         }
-        let Some(i) = reg.data.iter().position(|c| &c.name == name) else {
+        let Some(&i) = reg.data_index.get(name) else {
             return Err(fail(
                 format!("upsert of column '{name}'"),
                 format!(
@@ -1118,7 +1196,7 @@ pub(crate) fn encode_history_open<'a>(
         ));
     }
     for name in values.keys() {
-        if name != "id" && !reg.data.iter().any(|c| &c.name == name) {
+        if name != "id" && !reg.data_index.contains_key(name) {
             return Err(fail(
                 format!("history open of version {version}"),
                 format!("'{name}' is not a column of the model"),
@@ -1254,7 +1332,7 @@ pub(crate) fn audit_row(ctx: &Ctx, seq: i64, prev_hash: &str, e: &AuditEntry) ->
     let mut sealed = BTreeMap::new();
     for (name, v) in &e.values {
         let is_pii = match reg {
-            Some(r) => r.data.iter().any(|c| &c.name == name && c.pii),
+            Some(r) => r.data_index.get(name).is_some_and(|&i| r.data[i].pii),
             None => {
                 return Err(fail(format!(
                     "object '{}' has no curated model, so its PII columns are unknown",
@@ -1580,6 +1658,25 @@ mod tests {
         m.history.as_mut().unwrap().columns.push("nope".into());
         let err = validate_model("sqlite", &m).unwrap_err();
         assert!(err.to_string().contains("'nope'"), "{err}");
+        let mut m = model();
+        m.table = "audit_log".into();
+        assert!(validate_model("sqlite", &m).is_err());
+
+        let reg = Registry::new(Dialect::Sqlite);
+        reg.register(model());
+        let mut lead = model();
+        lead.object = "Lead".into();
+        lead.table = "sf_lead".into();
+        assert!(
+            reg.ctx().check_tables(&lead).is_err(),
+            "history table shared"
+        );
+        lead.history = None;
+        assert!(reg.ctx().check_tables(&lead).is_ok());
+        assert!(
+            reg.ctx().check_tables(&model()).is_ok(),
+            "the same object again"
+        );
     }
 
     #[test]

@@ -290,6 +290,15 @@ async fn ensure_model_creates_adds_and_reports_retyped(b: &dyn Backend) {
     // A model without PII needs none.
     let change = w.ensure_model(&plain_model()).await.unwrap();
     assert!(change.created);
+    // Another object cannot take its table.
+    let mut thief = plain_model();
+    thief.object = "Lead".into();
+    let err = w.ensure_model(&thief).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("already belongs to object 'Account'"),
+        "{err}"
+    );
 
     let w = b.open(Some(key("k1", 1))).await;
     let change = w.ensure_model(&contact_model()).await.unwrap();
@@ -793,6 +802,16 @@ async fn commit_and_offset_are_atomic(b: &dyn Backend) {
     );
     unchanged(&*w).await;
 
+    // One record twice in the rows of a batch is refused the same way on every backend.
+    let mut twice = back.clone();
+    twice.rows.push(twice.rows[0].clone());
+    let err = w
+        .commit_curated("apply", Some(9), &twice)
+        .await
+        .unwrap_err();
+    assert!(err.chain().contains("appears twice"), "{}", err.chain());
+    unchanged(&*w).await;
+
     // The same batch without the bad step goes in whole.
     w.commit_curated("apply", Some(9), &back).await.unwrap();
     assert_eq!(w.applied_offset("apply").await.unwrap(), Some(9));
@@ -1191,9 +1210,11 @@ async fn runs_and_schemas(b: &dyn Backend) {
 
 macro_rules! suite {
     ($($case:ident),* $(,)?) => {
+        // SQLite commits run in place on a multi-thread runtime (as in `sfsync run`) and on
+        // the blocking pool on a current-thread one; both are covered.
         mod sqlite {
             $(
-                #[tokio::test]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     let b = super::sqlite_backend();
                     super::$case(&b).await;
@@ -1225,3 +1246,15 @@ suite!(
     apply_lock_is_exclusive,
     runs_and_schemas,
 );
+
+mod sqlite_current_thread {
+    #[tokio::test(flavor = "current_thread")]
+    async fn commit_and_offset_are_atomic() {
+        super::commit_and_offset_are_atomic(&super::sqlite_backend()).await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn rows_round_trip_every_type_with_pii_sealed() {
+        super::rows_round_trip_every_type_with_pii_sealed(&super::sqlite_backend()).await;
+    }
+}

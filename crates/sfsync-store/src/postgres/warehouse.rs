@@ -923,7 +923,9 @@ impl PostgresChangeLog {
 impl Warehouse for PostgresChangeLog {
     async fn ensure_model(&self, model: &ObjectModel) -> Result<ModelChange> {
         wh::validate_model(BACKEND, model)?;
-        if model.columns.iter().any(|c| c.pii) && self.registry.ctx().keyring.is_none() {
+        let ctx = self.registry.ctx();
+        ctx.check_tables(model)?;
+        if model.columns.iter().any(|c| c.pii) && ctx.keyring.is_none() {
             let cols: Vec<&str> = model.pii_columns().collect();
             return Err(wh::keyring_missing(
                 BACKEND,
@@ -1027,6 +1029,7 @@ impl Warehouse for PostgresChangeLog {
             return Ok(());
         }
         let ctx = self.registry.ctx();
+        ctx.check_batch(batch)?;
         let mut client = self.client.lock().await;
         let tx = client
             .transaction()

@@ -218,17 +218,34 @@ fn commit_blocking(
     batch: &CuratedBatch,
 ) -> Result<()> {
     let now = now_ms();
+    // One statement per run of rows of the same object (looking it up by its SQL text for
+    // every row would hash kilobytes of text per row).
+    let mut current: Option<(&str, rusqlite::CachedStatement<'_>)> = None;
     for (object, row) in &batch.rows {
         let reg = ctx
             .require("commit curated", object)
             .map_err(|e| wh_error(object, &row.id, "upsert", e))?;
         let cells = wh::encode_row(ctx, reg, row)?;
-        exec_cells(conn, &reg.sql.upsert, &cells).map_err(write_failed(
-            object,
-            &row.id,
-            format!("upsert into table '{}'", reg.model.table),
-        ))?;
+        let failed = || {
+            write_failed(
+                object,
+                &row.id,
+                format!("upsert into table '{}'", reg.model.table),
+            )
+        };
+        if current.as_ref().is_none_or(|(o, _)| *o != object.as_str()) {
+            current = Some((
+                object,
+                conn.prepare_cached(&reg.sql.upsert).map_err(failed())?,
+            ));
+        }
+        let (_, stmt) = current.as_mut().expect("set above");
+        for (i, c) in cells.iter().enumerate() {
+            stmt.raw_bind_parameter(i + 1, c).map_err(failed())?;
+        }
+        stmt.raw_execute().map_err(failed())?;
     }
+    drop(current);
     for step in &batch.history {
         history_step(conn, ctx, step)?;
     }
@@ -710,6 +727,7 @@ impl Warehouse for SqliteChangeLog {
     async fn ensure_model(&self, model: &ObjectModel) -> Result<ModelChange> {
         wh::validate_model(BACKEND, model)?;
         let ctx = self.registry.ctx();
+        ctx.check_tables(model)?;
         if model.columns.iter().any(|c| c.pii) && ctx.keyring.is_none() {
             let cols: Vec<&str> = model.pii_columns().collect();
             return Err(wh::keyring_missing(
@@ -812,6 +830,20 @@ impl Warehouse for SqliteChangeLog {
             return Ok(());
         }
         let ctx = self.registry.ctx();
+        ctx.check_batch(batch)?;
+        if tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            // Run in place (other tasks move to other workers): no copy of the batch.
+            return tokio::task::block_in_place(|| {
+                let mut conn = self.conn.lock();
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(db("begin transaction"))?;
+                commit_blocking(&tx, &ctx, consumer, offset, batch)?;
+                tx.commit().map_err(db("commit transaction"))
+            });
+        }
         let consumer = consumer.to_string();
         let batch = batch.clone();
         self.with_transaction(move |tx| {
