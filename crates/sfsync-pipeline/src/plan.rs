@@ -40,6 +40,8 @@ pub struct PlanStats {
 struct FieldVersions(BTreeMap<String, RecordVersion>);
 
 const LIVE: &str = "_live";
+/// Marks a closed SCD2 history (see `apply_one`).
+const HCLOSED: &str = "_hclosed";
 
 impl FieldVersions {
     fn parse(text: Option<&str>) -> FieldVersions {
@@ -274,7 +276,11 @@ impl Planner<'_> {
                 if in_order {
                     // Every field is now at `v`: compact.
                     row.base_version = v;
+                    let closed = fv.0.remove(HCLOSED);
                     fv.0.clear();
+                    if let Some(c) = closed {
+                        fv.0.insert(HCLOSED.into(), c);
+                    }
                 }
                 row.partial = false;
             }
@@ -330,27 +336,30 @@ impl Planner<'_> {
                 }
             }
         }
-        row.field_versions = fv.render();
-        if !in_order && !completes_partial {
-            if any {
-                stats.late += 1;
-                return "late";
-            }
+        let applied_now = in_order || completes_partial;
+        if !applied_now && !any {
+            row.field_versions = fv.render();
             stats.stale += 1;
             return "stale";
         }
         if in_order {
             row.meta = self.meta(ch);
         }
-        stats.applied += 1;
+        // SCD2. `_hclosed` in the field-version map marks a history whose last version is closed
+        // (the record is deleted).
         if let (Some(h), Some(before)) = (&m.model.history, before_tracked) {
+            let was_open = row.history_version.is_some() && !fv.0.contains_key(HCLOSED);
             let after = tracked(&row.values, &h.columns);
-            let open = row.history_version.filter(|_| !before_deleted && !before_partial);
-            let next = row.history_version.unwrap_or(0) + 1;
+            let n = row.history_version.unwrap_or(0);
+            // Late changes are placed at the newest applied time so windows never overlap.
+            let ts = if applied_now {
+                v.commit_timestamp
+            } else {
+                row.meta.version.commit_timestamp
+            };
             let meta = row.meta.clone();
-            let ts = v.commit_timestamp;
             if row.deleted {
-                if let Some(n) = open {
+                if was_open {
                     batch.history.push(HistoryWrite::Close {
                         object: object.clone(),
                         id: ch.id.clone(),
@@ -358,48 +367,55 @@ impl Planner<'_> {
                         valid_to_ms: ts,
                         end_change_type: ch.change_type.to_string(),
                     });
+                    fv.0.insert(HCLOSED.into(), v);
                 }
             } else if row.partial {
                 // Tracked values unknown until the repair re-reads the record.
-            } else if let Some(n) = open {
-                if after != before {
-                    batch.history.push(HistoryWrite::Close {
-                        object: object.clone(),
-                        id: ch.id.clone(),
-                        version: n,
-                        valid_to_ms: ts,
-                        end_change_type: ch.change_type.to_string(),
-                    });
-                    batch.history.push(HistoryWrite::Open {
-                        object: object.clone(),
-                        id: ch.id.clone(),
-                        version: n + 1,
-                        valid_from_ms: ts,
-                        values: after,
-                        meta,
-                    });
-                    row.history_version = Some(n + 1);
-                } else {
-                    batch.history.push(HistoryWrite::Touch {
-                        object: object.clone(),
-                        id: ch.id.clone(),
-                        version: n,
-                        meta,
-                    });
-                }
-            } else {
+            } else if !was_open {
                 batch.history.push(HistoryWrite::Open {
                     object: object.clone(),
                     id: ch.id.clone(),
-                    version: next,
+                    version: n + 1,
                     valid_from_ms: ts,
                     values: after,
                     meta,
                 });
-                row.history_version = Some(next);
+                row.history_version = Some(n + 1);
+                fv.0.remove(HCLOSED);
+            } else if applied_now && after != before && !before_deleted && !before_partial {
+                batch.history.push(HistoryWrite::Close {
+                    object: object.clone(),
+                    id: ch.id.clone(),
+                    version: n,
+                    valid_to_ms: ts,
+                    end_change_type: ch.change_type.to_string(),
+                });
+                batch.history.push(HistoryWrite::Open {
+                    object: object.clone(),
+                    id: ch.id.clone(),
+                    version: n + 1,
+                    valid_from_ms: ts,
+                    values: after,
+                    meta,
+                });
+                row.history_version = Some(n + 1);
+            } else if applied_now {
+                batch.history.push(HistoryWrite::Touch {
+                    object: object.clone(),
+                    id: ch.id.clone(),
+                    version: n,
+                    meta,
+                });
             }
         }
-        outcome
+        row.field_versions = fv.render();
+        if applied_now {
+            stats.applied += 1;
+            outcome
+        } else {
+            stats.late += 1;
+            "late"
+        }
     }
 }
 

@@ -86,7 +86,7 @@ async fn wait_applied(stats: &PipelineStats, target: u64, limit: Duration) -> bo
 
 async fn one_backend(name: &str, opts: &PipelineBenchOptions) -> Result<serde_json::Value> {
     let dir = tempfile::tempdir()?;
-    let mut ec = EmulatorConfig::ephemeral(dir.path().join("org"));
+    let ec = EmulatorConfig::ephemeral(dir.path().join("org"));
     let running = sfsync_emulator::start(ec).await?;
     let org = running.org().clone();
     let ctx = CallContext {
