@@ -9,6 +9,13 @@
 //! finds a new entry below `n`. Bad input is rejected with an error naming the channel, the item
 //! and the reason, and nothing of its batch is written (invariant 9).
 //!
+//! The same database holds the curated warehouse ([`Warehouse`]): current-state and SCD2
+//! history tables per object, a hash-chained audit trail and the apply bookkeeping, written
+//! with the apply offset in ONE transaction per batch. Fields declared PII, raw payloads of
+//! objects with PII and dead letters are sealed with AES-256-GCM ([`Keyring`]) before they
+//! reach the database and opened on read; a store refuses to write them without a keyring
+//! (invariant 10).
+//!
 //! This crate never calls Salesforce.
 
 pub mod curated;

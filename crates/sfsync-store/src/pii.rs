@@ -144,6 +144,15 @@ impl Keyring {
         }
     }
 
+    /// [`Keyring::new`] that returns an error naming the key id instead of panicking on an
+    /// invalid id.
+    pub fn try_new(key_id: &str, key: [u8; 32]) -> Result<Keyring> {
+        if let Some(problem) = key_id_problem(key_id) {
+            return Err(pii_error("load key", key_id, problem));
+        }
+        Ok(Keyring::new(key_id, key))
+    }
+
     /// A keyring from a hex-encoded 32-byte key; the error names the key id, never the key.
     pub fn from_hex(key_id: &str, hex_key: &str) -> Result<Keyring> {
         if let Some(problem) = key_id_problem(key_id) {
@@ -472,6 +481,8 @@ mod tests {
         assert!(err.to_string().contains("not valid hex"), "{err}");
         assert!(!err.to_string().contains("zz1122"), "{err}");
         assert!(Keyring::from_hex("a:b", hex_key).is_err());
+        assert!(Keyring::try_new("has space", [0; 32]).is_err());
+        assert!(Keyring::try_new("ok-1", [0; 32]).is_ok());
         assert!(Keyring::from_hex("", hex_key).is_err());
 
         let mut k = k;
