@@ -239,17 +239,23 @@ impl Applier {
         for (i, lc) in logged.iter().enumerate() {
             let raw = &lc.change;
             let object = raw.entity.clone();
-            let dead = |stage: &str, error: String| DeadLetter {
-                channel: lc.channel.clone(),
-                replay_id: Some(raw.replay_id.clone()),
-                schema_id: raw.schema_id.clone(),
-                stage: stage.to_string(),
-                error,
-                payload: raw.payload.to_vec(),
-                object: Some(object.clone()),
+            let dead = |stage: &str, error: String| {
+                tracing::warn!(channel = %lc.channel, offset = lc.offset, stage, error = %error, "Change kept as a dead letter.");
+                DeadLetter {
+                    channel: lc.channel.clone(),
+                    replay_id: Some(raw.replay_id.clone()),
+                    schema_id: raw.schema_id.clone(),
+                    stage: stage.to_string(),
+                    error,
+                    payload: raw.payload.to_vec(),
+                    object: Some(object.clone()),
+                }
             };
             if !self.mappings.contains_key(&object) {
-                tracing::debug!(object, "Change for an object that is not configured; skipped.");
+                tracing::debug!(
+                    object,
+                    "Change for an object that is not configured; skipped."
+                );
                 continue;
             }
             let Some(schema) = self.schema(&raw.schema_id).await? else {
@@ -279,7 +285,11 @@ impl Applier {
                     break;
                 }
                 Ok(Normalized::Resync(r)) => {
-                    tracing::warn!(object, from_ms = r.from_ms, "GAP_OVERFLOW: re-sync of the object recorded.");
+                    tracing::warn!(
+                        object,
+                        from_ms = r.from_ms,
+                        "GAP_OVERFLOW: re-sync of the object recorded."
+                    );
                     batch.resyncs.push(r);
                 }
                 Err(e) => {

@@ -113,7 +113,10 @@ mod tests {
 
     #[test]
     fn avro_values_fit_their_columns() {
-        assert_eq!(from_avro(ColumnType::Date, &FieldValue::Int(3)).unwrap(), Value::Date(3));
+        assert_eq!(
+            from_avro(ColumnType::Date, &FieldValue::Int(3)).unwrap(),
+            Value::Date(3)
+        );
         assert_eq!(
             from_avro(ColumnType::Timestamp, &FieldValue::Long(5)).unwrap(),
             Value::Timestamp(5)
@@ -125,7 +128,10 @@ mod tests {
         assert_eq!(
             from_avro(
                 ColumnType::Text,
-                &FieldValue::Array(vec![FieldValue::String("a".into()), FieldValue::String("b".into())])
+                &FieldValue::Array(vec![
+                    FieldValue::String("a".into()),
+                    FieldValue::String("b".into())
+                ])
             )
             .unwrap(),
             Value::Text("a;b".into())
@@ -137,15 +143,25 @@ mod tests {
     #[test]
     fn json_values_fit_their_columns() {
         assert_eq!(
-            from_json(ColumnType::Timestamp, &json!("2026-11-21T09:30:00.000+0000")).unwrap(),
+            from_json(
+                ColumnType::Timestamp,
+                &json!("2026-11-21T09:30:00.000+0000")
+            )
+            .unwrap(),
             Value::Timestamp(1_795_253_400_000)
         );
         assert_eq!(
             from_json(ColumnType::Timestamp, &json!("2026-11-21T09:30:00.000Z")).unwrap(),
             Value::Timestamp(1_795_253_400_000)
         );
-        assert_eq!(from_json(ColumnType::Date, &json!("1970-01-03")).unwrap(), Value::Date(2));
-        assert_eq!(from_json(ColumnType::Integer, &json!(4.0)).unwrap(), Value::Int(4));
+        assert_eq!(
+            from_json(ColumnType::Date, &json!("1970-01-03")).unwrap(),
+            Value::Date(2)
+        );
+        assert_eq!(
+            from_json(ColumnType::Integer, &json!(4.0)).unwrap(),
+            Value::Int(4)
+        );
         assert!(from_json(ColumnType::Date, &json!("21/11/2026")).is_err());
         assert!(from_json(ColumnType::Boolean, &json!("yes")).is_err());
     }

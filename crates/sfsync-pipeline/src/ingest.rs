@@ -52,12 +52,17 @@ impl ChannelIngest {
                     Ok(Some(id)) => ReplayStart::After(id),
                     Ok(None) => self.initial.clone(),
                     Err(e) => {
-                        self.fail(&mut failures, "reading the checkpoint", &chain(&e)).await;
+                        self.fail(&mut failures, "reading the checkpoint", &chain(&e))
+                            .await;
                         continue;
                     }
                 }
             };
-            let mut sub = match self.subscriber.subscribe(&self.channel, start.clone()).await {
+            let mut sub = match self
+                .subscriber
+                .subscribe(&self.channel, start.clone())
+                .await
+            {
                 Ok(s) => s,
                 Err(e) => {
                     self.fail(&mut failures, "subscribing", &chain(&e)).await;
@@ -73,7 +78,11 @@ impl ChannelIngest {
                 let batch = match next {
                     None => continue 'outer,
                     Some(Ok(b)) => b,
-                    Some(Err(PubSubError::ReplayIdInvalid { replay_id, code, message })) => {
+                    Some(Err(PubSubError::ReplayIdInvalid {
+                        replay_id,
+                        code,
+                        message,
+                    })) => {
                         self.stats.errors.fetch_add(1, Relaxed);
                         tracing::error!(
                             channel = %self.channel,
@@ -119,12 +128,20 @@ impl ChannelIngest {
                 for c in &batch.changes {
                     if schemas.insert(c.schema_id.clone()) {
                         let stored = async {
-                            let s = self.subscriber.schema(&c.schema_id).await.map_err(|e| chain(&e))?;
-                            self.store.put_schema(&c.schema_id, &s.json).await.map_err(|e| chain(&e))
+                            let s = self
+                                .subscriber
+                                .schema(&c.schema_id)
+                                .await
+                                .map_err(|e| chain(&e))?;
+                            self.store
+                                .put_schema(&c.schema_id, &s.json)
+                                .await
+                                .map_err(|e| chain(&e))
                         };
                         if let Err(e) = stored.await {
                             schemas.remove(&c.schema_id);
-                            self.fail(&mut failures, "storing a writer schema", &e).await;
+                            self.fail(&mut failures, "storing a writer schema", &e)
+                                .await;
                             continue 'outer;
                         }
                     }
@@ -157,12 +174,15 @@ impl ChannelIngest {
                         sub.ack(&checkpoint);
                         self.stats.ingested.fetch_add(out.appended, Relaxed);
                         self.stats.duplicates.fetch_add(out.duplicates, Relaxed);
-                        self.stats.dead_letters.fetch_add(dead.len() as u64, Relaxed);
+                        self.stats
+                            .dead_letters
+                            .fetch_add(dead.len() as u64, Relaxed);
                         self.appended.notify_one();
                     }
                     Err(e) => {
                         // Not acknowledged: the stream restarts from the stored checkpoint.
-                        self.fail(&mut failures, "appending to the raw log", &chain(&e)).await;
+                        self.fail(&mut failures, "appending to the raw log", &chain(&e))
+                            .await;
                         continue 'outer;
                     }
                 }

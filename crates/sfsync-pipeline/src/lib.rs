@@ -25,7 +25,7 @@ use sfsync_store::Warehouse;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-pub use apply::{ApplyConfig, Applier, RecordReader, CURATED_CONSUMER};
+pub use apply::{Applier, ApplyConfig, RecordReader, CURATED_CONSUMER};
 pub use error::{PipelineError, Result};
 pub use model::{HistoryFields, ObjectMapping, ObjectSpec};
 pub use stats::PipelineStats;
@@ -78,7 +78,9 @@ pub async fn start(
     let detail = serde_json::json!({
         "objects": config.objects.iter().map(|o| o.name.clone()).collect::<Vec<_>>(),
     });
-    store.start_run(&run_id, "stream", &detail.to_string()).await?;
+    store
+        .start_run(&run_id, "stream", &detail.to_string())
+        .await?;
     let stats = Arc::new(PipelineStats::default());
     let (tx, rx) = watch::channel(false);
     let appended = Arc::new(Notify::new());
@@ -135,6 +137,9 @@ pub async fn start(
                         .errors
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::error!(error = %error::chain(&e), "Apply step failed; retrying.");
+                    if *arx.borrow() {
+                        return Err(e);
+                    }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }

@@ -109,8 +109,14 @@ impl ObjectMapping {
             idx
         };
         push(id, &mut columns);
+        // Compound parents (Contact `Name`, `BillingAddress`) are carried as their components.
+        let parents: std::collections::HashSet<&str> = describe
+            .fields
+            .iter()
+            .filter_map(|f| f.compound_field_name.as_deref())
+            .collect();
         for f in &describe.fields {
-            if f.name == "Id" || !is_stored(f) {
+            if f.name == "Id" || !is_stored(f) || parents.contains(f.name.as_str()) {
                 continue;
             }
             let idx = push(f, &mut columns);
@@ -131,7 +137,9 @@ impl ObjectMapping {
                     if !columns.iter().any(|c| c.name == col) {
                         return Err(PipelineError::config(
                             object,
-                            format!("history field '{f}' is not a stored field of {object} (describe)"),
+                            format!(
+                                "history field '{f}' is not a stored field of {object} (describe)"
+                            ),
                         ));
                     }
                     cols.push(col);
@@ -257,7 +265,16 @@ mod tests {
         let names: Vec<_> = m.model.columns.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(
             names,
-            ["id", "name", "annualrevenue", "isactive__c", "lastmodifieddate", "billingcity", "phone", "founded__c"]
+            [
+                "id",
+                "name",
+                "annualrevenue",
+                "isactive__c",
+                "lastmodifieddate",
+                "billingcity",
+                "phone",
+                "founded__c"
+            ]
         );
         assert_eq!(m.model.columns[2].ty, ColumnType::Real);
         assert_eq!(m.model.columns[3].ty, ColumnType::Boolean);
@@ -275,11 +292,15 @@ mod tests {
     fn unknown_config_fields_are_named() {
         let mut spec = ObjectSpec::new("Account");
         spec.pii_fields = vec!["Nope".into()];
-        let e = ObjectMapping::build(&describe(), &spec).unwrap_err().to_string();
+        let e = ObjectMapping::build(&describe(), &spec)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("Account") && e.contains("Nope"), "{e}");
         let mut spec = ObjectSpec::new("Account");
         spec.history = HistoryFields::Fields(vec!["Score__c".into()]);
-        let e = ObjectMapping::build(&describe(), &spec).unwrap_err().to_string();
+        let e = ObjectMapping::build(&describe(), &spec)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("Score__c"), "{e}");
     }
 

@@ -156,7 +156,12 @@ fn set_path(
     use sfsync_core::FieldValue;
     let object = mapping.object();
     let bad = |field: &str, reason: String| {
-        PipelineError::bad_change("normalize", object, record, format!("field {field}: {reason}"))
+        PipelineError::bad_change(
+            "normalize",
+            object,
+            record,
+            format!("field {field}: {reason}"),
+        )
     };
     if let Some(c) = mapping.column_of_path(path) {
         match v {
@@ -187,7 +192,11 @@ fn set_path(
     }
     // A field the curated model does not have (formula, or added after the model was built and
     // not yet described): not stored. The schema-drift path adds it when the schema id changes.
-    tracing::trace!(object, field = path, "Change-event field without a curated column.");
+    tracing::trace!(
+        object,
+        field = path,
+        "Change-event field without a curated column."
+    );
     Ok(())
 }
 

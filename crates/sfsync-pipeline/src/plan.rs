@@ -98,7 +98,8 @@ pub struct Planner<'a> {
 
 impl Planner<'_> {
     /// Plans `changes` (object, change) in order against `rows` (the current rows of the touched
-    /// records, keyed by (object, id); updated in place to the state after the batch).
+    /// records, keyed by (object, id); updated in place to the state after the batch). The
+    /// caller writes the final `rows` into the batch once all its changes are planned.
     pub fn plan(
         &self,
         rows: &mut HashMap<(String, String), CurrentRow>,
@@ -106,17 +107,11 @@ impl Planner<'_> {
         batch: &mut CuratedBatch,
     ) -> PlanStats {
         let mut stats = PlanStats::default();
-        let mut touched: Vec<(String, String)> = Vec::new();
         for (object, ch) in changes {
             let Some(m) = self.mappings.get(object) else {
                 continue;
             };
             let key = (object.clone(), ch.id.clone());
-            if !rows.contains_key(&key) {
-                touched.push(key.clone());
-            } else if !touched.contains(&key) {
-                touched.push(key.clone());
-            }
             if ch.origin_client.as_deref() == Some(self.own_client) {
                 stats.own_writes += 1;
             }
@@ -144,13 +139,6 @@ impl Planner<'_> {
                 run_id: self.run_id.to_string(),
                 applied_at_ms: self.now_ms,
             });
-        }
-        touched.sort();
-        touched.dedup();
-        for key in touched {
-            if let Some(row) = rows.get(&key) {
-                batch.rows.push((key.0.clone(), row.clone()));
-            }
         }
         stats
     }
@@ -571,16 +559,33 @@ mod tests {
         let mut table: BTreeMap<(String, i64), (i64, Option<i64>, bool)> = BTreeMap::new();
         for h in history {
             match h {
-                HistoryWrite::Open { id, version, valid_from_ms, .. } => {
-                    assert!(table.insert((id.clone(), *version), (*valid_from_ms, None, true)).is_none());
+                HistoryWrite::Open {
+                    id,
+                    version,
+                    valid_from_ms,
+                    ..
+                } => {
+                    assert!(table
+                        .insert((id.clone(), *version), (*valid_from_ms, None, true))
+                        .is_none());
                 }
-                HistoryWrite::Close { id, version, valid_to_ms, .. } => {
-                    let v = table.get_mut(&(id.clone(), *version)).expect("closing an existing version");
+                HistoryWrite::Close {
+                    id,
+                    version,
+                    valid_to_ms,
+                    ..
+                } => {
+                    let v = table
+                        .get_mut(&(id.clone(), *version))
+                        .expect("closing an existing version");
                     assert!(v.2, "closing a version that is not current");
                     *v = (v.0, Some(*valid_to_ms), false);
                 }
                 HistoryWrite::Touch { id, version, .. } => {
-                    assert!(table[&(id.clone(), *version)].2, "touching a closed version");
+                    assert!(
+                        table[&(id.clone(), *version)].2,
+                        "touching a closed version"
+                    );
                 }
             }
         }
@@ -589,9 +594,15 @@ mod tests {
             by_id.entry(id).or_default().push(*v);
         }
         for (id, versions) in by_id {
-            assert!(versions.iter().filter(|v| v.2).count() <= 1, "{id}: several current versions");
+            assert!(
+                versions.iter().filter(|v| v.2).count() <= 1,
+                "{id}: several current versions"
+            );
             for w in versions.windows(2) {
-                assert!(w[0].1.expect("superseded version closed") <= w[1].0, "{id}: overlap");
+                assert!(
+                    w[0].1.expect("superseded version closed") <= w[1].0,
+                    "{id}: overlap"
+                );
             }
         }
     }
@@ -636,9 +647,33 @@ mod tests {
     #[test]
     fn partial_update_touches_only_its_fields_and_history_follows_tracked_fields() {
         let changes = vec![
-            ("Case".to_string(), change("5001", Op::Full, 10, (1..5).map(|c| (c, Value::Text(format!("a{c}")))).collect())),
-            ("Case".to_string(), change("5001", Op::Patch, 11, vec![(3, Value::Text("new subject".into()))])),
-            ("Case".to_string(), change("5001", Op::Patch, 12, vec![(1, Value::Text("Closed".into())), (2, Value::Null)])),
+            (
+                "Case".to_string(),
+                change(
+                    "5001",
+                    Op::Full,
+                    10,
+                    (1..5).map(|c| (c, Value::Text(format!("a{c}")))).collect(),
+                ),
+            ),
+            (
+                "Case".to_string(),
+                change(
+                    "5001",
+                    Op::Patch,
+                    11,
+                    vec![(3, Value::Text("new subject".into()))],
+                ),
+            ),
+            (
+                "Case".to_string(),
+                change(
+                    "5001",
+                    Op::Patch,
+                    12,
+                    vec![(1, Value::Text("Closed".into())), (2, Value::Null)],
+                ),
+            ),
             ("Case".to_string(), change("5001", Op::Delete, 13, vec![])),
         ];
         let (rows, history) = run(&changes, &[10]);
@@ -662,11 +697,19 @@ mod tests {
 
     #[test]
     fn update_for_an_unknown_record_requests_a_repair() {
-        let changes = vec![("Case".to_string(), change("5009", Op::Patch, 10, vec![(1, Value::Text("x".into()))]))];
+        let changes = vec![(
+            "Case".to_string(),
+            change("5009", Op::Patch, 10, vec![(1, Value::Text("x".into()))]),
+        )];
         let m = mapping();
         let mut mappings = HashMap::new();
         mappings.insert("Case".to_string(), m);
-        let planner = Planner { mappings: &mappings, run_id: "r", own_client: "sfsync", now_ms: 0 };
+        let planner = Planner {
+            mappings: &mappings,
+            run_id: "r",
+            own_client: "sfsync",
+            now_ms: 0,
+        };
         let mut rows = HashMap::new();
         let mut batch = CuratedBatch::default();
         planner.plan(&mut rows, &changes, &mut batch);

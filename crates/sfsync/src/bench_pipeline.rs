@@ -123,14 +123,21 @@ async fn one_backend(name: &str, opts: &PipelineBenchOptions) -> Result<serde_js
     );
     sc.channel_batches = 16;
     let subscriber = Subscriber::connect(sc, tokens).await?;
-    let objects = ["Case", "Service_Request__c", "Contact", "Account", "Opportunity", "Payment__c"]
-        .iter()
-        .map(|o| {
-            let mut s = ObjectSpec::new(o);
-            s.history = HistoryFields::Fields(vec!["OwnerId".into()]);
-            s
-        })
-        .collect();
+    let objects = [
+        "Case",
+        "Service_Request__c",
+        "Contact",
+        "Account",
+        "Opportunity",
+        "Payment__c",
+    ]
+    .iter()
+    .map(|o| {
+        let mut s = ObjectSpec::new(o);
+        s.history = HistoryFields::Fields(vec!["OwnerId".into()]);
+        s
+    })
+    .collect();
     let cpu0 = cpu_secs();
     let t0 = Instant::now();
     let pipeline = sfsync_pipeline::start(
@@ -223,7 +230,10 @@ pub async fn run(opts: PipelineBenchOptions) -> Result<serde_json::Value> {
     }
     let rss = peak_rss_mb();
     println!();
-    println!("{:<10} {:>16} {:>12} {:>14} {:>14}", "backend", "events/s", "µs CPU/ev", "p99@2k (ms)", "p99@20k (ms)");
+    println!(
+        "{:<10} {:>16} {:>12} {:>14} {:>14}",
+        "backend", "events/s", "µs CPU/ev", "p99@2k (ms)", "p99@20k (ms)"
+    );
     for b in &backends {
         let p99 = |i: usize| {
             b["offered_load"][i]["latency_p99_ms_upper"]
@@ -240,7 +250,9 @@ pub async fn run(opts: PipelineBenchOptions) -> Result<serde_json::Value> {
             p99(1)
         );
     }
-    println!("peak RSS (pipeline + emulator): {rss:.1} MB (floor for the pipeline: ≤ {RSS_FLOOR_MB} MB)");
+    println!(
+        "peak RSS (pipeline + emulator): {rss:.1} MB (floor for the pipeline: ≤ {RSS_FLOOR_MB} MB)"
+    );
     println!("floors: ≥ {SUSTAINED_FLOOR_PER_SEC} events/s on SQLite; p99 ≤ {P99_FLOOR_MS} ms at 2,000/s");
     Ok(json!({
         "suite": "pipeline",

@@ -136,9 +136,14 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         }
         let now = load.snapshot();
         let applied = PipelineStats::get(&stats.applied);
-        let last_commit = stats.last_commit_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let last_commit = stats
+            .last_commit_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
         let lag = if last_commit > 0 {
-            format!("{:.1}s", (chrono::Utc::now().timestamp_millis() - last_commit) as f64 / 1e3)
+            format!(
+                "{:.1}s",
+                (chrono::Utc::now().timestamp_millis() - last_commit) as f64 / 1e3
+            )
         } else {
             "-".into()
         };
@@ -185,7 +190,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         PipelineStats::get(&stats.repairs_done),
         PipelineStats::get(&stats.dead_letters),
     );
-    if let (Some(p50), Some(p99)) = (stats.latency_quantile_ms(0.5), stats.latency_quantile_ms(0.99)) {
+    if let (Some(p50), Some(p99)) = (
+        stats.latency_quantile_ms(0.5),
+        stats.latency_quantile_ms(0.99),
+    ) {
         println!("Commit → curated latency: p50 ≤ {p50} ms, p99 ≤ {p99} ms.");
     }
     println!();
@@ -194,8 +202,13 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     println!("  sqlite3 {db} 'SELECT status, count(*) FROM sf_case WHERE NOT _sf_deleted GROUP BY status'");
     println!("  sqlite3 {db} 'SELECT id, status, valid_from, valid_to, is_current FROM sf_case_history ORDER BY id, _sf_version LIMIT 10'");
     println!("  sqlite3 {db} 'SELECT object, record_id, change_type, outcome FROM audit_log ORDER BY seq DESC LIMIT 10'");
-    println!("Tables: sf_<object> (current state), sf_<object>_history (SCD2), raw_changes, audit_log.");
-    println!("Contact Email/Phone/Birthdate are PII: encrypted at rest (key in {}).", args.data_dir.join("pii.key").display());
+    println!(
+        "Tables: sf_<object> (current state), sf_<object>_history (SCD2), raw_changes, audit_log."
+    );
+    println!(
+        "Contact Email/Phone/Birthdate are PII: encrypted at rest (key in {}).",
+        args.data_dir.join("pii.key").display()
+    );
     println!(
         "The org is kept in {} (restart the demo to continue from it).",
         args.data_dir.display()
@@ -215,7 +228,11 @@ fn demo_objects() -> Vec<ObjectSpec> {
     vec![
         with("Case", &["Status", "Priority", "OwnerId"], &[]),
         with("Account", &["Name", "Type"], &[]),
-        with("Contact", &["AccountId", "Email"], &["Email", "Phone", "Birthdate"]),
+        with(
+            "Contact",
+            &["AccountId", "Email"],
+            &["Email", "Phone", "Birthdate"],
+        ),
         with("Opportunity", &["StageName", "Amount"], &[]),
         with("Service_Request__c", &["Status__c"], &[]),
         with("Payment__c", &["Status__c", "Amount__c"], &[]),
@@ -235,6 +252,7 @@ fn demo_keyring(dir: &std::path::Path) -> Result<Keyring> {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         }
     }
-    let hex = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let hex =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     Keyring::from_hex("demo-1", hex.trim()).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }

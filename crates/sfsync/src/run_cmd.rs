@@ -191,7 +191,9 @@ pub fn progress_line(stats: &PipelineStats, elapsed: Duration, last_applied: &mu
     let applied = PipelineStats::get(&stats.applied);
     let rate = (applied - *last_applied) as f64;
     *last_applied = applied;
-    let lag = stats.last_commit_ms.load(std::sync::atomic::Ordering::Relaxed);
+    let lag = stats
+        .last_commit_ms
+        .load(std::sync::atomic::Ordering::Relaxed);
     let lag = if lag > 0 {
         format!("{:.1}s", (now_ms() - lag) as f64 / 1000.0)
     } else {
@@ -215,12 +217,27 @@ fn now_ms() -> i64 {
 }
 
 pub async fn run(args: RunArgs) -> Result<()> {
+    // Signal handlers first: a SIGTERM during start-up is a graceful stop too.
+    let signal = crate::emulator_cmd::shutdown_signal();
+    tokio::pin!(signal);
+    let mut early = false;
+    tokio::select! {
+        biased;
+        _ = &mut signal => early = true,
+        _ = std::future::ready(()) => {}
+    }
+    if early {
+        return Ok(());
+    }
     let (config, secrets) = load(&args.config)?;
     let store = open_store(&config, &secrets).await?;
     let (client, subscriber) = connect_salesforce(&config, &secrets).await?;
     let pc = pipeline_config(&config, args.start);
     if pc.objects.is_empty() {
-        anyhow::bail!("{}: no object with mode = \"cdc\" to sync", args.config.display());
+        anyhow::bail!(
+            "{}: no object with mode = \"cdc\" to sync",
+            args.config.display()
+        );
     }
     let running = sfsync_pipeline::start(store, Arc::new(client), subscriber, pc)
         .await
@@ -232,8 +249,6 @@ pub async fn run(args: RunArgs) -> Result<()> {
         config.warehouse.describe()
     );
     let started = Instant::now();
-    let signal = crate::emulator_cmd::shutdown_signal();
-    tokio::pin!(signal);
     let mut last = 0;
     let every = Duration::from_secs(args.progress_secs.max(1));
     let mut tick = tokio::time::interval(every);
