@@ -589,7 +589,7 @@ async fn golden_sqlite_straight_and_killed_agree_with_the_org() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn golden_postgres_straight_and_killed_agree_with_the_org() {
     let server = pg::shared_server();
-    let url = server.url();
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", server.port);
     golden(
         Db::Postgres {
             url: url.clone(),
