@@ -589,7 +589,8 @@ mod tests {
                 }
             }
         }
-        let mut by_id: BTreeMap<&str, Vec<(i64, Option<i64>, bool)>> = BTreeMap::new();
+        type Window = (i64, Option<i64>, bool);
+        let mut by_id: BTreeMap<&str, Vec<Window>> = BTreeMap::new();
         for ((id, _), v) in &table {
             by_id.entry(id).or_default().push(*v);
         }

@@ -6,6 +6,7 @@
 //!    apply them all is the sustained end-to-end rate, with process CPU µs per event;
 //! 2. offered load at 2,000 and 20,000 changes/s for a fixed time: achieved applied rate and the
 //!    commit→curated latency p50/p99 (histogram buckets; a bound, not an exact figure).
+//!
 //! Peak RSS is the whole process (pipeline + emulator): an upper bound for the pipeline's own.
 //! Tests never assert on these; the floors are printed beside the figures.
 
