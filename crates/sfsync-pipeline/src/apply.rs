@@ -107,6 +107,9 @@ pub struct Applier {
     config: ApplyConfig,
     stats: Arc<PipelineStats>,
     offset: Option<LogOffset>,
+    /// Repairs may be pending (true at start, after a batch that requested some, and while a
+    /// re-read keeps failing); saves a query per batch otherwise.
+    repairs_pending: bool,
 }
 
 impl Applier {
@@ -133,6 +136,7 @@ impl Applier {
             config,
             stats,
             offset: None,
+            repairs_pending: true,
         }
     }
 
@@ -160,7 +164,9 @@ impl Applier {
     /// One step: pending repairs, then one batch from the raw log. Returns the number of raw-log
     /// entries processed (0 when there was nothing to do).
     pub async fn step(&mut self) -> Result<usize> {
-        self.run_repairs().await?;
+        if self.repairs_pending {
+            self.run_repairs().await?;
+        }
         let from = match self.offset {
             Some(o) => o + 1,
             None => {
@@ -178,6 +184,14 @@ impl Applier {
         }
         let n = self.apply_logged(&logged).await?;
         Ok(n)
+    }
+
+    /// Loads the current rows of `ids` of `object` into `rows`.
+    async fn load_rows(&self, object: &str, ids: &[String], rows: &mut Rows) -> Result<()> {
+        for (id, row) in self.store.load_current(object, ids).await? {
+            rows.insert((object.to_string(), id), row);
+        }
+        Ok(())
     }
 
     async fn schema(&mut self, schema_id: &str) -> Result<Option<Arc<ChangeSchema>>> {
@@ -320,9 +334,7 @@ impl Applier {
         for (object, mut list) in ids {
             list.sort();
             list.dedup();
-            for (id, row) in self.store.load_current(object, &list).await? {
-                rows.insert((object.to_string(), id), row);
-            }
+            self.load_rows(object, &list, &mut rows).await?;
         }
         let now = now_ms();
         let planner = Planner {
@@ -348,12 +360,7 @@ impl Applier {
             }
         }
         // Every row in the map is written (unchanged ones are rewritten as they are).
-        let mut keys: Vec<_> = rows.keys().cloned().collect();
-        keys.sort();
-        for k in keys {
-            let row = rows.remove(&k).expect("key from the map");
-            batch.rows.push((k.0, row));
-        }
+        rows_into(rows, &mut batch);
         let offset = logged[last_index].offset;
         let repairs = batch.repairs.len() as u64;
         self.store
@@ -382,6 +389,7 @@ impl Applier {
         }
         st.last_applied_at_ms.store(now_after, Relaxed);
         if repairs > 0 {
+            self.repairs_pending = true;
             self.run_repairs().await?;
         }
         Ok(last_index + 1)
@@ -394,6 +402,7 @@ impl Applier {
         loop {
             let pending = self.store.pending_repairs(16).await?;
             if pending.is_empty() {
+                self.repairs_pending = false;
                 return Ok(());
             }
             for req in pending {
@@ -462,9 +471,7 @@ impl Applier {
             }
         }
         let mut rows = HashMap::new();
-        for (id, row) in self.store.load_current(&r.object, &ids).await? {
-            rows.insert((r.object.clone(), id), row);
-        }
+        self.load_rows(&r.object, &ids, &mut rows).await?;
         let planner = Planner {
             mappings: &self.mappings,
             run_id: &self.config.run_id,
@@ -474,12 +481,7 @@ impl Applier {
         planner.plan(&mut rows, &changes, &mut batch);
         // A repair never asks for another repair of the same records.
         batch.repairs.clear();
-        let mut keys: Vec<_> = rows.keys().cloned().collect();
-        keys.sort();
-        for k in keys {
-            let row = rows.remove(&k).expect("key from the map");
-            batch.rows.push((k.0, row));
-        }
+        rows_into(rows, &mut batch);
         self.store
             .commit_curated(CURATED_CONSUMER, None, &batch)
             .await?;
@@ -488,6 +490,17 @@ impl Applier {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
+}
+
+type Rows = HashMap<(String, String), sfsync_store::CurrentRow>;
+
+/// Moves every row of the map into the batch, in key order (one write per record).
+fn rows_into(rows: Rows, batch: &mut CuratedBatch) {
+    let mut rows: Vec<_> = rows.into_iter().collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    batch
+        .rows
+        .extend(rows.into_iter().map(|((object, _), row)| (object, row)));
 }
 
 pub(crate) fn now_ms() -> i64 {

@@ -90,12 +90,7 @@ pub enum PiiKeySource {
 
 /// The default CDC channel of an object: `/data/AccountChangeEvent`,
 /// `/data/Service_Request__ChangeEvent` for `Service_Request__c`.
-pub fn default_channel(object: &str) -> String {
-    match object.strip_suffix("__c") {
-        Some(base) => format!("/data/{base}__ChangeEvent"),
-        None => format!("/data/{object}ChangeEvent"),
-    }
-}
+pub use sfsync_pipeline::model::default_channel;
 
 /// A Salesforce API name: a letter, then letters, digits and underscores.
 fn is_api_name(s: &str) -> bool {
