@@ -1,6 +1,7 @@
 //! The `sfsync` binary: command-line interface and wiring. Business logic lives in the library
 //! crates; this crate parses arguments, loads configuration and starts the right pieces.
 
+mod admin_cmd;
 mod bench_pipeline;
 mod bench_pubsub;
 mod bench_salesforce;
@@ -37,6 +38,12 @@ enum Command {
     Bench(BenchArgs),
     /// Work with the config file (`config check --config FILE`).
     Config(config::check::ConfigArgs),
+    /// Check the warehouse's audit hash chain (`audit verify --config FILE`; exit 1 when broken).
+    Audit(admin_cmd::AuditArgs),
+    /// Manage the PII keys (`keys rotate --config FILE`: re-seal all PII under the current key).
+    Keys(admin_cmd::KeysArgs),
+    /// Print an object's rows or history from the warehouse, PII masked unless `--decrypt`.
+    Read(admin_cmd::ReadArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -133,17 +140,25 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(config::check::run(args));
     }
     init_tracing();
+    let command = match cli.command {
+        Command::Audit(args) => std::process::exit(admin_cmd::audit(args)),
+        Command::Keys(args) => std::process::exit(admin_cmd::keys(args)),
+        Command::Read(args) => std::process::exit(admin_cmd::read(args)),
+        command => command,
+    };
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        match cli.command {
+        match command {
             Command::Emulator(args) => emulator_cmd::run(args).await,
             Command::Run(args) => run_cmd::run(args).await,
             Command::Bench(args) => bench(args).await,
             Command::Demo(args) => demo::run(args).await,
-            Command::Config(_) => unreachable!("handled before the runtime starts"),
+            Command::Config(_) | Command::Audit(_) | Command::Keys(_) | Command::Read(_) => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     })
 }

@@ -53,7 +53,7 @@ pub async fn open_store(
     config: &ValidConfig,
     secrets: &ResolvedSecrets,
 ) -> Result<Arc<dyn Warehouse>> {
-    let keyring = secrets.pii_key.as_ref().map(keyring);
+    let keyring = secrets.pii_key.as_ref().map(keyring).transpose()?;
     let store: Arc<dyn Warehouse> = match &config.warehouse {
         ValidWarehouse::Sqlite { path } => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -106,8 +106,12 @@ pub async fn connect_postgres(url: &str, schema: &str) -> Result<PostgresChangeL
         .context("opening the Postgres warehouse")
 }
 
-fn keyring(k: &PiiKey) -> Arc<Keyring> {
-    Arc::new(Keyring::new(&k.id, k.key))
+/// The keyring of the configured PII key; an unusable key id is an error naming it (never the
+/// key), not a panic.
+fn keyring(k: &PiiKey) -> Result<Arc<Keyring>> {
+    Keyring::try_new(&k.id, k.key)
+        .map(Arc::new)
+        .with_context(|| format!("pii.key_id '{}' cannot be used", k.id))
 }
 
 /// The pipeline's object specs from the config (poll-mode objects are reported and skipped
