@@ -548,7 +548,7 @@ impl Org {
     pub fn execute(&self, ctx: &CallContext, ops: Vec<DmlOp>, all_or_none: bool) -> Vec<DmlResult> {
         let mut side = self.side.lock();
         let mut st = self.state.write();
-        let ts = value::now_ms().max(st.last_ts + 1);
+        let ts = value::now_ms().max(st.last_ts);
         let mut tx = TxBuilder::default();
         let mut undo: Vec<Undo> = Vec::new();
         let mut results: Vec<DmlResult> = Vec::with_capacity(ops.len());
@@ -769,7 +769,7 @@ impl Org {
             let n = (count - done).min(200);
             let mut side = self.side.lock();
             let mut st = self.state.write();
-            let ts = value::now_ms().max(st.last_ts + 1);
+            let ts = value::now_ms().max(st.last_ts);
             let chunk = crate::seed::Chunk {
                 object: st.compiled.objects[obj].name().to_string(),
                 seed,
@@ -1391,14 +1391,14 @@ fn update(
     }
     let changed_pos: Vec<usize> = changes.iter().map(|(i, _)| *i).collect();
     check_unique(st, c, &new, Some(&changed_pos))?;
-    for (f, v) in [
-        (c.lmd_f, Val::DateTime(ts)),
-        (c.lmb_f, Val::Id(ctx.user_id)),
-    ] {
-        if new.val(f) != &v {
-            changes.push((f, new.val(f).clone()));
-            new.set(f, v);
-        }
+    // Every update sets LastModifiedDate (it is in the event's changedFields even when a
+    // transaction in the same millisecond already set it to the same value).
+    changes.push((c.lmd_f, new.val(c.lmd_f).clone()));
+    new.set(c.lmd_f, Val::DateTime(ts));
+    let by = Val::Id(ctx.user_id);
+    if new.val(c.lmb_f) != &by {
+        changes.push((c.lmb_f, new.val(c.lmb_f).clone()));
+        new.set(c.lmb_f, by);
     }
     new.set(c.sysmod_f, Val::DateTime(ts));
     let prev = st.stores[obj].replace(slot, Some(new));

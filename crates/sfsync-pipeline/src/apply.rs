@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sfsync_salesforce::pubsub::ChangeSchema;
@@ -22,7 +22,10 @@ use crate::error::{chain, PipelineError, Result};
 use crate::model::ObjectMapping;
 use crate::normalize::{self, Normalized, RecordChange};
 use crate::plan::Planner;
-use crate::stats::PipelineStats;
+use crate::stats::{
+    PipelineStats, STAGE_APPLY_COMMIT, STAGE_APPLY_DECODE, STAGE_APPLY_LOAD, STAGE_APPLY_PLAN,
+    STAGE_APPLY_READ,
+};
 
 /// Name of the curated consumer's apply offset.
 pub const CURATED_CONSUMER: &str = "curated";
@@ -175,10 +178,12 @@ impl Applier {
                 o.unwrap_or(0) + 1
             }
         };
+        let t = Instant::now();
         let logged = self
             .store
             .read_from(from, self.config.batch_max_records)
             .await?;
+        self.stats.time_stage(STAGE_APPLY_READ, t);
         if logged.is_empty() {
             return Ok(0);
         }
@@ -249,6 +254,7 @@ impl Applier {
         let mut batch = CuratedBatch::default();
         let mut planned: Vec<(usize, Vec<(String, RecordChange)>)> = Vec::new();
         let mut cut: Option<usize> = None;
+        let t = Instant::now();
         // Decode and normalise; stop after the first entry that needs a repair.
         for (i, lc) in logged.iter().enumerate() {
             let raw = &lc.change;
@@ -323,7 +329,9 @@ impl Applier {
                 }
             }
         }
+        self.stats.time_stage(STAGE_APPLY_DECODE, t);
         // Load the touched rows.
+        let t = Instant::now();
         let mut ids: HashMap<&str, Vec<String>> = HashMap::new();
         for (_, rs) in &planned {
             for (o, r) in rs {
@@ -336,6 +344,8 @@ impl Applier {
             list.dedup();
             self.load_rows(object, &list, &mut rows).await?;
         }
+        self.stats.time_stage(STAGE_APPLY_LOAD, t);
+        let t = Instant::now();
         let now = now_ms();
         let planner = Planner {
             mappings: &self.mappings,
@@ -363,9 +373,12 @@ impl Applier {
         rows_into(rows, &mut batch);
         let offset = logged[last_index].offset;
         let repairs = batch.repairs.len() as u64;
+        self.stats.time_stage(STAGE_APPLY_PLAN, t);
+        let t = Instant::now();
         self.store
             .commit_curated(CURATED_CONSUMER, Some(offset), &batch)
             .await?;
+        self.stats.time_stage(STAGE_APPLY_COMMIT, t);
         self.offset = Some(offset);
         let now_after = now_ms();
         let st = &self.stats;

@@ -165,11 +165,13 @@ impl ChannelIngest {
                         object: None,
                     })
                     .collect();
-                match self
+                let t = std::time::Instant::now();
+                let appended = self
                     .store
                     .append_with_dead_letters(&self.channel, &raws, &dead, &checkpoint)
-                    .await
-                {
+                    .await;
+                self.stats.time_stage(crate::stats::STAGE_INGEST_WRITE, t);
+                match appended {
                     Ok(out) => {
                         sub.ack(&checkpoint);
                         self.stats.ingested.fetch_add(out.appended, Relaxed);

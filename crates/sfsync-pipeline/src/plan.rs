@@ -116,13 +116,6 @@ impl Planner<'_> {
                 stats.own_writes += 1;
             }
             let outcome = self.apply_one(m, rows, &key, ch, batch, &mut stats);
-            let mut values = BTreeMap::new();
-            let cols = &m.model.columns;
-            for (c, v) in &ch.values {
-                if ch.op == Op::Patch || !v.is_null() {
-                    values.insert(cols[*c].name.clone(), v.clone());
-                }
-            }
             batch.audit.push(AuditEntry {
                 object: object.clone(),
                 record_id: ch.id.clone(),
@@ -133,7 +126,6 @@ impl Planner<'_> {
                 change_origin: ch.change_origin.clone(),
                 source: ch.source,
                 fields: ch.fields.clone(),
-                values,
                 outcome: outcome.to_string(),
                 replay_id: ch.replay_id.clone(),
                 run_id: self.run_id.to_string(),

@@ -33,7 +33,25 @@ pub struct PipelineStats {
     pub last_applied_at_ms: AtomicI64,
     latency: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
     latency_sum_ms: AtomicU64,
+    /// Cumulative wall time (ns) per stage: where a batch's time goes (benchmark breakdown).
+    pub stage_ns: [AtomicU64; STAGES.len()],
 }
+
+/// Stages timed in [`PipelineStats::stage_ns`], in index order.
+pub const STAGES: [&str; 6] = [
+    "ingest_write",
+    "apply_read",
+    "apply_decode",
+    "apply_load",
+    "apply_plan",
+    "apply_commit",
+];
+pub const STAGE_INGEST_WRITE: usize = 0;
+pub const STAGE_APPLY_READ: usize = 1;
+pub const STAGE_APPLY_DECODE: usize = 2;
+pub const STAGE_APPLY_LOAD: usize = 3;
+pub const STAGE_APPLY_PLAN: usize = 4;
+pub const STAGE_APPLY_COMMIT: usize = 5;
 
 impl PipelineStats {
     /// Records one change's commit→curated latency.
@@ -58,6 +76,45 @@ impl PipelineStats {
     /// The latency quantile `q` (0..1) as the upper bound of its bucket, in ms.
     pub fn latency_quantile_ms(&self, q: f64) -> Option<u64> {
         quantile(&self.latency_counts(), q)
+    }
+
+    /// Adds the time since `since` to stage `i`.
+    pub fn time_stage(&self, i: usize, since: std::time::Instant) {
+        self.stage_ns[i].fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Cumulative ns per stage, named.
+    pub fn stage_times(&self) -> Vec<(&'static str, u64)> {
+        STAGES
+            .iter()
+            .zip(&self.stage_ns)
+            .map(|(n, c)| (*n, c.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Every counter as JSON (the `--stats-file` of `sfsync run`, read by the benchmark).
+    pub fn snapshot(&self) -> serde_json::Value {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "ingested": g(&self.ingested),
+            "duplicates": g(&self.duplicates),
+            "processed": g(&self.processed),
+            "applied": g(&self.applied),
+            "late": g(&self.late),
+            "stale": g(&self.stale),
+            "own_writes": g(&self.own_writes),
+            "repairs_requested": g(&self.repairs_requested),
+            "repairs_done": g(&self.repairs_done),
+            "resyncs_requested": g(&self.resyncs_requested),
+            "dead_letters": g(&self.dead_letters),
+            "errors": g(&self.errors),
+            "batches": g(&self.batches),
+            "last_commit_ms": self.last_commit_ms.load(Ordering::Relaxed),
+            "last_applied_at_ms": self.last_applied_at_ms.load(Ordering::Relaxed),
+            "latency_bucket_upper_ms": LATENCY_BUCKETS_MS,
+            "latency_counts": self.latency_counts(),
+            "stage_ns": self.stage_times().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+        })
     }
 
     pub fn get(c: &AtomicU64) -> u64 {

@@ -218,7 +218,13 @@ pub enum HistoryWrite {
     },
 }
 
-/// One audit trail entry: who changed what, when, from where, and how sfsync applied it.
+/// One audit trail entry: who changed which fields, when, from where, and how sfsync applied it.
+///
+/// It names the changed fields but holds none of their values: the values live in the curated
+/// current-state table, the SCD2 history table (tracked columns) and the raw change log, so the
+/// audit trail adds no copy of them — and no PII — of its own. Entries written by older versions
+/// may still carry a `values` map inside their stored (hashed) JSON; it is left as written, and
+/// this type must keep ignoring unknown fields so those entries still parse when verified.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub object: String,
@@ -231,11 +237,8 @@ pub struct AuditEntry {
     /// The raw `changeOrigin`.
     pub change_origin: String,
     pub source: ChangeSource,
-    /// Field API names the change set or nulled.
+    /// Field API names the change set or nulled (the "what"; values are not recorded).
     pub fields: Vec<String>,
-    /// New values of the changed fields, by column name. PII values are sealed by the store
-    /// and kept outside the hashed part of the entry (bound to it as AEAD associated data).
-    pub values: BTreeMap<String, Value>,
     /// How the apply stage treated it: `applied`, `stale` (older than the row), `late`
     /// (older, applied to fields only), `repair_requested`.
     pub outcome: String,
@@ -358,7 +361,10 @@ pub struct AuditVerification {
 /// Result of [`Warehouse::rotate_keys`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RotationReport {
+    /// PII cells of curated current-state and history tables re-sealed (the audit trail holds
+    /// no values, so nothing of it is re-sealed).
     pub values_resealed: u64,
+    /// Raw change payloads and dead letters re-sealed.
     pub raw_payloads_resealed: u64,
     pub new_key_id: String,
 }
@@ -440,7 +446,7 @@ pub trait Warehouse: ChangeLog {
     /// Walks the audit chain and checks every link and hash.
     async fn verify_audit(&self) -> Result<AuditVerification>;
 
-    /// Re-seals every PII value (curated, history, audit, raw payloads, dead letters) under the
+    /// Re-seals every PII value (curated, history, raw payloads, dead letters) under the
     /// keyring's current key.
     async fn rotate_keys(&self) -> Result<RotationReport>;
 

@@ -2,8 +2,8 @@
 //! written beside every sealed value, so keys can be rotated (architecture invariant 10).
 //!
 //! Guarantee: a sealed value opens only with the key it names and only under the associated data
-//! (AAD) it was sealed with, so a value cannot be tampered with or moved to another column (or
-//! audit row) unnoticed. Key material never appears in `Debug` output or in errors.
+//! (AAD) it was sealed with, so a value cannot be tampered with or moved to another column
+//! unnoticed. Key material never appears in `Debug` output or in errors.
 //!
 //! Two envelopes:
 //! - text, for column values: `enc:v1:<key id>:<base64 (standard alphabet, no padding) of
@@ -11,10 +11,10 @@
 //! - binary, for raw payloads and dead letters: `b"SFE1"`, one byte key id length, the key id,
 //!   the 12-byte nonce, the ciphertext (with its 16-byte tag).
 //!
-//! AAD conventions used by the stores: curated and history values `"<object>.<column>"`, audit
-//! values `"audit.<seq>.<object>.<column>"`, raw payloads `"raw.<entity>"`, dead letters
-//! `"dead.<channel>"`. A column value is sealed as the JSON of its [`crate::Value`], so its type
-//! survives.
+//! AAD conventions used by the stores: curated and history values `"<object>.<column>"`, raw
+//! payloads `"raw.<entity>"`, dead letters `"dead.<channel>"` (the audit trail holds no values,
+//! so nothing of it is sealed). A column value is sealed as the JSON of its [`crate::Value`], so
+//! its type survives.
 
 use std::collections::HashMap;
 
@@ -37,11 +37,6 @@ const TAG_LEN: usize = 16;
 /// AAD of a curated or history column value.
 pub fn column_aad(object: &str, column: &str) -> String {
     format!("{object}.{column}")
-}
-
-/// AAD of a PII value in the audit trail, bound to the entry's sequence number.
-pub fn audit_aad(seq: i64, object: &str, column: &str) -> String {
-    format!("audit.{seq}.{object}.{column}")
 }
 
 /// AAD of a raw change payload.

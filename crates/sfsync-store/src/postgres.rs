@@ -18,7 +18,7 @@ use crate::curated::DeadLetter;
 use crate::error::{Result, StoreError};
 use crate::migrate::{self, AppliedMigration, Migration};
 use crate::pii::Keyring;
-use crate::sqlite::decode_row;
+use crate::sqlite::StoredLogRow;
 use crate::warehouse::{Dialect, Registry};
 use crate::{now_ms, AppendOutcome, ChangeLog, LogOffset, LoggedChange, RawChange};
 
@@ -135,6 +135,13 @@ CREATE TABLE curated_models (
 CREATE INDEX raw_changes_entity ON raw_changes (entity, log_offset);
 "#,
     },
+    Migration {
+        version: 3,
+        name: "audit trail without values: drop audit_log.sealed",
+        sql: r#"
+ALTER TABLE audit_log DROP COLUMN sealed;
+"#,
+    },
 ];
 
 /// The change log in a Postgres database (tables in the connection's `search_path` schema).
@@ -220,6 +227,12 @@ impl PostgresChangeLog {
     ) -> Result<AppendOutcome> {
         check_name("append batch", "channel", channel)?;
         let ctx = self.registry.ctx();
+        let payloads = crate::warehouse::cpu_bound(|| {
+            changes
+                .iter()
+                .map(|c| ctx.encode_raw(&c.entity, &c.payload))
+                .collect::<Result<Vec<_>>>()
+        })?;
         let mut client = self.client.lock().await;
         let tx = client
             .transaction()
@@ -241,8 +254,7 @@ impl PostgresChangeLog {
             .map_err(|e| StoreError::postgres("prepare append", e))?;
         let now = now_ms();
         let mut out = AppendOutcome::default();
-        for (index, c) in changes.iter().enumerate() {
-            let payload = ctx.seal_raw(&c.entity, &c.payload)?;
+        for (index, (c, payload)) in changes.iter().zip(&payloads).enumerate() {
             let rejected = |e: tokio_postgres::Error| StoreError::RejectedChange {
                 backend: BACKEND,
                 channel: channel.to_string(),
@@ -445,30 +457,32 @@ impl ChangeLog for PostgresChangeLog {
             )
             .await
             .map_err(|e| StoreError::postgres("read log", e))?;
+        drop(client);
         let get = |e| StoreError::postgres("decode log row", e);
-        let mut out = Vec::with_capacity(rows.len());
+        let mut stored = Vec::with_capacity(rows.len());
         for r in rows {
-            let change_type: String = r.try_get(6).map_err(get)?;
-            let entity: String = r.try_get(5).map_err(get)?;
-            let payload = ctx.open_raw(&entity, r.try_get(10).map_err(get)?)?;
-            out.push(decode_row(
-                BACKEND,
-                r.try_get(0).map_err(get)?,
-                r.try_get(1).map_err(get)?,
-                r.try_get(2).map_err(get)?,
-                r.try_get(3).map_err(get)?,
-                r.try_get(4).map_err(get)?,
-                entity,
-                &change_type,
-                RecordVersion {
+            stored.push(StoredLogRow {
+                offset: r.try_get(0).map_err(get)?,
+                channel: r.try_get(1).map_err(get)?,
+                event_key: r.try_get(2).map_err(get)?,
+                replay_id: r.try_get(3).map_err(get)?,
+                schema_id: r.try_get(4).map_err(get)?,
+                entity: r.try_get(5).map_err(get)?,
+                change_type: r.try_get(6).map_err(get)?,
+                version: RecordVersion {
                     commit_timestamp: r.try_get(7).map_err(get)?,
                     commit_number: r.try_get(8).map_err(get)?,
                     sequence_number: r.try_get(9).map_err(get)?,
                 },
-                payload,
-            )?);
+                payload: r.try_get(10).map_err(get)?,
+            });
         }
-        Ok(out)
+        crate::warehouse::cpu_bound(|| {
+            stored
+                .into_iter()
+                .map(|r| r.decode(BACKEND, &ctx))
+                .collect()
+        })
     }
 
     async fn applied_offset(&self, consumer: &str) -> Result<Option<LogOffset>> {

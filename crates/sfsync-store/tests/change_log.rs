@@ -330,7 +330,7 @@ async fn reopen_keeps_data(b: &dyn Backend) {
 async fn migrations_idempotent(b: &dyn Backend) {
     let first = b.open().await.applied_migrations().await.unwrap();
     let versions: Vec<i64> = first.iter().map(|m| m.version).collect();
-    assert_eq!(versions, [1, 2]);
+    assert_eq!(versions, [1, 2, 3]);
     // Opening again, and twice at once, applies nothing new.
     let (x, y) = tokio::join!(b.open(), b.open());
     assert_eq!(x.applied_migrations().await.unwrap(), first);
@@ -526,4 +526,105 @@ async fn sqlite_uses_wal_and_normal_sync() {
         .unwrap();
     assert_eq!(mode, "wal");
     assert!(dir.path().join("s.db-wal").exists());
+}
+
+#[tokio::test]
+async fn sqlite_payloads_stored_compressed_legacy_readable_corruption_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let log = SqliteChangeLog::open(&path).await.unwrap();
+    let text = "Benefit claim description with repeated words ".repeat(100);
+    let c = change("k1", "Case", b"r1", text.as_bytes());
+    log.append_batch(
+        "/data/CaseChangeEvent",
+        &[c],
+        &ReplayId::from_bytes(vec![1]),
+    )
+    .await
+    .unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let stored: Vec<u8> = conn
+        .query_row("SELECT payload FROM raw_changes", [], |r| r.get(0))
+        .unwrap();
+    assert!(stored.starts_with(b"SFL1"), "{:?}", &stored[..8]);
+    assert!(
+        stored.len() * 4 < text.len(),
+        "{} of {}",
+        stored.len(),
+        text.len()
+    );
+    // A payload written before compression came in reads back as it is.
+    conn.execute(
+        "INSERT INTO raw_changes (channel, event_key, replay_id, schema_id, entity, change_type,
+             commit_timestamp, commit_number, sequence_number, payload, appended_at_ms)
+         VALUES ('/data/CaseChangeEvent', 'tx/2/legacy', x'02', 's', 'Case', 'UPDATE', 1, 1, 0,
+             x'0a0b0c', 0)",
+        [],
+    )
+    .unwrap();
+    let got = all(&log).await;
+    assert_eq!(&got[0].change.payload[..], text.as_bytes());
+    assert_eq!(&got[1].change.payload[..], &[0x0a, 0x0b, 0x0c]);
+    // A damaged frame is an error naming the table and offset, never a panic or a silent skip.
+    conn.execute(
+        "UPDATE raw_changes SET payload = x'53464c31ffffff00deadbeef' WHERE log_offset = 1",
+        [],
+    )
+    .unwrap();
+    let err = log.read_from(0, 10).await.unwrap_err().to_string();
+    assert!(err.contains("raw_changes") && err.contains("LZ4"), "{err}");
+    conn.execute(
+        "UPDATE raw_changes SET payload = x'53464c3110000000deadbeef' WHERE log_offset = 1",
+        [],
+    )
+    .unwrap();
+    let err = log.read_from(0, 10).await.unwrap_err().to_string();
+    assert!(err.contains("does not decompress"), "{err}");
+}
+
+/// Committed pages reach the database file without any commit paying for the checkpoint: the
+/// writer's own auto-checkpoint is set far above what this writes (64 MiB), so only the
+/// background checkpointer can have copied them.
+#[tokio::test]
+async fn sqlite_background_checkpointer_moves_wal_into_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let log = SqliteChangeLog::open(&path).await.unwrap();
+    let before = std::fs::metadata(&path).unwrap().len();
+    // Incompressible payloads, ~4 MB in all.
+    let mut seed = 7u64;
+    let mut noise = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (seed >> 33) as u8
+            })
+            .collect()
+    };
+    for b in 0..10 {
+        let changes: Vec<RawChange> = (0..100)
+            .map(|i| change(&format!("k{b}-{i}"), "Case", b"r", &noise(4096)))
+            .collect();
+        log.append_batch(
+            "/data/CaseChangeEvent",
+            &changes,
+            &ReplayId::from_bytes(vec![b]),
+        )
+        .await
+        .unwrap();
+    }
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let now = std::fs::metadata(&path).unwrap().len();
+        if now > before + 3_000_000 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "database file still {now} bytes (was {before}): nothing checkpointed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

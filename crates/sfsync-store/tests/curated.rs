@@ -27,6 +27,8 @@ trait Backend: Send + Sync {
     async fn texts(&self, sql: &str) -> Vec<Option<String>>;
     /// A single blob/bytea column of every row of `sql`.
     async fn blobs(&self, sql: &str) -> Vec<Vec<u8>>;
+    /// Column names of `table`, in table order.
+    async fn columns(&self, table: &str) -> Vec<String>;
 }
 
 struct SqliteBackend {
@@ -63,6 +65,15 @@ impl Backend for SqliteBackend {
         let mut st = c.prepare(sql).unwrap();
         let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0)).unwrap();
         rows.map(|r| r.unwrap()).collect()
+    }
+    async fn columns(&self, table: &str) -> Vec<String> {
+        self.texts(&format!(
+            "SELECT name FROM pragma_table_info('{table}') ORDER BY cid"
+        ))
+        .await
+        .into_iter()
+        .map(Option::unwrap)
+        .collect()
     }
 }
 
@@ -108,6 +119,17 @@ impl Backend for PostgresBackend {
     async fn blobs(&self, sql: &str) -> Vec<Vec<u8>> {
         let rows = self.client().await.query(sql, &[]).await.unwrap();
         rows.iter().map(|r| r.get(0)).collect()
+    }
+    async fn columns(&self, table: &str) -> Vec<String> {
+        self.texts(&format!(
+            "SELECT column_name::text FROM information_schema.columns
+             WHERE table_schema = current_schema() AND table_name = '{table}'
+             ORDER BY ordinal_position"
+        ))
+        .await
+        .into_iter()
+        .map(Option::unwrap)
+        .collect()
     }
 }
 
@@ -220,12 +242,6 @@ fn row(id: &str, values: BTreeMap<String, Value>, ts: i64) -> CurrentRow {
 }
 
 fn audit(id: &str, i: usize) -> AuditEntry {
-    let mut values = BTreeMap::new();
-    values.insert("name".into(), Value::Text(format!("Name {i}")));
-    values.insert(
-        "email".into(),
-        Value::Text(format!("secret{i}@example.com")),
-    );
     AuditEntry {
         object: CONTACT.into(),
         record_id: id.into(),
@@ -236,7 +252,6 @@ fn audit(id: &str, i: usize) -> AuditEntry {
         change_origin: "com/salesforce/api/rest/60.0".into(),
         source: ChangeSource::Cdc,
         fields: vec!["Name".into(), "Email".into()],
-        values,
         outcome: "applied".into(),
         replay_id: Some(ReplayId::from_bytes(vec![i as u8])),
         run_id: "run-1".into(),
@@ -653,34 +668,21 @@ async fn audit_chain_verifies_and_reports_tampering(b: &dyn Backend) {
         .await;
     assert_eq!(prev[0].as_deref(), Some(&*"0".repeat(64)));
 
-    // PII stays out of the hashed entry and is sealed beside it.
+    // The entry names the changed fields, and nothing else of it is stored.
     let entries = b.texts("SELECT entry FROM audit_log ORDER BY seq").await;
-    let sealed = b.texts("SELECT sealed FROM audit_log ORDER BY seq").await;
-    for (e, s) in entries.iter().zip(&sealed) {
-        let (e, s) = (e.as_deref().unwrap(), s.as_deref().unwrap());
-        assert!(!e.contains("secret"), "{e}");
-        assert!(e.contains("Name "), "{e}");
-        assert!(s.contains("enc:v1:k1:"), "{s}");
-        assert!(!s.contains("secret"), "{s}");
+    for e in &entries {
+        let e = e.as_deref().unwrap();
+        let json: serde_json::Value = serde_json::from_str(e).unwrap();
+        assert_eq!(json["fields"], serde_json::json!(["Name", "Email"]), "{e}");
+        assert!(json.get("values").is_none(), "{e}");
     }
-    // A sealed audit value is bound to its row: it opens under its own seq only.
-    let k = key("k1", 1);
-    let map: BTreeMap<String, String> =
-        serde_json::from_str(sealed[1].as_deref().unwrap()).unwrap();
-    let v = k
-        .open(&pii::audit_aad(2, CONTACT, "email"), &map["email"])
-        .unwrap();
-    assert_eq!(
-        String::from_utf8(v).unwrap(),
-        r#"{"t":"text","v":"secret1@example.com"}"#
-    );
-    assert!(k
-        .open(&pii::audit_aad(3, CONTACT, "email"), &map["email"])
-        .is_err());
 
     // Tampering with one entry is reported at its seq.
-    b.exec("UPDATE audit_log SET entry = replace(entry, 'Name 2', 'Name X') WHERE seq = 3")
-        .await;
+    b.exec(
+        r#"UPDATE audit_log SET entry = replace(entry, '"outcome":"applied"', '"outcome":"stale"')
+           WHERE seq = 3"#,
+    )
+    .await;
     let broken = w.verify_audit().await.unwrap();
     assert_eq!(broken.entries, 6);
     assert_eq!(
@@ -688,8 +690,11 @@ async fn audit_chain_verifies_and_reports_tampering(b: &dyn Backend) {
         Some((3, "hash mismatch at seq 3".into()))
     );
     // So is a denormalised column changed behind the hash.
-    b.exec("UPDATE audit_log SET entry = replace(entry, 'Name X', 'Name 2') WHERE seq = 3")
-        .await;
+    b.exec(
+        r#"UPDATE audit_log SET entry = replace(entry, '"outcome":"stale"', '"outcome":"applied"')
+           WHERE seq = 3"#,
+    )
+    .await;
     assert_eq!(w.verify_audit().await.unwrap().first_break, None);
     b.exec("UPDATE audit_log SET record_id = 'other' WHERE seq = 5")
         .await;
@@ -705,6 +710,52 @@ async fn audit_chain_verifies_and_reports_tampering(b: &dyn Backend) {
     let (seq, reason) = broken.first_break.unwrap();
     assert_eq!(seq, 3);
     assert!(reason.contains("link"), "{reason}");
+}
+
+/// The audit trail records who changed which fields, never a value: with a Contact's row and
+/// history written in the same batch as its audit entry, no cell of any `audit_log` column
+/// holds one of its values, in plaintext or sealed.
+async fn audit_log_holds_no_values(b: &dyn Backend) {
+    let w = ready(b, Some(key("k1", 1))).await;
+    let values = contact_values(7);
+    let email = "ada7@example.com";
+    assert_eq!(values["email"], Value::Text(email.into()));
+    let mut entry = audit("003A", 7);
+    entry.fields = vec!["Name".into(), "Email".into(), "Score".into()];
+    let batch = CuratedBatch {
+        rows: vec![(CONTACT.into(), row("003A", values.clone(), T0))],
+        history: vec![HistoryWrite::Open {
+            object: CONTACT.into(),
+            id: "003A".into(),
+            version: 1,
+            valid_from_ms: T0,
+            values: values.clone(),
+            meta: meta(T0),
+        }],
+        audit: vec![entry],
+        ..Default::default()
+    };
+    w.commit_curated("apply", Some(1), &batch).await.unwrap();
+    // The values are where they belong.
+    assert_eq!(w.read_current(CONTACT).await.unwrap()[0].values, values);
+
+    let columns = b.columns("audit_log").await;
+    assert!(columns.iter().any(|c| c == "entry"), "{columns:?}");
+    assert!(!columns.iter().any(|c| c == "sealed"), "{columns:?}");
+    let mut cells = Vec::new();
+    for c in &columns {
+        let sql = format!("SELECT CAST(\"{c}\" AS TEXT) FROM audit_log ORDER BY seq");
+        cells.extend(b.texts(&sql).await.into_iter().flatten());
+    }
+    let all = cells.join("\n");
+    // The scan sees the entry: who, which record, which fields.
+    for expected in ["003A", "005xx", r#"["Name","Email","Score"]"#] {
+        assert!(all.contains(expected), "{expected} not in {all}");
+    }
+    for value in [email, "Ada 7", "enc:v1:"] {
+        assert!(!all.contains(value), "audit_log holds '{value}': {all}");
+    }
+    assert_eq!(w.verify_audit().await.unwrap().first_break, None);
 }
 
 async fn commit_and_offset_are_atomic(b: &dyn Backend) {
@@ -1002,6 +1053,15 @@ async fn dead_letters_sealed_with_checkpoint(b: &dyn Backend) {
     assert_eq!(w.dead_letter_count().await.unwrap(), 2);
 }
 
+/// A stored raw payload without PII: `SFL1`, the size (u32 LE), an LZ4 block.
+fn unlz4(stored: &[u8]) -> Vec<u8> {
+    let rest = stored
+        .strip_prefix(b"SFL1")
+        .unwrap_or_else(|| panic!("not a compressed payload: {stored:?}"));
+    let size = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+    lz4_flex::block::decompress(&rest[4..], size).unwrap()
+}
+
 async fn raw_payloads_of_pii_entities_sealed(b: &dyn Backend) {
     let w = ready(b, Some(key("k1", 1))).await;
     let ch = "/data/ChangeEvents";
@@ -1019,7 +1079,7 @@ async fn raw_payloads_of_pii_entities_sealed(b: &dyn Backend) {
         .await;
     assert!(stored[0].starts_with(b"SFE1"));
     assert!(!String::from_utf8_lossy(&stored[0]).contains("ada@"));
-    assert_eq!(stored[1], b"account avro bytes");
+    assert_eq!(unlz4(&stored[1]), b"account avro bytes");
     let got = w.read_from(0, 10).await.unwrap();
     assert_eq!(got[0].change, contact);
     assert_eq!(got[1].change, account);
@@ -1104,8 +1164,8 @@ async fn rotate_keys_reseals_everything(b: &dyn Backend) {
     let w = b.open(Some(Arc::new(ring))).await;
     let report = w.rotate_keys().await.unwrap();
     assert_eq!(report.new_key_id, "new");
-    // 3 rows x 3 PII columns, 1 history email, 2 audit emails.
-    assert_eq!(report.values_resealed, 9 + 1 + 2);
+    // 3 rows x 3 PII columns, 1 history email; the audit trail holds no values.
+    assert_eq!(report.values_resealed, 9 + 1);
     // 1 Contact raw payload and 1 dead letter.
     assert_eq!(report.raw_payloads_resealed, 2);
     let again = w.rotate_keys().await.unwrap();
@@ -1121,12 +1181,6 @@ async fn rotate_keys_reseals_everything(b: &dyn Backend) {
     let v = w.verify_audit().await.unwrap();
     assert_eq!(v.first_break, None);
     assert_eq!(v.head, head);
-    let sealed = b.texts("SELECT sealed FROM audit_log ORDER BY seq").await;
-    for (i, s) in sealed.iter().enumerate() {
-        let map: BTreeMap<String, String> = serde_json::from_str(s.as_deref().unwrap()).unwrap();
-        let aad = pii::audit_aad(i as i64 + 1, CONTACT, "email");
-        assert!(new_only.open(&aad, &map["email"]).is_ok());
-    }
     let emails = b.texts("SELECT \"email\" FROM \"sf_contact\"").await;
     assert!(emails
         .iter()
@@ -1142,7 +1196,7 @@ async fn rotate_keys_reseals_everything(b: &dyn Backend) {
         .blobs("SELECT payload FROM raw_changes ORDER BY log_offset")
         .await;
     assert_eq!(pii::sealed_bytes_key_id(&raw[0]), Some("new"));
-    assert_eq!(raw[1], b"account one");
+    assert_eq!(unlz4(&raw[1]), b"account one");
 
     // Rotation needs a keyring.
     drop(w);
@@ -1238,6 +1292,7 @@ suite!(
     rows_round_trip_every_type_with_pii_sealed,
     history_open_close_touch_and_one_current,
     audit_chain_verifies_and_reports_tampering,
+    audit_log_holds_no_values,
     commit_and_offset_are_atomic,
     repairs_and_resyncs,
     dead_letters_sealed_with_checkpoint,
@@ -1257,4 +1312,57 @@ mod sqlite_current_thread {
     async fn rows_round_trip_every_type_with_pii_sealed() {
         super::rows_round_trip_every_type_with_pii_sealed(&super::sqlite_backend()).await;
     }
+}
+
+/// A SQLite database at schema 2 whose audit trail holds a sealed value upgrades to 3: the column
+/// goes, the old entry still verifies and the chain continues after it.
+#[tokio::test]
+async fn sqlite_upgrade_drops_sealed_audit_values() {
+    let b = sqlite_backend();
+    {
+        let c = rusqlite::Connection::open(b.path()).unwrap();
+        c.execute_batch(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,
+                 applied_at_ms INTEGER NOT NULL)",
+        )
+        .unwrap();
+        for m in &sfsync_store::sqlite::MIGRATIONS[..2] {
+            c.execute_batch(m.sql).unwrap();
+            c.execute(
+                "INSERT INTO schema_migrations VALUES (?1, ?2, 0)",
+                rusqlite::params![m.version, m.name],
+            )
+            .unwrap();
+        }
+        let entry = r#"{"object":"Contact","record_id":"003A","change_type":"UPDATE","event_key":"tx0/1/003A","commit_timestamp_ms":1,"commit_user":"005xx","change_origin":"","source":"cdc","fields":["Email"],"values":{},"outcome":"applied","replay_id":null,"run_id":"r","applied_at_ms":2}"#;
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update([0u8; 32]);
+        h.update(entry.as_bytes());
+        let hash = hex::encode(h.finalize());
+        c.execute(
+            "INSERT INTO audit_log VALUES (1, 'Contact', '003A', 'UPDATE', 'tx0/1/003A', ?1,
+                 '{\"email\":\"enc:v1:k1:AAAA\"}', ?2, ?3, 0)",
+            rusqlite::params![entry, "0".repeat(64), hash],
+        )
+        .unwrap();
+    }
+    let w = ready(&b, Some(key("k1", 1))).await;
+    assert_eq!(
+        w.applied_migrations()
+            .await
+            .unwrap()
+            .last()
+            .unwrap()
+            .version,
+        3
+    );
+    assert!(!b.columns("audit_log").await.iter().any(|c| c == "sealed"));
+    let batch = CuratedBatch {
+        audit: vec![audit("003A", 1)],
+        ..Default::default()
+    };
+    w.commit_curated("apply", None, &batch).await.unwrap();
+    let v = w.verify_audit().await.unwrap();
+    assert_eq!((v.entries, v.first_break), (2, None));
 }

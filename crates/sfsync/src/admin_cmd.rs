@@ -53,7 +53,7 @@ pub struct KeysArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Re-seal every PII value (curated, history, audit, raw payloads, dead letters) under the
+    /// Re-seal every PII value (curated, history, raw payloads, dead letters) under the
     /// configured `[pii]` key. Stop `sfsync run` first: rotation takes the applier lock.
     Rotate(ConfigArg),
 }

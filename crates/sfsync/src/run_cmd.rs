@@ -31,6 +31,19 @@ pub struct RunArgs {
     /// Seconds between progress lines on stderr (0: none).
     #[arg(long, default_value_t = 10)]
     pub progress_secs: u64,
+    /// Rewrite this file with every pipeline counter as JSON every 200 ms (atomically), for
+    /// scripts and `sfsync bench pipeline`.
+    #[arg(long)]
+    pub stats_file: Option<PathBuf>,
+}
+
+/// Writes `stats` to `path` through a temporary file and a rename, so readers never see half.
+fn write_stats(path: &Path, stats: &PipelineStats) {
+    let tmp = path.with_extension("tmp");
+    let text = stats.snapshot().to_string();
+    if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)) {
+        tracing::warn!(path = %path.display(), error = %e, "Could not write the stats file.");
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -257,12 +270,18 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let every = Duration::from_secs(args.progress_secs.max(1));
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
+    let mut stats_tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
             _ = &mut signal => break,
             _ = tick.tick() => {
                 if args.progress_secs > 0 {
                     eprintln!("{}", progress_line(&running.stats, started.elapsed(), &mut last));
+                }
+            }
+            _ = stats_tick.tick(), if args.stats_file.is_some() => {
+                if let Some(p) = &args.stats_file {
+                    write_stats(p, &running.stats);
                 }
             }
         }
@@ -273,6 +292,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .shutdown(Duration::from_secs(config.pipeline.shutdown_timeout_secs))
         .await?;
     eprintln!("{}", progress_line(&stats, started.elapsed(), &mut last));
+    if let Some(p) = &args.stats_file {
+        write_stats(p, &stats);
+    }
     eprintln!("Stopped cleanly.");
     Ok(())
 }

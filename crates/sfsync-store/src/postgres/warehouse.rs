@@ -528,14 +528,14 @@ impl PostgresChangeLog {
                 .prepared(
                     tx,
                     "INSERT INTO audit_log (seq, object, record_id, change_type, event_key, entry,
-                         sealed, prev_hash, hash, created_at_ms)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                         prev_hash, hash, created_at_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 )
                 .await?;
             let mut steps = Vec::with_capacity(batch.audit.len());
             for e in &batch.audit {
                 seq += 1;
-                let row = wh::audit_row(ctx, seq, &prev, e)?;
+                let row = wh::audit_row(ctx, &prev, e)?;
                 prev = row.hash.clone();
                 steps.push(Step {
                     stmt: stmt.clone(),
@@ -546,7 +546,6 @@ impl PostgresChangeLog {
                         Cell::Text(Cow::Borrowed(&e.change_type)),
                         Cell::Text(Cow::Borrowed(&e.event_key)),
                         Cell::Text(Cow::Owned(row.entry)),
-                        row.sealed.map_or(Cell::Null, |s| Cell::Text(Cow::Owned(s))),
                         Cell::Text(Cow::Owned(row.prev_hash)),
                         Cell::Text(Cow::Owned(row.hash)),
                         Cell::Int(now),
@@ -852,37 +851,6 @@ impl PostgresChangeLog {
                 if (rows.len() as i64) < PAGE {
                     break;
                 }
-            }
-        }
-        let mut after = 0i64;
-        loop {
-            let tx = client.transaction().await.map_err(db("begin rotate"))?;
-            let rows = tx
-                .query(
-                    "SELECT seq, object, sealed FROM audit_log
-                     WHERE sealed IS NOT NULL AND seq > $1 ORDER BY seq LIMIT $2",
-                    &[&after, &PAGE],
-                )
-                .await
-                .map_err(db("read audit"))?;
-            for r in &rows {
-                let seq: i64 = r.try_get(0).map_err(db("read audit"))?;
-                let object: String = r.try_get(1).map_err(db("read audit"))?;
-                let sealed: String = r.try_get(2).map_err(db("read audit"))?;
-                if let Some((json, n)) = wh::reseal_audit(k, seq, &object, &sealed)? {
-                    tx.execute(
-                        "UPDATE audit_log SET sealed = $1 WHERE seq = $2",
-                        &[&json, &seq],
-                    )
-                    .await
-                    .map_err(db("re-seal audit values"))?;
-                    out.values += n;
-                }
-                after = seq;
-            }
-            tx.commit().await.map_err(db("commit rotate"))?;
-            if (rows.len() as i64) < PAGE {
-                break;
             }
         }
         let mut after = 0i64;

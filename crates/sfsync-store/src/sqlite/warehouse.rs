@@ -262,13 +262,13 @@ fn commit_blocking(
         let mut stmt = conn
             .prepare_cached(
                 "INSERT INTO audit_log (seq, object, record_id, change_type, event_key, entry,
-                     sealed, prev_hash, hash, created_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                     prev_hash, hash, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )
             .map_err(db("prepare audit insert"))?;
         for e in &batch.audit {
             seq += 1;
-            let row = wh::audit_row(ctx, seq, &prev, e)?;
+            let row = wh::audit_row(ctx, &prev, e)?;
             stmt.execute(params![
                 seq,
                 e.object,
@@ -276,7 +276,6 @@ fn commit_blocking(
                 e.change_type,
                 e.event_key,
                 row.entry,
-                row.sealed,
                 row.prev_hash,
                 row.hash,
                 now
@@ -644,43 +643,6 @@ fn rotate_blocking(conn: &mut Connection, ctx: &Ctx, k: &pii::Keyring) -> Result
                 Some((off, _)) if rows.len() as i64 == ROTATE_CHUNK => after = *off,
                 _ => break,
             }
-        }
-    }
-    // Audit sealed values.
-    let mut after = 0i64;
-    loop {
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("begin rotate"))?;
-        let rows: Vec<(i64, String, String)> = {
-            let mut stmt = tx
-                .prepare_cached(
-                    "SELECT seq, object, sealed FROM audit_log
-                     WHERE sealed IS NOT NULL AND seq > ?1 ORDER BY seq LIMIT ?2",
-                )
-                .map_err(db("read audit"))?;
-            let rows = stmt
-                .query_map(params![after, ROTATE_CHUNK], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })
-                .map_err(db("read audit"))?;
-            rows.collect::<rusqlite::Result<_>>()
-                .map_err(db("read audit"))?
-        };
-        for (seq, object, sealed) in &rows {
-            if let Some((json, n)) = wh::reseal_audit(k, *seq, object, sealed)? {
-                tx.execute(
-                    "UPDATE audit_log SET sealed = ?1 WHERE seq = ?2",
-                    params![json, seq],
-                )
-                .map_err(db("re-seal audit values"))?;
-                out.values += n;
-            }
-        }
-        tx.commit().map_err(db("commit rotate"))?;
-        match rows.last() {
-            Some((seq, _, _)) if rows.len() as i64 == ROTATE_CHUNK => after = *seq,
-            _ => break,
         }
     }
     // Dead letters.
