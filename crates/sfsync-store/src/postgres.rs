@@ -253,37 +253,52 @@ impl PostgresChangeLog {
             .await
             .map_err(|e| StoreError::postgres("prepare append", e))?;
         let now = now_ms();
+        // All inserts in flight at once: tokio-postgres pipelines them on the connection in
+        // submission order (one round trip per batch instead of one per change), and they
+        // execute in that order inside the transaction.
+        let inserts = changes
+            .iter()
+            .zip(&payloads)
+            .enumerate()
+            .map(|(index, (c, payload))| {
+                let tx = &tx;
+                let stmt = &stmt;
+                async move {
+                    let rejected = |e: tokio_postgres::Error| StoreError::RejectedChange {
+                        backend: BACKEND,
+                        channel: channel.to_string(),
+                        index,
+                        event_key: c.event_key.to_string(),
+                        source: Box::new(e),
+                    };
+                    let row = tx
+                        .query_opt(
+                            stmt,
+                            &[
+                                &channel,
+                                &c.event_key.as_str(),
+                                &c.replay_id.as_bytes(),
+                                &c.schema_id,
+                                &c.entity,
+                                &c.change_type.as_str(),
+                                &c.version.commit_timestamp,
+                                &c.version.commit_number,
+                                &c.version.sequence_number,
+                                &&payload[..],
+                                &now,
+                            ],
+                        )
+                        .await
+                        .map_err(rejected)?;
+                    row.map(|r| r.try_get::<_, i64>(0).map_err(rejected))
+                        .transpose()
+                }
+            });
+        let offsets = futures::future::try_join_all(inserts).await?;
         let mut out = AppendOutcome::default();
-        for (index, (c, payload)) in changes.iter().zip(&payloads).enumerate() {
-            let rejected = |e: tokio_postgres::Error| StoreError::RejectedChange {
-                backend: BACKEND,
-                channel: channel.to_string(),
-                index,
-                event_key: c.event_key.to_string(),
-                source: Box::new(e),
-            };
-            let row = tx
-                .query_opt(
-                    &stmt,
-                    &[
-                        &channel,
-                        &c.event_key.as_str(),
-                        &c.replay_id.as_bytes(),
-                        &c.schema_id,
-                        &c.entity,
-                        &c.change_type.as_str(),
-                        &c.version.commit_timestamp,
-                        &c.version.commit_number,
-                        &c.version.sequence_number,
-                        &&payload[..],
-                        &now,
-                    ],
-                )
-                .await
-                .map_err(rejected)?;
-            match row {
-                Some(r) => {
-                    let off: i64 = r.try_get(0).map_err(rejected)?;
+        for off in offsets {
+            match off {
+                Some(off) => {
                     out.appended += 1;
                     out.last_offset = Some(off.max(0) as LogOffset);
                 }
