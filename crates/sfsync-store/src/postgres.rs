@@ -227,12 +227,7 @@ impl PostgresChangeLog {
     ) -> Result<AppendOutcome> {
         check_name("append batch", "channel", channel)?;
         let ctx = self.registry.ctx();
-        let payloads = crate::warehouse::cpu_bound(|| {
-            changes
-                .iter()
-                .map(|c| ctx.encode_raw(&c.entity, &c.payload))
-                .collect::<Result<Vec<_>>>()
-        })?;
+        let payloads = ctx.encode_raw_batch(changes)?;
         let mut client = self.client.lock().await;
         let tx = client
             .transaction()

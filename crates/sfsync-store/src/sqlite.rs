@@ -342,12 +342,7 @@ impl SqliteChangeLog {
     ) -> Result<AppendOutcome> {
         check_name("append batch", "channel", channel)?;
         let ctx = self.registry.ctx();
-        let payloads = wh::cpu_bound(|| {
-            changes
-                .iter()
-                .map(|c| ctx.encode_raw(&c.entity, &c.payload))
-                .collect::<Result<Vec<_>>>()
-        })?;
+        let payloads = ctx.encode_raw_batch(changes)?;
         let channel = channel.to_string();
         let changes = changes.to_vec();
         let dead_letters = dead_letters.to_vec();

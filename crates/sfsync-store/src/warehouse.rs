@@ -683,6 +683,17 @@ impl Ctx {
         }
     }
 
+    /// [`Ctx::encode_raw`] of every change of a batch, off the async workers (both backends call
+    /// it before they take their connection).
+    pub(crate) fn encode_raw_batch(&self, changes: &[crate::RawChange]) -> Result<Vec<Vec<u8>>> {
+        cpu_bound(|| {
+            changes
+                .iter()
+                .map(|c| self.encode_raw(&c.entity, &c.payload))
+                .collect()
+        })
+    }
+
     /// The payload of a raw change as read: opened when sealed, decompressed when compressed
     /// (payloads stored before compression came in are returned as they are).
     pub(crate) fn decode_raw(&self, entity: &str, offset: i64, stored: Vec<u8>) -> Result<Vec<u8>> {
