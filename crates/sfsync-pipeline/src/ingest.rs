@@ -30,6 +30,8 @@ pub struct ChannelIngest {
     pub stats: Arc<PipelineStats>,
     /// Woken after every append.
     pub appended: Arc<Notify>,
+    /// Holds fetching while the apply stage is far behind (see [`crate::gate`]).
+    pub gate: Arc<crate::gate::LagGate>,
     /// Where to start when the channel has no checkpoint yet.
     pub initial: ReplayStart,
 }
@@ -71,6 +73,10 @@ impl ChannelIngest {
             };
             tracing::info!(channel = %self.channel, start = ?start, "Subscribed.");
             loop {
+                tokio::select! {
+                    _ = self.gate.wait(&self.stats) => {}
+                    _ = shutdown.changed() => return,
+                }
                 let next = tokio::select! {
                     n = sub.next_batch() => n,
                     _ = shutdown.changed() => return,

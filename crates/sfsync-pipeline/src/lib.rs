@@ -10,6 +10,7 @@
 pub mod apply;
 pub mod convert;
 pub mod error;
+pub mod gate;
 pub mod ingest;
 pub mod model;
 pub mod normalize;
@@ -84,6 +85,11 @@ pub async fn start(
     let stats = Arc::new(PipelineStats::default());
     let (tx, rx) = watch::channel(false);
     let appended = Arc::new(Notify::new());
+    // Apply reads what ingest appended from the store's memory while it stays within ~3 batches.
+    let gate = Arc::new(gate::LagGate::new(
+        3 * config.apply.batch_max_records as u64,
+        Duration::from_secs(2),
+    ));
 
     let mut channels: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for spec in &config.objects {
@@ -102,6 +108,7 @@ pub async fn start(
                 subscriber: subscriber.clone(),
                 stats: stats.clone(),
                 appended: appended.clone(),
+                gate: gate.clone(),
                 initial: config.initial.clone(),
             };
             tokio::spawn(task.run(rx.clone()))
@@ -130,7 +137,7 @@ pub async fn start(
                         _ = arx.changed() => {}
                     }
                 }
-                Ok(_) => {}
+                Ok(_) => gate.progressed(),
                 Err(e) => {
                     applier
                         .stats()

@@ -24,6 +24,7 @@ pub mod migrate;
 pub mod pii;
 pub mod postgres;
 pub mod sqlite;
+mod tail;
 mod warehouse;
 
 use async_trait::async_trait;

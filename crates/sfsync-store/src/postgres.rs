@@ -142,6 +142,16 @@ CREATE INDEX raw_changes_entity ON raw_changes (entity, log_offset);
 ALTER TABLE audit_log DROP COLUMN sealed;
 "#,
     },
+    Migration {
+        version: 4,
+        name: "raw change log deduplicated on (commit_timestamp, event_key)",
+        // See the SQLite migration 4: appends land at the end of the index instead of on a
+        // random page per change.
+        sql: r#"
+ALTER TABLE raw_changes DROP CONSTRAINT raw_changes_event_key_key;
+CREATE UNIQUE INDEX raw_changes_event ON raw_changes (commit_timestamp, event_key);
+"#,
+    },
 ];
 
 /// The change log in a Postgres database (tables in the connection's `search_path` schema).
@@ -242,7 +252,7 @@ impl PostgresChangeLog {
                      change_type, commit_timestamp, commit_number, sequence_number, payload,
                      appended_at_ms)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                 ON CONFLICT (event_key) DO NOTHING
+                 ON CONFLICT (commit_timestamp, event_key) DO NOTHING
                  RETURNING log_offset",
             )
             .await

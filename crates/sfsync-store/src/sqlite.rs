@@ -21,6 +21,7 @@ use crate::curated::DeadLetter;
 use crate::error::{Result, StoreError};
 use crate::migrate::{self, AppliedMigration, Migration};
 use crate::pii::Keyring;
+use crate::tail::{TailCache, DEFAULT_TAIL_BYTES};
 use crate::warehouse::{self as wh, Ctx, Dialect, Registry};
 use crate::{now_ms, AppendOutcome, ChangeLog, LogOffset, LoggedChange, RawChange};
 
@@ -141,6 +142,47 @@ CREATE INDEX raw_changes_entity ON raw_changes (entity, log_offset);
 ALTER TABLE audit_log DROP COLUMN sealed;
 "#,
     },
+    Migration {
+        version: 4,
+        name: "raw change log deduplicated on (commit_timestamp, event_key)",
+        // Event keys start with the transaction key, which is random: a unique index on the key
+        // alone dirties one random index page per appended change (measured: ~8 KB of WAL and
+        // checkpoint writes per event). A change's commit timestamp is part of its identity (a
+        // redelivery carries the same header), so leading with it dedupes exactly the same
+        // changes while appends land at the end of the index. SQLite cannot drop a column
+        // constraint, hence the rebuild; the AUTOINCREMENT high-water mark is carried over.
+        sql: r#"
+CREATE TABLE raw_changes_v4 (
+    log_offset       INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel          TEXT    NOT NULL CHECK (channel <> ''),
+    event_key        TEXT    NOT NULL CHECK (event_key <> ''),
+    replay_id        BLOB    NOT NULL,
+    schema_id        TEXT    NOT NULL,
+    entity           TEXT    NOT NULL CHECK (entity <> ''),
+    change_type      TEXT    NOT NULL CHECK (change_type IN ('CREATE','UPDATE','DELETE',
+                         'UNDELETE','GAP_CREATE','GAP_UPDATE','GAP_DELETE','GAP_UNDELETE',
+                         'GAP_OVERFLOW')),
+    commit_timestamp INTEGER NOT NULL,
+    commit_number    INTEGER NOT NULL,
+    sequence_number  INTEGER NOT NULL,
+    payload          BLOB    NOT NULL,
+    appended_at_ms   INTEGER NOT NULL
+);
+INSERT INTO raw_changes_v4 SELECT log_offset, channel, event_key, replay_id, schema_id, entity,
+    change_type, commit_timestamp, commit_number, sequence_number, payload, appended_at_ms
+    FROM raw_changes ORDER BY log_offset;
+INSERT INTO sqlite_sequence (name, seq)
+    SELECT 'raw_changes_v4', seq FROM sqlite_sequence WHERE name = 'raw_changes'
+    AND NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'raw_changes_v4');
+UPDATE sqlite_sequence SET seq = max(seq,
+    (SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'raw_changes'))
+    WHERE name = 'raw_changes_v4';
+DROP TABLE raw_changes;
+ALTER TABLE raw_changes_v4 RENAME TO raw_changes;
+CREATE UNIQUE INDEX raw_changes_event ON raw_changes (commit_timestamp, event_key);
+CREATE INDEX raw_changes_entity ON raw_changes (entity, log_offset);
+"#,
+    },
 ];
 
 /// `PRAGMA synchronous` setting; see the module docs.
@@ -172,10 +214,15 @@ impl Default for SqliteOptions {
 pub struct SqliteChangeLog {
     path: PathBuf,
     conn: Arc<Mutex<Connection>>,
+    /// A read-only connection for reading the log back: in WAL mode it never waits for the
+    /// writer (ingest appends and apply commits hold `conn`).
+    reader: Arc<Mutex<Connection>>,
     /// Registered curated models and the PII keyring.
     registry: Registry,
     /// The single-applier lock file, once taken (released when the store is dropped).
     apply_lock: Mutex<Option<std::fs::File>>,
+    /// Changes this process appended, for the apply stage to read back from memory.
+    tail: Arc<TailCache>,
     /// Stops the background checkpointer when the store is dropped.
     _checkpointer: Checkpointer,
 }
@@ -279,10 +326,11 @@ impl SqliteChangeLog {
         let path = path.as_ref().to_path_buf();
         let p = path.clone();
         let checkpointer_options = options;
-        let (conn, models) = tokio::task::spawn_blocking(move || {
+        let (conn, reader, models) = tokio::task::spawn_blocking(move || {
             let conn = open_blocking(&p, options)?;
+            let reader = open_reader(&p, options)?;
             let models = warehouse::load_models(&conn)?;
-            Ok::<_, StoreError>((conn, models))
+            Ok::<_, StoreError>((conn, reader, models))
         })
         .await
         .map_err(|source| StoreError::Worker { op: "open", source })??;
@@ -293,8 +341,10 @@ impl SqliteChangeLog {
         Ok(SqliteChangeLog {
             path,
             conn: Arc::new(Mutex::new(conn)),
+            reader: Arc::new(Mutex::new(reader)),
             registry,
             apply_lock: Mutex::new(None),
+            tail: Arc::new(TailCache::new(DEFAULT_TAIL_BYTES)),
             _checkpointer: checkpointer,
         })
     }
@@ -310,8 +360,20 @@ impl SqliteChangeLog {
     }
 
     /// Runs `f` in one `BEGIN IMMEDIATE` transaction on the blocking pool; commits when it
-    /// returns `Ok`, rolls back otherwise.
+    /// returns `Ok`, rolls back otherwise. `f` may write anything, so the in-memory log tail is
+    /// dropped (later reads of the log go to the database until the next append).
     pub async fn with_transaction<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&SqliteTx<'_>) -> Result<T> + Send + 'static,
+    {
+        let out = self.transaction(f).await;
+        self.tail.clear();
+        out
+    }
+
+    /// [`Self::with_transaction`] for this crate's own writers, which never touch `raw_changes`.
+    pub(crate) async fn transaction<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&SqliteTx<'_>) -> Result<T> + Send + 'static,
@@ -347,18 +409,63 @@ impl SqliteChangeLog {
         let changes = changes.to_vec();
         let dead_letters = dead_letters.to_vec();
         let checkpoint = checkpoint.clone();
+        let tail = Arc::clone(&self.tail);
         self.blocking("append batch", move |conn| {
             append_blocking(
                 conn,
                 &ctx,
                 &channel,
-                &changes,
+                changes,
                 &payloads,
                 &dead_letters,
                 &checkpoint,
+                &tail,
             )
         })
         .await
+    }
+
+    /// Up to `limit` changes with offset `>= from` from the database itself.
+    async fn read_stored(&self, from: LogOffset, limit: usize) -> Result<Vec<LoggedChange>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let ctx = self.registry.ctx();
+        // Rows under the connection; payloads opened and decompressed after it is released.
+        let rows = self
+            .blocking_on(&self.reader, "read log", move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT log_offset, channel, event_key, replay_id, schema_id, entity,
+                             change_type, commit_timestamp, commit_number, sequence_number,
+                             payload
+                         FROM raw_changes WHERE log_offset >= ?1 ORDER BY log_offset LIMIT ?2",
+                    )
+                    .map_err(|e| StoreError::sqlite("prepare read log", e))?;
+                let mut rows = stmt
+                    .query(params![to_i64(from), limit])
+                    .map_err(|e| StoreError::sqlite("read log", e))?;
+                let mut out = Vec::new();
+                while let Some(r) = rows.next().map_err(|e| StoreError::sqlite("read log", e))? {
+                    let get = |e| StoreError::sqlite("decode log row", e);
+                    out.push(StoredLogRow {
+                        offset: r.get(0).map_err(get)?,
+                        channel: r.get(1).map_err(get)?,
+                        event_key: r.get(2).map_err(get)?,
+                        replay_id: r.get(3).map_err(get)?,
+                        schema_id: r.get(4).map_err(get)?,
+                        entity: r.get(5).map_err(get)?,
+                        change_type: r.get(6).map_err(get)?,
+                        version: RecordVersion {
+                            commit_timestamp: r.get(7).map_err(get)?,
+                            commit_number: r.get(8).map_err(get)?,
+                            sequence_number: r.get(9).map_err(get)?,
+                        },
+                        payload: r.get(10).map_err(get)?,
+                    });
+                }
+                Ok(out)
+            })
+            .await?;
+        wh::cpu_bound(|| rows.into_iter().map(|r| r.decode(BACKEND, &ctx)).collect())
     }
 
     async fn blocking<T, F>(&self, op: &'static str, f: F) -> Result<T>
@@ -366,7 +473,20 @@ impl SqliteChangeLog {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
+        self.blocking_on(&self.conn, op, f).await
+    }
+
+    async fn blocking_on<T, F>(
+        &self,
+        conn: &Arc<Mutex<Connection>>,
+        op: &'static str,
+        f: F,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let conn = Arc::clone(conn);
         tokio::task::spawn_blocking(move || {
             let mut guard = conn.lock();
             f(&mut guard)
@@ -374,6 +494,20 @@ impl SqliteChangeLog {
         .await
         .map_err(|source| StoreError::Worker { op, source })?
     }
+}
+
+/// The read-only connection (opened after migrations ran on the writer).
+fn open_reader(path: &Path, options: SqliteOptions) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StoreError::sqlite("open reader", e))?;
+    conn.busy_timeout(std::time::Duration::from_millis(options.busy_timeout_ms))
+        .map_err(|e| StoreError::sqlite("set busy timeout", e))?;
+    conn.execute_batch("PRAGMA cache_size=-8192;")
+        .map_err(|e| StoreError::sqlite("set reader pragmas", e))?;
+    Ok(conn)
 }
 
 fn open_blocking(path: &Path, options: SqliteOptions) -> Result<Connection> {
@@ -469,19 +603,36 @@ fn to_i64(offset: LogOffset) -> i64 {
     i64::try_from(offset).unwrap_or(i64::MAX)
 }
 
+/// The raw log's AUTOINCREMENT high-water mark: no change at or below it can appear later.
+fn log_high_water(conn: &Connection) -> Result<LogOffset> {
+    let seq: Option<i64> = conn
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'raw_changes'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| StoreError::sqlite("read log high-water mark", e))?;
+    Ok(seq.unwrap_or(0).max(0) as LogOffset)
+}
+
+#[allow(clippy::too_many_arguments)]
 fn append_blocking(
     conn: &mut Connection,
     ctx: &Ctx,
     channel: &str,
-    changes: &[RawChange],
+    changes: Vec<RawChange>,
     payloads: &[Vec<u8>],
     dead_letters: &[DeadLetter],
     checkpoint: &ReplayId,
+    tail: &TailCache,
 ) -> Result<AppendOutcome> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| StoreError::sqlite("begin append", e))?;
     let mut out = AppendOutcome::default();
+    let before = log_high_water(&tx)?;
+    let mut appended = Vec::with_capacity(changes.len());
     {
         let mut stmt = tx
             .prepare_cached(
@@ -489,11 +640,11 @@ fn append_blocking(
                      change_type, commit_timestamp, commit_number, sequence_number, payload,
                      appended_at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-                 ON CONFLICT (event_key) DO NOTHING",
+                 ON CONFLICT (commit_timestamp, event_key) DO NOTHING",
             )
             .map_err(|e| StoreError::sqlite("prepare append", e))?;
         let now = now_ms();
-        for (index, (c, payload)) in changes.iter().zip(payloads).enumerate() {
+        for (index, (c, payload)) in changes.into_iter().zip(payloads).enumerate() {
             let n = stmt
                 .execute(params![
                     channel,
@@ -516,13 +667,20 @@ fn append_blocking(
                     source: Box::new(e),
                 })?;
             if n == 1 {
+                let offset = tx.last_insert_rowid() as LogOffset;
                 out.appended += 1;
-                out.last_offset = Some(tx.last_insert_rowid() as LogOffset);
+                out.last_offset = Some(offset);
+                appended.push(LoggedChange {
+                    offset,
+                    channel: channel.to_string(),
+                    change: c,
+                });
             } else {
                 out.duplicates += 1;
             }
         }
     }
+    let after = log_high_water(&tx)?;
     warehouse::insert_dead_letters(&tx, ctx, dead_letters)?;
     tx.execute(
         "INSERT INTO checkpoints (channel, replay_id, updated_at_ms) VALUES (?1, ?2, ?3)
@@ -533,6 +691,8 @@ fn append_blocking(
     .map_err(|e| StoreError::sqlite("write checkpoint", e))?;
     tx.commit()
         .map_err(|e| StoreError::sqlite("commit append", e))?;
+    // Still under the connection lock: published in commit order.
+    tail.publish(before, after, appended);
     Ok(out)
 }
 
@@ -643,45 +803,13 @@ impl ChangeLog for SqliteChangeLog {
     }
 
     async fn read_from(&self, from: LogOffset, limit: usize) -> Result<Vec<LoggedChange>> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let ctx = self.registry.ctx();
-        // Rows under the connection; payloads opened and decompressed after it is released.
-        let rows = self
-            .blocking("read log", move |conn| {
-                let mut stmt = conn
-                    .prepare_cached(
-                        "SELECT log_offset, channel, event_key, replay_id, schema_id, entity,
-                             change_type, commit_timestamp, commit_number, sequence_number,
-                             payload
-                         FROM raw_changes WHERE log_offset >= ?1 ORDER BY log_offset LIMIT ?2",
-                    )
-                    .map_err(|e| StoreError::sqlite("prepare read log", e))?;
-                let mut rows = stmt
-                    .query(params![to_i64(from), limit])
-                    .map_err(|e| StoreError::sqlite("read log", e))?;
-                let mut out = Vec::new();
-                while let Some(r) = rows.next().map_err(|e| StoreError::sqlite("read log", e))? {
-                    let get = |e| StoreError::sqlite("decode log row", e);
-                    out.push(StoredLogRow {
-                        offset: r.get(0).map_err(get)?,
-                        channel: r.get(1).map_err(get)?,
-                        event_key: r.get(2).map_err(get)?,
-                        replay_id: r.get(3).map_err(get)?,
-                        schema_id: r.get(4).map_err(get)?,
-                        entity: r.get(5).map_err(get)?,
-                        change_type: r.get(6).map_err(get)?,
-                        version: RecordVersion {
-                            commit_timestamp: r.get(7).map_err(get)?,
-                            commit_number: r.get(8).map_err(get)?,
-                            sequence_number: r.get(9).map_err(get)?,
-                        },
-                        payload: r.get(10).map_err(get)?,
-                    });
-                }
-                Ok(out)
-            })
-            .await?;
-        wh::cpu_bound(|| rows.into_iter().map(|r| r.decode(BACKEND, &ctx)).collect())
+        if let Some((mut out, next)) = self.tail.read(from, limit) {
+            if out.len() < limit {
+                out.extend(self.read_stored(next, limit - out.len()).await?);
+            }
+            return Ok(out);
+        }
+        self.read_stored(from, limit).await
     }
 
     async fn applied_offset(&self, consumer: &str) -> Result<Option<LogOffset>> {
@@ -702,7 +830,7 @@ impl ChangeLog for SqliteChangeLog {
 
     async fn set_applied_offset(&self, consumer: &str, offset: LogOffset) -> Result<()> {
         let consumer = consumer.to_string();
-        self.with_transaction(move |tx| tx.set_applied_offset(&consumer, offset))
+        self.transaction(move |tx| tx.set_applied_offset(&consumer, offset))
             .await
     }
 

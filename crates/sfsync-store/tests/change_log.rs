@@ -330,7 +330,7 @@ async fn reopen_keeps_data(b: &dyn Backend) {
 async fn migrations_idempotent(b: &dyn Backend) {
     let first = b.open().await.applied_migrations().await.unwrap();
     let versions: Vec<i64> = first.iter().map(|m| m.version).collect();
-    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(versions, [1, 2, 3, 4]);
     // Opening again, and twice at once, applies nothing new.
     let (x, y) = tokio::join!(b.open(), b.open());
     assert_eq!(x.applied_migrations().await.unwrap(), first);
@@ -566,6 +566,9 @@ async fn sqlite_payloads_stored_compressed_legacy_readable_corruption_named() {
     assert_eq!(&got[0].change.payload[..], text.as_bytes());
     assert_eq!(&got[1].change.payload[..], &[0x0a, 0x0b, 0x0c]);
     // A damaged frame is an error naming the table and offset, never a panic or a silent skip.
+    // (A fresh store: the one that appended still holds its own changes in memory.)
+    drop(log);
+    let log = SqliteChangeLog::open(&path).await.unwrap();
     conn.execute(
         "UPDATE raw_changes SET payload = x'53464c31ffffff00deadbeef' WHERE log_offset = 1",
         [],
@@ -627,4 +630,141 @@ async fn sqlite_background_checkpointer_moves_wal_into_the_database() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// A SQLite database at schema 3 (unique index on the event key alone) upgrades to 4: every row
+/// keeps its offset, channel and payload, new appends continue past the old AUTOINCREMENT
+/// high-water mark (even when the newest rows were removed), and redeliveries are still dropped.
+#[tokio::test]
+async fn sqlite_upgrade_to_v4_keeps_the_log_and_dedupe() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v3.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,
+                 applied_at_ms INTEGER NOT NULL)",
+        )
+        .unwrap();
+        for m in &sfsync_store::sqlite::MIGRATIONS[..3] {
+            c.execute_batch(m.sql).unwrap();
+            c.execute(
+                "INSERT INTO schema_migrations VALUES (?1, ?2, 0)",
+                rusqlite::params![m.version, m.name],
+            )
+            .unwrap();
+        }
+        for i in 1..=5i64 {
+            c.execute(
+                "INSERT INTO raw_changes (channel, event_key, replay_id, schema_id, entity,
+                     change_type, commit_timestamp, commit_number, sequence_number, payload,
+                     appended_at_ms)
+                 VALUES ('/data/ChangeEvents', ?1, x'01', 'schema-1', 'Account', 'UPDATE',
+                     1700000000000, 42, 1, ?2, 0)",
+                rusqlite::params![
+                    EventKey::new(&format!("old-{i}"), 1, "001000000000001AAA").as_str(),
+                    format!("legacy {i}").into_bytes()
+                ],
+            )
+            .unwrap();
+        }
+        // The two newest rows are gone (retention, say): offsets 4 and 5 must never be reused.
+        c.execute("DELETE FROM raw_changes WHERE log_offset > 3", [])
+            .unwrap();
+    }
+    let log = SqliteChangeLog::open(&path).await.unwrap();
+    assert_eq!(
+        log.applied_migrations()
+            .await
+            .unwrap()
+            .last()
+            .unwrap()
+            .version,
+        sfsync_store::migrate::latest(sfsync_store::sqlite::MIGRATIONS)
+    );
+    let before = all(&log).await;
+    assert_eq!(
+        before.iter().map(|c| c.offset).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(&before[2].change.payload[..], b"legacy 3");
+    assert_eq!(before[0].channel, "/data/ChangeEvents");
+    // A redelivered legacy change is a duplicate; a new one lands after the old high-water mark.
+    let again = change("old-2", "Account", &[1], b"legacy 2");
+    let fresh = change("new-1", "Account", &[2], b"new");
+    let out = log
+        .append_batch(
+            "/data/ChangeEvents",
+            &[again, fresh],
+            &ReplayId::from_bytes(vec![2]),
+        )
+        .await
+        .unwrap();
+    assert_eq!((out.appended, out.duplicates), (1, 1));
+    // Past the old high-water mark (a duplicate may leave a hole: offsets only increase).
+    assert!(out.last_offset.unwrap() > 5, "{:?}", out.last_offset);
+    let after = all(&log).await;
+    assert_eq!(after.len(), 4);
+    assert_eq!(&after[3].change.payload[..], b"new");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let indexes: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'raw_changes'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        indexes.contains(&"raw_changes_event".to_string()),
+        "{indexes:?}"
+    );
+    assert!(
+        indexes.contains(&"raw_changes_entity".to_string()),
+        "{indexes:?}"
+    );
+}
+
+/// The store that appended serves the tail from memory and the rest from the database: a change
+/// another connection inserted in between is still read, in offset order, and a payload
+/// damaged on disk after this process appended it is not what it hands out.
+#[tokio::test]
+async fn sqlite_tail_in_memory_never_hides_other_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let log = SqliteChangeLog::open(&path).await.unwrap();
+    let ch = "/data/ChangeEvents";
+    log.append_batch(ch, &batch("a", 3), &ReplayId::from_bytes(vec![1]))
+        .await
+        .unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "INSERT INTO raw_changes (channel, event_key, replay_id, schema_id, entity, change_type,
+             commit_timestamp, commit_number, sequence_number, payload, appended_at_ms)
+         VALUES ('/data/ChangeEvents', 'other/1/001', x'09', 's', 'Account', 'UPDATE', 5, 1, 0,
+             x'0a0b', 0)",
+        [],
+    )
+    .unwrap();
+    log.append_batch(ch, &batch("b", 2), &ReplayId::from_bytes(vec![2]))
+        .await
+        .unwrap();
+    let got = all(&log).await;
+    let offsets: Vec<u64> = got.iter().map(|c| c.offset).collect();
+    assert_eq!(offsets, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(&got[3].change.payload[..], &[0x0a, 0x0b]);
+    assert_eq!(&got[5].change.payload[..], b"payload b 1");
+    // Paging across the memory/database boundary.
+    let page = log.read_from(3, 2).await.unwrap();
+    assert_eq!(
+        page.iter().map(|c| c.offset).collect::<Vec<_>>(),
+        vec![3, 4]
+    );
+    let page = log.read_from(5, 10).await.unwrap();
+    assert_eq!(
+        page.iter().map(|c| c.offset).collect::<Vec<_>>(),
+        vec![5, 6]
+    );
+    // A fresh store reads everything from the database and agrees.
+    let reopened = SqliteChangeLog::open(&path).await.unwrap();
+    assert_eq!(all(&reopened).await, got);
 }

@@ -1355,7 +1355,7 @@ async fn sqlite_upgrade_drops_sealed_audit_values() {
             .last()
             .unwrap()
             .version,
-        3
+        sfsync_store::migrate::latest(sfsync_store::sqlite::MIGRATIONS)
     );
     assert!(!b.columns("audit_log").await.iter().any(|c| c == "sealed"));
     let batch = CuratedBatch {

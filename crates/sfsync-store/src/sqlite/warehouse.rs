@@ -735,7 +735,8 @@ impl Warehouse for SqliteChangeLog {
             return Ok(HashMap::new());
         }
         let ids = ids.to_vec();
-        self.blocking("load current rows", move |conn| {
+        // On the reader: the apply stage's own commits are complete before it loads again.
+        self.blocking_on(&self.reader, "load current rows", move |conn| {
             let mut out = HashMap::with_capacity(ids.len());
             for chunk in ids.chunks(IN_CHUNK) {
                 let params: Vec<String> = (1..=chunk.len()).map(|n| format!("?{n}")).collect();
@@ -808,7 +809,7 @@ impl Warehouse for SqliteChangeLog {
         }
         let consumer = consumer.to_string();
         let batch = batch.clone();
-        self.with_transaction(move |tx| {
+        self.transaction(move |tx| {
             commit_blocking(tx.connection(), &ctx, &consumer, offset, &batch)
         })
         .await
@@ -908,7 +909,7 @@ impl Warehouse for SqliteChangeLog {
 
     async fn add_resync(&self, request: &ResyncRequest) -> Result<()> {
         let r = request.clone();
-        self.with_transaction(move |tx| insert_resync(tx.connection(), &r, now_ms()))
+        self.transaction(move |tx| insert_resync(tx.connection(), &r, now_ms()))
             .await
     }
 
