@@ -602,3 +602,184 @@ async fn golden_postgres_straight_and_killed_agree_with_the_org() {
     )
     .await;
 }
+
+/// Dead letters of `stage` as (schema_id, error, payload length), oldest first.
+async fn dead_letters(db: &Db, stage: &str) -> Vec<(String, String, usize)> {
+    match db {
+        Db::Sqlite(p) => {
+            let c = rusqlite::Connection::open(p).unwrap();
+            let mut st = c
+                .prepare(
+                    "SELECT schema_id, error, length(payload) FROM dead_letters
+                     WHERE stage = ?1 ORDER BY id",
+                )
+                .unwrap();
+            st.query_map([stage], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as usize))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+        }
+        Db::Postgres { url, schema } => {
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            let task = tokio::spawn(conn);
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT schema_id, error, length(payload) FROM {schema}.dead_letters
+                         WHERE stage = $1 ORDER BY id"
+                    ),
+                    &[&stage],
+                )
+                .await
+                .unwrap();
+            drop(client);
+            let _ = task.await;
+            rows.iter()
+                .map(|r| (r.get(0), r.get(1), r.get::<_, i32>(2) as usize))
+                .collect()
+        }
+    }
+}
+
+/// Bad payloads and schema drift while `sfsync run` streams: undecodable events (garbage bytes,
+/// an empty payload, an unknown writer schema) become dead letters with their cause and the
+/// payload kept, the stream goes on past them; a field added to Case in Salesforce (a new
+/// schema id) becomes a new curated column whose values arrive — and the warehouse still equals
+/// the org, with nothing lost.
+async fn bad_payloads_and_drift(db: Db) {
+    let mut env = env().await;
+    create_schema(&db).await;
+    let cfg = write_config(&env, &db, "faults");
+    let mut child = spawn(&cfg, &db);
+    let problems = wait_converged(&env, &db, Duration::from_secs(180)).await;
+    assert!(problems.is_empty(), "baseline: {}", problems.join("\n"));
+
+    let schema = env.emu.org().schema();
+    let bus = &env.emu.state.cdc;
+    let cases: Vec<String> = env
+        .client
+        .query_all_pages(
+            "SELECT Id FROM Case ORDER BY Id LIMIT 5",
+            Default::default(),
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r["Id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(cases.len(), 5);
+    // Good, bad, good, bad, bad, good.
+    exec(
+        &env.emu,
+        "caseworker",
+        vec![update(
+            "Case",
+            &cases[0],
+            json!({"Subject": "before the garbage"}),
+        )],
+    );
+    assert!(bus
+        .inject_change_event(&schema, "Case", None, vec![0xde, 0xad, 0xbe, 0xef].into())
+        .is_some());
+    exec(
+        &env.emu,
+        "caseworker",
+        vec![update(
+            "Case",
+            &cases[1],
+            json!({"Subject": "between bad events"}),
+        )],
+    );
+    assert!(bus
+        .inject_change_event(&schema, "Case", None, Vec::new().into())
+        .is_some());
+    assert!(bus
+        .inject_change_event(
+            &schema,
+            "Account",
+            Some("NoSuchSchemaIdAnywhere0"),
+            vec![1, 2, 3].into()
+        )
+        .is_some());
+    exec(
+        &env.emu,
+        "caseworker",
+        vec![update(
+            "Case",
+            &cases[2],
+            json!({"Subject": "after the bad events"}),
+        )],
+    );
+
+    // Schema drift: a new field on Case, then changes that set it.
+    let field: sfsync_org::FieldDef = serde_json::from_value(json!({
+        "name": "Priority_Score__c", "label": "Priority Score", "type": "double",
+        "precision": 18, "scale": 2
+    }))
+    .unwrap();
+    env.emu.org().add_field("Case", field).unwrap();
+    exec(
+        &env.emu,
+        "caseworker",
+        vec![
+            update("Case", &cases[3], json!({"Priority_Score__c": 7.5})),
+            update(
+                "Case",
+                &cases[4],
+                json!({"Priority_Score__c": 2.25, "Subject": "drifted"}),
+            ),
+        ],
+    );
+    // The expected model now has the new column.
+    for m in env.mappings.iter_mut() {
+        if m.object() == "Case" {
+            let spec = specs().into_iter().find(|s| s.name == "Case").unwrap();
+            let d = env.client.describe_object("Case").await.unwrap();
+            *m = ObjectMapping::build(&d, &spec).unwrap();
+        }
+    }
+    let problems = wait_converged(&env, &db, Duration::from_secs(120)).await;
+    if !problems.is_empty() {
+        let _ = child.kill();
+        panic!("after bad events and drift: {}", problems.join("\n"));
+    }
+    sigterm(&mut child);
+
+    let store = open(&env, &db).await;
+    let rows = store.read_current("Case").await.unwrap();
+    let score = |id: &str| {
+        rows.iter()
+            .find(|r| r.id == id)
+            .and_then(|r| r.values.get("priority_score__c").cloned())
+    };
+    assert_eq!(score(&cases[3]), Some(sfsync_store::Value::Real(7.5)));
+    assert_eq!(score(&cases[4]), Some(sfsync_store::Value::Real(2.25)));
+    let dead = dead_letters(&db, "decode").await;
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    for (schema_id, error, payload_len) in &dead {
+        assert!(!error.is_empty(), "a dead letter names its cause");
+        assert!(*payload_len > 0, "the payload is kept ({schema_id})");
+    }
+    assert!(dead.iter().any(|(s, _, _)| s == "NoSuchSchemaIdAnywhere0"));
+    env.emu.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_bad_payloads_become_dead_letters_and_schema_drift_adds_columns() {
+    let tmp = tempfile::tempdir().unwrap();
+    bad_payloads_and_drift(Db::Sqlite(tmp.path().join("faults.db"))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_bad_payloads_become_dead_letters_and_schema_drift_adds_columns() {
+    let server = pg::shared_server();
+    bad_payloads_and_drift(Db::Postgres {
+        url: format!("postgres://postgres@127.0.0.1:{}/postgres", server.port),
+        schema: "golden_faults".into(),
+    })
+    .await;
+}

@@ -474,6 +474,32 @@ impl CdcBus {
         ids[0]
     }
 
+    /// Fault injection: appends a change event of `entity` with arbitrary payload bytes under
+    /// the object's current CDC schema id (or `schema_id` when given), as a broken producer
+    /// would. Returns its replay id, or `None` when the object has no CDC schema.
+    pub fn inject_change_event(
+        &self,
+        org_schema: &Arc<Schema>,
+        entity: &str,
+        schema_id: Option<&str>,
+        payload: Bytes,
+    ) -> Option<u64> {
+        let schema_id = match schema_id {
+            Some(id) => id.to_string(),
+            None => self.object_schema(org_schema, entity)?.id.clone(),
+        };
+        let ids = self.append(vec![StoredEvent {
+            replay_id: 0,
+            time_ms: now_ms(),
+            kind: EventKind::Change,
+            entity: entity.into(),
+            schema_id: schema_id.into(),
+            event_id: event_uuid(),
+            payload,
+        }]);
+        ids.first().copied()
+    }
+
     /// Assigns replay ids, appends (and persists) `events`, wakes subscribers.
     fn append(&self, events: Vec<StoredEvent>) -> Vec<u64> {
         if events.is_empty() {

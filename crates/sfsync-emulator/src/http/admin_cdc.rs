@@ -25,6 +25,7 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/cdc", get(get_cdc).put(put_cdc))
         .route("/admin/cdc/faults", get(get_faults).post(post_faults))
         .route("/admin/cdc/reset-deliveries", post(reset_deliveries))
+        .route("/admin/cdc/inject", post(inject))
         .route(
             "/admin/platform-events",
             get(list_platform_events).post(define_platform_event),
@@ -216,4 +217,34 @@ async fn define_platform_event(
         "schema_id": s.id,
         "schema": serde_json::from_str::<Value>(&s.json).unwrap_or(Value::Null),
     })))
+}
+
+/// Fault injection: a change event with arbitrary payload bytes (hex), as a broken producer
+/// would publish, so subscribers' dead-letter handling can be exercised end to end.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Inject {
+    entity: String,
+    payload_hex: String,
+    #[serde(default)]
+    schema_id: Option<String>,
+}
+
+async fn inject(
+    _a: Admin,
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let i: Inject = parse(&body, "injected event")?;
+    let payload = hex::decode(i.payload_hex.trim())
+        .map_err(|e| bad(format!("payload_hex is not hex: {e}")))?;
+    let schema = state.org.schema();
+    if schema.object(&i.entity).is_none() {
+        return Err(bad(format!("entity: unknown object {:?}", i.entity)));
+    }
+    let id = state
+        .cdc
+        .inject_change_event(&schema, &i.entity, i.schema_id.as_deref(), payload.into())
+        .ok_or_else(|| bad(format!("{} has no change event schema", i.entity)))?;
+    Ok(Json(json!({"replay_id": id, "entity": i.entity})))
 }
