@@ -243,3 +243,49 @@ async fn fields_can_be_added_to_objects() {
     assert_eq!(r.status, 400);
     assert_eq!(r.error_code(), "INVALID_INPUT");
 }
+
+/// CDC fault injection: a change event with arbitrary bytes lands on the bus with the object's
+/// schema id (or the one given); bad requests are 400s that name the problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdc_inject_appends_a_raw_change_event() {
+    let emu = Emu::start().await;
+    let before = emu.admin(Method::GET, "/admin/cdc", None).await.body["latest_replay_id"]
+        .as_u64()
+        .unwrap();
+    let r = emu
+        .admin(
+            Method::POST,
+            "/admin/cdc/inject",
+            Some(json!({"entity": "Case", "payload_hex": "deadbeef"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["replay_id"].as_u64().unwrap(), before + 1);
+    let r = emu
+        .admin(
+            Method::POST,
+            "/admin/cdc/inject",
+            Some(json!({"entity": "Case", "payload_hex": "00", "schema_id": "custom"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let after = emu.admin(Method::GET, "/admin/cdc", None).await.body["latest_replay_id"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(after, before + 2);
+    for (body, needle) in [
+        (
+            json!({"entity": "Case", "payload_hex": "zz"}),
+            "payload_hex",
+        ),
+        (json!({"entity": "Nope__c", "payload_hex": "00"}), "Nope__c"),
+        (json!({"entity": "Case"}), "payload_hex"),
+        (json!({"entity": "Case", "payload_hex": "00", "x": 1}), "x"),
+    ] {
+        let r = emu
+            .admin(Method::POST, "/admin/cdc/inject", Some(body))
+            .await;
+        assert_eq!(r.status, 400, "{:?}", r.body);
+        assert!(r.body.to_string().contains(needle), "{:?}", r.body);
+    }
+}
