@@ -8,6 +8,8 @@
 //! `--decrypt`, and then writes one line to stderr saying who decrypted how many values of which
 //! object; without it, the configured `pii_fields` (and any value still sealed) print as
 //! `<encrypted>` — the store only returns opened rows, so they are opened in memory and masked.
+//! The keyring holds the `[pii]` key and every `[[pii.old_keys]]` entry: values sealed under a
+//! retired key open (and `keys rotate` re-seals them) as long as its entry is there.
 //! Exit codes: 0 done (chain intact), 1 the command ran and failed (chain broken, rotation or
 //! read error), 2 the config or the warehouse cannot be used (bad file, missing database,
 //! unknown object, no key).
@@ -54,7 +56,8 @@ pub struct KeysArgs {
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Re-seal every PII value (curated, history, raw payloads, dead letters) under the
-    /// configured `[pii]` key. Stop `sfsync run` first: rotation takes the applier lock.
+    /// configured `[pii]` key; values under a retired key need it in `[[pii.old_keys]]`.
+    /// Stop `sfsync run` first: rotation takes the applier lock.
     Rotate(ConfigArg),
 }
 
@@ -167,6 +170,7 @@ async fn open(path: &Path, with_keyring: bool) -> Result<Opened, Failure> {
     let has_key = secrets.pii_key.is_some();
     if !with_keyring {
         secrets.pii_key = None;
+        secrets.pii_old_keys.clear();
     }
     if let ValidWarehouse::Sqlite { path: db } = &config.warehouse {
         if !db.is_file() {
@@ -223,7 +227,10 @@ async fn audit_verify(args: ConfigArg) -> Result<i32, Failure> {
 
 async fn keys_rotate(args: ConfigArg) -> Result<i32, Failure> {
     let o = open(&args.config, true).await?;
-    let Some(key_id) = o.config.pii.as_ref().map(|p| p.key_id.clone()) else {
+    let Some((key_id, old_ids)) = o.config.pii.as_ref().map(|p| {
+        let old: Vec<String> = p.old_keys.iter().map(|k| k.key_id.clone()).collect();
+        (p.key_id.clone(), old)
+    }) else {
         return Err(usage(anyhow!(
             "{}: no [pii] table: rotation re-seals PII under the configured key",
             args.config.display()
@@ -244,10 +251,11 @@ async fn keys_rotate(args: ConfigArg) -> Result<i32, Failure> {
                 ..
             } if reason.starts_with("unknown key id") => {
                 format!(
-                    "values are sealed under key '{old}', which this config cannot name: it \
-                     gives only the current key (pii.key_id = '{key_id}') and has no setting \
-                     for old keys yet, so they cannot be re-sealed; rotation stopped there \
-                     (values re-sealed before stay re-sealed; running it again is safe)"
+                    "values are sealed under key '{old}', which this config does not give \
+                     (pii.key_id = '{key_id}'): add it as a [[pii.old_keys]] entry with \
+                     key_id = \"{old}\" and its key_file or key_env, then run `sfsync keys \
+                     rotate` again; rotation stopped there (values re-sealed before stay \
+                     re-sealed; running it again is safe)"
                 )
             }
             _ => "rotating keys: stopped (values re-sealed before stay re-sealed; running it \
@@ -260,6 +268,13 @@ async fn keys_rotate(args: ConfigArg) -> Result<i32, Failure> {
         "re-sealed under key '{}': {} PII values, {} raw payloads and dead letters",
         report.new_key_id, report.values_resealed, report.raw_payloads_resealed
     );
+    if !old_ids.is_empty() {
+        println!(
+            "nothing is sealed under the old keys any more ({}): remove them from \
+             [[pii.old_keys]] and delete the key material",
+            old_ids.join(", ")
+        );
+    }
     Ok(0)
 }
 
@@ -366,8 +381,16 @@ type Row = Vec<(String, Shown)>;
 fn store_error(what: String) -> impl FnOnce(StoreError) -> Failure {
     move |e| {
         let hint = match &e {
-            StoreError::InvalidInput { reason, .. } if reason.contains("no curated model") => {
-                Some("the warehouse has no tables for it yet (`sfsync run` has not synced it)")
+            StoreError::InvalidInput { reason, .. } if reason.contains("no curated model") => Some(
+                "the warehouse has no tables for it yet (`sfsync run` has not synced it)"
+                    .to_string(),
+            ),
+            StoreError::Pii { reason, key_id, .. } if reason.starts_with("unknown key id") => {
+                Some(format!(
+                    "values are sealed under key '{key_id}', which this config does not give: \
+                     add it as a [[pii.old_keys]] entry (or run `sfsync keys rotate` with it \
+                     there first)"
+                ))
             }
             _ => None,
         };

@@ -16,7 +16,7 @@ use sfsync_salesforce::{ClientConfig, SalesforceClient, TokenSource};
 use sfsync_store::{Keyring, PostgresChangeLog, SqliteChangeLog, Warehouse};
 
 use crate::config::model::{HistoryFields as CfgHistory, SyncMode};
-use crate::config::secrets::{PiiKey, ResolvedSecrets};
+use crate::config::secrets::ResolvedSecrets;
 use crate::config::validate::{ValidConfig, ValidWarehouse};
 
 #[derive(Debug, Args)]
@@ -66,7 +66,7 @@ pub async fn open_store(
     config: &ValidConfig,
     secrets: &ResolvedSecrets,
 ) -> Result<Arc<dyn Warehouse>> {
-    let keyring = secrets.pii_key.as_ref().map(keyring).transpose()?;
+    let keyring = keyring(secrets)?;
     let store: Arc<dyn Warehouse> = match &config.warehouse {
         ValidWarehouse::Sqlite { path } => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -119,12 +119,22 @@ pub async fn connect_postgres(url: &str, schema: &str) -> Result<PostgresChangeL
         .context("opening the Postgres warehouse")
 }
 
-/// The keyring of the configured PII key; an unusable key id is an error naming it (never the
-/// key), not a panic.
-fn keyring(k: &PiiKey) -> Result<Arc<Keyring>> {
-    Keyring::try_new(&k.id, k.key)
-        .map(Arc::new)
-        .with_context(|| format!("pii.key_id '{}' cannot be used", k.id))
+/// The keyring of the configured PII keys (`None` without `[pii]`): the current key seals, the
+/// `[[pii.old_keys]]` only open. An unusable key id is an error naming it (never the key), not a
+/// panic.
+fn keyring(secrets: &ResolvedSecrets) -> Result<Option<Arc<Keyring>>> {
+    let Some(current) = &secrets.pii_key else {
+        return Ok(None);
+    };
+    let mut ring = Keyring::try_new(&current.id, current.key)
+        .with_context(|| format!("pii.key_id '{}' cannot be used", current.id))?;
+    for (i, old) in secrets.pii_old_keys.iter().enumerate() {
+        // `add_old_key` panics on an id the keyring cannot store; check it the fallible way.
+        Keyring::try_new(&old.id, old.key)
+            .with_context(|| format!("pii.old_keys[{i}].key_id '{}' cannot be used", old.id))?;
+        ring.add_old_key(&old.id, old.key);
+    }
+    Ok(Some(Arc::new(ring)))
 }
 
 /// The pipeline's object specs from the config (poll-mode objects are reported and skipped

@@ -200,11 +200,22 @@ impl Site {
 
     /// A config for the warehouse with the PII key `key_id` (`key-a` or `key-b`) or none.
     fn config(&self, key_id: Option<&str>) -> PathBuf {
+        self.config_with_old_keys(key_id, &[])
+    }
+
+    /// [`Site::config`] with `old` as `[[pii.old_keys]]` entries (each `key_file = "<id>.hex"`).
+    fn config_with_old_keys(&self, key_id: Option<&str>, old: &[&str]) -> PathBuf {
         let (objects, pii) = match key_id {
             Some(id) => (
                 "[[objects]]\nname = \"Contact\"\nhistory = { fields = [\"LastName\", \"Email\"] }\n\
                  pii_fields = [\"Email\"]\n\n[[objects]]\nname = \"Account\"\n",
-                format!("[pii]\nkey_file = \"{id}.hex\"\nkey_id = \"{id}\"\n"),
+                format!("[pii]\nkey_file = \"{id}.hex\"\nkey_id = \"{id}\"\n")
+                    + &old
+                        .iter()
+                        .map(|o| {
+                            format!("\n[[pii.old_keys]]\nkey_id = \"{o}\"\nkey_file = \"{o}.hex\"\n")
+                        })
+                        .collect::<String>(),
             ),
             None => ("[[objects]]\nname = \"Account\"\n", String::new()),
         };
@@ -214,10 +225,11 @@ impl Site {
              client_secret = {{ file = \"client-secret\" }}\n\n{objects}\n\
              [warehouse]\ntype = \"sqlite\"\npath = \"warehouse.db\"\n\n{pii}"
         );
-        let path = self
-            .dir
-            .path()
-            .join(format!("{}.toml", key_id.unwrap_or("no-pii")));
+        let mut name = key_id.unwrap_or("no-pii").to_string();
+        for o in old {
+            name.push_str(&format!("+old-{o}"));
+        }
+        let path = self.dir.path().join(format!("{name}.toml"));
         std::fs::write(&path, text).unwrap();
         path
     }
@@ -417,7 +429,7 @@ fn rotation_to_a_new_key_leaves_only_the_new_key_needed() {
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     for want in [
         "'key-a'",
-        "no setting for old keys",
+        "add it as a [[pii.old_keys]] entry",
         "running it again is safe",
     ] {
         assert!(stderr(&o).contains(want), "missing {want:?}\n{}", show(&o));
@@ -427,7 +439,8 @@ fn rotation_to_a_new_key_leaves_only_the_new_key_needed() {
         .iter()
         .all(|e| e.starts_with("enc:v1:key-a:")));
 
-    // Rotation with key-a as an old key (through the store: the config has no way to name it).
+    // Rotation with key-a as an old key, through the store (the config route is
+    // `rotation_with_the_old_key_in_the_config_reseals_everything_under_the_new_key`).
     block_on(async {
         let mut ring = Keyring::new("key-b", KEY_B);
         ring.add_old_key("key-a", KEY_A);
@@ -485,6 +498,103 @@ fn rotation_to_a_new_key_leaves_only_the_new_key_needed() {
     assert!(
         !site.files_containing("Lovelace").is_empty(),
         "the scan reads the data"
+    );
+}
+
+/// The operator's procedure from `sfsync.example.toml`: data sealed under key A; the config
+/// switches to key B with A in `[[pii.old_keys]]`; `keys rotate`; A removed from the config.
+#[test]
+fn rotation_with_the_old_key_in_the_config_reseals_everything_under_the_new_key() {
+    let site = Site::new();
+    write_sealed_warehouse(&site.db());
+    let cfg_b = site.config(Some("key-b"));
+    let cfg_b_with_a = site.config_with_old_keys(Some("key-b"), &["key-a"]);
+    let key_hex = |k: [u8; 32]| k.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let no_key_material = |o: &Output| {
+        let all = format!("{}{}", stdout(o), stderr(o));
+        for k in [KEY_A, KEY_B] {
+            assert!(
+                !all.contains(&key_hex(k)),
+                "key material printed\n{}",
+                show(o)
+            );
+        }
+    };
+
+    // Before rotation, key B alone cannot open what key A sealed: the error names key-a and
+    // says where it goes.
+    let o = sfsync(&["read", "Contact", "--decrypt"], &cfg_b);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    for want in ["'key-a'", "unknown key id", "[[pii.old_keys]]"] {
+        assert!(stderr(&o).contains(want), "missing {want:?}\n{}", show(&o));
+    }
+    assert!(!stdout(&o).contains(ADA), "{}", show(&o));
+
+    // `config check` says an old key is configured (its id, not the key).
+    let o = sfsync(&["config", "check"], &cfg_b_with_a);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(
+        stdout(&o).contains("pii key:    key-b (+1 old key for reading: key-a)"),
+        "{}",
+        show(&o)
+    );
+    no_key_material(&o);
+
+    // With key-a as an old key, values sealed under it open before any rotation…
+    let o = sfsync(&["read", "Contact", "--decrypt"], &cfg_b_with_a);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let rows = jsonl(&o);
+    assert_eq!(
+        (&rows[0]["email"], &rows[1]["email"]),
+        (&ADA.into(), &GRACE.into())
+    );
+    let o = sfsync(&["audit", "verify"], &cfg_b_with_a);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+
+    // …and `keys rotate` re-seals every one under key-b: 2 current + 2 history emails.
+    let o = sfsync(&["keys", "rotate"], &cfg_b_with_a);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(
+        stdout(&o).contains("re-sealed under key 'key-b': 4 PII values"),
+        "{}",
+        show(&o)
+    );
+    assert!(
+        stdout(&o).contains("nothing is sealed under the old keys any more (key-a)"),
+        "{}",
+        show(&o)
+    );
+    no_key_material(&o);
+    for table in ["sf_contact", "sf_contact_history"] {
+        let emails = site.texts(&format!("SELECT email FROM {table}"));
+        assert_eq!(emails.len(), 2, "{table}");
+        assert!(
+            emails.iter().all(|e| e.starts_with("enc:v1:key-b:")),
+            "{table}: {emails:?}"
+        );
+    }
+
+    // Key A removed from the config: key B alone now opens everything.
+    let o = sfsync(&["read", "Contact", "--decrypt"], &cfg_b);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let rows = jsonl(&o);
+    assert_eq!(
+        (&rows[0]["email"], &rows[1]["email"]),
+        (&ADA.into(), &GRACE.into())
+    );
+    let o = sfsync(&["read", "Contact", "--history", "--decrypt"], &cfg_b);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let emails: Vec<_> = jsonl(&o).iter().map(|r| r["email"].clone()).collect();
+    assert_eq!(emails, [ADA, GRACE], "{}", show(&o));
+    let o = sfsync(&["audit", "verify"], &cfg_b);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    // A second rotation finds nothing left to do.
+    let o = sfsync(&["keys", "rotate"], &cfg_b);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(
+        stdout(&o).contains("re-sealed under key 'key-b': 0 PII values"),
+        "{}",
+        show(&o)
     );
 }
 

@@ -94,7 +94,20 @@ pub fn summary(l: &LoadedConfig) -> String {
     out.push_str(&format!("auth:       {}\n", sf.credentials.describe()));
     out.push_str(&format!("warehouse:  {}\n", c.warehouse.describe()));
     if let Some(p) = &c.pii {
-        out.push_str(&format!("pii key:    {}\n", p.key_id));
+        out.push_str(&format!("pii key:    {}", p.key_id));
+        // Ids only: which retired keys can still open values until `sfsync keys rotate`.
+        match p.old_keys.len() {
+            0 => {}
+            n => {
+                let ids: Vec<&str> = p.old_keys.iter().map(|k| k.key_id.as_str()).collect();
+                out.push_str(&format!(
+                    " (+{n} old key{} for reading: {})",
+                    if n == 1 { "" } else { "s" },
+                    ids.join(", ")
+                ));
+            }
+        }
+        out.push('\n');
     }
     out.push_str(&format!("objects:    {}\n", c.objects.len()));
     for o in &c.objects {

@@ -36,7 +36,8 @@ pub use secrets::{PiiKey, ResolvedSecrets};
 pub use sfsync_salesforce::Secret;
 pub use span::{LineCol, SpanIndex};
 pub use validate::{
-    CredentialsSource, PiiKeySource, ValidConfig, ValidObject, ValidSalesforce, ValidWarehouse,
+    CredentialsSource, PiiKeySource, ValidConfig, ValidObject, ValidOldKey, ValidPii,
+    ValidSalesforce, ValidWarehouse,
 };
 
 /// One problem in the config file.
@@ -221,7 +222,7 @@ pub fn parse(text: &str, file: &str) -> Result<(SfsyncConfig, SpanIndex), Config
                     })
                 })
             }
-            "pii" => cfg.pii = p.de("pii", value),
+            "pii" => cfg.pii = p.pii(value),
             "pipeline" => {
                 if let Some(v) = p.de("pipeline", value) {
                     cfg.pipeline = v;
@@ -325,6 +326,40 @@ impl Parser<'_> {
         rest.remove("type");
         let rest = Spanned::new(value.span(), DeValue::Table(rest));
         build(self, &ty, &rest)
+    }
+
+    /// `[pii]` and each `[[pii.old_keys]]` entry on its own (like `[[objects]]`), so an entry's
+    /// errors are reported at that entry (`pii.old_keys[1]`) and do not hide the others'.
+    fn pii(&mut self, value: &Spanned<DeValue<'_>>) -> Option<PiiConfig> {
+        let DeValue::Table(table) = value.get_ref() else {
+            self.error("pii", value.span(), "expected a table");
+            return None;
+        };
+        let mut rest = table.clone();
+        let old_value = rest.remove("old_keys");
+        let rest = Spanned::new(value.span(), DeValue::Table(rest));
+        let mut pii: Option<PiiConfig> = self.de("pii", &rest);
+        let mut old_keys = Vec::new();
+        if let Some(ov) = old_value {
+            match ov.get_ref() {
+                DeValue::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        if let Some(k) = self.de::<PiiOldKey>(&format!("pii.old_keys[{i}]"), item) {
+                            old_keys.push(k);
+                        }
+                    }
+                }
+                _ => self.error(
+                    "pii.old_keys",
+                    ov.span(),
+                    "expected an array of tables ([[pii.old_keys]])",
+                ),
+            }
+        }
+        if let Some(p) = pii.as_mut() {
+            p.old_keys = old_keys;
+        }
+        pii
     }
 
     fn salesforce(&mut self, value: &Spanned<DeValue<'_>>) -> Option<SalesforceConfig> {

@@ -282,6 +282,23 @@ pub struct PiiConfig {
     pub key_env: Option<String>,
     /// Stored with every encrypted value, so keys can be rotated.
     pub key_id: String,
+    /// `[[pii.old_keys]]`: retired keys that still open values sealed under them (never seal),
+    /// kept until `sfsync keys rotate` has re-sealed everything under the current key. Filled by
+    /// the parser one entry at a time (see [`super::parse`]), so errors name the entry.
+    #[serde(skip)]
+    pub old_keys: Vec<PiiOldKey>,
+}
+
+/// One `[[pii.old_keys]]` entry: a retired key, given exactly like the current one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PiiOldKey {
+    /// A file holding the 32-byte key as 64 hex digits.
+    pub key_file: Option<PathBuf>,
+    /// An environment variable holding the key as 64 hex digits.
+    pub key_env: Option<String>,
+    /// The id the values sealed under this key carry.
+    pub key_id: String,
 }
 
 /// `[pipeline]`: batching and timing. Every value must be > 0.

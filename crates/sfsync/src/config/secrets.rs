@@ -21,7 +21,10 @@ pub struct ResolvedSecrets {
     pub ca_file: Option<std::path::PathBuf>,
     /// Postgres connection URL (`None` for SQLite).
     pub warehouse_url: Option<Secret>,
+    /// The current key: seals, and opens values sealed under it.
     pub pii_key: Option<PiiKey>,
+    /// `[[pii.old_keys]]`, in file order: open values sealed under them, never seal.
+    pub pii_old_keys: Vec<PiiKey>,
 }
 
 /// An AES-256 key and its id.
@@ -95,6 +98,55 @@ fn parse_hex_key(s: &str) -> Option<[u8; 32]> {
         *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
     }
     Some(key)
+}
+
+/// Reads and parses the PII key of the key table `table` (`pii`, `pii.old_keys[1]`); a failure
+/// names `table.key_file` / `table.key_env` and the path or variable, never the value.
+fn load_pii_key(
+    errs: &mut Vec<ConfigError>,
+    table: &str,
+    source: &PiiKeySource,
+    key_id: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<PiiKey> {
+    let (key, text) = match source {
+        PiiKeySource::Env(var) => {
+            let key = format!("{table}.key_env");
+            match env(var) {
+                Some(v) => (key, v),
+                None => {
+                    errs.push(ConfigError::new(
+                        key,
+                        format!("environment variable {var} is not set"),
+                    ));
+                    return None;
+                }
+            }
+        }
+        PiiKeySource::File(p) => {
+            let key = format!("{table}.key_file");
+            match read_file(&key, p) {
+                Ok(v) => (key, v),
+                Err(e) => {
+                    errs.push(e);
+                    return None;
+                }
+            }
+        }
+    };
+    match parse_hex_key(&text) {
+        Some(k) => Some(PiiKey {
+            id: key_id.to_string(),
+            key: k,
+        }),
+        None => {
+            errs.push(ConfigError::new(
+                key,
+                "the key must be 64 hex digits (32 bytes, AES-256)",
+            ));
+            None
+        }
+    }
 }
 
 /// Resolves every secret of `cfg`; reads `env` and the referenced files.
@@ -238,39 +290,19 @@ pub fn resolve(
             s
         }
     };
-    let pii_key = cfg.pii.as_ref().and_then(|pii| {
-        let (key, text) = match &pii.key {
-            PiiKeySource::Env(var) => match env(var) {
-                Some(v) => ("pii.key_env", v),
-                None => {
-                    errs.push(ConfigError::new(
-                        "pii.key_env",
-                        format!("environment variable {var} is not set"),
-                    ));
-                    return None;
-                }
-            },
-            PiiKeySource::File(p) => match read_file("pii.key_file", p) {
-                Ok(v) => ("pii.key_file", v),
-                Err(e) => {
-                    errs.push(e);
-                    return None;
-                }
-            },
-        };
-        match parse_hex_key(&text) {
-            Some(k) => Some(PiiKey {
-                id: pii.key_id.clone(),
-                key: k,
-            }),
-            None => {
-                errs.push(ConfigError::new(
-                    key,
-                    "the key must be 64 hex digits (32 bytes, AES-256)",
-                ));
-                None
-            }
-        }
+    let pii_key = cfg
+        .pii
+        .as_ref()
+        .and_then(|pii| load_pii_key(&mut errs, "pii", &pii.key, &pii.key_id, env));
+    let pii_old_keys = cfg.pii.as_ref().map_or_else(Vec::new, |pii| {
+        pii.old_keys
+            .iter()
+            .enumerate()
+            .filter_map(|(i, old)| {
+                let table = format!("pii.old_keys[{i}]");
+                load_pii_key(&mut errs, &table, &old.key, &old.key_id, env)
+            })
+            .collect()
     });
     match (credentials, instance_url) {
         (Some(credentials), Some(instance_url)) if errs.is_empty() => Ok(ResolvedSecrets {
@@ -280,6 +312,7 @@ pub fn resolve(
             ca_file,
             warehouse_url,
             pii_key,
+            pii_old_keys,
         }),
         _ => Err(errs),
     }

@@ -290,6 +290,178 @@ fn pii_table_rules() {
     );
 }
 
+/// `[pii]` (current key `k2`) after [`HEAD`] and one object: lines 8–12, old keys from line 13.
+fn with_old_keys(old_keys: &str) -> String {
+    format!("{HEAD}[[objects]]\nname = \"A\"\n[pii]\nkey_env = \"K\"\nkey_id = \"k2\"\n{old_keys}")
+}
+
+#[test]
+fn old_keys_validate_like_the_current_key() {
+    let t = with_old_keys(
+        "[[pii.old_keys]]\nkey_id = \"k1\"\nkey_file = \"keys/k1.hex\"\n\
+         [[pii.old_keys]]\nkey_id = \"k0\"\nkey_env = \"K0\"\n",
+    );
+    let l = load_t(&t).unwrap_or_else(|e| panic!("{e}"));
+    let pii = l.config.pii.as_ref().unwrap();
+    assert_eq!(pii.key_id, "k2");
+    let old: Vec<(&str, &PiiKeySource)> = pii
+        .old_keys
+        .iter()
+        .map(|k| (k.key_id.as_str(), &k.key))
+        .collect();
+    assert_eq!(
+        old,
+        [
+            ("k1", &PiiKeySource::File("/cfg/keys/k1.hex".into())),
+            ("k0", &PiiKeySource::Env("K0".into())),
+        ]
+    );
+    // `config check` names how many old keys there are and their ids (never key material).
+    let s = check::summary(&l);
+    assert!(
+        s.contains("pii key:    k2 (+2 old keys for reading: k1, k0)\n"),
+        "{s}"
+    );
+    // Without old keys the line is as before.
+    let s = check::summary(&load_t(&with_old_keys("")).unwrap());
+    assert!(s.contains("pii key:    k2\n"), "{s}");
+}
+
+#[test]
+fn old_key_errors_name_the_entry_key_and_line() {
+    let t = with_old_keys(
+        r#"[[pii.old_keys]]
+key_id = "k1"
+key_file = "k1.hex"
+[[pii.old_keys]]
+key_id = "k2"
+key_env = "K_OLD"
+[[pii.old_keys]]
+key_id = "k1"
+key_file = "x.hex"
+key_env = "X"
+[[pii.old_keys]]
+key_id = "k0"
+[[pii.old_keys]]
+key_id = "old key"
+key_env = "9BAD"
+"#,
+    );
+    assert_eq!(
+        errs(&t),
+        [
+            "t.toml:17:1: pii.old_keys[1].key_id: \"k2\" is the current key (pii.key_id); old_keys lists only retired keys",
+            "t.toml:20:1: pii.old_keys[2].key_id: key id \"k1\" is given twice (also pii.old_keys[0])",
+            "t.toml:22:1: pii.old_keys[2].key_env: give either key_file or key_env, not both",
+            "t.toml:23:1: pii.old_keys[3]: no key: set key_file or key_env",
+            "t.toml:26:1: pii.old_keys[4].key_id: must be non-empty letters, digits, `_`, `.` or `-`",
+            "t.toml:27:1: pii.old_keys[4].key_env: \"9BAD\" is not a valid environment variable name",
+        ]
+    );
+    // The keyring stores ids of at most 255 bytes; the config says so before it is built.
+    let long = "k".repeat(256);
+    let t = with_old_keys(&format!(
+        "[[pii.old_keys]]\nkey_id = \"{long}\"\nkey_env = \"K1\"\n"
+    ));
+    assert_eq!(
+        errs(&t),
+        ["t.toml:14:1: pii.old_keys[0].key_id: must be at most 255 characters"]
+    );
+}
+
+#[test]
+fn old_key_shape_errors_are_located() {
+    // deny_unknown_fields, a missing key_id, and an inline key are all shape errors.
+    let t = with_old_keys("[[pii.old_keys]]\nkey_id = \"k1\"\nkey_hex = \"00\"\n");
+    assert_eq!(
+        errs(&t),
+        ["t.toml:15:1: pii.old_keys[0].key_hex: unknown field `key_hex`, expected one of `key_file`, `key_env`, `key_id`"]
+    );
+    // Each entry on its own: the second entry's missing id and the third's wrong type are both
+    // reported, at their entries.
+    let t = with_old_keys(
+        "[[pii.old_keys]]\nkey_id = \"k1\"\nkey_env = \"K1\"\n\
+         [[pii.old_keys]]\nkey_env = \"K0\"\n\
+         [[pii.old_keys]]\nkey_id = 7\nkey_env = \"K7\"\n",
+    );
+    assert_eq!(
+        errs(&t),
+        [
+            "t.toml:16:1: pii.old_keys[1]: missing field `key_id`",
+            "t.toml:19:10: pii.old_keys[2].key_id: invalid type: integer `7`, expected a string",
+        ]
+    );
+    assert_eq!(
+        errs(&with_old_keys("old_keys = \"k1\"\n")),
+        ["t.toml:13:12: pii.old_keys: expected an array of tables ([[pii.old_keys]])"]
+    );
+}
+
+#[test]
+fn old_keys_resolve_with_errors_per_entry_and_never_print_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = with_old_keys(
+        "[[pii.old_keys]]\nkey_id = \"k1\"\nkey_env = \"K1\"\n\
+         [[pii.old_keys]]\nkey_id = \"k0\"\nkey_file = \"k0.hex\"\n",
+    );
+    std::fs::write(
+        dir.path().join("c.json"),
+        r#"{"instance_url":"https://x","client_id":"cid","client_secret":"cs","username":"u","password":"p"}"#,
+    )
+    .unwrap();
+    let l = load_str(&t, "t.toml", dir.path()).unwrap();
+    let current = "c3".repeat(32);
+    // Bad hex in the first old key, an unreadable file for the second.
+    let e = l
+        .resolve_secrets(&env_of(&[("K", &current), ("K1", &"zz".repeat(32))]))
+        .unwrap_err()
+        .to_string();
+    let k0 = dir.path().join("k0.hex");
+    let lines: Vec<&str> = e.lines().collect();
+    assert_eq!(
+        lines[0],
+        "t.toml:15:1: pii.old_keys[0].key_env: the key must be 64 hex digits (32 bytes, AES-256)"
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "t.toml:18:1: pii.old_keys[1].key_file: cannot read {}",
+            k0.display()
+        )),
+        "{e}"
+    );
+    assert_eq!(lines.len(), 2, "{e}");
+    // An unset variable and a short key.
+    std::fs::write(&k0, "0123").unwrap();
+    let e = l
+        .resolve_secrets(&env_of(&[("K", &current)]))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "t.toml:15:1: pii.old_keys[0].key_env: environment variable K1 is not set\n\
+         t.toml:18:1: pii.old_keys[1].key_file: the key must be 64 hex digits (32 bytes, AES-256)"
+    );
+
+    // All present: both old keys, in file order, beside the current one; Debug shows no key.
+    let (hex1, hex0) = ("a1".repeat(32), "B0".repeat(32));
+    std::fs::write(&k0, format!("{hex0}\n")).unwrap();
+    let r = l
+        .resolve_secrets(&env_of(&[("K", &current), ("K1", &hex1)]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.pii_key.as_ref().unwrap().id, "k2");
+    let old: Vec<(&str, [u8; 32])> = r
+        .pii_old_keys
+        .iter()
+        .map(|k| (k.id.as_str(), k.key))
+        .collect();
+    assert_eq!(old, [("k1", [0xa1; 32]), ("k0", [0xb0; 32])]);
+    let debug = format!("{r:?}");
+    for hex in [&current, &hex1, &hex0, &"b0".repeat(32)] {
+        assert!(!debug.contains(hex.as_str()), "key material in {debug}");
+    }
+    assert!(debug.contains("PiiKey { id: \"k1\", key: *** }"), "{debug}");
+}
+
 fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
     let m: HashMap<String, String> = pairs
         .iter()
@@ -464,6 +636,9 @@ fn example_config_parses_validates_and_resolves() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.credentials.flow_name(), "jwt_bearer");
     assert_eq!(r.pii_key.unwrap().id, "pii-2026-01");
+    // The rotation example is commented out: the example config has no old keys.
+    assert!(r.pii_old_keys.is_empty());
+    assert!(c.pii.as_ref().unwrap().old_keys.is_empty());
     // The summary `config check` prints.
     let s = check::summary(&l);
     assert!(s.contains("auth:       jwt_bearer"), "{s}");

@@ -1,8 +1,8 @@
 //! Semantic checks: pure (no I/O — paths are only joined, never opened) and exhaustive (every
 //! problem is collected, not just the first). Produces a [`ValidConfig`] whose invariants the
 //! rest of sfsync may rely on: at least one object, unique object names, a well-formed channel
-//! per CDC object, exactly one credentials source, a PII key whenever PII fields exist, and
-//! every pipeline unit > 0.
+//! per CDC object, exactly one credentials source, a PII key whenever PII fields exist, old PII
+//! key ids unique and different from the current one, and every pipeline unit > 0.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -78,6 +78,15 @@ impl ValidWarehouse {
 
 #[derive(Debug, Clone)]
 pub struct ValidPii {
+    pub key: PiiKeySource,
+    pub key_id: String,
+    /// Retired keys, in file order: ids unique and all different from `key_id`.
+    pub old_keys: Vec<ValidOldKey>,
+}
+
+/// One `[[pii.old_keys]]` entry.
+#[derive(Debug, Clone)]
+pub struct ValidOldKey {
     pub key: PiiKeySource,
     pub key_id: String,
 }
@@ -206,40 +215,13 @@ impl SfsyncConfig {
             }
         };
         let pii = self.pii.as_ref().and_then(|pii| {
-            let valid_id = !pii.key_id.is_empty()
-                && pii
-                    .key_id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-            if !valid_id {
-                errs.push(
-                    "pii.key_id",
-                    "must be non-empty letters, digits, `_`, `.` or `-`",
-                );
-            }
-            let key = match (&pii.key_file, &pii.key_env) {
-                (Some(f), None) => Some(PiiKeySource::File(anchor(base_dir, f))),
-                (None, Some(v)) => {
-                    if !is_env_name(v) {
-                        errs.push(
-                            "pii.key_env",
-                            format!("\"{v}\" is not a valid environment variable name"),
-                        );
-                    }
-                    Some(PiiKeySource::Env(v.clone()))
-                }
-                (Some(_), Some(_)) => {
-                    errs.push("pii.key_env", "give either key_file or key_env, not both");
-                    None
-                }
-                (None, None) => {
-                    errs.push("pii", "no key: set key_file or key_env");
-                    None
-                }
-            };
+            check_key_id(&mut errs, "pii.key_id", &pii.key_id);
+            let key = check_key_source(&mut errs, "pii", &pii.key_file, &pii.key_env, base_dir);
+            let old_keys = validate_old_keys(&mut errs, pii, base_dir);
             key.map(|key| ValidPii {
                 key,
                 key_id: pii.key_id.clone(),
+                old_keys,
             })
         });
         let p = &self.pipeline;
@@ -276,6 +258,100 @@ impl SfsyncConfig {
             _ => Err(errs.0),
         }
     }
+}
+
+/// The longest key id the keyring accepts (it is stored in every sealed value).
+const MAX_KEY_ID_BYTES: usize = 255;
+
+/// A PII key id: letters, digits, `_`, `.`, `-`, at most 255 bytes (a subset of what the
+/// keyring accepts, so building it from a valid config cannot fail on an id).
+fn check_key_id(errs: &mut Errors, key: &str, id: &str) {
+    let valid = !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if !valid {
+        errs.push(key, "must be non-empty letters, digits, `_`, `.` or `-`");
+    } else if id.len() > MAX_KEY_ID_BYTES {
+        errs.push(
+            key,
+            format!("must be at most {MAX_KEY_ID_BYTES} characters"),
+        );
+    }
+}
+
+/// Exactly one of `key_file` / `key_env` of the key table at `table` (`pii`,
+/// `pii.old_keys[1]`).
+fn check_key_source(
+    errs: &mut Errors,
+    table: &str,
+    key_file: &Option<PathBuf>,
+    key_env: &Option<String>,
+    base: &Path,
+) -> Option<PiiKeySource> {
+    match (key_file, key_env) {
+        (Some(f), None) => {
+            if f.as_os_str().is_empty() {
+                errs.push(format!("{table}.key_file"), "the path is empty");
+            }
+            Some(PiiKeySource::File(anchor(base, f)))
+        }
+        (None, Some(v)) => {
+            if !is_env_name(v) {
+                errs.push(
+                    format!("{table}.key_env"),
+                    format!("\"{v}\" is not a valid environment variable name"),
+                );
+            }
+            Some(PiiKeySource::Env(v.clone()))
+        }
+        (Some(_), Some(_)) => {
+            errs.push(
+                format!("{table}.key_env"),
+                "give either key_file or key_env, not both",
+            );
+            None
+        }
+        (None, None) => {
+            errs.push(table, "no key: set key_file or key_env");
+            None
+        }
+    }
+}
+
+/// `[[pii.old_keys]]`: each entry like the current key, ids unique and none the current id.
+fn validate_old_keys(errs: &mut Errors, pii: &PiiConfig, base: &Path) -> Vec<ValidOldKey> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut out = Vec::new();
+    for (i, old) in pii.old_keys.iter().enumerate() {
+        let table = format!("pii.old_keys[{i}]");
+        let id_key = format!("{table}.key_id");
+        check_key_id(errs, &id_key, &old.key_id);
+        if old.key_id == pii.key_id {
+            errs.push(
+                &id_key,
+                format!(
+                    "\"{}\" is the current key (pii.key_id); old_keys lists only retired keys",
+                    old.key_id
+                ),
+            );
+        } else if let Some(first) = seen.insert(&old.key_id, i) {
+            errs.push(
+                &id_key,
+                format!(
+                    "key id \"{}\" is given twice (also pii.old_keys[{first}])",
+                    old.key_id
+                ),
+            );
+        }
+        if let Some(key) = check_key_source(errs, &table, &old.key_file, &old.key_env, base) {
+            out.push(ValidOldKey {
+                key,
+                key_id: old.key_id.clone(),
+            });
+        }
+    }
+    out
 }
 
 fn validate_salesforce(
