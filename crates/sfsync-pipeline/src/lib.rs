@@ -85,9 +85,9 @@ pub async fn start(
     let stats = Arc::new(PipelineStats::default());
     let (tx, rx) = watch::channel(false);
     let appended = Arc::new(Notify::new());
-    // Apply reads what ingest appended from the store's memory while it stays within ~3 batches.
+    // Apply reads what ingest appended from the store's memory while it stays within ~2 batches.
     let gate = Arc::new(gate::LagGate::new(
-        3 * config.apply.batch_max_records as u64,
+        2 * config.apply.batch_max_records as u64,
         Duration::from_secs(2),
     ));
 

@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use crate::{LogOffset, LoggedChange};
 
 /// Bytes of payload the tail keeps by default (oldest evicted first).
-pub(crate) const DEFAULT_TAIL_BYTES: usize = 48 << 20;
+pub(crate) const DEFAULT_TAIL_BYTES: usize = 24 << 20;
 
 /// Per-entry bookkeeping counted on top of the payload.
 const ENTRY_OVERHEAD: usize = 256;
