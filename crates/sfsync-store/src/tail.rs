@@ -4,7 +4,9 @@
 //! Correctness does not depend on it. The cache only claims the offset range `[lo, hi]` that its
 //! own appends covered without another writer in between (the appender checks the log's
 //! high-water mark inside its write transaction and resets the cache when someone else wrote);
-//! anything outside that range, or evicted, is read from the database as before.
+//! anything outside that range, or evicted, is read from the database as before. Code that
+//! deletes or rewrites `raw_changes` (retention, compaction) must call [`TailCache::clear`] or
+//! go through `SqliteChangeLog::with_transaction`, which does.
 
 use std::collections::VecDeque;
 
