@@ -113,6 +113,82 @@ pub struct Applier {
     /// Repairs may be pending (true at start, after a batch that requested some, and while a
     /// re-read keeps failing); saves a query per batch otherwise.
     repairs_pending: bool,
+    /// The batch being committed while the next one is read, decoded and planned.
+    in_flight: Option<InFlight>,
+}
+
+/// What a committed batch adds to the counters.
+struct Committed {
+    processed: u64,
+    totals: crate::plan::PlanStats,
+    repairs: u64,
+    resyncs: u64,
+    dead_letters: u64,
+    commit_times: Vec<i64>,
+}
+
+impl Committed {
+    /// Counts the batch, right after its commit (commit → curated latency ends here).
+    fn record(self, st: &PipelineStats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now_after = now_ms();
+        st.processed.fetch_add(self.processed, Relaxed);
+        st.applied.fetch_add(self.totals.applied, Relaxed);
+        st.late.fetch_add(self.totals.late, Relaxed);
+        st.stale.fetch_add(self.totals.stale, Relaxed);
+        st.own_writes.fetch_add(self.totals.own_writes, Relaxed);
+        st.repairs_requested.fetch_add(self.repairs, Relaxed);
+        st.resyncs_requested.fetch_add(self.resyncs, Relaxed);
+        st.dead_letters.fetch_add(self.dead_letters, Relaxed);
+        st.batches.fetch_add(1, Relaxed);
+        for ts in &self.commit_times {
+            st.observe_latency(now_after - ts);
+        }
+        if let Some(max) = self.commit_times.iter().max() {
+            st.last_commit_ms.fetch_max(*max, Relaxed);
+        }
+        st.last_applied_at_ms.store(now_after, Relaxed);
+    }
+}
+
+/// A batch whose commit runs beside the planning of the next one.
+struct InFlight {
+    task: tokio::task::JoinHandle<Result<()>>,
+    batch: Arc<CuratedBatch>,
+    /// (object, id) → index in `batch.rows`.
+    index: HashMap<(String, String), usize>,
+}
+
+impl InFlight {
+    fn start(
+        store: Arc<dyn Warehouse>,
+        stats: Arc<PipelineStats>,
+        offset: LogOffset,
+        batch: Arc<CuratedBatch>,
+        done: Committed,
+    ) -> InFlight {
+        let index = batch
+            .rows
+            .iter()
+            .enumerate()
+            .map(|(i, (object, row))| ((object.clone(), row.id.clone()), i))
+            .collect();
+        let b = batch.clone();
+        let task = tokio::spawn(async move {
+            let t = Instant::now();
+            store
+                .commit_curated(CURATED_CONSUMER, Some(offset), &b)
+                .await?;
+            stats.time_stage(STAGE_APPLY_COMMIT, t);
+            done.record(&stats);
+            Ok(())
+        });
+        InFlight { task, batch, index }
+    }
+
+    fn row(&self, key: &(String, String)) -> Option<&sfsync_store::CurrentRow> {
+        self.index.get(key).map(|i| &self.batch.rows[*i].1)
+    }
 }
 
 impl Applier {
@@ -140,6 +216,7 @@ impl Applier {
             stats,
             offset: None,
             repairs_pending: true,
+            in_flight: None,
         }
     }
 
@@ -168,6 +245,7 @@ impl Applier {
     /// entries processed (0 when there was nothing to do).
     pub async fn step(&mut self) -> Result<usize> {
         if self.repairs_pending {
+            self.flush().await?;
             self.run_repairs().await?;
         }
         let from = match self.offset {
@@ -179,12 +257,21 @@ impl Applier {
             }
         };
         let t = Instant::now();
-        let logged = self
-            .store
-            .read_from(from, self.config.batch_max_records)
-            .await?;
+        let max = self.config.batch_max_records.max(1);
+        let mut logged = self.store.read_from(from, max).await?;
+        if !logged.is_empty() && logged.len() < max / 2 && self.in_flight.is_some() {
+            // A small batch while the previous one commits: the apply stage is keeping up, so
+            // wait for that commit and take what arrived meanwhile — fewer, larger transactions
+            // leave the write lock to ingest more of the time.
+            self.flush().await?;
+            let next = logged[logged.len() - 1].offset + 1;
+            let more = self.store.read_from(next, max - logged.len()).await?;
+            logged.extend(more);
+        }
         self.stats.time_stage(STAGE_APPLY_READ, t);
         if logged.is_empty() {
+            // Idle: whatever is in flight is committed before the caller is told so.
+            self.flush().await?;
             return Ok(0);
         }
         let n = self.apply_logged(&logged).await?;
@@ -330,15 +417,25 @@ impl Applier {
             }
         }
         self.stats.time_stage(STAGE_APPLY_DECODE, t);
-        // Load the touched rows.
+        // Load the touched rows: the newest state of a record the in-flight batch writes is in
+        // that batch (not yet in the database); every other record is unchanged by it, so the
+        // database has its newest state.
         let t = Instant::now();
         let mut ids: HashMap<&str, Vec<String>> = HashMap::new();
+        let mut rows = HashMap::new();
         for (_, rs) in &planned {
             for (o, r) in rs {
+                let key = (o.clone(), r.id.clone());
+                if rows.contains_key(&key) {
+                    continue;
+                }
+                if let Some(row) = self.in_flight.as_ref().and_then(|f| f.row(&key)) {
+                    rows.insert(key, row.clone());
+                    continue;
+                }
                 ids.entry(o.as_str()).or_default().push(r.id.clone());
             }
         }
-        let mut rows = HashMap::new();
         for (object, mut list) in ids {
             list.sort();
             list.dedup();
@@ -372,40 +469,52 @@ impl Applier {
         // Every row in the map is written (unchanged ones are rewritten as they are).
         rows_into(rows, &mut batch);
         let offset = logged[last_index].offset;
-        let repairs = batch.repairs.len() as u64;
+        let done = Committed {
+            processed: last_index as u64 + 1,
+            totals,
+            repairs: batch.repairs.len() as u64,
+            resyncs: batch.resyncs.len() as u64,
+            dead_letters: batch.dead_letters.len() as u64,
+            commit_times,
+        };
         self.stats.time_stage(STAGE_APPLY_PLAN, t);
-        let t = Instant::now();
-        self.store
-            .commit_curated(CURATED_CONSUMER, Some(offset), &batch)
-            .await?;
-        self.stats.time_stage(STAGE_APPLY_COMMIT, t);
+        // The previous batch must be in before this one goes: batches commit in log order.
+        self.flush().await?;
+        let batch = Arc::new(batch);
+        let needs_repair = done.repairs > 0;
+        self.in_flight = Some(InFlight::start(
+            self.store.clone(),
+            self.stats.clone(),
+            offset,
+            batch,
+            done,
+        ));
         self.offset = Some(offset);
-        let now_after = now_ms();
-        let st = &self.stats;
-        use std::sync::atomic::Ordering::Relaxed;
-        st.processed.fetch_add(last_index as u64 + 1, Relaxed);
-        st.applied.fetch_add(totals.applied, Relaxed);
-        st.late.fetch_add(totals.late, Relaxed);
-        st.stale.fetch_add(totals.stale, Relaxed);
-        st.own_writes.fetch_add(totals.own_writes, Relaxed);
-        st.repairs_requested.fetch_add(repairs, Relaxed);
-        st.resyncs_requested
-            .fetch_add(batch.resyncs.len() as u64, Relaxed);
-        st.dead_letters
-            .fetch_add(batch.dead_letters.len() as u64, Relaxed);
-        st.batches.fetch_add(1, Relaxed);
-        for ts in &commit_times {
-            st.observe_latency(now_after - ts);
-        }
-        if let Some(max) = commit_times.iter().max() {
-            st.last_commit_ms.fetch_max(*max, Relaxed);
-        }
-        st.last_applied_at_ms.store(now_after, Relaxed);
-        if repairs > 0 {
+        if needs_repair {
+            // Repairs read their requests back from the store: commit first.
+            self.flush().await?;
             self.repairs_pending = true;
             self.run_repairs().await?;
         }
         Ok(last_index + 1)
+    }
+
+    /// Waits for the in-flight batch to commit and counts it. On failure the read position
+    /// goes back to the stored apply offset, so nothing planned after the failed batch is
+    /// committed and the next step re-reads from there.
+    pub async fn flush(&mut self) -> Result<()> {
+        let Some(f) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let outcome = match f.task.await {
+            Ok(r) => r,
+            Err(e) => Err(PipelineError::CommitTask(e.to_string())),
+        };
+        if let Err(e) = outcome {
+            self.offset = None;
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Carries out pending repairs: re-reads the records and applies them as snapshots, marking
@@ -437,6 +546,7 @@ impl Applier {
     }
 
     async fn repair(&mut self, req: &StoredRepair) -> Result<()> {
+        self.flush().await?;
         let r = &req.request;
         let mut batch = CuratedBatch {
             repairs_done: vec![req.id],

@@ -26,6 +26,10 @@ pub enum PipelineError {
     PubSub(#[from] sfsync_salesforce::pubsub::PubSubError),
     #[error("shutting down")]
     Shutdown,
+    /// The task committing a batch panicked or was cancelled; the batch is re-applied from the
+    /// stored offset.
+    #[error("apply commit task: {0}")]
+    CommitTask(String),
 }
 
 impl PipelineError {
@@ -56,7 +60,7 @@ impl PipelineError {
             PipelineError::Store(e) => e.class(),
             PipelineError::Salesforce(e) => e.class(),
             PipelineError::PubSub(e) => e.class(),
-            PipelineError::Shutdown => ErrorClass::Internal,
+            PipelineError::Shutdown | PipelineError::CommitTask(_) => ErrorClass::Internal,
         }
     }
 }

@@ -492,3 +492,48 @@ async fn gap_events_arrive_header_only_with_record_ids() {
     let normal = wait_for(&mut stream, |c| c.header.record_ids.contains(&ids2[0])).await;
     assert_eq!(normal.header.change_type, Some(ChangeType::Create));
 }
+
+/// Batches already waiting can be taken without waiting and merged: the merged batch holds
+/// them in stream order and is acknowledged with the last one's checkpoint; taking batches this
+/// way loses and repeats nothing.
+#[tokio::test]
+async fn waiting_batches_merge_in_order_without_loss() {
+    let emu = emulator(|_| {}).await;
+    let ids = insert_accounts(&emu, 240, 40, "merge");
+    let sub = subscriber(&emu, 10).await;
+    let mut stream = sub
+        .subscribe("/data/AccountChangeEvent", ReplayStart::Earliest)
+        .await
+        .unwrap();
+    let mut seen: Vec<String> = Vec::new();
+    let mut merged_any = false;
+    while seen.len() < ids.len() {
+        let mut batch = next(&mut stream).await;
+        // Give the stream task time to queue the following batches.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let first_len = batch.len();
+        while let Some(more) = stream.try_next_batch() {
+            let last = more.changes.last().map(|c| c.replay_id.clone());
+            batch.merge(more);
+            if last.is_some() {
+                assert_eq!(
+                    batch.checkpoint, last,
+                    "the merged batch acks its last event"
+                );
+            }
+        }
+        merged_any |= batch.len() > first_len;
+        assert_eq!(batch.changes.len(), batch.payloads.len());
+        if let (Some(c), Some(cp)) = (batch.changes.last(), &batch.checkpoint) {
+            assert_eq!(&c.replay_id, cp);
+        }
+        for c in &batch.changes {
+            seen.extend(c.header.record_ids.iter().cloned());
+        }
+        if let Some(cp) = &batch.checkpoint {
+            stream.ack(cp);
+        }
+    }
+    assert!(merged_any, "some waiting batches were merged");
+    assert_eq!(seen, ids, "every event once, in stream order");
+}

