@@ -253,6 +253,7 @@ impl Checkpointer {
         let spawned = std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
             .spawn(move || {
+                lower_thread_priority();
                 let conn = match Connection::open(&path).and_then(|c| {
                     c.busy_timeout(std::time::Duration::from_millis(busy))?;
                     Ok(c)
@@ -283,6 +284,17 @@ impl Checkpointer {
         }
         Checkpointer { stop: Some(tx) }
     }
+}
+
+/// Runs the calling thread at nice 10: the checkpointer uses idle CPU and does not preempt a
+/// thread holding the write lock (on Linux a thread's nice value is its own).
+fn lower_thread_priority() {
+    extern "C" {
+        fn setpriority(which: i32, who: u32, prio: i32) -> i32;
+    }
+    // SAFETY: setpriority(PRIO_PROCESS = 0, 0 = the calling thread, 10) has no memory effects;
+    // failure only leaves the priority as it was.
+    let _ = unsafe { setpriority(0, 0, 10) };
 }
 
 impl Drop for Checkpointer {
@@ -867,3 +879,4 @@ impl ChangeLog for SqliteChangeLog {
         .await
     }
 }
+
