@@ -158,6 +158,13 @@ CREATE UNIQUE INDEX raw_changes_event ON raw_changes (commit_timestamp, event_ke
 pub struct PostgresChangeLog {
     client: Mutex<Client>,
     connection: tokio::task::JoinHandle<()>,
+    /// A second connection for reading the log and loading current rows, so the apply stage
+    /// reads while the first one appends or commits (each statement sees committed data only;
+    /// appends lock `raw_changes`, so committed offsets are always a prefix of the log).
+    reader: Mutex<Client>,
+    reader_connection: tokio::task::JoinHandle<()>,
+    /// Prepared statements of the reader connection by SQL text.
+    reader_statements: parking_lot::Mutex<HashMap<String, Statement>>,
     /// Registered curated models and the PII keyring.
     registry: Registry,
     /// Prepared statements of this connection by SQL text (used while holding `client`).
@@ -175,7 +182,22 @@ impl std::fmt::Debug for PostgresChangeLog {
 impl Drop for PostgresChangeLog {
     fn drop(&mut self) {
         self.connection.abort();
+        self.reader_connection.abort();
     }
+}
+
+/// One connection and the task that drives it.
+async fn open_connection(config: &Config) -> Result<(Client, tokio::task::JoinHandle<()>)> {
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| StoreError::postgres("connect", e))?;
+    let connection = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "Postgres connection closed with an error.");
+        }
+    });
+    Ok((client, connection))
 }
 
 impl PostgresChangeLog {
@@ -193,18 +215,14 @@ impl PostgresChangeLog {
 
     /// Connects with a parsed config (no TLS: loopback or a trusted network) and migrates.
     pub async fn connect_with(config: &Config) -> Result<PostgresChangeLog> {
-        let (client, connection) = config
-            .connect(NoTls)
-            .await
-            .map_err(|e| StoreError::postgres("connect", e))?;
-        let connection = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "Postgres connection closed with an error.");
-            }
-        });
+        let (client, connection) = open_connection(config).await?;
+        let (reader, reader_connection) = open_connection(config).await?;
         let store = PostgresChangeLog {
             client: Mutex::new(client),
             connection,
+            reader: Mutex::new(reader),
+            reader_connection,
+            reader_statements: parking_lot::Mutex::new(HashMap::new()),
             registry: Registry::new(Dialect::Postgres),
             statements: parking_lot::Mutex::new(HashMap::new()),
             apply_locked: AtomicBool::new(false),
@@ -467,7 +485,7 @@ impl ChangeLog for PostgresChangeLog {
     async fn read_from(&self, from: LogOffset, limit: usize) -> Result<Vec<LoggedChange>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let ctx = self.registry.ctx();
-        let client = self.client.lock().await;
+        let client = self.reader.lock().await;
         let rows = client
             .query(
                 "SELECT log_offset, channel, event_key, replay_id, schema_id, entity,

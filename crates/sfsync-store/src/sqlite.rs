@@ -879,4 +879,3 @@ impl ChangeLog for SqliteChangeLog {
         .await
     }
 }
-

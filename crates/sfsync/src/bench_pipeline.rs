@@ -244,7 +244,7 @@ key_file = "{key}"
 key_id = "bench-1"
 
 [pipeline]
-batch_max_records = 2000
+batch_max_records = 1000
 batch_max_wait_ms = 20
 "#,
         creds = running.credentials_path.display(),

@@ -294,22 +294,37 @@ async fn run_steps(tx: &Transaction<'_>, steps: &[Step<'_>]) -> Result<()> {
     Ok(())
 }
 
+/// A statement of `client` by SQL text, prepared once and kept in `cache` (one cache per
+/// connection: a statement belongs to the connection that prepared it).
+async fn prepare_cached(
+    cache: &parking_lot::Mutex<HashMap<String, Statement>>,
+    client: &impl GenericClient,
+    sql: &str,
+) -> Result<Statement> {
+    if let Some(s) = cache.lock().get(sql) {
+        return Ok(s.clone());
+    }
+    let stmt = client
+        .prepare(sql)
+        .await
+        .map_err(|e| StoreError::postgres("prepare statement", e))?;
+    let mut cache = cache.lock();
+    if cache.len() >= STATEMENT_CACHE {
+        cache.clear();
+    }
+    cache.insert(sql.to_string(), stmt.clone());
+    Ok(stmt)
+}
+
 impl PostgresChangeLog {
     /// A prepared statement for `sql`, from this connection's cache.
     async fn prepared(&self, client: &impl GenericClient, sql: &str) -> Result<Statement> {
-        if let Some(s) = self.statements.lock().get(sql) {
-            return Ok(s.clone());
-        }
-        let stmt = client
-            .prepare(sql)
-            .await
-            .map_err(|e| StoreError::postgres("prepare statement", e))?;
-        let mut cache = self.statements.lock();
-        if cache.len() >= STATEMENT_CACHE {
-            cache.clear();
-        }
-        cache.insert(sql.to_string(), stmt.clone());
-        Ok(stmt)
+        prepare_cached(&self.statements, client, sql).await
+    }
+
+    /// [`Self::prepared`] for the reader connection.
+    async fn reader_prepared(&self, client: &impl GenericClient, sql: &str) -> Result<Statement> {
+        prepare_cached(&self.reader_statements, client, sql).await
     }
 
     async fn upsert_rows(
@@ -942,9 +957,9 @@ impl Warehouse for PostgresChangeLog {
         if ids.is_empty() {
             return Ok(out);
         }
-        let client = self.client.lock().await;
+        let client = self.reader.lock().await;
         let sql = format!("{} WHERE \"id\" = ANY($1)", reg.sql.select_current);
-        let stmt = self.prepared(&*client, &sql).await?;
+        let stmt = self.reader_prepared(&*client, &sql).await?;
         for chunk in ids.chunks(ID_CHUNK) {
             let rows = client
                 .query(&stmt, &[&chunk])
