@@ -27,6 +27,26 @@ use crate::stats::{
     STAGE_APPLY_READ,
 };
 
+/// Payload bytes of one apply batch at most (besides `batch_max_records`): a batch's decoded
+/// changes, loaded rows and planned writes take several times its payload in memory, and two
+/// batches are in hand at once (one planned while the other commits). The rest of the log is
+/// read by the next step.
+const BATCH_MAX_PAYLOAD_BYTES: usize = 3 << 20;
+
+/// Keeps the longest prefix of `logged` within `max_bytes` of payload (at least one change).
+fn truncate_to_bytes(logged: &mut Vec<LoggedChange>, max_bytes: usize) {
+    let mut total = 0usize;
+    let keep = logged
+        .iter()
+        .position(|lc| {
+            total += lc.change.payload.len();
+            total > max_bytes
+        })
+        .unwrap_or(logged.len())
+        .max(1);
+    logged.truncate(keep);
+}
+
 /// Name of the curated consumer's apply offset.
 pub const CURATED_CONSUMER: &str = "curated";
 
@@ -268,6 +288,7 @@ impl Applier {
             let more = self.store.read_from(next, max - logged.len()).await?;
             logged.extend(more);
         }
+        truncate_to_bytes(&mut logged, BATCH_MAX_PAYLOAD_BYTES);
         self.stats.time_stage(STAGE_APPLY_READ, t);
         if logged.is_empty() {
             // Idle: whatever is in flight is committed before the caller is told so.
@@ -616,6 +637,48 @@ impl Applier {
 }
 
 type Rows = HashMap<(String, String), sfsync_store::CurrentRow>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sfsync_core::{ChangeType, EventKey, RecordVersion, ReplayId};
+    use sfsync_store::RawChange;
+
+    fn logged(offset: u64, bytes: usize) -> LoggedChange {
+        LoggedChange {
+            offset,
+            channel: "/data/CaseChangeEvent".into(),
+            change: RawChange {
+                event_key: EventKey::new("tx", offset as i32, "500000000000001AAA"),
+                replay_id: ReplayId::from_bytes(vec![offset as u8]),
+                schema_id: "s".into(),
+                entity: "Case".into(),
+                change_type: ChangeType::Update,
+                version: RecordVersion::default(),
+                payload: vec![0u8; bytes].into(),
+            },
+        }
+    }
+
+    #[test]
+    fn batches_are_cut_by_payload_bytes_but_never_empty() {
+        let mut v: Vec<_> = (1..=10).map(|o| logged(o, 1000)).collect();
+        truncate_to_bytes(&mut v, 3500);
+        assert_eq!(
+            v.iter().map(|l| l.offset).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        let mut v: Vec<_> = (1..=3).map(|o| logged(o, 10_000)).collect();
+        truncate_to_bytes(&mut v, 3500);
+        assert_eq!(v.len(), 1, "one oversized change still makes a batch");
+        let mut v: Vec<_> = (1..=3).map(|o| logged(o, 10)).collect();
+        truncate_to_bytes(&mut v, 3500);
+        assert_eq!(v.len(), 3);
+        let mut v: Vec<LoggedChange> = Vec::new();
+        truncate_to_bytes(&mut v, 3500);
+        assert!(v.is_empty());
+    }
+}
 
 /// Moves every row of the map into the batch, in key order (one write per record).
 fn rows_into(rows: Rows, batch: &mut CuratedBatch) {

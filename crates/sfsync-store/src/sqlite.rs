@@ -521,7 +521,7 @@ fn open_reader(path: &Path, options: SqliteOptions) -> Result<Connection> {
     .map_err(|e| StoreError::sqlite("open reader", e))?;
     conn.busy_timeout(std::time::Duration::from_millis(options.busy_timeout_ms))
         .map_err(|e| StoreError::sqlite("set busy timeout", e))?;
-    conn.execute_batch("PRAGMA cache_size=-8192;")
+    conn.execute_batch("PRAGMA cache_size=-4096;")
         .map_err(|e| StoreError::sqlite("set reader pragmas", e))?;
     Ok(conn)
 }
@@ -553,11 +553,12 @@ fn open_blocking(path: &Path, options: SqliteOptions) -> Result<Connection> {
             ),
         });
     }
-    // A 32 MiB page cache: with the default 2 MiB a batch of 3–8 KB changes spills dirty pages
-    // to the WAL before commit (measured: ~4 % of pipeline CPU in pagerStress); 64 MiB bought
-    // no throughput and counted against the pipeline's RSS.
+    // A 16 MiB page cache (a full apply batch of 3–8 KB changes is ~5 MiB of dirty pages): with
+    // the default 2 MiB a batch spills dirty pages to the WAL before commit (measured: ~4 % of
+    // pipeline CPU in pagerStress); 32 and 64 MiB bought no throughput and counted against the
+    // pipeline's RSS.
     conn.execute_batch(&format!(
-        "PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON; PRAGMA cache_size=-32768; \
+        "PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON; PRAGMA cache_size=-16384; \
          PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT_PAGES}; PRAGMA journal_size_limit=67108864;"
     ))
     .map_err(|e| StoreError::sqlite("set pragmas", e))?;
