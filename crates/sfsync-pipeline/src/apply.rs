@@ -638,6 +638,28 @@ impl Applier {
 
 type Rows = HashMap<(String, String), sfsync_store::CurrentRow>;
 
+/// Moves every row of the map into the batch, in key order (one write per record).
+fn rows_into(rows: Rows, batch: &mut CuratedBatch) {
+    let mut rows: Vec<_> = rows.into_iter().collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    batch
+        .rows
+        .extend(rows.into_iter().map(|((object, _), row)| (object, row)));
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl From<PipelineError> for std::io::Error {
+    fn from(e: PipelineError) -> Self {
+        std::io::Error::other(chain(&e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -677,27 +699,5 @@ mod tests {
         let mut v: Vec<LoggedChange> = Vec::new();
         truncate_to_bytes(&mut v, 3500);
         assert!(v.is_empty());
-    }
-}
-
-/// Moves every row of the map into the batch, in key order (one write per record).
-fn rows_into(rows: Rows, batch: &mut CuratedBatch) {
-    let mut rows: Vec<_> = rows.into_iter().collect();
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
-    batch
-        .rows
-        .extend(rows.into_iter().map(|((object, _), row)| (object, row)));
-}
-
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-impl From<PipelineError> for std::io::Error {
-    fn from(e: PipelineError) -> Self {
-        std::io::Error::other(chain(&e))
     }
 }
