@@ -170,14 +170,23 @@ impl Keyring {
         }
     }
 
+    /// [`Keyring::add_old_key`] that returns an error naming the key id instead of panicking on
+    /// an invalid id.
+    pub fn try_add_old_key(&mut self, key_id: &str, key: [u8; 32]) -> Result<()> {
+        if let Some(problem) = key_id_problem(key_id) {
+            return Err(pii_error("load key", key_id, problem));
+        }
+        self.add_old_key(key_id, key);
+        Ok(())
+    }
+
     /// [`Keyring::add_old_key`] with a hex key from configuration.
     pub fn add_old_key_hex(&mut self, key_id: &str, hex_key: &str) -> Result<()> {
         if let Some(problem) = key_id_problem(key_id) {
             return Err(pii_error("load key", key_id, problem));
         }
         let key = parse_hex_key(key_id, hex_key)?;
-        self.add_old_key(key_id, key);
-        Ok(())
+        self.try_add_old_key(key_id, key)
     }
 
     /// Id of the key that seals.
@@ -481,6 +490,13 @@ mod tests {
         assert!(Keyring::from_hex("", hex_key).is_err());
 
         let mut k = k;
+        assert!(
+            k.try_add_old_key("bad:id", [5; 32]).is_err(),
+            "':' is not allowed"
+        );
+        assert!(k.try_add_old_key("", [5; 32]).is_err());
+        k.try_add_old_key("prod-9", [5; 32]).unwrap();
+        assert!(k.has_key("prod-9"));
         k.add_old_key_hex("prod-0", hex_key).unwrap();
         assert!(k.has_key("prod-0"));
         assert!(k.add_old_key_hex("prod-x", "12").is_err());

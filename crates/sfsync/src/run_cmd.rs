@@ -129,10 +129,8 @@ fn keyring(secrets: &ResolvedSecrets) -> Result<Option<Arc<Keyring>>> {
     let mut ring = Keyring::try_new(&current.id, current.key)
         .with_context(|| format!("pii.key_id '{}' cannot be used", current.id))?;
     for (i, old) in secrets.pii_old_keys.iter().enumerate() {
-        // `add_old_key` panics on an id the keyring cannot store; check it the fallible way.
-        Keyring::try_new(&old.id, old.key)
+        ring.try_add_old_key(&old.id, old.key)
             .with_context(|| format!("pii.old_keys[{i}].key_id '{}' cannot be used", old.id))?;
-        ring.add_old_key(&old.id, old.key);
     }
     Ok(Some(Arc::new(ring)))
 }
