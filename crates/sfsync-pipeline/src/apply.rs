@@ -446,13 +446,15 @@ impl Applier {
         let mut rows = HashMap::new();
         for (_, rs) in &planned {
             for (o, r) in rs {
-                let key = (o.clone(), r.id.clone());
-                if rows.contains_key(&key) {
-                    continue;
-                }
-                if let Some(row) = self.in_flight.as_ref().and_then(|f| f.row(&key)) {
-                    rows.insert(key, row.clone());
-                    continue;
+                if let Some(f) = &self.in_flight {
+                    let key = (o.clone(), r.id.clone());
+                    if rows.contains_key(&key) {
+                        continue;
+                    }
+                    if let Some(row) = f.row(&key) {
+                        rows.insert(key, row.clone());
+                        continue;
+                    }
                 }
                 ids.entry(o.as_str()).or_default().push(r.id.clone());
             }
@@ -523,7 +525,7 @@ impl Applier {
     /// Waits for the in-flight batch to commit and counts it. On failure the read position
     /// goes back to the stored apply offset, so nothing planned after the failed batch is
     /// committed and the next step re-reads from there.
-    pub async fn flush(&mut self) -> Result<()> {
+    async fn flush(&mut self) -> Result<()> {
         let Some(f) = self.in_flight.take() else {
             return Ok(());
         };

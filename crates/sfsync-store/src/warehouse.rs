@@ -1407,8 +1407,12 @@ pub(crate) fn chain_hash(prev_hash: &str, entry: &str) -> Option<String> {
 /// Serialises and hashes one audit entry after `prev_hash`.
 pub(crate) fn audit_row(ctx: &Ctx, prev_hash: &str, e: &AuditEntry) -> Result<AuditRow> {
     let entry = audit_entry_json(ctx, e)?;
-    let row = audit_row_of(ctx, prev_hash, e, &entry)?;
-    Ok(AuditRow { entry, ..row })
+    let hash = audit_hash(ctx, prev_hash, e, &entry)?;
+    Ok(AuditRow {
+        entry,
+        prev_hash: prev_hash.to_string(),
+        hash,
+    })
 }
 
 /// The stored (hashed) form of one audit entry.
@@ -1424,15 +1428,14 @@ pub(crate) fn audit_entry_json(ctx: &Ctx, e: &AuditEntry) -> Result<String> {
     })
 }
 
-/// Chains an entry serialised by [`audit_entry_json`] after `prev_hash` (`entry` is left empty
-/// in the result: the caller has it).
-pub(crate) fn audit_row_of(
+/// The chain hash of `entry` (serialised by [`audit_entry_json`]) after `prev_hash`.
+pub(crate) fn audit_hash(
     ctx: &Ctx,
     prev_hash: &str,
     e: &AuditEntry,
     entry: &str,
-) -> Result<AuditRow> {
-    let hash = chain_hash(prev_hash, entry).ok_or_else(|| {
+) -> Result<String> {
+    chain_hash(prev_hash, entry).ok_or_else(|| {
         write_error(
             ctx.backend,
             &e.object,
@@ -1440,11 +1443,6 @@ pub(crate) fn audit_row_of(
             "audit entry",
             format!("previous hash '{prev_hash}' is not 64 hex digits"),
         )
-    })?;
-    Ok(AuditRow {
-        entry: String::new(),
-        prev_hash: prev_hash.to_string(),
-        hash,
     })
 }
 

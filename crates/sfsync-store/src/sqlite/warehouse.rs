@@ -292,7 +292,7 @@ fn commit_blocking(
             .map_err(db("prepare audit insert"))?;
         for (e, entry) in batch.audit.iter().zip(&prepared.audit) {
             seq += 1;
-            let row = wh::audit_row_of(ctx, &prev, e, entry)?;
+            let hash = wh::audit_hash(ctx, &prev, e, entry)?;
             stmt.execute(params![
                 seq,
                 e.object,
@@ -300,12 +300,12 @@ fn commit_blocking(
                 e.change_type,
                 e.event_key,
                 entry,
-                row.prev_hash,
-                row.hash,
+                prev,
+                hash,
                 now
             ])
             .map_err(write_failed(&e.object, &e.record_id, "audit entry"))?;
-            prev = row.hash;
+            prev = hash;
         }
     }
     if !batch.repairs.is_empty() {
