@@ -152,6 +152,13 @@ ALTER TABLE raw_changes DROP CONSTRAINT raw_changes_event_key_key;
 CREATE UNIQUE INDEX raw_changes_event ON raw_changes (commit_timestamp, event_key);
 "#,
     },
+    Migration {
+        version: 5,
+        name: "dead letters found by (channel, replay id)",
+        sql: r#"
+CREATE INDEX dead_letters_replay ON dead_letters (channel, replay_id);
+"#,
+    },
 ];
 
 /// The change log in a Postgres database (tables in the connection's `search_path` schema).

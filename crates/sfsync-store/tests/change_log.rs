@@ -330,7 +330,7 @@ async fn reopen_keeps_data(b: &dyn Backend) {
 async fn migrations_idempotent(b: &dyn Backend) {
     let first = b.open().await.applied_migrations().await.unwrap();
     let versions: Vec<i64> = first.iter().map(|m| m.version).collect();
-    assert_eq!(versions, [1, 2, 3, 4]);
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
     // Opening again, and twice at once, applies nothing new.
     let (x, y) = tokio::join!(b.open(), b.open());
     assert_eq!(x.applied_migrations().await.unwrap(), first);
@@ -542,7 +542,7 @@ async fn sqlite_payloads_stored_compressed_legacy_readable_corruption_named() {
     )
     .await
     .unwrap();
-    let conn = rusqlite::Connection::open(&path).unwrap();
+    let conn = rusqlite::Connection::open(log.change_log_file()).unwrap();
     let stored: Vec<u8> = conn
         .query_row("SELECT payload FROM raw_changes", [], |r| r.get(0))
         .unwrap();
@@ -593,6 +593,7 @@ async fn sqlite_background_checkpointer_moves_wal_into_the_database() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.db");
     let log = SqliteChangeLog::open(&path).await.unwrap();
+    let path = log.change_log_file().to_path_buf();
     let before = std::fs::metadata(&path).unwrap().len();
     // Incompressible payloads, ~4 MB in all.
     let mut seed = 7u64;
@@ -736,7 +737,7 @@ async fn sqlite_tail_in_memory_never_hides_other_writers() {
     log.append_batch(ch, &batch("a", 3), &ReplayId::from_bytes(vec![1]))
         .await
         .unwrap();
-    let conn = rusqlite::Connection::open(&path).unwrap();
+    let conn = rusqlite::Connection::open(log.change_log_file()).unwrap();
     conn.execute(
         "INSERT INTO raw_changes (channel, event_key, replay_id, schema_id, entity, change_type,
              commit_timestamp, commit_number, sequence_number, payload, appended_at_ms)
@@ -767,4 +768,98 @@ async fn sqlite_tail_in_memory_never_hides_other_writers() {
     // A fresh store reads everything from the database and agrees.
     let reopened = SqliteChangeLog::open(&path).await.unwrap();
     assert_eq!(all(&reopened).await, got);
+}
+
+/// A new SQLite store keeps its raw log in a file of its own, and after a power loss that
+/// rolled the log back further than the warehouse (its last commits gone, the apply offset
+/// still past them), new appends land after the apply offset: no change can hide under an
+/// offset that was applied before.
+#[tokio::test]
+async fn sqlite_change_log_file_rolled_back_never_reuses_applied_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.db");
+    let log = SqliteChangeLog::open(&path).await.unwrap();
+    let log_file = sfsync_store::sqlite::change_log_path(&path);
+    assert_eq!(log.change_log_file(), log_file.as_path());
+    assert_eq!(log_file.file_name().unwrap(), "w.changes.db");
+    let ch = "/data/ChangeEvents";
+    log.append_batch(ch, &batch("a", 5), &ReplayId::from_bytes(vec![5]))
+        .await
+        .unwrap();
+    log.set_applied_offset("curated", 5).await.unwrap();
+    // The raw log lives in the log file only; the apply offset in the warehouse only.
+    let w = rusqlite::Connection::open(&path).unwrap();
+    let n: i64 = w
+        .query_row("SELECT COUNT(*) FROM raw_changes", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0);
+    drop(log);
+    // The log file as a power loss could leave it: offsets 4 and 5 and the last checkpoint gone.
+    let l = rusqlite::Connection::open(&log_file).unwrap();
+    l.execute_batch(
+        "DELETE FROM raw_changes WHERE log_offset > 3;
+         UPDATE sqlite_sequence SET seq = 3 WHERE name = 'raw_changes';
+         UPDATE checkpoints SET replay_id = x'03';",
+    )
+    .unwrap();
+    let n: i64 = l
+        .query_row("SELECT COUNT(*) FROM apply_offsets", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0);
+    drop(l);
+    let log = SqliteChangeLog::open(&path).await.unwrap();
+    assert_eq!(log.applied_offset("curated").await.unwrap(), Some(5));
+    assert_eq!(
+        log.checkpoint(ch).await.unwrap(),
+        Some(ReplayId::from_bytes(vec![3]))
+    );
+    // Redelivered from the older checkpoint: the lost changes come back after offset 5.
+    let redelivered = &batch("a", 5)[3..];
+    let out = log
+        .append_batch(ch, redelivered, &ReplayId::from_bytes(vec![5]))
+        .await
+        .unwrap();
+    assert_eq!(out.appended, 2);
+    let unapplied = log.read_from(6, 10).await.unwrap();
+    assert_eq!(
+        unapplied.iter().map(|c| c.offset).collect::<Vec<_>>(),
+        vec![6, 7]
+    );
+    assert_eq!(unapplied[0].change, redelivered[0]);
+    // An intact pair is left alone.
+    drop(log);
+    let log = SqliteChangeLog::open(&path).await.unwrap();
+    let out = log
+        .append_batch(ch, &batch("b", 1), &ReplayId::from_bytes(vec![6]))
+        .await
+        .unwrap();
+    assert_eq!(out.last_offset, Some(8));
+}
+
+/// `separate_change_log: false` keeps a new store in one file, and reopening with the default
+/// options keeps that layout (the log is never split away from its data).
+#[tokio::test]
+async fn sqlite_single_file_layout_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("one.db");
+    let options = sfsync_store::sqlite::SqliteOptions {
+        separate_change_log: false,
+        ..Default::default()
+    };
+    let log = SqliteChangeLog::open_with(&path, options).await.unwrap();
+    assert_eq!(log.change_log_file(), path.as_path());
+    let ch = "/data/ChangeEvents";
+    log.append_batch(ch, &batch("a", 2), &ReplayId::from_bytes(vec![2]))
+        .await
+        .unwrap();
+    drop(log);
+    let log = SqliteChangeLog::open(&path).await.unwrap();
+    assert_eq!(log.change_log_file(), path.as_path());
+    assert!(!sfsync_store::sqlite::change_log_path(&path).exists());
+    assert_eq!(all(&log).await.len(), 2);
+    let w = rusqlite::Connection::open(&path).unwrap();
+    let n: i64 = w
+        .query_row("SELECT COUNT(*) FROM raw_changes", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 2);
 }

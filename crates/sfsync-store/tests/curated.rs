@@ -39,6 +39,27 @@ impl SqliteBackend {
     fn path(&self) -> std::path::PathBuf {
         self.dir.path().join("sfsync.db")
     }
+
+    /// A connection on the warehouse file that also sees the change-log file (when the store
+    /// has one; one upgraded from the single-file layout does not): its raw log and
+    /// checkpoints, and the dead letters of both files, under their usual names.
+    fn reading(&self) -> rusqlite::Connection {
+        let c = rusqlite::Connection::open(self.path()).unwrap();
+        let log = sfsync_store::sqlite::change_log_path(&self.path());
+        if !log.exists() {
+            return c;
+        }
+        c.execute_batch(&format!(
+            "ATTACH '{}' AS changes;
+             CREATE TEMP VIEW raw_changes AS SELECT * FROM changes.raw_changes;
+             CREATE TEMP VIEW checkpoints AS SELECT * FROM changes.checkpoints;
+             CREATE TEMP VIEW dead_letters AS
+                 SELECT * FROM main.dead_letters UNION ALL SELECT * FROM changes.dead_letters;",
+            log.display()
+        ))
+        .unwrap();
+        c
+    }
 }
 
 #[async_trait]
@@ -55,13 +76,13 @@ impl Backend for SqliteBackend {
         c.execute_batch(sql).map_err(|e| e.to_string())
     }
     async fn texts(&self, sql: &str) -> Vec<Option<String>> {
-        let c = rusqlite::Connection::open(self.path()).unwrap();
+        let c = self.reading();
         let mut st = c.prepare(sql).unwrap();
         let rows = st.query_map([], |r| r.get::<_, Option<String>>(0)).unwrap();
         rows.map(|r| r.unwrap()).collect()
     }
     async fn blobs(&self, sql: &str) -> Vec<Vec<u8>> {
-        let c = rusqlite::Connection::open(self.path()).unwrap();
+        let c = self.reading();
         let mut st = c.prepare(sql).unwrap();
         let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0)).unwrap();
         rows.map(|r| r.unwrap()).collect()
@@ -996,6 +1017,7 @@ async fn dead_letters_sealed_with_checkpoint(b: &dyn Backend) {
     let w = ready(b, Some(k.clone())).await;
     let mut letter = dead_letter(ch, b"ada@example.com in an avro payload");
     letter.object = None;
+    letter.replay_id = Some(ReplayId::from_bytes(vec![9, 10]));
     w.append_with_dead_letters(ch, &[], &[letter], &ReplayId::from_bytes(vec![2]))
         .await
         .unwrap();
@@ -1016,7 +1038,7 @@ async fn dead_letters_sealed_with_checkpoint(b: &dyn Backend) {
     let replay = b
         .blobs("SELECT replay_id FROM dead_letters ORDER BY id")
         .await;
-    assert_eq!(replay[1], vec![9, 9]);
+    assert_eq!(replay[1], vec![9, 10]);
 
     // A failing append writes no dead letter and no checkpoint.
     let mut bad = raw_change("b", "Account", b"x");
@@ -1365,4 +1387,37 @@ async fn sqlite_upgrade_drops_sealed_audit_values() {
     w.commit_curated("apply", None, &batch).await.unwrap();
     let v = w.verify_audit().await.unwrap();
     assert_eq!((v.entries, v.first_break), (2, None));
+}
+
+/// With the raw log in its own file, ingest's dead letters live in the warehouse file beside the
+/// apply stage's, and one redelivered after a crash between storing it and the append (which
+/// moves the checkpoint past it) is not stored twice.
+#[tokio::test]
+async fn sqlite_ingest_dead_letters_in_the_warehouse_file_once() {
+    let b = sqlite_backend();
+    let w = b.open(None).await;
+    w.ensure_model(&plain_model()).await.unwrap();
+    let ch = "/data/ContactChangeEvent";
+    let letter = dead_letter(ch, b"undecodable");
+    for _ in 0..2 {
+        w.append_with_dead_letters(
+            ch,
+            &[],
+            std::slice::from_ref(&letter),
+            &ReplayId::from_bytes(vec![2]),
+        )
+        .await
+        .unwrap();
+    }
+    let mut other = dead_letter(ch, b"another");
+    other.replay_id = Some(ReplayId::from_bytes(vec![3]));
+    w.append_with_dead_letters(ch, &[], &[other], &ReplayId::from_bytes(vec![3]))
+        .await
+        .unwrap();
+    assert_eq!(w.dead_letter_count().await.unwrap(), 2);
+    let c = rusqlite::Connection::open(b.path()).unwrap();
+    let n: i64 = c
+        .query_row("SELECT COUNT(*) FROM dead_letters", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 2, "both in the warehouse file");
 }

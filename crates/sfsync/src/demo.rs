@@ -202,8 +202,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     println!("  sqlite3 {db} 'SELECT status, count(*) FROM sf_case WHERE NOT _sf_deleted GROUP BY status'");
     println!("  sqlite3 {db} 'SELECT id, status, valid_from, valid_to, is_current FROM sf_case_history ORDER BY id, _sf_version LIMIT 10'");
     println!("  sqlite3 {db} 'SELECT object, record_id, change_type, outcome FROM audit_log ORDER BY seq DESC LIMIT 10'");
+    println!("Tables: sf_<object> (current state), sf_<object>_history (SCD2), audit_log.");
     println!(
-        "Tables: sf_<object> (current state), sf_<object>_history (SCD2), raw_changes, audit_log."
+        "The raw change log (raw_changes) is in {}.",
+        sfsync_store::sqlite::change_log_path(&warehouse).display()
     );
     println!(
         "Contact Email/Phone/Birthdate are PII: encrypted at rest (key in {}).",

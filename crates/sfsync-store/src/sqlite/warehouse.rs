@@ -120,21 +120,32 @@ fn table_columns(conn: &Connection, table: &str) -> Result<Option<HashMap<String
     Ok((!cols.is_empty()).then_some(cols))
 }
 
+/// Inserts dead letters. With `once`, a letter whose (channel, replay id, stage) is already
+/// stored is skipped: ingest writes its dead letters before the append that moves the
+/// checkpoint past them, and a redelivery after a crash in between must not double them.
 pub(super) fn insert_dead_letters(
     conn: &Connection,
     ctx: &Ctx,
     letters: &[DeadLetter],
+    once: bool,
 ) -> Result<()> {
     if letters.is_empty() {
         return Ok(());
     }
     let now = now_ms();
+    let sql = if once {
+        "INSERT INTO dead_letters (channel, replay_id, schema_id, stage, error, object,
+             payload, created_at_ms)
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8
+         WHERE NOT EXISTS (SELECT 1 FROM dead_letters
+             WHERE channel = ?1 AND replay_id IS ?2 AND stage = ?4)"
+    } else {
+        "INSERT INTO dead_letters (channel, replay_id, schema_id, stage, error, object,
+             payload, created_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+    };
     let mut stmt = conn
-        .prepare_cached(
-            "INSERT INTO dead_letters (channel, replay_id, schema_id, stage, error, object,
-                 payload, created_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )
+        .prepare_cached(sql)
         .map_err(db("prepare dead letter insert"))?;
     for d in letters {
         let payload = ctx.seal_dead_letter(&d.channel, &d.payload)?;
@@ -350,7 +361,7 @@ fn commit_blocking(
     for r in &batch.resyncs {
         insert_resync(conn, r, now)?;
     }
-    insert_dead_letters(conn, ctx, &batch.dead_letters)?;
+    insert_dead_letters(conn, ctx, &batch.dead_letters, false)?;
     if let Some(offset) = offset {
         set_applied_offset_in(conn, consumer, offset)?;
     }
@@ -516,10 +527,26 @@ struct Resealed {
     payloads: u64,
 }
 
-fn rotate_blocking(conn: &mut Connection, ctx: &Ctx, k: &pii::Keyring) -> Result<Resealed> {
+/// Which tables of a file [`rotate_blocking`] re-seals (dead letters always).
+#[derive(Clone, Copy)]
+struct RotateParts {
+    curated: bool,
+    raw_log: bool,
+}
+
+fn rotate_blocking(
+    conn: &mut Connection,
+    ctx: &Ctx,
+    k: &pii::Keyring,
+    parts: RotateParts,
+) -> Result<Resealed> {
     let mut out = Resealed::default();
     for reg in ctx.models.values().filter(|r| r.has_pii) {
         let object = &reg.model.object;
+        if !parts.curated {
+            rotate_raw_payloads(conn, k, object, &mut out)?;
+            continue;
+        }
         // Current table, then history, keyset-paginated, one transaction per chunk.
         let pii_cols: Vec<&wh::DataCol> = reg.pii_data().map(|(_, c)| c).collect();
         let list = pii_cols
@@ -630,43 +657,8 @@ fn rotate_blocking(conn: &mut Connection, ctx: &Ctx, k: &pii::Keyring) -> Result
                 }
             }
         }
-        // Raw payloads of this entity.
-        let mut after = 0i64;
-        loop {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db("begin rotate"))?;
-            let rows: Vec<(i64, Vec<u8>)> = {
-                let mut stmt = tx
-                    .prepare_cached(
-                        "SELECT log_offset, payload FROM raw_changes
-                         WHERE entity = ?1 AND log_offset > ?2 ORDER BY log_offset LIMIT ?3",
-                    )
-                    .map_err(db("read raw payloads"))?;
-                let rows = stmt
-                    .query_map(params![object, after, ROTATE_CHUNK], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })
-                    .map_err(db("read raw payloads"))?;
-                rows.collect::<rusqlite::Result<_>>()
-                    .map_err(db("read raw payloads"))?
-            };
-            let aad = pii::raw_aad(object);
-            for (off, payload) in &rows {
-                if let Some(p) = wh::reseal_bytes(k, &aad, payload)? {
-                    tx.execute(
-                        "UPDATE raw_changes SET payload = ?1 WHERE log_offset = ?2",
-                        params![p, off],
-                    )
-                    .map_err(db("re-seal raw payload"))?;
-                    out.payloads += 1;
-                }
-            }
-            tx.commit().map_err(db("commit rotate"))?;
-            match rows.last() {
-                Some((off, _)) if rows.len() as i64 == ROTATE_CHUNK => after = *off,
-                _ => break,
-            }
+        if parts.raw_log {
+            rotate_raw_payloads(conn, k, object, &mut out)?;
         }
     }
     // Dead letters.
@@ -706,6 +698,53 @@ fn rotate_blocking(conn: &mut Connection, ctx: &Ctx, k: &pii::Keyring) -> Result
         }
     }
     Ok(out)
+}
+
+/// Re-seals the raw payloads of `object` in the change log, one transaction per chunk.
+fn rotate_raw_payloads(
+    conn: &mut Connection,
+    k: &pii::Keyring,
+    object: &str,
+    out: &mut Resealed,
+) -> Result<()> {
+    let mut after = 0i64;
+    loop {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("begin rotate"))?;
+        let rows: Vec<(i64, Vec<u8>)> = {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT log_offset, payload FROM raw_changes
+                     WHERE entity = ?1 AND log_offset > ?2 ORDER BY log_offset LIMIT ?3",
+                )
+                .map_err(db("read raw payloads"))?;
+            let rows = stmt
+                .query_map(params![object, after, ROTATE_CHUNK], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .map_err(db("read raw payloads"))?;
+            rows.collect::<rusqlite::Result<_>>()
+                .map_err(db("read raw payloads"))?
+        };
+        let aad = pii::raw_aad(object);
+        for (off, payload) in &rows {
+            if let Some(p) = wh::reseal_bytes(k, &aad, payload)? {
+                tx.execute(
+                    "UPDATE raw_changes SET payload = ?1 WHERE log_offset = ?2",
+                    params![p, off],
+                )
+                .map_err(db("re-seal raw payload"))?;
+                out.payloads += 1;
+            }
+        }
+        tx.commit().map_err(db("commit rotate"))?;
+        match rows.last() {
+            Some((off, _)) if rows.len() as i64 == ROTATE_CHUNK => after = *off,
+            _ => break,
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -1014,9 +1053,30 @@ impl Warehouse for SqliteChangeLog {
             ));
         };
         let new_key_id = k.current_key_id().to_string();
-        let n = self
-            .blocking("rotate keys", move |conn| rotate_blocking(conn, &ctx, &k))
+        let split = self.split();
+        let parts = RotateParts {
+            curated: true,
+            raw_log: !split,
+        };
+        let (c, kk) = (ctx.clone(), Arc::clone(&k));
+        let mut n = self
+            .blocking("rotate keys", move |conn| {
+                rotate_blocking(conn, &c, &kk, parts)
+            })
             .await?;
+        if split {
+            let parts = RotateParts {
+                curated: false,
+                raw_log: true,
+            };
+            let more = self
+                .blocking_on(&self.log, "rotate keys", move |conn| {
+                    rotate_blocking(conn, &ctx, &k, parts)
+                })
+                .await?;
+            n.values += more.values;
+            n.payloads += more.payloads;
+        }
         tracing::info!(
             key_id = %new_key_id,
             values = n.values,
