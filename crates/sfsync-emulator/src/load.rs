@@ -29,7 +29,14 @@ pub struct LoadConfig {
     pub seed: u64,
     /// Records per object seeded before the load starts (parents for lookups, rows to update).
     pub initial_records: usize,
+    /// Share of Contact creates (0.0–1.0) given a malformed `MailingPostalCode`
+    /// ([`BAD_POSTAL_CODE_PREFIX`]…) that Salesforce accepts but a data-quality rule should
+    /// not; the others get a valid five-digit code. For testing quarantines end to end.
+    pub bad_record_rate: f64,
 }
+
+/// How a malformed postal code injected by [`LoadConfig::bad_record_rate`] starts.
+pub const BAD_POSTAL_CODE_PREFIX: &str = "INVALID-";
 
 impl Default for LoadConfig {
     fn default() -> Self {
@@ -40,6 +47,7 @@ impl Default for LoadConfig {
             burst_factor: 4.0,
             seed: 1,
             initial_records: 200,
+            bad_record_rate: 0.0,
         }
     }
 }
@@ -50,6 +58,8 @@ pub struct LoadStats {
     pub transactions: AtomicU64,
     pub changes: AtomicU64,
     pub failed_ops: AtomicU64,
+    /// Ids of the Contacts created with a malformed postal code ([`LoadConfig::bad_record_rate`]).
+    pub bad_records: std::sync::Mutex<Vec<String>>,
 }
 
 /// A snapshot of [`LoadStats`].
@@ -83,6 +93,15 @@ impl LoadGenerator {
             stats,
             thread: Some(thread),
         })
+    }
+
+    /// Ids of the records created with injected bad data so far.
+    pub fn bad_record_ids(&self) -> Vec<String> {
+        self.stats
+            .bad_records
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
     }
 
     pub fn snapshot(&self) -> LoadSnapshot {
@@ -128,6 +147,8 @@ struct Worker {
     picklists: HashMap<(String, String), Vec<String>>,
     users: Vec<CallContext>,
     serial: u64,
+    /// The last `fields_for_create` injected bad data.
+    last_bad: bool,
 }
 
 const WORDS: &[&str] = &[
@@ -227,6 +248,7 @@ impl Worker {
             picklists,
             users,
             serial: 0,
+            last_bad: false,
         })
     }
 
@@ -255,14 +277,19 @@ impl Worker {
                 std::thread::sleep(Duration::from_millis(2));
                 continue;
             }
-            let (ctx, ops) = self.next_transaction();
+            let (ctx, ops, bad) = self.next_transaction();
             let n = ops.len() as u64;
             let results = self.org.execute(&ctx, ops, false);
             let mut ok = 0u64;
-            for r in results {
+            for (i, r) in results.into_iter().enumerate() {
                 match r {
                     Ok(out) => {
                         ok += 1;
+                        if let (DmlOutcome::Created(id), true) = (&out, bad.contains(&i)) {
+                            if let Ok(mut v) = stats.bad_records.lock() {
+                                v.push(id.to_string());
+                            }
+                        }
                         self.track(out);
                     }
                     Err(_) => {
@@ -335,6 +362,7 @@ impl Worker {
 
     fn fields_for_create(&mut self, object: &str) -> Fields {
         self.serial += 1;
+        self.last_bad = false;
         let serial = self.serial;
         let mut f = Fields::new();
         let desc = self.words(350, 900);
@@ -381,6 +409,18 @@ impl Worker {
                     "Email".into(),
                     json!(format!("resident{serial}@example.org")),
                 );
+                if self.config.bad_record_rate > 0.0 {
+                    let bad = self
+                        .rng
+                        .random_bool(self.config.bad_record_rate.clamp(0.0, 1.0));
+                    let code = if bad {
+                        format!("{BAD_POSTAL_CODE_PREFIX}{serial}")
+                    } else {
+                        format!("{:05}", 10_000 + serial % 90_000)
+                    };
+                    f.insert("MailingPostalCode".into(), json!(code));
+                    self.last_bad = bad;
+                }
                 f.insert("Description".into(), json!(desc));
                 if let Some(a) = self.random_live("Account") {
                     f.insert("AccountId".into(), json!(a.to_string()));
@@ -474,7 +514,8 @@ impl Worker {
         f
     }
 
-    fn next_transaction(&mut self) -> (CallContext, Vec<DmlOp>) {
+    /// A transaction: its context, its operations, and which of them carry injected bad data.
+    fn next_transaction(&mut self) -> (CallContext, Vec<DmlOp>, Vec<usize>) {
         let ctx = self.users[self.rng.random_range(0..self.users.len())].clone();
         let roll: f64 = self.rng.random();
         let object = {
@@ -490,12 +531,17 @@ impl Worker {
             }
         };
         let mut ops = Vec::new();
+        let mut bad = Vec::new();
         if roll < 0.28 {
             let n = self.rng.random_range(1..=3);
             for _ in 0..n {
+                let fields = self.fields_for_create(object);
+                if self.last_bad {
+                    bad.push(ops.len());
+                }
                 ops.push(DmlOp::Insert {
                     object: object.to_string(),
-                    fields: self.fields_for_create(object),
+                    fields,
                 });
             }
         } else if roll < 0.90 {
@@ -530,12 +576,16 @@ impl Worker {
             });
         }
         if ops.is_empty() {
+            let fields = self.fields_for_create(object);
+            if self.last_bad {
+                bad.push(0);
+            }
             ops.push(DmlOp::Insert {
                 object: object.to_string(),
-                fields: self.fields_for_create(object),
+                fields,
             });
         }
-        (ctx, ops)
+        (ctx, ops, bad)
     }
 }
 

@@ -116,7 +116,15 @@ pub struct ApplyConfig {
     pub gap_reread_batch_records: usize,
     pub own_client: String,
     pub run_id: String,
+    /// Data-quality failures stored in full per object and rule (beyond: counted only).
+    pub max_stored_failures_per_rule: u64,
 }
+
+/// Stored failures per rule when not configured.
+pub const DEFAULT_MAX_STORED_FAILURES_PER_RULE: u64 = 10_000;
+/// How often release requests are looked for, and late-parent alerts raised.
+const RELEASE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+const ALERT_POLL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The apply stage.
 pub struct Applier {
@@ -135,6 +143,12 @@ pub struct Applier {
     repairs_pending: bool,
     /// The batch being committed while the next one is read, decoded and planned.
     in_flight: Option<InFlight>,
+    /// Data-quality state (caps, held records); `None` until first needed.
+    gate: Option<crate::plan::GateRun>,
+    /// Records of parent objects applied since the last release check: (object, ids).
+    arrived: Vec<(String, Vec<String>)>,
+    last_release_poll: Option<Instant>,
+    last_alert_poll: Option<Instant>,
 }
 
 /// What a committed batch adds to the counters.
@@ -145,6 +159,7 @@ struct Committed {
     resyncs: u64,
     dead_letters: u64,
     commit_times: Vec<i64>,
+    quarantine_open_delta: i64,
 }
 
 impl Committed {
@@ -160,6 +175,18 @@ impl Committed {
         st.repairs_requested.fetch_add(self.repairs, Relaxed);
         st.resyncs_requested.fetch_add(self.resyncs, Relaxed);
         st.dead_letters.fetch_add(self.dead_letters, Relaxed);
+        st.quarantined.fetch_add(self.totals.quarantined, Relaxed);
+        st.released.fetch_add(self.totals.released, Relaxed);
+        st.dq_warnings.fetch_add(self.totals.warned, Relaxed);
+        if self.quarantine_open_delta >= 0 {
+            st.quarantine_open
+                .fetch_add(self.quarantine_open_delta as u64, Relaxed);
+        } else {
+            let d = self.quarantine_open_delta.unsigned_abs();
+            let _ = st
+                .quarantine_open
+                .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(d)));
+        }
         st.batches.fetch_add(1, Relaxed);
         for ts in &self.commit_times {
             st.observe_latency(now_after - ts);
@@ -237,6 +264,10 @@ impl Applier {
             offset: None,
             repairs_pending: true,
             in_flight: None,
+            gate: None,
+            arrived: Vec::new(),
+            last_release_poll: None,
+            last_alert_poll: None,
         }
     }
 
@@ -268,6 +299,7 @@ impl Applier {
             self.flush().await?;
             self.run_repairs().await?;
         }
+        self.quality_step().await?;
         let from = match self.offset {
             Some(o) => o + 1,
             None => {
@@ -343,7 +375,30 @@ impl Applier {
             return Ok(());
         };
         let describe = self.reader.describe(object).await?;
-        let mapping = ObjectMapping::build(&describe, &spec)?;
+        let mapping = match ObjectMapping::build(&describe, &spec) {
+            Ok(m) => m,
+            Err(e) => {
+                // A configured history or PII field is gone, say: the model stays as it was
+                // (columns are never dropped) and the pipeline keeps applying with it.
+                self.stats
+                    .errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(object, schema_id, error = %chain(&e), "Schema changed in a way the configured model cannot follow; applying with the previous model. Fix the config and restart.");
+                return Ok(());
+            }
+        };
+        if !mapping.gate_problems.is_empty() {
+            // Reported, not fatal: the other rules keep running.
+            self.stats
+                .errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(
+                object,
+                schema_id,
+                problems = ?mapping.gate_problems,
+                "Schema changed: data-quality rules on fields that are gone or changed are suspended."
+            );
+        }
         let change = self.store.ensure_model(&mapping.model).await?;
         if !change.added_columns.is_empty() || !change.retyped_columns.is_empty() {
             tracing::info!(
@@ -464,9 +519,13 @@ impl Applier {
             list.dedup();
             self.load_rows(object, &list, &mut rows).await?;
         }
+        let now = now_ms();
+        let gating = self.gating();
+        if gating {
+            self.prepare_gate(&planned, &rows, now).await?;
+        }
         self.stats.time_stage(STAGE_APPLY_LOAD, t);
         let t = Instant::now();
-        let now = now_ms();
         let planner = Planner {
             mappings: &self.mappings,
             run_id: &self.config.run_id,
@@ -478,16 +537,31 @@ impl Applier {
         let mut totals = crate::plan::PlanStats::default();
         for (i, rs) in &planned {
             let repairs_before = batch.repairs.len();
-            let s = planner.plan(&mut rows, rs, &mut batch);
+            let s = match self.gate.as_mut().filter(|_| gating) {
+                Some(g) => {
+                    g.log_offset = Some(logged[*i].offset);
+                    planner.plan_gated(&mut rows, rs, &mut batch, Some(g))
+                }
+                None => planner.plan(&mut rows, rs, &mut batch),
+            };
             totals.applied += s.applied;
             totals.late += s.late;
             totals.stale += s.stale;
             totals.own_writes += s.own_writes;
+            totals.quarantined += s.quarantined;
+            totals.released += s.released;
+            totals.warned += s.warned;
             commit_times.extend(rs.iter().map(|(_, r)| r.version.commit_timestamp));
             if batch.repairs.len() > repairs_before && cut.is_none_or(|c| *i < c) {
                 last_index = *i;
                 break;
             }
+        }
+        if gating {
+            if let Some(g) = self.gate.as_mut() {
+                g.finish_batch(&mut batch);
+            }
+            self.note_arrivals(&rows);
         }
         // Every row in the map is written (unchanged ones are rewritten as they are).
         rows_into(rows, &mut batch);
@@ -499,6 +573,7 @@ impl Applier {
             resyncs: batch.resyncs.len() as u64,
             dead_letters: batch.dead_letters.len() as u64,
             commit_times,
+            quarantine_open_delta: batch.quarantine.len() as i64,
         };
         self.stats.time_stage(STAGE_APPLY_PLAN, t);
         // The previous batch must be in before this one goes: batches commit in log order.
@@ -538,6 +613,424 @@ impl Applier {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Whether this batch goes through the data-quality gates: some object has checks, or
+    /// changes are held (their records' later changes must wait behind them).
+    fn gating(&self) -> bool {
+        self.mappings.values().any(|m| !m.gate.is_empty())
+            || self
+                .stats
+                .quarantine_open
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+            || self
+                .in_flight
+                .as_ref()
+                .is_some_and(|f| !f.batch.quarantine.is_empty())
+    }
+
+    /// Loads the stored-failure counts (for the caps) and the open quarantine size once.
+    async fn ensure_gate(&mut self) -> Result<()> {
+        if self.gate.is_some() {
+            return Ok(());
+        }
+        let mut stored = crate::quality::StoredFailures::default();
+        for c in self.store.dq_counts(None).await? {
+            stored.0.insert((c.object, c.rule), c.stored);
+        }
+        let open = self.store.quarantine_open_count().await?;
+        self.stats
+            .quarantine_open
+            .store(open, std::sync::atomic::Ordering::Relaxed);
+        self.gate = Some(crate::plan::GateRun::new(
+            self.config.max_stored_failures_per_rule,
+            &self.config.run_id,
+            stored,
+        ));
+        Ok(())
+    }
+
+    /// What the checks of this batch need from the store: which referenced parents exist and
+    /// which of its records have held changes.
+    async fn prepare_gate(
+        &mut self,
+        planned: &[(usize, Vec<(String, RecordChange)>)],
+        rows: &Rows,
+        now: i64,
+    ) -> Result<()> {
+        self.ensure_gate().await?;
+        let mut wanted: HashMap<String, HashSet<String>> = HashMap::new();
+        let mut known = HashSet::new();
+        let mut touched: HashMap<String, HashSet<String>> = HashMap::new();
+        for (_, rs) in planned {
+            for (object, ch) in rs {
+                touched
+                    .entry(object.clone())
+                    .or_default()
+                    .insert(ch.id.clone());
+                let Some(m) = self.mappings.get(object) else {
+                    continue;
+                };
+                for key in m.gate.referenced(ch) {
+                    if rows.contains_key(&key) {
+                        continue; // seen as the batch is planned
+                    }
+                    match self.in_flight.as_ref().and_then(|f| f.row(&key)) {
+                        Some(r) if !r.deleted => {
+                            known.insert(key);
+                        }
+                        Some(_) => {}
+                        None => {
+                            wanted.entry(key.0).or_default().insert(key.1);
+                        }
+                    }
+                }
+            }
+        }
+        for (object, ids) in wanted {
+            let ids: Vec<String> = ids.into_iter().collect();
+            for (id, row) in self.store.load_current(&object, &ids).await? {
+                if !row.deleted {
+                    known.insert((object.clone(), id));
+                }
+            }
+        }
+        // Values of `unique` rules: who holds them in the warehouse (the batch being committed
+        // is checked as planned, through the rows it carries).
+        let mut wanted_values: HashMap<(String, usize), HashSet<String>> = HashMap::new();
+        for (_, rs) in planned {
+            for (object, ch) in rs {
+                if let Some(m) = self.mappings.get(object) {
+                    for (column, value) in m.gate.unique_values(ch) {
+                        wanted_values
+                            .entry((object.clone(), column))
+                            .or_default()
+                            .insert(value);
+                    }
+                }
+            }
+        }
+        let mut taken = HashMap::new();
+        for ((object, column), values) in wanted_values {
+            let name = self.mappings[&object].model.columns[column].name.clone();
+            let values: Vec<String> = values.into_iter().collect();
+            for (value, id) in self.store.ids_by_value(&object, &name, &values).await? {
+                taken.insert((object.clone(), column, value), id);
+            }
+        }
+        if let Some(f) = &self.in_flight {
+            for (object, row) in &f.batch.rows {
+                let Some(m) = self.mappings.get(object) else {
+                    continue;
+                };
+                for r in m.gate.rules.iter().filter(|r| r.is_unique()) {
+                    match row.values.get(&m.model.columns[r.column].name) {
+                        Some(v) if !row.deleted => {
+                            if let Some(t) = crate::quality::as_text(v) {
+                                taken.insert((object.clone(), r.column, t), row.id.clone());
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let mut held = HashSet::new();
+        if let Some(f) = &self.in_flight {
+            for q in &f.batch.quarantine {
+                held.insert((q.object.clone(), q.record_id.clone()));
+            }
+        }
+        if self
+            .stats
+            .quarantine_open
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+        {
+            for (object, ids) in touched {
+                let ids: Vec<String> = ids.into_iter().collect();
+                let filter = sfsync_store::QuarantineFilter::open_of(&object, &ids);
+                for q in self.store.quarantine_list(&filter).await? {
+                    held.insert((q.entry.object, q.entry.record_id));
+                }
+            }
+        }
+        let g = self.gate.as_mut().expect("ensured above");
+        g.begin_batch(now);
+        g.parents = known;
+        g.held = held;
+        g.taken = taken;
+        Ok(())
+    }
+
+    /// Remembers the live records of parent objects this batch writes, so changes waiting for
+    /// them are released once it is committed.
+    fn note_arrivals(&mut self, rows: &Rows) {
+        let parents: HashSet<&str> = self
+            .mappings
+            .values()
+            .flat_map(|m| m.gate.references.iter().map(|r| r.parent.as_str()))
+            .collect();
+        if parents.is_empty() {
+            return;
+        }
+        let mut by: HashMap<String, Vec<String>> = HashMap::new();
+        for ((object, id), row) in rows {
+            if !row.deleted && parents.contains(object.as_str()) {
+                by.entry(object.clone()).or_default().push(id.clone());
+            }
+        }
+        self.arrived.extend(by);
+    }
+
+    /// Releases what can be released (parents arrived, operators' requests) and raises the
+    /// alerts of late-parent holds that waited too long.
+    async fn quality_step(&mut self) -> Result<()> {
+        use sfsync_store::{QuarantineFilter, QuarantineStatus};
+        use std::sync::atomic::Ordering::Relaxed;
+        if self
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| !f.batch.quarantine.is_empty())
+        {
+            // Its holds must be in the store before they can be released.
+            self.flush().await?;
+        }
+        if self.gate.is_none() {
+            if self.arrived.is_empty() && self.last_release_poll.is_some() {
+                return Ok(());
+            }
+            self.ensure_gate().await?;
+        }
+        let due =
+            |last: Option<Instant>, every: Duration| last.is_none_or(|t| t.elapsed() >= every);
+        let requests_due = due(self.last_release_poll, RELEASE_POLL);
+        if requests_due {
+            self.last_release_poll = Some(Instant::now());
+            // Operators act from another process: refresh the open count too.
+            let open = self.store.quarantine_open_count().await?;
+            self.stats.quarantine_open.store(open, Relaxed);
+        }
+        if self.stats.quarantine_open.load(Relaxed) == 0 {
+            self.arrived.clear();
+            return Ok(());
+        }
+        let mut candidates = Vec::new();
+        for (object, ids) in std::mem::take(&mut self.arrived) {
+            candidates.extend(
+                self.store
+                    .quarantine_list(&QuarantineFilter {
+                        parent: Some((object, ids)),
+                        statuses: vec![QuarantineStatus::Held],
+                        ..Default::default()
+                    })
+                    .await?,
+            );
+        }
+        if requests_due {
+            candidates.extend(
+                self.store
+                    .quarantine_list(&QuarantineFilter {
+                        statuses: vec![
+                            QuarantineStatus::ReleaseRequested,
+                            QuarantineStatus::ForceRequested,
+                        ],
+                        limit: 500,
+                        ..Default::default()
+                    })
+                    .await?,
+            );
+        }
+        if due(self.last_alert_poll, ALERT_POLL) {
+            self.last_alert_poll = Some(Instant::now());
+            let overdue = self
+                .store
+                .quarantine_list(&QuarantineFilter {
+                    statuses: vec![QuarantineStatus::Held],
+                    alert_due_before_ms: Some(now_ms()),
+                    limit: 1000,
+                    ..Default::default()
+                })
+                .await?;
+            if !overdue.is_empty() {
+                for q in overdue.iter().take(20) {
+                    tracing::error!(
+                        object = %q.entry.object,
+                        record_id = %q.entry.record_id,
+                        quarantine_id = q.id,
+                        parent = ?q.entry.parent,
+                        "A change has waited for its parent record longer than configured; it stays held (release or discard it with `sfsync quarantine`)."
+                    );
+                }
+                let ids: Vec<i64> = overdue.iter().map(|q| q.id).collect();
+                self.store.quarantine_mark_alerted(&ids).await?;
+                self.stats
+                    .quarantine_alerts
+                    .fetch_add(ids.len() as u64, Relaxed);
+            }
+        }
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        self.release(candidates).await
+    }
+
+    /// Re-applies quarantined changes through the normal path: every open change of their
+    /// records, oldest first, checked again (a forced release skips the checks); each is
+    /// released with its rows in one transaction, or stays held with the new reason.
+    async fn release(&mut self, candidates: Vec<sfsync_store::QuarantineRecord>) -> Result<()> {
+        use sfsync_store::{QuarantineFilter, QuarantineStatus};
+        self.flush().await?;
+        let mut records: HashMap<String, HashSet<String>> = HashMap::new();
+        for c in &candidates {
+            records
+                .entry(c.entry.object.clone())
+                .or_default()
+                .insert(c.entry.record_id.clone());
+        }
+        let mut entries = Vec::new();
+        for (object, ids) in &records {
+            let ids: Vec<String> = ids.iter().cloned().collect();
+            entries.extend(
+                self.store
+                    .quarantine_list(&QuarantineFilter::open_of(object, &ids))
+                    .await?,
+            );
+        }
+        entries.sort_by_key(|e| e.id);
+        let mut changes = Vec::new();
+        for e in &entries {
+            match self.held_change(e).await {
+                Ok(ch) => changes.push((
+                    e.id,
+                    e.status == QuarantineStatus::ForceRequested,
+                    e.entry.object.clone(),
+                    ch,
+                )),
+                Err(err) => {
+                    self.stats
+                        .errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!(quarantine_id = e.id, error = %chain(&err), "A quarantined change cannot be read back; it stays held.");
+                }
+            }
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut rows = HashMap::new();
+        for (object, ids) in &records {
+            let ids: Vec<String> = ids.iter().cloned().collect();
+            self.load_rows(object, &ids, &mut rows).await?;
+        }
+        let planned: Vec<(usize, Vec<(String, RecordChange)>)> = changes
+            .iter()
+            .map(|(_, _, o, ch)| (0, vec![(o.clone(), ch.clone())]))
+            .collect();
+        let now = now_ms();
+        self.prepare_gate(&planned, &rows, now).await?;
+        let mut batch = CuratedBatch::default();
+        let planner = Planner {
+            mappings: &self.mappings,
+            run_id: &self.config.run_id,
+            own_client: &self.config.own_client,
+            now_ms: now,
+        };
+        let g = self.gate.as_mut().expect("prepared above");
+        // The records being released are not held behind themselves.
+        g.held.clear();
+        let mut totals = crate::plan::PlanStats::default();
+        for (id, force, object, ch) in &changes {
+            g.release = Some((*id, *force));
+            let s = planner.plan_gated(
+                &mut rows,
+                std::slice::from_ref(&(object.clone(), ch.clone())),
+                &mut batch,
+                Some(g),
+            );
+            totals.applied += s.applied;
+            totals.quarantined += s.quarantined;
+            totals.released += s.released;
+            totals.warned += s.warned;
+        }
+        g.release = None;
+        g.finish_batch(&mut batch);
+        self.note_arrivals(&rows);
+        rows_into(rows, &mut batch);
+        self.store
+            .commit_curated(CURATED_CONSUMER, None, &batch)
+            .await?;
+        use std::sync::atomic::Ordering::Relaxed;
+        self.stats.applied.fetch_add(totals.applied, Relaxed);
+        self.stats.released.fetch_add(totals.released, Relaxed);
+        self.stats.dq_warnings.fetch_add(totals.warned, Relaxed);
+        let open = self.store.quarantine_open_count().await?;
+        self.stats.quarantine_open.store(open, Relaxed);
+        tracing::info!(
+            released = totals.released,
+            still_held = totals.quarantined,
+            "Quarantined changes re-checked."
+        );
+        Ok(())
+    }
+
+    /// The change of a quarantine entry: from its stored body, or re-read from the raw log.
+    async fn held_change(&mut self, e: &sfsync_store::QuarantineRecord) -> Result<RecordChange> {
+        let object = &e.entry.object;
+        let bad =
+            |what: String| PipelineError::bad_change("release", object, &e.entry.record_id, what);
+        let Some(m) = self.mappings.get(object) else {
+            return Err(bad(format!("object {object} is no longer configured")));
+        };
+        if let Some(body) = &e.entry.change {
+            let held: crate::quality::HeldChange = serde_json::from_slice(body)
+                .map_err(|err| bad(format!("stored change does not parse: {err}")))?;
+            let (ch, dropped) = held.into_change(m)?;
+            if !dropped.is_empty() {
+                tracing::warn!(quarantine_id = e.id, dropped = ?dropped, "Fields of a quarantined change are no longer stored; released without them.");
+            }
+            return Ok(ch);
+        }
+        let Some(offset) = e.entry.log_offset else {
+            return Err(bad(
+                "neither the change nor its raw-log offset is stored".into()
+            ));
+        };
+        let logged = self.store.read_from(offset, 1).await?;
+        let Some(lc) = logged.into_iter().next().filter(|l| l.offset == offset) else {
+            return Err(bad(format!(
+                "raw-log entry {offset} is no longer in the log"
+            )));
+        };
+        let schema = self.schema(&lc.change.schema_id).await?.ok_or_else(|| {
+            bad(format!(
+                "writer schema {} is not in the store",
+                lc.change.schema_id
+            ))
+        })?;
+        let change = schema
+            .decode(&lc.change.payload, lc.change.replay_id.clone())
+            .map_err(|err| {
+                bad(format!(
+                    "raw-log entry {offset} does not decode: {}",
+                    chain(&err)
+                ))
+            })?;
+        let m = &self.mappings[object];
+        match normalize::from_cdc(m, &lc.channel, &change)? {
+            Normalized::Records(rs) => rs
+                .into_iter()
+                .find(|r| r.id == e.entry.record_id)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "raw-log entry {offset} does not change this record"
+                    ))
+                }),
+            _ => Err(bad(format!(
+                "raw-log entry {offset} is not a record change"
+            ))),
+        }
     }
 
     /// Carries out pending repairs: re-reads the records and applies them as snapshots, marking
@@ -618,13 +1111,40 @@ impl Applier {
         }
         let mut rows = HashMap::new();
         self.load_rows(&r.object, &ids, &mut rows).await?;
+        let now = now_ms();
+        // Snapshots pass the same data-quality gates as streamed changes.
+        let gating = self.gating();
+        if gating {
+            let planned = vec![(0, changes.clone())];
+            self.prepare_gate(&planned, &rows, now).await?;
+        }
         let planner = Planner {
             mappings: &self.mappings,
             run_id: &self.config.run_id,
             own_client: &self.config.own_client,
-            now_ms: now_ms(),
+            now_ms: now,
         };
-        planner.plan(&mut rows, &changes, &mut batch);
+        let totals = match self.gate.as_mut().filter(|_| gating) {
+            Some(g) => {
+                let s = planner.plan_gated(&mut rows, &changes, &mut batch, Some(g));
+                g.finish_batch(&mut batch);
+                s
+            }
+            None => planner.plan(&mut rows, &changes, &mut batch),
+        };
+        if gating {
+            self.note_arrivals(&rows);
+        }
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            self.stats
+                .quarantined
+                .fetch_add(totals.quarantined, Relaxed);
+            self.stats.dq_warnings.fetch_add(totals.warned, Relaxed);
+            self.stats
+                .quarantine_open
+                .fetch_add(batch.quarantine.len() as u64, Relaxed);
+        }
         // A repair never asks for another repair of the same records.
         batch.repairs.clear();
         rows_into(rows, &mut batch);

@@ -15,6 +15,7 @@ pub mod ingest;
 pub mod model;
 pub mod normalize;
 pub mod plan;
+pub mod quality;
 pub mod stats;
 
 use std::collections::BTreeMap;
@@ -66,6 +67,12 @@ pub async fn start(
     for spec in &config.objects {
         let describe = reader.describe(&spec.name).await?;
         let mapping = ObjectMapping::build(&describe, spec)?;
+        if !mapping.gate_problems.is_empty() {
+            return Err(PipelineError::config(
+                &spec.name,
+                format!("data-quality rules: {}", mapping.gate_problems.join("; ")),
+            ));
+        }
         let change = store.ensure_model(&mapping.model).await?;
         if !change.added_columns.is_empty() {
             tracing::info!(object = %spec.name, added = ?change.added_columns, "Curated columns added.");
@@ -183,6 +190,10 @@ impl RunningPipeline {
             "applied": PipelineStats::get(&s.applied),
             "repairs": PipelineStats::get(&s.repairs_done),
             "dead_letters": PipelineStats::get(&s.dead_letters),
+            "quarantined": PipelineStats::get(&s.quarantined),
+            "released": PipelineStats::get(&s.released),
+            "dq_warnings": PipelineStats::get(&s.dq_warnings),
+            "quarantine_alerts": PipelineStats::get(&s.quarantine_alerts),
         });
         self.store
             .finish_run(&self.run_id, status, &detail.to_string())

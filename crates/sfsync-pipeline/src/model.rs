@@ -19,7 +19,7 @@ pub enum HistoryFields {
 }
 
 /// One synced object as configured.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ObjectSpec {
     /// API name (`Case`, `Service_Request__c`).
     pub name: String,
@@ -27,6 +27,8 @@ pub struct ObjectSpec {
     pub channel: String,
     pub history: HistoryFields,
     pub pii_fields: Vec<String>,
+    /// Data-quality checks before merge.
+    pub quality: crate::quality::QualitySpec,
 }
 
 impl ObjectSpec {
@@ -37,6 +39,7 @@ impl ObjectSpec {
             channel: default_channel(name),
             history: HistoryFields::None,
             pii_fields: Vec::new(),
+            quality: crate::quality::QualitySpec::default(),
         }
     }
 }
@@ -68,6 +71,11 @@ pub struct ObjectMapping {
     compounds: HashMap<String, Vec<(String, usize)>>,
     /// Field API names to select when re-reading records (in column order).
     pub soql_fields: Vec<String>,
+    /// The data-quality checks of the object.
+    pub gate: crate::quality::ObjectGate,
+    /// Rules left out of `gate` because describe does not support them (a configuration error
+    /// at start; reported after a schema change).
+    pub gate_problems: Vec<String>,
 }
 
 impl ObjectMapping {
@@ -151,7 +159,7 @@ impl ObjectMapping {
             table: format!("{}_history", table_name(object)),
             columns,
         });
-        Ok(ObjectMapping {
+        let mut mapping = ObjectMapping {
             model: ObjectModel {
                 object: describe.name.clone(),
                 table: table_name(object),
@@ -161,7 +169,14 @@ impl ObjectMapping {
             by_field,
             compounds,
             soql_fields,
-        })
+            gate: crate::quality::ObjectGate::default(),
+            gate_problems: Vec::new(),
+        };
+        let (gate, problems) =
+            crate::quality::ObjectGate::compile(&mapping, describe, &spec.quality);
+        mapping.gate = gate;
+        mapping.gate_problems = problems;
+        Ok(mapping)
     }
 
     pub fn object(&self) -> &str {

@@ -10,7 +10,7 @@
 //! closes the current version at the change's commit time and opens the next; other changes
 //! refresh the current version in place; a delete closes it; an undelete opens a new one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use sfsync_core::RecordVersion;
 use sfsync_store::{
@@ -19,6 +19,8 @@ use sfsync_store::{
 
 use crate::model::ObjectMapping;
 use crate::normalize::{Op, RecordChange};
+use crate::quality::{Failure, HeldChange, Lookups, Severity, StoredFailures, RECORD_HELD};
+use sfsync_store::{DqCount, DqFailure, QuarantineEntry, QuarantineUpdate};
 
 /// Counts of one planned batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -32,6 +34,12 @@ pub struct PlanStats {
     /// Changes made by sfsync itself (origin client = ours).
     pub own_writes: u64,
     pub repairs: u64,
+    /// Held in the quarantine (new holds and releases that still fail).
+    pub quarantined: u64,
+    /// Quarantined changes released (applied).
+    pub released: u64,
+    /// Warn-severity failures (the change was applied).
+    pub warned: u64,
 }
 
 /// Per-field versions: fields set after the row's last full write. Key `_live` is the deleted
@@ -106,6 +114,18 @@ impl Planner<'_> {
         changes: &[(String, RecordChange)],
         batch: &mut CuratedBatch,
     ) -> PlanStats {
+        self.plan_gated(rows, changes, batch, None)
+    }
+
+    /// [`Self::plan`] with the data-quality gates: a change that fails an error-severity check
+    /// (or whose record has a held change) is held in the quarantine instead of merged.
+    pub fn plan_gated(
+        &self,
+        rows: &mut HashMap<(String, String), CurrentRow>,
+        changes: &[(String, RecordChange)],
+        batch: &mut CuratedBatch,
+        mut gate: Option<&mut GateRun>,
+    ) -> PlanStats {
         let mut stats = PlanStats::default();
         for (object, ch) in changes {
             let Some(m) = self.mappings.get(object) else {
@@ -115,7 +135,19 @@ impl Planner<'_> {
             if ch.origin_client.as_deref() == Some(self.own_client) {
                 stats.own_writes += 1;
             }
-            let outcome = self.apply_one(m, rows, &key, ch, batch, &mut stats);
+            let held = match gate.as_deref_mut() {
+                Some(g) => g.screen(m, rows, &key, ch, batch, &mut stats),
+                None => false,
+            };
+            let outcome = if held {
+                "quarantined"
+            } else {
+                let o = self.apply_one(m, rows, &key, ch, batch, &mut stats);
+                if let Some(g) = gate.as_deref_mut() {
+                    g.applied(m, ch);
+                }
+                o
+            };
             batch.audit.push(AuditEntry {
                 object: object.clone(),
                 record_id: ch.id.clone(),
@@ -395,6 +427,223 @@ impl Planner<'_> {
         } else {
             stats.late += 1;
             "late"
+        }
+    }
+}
+
+/// The data-quality state the planner checks changes against: kept by the apply stage across
+/// batches (stored-failure counts for the caps, held records), refreshed per batch (known
+/// parents, taken unique values, the raw-log offset being planned).
+#[derive(Debug, Default)]
+pub struct GateRun {
+    /// Parents known to exist (live) in the warehouse or the batch being committed.
+    pub parents: HashSet<(String, String)>,
+    /// Unique values held by live records: (object, column, value) → record id.
+    pub taken: HashMap<(String, usize, String), String>,
+    /// Records with an open quarantined change: their later changes are held behind it.
+    pub held: HashSet<(String, String)>,
+    /// Raw-log offset of the changes being planned (none for snapshots and releases).
+    pub log_offset: Option<u64>,
+    /// Planning the release of this quarantine entry; `true`: without checks.
+    pub release: Option<(i64, bool)>,
+    /// Failures stored so far per (object, rule), for the cap.
+    pub stored: StoredFailures,
+    /// Stored failures per rule at most (beyond: counted; a held change keeps only its
+    /// raw-log offset).
+    pub cap: u64,
+    pub run_id: String,
+    pub now_ms: i64,
+    counts: BTreeMap<(String, String), DqCount>,
+}
+
+struct PlanLookups<'a> {
+    gate: &'a GateRun,
+    rows: &'a HashMap<(String, String), CurrentRow>,
+}
+
+impl Lookups for PlanLookups<'_> {
+    fn parent_exists(&self, object: &str, id: &str) -> bool {
+        match self.rows.get(&(object.to_string(), id.to_string())) {
+            Some(r) => !r.deleted,
+            None => self
+                .gate
+                .parents
+                .contains(&(object.to_string(), id.to_string())),
+        }
+    }
+
+    fn value_taken(&self, object: &str, column: usize, value: &str, id: &str) -> bool {
+        self.gate
+            .taken
+            .get(&(object.to_string(), column, value.to_string()))
+            .is_some_and(|holder| holder != id)
+    }
+}
+
+impl GateRun {
+    pub fn new(cap: u64, run_id: &str, stored: StoredFailures) -> GateRun {
+        GateRun {
+            cap,
+            run_id: run_id.to_string(),
+            stored,
+            ..Default::default()
+        }
+    }
+
+    /// Clears what belongs to one batch.
+    pub fn begin_batch(&mut self, now_ms: i64) {
+        self.parents.clear();
+        self.taken.clear();
+        self.log_offset = None;
+        self.release = None;
+        self.now_ms = now_ms;
+    }
+
+    /// Moves the batch's failure counts into it.
+    pub fn finish_batch(&mut self, batch: &mut CuratedBatch) {
+        batch
+            .dq_counts
+            .extend(std::mem::take(&mut self.counts).into_values());
+    }
+
+    /// Counts a failure of `rule`; returns whether it may be stored in full (under the cap).
+    fn count(&mut self, object: &str, rule: &str, severity: Severity) -> bool {
+        let key = (object.to_string(), rule.to_string());
+        let stored = self.stored.0.entry(key.clone()).or_insert(0);
+        let under = *stored < self.cap;
+        if under {
+            *stored += 1;
+        }
+        let c = self.counts.entry(key).or_insert_with(|| DqCount {
+            run_id: self.run_id.clone(),
+            object: object.to_string(),
+            rule: rule.to_string(),
+            severity: severity.as_str().to_string(),
+            failed: 0,
+            stored: 0,
+            over_cap: 0,
+        });
+        c.failed += 1;
+        if under {
+            c.stored += 1;
+        } else {
+            c.over_cap += 1;
+        }
+        under
+    }
+
+    /// Checks `ch`; returns `true` when it is held (a quarantine entry or a still-held update
+    /// is in `batch`), `false` when it is to be applied (warn failures recorded).
+    fn screen(
+        &mut self,
+        m: &ObjectMapping,
+        rows: &HashMap<(String, String), CurrentRow>,
+        key: &(String, String),
+        ch: &RecordChange,
+        batch: &mut CuratedBatch,
+        stats: &mut PlanStats,
+    ) -> bool {
+        let object = &key.0;
+        if let Some((id, true)) = self.release {
+            batch
+                .quarantine_updates
+                .push(QuarantineUpdate::Released { id });
+            self.held.remove(key);
+            stats.released += 1;
+            return false;
+        }
+        let failures: Vec<Failure> = if self.held.contains(key) {
+            vec![Failure {
+                rule: RECORD_HELD.into(),
+                field: "Id".into(),
+                severity: Severity::Error,
+                message: format!(
+                    "an earlier change of {object} {} is held in the quarantine",
+                    ch.id
+                ),
+                value: None,
+                parent: None,
+            }]
+        } else {
+            let lookups = PlanLookups { gate: self, rows };
+            m.gate.check(m, ch, &lookups)
+        };
+        let (errors, warns): (Vec<&Failure>, Vec<&Failure>) =
+            failures.iter().partition(|f| f.severity == Severity::Error);
+        for w in &warns {
+            stats.warned += 1;
+            if self.count(object, &w.rule, Severity::Warn) {
+                batch.dq_failures.push(DqFailure {
+                    run_id: self.run_id.clone(),
+                    object: object.clone(),
+                    record_id: ch.id.clone(),
+                    rule: w.rule.clone(),
+                    severity: "warn".into(),
+                    field: w.field.clone(),
+                    value: w.value.clone(),
+                    message: w.message.clone(),
+                    event_key: ch.event_key.clone(),
+                });
+            }
+        }
+        let Some(first) = errors.first() else {
+            if let Some((id, false)) = self.release {
+                batch
+                    .quarantine_updates
+                    .push(QuarantineUpdate::Released { id });
+                stats.released += 1;
+            }
+            return false;
+        };
+        let mut full = self.count(object, &first.rule, Severity::Error);
+        for e in &errors[1..] {
+            self.count(object, &e.rule, Severity::Error);
+        }
+        let reason = errors
+            .iter()
+            .map(|e| e.message.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let parent = errors.iter().find_map(|e| e.parent.clone());
+        self.held.insert(key.clone());
+        stats.quarantined += 1;
+        if let Some((id, _)) = self.release {
+            batch.quarantine_updates.push(QuarantineUpdate::StillHeld {
+                id,
+                rule: first.rule.clone(),
+                reason,
+                parent: parent.map(|(o, i, _)| (o, i)),
+            });
+            return true;
+        }
+        if self.log_offset.is_none() {
+            // No other copy of the change: kept whatever the cap.
+            full = true;
+        }
+        let change = full.then(|| {
+            serde_json::to_vec(&HeldChange::from_change(m, ch)).expect("held changes serialise")
+        });
+        batch.quarantine.push(QuarantineEntry {
+            object: object.clone(),
+            record_id: ch.id.clone(),
+            rule: first.rule.clone(),
+            reason,
+            parent: parent.as_ref().map(|(o, i, _)| (o.clone(), i.clone())),
+            event_key: ch.event_key.clone(),
+            log_offset: self.log_offset,
+            commit_timestamp_ms: ch.version.commit_timestamp,
+            change,
+            alert_after_ms: parent.map(|(_, _, after)| self.now_ms.saturating_add(after)),
+            run_id: self.run_id.clone(),
+        });
+        true
+    }
+
+    /// After `ch` was applied: the unique values it set are now taken by its record.
+    fn applied(&mut self, m: &ObjectMapping, ch: &RecordChange) {
+        for (column, value) in m.gate.unique_values(ch) {
+            self.taken
+                .insert((m.object().to_string(), column, value), ch.id.clone());
         }
     }
 }

@@ -25,6 +25,16 @@ pub struct PipelineStats {
     pub repairs_done: AtomicU64,
     pub resyncs_requested: AtomicU64,
     pub dead_letters: AtomicU64,
+    /// Changes held in the quarantine (data-quality error or a missing parent).
+    pub quarantined: AtomicU64,
+    /// Quarantined changes released and applied.
+    pub released: AtomicU64,
+    /// Warn-severity data-quality failures (applied).
+    pub dq_warnings: AtomicU64,
+    /// Late-parent holds past their alert time.
+    pub quarantine_alerts: AtomicU64,
+    /// Open quarantined changes (gauge).
+    pub quarantine_open: AtomicU64,
     pub errors: AtomicU64,
     pub batches: AtomicU64,
     /// Commit timestamp (ms) of the newest applied change.
@@ -107,6 +117,11 @@ impl PipelineStats {
             "repairs_done": g(&self.repairs_done),
             "resyncs_requested": g(&self.resyncs_requested),
             "dead_letters": g(&self.dead_letters),
+            "quarantined": g(&self.quarantined),
+            "released": g(&self.released),
+            "dq_warnings": g(&self.dq_warnings),
+            "quarantine_alerts": g(&self.quarantine_alerts),
+            "quarantine_open": g(&self.quarantine_open),
             "errors": g(&self.errors),
             "batches": g(&self.batches),
             "last_commit_ms": self.last_commit_ms.load(Ordering::Relaxed),

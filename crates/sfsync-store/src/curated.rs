@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use sfsync_core::{RecordVersion, ReplayId};
 
 use crate::error::Result;
+use crate::quality::*;
 use crate::{AppendOutcome, ChangeLog, LogOffset, RawChange};
 
 /// Column prefix of sfsync's sync-metadata columns; no Salesforce field starts with `_`.
@@ -319,6 +320,14 @@ pub struct CuratedBatch {
     pub repairs_done: Vec<i64>,
     pub resyncs: Vec<ResyncRequest>,
     pub dead_letters: Vec<DeadLetter>,
+    /// Changes held instead of merged.
+    pub quarantine: Vec<QuarantineEntry>,
+    /// Held changes this batch released (their rows are in `rows`) or re-checked.
+    pub quarantine_updates: Vec<QuarantineUpdate>,
+    /// Warn-severity failures kept as samples.
+    pub dq_failures: Vec<DqFailure>,
+    /// Failure counts per run, object and rule, added to the stored ones.
+    pub dq_counts: Vec<DqCount>,
 }
 
 impl CuratedBatch {
@@ -330,6 +339,10 @@ impl CuratedBatch {
             && self.repairs_done.is_empty()
             && self.resyncs.is_empty()
             && self.dead_letters.is_empty()
+            && self.quarantine.is_empty()
+            && self.quarantine_updates.is_empty()
+            && self.dq_failures.is_empty()
+            && self.dq_counts.is_empty()
     }
 }
 
@@ -364,7 +377,8 @@ pub struct RotationReport {
     /// PII cells of curated current-state and history tables re-sealed (the audit trail holds
     /// no values, so nothing of it is re-sealed).
     pub values_resealed: u64,
-    /// Raw change payloads and dead letters re-sealed.
+    /// Raw change payloads, held changes (quarantine entries with their change, of objects with
+    /// PII) and dead letters re-sealed.
     pub raw_payloads_resealed: u64,
     pub new_key_id: String,
 }
@@ -399,6 +413,21 @@ pub trait Warehouse: ChangeLog {
         object: &str,
         ids: &[String],
     ) -> Result<HashMap<String, CurrentRow>>;
+
+    /// Live (not deleted) current rows of `object` whose `column` (a curated column name, e.g.
+    /// `code__c`) holds one of `values` (compared as text): (value, record id) pairs. For the
+    /// `unique` data-quality rule; never used on PII columns (they are sealed) — an error if asked.
+    ///
+    /// "As text" is the database's own text form of the stored value (SQLite `CAST(… AS TEXT)`,
+    /// Postgres `::text`): the same on both backends for text and integer columns; booleans,
+    /// reals, dates and timestamps render differently per backend. Pairs come ordered by value,
+    /// then record id; an unknown column is an error naming the object and column.
+    async fn ids_by_value(
+        &self,
+        object: &str,
+        column: &str,
+        values: &[String],
+    ) -> Result<Vec<(String, String)>>;
 
     /// All current rows of `object` ordered by id, PII opened (tests, reconciliation, tools).
     async fn read_current(&self, object: &str) -> Result<Vec<CurrentRow>>;
@@ -446,8 +475,8 @@ pub trait Warehouse: ChangeLog {
     /// Walks the audit chain and checks every link and hash.
     async fn verify_audit(&self) -> Result<AuditVerification>;
 
-    /// Re-seals every PII value (curated, history, raw payloads, dead letters) under the
-    /// keyring's current key.
+    /// Re-seals every PII value (curated, history, raw payloads, held changes in the quarantine,
+    /// dead letters) under the keyring's current key.
     async fn rotate_keys(&self) -> Result<RotationReport>;
 
     /// Records the start of a run.
@@ -458,6 +487,32 @@ pub trait Warehouse: ChangeLog {
 
     /// Runs, newest first.
     async fn runs(&self, limit: usize) -> Result<Vec<RunRecord>>;
+
+    /// Quarantined changes matching `filter`, oldest first, with their changes (opened).
+    async fn quarantine_list(&self, filter: &QuarantineFilter) -> Result<Vec<QuarantineRecord>>;
+
+    /// Number of open quarantined changes (held, release requested or force requested).
+    async fn quarantine_open_count(&self) -> Result<u64>;
+
+    /// An operator's decision on quarantined changes, recorded with who made it and why.
+    /// Releases are requests the running apply stage carries out; a discard is final and puts
+    /// the record's changes that were held behind it up for a re-check.
+    async fn quarantine_act(
+        &self,
+        ids: &[i64],
+        action: QuarantineAction,
+        by: &str,
+        note: &str,
+    ) -> Result<Vec<(i64, QuarantineActOutcome)>>;
+
+    /// Records that the late-parent alert of these held changes was raised.
+    async fn quarantine_mark_alerted(&self, ids: &[i64]) -> Result<()>;
+
+    /// Data-quality counts of one run, or summed over all runs (run id `*`), by object and rule.
+    async fn dq_counts(&self, run_id: Option<&str>) -> Result<Vec<DqCount>>;
+
+    /// Stored warn-severity failure samples (of one run or all), newest first.
+    async fn dq_samples(&self, run_id: Option<&str>, limit: usize) -> Result<Vec<DqFailure>>;
 
     /// Takes the single-applier lock for this database (SQLite: an exclusive lock file beside
     /// the database; Postgres: a session advisory lock). Fails with a clear error when another

@@ -23,6 +23,7 @@ pub mod error;
 pub mod migrate;
 pub mod pii;
 pub mod postgres;
+pub mod quality;
 pub mod sqlite;
 mod tail;
 mod warehouse;
@@ -36,6 +37,7 @@ pub use error::{Result, StoreError};
 pub use migrate::{AppliedMigration, Migration};
 pub use pii::Keyring;
 pub use postgres::PostgresChangeLog;
+pub use quality::*;
 pub use sqlite::{SqliteChangeLog, SqliteOptions, SqliteSynchronous};
 
 /// One raw change as it goes into the log: the identity and ordering fields the apply stage

@@ -22,6 +22,7 @@ use crate::sqlite::StoredLogRow;
 use crate::warehouse::{Dialect, Registry};
 use crate::{now_ms, AppendOutcome, ChangeLog, LogOffset, LoggedChange, RawChange};
 
+mod quality;
 mod warehouse;
 
 const BACKEND: &str = "postgres";
@@ -157,6 +158,65 @@ CREATE UNIQUE INDEX raw_changes_event ON raw_changes (commit_timestamp, event_ke
         name: "dead letters found by (channel, replay id)",
         sql: r#"
 CREATE INDEX dead_letters_replay ON dead_letters (channel, replay_id);
+"#,
+    },
+    Migration {
+        version: 6,
+        name: "data quality: quarantine, failure counts and samples",
+        sql: r#"
+CREATE TABLE quarantine (
+    id                  BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    object              TEXT   NOT NULL CHECK (object <> ''),
+    record_id           TEXT   NOT NULL,
+    rule                TEXT   NOT NULL,
+    reason              TEXT   NOT NULL,
+    parent_object       TEXT,
+    parent_id           TEXT,
+    event_key           TEXT   NOT NULL,
+    log_offset          BIGINT,
+    commit_timestamp_ms BIGINT NOT NULL,
+    change              BYTEA,
+    status              TEXT   NOT NULL CHECK (status IN ('held','release_requested',
+                            'force_requested','released','discarded')),
+    run_id              TEXT   NOT NULL,
+    first_seen_ms       BIGINT NOT NULL,
+    last_seen_ms        BIGINT NOT NULL,
+    attempts            BIGINT NOT NULL,
+    alert_after_ms      BIGINT,
+    alerted_at_ms       BIGINT,
+    resolved_at_ms      BIGINT,
+    resolved_by         TEXT,
+    note                TEXT,
+    CHECK (change IS NOT NULL OR log_offset IS NOT NULL)
+);
+CREATE INDEX quarantine_record ON quarantine (object, record_id, status);
+CREATE INDEX quarantine_parent ON quarantine (parent_object, parent_id, status);
+CREATE INDEX quarantine_status ON quarantine (status, id);
+CREATE TABLE dq_failures (
+    id            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id        TEXT   NOT NULL,
+    object        TEXT   NOT NULL,
+    record_id     TEXT   NOT NULL,
+    rule          TEXT   NOT NULL,
+    severity      TEXT   NOT NULL CHECK (severity IN ('error','warn')),
+    field         TEXT   NOT NULL,
+    value         TEXT,
+    message       TEXT   NOT NULL,
+    event_key     TEXT   NOT NULL,
+    created_at_ms BIGINT NOT NULL
+);
+CREATE INDEX dq_failures_run ON dq_failures (run_id, id);
+CREATE TABLE dq_counts (
+    run_id     TEXT   NOT NULL,
+    object     TEXT   NOT NULL,
+    rule       TEXT   NOT NULL,
+    severity   TEXT   NOT NULL CHECK (severity IN ('error','warn')),
+    failed     BIGINT NOT NULL,
+    stored     BIGINT NOT NULL,
+    over_cap   BIGINT NOT NULL,
+    last_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (run_id, object, rule)
+);
 "#,
     },
 ];

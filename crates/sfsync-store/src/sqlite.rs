@@ -43,6 +43,7 @@ use crate::tail::{TailCache, DEFAULT_TAIL_BYTES};
 use crate::warehouse::{self as wh, Ctx, Dialect, Registry};
 use crate::{now_ms, AppendOutcome, ChangeLog, LogOffset, LoggedChange, RawChange};
 
+mod quality;
 mod warehouse;
 
 const BACKEND: &str = "sqlite";
@@ -208,6 +209,65 @@ CREATE INDEX raw_changes_entity ON raw_changes (entity, log_offset);
         name: "dead letters found by (channel, replay id)",
         sql: r#"
 CREATE INDEX dead_letters_replay ON dead_letters (channel, replay_id);
+"#,
+    },
+    Migration {
+        version: 6,
+        name: "data quality: quarantine, failure counts and samples",
+        sql: r#"
+CREATE TABLE quarantine (
+    id                  INTEGER PRIMARY KEY AUTOINCREMENT,
+    object              TEXT    NOT NULL CHECK (object <> ''),
+    record_id           TEXT    NOT NULL,
+    rule                TEXT    NOT NULL,
+    reason              TEXT    NOT NULL,
+    parent_object       TEXT,
+    parent_id           TEXT,
+    event_key           TEXT    NOT NULL,
+    log_offset          INTEGER,
+    commit_timestamp_ms INTEGER NOT NULL,
+    change              BLOB,
+    status              TEXT    NOT NULL CHECK (status IN ('held','release_requested',
+                            'force_requested','released','discarded')),
+    run_id              TEXT    NOT NULL,
+    first_seen_ms       INTEGER NOT NULL,
+    last_seen_ms        INTEGER NOT NULL,
+    attempts            INTEGER NOT NULL,
+    alert_after_ms      INTEGER,
+    alerted_at_ms       INTEGER,
+    resolved_at_ms      INTEGER,
+    resolved_by         TEXT,
+    note                TEXT,
+    CHECK (change IS NOT NULL OR log_offset IS NOT NULL)
+);
+CREATE INDEX quarantine_record ON quarantine (object, record_id, status);
+CREATE INDEX quarantine_parent ON quarantine (parent_object, parent_id, status);
+CREATE INDEX quarantine_status ON quarantine (status, id);
+CREATE TABLE dq_failures (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id        TEXT    NOT NULL,
+    object        TEXT    NOT NULL,
+    record_id     TEXT    NOT NULL,
+    rule          TEXT    NOT NULL,
+    severity      TEXT    NOT NULL CHECK (severity IN ('error','warn')),
+    field         TEXT    NOT NULL,
+    value         TEXT,
+    message       TEXT    NOT NULL,
+    event_key     TEXT    NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE INDEX dq_failures_run ON dq_failures (run_id, id);
+CREATE TABLE dq_counts (
+    run_id     TEXT    NOT NULL,
+    object     TEXT    NOT NULL,
+    rule       TEXT    NOT NULL,
+    severity   TEXT    NOT NULL CHECK (severity IN ('error','warn')),
+    failed     INTEGER NOT NULL,
+    stored     INTEGER NOT NULL,
+    over_cap   INTEGER NOT NULL,
+    last_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (run_id, object, rule)
+);
 "#,
     },
 ];

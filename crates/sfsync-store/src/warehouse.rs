@@ -352,6 +352,45 @@ impl Registered {
     pub(crate) fn pii_data(&self) -> impl Iterator<Item = (usize, &DataCol)> {
         self.data.iter().enumerate().filter(|(_, c)| c.pii)
     }
+
+    /// Checks that `column` may be looked up by value ([`crate::Warehouse::ids_by_value`]): a
+    /// column of the model, and not PII (a sealed value never equals its plaintext).
+    pub(crate) fn check_lookup_column(&self, backend: &'static str, column: &str) -> Result<()> {
+        let object = &self.model.object;
+        let reason = match self.model.column(column) {
+            None => format!("column '{column}' is not a column of the curated model of '{object}'"),
+            Some(c) if c.pii => format!(
+                "column '{column}' of '{object}' is PII: it is stored sealed and cannot be looked \
+                 up by value"
+            ),
+            Some(_) => return Ok(()),
+        };
+        Err(StoreError::InvalidInput {
+            backend,
+            op: "look up values",
+            reason,
+        })
+    }
+
+    /// `SELECT <column as text>, "id"` of the live (not deleted) current rows whose `column`, as
+    /// text, is one of the values: `n` parameters on SQLite, one text array (`$1`) on Postgres.
+    pub(crate) fn ids_by_value_sql(&self, d: Dialect, column: &str, n: usize) -> String {
+        let (t, c) = (q(&self.model.table), q(column));
+        let live = format!("\"_sf_deleted\" = {}", d.bool_lit(false));
+        match d {
+            Dialect::Sqlite => {
+                let params: Vec<String> = (1..=n).map(|i| d.param(i)).collect();
+                format!(
+                    "SELECT CAST({c} AS TEXT), \"id\" FROM {t} \
+                     WHERE {live} AND CAST({c} AS TEXT) IN ({})",
+                    params.join(", ")
+                )
+            }
+            Dialect::Postgres => {
+                format!("SELECT {c}::text, \"id\" FROM {t} WHERE {live} AND {c}::text = ANY($1)")
+            }
+        }
+    }
 }
 
 pub(crate) fn column_list(cols: &[PhysCol]) -> String {
@@ -1658,6 +1697,31 @@ mod tests {
             plan.statements,
             vec!["ALTER TABLE \"sf_case\" ADD COLUMN \"amount\" REAL"]
         );
+    }
+
+    #[test]
+    fn value_lookup_sql_and_columns() {
+        let reg = Registered::new(model(), Dialect::Sqlite);
+        assert_eq!(
+            reg.ids_by_value_sql(Dialect::Sqlite, "subject", 2),
+            "SELECT CAST(\"subject\" AS TEXT), \"id\" FROM \"sf_case\" \
+             WHERE \"_sf_deleted\" = 0 AND CAST(\"subject\" AS TEXT) IN (?1, ?2)"
+        );
+        let reg = Registered::new(model(), Dialect::Postgres);
+        assert_eq!(
+            reg.ids_by_value_sql(Dialect::Postgres, "amount", 7),
+            "SELECT \"amount\"::text, \"id\" FROM \"sf_case\" \
+             WHERE \"_sf_deleted\" = FALSE AND \"amount\"::text = ANY($1)"
+        );
+        assert!(reg.check_lookup_column("postgres", "subject").is_ok());
+        assert!(reg.check_lookup_column("postgres", "id").is_ok());
+        for (column, says) in [("nope", "is not a column"), ("email", "is PII")] {
+            let err = reg.check_lookup_column("postgres", column).unwrap_err();
+            assert_eq!(err.class(), ErrorClass::User);
+            let text = err.to_string();
+            assert!(text.contains(&format!("'{column}'")), "{text}");
+            assert!(text.contains("'Case'") && text.contains(says), "{text}");
+        }
     }
 
     #[test]

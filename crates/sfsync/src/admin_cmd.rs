@@ -33,7 +33,7 @@ const EXIT_FAILED: i32 = 1;
 const EXIT_USAGE: i32 = 2;
 
 /// What a PII value prints as without `--decrypt`.
-const MASK: &str = "<encrypted>";
+pub(crate) const MASK: &str = "<encrypted>";
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
@@ -98,19 +98,19 @@ pub enum ReadFormat {
 }
 
 /// Why a command stopped, with its exit code.
-struct Failure {
+pub(crate) struct Failure {
     code: i32,
     error: anyhow::Error,
 }
 
-fn usage(error: anyhow::Error) -> Failure {
+pub(crate) fn usage(error: anyhow::Error) -> Failure {
     Failure {
         code: EXIT_USAGE,
         error,
     }
 }
 
-fn failed(error: anyhow::Error) -> Failure {
+pub(crate) fn failed(error: anyhow::Error) -> Failure {
     Failure {
         code: EXIT_FAILED,
         error,
@@ -136,7 +136,9 @@ pub fn read(args: ReadArgs) -> i32 {
     finish("read", block_on(read_rows(args)))
 }
 
-fn block_on<F: std::future::Future<Output = Result<i32, Failure>>>(f: F) -> Result<i32, Failure> {
+pub(crate) fn block_on<F: std::future::Future<Output = Result<i32, Failure>>>(
+    f: F,
+) -> Result<i32, Failure> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -146,7 +148,7 @@ fn block_on<F: std::future::Future<Output = Result<i32, Failure>>>(f: F) -> Resu
 }
 
 /// Prints a failure with its whole cause chain and returns the exit code.
-fn finish(command: &str, outcome: Result<i32, Failure>) -> i32 {
+pub(crate) fn finish(command: &str, outcome: Result<i32, Failure>) -> i32 {
     match outcome {
         Ok(code) => code,
         Err(f) => {
@@ -157,15 +159,15 @@ fn finish(command: &str, outcome: Result<i32, Failure>) -> i32 {
 }
 
 /// The loaded config and the store it names.
-struct Opened {
-    config: ValidConfig,
-    has_key: bool,
-    store: Arc<dyn Warehouse>,
+pub(crate) struct Opened {
+    pub(crate) config: ValidConfig,
+    pub(crate) has_key: bool,
+    pub(crate) store: Arc<dyn Warehouse>,
 }
 
 /// Loads the config and opens its warehouse, with the PII keyring when `with_keyring`. A
 /// missing SQLite file is an error (opening would create an empty warehouse and report on it).
-async fn open(path: &Path, with_keyring: bool) -> Result<Opened, Failure> {
+pub(crate) async fn open(path: &Path, with_keyring: bool) -> Result<Opened, Failure> {
     let (config, mut secrets) = run_cmd::load(path).map_err(usage)?;
     let has_key = secrets.pii_key.is_some();
     if !with_keyring {
@@ -350,7 +352,7 @@ fn configured_object<'a>(config: &'a ValidConfig, name: &str) -> Option<&'a Vali
 }
 
 /// Who runs the command, for the decrypt notice.
-fn operator() -> String {
+pub(crate) fn operator() -> String {
     std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .ok()

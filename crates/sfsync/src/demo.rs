@@ -27,6 +27,10 @@ pub struct DemoArgs {
     /// Steady record changes per second made by the traffic generator (bursts are 4× this).
     #[arg(long, default_value_t = 500.0)]
     pub rate: f64,
+    /// Share of Contact creates (0–1) the traffic generator gives a malformed postal code, which
+    /// the demo's data-quality rule holds in the quarantine.
+    #[arg(long, default_value_t = 0.01)]
+    pub bad_rate: f64,
     /// HTTPS listener of the embedded emulator (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub http: std::net::SocketAddr,
@@ -60,11 +64,16 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
     let org = running.org().clone();
     let rate = args.rate;
+    if !(0.0..=1.0).contains(&args.bad_rate) {
+        anyhow::bail!("--bad-rate {} must be between 0 and 1", args.bad_rate);
+    }
+    let bad_rate = args.bad_rate;
     let load = tokio::task::spawn_blocking(move || {
         LoadGenerator::start(
             org,
             LoadConfig {
                 changes_per_sec: rate,
+                bad_record_rate: bad_rate,
                 ..LoadConfig::default()
             },
         )
@@ -107,6 +116,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
                 gap_reread_batch_records: 200,
                 own_client: "sfsync".into(),
                 run_id: crate::run_cmd::new_run_id(),
+                max_stored_failures_per_rule:
+                    sfsync_pipeline::apply::DEFAULT_MAX_STORED_FAILURES_PER_RULE,
             },
             initial: ReplayStart::Earliest,
             idle_wait: Duration::from_millis(200),
@@ -126,8 +137,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let stats = pipeline.stats.clone();
     println!();
     println!(
-        "{:>6} {:>10} {:>11} {:>10} {:>12} {:>9} {:>8} {:>8}",
-        "secs", "changes/s", "applied/s", "changes", "applied", "lag", "repairs", "dead"
+        "{:>6} {:>10} {:>11} {:>10} {:>12} {:>9} {:>8} {:>8} {:>8}",
+        "secs", "changes/s", "applied/s", "changes", "applied", "lag", "repairs", "dead", "held"
     );
     loop {
         tokio::select! {
@@ -148,7 +159,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             "-".into()
         };
         println!(
-            "{:>6} {:>10} {:>11} {:>10} {:>12} {:>9} {:>8} {:>8}",
+            "{:>6} {:>10} {:>11} {:>10} {:>12} {:>9} {:>8} {:>8} {:>8}",
             started.elapsed().as_secs(),
             now.changes - last.changes,
             applied - last_applied,
@@ -157,6 +168,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             lag,
             PipelineStats::get(&stats.repairs_done),
             PipelineStats::get(&stats.dead_letters),
+            PipelineStats::get(&stats.quarantine_open),
         );
         last = now;
         last_applied = applied;
@@ -164,6 +176,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             break;
         }
     }
+    let load_bad = load.bad_record_ids().len();
     let total = load.stop();
     // Let the pipeline catch up with the last changes (bounded), then stop it cleanly.
     let drain_until = Instant::now() + Duration::from_secs(30);
@@ -190,6 +203,15 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         PipelineStats::get(&stats.repairs_done),
         PipelineStats::get(&stats.dead_letters),
     );
+    println!(
+        "Data quality: {} Contacts created with a malformed postal code (--bad-rate {}); \
+         {} changes held in the quarantine ({} open), {} released.",
+        load_bad,
+        args.bad_rate,
+        PipelineStats::get(&stats.quarantined),
+        PipelineStats::get(&stats.quarantine_open),
+        PipelineStats::get(&stats.released),
+    );
     if let (Some(p50), Some(p99)) = (
         stats.latency_quantile_ms(0.5),
         stats.latency_quantile_ms(0.99),
@@ -202,6 +224,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     println!("  sqlite3 {db} 'SELECT status, count(*) FROM sf_case WHERE NOT _sf_deleted GROUP BY status'");
     println!("  sqlite3 {db} 'SELECT id, status, valid_from, valid_to, is_current FROM sf_case_history ORDER BY id, _sf_version LIMIT 10'");
     println!("  sqlite3 {db} 'SELECT object, record_id, change_type, outcome FROM audit_log ORDER BY seq DESC LIMIT 10'");
+    println!("  sqlite3 {db} \"SELECT id, object, record_id, rule, reason FROM quarantine WHERE status = 'held' LIMIT 10\"");
+    println!(
+        "  sqlite3 {db} 'SELECT object, rule, severity, failed, stored, over_cap FROM dq_counts'"
+    );
     println!("Tables: sf_<object> (current state), sf_<object>_history (SCD2), audit_log.");
     println!(
         "The raw change log (raw_changes) is in {}.",
@@ -227,14 +253,29 @@ fn demo_objects() -> Vec<ObjectSpec> {
         s.pii_fields = pii.iter().map(|f| f.to_string()).collect();
         s
     };
+    use sfsync_pipeline::quality::{CheckSpec, ReferenceSpec, RuleSpec, Severity};
+    let mut case = with("Case", &["Status", "Priority", "OwnerId"], &[]);
+    // A Case waits for its Contact (one held by a rule, say) before it is merged.
+    case.quality.references.push(ReferenceSpec {
+        field: "ContactId".into(),
+        parent: "Contact".into(),
+        alert_after_secs: 300,
+    });
+    let mut contact = with(
+        "Contact",
+        &["AccountId", "Email"],
+        &["Email", "Phone", "Birthdate"],
+    );
+    contact.quality.required.push("LastName".into());
+    contact.quality.rules.push(RuleSpec {
+        field: "MailingPostalCode".into(),
+        check: CheckSpec::Regex("^[0-9]{5}(-[0-9]{4})?$".into()),
+        severity: Severity::Error,
+    });
     vec![
-        with("Case", &["Status", "Priority", "OwnerId"], &[]),
+        case,
         with("Account", &["Name", "Type"], &[]),
-        with(
-            "Contact",
-            &["AccountId", "Email"],
-            &["Email", "Phone", "Birthdate"],
-        ),
+        contact,
         with("Opportunity", &["StageName", "Amount"], &[]),
         with("Service_Request__c", &["Status__c"], &[]),
         with("Payment__c", &["Status__c", "Amount__c"], &[]),

@@ -8,6 +8,7 @@ mod bench_salesforce;
 mod config;
 mod demo;
 mod emulator_cmd;
+mod quarantine_cmd;
 mod run_cmd;
 
 use clap::{Parser, Subcommand};
@@ -44,6 +45,10 @@ enum Command {
     Keys(admin_cmd::KeysArgs),
     /// Print an object's rows or history from the warehouse, PII masked unless `--decrypt`.
     Read(admin_cmd::ReadArgs),
+    /// Changes the data-quality gates hold: `list`, `show ID`, `release ID…`, `discard ID…`.
+    Quarantine(quarantine_cmd::QuarantineArgs),
+    /// Data-quality failure counts per object and rule (`quality report --config FILE`).
+    Quality(quarantine_cmd::QualityArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -144,6 +149,8 @@ fn main() -> anyhow::Result<()> {
         Command::Audit(args) => std::process::exit(admin_cmd::audit(args)),
         Command::Keys(args) => std::process::exit(admin_cmd::keys(args)),
         Command::Read(args) => std::process::exit(admin_cmd::read(args)),
+        Command::Quarantine(args) => std::process::exit(quarantine_cmd::quarantine(args)),
+        Command::Quality(args) => std::process::exit(quarantine_cmd::quality(args)),
         command => command,
     };
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -166,7 +173,12 @@ fn main() -> anyhow::Result<()> {
             Command::Run(args) => run_cmd::run(args).await,
             Command::Bench(args) => bench(args).await,
             Command::Demo(args) => demo::run(args).await,
-            Command::Config(_) | Command::Audit(_) | Command::Keys(_) | Command::Read(_) => {
+            Command::Config(_)
+            | Command::Audit(_)
+            | Command::Keys(_)
+            | Command::Read(_)
+            | Command::Quarantine(_)
+            | Command::Quality(_) => {
                 unreachable!("handled before the runtime starts")
             }
         }

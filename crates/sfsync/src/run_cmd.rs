@@ -155,6 +155,7 @@ pub fn object_specs(config: &ValidConfig) -> Vec<ObjectSpec> {
                 Some(CfgHistory::List(l)) => HistoryFields::Fields(l.clone()),
             },
             pii_fields: o.pii_fields.clone(),
+            quality: o.quality.clone(),
         });
     }
     out
@@ -194,6 +195,7 @@ pub fn pipeline_config(config: &ValidConfig, start: StartAt) -> PipelineConfig {
             gap_reread_batch_records: config.pipeline.gap_reread_batch_records as usize,
             own_client: config.salesforce.client_id_header.clone(),
             run_id: new_run_id(),
+            max_stored_failures_per_rule: config.pipeline.max_stored_failures_per_rule,
         },
         initial: match start {
             StartAt::Earliest => ReplayStart::Earliest,

@@ -18,10 +18,11 @@ use sfsync_core::ReplayId;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{Client, GenericClient, Row, Statement, Transaction};
 
-use super::{set_applied_offset_in, PostgresChangeLog, BACKEND, MIGRATION_LOCK_KEY};
+use super::{quality, set_applied_offset_in, PostgresChangeLog, BACKEND, MIGRATION_LOCK_KEY};
 use crate::curated::*;
 use crate::error::{postgres_class, Result, StoreError};
 use crate::pii;
+use crate::quality::*;
 use crate::warehouse::{self as wh, Cell, Ctx, Dialect, Registered};
 use crate::{now_ms, AppendOutcome, LogOffset, RawChange};
 
@@ -128,11 +129,11 @@ fn read_cells(row: &Row) -> Result<Vec<Cell<'static>>> {
         .map_err(db("decode row"))
 }
 
-fn db(op: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
+pub(super) fn db(op: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
     move |e| StoreError::postgres(op, e)
 }
 
-fn write_failed(
+pub(super) fn write_failed(
     object: &str,
     record_id: &str,
     what: impl Into<String>,
@@ -159,7 +160,7 @@ fn wh_error(object: &str, id: &str, what: &str, e: StoreError) -> StoreError {
     }
 }
 
-fn invalid(op: &'static str, reason: String) -> StoreError {
+pub(super) fn invalid(op: &'static str, reason: String) -> StoreError {
     StoreError::InvalidInput {
         backend: BACKEND,
         op,
@@ -296,7 +297,7 @@ async fn run_steps(tx: &Transaction<'_>, steps: &[Step<'_>]) -> Result<()> {
 
 /// A statement of `client` by SQL text, prepared once and kept in `cache` (one cache per
 /// connection: a statement belongs to the connection that prepared it).
-async fn prepare_cached(
+pub(super) async fn prepare_cached(
     cache: &parking_lot::Mutex<HashMap<String, Statement>>,
     client: &impl GenericClient,
     sql: &str,
@@ -637,6 +638,7 @@ impl PostgresChangeLog {
             }
         }
         insert_dead_letters(tx, ctx, &batch.dead_letters).await?;
+        quality::commit_quality(tx, &self.statements, ctx, batch, now).await?;
         if let Some(offset) = offset {
             set_applied_offset_in(tx, consumer, offset).await?;
         }
@@ -867,6 +869,38 @@ impl PostgresChangeLog {
                     break;
                 }
             }
+            // Held changes of the quarantine, sealed like raw payloads.
+            let mut after = 0i64;
+            loop {
+                let tx = client.transaction().await.map_err(db("begin rotate"))?;
+                let rows = tx
+                    .query(
+                        "SELECT id, change FROM quarantine
+                         WHERE object = $1 AND id > $2 AND change IS NOT NULL
+                         ORDER BY id LIMIT $3",
+                        &[object, &after, &PAGE],
+                    )
+                    .await
+                    .map_err(db("read held changes"))?;
+                for r in &rows {
+                    let id: i64 = r.try_get(0).map_err(db("read held changes"))?;
+                    let change: Vec<u8> = r.try_get(1).map_err(db("read held changes"))?;
+                    if let Some(c) = wh::reseal_bytes(k, &aad, &change)? {
+                        tx.execute(
+                            "UPDATE quarantine SET change = $1 WHERE id = $2",
+                            &[&c, &id],
+                        )
+                        .await
+                        .map_err(db("re-seal held change"))?;
+                        out.payloads += 1;
+                    }
+                    after = id;
+                }
+                tx.commit().await.map_err(db("commit rotate"))?;
+                if (rows.len() as i64) < PAGE {
+                    break;
+                }
+            }
         }
         let mut after = 0i64;
         loop {
@@ -970,6 +1004,39 @@ impl Warehouse for PostgresChangeLog {
                 out.insert(row.id.clone(), row);
             }
         }
+        Ok(out)
+    }
+
+    async fn ids_by_value(
+        &self,
+        object: &str,
+        column: &str,
+        values: &[String],
+    ) -> Result<Vec<(String, String)>> {
+        let ctx = self.registry.ctx();
+        let reg = Arc::clone(ctx.require("look up values", object)?);
+        reg.check_lookup_column(BACKEND, column)?;
+        let mut values = values.to_vec();
+        values.sort_unstable();
+        values.dedup();
+        let mut out = Vec::new();
+        if values.is_empty() {
+            return Ok(out);
+        }
+        let client = self.reader.lock().await;
+        let sql = reg.ids_by_value_sql(Dialect::Postgres, column, values.len());
+        let stmt = self.reader_prepared(&*client, &sql).await?;
+        for chunk in values.chunks(ID_CHUNK) {
+            let rows = client
+                .query(&stmt, &[&chunk])
+                .await
+                .map_err(db("look up values"))?;
+            for r in &rows {
+                let get = db("look up values");
+                out.push((r.try_get(0).map_err(&get)?, r.try_get(1).map_err(&get)?));
+            }
+        }
+        out.sort_unstable();
         Ok(out)
     }
 
@@ -1259,6 +1326,52 @@ impl Warehouse for PostgresChangeLog {
             })
             .collect::<std::result::Result<_, tokio_postgres::Error>>()
             .map_err(db("read runs"))
+    }
+
+    async fn quarantine_list(&self, filter: &QuarantineFilter) -> Result<Vec<QuarantineRecord>> {
+        let ctx = self.registry.ctx();
+        let client = self.reader.lock().await;
+        quality::list(&*client, &self.reader_statements, &ctx, filter).await
+    }
+
+    async fn quarantine_open_count(&self) -> Result<u64> {
+        let client = self.reader.lock().await;
+        quality::open_count(&*client, &self.reader_statements).await
+    }
+
+    async fn quarantine_act(
+        &self,
+        ids: &[i64],
+        action: QuarantineAction,
+        by: &str,
+        note: &str,
+    ) -> Result<Vec<(i64, QuarantineActOutcome)>> {
+        let mut client = self.client.lock().await;
+        quality::act(
+            &mut client,
+            &self.statements,
+            ids,
+            action,
+            by,
+            note,
+            now_ms(),
+        )
+        .await
+    }
+
+    async fn quarantine_mark_alerted(&self, ids: &[i64]) -> Result<()> {
+        let client = self.client.lock().await;
+        quality::mark_alerted(&*client, ids, now_ms()).await
+    }
+
+    async fn dq_counts(&self, run_id: Option<&str>) -> Result<Vec<DqCount>> {
+        let client = self.reader.lock().await;
+        quality::counts(&*client, &self.reader_statements, run_id).await
+    }
+
+    async fn dq_samples(&self, run_id: Option<&str>, limit: usize) -> Result<Vec<DqFailure>> {
+        let client = self.reader.lock().await;
+        quality::samples(&*client, &self.reader_statements, run_id, limit).await
     }
 
     async fn acquire_apply_lock(&self) -> Result<()> {

@@ -14,6 +14,7 @@ use super::{set_applied_offset_in, SqliteChangeLog, BACKEND};
 use crate::curated::*;
 use crate::error::{sqlite_class, Result, StoreError};
 use crate::pii;
+use crate::quality::*;
 use crate::warehouse::{self as wh, Cell, Ctx, Registered};
 use crate::{now_ms, AppendOutcome, LogOffset, RawChange};
 
@@ -362,6 +363,7 @@ fn commit_blocking(
         insert_resync(conn, r, now)?;
     }
     insert_dead_letters(conn, ctx, &batch.dead_letters, false)?;
+    super::quality::commit_quality(conn, ctx, batch, now)?;
     if let Some(offset) = offset {
         set_applied_offset_in(conn, consumer, offset)?;
     }
@@ -530,6 +532,7 @@ struct Resealed {
 /// Which tables of a file [`rotate_blocking`] re-seals (dead letters always).
 #[derive(Clone, Copy)]
 struct RotateParts {
+    /// Curated current and history tables, and the held changes of the quarantine.
     curated: bool,
     raw_log: bool,
 }
@@ -657,6 +660,8 @@ fn rotate_blocking(
                 }
             }
         }
+        // Held changes live in the warehouse file, with the curated tables.
+        rotate_held_changes(conn, k, object, &mut out)?;
         if parts.raw_log {
             rotate_raw_payloads(conn, k, object, &mut out)?;
         }
@@ -747,6 +752,54 @@ fn rotate_raw_payloads(
     Ok(())
 }
 
+/// Re-seals the held changes of `object` in the quarantine (sealed like raw payloads), one
+/// transaction per chunk of ids.
+fn rotate_held_changes(
+    conn: &mut Connection,
+    k: &pii::Keyring,
+    object: &str,
+    out: &mut Resealed,
+) -> Result<()> {
+    let aad = pii::raw_aad(object);
+    let mut after = 0i64;
+    loop {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("begin rotate"))?;
+        let rows: Vec<(i64, Vec<u8>)> = {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT id, change FROM quarantine
+                     WHERE object = ?1 AND id > ?2 AND change IS NOT NULL ORDER BY id LIMIT ?3",
+                )
+                .map_err(db("read held changes"))?;
+            let rows = stmt
+                .query_map(params![object, after, ROTATE_CHUNK], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .map_err(db("read held changes"))?;
+            rows.collect::<rusqlite::Result<_>>()
+                .map_err(db("read held changes"))?
+        };
+        for (id, change) in &rows {
+            if let Some(c) = wh::reseal_bytes(k, &aad, change)? {
+                tx.execute(
+                    "UPDATE quarantine SET change = ?1 WHERE id = ?2",
+                    params![c, id],
+                )
+                .map_err(db("re-seal held change"))?;
+                out.payloads += 1;
+            }
+        }
+        tx.commit().map_err(db("commit rotate"))?;
+        match rows.last() {
+            Some((id, _)) if rows.len() as i64 == ROTATE_CHUNK => after = *id,
+            _ => break,
+        }
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Warehouse for SqliteChangeLog {
     async fn ensure_model(&self, model: &ObjectModel) -> Result<ModelChange> {
@@ -813,6 +866,39 @@ impl Warehouse for SqliteChangeLog {
                     out.insert(row.id.clone(), row);
                 }
             }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn ids_by_value(
+        &self,
+        object: &str,
+        column: &str,
+        values: &[String],
+    ) -> Result<Vec<(String, String)>> {
+        let ctx = self.registry.ctx();
+        let reg = Arc::clone(ctx.require("look up values", object)?);
+        reg.check_lookup_column(BACKEND, column)?;
+        let mut values = values.to_vec();
+        values.sort_unstable();
+        values.dedup();
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        let column = column.to_string();
+        // On the reader, like load_current.
+        self.blocking_on(&self.reader, "look up values", move |conn| {
+            let mut out = Vec::new();
+            for chunk in values.chunks(IN_CHUNK) {
+                let sql = reg.ids_by_value_sql(wh::Dialect::Sqlite, &column, chunk.len());
+                for cells in read_rows(conn, &sql, chunk, 2)? {
+                    if let [Cell::Text(v), Cell::Text(id)] = &cells[..] {
+                        out.push((v.to_string(), id.to_string()));
+                    }
+                }
+            }
+            out.sort_unstable();
             Ok(out)
         })
         .await
@@ -1147,6 +1233,58 @@ impl Warehouse for SqliteChangeLog {
                 .map_err(db("read runs"))?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(db("read runs"))
+        })
+        .await
+    }
+
+    async fn quarantine_list(&self, filter: &QuarantineFilter) -> Result<Vec<QuarantineRecord>> {
+        let ctx = self.registry.ctx();
+        let f = filter.clone();
+        self.blocking_on(&self.reader, "read quarantine", move |conn| {
+            super::quality::list(conn, &ctx, &f)
+        })
+        .await
+    }
+
+    async fn quarantine_open_count(&self) -> Result<u64> {
+        self.blocking_on(&self.reader, "count quarantine", |conn| {
+            super::quality::open_count(conn)
+        })
+        .await
+    }
+
+    async fn quarantine_act(
+        &self,
+        ids: &[i64],
+        action: QuarantineAction,
+        by: &str,
+        note: &str,
+    ) -> Result<Vec<(i64, QuarantineActOutcome)>> {
+        let (ids, by, note) = (ids.to_vec(), by.to_string(), note.to_string());
+        self.blocking("quarantine action", move |conn| {
+            super::quality::act(conn, &ids, action, &by, &note, now_ms())
+        })
+        .await
+    }
+
+    async fn quarantine_mark_alerted(&self, ids: &[i64]) -> Result<()> {
+        let ids = ids.to_vec();
+        self.transaction(move |tx| super::quality::mark_alerted(tx.connection(), &ids, now_ms()))
+            .await
+    }
+
+    async fn dq_counts(&self, run_id: Option<&str>) -> Result<Vec<DqCount>> {
+        let run_id = run_id.map(str::to_string);
+        self.blocking_on(&self.reader, "read failure counts", move |conn| {
+            super::quality::counts(conn, run_id.as_deref())
+        })
+        .await
+    }
+
+    async fn dq_samples(&self, run_id: Option<&str>, limit: usize) -> Result<Vec<DqFailure>> {
+        let run_id = run_id.map(str::to_string);
+        self.blocking_on(&self.reader, "read failure samples", move |conn| {
+            super::quality::samples(conn, run_id.as_deref(), limit)
         })
         .await
     }

@@ -186,6 +186,57 @@ pub struct ObjectConfig {
     pub pii_fields: Vec<String>,
     #[serde(default)]
     pub mode: SyncMode,
+    /// Data quality: fields that must not be null (a failing change is quarantined).
+    #[serde(default)]
+    pub required: Vec<String>,
+    /// Data quality: checks per field (`[[objects.rules]]`).
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    /// Data quality: lookups whose parent must arrive before the child is merged.
+    #[serde(default)]
+    pub references: Vec<ReferenceConfig>,
+    /// Data quality: text length and restricted picklist values checked against describe.
+    #[serde(default = "yes")]
+    pub schema_checks: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[[objects.rules]]`: one data-quality check on one field.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub field: String,
+    /// `not_null`, `accepted_values`, `regex`, `range` or `unique`.
+    pub check: String,
+    /// For `accepted_values`.
+    #[serde(default)]
+    pub values: Vec<String>,
+    /// For `regex`.
+    pub pattern: Option<String>,
+    /// For `range`.
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    /// `error` (quarantine; the default) or `warn` (apply and record).
+    pub severity: Option<String>,
+}
+
+/// `references = [{ field = "AccountId", object = "Account" }]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceConfig {
+    pub field: String,
+    /// The parent object.
+    pub object: String,
+    /// A child waiting this long for its parent raises an alert (it keeps waiting).
+    #[serde(default = "default_alert_after")]
+    pub alert_after_secs: u64,
+}
+
+fn default_alert_after() -> u64 {
+    3600
 }
 
 /// How changes are read.
@@ -319,6 +370,9 @@ pub struct PipelineConfig {
     pub poll_interval_secs: u64,
     /// Grace period for a final checkpoint on SIGTERM.
     pub shutdown_timeout_secs: u64,
+    /// Data-quality failures stored in full per object and rule; beyond, they are counted
+    /// (and a held change keeps only its raw-log offset).
+    pub max_stored_failures_per_rule: u64,
 }
 
 impl Default for PipelineConfig {
@@ -331,6 +385,7 @@ impl Default for PipelineConfig {
             gap_reread_batch_records: 200,
             poll_interval_secs: 60,
             shutdown_timeout_secs: 30,
+            max_stored_failures_per_rule: 10_000,
         }
     }
 }

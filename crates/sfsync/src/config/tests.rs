@@ -103,7 +103,7 @@ fn unknown_key_names_path_line_and_column() {
     let t = format!("{HEAD}[[objects]]\nname = \"Case\"\n\n[[objects]]\nname = \"Contact\"\npii_feilds = [\"Email\"]\n");
     assert_eq!(
         errs(&t),
-        ["t.toml:13:1: objects[1].pii_feilds: unknown field `pii_feilds`, expected one of `name`, `channel`, `history`, `pii_fields`, `mode`"]
+        ["t.toml:13:1: objects[1].pii_feilds: unknown field `pii_feilds`, expected one of `name`, `channel`, `history`, `pii_fields`, `mode`, `required`, `rules`, `references`, `schema_checks`"]
     );
 }
 
@@ -697,4 +697,102 @@ fn truncated_and_mangled_input_never_panics() {
             }
         }
     }
+}
+
+#[test]
+fn quality_rules_validated_with_their_key_and_line() {
+    let t = format!(
+        r#"{HEAD}[[objects]]
+name = "Account"
+
+[[objects]]
+name = "Contact"
+pii_fields = ["Email"]
+required = ["LastName", "bad name"]
+references = [{{ field = "AccountId", object = "Acount" }}]
+
+[[objects.rules]]
+field = "MailingPostalCode"
+check = "regex"
+pattern = "("
+
+[[objects.rules]]
+field = "Score__c"
+check = "between"
+severity = "fatal"
+
+[[objects.rules]]
+field = "Email"
+check = "unique"
+
+[[objects.rules]]
+field = "Code__c"
+check = "range"
+values = ["x"]
+
+[pii]
+key_env = "K"
+key_id = "k1"
+"#
+    );
+    let e = errs(&t);
+    let has = |key: &str, msg: &str| {
+        assert!(
+            e.iter()
+                .any(|l| l.contains(key) && l.contains(msg) && l.starts_with("t.toml:")),
+            "no error on {key} saying {msg}: {e:#?}"
+        )
+    };
+    has("objects[1].required[1]", "not a valid field API name");
+    has(
+        "objects[1].references[0].object",
+        "\"Acount\" is not a configured object",
+    );
+    has("objects[1].rules[0].pattern", "does not compile");
+    has("objects[1].rules[1].check", "\"between\" is not a check");
+    has(
+        "objects[1].rules[1].severity",
+        "\"fatal\" is not a severity",
+    );
+    has(
+        "objects[1].rules[2].check",
+        "cannot be checked for uniqueness",
+    );
+    has("objects[1].rules[3].min", "give min, max or both");
+    has(
+        "objects[1].rules[3].values",
+        "only used with check = \"accepted_values\"",
+    );
+    // A good set compiles into the object's quality spec.
+    let ok = format!(
+        r#"{HEAD}[[objects]]
+name = "Account"
+
+[[objects]]
+name = "Contact"
+required = ["LastName"]
+schema_checks = false
+references = [{{ field = "AccountId", object = "Account", alert_after_secs = 60 }}]
+rules = [{{ field = "Title", check = "accepted_values", values = ["Dr"], severity = "warn" }},
+         {{ field = "Score__c", check = "range", min = 0, max = 10.5 }}]
+
+[pipeline]
+max_stored_failures_per_rule = 50
+"#
+    );
+    let l = load_t(&ok).unwrap();
+    let q = &l.config.objects[1].quality;
+    assert_eq!(q.required, ["LastName"]);
+    assert!(!q.schema_checks);
+    assert_eq!(q.references[0].parent, "Account");
+    assert_eq!(q.references[0].alert_after_secs, 60);
+    assert_eq!(q.rules.len(), 2);
+    assert_eq!(
+        q.rules[1].check,
+        sfsync_pipeline::quality::CheckSpec::Range {
+            min: Some(0.0),
+            max: Some(10.5)
+        }
+    );
+    assert_eq!(l.config.pipeline.max_stored_failures_per_rule, 50);
 }

@@ -59,6 +59,7 @@ pub struct ValidObject {
     pub history: Option<HistoryFields>,
     pub pii_fields: Vec<String>,
     pub mode: SyncMode,
+    pub quality: sfsync_pipeline::quality::QualitySpec,
 }
 
 #[derive(Debug, Clone)]
@@ -233,6 +234,10 @@ impl SfsyncConfig {
             ("gap_reread_batch_records", p.gap_reread_batch_records),
             ("poll_interval_secs", p.poll_interval_secs),
             ("shutdown_timeout_secs", p.shutdown_timeout_secs),
+            (
+                "max_stored_failures_per_rule",
+                p.max_stored_failures_per_rule,
+            ),
         ] {
             if v == 0 {
                 errs.push(format!("pipeline.{name}"), "must be greater than 0");
@@ -502,6 +507,150 @@ fn check_field_list(errs: &mut Errors, key: &str, fields: &[String]) {
     }
 }
 
+/// The data-quality settings of one object (`p` is its key path, `objects[i]`).
+fn validate_quality(
+    errs: &mut Errors,
+    p: &str,
+    o: &super::model::ObjectConfig,
+    objects: &[String],
+) -> sfsync_pipeline::quality::QualitySpec {
+    use sfsync_pipeline::quality::{CheckSpec, QualitySpec, ReferenceSpec, RuleSpec, Severity};
+    check_field_list(errs, &format!("{p}.required"), &o.required);
+    let mut rules = Vec::new();
+    for (j, r) in o.rules.iter().enumerate() {
+        let k = format!("{p}.rules[{j}]");
+        if !is_api_name(&r.field) {
+            errs.push(
+                format!("{k}.field"),
+                format!("\"{}\" is not a valid field API name", r.field),
+            );
+        }
+        let severity = match r.severity.as_deref() {
+            None | Some("error") => Severity::Error,
+            Some("warn") => Severity::Warn,
+            Some(other) => {
+                errs.push(
+                    format!("{k}.severity"),
+                    format!("\"{other}\" is not a severity: use \"error\" (quarantine) or \"warn\" (apply and record)"),
+                );
+                Severity::Error
+            }
+        };
+        let unused = |errs: &mut Errors, what: &str, used_by: &str| {
+            errs.push(
+                format!("{k}.{what}"),
+                format!("only used with check = \"{used_by}\""),
+            );
+        };
+        let check = match r.check.as_str() {
+            "not_null" => Some(CheckSpec::NotNull),
+            "unique" => Some(CheckSpec::Unique),
+            "accepted_values" => {
+                if r.values.is_empty() {
+                    errs.push(format!("{k}.values"), "list the accepted values");
+                }
+                Some(CheckSpec::AcceptedValues(r.values.clone()))
+            }
+            "regex" => match &r.pattern {
+                None => {
+                    errs.push(
+                        format!("{k}.pattern"),
+                        "give the pattern the value must match",
+                    );
+                    None
+                }
+                Some(pat) => match regex::Regex::new(pat) {
+                    Ok(_) => Some(CheckSpec::Regex(pat.clone())),
+                    Err(e) => {
+                        errs.push(format!("{k}.pattern"), format!("does not compile: {e}"));
+                        None
+                    }
+                },
+            },
+            "range" => {
+                if r.min.is_none() && r.max.is_none() {
+                    errs.push(format!("{k}.min"), "give min, max or both");
+                }
+                if let (Some(a), Some(b)) = (r.min, r.max) {
+                    if a > b {
+                        errs.push(format!("{k}.max"), format!("{b} is below min {a}"));
+                    }
+                }
+                Some(CheckSpec::Range {
+                    min: r.min,
+                    max: r.max,
+                })
+            }
+            other => {
+                errs.push(
+                    format!("{k}.check"),
+                    format!("\"{other}\" is not a check: use not_null, accepted_values, regex, range or unique"),
+                );
+                None
+            }
+        };
+        if r.check != "accepted_values" && !r.values.is_empty() {
+            unused(errs, "values", "accepted_values");
+        }
+        if r.check != "regex" && r.pattern.is_some() {
+            unused(errs, "pattern", "regex");
+        }
+        if r.check != "range" && (r.min.is_some() || r.max.is_some()) {
+            unused(errs, "min", "range");
+        }
+        if r.check == "unique"
+            && o.pii_fields
+                .iter()
+                .any(|f| f.eq_ignore_ascii_case(&r.field))
+        {
+            errs.push(
+                format!("{k}.check"),
+                "a PII field is stored sealed and cannot be checked for uniqueness",
+            );
+        }
+        if let Some(check) = check {
+            rules.push(RuleSpec {
+                field: r.field.clone(),
+                check,
+                severity,
+            });
+        }
+    }
+    let mut references = Vec::new();
+    for (j, r) in o.references.iter().enumerate() {
+        let k = format!("{p}.references[{j}]");
+        if !is_api_name(&r.field) {
+            errs.push(
+                format!("{k}.field"),
+                format!("\"{}\" is not a valid field API name", r.field),
+            );
+        }
+        if !objects.iter().any(|n| n == &r.object) {
+            errs.push(
+                format!("{k}.object"),
+                format!(
+                    "\"{}\" is not a configured object: the parent must be synced to be checked",
+                    r.object
+                ),
+            );
+        }
+        if r.alert_after_secs == 0 {
+            errs.push(format!("{k}.alert_after_secs"), "must be greater than 0");
+        }
+        references.push(ReferenceSpec {
+            field: r.field.clone(),
+            parent: r.object.clone(),
+            alert_after_secs: r.alert_after_secs,
+        });
+    }
+    QualitySpec {
+        required: o.required.clone(),
+        rules,
+        references,
+        schema_checks: o.schema_checks,
+    }
+}
+
 fn validate_objects(
     errs: &mut Errors,
     objects: &[ObjectConfig],
@@ -515,6 +664,8 @@ fn validate_objects(
     }
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut out = Vec::new();
+    let names: Vec<String> = objects.iter().map(|o| o.name.clone()).collect();
+    let names = names.as_slice();
     for (i, o) in objects.iter().enumerate() {
         let p = format!("objects[{i}]");
         if o.name.is_empty() {
@@ -586,12 +737,14 @@ fn validate_objects(
                 "PII fields need a key: add a [pii] table with key_file or key_env",
             );
         }
+        let quality = validate_quality(errs, &p, o, names);
         out.push(ValidObject {
             name: o.name.clone(),
             channel,
             history: o.history.as_ref().map(|h| h.fields.clone()),
             pii_fields: o.pii_fields.clone(),
             mode: o.mode,
+            quality,
         });
     }
     out
