@@ -375,7 +375,7 @@ impl Applier {
             return Ok(());
         };
         let describe = self.reader.describe(object).await?;
-        let mapping = match ObjectMapping::build(&describe, &spec) {
+        let mut mapping = match ObjectMapping::build(&describe, &spec) {
             Ok(m) => m,
             Err(e) => {
                 // A configured history or PII field is gone, say: the model stays as it was
@@ -399,7 +399,8 @@ impl Applier {
                 "Schema changed: data-quality rules on fields that are gone or changed are suspended."
             );
         }
-        let change = self.store.ensure_model(&mapping.model).await?;
+        let change =
+            crate::model::ensure_model_following_retypes(&*self.store, &mut mapping).await?;
         if !change.added_columns.is_empty() || !change.retyped_columns.is_empty() {
             tracing::info!(
                 object,

@@ -66,19 +66,16 @@ pub async fn start(
     let mut mappings = Vec::new();
     for spec in &config.objects {
         let describe = reader.describe(&spec.name).await?;
-        let mapping = ObjectMapping::build(&describe, spec)?;
+        let mut mapping = ObjectMapping::build(&describe, spec)?;
         if !mapping.gate_problems.is_empty() {
             return Err(PipelineError::config(
                 &spec.name,
                 format!("data-quality rules: {}", mapping.gate_problems.join("; ")),
             ));
         }
-        let change = store.ensure_model(&mapping.model).await?;
+        let change = model::ensure_model_following_retypes(&*store, &mut mapping).await?;
         if !change.added_columns.is_empty() {
             tracing::info!(object = %spec.name, added = ?change.added_columns, "Curated columns added.");
-        }
-        if !change.retyped_columns.is_empty() {
-            tracing::warn!(object = %spec.name, retyped = ?change.retyped_columns, "Fields changed type in Salesforce; the curated columns keep their type.");
         }
         mappings.push((spec.clone(), mapping));
     }

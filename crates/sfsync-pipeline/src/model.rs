@@ -246,6 +246,66 @@ pub fn component_name(compound: &str, field: &str) -> String {
     n.to_string()
 }
 
+/// Creates or extends the curated tables of `mapping`, following fields whose type changed in
+/// Salesforce: a column the warehouse holds with another type keeps its values and its type,
+/// and the field's values go on in a new column `<column>__<type>` (`amount__c__text`), which
+/// the mapping then uses. Returns what changed; `retyped_columns` names the original columns.
+pub async fn ensure_model_following_retypes(
+    store: &dyn sfsync_store::Warehouse,
+    mapping: &mut ObjectMapping,
+) -> Result<sfsync_store::ModelChange> {
+    let mut change = store.ensure_model(&mapping.model).await?;
+    let retyped = change.retyped_columns.clone();
+    if retyped.is_empty() {
+        return Ok(change);
+    }
+    for c in mapping.model.columns.iter_mut() {
+        if retyped.contains(&c.name) {
+            let new = format!("{}__{}", c.name, type_suffix(c.ty));
+            if let Some(h) = mapping.model.history.as_mut() {
+                for hc in h.columns.iter_mut().filter(|hc| **hc == c.name) {
+                    *hc = new.clone();
+                }
+            }
+            c.name = new;
+        }
+    }
+    let again = store.ensure_model(&mapping.model).await?;
+    if !again.retyped_columns.is_empty() {
+        return Err(PipelineError::config(
+            mapping.object(),
+            format!(
+                "columns {:?} exist with another type for their new type too; rename or drop them",
+                again.retyped_columns
+            ),
+        ));
+    }
+    change.created |= again.created;
+    for a in again.added_columns {
+        if !change.added_columns.contains(&a) {
+            change.added_columns.push(a);
+        }
+    }
+    tracing::error!(
+        object = %mapping.object(),
+        retyped = ?retyped,
+        "Fields changed type in Salesforce: their columns keep the old values and type; new values go to <column>__<type> columns."
+    );
+    Ok(change)
+}
+
+fn type_suffix(t: sfsync_store::ColumnType) -> &'static str {
+    use sfsync_store::ColumnType as T;
+    match t {
+        T::Text => "text",
+        T::Integer => "integer",
+        T::Real => "real",
+        T::Boolean => "boolean",
+        T::Date => "date",
+        T::Timestamp => "timestamp",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,5 +386,58 @@ mod tests {
         assert_eq!(component_name("BillingAddress", "BillingCity"), "City");
         assert_eq!(component_name("Name", "FirstName"), "FirstName");
         assert_eq!(component_name("Loc__c", "Loc__Latitude__s"), "Latitude");
+    }
+
+    /// A field whose type changed in Salesforce: the old column keeps its type and values, new
+    /// values go to `<column>__<type>`, and reopening follows the same way.
+    #[tokio::test]
+    async fn retyped_fields_continue_in_a_typed_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sfsync_store::SqliteChangeLog::open(dir.path().join("w.db"))
+            .await
+            .unwrap();
+        let d = |ty: &str| -> ObjectDescribe {
+            serde_json::from_value(serde_json::json!({
+                "name": "Account",
+                "fields": [field("Id", "id"), field("Name", "string"), field("Rating__c", ty)]
+            }))
+            .unwrap()
+        };
+        let mut spec = ObjectSpec::new("Account");
+        spec.history = HistoryFields::All;
+        let mut before = ObjectMapping::build(&d("double"), &spec).unwrap();
+        let c = ensure_model_following_retypes(&store, &mut before)
+            .await
+            .unwrap();
+        assert!(c.created && c.retyped_columns.is_empty());
+        for _ in 0..2 {
+            let mut after = ObjectMapping::build(&d("string"), &spec).unwrap();
+            let c = ensure_model_following_retypes(&store, &mut after)
+                .await
+                .unwrap();
+            assert_eq!(c.retyped_columns, vec!["rating__c"]);
+            let col = after.column_of_field("Rating__c").unwrap();
+            assert_eq!(after.model.columns[col].name, "rating__c__text");
+            let h = after.model.history.as_ref().unwrap();
+            assert!(h.columns.contains(&"rating__c__text".to_string()));
+            assert!(!h.columns.contains(&"rating__c".to_string()));
+        }
+        let conn = rusqlite::Connection::open(dir.path().join("w.db")).unwrap();
+        let types: Vec<(String, String)> = conn
+            .prepare(
+                "SELECT name, type FROM pragma_table_info('sf_account') WHERE name LIKE 'rating%'",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            types,
+            vec![
+                ("rating__c".to_string(), "REAL".to_string()),
+                ("rating__c__text".to_string(), "TEXT".to_string())
+            ]
+        );
     }
 }

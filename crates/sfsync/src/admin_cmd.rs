@@ -367,7 +367,11 @@ struct PiiColumns<'a>(&'a [String]);
 
 impl PiiColumns<'_> {
     fn is_pii(&self, column: &str, v: &Value) -> bool {
-        self.0.iter().any(|f| f.eq_ignore_ascii_case(column))
+        // A retyped field continues in `<column>__<type>` (see the pipeline's model).
+        let base = column.rsplit_once("__").map_or(column, |(b, _)| b);
+        self.0
+            .iter()
+            .any(|f| f.eq_ignore_ascii_case(column) || f.eq_ignore_ascii_case(base))
             || matches!(v, Value::Text(s) if sfsync_store::pii::is_sealed(s))
     }
 }

@@ -1,13 +1,18 @@
 //! Data-quality gates end to end: the emulator's traffic generator gives a share of new
-//! Contacts a malformed postal code; `sfsync run` (a real child process, SQLite warehouse)
-//! holds exactly those — and the changes queued behind them, and Cases waiting for them as
-//! their parent — while everything else reaches the warehouse equal to the org. Then an
+//! Contacts a malformed postal code; `sfsync run` (a real child process, on SQLite and on
+//! Postgres) holds exactly those — and the changes queued behind them, and Cases waiting for
+//! them as their parent — while everything else reaches the warehouse equal to the org. Then an
 //! operator releases one held Contact with `sfsync quarantine release --force` (it and the Cases
 //! waiting for it are applied), discards another, and a late-parent hold raises its alert.
 
+#[path = "../../sfsync-store/tests/support/pg.rs"]
+#[allow(dead_code)]
+mod pg;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value as J};
@@ -18,10 +23,19 @@ use sfsync_pipeline::quality::{CheckSpec, ReferenceSpec, RuleSpec, Severity};
 use sfsync_pipeline::{normalize, ObjectMapping, ObjectSpec};
 use sfsync_salesforce::{AuthFlow, ClientConfig, CredentialsFile, SalesforceClient};
 use sfsync_store::{
-    QuarantineFilter, QuarantineRecord, QuarantineStatus, SqliteChangeLog, Warehouse,
+    PostgresChangeLog, QuarantineFilter, QuarantineRecord, QuarantineStatus, SqliteChangeLog,
+    Warehouse,
 };
 
 const POSTAL_RULE: &str = "MailingPostalCode.regex";
+/// The environment variable that carries the Postgres URL to the `sfsync` child processes.
+const PG_URL_ENV: &str = "SFSYNC_QUALITY_PG_URL";
+
+#[derive(Clone)]
+enum Db {
+    Sqlite(PathBuf),
+    Postgres { url: String, schema: String },
+}
 
 fn specs() -> Vec<ObjectSpec> {
     let account = ObjectSpec::new("Account");
@@ -52,11 +66,11 @@ struct Env {
     dir: PathBuf,
     client: SalesforceClient,
     mappings: Vec<ObjectMapping>,
-    db: PathBuf,
+    db: Db,
     config: PathBuf,
 }
 
-async fn env() -> Env {
+async fn env(db: Db) -> Env {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
@@ -74,7 +88,14 @@ async fn env() -> Env {
         let d = client.describe_object(&spec.name).await.unwrap();
         mappings.push(ObjectMapping::build(&d, &spec).unwrap());
     }
-    let db = dir.join("warehouse.db");
+    let warehouse = match &db {
+        Db::Sqlite(p) => format!("type = \"sqlite\"\npath = \"{}\"\n", p.display()),
+        Db::Postgres { schema, .. } => {
+            format!(
+                "type = \"postgres\"\nurl = {{ env = \"{PG_URL_ENV}\" }}\nschema = \"{schema}\"\n"
+            )
+        }
+    };
     let config = dir.join("sfsync.toml");
     let text = format!(
         r#"[salesforce]
@@ -98,9 +119,7 @@ name = "Case"
 references = [{{ field = "ContactId", object = "Contact", alert_after_secs = 2 }}]
 
 [warehouse]
-type = "sqlite"
-path = "{db}"
-
+{warehouse}
 [pipeline]
 batch_max_records = 50
 batch_max_wait_ms = 50
@@ -108,7 +127,6 @@ max_stored_failures_per_rule = 5
 "#,
         creds = emu.credentials_path.display(),
         ca = emu.ca_pem_path.display(),
-        db = db.display(),
     );
     std::fs::write(&config, text).unwrap();
     Env {
@@ -122,8 +140,29 @@ max_stored_failures_per_rule = 5
     }
 }
 
+/// An `sfsync` command that reaches the warehouse (a Postgres URL is passed through the env).
+fn sfsync(db: &Db) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sfsync"));
+    if let Db::Postgres { url, .. } = db {
+        cmd.env(PG_URL_ENV, url);
+    }
+    cmd
+}
+
+/// The pipeline process, killed if the test fails before it stops it.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn spawn(env: &Env) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_sfsync"))
+    sfsync(&env.db)
         .args(["run", "--config"])
         .arg(&env.config)
         .args(["--progress-secs", "0"])
@@ -134,11 +173,11 @@ fn spawn(env: &Env) -> Child {
         .expect("spawning sfsync run")
 }
 
-fn cli(config: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sfsync"))
+fn cli(env: &Env, args: &[&str]) -> (bool, String) {
+    let out = sfsync(&env.db)
         .args(args)
         .arg("--config")
-        .arg(config)
+        .arg(&env.config)
         .env("USER", "test-operator")
         .output()
         .expect("running the sfsync CLI");
@@ -152,12 +191,37 @@ fn cli(config: &Path, args: &[&str]) -> (bool, String) {
     )
 }
 
-async fn open(env: &Env) -> SqliteChangeLog {
-    let s = SqliteChangeLog::open(&env.db).await.unwrap();
+async fn open(env: &Env) -> Arc<dyn Warehouse> {
+    let store: Arc<dyn Warehouse> = match &env.db {
+        Db::Sqlite(p) => Arc::new(SqliteChangeLog::open(p).await.unwrap()),
+        Db::Postgres { url, schema } => {
+            let mut cfg: tokio_postgres::Config = url.parse().unwrap();
+            cfg.options(format!("-c search_path={schema}"));
+            Arc::new(PostgresChangeLog::connect_with(&cfg).await.unwrap())
+        }
+    };
     for m in &env.mappings {
-        s.ensure_model(&m.model).await.unwrap();
+        store.ensure_model(&m.model).await.unwrap();
     }
-    s
+    store
+}
+
+/// A fresh, empty schema for a Postgres run (dropped first if an earlier run left it behind).
+async fn create_schema(db: &Db) {
+    if let Db::Postgres { url, schema } = db {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let task = tokio::spawn(conn);
+        client
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+            ))
+            .await
+            .unwrap();
+        drop(client);
+        let _ = task.await;
+    }
 }
 
 async fn open_entries(store: &dyn Warehouse) -> Vec<QuarantineRecord> {
@@ -270,9 +334,9 @@ fn sigterm(child: &mut Child) {
     panic!("sfsync run did not stop within 30 s of SIGTERM");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_records_are_held_exactly_and_everything_else_flows() {
-    let env = env().await;
+async fn scenario(db: Db) {
+    create_schema(&db).await;
+    let env = env(db).await;
     // Traffic with bad Contacts, then one Case that certainly waits for a bad Contact.
     let org = env.emu.org().clone();
     let load = tokio::task::spawn_blocking(move || {
@@ -324,19 +388,20 @@ async fn bad_records_are_held_exactly_and_everything_else_flows() {
     .id()
     .to_string();
 
-    let mut child = spawn(&env);
+    let mut child = KillOnDrop(spawn(&env));
     let store = open(&env).await;
+    let store = &*store;
     wait_for(
         "the warehouse agrees with the org outside the quarantine",
         Duration::from_secs(120),
         || {
-            let (env, store) = (&env, &store);
+            let (env, store) = (&env, store);
             async move { diff(env, store).await }
         },
     )
     .await;
     // Exactly the bad Contacts are held by the rule; every other held change waits behind one.
-    let entries = open_entries(&store).await;
+    let entries = open_entries(store).await;
     let by_rule: BTreeSet<String> = entries
         .iter()
         .filter(|q| q.entry.rule == POSTAL_RULE)
@@ -405,7 +470,6 @@ async fn bad_records_are_held_exactly_and_everything_else_flows() {
         "the waiting case raised its alert",
         Duration::from_secs(40),
         || {
-            let store = &store;
             let id = waiting[0].id;
             async move {
                 let q = store
@@ -426,7 +490,7 @@ async fn bad_records_are_held_exactly_and_everything_else_flows() {
     .await;
 
     // `quarantine list` shows them; an operator forces the first bad contact in.
-    let (ok, out) = cli(&env.config, &["quarantine", "list", "--limit", "1000"]);
+    let (ok, out) = cli(&env, &["quarantine", "list", "--limit", "1000"]);
     assert!(ok, "{out}");
     assert!(
         out.contains(POSTAL_RULE) && out.contains(&first_bad),
@@ -437,10 +501,10 @@ async fn bad_records_are_held_exactly_and_everything_else_flows() {
         .find(|q| q.entry.record_id == first_bad && q.entry.rule == POSTAL_RULE)
         .unwrap()
         .id;
-    let (ok, out) = cli(&env.config, &["quarantine", "show", &hold.to_string()]);
+    let (ok, out) = cli(&env, &["quarantine", "show", &hold.to_string()]);
     assert!(ok && out.contains("INVALID-"), "{out}");
     let (ok, out) = cli(
-        &env.config,
+        &env,
         &[
             "quarantine",
             "release",
@@ -455,7 +519,7 @@ async fn bad_records_are_held_exactly_and_everything_else_flows() {
         "the forced contact and the case waiting for it are applied",
         Duration::from_secs(60),
         || {
-            let (store, first_bad, waiting_case) = (&store, &first_bad, &waiting_case);
+            let (first_bad, waiting_case) = (&first_bad, &waiting_case);
             async move {
                 let mut p = Vec::new();
                 let open: Vec<QuarantineRecord> = open_entries(store).await;
@@ -510,7 +574,7 @@ async fn bad_records_are_held_exactly_and_everything_else_flows() {
         .unwrap()
         .id;
     let (ok, out) = cli(
-        &env.config,
+        &env,
         &[
             "quarantine",
             "discard",
@@ -520,16 +584,13 @@ async fn bad_records_are_held_exactly_and_everything_else_flows() {
         ],
     );
     assert!(ok && out.contains("discarded"), "{out}");
-    let (ok, out) = cli(
-        &env.config,
-        &["quarantine", "discard", &discard.to_string()],
-    );
+    let (ok, out) = cli(&env, &["quarantine", "discard", &discard.to_string()]);
     assert!(!ok && out.contains("already discarded"), "{out}");
-    let (ok, out) = cli(&env.config, &["quality", "report"]);
+    let (ok, out) = cli(&env, &["quality", "report"]);
     assert!(ok && out.contains(POSTAL_RULE), "{out}");
     // Everything still agrees outside the quarantine, the discarded contact stays out.
     wait_for("still in agreement", Duration::from_secs(60), || {
-        let (env, store) = (&env, &store);
+        let (env, store) = (&env, store);
         async move { diff(env, store).await }
     })
     .await;
@@ -544,7 +605,23 @@ async fn bad_records_are_held_exactly_and_everything_else_flows() {
             })),
         "a discarded change is never applied"
     );
-    sigterm(&mut child);
+    sigterm(&mut child.0);
     let _ = std::fs::remove_dir_all(env.dir.join("org"));
     env.emu.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_bad_records_are_held_exactly_and_everything_else_flows() {
+    let tmp = tempfile::tempdir().unwrap();
+    scenario(Db::Sqlite(tmp.path().join("warehouse.db"))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_bad_records_are_held_exactly_and_everything_else_flows() {
+    let server = pg::shared_server();
+    scenario(Db::Postgres {
+        url: format!("postgres://postgres@127.0.0.1:{}/postgres", server.port),
+        schema: "quality_e2e".into(),
+    })
+    .await;
 }
