@@ -342,8 +342,15 @@ impl ObjectGate {
         if ch.op == Op::Delete || self.is_empty() {
             return Vec::new();
         }
+        // The change's values by column, found once (a create carries every column).
+        let mut by_column: Vec<Option<&Value>> = vec![None; mapping.model.columns.len()];
+        for (c, v) in &ch.values {
+            if let Some(slot) = by_column.get_mut(*c) {
+                *slot = Some(v);
+            }
+        }
         let value = |column: usize| -> Option<&Value> {
-            if let Some((_, v)) = ch.values.iter().find(|(c, _)| *c == column) {
+            if let Some(v) = by_column.get(column).copied().flatten() {
                 return Some(v);
             }
             if ch.diffs.iter().any(|(c, _)| *c == column) {
@@ -355,27 +362,33 @@ impl ObjectGate {
         let mut out = Vec::new();
         for r in &self.rules {
             let Some(v) = value(r.column) else { continue };
-            let text = as_text(v);
+            if v.is_null() && !matches!(r.check, Check::NotNull) {
+                continue;
+            }
+            let text = text_of(v);
             let fail = |message: String| Failure {
                 rule: r.name.clone(),
                 field: r.field.clone(),
                 severity: r.severity,
                 message,
-                value: if r.pii { None } else { text.clone() },
+                value: if r.pii { None } else { as_text(v) },
                 parent: None,
             };
             let shown = || {
                 if r.pii {
                     "(PII value)".to_string()
                 } else {
-                    format!("'{}'", text.clone().unwrap_or_default())
+                    format!("'{}'", text.as_deref().unwrap_or_default())
                 }
             };
-            match (&r.check, v) {
-                (Check::NotNull, Value::Null) => out.push(fail(format!("{} is null", r.field))),
-                (Check::NotNull, _) | (_, Value::Null) => {}
-                (Check::Accepted(set), _) => {
-                    if !text.as_ref().is_some_and(|t| set.contains(t)) {
+            match &r.check {
+                Check::NotNull => {
+                    if v.is_null() {
+                        out.push(fail(format!("{} is null", r.field)));
+                    }
+                }
+                Check::Accepted(set) => {
+                    if !text.as_deref().is_some_and(|t| set.contains(t)) {
                         out.push(fail(format!(
                             "{} {} is not an accepted value",
                             r.field,
@@ -383,8 +396,8 @@ impl ObjectGate {
                         )));
                     }
                 }
-                (Check::Picklist(set), _) => {
-                    if !text.as_ref().is_some_and(|t| set.contains(t)) {
+                Check::Picklist(set) => {
+                    if !text.as_deref().is_some_and(|t| set.contains(t)) {
                         out.push(fail(format!(
                             "{} {} is not an active value of the restricted picklist",
                             r.field,
@@ -392,8 +405,8 @@ impl ObjectGate {
                         )));
                     }
                 }
-                (Check::Regex(re), _) => {
-                    if !text.as_ref().is_some_and(|t| re.is_match(t)) {
+                Check::Regex(re) => {
+                    if !text.as_deref().is_some_and(|t| re.is_match(t)) {
                         out.push(fail(format!(
                             "{} {} does not match /{}/",
                             r.field,
@@ -402,7 +415,7 @@ impl ObjectGate {
                         )));
                     }
                 }
-                (Check::Range { min, max }, _) => match as_f64(v) {
+                Check::Range { min, max } => match as_f64(v) {
                     Some(n) => {
                         if min.is_some_and(|m| n < m) || max.is_some_and(|m| n > m) {
                             out.push(fail(format!(
@@ -416,17 +429,21 @@ impl ObjectGate {
                     }
                     None => out.push(fail(format!("{} {} is not a number", r.field, shown()))),
                 },
-                (Check::MaxLength(n), _) => {
-                    let len = text.as_ref().map_or(0, |t| t.chars().count());
-                    if len > *n {
-                        out.push(fail(format!(
-                            "{} is {len} characters, longer than the {n} describe allows",
-                            r.field
-                        )));
+                Check::MaxLength(n) => {
+                    // Bytes bound characters from above: count only when it could be over.
+                    let t = text.as_deref().unwrap_or_default();
+                    if t.len() > *n {
+                        let len = t.chars().count();
+                        if len > *n {
+                            out.push(fail(format!(
+                                "{} is {len} characters, longer than the {n} describe allows",
+                                r.field
+                            )));
+                        }
                     }
                 }
-                (Check::Unique, _) => {
-                    if let Some(t) = &text {
+                Check::Unique => {
+                    if let Some(t) = text.as_deref() {
                         if lookups.value_taken(mapping.object(), r.column, t, &ch.id) {
                             out.push(fail(format!(
                                 "{} {} is already used by another {}",
@@ -484,6 +501,14 @@ impl ObjectGate {
                     .map(|t| (r.column, t))
             })
             .collect()
+    }
+}
+
+/// Text of a value for checks, borrowed when it is text (`None` for null).
+fn text_of(v: &Value) -> Option<std::borrow::Cow<'_, str>> {
+    match v {
+        Value::Text(s) => Some(std::borrow::Cow::Borrowed(s.as_str())),
+        other => as_text(other).map(std::borrow::Cow::Owned),
     }
 }
 

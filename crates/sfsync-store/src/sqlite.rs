@@ -336,6 +336,12 @@ struct Checkpointer {
     stop: Option<std::sync::mpsc::Sender<()>>,
 }
 
+/// Page cache of the warehouse writer (and of the single-file layout's only writer).
+const WAREHOUSE_CACHE_KIB: u32 = 16 * 1024;
+/// Page cache of the change-log writer: appends touch the end of the log and its indexes only;
+/// a merged ingest batch (≤ 1,000 compressed changes, ~3 MiB) stays within it.
+const CHANGE_LOG_CACHE_KIB: u32 = 6 * 1024;
+
 /// Pages of WAL after which the writer checkpoints by itself (backstop; 256 MiB of 16 KiB
 /// pages). At 4,096 pages busy commits crossed it between two background checkpoints and paid
 /// for the copy while the apply stage waited on them (measured: ~18 % of the commit time).
@@ -455,7 +461,7 @@ impl SqliteChangeLog {
         let log_path = change_log_path(&path);
         let (p, lp) = (path.clone(), log_path.clone());
         let opened = tokio::task::spawn_blocking(move || {
-            let (conn, before) = open_blocking(&p, options)?;
+            let (conn, before) = open_blocking(&p, options, WAREHOUSE_CACHE_KIB)?;
             let split = if before > 0 {
                 lp.exists()
             } else {
@@ -464,7 +470,7 @@ impl SqliteChangeLog {
             let reader = open_reader(&p, options)?;
             let models = warehouse::load_models(&conn)?;
             let log = if split {
-                let (log, _) = open_blocking(&lp, options)?;
+                let (log, _) = open_blocking(&lp, options, CHANGE_LOG_CACHE_KIB)?;
                 move_log_past_applied(&conn, &log, &lp)?;
                 Some((log, open_reader(&lp, options)?))
             } else {
@@ -726,7 +732,7 @@ pub fn change_log_path(warehouse: &Path) -> PathBuf {
 /// Opens (creating if needed) a database file, sets the writer pragmas and applies pending
 /// migrations; returns the connection and the schema version found before migrating (0 for a
 /// new file).
-fn open_blocking(path: &Path, options: SqliteOptions) -> Result<(Connection, i64)> {
+fn open_blocking(path: &Path, options: SqliteOptions, cache_kib: u32) -> Result<(Connection, i64)> {
     let mut conn = Connection::open(path).map_err(|e| StoreError::sqlite("open database", e))?;
     conn.busy_timeout(std::time::Duration::from_millis(options.busy_timeout_ms))
         .map_err(|e| StoreError::sqlite("set busy timeout", e))?;
@@ -758,7 +764,7 @@ fn open_blocking(path: &Path, options: SqliteOptions) -> Result<(Connection, i64
     // pipeline CPU in pagerStress); 32 and 64 MiB bought no throughput and counted against the
     // pipeline's RSS.
     conn.execute_batch(&format!(
-        "PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON; PRAGMA cache_size=-16384; \
+        "PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON; PRAGMA cache_size=-{cache_kib}; \
          PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT_PAGES}; PRAGMA journal_size_limit=67108864;"
     ))
     .map_err(|e| StoreError::sqlite("set pragmas", e))?;
