@@ -124,7 +124,7 @@ pub struct ApplyConfig {
 pub const DEFAULT_MAX_STORED_FAILURES_PER_RULE: u64 = 10_000;
 /// How often release requests are looked for, and late-parent alerts raised.
 const RELEASE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
-const ALERT_POLL: std::time::Duration = std::time::Duration::from_secs(10);
+const ALERT_POLL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The apply stage.
 pub struct Applier {
@@ -855,15 +855,23 @@ impl Applier {
                 })
                 .await?;
             if !overdue.is_empty() {
-                for q in overdue.iter().take(20) {
-                    tracing::error!(
-                        object = %q.entry.object,
-                        record_id = %q.entry.record_id,
-                        quarantine_id = q.id,
-                        parent = ?q.entry.parent,
-                        "A change has waited for its parent record longer than configured; it stays held (release or discard it with `sfsync quarantine`)."
-                    );
-                }
+                let examples: Vec<String> = overdue
+                    .iter()
+                    .take(5)
+                    .map(|q| {
+                        let parent = q
+                            .entry
+                            .parent
+                            .as_ref()
+                            .map_or_else(String::new, |(o, i)| format!(" for {o} {i}"));
+                        format!("#{} {} {}{parent}", q.id, q.entry.object, q.entry.record_id)
+                    })
+                    .collect();
+                tracing::error!(
+                    count = overdue.len(),
+                    examples = %examples.join(", "),
+                    "Changes have waited for their parent record longer than configured; they stay held (`sfsync quarantine list` shows them; release or discard them there)."
+                );
                 let ids: Vec<i64> = overdue.iter().map(|q| q.id).collect();
                 self.store.quarantine_mark_alerted(&ids).await?;
                 self.stats
