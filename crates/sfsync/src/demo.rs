@@ -259,7 +259,7 @@ fn demo_objects() -> Vec<ObjectSpec> {
     case.quality.references.push(ReferenceSpec {
         field: "ContactId".into(),
         parent: "Contact".into(),
-        alert_after_secs: 300,
+        alert_after_secs: 3600,
     });
     let mut contact = with(
         "Contact",
