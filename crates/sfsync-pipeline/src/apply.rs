@@ -690,11 +690,13 @@ impl Applier {
             }
         }
         for (object, ids) in wanted {
+            if !self.mappings.contains_key(&object) {
+                continue; // not synced: never known (configuration requires it to be)
+            }
             let ids: Vec<String> = ids.into_iter().collect();
-            for (id, row) in self.store.load_current(&object, &ids).await? {
-                if !row.deleted {
-                    known.insert((object.clone(), id));
-                }
+            // Live ids only, without reading (or opening) the rows.
+            for (_, id) in self.store.ids_by_value(&object, "id", &ids).await? {
+                known.insert((object.clone(), id));
             }
         }
         // Values of `unique` rules: who holds them in the warehouse (the batch being committed
