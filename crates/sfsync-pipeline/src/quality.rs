@@ -387,22 +387,13 @@ impl ObjectGate {
                         out.push(fail(format!("{} is null", r.field)));
                     }
                 }
-                Check::Accepted(set) => {
+                Check::Accepted(set) | Check::Picklist(set) => {
                     if !text.as_deref().is_some_and(|t| set.contains(t)) {
-                        out.push(fail(format!(
-                            "{} {} is not an accepted value",
-                            r.field,
-                            shown()
-                        )));
-                    }
-                }
-                Check::Picklist(set) => {
-                    if !text.as_deref().is_some_and(|t| set.contains(t)) {
-                        out.push(fail(format!(
-                            "{} {} is not an active value of the restricted picklist",
-                            r.field,
-                            shown()
-                        )));
+                        let what = match r.check {
+                            Check::Picklist(_) => "an active value of the restricted picklist",
+                            _ => "an accepted value",
+                        };
+                        out.push(fail(format!("{} {} is not {what}", r.field, shown())));
                     }
                 }
                 Check::Regex(re) => {

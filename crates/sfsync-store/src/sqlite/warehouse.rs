@@ -712,54 +712,66 @@ fn rotate_raw_payloads(
     object: &str,
     out: &mut Resealed,
 ) -> Result<()> {
-    let mut after = 0i64;
-    loop {
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("begin rotate"))?;
-        let rows: Vec<(i64, Vec<u8>)> = {
-            let mut stmt = tx
-                .prepare_cached(
-                    "SELECT log_offset, payload FROM raw_changes
-                     WHERE entity = ?1 AND log_offset > ?2 ORDER BY log_offset LIMIT ?3",
-                )
-                .map_err(db("read raw payloads"))?;
-            let rows = stmt
-                .query_map(params![object, after, ROTATE_CHUNK], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .map_err(db("read raw payloads"))?;
-            rows.collect::<rusqlite::Result<_>>()
-                .map_err(db("read raw payloads"))?
-        };
-        let aad = pii::raw_aad(object);
-        for (off, payload) in &rows {
-            if let Some(p) = wh::reseal_bytes(k, &aad, payload)? {
-                tx.execute(
-                    "UPDATE raw_changes SET payload = ?1 WHERE log_offset = ?2",
-                    params![p, off],
-                )
-                .map_err(db("re-seal raw payload"))?;
-                out.payloads += 1;
-            }
-        }
-        tx.commit().map_err(db("commit rotate"))?;
-        match rows.last() {
-            Some((off, _)) if rows.len() as i64 == ROTATE_CHUNK => after = *off,
-            _ => break,
-        }
-    }
-    Ok(())
+    reseal_blobs(conn, k, object, SealedBlobs::RAW_PAYLOADS, out)
 }
 
-/// Re-seals the held changes of `object` in the quarantine (sealed like raw payloads), one
-/// transaction per chunk of ids.
+/// Re-seals the held changes of `object` in the quarantine (sealed like raw payloads).
 fn rotate_held_changes(
     conn: &mut Connection,
     k: &pii::Keyring,
     object: &str,
     out: &mut Resealed,
 ) -> Result<()> {
+    reseal_blobs(conn, k, object, SealedBlobs::HELD_CHANGES, out)
+}
+
+/// A column of blobs sealed with [`pii::raw_aad`] of their object.
+struct SealedBlobs {
+    table: &'static str,
+    key: &'static str,
+    object: &'static str,
+    blob: &'static str,
+    what: &'static str,
+}
+
+impl SealedBlobs {
+    const RAW_PAYLOADS: SealedBlobs = SealedBlobs {
+        table: "raw_changes",
+        key: "log_offset",
+        object: "entity",
+        blob: "payload",
+        what: "re-seal raw payload",
+    };
+    const HELD_CHANGES: SealedBlobs = SealedBlobs {
+        table: "quarantine",
+        key: "id",
+        object: "object",
+        blob: "change",
+        what: "re-seal held change",
+    };
+}
+
+/// Re-seals the blobs of `object` in `t` under the keyring's current key, keyset-paginated,
+/// one transaction per chunk.
+fn reseal_blobs(
+    conn: &mut Connection,
+    k: &pii::Keyring,
+    object: &str,
+    t: SealedBlobs,
+    out: &mut Resealed,
+) -> Result<()> {
+    let SealedBlobs {
+        table,
+        key,
+        object: object_col,
+        blob,
+        what,
+    } = t;
+    let select = format!(
+        "SELECT {key}, {blob} FROM {table}
+         WHERE {object_col} = ?1 AND {key} > ?2 AND {blob} IS NOT NULL ORDER BY {key} LIMIT ?3"
+    );
+    let update = format!("UPDATE {table} SET {blob} = ?1 WHERE {key} = ?2");
     let aad = pii::raw_aad(object);
     let mut after = 0i64;
     loop {
@@ -768,26 +780,19 @@ fn rotate_held_changes(
             .map_err(db("begin rotate"))?;
         let rows: Vec<(i64, Vec<u8>)> = {
             let mut stmt = tx
-                .prepare_cached(
-                    "SELECT id, change FROM quarantine
-                     WHERE object = ?1 AND id > ?2 AND change IS NOT NULL ORDER BY id LIMIT ?3",
-                )
-                .map_err(db("read held changes"))?;
+                .prepare_cached(&select)
+                .map_err(db("read sealed blobs"))?;
             let rows = stmt
                 .query_map(params![object, after, ROTATE_CHUNK], |r| {
                     Ok((r.get(0)?, r.get(1)?))
                 })
-                .map_err(db("read held changes"))?;
+                .map_err(db("read sealed blobs"))?;
             rows.collect::<rusqlite::Result<_>>()
-                .map_err(db("read held changes"))?
+                .map_err(db("read sealed blobs"))?
         };
-        for (id, change) in &rows {
-            if let Some(c) = wh::reseal_bytes(k, &aad, change)? {
-                tx.execute(
-                    "UPDATE quarantine SET change = ?1 WHERE id = ?2",
-                    params![c, id],
-                )
-                .map_err(db("re-seal held change"))?;
+        for (id, bytes) in &rows {
+            if let Some(b) = wh::reseal_bytes(k, &aad, bytes)? {
+                tx.execute(&update, params![b, id]).map_err(db(what))?;
                 out.payloads += 1;
             }
         }
