@@ -227,6 +227,8 @@ fn ensure_model_blocking(
 pub(super) struct PreparedCommit<'a> {
     rows: Vec<(&'a str, &'a CurrentRow, &'a Arc<Registered>, Vec<Cell<'a>>)>,
     audit: Vec<String>,
+    /// Cells of each `HistoryWrite::Open` of the batch, in batch order (none for the others).
+    history_open: Vec<Option<Vec<Cell<'a>>>>,
 }
 
 pub(super) fn prepare_commit<'a>(
@@ -245,7 +247,38 @@ pub(super) fn prepare_commit<'a>(
         .iter()
         .map(|e| wh::audit_entry_json(ctx, e))
         .collect::<Result<Vec<_>>>()?;
-    Ok(PreparedCommit { rows, audit })
+    let mut history_open = Vec::with_capacity(batch.history.len());
+    for step in &batch.history {
+        history_open.push(match step {
+            HistoryWrite::Open {
+                object,
+                id,
+                version,
+                valid_from_ms,
+                values,
+                meta,
+            } => {
+                let reg = history_reg(ctx, object, id, || {
+                    format!("history open of version {version}")
+                })?;
+                Some(wh::encode_history_open(
+                    ctx,
+                    reg,
+                    id,
+                    *version,
+                    *valid_from_ms,
+                    values,
+                    meta,
+                )?)
+            }
+            _ => None,
+        });
+    }
+    Ok(PreparedCommit {
+        rows,
+        audit,
+        history_open,
+    })
 }
 
 fn commit_blocking(
@@ -282,8 +315,8 @@ fn commit_blocking(
         stmt.raw_execute().map_err(failed())?;
     }
     drop(current);
-    for step in &batch.history {
-        history_step(conn, ctx, step)?;
+    for (step, open) in batch.history.iter().zip(&prepared.history_open) {
+        history_step(conn, ctx, step, open.as_deref())?;
     }
     if !batch.audit.is_empty() {
         let last: Option<(i64, String)> = conn
@@ -385,16 +418,16 @@ fn history_reg<'c>(
     ctx: &'c Ctx,
     object: &str,
     id: &str,
-    what: &str,
+    what: impl Fn() -> String,
 ) -> Result<&'c Arc<Registered>> {
     let reg = ctx
         .require("commit curated", object)
-        .map_err(|e| wh_error(object, id, what, e))?;
+        .map_err(|e| wh_error(object, id, &what(), e))?;
     if reg.hist.is_none() {
         return Err(wh_error(
             object,
             id,
-            what,
+            &what(),
             invalid(
                 "commit curated",
                 format!("object '{object}' has no history table in its model"),
@@ -404,7 +437,13 @@ fn history_reg<'c>(
     Ok(reg)
 }
 
-fn history_step(conn: &Connection, ctx: &Ctx, step: &HistoryWrite) -> Result<()> {
+/// One SCD2 step; `open` carries the cells [`prepare_commit`] encoded for an `Open`.
+fn history_step(
+    conn: &Connection,
+    ctx: &Ctx,
+    step: &HistoryWrite,
+    open: Option<&[Cell<'_>]>,
+) -> Result<()> {
     match step {
         HistoryWrite::Close {
             object,
@@ -413,24 +452,21 @@ fn history_step(conn: &Connection, ctx: &Ctx, step: &HistoryWrite) -> Result<()>
             valid_to_ms,
             end_change_type,
         } => {
-            let what = format!("history close of version {version}");
-            let reg = history_reg(ctx, object, id, &what)?;
+            let what = || format!("history close of version {version}");
+            let reg = history_reg(ctx, object, id, what)?;
             let cells = [
                 Cell::Ts(*valid_to_ms),
                 Cell::Text(Cow::Borrowed(end_change_type)),
                 Cell::Text(Cow::Borrowed(id)),
                 Cell::Int(*version),
             ];
-            let n = exec_cells(conn, &reg.sql.hist_close, &cells).map_err(write_failed(
-                object,
-                id,
-                what.clone(),
-            ))?;
+            let n = exec_cells(conn, &reg.sql.hist_close, &cells)
+                .map_err(|e| write_failed(object, id, what())(e))?;
             if n != 1 {
                 return Err(wh_error(
                     object,
                     id,
-                    &what,
+                    &what(),
                     invalid("commit curated", "no such history version".into()),
                 ));
             }
@@ -439,16 +475,20 @@ fn history_step(conn: &Connection, ctx: &Ctx, step: &HistoryWrite) -> Result<()>
             object,
             id,
             version,
-            valid_from_ms,
-            values,
-            meta,
+            ..
         } => {
-            let what = format!("history open of version {version}");
-            let reg = history_reg(ctx, object, id, &what)?;
-            let cells =
-                wh::encode_history_open(ctx, reg, id, *version, *valid_from_ms, values, meta)?;
-            exec_cells(conn, &reg.sql.hist_insert, &cells)
-                .map_err(write_failed(object, id, what))?;
+            let what = || format!("history open of version {version}");
+            let reg = history_reg(ctx, object, id, what)?;
+            let cells = open.ok_or_else(|| {
+                wh_error(
+                    object,
+                    id,
+                    &what(),
+                    invalid("commit curated", "history cells were not prepared".into()),
+                )
+            })?;
+            exec_cells(conn, &reg.sql.hist_insert, cells)
+                .map_err(|e| write_failed(object, id, what())(e))?;
         }
         HistoryWrite::Touch {
             object,
@@ -456,21 +496,18 @@ fn history_step(conn: &Connection, ctx: &Ctx, step: &HistoryWrite) -> Result<()>
             version,
             meta,
         } => {
-            let what = format!("history touch of version {version}");
-            let reg = history_reg(ctx, object, id, &what)?;
+            let what = || format!("history touch of version {version}");
+            let reg = history_reg(ctx, object, id, what)?;
             let mut cells = wh::history_meta_cells(meta);
             cells.push(Cell::Text(Cow::Borrowed(id)));
             cells.push(Cell::Int(*version));
-            let n = exec_cells(conn, &reg.sql.hist_touch, &cells).map_err(write_failed(
-                object,
-                id,
-                what.clone(),
-            ))?;
+            let n = exec_cells(conn, &reg.sql.hist_touch, &cells)
+                .map_err(|e| write_failed(object, id, what())(e))?;
             if n != 1 {
                 return Err(wh_error(
                     object,
                     id,
-                    &what,
+                    &what(),
                     invalid("commit curated", "no such history version".into()),
                 ));
             }
