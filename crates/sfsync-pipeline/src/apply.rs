@@ -972,6 +972,10 @@ impl Applier {
         self.store
             .commit_curated(CURATED_CONSUMER, None, &batch)
             .await?;
+        if !batch.repairs.is_empty() {
+            // A released update of a record the warehouse does not have asks for a re-read.
+            self.repairs_pending = true;
+        }
         use std::sync::atomic::Ordering::Relaxed;
         self.stats.applied.fetch_add(totals.applied, Relaxed);
         self.stats.released.fetch_add(totals.released, Relaxed);

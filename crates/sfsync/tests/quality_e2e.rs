@@ -566,8 +566,18 @@ async fn scenario(db: Db) {
         Some("accepted by the data owner")
     );
 
-    // Another is discarded: never applied.
-    let second = bad.iter().nth(1).unwrap().clone();
+    // Another is discarded: never applied. Preferably one with later changes held behind it:
+    // they are re-checked, apply as updates of an unknown record, and the re-read of the record
+    // (a snapshot with the bad postal code) is held by the same gates.
+    let behind = |id: &String| {
+        entries
+            .iter()
+            .any(|q| &q.entry.record_id == id && q.entry.rule == "record.held")
+    };
+    let with_followers = bad.iter().skip(1).find(|id| behind(id)).cloned();
+    let second = with_followers
+        .clone()
+        .unwrap_or_else(|| bad.iter().nth(1).unwrap().clone());
     let discard = entries
         .iter()
         .find(|q| q.entry.record_id == second && q.entry.rule == POSTAL_RULE)
@@ -594,6 +604,51 @@ async fn scenario(db: Db) {
         async move { diff(env, store).await }
     })
     .await;
+    if with_followers.is_some() {
+        wait_for(
+            "the re-read of the discarded contact is held",
+            Duration::from_secs(60),
+            || {
+                let (store, second) = (store, &second);
+                async move {
+                    let snap = store
+                        .quarantine_list(&QuarantineFilter::open_of(
+                            "Contact",
+                            std::slice::from_ref(second),
+                        ))
+                        .await
+                        .unwrap()
+                        .into_iter()
+                        .any(|q| q.entry.rule == POSTAL_RULE && q.entry.log_offset.is_none());
+                    if snap {
+                        vec![]
+                    } else {
+                        let all = store
+                            .quarantine_list(&QuarantineFilter {
+                                object: Some("Contact".into()),
+                                record_ids: vec![second.clone()],
+                                ..Default::default()
+                            })
+                            .await
+                            .unwrap();
+                        let row = store
+                            .load_current("Contact", std::slice::from_ref(second))
+                            .await
+                            .unwrap();
+                        vec![format!(
+                            "no held snapshot; entries {:?}; row {:?}",
+                            all.iter()
+                                .map(|q| (q.id, q.status, q.entry.rule.clone(), q.entry.log_offset))
+                                .collect::<Vec<_>>(),
+                            row.get(second)
+                                .map(|r| (r.partial, r.values.get("mailingpostalcode").cloned()))
+                        )]
+                    }
+                }
+            },
+        )
+        .await;
+    }
     let gone = store
         .load_current("Contact", std::slice::from_ref(&second))
         .await
