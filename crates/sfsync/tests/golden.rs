@@ -280,7 +280,33 @@ batch_max_wait_ms = 50
     path
 }
 
-fn spawn(config: &Path, db: &Db) -> Child {
+/// The pipeline process, killed if the test fails before it stops it (no orphan outlives a
+/// failed run).
+struct KillOnDrop(Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn spawn(config: &Path, db: &Db) -> KillOnDrop {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sfsync"));
     cmd.args(["run", "--config"])
         .arg(config)
@@ -294,7 +320,7 @@ fn spawn(config: &Path, db: &Db) -> Child {
     if let Db::Postgres { url, .. } = db {
         cmd.env("SFSYNC_GOLDEN_PG_URL", url);
     }
-    cmd.spawn().expect("spawning sfsync run")
+    KillOnDrop(cmd.spawn().expect("spawning sfsync run"))
 }
 
 async fn open(env: &Env, db: &Db) -> Arc<dyn Warehouse> {
