@@ -523,7 +523,9 @@ impl Applier {
         let now = now_ms();
         let gating = self.gating();
         if gating {
-            self.prepare_gate(&planned, &rows, now).await?;
+            let groups: Vec<&[(String, RecordChange)]> =
+                planned.iter().map(|(_, rs)| rs.as_slice()).collect();
+            self.prepare_gate(&groups, &rows, now, true).await?;
         }
         self.stats.time_stage(STAGE_APPLY_LOAD, t);
         let t = Instant::now();
@@ -654,18 +656,21 @@ impl Applier {
 
     /// What the checks of this batch need from the store: which referenced parents exist and
     /// which of its records have held changes.
+    /// `groups`: the changes about to be planned. `load_held`: look up which of their records
+    /// have open quarantined changes (a release plans those records itself and skips it).
     async fn prepare_gate(
         &mut self,
-        planned: &[(usize, Vec<(String, RecordChange)>)],
+        groups: &[&[(String, RecordChange)]],
         rows: &Rows,
         now: i64,
+        load_held: bool,
     ) -> Result<()> {
         self.ensure_gate().await?;
         let mut wanted: HashMap<String, HashSet<String>> = HashMap::new();
         let mut known = HashSet::new();
         let mut touched: HashMap<String, HashSet<String>> = HashMap::new();
-        for (_, rs) in planned {
-            for (object, ch) in rs {
+        for rs in groups {
+            for (object, ch) in rs.iter() {
                 touched
                     .entry(object.clone())
                     .or_default()
@@ -702,8 +707,8 @@ impl Applier {
         // Values of `unique` rules: who holds them in the warehouse (the batch being committed
         // is checked as planned, through the rows it carries).
         let mut wanted_values: HashMap<(String, usize), HashSet<String>> = HashMap::new();
-        for (_, rs) in planned {
-            for (object, ch) in rs {
+        for rs in groups {
+            for (object, ch) in rs.iter() {
                 if let Some(m) = self.mappings.get(object) {
                     for (column, value) in m.gate.unique_values(ch) {
                         wanted_values
@@ -745,11 +750,12 @@ impl Applier {
                 held.insert((q.object.clone(), q.record_id.clone()));
             }
         }
-        if self
-            .stats
-            .quarantine_open
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0
+        if load_held
+            && self
+                .stats
+                .quarantine_open
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
         {
             for (object, ids) in touched {
                 let ids: Vec<String> = ids.into_iter().collect();
@@ -935,12 +941,12 @@ impl Applier {
             let ids: Vec<String> = ids.iter().cloned().collect();
             self.load_rows(object, &ids, &mut rows).await?;
         }
-        let planned: Vec<(usize, Vec<(String, RecordChange)>)> = changes
-            .iter()
-            .map(|(_, _, o, ch)| (0, vec![(o.clone(), ch.clone())]))
-            .collect();
+        let (releases, group): (Vec<(i64, bool)>, Vec<ObjectChange>) = changes
+            .into_iter()
+            .map(|(id, force, object, ch)| ((id, force), (object, ch)))
+            .unzip();
         let now = now_ms();
-        self.prepare_gate(&planned, &rows, now).await?;
+        self.prepare_gate(&[&group], &rows, now, false).await?;
         let mut batch = CuratedBatch::default();
         let planner = Planner {
             mappings: &self.mappings,
@@ -949,17 +955,11 @@ impl Applier {
             now_ms: now,
         };
         let g = self.gate.as_mut().expect("prepared above");
-        // The records being released are not held behind themselves.
-        g.held.clear();
         let mut totals = crate::plan::PlanStats::default();
-        for (id, force, object, ch) in &changes {
+        for ((id, force), change) in releases.iter().zip(&group) {
             g.release = Some((*id, *force));
-            let s = planner.plan_gated(
-                &mut rows,
-                std::slice::from_ref(&(object.clone(), ch.clone())),
-                &mut batch,
-                Some(g),
-            );
+            let s =
+                planner.plan_gated(&mut rows, std::slice::from_ref(change), &mut batch, Some(g));
             totals.applied += s.applied;
             totals.quarantined += s.quarantined;
             totals.released += s.released;
@@ -1130,8 +1130,7 @@ impl Applier {
         // Snapshots pass the same data-quality gates as streamed changes.
         let gating = self.gating();
         if gating {
-            let planned = vec![(0, changes.clone())];
-            self.prepare_gate(&planned, &rows, now).await?;
+            self.prepare_gate(&[&changes], &rows, now, true).await?;
         }
         let planner = Planner {
             mappings: &self.mappings,
@@ -1174,6 +1173,9 @@ impl Applier {
 }
 
 type Rows = HashMap<(String, String), sfsync_store::CurrentRow>;
+
+/// A record change with its object.
+type ObjectChange = (String, RecordChange);
 
 /// Moves every row of the map into the batch, in key order (one write per record).
 fn rows_into(rows: Rows, batch: &mut CuratedBatch) {
