@@ -64,6 +64,15 @@ impl RunningEmulator {
         }
         Ok(())
     }
+
+    /// Stops accepting connections WITHOUT the final org snapshot: the data directory is left
+    /// as a crash would leave it, so the next start replays the org journal (tests of recovery).
+    pub async fn kill(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    }
 }
 
 fn load_schema(config: &EmulatorConfig) -> Result<Schema> {

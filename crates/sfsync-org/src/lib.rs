@@ -3,10 +3,13 @@
 //! transaction** with a transaction key, commit timestamp, commit number, per-change sequence
 //! numbers, commit user and change origin. Committed transactions are handed, in commit order, to
 //! listeners (the emulator's CDC bus) and, with a data directory, to a journal that makes the org
-//! survive restarts. This crate does no network I/O; the emulator crate serves it over HTTP/gRPC.
+//! survive restarts. Drift ([`Org::drift`]) changes records behind the listeners' back
+//! (journalled, never published) for reconciliation tests. This crate does no network I/O; the
+//! emulator crate serves it over HTTP/gRPC.
 
 pub mod bulk_csv;
 pub mod describe;
+pub mod drift;
 pub mod error;
 mod formula;
 pub mod org;
@@ -18,6 +21,7 @@ mod store;
 pub mod value;
 
 pub use bulk_csv::{CsvChunk, CsvQueryOptions, CsvQueryResult};
+pub use drift::{Drift, DriftAction};
 pub use error::SfError;
 pub use org::{
     ApiKind, CallContext, ChangeKind, CommitListener, CommittedTransaction, DmlOp, DmlOutcome,

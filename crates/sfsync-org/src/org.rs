@@ -5,16 +5,17 @@
 //! and the final values (as Salesforce CDC reports them). Listeners see committed transactions in
 //! commit order, exactly once each.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 use sfsync_core::SfId;
 
+use crate::drift::{DriftAction, DriftEntry};
 use crate::store::{self, CObject, FKind, Record, State, Store};
 use crate::value::{self, Val};
-use crate::{CsvQueryOptions, CsvQueryResult, FieldType, Fields, Schema, SfError};
+use crate::{CsvQueryOptions, CsvQueryResult, Drift, FieldType, Fields, Schema, SfError};
 
 /// Which API made a call; shows up in `changeOrigin` as `com/salesforce/api/<api>/<version>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -849,7 +850,118 @@ impl Org {
         Ok(ids)
     }
 
-    /// Counts per object (live and deleted), commit number, transactions committed.
+    /// Changes records of `object` behind the listeners' back (see [`crate::drift`]): the records
+    /// change as DML would change them, with a timestamp that never goes backwards, and the change
+    /// is journalled, but no listener is called (no change event) and no commit number is used.
+    /// All or nothing; returns the distinct ids changed, in request order.
+    ///
+    /// Errors (nothing changed): unknown object → 404 `NOT_FOUND`; no ids, or ids that are
+    /// malformed or name no record of `object` → 400 `INVALID_INPUT` listing the first few;
+    /// recycle-bin records for an update or delete → 400 `ENTITY_IS_DELETED`; a field or value a
+    /// REST update would refuse → that update's error, its message prefixed with `fields: `.
+    pub fn drift(
+        &self,
+        ctx: &CallContext,
+        object: &str,
+        ids: &[String],
+        drift: &Drift,
+    ) -> Result<Vec<SfId>, SfError> {
+        let action = drift.action();
+        let mut side = self.side.lock();
+        let mut st = self.state.write();
+        let compiled = st.compiled.clone();
+        let c = compiled
+            .object(object)
+            .ok_or_else(|| SfError::invalid_type(object))?;
+        if ids.is_empty() {
+            return Err(err(
+                400,
+                "INVALID_INPUT",
+                "ids: at least one id is required",
+            ));
+        }
+        let store = &st.stores[c.index];
+        let mut seen = HashSet::with_capacity(ids.len());
+        let mut resolved = Vec::with_capacity(ids.len());
+        let mut unknown: Vec<&str> = Vec::new();
+        let mut binned: Vec<String> = Vec::new();
+        for raw in ids {
+            let found = SfId::parse(raw.trim())
+                .ok()
+                .filter(|id| id.key_prefix() == c.def.key_prefix)
+                .and_then(|id| store.get(&id).map(|(_, r)| (id, r.deleted)));
+            match found {
+                None => unknown.push(raw),
+                Some((id, deleted)) if seen.insert(id) => {
+                    if deleted && action != DriftAction::Purge {
+                        binned.push(id.to_string());
+                    }
+                    resolved.push(id);
+                }
+                Some(_) => {}
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(err(
+                400,
+                "INVALID_INPUT",
+                format!(
+                    "ids: {} of {} ids name no {} record: {}",
+                    unknown.len(),
+                    ids.len(),
+                    c.name(),
+                    first_few(&unknown)
+                ),
+            ));
+        }
+        if !binned.is_empty() {
+            return Err(err(
+                400,
+                "ENTITY_IS_DELETED",
+                format!(
+                    "ids: {} {} records are in the recycle bin ({} needs live records): {}",
+                    binned.len(),
+                    c.name(),
+                    action.as_str(),
+                    first_few(&binned)
+                ),
+            ));
+        }
+        let ts = value::now_ms().max(st.last_ts);
+        let values = match drift {
+            Drift::SilentUpdate(fields) => {
+                silent_update_values(&mut st, ctx, ts, c, &resolved, fields).map_err(|mut e| {
+                    e.message = format!("fields: {}", e.message);
+                    e
+                })?
+            }
+            Drift::SilentDelete | Drift::Purge => Fields::new(),
+        };
+        let entry = DriftEntry {
+            action,
+            object: c.name().to_string(),
+            ids: resolved,
+            values,
+            timestamp: ts,
+            user: ctx.user_id,
+        };
+        // Journal first: a failed write leaves the org unchanged, so the call stays all or nothing.
+        if let Some(j) = side.journal.as_mut() {
+            j.append(&crate::persist::Entry::Drift(entry.clone()))
+                .map_err(|e| {
+                    err(
+                        500,
+                        "UNKNOWN_EXCEPTION",
+                        format!("journal write failed: {e:#}"),
+                    )
+                })?;
+        }
+        crate::drift::apply(&mut st, &entry).map_err(|e| err(500, "UNKNOWN_EXCEPTION", e))?;
+        Ok(entry.ids)
+    }
+
+    /// Counts per object (live and deleted), commit number, transactions committed, and records
+    /// changed by drift (`{"silent_updated", "silent_deleted", "purged"}`).
     pub fn stats(&self) -> serde_json::Value {
         let st = self.state.read();
         let mut objects = serde_json::Map::new();
@@ -864,6 +976,7 @@ impl Org {
             "objects": objects,
             "commit_number": st.commit_number,
             "transactions": st.transactions,
+            "drift": st.drift,
         })
     }
 }
@@ -1089,6 +1202,45 @@ fn check_unique(
         }
     }
     Ok(())
+}
+
+/// At most five items joined by ", ", then "(and N more)".
+fn first_few<S: AsRef<str>>(items: &[S]) -> String {
+    let mut s = items
+        .iter()
+        .take(5)
+        .map(AsRef::as_ref)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > 5 {
+        s.push_str(&format!(" (and {} more)", items.len() - 5));
+    }
+    s
+}
+
+/// Validates a silent update exactly as a REST update of each record (field names, updateability,
+/// value coercion, required fields, uniqueness, references) by running it and rolling it back,
+/// then returns the coerced values in stored JSON form (the journal entry's `values`).
+fn silent_update_values(
+    st: &mut State,
+    ctx: &CallContext,
+    ts: i64,
+    c: &CObject,
+    ids: &[SfId],
+    fields: &Fields,
+) -> Result<Fields, SfError> {
+    let mut tx = TxBuilder::default();
+    let mut undo = Vec::new();
+    let checked = ids
+        .iter()
+        .try_for_each(|&id| update(st, ctx, ts, c.index, id, fields, &mut tx, &mut undo).map(drop));
+    rollback(st, &mut undo, 0);
+    checked?;
+    let given = coerce_fields(st, c, fields, false, ids.first().copied())?;
+    Ok(given
+        .into_iter()
+        .map(|(i, v)| (c.fd(i).name.clone(), v.to_json()))
+        .collect())
 }
 
 /// Resolves and coerces the body of an insert/update into (position, value) pairs.

@@ -1,7 +1,7 @@
 //! Durability for an org opened with a data directory. Every committed transaction (and every
-//! hard delete, reset, added field and seeded chunk) is appended to `org-journal.jsonl` as one
-//! JSON line with a sequence number and fsync'd before the call returns (seeding syncs once at
-//! the end of the call). `org-snapshot.jsonl` holds the whole state as of a journal sequence
+//! hard delete, reset, added field, seeded chunk and drift call) is appended to
+//! `org-journal.jsonl` as one JSON line with a sequence number and fsync'd before the call
+//! returns (seeding syncs once at the end of the call). `org-snapshot.jsonl` holds the whole state as of a journal sequence
 //! number; opening loads the snapshot, replays the journal entries after it, ignores a torn last
 //! line (a crash mid-write) with a warning, and compacts (new snapshot, empty journal) when the
 //! journal has grown large. Replay reproduces the exact state: same records, ids, slot layout,
@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sfsync_core::SfId;
 
+use crate::drift::{DriftCounts, DriftEntry};
 use crate::org::{reset_state, ChangeKind, CommittedTransaction};
 use crate::seed::Chunk;
 use crate::store::{FKind, Record, State};
@@ -54,6 +55,8 @@ pub(crate) enum Entry {
         created: Vec<(SfId, u32)>,
     },
     Seed(Chunk),
+    /// Records changed behind the CDC stream's back (never published).
+    Drift(DriftEntry),
     AddField {
         object: String,
         field: FieldDef,
@@ -273,6 +276,7 @@ pub(crate) fn apply_entry(st: &mut State, e: &Entry, keep: &[SfId]) -> anyhow::R
         Entry::Seed(chunk) => {
             crate::seed::apply_chunk(st, chunk).map_err(|e| anyhow!(e))?;
         }
+        Entry::Drift(drift) => crate::drift::apply(st, drift).map_err(|e| anyhow!(e))?,
         Entry::Tx {
             tx,
             deleted,
@@ -389,6 +393,9 @@ struct Header {
     transactions: u64,
     added_fields: Vec<(String, FieldDef)>,
     slots: HashMap<String, u32>,
+    /// Absent in snapshots written before drift existed.
+    #[serde(default)]
+    drift: DriftCounts,
 }
 
 fn write_snapshot(dir: &Path, st: &State, seq: u64) -> anyhow::Result<()> {
@@ -410,6 +417,7 @@ fn write_snapshot(dir: &Path, st: &State, seq: u64) -> anyhow::Result<()> {
             .iter()
             .map(|c| (c.name().to_string(), st.stores[c.index].slots.len() as u32))
             .collect(),
+        drift: st.drift,
     };
     serde_json::to_writer(&mut w, &header)?;
     w.write_all(b"\n")?;
@@ -524,5 +532,6 @@ fn load_snapshot(st: &mut State, path: &Path) -> anyhow::Result<u64> {
     st.commit_number = header.commit_number;
     st.last_ts = header.last_ts;
     st.transactions = header.transactions;
+    st.drift = header.drift;
     Ok(header.last_seq)
 }

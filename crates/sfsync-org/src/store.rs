@@ -604,6 +604,8 @@ pub(crate) struct State {
     pub transactions: u64,
     /// Fields added at run time (replayed on top of the base schema after a restart).
     pub added_fields: Vec<(String, FieldDef)>,
+    /// Records changed behind the CDC stream's back (see [`crate::drift`]).
+    pub drift: crate::drift::DriftCounts,
 }
 
 /// Ids are `<prefix>` + a pod character pair folded into the number + a counter, so they look
@@ -625,6 +627,7 @@ impl State {
             last_ts: 0,
             transactions: 0,
             added_fields: Vec::new(),
+            drift: Default::default(),
         })
     }
 

@@ -18,6 +18,8 @@ use async_trait::async_trait;
 use sfsync_salesforce::pubsub::ChangeSchema;
 use sfsync_store::{CuratedBatch, DeadLetter, LogOffset, LoggedChange, StoredRepair, Warehouse};
 
+mod job_step;
+
 use crate::error::{chain, PipelineError, Result};
 use crate::model::ObjectMapping;
 use crate::normalize::{self, Normalized, RecordChange};
@@ -118,6 +120,8 @@ pub struct ApplyConfig {
     pub run_id: String,
     /// Data-quality failures stored in full per object and rule (beyond: counted only).
     pub max_stored_failures_per_rule: u64,
+    /// Backfills, re-syncs and reconciliations.
+    pub jobs: crate::jobs::JobsConfig,
 }
 
 /// Stored failures per rule when not configured.
@@ -149,6 +153,9 @@ pub struct Applier {
     arrived: Vec<(String, Vec<String>)>,
     last_release_poll: Option<Instant>,
     last_alert_poll: Option<Instant>,
+    /// Bulk API 2.0 access for sync jobs (none: jobs are not taken).
+    bulk: Option<sfsync_salesforce::bulk::Bulk>,
+    jobs: crate::jobs::JobRunner,
 }
 
 /// What a committed batch adds to the counters.
@@ -268,7 +275,21 @@ impl Applier {
             arrived: Vec::new(),
             last_release_poll: None,
             last_alert_poll: None,
+            bulk: None,
+            jobs: Default::default(),
         }
+    }
+
+    /// Gives the applier Bulk API access: it then carries out sync jobs (backfills, re-syncs,
+    /// reconciliations) between streamed batches.
+    pub fn with_bulk(mut self, bulk: sfsync_salesforce::bulk::Bulk) -> Applier {
+        self.bulk = Some(bulk);
+        self
+    }
+
+    /// The store this applier writes.
+    pub fn store(&self) -> &Arc<dyn Warehouse> {
+        &self.store
     }
 
     pub fn stats(&self) -> &Arc<PipelineStats> {
@@ -300,6 +321,11 @@ impl Applier {
             self.run_repairs().await?;
         }
         self.quality_step().await?;
+        let job_rows = if self.bulk.is_some() {
+            self.jobs_step().await?
+        } else {
+            0
+        };
         let from = match self.offset {
             Some(o) => o + 1,
             None => {
@@ -325,7 +351,7 @@ impl Applier {
         if logged.is_empty() {
             // Idle: whatever is in flight is committed before the caller is told so.
             self.flush().await?;
-            return Ok(0);
+            return Ok(job_rows);
         }
         let n = self.apply_logged(&logged).await?;
         Ok(n)
@@ -1126,6 +1152,17 @@ impl Applier {
         }
         let mut rows = HashMap::new();
         self.load_rows(&r.object, &ids, &mut rows).await?;
+        if r.reason.starts_with(crate::reconcile::REPAIR_REASON_PREFIX) {
+            // Reconciliation found these rows different from Salesforce even where their
+            // versions say otherwise (a row changed behind sfsync's back): the re-read is
+            // authoritative. Streamed changes newer than it still apply after it.
+            for row in rows.values_mut() {
+                row.meta.version = sfsync_core::RecordVersion::default();
+                row.base_version = sfsync_core::RecordVersion::default();
+                row.field_versions = None;
+                row.partial = false;
+            }
+        }
         let now = now_ms();
         // Snapshots pass the same data-quality gates as streamed changes.
         let gating = self.gating();

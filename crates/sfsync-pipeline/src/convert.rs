@@ -88,6 +88,37 @@ fn kind(v: &FieldValue) -> &'static str {
     }
 }
 
+/// Converts a Bulk API 2.0 CSV cell for a column of type `ty`. An empty cell is null (Bulk
+/// query results write null as an empty field).
+pub fn from_csv(ty: ColumnType, cell: &str) -> Result<Value, String> {
+    if cell.is_empty() {
+        return Ok(Value::Null);
+    }
+    Ok(match ty {
+        ColumnType::Text => Value::Text(cell.to_string()),
+        ColumnType::Boolean => match cell {
+            "true" | "TRUE" | "True" => Value::Bool(true),
+            "false" | "FALSE" | "False" => Value::Bool(false),
+            other => return Err(format!("'{other}' is not a boolean")),
+        },
+        ColumnType::Integer => match cell.parse::<i64>() {
+            Ok(i) => Value::Int(i),
+            Err(_) => match cell.parse::<f64>() {
+                Ok(f) if f.fract() == 0.0 && f.is_finite() => Value::Int(f as i64),
+                _ => return Err(format!("'{cell}' is not an integer")),
+            },
+        },
+        ColumnType::Real => Value::Real(
+            cell.parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .ok_or_else(|| format!("'{cell}' is not a number"))?,
+        ),
+        ColumnType::Date => Value::Date(parse_date(cell)?),
+        ColumnType::Timestamp => Value::Timestamp(parse_datetime(cell)?),
+    })
+}
+
 /// `YYYY-MM-DD` → days since 1970-01-01.
 pub fn parse_date(s: &str) -> Result<i32, String> {
     let d = NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|e| format!("date '{s}': {e}"))?;
@@ -110,6 +141,42 @@ pub fn parse_datetime(s: &str) -> Result<i64, String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn csv_cells_fit_their_columns_or_say_why() {
+        assert_eq!(from_csv(ColumnType::Text, "").unwrap(), Value::Null);
+        assert_eq!(from_csv(ColumnType::Integer, "").unwrap(), Value::Null);
+        assert_eq!(
+            from_csv(ColumnType::Boolean, "true").unwrap(),
+            Value::Bool(true)
+        );
+        assert_eq!(from_csv(ColumnType::Integer, "42").unwrap(), Value::Int(42));
+        assert_eq!(
+            from_csv(ColumnType::Integer, "42.0").unwrap(),
+            Value::Int(42)
+        );
+        assert_eq!(from_csv(ColumnType::Real, "1.5").unwrap(), Value::Real(1.5));
+        assert_eq!(
+            from_csv(ColumnType::Date, "1970-01-04").unwrap(),
+            Value::Date(3)
+        );
+        assert_eq!(
+            from_csv(ColumnType::Timestamp, "1970-01-01T00:00:01.500Z").unwrap(),
+            Value::Timestamp(1500)
+        );
+        assert_eq!(
+            from_csv(ColumnType::Text, "a,\"b\"").unwrap(),
+            Value::Text("a,\"b\"".into())
+        );
+        assert!(from_csv(ColumnType::Integer, "4.5")
+            .unwrap_err()
+            .contains("'4.5'"));
+        assert!(from_csv(ColumnType::Boolean, "yes")
+            .unwrap_err()
+            .contains("'yes'"));
+        assert!(from_csv(ColumnType::Real, "NaN").is_err());
+        assert!(from_csv(ColumnType::Date, "21/11/2026").is_err());
+    }
 
     #[test]
     fn avro_values_fit_their_columns() {

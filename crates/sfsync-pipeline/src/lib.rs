@@ -12,10 +12,12 @@ pub mod convert;
 pub mod error;
 pub mod gate;
 pub mod ingest;
+pub mod jobs;
 pub mod model;
 pub mod normalize;
 pub mod plan;
 pub mod quality;
+pub mod reconcile;
 pub mod stats;
 
 use std::collections::BTreeMap;
@@ -41,6 +43,9 @@ pub struct PipelineConfig {
     pub initial: ReplayStart,
     /// Longest the apply stage sleeps when idle before polling the raw log again.
     pub idle_wait: Duration,
+    /// Bulk API 2.0 access for sync jobs (backfills, re-syncs, reconciliations); without it
+    /// none is carried out.
+    pub bulk: Option<sfsync_salesforce::bulk::Bulk>,
 }
 
 /// A running pipeline.
@@ -54,6 +59,36 @@ pub struct RunningPipeline {
     store: Arc<dyn Warehouse>,
 }
 
+/// Describes each object, builds its mapping (config + describe) and creates or extends its
+/// tables. Returns the mappings and the objects whose tables this call created.
+pub async fn prepare_models(
+    store: &dyn Warehouse,
+    reader: &dyn RecordReader,
+    specs: &[ObjectSpec],
+) -> Result<(Vec<(ObjectSpec, ObjectMapping)>, Vec<String>)> {
+    let mut mappings = Vec::new();
+    let mut created = Vec::new();
+    for spec in specs {
+        let describe = reader.describe(&spec.name).await?;
+        let mut mapping = ObjectMapping::build(&describe, spec)?;
+        if !mapping.gate_problems.is_empty() {
+            return Err(PipelineError::config(
+                &spec.name,
+                format!("data-quality rules: {}", mapping.gate_problems.join("; ")),
+            ));
+        }
+        let change = model::ensure_model_following_retypes(store, &mut mapping).await?;
+        if change.created {
+            created.push(spec.name.clone());
+        }
+        if !change.added_columns.is_empty() {
+            tracing::info!(object = %spec.name, added = ?change.added_columns, "Curated columns added.");
+        }
+        mappings.push((spec.clone(), mapping));
+    }
+    Ok((mappings, created))
+}
+
 /// Builds the curated models (describe + config), creates or extends their tables, and starts
 /// the ingest tasks and the apply stage.
 pub async fn start(
@@ -63,21 +98,10 @@ pub async fn start(
     config: PipelineConfig,
 ) -> Result<RunningPipeline> {
     store.acquire_apply_lock().await?;
-    let mut mappings = Vec::new();
-    for spec in &config.objects {
-        let describe = reader.describe(&spec.name).await?;
-        let mut mapping = ObjectMapping::build(&describe, spec)?;
-        if !mapping.gate_problems.is_empty() {
-            return Err(PipelineError::config(
-                &spec.name,
-                format!("data-quality rules: {}", mapping.gate_problems.join("; ")),
-            ));
-        }
-        let change = model::ensure_model_following_retypes(&*store, &mut mapping).await?;
-        if !change.added_columns.is_empty() {
-            tracing::info!(object = %spec.name, added = ?change.added_columns, "Curated columns added.");
-        }
-        mappings.push((spec.clone(), mapping));
+    let (mappings, created) = prepare_models(&*store, &*reader, &config.objects).await?;
+    if config.apply.jobs.backfill_new_objects && config.bulk.is_some() && !created.is_empty() {
+        let ids = jobs::request_backfills(&*store, &created, "new object in the config").await?;
+        tracing::info!(objects = ?created, jobs = ?ids, "New objects: backfills requested.");
     }
     let run_id = config.apply.run_id.clone();
     let detail = serde_json::json!({
@@ -126,6 +150,9 @@ pub async fn start(
         config.apply.clone(),
         stats.clone(),
     );
+    if let Some(bulk) = config.bulk.clone() {
+        applier = applier.with_bulk(bulk);
+    }
     let idle = config.idle_wait;
     let mut arx = rx.clone();
     let applier = tokio::spawn(async move {

@@ -280,13 +280,140 @@ pub fn from_record(
     })
 }
 
-/// A record that a re-read did not return at all (purged or never visible): applied as a
-/// delete at the time of the request that asked for it.
+/// Where each column of a mapping is in a Bulk query result (from its header row).
+#[derive(Debug, Clone)]
+pub struct CsvColumns {
+    id: usize,
+    modstamp: usize,
+    deleted: Option<usize>,
+    /// (column index in the model, position in the row).
+    columns: Vec<(usize, usize)>,
+}
+
+impl CsvColumns {
+    /// Matches a result header against the mapping: `Id` and `SystemModstamp` must be there;
+    /// model columns missing from the header are reported by name.
+    pub fn new(mapping: &ObjectMapping, header: &[String]) -> Result<CsvColumns> {
+        let object = mapping.object();
+        let pos = |name: &str| header.iter().position(|h| h.eq_ignore_ascii_case(name));
+        let need = |name: &str| {
+            pos(name).ok_or_else(|| {
+                PipelineError::bad_change(
+                    "bulk results",
+                    object,
+                    "-",
+                    format!("the result header has no {name} column (header: {header:?})"),
+                )
+            })
+        };
+        let id = need("Id")?;
+        let modstamp = need("SystemModstamp")?;
+        let mut columns = Vec::with_capacity(mapping.model.columns.len());
+        let mut missing = Vec::new();
+        for (c, col) in mapping.model.columns.iter().enumerate().skip(1) {
+            match pos(&col.field) {
+                Some(p) => columns.push((c, p)),
+                None => missing.push(col.field.clone()),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(PipelineError::bad_change(
+                "bulk results",
+                object,
+                "-",
+                format!("the result header lacks fields of the model: {missing:?}"),
+            ));
+        }
+        Ok(CsvColumns {
+            id,
+            modstamp,
+            deleted: pos("IsDeleted"),
+            columns,
+        })
+    }
+
+    /// The record id of a row (for errors before the row is converted).
+    pub fn id<'a>(&self, row: &sfsync_salesforce::bulk::csv::CsvRow<'a>) -> &'a str {
+        row.get(self.id).unwrap_or("")
+    }
+}
+
+/// A Bulk query result row as a full snapshot of the record, versioned at its SystemModstamp
+/// (so it never overwrites a streamed change that is newer, and a streamed change committed in
+/// the same millisecond wins over it).
+pub fn from_csv(
+    mapping: &ObjectMapping,
+    cols: &CsvColumns,
+    row: &sfsync_salesforce::bulk::csv::CsvRow<'_>,
+) -> Result<RecordChange> {
+    let object = mapping.object();
+    let id = row.get(cols.id).unwrap_or("");
+    if id.is_empty() {
+        return Err(PipelineError::bad_change(
+            "snapshot",
+            object,
+            "?",
+            "row has no Id",
+        ));
+    }
+    let modstamp = convert::parse_datetime(row.get(cols.modstamp).unwrap_or("")).map_err(|e| {
+        PipelineError::bad_change("snapshot", object, id, format!("SystemModstamp: {e}"))
+    })?;
+    let deleted = match cols.deleted.and_then(|p| row.get(p)) {
+        None | Some("") | Some("false") | Some("FALSE") => false,
+        Some("true") | Some("TRUE") => true,
+        Some(other) => {
+            return Err(PipelineError::bad_change(
+                "snapshot",
+                object,
+                id,
+                format!("IsDeleted: '{other}' is not a boolean"),
+            ))
+        }
+    };
+    let mut values = Vec::with_capacity(cols.columns.len());
+    let mut fields = Vec::new();
+    for &(c, p) in &cols.columns {
+        let col = &mapping.model.columns[c];
+        let v = convert::from_csv(col.ty, row.get(p).unwrap_or("")).map_err(|e| {
+            PipelineError::bad_change("snapshot", object, id, format!("field {}: {e}", col.field))
+        })?;
+        if !v.is_null() {
+            fields.push(col.field.clone());
+        }
+        values.push((c, v));
+    }
+    Ok(RecordChange {
+        event_key: format!("snapshot/{id}/{modstamp}"),
+        id: id.to_string(),
+        op: Op::Full,
+        change_type: "SNAPSHOT",
+        version: RecordVersion {
+            commit_timestamp: modstamp,
+            commit_number: 0,
+            sequence_number: 0,
+        },
+        values,
+        diffs: Vec::new(),
+        deleted,
+        fields,
+        transaction_key: String::new(),
+        replay_id: None,
+        commit_user: String::new(),
+        change_origin: String::new(),
+        origin_client: None,
+        source: ChangeSource::Snapshot,
+    })
+}
+
+/// A record that a re-read did not return at all (purged from Salesforce, or never visible):
+/// applied as a delete at the time of the request that asked for it, marked `PURGED` in
+/// `_sf_change_type` (and the audit trail) so it can be told from a delete the stream reported.
 pub fn purged(id: &str, at_ms: i64) -> RecordChange {
     RecordChange {
         id: id.to_string(),
         op: Op::Delete,
-        change_type: "DELETE",
+        change_type: "PURGED",
         version: RecordVersion {
             commit_timestamp: at_ms,
             commit_number: 0,

@@ -605,6 +605,7 @@ impl HeldChange {
             "DELETE" => "DELETE",
             "UNDELETE" => "UNDELETE",
             "SNAPSHOT" => "SNAPSHOT",
+            "PURGED" => "PURGED",
             other => return Err(bad(format!("unknown change type '{other}'"))),
         };
         let mut dropped = Vec::new();

@@ -24,6 +24,12 @@ pub struct PipelineStats {
     pub repairs_requested: AtomicU64,
     pub repairs_done: AtomicU64,
     pub resyncs_requested: AtomicU64,
+    /// Rows read by backfills and re-syncs.
+    pub snapshot_rows: AtomicU64,
+    /// Sync jobs finished successfully.
+    pub jobs_done: AtomicU64,
+    /// Records found different from Salesforce by reconciliation (missing, extra or stale).
+    pub drift_found: AtomicU64,
     pub dead_letters: AtomicU64,
     /// Changes held in the quarantine (data-quality error or a missing parent).
     pub quarantined: AtomicU64,
@@ -116,6 +122,9 @@ impl PipelineStats {
             "repairs_requested": g(&self.repairs_requested),
             "repairs_done": g(&self.repairs_done),
             "resyncs_requested": g(&self.resyncs_requested),
+            "snapshot_rows": g(&self.snapshot_rows),
+            "jobs_done": g(&self.jobs_done),
+            "drift_found": g(&self.drift_found),
             "dead_letters": g(&self.dead_letters),
             "quarantined": g(&self.quarantined),
             "released": g(&self.released),

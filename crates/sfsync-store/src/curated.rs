@@ -328,6 +328,8 @@ pub struct CuratedBatch {
     pub dq_failures: Vec<DqFailure>,
     /// Failure counts per run, object and rule, added to the stored ones.
     pub dq_counts: Vec<DqCount>,
+    /// Progress of the sync job (backfill, re-sync, replay) whose rows this batch writes.
+    pub job_progress: Option<crate::jobs::SyncJobProgress>,
 }
 
 impl CuratedBatch {
@@ -343,6 +345,7 @@ impl CuratedBatch {
             && self.quarantine_updates.is_empty()
             && self.dq_failures.is_empty()
             && self.dq_counts.is_empty()
+            && self.job_progress.is_none()
     }
 }
 
@@ -513,6 +516,33 @@ pub trait Warehouse: ChangeLog {
 
     /// Stored warn-severity failure samples (of one run or all), newest first.
     async fn dq_samples(&self, run_id: Option<&str>, limit: usize) -> Result<Vec<DqFailure>>;
+
+    /// Requests a sync job (pending until the apply process takes it). Returns its id.
+    async fn add_sync_job(&self, job: &crate::jobs::NewSyncJob) -> Result<i64>;
+
+    /// Sync jobs matching `filter`.
+    async fn sync_jobs(
+        &self,
+        filter: &crate::jobs::SyncJobFilter,
+    ) -> Result<Vec<crate::jobs::SyncJob>>;
+
+    /// One sync job.
+    async fn sync_job(&self, id: i64) -> Result<Option<crate::jobs::SyncJob>>;
+
+    /// Changes a job's status, Bulk job, position, totals, error or report (outside a batch). A
+    /// job that succeeds marks the re-sync request it carries out done, in the same transaction.
+    async fn patch_sync_job(&self, id: i64, patch: &crate::jobs::SyncJobPatch) -> Result<()>;
+
+    /// Turns each pending re-sync request into a re-sync job, once. Returns the new job ids.
+    async fn schedule_resyncs(&self, requested_by: &str) -> Result<Vec<i64>>;
+
+    /// Keys of `object`'s curated rows ordered by id, after `after` (exclusive), at most `limit`.
+    async fn row_keys(
+        &self,
+        object: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::jobs::RowKey>>;
 
     /// Takes the single-applier lock for this database (SQLite: an exclusive lock file beside
     /// the database; Postgres: a session advisory lock). Fails with a clear error when another

@@ -20,6 +20,7 @@
 
 pub mod curated;
 pub mod error;
+pub mod jobs;
 pub mod migrate;
 pub mod pii;
 pub mod postgres;
@@ -34,6 +35,7 @@ use sfsync_core::{Change, ChangeType, EventKey, RecordVersion, ReplayId};
 
 pub use curated::*;
 pub use error::{Result, StoreError};
+pub use jobs::*;
 pub use migrate::{AppliedMigration, Migration};
 pub use pii::Keyring;
 pub use postgres::PostgresChangeLog;

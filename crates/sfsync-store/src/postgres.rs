@@ -22,6 +22,7 @@ use crate::sqlite::StoredLogRow;
 use crate::warehouse::{Dialect, Registry};
 use crate::{now_ms, AppendOutcome, ChangeLog, LogOffset, LoggedChange, RawChange};
 
+mod jobs;
 mod quality;
 mod warehouse;
 
@@ -217,6 +218,44 @@ CREATE TABLE dq_counts (
     last_at_ms BIGINT NOT NULL,
     PRIMARY KEY (run_id, object, rule)
 );
+"#,
+    },
+    Migration {
+        version: 7,
+        name: "sync jobs: backfills, re-syncs, reconciliations, replays",
+        sql: r#"
+CREATE TABLE sync_jobs (
+    id              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind            TEXT    NOT NULL CHECK (kind IN ('backfill','resync','reconcile','replay')),
+    object          TEXT    NOT NULL CHECK (object <> ''),
+    reason          TEXT    NOT NULL,
+    status          TEXT    NOT NULL CHECK (status IN ('pending','running','succeeded','failed',
+                        'cancelled')),
+    since_ms        BIGINT,
+    until_ms        BIGINT,
+    params          TEXT    NOT NULL,
+    requested_by    TEXT    NOT NULL,
+    resync_id       BIGINT,
+    run_id          TEXT,
+    bulk_job_id     TEXT,
+    locator         TEXT,
+    page_rows_done  BIGINT  NOT NULL DEFAULT 0,
+    rows_total      BIGINT,
+    rows_read       BIGINT  NOT NULL DEFAULT 0,
+    rows_applied    BIGINT  NOT NULL DEFAULT 0,
+    rows_skipped    BIGINT  NOT NULL DEFAULT 0,
+    rows_held       BIGINT  NOT NULL DEFAULT 0,
+    rows_deleted    BIGINT  NOT NULL DEFAULT 0,
+    rows_failed     BIGINT  NOT NULL DEFAULT 0,
+    api_calls       BIGINT  NOT NULL DEFAULT 0,
+    requested_at_ms BIGINT  NOT NULL,
+    started_at_ms   BIGINT,
+    finished_at_ms  BIGINT,
+    error           TEXT,
+    report          TEXT
+);
+CREATE INDEX sync_jobs_status ON sync_jobs (status, id);
+CREATE INDEX sync_jobs_object ON sync_jobs (object, kind, id);
 "#,
     },
 ];

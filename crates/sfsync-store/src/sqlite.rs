@@ -43,6 +43,7 @@ use crate::tail::{TailCache, DEFAULT_TAIL_BYTES};
 use crate::warehouse::{self as wh, Ctx, Dialect, Registry};
 use crate::{now_ms, AppendOutcome, ChangeLog, LogOffset, LoggedChange, RawChange};
 
+mod jobs;
 mod quality;
 mod warehouse;
 
@@ -268,6 +269,44 @@ CREATE TABLE dq_counts (
     last_at_ms INTEGER NOT NULL,
     PRIMARY KEY (run_id, object, rule)
 );
+"#,
+    },
+    Migration {
+        version: 7,
+        name: "sync jobs: backfills, re-syncs, reconciliations, replays",
+        sql: r#"
+CREATE TABLE sync_jobs (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind            TEXT    NOT NULL CHECK (kind IN ('backfill','resync','reconcile','replay')),
+    object          TEXT    NOT NULL CHECK (object <> ''),
+    reason          TEXT    NOT NULL,
+    status          TEXT    NOT NULL CHECK (status IN ('pending','running','succeeded','failed',
+                        'cancelled')),
+    since_ms        INTEGER,
+    until_ms        INTEGER,
+    params          TEXT    NOT NULL,
+    requested_by    TEXT    NOT NULL,
+    resync_id       INTEGER,
+    run_id          TEXT,
+    bulk_job_id     TEXT,
+    locator         TEXT,
+    page_rows_done  INTEGER NOT NULL DEFAULT 0,
+    rows_total      INTEGER,
+    rows_read       INTEGER NOT NULL DEFAULT 0,
+    rows_applied    INTEGER NOT NULL DEFAULT 0,
+    rows_skipped    INTEGER NOT NULL DEFAULT 0,
+    rows_held       INTEGER NOT NULL DEFAULT 0,
+    rows_deleted    INTEGER NOT NULL DEFAULT 0,
+    rows_failed     INTEGER NOT NULL DEFAULT 0,
+    api_calls       INTEGER NOT NULL DEFAULT 0,
+    requested_at_ms INTEGER NOT NULL,
+    started_at_ms   INTEGER,
+    finished_at_ms  INTEGER,
+    error           TEXT,
+    report          TEXT
+);
+CREATE INDEX sync_jobs_status ON sync_jobs (status, id);
+CREATE INDEX sync_jobs_object ON sync_jobs (object, kind, id);
 "#,
     },
 ];

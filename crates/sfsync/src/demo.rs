@@ -118,9 +118,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
                 run_id: crate::run_cmd::new_run_id(),
                 max_stored_failures_per_rule:
                     sfsync_pipeline::apply::DEFAULT_MAX_STORED_FAILURES_PER_RULE,
+                jobs: Default::default(),
             },
             initial: ReplayStart::Earliest,
             idle_wait: Duration::from_millis(200),
+            bulk: Some(client.bulk()),
         },
     )
     .await

@@ -8,6 +8,7 @@ mod bench_salesforce;
 mod config;
 mod demo;
 mod emulator_cmd;
+mod jobs_cmd;
 mod quarantine_cmd;
 mod run_cmd;
 
@@ -49,6 +50,14 @@ enum Command {
     Quarantine(quarantine_cmd::QuarantineArgs),
     /// Data-quality failure counts per object and rule (`quality report --config FILE`).
     Quality(quarantine_cmd::QualityArgs),
+    /// Load objects through Bulk API 2.0 while streaming continues (`backfill --config FILE
+    /// Account [--since 72h]`), with a progress bar; resumable.
+    Backfill(jobs_cmd::BackfillArgs),
+    /// Compare the warehouse with Salesforce and re-read what differs (`reconcile --config
+    /// FILE [OBJECT…]`).
+    Reconcile(jobs_cmd::ReconcileArgs),
+    /// Sync jobs (backfills, re-syncs, reconciliations): `list`, `show ID`, `cancel ID…`.
+    Jobs(jobs_cmd::JobsArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -173,6 +182,17 @@ fn main() -> anyhow::Result<()> {
             Command::Run(args) => run_cmd::run(args).await,
             Command::Bench(args) => bench(args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Backfill(args) => std::process::exit(admin_cmd::finish(
+                "backfill",
+                jobs_cmd::backfill(args).await,
+            )),
+            Command::Reconcile(args) => std::process::exit(admin_cmd::finish(
+                "reconcile",
+                jobs_cmd::reconcile(args).await,
+            )),
+            Command::Jobs(args) => {
+                std::process::exit(admin_cmd::finish("jobs", jobs_cmd::jobs(args).await))
+            }
             Command::Config(_)
             | Command::Audit(_)
             | Command::Keys(_)

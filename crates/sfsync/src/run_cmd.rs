@@ -161,14 +161,19 @@ pub fn object_specs(config: &ValidConfig) -> Vec<ObjectSpec> {
     out
 }
 
+/// A REST (and Bulk API 2.0) client for the configured org.
+pub fn rest_client(config: &ValidConfig, secrets: &ResolvedSecrets) -> Result<SalesforceClient> {
+    let mut cc = ClientConfig::new(secrets.instance_url.clone(), secrets.ca_file.clone());
+    cc.call_options_client = Some(config.salesforce.client_id_header.clone());
+    Ok(SalesforceClient::new(cc, secrets.credentials.clone())?)
+}
+
 /// A REST client and a Pub/Sub subscriber for the configured org.
 pub async fn connect_salesforce(
     config: &ValidConfig,
     secrets: &ResolvedSecrets,
 ) -> Result<(SalesforceClient, Subscriber)> {
-    let mut cc = ClientConfig::new(secrets.instance_url.clone(), secrets.ca_file.clone());
-    cc.call_options_client = Some(config.salesforce.client_id_header.clone());
-    let client = SalesforceClient::new(cc, secrets.credentials.clone())?;
+    let client = rest_client(config, secrets)?;
     let tokens = Arc::new(TokenSource::new(
         client.http().clone(),
         secrets.credentials.clone(),
@@ -196,12 +201,22 @@ pub fn pipeline_config(config: &ValidConfig, start: StartAt) -> PipelineConfig {
             own_client: config.salesforce.client_id_header.clone(),
             run_id: new_run_id(),
             max_stored_failures_per_rule: config.pipeline.max_stored_failures_per_rule,
+            jobs: sfsync_pipeline::jobs::JobsConfig {
+                backfill_new_objects: config.pipeline.backfill_new_objects,
+                page_records: config.pipeline.backfill_page_records,
+                reconcile_every: config
+                    .pipeline
+                    .reconcile_interval_secs
+                    .map(Duration::from_secs),
+                ..Default::default()
+            },
         },
         initial: match start {
             StartAt::Earliest => ReplayStart::Earliest,
             StartAt::Latest => ReplayStart::Latest,
         },
         idle_wait: Duration::from_millis(config.pipeline.batch_max_wait_ms),
+        bulk: None,
     }
 }
 
@@ -259,7 +274,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let (config, secrets) = load(&args.config)?;
     let store = open_store(&config, &secrets).await?;
     let (client, subscriber) = connect_salesforce(&config, &secrets).await?;
-    let pc = pipeline_config(&config, args.start);
+    let mut pc = pipeline_config(&config, args.start);
+    pc.bulk = Some(client.bulk());
     if pc.objects.is_empty() {
         anyhow::bail!(
             "{}: no object with mode = \"cdc\" to sync",

@@ -1,6 +1,6 @@
 //! The emulator's admin API under `/admin/…` (JSON), used by tests and the CLI to drive the org:
-//! reset, seed, snapshot, stats, fault injection, forced token expiry, session timeout, limits
-//! and schema changes.
+//! reset, seed, drift (changes the CDC stream never reports), snapshot, stats, fault injection,
+//! forced token expiry, session timeout, limits and schema changes.
 //!
 //! Guarantees: every call needs `Authorization: Bearer <admin_token>` (the `admin_token` of
 //! `credentials.json`) and is refused with 401 `INVALID_SESSION_ID` otherwise; admin calls are
@@ -19,13 +19,13 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sfsync_org::{ApiKind, CallContext, FieldDef};
+use sfsync_org::{ApiKind, CallContext, Drift, FieldDef};
 
 use crate::auth::bearer_token;
 use crate::config::LimitsConfig;
 use crate::faults::FaultConfig;
 use crate::http::error::ApiError;
-use crate::http::rest::{blocking, method_not_allowed, parse_json_body};
+use crate::http::rest::{blocking, json_kind, method_not_allowed, parse_json_body};
 use crate::http::MAX_API_VERSION;
 use crate::state::AppState;
 
@@ -33,6 +33,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/admin/reset", post(reset))
         .route("/admin/seed", post(seed))
+        .route("/admin/drift", post(drift))
         .route("/admin/snapshot", get(snapshot))
         .route("/admin/stats", get(stats))
         .route("/admin/faults", get(get_faults).put(put_faults))
@@ -140,6 +141,106 @@ async fn seed(
     )
     .await??;
     Ok(Json(json!({"created": created})))
+}
+
+fn invalid_input(msg: impl Into<String>) -> ApiError {
+    ApiError::new(400, "INVALID_INPUT", msg)
+}
+
+/// The body of `POST /admin/drift`, checked key by key so every refusal names the key:
+/// `{"action": "silent_update" | "silent_delete" | "purge", "object": "Account",
+/// "ids": ["001…", …], "fields": {…}}` (`fields` with `silent_update` only).
+fn drift_request(body: &[u8]) -> Result<(String, Vec<String>, Drift), ApiError> {
+    let Value::Object(mut m) = parse_json_body(body)? else {
+        return Err(invalid_input("The body must be a JSON object"));
+    };
+    if let Some(k) = m
+        .keys()
+        .find(|k| !["action", "object", "ids", "fields"].contains(&k.as_str()))
+    {
+        return Err(invalid_input(format!(
+            "{k}: unknown key (expected action, object, ids and, for silent_update, fields)"
+        )));
+    }
+    let text = |m: &serde_json::Map<String, Value>, key: &str| match m.get(key) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(other) => Err(invalid_input(format!(
+            "{key} must be a string, found {}",
+            json_kind(other)
+        ))),
+        None => Err(invalid_input(format!("{key} is required"))),
+    };
+    let action = text(&m, "action")?;
+    let object = text(&m, "object")?;
+    let ids = match m.remove("ids") {
+        Some(Value::Array(a)) => a
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(s) => Ok(s),
+                other => Err(invalid_input(format!(
+                    "ids[{i}] must be a record id string, found {}",
+                    json_kind(&other)
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(other) => {
+            return Err(invalid_input(format!(
+                "ids must be an array of record ids, found {}",
+                json_kind(&other)
+            )))
+        }
+        None => return Err(invalid_input("ids is required")),
+    };
+    let fields = match m.remove("fields") {
+        Some(Value::Object(f)) => Some(f),
+        Some(other) => {
+            return Err(invalid_input(format!(
+                "fields must be an object of field → value, found {}",
+                json_kind(&other)
+            )))
+        }
+        None => None,
+    };
+    let drift = match (action.as_str(), fields) {
+        ("silent_update", Some(f)) => Drift::SilentUpdate(f),
+        ("silent_update", None) => {
+            return Err(invalid_input(
+                "fields is required for silent_update (an object of field → value)",
+            ))
+        }
+        ("silent_delete" | "purge", Some(_)) => {
+            return Err(invalid_input(format!(
+                "fields is only allowed with silent_update, not {action}"
+            )))
+        }
+        ("silent_delete", None) => Drift::SilentDelete,
+        ("purge", None) => Drift::Purge,
+        (other, _) => {
+            return Err(invalid_input(format!(
+                "action {other:?} is unknown (expected silent_update, silent_delete or purge)"
+            )))
+        }
+    };
+    Ok((object, ids, drift))
+}
+
+/// `POST /admin/drift`: changes records without a change event (see `sfsync_org::drift`):
+/// `silent_update` (values plus LastModifiedDate, LastModifiedById and SystemModstamp, validated
+/// like a REST update), `silent_delete` (to the recycle bin) or `purge` (gone, also from
+/// queryAll). All or nothing; journalled with persistence. Answers
+/// `{"affected": N, "ids": [...]}` (the distinct ids changed, 18 characters, in request order).
+async fn drift(
+    _admin: Admin,
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let (object, ids, drift) = drift_request(&body)?;
+    let object = crate::http::rest::object_def(&state, &object)?.name;
+    let org = state.org.clone();
+    let ctx = admin_context(&state);
+    let ids = blocking(move || org.drift(&ctx, &object, &ids, &drift)).await??;
+    Ok(Json(json!({"affected": ids.len(), "ids": ids})))
 }
 
 /// Forwards what the blocking snapshot writer produces, in 256 KiB chunks, to the response.

@@ -14,7 +14,7 @@ pub struct Emu {
     pub running: RunningEmulator,
     pub client: reqwest::Client,
     pub token: String,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 /// A response: status, headers and the body as JSON (`Null` when empty, a string when not JSON).
@@ -46,7 +46,20 @@ impl Resp {
 impl Emu {
     pub async fn start() -> Emu {
         let dir = tempfile::tempdir().expect("temp dir");
-        let running = sfsync_emulator::start(EmulatorConfig::ephemeral(dir.path()))
+        let config = EmulatorConfig::ephemeral(dir.path());
+        Emu::start_config(config, Some(dir)).await
+    }
+
+    /// An emulator that persists its org (and CDC log) in `data_dir`, which the caller keeps, so
+    /// a later start on the same directory finds them again.
+    pub async fn start_persistent(data_dir: &std::path::Path) -> Emu {
+        let mut config = EmulatorConfig::ephemeral(data_dir);
+        config.persist = true;
+        Emu::start_config(config, None).await
+    }
+
+    async fn start_config(config: EmulatorConfig, dir: Option<tempfile::TempDir>) -> Emu {
+        let running = sfsync_emulator::start(config)
             .await
             .expect("emulator starts");
         let ca = std::fs::read(&running.ca_pem_path).expect("CA file");

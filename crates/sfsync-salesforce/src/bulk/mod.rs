@@ -822,6 +822,23 @@ impl CsvResultStream {
         self.next_locator.as_deref()
     }
 
+    /// Rows of the current page handed out so far.
+    pub fn page_rows_taken(&self) -> u64 {
+        self.page_rows_taken
+    }
+
+    /// Every row of the current page has been handed out (the next batch, if any, comes from
+    /// the page at [`Self::next_locator`]). With [`Self::page_rows_taken`] this gives the
+    /// position to resume from after a crash.
+    pub fn page_done(&self) -> bool {
+        self.current.is_none() && self.parser.completed_rows() == 0
+    }
+
+    /// Whether another page follows the current one.
+    pub fn more_pages(&self) -> bool {
+        self.more_pages && self.next_locator.is_some()
+    }
+
     /// Pages opened so far.
     pub fn pages(&self) -> u64 {
         self.pages

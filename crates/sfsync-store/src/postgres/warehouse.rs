@@ -18,7 +18,7 @@ use sfsync_core::ReplayId;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{Client, GenericClient, Row, Statement, Transaction};
 
-use super::{quality, set_applied_offset_in, PostgresChangeLog, BACKEND, MIGRATION_LOCK_KEY};
+use super::{jobs, quality, set_applied_offset_in, PostgresChangeLog, BACKEND, MIGRATION_LOCK_KEY};
 use crate::curated::*;
 use crate::error::{postgres_class, Result, StoreError};
 use crate::pii;
@@ -639,6 +639,9 @@ impl PostgresChangeLog {
         }
         insert_dead_letters(tx, ctx, &batch.dead_letters).await?;
         quality::commit_quality(tx, &self.statements, ctx, batch, now).await?;
+        if let Some(p) = &batch.job_progress {
+            jobs::progress(tx, &self.statements, p).await?;
+        }
         if let Some(offset) = offset {
             set_applied_offset_in(tx, consumer, offset).await?;
         }
@@ -1372,6 +1375,57 @@ impl Warehouse for PostgresChangeLog {
     async fn dq_samples(&self, run_id: Option<&str>, limit: usize) -> Result<Vec<DqFailure>> {
         let client = self.reader.lock().await;
         quality::samples(&*client, &self.reader_statements, run_id, limit).await
+    }
+
+    async fn add_sync_job(&self, job: &crate::jobs::NewSyncJob) -> Result<i64> {
+        let client = self.client.lock().await;
+        jobs::insert(&*client, &self.statements, job, now_ms()).await
+    }
+
+    async fn sync_jobs(
+        &self,
+        filter: &crate::jobs::SyncJobFilter,
+    ) -> Result<Vec<crate::jobs::SyncJob>> {
+        let client = self.reader.lock().await;
+        jobs::list(&*client, &self.reader_statements, filter).await
+    }
+
+    async fn sync_job(&self, id: i64) -> Result<Option<crate::jobs::SyncJob>> {
+        let client = self.reader.lock().await;
+        jobs::get(&*client, &self.reader_statements, id).await
+    }
+
+    async fn patch_sync_job(&self, id: i64, patch: &crate::jobs::SyncJobPatch) -> Result<()> {
+        let mut client = self.client.lock().await;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("begin update sync job"))?;
+        jobs::patch(&tx, &self.statements, id, patch, now_ms()).await?;
+        tx.commit().await.map_err(db("commit update sync job"))
+    }
+
+    async fn schedule_resyncs(&self, requested_by: &str) -> Result<Vec<i64>> {
+        let mut client = self.client.lock().await;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("begin schedule re-syncs"))?;
+        let ids = jobs::schedule_resyncs(&tx, &self.statements, requested_by, now_ms()).await?;
+        tx.commit().await.map_err(db("commit schedule re-syncs"))?;
+        Ok(ids)
+    }
+
+    async fn row_keys(
+        &self,
+        object: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::jobs::RowKey>> {
+        let ctx = self.registry.ctx();
+        let table = &ctx.require("read row keys", object)?.model.table;
+        let client = self.reader.lock().await;
+        jobs::row_keys(&*client, &self.reader_statements, table, after, limit).await
     }
 
     async fn acquire_apply_lock(&self) -> Result<()> {

@@ -397,6 +397,9 @@ fn commit_blocking(
     }
     insert_dead_letters(conn, ctx, &batch.dead_letters, false)?;
     super::quality::commit_quality(conn, ctx, batch, now)?;
+    if let Some(p) = &batch.job_progress {
+        super::jobs::progress(conn, p)?;
+    }
     if let Some(offset) = offset {
         set_applied_offset_in(conn, consumer, offset)?;
     }
@@ -1104,6 +1107,55 @@ impl Warehouse for SqliteChangeLog {
         let r = request.clone();
         self.transaction(move |tx| insert_resync(tx.connection(), &r, now_ms()))
             .await
+    }
+
+    async fn add_sync_job(&self, job: &crate::jobs::NewSyncJob) -> Result<i64> {
+        let job = job.clone();
+        self.transaction(move |tx| super::jobs::insert(tx.connection(), &job, now_ms()))
+            .await
+    }
+
+    async fn sync_jobs(
+        &self,
+        filter: &crate::jobs::SyncJobFilter,
+    ) -> Result<Vec<crate::jobs::SyncJob>> {
+        let filter = filter.clone();
+        self.blocking("read sync jobs", move |conn| {
+            super::jobs::list(conn, &filter)
+        })
+        .await
+    }
+
+    async fn sync_job(&self, id: i64) -> Result<Option<crate::jobs::SyncJob>> {
+        self.blocking("read sync job", move |conn| super::jobs::get(conn, id))
+            .await
+    }
+
+    async fn patch_sync_job(&self, id: i64, patch: &crate::jobs::SyncJobPatch) -> Result<()> {
+        let patch = patch.clone();
+        self.transaction(move |tx| super::jobs::patch(tx.connection(), id, &patch, now_ms()))
+            .await
+    }
+
+    async fn schedule_resyncs(&self, requested_by: &str) -> Result<Vec<i64>> {
+        let by = requested_by.to_string();
+        self.transaction(move |tx| super::jobs::schedule_resyncs(tx.connection(), &by, now_ms()))
+            .await
+    }
+
+    async fn row_keys(
+        &self,
+        object: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::jobs::RowKey>> {
+        let ctx = self.registry.ctx();
+        let table = ctx.require("read row keys", object)?.model.table.clone();
+        let after = after.map(str::to_string);
+        self.blocking_on(&self.reader, "read row keys", move |conn| {
+            super::jobs::row_keys(conn, &table, after.as_deref(), limit)
+        })
+        .await
     }
 
     async fn dead_letter_count(&self) -> Result<u64> {

@@ -373,6 +373,12 @@ pub struct PipelineConfig {
     /// Data-quality failures stored in full per object and rule; beyond, they are counted
     /// (and a held change keeps only its raw-log offset).
     pub max_stored_failures_per_rule: u64,
+    /// Objects whose curated table does not exist yet are loaded through Bulk API 2.0.
+    pub backfill_new_objects: bool,
+    /// Rows per Bulk API 2.0 result page read by backfills and re-syncs (`maxRecords`).
+    pub backfill_page_records: u64,
+    /// Reconcile every synced object against Salesforce this often (omitted: on demand only).
+    pub reconcile_interval_secs: Option<u64>,
 }
 
 impl Default for PipelineConfig {
@@ -386,6 +392,9 @@ impl Default for PipelineConfig {
             poll_interval_secs: 60,
             shutdown_timeout_secs: 30,
             max_stored_failures_per_rule: 10_000,
+            backfill_new_objects: true,
+            backfill_page_records: 100_000,
+            reconcile_interval_secs: None,
         }
     }
 }

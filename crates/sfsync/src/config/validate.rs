@@ -238,6 +238,11 @@ impl SfsyncConfig {
                 "max_stored_failures_per_rule",
                 p.max_stored_failures_per_rule,
             ),
+            ("backfill_page_records", p.backfill_page_records),
+            (
+                "reconcile_interval_secs",
+                p.reconcile_interval_secs.unwrap_or(1),
+            ),
         ] {
             if v == 0 {
                 errs.push(format!("pipeline.{name}"), "must be greater than 0");

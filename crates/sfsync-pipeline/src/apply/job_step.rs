@@ -1,0 +1,553 @@
+//! The applier's side of sync jobs (see [`crate::jobs`]): takes open jobs, applies fetched
+//! snapshot rows one batch per step, and finishes each job with its run record.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use sfsync_store::{
+    CuratedBatch, DeadLetter, SyncCounts, SyncJob, SyncJobFilter, SyncJobKind, SyncJobPatch,
+    SyncJobProgress, SyncJobStatus,
+};
+use tokio::sync::mpsc::error::TryRecvError;
+
+use super::{now_ms, rows_into, Applier, CURATED_CONSUMER};
+use crate::error::{chain, PipelineError, Result};
+use crate::jobs::{self, Active, Fetched};
+use crate::normalize::{self, CsvColumns};
+use crate::plan::Planner;
+
+impl Applier {
+    /// One step of sync-job work: takes an open job when none is running (at most once per
+    /// poll interval), or applies the next fetched batch of the running one. Returns the rows
+    /// applied (0 when there was nothing to do yet).
+    pub(crate) async fn jobs_step(&mut self) -> Result<usize> {
+        if self.jobs.active.is_none() {
+            if !self.jobs.poll_due(self.config.jobs.poll) {
+                return Ok(0);
+            }
+            self.jobs.last_poll = Some(Instant::now());
+            self.store.schedule_resyncs("sfsync run").await?;
+            self.maybe_schedule_reconcile().await?;
+            let open = self.store.sync_jobs(&SyncJobFilter::open()).await?;
+            let Some(job) = open
+                .into_iter()
+                .find(|j| self.mappings.contains_key(&j.object))
+            else {
+                for j in self.store.sync_jobs(&SyncJobFilter::open()).await? {
+                    // A job for an object this process does not sync can never run here.
+                    self.store
+                        .patch_sync_job(
+                            j.id,
+                            &SyncJobPatch {
+                                status: Some(SyncJobStatus::Failed),
+                                error: Some(format!(
+                                    "object {} is not configured for sync",
+                                    j.object
+                                )),
+                                ..Default::default()
+                            },
+                        )
+                        .await?;
+                }
+                return Ok(0);
+            };
+            self.start_job(job).await?;
+        }
+        if self.jobs.poll_due(self.config.jobs.poll) {
+            // An operator may have cancelled the running job.
+            self.jobs.last_poll = Some(Instant::now());
+            if let Some(id) = self.jobs.active.as_ref().map(|a| a.job.id) {
+                let status = self.store.sync_job(id).await?.map(|j| j.status);
+                if status != Some(SyncJobStatus::Running) {
+                    if let Some(a) = self.jobs.active.take() {
+                        let detail =
+                            jobs::run_detail(&a.job, &a.counts, a.started.elapsed().as_secs_f64());
+                        self.store
+                            .finish_run(&a.run_id, "cancelled", &detail)
+                            .await?;
+                        tracing::warn!(job = id, "Sync job cancelled.");
+                    }
+                    return Ok(0);
+                }
+            }
+        }
+        let Some(active) = self.jobs.active.as_mut() else {
+            return Ok(0);
+        };
+        let msg = match active.rx.try_recv() {
+            Ok(m) => m,
+            Err(TryRecvError::Empty) => return Ok(0),
+            Err(TryRecvError::Disconnected) => Fetched::Failed {
+                error: "the fetch task ended unexpectedly".into(),
+                permanent: false,
+            },
+        };
+        match msg {
+            Fetched::Total(n) => {
+                active.job.rows_total = Some(n);
+                let id = active.job.id;
+                self.store
+                    .patch_sync_job(
+                        id,
+                        &SyncJobPatch {
+                            rows_total: Some(n),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                Ok(0)
+            }
+            Fetched::Rows {
+                header,
+                rows,
+                skip,
+                position,
+                api_calls,
+            } => {
+                self.apply_snapshot_rows(header, rows, skip, position, api_calls)
+                    .await
+            }
+            Fetched::Reconciled(outcome) => {
+                self.finish_reconcile(*outcome).await?;
+                Ok(0)
+            }
+            Fetched::Done { api_calls } => {
+                self.finish_job(api_calls).await?;
+                Ok(0)
+            }
+            Fetched::Failed { error, permanent } => {
+                let job_id = active.job.id;
+                self.stats.errors.fetch_add(1, Relaxed);
+                if permanent {
+                    tracing::error!(job = job_id, error = %error, "Sync job failed.");
+                    if let Some(a) = self.jobs.active.take() {
+                        jobs::fail_job(&*self.store, &a, SyncJobStatus::Failed, &error).await?;
+                    }
+                    self.jobs.failures = 0;
+                } else {
+                    tracing::warn!(job = job_id, error = %error, "Sync job interrupted; it resumes from its last committed position.");
+                    self.jobs.active = None;
+                    self.jobs.backoff();
+                }
+                Ok(0)
+            }
+        }
+    }
+
+    /// Takes `job`: records its run and starts its work.
+    async fn start_job(&mut self, mut job: SyncJob) -> Result<()> {
+        if job.kind == SyncJobKind::Reconcile {
+            return self.run_reconcile(job).await;
+        }
+        if job.kind == SyncJobKind::Replay {
+            let error =
+                "replay jobs are carried out by `sfsync replay` itself, not by the apply process";
+            self.store
+                .patch_sync_job(
+                    job.id,
+                    &SyncJobPatch {
+                        status: Some(SyncJobStatus::Failed),
+                        error: Some(error.into()),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            return Ok(());
+        }
+        let Some(bulk) = self.bulk.clone() else {
+            return Err(PipelineError::config(
+                &job.object,
+                "sync jobs need Bulk API access, which this process was started without",
+            ));
+        };
+        let mapping = &self.mappings[&job.object];
+        let soql = jobs::snapshot_soql(mapping, job.since_ms, job.until_ms);
+        let run_id = self.begin(&mut job).await?;
+        tracing::info!(job = job.id, kind = job.kind.as_str(), object = %job.object, reason = %job.reason, %soql, "Sync job started.");
+        let (rx, task) = jobs::spawn_fetch(
+            bulk,
+            self.store.clone(),
+            job.clone(),
+            soql,
+            self.config.jobs.page_records,
+        );
+        self.jobs.active = Some(Active {
+            job,
+            run_id,
+            rx,
+            task,
+            columns: None,
+            counts: SyncCounts::default(),
+            started: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Applies one fetched batch of snapshot rows with the job's new position, in one
+    /// transaction.
+    async fn apply_snapshot_rows(
+        &mut self,
+        header: std::sync::Arc<Vec<String>>,
+        rows: sfsync_salesforce::bulk::csv::CsvRecordBatch,
+        skip: usize,
+        position: (Option<String>, i64),
+        api_calls: i64,
+    ) -> Result<usize> {
+        self.flush().await?;
+        let Some(active) = self.jobs.active.as_mut() else {
+            return Ok(0);
+        };
+        let object = active.job.object.clone();
+        let job_id = active.job.id;
+        let run_id = active.run_id.clone();
+        let mapping = &self.mappings[&object];
+        let cols = match &active.columns {
+            Some((h, c)) if *h == header => c.clone(),
+            _ => match CsvColumns::new(mapping, &header) {
+                Ok(c) => {
+                    active.columns = Some((header.clone(), c.clone()));
+                    c
+                }
+                Err(e) => {
+                    let error = chain(&e);
+                    tracing::error!(job = job_id, error = %error, "Sync job failed.");
+                    if let Some(a) = self.jobs.active.take() {
+                        jobs::fail_job(&*self.store, &a, SyncJobStatus::Failed, &error).await?;
+                    }
+                    return Ok(0);
+                }
+            },
+        };
+        let mut counts = SyncCounts {
+            api_calls,
+            ..Default::default()
+        };
+        let mut batch = CuratedBatch::default();
+        let mut changes = Vec::with_capacity(rows.len().saturating_sub(skip));
+        for row in rows.iter().skip(skip) {
+            counts.read += 1;
+            match normalize::from_csv(mapping, &cols, &row) {
+                Ok(c) => changes.push((object.clone(), c)),
+                Err(e) => {
+                    // Kept whole with its cause; the record itself is re-read by a repair.
+                    counts.failed += 1;
+                    let id = cols.id(&row).to_string();
+                    batch.dead_letters.push(DeadLetter {
+                        channel: format!("bulk:{}", active.job.kind.as_str()),
+                        replay_id: None,
+                        schema_id: String::new(),
+                        stage: "snapshot".into(),
+                        error: chain(&e),
+                        payload: row.iter().collect::<Vec<_>>().join("\u{1f}").into_bytes(),
+                        object: Some(object.clone()),
+                    });
+                    if !id.is_empty() {
+                        batch.repairs.push(sfsync_store::RepairRequest {
+                            object: object.clone(),
+                            record_ids: vec![id],
+                            reason: "unconvertible_snapshot_row".into(),
+                            event_key: format!("job/{job_id}"),
+                            commit_timestamp_ms: now_ms(),
+                        });
+                    }
+                }
+            }
+        }
+        let mut ids: Vec<String> = changes.iter().map(|(_, c)| c.id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        let mut loaded = HashMap::new();
+        self.load_rows(&object, &ids, &mut loaded).await?;
+        let before: HashMap<(String, String), sfsync_store::SyncMeta> = loaded
+            .iter()
+            .map(|(k, r)| (k.clone(), r.meta.clone()))
+            .collect();
+        let now = now_ms();
+        let gating = self.gating();
+        if gating {
+            self.prepare_gate(&[&changes], &loaded, now, true).await?;
+        }
+        let planner = Planner {
+            mappings: &self.mappings,
+            run_id: &run_id,
+            own_client: &self.config.own_client,
+            now_ms: now,
+        };
+        let totals = match self.gate.as_mut().filter(|_| gating) {
+            Some(g) => {
+                g.log_offset = None;
+                let s = planner.plan_gated(&mut loaded, &changes, &mut batch, Some(g));
+                g.finish_batch(&mut batch);
+                s
+            }
+            None => planner.plan(&mut loaded, &changes, &mut batch),
+        };
+        if gating {
+            self.note_arrivals(&loaded);
+        }
+        counts.held = totals.quarantined as i64;
+        counts.skipped = (totals.stale + totals.late) as i64;
+        counts.applied = totals.applied as i64;
+        // Rows the snapshot did not change are not rewritten.
+        loaded.retain(|k, r| before.get(k) != Some(&r.meta));
+        counts.deleted = loaded.values().filter(|r| r.deleted).count() as i64;
+        let applied = loaded.len();
+        rows_into(loaded, &mut batch);
+        batch.job_progress = Some(SyncJobProgress {
+            job_id,
+            position: Some(position),
+            counts,
+        });
+        let has_repairs = !batch.repairs.is_empty();
+        self.store
+            .commit_curated(CURATED_CONSUMER, None, &batch)
+            .await?;
+        self.stats.applied.fetch_add(totals.applied, Relaxed);
+        self.stats
+            .quarantined
+            .fetch_add(totals.quarantined, Relaxed);
+        self.stats.dq_warnings.fetch_add(totals.warned, Relaxed);
+        self.stats
+            .snapshot_rows
+            .fetch_add(counts.read as u64, Relaxed);
+        if has_repairs {
+            self.repairs_pending = true;
+        }
+        if let Some(a) = self.jobs.active.as_mut() {
+            a.counts.add(&counts);
+        }
+        self.jobs.failures = 0;
+        Ok(applied.max(1))
+    }
+
+    /// Records the job's run and starts it: the status, the run id.
+    async fn begin(&mut self, job: &mut SyncJob) -> Result<String> {
+        let run_id = match &job.run_id {
+            Some(r) => r.clone(),
+            None => {
+                let r = jobs::job_run_id(job);
+                self.store
+                    .start_run(
+                        &r,
+                        job.kind.as_str(),
+                        &jobs::run_detail(job, &SyncCounts::default(), 0.0),
+                    )
+                    .await?;
+                job.run_id = Some(r.clone());
+                r
+            }
+        };
+        self.store
+            .patch_sync_job(
+                job.id,
+                &SyncJobPatch {
+                    status: Some(SyncJobStatus::Running),
+                    run_id: Some(run_id.clone()),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(run_id)
+    }
+
+    /// Starts a reconciliation: its comparison runs in a task of its own (reading Salesforce and
+    /// the warehouse's committed rows) while streaming goes on; the repairs it asks for are
+    /// written when it reports.
+    async fn run_reconcile(&mut self, mut job: SyncJob) -> Result<()> {
+        let Some(bulk) = self.bulk.clone() else {
+            return Ok(());
+        };
+        let run_id = self.begin(&mut job).await?;
+        tracing::info!(job = job.id, object = %job.object, reason = %job.reason, "Reconciliation started.");
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let store = self.store.clone();
+        let j = job.clone();
+        let pages = self.config.jobs.page_records.max(500_000);
+        let task = tokio::spawn(async move {
+            let msg = match crate::reconcile::reconcile(&bulk, store, &j, pages).await {
+                Ok(o) => Fetched::Reconciled(Box::new(o)),
+                Err((error, permanent)) => Fetched::Failed { error, permanent },
+            };
+            let _ = tx.send(msg).await;
+        });
+        self.jobs.active = Some(Active {
+            job,
+            run_id,
+            rx,
+            task,
+            columns: None,
+            counts: SyncCounts::default(),
+            started: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Writes a reconciliation's repairs (re-reads of exactly the differing records) with its
+    /// counts in one transaction, then its report.
+    async fn finish_reconcile(&mut self, mut o: crate::reconcile::ReconcileOutcome) -> Result<()> {
+        let Some(a) = self.jobs.active.take() else {
+            return Ok(());
+        };
+        let object = a.job.object.clone();
+        let mut batch = CuratedBatch::default();
+        let chunk = self.config.gap_reread_batch_records.max(1);
+        let now = now_ms();
+        for (reason, ids) in [
+            ("reconcile: missing", &o.missing),
+            ("reconcile: extra", &o.extra),
+            ("reconcile: stale", &o.stale),
+        ] {
+            for part in ids.chunks(chunk) {
+                batch.repairs.push(sfsync_store::RepairRequest {
+                    object: object.clone(),
+                    record_ids: part.to_vec(),
+                    reason: reason.into(),
+                    event_key: format!("job/{}", a.job.id),
+                    commit_timestamp_ms: now,
+                });
+            }
+        }
+        o.report.repairs_requested = (o.missing.len() + o.extra.len() + o.stale.len()) as u64;
+        let counts = SyncCounts {
+            read: o.report.salesforce_live as i64,
+            api_calls: o.report.api_calls,
+            ..Default::default()
+        };
+        batch.job_progress = Some(SyncJobProgress {
+            job_id: a.job.id,
+            position: None,
+            counts,
+        });
+        self.flush().await?;
+        self.store
+            .commit_curated(CURATED_CONSUMER, None, &batch)
+            .await?;
+        if !batch.repairs.is_empty() {
+            self.repairs_pending = true;
+        }
+        let report = serde_json::to_string(&o.report).unwrap_or_default();
+        self.store
+            .patch_sync_job(
+                a.job.id,
+                &SyncJobPatch {
+                    status: Some(SyncJobStatus::Succeeded),
+                    report: Some(report.clone()),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let r = &o.report;
+        self.stats.drift_found.fetch_add(r.drift(), Relaxed);
+        self.stats.jobs_done.fetch_add(1, Relaxed);
+        let detail = serde_json::json!({
+            "job_id": a.job.id,
+            "kind": "reconcile",
+            "object": object,
+            "reason": a.job.reason,
+            "report": r,
+        });
+        self.store
+            .finish_run(&a.run_id, "succeeded", &detail.to_string())
+            .await?;
+        let level_warn = r.drift() > 0;
+        if level_warn {
+            tracing::warn!(job = a.job.id, object = %object, missing = r.missing, extra = r.extra, stale = r.stale, sample_missing = ?r.sample_missing, sample_extra = ?r.sample_extra, sample_stale = ?r.sample_stale, "Reconciliation found drift; the differing records are re-read.");
+        } else {
+            tracing::info!(job = a.job.id, object = %object, records = r.salesforce_live, secs = r.seconds, api_calls = r.api_calls, "Reconciliation: in sync.");
+        }
+        Ok(())
+    }
+
+    /// With a reconciliation schedule, requests one per synced object when it is due.
+    async fn maybe_schedule_reconcile(&mut self) -> Result<()> {
+        let Some(every) = self.config.jobs.reconcile_every else {
+            return Ok(());
+        };
+        let due = self
+            .jobs
+            .last_reconcile
+            .is_none_or(|t| t.elapsed() >= every);
+        if !due {
+            return Ok(());
+        }
+        self.jobs.last_reconcile = Some(Instant::now());
+        let mut objects: Vec<String> = self.mappings.keys().cloned().collect();
+        objects.sort();
+        for object in objects {
+            let open = self
+                .store
+                .sync_jobs(&SyncJobFilter {
+                    object: Some(object.clone()),
+                    kind: Some(SyncJobKind::Reconcile),
+                    ..SyncJobFilter::open()
+                })
+                .await?;
+            if open.is_empty() {
+                self.store
+                    .add_sync_job(&sfsync_store::NewSyncJob {
+                        kind: SyncJobKind::Reconcile,
+                        object,
+                        reason: "scheduled".into(),
+                        since_ms: None,
+                        until_ms: None,
+                        params: "{}".into(),
+                        requested_by: "schedule".into(),
+                        resync_id: None,
+                    })
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every page is applied: the job succeeded.
+    async fn finish_job(&mut self, api_calls: i64) -> Result<()> {
+        let Some(mut a) = self.jobs.active.take() else {
+            return Ok(());
+        };
+        a.counts.api_calls += api_calls;
+        self.store
+            .patch_sync_job(
+                a.job.id,
+                &SyncJobPatch {
+                    status: Some(SyncJobStatus::Succeeded),
+                    position: Some((Some(jobs::LAST_PAGE_DONE.into()), 0)),
+                    counts: SyncCounts {
+                        api_calls,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let stored = self
+            .store
+            .sync_job(a.job.id)
+            .await?
+            .map(|j| j.counts)
+            .unwrap_or(a.counts);
+        let secs = a.started.elapsed().as_secs_f64();
+        self.store
+            .finish_run(
+                &a.run_id,
+                "succeeded",
+                &jobs::run_detail(&a.job, &stored, secs),
+            )
+            .await?;
+        self.stats.jobs_done.fetch_add(1, Relaxed);
+        tracing::info!(
+            job = a.job.id,
+            kind = a.job.kind.as_str(),
+            object = %a.job.object,
+            read = stored.read,
+            applied = stored.applied,
+            skipped = stored.skipped,
+            held = stored.held,
+            api_calls = stored.api_calls,
+            secs,
+            "Sync job succeeded."
+        );
+        Ok(())
+    }
+}

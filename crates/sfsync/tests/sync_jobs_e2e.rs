@@ -1,0 +1,472 @@
+//! Backfill, re-sync and reconciliation end to end, with `sfsync run` and the operator CLI as
+//! real child processes against the emulator over loopback (SQLite warehouse):
+//! 1. a new object is backfilled automatically while streaming runs; the pipeline is SIGKILLed
+//!    mid-backfill and the restarted one resumes at the committed page position (no row read
+//!    twice) and converges with the org;
+//! 2. drift injected into the org behind the stream's back (silent updates, silent deletes,
+//!    purges) and into the warehouse (deleted rows, a regressed row) is found exactly by
+//!    `sfsync reconcile` and repaired;
+//! 3. a GAP_OVERFLOW becomes a windowed re-sync that converges;
+//! 4. a pipeline down longer than the (shortened) replay retention recovers by itself: its
+//!    stored replay id is rejected, the objects are re-synced, and the warehouse converges.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value as J};
+use sfsync_emulator::{EmulatorConfig, RunningEmulator};
+use sfsync_org::{ApiKind, CallContext, Drift};
+use sfsync_pipeline::{normalize, ObjectMapping, ObjectSpec};
+use sfsync_salesforce::{AuthFlow, ClientConfig, CredentialsFile, SalesforceClient};
+use sfsync_store::{
+    SqliteChangeLog, SyncJob, SyncJobFilter, SyncJobKind, SyncJobStatus, Warehouse,
+};
+
+struct Env {
+    emu: RunningEmulator,
+    _dir: tempfile::TempDir,
+    db: PathBuf,
+    client: SalesforceClient,
+    mapping: ObjectMapping,
+    config: PathBuf,
+}
+
+async fn env() -> Env {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let emu = sfsync_emulator::start(EmulatorConfig::ephemeral(dir.join("org")))
+        .await
+        .expect("emulator starts");
+    let creds = CredentialsFile::load(&emu.credentials_path).unwrap();
+    let client = SalesforceClient::new(
+        ClientConfig::new(emu.base_url.clone(), Some(emu.ca_pem_path.clone())),
+        creds.credentials(AuthFlow::JwtBearer).unwrap(),
+    )
+    .unwrap();
+    let d = client.describe_object("Account").await.unwrap();
+    let mapping = ObjectMapping::build(&d, &ObjectSpec::new("Account")).unwrap();
+    let db = dir.join("wh.db");
+    let config = dir.join("sfsync.toml");
+    let text = format!(
+        r#"[salesforce]
+credentials_file = "{creds}"
+ca_file = "{ca}"
+
+[[objects]]
+name = "Account"
+history = {{ fields = ["Name", "Type"] }}
+
+[warehouse]
+type = "sqlite"
+path = "{db}"
+
+[pipeline]
+batch_max_records = 200
+batch_max_wait_ms = 50
+backfill_page_records = 300
+"#,
+        creds = emu.credentials_path.display(),
+        ca = emu.ca_pem_path.display(),
+        db = db.display(),
+    );
+    std::fs::write(&config, text).unwrap();
+    Env {
+        emu,
+        _dir: tmp,
+        db,
+        client,
+        mapping,
+        config,
+    }
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn spawn(env: &Env) -> KillOnDrop {
+    KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_sfsync"))
+            .args(["run", "--config"])
+            .arg(&env.config)
+            .args(["--progress-secs", "0"])
+            .env("SFSYNC_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning sfsync run"),
+    )
+}
+
+/// SIGTERM, then wait for the clean stop.
+fn stop(mut child: KillOnDrop) {
+    let pid = child.0.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "sfsync run stopped with {status}");
+}
+
+fn cli(env: &Env, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sfsync"))
+        .args(args)
+        .arg("--config")
+        .arg(&env.config)
+        .env("USER", "test-operator")
+        .env("SFSYNC_LOG", "warn")
+        .output()
+        .expect("running the sfsync CLI");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+async fn open(env: &Env) -> Arc<dyn Warehouse> {
+    let store: Arc<dyn Warehouse> = Arc::new(SqliteChangeLog::open(&env.db).await.unwrap());
+    store.ensure_model(&env.mapping.model).await.unwrap();
+    store
+}
+
+fn ctx(env: &Env) -> CallContext {
+    CallContext {
+        user_id: env.emu.org().admin_user_id(),
+        api: ApiKind::Rest,
+        api_version: "66.0".into(),
+        client: Some("someone-else".into()),
+    }
+}
+
+/// Differences between the org's live Accounts and the warehouse's live rows.
+async fn diff(env: &Env, store: &dyn Warehouse) -> Vec<String> {
+    let m = &env.mapping;
+    let mut fields = m.soql_fields.clone();
+    fields.push("SystemModstamp".into());
+    let soql = format!("SELECT {} FROM Account", fields.join(", "));
+    let records = env
+        .client
+        .query_all_pages(&soql, Default::default())
+        .await
+        .unwrap();
+    let mut expected = BTreeMap::new();
+    for r in &records {
+        let c = normalize::from_record(m, r).unwrap();
+        expected.insert(c.id.clone(), c);
+    }
+    let rows: BTreeMap<String, sfsync_store::CurrentRow> = store
+        .read_current("Account")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| !r.deleted)
+        .map(|r| (r.id.clone(), r))
+        .collect();
+    let mut problems = Vec::new();
+    for id in rows.keys() {
+        if !expected.contains_key(id) {
+            problems.push(format!("Account {id} is live in the warehouse only"));
+        }
+    }
+    for (id, exp) in &expected {
+        let Some(row) = rows.get(id) else {
+            problems.push(format!("Account {id} is missing from the warehouse"));
+            continue;
+        };
+        for (c, v) in &exp.values {
+            let col = &m.model.columns[*c].name;
+            let got = row
+                .values
+                .get(col)
+                .cloned()
+                .unwrap_or(sfsync_store::Value::Null);
+            if &got != v {
+                problems.push(format!("Account {id} {col}: warehouse {got:?}, org {v:?}"));
+            }
+        }
+    }
+    problems
+}
+
+async fn wait_for<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Vec<String>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        let problems = check().await;
+        if problems.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            let mut p = problems;
+            p.truncate(20);
+            panic!("{what}: still not true after {within:?}:\n{}", p.join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn jobs(store: &dyn Warehouse, kind: SyncJobKind) -> Vec<SyncJob> {
+    store
+        .sync_jobs(&SyncJobFilter {
+            kind: Some(kind),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+fn seed(env: &Env, n: usize, seed: u64) -> Vec<String> {
+    env.emu
+        .org()
+        .seed(&ctx(env), "Account", n, seed)
+        .unwrap()
+        .into_iter()
+        .map(|id| id.to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_resync_and_reconcile_converge_with_the_org() {
+    let env = env().await;
+    let ids = seed(&env, 2_000, 11);
+
+    // 1. A new object: backfilled automatically while streaming; killed mid-backfill. Every
+    // request is slowed so the kill lands between pages.
+    env.emu
+        .state
+        .faults
+        .set(sfsync_emulator::faults::FaultConfig {
+            latency_ms: 150,
+            ..Default::default()
+        });
+    let child = spawn(&env);
+    let store = open(&env).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let killed_at = loop {
+        let b = jobs(&*store, SyncJobKind::Backfill).await;
+        if let Some(j) = b.first() {
+            assert_eq!(j.reason, "new object in the config");
+            if j.status == SyncJobStatus::Running && j.counts.read >= 300 {
+                break j.clone();
+            }
+            assert!(
+                j.status.is_open(),
+                "the backfill ended before the kill: {j:?}"
+            );
+        }
+        assert!(Instant::now() < deadline, "the backfill never progressed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    drop(child); // SIGKILL
+    let stored = store.sync_job(killed_at.id).await.unwrap().unwrap();
+    assert!(
+        stored.counts.read < 2_000 && stored.locator.is_some(),
+        "killed mid-backfill at a committed page position: {stored:?}"
+    );
+    env.emu.state.faults.set(Default::default());
+    let child = spawn(&env);
+    wait_for(
+        "the backfill succeeds after the restart",
+        Duration::from_secs(120),
+        || {
+            let store = &store;
+            async move {
+                let j = store.sync_job(killed_at.id).await.unwrap().unwrap();
+                if j.status == SyncJobStatus::Succeeded {
+                    Vec::new()
+                } else {
+                    vec![format!("{j:?}")]
+                }
+            }
+        },
+    )
+    .await;
+    let done = store.sync_job(killed_at.id).await.unwrap().unwrap();
+    assert_eq!(done.rows_total, Some(2_000), "{done:?}");
+    assert_eq!(
+        done.counts.read, 2_000,
+        "every row read exactly once across the crash (no finished page re-read): {done:?}"
+    );
+    assert!(done.run_id.is_some());
+    let runs = store.runs(50).await.unwrap();
+    assert!(
+        runs.iter().any(|r| r.kind == "backfill"
+            && r.status == "succeeded"
+            && r.detail.contains("\"read\":2000")),
+        "the backfill is a run with its counts: {runs:?}"
+    );
+    wait_for(
+        "the warehouse equals the org after the backfill",
+        Duration::from_secs(60),
+        || {
+            let (env, store) = (&env, &*store);
+            async move { diff(env, store).await }
+        },
+    )
+    .await;
+
+    // 2. Drift behind the pipeline's back, in the org and in the warehouse.
+    let org = env.emu.org().clone();
+    let c = ctx(&env);
+    let mut fields = Map::new();
+    fields.insert("Name".into(), J::String("Changed without an event".into()));
+    let updated: Vec<String> = ids[10..13].to_vec();
+    org.drift(&c, "Account", &updated, &Drift::SilentUpdate(fields))
+        .unwrap();
+    let silently_deleted = vec![ids[20].clone()];
+    org.drift(&c, "Account", &silently_deleted, &Drift::SilentDelete)
+        .unwrap();
+    let purged: Vec<String> = ids[30..32].to_vec();
+    org.drift(&c, "Account", &purged, &Drift::Purge).unwrap();
+    let lost_rows: Vec<String> = ids[40..42].to_vec();
+    let regressed = ids[50].clone();
+    {
+        let conn = rusqlite::Connection::open(&env.db).unwrap();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        // Rows flagged deleted by someone else (deleting them outright is not covered yet:
+        // their history would need renumbering; see the closing note).
+        for id in &lost_rows {
+            conn.execute("UPDATE sf_account SET _sf_deleted = 1 WHERE id = ?1", [id])
+                .unwrap();
+        }
+        conn.execute(
+            "UPDATE sf_account SET _sf_commit_ms = 0, name = 'stale copy' WHERE id = ?1",
+            [&regressed],
+        )
+        .unwrap();
+    }
+    let (ok, out) = cli(&env, &["reconcile", "Account"]);
+    assert!(ok, "sfsync reconcile: {out}");
+    let rec = jobs(&*store, SyncJobKind::Reconcile).await;
+    let rec = rec.first().expect("a reconcile job");
+    assert_eq!(rec.status, SyncJobStatus::Succeeded, "{rec:?}");
+    let report: J = serde_json::from_str(rec.report.as_deref().unwrap()).unwrap();
+    let set = |k: &str| -> BTreeSet<String> {
+        serde_json::from_value::<Vec<String>>(report[k].clone())
+            .unwrap()
+            .into_iter()
+            .collect()
+    };
+    assert_eq!(report["missing"], 2, "{report}");
+    assert_eq!(set("sample_missing"), lost_rows.iter().cloned().collect());
+    assert_eq!(report["extra"], 3, "{report}");
+    let mut extra: BTreeSet<String> = purged.iter().cloned().collect();
+    extra.extend(silently_deleted.iter().cloned());
+    assert_eq!(set("sample_extra"), extra);
+    assert_eq!(report["stale"], 4, "{report}");
+    let mut stale: BTreeSet<String> = updated.iter().cloned().collect();
+    stale.insert(regressed.clone());
+    assert_eq!(set("sample_stale"), stale);
+    assert!(report["api_calls"].as_i64().unwrap() <= 10, "{report}");
+    wait_for(
+        "reconciliation repaired every difference",
+        Duration::from_secs(60),
+        || {
+            let (env, store) = (&env, &*store);
+            async move { diff(env, store).await }
+        },
+    )
+    .await;
+    let rows: BTreeMap<String, sfsync_store::CurrentRow> = store
+        .read_current("Account")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.id.clone(), r))
+        .collect();
+    for id in &purged {
+        let r = &rows[id];
+        assert!(r.deleted && r.meta.change_type == "PURGED", "{id}: {r:?}");
+    }
+    assert!(rows[&silently_deleted[0]].deleted);
+    // In sync now: a second reconciliation finds nothing.
+    let (ok, out) = cli(&env, &["reconcile", "Account"]);
+    assert!(ok, "{out}");
+    let again = jobs(&*store, SyncJobKind::Reconcile).await;
+    assert_eq!(again.len(), 2);
+    let report: J = serde_json::from_str(again[1].report.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        (
+            report["missing"].as_u64(),
+            report["extra"].as_u64(),
+            report["stale"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0)),
+        "{report}"
+    );
+
+    // 3. GAP_OVERFLOW: a 200-record transaction over a threshold of 50 changes.
+    let mut cdc = env.emu.state.cdc.config();
+    cdc.overflow_threshold = 50;
+    env.emu.state.cdc.set_config(cdc);
+    seed(&env, 200, 12);
+    wait_for(
+        "the overflow's re-sync converges",
+        Duration::from_secs(90),
+        || {
+            let (env, store) = (&env, &*store);
+            async move {
+                let mut p = diff(env, store).await;
+                let r = jobs(store, SyncJobKind::Resync).await;
+                if !r.iter().any(|j| {
+                    j.status == SyncJobStatus::Succeeded && j.reason.contains("GAP_OVERFLOW")
+                }) {
+                    p.push(format!("no succeeded GAP_OVERFLOW re-sync yet: {r:?}"));
+                }
+                p
+            }
+        },
+    )
+    .await;
+    let mut cdc = env.emu.state.cdc.config();
+    cdc.overflow_threshold = 100_000;
+    env.emu.state.cdc.set_config(cdc);
+
+    // 4. Down longer than the retention window.
+    stop(child);
+    let mut cdc = env.emu.state.cdc.config();
+    cdc.retention = Duration::from_millis(1500);
+    env.emu.state.cdc.set_config(cdc);
+    seed(&env, 30, 13);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    seed(&env, 5, 14);
+    let resyncs_before = jobs(&*store, SyncJobKind::Resync).await.len();
+    let child = spawn(&env);
+    wait_for(
+        "recovery after the retention window converges",
+        Duration::from_secs(90),
+        || {
+            let (env, store) = (&env, &*store);
+            async move {
+                let mut p = diff(env, store).await;
+                let r = jobs(store, SyncJobKind::Resync).await;
+                let done = r.iter().any(|j| {
+                    j.status == SyncJobStatus::Succeeded && j.reason.contains("replay id rejected")
+                });
+                if r.len() <= resyncs_before || !done {
+                    p.push(format!("no succeeded replay-id re-sync yet: {r:?}"));
+                }
+                p
+            }
+        },
+    )
+    .await;
+    stop(child);
+}
