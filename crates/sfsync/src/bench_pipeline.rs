@@ -246,6 +246,8 @@ key_id = "bench-1"
 [pipeline]
 batch_max_records = 1000
 batch_max_wait_ms = 20
+# The stream alone (backfills are benchmarked on their own).
+backfill_new_objects = false
 "#,
         creds = running.credentials_path.display(),
         ca = running.ca_pem_path.display(),

@@ -5,6 +5,7 @@ mod admin_cmd;
 mod bench_pipeline;
 mod bench_pubsub;
 mod bench_salesforce;
+mod bench_sync;
 mod config;
 mod demo;
 mod emulator_cmd;
@@ -89,6 +90,9 @@ struct BenchArgs {
     /// Pipeline suite: seconds of offered load at each rate (2,000/s and 20,000/s).
     #[arg(long, default_value_t = 15)]
     load_secs: u64,
+    /// Sync suite: Accounts backfilled and reconciled.
+    #[arg(long, default_value_t = 1_000_000)]
+    records: usize,
     /// Pipeline suite: also measure a Postgres warehouse at this URL (a throwaway schema).
     #[arg(long, env = "SFSYNC_BENCH_POSTGRES_URL")]
     postgres_url: Option<String>,
@@ -102,6 +106,9 @@ enum BenchSuite {
     Pubsub,
     /// The exactly-once pipeline: end-to-end events/s, CPU/event, latency at 2k and 20k/s, RSS.
     Pipeline,
+    /// Backfill of N Accounts (records/s, API calls) and reconciliation in sync and with 0.1 %
+    /// drift (seconds, API calls).
+    Sync,
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -120,6 +127,12 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 backlog: args.backlog,
                 load_secs: args.load_secs,
                 postgres_url: args.postgres_url,
+            })
+            .await?
+        }
+        BenchSuite::Sync => {
+            bench_sync::run(bench_sync::SyncBenchOptions {
+                records: args.records,
             })
             .await?
         }

@@ -270,6 +270,8 @@ key_id = "golden-1"
 [pipeline]
 batch_max_records = 20
 batch_max_wait_ms = 50
+# The stream alone (backfill hand-off is tested in sync_jobs_e2e).
+backfill_new_objects = false
 "#,
         creds = env.emu.credentials_path.display(),
         ca = env.emu.ca_pem_path.display(),

@@ -124,6 +124,8 @@ references = [{{ field = "ContactId", object = "Contact", alert_after_secs = 2 }
 batch_max_records = 50
 batch_max_wait_ms = 50
 max_stored_failures_per_rule = 5
+# The stream alone (backfill hand-off is tested in sync_jobs_e2e).
+backfill_new_objects = false
 "#,
         creds = emu.credentials_path.display(),
         ca = emu.ca_pem_path.display(),
