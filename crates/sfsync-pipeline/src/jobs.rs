@@ -283,7 +283,11 @@ async fn fetch(
         .map_err(|e| sf_error(&format!("reading results of Bulk job {id}"), &e))?;
     let mut pages = stream.pages();
     let mut skip_rows = position.1.max(0) as u64;
-    let mut header: Option<Arc<Vec<String>>> = None;
+    let mut header: Option<Arc<Vec<String>>> = stream
+        .read_header()
+        .await
+        .map_err(|e| sf_error(&format!("reading results of Bulk job {id}"), &e))?
+        .map(Arc::new);
     loop {
         let batch = stream
             .next_batch()

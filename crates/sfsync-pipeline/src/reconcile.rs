@@ -151,6 +151,10 @@ pub async fn reconcile(
         )
         .await
         .map_err(|e| sf("reading reconciliation keys", e))?;
+    stream
+        .read_header()
+        .await
+        .map_err(|e| sf("reading reconciliation keys", e))?;
     // Salesforce's keys, sorted by id (byte order, as the warehouse reads them).
     let mut keys: Vec<(Box<str>, i64)> = Vec::with_capacity(info.number_records_processed as usize);
     let mut cols: Option<(usize, usize)> = None;
