@@ -184,7 +184,7 @@ fn transient(e: impl std::fmt::Display) -> FetchError {
     (e.to_string(), false)
 }
 
-fn sf_error(what: &str, e: &sfsync_salesforce::SalesforceError) -> FetchError {
+pub(crate) fn sf_error(what: &str, e: &sfsync_salesforce::SalesforceError) -> FetchError {
     // 4xx other than 429/401 (bad SOQL, unknown object or field) cannot be fixed by retrying.
     let permanent = matches!(e.status(), Some(s) if (400..500).contains(&s) && s != 429 && s != 401 && s != 404);
     (format!("{what}: {}", e.report()), permanent)
@@ -335,7 +335,7 @@ async fn fetch(
 }
 
 /// Polls a query job until it is terminal, counting the calls.
-async fn wait(
+pub(crate) async fn wait(
     bulk: &Bulk,
     id: &str,
     calls: &mut i64,

@@ -102,11 +102,7 @@ pub async fn reconcile(
             crate::jobs::soql_datetime(s)
         ));
     }
-    let sf = |what: &str, e: sfsync_salesforce::SalesforceError| {
-        let permanent =
-            matches!(e.status(), Some(s) if (400..500).contains(&s) && s != 429 && s != 401);
-        (format!("{what}: {}", e.report()), permanent)
-    };
+    let sf = |what: &str, e: sfsync_salesforce::SalesforceError| crate::jobs::sf_error(what, &e);
     // Rows the warehouse applied after this moment may be newer than Salesforce's answer.
     let asked_at = crate::apply::now_ms();
     calls += 1;
@@ -114,19 +110,9 @@ pub async fn reconcile(
         .create_query_job(&QueryJobRequest::new(soql.clone()))
         .await
         .map_err(|e| sf(&format!("creating the Bulk query job ({soql})"), e))?;
-    let mut interval = std::time::Duration::from_millis(100);
-    let info = loop {
-        calls += 1;
-        let info = bulk
-            .query_job(&created.id)
-            .await
-            .map_err(|e| sf(&format!("Bulk query job {}", created.id), e))?;
-        if info.state.is_terminal() {
-            break info;
-        }
-        tokio::time::sleep(interval).await;
-        interval = (interval * 3 / 2).min(std::time::Duration::from_secs(5));
-    };
+    let info = crate::jobs::wait(bulk, &created.id, &mut calls)
+        .await
+        .map_err(|e| sf(&format!("Bulk query job {}", created.id), e))?;
     if info.state != JobState::JobComplete {
         return Err((
             format!(
