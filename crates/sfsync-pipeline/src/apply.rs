@@ -214,12 +214,15 @@ struct InFlight {
 }
 
 impl InFlight {
+    /// `offset`: the raw-log position the batch completes (`None` for a sync job's snapshot
+    /// rows, whose position is the job's, in `batch.job_progress`). `done`: the streamed
+    /// batch's counts, recorded once it is in.
     fn start(
         store: Arc<dyn Warehouse>,
         stats: Arc<PipelineStats>,
-        offset: LogOffset,
+        offset: Option<LogOffset>,
         batch: Arc<CuratedBatch>,
-        done: Committed,
+        done: Option<Committed>,
     ) -> InFlight {
         let index = batch
             .rows
@@ -230,11 +233,11 @@ impl InFlight {
         let b = batch.clone();
         let task = tokio::spawn(async move {
             let t = Instant::now();
-            store
-                .commit_curated(CURATED_CONSUMER, Some(offset), &b)
-                .await?;
+            store.commit_curated(CURATED_CONSUMER, offset, &b).await?;
             stats.time_stage(STAGE_APPLY_COMMIT, t);
-            done.record(&stats);
+            if let Some(done) = done {
+                done.record(&stats);
+            }
             Ok(())
         });
         InFlight { task, batch, index }
@@ -612,9 +615,9 @@ impl Applier {
         self.in_flight = Some(InFlight::start(
             self.store.clone(),
             self.stats.clone(),
-            offset,
+            Some(offset),
             batch,
-            done,
+            Some(done),
         ));
         self.offset = Some(offset);
         if needs_repair {
@@ -639,6 +642,11 @@ impl Applier {
         };
         if let Err(e) = outcome {
             self.offset = None;
+            if f.batch.job_progress.is_some() {
+                // The running job resumes from its last committed position.
+                self.jobs.active = None;
+                self.jobs.backoff();
+            }
             return Err(e);
         }
         Ok(())

@@ -260,6 +260,13 @@ async fn fetch(
             true,
         ));
     }
+    tracing::info!(
+        job = job.id,
+        bulk_job = %info.id,
+        records = info.number_records_processed,
+        processing_ms = info.total_processing_time,
+        "Bulk query job complete; reading its results."
+    );
     if tx
         .send(Fetched::Total(info.number_records_processed as i64))
         .await

@@ -18,6 +18,144 @@ use sfsync_store::{NewSyncJob, SqliteChangeLog, SyncJob, SyncJobKind, SyncJobSta
 
 pub struct SyncBenchOptions {
     pub records: usize,
+    /// Run the emulator inside this process instead of as a child process (then the CPU figure
+    /// covers both sides).
+    pub in_process_emulator: bool,
+}
+
+/// The org the bench reads: the emulator in this process, or `sfsync emulator` as a child
+/// process (the default, so this process's CPU time is sfsync's alone).
+enum Org {
+    InProcess(sfsync_emulator::RunningEmulator),
+    Child {
+        child: tokio::process::Child,
+        base_url: String,
+        dir: std::path::PathBuf,
+    },
+}
+
+impl Org {
+    async fn start(dir: &std::path::Path, in_process: bool) -> Result<Org> {
+        if in_process {
+            let emu = sfsync_emulator::start(EmulatorConfig::ephemeral(dir.join("org")))
+                .await
+                .context("starting the emulator")?;
+            return Ok(Org::InProcess(emu));
+        }
+        use tokio::io::AsyncBufReadExt;
+        let exe = std::env::current_exe().context("locating the sfsync binary")?;
+        let mut child = tokio::process::Command::new(exe)
+            .args(["emulator", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+            // Without --data-dir the CA and credentials go to `.sfsync/emulator` here.
+            .current_dir(dir)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting `sfsync emulator`")?;
+        let stdout = child.stdout.take().context("emulator stdout")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let mut base_url = None;
+        let wait = async {
+            while let Some(line) = lines.next_line().await? {
+                if line.contains("REST / SOAP / OAuth / Bulk") {
+                    base_url = line.split_whitespace().last().map(str::to_string);
+                }
+                if line.starts_with("Stop with Ctrl-C") {
+                    return Ok::<_, anyhow::Error>(true);
+                }
+            }
+            Ok(false)
+        };
+        let ready = tokio::time::timeout(Duration::from_secs(120), wait)
+            .await
+            .context("the emulator did not start within 2 minutes")??;
+        anyhow::ensure!(ready, "the emulator exited before it was ready");
+        // Keep draining its output so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Org::Child {
+            child,
+            base_url: base_url.context("the emulator did not print its URL")?,
+            dir: dir.join(".sfsync/emulator"),
+        })
+    }
+
+    fn base_url(&self) -> String {
+        match self {
+            Org::InProcess(e) => e.base_url.to_string(),
+            Org::Child { base_url, .. } => base_url.clone(),
+        }
+    }
+
+    fn credentials_path(&self) -> std::path::PathBuf {
+        match self {
+            Org::InProcess(e) => e.credentials_path.clone(),
+            Org::Child { dir, .. } => dir.join("credentials.json"),
+        }
+    }
+
+    fn ca_pem_path(&self) -> std::path::PathBuf {
+        match self {
+            Org::InProcess(e) => e.ca_pem_path.clone(),
+            Org::Child { dir, .. } => dir.join("ca.pem"),
+        }
+    }
+
+    /// Calls the emulator's admin API (`POST /admin/…`).
+    async fn admin(&self, path: &str, body: serde_json::Value) -> Result<serde_json::Value> {
+        let creds: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.credentials_path())?)?;
+        let token = creds["admin_token"]
+            .as_str()
+            .context("credentials.json has no admin_token")?;
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(self.ca_pem_path())?)?;
+        let http = reqwest::Client::builder()
+            .add_root_certificate(ca)
+            .timeout(Duration::from_secs(1800))
+            .build()?;
+        let resp = http
+            .post(format!("{}{path}", self.base_url()))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .with_context(|| format!("POST {path}"))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        anyhow::ensure!(status.is_success(), "POST {path}: {status}: {text}");
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    async fn shutdown(self) {
+        match self {
+            Org::InProcess(e) => {
+                let _ = e.shutdown().await;
+            }
+            Org::Child { mut child, .. } => {
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+/// CPU seconds (user + system) this process has used so far, from `/proc/self/stat` (0 where
+/// unavailable). The bench runs the emulator in the same process, so this is both sides' cost.
+fn process_cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may contain spaces) start at `) `.
+    let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command name.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| f.get(i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    ticks as f64 / 100.0
 }
 
 async fn run_job(
@@ -61,28 +199,26 @@ async fn run_job(
 
 pub async fn run(opts: SyncBenchOptions) -> Result<serde_json::Value> {
     let dir = tempfile::tempdir()?;
-    let emu = sfsync_emulator::start(EmulatorConfig::ephemeral(dir.path().join("org")))
-        .await
-        .context("starting the emulator")?;
-    let org = emu.org().clone();
+    let org = Org::start(dir.path(), opts.in_process_emulator).await?;
     let n = opts.records;
-    println!("Seeding {n} Accounts in the emulator…");
+    println!(
+        "Seeding {n} Accounts in the emulator ({})…",
+        if opts.in_process_emulator {
+            "in this process"
+        } else {
+            "a separate process"
+        }
+    );
     let t = Instant::now();
-    let ctx = sfsync_org::CallContext {
-        user_id: org.admin_user_id(),
-        api: sfsync_org::ApiKind::Rest,
-        api_version: "66.0".into(),
-        client: None,
-    };
-    let ids = {
-        let org = org.clone();
-        let ctx = ctx.clone();
-        tokio::task::spawn_blocking(move || org.seed(&ctx, "Account", n, 42)).await??
-    };
+    org.admin(
+        "/admin/seed",
+        json!({"objects": {"Account": n}, "seed": 42}),
+    )
+    .await?;
     println!("  seeded in {:.1}s", t.elapsed().as_secs_f64());
-    let creds = CredentialsFile::load(&emu.credentials_path)?;
+    let creds = CredentialsFile::load(&org.credentials_path())?;
     let client = SalesforceClient::new(
-        ClientConfig::new(emu.base_url.clone(), Some(emu.ca_pem_path.clone())),
+        ClientConfig::new(org.base_url(), Some(org.ca_pem_path())),
         creds.credentials(AuthFlow::JwtBearer)?,
     )?;
     let store: Arc<dyn Warehouse> =
@@ -107,16 +243,28 @@ pub async fn run(opts: SyncBenchOptions) -> Result<serde_json::Value> {
     .with_bulk(bulk);
 
     println!("Backfill of {n} Accounts…");
+    let cpu0 = process_cpu_secs();
     let (b, b_secs) = run_job(&mut applier, &*store, SyncJobKind::Backfill).await?;
+    let b_cpu = process_cpu_secs() - cpu0;
     let db_bytes = std::fs::metadata(dir.path().join("wh.db"))
         .map(|m| m.len())
         .unwrap_or(0);
+    let b_mb = db_bytes as f64 / 1e6;
+    let cpu_us_per_record = b_cpu * 1e6 / (b.counts.read.max(1) as f64);
     println!(
-        "  {:.0} records/s ({:.1}s), {} API calls, warehouse {:.0} MB",
+        "  {:.0} records/s ({:.1}s, {:.0} MB/s into the warehouse), {} API calls, warehouse {b_mb:.0} MB",
         b.counts.read as f64 / b_secs,
         b_secs,
+        b_mb / b_secs,
         b.counts.api_calls,
-        db_bytes as f64 / 1e6
+    );
+    println!(
+        "  CPU {b_cpu:.1}s ({}): {cpu_us_per_record:.1} µs per record",
+        if opts.in_process_emulator {
+            "emulator and sfsync together"
+        } else {
+            "sfsync alone"
+        }
     );
     println!("Reconciliation, in sync…");
     let (r1, r1_secs) = run_job(&mut applier, &*store, SyncJobKind::Reconcile).await?;
@@ -128,15 +276,24 @@ pub async fn run(opts: SyncBenchOptions) -> Result<serde_json::Value> {
             + rep1["extra"].as_u64().unwrap_or(0)
             + rep1["stale"].as_u64().unwrap_or(0)
     );
-    let drifted: Vec<String> = ids.iter().step_by(1000).map(|id| id.to_string()).collect();
-    let mut fields = serde_json::Map::new();
-    fields.insert("Phone".into(), json!("(555) 000-0000"));
-    org.drift(
-        &ctx,
-        "Account",
-        &drifted,
-        &sfsync_org::Drift::SilentUpdate(fields),
-    )?;
+    // Every 1000th record (in id order) changes behind the stream's back.
+    let mut drifted = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let keys = store.row_keys("Account", after.as_deref(), 50_000).await?;
+        let Some(last) = keys.last() else { break };
+        after = Some(last.id.clone());
+        drifted.extend(keys.iter().step_by(1000).map(|k| k.id.clone()));
+        if keys.len() < 50_000 {
+            break;
+        }
+    }
+    org.admin(
+        "/admin/drift",
+        json!({"action": "silent_update", "object": "Account", "ids": drifted,
+               "fields": {"Phone": "(555) 000-0000"}}),
+    )
+    .await?;
     println!("Reconciliation, {} records drifted…", drifted.len());
     let (r2, r2_secs) = run_job(&mut applier, &*store, SyncJobKind::Reconcile).await?;
     let rep2: serde_json::Value = serde_json::from_str(r2.report.as_deref().unwrap_or("{}"))?;
@@ -150,16 +307,20 @@ pub async fn run(opts: SyncBenchOptions) -> Result<serde_json::Value> {
         "reconciliation found {found} of {} drifted records",
         drifted.len()
     );
-    let _ = emu.shutdown().await;
+    org.shutdown().await;
     Ok(json!({
         "suite": "sync",
         "records": n,
+        "emulator": if opts.in_process_emulator { "in_process" } else { "child_process" },
         "backfill": {
             "seconds": b_secs,
             "records_per_sec": b.counts.read as f64 / b_secs,
             "api_calls": b.counts.api_calls,
             "applied": b.counts.applied,
-            "warehouse_mb": db_bytes as f64 / 1e6,
+            "warehouse_mb": b_mb,
+            "warehouse_mb_per_sec": b_mb / b_secs,
+            "cpu_secs": b_cpu,
+            "cpu_us_per_record": cpu_us_per_record,
         },
         "reconcile_in_sync": {
             "seconds": r1_secs,

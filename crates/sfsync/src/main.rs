@@ -93,6 +93,10 @@ struct BenchArgs {
     /// Sync suite: Accounts backfilled and reconciled.
     #[arg(long, default_value_t = 1_000_000)]
     records: usize,
+    /// Sync suite: run the emulator inside the bench process (by default it is a separate
+    /// `sfsync emulator` process, so the CPU figure is sfsync's alone).
+    #[arg(long)]
+    in_process_emulator: bool,
     /// Pipeline suite: also measure a Postgres warehouse at this URL (a throwaway schema).
     #[arg(long, env = "SFSYNC_BENCH_POSTGRES_URL")]
     postgres_url: Option<String>,
@@ -133,6 +137,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         BenchSuite::Sync => {
             bench_sync::run(bench_sync::SyncBenchOptions {
                 records: args.records,
+                in_process_emulator: args.in_process_emulator,
             })
             .await?
         }

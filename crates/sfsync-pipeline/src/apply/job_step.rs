@@ -60,6 +60,7 @@ impl Applier {
             if let Some(id) = self.jobs.active.as_ref().map(|a| a.job.id) {
                 let status = self.store.sync_job(id).await?.map(|j| j.status);
                 if status != Some(SyncJobStatus::Running) {
+                    self.flush().await?;
                     if let Some(a) = self.jobs.active.take() {
                         let detail =
                             jobs::run_detail(&a.job, &a.counts, a.started.elapsed().as_secs_f64());
@@ -113,11 +114,14 @@ impl Applier {
                 Ok(0)
             }
             Fetched::Done { api_calls } => {
+                // The job succeeds only with all of its rows in.
+                self.flush().await?;
                 self.finish_job(api_calls).await?;
                 Ok(0)
             }
             Fetched::Failed { error, permanent } => {
                 let job_id = active.job.id;
+                self.flush().await?;
                 self.stats.errors.fetch_add(1, Relaxed);
                 if permanent {
                     tracing::error!(job = job_id, error = %error, "Sync job failed.");
@@ -194,7 +198,6 @@ impl Applier {
         position: (Option<String>, i64),
         api_calls: i64,
     ) -> Result<usize> {
-        self.flush().await?;
         let Some(active) = self.jobs.active.as_mut() else {
             return Ok(0);
         };
@@ -254,10 +257,20 @@ impl Applier {
                 }
             }
         }
-        let mut ids: Vec<String> = changes.iter().map(|(_, c)| c.id.clone()).collect();
+        // The newest state of a record the in-flight batch writes is in that batch.
+        let mut loaded = HashMap::new();
+        let mut ids: Vec<String> = Vec::with_capacity(changes.len());
+        for (_, c) in &changes {
+            let key = (object.clone(), c.id.clone());
+            match self.in_flight.as_ref().and_then(|f| f.row(&key)) {
+                Some(row) => {
+                    loaded.insert(key, row.clone());
+                }
+                None => ids.push(c.id.clone()),
+            }
+        }
         ids.sort();
         ids.dedup();
-        let mut loaded = HashMap::new();
         self.load_rows(&object, &ids, &mut loaded).await?;
         let before: HashMap<(String, String), sfsync_store::SyncMeta> = loaded
             .iter()
@@ -300,9 +313,20 @@ impl Applier {
             counts,
         });
         let has_repairs = !batch.repairs.is_empty();
-        self.store
-            .commit_curated(CURATED_CONSUMER, None, &batch)
-            .await?;
+        // Commits beside the conversion and planning of the next batch; batches commit in
+        // order, and a failed commit sends the job back to its last committed position.
+        self.flush().await?;
+        self.in_flight = Some(super::InFlight::start(
+            self.store.clone(),
+            self.stats.clone(),
+            None,
+            std::sync::Arc::new(batch),
+            None,
+        ));
+        if has_repairs {
+            // Repairs read their requests back from the store.
+            self.flush().await?;
+        }
         self.stats.applied.fetch_add(totals.applied, Relaxed);
         self.stats
             .quarantined
