@@ -298,6 +298,7 @@ impl Applier {
             job_id,
             position: Some(position),
             counts,
+            watermark_ms: None,
         });
         let has_repairs = !batch.repairs.is_empty();
         self.store
@@ -418,6 +419,7 @@ impl Applier {
             job_id: a.job.id,
             position: None,
             counts,
+            watermark_ms: None,
         });
         self.flush().await?;
         self.store
