@@ -1,7 +1,8 @@
 //! The curated model of an object, built from its describe and the object's config: which
 //! columns the current-state table has (typed from describe), which are PII, which the SCD2
-//! history tracks, and how change-event field paths (including compound components such as
-//! `BillingAddress.City`) map onto columns. Pure: no I/O.
+//! history tracks, which hold formula fields (configured objects only; kept fresh by formula
+//! refresh jobs, never by the change stream), and how change-event field paths (including
+//! compound components such as `BillingAddress.City`) map onto columns. Pure: no I/O.
 
 use std::collections::HashMap;
 
@@ -18,6 +19,18 @@ pub enum HistoryFields {
     Fields(Vec<String>),
 }
 
+/// Which formula fields of an object get columns (refreshed by formula refresh jobs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum FormulaFields {
+    /// None: formula fields are not synced (the default).
+    #[default]
+    None,
+    /// Every formula field describe reports.
+    All,
+    /// These formula fields (API names).
+    Fields(Vec<String>),
+}
+
 /// One synced object as configured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObjectSpec {
@@ -29,10 +42,12 @@ pub struct ObjectSpec {
     pub pii_fields: Vec<String>,
     /// Data-quality checks before merge.
     pub quality: crate::quality::QualitySpec,
+    /// Formula fields synced as columns.
+    pub formula_fields: FormulaFields,
 }
 
 impl ObjectSpec {
-    /// A spec with the default channel, no history and no PII.
+    /// A spec with the default channel, no history, no PII and no formula fields.
     pub fn new(name: &str) -> ObjectSpec {
         ObjectSpec {
             name: name.to_string(),
@@ -40,6 +55,7 @@ impl ObjectSpec {
             history: HistoryFields::None,
             pii_fields: Vec::new(),
             quality: crate::quality::QualitySpec::default(),
+            formula_fields: FormulaFields::None,
         }
     }
 }
@@ -76,6 +92,10 @@ pub struct ObjectMapping {
     /// Rules left out of `gate` because describe does not support them (a configuration error
     /// at start; reported after a schema change).
     pub gate_problems: Vec<String>,
+    /// Column indexes of the synced formula fields, in column order (empty unless configured).
+    /// The change stream never carries them: a CDC create or undelete leaves them as they are,
+    /// and formula refresh jobs re-read them.
+    pub formula_columns: Vec<usize>,
 }
 
 impl ObjectMapping {
@@ -88,8 +108,48 @@ impl ObjectMapping {
         let mut compounds: HashMap<String, Vec<(String, usize)>> = HashMap::new();
         let mut soql_fields = Vec::new();
         let pii = |f: &str| spec.pii_fields.iter().any(|p| p.eq_ignore_ascii_case(f));
+        // Compound parents (Contact `Name`, `BillingAddress`) are carried as their components.
+        let parents: std::collections::HashSet<&str> = describe
+            .fields
+            .iter()
+            .filter_map(|f| f.compound_field_name.as_deref())
+            .collect();
+        let formula_field = |f: &FieldDescribe| is_formula(f) && !parents.contains(f.name.as_str());
+        if let FormulaFields::Fields(list) = &spec.formula_fields {
+            for name in list {
+                match describe.field(name) {
+                    Some(f) if formula_field(f) => {}
+                    Some(_) => {
+                        return Err(PipelineError::config(
+                            object,
+                            format!(
+                                "formula field '{name}' is not a formula field of {object} \
+                                 (describe: not calculated or no calculatedFormula)"
+                            ),
+                        ))
+                    }
+                    None => {
+                        return Err(PipelineError::config(
+                            object,
+                            format!("formula field '{name}' is not a field of {object} (describe)"),
+                        ))
+                    }
+                }
+            }
+        }
+        let synced_formula = |f: &FieldDescribe| {
+            formula_field(f)
+                && match &spec.formula_fields {
+                    FormulaFields::None => false,
+                    FormulaFields::All => true,
+                    FormulaFields::Fields(list) => {
+                        list.iter().any(|n| n.eq_ignore_ascii_case(&f.name))
+                    }
+                }
+        };
+        let stored = |f: &FieldDescribe| is_stored(f) || synced_formula(f);
         for p in &spec.pii_fields {
-            let known = describe.field(p).is_some_and(is_stored);
+            let known = describe.field(p).is_some_and(stored);
             if !known {
                 return Err(PipelineError::config(
                     object,
@@ -117,17 +177,15 @@ impl ObjectMapping {
             idx
         };
         push(id, &mut columns);
-        // Compound parents (Contact `Name`, `BillingAddress`) are carried as their components.
-        let parents: std::collections::HashSet<&str> = describe
-            .fields
-            .iter()
-            .filter_map(|f| f.compound_field_name.as_deref())
-            .collect();
+        let mut formula_columns = Vec::new();
         for f in &describe.fields {
-            if f.name == "Id" || !is_stored(f) || parents.contains(f.name.as_str()) {
+            if f.name == "Id" || !stored(f) || parents.contains(f.name.as_str()) {
                 continue;
             }
             let idx = push(f, &mut columns);
+            if synced_formula(f) {
+                formula_columns.push(idx);
+            }
             if let Some(parent) = &f.compound_field_name {
                 compounds
                     .entry(parent.clone())
@@ -135,13 +193,33 @@ impl ObjectMapping {
                     .push((component_name(parent, &f.name), idx));
             }
         }
+        // Formula columns change without a change event (a refresh updates them in place), so
+        // SCD2 versions cannot follow them: never tracked.
         let history = match &spec.history {
             HistoryFields::None => None,
-            HistoryFields::All => Some(columns.iter().skip(1).map(|c| c.name.clone()).collect()),
+            HistoryFields::All => Some(
+                columns
+                    .iter()
+                    .enumerate()
+                    .skip(1)
+                    .filter(|(i, _)| !formula_columns.contains(i))
+                    .map(|(_, c)| c.name.clone())
+                    .collect(),
+            ),
             HistoryFields::Fields(list) => {
                 let mut cols = Vec::new();
                 for f in list {
                     let col = f.to_ascii_lowercase();
+                    let formula = formula_columns.iter().any(|i| columns[*i].name == col);
+                    if formula {
+                        return Err(PipelineError::config(
+                            object,
+                            format!(
+                                "history field '{f}' is a formula field: formula fields change \
+                                 without a change event and cannot be tracked in history"
+                            ),
+                        ));
+                    }
                     if !columns.iter().any(|c| c.name == col) {
                         return Err(PipelineError::config(
                             object,
@@ -171,6 +249,7 @@ impl ObjectMapping {
             soql_fields,
             gate: crate::quality::ObjectGate::default(),
             gate_problems: Vec::new(),
+            formula_columns,
         };
         let (gate, problems) =
             crate::quality::ObjectGate::compile(&mapping, describe, &spec.quality);
@@ -193,6 +272,14 @@ impl ObjectMapping {
         self.compounds.get(parent).map(|v| v.as_slice())
     }
 
+    /// Field API names of the synced formula fields, in column order.
+    pub fn formula_fields(&self) -> Vec<String> {
+        self.formula_columns
+            .iter()
+            .map(|i| self.model.columns[*i].field.clone())
+            .collect()
+    }
+
     /// The column a change-event path maps to: `Phone`, or `BillingAddress.City` → `billingcity`.
     pub fn column_of_path(&self, path: &str) -> Option<usize> {
         if let Some(i) = self.column_of_field(path) {
@@ -206,7 +293,19 @@ impl ObjectMapping {
     }
 }
 
-/// A field that has a column: not a compound parent, not a formula, not excluded.
+/// A formula field: `calculated` with a `calculatedFormula` (person-name parents are calculated
+/// without one).
+fn is_formula(f: &FieldDescribe) -> bool {
+    f.calculated
+        && f.calculated_formula
+            .as_deref()
+            .is_some_and(|t| !t.trim().is_empty())
+        && !f.is_compound()
+        && !EXCLUDED.contains(&f.name.as_str())
+}
+
+/// A field that has a column whatever the config: not a compound parent, not a formula, not
+/// excluded (configured formula fields have columns too; see [`ObjectMapping::build`]).
 fn is_stored(f: &FieldDescribe) -> bool {
     if f.is_compound() || EXCLUDED.contains(&f.name.as_str()) {
         return false;

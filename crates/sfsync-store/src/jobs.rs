@@ -184,6 +184,11 @@ pub struct SyncJob {
     /// The highest SystemModstamp (epoch ms) among the rows the job has committed (formula
     /// refreshes: where the next refresh starts). Only ever raised, with the rows it covers.
     pub watermark_ms: Option<i64>,
+    /// The lowest SystemModstamp of a row the job read but could not apply yet and that a later
+    /// job must read again (formula refreshes: a record whose create the stream has not
+    /// brought yet); the next refresh starts no later than this. Only ever lowered, with the
+    /// rows it covers.
+    pub reread_from_ms: Option<i64>,
 }
 
 /// Progress of a job committed with the curated rows it covers.
@@ -197,6 +202,8 @@ pub struct SyncJobProgress {
     pub counts: SyncCounts,
     /// Raises the stored watermark to at least this (never lowers it).
     pub watermark_ms: Option<i64>,
+    /// Lowers the stored re-read point to at most this (never raises it).
+    pub reread_from_ms: Option<i64>,
 }
 
 /// A change of a job outside a curated batch. `None` fields are left as they are.

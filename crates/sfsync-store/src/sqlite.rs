@@ -311,7 +311,7 @@ CREATE INDEX sync_jobs_object ON sync_jobs (object, kind, id);
     },
     Migration {
         version: 8,
-        name: "sync jobs: formula_refresh kind and a watermark",
+        name: "sync jobs: formula_refresh kind, watermark and re-read point",
         // SQLite cannot change a CHECK constraint in place, hence the rebuild (as in migration
         // 4); ids and the AUTOINCREMENT high-water mark are carried over, so job ids are never
         // reused.
@@ -346,7 +346,8 @@ CREATE TABLE sync_jobs_v8 (
     finished_at_ms  INTEGER,
     error           TEXT,
     report          TEXT,
-    watermark_ms    INTEGER
+    watermark_ms    INTEGER,
+    reread_from_ms  INTEGER
 );
 INSERT INTO sync_jobs_v8 (id, kind, object, reason, status, since_ms, until_ms, params,
     requested_by, resync_id, run_id, bulk_job_id, locator, page_rows_done, rows_total, rows_read,

@@ -310,6 +310,7 @@ async fn requests_round_trip_with_filters(b: &dyn Backend) {
             error: None,
             report: None,
             watermark_ms: None,
+            reread_from_ms: None,
         },
         "every field round-trips"
     );
@@ -690,6 +691,7 @@ async fn progress_commits_with_its_batch(b: &dyn Backend) {
                 position: Some((Some("MjAw".into()), 200)),
                 counts: counts(200, 150, 50, 1),
                 watermark_ms: None,
+                reread_from_ms: None,
             }),
             ..Default::default()
         },
@@ -720,6 +722,7 @@ async fn progress_commits_with_its_batch(b: &dyn Backend) {
                 position: None,
                 counts: deleted,
                 watermark_ms: None,
+                reread_from_ms: None,
             }),
             ..Default::default()
         },
@@ -765,6 +768,7 @@ async fn progress_commits_with_its_batch(b: &dyn Backend) {
                     position: Some((None, 0)),
                     counts: counts(1, 1, 0, 0),
                     watermark_ms: None,
+                    reread_from_ms: None,
                 }),
                 ..Default::default()
             },
@@ -807,6 +811,7 @@ async fn progress_commits_with_its_batch(b: &dyn Backend) {
                 position: Some((None, 0)),
                 counts: counts(1, 1, 0, 0),
                 watermark_ms: None,
+                reread_from_ms: None,
             }),
             ..Default::default()
         },
@@ -874,9 +879,10 @@ async fn row_keys_in_byte_order(b: &dyn Backend) {
 }
 
 /// A formula refresh is a job kind of its own (migration 8 lets the database store it), and its
-/// watermark commits with the batch whose rows it covers: raised to the highest value given,
-/// never lowered (a later page may hold older rows), untouched by batches without one, and
-/// rolled back with a batch that fails.
+/// watermark and re-read point commit with the batch whose rows they cover: the watermark raised
+/// to the highest value given and never lowered (a later page may hold older rows), the re-read
+/// point lowered to the lowest and never raised, neither touched by batches without one, and
+/// both rolled back with a batch that fails.
 async fn formula_refresh_jobs_keep_their_watermark(b: &dyn Backend) {
     let w = b.open().await;
     w.ensure_model(&account_model()).await.unwrap();
@@ -912,7 +918,10 @@ async fn formula_refresh_jobs_keep_their_watermark(b: &dyn Backend) {
         "the kind filters"
     );
 
-    let progress = |offset: u64, watermark: Option<i64>, rows: Vec<(String, CurrentRow)>| {
+    let progress = |offset: u64,
+                    watermark: Option<i64>,
+                    reread: Option<i64>,
+                    rows: Vec<(String, CurrentRow)>| {
         let n = rows.len() as i64;
         (
             offset,
@@ -923,31 +932,59 @@ async fn formula_refresh_jobs_keep_their_watermark(b: &dyn Backend) {
                     position: Some((Some(format!("page-{offset}")), 0)),
                     counts: counts(n, n, 0, 1),
                     watermark_ms: watermark,
+                    reread_from_ms: reread,
                 }),
                 ..Default::default()
             },
         )
     };
-    for (offset, batch) in [
-        progress(1, Some(T0 + 5_000), vec![row("001A00000000001", T0, false)]),
-        // An older page: the watermark stays.
-        progress(2, Some(T0 + 1_000), vec![row("001A00000000002", T0, false)]),
-        // No watermark given: it stays too.
-        progress(3, None, vec![]),
+    // (watermark given, re-read point given) → (stored watermark, stored re-read point).
+    for (offset, watermark, reread, want) in [
+        (1, Some(T0 + 5_000), None, (Some(T0 + 5_000), None)),
+        // An older page: the watermark stays; a first re-read point is taken.
+        (
+            2,
+            Some(T0 + 1_000),
+            Some(T0 + 3_000),
+            (Some(T0 + 5_000), Some(T0 + 3_000)),
+        ),
+        // A later re-read point does not move it; neither does a batch without either.
+        (
+            3,
+            None,
+            Some(T0 + 4_000),
+            (Some(T0 + 5_000), Some(T0 + 3_000)),
+        ),
+        (4, None, None, (Some(T0 + 5_000), Some(T0 + 3_000))),
+        // An earlier one does.
+        (
+            5,
+            None,
+            Some(T0 + 2_000),
+            (Some(T0 + 5_000), Some(T0 + 2_000)),
+        ),
     ] {
+        let rows = vec![row(&format!("001A0000000000{offset}"), T0, false)];
+        let (offset, batch) = progress(offset, watermark, reread, rows);
         w.commit_curated("apply", Some(offset), &batch)
             .await
             .unwrap();
-        assert_eq!(get(&*w, id).await.watermark_ms, Some(T0 + 5_000));
+        let j = get(&*w, id).await;
+        assert_eq!(
+            (j.watermark_ms, j.reread_from_ms),
+            want,
+            "after batch {offset}"
+        );
     }
-    let (offset, batch) = progress(4, Some(T0 + 9_000), vec![]);
+    let (offset, batch) = progress(6, Some(T0 + 9_000), None, vec![]);
     w.commit_curated("apply", Some(offset), &batch)
         .await
         .unwrap();
     let j = get(&*w, id).await;
     assert_eq!(j.watermark_ms, Some(T0 + 9_000));
-    assert_eq!(j.counts, counts(2, 2, 0, 4));
-    assert_eq!(j.locator.as_deref(), Some("page-4"));
+    assert_eq!(j.reread_from_ms, Some(T0 + 2_000));
+    assert_eq!(j.counts, counts(5, 5, 0, 6));
+    assert_eq!(j.locator.as_deref(), Some("page-6"));
     assert_eq!(
         get(&*w, other).await.watermark_ms,
         None,
@@ -967,6 +1004,7 @@ async fn formula_refresh_jobs_keep_their_watermark(b: &dyn Backend) {
                     position: None,
                     counts: SyncCounts::default(),
                     watermark_ms: Some(T0 + 20_000),
+                    reread_from_ms: Some(T0),
                 }),
                 ..Default::default()
             },
@@ -979,7 +1017,7 @@ async fn formula_refresh_jobs_keep_their_watermark(b: &dyn Backend) {
         "{err}"
     );
     assert_eq!(get(&*w, id).await, before);
-    assert_eq!(w.read_current(ACCOUNT).await.unwrap().len(), 2);
+    assert_eq!(w.read_current(ACCOUNT).await.unwrap().len(), 5);
 
     // Succeeded: the watermark is still there for the next refresh to start from, and a
     // store opened again reads the same.
@@ -1006,6 +1044,7 @@ async fn formula_refresh_jobs_keep_their_watermark(b: &dyn Backend) {
         .unwrap();
     assert_eq!(last.len(), 1);
     assert_eq!(last[0].watermark_ms, Some(T0 + 9_000));
+    assert_eq!(last[0].reread_from_ms, Some(T0 + 2_000));
 }
 
 macro_rules! suite {
@@ -1147,7 +1186,8 @@ async fn upgrade_to_v8_keeps_jobs(b: &dyn Backend, at_v7: &[i64]) {
             j.locator.as_deref(),
             j.page_rows_done,
             j.counts,
-            j.watermark_ms
+            j.watermark_ms,
+            j.reread_from_ms
         ),
         (
             SyncJobKind::Backfill,
@@ -1157,6 +1197,7 @@ async fn upgrade_to_v8_keeps_jobs(b: &dyn Backend, at_v7: &[i64]) {
             Some("MjAw"),
             200,
             counts(200, 150, 50, 3),
+            None,
             None
         )
     );
@@ -1176,6 +1217,7 @@ async fn upgrade_to_v8_keeps_jobs(b: &dyn Backend, at_v7: &[i64]) {
             job_progress: Some(SyncJobProgress {
                 job_id: id,
                 watermark_ms: Some(T0),
+                reread_from_ms: Some(T0 - 1),
                 ..Default::default()
             }),
             ..Default::default()
@@ -1183,7 +1225,8 @@ async fn upgrade_to_v8_keeps_jobs(b: &dyn Backend, at_v7: &[i64]) {
     )
     .await
     .unwrap();
-    assert_eq!(get(&*w, id).await.watermark_ms, Some(T0));
+    let j = get(&*w, id).await;
+    assert_eq!((j.watermark_ms, j.reread_from_ms), (Some(T0), Some(T0 - 1)));
 }
 
 const V7_JOBS: &str = "

@@ -299,6 +299,7 @@ impl Applier {
             position: Some(position),
             counts,
             watermark_ms: None,
+            reread_from_ms: None,
         });
         let has_repairs = !batch.repairs.is_empty();
         self.store
@@ -420,6 +421,7 @@ impl Applier {
             position: None,
             counts,
             watermark_ms: None,
+            reread_from_ms: None,
         });
         self.flush().await?;
         self.store
