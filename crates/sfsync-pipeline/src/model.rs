@@ -418,6 +418,10 @@ mod tests {
         street["compoundFieldName"] = "BillingAddress".into();
         let mut formula = field("Score__c", "double");
         formula["calculated"] = true.into();
+        formula["calculatedFormula"] = "AnnualRevenue / 1000".into();
+        // Calculated without a formula (a person-name parent, say): never a formula column.
+        let mut calculated = field("Derived__c", "string");
+        calculated["calculated"] = true.into();
         serde_json::from_value(serde_json::json!({
             "name": "Account",
             "fields": [
@@ -425,6 +429,7 @@ mod tests {
                 field("IsActive__c", "boolean"), field("LastModifiedDate", "datetime"),
                 field("SystemModstamp", "datetime"), field("BillingAddress", "address"),
                 street, formula, field("Phone", "phone"), field("Founded__c", "date"),
+                calculated,
             ]
         }))
         .unwrap()
@@ -476,6 +481,160 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("Score__c"), "{e}");
+    }
+
+    /// Formula fields have columns only when the object is configured with them: all of them
+    /// (`true`) or the listed ones; typed from describe, never tracked by history, possibly PII.
+    #[test]
+    fn formula_columns_only_for_configured_objects() {
+        let plain = ObjectMapping::build(&describe(), &ObjectSpec::new("Account")).unwrap();
+        assert!(plain.formula_columns.is_empty());
+        assert!(plain.formula_fields().is_empty());
+        assert_eq!(plain.column_of_field("Score__c"), None);
+        assert!(!plain.soql_fields.iter().any(|f| f == "Score__c"));
+
+        for setting in [
+            FormulaFields::All,
+            FormulaFields::Fields(vec!["score__C".into()]),
+        ] {
+            let mut spec = ObjectSpec::new("Account");
+            spec.formula_fields = setting.clone();
+            spec.history = HistoryFields::All;
+            spec.pii_fields = vec!["Score__c".into()];
+            let m = ObjectMapping::build(&describe(), &spec).unwrap();
+            let col = m.column_of_field("Score__c").expect("a formula column");
+            assert_eq!(m.formula_columns, [col], "{setting:?}");
+            assert_eq!(m.formula_fields(), ["Score__c"]);
+            let c = &m.model.columns[col];
+            assert_eq!(
+                (c.name.as_str(), c.ty, c.pii),
+                ("score__c", ColumnType::Real, true)
+            );
+            assert!(m.soql_fields.iter().any(|f| f == "Score__c"));
+            // Only formulas: calculated fields without one stay out.
+            assert_eq!(m.column_of_field("Derived__c"), None);
+            let h = &m.model.history.as_ref().unwrap().columns;
+            assert!(h.contains(&"name".to_string()));
+            assert!(!h.contains(&"score__c".to_string()), "{h:?}");
+            // Every other column is where it was without formulas.
+            let others: Vec<_> = m
+                .model
+                .columns
+                .iter()
+                .filter(|c| c.name != "score__c")
+                .collect();
+            assert_eq!(others, plain.model.columns.iter().collect::<Vec<_>>());
+        }
+
+        let err = |spec: &ObjectSpec| {
+            ObjectMapping::build(&describe(), spec)
+                .unwrap_err()
+                .to_string()
+        };
+        let mut spec = ObjectSpec::new("Account");
+        spec.formula_fields = FormulaFields::Fields(vec!["Name".into()]);
+        let e = err(&spec);
+        assert!(
+            e.contains("'Name' is not a formula field of Account"),
+            "{e}"
+        );
+        spec.formula_fields = FormulaFields::Fields(vec!["Derived__c".into()]);
+        assert!(err(&spec).contains("not a formula field"));
+        spec.formula_fields = FormulaFields::Fields(vec!["Nope__c".into()]);
+        assert!(err(&spec).contains("'Nope__c' is not a field of Account"));
+        spec.formula_fields = FormulaFields::All;
+        spec.history = HistoryFields::Fields(vec!["Score__c".into()]);
+        let e = err(&spec);
+        assert!(e.contains("cannot be tracked in history"), "{e}");
+        // Without the setting a formula field is not stored at all, so not PII either.
+        let mut spec = ObjectSpec::new("Account");
+        spec.pii_fields = vec!["Score__c".into()];
+        assert!(err(&spec).contains("not a stored field"));
+    }
+
+    /// Change events never carry formula fields: a CDC create or undelete (a full row) leaves
+    /// the formula column as it is instead of nulling it, while a snapshot sets it.
+    #[test]
+    fn change_events_never_null_formula_columns() {
+        use crate::normalize::{self, Op};
+        use sfsync_core::{Change, ChangeHeader, ChangeType, FieldValue, ReplayId};
+        let mut spec = ObjectSpec::new("Account");
+        spec.formula_fields = FormulaFields::All;
+        let m = ObjectMapping::build(&describe(), &spec).unwrap();
+        let score = m.column_of_field("Score__c").unwrap();
+        let event = |ct: ChangeType, ts: i64| Change {
+            header: ChangeHeader {
+                entity_name: "Account".into(),
+                record_ids: vec!["001A".into()],
+                change_type: Some(ct),
+                transaction_key: format!("tx{ts}"),
+                sequence_number: 1,
+                commit_timestamp: ts,
+                commit_number: ts,
+                ..Default::default()
+            },
+            schema_id: "s1".into(),
+            replay_id: ReplayId::from_bytes(vec![1]),
+            fields: vec![("Name".into(), FieldValue::String("Acme".into()))],
+        };
+        let changes =
+            |ct, ts| match normalize::from_cdc(&m, "/data/AccountChangeEvent", &event(ct, ts))
+                .unwrap()
+            {
+                normalize::Normalized::Records(r) => r,
+                other => panic!("{other:?}"),
+            };
+        let create = changes(ChangeType::Create, 10).remove(0);
+        assert_eq!(create.op, Op::Full);
+        assert!(create.values.iter().all(|(c, _)| *c != score), "{create:?}");
+        let phone = m.column_of_field("Phone").unwrap();
+        assert!(
+            create.values.contains(&(phone, sfsync_store::Value::Null)),
+            "other absent fields are null in a full row"
+        );
+
+        let mappings = HashMap::from([("Account".to_string(), m.clone())]);
+        let planner = crate::plan::Planner {
+            mappings: &mappings,
+            run_id: "run-1",
+            own_client: "sfsync",
+            now_ms: 1,
+        };
+        let mut rows = HashMap::new();
+        let mut batch = sfsync_store::CuratedBatch::default();
+        let key = ("Account".to_string(), "001A".to_string());
+        let apply = |rows: &mut HashMap<_, _>, batch: &mut _, ch| {
+            planner.plan(rows, &[("Account".to_string(), ch)], batch);
+        };
+        apply(&mut rows, &mut batch, create);
+        let row: &sfsync_store::CurrentRow = &rows[&key];
+        assert_eq!(row.values.get("score__c"), None, "unknown until a refresh");
+        // A snapshot (backfill, repair) carries the formula.
+        let mut snap = changes(ChangeType::Create, 20).remove(0);
+        snap.source = sfsync_store::ChangeSource::Snapshot;
+        snap.change_type = "SNAPSHOT";
+        snap.values.push((score, sfsync_store::Value::Real(12.5)));
+        apply(&mut rows, &mut batch, snap);
+        assert_eq!(
+            rows[&key].values.get("score__c"),
+            Some(&sfsync_store::Value::Real(12.5))
+        );
+        // Later CDC full rows keep it.
+        for (ct, ts) in [(ChangeType::Delete, 30), (ChangeType::Undelete, 40)] {
+            let ch = changes(ct, ts).remove(0);
+            apply(&mut rows, &mut batch, ch);
+        }
+        let row = &rows[&key];
+        assert!(!row.deleted);
+        assert_eq!(
+            row.values.get("name"),
+            Some(&sfsync_store::Value::Text("Acme".into()))
+        );
+        assert_eq!(
+            row.values.get("score__c"),
+            Some(&sfsync_store::Value::Real(12.5)),
+            "an undelete does not null the formula column"
+        );
     }
 
     #[test]
