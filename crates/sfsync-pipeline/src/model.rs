@@ -609,15 +609,35 @@ mod tests {
         apply(&mut rows, &mut batch, create);
         let row: &sfsync_store::CurrentRow = &rows[&key];
         assert_eq!(row.values.get("score__c"), None, "unknown until a refresh");
-        // A snapshot (backfill, repair) carries the formula.
-        let mut snap = changes(ChangeType::Create, 20).remove(0);
-        snap.source = sfsync_store::ChangeSource::Snapshot;
-        snap.change_type = "SNAPSHOT";
-        snap.values.push((score, sfsync_store::Value::Real(12.5)));
-        apply(&mut rows, &mut batch, snap);
+        // A snapshot (backfill, repair) carries the formula: set even when the snapshot is
+        // older than the create (the backfill row arrived after the streamed create), and
+        // never by a read older than the one that set it.
+        let snapshot = |ts: i64, value: f64| {
+            let mut snap = changes(ChangeType::Create, ts).remove(0);
+            snap.source = sfsync_store::ChangeSource::Snapshot;
+            snap.change_type = "SNAPSHOT";
+            snap.version.commit_number = 0;
+            snap.version.sequence_number = 0;
+            snap.values.push((score, sfsync_store::Value::Real(value)));
+            snap.values.sort_by_key(|(c, _)| *c);
+            snap
+        };
+        let formula = |rows: &HashMap<_, sfsync_store::CurrentRow>| {
+            rows[&key].values.get("score__c").cloned()
+        };
+        apply(&mut rows, &mut batch, snapshot(5, 7.5));
+        assert_eq!(formula(&rows), Some(sfsync_store::Value::Real(7.5)));
         assert_eq!(
-            rows[&key].values.get("score__c"),
-            Some(&sfsync_store::Value::Real(12.5))
+            rows[&key].meta.change_type, "CREATE",
+            "the record's version stays"
+        );
+        apply(&mut rows, &mut batch, snapshot(20, 12.5));
+        assert_eq!(formula(&rows), Some(sfsync_store::Value::Real(12.5)));
+        apply(&mut rows, &mut batch, snapshot(15, 99.0));
+        assert_eq!(
+            formula(&rows),
+            Some(sfsync_store::Value::Real(12.5)),
+            "an older read never sets formula columns"
         );
         // Later CDC full rows keep it.
         for (ct, ts) in [(ChangeType::Delete, 30), (ChangeType::Undelete, 40)] {

@@ -297,9 +297,11 @@ impl Applier {
         ids.dedup();
         let mut loaded = HashMap::new();
         self.load_rows(&object, &ids, &mut loaded).await?;
-        let before: HashMap<(String, String), sfsync_store::SyncMeta> = loaded
+        // What a write changes: the sync metadata, or the field versions (a late snapshot that
+        // only fills fields no newer change set, such as formula columns after a create).
+        let before: HashMap<(String, String), (sfsync_store::SyncMeta, Option<String>)> = loaded
             .iter()
-            .map(|(k, r)| (k.clone(), r.meta.clone()))
+            .map(|(k, r)| (k.clone(), (r.meta.clone(), r.field_versions.clone())))
             .collect();
         let now = now_ms();
         let gating = self.gating();
@@ -328,7 +330,11 @@ impl Applier {
         counts.skipped = (totals.stale + totals.late) as i64;
         counts.applied = totals.applied as i64;
         // Rows the snapshot did not change are not rewritten.
-        loaded.retain(|k, r| before.get(k) != Some(&r.meta));
+        loaded.retain(|k, r| {
+            before
+                .get(k)
+                .is_none_or(|(meta, fv)| *meta != r.meta || *fv != r.field_versions)
+        });
         counts.deleted = loaded.values().filter(|r| r.deleted).count() as i64;
         let applied = loaded.len();
         rows_into(loaded, &mut batch);
@@ -366,8 +372,8 @@ impl Applier {
     /// changed, in place. A row keeps its version and SCD2 history (no Salesforce change is
     /// applied); `_sf_applied_at` and `_sf_run_id` name the refresh, and the audit trail gets a
     /// `FORMULA_REFRESH` entry naming the fields that changed. Rows whose formula values are
-    /// unchanged are not rewritten; a row read before the warehouse's newest change of the
-    /// record is skipped (that change is after the watermark, so the next refresh reads it); a
+    /// unchanged are not rewritten; a row older than the read that last set the row's formula
+    /// columns is skipped (formula columns carry the version of that read); a
     /// record not in the warehouse is not created (the stream or a repair brings it; if recent,
     /// the next refresh reads it again — see [`jobs::FORMULA_MISSING_HORIZON_MS`]).
     async fn apply_formula_rows(
@@ -448,8 +454,9 @@ impl Applier {
                 }
                 continue;
             };
-            if modstamp < row.meta.version.commit_timestamp {
-                // Read before the warehouse's newest change of the record.
+            if crate::plan::formula_version(row).is_some_and(|f| f > c.version) {
+                // An even newer read (a snapshot, or a refresh resumed from a Bulk job that
+                // ran earlier) already set the formula columns.
                 counts.skipped += 1;
                 continue;
             }
@@ -475,6 +482,7 @@ impl Applier {
                 continue;
             }
             counts.applied += 1;
+            crate::plan::set_formula_version(row, c.version);
             row.meta.run_id = run_id.clone();
             row.meta.applied_at_ms = now;
             batch.audit.push(sfsync_store::AuditEntry {

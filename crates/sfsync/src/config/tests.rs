@@ -868,7 +868,10 @@ formula_refresh_secs = 0
     has("objects[0].formula_fields", "empty");
     has("objects[1].formula_fields[1]", "not a valid field API name");
     has("objects[1].formula_fields[2]", "listed twice");
-    has("objects[1].history.fields[1]", "cannot be tracked in history");
+    has(
+        "objects[1].history.fields[1]",
+        "cannot be tracked in history",
+    );
     has("objects[2].formula_fields", "mode = \"cdc\" objects only");
     has("pipeline.formula_refresh_secs", "greater than 0");
     let e = errs(&format!(
