@@ -500,10 +500,9 @@ impl Applier {
                 run_id: run_id.clone(),
                 applied_at_ms: now,
             });
-            if !changed.contains_key(&key) {
-                if let Some(r) = loaded.remove(&key) {
-                    changed.insert(key, r);
-                }
+            // (A record already moved by an earlier row of the batch is no longer in `loaded`.)
+            if let Some(r) = loaded.remove(&key) {
+                changed.insert(key, r);
             }
         }
         let refreshed = changed.len();
