@@ -193,6 +193,28 @@ impl ObjectMapping {
                     .push((component_name(parent, &f.name), idx));
             }
         }
+        // Data-quality checks run on changes before they are merged, and change events never
+        // carry formula fields: a rule on one could never pass (or would check nothing).
+        let q = &spec.quality;
+        let checked = q
+            .required
+            .iter()
+            .chain(q.rules.iter().map(|r| &r.field))
+            .chain(q.references.iter().map(|r| &r.field));
+        for f in checked {
+            if formula_columns
+                .iter()
+                .any(|i| columns[*i].field.eq_ignore_ascii_case(f))
+            {
+                return Err(PipelineError::config(
+                    object,
+                    format!(
+                        "'{f}' is a formula field: change events never carry it, so data-quality \
+                         rules cannot check it"
+                    ),
+                ));
+            }
+        }
         // Formula columns change without a change event (a refresh updates them in place), so
         // SCD2 versions cannot follow them: never tracked.
         let history = match &spec.history {
@@ -546,6 +568,11 @@ mod tests {
         spec.history = HistoryFields::Fields(vec!["Score__c".into()]);
         let e = err(&spec);
         assert!(e.contains("cannot be tracked in history"), "{e}");
+        let mut spec = ObjectSpec::new("Account");
+        spec.formula_fields = FormulaFields::All;
+        spec.quality.required = vec!["Score__c".into()];
+        let e = err(&spec);
+        assert!(e.contains("data-quality rules cannot check it"), "{e}");
         // Without the setting a formula field is not stored at all, so not PII either.
         let mut spec = ObjectSpec::new("Account");
         spec.pii_fields = vec!["Score__c".into()];
