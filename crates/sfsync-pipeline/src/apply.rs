@@ -1217,7 +1217,7 @@ impl Applier {
     }
 }
 
-type Rows = HashMap<(String, String), sfsync_store::CurrentRow>;
+pub(crate) type Rows = HashMap<(String, String), sfsync_store::CurrentRow>;
 
 /// A record change with its object.
 type ObjectChange = (String, RecordChange);

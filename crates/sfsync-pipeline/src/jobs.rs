@@ -10,6 +10,14 @@
 //! as no-ops). The page position (Bulk job id, locator, rows of the page done) and the counts
 //! commit with the rows, so a crash resumes at the committed row without re-reading finished
 //! pages. Each job is a run in the `runs` table with its counts and reason.
+//!
+//! Formula refreshes (objects configured with formula fields; change events never carry them)
+//! are scheduled jobs of the same shape: one Bulk query of `Id, SystemModstamp` and the formula
+//! fields for the records modified at or after the previous refresh's watermark (less
+//! [`FORMULA_OVERLAP_MS`] for commit skew), applied to the formula columns of existing rows only.
+//! The watermark (highest SystemModstamp read) and the re-read point (records the stream has not
+//! brought yet) commit with the rows, so the next refresh starts exactly where the last
+//! committed one left off.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +36,7 @@ use crate::model::ObjectMapping;
 pub const LAST_PAGE_DONE: &str = "null";
 
 /// Settings of the job runner.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobsConfig {
     /// Objects whose curated table is created by this start are backfilled.
     pub backfill_new_objects: bool,
@@ -38,7 +46,24 @@ pub struct JobsConfig {
     pub poll: Duration,
     /// Scheduled reconciliation of every object (none when `None`).
     pub reconcile_every: Option<Duration>,
+    /// How often the formula fields of objects configured with them are refreshed (none are
+    /// scheduled when `None`; jobs already requested still run).
+    pub formula_refresh_every: Option<Duration>,
 }
+
+/// Default interval of formula refreshes.
+pub const DEFAULT_FORMULA_REFRESH: Duration = Duration::from_secs(300);
+
+/// A formula refresh starts this long before the previous one's watermark: a transaction's
+/// SystemModstamp is taken before it commits, so a record can become visible with a
+/// SystemModstamp a little older than rows an earlier query already returned.
+pub const FORMULA_OVERLAP_MS: i64 = 60_000;
+
+/// A record a formula refresh reads but does not find in the warehouse, modified within this
+/// long before the refresh applies it, is taken to be on its way through the stream: the next
+/// refresh reads it again (by then its row exists). One missing for longer is drift, which
+/// reconciliation finds and repairs (its re-read brings the formula fields too).
+pub const FORMULA_MISSING_HORIZON_MS: i64 = 3_600_000;
 
 impl Default for JobsConfig {
     fn default() -> Self {
@@ -47,8 +72,103 @@ impl Default for JobsConfig {
             page_records: 100_000,
             poll: Duration::from_secs(1),
             reconcile_every: None,
+            formula_refresh_every: Some(DEFAULT_FORMULA_REFRESH),
         }
     }
+}
+
+/// The SOQL of a formula refresh: `Id`, `SystemModstamp` and the formula fields of the records
+/// modified at or after `since_ms` (all records when `None`).
+pub fn formula_soql(mapping: &ObjectMapping, since_ms: Option<i64>) -> String {
+    let mut fields = vec!["Id".to_string(), "SystemModstamp".to_string()];
+    fields.extend(mapping.formula_fields());
+    let mut soql = format!("SELECT {} FROM {}", fields.join(", "), mapping.object());
+    if let Some(s) = since_ms {
+        soql.push_str(&format!(" WHERE SystemModstamp >= {}", soql_datetime(s)));
+    }
+    soql
+}
+
+/// The parameters a formula refresh is requested with (`params` of its job).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FormulaParams {
+    /// The formula fields it reads.
+    pub fields: Vec<String>,
+    /// The point it continues from (the previous refresh's; `None`: a full read).
+    pub watermark_from_ms: Option<i64>,
+}
+
+impl FormulaParams {
+    /// The params of a stored job (empty ones if they do not parse).
+    pub fn of(job: &SyncJob) -> FormulaParams {
+        serde_json::from_str(&job.params).unwrap_or_default()
+    }
+}
+
+/// Where the refresh after `job` (a succeeded formula refresh) continues from: the highest
+/// SystemModstamp it or its predecessors read, but no later than a record it must read again.
+/// `None` when it read nothing and had no predecessor.
+pub fn formula_resume_point(job: &SyncJob) -> Option<i64> {
+    let p = FormulaParams::of(job);
+    let seen = match (job.watermark_ms, p.watermark_from_ms) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    match (seen, job.reread_from_ms) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The next formula refresh of `mapping`'s object: incremental from the last succeeded
+/// refresh's resume point when it read every formula field configured now; a full read
+/// otherwise (the first refresh, or formula fields added to the config, whose columns are
+/// empty on the rows already there).
+pub async fn next_formula_refresh(
+    store: &dyn Warehouse,
+    mapping: &ObjectMapping,
+    requested_by: &str,
+) -> Result<NewSyncJob> {
+    let fields = mapping.formula_fields();
+    let last = store
+        .sync_jobs(&sfsync_store::SyncJobFilter {
+            statuses: vec![SyncJobStatus::Succeeded],
+            kind: Some(SyncJobKind::FormulaRefresh),
+            object: Some(mapping.object().to_string()),
+            newest_first: true,
+            limit: 1,
+        })
+        .await?;
+    let from = last.first().and_then(|j| {
+        let read = FormulaParams::of(j).fields;
+        let covers = fields
+            .iter()
+            .all(|f| read.iter().any(|r| r.eq_ignore_ascii_case(f)));
+        if covers {
+            formula_resume_point(j)
+        } else {
+            None
+        }
+    });
+    let reason = match (from, last.is_empty()) {
+        (Some(_), _) => "scheduled".to_string(),
+        (None, true) => "scheduled: first refresh (all records)".to_string(),
+        (None, false) => "scheduled: formula fields changed (all records)".to_string(),
+    };
+    let params = FormulaParams {
+        fields,
+        watermark_from_ms: from,
+    };
+    Ok(NewSyncJob {
+        kind: SyncJobKind::FormulaRefresh,
+        object: mapping.object().to_string(),
+        reason,
+        since_ms: from.map(|w| w - FORMULA_OVERLAP_MS),
+        until_ms: None,
+        params: serde_json::to_string(&params).unwrap_or_else(|_| "{}".into()),
+        requested_by: requested_by.to_string(),
+        resync_id: None,
+    })
 }
 
 /// The SOQL of a backfill or re-sync: every mapped field, SystemModstamp and IsDeleted,
@@ -134,6 +254,7 @@ pub(crate) struct JobRunner {
     pub retry_at: Option<Instant>,
     pub failures: u32,
     pub last_reconcile: Option<Instant>,
+    pub last_formula_refresh: Option<Instant>,
 }
 
 impl JobRunner {
@@ -210,7 +331,10 @@ async fn fetch(
         let id = match &bulk_id {
             Some(id) => id.clone(),
             None => {
-                let req = if job.kind == SyncJobKind::Backfill && job.since_ms.is_none() {
+                let full_load = job.kind == SyncJobKind::Backfill && job.since_ms.is_none();
+                // A formula refresh reads live records only (deleted ones have no formulas
+                // worth refreshing; their undelete changes SystemModstamp).
+                let req = if full_load || job.kind == SyncJobKind::FormulaRefresh {
                     QueryJobRequest::new(soql)
                 } else {
                     // A window: deletes in it matter (queryAll returns the recycle bin too).
@@ -405,6 +529,8 @@ pub(crate) fn run_detail(job: &SyncJob, counts: &SyncCounts, secs: f64) -> Strin
         "since_ms": job.since_ms,
         "until_ms": job.until_ms,
         "rows_total": job.rows_total,
+        "watermark_ms": job.watermark_ms,
+        "reread_from_ms": job.reread_from_ms,
         "counts": counts,
         "seconds": secs,
     })
@@ -440,4 +566,179 @@ pub(crate) async fn fail_job(
         )
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{FormulaFields, ObjectSpec};
+    use sfsync_store::{CuratedBatch, SyncJobProgress};
+
+    fn mapping(fields: FormulaFields) -> ObjectMapping {
+        let f = |n: &str, t: &str| serde_json::json!({"name": n, "type": t});
+        let mut a = f("Revenue_Per_Employee__c", "double");
+        a["calculated"] = true.into();
+        a["calculatedFormula"] = "AnnualRevenue / NumberOfEmployees".into();
+        let mut b = f("Tier__c", "string");
+        b["calculated"] = true.into();
+        b["calculatedFormula"] = "IF(AnnualRevenue > 1000000, \"A\", \"B\")".into();
+        let d = serde_json::from_value(serde_json::json!({
+            "name": "Account",
+            "fields": [f("Id", "id"), f("Name", "string"), f("AnnualRevenue", "currency"),
+                       f("SystemModstamp", "datetime"), a, b]
+        }))
+        .unwrap();
+        let mut spec = ObjectSpec::new("Account");
+        spec.formula_fields = fields;
+        ObjectMapping::build(&d, &spec).unwrap()
+    }
+
+    #[test]
+    fn formula_soql_reads_id_modstamp_and_the_formulas() {
+        let m = mapping(FormulaFields::All);
+        assert_eq!(
+            formula_soql(&m, None),
+            "SELECT Id, SystemModstamp, Revenue_Per_Employee__c, Tier__c FROM Account"
+        );
+        let m = mapping(FormulaFields::Fields(vec!["Tier__c".into()]));
+        assert_eq!(
+            formula_soql(&m, Some(1_795_253_400_000)),
+            "SELECT Id, SystemModstamp, Tier__c FROM Account \
+             WHERE SystemModstamp >= 2026-11-21T09:30:00.000Z"
+        );
+    }
+
+    fn job_with(
+        params: &FormulaParams,
+        watermark: Option<i64>,
+        reread: Option<i64>,
+    ) -> sfsync_store::SyncJob {
+        sfsync_store::SyncJob {
+            id: 1,
+            kind: SyncJobKind::FormulaRefresh,
+            object: "Account".into(),
+            reason: String::new(),
+            status: SyncJobStatus::Succeeded,
+            since_ms: None,
+            until_ms: None,
+            params: serde_json::to_string(params).unwrap(),
+            requested_by: String::new(),
+            resync_id: None,
+            run_id: None,
+            bulk_job_id: None,
+            locator: None,
+            page_rows_done: 0,
+            rows_total: None,
+            counts: SyncCounts::default(),
+            requested_at_ms: 0,
+            started_at_ms: None,
+            finished_at_ms: None,
+            error: None,
+            report: None,
+            watermark_ms: watermark,
+            reread_from_ms: reread,
+        }
+    }
+
+    #[test]
+    fn resume_point_is_the_highest_read_but_not_past_a_record_to_read_again() {
+        let from = |w: Option<i64>| FormulaParams {
+            fields: vec!["Tier__c".into()],
+            watermark_from_ms: w,
+        };
+        let cases = [
+            // (continued from, watermark, re-read point) → resume point
+            ((None, None, None), None),
+            ((None, Some(50), None), Some(50)),
+            ((Some(70), None, None), Some(70)),
+            ((Some(70), Some(50), None), Some(70)),
+            ((Some(40), Some(50), None), Some(50)),
+            ((Some(40), Some(50), Some(45)), Some(45)),
+            ((Some(40), Some(50), Some(60)), Some(50)),
+            ((None, None, Some(30)), Some(30)),
+        ];
+        for ((f, w, r), want) in cases {
+            assert_eq!(
+                formula_resume_point(&job_with(&from(f), w, r)),
+                want,
+                "{f:?} {w:?} {r:?}"
+            );
+        }
+    }
+
+    /// The first refresh reads everything; the next continues from the last succeeded one's
+    /// resume point less the overlap; failed refreshes do not count; adding a formula field
+    /// to the config makes the next one read everything again.
+    #[tokio::test]
+    async fn next_refresh_continues_from_the_last_succeeded_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sfsync_store::SqliteChangeLog::open(dir.path().join("w.db"))
+            .await
+            .unwrap();
+        let tier = mapping(FormulaFields::Fields(vec!["Tier__c".into()]));
+        store.ensure_model(&tier.model).await.unwrap();
+
+        let first = next_formula_refresh(&store, &tier, "schedule")
+            .await
+            .unwrap();
+        assert_eq!(first.kind, SyncJobKind::FormulaRefresh);
+        assert_eq!(first.since_ms, None);
+        assert!(first.reason.contains("first refresh"), "{}", first.reason);
+        let params: FormulaParams = serde_json::from_str(&first.params).unwrap();
+        assert_eq!(params.fields, ["Tier__c"]);
+        assert_eq!(params.watermark_from_ms, None);
+
+        let run = |watermark: i64, status: SyncJobStatus| {
+            let store = &store;
+            let job = first.clone();
+            async move {
+                let id = store.add_sync_job(&job).await.unwrap();
+                store
+                    .commit_curated(
+                        "apply",
+                        None,
+                        &CuratedBatch {
+                            job_progress: Some(SyncJobProgress {
+                                job_id: id,
+                                watermark_ms: Some(watermark),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .unwrap();
+                store
+                    .patch_sync_job(
+                        id,
+                        &SyncJobPatch {
+                            status: Some(status),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .unwrap();
+            }
+        };
+        run(1_000_000, SyncJobStatus::Succeeded).await;
+        run(9_000_000, SyncJobStatus::Failed).await;
+        let next = next_formula_refresh(&store, &tier, "schedule")
+            .await
+            .unwrap();
+        assert_eq!(next.since_ms, Some(1_000_000 - FORMULA_OVERLAP_MS));
+        assert_eq!(next.reason, "scheduled");
+        let params: FormulaParams = serde_json::from_str(&next.params).unwrap();
+        assert_eq!(params.watermark_from_ms, Some(1_000_000));
+
+        let all = mapping(FormulaFields::All);
+        let wider = next_formula_refresh(&store, &all, "schedule")
+            .await
+            .unwrap();
+        assert_eq!(wider.since_ms, None);
+        assert!(
+            wider.reason.contains("formula fields changed"),
+            "{}",
+            wider.reason
+        );
+    }
 }

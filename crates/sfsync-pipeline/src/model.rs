@@ -1,7 +1,8 @@
 //! The curated model of an object, built from its describe and the object's config: which
 //! columns the current-state table has (typed from describe), which are PII, which the SCD2
-//! history tracks, and how change-event field paths (including compound components such as
-//! `BillingAddress.City`) map onto columns. Pure: no I/O.
+//! history tracks, which hold formula fields (configured objects only; kept fresh by formula
+//! refresh jobs, never by the change stream), and how change-event field paths (including
+//! compound components such as `BillingAddress.City`) map onto columns. Pure: no I/O.
 
 use std::collections::HashMap;
 
@@ -18,6 +19,18 @@ pub enum HistoryFields {
     Fields(Vec<String>),
 }
 
+/// Which formula fields of an object get columns (refreshed by formula refresh jobs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum FormulaFields {
+    /// None: formula fields are not synced (the default).
+    #[default]
+    None,
+    /// Every formula field describe reports.
+    All,
+    /// These formula fields (API names).
+    Fields(Vec<String>),
+}
+
 /// One synced object as configured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObjectSpec {
@@ -29,10 +42,12 @@ pub struct ObjectSpec {
     pub pii_fields: Vec<String>,
     /// Data-quality checks before merge.
     pub quality: crate::quality::QualitySpec,
+    /// Formula fields synced as columns.
+    pub formula_fields: FormulaFields,
 }
 
 impl ObjectSpec {
-    /// A spec with the default channel, no history and no PII.
+    /// A spec with the default channel, no history, no PII and no formula fields.
     pub fn new(name: &str) -> ObjectSpec {
         ObjectSpec {
             name: name.to_string(),
@@ -40,6 +55,7 @@ impl ObjectSpec {
             history: HistoryFields::None,
             pii_fields: Vec::new(),
             quality: crate::quality::QualitySpec::default(),
+            formula_fields: FormulaFields::None,
         }
     }
 }
@@ -76,6 +92,10 @@ pub struct ObjectMapping {
     /// Rules left out of `gate` because describe does not support them (a configuration error
     /// at start; reported after a schema change).
     pub gate_problems: Vec<String>,
+    /// Column indexes of the synced formula fields, in column order (empty unless configured).
+    /// The change stream never carries them: a CDC create or undelete leaves them as they are,
+    /// and formula refresh jobs re-read them.
+    pub formula_columns: Vec<usize>,
 }
 
 impl ObjectMapping {
@@ -88,8 +108,48 @@ impl ObjectMapping {
         let mut compounds: HashMap<String, Vec<(String, usize)>> = HashMap::new();
         let mut soql_fields = Vec::new();
         let pii = |f: &str| spec.pii_fields.iter().any(|p| p.eq_ignore_ascii_case(f));
+        // Compound parents (Contact `Name`, `BillingAddress`) are carried as their components.
+        let parents: std::collections::HashSet<&str> = describe
+            .fields
+            .iter()
+            .filter_map(|f| f.compound_field_name.as_deref())
+            .collect();
+        let formula_field = |f: &FieldDescribe| is_formula(f) && !parents.contains(f.name.as_str());
+        if let FormulaFields::Fields(list) = &spec.formula_fields {
+            for name in list {
+                match describe.field(name) {
+                    Some(f) if formula_field(f) => {}
+                    Some(_) => {
+                        return Err(PipelineError::config(
+                            object,
+                            format!(
+                                "formula field '{name}' is not a formula field of {object} \
+                                 (describe: not calculated or no calculatedFormula)"
+                            ),
+                        ))
+                    }
+                    None => {
+                        return Err(PipelineError::config(
+                            object,
+                            format!("formula field '{name}' is not a field of {object} (describe)"),
+                        ))
+                    }
+                }
+            }
+        }
+        let synced_formula = |f: &FieldDescribe| {
+            formula_field(f)
+                && match &spec.formula_fields {
+                    FormulaFields::None => false,
+                    FormulaFields::All => true,
+                    FormulaFields::Fields(list) => {
+                        list.iter().any(|n| n.eq_ignore_ascii_case(&f.name))
+                    }
+                }
+        };
+        let stored = |f: &FieldDescribe| is_stored(f) || synced_formula(f);
         for p in &spec.pii_fields {
-            let known = describe.field(p).is_some_and(is_stored);
+            let known = describe.field(p).is_some_and(stored);
             if !known {
                 return Err(PipelineError::config(
                     object,
@@ -117,17 +177,15 @@ impl ObjectMapping {
             idx
         };
         push(id, &mut columns);
-        // Compound parents (Contact `Name`, `BillingAddress`) are carried as their components.
-        let parents: std::collections::HashSet<&str> = describe
-            .fields
-            .iter()
-            .filter_map(|f| f.compound_field_name.as_deref())
-            .collect();
+        let mut formula_columns = Vec::new();
         for f in &describe.fields {
-            if f.name == "Id" || !is_stored(f) || parents.contains(f.name.as_str()) {
+            if f.name == "Id" || !stored(f) || parents.contains(f.name.as_str()) {
                 continue;
             }
             let idx = push(f, &mut columns);
+            if synced_formula(f) {
+                formula_columns.push(idx);
+            }
             if let Some(parent) = &f.compound_field_name {
                 compounds
                     .entry(parent.clone())
@@ -135,13 +193,55 @@ impl ObjectMapping {
                     .push((component_name(parent, &f.name), idx));
             }
         }
+        // Data-quality checks run on changes before they are merged, and change events never
+        // carry formula fields: a rule on one could never pass (or would check nothing).
+        let q = &spec.quality;
+        let checked = q
+            .required
+            .iter()
+            .chain(q.rules.iter().map(|r| &r.field))
+            .chain(q.references.iter().map(|r| &r.field));
+        for f in checked {
+            if formula_columns
+                .iter()
+                .any(|i| columns[*i].field.eq_ignore_ascii_case(f))
+            {
+                return Err(PipelineError::config(
+                    object,
+                    format!(
+                        "'{f}' is a formula field: change events never carry it, so data-quality \
+                         rules cannot check it"
+                    ),
+                ));
+            }
+        }
+        // Formula columns change without a change event (a refresh updates them in place), so
+        // SCD2 versions cannot follow them: never tracked.
         let history = match &spec.history {
             HistoryFields::None => None,
-            HistoryFields::All => Some(columns.iter().skip(1).map(|c| c.name.clone()).collect()),
+            HistoryFields::All => Some(
+                columns
+                    .iter()
+                    .enumerate()
+                    .skip(1)
+                    .filter(|(i, _)| !formula_columns.contains(i))
+                    .map(|(_, c)| c.name.clone())
+                    .collect(),
+            ),
             HistoryFields::Fields(list) => {
                 let mut cols = Vec::new();
                 for f in list {
                     let col = f.to_ascii_lowercase();
+                    let formula = formula_columns.iter().any(|i| columns[*i].name == col);
+                    if formula {
+                        return Err(PipelineError::config(
+                            object,
+                            format!(
+                                "history field '{f}' is a formula field: formula fields change \
+                                 without a change event and cannot be tracked in history"
+                            ),
+                        ));
+                    }
                     if !columns.iter().any(|c| c.name == col) {
                         return Err(PipelineError::config(
                             object,
@@ -171,6 +271,7 @@ impl ObjectMapping {
             soql_fields,
             gate: crate::quality::ObjectGate::default(),
             gate_problems: Vec::new(),
+            formula_columns,
         };
         let (gate, problems) =
             crate::quality::ObjectGate::compile(&mapping, describe, &spec.quality);
@@ -193,6 +294,14 @@ impl ObjectMapping {
         self.compounds.get(parent).map(|v| v.as_slice())
     }
 
+    /// Field API names of the synced formula fields, in column order.
+    pub fn formula_fields(&self) -> Vec<String> {
+        self.formula_columns
+            .iter()
+            .map(|i| self.model.columns[*i].field.clone())
+            .collect()
+    }
+
     /// The column a change-event path maps to: `Phone`, or `BillingAddress.City` → `billingcity`.
     pub fn column_of_path(&self, path: &str) -> Option<usize> {
         if let Some(i) = self.column_of_field(path) {
@@ -206,7 +315,19 @@ impl ObjectMapping {
     }
 }
 
-/// A field that has a column: not a compound parent, not a formula, not excluded.
+/// A formula field: `calculated` with a `calculatedFormula` (person-name parents are calculated
+/// without one).
+fn is_formula(f: &FieldDescribe) -> bool {
+    f.calculated
+        && f.calculated_formula
+            .as_deref()
+            .is_some_and(|t| !t.trim().is_empty())
+        && !f.is_compound()
+        && !EXCLUDED.contains(&f.name.as_str())
+}
+
+/// A field that has a column whatever the config: not a compound parent, not a formula, not
+/// excluded (configured formula fields have columns too; see [`ObjectMapping::build`]).
 fn is_stored(f: &FieldDescribe) -> bool {
     if f.is_compound() || EXCLUDED.contains(&f.name.as_str()) {
         return false;
@@ -319,6 +440,10 @@ mod tests {
         street["compoundFieldName"] = "BillingAddress".into();
         let mut formula = field("Score__c", "double");
         formula["calculated"] = true.into();
+        formula["calculatedFormula"] = "AnnualRevenue / 1000".into();
+        // Calculated without a formula (a person-name parent, say): never a formula column.
+        let mut calculated = field("Derived__c", "string");
+        calculated["calculated"] = true.into();
         serde_json::from_value(serde_json::json!({
             "name": "Account",
             "fields": [
@@ -326,6 +451,7 @@ mod tests {
                 field("IsActive__c", "boolean"), field("LastModifiedDate", "datetime"),
                 field("SystemModstamp", "datetime"), field("BillingAddress", "address"),
                 street, formula, field("Phone", "phone"), field("Founded__c", "date"),
+                calculated,
             ]
         }))
         .unwrap()
@@ -377,6 +503,185 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("Score__c"), "{e}");
+    }
+
+    /// Formula fields have columns only when the object is configured with them: all of them
+    /// (`true`) or the listed ones; typed from describe, never tracked by history, possibly PII.
+    #[test]
+    fn formula_columns_only_for_configured_objects() {
+        let plain = ObjectMapping::build(&describe(), &ObjectSpec::new("Account")).unwrap();
+        assert!(plain.formula_columns.is_empty());
+        assert!(plain.formula_fields().is_empty());
+        assert_eq!(plain.column_of_field("Score__c"), None);
+        assert!(!plain.soql_fields.iter().any(|f| f == "Score__c"));
+
+        for setting in [
+            FormulaFields::All,
+            FormulaFields::Fields(vec!["score__C".into()]),
+        ] {
+            let mut spec = ObjectSpec::new("Account");
+            spec.formula_fields = setting.clone();
+            spec.history = HistoryFields::All;
+            spec.pii_fields = vec!["Score__c".into()];
+            let m = ObjectMapping::build(&describe(), &spec).unwrap();
+            let col = m.column_of_field("Score__c").expect("a formula column");
+            assert_eq!(m.formula_columns, [col], "{setting:?}");
+            assert_eq!(m.formula_fields(), ["Score__c"]);
+            let c = &m.model.columns[col];
+            assert_eq!(
+                (c.name.as_str(), c.ty, c.pii),
+                ("score__c", ColumnType::Real, true)
+            );
+            assert!(m.soql_fields.iter().any(|f| f == "Score__c"));
+            // Only formulas: calculated fields without one stay out.
+            assert_eq!(m.column_of_field("Derived__c"), None);
+            let h = &m.model.history.as_ref().unwrap().columns;
+            assert!(h.contains(&"name".to_string()));
+            assert!(!h.contains(&"score__c".to_string()), "{h:?}");
+            // Every other column is where it was without formulas.
+            let others: Vec<_> = m
+                .model
+                .columns
+                .iter()
+                .filter(|c| c.name != "score__c")
+                .collect();
+            assert_eq!(others, plain.model.columns.iter().collect::<Vec<_>>());
+        }
+
+        let err = |spec: &ObjectSpec| {
+            ObjectMapping::build(&describe(), spec)
+                .unwrap_err()
+                .to_string()
+        };
+        let mut spec = ObjectSpec::new("Account");
+        spec.formula_fields = FormulaFields::Fields(vec!["Name".into()]);
+        let e = err(&spec);
+        assert!(
+            e.contains("'Name' is not a formula field of Account"),
+            "{e}"
+        );
+        spec.formula_fields = FormulaFields::Fields(vec!["Derived__c".into()]);
+        assert!(err(&spec).contains("not a formula field"));
+        spec.formula_fields = FormulaFields::Fields(vec!["Nope__c".into()]);
+        assert!(err(&spec).contains("'Nope__c' is not a field of Account"));
+        spec.formula_fields = FormulaFields::All;
+        spec.history = HistoryFields::Fields(vec!["Score__c".into()]);
+        let e = err(&spec);
+        assert!(e.contains("cannot be tracked in history"), "{e}");
+        let mut spec = ObjectSpec::new("Account");
+        spec.formula_fields = FormulaFields::All;
+        spec.quality.required = vec!["Score__c".into()];
+        let e = err(&spec);
+        assert!(e.contains("data-quality rules cannot check it"), "{e}");
+        // Without the setting a formula field is not stored at all, so not PII either.
+        let mut spec = ObjectSpec::new("Account");
+        spec.pii_fields = vec!["Score__c".into()];
+        assert!(err(&spec).contains("not a stored field"));
+    }
+
+    /// Change events never carry formula fields: a CDC create or undelete (a full row) leaves
+    /// the formula column as it is instead of nulling it, while a snapshot sets it.
+    #[test]
+    fn change_events_never_null_formula_columns() {
+        use crate::normalize::{self, Op};
+        use sfsync_core::{Change, ChangeHeader, ChangeType, FieldValue, ReplayId};
+        let mut spec = ObjectSpec::new("Account");
+        spec.formula_fields = FormulaFields::All;
+        let m = ObjectMapping::build(&describe(), &spec).unwrap();
+        let score = m.column_of_field("Score__c").unwrap();
+        let event = |ct: ChangeType, ts: i64| Change {
+            header: ChangeHeader {
+                entity_name: "Account".into(),
+                record_ids: vec!["001A".into()],
+                change_type: Some(ct),
+                transaction_key: format!("tx{ts}"),
+                sequence_number: 1,
+                commit_timestamp: ts,
+                commit_number: ts,
+                ..Default::default()
+            },
+            schema_id: "s1".into(),
+            replay_id: ReplayId::from_bytes(vec![1]),
+            fields: vec![("Name".into(), FieldValue::String("Acme".into()))],
+        };
+        let changes =
+            |ct, ts| match normalize::from_cdc(&m, "/data/AccountChangeEvent", &event(ct, ts))
+                .unwrap()
+            {
+                normalize::Normalized::Records(r) => r,
+                other => panic!("{other:?}"),
+            };
+        let create = changes(ChangeType::Create, 10).remove(0);
+        assert_eq!(create.op, Op::Full);
+        assert!(create.values.iter().all(|(c, _)| *c != score), "{create:?}");
+        let phone = m.column_of_field("Phone").unwrap();
+        assert!(
+            create.values.contains(&(phone, sfsync_store::Value::Null)),
+            "other absent fields are null in a full row"
+        );
+
+        let mappings = HashMap::from([("Account".to_string(), m.clone())]);
+        let planner = crate::plan::Planner {
+            mappings: &mappings,
+            run_id: "run-1",
+            own_client: "sfsync",
+            now_ms: 1,
+        };
+        let mut rows = HashMap::new();
+        let mut batch = sfsync_store::CuratedBatch::default();
+        let key = ("Account".to_string(), "001A".to_string());
+        let apply = |rows: &mut HashMap<_, _>, batch: &mut _, ch| {
+            planner.plan(rows, &[("Account".to_string(), ch)], batch);
+        };
+        apply(&mut rows, &mut batch, create);
+        let row: &sfsync_store::CurrentRow = &rows[&key];
+        assert_eq!(row.values.get("score__c"), None, "unknown until a refresh");
+        // A snapshot (backfill, repair) carries the formula: set even when the snapshot is
+        // older than the create (the backfill row arrived after the streamed create), and
+        // never by a read older than the one that set it.
+        let snapshot = |ts: i64, value: f64| {
+            let mut snap = changes(ChangeType::Create, ts).remove(0);
+            snap.source = sfsync_store::ChangeSource::Snapshot;
+            snap.change_type = "SNAPSHOT";
+            snap.version.commit_number = 0;
+            snap.version.sequence_number = 0;
+            snap.values.push((score, sfsync_store::Value::Real(value)));
+            snap.values.sort_by_key(|(c, _)| *c);
+            snap
+        };
+        let formula = |rows: &HashMap<_, sfsync_store::CurrentRow>| {
+            rows[&key].values.get("score__c").cloned()
+        };
+        apply(&mut rows, &mut batch, snapshot(5, 7.5));
+        assert_eq!(formula(&rows), Some(sfsync_store::Value::Real(7.5)));
+        assert_eq!(
+            rows[&key].meta.change_type, "CREATE",
+            "the record's version stays"
+        );
+        apply(&mut rows, &mut batch, snapshot(20, 12.5));
+        assert_eq!(formula(&rows), Some(sfsync_store::Value::Real(12.5)));
+        apply(&mut rows, &mut batch, snapshot(15, 99.0));
+        assert_eq!(
+            formula(&rows),
+            Some(sfsync_store::Value::Real(12.5)),
+            "an older read never sets formula columns"
+        );
+        // Later CDC full rows keep it.
+        for (ct, ts) in [(ChangeType::Delete, 30), (ChangeType::Undelete, 40)] {
+            let ch = changes(ct, ts).remove(0);
+            apply(&mut rows, &mut batch, ch);
+        }
+        let row = &rows[&key];
+        assert!(!row.deleted);
+        assert_eq!(
+            row.values.get("name"),
+            Some(&sfsync_store::Value::Text("Acme".into()))
+        );
+        assert_eq!(
+            row.values.get("score__c"),
+            Some(&sfsync_store::Value::Real(12.5)),
+            "an undelete does not null the formula column"
+        );
     }
 
     #[test]

@@ -28,7 +28,8 @@ pub struct RecordChange {
     /// `CREATE`, `UPDATE`, `DELETE`, `UNDELETE` or `SNAPSHOT`.
     pub change_type: &'static str,
     pub version: RecordVersion,
-    /// (column index, value); for `Full`, every column but `id` (absent columns are null).
+    /// (column index, value); for `Full`, every column but `id` (absent columns are null), except
+    /// formula columns in a change event's (it never carries them; they are left as they are).
     pub values: Vec<(usize, Value)>,
     /// (column index, unified diff) for long text sent as a diff.
     pub diffs: Vec<(usize, String)>,
@@ -200,10 +201,15 @@ fn set_path(
     Ok(())
 }
 
-/// For a full row: every column not given is null.
+/// For a full row from a change event: every column not given is null — except formula
+/// columns, which change events never carry: they keep their values (a formula refresh or a
+/// snapshot sets them).
 fn fill_absent(mapping: &ObjectMapping, values: &mut Vec<(usize, Value)>) {
     let mut given = vec![false; mapping.model.columns.len()];
     for (c, _) in values.iter() {
+        given[*c] = true;
+    }
+    for c in &mapping.formula_columns {
         given[*c] = true;
     }
     for (c, g) in given.iter().enumerate().skip(1) {
@@ -328,6 +334,44 @@ impl CsvColumns {
             id,
             modstamp,
             deleted: pos("IsDeleted"),
+            columns,
+        })
+    }
+
+    /// Matches the result header of a formula refresh (`Id`, `SystemModstamp` and the mapping's
+    /// formula fields) against the mapping: [`from_csv`] then gives the formula columns only.
+    pub fn formulas(mapping: &ObjectMapping, header: &[String]) -> Result<CsvColumns> {
+        let object = mapping.object();
+        let pos = |name: &str| header.iter().position(|h| h.eq_ignore_ascii_case(name));
+        let bad = |what: String| {
+            PipelineError::bad_change(
+                "bulk results",
+                object,
+                "-",
+                format!("{what} (header: {header:?})"),
+            )
+        };
+        let id = pos("Id").ok_or_else(|| bad("the result header has no Id column".into()))?;
+        let modstamp = pos("SystemModstamp")
+            .ok_or_else(|| bad("the result header has no SystemModstamp column".into()))?;
+        let mut columns = Vec::with_capacity(mapping.formula_columns.len());
+        let mut missing = Vec::new();
+        for &c in &mapping.formula_columns {
+            let field = &mapping.model.columns[c].field;
+            match pos(field) {
+                Some(p) => columns.push((c, p)),
+                None => missing.push(field.clone()),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(bad(format!(
+                "the result header lacks formula fields of the model: {missing:?}"
+            )));
+        }
+        Ok(CsvColumns {
+            id,
+            modstamp,
+            deleted: None,
             columns,
         })
     }

@@ -50,6 +50,25 @@ struct FieldVersions(BTreeMap<String, RecordVersion>);
 const LIVE: &str = "_live";
 /// Marks a closed SCD2 history (see `apply_one`).
 const HCLOSED: &str = "_hclosed";
+/// Version of the formula columns: the SystemModstamp of the read (snapshot or formula refresh)
+/// that last set them. Change events never carry formula fields, so the record's version says
+/// nothing about them; a read older than this one never sets them.
+const FORMULA: &str = "_formula";
+
+/// The version of `row`'s formula columns (see [`FORMULA`]); `None` when no read set them.
+pub(crate) fn formula_version(row: &CurrentRow) -> Option<RecordVersion> {
+    FieldVersions::parse(row.field_versions.as_deref())
+        .0
+        .get(FORMULA)
+        .copied()
+}
+
+/// Records that a read at `v` set `row`'s formula columns.
+pub(crate) fn set_formula_version(row: &mut CurrentRow, v: RecordVersion) {
+    let mut fv = FieldVersions::parse(row.field_versions.as_deref());
+    fv.0.insert(FORMULA.into(), v);
+    row.field_versions = fv.render();
+}
 
 impl FieldVersions {
     fn parse(text: Option<&str>) -> FieldVersions {
@@ -210,6 +229,9 @@ impl Planner<'_> {
                 Op::Full => {
                     for (c, v) in &ch.values {
                         row.values.insert(cols[*c].name.clone(), v.clone());
+                        if m.formula_columns.contains(c) {
+                            fv.0.insert(FORMULA.into(), ch.version);
+                        }
                     }
                     row.base_version = ch.version;
                     row.deleted = ch.deleted;
@@ -272,13 +294,34 @@ impl Planner<'_> {
         let mut outcome = "applied";
         match ch.op {
             Op::Full => {
+                // Formula columns (only a read carries them) follow their own version: a read
+                // sets them unless an even newer read already did, whatever the record's
+                // version (a create applied before its backfill row still gets them).
+                let formula_newer = fv.0.get(FORMULA).is_none_or(|f| *f <= v);
+                let mut formula_set = false;
                 for (c, val) in &ch.values {
                     let name = &cols[*c].name;
+                    if m.formula_columns.contains(c) {
+                        if formula_newer {
+                            formula_set = true;
+                            let before = row.values.insert(name.clone(), val.clone());
+                            let same = match &before {
+                                None | Some(Value::Null) => val.is_null(),
+                                Some(b) => b == val,
+                            };
+                            any |= !same;
+                        }
+                        continue;
+                    }
                     if fv.get(name, base) < v {
                         row.values.insert(name.clone(), val.clone());
                         fv.0.insert(name.clone(), v);
                         any = true;
                     }
+                }
+                if formula_set && fv.0.get(FORMULA) != Some(&v) {
+                    fv.0.insert(FORMULA.into(), v);
+                    any = true;
                 }
                 if fv.get(LIVE, base) < v {
                     row.deleted = ch.deleted;
@@ -289,9 +332,13 @@ impl Planner<'_> {
                     // Every field is now at `v`: compact.
                     row.base_version = v;
                     let closed = fv.0.remove(HCLOSED);
+                    let formula = fv.0.remove(FORMULA);
                     fv.0.clear();
                     if let Some(c) = closed {
                         fv.0.insert(HCLOSED.into(), c);
+                    }
+                    if let Some(f) = formula {
+                        fv.0.insert(FORMULA.into(), f);
                     }
                 }
                 row.partial = false;

@@ -24,8 +24,10 @@ pub struct PipelineStats {
     pub repairs_requested: AtomicU64,
     pub repairs_done: AtomicU64,
     pub resyncs_requested: AtomicU64,
-    /// Rows read by backfills and re-syncs.
+    /// Rows read by backfills, re-syncs and formula refreshes.
     pub snapshot_rows: AtomicU64,
+    /// Rows whose formula columns a formula refresh updated.
+    pub formula_rows_refreshed: AtomicU64,
     /// Sync jobs finished successfully.
     pub jobs_done: AtomicU64,
     /// Records found different from Salesforce by reconciliation (missing, extra or stale).
@@ -123,6 +125,7 @@ impl PipelineStats {
             "repairs_done": g(&self.repairs_done),
             "resyncs_requested": g(&self.resyncs_requested),
             "snapshot_rows": g(&self.snapshot_rows),
+            "formula_rows_refreshed": g(&self.formula_rows_refreshed),
             "jobs_done": g(&self.jobs_done),
             "drift_found": g(&self.drift_found),
             "dead_letters": g(&self.dead_letters),

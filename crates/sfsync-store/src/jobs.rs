@@ -1,5 +1,5 @@
-//! Sync jobs: backfills, re-syncs, reconciliations and replays, as durable requests the single
-//! apply process carries out.
+//! Sync jobs: backfills, re-syncs, reconciliations, replays and formula-field refreshes, as
+//! durable requests the single apply process carries out.
 //!
 //! A job is requested (by the CLI, by `sfsync run` itself for a new object or a re-sync request,
 //! or on a schedule), taken by the apply process, and carried out in steps between streamed
@@ -23,14 +23,18 @@ pub enum SyncJobKind {
     Reconcile,
     /// Re-application of changes from the raw log (or Salesforce where not retained).
     Replay,
+    /// Re-read of the formula fields of records changed since the previous refresh's watermark
+    /// (change events never carry formula fields); updates only those columns of existing rows.
+    FormulaRefresh,
 }
 
 impl SyncJobKind {
-    pub const ALL: [SyncJobKind; 4] = [
+    pub const ALL: [SyncJobKind; 5] = [
         SyncJobKind::Backfill,
         SyncJobKind::Resync,
         SyncJobKind::Reconcile,
         SyncJobKind::Replay,
+        SyncJobKind::FormulaRefresh,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +43,7 @@ impl SyncJobKind {
             SyncJobKind::Resync => "resync",
             SyncJobKind::Reconcile => "reconcile",
             SyncJobKind::Replay => "replay",
+            SyncJobKind::FormulaRefresh => "formula_refresh",
         }
     }
 
@@ -176,6 +181,14 @@ pub struct SyncJob {
     pub error: Option<String>,
     /// Outcome details, JSON (a reconciliation's report).
     pub report: Option<String>,
+    /// The highest SystemModstamp (epoch ms) among the rows the job has committed (formula
+    /// refreshes: where the next refresh starts). Only ever raised, with the rows it covers.
+    pub watermark_ms: Option<i64>,
+    /// The lowest SystemModstamp of a row the job read but could not apply yet and that a later
+    /// job must read again (formula refreshes: a record whose create the stream has not
+    /// brought yet); the next refresh starts no later than this. Only ever lowered, with the
+    /// rows it covers.
+    pub reread_from_ms: Option<i64>,
 }
 
 /// Progress of a job committed with the curated rows it covers.
@@ -187,6 +200,10 @@ pub struct SyncJobProgress {
     pub position: Option<(Option<String>, i64)>,
     /// Added to the stored counts.
     pub counts: SyncCounts,
+    /// Raises the stored watermark to at least this (never lowers it).
+    pub watermark_ms: Option<i64>,
+    /// Lowers the stored re-read point to at most this (never raises it).
+    pub reread_from_ms: Option<i64>,
 }
 
 /// A change of a job outside a curated batch. `None` fields are left as they are.

@@ -258,6 +258,18 @@ CREATE INDEX sync_jobs_status ON sync_jobs (status, id);
 CREATE INDEX sync_jobs_object ON sync_jobs (object, kind, id);
 "#,
     },
+    Migration {
+        version: 8,
+        name: "sync jobs: formula_refresh kind, watermark and re-read point",
+        // `sync_jobs_kind_check` is the name Postgres gave migration 7's column constraint.
+        sql: r#"
+ALTER TABLE sync_jobs DROP CONSTRAINT sync_jobs_kind_check;
+ALTER TABLE sync_jobs ADD CONSTRAINT sync_jobs_kind_check
+    CHECK (kind IN ('backfill','resync','reconcile','replay','formula_refresh'));
+ALTER TABLE sync_jobs ADD COLUMN watermark_ms BIGINT;
+ALTER TABLE sync_jobs ADD COLUMN reread_from_ms BIGINT;
+"#,
+    },
 ];
 
 /// The change log in a Postgres database (tables in the connection's `search_path` schema).

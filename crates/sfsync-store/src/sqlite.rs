@@ -309,6 +309,67 @@ CREATE INDEX sync_jobs_status ON sync_jobs (status, id);
 CREATE INDEX sync_jobs_object ON sync_jobs (object, kind, id);
 "#,
     },
+    Migration {
+        version: 8,
+        name: "sync jobs: formula_refresh kind, watermark and re-read point",
+        // SQLite cannot change a CHECK constraint in place, hence the rebuild (as in migration
+        // 4); ids and the AUTOINCREMENT high-water mark are carried over, so job ids are never
+        // reused.
+        sql: r#"
+CREATE TABLE sync_jobs_v8 (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind            TEXT    NOT NULL CHECK (kind IN ('backfill','resync','reconcile','replay',
+                        'formula_refresh')),
+    object          TEXT    NOT NULL CHECK (object <> ''),
+    reason          TEXT    NOT NULL,
+    status          TEXT    NOT NULL CHECK (status IN ('pending','running','succeeded','failed',
+                        'cancelled')),
+    since_ms        INTEGER,
+    until_ms        INTEGER,
+    params          TEXT    NOT NULL,
+    requested_by    TEXT    NOT NULL,
+    resync_id       INTEGER,
+    run_id          TEXT,
+    bulk_job_id     TEXT,
+    locator         TEXT,
+    page_rows_done  INTEGER NOT NULL DEFAULT 0,
+    rows_total      INTEGER,
+    rows_read       INTEGER NOT NULL DEFAULT 0,
+    rows_applied    INTEGER NOT NULL DEFAULT 0,
+    rows_skipped    INTEGER NOT NULL DEFAULT 0,
+    rows_held       INTEGER NOT NULL DEFAULT 0,
+    rows_deleted    INTEGER NOT NULL DEFAULT 0,
+    rows_failed     INTEGER NOT NULL DEFAULT 0,
+    api_calls       INTEGER NOT NULL DEFAULT 0,
+    requested_at_ms INTEGER NOT NULL,
+    started_at_ms   INTEGER,
+    finished_at_ms  INTEGER,
+    error           TEXT,
+    report          TEXT,
+    watermark_ms    INTEGER,
+    reread_from_ms  INTEGER
+);
+INSERT INTO sync_jobs_v8 (id, kind, object, reason, status, since_ms, until_ms, params,
+    requested_by, resync_id, run_id, bulk_job_id, locator, page_rows_done, rows_total, rows_read,
+    rows_applied, rows_skipped, rows_held, rows_deleted, rows_failed, api_calls, requested_at_ms,
+    started_at_ms, finished_at_ms, error, report)
+    SELECT id, kind, object, reason, status, since_ms, until_ms, params, requested_by, resync_id,
+        run_id, bulk_job_id, locator, page_rows_done, rows_total, rows_read, rows_applied,
+        rows_skipped, rows_held, rows_deleted, rows_failed, api_calls, requested_at_ms,
+        started_at_ms, finished_at_ms, error, report
+    FROM sync_jobs ORDER BY id;
+INSERT INTO sqlite_sequence (name, seq)
+    SELECT 'sync_jobs_v8', seq FROM sqlite_sequence WHERE name = 'sync_jobs'
+    AND NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'sync_jobs_v8');
+UPDATE sqlite_sequence SET seq = max(seq,
+    (SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'sync_jobs'))
+    WHERE name = 'sync_jobs_v8';
+DROP TABLE sync_jobs;
+ALTER TABLE sync_jobs_v8 RENAME TO sync_jobs;
+CREATE INDEX sync_jobs_status ON sync_jobs (status, id);
+CREATE INDEX sync_jobs_object ON sync_jobs (object, kind, id);
+"#,
+    },
 ];
 
 /// `PRAGMA synchronous` setting; see the module docs.

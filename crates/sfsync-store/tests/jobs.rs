@@ -309,6 +309,8 @@ async fn requests_round_trip_with_filters(b: &dyn Backend) {
             finished_at_ms: None,
             error: None,
             report: None,
+            watermark_ms: None,
+            reread_from_ms: None,
         },
         "every field round-trips"
     );
@@ -688,6 +690,8 @@ async fn progress_commits_with_its_batch(b: &dyn Backend) {
                 job_id: id,
                 position: Some((Some("MjAw".into()), 200)),
                 counts: counts(200, 150, 50, 1),
+                watermark_ms: None,
+                reread_from_ms: None,
             }),
             ..Default::default()
         },
@@ -717,6 +721,8 @@ async fn progress_commits_with_its_batch(b: &dyn Backend) {
                 job_id: id,
                 position: None,
                 counts: deleted,
+                watermark_ms: None,
+                reread_from_ms: None,
             }),
             ..Default::default()
         },
@@ -761,6 +767,8 @@ async fn progress_commits_with_its_batch(b: &dyn Backend) {
                     job_id: id + 100,
                     position: Some((None, 0)),
                     counts: counts(1, 1, 0, 0),
+                    watermark_ms: None,
+                    reread_from_ms: None,
                 }),
                 ..Default::default()
             },
@@ -802,6 +810,8 @@ async fn progress_commits_with_its_batch(b: &dyn Backend) {
                 job_id: id,
                 position: Some((None, 0)),
                 counts: counts(1, 1, 0, 0),
+                watermark_ms: None,
+                reread_from_ms: None,
             }),
             ..Default::default()
         },
@@ -868,6 +878,175 @@ async fn row_keys_in_byte_order(b: &dyn Backend) {
     assert!(err.to_string().contains("'Contact'"), "{err}");
 }
 
+/// A formula refresh is a job kind of its own (migration 8 lets the database store it), and its
+/// watermark and re-read point commit with the batch whose rows they cover: the watermark raised
+/// to the highest value given and never lowered (a later page may hold older rows), the re-read
+/// point lowered to the lowest and never raised, neither touched by batches without one, and
+/// both rolled back with a batch that fails.
+async fn formula_refresh_jobs_keep_their_watermark(b: &dyn Backend) {
+    let w = b.open().await;
+    w.ensure_model(&account_model()).await.unwrap();
+    let mut new = job(SyncJobKind::FormulaRefresh, ACCOUNT);
+    new.since_ms = Some(T0 - 60_000);
+    new.params = r#"{"fields":["Revenue_Per_Employee__c"],"watermark_from_ms":1}"#.into();
+    new.requested_by = "schedule".into();
+    let id = w.add_sync_job(&new).await.unwrap();
+    let other = w
+        .add_sync_job(&job(SyncJobKind::Backfill, ACCOUNT))
+        .await
+        .unwrap();
+    let j = get(&*w, id).await;
+    assert_eq!(j.kind, SyncJobKind::FormulaRefresh);
+    assert_eq!(j.kind.as_str(), "formula_refresh");
+    assert_eq!(
+        SyncJobKind::parse("formula_refresh"),
+        Some(SyncJobKind::FormulaRefresh)
+    );
+    assert_eq!((j.since_ms, j.watermark_ms), (Some(T0 - 60_000), None));
+    assert_eq!(j.params, new.params);
+    assert_eq!(
+        ids(
+            &*w,
+            SyncJobFilter {
+                kind: Some(SyncJobKind::FormulaRefresh),
+                limit: 10,
+                ..Default::default()
+            }
+        )
+        .await,
+        [id],
+        "the kind filters"
+    );
+
+    let progress = |offset: u64,
+                    watermark: Option<i64>,
+                    reread: Option<i64>,
+                    rows: Vec<(String, CurrentRow)>| {
+        let n = rows.len() as i64;
+        (
+            offset,
+            CuratedBatch {
+                rows,
+                job_progress: Some(SyncJobProgress {
+                    job_id: id,
+                    position: Some((Some(format!("page-{offset}")), 0)),
+                    counts: counts(n, n, 0, 1),
+                    watermark_ms: watermark,
+                    reread_from_ms: reread,
+                }),
+                ..Default::default()
+            },
+        )
+    };
+    // (watermark given, re-read point given) → (stored watermark, stored re-read point).
+    for (offset, watermark, reread, want) in [
+        (1, Some(T0 + 5_000), None, (Some(T0 + 5_000), None)),
+        // An older page: the watermark stays; a first re-read point is taken.
+        (
+            2,
+            Some(T0 + 1_000),
+            Some(T0 + 3_000),
+            (Some(T0 + 5_000), Some(T0 + 3_000)),
+        ),
+        // A later re-read point does not move it; neither does a batch without either.
+        (
+            3,
+            None,
+            Some(T0 + 4_000),
+            (Some(T0 + 5_000), Some(T0 + 3_000)),
+        ),
+        (4, None, None, (Some(T0 + 5_000), Some(T0 + 3_000))),
+        // An earlier one does.
+        (
+            5,
+            None,
+            Some(T0 + 2_000),
+            (Some(T0 + 5_000), Some(T0 + 2_000)),
+        ),
+    ] {
+        let rows = vec![row(&format!("001A0000000000{offset}"), T0, false)];
+        let (offset, batch) = progress(offset, watermark, reread, rows);
+        w.commit_curated("apply", Some(offset), &batch)
+            .await
+            .unwrap();
+        let j = get(&*w, id).await;
+        assert_eq!(
+            (j.watermark_ms, j.reread_from_ms),
+            want,
+            "after batch {offset}"
+        );
+    }
+    let (offset, batch) = progress(6, Some(T0 + 9_000), None, vec![]);
+    w.commit_curated("apply", Some(offset), &batch)
+        .await
+        .unwrap();
+    let j = get(&*w, id).await;
+    assert_eq!(j.watermark_ms, Some(T0 + 9_000));
+    assert_eq!(j.reread_from_ms, Some(T0 + 2_000));
+    assert_eq!(j.counts, counts(5, 5, 0, 6));
+    assert_eq!(j.locator.as_deref(), Some("page-6"));
+    assert_eq!(
+        get(&*w, other).await.watermark_ms,
+        None,
+        "other jobs are untouched"
+    );
+
+    // A batch that fails (its job does not exist for the watermark) leaves nothing behind.
+    let before = get(&*w, id).await;
+    let err = w
+        .commit_curated(
+            "apply",
+            Some(5),
+            &CuratedBatch {
+                rows: vec![row("001A00000000003", T0, false)],
+                job_progress: Some(SyncJobProgress {
+                    job_id: id + 100,
+                    position: None,
+                    counts: SyncCounts::default(),
+                    watermark_ms: Some(T0 + 20_000),
+                    reread_from_ms: Some(T0),
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("sync job {} does not exist", id + 100)),
+        "{err}"
+    );
+    assert_eq!(get(&*w, id).await, before);
+    assert_eq!(w.read_current(ACCOUNT).await.unwrap().len(), 5);
+
+    // Succeeded: the watermark is still there for the next refresh to start from, and a
+    // store opened again reads the same.
+    w.patch_sync_job(
+        id,
+        &SyncJobPatch {
+            status: Some(SyncJobStatus::Succeeded),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    drop(w);
+    let w = b.open().await;
+    let last = w
+        .sync_jobs(&SyncJobFilter {
+            statuses: vec![SyncJobStatus::Succeeded],
+            kind: Some(SyncJobKind::FormulaRefresh),
+            object: Some(ACCOUNT.into()),
+            newest_first: true,
+            limit: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].watermark_ms, Some(T0 + 9_000));
+    assert_eq!(last[0].reread_from_ms, Some(T0 + 2_000));
+}
+
 macro_rules! suite {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -897,6 +1076,7 @@ suite!(
     resync_requests_become_jobs_once,
     progress_commits_with_its_batch,
     row_keys_in_byte_order,
+    formula_refresh_jobs_keep_their_watermark,
 );
 
 /// The two backends page through the same rows identically.
@@ -972,4 +1152,160 @@ async fn postgres_row_keys_ignore_the_database_collation() {
         .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
         .await
         .unwrap();
+}
+
+/// The jobs a schema-7 database holds survive migration 8 on both backends: every field, the
+/// id sequence (new jobs get higher ids, never a reused one), and the new kind and watermark
+/// work afterwards.
+async fn upgrade_to_v8_keeps_jobs(b: &dyn Backend, at_v7: &[i64]) {
+    let w = b.open().await;
+    assert_eq!(
+        w.applied_migrations()
+            .await
+            .unwrap()
+            .last()
+            .unwrap()
+            .version,
+        8
+    );
+    let jobs = w
+        .sync_jobs(&SyncJobFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), at_v7);
+    let j = &jobs[0];
+    assert_eq!(
+        (
+            j.kind,
+            j.object.as_str(),
+            j.status,
+            j.since_ms,
+            j.locator.as_deref(),
+            j.page_rows_done,
+            j.counts,
+            j.watermark_ms,
+            j.reread_from_ms
+        ),
+        (
+            SyncJobKind::Backfill,
+            ACCOUNT,
+            SyncJobStatus::Running,
+            Some(T0),
+            Some("MjAw"),
+            200,
+            counts(200, 150, 50, 3),
+            None,
+            None
+        )
+    );
+    let id = w
+        .add_sync_job(&job(SyncJobKind::FormulaRefresh, ACCOUNT))
+        .await
+        .unwrap();
+    assert!(
+        id > *at_v7.iter().max().unwrap() + 1,
+        "ids continue past the old high-water mark (the newest job was removed): {id}"
+    );
+    w.ensure_model(&account_model()).await.unwrap();
+    w.commit_curated(
+        "apply",
+        None,
+        &CuratedBatch {
+            job_progress: Some(SyncJobProgress {
+                job_id: id,
+                watermark_ms: Some(T0),
+                reread_from_ms: Some(T0 - 1),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let j = get(&*w, id).await;
+    assert_eq!((j.watermark_ms, j.reread_from_ms), (Some(T0), Some(T0 - 1)));
+}
+
+const V7_JOBS: &str = "
+INSERT INTO sync_jobs (kind, object, reason, status, since_ms, params, requested_by, locator,
+    page_rows_done, rows_read, rows_applied, rows_skipped, api_calls, requested_at_ms)
+VALUES ('backfill', 'Account', 'new object in the config', 'running', 1795253400000, '{}',
+    'sfsync run', 'MjAw', 200, 200, 150, 50, 3, 1);
+INSERT INTO sync_jobs (kind, object, reason, status, params, requested_by, requested_at_ms)
+VALUES ('reconcile', 'Contact', 'scheduled', 'succeeded', '{}', 'schedule', 2);
+INSERT INTO sync_jobs (kind, object, reason, status, params, requested_by, requested_at_ms)
+VALUES ('replay', 'Contact', 'gone', 'pending', '{}', 'operator:ada', 3);
+DELETE FROM sync_jobs WHERE kind = 'replay';
+";
+
+#[tokio::test]
+async fn sqlite_upgrade_to_v8_keeps_jobs() {
+    let b = sqlite_backend();
+    {
+        let c = rusqlite::Connection::open(b.dir.path().join("sfsync.db")).unwrap();
+        c.execute_batch(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,
+                 applied_at_ms INTEGER NOT NULL)",
+        )
+        .unwrap();
+        for m in &sfsync_store::sqlite::MIGRATIONS[..7] {
+            assert!(m.version <= 7);
+            c.execute_batch(m.sql).unwrap();
+            c.execute(
+                "INSERT INTO schema_migrations VALUES (?1, ?2, 0)",
+                rusqlite::params![m.version, m.name],
+            )
+            .unwrap();
+        }
+        c.execute_batch(V7_JOBS).unwrap();
+        let refused = c.execute(
+            "INSERT INTO sync_jobs (kind, object, reason, status, params, requested_by,
+                 requested_at_ms) VALUES ('formula_refresh', 'Account', '', 'pending', '{}', '', 0)",
+            [],
+        );
+        assert!(refused.is_err(), "schema 7 does not know the kind");
+    }
+    upgrade_to_v8_keeps_jobs(&b, &[1, 2]).await;
+}
+
+#[tokio::test]
+async fn postgres_upgrade_to_v8_keeps_jobs() {
+    let b = postgres_backend().await;
+    {
+        let (client, conn) = b.config.connect(tokio_postgres::NoTls).await.unwrap();
+        let task = tokio::spawn(conn);
+        client
+            .batch_execute(
+                "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL,
+                     applied_at_ms BIGINT NOT NULL)",
+            )
+            .await
+            .unwrap();
+        for m in &sfsync_store::postgres::MIGRATIONS[..7] {
+            assert!(m.version <= 7);
+            client.batch_execute(m.sql).await.unwrap();
+            client
+                .execute(
+                    "INSERT INTO schema_migrations VALUES ($1, $2, 0)",
+                    &[&m.version, &m.name],
+                )
+                .await
+                .unwrap();
+        }
+        client.batch_execute(V7_JOBS).await.unwrap();
+        let refused = client
+            .batch_execute(
+                "INSERT INTO sync_jobs (kind, object, reason, status, params, requested_by,
+                     requested_at_ms) VALUES ('formula_refresh', 'Account', '', 'pending', '{}',
+                     '', 0)",
+            )
+            .await;
+        assert!(refused.is_err(), "schema 7 does not know the kind");
+        drop(client);
+        let _ = task.await;
+    }
+    upgrade_to_v8_keeps_jobs(&b, &[1, 2]).await;
 }

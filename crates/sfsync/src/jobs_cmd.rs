@@ -210,7 +210,11 @@ async fn request_and_follow(
         Ok(()) => {
             eprintln!("No `sfsync run` is running: carrying the job out here.");
             let client = crate::run_cmd::rest_client(&config, &secrets).map_err(usage)?;
-            let pc = crate::run_cmd::pipeline_config(&config, crate::run_cmd::StartAt::Earliest);
+            let mut pc =
+                crate::run_cmd::pipeline_config(&config, crate::run_cmd::StartAt::Earliest);
+            // This process exits when the operator's jobs end: it schedules no formula
+            // refreshes of its own (`sfsync run` does).
+            pc.apply.jobs.formula_refresh_every = None;
             let (mappings, _) = sfsync_pipeline::prepare_models(&*store, &client, &pc.objects)
                 .await
                 .context("building the curated models")
@@ -388,12 +392,12 @@ pub async fn jobs(args: JobsArgs) -> Result<i32, Failure> {
                 .await
                 .map_err(|e| failed(e.into()))?;
             println!(
-                "{:>6} {:<10} {:<20} {:<10} {:>10} {:>10} {:>9}  reason",
+                "{:>6} {:<15} {:<20} {:<10} {:>10} {:>10} {:>9}  reason",
                 "id", "kind", "object", "status", "read", "applied", "api calls"
             );
             for j in jobs {
                 println!(
-                    "{:>6} {:<10} {:<20} {:<10} {:>10} {:>10} {:>9}  {}",
+                    "{:>6} {:<15} {:<20} {:<10} {:>10} {:>10} {:>9}  {}",
                     j.id,
                     j.kind.as_str(),
                     j.object,

@@ -156,6 +156,7 @@ pub fn object_specs(config: &ValidConfig) -> Vec<ObjectSpec> {
             },
             pii_fields: o.pii_fields.clone(),
             quality: o.quality.clone(),
+            formula_fields: o.formula_fields.clone(),
         });
     }
     out
@@ -208,6 +209,9 @@ pub fn pipeline_config(config: &ValidConfig, start: StartAt) -> PipelineConfig {
                     .pipeline
                     .reconcile_interval_secs
                     .map(Duration::from_secs),
+                formula_refresh_every: Some(Duration::from_secs(
+                    config.pipeline.formula_refresh_secs.max(1),
+                )),
                 ..Default::default()
             },
         },

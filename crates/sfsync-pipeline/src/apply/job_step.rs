@@ -1,5 +1,6 @@
 //! The applier's side of sync jobs (see [`crate::jobs`]): takes open jobs, applies fetched
-//! snapshot rows one batch per step, and finishes each job with its run record.
+//! snapshot rows one batch per step (formula refreshes: formula columns of existing rows only),
+//! and finishes each job with its run record.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -29,6 +30,7 @@ impl Applier {
             self.jobs.last_poll = Some(Instant::now());
             self.store.schedule_resyncs("sfsync run").await?;
             self.maybe_schedule_reconcile().await?;
+            self.maybe_schedule_formula_refresh().await?;
             let open = self.store.sync_jobs(&SyncJobFilter::open()).await?;
             let Some(job) = open
                 .into_iter()
@@ -106,8 +108,13 @@ impl Applier {
                 position,
                 api_calls,
             } => {
-                self.apply_snapshot_rows(header, rows, skip, position, api_calls)
-                    .await
+                if active.job.kind == SyncJobKind::FormulaRefresh {
+                    self.apply_formula_rows(header, rows, skip, position, api_calls)
+                        .await
+                } else {
+                    self.apply_snapshot_rows(header, rows, skip, position, api_calls)
+                        .await
+                }
             }
             Fetched::Reconciled(outcome) => {
                 self.finish_reconcile(*outcome).await?;
@@ -166,7 +173,38 @@ impl Applier {
             ));
         };
         let mapping = &self.mappings[&job.object];
-        let soql = jobs::snapshot_soql(mapping, job.since_ms, job.until_ms);
+        let soql = if job.kind == SyncJobKind::FormulaRefresh {
+            let wanted = mapping.formula_fields();
+            let requested = jobs::FormulaParams::of(&job).fields;
+            let same = wanted.len() == requested.len()
+                && wanted
+                    .iter()
+                    .all(|f| requested.iter().any(|r| r.eq_ignore_ascii_case(f)));
+            if !same {
+                // The config changed since it was requested: the next scheduled refresh is
+                // planned for the formula fields configured now.
+                let error = format!(
+                    "the formula fields of {} are now {wanted:?}, not the {requested:?} this \
+                     refresh was requested for; the next scheduled refresh reads them",
+                    job.object
+                );
+                tracing::warn!(job = job.id, object = %job.object, %error, "Formula refresh cancelled.");
+                self.store
+                    .patch_sync_job(
+                        job.id,
+                        &SyncJobPatch {
+                            status: Some(SyncJobStatus::Cancelled),
+                            error: Some(error),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                return Ok(());
+            }
+            jobs::formula_soql(mapping, job.since_ms)
+        } else {
+            jobs::snapshot_soql(mapping, job.since_ms, job.until_ms)
+        };
         let run_id = self.begin(&mut job).await?;
         tracing::info!(job = job.id, kind = job.kind.as_str(), object = %job.object, reason = %job.reason, %soql, "Sync job started.");
         let (rx, task) = jobs::spawn_fetch(
@@ -272,9 +310,11 @@ impl Applier {
         ids.sort();
         ids.dedup();
         self.load_rows(&object, &ids, &mut loaded).await?;
-        let before: HashMap<(String, String), sfsync_store::SyncMeta> = loaded
+        // What a write changes: the sync metadata, or the field versions (a late snapshot that
+        // only fills fields no newer change set, such as formula columns after a create).
+        let before: HashMap<(String, String), (sfsync_store::SyncMeta, Option<String>)> = loaded
             .iter()
-            .map(|(k, r)| (k.clone(), r.meta.clone()))
+            .map(|(k, r)| (k.clone(), (r.meta.clone(), r.field_versions.clone())))
             .collect();
         let now = now_ms();
         let gating = self.gating();
@@ -303,7 +343,11 @@ impl Applier {
         counts.skipped = (totals.stale + totals.late) as i64;
         counts.applied = totals.applied as i64;
         // Rows the snapshot did not change are not rewritten.
-        loaded.retain(|k, r| before.get(k) != Some(&r.meta));
+        loaded.retain(|k, r| {
+            before
+                .get(k)
+                .is_none_or(|(meta, fv)| *meta != r.meta || *fv != r.field_versions)
+        });
         counts.deleted = loaded.values().filter(|r| r.deleted).count() as i64;
         let applied = loaded.len();
         rows_into(loaded, &mut batch);
@@ -311,6 +355,8 @@ impl Applier {
             job_id,
             position: Some(position),
             counts,
+            watermark_ms: None,
+            reread_from_ms: None,
         });
         let has_repairs = !batch.repairs.is_empty();
         // Commits beside the conversion and planning of the next batch; batches commit in
@@ -343,6 +389,210 @@ impl Applier {
         }
         self.jobs.failures = 0;
         Ok(applied.max(1))
+    }
+
+    /// Applies one fetched batch of a formula refresh, in one transaction with the job's new
+    /// position, watermark and re-read point: the formula columns of existing rows whose values
+    /// changed, in place. A row keeps its version and SCD2 history (no Salesforce change is
+    /// applied); `_sf_applied_at` and `_sf_run_id` name the refresh, and the audit trail gets a
+    /// `FORMULA_REFRESH` entry naming the fields that changed. Rows whose formula values are
+    /// unchanged are not rewritten; a row older than the read that last set the row's formula
+    /// columns is skipped (formula columns carry the version of that read); a
+    /// record not in the warehouse is not created (the stream or a repair brings it; if recent,
+    /// the next refresh reads it again — see [`jobs::FORMULA_MISSING_HORIZON_MS`]).
+    async fn apply_formula_rows(
+        &mut self,
+        header: std::sync::Arc<Vec<String>>,
+        rows: sfsync_salesforce::bulk::csv::CsvRecordBatch,
+        skip: usize,
+        position: (Option<String>, i64),
+        api_calls: i64,
+    ) -> Result<usize> {
+        self.flush().await?;
+        let Some(active) = self.jobs.active.as_mut() else {
+            return Ok(0);
+        };
+        let object = active.job.object.clone();
+        let job_id = active.job.id;
+        let run_id = active.run_id.clone();
+        let mapping = &self.mappings[&object];
+        let cols = match &active.columns {
+            Some((h, c)) if *h == header => c.clone(),
+            _ => match CsvColumns::formulas(mapping, &header) {
+                Ok(c) => {
+                    active.columns = Some((header.clone(), c.clone()));
+                    c
+                }
+                Err(e) => {
+                    let error = chain(&e);
+                    tracing::error!(job = job_id, error = %error, "Formula refresh failed.");
+                    if let Some(a) = self.jobs.active.take() {
+                        jobs::fail_job(&*self.store, &a, SyncJobStatus::Failed, &error).await?;
+                    }
+                    return Ok(0);
+                }
+            },
+        };
+        let mut counts = SyncCounts {
+            api_calls,
+            ..Default::default()
+        };
+        let mut batch = CuratedBatch::default();
+        let mut read = Vec::with_capacity(rows.len().saturating_sub(skip));
+        for row in rows.iter().skip(skip) {
+            counts.read += 1;
+            match normalize::from_csv(mapping, &cols, &row) {
+                Ok(c) => read.push(c),
+                Err(e) => {
+                    // Kept with its cause; the record's formulas come with its next change.
+                    counts.failed += 1;
+                    batch.dead_letters.push(DeadLetter {
+                        channel: "bulk:formula_refresh".into(),
+                        replay_id: None,
+                        schema_id: String::new(),
+                        stage: "formula_refresh".into(),
+                        error: chain(&e),
+                        payload: row.iter().collect::<Vec<_>>().join("\u{1f}").into_bytes(),
+                        object: Some(object.clone()),
+                    });
+                }
+            }
+        }
+        let mut ids: Vec<String> = read.iter().map(|c| c.id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        let mut loaded = HashMap::new();
+        self.load_rows(&object, &ids, &mut loaded).await?;
+        let now = now_ms();
+        let mut watermark: Option<i64> = None;
+        let mut reread_from: Option<i64> = None;
+        let mut changed: super::Rows = HashMap::new();
+        for c in read {
+            let modstamp = c.version.commit_timestamp;
+            watermark = Some(watermark.map_or(modstamp, |w| w.max(modstamp)));
+            let key = (object.clone(), c.id.clone());
+            let Some(row) = changed.get_mut(&key).or_else(|| loaded.get_mut(&key)) else {
+                counts.skipped += 1;
+                if modstamp >= now - jobs::FORMULA_MISSING_HORIZON_MS {
+                    reread_from = Some(reread_from.map_or(modstamp, |r| r.min(modstamp)));
+                }
+                continue;
+            };
+            if crate::plan::formula_version(row).is_some_and(|f| f > c.version) {
+                // An even newer read (a snapshot, or a refresh resumed from a Bulk job that
+                // ran earlier) already set the formula columns.
+                counts.skipped += 1;
+                continue;
+            }
+            let mut fields = Vec::new();
+            for (col, v) in &c.values {
+                let def = &mapping.model.columns[*col];
+                let before = row.values.get(&def.name);
+                let same = match v {
+                    sfsync_store::Value::Null => before.is_none(),
+                    v => before == Some(v),
+                };
+                if !same {
+                    fields.push(def.field.clone());
+                    if v.is_null() {
+                        row.values.remove(&def.name);
+                    } else {
+                        row.values.insert(def.name.clone(), v.clone());
+                    }
+                }
+            }
+            if fields.is_empty() {
+                counts.skipped += 1;
+                continue;
+            }
+            counts.applied += 1;
+            crate::plan::set_formula_version(row, c.version);
+            row.meta.run_id = run_id.clone();
+            row.meta.applied_at_ms = now;
+            batch.audit.push(sfsync_store::AuditEntry {
+                object: object.clone(),
+                record_id: c.id.clone(),
+                change_type: "FORMULA_REFRESH".into(),
+                event_key: format!("formula/{job_id}/{}/{modstamp}", c.id),
+                commit_timestamp_ms: modstamp,
+                commit_user: String::new(),
+                change_origin: String::new(),
+                source: sfsync_store::ChangeSource::Snapshot,
+                fields,
+                outcome: "applied".into(),
+                replay_id: None,
+                run_id: run_id.clone(),
+                applied_at_ms: now,
+            });
+            // (A record already moved by an earlier row of the batch is no longer in `loaded`.)
+            if let Some(r) = loaded.remove(&key) {
+                changed.insert(key, r);
+            }
+        }
+        let refreshed = changed.len();
+        rows_into(changed, &mut batch);
+        batch.job_progress = Some(SyncJobProgress {
+            job_id,
+            position: Some(position),
+            counts,
+            watermark_ms: watermark,
+            reread_from_ms: reread_from,
+        });
+        self.store
+            .commit_curated(CURATED_CONSUMER, None, &batch)
+            .await?;
+        self.stats
+            .formula_rows_refreshed
+            .fetch_add(counts.applied as u64, Relaxed);
+        self.stats
+            .snapshot_rows
+            .fetch_add(counts.read as u64, Relaxed);
+        if let Some(a) = self.jobs.active.as_mut() {
+            a.counts.add(&counts);
+        }
+        self.jobs.failures = 0;
+        Ok(refreshed.max(1))
+    }
+
+    /// Requests a formula refresh of each object configured with formula fields when one is
+    /// due (one interval after the last request) and none is open.
+    async fn maybe_schedule_formula_refresh(&mut self) -> Result<()> {
+        let Some(every) = self.config.jobs.formula_refresh_every else {
+            return Ok(());
+        };
+        if self
+            .jobs
+            .last_formula_refresh
+            .is_some_and(|t| t.elapsed() < every)
+        {
+            return Ok(());
+        }
+        self.jobs.last_formula_refresh = Some(Instant::now());
+        let mut objects: Vec<&String> = self
+            .mappings
+            .iter()
+            .filter(|(_, m)| !m.formula_columns.is_empty())
+            .map(|(o, _)| o)
+            .collect();
+        objects.sort();
+        for object in objects {
+            let open = self
+                .store
+                .sync_jobs(&SyncJobFilter {
+                    object: Some(object.clone()),
+                    kind: Some(SyncJobKind::FormulaRefresh),
+                    ..SyncJobFilter::open()
+                })
+                .await?;
+            if !open.is_empty() {
+                continue;
+            }
+            let job = jobs::next_formula_refresh(&*self.store, &self.mappings[object], "schedule")
+                .await?;
+            let id = self.store.add_sync_job(&job).await?;
+            tracing::debug!(job = id, object = %object, since_ms = ?job.since_ms, "Formula refresh requested.");
+        }
+        Ok(())
     }
 
     /// Records the job's run and starts it: the status, the run id.
@@ -442,6 +692,8 @@ impl Applier {
             job_id: a.job.id,
             position: None,
             counts,
+            watermark_ms: None,
+            reread_from_ms: None,
         });
         self.flush().await?;
         self.store
@@ -545,18 +797,18 @@ impl Applier {
                 },
             )
             .await?;
-        let stored = self
+        let job = self
             .store
             .sync_job(a.job.id)
             .await?
-            .map(|j| j.counts)
-            .unwrap_or(a.counts);
+            .unwrap_or_else(|| a.job.clone());
+        let stored = job.counts;
         let secs = a.started.elapsed().as_secs_f64();
         self.store
             .finish_run(
                 &a.run_id,
                 "succeeded",
-                &jobs::run_detail(&a.job, &stored, secs),
+                &jobs::run_detail(&job, &stored, secs),
             )
             .await?;
         self.stats.jobs_done.fetch_add(1, Relaxed);

@@ -25,7 +25,7 @@ fn refs(args: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
 const COLUMNS: &str = "id, kind, object, reason, status, since_ms, until_ms, params,
     requested_by, resync_id, run_id, bulk_job_id, locator, page_rows_done, rows_total, rows_read,
     rows_applied, rows_skipped, rows_held, rows_deleted, rows_failed, api_calls, requested_at_ms,
-    started_at_ms, finished_at_ms, error, report";
+    started_at_ms, finished_at_ms, error, report, watermark_ms, reread_from_ms";
 
 /// Adds the counts given as parameters `$first` … `$first + 6` to the stored ones.
 fn add_counts_sql(first: usize) -> String {
@@ -103,6 +103,8 @@ fn decode(r: &Row) -> Result<SyncJob> {
         finished_at_ms: r.try_get(24).map_err(&get)?,
         error: r.try_get(25).map_err(&get)?,
         report: r.try_get(26).map_err(&get)?,
+        watermark_ms: r.try_get(27).map_err(&get)?,
+        reread_from_ms: r.try_get(28).map_err(&get)?,
     })
 }
 
@@ -215,15 +217,22 @@ pub(super) async fn get(
 }
 
 /// Progress committed inside a curated batch's transaction: the position (when given; the job
-/// must exist then) and the counts, in one statement.
+/// must exist then), the watermark (raised, never lowered), the re-read point (lowered, never
+/// raised) and the counts, in one statement.
 pub(super) async fn progress(
     client: &impl GenericClient,
     cache: &Cache,
     p: &SyncJobProgress,
 ) -> Result<()> {
-    if p.position.is_none() && p.counts.is_zero() {
+    if p.position.is_none()
+        && p.counts.is_zero()
+        && p.watermark_ms.is_none()
+        && p.reread_from_ms.is_none()
+    {
         return Ok(());
     }
+    // GREATEST and LEAST ignore NULLs: a NULL stored value becomes the given one, a NULL given
+    // keeps the stored one.
     let stmt = prepare_cached(
         cache,
         client,
@@ -231,9 +240,11 @@ pub(super) async fn progress(
             "UPDATE sync_jobs SET
                  locator = CASE WHEN $2::BOOLEAN THEN $3::TEXT ELSE locator END,
                  page_rows_done = CASE WHEN $2::BOOLEAN THEN $4::BIGINT ELSE page_rows_done END,
+                 watermark_ms = GREATEST(watermark_ms, $5::BIGINT),
+                 reread_from_ms = LEAST(reread_from_ms, $6::BIGINT),
                  {}
              WHERE id = $1",
-            add_counts_sql(5)
+            add_counts_sql(7)
         ),
     )
     .await?;
@@ -242,7 +253,14 @@ pub(super) async fn progress(
         None => (None, 0),
     };
     let set = p.position.is_some();
-    let mut args: Vec<&(dyn ToSql + Sync)> = vec![&p.job_id, &set, &locator, &done];
+    let mut args: Vec<&(dyn ToSql + Sync)> = vec![
+        &p.job_id,
+        &set,
+        &locator,
+        &done,
+        &p.watermark_ms,
+        &p.reread_from_ms,
+    ];
     args.extend(count_params(&p.counts));
     let n = client
         .execute(&stmt, &args)

@@ -14,7 +14,7 @@ fn db(op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
 const COLUMNS: &str = "id, kind, object, reason, status, since_ms, until_ms, params,
     requested_by, resync_id, run_id, bulk_job_id, locator, page_rows_done, rows_total, rows_read,
     rows_applied, rows_skipped, rows_held, rows_deleted, rows_failed, api_calls, requested_at_ms,
-    started_at_ms, finished_at_ms, error, report";
+    started_at_ms, finished_at_ms, error, report, watermark_ms, reread_from_ms";
 
 fn bad_stored(id: i64, what: &str, value: &str) -> StoreError {
     StoreError::InvalidInput {
@@ -58,6 +58,8 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(SyncJob, String, Str
             finished_at_ms: r.get(24)?,
             error: r.get(25)?,
             report: r.get(26)?,
+            watermark_ms: r.get(27)?,
+            reread_from_ms: r.get(28)?,
         },
         kind,
         status,
@@ -195,6 +197,21 @@ pub(super) fn progress(conn: &Connection, p: &SyncJobProgress) -> Result<()> {
             .map_err(db("record sync job position"))?;
         if n == 0 {
             return Err(missing(p.job_id, "record sync job position"));
+        }
+    }
+    if p.watermark_ms.is_some() || p.reread_from_ms.is_some() {
+        // Two-argument max()/min() are NULL when either is: coalesce keeps the other.
+        let n = conn
+            .prepare_cached(
+                "UPDATE sync_jobs SET
+                     watermark_ms = coalesce(max(watermark_ms, ?2), watermark_ms, ?2),
+                     reread_from_ms = coalesce(min(reread_from_ms, ?3), reread_from_ms, ?3)
+                 WHERE id = ?1",
+            )
+            .and_then(|mut s| s.execute(params![p.job_id, p.watermark_ms, p.reread_from_ms]))
+            .map_err(db("record sync job watermark"))?;
+        if n == 0 {
+            return Err(missing(p.job_id, "record sync job watermark"));
         }
     }
     if !p.counts.is_zero() {

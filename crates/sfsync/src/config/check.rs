@@ -72,6 +72,13 @@ fn object_line(o: &ValidObject) -> String {
         Some(super::HistoryFields::List(f)) => s.push_str(&format!("  history: {}", f.join(", "))),
         None => {}
     }
+    match &o.formula_fields {
+        sfsync_pipeline::model::FormulaFields::None => {}
+        sfsync_pipeline::model::FormulaFields::All => s.push_str("  formulas: all"),
+        sfsync_pipeline::model::FormulaFields::Fields(f) => {
+            s.push_str(&format!("  formulas: {}", f.join(", ")))
+        }
+    }
     if !o.pii_fields.is_empty() {
         s.push_str(&format!("  pii: {}", o.pii_fields.join(", ")));
     }

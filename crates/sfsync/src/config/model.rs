@@ -198,6 +198,42 @@ pub struct ObjectConfig {
     /// Data quality: text length and restricted picklist values checked against describe.
     #[serde(default = "yes")]
     pub schema_checks: bool,
+    /// Formula fields synced as columns (change events never carry them; a scheduled refresh
+    /// re-reads them): `true` for all, a list of names, or `false` (the default).
+    pub formula_fields: Option<FormulaFieldsConfig>,
+}
+
+/// `formula_fields = true | false | ["A__c", "B__c"]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FormulaFieldsConfig {
+    All(bool),
+    List(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for FormulaFieldsConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FormulaFieldsConfig;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("true, false or a list of formula field names")
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<FormulaFieldsConfig, E> {
+                Ok(FormulaFieldsConfig::All(b))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<FormulaFieldsConfig, A::Error> {
+                let mut v = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    v.push(s);
+                }
+                Ok(FormulaFieldsConfig::List(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 fn yes() -> bool {
@@ -379,6 +415,9 @@ pub struct PipelineConfig {
     pub backfill_page_records: u64,
     /// Reconcile every synced object against Salesforce this often (omitted: on demand only).
     pub reconcile_interval_secs: Option<u64>,
+    /// Re-read the formula fields of records changed since the last refresh this often (objects
+    /// with `formula_fields` only).
+    pub formula_refresh_secs: u64,
 }
 
 impl Default for PipelineConfig {
@@ -395,6 +434,7 @@ impl Default for PipelineConfig {
             backfill_new_objects: true,
             backfill_page_records: 100_000,
             reconcile_interval_secs: None,
+            formula_refresh_secs: 300,
         }
     }
 }

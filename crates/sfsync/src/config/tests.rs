@@ -103,7 +103,7 @@ fn unknown_key_names_path_line_and_column() {
     let t = format!("{HEAD}[[objects]]\nname = \"Case\"\n\n[[objects]]\nname = \"Contact\"\npii_feilds = [\"Email\"]\n");
     assert_eq!(
         errs(&t),
-        ["t.toml:13:1: objects[1].pii_feilds: unknown field `pii_feilds`, expected one of `name`, `channel`, `history`, `pii_fields`, `mode`, `required`, `rules`, `references`, `schema_checks`"]
+        ["t.toml:13:1: objects[1].pii_feilds: unknown field `pii_feilds`, expected one of `name`, `channel`, `history`, `pii_fields`, `mode`, `required`, `rules`, `references`, `schema_checks`, `formula_fields`"]
     );
 }
 
@@ -795,4 +795,91 @@ max_stored_failures_per_rule = 50
         }
     );
     assert_eq!(l.config.pipeline.max_stored_failures_per_rule, 50);
+}
+
+#[test]
+fn formula_fields_parse_and_are_checked() {
+    use sfsync_pipeline::model::FormulaFields;
+    let ok = format!(
+        r#"{HEAD}[[objects]]
+name = "Account"
+formula_fields = true
+
+[[objects]]
+name = "Contact"
+formula_fields = ["Full_Name__c"]
+
+[[objects]]
+name = "Case"
+formula_fields = false
+
+[[objects]]
+name = "Lead"
+
+[pipeline]
+formula_refresh_secs = 30
+"#
+    );
+    let l = load_t(&ok).unwrap_or_else(|e| panic!("{e}"));
+    let f: Vec<&FormulaFields> = l.config.objects.iter().map(|o| &o.formula_fields).collect();
+    assert_eq!(
+        f,
+        [
+            &FormulaFields::All,
+            &FormulaFields::Fields(vec!["Full_Name__c".into()]),
+            &FormulaFields::None,
+            &FormulaFields::None
+        ]
+    );
+    assert_eq!(l.config.pipeline.formula_refresh_secs, 30);
+    let s = check::summary(&l);
+    assert!(s.contains("formulas: all"), "{s}");
+    assert!(s.contains("formulas: Full_Name__c"), "{s}");
+    // The default interval: five minutes.
+    let l = load_t(&format!("{HEAD}[[objects]]\nname = \"Account\"\n")).unwrap();
+    assert_eq!(l.config.pipeline.formula_refresh_secs, 300);
+
+    let bad = format!(
+        r#"{HEAD}[[objects]]
+name = "Account"
+formula_fields = []
+
+[[objects]]
+name = "Contact"
+formula_fields = ["Full_Name__c", "bad name", "full_name__c"]
+history = {{ fields = ["LastName", "Full_Name__c"] }}
+
+[[objects]]
+name = "Lead"
+mode = "poll"
+formula_fields = true
+
+[pipeline]
+formula_refresh_secs = 0
+"#
+    );
+    let e = errs(&bad);
+    let has = |key: &str, msg: &str| {
+        assert!(
+            e.iter().any(|l| l.contains(key) && l.contains(msg)),
+            "no error on {key} saying {msg}: {e:#?}"
+        )
+    };
+    has("objects[0].formula_fields", "empty");
+    has("objects[1].formula_fields[1]", "not a valid field API name");
+    has("objects[1].formula_fields[2]", "listed twice");
+    has(
+        "objects[1].history.fields[1]",
+        "cannot be tracked in history",
+    );
+    has("objects[2].formula_fields", "mode = \"cdc\" objects only");
+    has("pipeline.formula_refresh_secs", "greater than 0");
+    let e = errs(&format!(
+        "{HEAD}[[objects]]\nname = \"Case\"\nformula_fields = \"all\"\n"
+    ));
+    assert!(
+        e.iter().any(|l| l.contains("objects[0].formula_fields")
+            && l.contains("expected true, false or a list of formula field names")),
+        "{e:#?}"
+    );
 }

@@ -60,6 +60,8 @@ pub struct ValidObject {
     pub pii_fields: Vec<String>,
     pub mode: SyncMode,
     pub quality: sfsync_pipeline::quality::QualitySpec,
+    /// Formula fields synced as columns (checked against describe at start).
+    pub formula_fields: sfsync_pipeline::model::FormulaFields,
 }
 
 #[derive(Debug, Clone)]
@@ -239,6 +241,7 @@ impl SfsyncConfig {
                 p.max_stored_failures_per_rule,
             ),
             ("backfill_page_records", p.backfill_page_records),
+            ("formula_refresh_secs", p.formula_refresh_secs),
             (
                 "reconcile_interval_secs",
                 p.reconcile_interval_secs.unwrap_or(1),
@@ -743,6 +746,42 @@ fn validate_objects(
             );
         }
         let quality = validate_quality(errs, &p, o, names);
+        use sfsync_pipeline::model::FormulaFields;
+        let formula_fields = match &o.formula_fields {
+            None | Some(FormulaFieldsConfig::All(false)) => FormulaFields::None,
+            Some(FormulaFieldsConfig::All(true)) => FormulaFields::All,
+            Some(FormulaFieldsConfig::List(list)) => {
+                if list.is_empty() {
+                    errs.push(
+                        format!("{p}.formula_fields"),
+                        "empty: list the formula fields, write true for all, or remove it",
+                    );
+                }
+                check_field_list(errs, &format!("{p}.formula_fields"), list);
+                if let Some(h) = &o.history {
+                    if let HistoryFields::List(tracked) = &h.fields {
+                        for (j, f) in tracked.iter().enumerate() {
+                            if list.iter().any(|x| x.eq_ignore_ascii_case(f)) {
+                                errs.push(
+                                    format!("{p}.history.fields[{j}]"),
+                                    format!(
+                                        "\"{f}\" is a formula field: formula fields change without \
+                                         a change event and cannot be tracked in history"
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                }
+                FormulaFields::Fields(list.clone())
+            }
+        };
+        if !matches!(formula_fields, FormulaFields::None) && o.mode == SyncMode::Poll {
+            errs.push(
+                format!("{p}.formula_fields"),
+                "formula fields are refreshed for mode = \"cdc\" objects only",
+            );
+        }
         out.push(ValidObject {
             name: o.name.clone(),
             channel,
@@ -750,6 +789,7 @@ fn validate_objects(
             pii_fields: o.pii_fields.clone(),
             mode: o.mode,
             quality,
+            formula_fields,
         });
     }
     out
