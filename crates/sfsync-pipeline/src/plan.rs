@@ -124,7 +124,32 @@ impl Planner<'_> {
         rows: &mut HashMap<(String, String), CurrentRow>,
         changes: &[(String, RecordChange)],
         batch: &mut CuratedBatch,
+        gate: Option<&mut GateRun>,
+    ) -> PlanStats {
+        self.plan_inner(rows, changes, batch, gate, false)
+    }
+
+    /// [`Self::plan_gated`] for a replay: changes already applied once are applied again to
+    /// rows whose versions were reset ([`replay_baseline`]). Current state follows them as it
+    /// did the first time; the SCD2 history is left as it is (its versions exist already, so a
+    /// replay never adds one twice) and the audit trail records them as `replayed`.
+    pub fn plan_replayed(
+        &self,
+        rows: &mut HashMap<(String, String), CurrentRow>,
+        changes: &[(String, RecordChange)],
+        batch: &mut CuratedBatch,
+        gate: Option<&mut GateRun>,
+    ) -> PlanStats {
+        self.plan_inner(rows, changes, batch, gate, true)
+    }
+
+    fn plan_inner(
+        &self,
+        rows: &mut HashMap<(String, String), CurrentRow>,
+        changes: &[(String, RecordChange)],
+        batch: &mut CuratedBatch,
         mut gate: Option<&mut GateRun>,
+        replay: bool,
     ) -> PlanStats {
         let mut stats = PlanStats::default();
         for (object, ch) in changes {
@@ -142,11 +167,14 @@ impl Planner<'_> {
             let outcome = if held {
                 "quarantined"
             } else {
-                let o = self.apply_one(m, rows, &key, ch, batch, &mut stats);
+                let o = self.apply_one(m, rows, &key, ch, batch, &mut stats, replay);
                 if let Some(g) = gate.as_deref_mut() {
                     g.applied(m, ch);
                 }
-                o
+                match o {
+                    "applied" if replay => "replayed",
+                    o => o,
+                }
             };
             batch.audit.push(AuditEntry {
                 object: object.clone(),
@@ -180,6 +208,8 @@ impl Planner<'_> {
         }
     }
 
+    /// `replay`: leave the history (table and bookkeeping) as it is.
+    #[allow(clippy::too_many_arguments)]
     fn apply_one(
         &self,
         m: &ObjectMapping,
@@ -188,6 +218,7 @@ impl Planner<'_> {
         ch: &RecordChange,
         batch: &mut CuratedBatch,
         stats: &mut PlanStats,
+        replay: bool,
     ) -> &'static str {
         let cols = &m.model.columns;
         let object = &key.0;
@@ -236,7 +267,7 @@ impl Planner<'_> {
                 }
             }
             row.field_versions = fv.render();
-            if let Some(h) = &m.model.history {
+            if let Some(h) = m.model.history.as_ref().filter(|_| !replay) {
                 if ch.op == Op::Full && !row.deleted {
                     row.history_version = Some(1);
                     batch.history.push(HistoryWrite::Open {
@@ -267,6 +298,7 @@ impl Planner<'_> {
             .model
             .history
             .as_ref()
+            .filter(|_| !replay)
             .map(|h| tracked(&row.values, &h.columns));
         let mut any = false;
         let mut outcome = "applied";
@@ -429,6 +461,71 @@ impl Planner<'_> {
             "late"
         }
     }
+}
+
+/// The row a replay or an authoritative re-read (reconciliation, replay from Salesforce) plans
+/// against: the record's versions reset, so the changes (or the snapshot) apply as if they had
+/// never been applied, with the history bookkeeping taken from the history table itself (`latest`:
+/// its newest version) rather than from the row — the version number, whether it is closed (the
+/// record deleted), and the tracked values — so a row damaged behind sfsync's back neither hides
+/// a history version nor fakes one. Without history the row keeps its values and deleted flag.
+/// A record with history but no row (deleted behind sfsync's back) gets a row rebuilt from its
+/// history: the tracked values only, no versions. `None` when there is neither.
+pub fn replay_baseline(
+    m: &ObjectMapping,
+    id: &str,
+    row: Option<CurrentRow>,
+    latest: Option<&sfsync_store::HistoryRow>,
+) -> Option<CurrentRow> {
+    let mut row = match (row, latest) {
+        (None, None) => return None,
+        (Some(r), _) => r,
+        (None, Some(_)) => CurrentRow {
+            id: id.to_string(),
+            values: BTreeMap::new(),
+            meta: SyncMeta {
+                version: RecordVersion::default(),
+                change_type: String::new(),
+                source: sfsync_store::ChangeSource::Snapshot,
+                transaction_key: String::new(),
+                replay_id: None,
+                run_id: String::new(),
+                applied_at_ms: 0,
+                origin_client: None,
+            },
+            deleted: false,
+            base_version: RecordVersion::default(),
+            field_versions: None,
+            history_version: None,
+            partial: false,
+        },
+    };
+    row.meta.version = RecordVersion::default();
+    row.base_version = RecordVersion::default();
+    let mut fv = FieldVersions::default();
+    match (&m.model.history, latest) {
+        (Some(h), Some(latest)) => {
+            row.history_version = Some(latest.version);
+            row.deleted = !latest.is_current;
+            if !latest.is_current {
+                fv.0.insert(HCLOSED.into(), RecordVersion::default());
+            }
+            for c in h.columns.iter().filter(|c| *c != "id") {
+                match latest.values.get(c) {
+                    Some(v) if !v.is_null() => {
+                        row.values.insert(c.clone(), v.clone());
+                    }
+                    _ => {
+                        row.values.remove(c);
+                    }
+                }
+            }
+        }
+        (Some(_), None) => row.history_version = None,
+        (None, _) => {}
+    }
+    row.field_versions = fv.render();
+    Some(row)
 }
 
 /// The data-quality state the planner checks changes against: kept by the apply stage across
