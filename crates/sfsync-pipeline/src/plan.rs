@@ -1034,6 +1034,134 @@ mod tests {
         assert_eq!(kinds, ["open", "touch", "close", "open", "close"]);
     }
 
+    fn history_row(
+        id: &str,
+        version: i64,
+        current: bool,
+        status: &str,
+    ) -> sfsync_store::HistoryRow {
+        sfsync_store::HistoryRow {
+            id: id.into(),
+            version,
+            valid_from_ms: 0,
+            valid_to_ms: (!current).then_some(1),
+            is_current: current,
+            change_type: "UPDATE".into(),
+            end_change_type: (!current).then(|| "DELETE".into()),
+            transaction_key: "t".into(),
+            values: [("status".to_string(), Value::Text(status.into()))].into(),
+        }
+    }
+
+    #[test]
+    fn a_replay_rebuilds_a_damaged_row_and_leaves_history_alone() {
+        let c = |op, ts, vals| ("Case".to_string(), change("5001", op, ts, vals));
+        let t = |s: &str| Value::Text(s.into());
+        let changes = vec![
+            c(
+                Op::Full,
+                10,
+                (1..5).map(|i| (i, t(&format!("a{i}")))).collect(),
+            ),
+            c(Op::Patch, 11, vec![(3, t("subject 2"))]),
+            c(Op::Patch, 12, vec![(1, t("Closed"))]),
+        ];
+        let (rows, history) = run(&changes, &[1]);
+        let key = ("Case".to_string(), "5001".to_string());
+        let good = rows[&key].clone();
+        assert_eq!(history.len(), 4, "open, touch, close, open: {history:?}");
+        // Damaged behind sfsync's back: values and versions.
+        let mut damaged = good.clone();
+        damaged.values.insert("subject".into(), t("garbage"));
+        damaged.values.insert("status".into(), t("garbage"));
+        damaged.meta.version.commit_timestamp = 99;
+        let latest = history_row("5001", 2, true, "Closed");
+        let m = mapping();
+        let base = replay_baseline(&m, "5001", Some(damaged), Some(&latest)).unwrap();
+        assert_eq!(base.meta.version, RecordVersion::default());
+        assert_eq!(
+            base.values["status"],
+            t("Closed"),
+            "tracked values from history"
+        );
+        assert_eq!(base.history_version, Some(2));
+        let mut mappings = HashMap::new();
+        mappings.insert("Case".to_string(), m);
+        let planner = Planner {
+            mappings: &mappings,
+            run_id: "replay-1",
+            own_client: "sfsync",
+            now_ms: 0,
+        };
+        let mut rows = HashMap::from([(key.clone(), base)]);
+        let mut batch = CuratedBatch::default();
+        let s = planner.plan_replayed(&mut rows, &changes, &mut batch, None);
+        assert_eq!(s.applied, 3);
+        let rebuilt = &rows[&key];
+        assert_eq!(rebuilt.values, good.values);
+        assert_eq!(rebuilt.meta.version, good.meta.version);
+        assert_eq!(
+            rebuilt.history_version,
+            Some(2),
+            "bookkeeping as the history says"
+        );
+        assert!(batch.history.is_empty(), "no history version twice");
+        assert!(batch
+            .audit
+            .iter()
+            .all(|a| a.outcome == "replayed" && a.run_id == "replay-1"));
+        // Replaying the same changes again is a no-op on the state.
+        let mut again = CuratedBatch::default();
+        let base = replay_baseline(
+            &mappings["Case"],
+            "5001",
+            Some(rebuilt.clone()),
+            Some(&latest),
+        );
+        let mut rows2 = HashMap::from([(key.clone(), base.unwrap())]);
+        planner.plan_replayed(&mut rows2, &changes, &mut again, None);
+        assert_eq!(rows2[&key].values, good.values);
+    }
+
+    #[test]
+    fn baseline_follows_the_history_table() {
+        let m = mapping();
+        assert_eq!(replay_baseline(&m, "5009", None, None), None);
+        // No row, history closed by a delete: rebuilt from history, deleted, history closed.
+        let closed = history_row("5009", 3, false, "Closed");
+        let b = replay_baseline(&m, "5009", None, Some(&closed)).unwrap();
+        assert!(b.deleted);
+        assert_eq!(b.history_version, Some(3));
+        assert!(b.field_versions.as_deref().unwrap().contains(HCLOSED));
+        assert_eq!(b.values.get("status"), Some(&Value::Text("Closed".into())));
+        assert!(!b.values.contains_key("id"));
+        // A row whose deleted flag was damaged: the open history says live.
+        let mut row = b.clone();
+        row.deleted = true;
+        row.field_versions = None;
+        let open = history_row("5009", 4, true, "New");
+        let b = replay_baseline(&m, "5009", Some(row), Some(&open)).unwrap();
+        assert!(!b.deleted);
+        assert_eq!(b.field_versions, None);
+        // An object without history keeps the row's flag and values.
+        let mut spec = ObjectSpec::new("Case");
+        spec.history = HistoryFields::None;
+        let d = serde_json::from_value(serde_json::json!({
+            "name": "Case", "fields": [{"name": "Id", "type": "id"}, {"name": "Status", "type": "picklist"}]
+        }))
+        .unwrap();
+        let plain = ObjectMapping::build(&d, &spec).unwrap();
+        let mut row = b.clone();
+        row.deleted = true;
+        let b = replay_baseline(&plain, "5009", Some(row), None).unwrap();
+        assert!(b.deleted);
+        assert_eq!(
+            b.history_version,
+            Some(4),
+            "no history model: left as it is"
+        );
+    }
+
     #[test]
     fn update_for_an_unknown_record_requests_a_repair() {
         let changes = vec![(
