@@ -268,6 +268,8 @@ pub(crate) struct ReplayRun {
     pub position: usize,
     pub selecting: bool,
     pub indexed_changes: usize,
+    /// Consecutive failed steps.
+    pub failures: u32,
     /// Ids of an `Ids` selection.
     wanted: HashSet<String>,
 }
@@ -294,6 +296,7 @@ impl ReplayRun {
             position: 0,
             selecting: true,
             indexed_changes: 0,
+            failures: 0,
             wanted,
         }
     }

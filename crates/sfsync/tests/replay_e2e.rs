@@ -10,8 +10,10 @@
 //!    fails with the oldest retained one and a `--since` suggestion;
 //! 4. a window older than the raw log: re-read from Salesforce (Bulk queryAll);
 //! 5. while `sfsync run` streams (the replay followed with its progress bar) and afterwards:
-//!    streaming stays exactly once (one history version per tracked change, none twice);
-//! and a replay killed mid-way resumes in `sfsync run` without rebuilding a record twice.
+//!    streaming stays exactly once (one history version per tracked change, none twice).
+//!
+//! A second test kills a replay mid-way; `sfsync run` resumes it without rebuilding a record
+//! twice.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

@@ -13,7 +13,7 @@ use sfsync_store::{
 };
 
 use super::{now_ms, rows_into, Applier, Rows, CURATED_CONSUMER};
-use crate::error::{PipelineError, Result};
+use crate::error::{chain, PipelineError, Result};
 use crate::jobs::{self, Active};
 use crate::normalize::{self, Normalized, Op, RecordChange};
 use crate::plan::{self, Planner};
@@ -21,6 +21,9 @@ use crate::replay::{
     self, ReplayProgress, ReplayReport, ReplayRun, ReplaySelection, INDEX_STEP_ENTRIES,
     MAX_INDEXED_CHANGES,
 };
+
+/// Consecutive failures of a replay step after which the replay is given up.
+const MAX_STEP_FAILURES: u32 = 5;
 
 /// A replayed raw-log entry, decoded for one object.
 enum Replayed {
@@ -326,10 +329,36 @@ impl Applier {
             return Ok(0);
         };
         let out = self.replay_work(&mut run).await;
-        if let Some(a) = self.jobs.active.as_mut() {
-            a.replay = Some(run);
+        match out {
+            Ok(n) => {
+                run.failures = 0;
+                if let Some(a) = self.jobs.active.as_mut() {
+                    a.replay = Some(run);
+                }
+                Ok(n)
+            }
+            Err(e) if run.failures + 1 >= MAX_STEP_FAILURES => {
+                // The same step keeps failing (a chunk the store refuses, say): give the job up
+                // rather than hold streaming back. Its committed records stay rebuilt.
+                let error = format!(
+                    "gave up after {MAX_STEP_FAILURES} failed attempts at the same step: {}",
+                    chain(&e)
+                );
+                self.stats.errors.fetch_add(1, Relaxed);
+                if let Some(a) = self.jobs.active.take() {
+                    tracing::error!(job = a.job.id, error = %error, "Replay failed.");
+                    jobs::fail_job(&*self.store, &a, SyncJobStatus::Failed, &error).await?;
+                }
+                Ok(0)
+            }
+            Err(e) => {
+                run.failures += 1;
+                if let Some(a) = self.jobs.active.as_mut() {
+                    a.replay = Some(run);
+                }
+                Err(e)
+            }
         }
-        out
     }
 
     async fn replay_work(&mut self, run: &mut ReplayRun) -> Result<usize> {
@@ -382,7 +411,8 @@ impl Applier {
             if run.next_offset > end {
                 let (changes, records) = run.finish_selecting();
                 tracing::info!(job = job_id, object = %object, records, changes, "Replay: records selected.");
-                let total = changes + records;
+                // The progress bar counts re-applied changes.
+                let total = changes;
                 if let Some(a) = self.jobs.active.as_mut() {
                     a.job.rows_total = Some(total);
                 }
