@@ -600,6 +600,73 @@ async fn replay_rebuilds_damaged_rows_from_the_raw_log_or_salesforce() {
     let (ok, out) = cli(&env, &["replay", "Account", "--ids", &ids[1]]);
     assert!(ok, "{out}");
     assert!(diff(&env, &*store).await.is_empty());
+    // A record with a change waiting in the quarantine keeps its row until that is resolved.
+    damage(
+        &env,
+        "UPDATE sf_account SET name = 'damaged' WHERE id = ?1",
+        &ids[13],
+    );
+    store
+        .commit_curated(
+            "replay-test",
+            None,
+            &sfsync_store::CuratedBatch {
+                quarantine: vec![sfsync_store::QuarantineEntry {
+                    object: "Account".into(),
+                    record_id: ids[13].clone(),
+                    rule: "Name.regex".into(),
+                    reason: "held by the test".into(),
+                    parent: None,
+                    event_key: format!("test/1/{}", ids[13]),
+                    log_offset: Some(1),
+                    commit_timestamp_ms: 1,
+                    change: None,
+                    alert_after_ms: None,
+                    run_id: "replay-test".into(),
+                }],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let (ok, out) = cli(&env, &["replay", "Account", "--ids", &ids[13]]);
+    assert!(ok, "{out}");
+    let (_, report) = last_replay(&*store, &out).await;
+    assert_eq!(
+        (
+            report.held_records,
+            report.sample_held.clone(),
+            report.source.as_str()
+        ),
+        (1, vec![ids[13].clone()], "none"),
+        "{report:?}"
+    );
+    assert_eq!(
+        diff(&env, &*store).await.len(),
+        1,
+        "left as it is while held"
+    );
+    let held: Vec<i64> = store
+        .quarantine_list(&sfsync_store::QuarantineFilter::open_of(
+            "Account",
+            std::slice::from_ref(&ids[13]),
+        ))
+        .await
+        .unwrap()
+        .iter()
+        .map(|q| q.id)
+        .collect();
+    store
+        .quarantine_act(&held, sfsync_store::QuarantineAction::Discard, "test", "")
+        .await
+        .unwrap();
+    let (ok, out) = cli(&env, &["replay", "Account", "--ids", &ids[13]]);
+    assert!(ok, "{out}");
+    assert!(
+        diff(&env, &*store).await.is_empty(),
+        "{:?}",
+        diff(&env, &*store).await
+    );
     // A replay id the raw log does not hold: the job fails, naming the oldest retained one.
     let oldest = text(
         &env,

@@ -554,6 +554,8 @@ impl Applier {
             .into_iter()
             .map(|q| q.entry.record_id)
             .collect();
+        // Records with changes waiting in the quarantine keep their rows, from anywhere.
+        salesforce.retain(|id, _| !held.contains(id));
         let whole_records =
             matches!(run.selection, ReplaySelection::Ids { .. }) && run.since_ms.is_none();
         let mut from_log: Vec<String> = Vec::new();
