@@ -19,6 +19,7 @@ use sfsync_salesforce::pubsub::ChangeSchema;
 use sfsync_store::{CuratedBatch, DeadLetter, LogOffset, LoggedChange, StoredRepair, Warehouse};
 
 mod job_step;
+mod replay_step;
 
 use crate::error::{chain, PipelineError, Result};
 use crate::model::ObjectMapping;
@@ -1160,16 +1161,30 @@ impl Applier {
         }
         let mut rows = HashMap::new();
         self.load_rows(&r.object, &ids, &mut rows).await?;
-        if r.reason.starts_with(crate::reconcile::REPAIR_REASON_PREFIX) {
+        let authoritative = crate::replay::is_authoritative(&r.reason);
+        if authoritative {
             // Reconciliation found these rows different from Salesforce even where their
-            // versions say otherwise (a row changed behind sfsync's back): the re-read is
-            // authoritative. Streamed changes newer than it still apply after it.
-            for row in rows.values_mut() {
-                row.meta.version = sfsync_core::RecordVersion::default();
-                row.base_version = sfsync_core::RecordVersion::default();
-                row.field_versions = None;
-                row.partial = false;
+            // versions say otherwise (a row changed behind sfsync's back), or a replay could
+            // not rebuild them from the raw log: the re-read is authoritative. Its history is
+            // continued from the history table itself. Streamed changes newer than it still
+            // apply after it.
+            let latest = self.store.latest_history(&r.object, &ids).await?;
+            for id in &ids {
+                let key = (r.object.clone(), id.clone());
+                let row = rows.remove(&key);
+                if let Some(mut b) = crate::plan::replay_baseline(mapping, id, row, latest.get(id))
+                {
+                    b.partial = false;
+                    rows.insert(key, b);
+                }
             }
+        }
+        if r.reason.starts_with(crate::replay::REPAIR_REASON_PREFIX) {
+            // A record a replay asked for that Salesforce does not return and the warehouse
+            // never had (an id of another object, a typo) is not invented as a purged row.
+            changes.retain(|(o, c)| {
+                c.change_type != "PURGED" || rows.contains_key(&(o.clone(), c.id.clone()))
+            });
         }
         let now = now_ms();
         // Snapshots pass the same data-quality gates as streamed changes.

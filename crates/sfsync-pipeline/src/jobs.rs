@@ -232,16 +232,22 @@ pub(crate) struct Active {
     pub job: SyncJob,
     pub run_id: String,
     pub rx: mpsc::Receiver<Fetched>,
-    pub task: tokio::task::JoinHandle<()>,
+    /// The fetch (or comparison) task; none for a replay from the raw log, which the apply
+    /// stage carries out itself.
+    pub task: Option<tokio::task::JoinHandle<()>>,
     pub columns: Option<(Arc<Vec<String>>, crate::normalize::CsvColumns)>,
     /// Counts of this session (the stored ones include earlier sessions).
     pub counts: SyncCounts,
     pub started: Instant,
+    /// A replay from the raw log: its selection and position.
+    pub replay: Option<Box<crate::replay::ReplayRun>>,
 }
 
 impl Drop for Active {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(t) = &self.task {
+            t.abort();
+        }
     }
 }
 

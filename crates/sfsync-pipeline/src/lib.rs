@@ -18,6 +18,7 @@ pub mod normalize;
 pub mod plan;
 pub mod quality;
 pub mod reconcile;
+pub mod replay;
 pub mod stats;
 
 use std::collections::BTreeMap;

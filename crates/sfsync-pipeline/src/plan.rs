@@ -143,7 +143,32 @@ impl Planner<'_> {
         rows: &mut HashMap<(String, String), CurrentRow>,
         changes: &[(String, RecordChange)],
         batch: &mut CuratedBatch,
+        gate: Option<&mut GateRun>,
+    ) -> PlanStats {
+        self.plan_inner(rows, changes, batch, gate, false)
+    }
+
+    /// [`Self::plan_gated`] for a replay: changes already applied once are applied again to
+    /// rows whose versions were reset ([`replay_baseline`]). Current state follows them as it
+    /// did the first time; the SCD2 history is left as it is (its versions exist already, so a
+    /// replay never adds one twice) and the audit trail records them as `replayed`.
+    pub fn plan_replayed(
+        &self,
+        rows: &mut HashMap<(String, String), CurrentRow>,
+        changes: &[(String, RecordChange)],
+        batch: &mut CuratedBatch,
+        gate: Option<&mut GateRun>,
+    ) -> PlanStats {
+        self.plan_inner(rows, changes, batch, gate, true)
+    }
+
+    fn plan_inner(
+        &self,
+        rows: &mut HashMap<(String, String), CurrentRow>,
+        changes: &[(String, RecordChange)],
+        batch: &mut CuratedBatch,
         mut gate: Option<&mut GateRun>,
+        replay: bool,
     ) -> PlanStats {
         let mut stats = PlanStats::default();
         for (object, ch) in changes {
@@ -161,11 +186,14 @@ impl Planner<'_> {
             let outcome = if held {
                 "quarantined"
             } else {
-                let o = self.apply_one(m, rows, &key, ch, batch, &mut stats);
+                let o = self.apply_one(m, rows, &key, ch, batch, &mut stats, replay);
                 if let Some(g) = gate.as_deref_mut() {
                     g.applied(m, ch);
                 }
-                o
+                match o {
+                    "applied" if replay => "replayed",
+                    o => o,
+                }
             };
             batch.audit.push(AuditEntry {
                 object: object.clone(),
@@ -199,6 +227,8 @@ impl Planner<'_> {
         }
     }
 
+    /// `replay`: leave the history (table and bookkeeping) as it is.
+    #[allow(clippy::too_many_arguments)]
     fn apply_one(
         &self,
         m: &ObjectMapping,
@@ -207,6 +237,7 @@ impl Planner<'_> {
         ch: &RecordChange,
         batch: &mut CuratedBatch,
         stats: &mut PlanStats,
+        replay: bool,
     ) -> &'static str {
         let cols = &m.model.columns;
         let object = &key.0;
@@ -258,7 +289,7 @@ impl Planner<'_> {
                 }
             }
             row.field_versions = fv.render();
-            if let Some(h) = &m.model.history {
+            if let Some(h) = m.model.history.as_ref().filter(|_| !replay) {
                 if ch.op == Op::Full && !row.deleted {
                     row.history_version = Some(1);
                     batch.history.push(HistoryWrite::Open {
@@ -289,6 +320,7 @@ impl Planner<'_> {
             .model
             .history
             .as_ref()
+            .filter(|_| !replay)
             .map(|h| tracked(&row.values, &h.columns));
         let mut any = false;
         let mut outcome = "applied";
@@ -476,6 +508,71 @@ impl Planner<'_> {
             "late"
         }
     }
+}
+
+/// The row a replay or an authoritative re-read (reconciliation, replay from Salesforce) plans
+/// against: the record's versions reset, so the changes (or the snapshot) apply as if they had
+/// never been applied, with the history bookkeeping taken from the history table itself (`latest`:
+/// its newest version) rather than from the row — the version number, whether it is closed (the
+/// record deleted), and the tracked values — so a row damaged behind sfsync's back neither hides
+/// a history version nor fakes one. Without history the row keeps its values and deleted flag.
+/// A record with history but no row (deleted behind sfsync's back) gets a row rebuilt from its
+/// history: the tracked values only, no versions. `None` when there is neither.
+pub fn replay_baseline(
+    m: &ObjectMapping,
+    id: &str,
+    row: Option<CurrentRow>,
+    latest: Option<&sfsync_store::HistoryRow>,
+) -> Option<CurrentRow> {
+    let mut row = match (row, latest) {
+        (None, None) => return None,
+        (Some(r), _) => r,
+        (None, Some(_)) => CurrentRow {
+            id: id.to_string(),
+            values: BTreeMap::new(),
+            meta: SyncMeta {
+                version: RecordVersion::default(),
+                change_type: String::new(),
+                source: sfsync_store::ChangeSource::Snapshot,
+                transaction_key: String::new(),
+                replay_id: None,
+                run_id: String::new(),
+                applied_at_ms: 0,
+                origin_client: None,
+            },
+            deleted: false,
+            base_version: RecordVersion::default(),
+            field_versions: None,
+            history_version: None,
+            partial: false,
+        },
+    };
+    row.meta.version = RecordVersion::default();
+    row.base_version = RecordVersion::default();
+    let mut fv = FieldVersions::default();
+    match (&m.model.history, latest) {
+        (Some(h), Some(latest)) => {
+            row.history_version = Some(latest.version);
+            row.deleted = !latest.is_current;
+            if !latest.is_current {
+                fv.0.insert(HCLOSED.into(), RecordVersion::default());
+            }
+            for c in h.columns.iter().filter(|c| *c != "id") {
+                match latest.values.get(c) {
+                    Some(v) if !v.is_null() => {
+                        row.values.insert(c.clone(), v.clone());
+                    }
+                    _ => {
+                        row.values.remove(c);
+                    }
+                }
+            }
+        }
+        (Some(_), None) => row.history_version = None,
+        (None, _) => {}
+    }
+    row.field_versions = fv.render();
+    Some(row)
 }
 
 /// The data-quality state the planner checks changes against: kept by the apply stage across
@@ -982,6 +1079,134 @@ mod tests {
             })
             .collect();
         assert_eq!(kinds, ["open", "touch", "close", "open", "close"]);
+    }
+
+    fn history_row(
+        id: &str,
+        version: i64,
+        current: bool,
+        status: &str,
+    ) -> sfsync_store::HistoryRow {
+        sfsync_store::HistoryRow {
+            id: id.into(),
+            version,
+            valid_from_ms: 0,
+            valid_to_ms: (!current).then_some(1),
+            is_current: current,
+            change_type: "UPDATE".into(),
+            end_change_type: (!current).then(|| "DELETE".into()),
+            transaction_key: "t".into(),
+            values: [("status".to_string(), Value::Text(status.into()))].into(),
+        }
+    }
+
+    #[test]
+    fn a_replay_rebuilds_a_damaged_row_and_leaves_history_alone() {
+        let c = |op, ts, vals| ("Case".to_string(), change("5001", op, ts, vals));
+        let t = |s: &str| Value::Text(s.into());
+        let changes = vec![
+            c(
+                Op::Full,
+                10,
+                (1..5).map(|i| (i, t(&format!("a{i}")))).collect(),
+            ),
+            c(Op::Patch, 11, vec![(3, t("subject 2"))]),
+            c(Op::Patch, 12, vec![(1, t("Closed"))]),
+        ];
+        let (rows, history) = run(&changes, &[1]);
+        let key = ("Case".to_string(), "5001".to_string());
+        let good = rows[&key].clone();
+        assert_eq!(history.len(), 4, "open, touch, close, open: {history:?}");
+        // Damaged behind sfsync's back: values and versions.
+        let mut damaged = good.clone();
+        damaged.values.insert("subject".into(), t("garbage"));
+        damaged.values.insert("status".into(), t("garbage"));
+        damaged.meta.version.commit_timestamp = 99;
+        let latest = history_row("5001", 2, true, "Closed");
+        let m = mapping();
+        let base = replay_baseline(&m, "5001", Some(damaged), Some(&latest)).unwrap();
+        assert_eq!(base.meta.version, RecordVersion::default());
+        assert_eq!(
+            base.values["status"],
+            t("Closed"),
+            "tracked values from history"
+        );
+        assert_eq!(base.history_version, Some(2));
+        let mut mappings = HashMap::new();
+        mappings.insert("Case".to_string(), m);
+        let planner = Planner {
+            mappings: &mappings,
+            run_id: "replay-1",
+            own_client: "sfsync",
+            now_ms: 0,
+        };
+        let mut rows = HashMap::from([(key.clone(), base)]);
+        let mut batch = CuratedBatch::default();
+        let s = planner.plan_replayed(&mut rows, &changes, &mut batch, None);
+        assert_eq!(s.applied, 3);
+        let rebuilt = &rows[&key];
+        assert_eq!(rebuilt.values, good.values);
+        assert_eq!(rebuilt.meta.version, good.meta.version);
+        assert_eq!(
+            rebuilt.history_version,
+            Some(2),
+            "bookkeeping as the history says"
+        );
+        assert!(batch.history.is_empty(), "no history version twice");
+        assert!(batch
+            .audit
+            .iter()
+            .all(|a| a.outcome == "replayed" && a.run_id == "replay-1"));
+        // Replaying the same changes again is a no-op on the state.
+        let mut again = CuratedBatch::default();
+        let base = replay_baseline(
+            &mappings["Case"],
+            "5001",
+            Some(rebuilt.clone()),
+            Some(&latest),
+        );
+        let mut rows2 = HashMap::from([(key.clone(), base.unwrap())]);
+        planner.plan_replayed(&mut rows2, &changes, &mut again, None);
+        assert_eq!(rows2[&key].values, good.values);
+    }
+
+    #[test]
+    fn baseline_follows_the_history_table() {
+        let m = mapping();
+        assert_eq!(replay_baseline(&m, "5009", None, None), None);
+        // No row, history closed by a delete: rebuilt from history, deleted, history closed.
+        let closed = history_row("5009", 3, false, "Closed");
+        let b = replay_baseline(&m, "5009", None, Some(&closed)).unwrap();
+        assert!(b.deleted);
+        assert_eq!(b.history_version, Some(3));
+        assert!(b.field_versions.as_deref().unwrap().contains(HCLOSED));
+        assert_eq!(b.values.get("status"), Some(&Value::Text("Closed".into())));
+        assert!(!b.values.contains_key("id"));
+        // A row whose deleted flag was damaged: the open history says live.
+        let mut row = b.clone();
+        row.deleted = true;
+        row.field_versions = None;
+        let open = history_row("5009", 4, true, "New");
+        let b = replay_baseline(&m, "5009", Some(row), Some(&open)).unwrap();
+        assert!(!b.deleted);
+        assert_eq!(b.field_versions, None);
+        // An object without history keeps the row's flag and values.
+        let mut spec = ObjectSpec::new("Case");
+        spec.history = HistoryFields::None;
+        let d = serde_json::from_value(serde_json::json!({
+            "name": "Case", "fields": [{"name": "Id", "type": "id"}, {"name": "Status", "type": "picklist"}]
+        }))
+        .unwrap();
+        let plain = ObjectMapping::build(&d, &spec).unwrap();
+        let mut row = b.clone();
+        row.deleted = true;
+        let b = replay_baseline(&plain, "5009", Some(row), None).unwrap();
+        assert!(b.deleted);
+        assert_eq!(
+            b.history_version,
+            Some(4),
+            "no history model: left as it is"
+        );
     }
 
     #[test]

@@ -438,6 +438,15 @@ pub trait Warehouse: ChangeLog {
     /// All history rows of `object` ordered by id and version, PII opened.
     async fn read_history(&self, object: &str) -> Result<Vec<HistoryRow>>;
 
+    /// The newest history version (highest `_sf_version`) of each of `ids` that has one, PII
+    /// opened; empty when the object has no history. A replay and authoritative re-reads plan
+    /// against it, so a current row damaged behind sfsync's back does not open spurious versions.
+    async fn latest_history(
+        &self,
+        object: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, HistoryRow>>;
+
     /// Writes `batch` and, when `offset` is given, sets `consumer`'s apply offset to it — in ONE
     /// transaction. Offsets never move back.
     async fn commit_curated(

@@ -91,6 +91,33 @@ pub struct LoggedChange {
     pub change: RawChange,
 }
 
+/// A raw-log entry's position and identity, without its payload (see [`ChangeLog::locate`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogMark {
+    pub offset: LogOffset,
+    pub channel: String,
+    /// The entry's replay id, verbatim.
+    pub replay_id: ReplayId,
+    /// Commit timestamp of its change (epoch ms).
+    pub commit_timestamp: i64,
+}
+
+/// An entry [`ChangeLog::locate`] looks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogPoint {
+    /// The oldest retained entry: of one channel, or of the whole log.
+    Oldest { channel: Option<String> },
+    /// The first entry (lowest offset) of `entity` whose change was committed at or after
+    /// `commit_ms`.
+    FirstCommittedSince { entity: String, commit_ms: i64 },
+    /// The entry of `channel` carrying exactly these replay id bytes (compared as bytes, never
+    /// parsed).
+    ReplayId {
+        channel: String,
+        replay_id: ReplayId,
+    },
+}
+
 /// What one [`ChangeLog::append_batch`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AppendOutcome {
@@ -129,6 +156,23 @@ pub trait ChangeLog: Send + Sync {
 
     /// Up to `limit` changes with offset `>= from`, in log order.
     async fn read_from(&self, from: LogOffset, limit: usize) -> Result<Vec<LoggedChange>>;
+
+    /// Up to `limit` changes of `entity` with `from <= offset <= to`, in log order (a replay
+    /// reads one object's changes of a window without the other objects' payloads).
+    async fn read_entity(
+        &self,
+        entity: &str,
+        from: LogOffset,
+        to: LogOffset,
+        limit: usize,
+    ) -> Result<Vec<LoggedChange>>;
+
+    /// The changes at exactly these offsets (those still in the log), in log order.
+    async fn read_offsets(&self, offsets: &[LogOffset]) -> Result<Vec<LoggedChange>>;
+
+    /// Finds an entry by time, replay id or age, without reading payloads; `None` when the log
+    /// holds no such entry.
+    async fn locate(&self, point: &LogPoint) -> Result<Option<LogMark>>;
 
     /// The last log offset `consumer` has applied, if any.
     async fn applied_offset(&self, consumer: &str) -> Result<Option<LogOffset>>;

@@ -20,7 +20,9 @@ use crate::migrate::{self, AppliedMigration, Migration};
 use crate::pii::Keyring;
 use crate::sqlite::StoredLogRow;
 use crate::warehouse::{Dialect, Registry};
-use crate::{now_ms, AppendOutcome, ChangeLog, LogOffset, LoggedChange, RawChange};
+use crate::{
+    now_ms, AppendOutcome, ChangeLog, LogMark, LogOffset, LogPoint, LoggedChange, RawChange,
+};
 
 mod jobs;
 mod quality;
@@ -587,6 +589,57 @@ pub async fn set_applied_offset_in(
     Ok(())
 }
 
+impl PostgresChangeLog {
+    /// Raw changes matching `condition` (a WHERE clause with its ORDER BY / LIMIT), read on the
+    /// reader connection; payloads opened and decompressed after it is released.
+    async fn read_log_where(
+        &self,
+        op: &'static str,
+        condition: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<LoggedChange>> {
+        let ctx = self.registry.ctx();
+        let client = self.reader.lock().await;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT log_offset, channel, event_key, replay_id, schema_id, entity,
+                         change_type, commit_timestamp, commit_number, sequence_number, payload
+                     FROM raw_changes WHERE {condition}"
+                ),
+                params,
+            )
+            .await
+            .map_err(|e| StoreError::postgres(op, e))?;
+        drop(client);
+        let get = |e| StoreError::postgres("decode log row", e);
+        let mut stored = Vec::with_capacity(rows.len());
+        for r in rows {
+            stored.push(StoredLogRow {
+                offset: r.try_get(0).map_err(get)?,
+                channel: r.try_get(1).map_err(get)?,
+                event_key: r.try_get(2).map_err(get)?,
+                replay_id: r.try_get(3).map_err(get)?,
+                schema_id: r.try_get(4).map_err(get)?,
+                entity: r.try_get(5).map_err(get)?,
+                change_type: r.try_get(6).map_err(get)?,
+                version: RecordVersion {
+                    commit_timestamp: r.try_get(7).map_err(get)?,
+                    commit_number: r.try_get(8).map_err(get)?,
+                    sequence_number: r.try_get(9).map_err(get)?,
+                },
+                payload: r.try_get(10).map_err(get)?,
+            });
+        }
+        crate::warehouse::cpu_bound(|| {
+            stored
+                .into_iter()
+                .map(|r| r.decode(BACKEND, &ctx))
+                .collect()
+        })
+    }
+}
+
 #[async_trait]
 impl ChangeLog for PostgresChangeLog {
     fn backend(&self) -> &'static str {
@@ -618,43 +671,112 @@ impl ChangeLog for PostgresChangeLog {
 
     async fn read_from(&self, from: LogOffset, limit: usize) -> Result<Vec<LoggedChange>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let ctx = self.registry.ctx();
-        let client = self.reader.lock().await;
-        let rows = client
-            .query(
-                "SELECT log_offset, channel, event_key, replay_id, schema_id, entity,
-                     change_type, commit_timestamp, commit_number, sequence_number, payload
-                 FROM raw_changes WHERE log_offset >= $1 ORDER BY log_offset LIMIT $2",
-                &[&to_i64(from), &limit],
-            )
-            .await
-            .map_err(|e| StoreError::postgres("read log", e))?;
-        drop(client);
-        let get = |e| StoreError::postgres("decode log row", e);
-        let mut stored = Vec::with_capacity(rows.len());
-        for r in rows {
-            stored.push(StoredLogRow {
-                offset: r.try_get(0).map_err(get)?,
-                channel: r.try_get(1).map_err(get)?,
-                event_key: r.try_get(2).map_err(get)?,
-                replay_id: r.try_get(3).map_err(get)?,
-                schema_id: r.try_get(4).map_err(get)?,
-                entity: r.try_get(5).map_err(get)?,
-                change_type: r.try_get(6).map_err(get)?,
-                version: RecordVersion {
-                    commit_timestamp: r.try_get(7).map_err(get)?,
-                    commit_number: r.try_get(8).map_err(get)?,
-                    sequence_number: r.try_get(9).map_err(get)?,
-                },
-                payload: r.try_get(10).map_err(get)?,
-            });
+        self.read_log_where(
+            "read log",
+            "log_offset >= $1 ORDER BY log_offset LIMIT $2",
+            &[&to_i64(from), &limit],
+        )
+        .await
+    }
+
+    async fn read_entity(
+        &self,
+        entity: &str,
+        from: LogOffset,
+        to: LogOffset,
+        limit: usize,
+    ) -> Result<Vec<LoggedChange>> {
+        if limit == 0 || to < from {
+            return Ok(Vec::new());
         }
-        crate::warehouse::cpu_bound(|| {
-            stored
-                .into_iter()
-                .map(|r| r.decode(BACKEND, &ctx))
-                .collect()
-        })
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read_log_where(
+            "read log of an object",
+            "entity = $1 AND log_offset >= $2 AND log_offset <= $3 ORDER BY log_offset LIMIT $4",
+            &[&entity, &to_i64(from), &to_i64(to), &limit],
+        )
+        .await
+    }
+
+    async fn read_offsets(&self, offsets: &[LogOffset]) -> Result<Vec<LoggedChange>> {
+        let mut offsets: Vec<i64> = offsets.iter().map(|o| to_i64(*o)).collect();
+        offsets.sort_unstable();
+        offsets.dedup();
+        let mut out = Vec::with_capacity(offsets.len());
+        for chunk in offsets.chunks(5_000) {
+            out.extend(
+                self.read_log_where(
+                    "read log entries",
+                    "log_offset = ANY($1) ORDER BY log_offset",
+                    &[&chunk],
+                )
+                .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    async fn locate(&self, point: &LogPoint) -> Result<Option<LogMark>> {
+        let cols = "log_offset, channel, replay_id, commit_timestamp";
+        let client = self.reader.lock().await;
+        let row = match point {
+            LogPoint::Oldest { channel: None } => {
+                client
+                    .query_opt(
+                        &format!("SELECT {cols} FROM raw_changes ORDER BY log_offset LIMIT 1"),
+                        &[],
+                    )
+                    .await
+            }
+            LogPoint::Oldest {
+                channel: Some(channel),
+            } => {
+                client
+                    .query_opt(
+                        &format!(
+                            "SELECT {cols} FROM raw_changes WHERE channel = $1 \
+                             ORDER BY log_offset LIMIT 1"
+                        ),
+                        &[channel],
+                    )
+                    .await
+            }
+            LogPoint::FirstCommittedSince { entity, commit_ms } => {
+                client
+                    .query_opt(
+                        &format!(
+                            "SELECT {cols} FROM raw_changes WHERE log_offset = (SELECT \
+                             min(log_offset) FROM raw_changes WHERE commit_timestamp >= $2 \
+                             AND entity = $1)"
+                        ),
+                        &[entity, commit_ms],
+                    )
+                    .await
+            }
+            LogPoint::ReplayId { channel, replay_id } => {
+                client
+                    .query_opt(
+                        &format!(
+                            "SELECT {cols} FROM raw_changes WHERE channel = $1 AND replay_id = $2 \
+                             ORDER BY log_offset LIMIT 1"
+                        ),
+                        &[channel, &replay_id.as_bytes()],
+                    )
+                    .await
+            }
+        }
+        .map_err(|e| StoreError::postgres("locate in log", e))?;
+        drop(client);
+        let Some(r) = row else {
+            return Ok(None);
+        };
+        let get = |e| StoreError::postgres("locate in log", e);
+        Ok(Some(LogMark {
+            offset: r.try_get::<_, i64>(0).map_err(get)?.max(0) as LogOffset,
+            channel: r.try_get(1).map_err(get)?,
+            replay_id: ReplayId::from_bytes(r.try_get::<_, Vec<u8>>(2).map_err(get)?),
+            commit_timestamp: r.try_get(3).map_err(get)?,
+        }))
     }
 
     async fn applied_offset(&self, consumer: &str) -> Result<Option<LogOffset>> {

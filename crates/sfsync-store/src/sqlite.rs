@@ -41,13 +41,18 @@ use crate::migrate::{self, AppliedMigration, Migration};
 use crate::pii::Keyring;
 use crate::tail::{TailCache, DEFAULT_TAIL_BYTES};
 use crate::warehouse::{self as wh, Ctx, Dialect, Registry};
-use crate::{now_ms, AppendOutcome, ChangeLog, LogOffset, LoggedChange, RawChange};
+use crate::{
+    now_ms, AppendOutcome, ChangeLog, LogMark, LogOffset, LogPoint, LoggedChange, RawChange,
+};
 
 mod jobs;
 mod quality;
 mod warehouse;
 
 const BACKEND: &str = "sqlite";
+
+/// Offsets per `IN (…)` list (SQLite's parameter limit is 32,766; keep statements small).
+const OFFSETS_CHUNK: usize = 500;
 
 /// The SQLite schema, in order. Never edit a released entry; append a new one.
 pub const MIGRATIONS: &[Migration] = &[
@@ -733,23 +738,38 @@ impl SqliteChangeLog {
     /// Up to `limit` changes with offset `>= from` from the database itself.
     async fn read_stored(&self, from: LogOffset, limit: usize) -> Result<Vec<LoggedChange>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read_log_where(
+            "read log",
+            "log_offset >= ?1 ORDER BY log_offset LIMIT ?2".into(),
+            vec![to_i64(from).into(), limit.into()],
+        )
+        .await
+    }
+
+    /// Raw changes matching `condition` (a WHERE clause with its ORDER BY / LIMIT), read on the
+    /// change-log reader; payloads opened and decompressed after the connection is released.
+    async fn read_log_where(
+        &self,
+        op: &'static str,
+        condition: String,
+        params: Vec<rusqlite::types::Value>,
+    ) -> Result<Vec<LoggedChange>> {
         let ctx = self.registry.ctx();
-        // Rows under the connection; payloads opened and decompressed after it is released.
         let rows = self
-            .blocking_on(&self.log_reader, "read log", move |conn| {
+            .blocking_on(&self.log_reader, op, move |conn| {
+                let sql = format!(
+                    "SELECT log_offset, channel, event_key, replay_id, schema_id, entity,
+                         change_type, commit_timestamp, commit_number, sequence_number, payload
+                     FROM raw_changes WHERE {condition}"
+                );
                 let mut stmt = conn
-                    .prepare_cached(
-                        "SELECT log_offset, channel, event_key, replay_id, schema_id, entity,
-                             change_type, commit_timestamp, commit_number, sequence_number,
-                             payload
-                         FROM raw_changes WHERE log_offset >= ?1 ORDER BY log_offset LIMIT ?2",
-                    )
-                    .map_err(|e| StoreError::sqlite("prepare read log", e))?;
+                    .prepare_cached(&sql)
+                    .map_err(|e| StoreError::sqlite(op, e))?;
                 let mut rows = stmt
-                    .query(params![to_i64(from), limit])
-                    .map_err(|e| StoreError::sqlite("read log", e))?;
+                    .query(rusqlite::params_from_iter(params))
+                    .map_err(|e| StoreError::sqlite(op, e))?;
                 let mut out = Vec::new();
-                while let Some(r) = rows.next().map_err(|e| StoreError::sqlite("read log", e))? {
+                while let Some(r) = rows.next().map_err(|e| StoreError::sqlite(op, e))? {
                     let get = |e| StoreError::sqlite("decode log row", e);
                     out.push(StoredLogRow {
                         offset: r.get(0).map_err(get)?,
@@ -1180,6 +1200,104 @@ impl ChangeLog for SqliteChangeLog {
             return Ok(out);
         }
         self.read_stored(from, limit).await
+    }
+
+    async fn read_entity(
+        &self,
+        entity: &str,
+        from: LogOffset,
+        to: LogOffset,
+        limit: usize,
+    ) -> Result<Vec<LoggedChange>> {
+        if limit == 0 || to < from {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read_log_where(
+            "read log of an object",
+            "entity = ?1 AND log_offset >= ?2 AND log_offset <= ?3 ORDER BY log_offset LIMIT ?4"
+                .into(),
+            vec![
+                entity.to_string().into(),
+                to_i64(from).into(),
+                to_i64(to).into(),
+                limit.into(),
+            ],
+        )
+        .await
+    }
+
+    async fn read_offsets(&self, offsets: &[LogOffset]) -> Result<Vec<LoggedChange>> {
+        let mut offsets = offsets.to_vec();
+        offsets.sort_unstable();
+        offsets.dedup();
+        let mut out = Vec::with_capacity(offsets.len());
+        for chunk in offsets.chunks(OFFSETS_CHUNK) {
+            let params: Vec<String> = (1..=chunk.len()).map(|n| format!("?{n}")).collect();
+            out.extend(
+                self.read_log_where(
+                    "read log entries",
+                    format!("log_offset IN ({}) ORDER BY log_offset", params.join(", ")),
+                    chunk.iter().map(|o| to_i64(*o).into()).collect(),
+                )
+                .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    async fn locate(&self, point: &LogPoint) -> Result<Option<LogMark>> {
+        use rusqlite::types::Value as V;
+        let cols = "log_offset, channel, replay_id, commit_timestamp";
+        let (sql, params): (String, Vec<V>) = match point {
+            LogPoint::Oldest { channel: None } => (
+                format!("SELECT {cols} FROM raw_changes ORDER BY log_offset LIMIT 1"),
+                vec![],
+            ),
+            LogPoint::Oldest {
+                channel: Some(channel),
+            } => (
+                format!(
+                    "SELECT {cols} FROM raw_changes WHERE channel = ?1 ORDER BY log_offset LIMIT 1"
+                ),
+                vec![channel.clone().into()],
+            ),
+            LogPoint::FirstCommittedSince { entity, commit_ms } => (
+                format!(
+                    "SELECT {cols} FROM raw_changes WHERE log_offset = (SELECT min(log_offset) \
+                     FROM raw_changes WHERE commit_timestamp >= ?2 AND entity = ?1)"
+                ),
+                vec![entity.clone().into(), (*commit_ms).into()],
+            ),
+            LogPoint::ReplayId { channel, replay_id } => (
+                format!(
+                    "SELECT {cols} FROM raw_changes WHERE channel = ?1 AND replay_id = ?2 \
+                     ORDER BY log_offset LIMIT 1"
+                ),
+                vec![channel.clone().into(), replay_id.as_bytes().to_vec().into()],
+            ),
+        };
+        self.blocking_on(&self.log_reader, "locate in log", move |conn| {
+            conn.query_row(&sql, rusqlite::params_from_iter(params), |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .optional()
+            .map_err(|e| StoreError::sqlite("locate in log", e))
+            .map(|o| {
+                o.map(|(offset, channel, replay_id, commit_timestamp)| LogMark {
+                    offset: offset.max(0) as LogOffset,
+                    channel,
+                    replay_id: ReplayId::from_bytes(replay_id),
+                    commit_timestamp,
+                })
+            })
+        })
+        .await
     }
 
     async fn applied_offset(&self, consumer: &str) -> Result<Option<LogOffset>> {

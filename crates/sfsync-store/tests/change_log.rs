@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use sfsync_core::{ChangeType, ErrorClass, EventKey, RecordVersion, ReplayId};
-use sfsync_store::{ChangeLog, PostgresChangeLog, RawChange, SqliteChangeLog, StoreError};
+use sfsync_store::{
+    ChangeLog, LogMark, LogPoint, PostgresChangeLog, RawChange, SqliteChangeLog, StoreError,
+};
 
 /// Opens a store on the same underlying database each time.
 #[async_trait]
@@ -360,6 +362,160 @@ async fn applied_offsets_only_move_forward(b: &dyn Backend) {
     assert_eq!(log.applied_offset("archive").await.unwrap(), Some(1));
 }
 
+/// A replay's reads: one object's window, exact offsets, and entries found by time, replay id
+/// and age — without the other objects' entries and without parsing replay ids.
+async fn locate_and_targeted_reads(b: &dyn Backend) {
+    let log = b.open().await;
+    assert_eq!(
+        log.locate(&LogPoint::Oldest { channel: None })
+            .await
+            .unwrap(),
+        None,
+        "an empty log has no oldest entry"
+    );
+    // Commit times 1000, 2000, … alternating Account / Contact on two channels; the replay ids
+    // are arbitrary bytes (the third is a prefix of the fifth: compared whole, never parsed).
+    let replay_ids: Vec<Vec<u8>> = vec![
+        vec![9, 0],
+        vec![0xff],
+        vec![1, 2],
+        vec![0],
+        vec![1, 2, 0],
+        vec![7],
+    ];
+    let mut changes = Vec::new();
+    for (i, rid) in replay_ids.iter().enumerate() {
+        let (channel, entity) = if i % 2 == 0 {
+            ("/data/AccountChangeEvent", "Account")
+        } else {
+            ("/data/ContactChangeEvent", "Contact")
+        };
+        let mut c = change(&format!("loc-{i}"), entity, rid, format!("p{i}").as_bytes());
+        c.version.commit_timestamp = 1_000 * (i as i64 + 1);
+        log.append_batch(channel, &[c.clone()], &ReplayId::from_bytes(rid.clone()))
+            .await
+            .unwrap();
+        changes.push((channel, c));
+    }
+    let got = all(&*log).await;
+    let offsets: Vec<u64> = got.iter().map(|g| g.offset).collect();
+
+    // One object's entries within an offset range, in log order, limited.
+    let accounts = log.read_entity("Account", 0, u64::MAX, 100).await.unwrap();
+    assert_eq!(
+        accounts.iter().map(|a| a.offset).collect::<Vec<_>>(),
+        vec![offsets[0], offsets[2], offsets[4]]
+    );
+    assert!(accounts.iter().all(|a| a.change.entity == "Account"));
+    assert_eq!(accounts[1].change, changes[2].1);
+    let window = log
+        .read_entity("Account", offsets[1], offsets[4], 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        window.iter().map(|a| a.offset).collect::<Vec<_>>(),
+        vec![offsets[2], offsets[4]],
+        "both bounds inclusive"
+    );
+    let limited = log.read_entity("Contact", 0, u64::MAX, 2).await.unwrap();
+    assert_eq!(
+        limited.iter().map(|a| a.offset).collect::<Vec<_>>(),
+        vec![offsets[1], offsets[3]]
+    );
+    assert!(log
+        .read_entity("Case", 0, u64::MAX, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(log
+        .read_entity("Account", offsets[4], offsets[2], 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Exact offsets: unordered and repeated in, log order out, missing ones skipped.
+    let picked = log
+        .read_offsets(&[offsets[5], offsets[1], offsets[5], offsets[5] + 100])
+        .await
+        .unwrap();
+    assert_eq!(picked, vec![got[1].clone(), got[5].clone()]);
+    assert!(log.read_offsets(&[]).await.unwrap().is_empty());
+
+    let mark = |i: usize| LogMark {
+        offset: offsets[i],
+        channel: changes[i].0.to_string(),
+        replay_id: ReplayId::from_bytes(replay_ids[i].clone()),
+        commit_timestamp: 1_000 * (i as i64 + 1),
+    };
+    assert_eq!(
+        log.locate(&LogPoint::Oldest { channel: None })
+            .await
+            .unwrap(),
+        Some(mark(0))
+    );
+    assert_eq!(
+        log.locate(&LogPoint::Oldest {
+            channel: Some("/data/ContactChangeEvent".into())
+        })
+        .await
+        .unwrap(),
+        Some(mark(1))
+    );
+    assert_eq!(
+        log.locate(&LogPoint::Oldest {
+            channel: Some("/data/Nope".into())
+        })
+        .await
+        .unwrap(),
+        None
+    );
+    for (commit_ms, expected) in [
+        (0, Some(0)),
+        (1_000, Some(0)),
+        (1_001, Some(2)),
+        (5_000, Some(4)),
+        (5_001, None),
+    ] {
+        assert_eq!(
+            log.locate(&LogPoint::FirstCommittedSince {
+                entity: "Account".into(),
+                commit_ms
+            })
+            .await
+            .unwrap(),
+            expected.map(mark),
+            "first Account change committed at or after {commit_ms}"
+        );
+    }
+    for i in 0..replay_ids.len() {
+        assert_eq!(
+            log.locate(&LogPoint::ReplayId {
+                channel: changes[i].0.to_string(),
+                replay_id: ReplayId::from_bytes(replay_ids[i].clone()),
+            })
+            .await
+            .unwrap(),
+            Some(mark(i))
+        );
+    }
+    for (channel, bytes) in [
+        ("/data/AccountChangeEvent", vec![1u8]),
+        ("/data/AccountChangeEvent", vec![0xff]),
+        ("/data/ContactChangeEvent", vec![1, 2]),
+    ] {
+        assert_eq!(
+            log.locate(&LogPoint::ReplayId {
+                channel: channel.into(),
+                replay_id: ReplayId::from_bytes(bytes.clone()),
+            })
+            .await
+            .unwrap(),
+            None,
+            "{bytes:?} is not on {channel}"
+        );
+    }
+}
+
 macro_rules! suite {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -392,6 +548,7 @@ suite!(
     reopen_keeps_data,
     migrations_idempotent,
     applied_offsets_only_move_forward,
+    locate_and_targeted_reads,
 );
 
 // ---- backend-specific: transaction handles for curated writers, newer schemas ----

@@ -665,6 +665,67 @@ async fn history_open_close_touch_and_one_current(b: &dyn Backend) {
     }
 }
 
+async fn latest_history_per_record(b: &dyn Backend) {
+    let w = ready(b, Some(key("k1", 1))).await;
+    w.ensure_model(&plain_model()).await.unwrap();
+    let values = |name: &str, email: &str| -> BTreeMap<String, Value> {
+        [
+            ("name".to_string(), Value::Text(name.into())),
+            ("email".to_string(), Value::Text(email.into())),
+        ]
+        .into()
+    };
+    let open = |id: &str, version: i64, from: i64, v: BTreeMap<String, Value>| HistoryWrite::Open {
+        object: CONTACT.into(),
+        id: id.into(),
+        version,
+        valid_from_ms: from,
+        values: v,
+        meta: meta(from),
+    };
+    let close = |id: &str, version: i64, at: i64, how: &str| HistoryWrite::Close {
+        object: CONTACT.into(),
+        id: id.into(),
+        version,
+        valid_to_ms: at,
+        end_change_type: how.into(),
+    };
+    w.commit_curated(
+        "apply",
+        None,
+        &CuratedBatch {
+            history: vec![
+                open("003A", 1, T0, values("Ada", "ada@example.com")),
+                close("003A", 1, T0 + 10, "UPDATE"),
+                open("003A", 2, T0 + 10, values("Ada L", "ada@lovelace.org")),
+                open("003B", 1, T0, values("Bea", "bea@example.com")),
+                close("003B", 1, T0 + 20, "DELETE"),
+            ],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let ids: Vec<String> = ["003A", "003B", "003C"].map(String::from).to_vec();
+    let latest = w.latest_history(CONTACT, &ids).await.unwrap();
+    assert_eq!(latest.len(), 2, "{latest:?}");
+    let a = &latest["003A"];
+    assert_eq!((a.version, a.is_current, a.valid_to_ms), (2, true, None));
+    assert_eq!(a.values, values("Ada L", "ada@lovelace.org"), "PII opened");
+    let b2 = &latest["003B"];
+    assert_eq!(
+        (b2.version, b2.is_current, b2.end_change_type.as_deref()),
+        (1, false, Some("DELETE"))
+    );
+    assert!(w.latest_history(CONTACT, &[]).await.unwrap().is_empty());
+    assert!(
+        w.latest_history("Account", &ids).await.unwrap().is_empty(),
+        "an object without history has none"
+    );
+    let err = w.latest_history("Nope", &ids).await.unwrap_err();
+    assert!(err.chain().contains("Nope"), "{}", err.chain());
+}
+
 async fn audit_chain_verifies_and_reports_tampering(b: &dyn Backend) {
     let w = ready(b, Some(key("k1", 1))).await;
     let empty = w.verify_audit().await.unwrap();
@@ -1313,6 +1374,7 @@ suite!(
     ensure_model_creates_adds_and_reports_retyped,
     rows_round_trip_every_type_with_pii_sealed,
     history_open_close_touch_and_one_current,
+    latest_history_per_record,
     audit_chain_verifies_and_reports_tampering,
     audit_log_holds_no_values,
     commit_and_offset_are_atomic,

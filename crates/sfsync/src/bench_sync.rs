@@ -26,9 +26,9 @@ pub struct SyncBenchOptions {
 /// The org the bench reads: the emulator in this process, or `sfsync emulator` as a child
 /// process (the default, so this process's CPU time is sfsync's alone).
 enum Org {
-    InProcess(sfsync_emulator::RunningEmulator),
+    InProcess(Box<sfsync_emulator::RunningEmulator>),
     Child {
-        child: tokio::process::Child,
+        child: Box<tokio::process::Child>,
         base_url: String,
         dir: std::path::PathBuf,
     },
@@ -40,7 +40,7 @@ impl Org {
             let emu = sfsync_emulator::start(EmulatorConfig::ephemeral(dir.join("org")))
                 .await
                 .context("starting the emulator")?;
-            return Ok(Org::InProcess(emu));
+            return Ok(Org::InProcess(Box::new(emu)));
         }
         use tokio::io::AsyncBufReadExt;
         let exe = std::env::current_exe().context("locating the sfsync binary")?;
@@ -75,7 +75,7 @@ impl Org {
         // Keep draining its output so it never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(Org::Child {
-            child,
+            child: Box::new(child),
             base_url: base_url.context("the emulator did not print its URL")?,
             dir: dir.join(".sfsync/emulator"),
         })
@@ -216,7 +216,7 @@ pub async fn run(opts: SyncBenchOptions) -> Result<serde_json::Value> {
     )
     .await?;
     println!("  seeded in {:.1}s", t.elapsed().as_secs_f64());
-    let creds = CredentialsFile::load(&org.credentials_path())?;
+    let creds = CredentialsFile::load(org.credentials_path())?;
     let client = SalesforceClient::new(
         ClientConfig::new(org.base_url(), Some(org.ca_pem_path())),
         creds.credentials(AuthFlow::JwtBearer)?,

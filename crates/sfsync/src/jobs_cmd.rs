@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand};
+use sfsync_core::ReplayId;
+use sfsync_pipeline::replay::ReplaySelection;
 use sfsync_pipeline::{Applier, PipelineStats};
 use sfsync_store::{
     NewSyncJob, SyncJob, SyncJobFilter, SyncJobKind, SyncJobPatch, SyncJobStatus, Warehouse,
@@ -49,6 +51,169 @@ pub struct ReconcileArgs {
     pub since: Option<String>,
     #[arg(long)]
     pub no_wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Object API names; every configured object when none is given (with --from-replay-id,
+    /// those on --channel). --ids needs exactly one.
+    pub objects: Vec<String>,
+    /// Replay the changes on --channel from the event with this replay id (hex, as sfsync
+    /// prints replay ids) on, that event included.
+    #[arg(long, value_name = "HEX")]
+    pub from_replay_id: Option<String>,
+    /// The channel of --from-replay-id (`/data/AccountChangeEvent`).
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// Replay records with a change committed at or after this time: RFC 3339
+    /// (`2026-11-01T00:00:00Z`) or an age (`72h`, `30m`, `7d`). Older than the raw log: the
+    /// window is re-read from Salesforce.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// With --since: only records with a change committed before this time (RFC 3339 or an
+    /// age). Their later changes are replayed too, so nothing regresses.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Replay these records (Salesforce ids, comma-separated; the flag may repeat): their
+    /// retained changes (with --since: those since then), or a re-read from Salesforce.
+    #[arg(long, value_delimiter = ',')]
+    pub ids: Vec<String>,
+    /// Record the job and return (the running `sfsync run` carries it out).
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+/// What `sfsync replay` was asked to replay: the job's selection and window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayRequest {
+    pub selection: ReplaySelection,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+}
+
+/// Checks the selection flags of `sfsync replay`; each error names the flag.
+pub fn replay_request(args: &ReplayArgs, now_ms: i64) -> anyhow::Result<ReplayRequest> {
+    let by_id = args.from_replay_id.is_some() || args.channel.is_some();
+    let by_ids = !args.ids.is_empty();
+    let by_time = args.since.is_some() || args.until.is_some();
+    let choose = "choose what to replay: --since T [--until T], --from-replay-id HEX --channel \
+                  CHANNEL, or --ids ID[,ID…]";
+    if !by_id && !by_ids && !by_time {
+        return Err(anyhow!("{choose}"));
+    }
+    if by_id && (by_ids || by_time) {
+        return Err(anyhow!(
+            "--from-replay-id cannot be combined with --since, --until or --ids ({choose})"
+        ));
+    }
+    let time = |flag: &str, s: &str| {
+        parse_since(s, now_ms).map_err(|e| anyhow!("{}", e.to_string().replace("--since", flag)))
+    };
+    if by_id {
+        let (Some(hex), Some(channel)) = (&args.from_replay_id, &args.channel) else {
+            return Err(if args.channel.is_some() {
+                anyhow!(
+                    "--channel is only for --from-replay-id (the channel its replay id belongs to)"
+                )
+            } else {
+                anyhow!(
+                    "--from-replay-id needs --channel: the channel the replay id belongs to, e.g. \
+                     /data/AccountChangeEvent"
+                )
+            });
+        };
+        let replay_id = ReplayId::from_hex(hex.trim())
+            .ok()
+            .filter(|r| !r.as_bytes().is_empty())
+            .ok_or_else(|| {
+                anyhow!(
+                    "--from-replay-id '{hex}': not a replay id in hex (an even number of hex \
+                     digits, as sfsync prints replay ids)"
+                )
+            })?;
+        let channel = channel.trim();
+        if !channel.starts_with('/') || channel.len() < 2 {
+            return Err(anyhow!(
+                "--channel '{channel}': a channel name starts with / (/data/AccountChangeEvent, \
+                 /data/ChangeEvents, /data/Custom__chn)"
+            ));
+        }
+        return Ok(ReplayRequest {
+            selection: ReplaySelection::ReplayId {
+                channel: channel.to_string(),
+                replay_id,
+            },
+            since_ms: None,
+            until_ms: None,
+        });
+    }
+    let since_ms = args
+        .since
+        .as_deref()
+        .map(|s| time("--since", s))
+        .transpose()?;
+    if let Some(u) = &args.until {
+        if by_ids {
+            return Err(anyhow!(
+                "--until narrows a --since window and does not apply to --ids"
+            ));
+        }
+        let Some(s) = since_ms else {
+            return Err(anyhow!("--until needs --since (the window's start)"));
+        };
+        let u_ms = time("--until", u)?;
+        if u_ms <= s {
+            return Err(anyhow!(
+                "--until '{u}' is not after --since '{}'",
+                args.since.as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    if since_ms.is_some_and(|s| s > now_ms) {
+        return Err(anyhow!(
+            "--since '{}' is in the future",
+            args.since.as_deref().unwrap_or_default()
+        ));
+    }
+    let until_ms = args
+        .until
+        .as_deref()
+        .map(|u| time("--until", u))
+        .transpose()?;
+    if !by_ids {
+        return Ok(ReplayRequest {
+            selection: ReplaySelection::Window,
+            since_ms,
+            until_ms,
+        });
+    }
+    let mut ids: Vec<String> = Vec::new();
+    for raw in &args.ids {
+        let id = raw.trim();
+        if id.is_empty() {
+            continue;
+        }
+        let ok =
+            (id.len() == 15 || id.len() == 18) && id.chars().all(|c| c.is_ascii_alphanumeric());
+        if !ok {
+            return Err(anyhow!(
+                "--ids: '{id}' is not a Salesforce record id (15 or 18 letters and digits)"
+            ));
+        }
+        if !ids.iter().any(|i| i == id) {
+            ids.push(id.to_string());
+        }
+    }
+    if ids.is_empty() {
+        return Err(anyhow!("--ids names no record id"));
+    }
+    Ok(ReplayRequest {
+        selection: ReplaySelection::Ids { ids },
+        since_ms,
+        until_ms: None,
+    })
 }
 
 #[derive(Debug, Args)]
@@ -135,11 +300,17 @@ pub async fn backfill(args: BackfillArgs) -> Result<i32, Failure> {
         .map(|s| parse_since(s, now_ms()))
         .transpose()
         .map_err(usage)?;
+    let (config, secrets) = crate::run_cmd::load(&args.config).map_err(usage)?;
+    let names = objects_or_all(&config, &args.objects).map_err(usage)?;
     request_and_follow(
-        &args.config,
+        &config,
+        &secrets,
         SyncJobKind::Backfill,
-        &args.objects,
-        since,
+        &names,
+        JobWindow {
+            since_ms: since,
+            ..JobWindow::default()
+        },
         args.no_wait,
     )
     .await
@@ -152,47 +323,145 @@ pub async fn reconcile(args: ReconcileArgs) -> Result<i32, Failure> {
         .map(|s| parse_since(s, now_ms()))
         .transpose()
         .map_err(usage)?;
+    let (config, secrets) = crate::run_cmd::load(&args.config).map_err(usage)?;
+    let names = objects_or_all(&config, &args.objects).map_err(usage)?;
     request_and_follow(
-        &args.config,
+        &config,
+        &secrets,
         SyncJobKind::Reconcile,
-        &args.objects,
-        since,
+        &names,
+        JobWindow {
+            since_ms: since,
+            ..JobWindow::default()
+        },
         args.no_wait,
     )
     .await
 }
 
-async fn request_and_follow(
-    config_path: &std::path::Path,
-    kind: SyncJobKind,
+pub async fn replay(args: ReplayArgs) -> Result<i32, Failure> {
+    let request = replay_request(&args, now_ms()).map_err(usage)?;
+    let (config, secrets) = crate::run_cmd::load(&args.config).map_err(usage)?;
+    let specs = crate::run_cmd::object_specs(&config);
+    let names = match &request.selection {
+        ReplaySelection::Ids { .. } => {
+            let [one] = &args.objects[..] else {
+                return Err(usage(anyhow!(
+                    "--ids: name the object of the records, exactly one (`sfsync replay Account \
+                     --ids 001…`)"
+                )));
+            };
+            vec![configured(&config, one).map_err(usage)?]
+        }
+        ReplaySelection::ReplayId { channel, .. } if args.objects.is_empty() => {
+            let on: Vec<String> = specs
+                .iter()
+                .filter(|s| &s.channel == channel)
+                .map(|s| s.name.clone())
+                .collect();
+            if on.is_empty() {
+                let mut channels: Vec<&str> = specs.iter().map(|s| s.channel.as_str()).collect();
+                channels.sort_unstable();
+                channels.dedup();
+                return Err(usage(anyhow!(
+                    "--channel '{channel}': no configured object is on this channel (configured \
+                     channels: {})",
+                    channels.join(", ")
+                )));
+            }
+            on
+        }
+        ReplaySelection::ReplayId { channel, .. } => {
+            let names = objects_or_all(&config, &args.objects).map_err(usage)?;
+            for n in &names {
+                if let Some(s) = specs.iter().find(|s| &s.name == n) {
+                    if &s.channel != channel {
+                        return Err(usage(anyhow!(
+                            "--channel '{channel}': object {n} is on channel {}",
+                            s.channel
+                        )));
+                    }
+                }
+            }
+            names
+        }
+        ReplaySelection::Window => objects_or_all(&config, &args.objects).map_err(usage)?,
+    };
+    let described = request
+        .selection
+        .describe(request.since_ms, request.until_ms);
+    request_and_follow(
+        &config,
+        &secrets,
+        SyncJobKind::Replay,
+        &names,
+        JobWindow {
+            since_ms: request.since_ms,
+            until_ms: request.until_ms,
+            params: Some(request.selection.to_params()),
+            reason: Some(format!("requested by operator: replay {described}")),
+        },
+        args.no_wait,
+    )
+    .await
+}
+
+/// The configured objects named (by their configured spelling), or every synced one.
+fn objects_or_all(
+    config: &crate::config::validate::ValidConfig,
     objects: &[String],
-    since: Option<i64>,
-    no_wait: bool,
-) -> Result<i32, Failure> {
-    let (config, secrets) = crate::run_cmd::load(config_path).map_err(usage)?;
+) -> anyhow::Result<Vec<String>> {
     let mut names = Vec::new();
     for o in objects {
-        names.push(configured(&config, o).map_err(usage)?);
+        let n = configured(config, o)?;
+        if !names.contains(&n) {
+            names.push(n);
+        }
     }
     if names.is_empty() {
-        names = crate::run_cmd::object_specs(&config)
+        names = crate::run_cmd::object_specs(config)
             .into_iter()
             .map(|s| s.name)
             .collect();
     }
-    let store = crate::run_cmd::open_store(&config, &secrets)
+    Ok(names)
+}
+
+/// What a requested job covers besides its kind and object.
+#[derive(Debug, Default)]
+struct JobWindow {
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+    /// Kind-specific parameters (JSON); `{}` when none.
+    params: Option<String>,
+    /// `requested by operator` when none.
+    reason: Option<String>,
+}
+
+async fn request_and_follow(
+    config: &crate::config::validate::ValidConfig,
+    secrets: &crate::config::secrets::ResolvedSecrets,
+    kind: SyncJobKind,
+    names: &[String],
+    window: JobWindow,
+    no_wait: bool,
+) -> Result<i32, Failure> {
+    let store = crate::run_cmd::open_store(config, secrets)
         .await
         .map_err(usage)?;
     let mut ids = Vec::new();
-    for object in &names {
+    for object in names {
         let id = store
             .add_sync_job(&NewSyncJob {
                 kind,
                 object: object.clone(),
-                reason: "requested by operator".into(),
-                since_ms: since,
-                until_ms: None,
-                params: "{}".into(),
+                reason: window
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "requested by operator".into()),
+                since_ms: window.since_ms,
+                until_ms: window.until_ms,
+                params: window.params.clone().unwrap_or_else(|| "{}".into()),
                 requested_by: format!("operator:{}", operator()),
                 resync_id: None,
             })
@@ -209,9 +478,8 @@ async fn request_and_follow(
     let mut applier = match store.acquire_apply_lock().await {
         Ok(()) => {
             eprintln!("No `sfsync run` is running: carrying the job out here.");
-            let client = crate::run_cmd::rest_client(&config, &secrets).map_err(usage)?;
-            let mut pc =
-                crate::run_cmd::pipeline_config(&config, crate::run_cmd::StartAt::Earliest);
+            let client = crate::run_cmd::rest_client(config, secrets).map_err(usage)?;
+            let mut pc = crate::run_cmd::pipeline_config(config, crate::run_cmd::StartAt::Earliest);
             // This process exits when the operator's jobs end: it schedules no formula
             // refreshes of its own (`sfsync run` does).
             pc.apply.jobs.formula_refresh_every = None;
@@ -469,6 +737,159 @@ async fn cancel(store: &dyn Warehouse, id: i64) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn args(flags: &[&str]) -> ReplayArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            replay: ReplayArgs,
+        }
+        let mut argv = vec!["sfsync-replay", "--config", "sfsync.toml"];
+        argv.extend_from_slice(flags);
+        Cli::try_parse_from(argv).expect("flags parse").replay
+    }
+
+    fn request(flags: &[&str]) -> anyhow::Result<ReplayRequest> {
+        replay_request(&args(flags), NOW)
+    }
+
+    const NOW: i64 = 1_795_253_400_000; // 2026-11-21T09:30:00.000Z
+
+    #[test]
+    fn replay_selection_by_time() {
+        let r = request(&["Account", "--since", "2h"]).unwrap();
+        assert_eq!(
+            r,
+            ReplayRequest {
+                selection: ReplaySelection::Window,
+                since_ms: Some(NOW - 7_200_000),
+                until_ms: None,
+            }
+        );
+        let r = request(&[
+            "--since",
+            "2026-11-21T08:00:00Z",
+            "--until",
+            "2026-11-21T09:00:00Z",
+        ])
+        .unwrap();
+        assert_eq!(
+            (r.since_ms, r.until_ms),
+            (Some(NOW - 5_400_000), Some(NOW - 1_800_000))
+        );
+        let r = request(&["--since", "3h", "--until", "1h"]).unwrap();
+        assert_eq!(r.until_ms, Some(NOW - 3_600_000));
+    }
+
+    #[test]
+    fn replay_selection_by_replay_id_and_by_ids() {
+        let r = request(&[
+            "--from-replay-id",
+            "00FF0a",
+            "--channel",
+            "/data/AccountChangeEvent",
+        ])
+        .unwrap();
+        assert_eq!(
+            r.selection,
+            ReplaySelection::ReplayId {
+                channel: "/data/AccountChangeEvent".into(),
+                replay_id: ReplayId::from_bytes(vec![0, 0xff, 0x0a]),
+            }
+        );
+        assert_eq!((r.since_ms, r.until_ms), (None, None));
+        let r = request(&[
+            "Account",
+            "--ids",
+            "001000000000001AAA, 001000000000002",
+            "--ids",
+            "001000000000001AAA",
+        ])
+        .unwrap();
+        assert_eq!(
+            r.selection,
+            ReplaySelection::Ids {
+                ids: vec!["001000000000001AAA".into(), "001000000000002".into()]
+            },
+            "split on commas, trimmed, repeated flags merged, duplicates dropped"
+        );
+        let r = request(&["Account", "--ids", "001000000000001AAA", "--since", "1d"]).unwrap();
+        assert_eq!(r.since_ms, Some(NOW - 86_400_000));
+    }
+
+    #[test]
+    fn replay_selection_errors_name_the_flag() {
+        for (flags, says) in [
+            (&[][..], "choose what to replay"),
+            (
+                &["--from-replay-id", "00"][..],
+                "--from-replay-id needs --channel",
+            ),
+            (
+                &["--channel", "/data/X"][..],
+                "--channel is only for --from-replay-id",
+            ),
+            (
+                &["--from-replay-id", "0g", "--channel", "/data/X"][..],
+                "--from-replay-id '0g'",
+            ),
+            (
+                &["--from-replay-id", "abc", "--channel", "/data/X"][..],
+                "--from-replay-id 'abc'",
+            ),
+            (
+                &["--from-replay-id", "", "--channel", "/data/X"][..],
+                "--from-replay-id ''",
+            ),
+            (
+                &["--from-replay-id", "00", "--channel", "AccountChangeEvent"][..],
+                "--channel 'AccountChangeEvent'",
+            ),
+            (
+                &[
+                    "--from-replay-id",
+                    "00",
+                    "--channel",
+                    "/data/X",
+                    "--since",
+                    "1h",
+                ][..],
+                "cannot be combined",
+            ),
+            (&["--since", "yesterday"][..], "--since 'yesterday'"),
+            (&["--since", "2h", "--until", "soon"][..], "--until 'soon'"),
+            (&["--until", "1h"][..], "--until needs --since"),
+            (
+                &["--since", "1h", "--until", "2h"][..],
+                "--until '2h' is not after --since '1h'",
+            ),
+            (&["--since", "2030-01-01T00:00:00Z"][..], "in the future"),
+            (
+                &["--ids", "001X"][..],
+                "--ids: '001X' is not a Salesforce record id",
+            ),
+            (
+                &["--ids", "001000000000001AA!"][..],
+                "is not a Salesforce record id",
+            ),
+            (&["--ids", " , "][..], "--ids names no record id"),
+            (
+                &[
+                    "--ids",
+                    "001000000000001AAA",
+                    "--since",
+                    "1h",
+                    "--until",
+                    "1m",
+                ][..],
+                "--until narrows a --since window",
+            ),
+        ] {
+            let err = request(flags).unwrap_err().to_string();
+            assert!(err.contains(says), "{flags:?}: {err}");
+        }
+    }
 
     #[test]
     fn since_takes_rfc3339_or_an_age() {

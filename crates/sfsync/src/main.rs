@@ -57,7 +57,12 @@ enum Command {
     /// Compare the warehouse with Salesforce and re-read what differs (`reconcile --config
     /// FILE [OBJECT…]`).
     Reconcile(jobs_cmd::ReconcileArgs),
-    /// Sync jobs (backfills, re-syncs, reconciliations): `list`, `show ID`, `cancel ID…`.
+    /// Re-apply changes to the curated tables, from the raw change log where retained and from
+    /// Salesforce otherwise (`replay --config FILE [OBJECT…] --since 72h [--until T]` |
+    /// `--from-replay-id HEX --channel CHANNEL` | `--ids ID,…`), with a progress bar.
+    Replay(jobs_cmd::ReplayArgs),
+    /// Sync jobs (backfills, re-syncs, reconciliations, replays): `list`, `show ID`, `cancel
+    /// ID…`.
     Jobs(jobs_cmd::JobsArgs),
 }
 
@@ -208,6 +213,9 @@ fn main() -> anyhow::Result<()> {
                 "reconcile",
                 jobs_cmd::reconcile(args).await,
             )),
+            Command::Replay(args) => {
+                std::process::exit(admin_cmd::finish("replay", jobs_cmd::replay(args).await))
+            }
             Command::Jobs(args) => {
                 std::process::exit(admin_cmd::finish("jobs", jobs_cmd::jobs(args).await))
             }

@@ -78,6 +78,9 @@ impl Applier {
         let Some(active) = self.jobs.active.as_mut() else {
             return Ok(0);
         };
+        if active.replay.is_some() {
+            return self.replay_step().await;
+        }
         let msg = match active.rx.try_recv() {
             Ok(m) => m,
             Err(TryRecvError::Empty) => return Ok(0),
@@ -152,19 +155,7 @@ impl Applier {
             return self.run_reconcile(job).await;
         }
         if job.kind == SyncJobKind::Replay {
-            let error =
-                "replay jobs are carried out by `sfsync replay` itself, not by the apply process";
-            self.store
-                .patch_sync_job(
-                    job.id,
-                    &SyncJobPatch {
-                        status: Some(SyncJobStatus::Failed),
-                        error: Some(error.into()),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            return Ok(());
+            return self.start_replay(job).await;
         }
         let Some(bulk) = self.bulk.clone() else {
             return Err(PipelineError::config(
@@ -218,10 +209,11 @@ impl Applier {
             job,
             run_id,
             rx,
-            task,
+            task: Some(task),
             columns: None,
             counts: SyncCounts::default(),
             started: Instant::now(),
+            replay: None,
         });
         Ok(())
     }
@@ -242,6 +234,7 @@ impl Applier {
         let object = active.job.object.clone();
         let job_id = active.job.id;
         let run_id = active.run_id.clone();
+        let authoritative = active.job.kind == SyncJobKind::Replay;
         let mapping = &self.mappings[&object];
         let cols = match &active.columns {
             Some((h, c)) if *h == header => c.clone(),
@@ -316,6 +309,30 @@ impl Applier {
             .iter()
             .map(|(k, r)| (k.clone(), (r.meta.clone(), r.field_versions.clone())))
             .collect();
+        if authoritative {
+            // A replay's window re-read from Salesforce replaces the rows whatever their
+            // versions say; a row a streamed change moved past the snapshot is re-read afresh.
+            let latest = self.store.latest_history(&object, &ids).await?;
+            let newer = super::replay_step::authoritative_snapshot_rows(
+                mapping,
+                &object,
+                &mut changes,
+                &mut loaded,
+                &latest,
+            );
+            for part in newer.chunks(self.config.gap_reread_batch_records.max(1)) {
+                batch.repairs.push(sfsync_store::RepairRequest {
+                    object: object.clone(),
+                    record_ids: part.to_vec(),
+                    reason: format!(
+                        "{}changed after the window was read from Salesforce",
+                        crate::replay::REPAIR_REASON_PREFIX
+                    ),
+                    event_key: format!("job/{job_id}"),
+                    commit_timestamp_ms: now_ms(),
+                });
+            }
+        }
         let now = now_ms();
         let gating = self.gating();
         if gating {
@@ -596,7 +613,7 @@ impl Applier {
     }
 
     /// Records the job's run and starts it: the status, the run id.
-    async fn begin(&mut self, job: &mut SyncJob) -> Result<String> {
+    pub(super) async fn begin(&mut self, job: &mut SyncJob) -> Result<String> {
         let run_id = match &job.run_id {
             Some(r) => r.clone(),
             None => {
@@ -649,10 +666,11 @@ impl Applier {
             job,
             run_id,
             rx,
-            task,
+            task: Some(task),
             columns: None,
             counts: SyncCounts::default(),
             started: Instant::now(),
+            replay: None,
         });
         Ok(())
     }
@@ -803,6 +821,17 @@ impl Applier {
             .await?
             .unwrap_or_else(|| a.job.clone());
         let stored = job.counts;
+        if a.job.kind == SyncJobKind::Replay {
+            // A replay's window re-read from Salesforce.
+            let mut report: crate::replay::ReplayReport = job
+                .report
+                .as_deref()
+                .and_then(|r| serde_json::from_str(r).ok())
+                .unwrap_or_default();
+            report.source = "salesforce".into();
+            report.salesforce_records = stored.read.max(0) as u64;
+            return self.complete_replay(a, report).await;
+        }
         let secs = a.started.elapsed().as_secs_f64();
         self.store
             .finish_run(

@@ -1072,6 +1072,40 @@ impl Warehouse for PostgresChangeLog {
             .collect()
     }
 
+    async fn latest_history(
+        &self,
+        object: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, HistoryRow>> {
+        let ctx = self.registry.ctx();
+        let reg = Arc::clone(ctx.require("read history", object)?);
+        let mut out = HashMap::new();
+        let (Some(hist), Some(table)) = (reg.hist.as_ref(), reg.history_table()) else {
+            return Ok(out);
+        };
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let sql = format!(
+            "SELECT {} FROM {} WHERE \"id\" = ANY($1) ORDER BY \"id\", \"_sf_version\"",
+            wh::column_list(hist),
+            wh::q(table)
+        );
+        let client = self.reader.lock().await;
+        let stmt = self.reader_prepared(&*client, &sql).await?;
+        for chunk in ids.chunks(ID_CHUNK) {
+            let rows = client
+                .query(&stmt, &[&chunk])
+                .await
+                .map_err(db("read history"))?;
+            for r in &rows {
+                let h = wh::decode_history(&ctx, &reg, read_cells(r)?)?;
+                out.insert(h.id.clone(), h);
+            }
+        }
+        Ok(out)
+    }
+
     async fn commit_curated(
         &self,
         consumer: &str,

@@ -977,6 +977,42 @@ impl Warehouse for SqliteChangeLog {
         .await
     }
 
+    async fn latest_history(
+        &self,
+        object: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, HistoryRow>> {
+        let ctx = self.registry.ctx();
+        let reg = Arc::clone(ctx.require("read history", object)?);
+        let (Some(hist), Some(table)) = (reg.hist.as_ref(), reg.history_table()) else {
+            return Ok(HashMap::new());
+        };
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let (ncols, select) = (
+            hist.len(),
+            format!("SELECT {} FROM {}", wh::column_list(hist), wh::q(table)),
+        );
+        let ids = ids.to_vec();
+        self.blocking_on(&self.reader, "read history", move |conn| {
+            let mut out = HashMap::new();
+            for chunk in ids.chunks(IN_CHUNK) {
+                let params: Vec<String> = (1..=chunk.len()).map(|n| format!("?{n}")).collect();
+                let sql = format!(
+                    "{select} WHERE \"id\" IN ({}) ORDER BY \"id\", \"_sf_version\"",
+                    params.join(", ")
+                );
+                for cells in read_rows(conn, &sql, chunk, ncols)? {
+                    let h = wh::decode_history(&ctx, &reg, cells)?;
+                    out.insert(h.id.clone(), h);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn commit_curated(
         &self,
         consumer: &str,
