@@ -171,7 +171,26 @@ fn init_tracing() {
         .init();
 }
 
+/// Turns transparent huge pages off for this process (and the emulator it may start). Our
+/// allocations churn (multi-megabyte Bulk result batches, curated batches handed between
+/// threads), and with THP every fresh 2 MiB page is zeroed by the kernel on first touch:
+/// measured on `bench sync` (100k Accounts, 4 interleaved runs), backfill 14.3k against 11.3k
+/// records/s and sfsync CPU 71 against 82 µs per record; pipeline RSS lower too.
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    {
+        extern "C" {
+            fn prctl(option: i32, arg2: u64, arg3: u64, arg4: u64, arg5: u64) -> i32;
+        }
+        const PR_SET_THP_DISABLE: i32 = 41;
+        // SAFETY: prctl(PR_SET_THP_DISABLE, 1) only sets a flag on this process; on failure
+        // (old kernel) nothing changes and THP stays as the system configures it.
+        let _ = unsafe { prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    disable_transparent_huge_pages();
     let cli = Cli::parse();
     if let Command::Config(args) = cli.command {
         std::process::exit(config::check::run(args));

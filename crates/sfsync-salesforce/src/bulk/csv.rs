@@ -145,6 +145,60 @@ pub struct CsvParser {
     bom_done: bool,
     nul_stripped: u64,
     finished: bool,
+    /// Buffers of batches already dropped, parsed into again (see [`Recycler`]).
+    recycler: Recycler,
+}
+
+/// The buffers of one batch.
+#[derive(Default)]
+struct BatchBuffers {
+    data: Vec<u8>,
+    field_ends: Vec<usize>,
+    row_ends: Vec<usize>,
+}
+
+/// Batches a parser handed out return their buffers here when dropped (on whatever thread), and
+/// the parser takes them for its next batch: a stream of multi-megabyte batches then reuses a
+/// few buffers instead of faulting in (and having the kernel zero) fresh memory for every batch
+/// (measured on `bench sync`: page zeroing was ~25 % of the backfill's CPU).
+#[derive(Clone, Default)]
+struct Recycler(Option<std::sync::Arc<std::sync::Mutex<Vec<BatchBuffers>>>>);
+
+/// Buffers kept for reuse: batches in flight between a parser and its consumer are few.
+const RECYCLED_MAX: usize = 6;
+
+impl Recycler {
+    fn take(&self) -> Option<BatchBuffers> {
+        self.0.as_ref()?.lock().ok()?.pop()
+    }
+
+    fn give(&self, mut b: BatchBuffers) {
+        let Some(pool) = &self.0 else { return };
+        b.data.clear();
+        b.field_ends.clear();
+        b.row_ends.clear();
+        if let Ok(mut pool) = pool.lock() {
+            if pool.len() < RECYCLED_MAX {
+                pool.push(b);
+            }
+        }
+    }
+}
+
+// A batch's equality and debug output are its rows; where its buffers go afterwards is not part
+// of it.
+impl PartialEq for Recycler {
+    fn eq(&self, _: &Recycler) -> bool {
+        true
+    }
+}
+
+impl Eq for Recycler {}
+
+impl fmt::Debug for Recycler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Recycler")
+    }
 }
 
 impl fmt::Debug for CsvParser {
@@ -182,6 +236,7 @@ impl CsvParser {
             bom_done: false,
             nul_stripped: 0,
             finished: false,
+            recycler: Recycler(Some(Default::default())),
         }
     }
 
@@ -314,10 +369,14 @@ impl CsvParser {
             .collect();
         self.data.truncate(data_end);
         self.field_ends.truncate(nfields);
-        let mut data = std::mem::replace(&mut self.data, Vec::with_capacity(data_end.max(1024)));
-        let field_ends =
-            std::mem::replace(&mut self.field_ends, Vec::with_capacity(nfields.max(64)));
-        let row_ends = std::mem::replace(&mut self.row_ends, Vec::with_capacity(rows.max(16)));
+        let next = self.recycler.take().unwrap_or_else(|| BatchBuffers {
+            data: Vec::with_capacity(data_end.max(1024)),
+            field_ends: Vec::with_capacity(nfields.max(64)),
+            row_ends: Vec::with_capacity(rows.max(16)),
+        });
+        let mut data = std::mem::replace(&mut self.data, next.data);
+        let field_ends = std::mem::replace(&mut self.field_ends, next.field_ends);
+        let row_ends = std::mem::replace(&mut self.row_ends, next.row_ends);
         self.data.extend_from_slice(&tail_data);
         self.field_ends.extend_from_slice(&tail_fields);
         self.record_field_start -= nfields;
@@ -351,6 +410,7 @@ impl CsvParser {
             field_ends,
             row_ends,
             first_row,
+            recycler: self.recycler.clone(),
         })
     }
 
@@ -570,6 +630,19 @@ pub struct CsvRecordBatch {
     field_ends: Vec<usize>,
     row_ends: Vec<usize>,
     first_row: u64,
+    recycler: Recycler,
+}
+
+impl Drop for CsvRecordBatch {
+    fn drop(&mut self) {
+        if self.recycler.0.is_some() {
+            self.recycler.give(BatchBuffers {
+                data: std::mem::take(&mut self.text).into_bytes(),
+                field_ends: std::mem::take(&mut self.field_ends),
+                row_ends: std::mem::take(&mut self.row_ends),
+            });
+        }
+    }
 }
 
 impl CsvRecordBatch {
