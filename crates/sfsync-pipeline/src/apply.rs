@@ -157,7 +157,16 @@ pub struct Applier {
     /// Bulk API 2.0 access for sync jobs (none: jobs are not taken).
     bulk: Option<sfsync_salesforce::bulk::Bulk>,
     jobs: crate::jobs::JobRunner,
+    /// Repair requests whose re-read failed: attempts so far and when to try again. Others go
+    /// ahead meanwhile; a request that cannot succeed ends as a dead letter.
+    repair_retries: HashMap<i64, (u32, Instant)>,
 }
+
+/// Re-read attempts of a repair request failing with transient errors before it is given up
+/// (dead-lettered with its last error); with the backoff below, about an hour of trying.
+const REPAIR_MAX_ATTEMPTS: u32 = 16;
+/// Longest wait between two attempts of one repair request.
+const REPAIR_MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// What a committed batch adds to the counters.
 struct Committed {
@@ -281,6 +290,7 @@ impl Applier {
             last_alert_poll: None,
             bulk: None,
             jobs: Default::default(),
+            repair_retries: HashMap::new(),
         }
     }
 
@@ -320,7 +330,11 @@ impl Applier {
     /// One step: pending repairs, then one batch from the raw log. Returns the number of raw-log
     /// entries processed (0 when there was nothing to do).
     pub async fn step(&mut self) -> Result<usize> {
-        if self.repairs_pending {
+        // Requests waiting for their next attempt do not cost a query per step.
+        let now = Instant::now();
+        let due = self.repair_retries.is_empty()
+            || self.repair_retries.values().any(|(_, at)| *at <= now);
+        if self.repairs_pending && due {
             self.flush().await?;
             self.run_repairs().await?;
         }
@@ -1084,31 +1098,113 @@ impl Applier {
     }
 
     /// Carries out pending repairs: re-reads the records and applies them as snapshots, marking
-    /// each request done in the same transaction. A request whose re-read fails stays pending
-    /// (retried on the next step) and the error is reported.
+    /// each request done in the same transaction. A request whose re-read fails waits with
+    /// backoff while the others go ahead; one Salesforce refuses (a malformed id, an unknown
+    /// field: retrying cannot help) is split into one request per record when it holds several,
+    /// so only the records at fault are given up; a given-up request is marked done together with
+    /// a dead letter (stage `repair`) holding the request and its error — nothing is dropped
+    /// silently, and nothing blocks the queue forever.
     pub async fn run_repairs(&mut self) -> Result<()> {
         loop {
-            let pending = self.store.pending_repairs(16).await?;
+            let now = Instant::now();
+            let waiting = self.repair_retries.len();
+            let pending = self.store.pending_repairs(16 + waiting).await?;
             if pending.is_empty() {
                 self.repairs_pending = false;
+                self.repair_retries.clear();
                 return Ok(());
             }
+            let mut attempted = 0;
             for req in pending {
-                if let Err(e) = self.repair(&req).await {
-                    self.stats
-                        .errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::warn!(
-                        object = %req.request.object,
-                        ids = ?req.request.record_ids,
-                        error = %chain(&e),
-                        "Repair re-read failed; it stays pending and is retried."
-                    );
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    return Ok(());
+                if self
+                    .repair_retries
+                    .get(&req.id)
+                    .is_some_and(|(_, at)| *at > now)
+                {
+                    continue;
+                }
+                attempted += 1;
+                match self.repair(&req).await {
+                    Ok(()) => {
+                        self.repair_retries.remove(&req.id);
+                    }
+                    Err(e) => self.repair_failed(&req, &e).await?,
                 }
             }
+            if attempted == 0 {
+                // Everything left is waiting for its next attempt.
+                return Ok(());
+            }
         }
+    }
+
+    /// Handles a failed re-read of `req`: split, retry later or give up.
+    async fn repair_failed(&mut self, req: &StoredRepair, e: &PipelineError) -> Result<()> {
+        self.stats
+            .errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let r = &req.request;
+        let error = chain(e);
+        let permanent = e.class() == sfsync_core::ErrorClass::User;
+        if permanent && r.record_ids.len() > 1 {
+            tracing::warn!(object = %r.object, ids = r.record_ids.len(), error = %error, "Salesforce refused a repair re-read; retrying its records one by one to find the one at fault.");
+            let batch = CuratedBatch {
+                repairs_done: vec![req.id],
+                repairs: r
+                    .record_ids
+                    .iter()
+                    .map(|id| sfsync_store::RepairRequest {
+                        record_ids: vec![id.clone()],
+                        ..r.clone()
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            self.flush().await?;
+            self.store
+                .commit_curated(CURATED_CONSUMER, None, &batch)
+                .await?;
+            self.repair_retries.remove(&req.id);
+            return Ok(());
+        }
+        let attempts = self.repair_retries.get(&req.id).map_or(0, |(n, _)| *n) + 1;
+        if !permanent && attempts < REPAIR_MAX_ATTEMPTS {
+            let wait = Duration::from_millis(500)
+                .saturating_mul(1 << attempts.min(12))
+                .min(REPAIR_MAX_BACKOFF);
+            tracing::warn!(object = %r.object, ids = ?r.record_ids, attempt = attempts, retry_in_secs = wait.as_secs_f64(), error = %error, "Repair re-read failed; retrying later.");
+            self.repair_retries
+                .insert(req.id, (attempts, Instant::now() + wait));
+            return Ok(());
+        }
+        let why = if permanent {
+            "refused by Salesforce".to_string()
+        } else {
+            format!("still failing after {attempts} attempts")
+        };
+        tracing::error!(object = %r.object, ids = ?r.record_ids, error = %error, "Repair re-read {why}; the request is dead-lettered (stage repair) with its error.");
+        let batch = CuratedBatch {
+            repairs_done: vec![req.id],
+            dead_letters: vec![DeadLetter {
+                channel: format!("repair:{}", r.reason),
+                replay_id: None,
+                schema_id: String::new(),
+                stage: "repair".into(),
+                error: format!("repair re-read {why}: {error}"),
+                payload: serde_json::to_vec(r).unwrap_or_default(),
+                object: Some(r.object.clone()),
+            }],
+            ..Default::default()
+        };
+        self.flush().await?;
+        self.store
+            .commit_curated(CURATED_CONSUMER, None, &batch)
+            .await?;
+        self.stats
+            .dead_letters
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.repair_retries.remove(&req.id);
+        Ok(())
     }
 
     async fn repair(&mut self, req: &StoredRepair) -> Result<()> {

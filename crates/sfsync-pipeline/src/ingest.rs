@@ -39,6 +39,9 @@ pub struct ChannelIngest {
     pub initial: ReplayStart,
 }
 
+/// How far before the last known commit a re-sync after a rejected replay id starts.
+const RESYNC_MARGIN_MS: i64 = 60_000;
+
 impl ChannelIngest {
     /// Runs until `shutdown` turns true (finishing the batch in hand) or a non-retryable error.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
@@ -99,7 +102,7 @@ impl ChannelIngest {
                             code, message,
                             "Stored replay id rejected (expired or unknown): recording a re-sync and resuming from the oldest retained event."
                         );
-                        let from_ms = self.stats.last_commit_ms.load(Relaxed);
+                        let from_ms = self.resync_from(replay_id.as_ref()).await;
                         for object in &self.objects {
                             let req = ResyncRequest {
                                 object: object.clone(),
@@ -206,6 +209,33 @@ impl ChannelIngest {
                     }
                 }
             }
+        }
+    }
+
+    /// Start of the re-sync window after the stored replay id was rejected: the commit time of
+    /// the newest change known to be in — the logged event carrying that replay id (right after
+    /// a restart nothing has been applied yet in this process), or the newest change applied
+    /// since — less [`RESYNC_MARGIN_MS`] for commit-order skew (a record's SystemModstamp can
+    /// precede its change's commit timestamp). 0 (a whole re-load) only when neither is known.
+    async fn resync_from(&self, rejected: Option<&sfsync_core::ReplayId>) -> i64 {
+        let mut from_ms = self.stats.last_commit_ms.load(Relaxed);
+        if let Some(replay_id) = rejected {
+            let point = sfsync_store::LogPoint::ReplayId {
+                channel: self.channel.clone(),
+                replay_id: replay_id.clone(),
+            };
+            match self.store.locate(&point).await {
+                Ok(Some(mark)) => from_ms = from_ms.max(mark.commit_timestamp),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(channel = %self.channel, error = %chain(&e), "Could not find the rejected replay id in the raw log; the re-sync starts from the last applied change.");
+                }
+            }
+        }
+        if from_ms > 0 {
+            (from_ms - RESYNC_MARGIN_MS).max(1)
+        } else {
+            0
         }
     }
 

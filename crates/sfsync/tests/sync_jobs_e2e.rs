@@ -447,6 +447,25 @@ async fn backfill_resync_and_reconcile_converge_with_the_org() {
     seed(&env, 30, 13);
     tokio::time::sleep(Duration::from_secs(3)).await;
     seed(&env, 5, 14);
+    // A repair request Salesforce refuses (a malformed id beside a valid one): split, the valid
+    // record re-read, the malformed id dead-lettered with its cause; the queue is not blocked.
+    store
+        .commit_curated(
+            "curated",
+            None,
+            &sfsync_store::CuratedBatch {
+                repairs: vec![sfsync_store::RepairRequest {
+                    object: "Account".into(),
+                    record_ids: vec!["001NOTANID".into(), ids[7].clone()],
+                    reason: "test_refused".into(),
+                    event_key: "test/refused".into(),
+                    commit_timestamp_ms: 1,
+                }],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     let resyncs_before = jobs(&*store, SyncJobKind::Resync).await.len();
     let child = spawn(&env);
     wait_for(
@@ -468,5 +487,35 @@ async fn backfill_resync_and_reconcile_converge_with_the_org() {
         },
     )
     .await;
+    // Right after the restart nothing had been applied yet in the new process: the window still
+    // starts at the last change the warehouse holds (the logged event of the rejected replay
+    // id), not at the beginning of time.
+    let window: Vec<Option<i64>> = jobs(&*store, SyncJobKind::Resync)
+        .await
+        .into_iter()
+        .filter(|j| j.reason.contains("replay id rejected"))
+        .map(|j| j.since_ms)
+        .collect();
+    assert!(
+        !window.is_empty() && window.iter().all(|s| s.is_some_and(|ms| ms > 0)),
+        "re-syncs after a rejected replay id must be windowed: {window:?}"
+    );
+    let pending = store.pending_repairs(10).await.unwrap();
+    assert!(pending.is_empty(), "repairs left pending: {pending:?}");
+    let dead: Vec<(String, String)> = {
+        let c = rusqlite::Connection::open(&env.db).unwrap();
+        let mut st = c
+            .prepare("SELECT channel, error FROM dead_letters WHERE stage = 'repair'")
+            .unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(dead.len(), 1, "one dead-lettered repair: {dead:?}");
+    assert!(
+        dead[0].0 == "repair:test_refused" && dead[0].1.contains("001NOTANID"),
+        "the dead letter names the request and the refused id: {dead:?}"
+    );
     stop(child);
 }
