@@ -81,6 +81,14 @@ impl Org {
         })
     }
 
+    /// CPU seconds the emulator's own process has used (0 when it runs in this one).
+    fn emulator_cpu_secs(&self) -> f64 {
+        match self {
+            Org::InProcess(_) => 0.0,
+            Org::Child { child, .. } => child.id().map_or(0.0, |pid| cpu_secs(&pid.to_string())),
+        }
+    }
+
     fn base_url(&self) -> String {
         match self {
             Org::InProcess(e) => e.base_url.to_string(),
@@ -139,23 +147,27 @@ impl Org {
     }
 }
 
-/// CPU seconds (user + system) this process has used so far, from `/proc/self/stat` (0 where
-/// unavailable). The bench runs the emulator in the same process, so this is both sides' cost.
-fn process_cpu_secs() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+/// CPU seconds (user + system) process `pid` (`self`: this one) has used so far, from
+/// `/proc/PID/stat` (0 where unavailable).
+fn cpu_secs(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
-    // Fields after the command name (which may contain spaces) start at `) `.
+    // Fields after the command name (which may contain spaces) start at `) `: utime and stime,
+    // fields 14 and 15 of the line, are then at indices 11 and 12.
     let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
         return 0.0;
     };
     let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command name.
     let ticks: u64 = [11, 12]
         .iter()
         .filter_map(|&i| f.get(i).and_then(|v| v.parse::<u64>().ok()))
         .sum();
     ticks as f64 / 100.0
+}
+
+fn process_cpu_secs() -> f64 {
+    cpu_secs("self")
 }
 
 async fn run_job(
@@ -244,8 +256,11 @@ pub async fn run(opts: SyncBenchOptions) -> Result<serde_json::Value> {
 
     println!("Backfill of {n} Accounts…");
     let cpu0 = process_cpu_secs();
+    let emu_cpu0 = org.emulator_cpu_secs();
     let (b, b_secs) = run_job(&mut applier, &*store, SyncJobKind::Backfill).await?;
     let b_cpu = process_cpu_secs() - cpu0;
+    let emu_us_per_record =
+        (org.emulator_cpu_secs() - emu_cpu0) * 1e6 / (b.counts.read.max(1) as f64);
     let db_bytes = std::fs::metadata(dir.path().join("wh.db"))
         .map(|m| m.len())
         .unwrap_or(0);
@@ -266,6 +281,9 @@ pub async fn run(opts: SyncBenchOptions) -> Result<serde_json::Value> {
             "sfsync alone"
         }
     );
+    if !opts.in_process_emulator {
+        println!("  emulator CPU (its own process): {emu_us_per_record:.1} µs per record");
+    }
     println!("Reconciliation, in sync…");
     let (r1, r1_secs) = run_job(&mut applier, &*store, SyncJobKind::Reconcile).await?;
     let rep1: serde_json::Value = serde_json::from_str(r1.report.as_deref().unwrap_or("{}"))?;
@@ -321,6 +339,7 @@ pub async fn run(opts: SyncBenchOptions) -> Result<serde_json::Value> {
             "warehouse_mb_per_sec": b_mb / b_secs,
             "cpu_secs": b_cpu,
             "cpu_us_per_record": cpu_us_per_record,
+            "emulator_cpu_us_per_record": emu_us_per_record,
         },
         "reconcile_in_sync": {
             "seconds": r1_secs,
