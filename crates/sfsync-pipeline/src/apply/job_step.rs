@@ -218,6 +218,37 @@ impl Applier {
         Ok(())
     }
 
+    /// The running job's columns for result `header` (built by `build` once per header): `None`
+    /// when the header does not fit the object, in which case the job has failed with the reason.
+    async fn job_columns(
+        &mut self,
+        header: &std::sync::Arc<Vec<String>>,
+        build: fn(&crate::model::ObjectMapping, &[String]) -> Result<CsvColumns>,
+    ) -> Result<Option<CsvColumns>> {
+        let Some(active) = self.jobs.active.as_mut() else {
+            return Ok(None);
+        };
+        if let Some((h, c)) = &active.columns {
+            if h == header {
+                return Ok(Some(c.clone()));
+            }
+        }
+        match build(&self.mappings[&active.job.object], header) {
+            Ok(c) => {
+                active.columns = Some((header.clone(), c.clone()));
+                Ok(Some(c))
+            }
+            Err(e) => {
+                let error = chain(&e);
+                tracing::error!(job = active.job.id, kind = active.job.kind.as_str(), error = %error, "Sync job failed: its results do not fit the object.");
+                if let Some(a) = self.jobs.active.take() {
+                    jobs::fail_job(&*self.store, &a, SyncJobStatus::Failed, &error).await?;
+                }
+                Ok(None)
+            }
+        }
+    }
+
     /// Applies one fetched batch of snapshot rows with the job's new position, in one
     /// transaction.
     async fn apply_snapshot_rows(
@@ -234,25 +265,12 @@ impl Applier {
         let object = active.job.object.clone();
         let job_id = active.job.id;
         let run_id = active.run_id.clone();
-        let authoritative = active.job.kind == SyncJobKind::Replay;
-        let mapping = &self.mappings[&object];
-        let cols = match &active.columns {
-            Some((h, c)) if *h == header => c.clone(),
-            _ => match CsvColumns::new(mapping, &header) {
-                Ok(c) => {
-                    active.columns = Some((header.clone(), c.clone()));
-                    c
-                }
-                Err(e) => {
-                    let error = chain(&e);
-                    tracing::error!(job = job_id, error = %error, "Sync job failed.");
-                    if let Some(a) = self.jobs.active.take() {
-                        jobs::fail_job(&*self.store, &a, SyncJobStatus::Failed, &error).await?;
-                    }
-                    return Ok(0);
-                }
-            },
+        let kind = active.job.kind;
+        let authoritative = kind == SyncJobKind::Replay;
+        let Some(cols) = self.job_columns(&header, CsvColumns::new).await? else {
+            return Ok(0);
         };
+        let mapping = &self.mappings[&object];
         let mut counts = SyncCounts {
             api_calls,
             ..Default::default()
@@ -268,7 +286,7 @@ impl Applier {
                     counts.failed += 1;
                     let id = cols.id(&row).to_string();
                     batch.dead_letters.push(DeadLetter {
-                        channel: format!("bulk:{}", active.job.kind.as_str()),
+                        channel: format!("bulk:{}", kind.as_str()),
                         replay_id: None,
                         schema_id: String::new(),
                         stage: "snapshot".into(),
@@ -432,24 +450,10 @@ impl Applier {
         let object = active.job.object.clone();
         let job_id = active.job.id;
         let run_id = active.run_id.clone();
-        let mapping = &self.mappings[&object];
-        let cols = match &active.columns {
-            Some((h, c)) if *h == header => c.clone(),
-            _ => match CsvColumns::formulas(mapping, &header) {
-                Ok(c) => {
-                    active.columns = Some((header.clone(), c.clone()));
-                    c
-                }
-                Err(e) => {
-                    let error = chain(&e);
-                    tracing::error!(job = job_id, error = %error, "Formula refresh failed.");
-                    if let Some(a) = self.jobs.active.take() {
-                        jobs::fail_job(&*self.store, &a, SyncJobStatus::Failed, &error).await?;
-                    }
-                    return Ok(0);
-                }
-            },
+        let Some(cols) = self.job_columns(&header, CsvColumns::formulas).await? else {
+            return Ok(0);
         };
+        let mapping = &self.mappings[&object];
         let mut counts = SyncCounts {
             api_calls,
             ..Default::default()
