@@ -1,5 +1,6 @@
 //! Backfill, re-sync and reconciliation end to end, with `sfsync run` and the operator CLI as
-//! real child processes against the emulator over loopback (SQLite warehouse):
+//! real child processes against the emulator over loopback, on a SQLite and on a Postgres
+//! warehouse:
 //! 1. a new object is backfilled automatically while streaming runs; the pipeline is SIGKILLed
 //!    mid-backfill and the restarted one resumes at the committed page position (no row read
 //!    twice) and converges with the org;
@@ -8,7 +9,13 @@
 //!    `sfsync reconcile` and repaired;
 //! 3. a GAP_OVERFLOW becomes a windowed re-sync that converges;
 //! 4. a pipeline down longer than the (shortened) replay retention recovers by itself: its
-//!    stored replay id is rejected, the objects are re-synced, and the warehouse converges.
+//!    stored replay id is rejected, the objects are re-synced (from the last logged change, not
+//!    from zero), and the warehouse converges; a repair Salesforce refuses is dead-lettered
+//!    instead of blocking the repair queue.
+
+#[path = "../../sfsync-store/tests/support/pg.rs"]
+#[allow(dead_code)]
+mod pg;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -22,19 +29,54 @@ use sfsync_org::{ApiKind, CallContext, Drift};
 use sfsync_pipeline::{normalize, ObjectMapping, ObjectSpec};
 use sfsync_salesforce::{AuthFlow, ClientConfig, CredentialsFile, SalesforceClient};
 use sfsync_store::{
-    SqliteChangeLog, SyncJob, SyncJobFilter, SyncJobKind, SyncJobStatus, Warehouse,
+    PostgresChangeLog, SqliteChangeLog, SyncJob, SyncJobFilter, SyncJobKind, SyncJobStatus,
+    Warehouse,
 };
+
+/// The warehouse a scenario runs on.
+enum Db {
+    Sqlite,
+    /// A schema of its own on the shared throwaway server (the child process reads the URL
+    /// from `SFSYNC_E2E_PG_URL`).
+    Postgres {
+        url: String,
+        schema: String,
+        _server: Arc<pg::PgServer>,
+    },
+}
+
+impl Db {
+    fn postgres(schema: &str) -> Db {
+        let server = pg::shared_server();
+        Db::Postgres {
+            url: format!("postgres://postgres@127.0.0.1:{}/postgres", server.port),
+            schema: schema.into(),
+            _server: server,
+        }
+    }
+
+    fn pg_client_config(&self) -> Option<tokio_postgres::Config> {
+        let Db::Postgres { url, schema, .. } = self else {
+            return None;
+        };
+        let mut cfg: tokio_postgres::Config = url.parse().unwrap();
+        cfg.options(format!("-c search_path={schema}"));
+        Some(cfg)
+    }
+}
 
 struct Env {
     emu: RunningEmulator,
     _dir: tempfile::TempDir,
+    /// The SQLite file (also with Postgres: unused there).
     db: PathBuf,
+    backend: Db,
     client: SalesforceClient,
     mapping: ObjectMapping,
     config: PathBuf,
 }
 
-async fn env() -> Env {
+async fn env(backend: Db) -> Env {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
@@ -60,10 +102,7 @@ ca_file = "{ca}"
 name = "Account"
 history = {{ fields = ["Name", "Type"] }}
 
-[warehouse]
-type = "sqlite"
-path = "{db}"
-
+{warehouse}
 [pipeline]
 batch_max_records = 200
 batch_max_wait_ms = 50
@@ -71,13 +110,34 @@ backfill_page_records = 300
 "#,
         creds = emu.credentials_path.display(),
         ca = emu.ca_pem_path.display(),
-        db = db.display(),
+        warehouse = match &backend {
+            Db::Sqlite => format!("[warehouse]\ntype = \"sqlite\"\npath = \"{}\"\n", db.display()),
+            Db::Postgres { schema, .. } => format!(
+                "[warehouse]\ntype = \"postgres\"\nurl = {{ env = \"SFSYNC_E2E_PG_URL\" }}\nschema = \"{schema}\"\n"
+            ),
+        },
     );
     std::fs::write(&config, text).unwrap();
+    if let Some(cfg) = backend.pg_client_config() {
+        let Db::Postgres { schema, .. } = &backend else {
+            unreachable!()
+        };
+        let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+        let task = tokio::spawn(conn);
+        client
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+            ))
+            .await
+            .unwrap();
+        drop(client);
+        let _ = task.await;
+    }
     Env {
         emu,
         _dir: tmp,
         db,
+        backend,
         client,
         mapping,
         config,
@@ -95,13 +155,22 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// A command of the sfsync binary with the test's environment (and the Postgres URL).
+fn sfsync(env: &Env) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sfsync"));
+    cmd.env("SFSYNC_LOG", "warn");
+    if let Db::Postgres { url, .. } = &env.backend {
+        cmd.env("SFSYNC_E2E_PG_URL", url);
+    }
+    cmd
+}
+
 fn spawn(env: &Env) -> KillOnDrop {
     KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_sfsync"))
+        sfsync(env)
             .args(["run", "--config"])
             .arg(&env.config)
             .args(["--progress-secs", "0"])
-            .env("SFSYNC_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -118,12 +187,11 @@ fn stop(mut child: KillOnDrop) {
 }
 
 fn cli(env: &Env, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sfsync"))
+    let out = sfsync(env)
         .args(args)
         .arg("--config")
         .arg(&env.config)
         .env("USER", "test-operator")
-        .env("SFSYNC_LOG", "warn")
         .output()
         .expect("running the sfsync CLI");
     (
@@ -137,9 +205,60 @@ fn cli(env: &Env, args: &[&str]) -> (bool, String) {
 }
 
 async fn open(env: &Env) -> Arc<dyn Warehouse> {
-    let store: Arc<dyn Warehouse> = Arc::new(SqliteChangeLog::open(&env.db).await.unwrap());
+    let store: Arc<dyn Warehouse> = match env.backend.pg_client_config() {
+        None => Arc::new(SqliteChangeLog::open(&env.db).await.unwrap()),
+        Some(cfg) => Arc::new(PostgresChangeLog::connect_with(&cfg).await.unwrap()),
+    };
     store.ensure_model(&env.mapping.model).await.unwrap();
     store
+}
+
+/// Runs statements on the warehouse behind the pipeline's back; `{true}` stands for the
+/// backend's true literal.
+async fn sql(env: &Env, statements: &[String]) {
+    match env.backend.pg_client_config() {
+        None => {
+            let conn = rusqlite::Connection::open(&env.db).unwrap();
+            conn.busy_timeout(Duration::from_secs(10)).unwrap();
+            for st in statements {
+                conn.execute(&st.replace("{true}", "1"), []).unwrap();
+            }
+        }
+        Some(cfg) => {
+            let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+            let task = tokio::spawn(conn);
+            for st in statements {
+                client
+                    .execute(&st.replace("{true}", "TRUE"), &[])
+                    .await
+                    .unwrap();
+            }
+            drop(client);
+            let _ = task.await;
+        }
+    }
+}
+
+/// Two text columns of a query on the warehouse.
+async fn text_pairs(env: &Env, query: &str) -> Vec<(String, String)> {
+    match env.backend.pg_client_config() {
+        None => {
+            let c = rusqlite::Connection::open(&env.db).unwrap();
+            let mut st = c.prepare(query).unwrap();
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        }
+        Some(cfg) => {
+            let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+            let task = tokio::spawn(conn);
+            let rows = client.query(query, &[]).await.unwrap();
+            drop(client);
+            let _ = task.await;
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+        }
+    }
 }
 
 fn ctx(env: &Env) -> CallContext {
@@ -243,8 +362,17 @@ fn seed(env: &Env, n: usize, seed: u64) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backfill_resync_and_reconcile_converge_with_the_org() {
-    let env = env().await;
+async fn sqlite_backfill_resync_and_reconcile_converge_with_the_org() {
+    scenario(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_backfill_resync_and_reconcile_converge_with_the_org() {
+    scenario(Db::postgres("sync_jobs_e2e")).await;
+}
+
+async fn scenario(backend: Db) {
+    let env = env(backend).await;
     let ids = seed(&env, 2_000, 11);
 
     // 1. A new object: backfilled automatically while streaming; killed mid-backfill. Every
@@ -337,21 +465,20 @@ async fn backfill_resync_and_reconcile_converge_with_the_org() {
     org.drift(&c, "Account", &purged, &Drift::Purge).unwrap();
     let lost_rows: Vec<String> = ids[40..42].to_vec();
     let regressed = ids[50].clone();
-    {
-        let conn = rusqlite::Connection::open(&env.db).unwrap();
-        conn.busy_timeout(Duration::from_secs(10)).unwrap();
-        // Rows flagged deleted by someone else (deleting them outright is not covered yet:
-        // their history would need renumbering; see the closing note).
-        for id in &lost_rows {
-            conn.execute("UPDATE sf_account SET _sf_deleted = 1 WHERE id = ?1", [id])
-                .unwrap();
-        }
-        conn.execute(
-            "UPDATE sf_account SET _sf_commit_ms = 0, name = 'stale copy' WHERE id = ?1",
-            [&regressed],
-        )
-        .unwrap();
-    }
+    // Rows flagged deleted by someone else, one deleted outright (its history stays: the
+    // repair continues it), and one regressed.
+    let deleted_outright = ids[45].clone();
+    let mut statements: Vec<String> = lost_rows
+        .iter()
+        .map(|id| format!("UPDATE sf_account SET _sf_deleted = {{true}} WHERE id = '{id}'"))
+        .collect();
+    statements.push(format!(
+        "DELETE FROM sf_account WHERE id = '{deleted_outright}'"
+    ));
+    statements.push(format!(
+        "UPDATE sf_account SET _sf_commit_ms = 0, name = 'stale copy' WHERE id = '{regressed}'"
+    ));
+    sql(&env, &statements).await;
     let (ok, out) = cli(&env, &["reconcile", "Account"]);
     assert!(ok, "sfsync reconcile: {out}");
     let rec = jobs(&*store, SyncJobKind::Reconcile).await;
@@ -364,8 +491,10 @@ async fn backfill_resync_and_reconcile_converge_with_the_org() {
             .into_iter()
             .collect()
     };
-    assert_eq!(report["missing"], 2, "{report}");
-    assert_eq!(set("sample_missing"), lost_rows.iter().cloned().collect());
+    assert_eq!(report["missing"], 3, "{report}");
+    let mut missing: BTreeSet<String> = lost_rows.iter().cloned().collect();
+    missing.insert(deleted_outright.clone());
+    assert_eq!(set("sample_missing"), missing);
     assert_eq!(report["extra"], 3, "{report}");
     let mut extra: BTreeSet<String> = purged.iter().cloned().collect();
     extra.extend(silently_deleted.iter().cloned());
@@ -502,16 +631,11 @@ async fn backfill_resync_and_reconcile_converge_with_the_org() {
     );
     let pending = store.pending_repairs(10).await.unwrap();
     assert!(pending.is_empty(), "repairs left pending: {pending:?}");
-    let dead: Vec<(String, String)> = {
-        let c = rusqlite::Connection::open(&env.db).unwrap();
-        let mut st = c
-            .prepare("SELECT channel, error FROM dead_letters WHERE stage = 'repair'")
-            .unwrap();
-        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
-    };
+    let dead = text_pairs(
+        &env,
+        "SELECT channel, error FROM dead_letters WHERE stage = 'repair'",
+    )
+    .await;
     assert_eq!(dead.len(), 1, "one dead-lettered repair: {dead:?}");
     assert!(
         dead[0].0 == "repair:test_refused" && dead[0].1.contains("001NOTANID"),
