@@ -13,11 +13,15 @@
 //! 3. after a restart the refreshes continue from the committed watermark (incremental), and a
 //!    change made while the pipeline was down is refreshed.
 
+mod support;
+
+use support::{stop, wait_for, KillOnDrop};
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value as J};
 use sfsync_emulator::{EmulatorConfig, RunningEmulator};
@@ -98,17 +102,6 @@ formula_refresh_secs = 1
     }
 }
 
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 fn stats_path(env: &Env) -> PathBuf {
     env.dir.path().join("stats.json")
 }
@@ -126,14 +119,6 @@ fn spawn(env: &Env) -> KillOnDrop {
             .spawn()
             .expect("spawning sfsync run"),
     )
-}
-
-/// SIGTERM, then wait for the clean stop.
-fn stop(mut child: KillOnDrop) {
-    let pid = child.0.id().to_string();
-    let _ = Command::new("kill").args(["-TERM", &pid]).status();
-    let status = child.0.wait().unwrap();
-    assert!(status.success(), "sfsync run stopped with {status}");
 }
 
 fn cli(env: &Env, args: &[&str]) -> (bool, String) {
@@ -160,26 +145,6 @@ fn ctx(env: &Env) -> CallContext {
         api: ApiKind::Rest,
         api_version: "66.0".into(),
         client: Some("someone-else".into()),
-    }
-}
-
-async fn wait_for<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Vec<String>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        let problems = check().await;
-        if problems.is_empty() {
-            return;
-        }
-        if Instant::now() > deadline {
-            let mut p = problems;
-            p.truncate(20);
-            panic!("{what}: still not true after {within:?}:\n{}", p.join("\n"));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -9,6 +9,10 @@
 #[allow(dead_code)]
 mod pg;
 
+mod support;
+
+use support::{wait_for, KillOnDrop};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -152,17 +156,6 @@ fn sfsync(db: &Db) -> Command {
 }
 
 /// The pipeline process, killed if the test fails before it stops it.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 fn spawn(env: &Env) -> Child {
     sfsync(&env.db)
         .args(["run", "--config"])
@@ -298,26 +291,6 @@ async fn diff(env: &Env, store: &dyn Warehouse) -> Vec<String> {
         }
     }
     problems
-}
-
-async fn wait_for<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Vec<String>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        let problems = check().await;
-        if problems.is_empty() {
-            return;
-        }
-        if Instant::now() > deadline {
-            let mut p = problems;
-            p.truncate(20);
-            panic!("{what}: still not true after {within:?}:\n{}", p.join("\n"));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 fn sigterm(child: &mut Child) {

@@ -15,9 +15,13 @@
 //! A second test kills a replay mid-way; `sfsync run` resumes it without rebuilding a record
 //! twice.
 
+mod support;
+
+use support::{stop, wait_for, KillOnDrop};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -94,17 +98,6 @@ backfill_new_objects = false
     }
 }
 
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 fn spawn(env: &Env, args: &[&str]) -> KillOnDrop {
     KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_sfsync"))
@@ -122,14 +115,6 @@ fn spawn(env: &Env, args: &[&str]) -> KillOnDrop {
 
 fn run(env: &Env) -> KillOnDrop {
     spawn(env, &["run", "--progress-secs", "0"])
-}
-
-/// SIGTERM, then wait for the clean stop.
-fn stop(mut child: KillOnDrop) {
-    let pid = child.0.id().to_string();
-    let _ = Command::new("kill").args(["-TERM", &pid]).status();
-    let status = child.0.wait().unwrap();
-    assert!(status.success(), "sfsync run stopped with {status}");
 }
 
 fn cli(env: &Env, args: &[&str]) -> (bool, String) {
@@ -337,26 +322,6 @@ fn same_history(now: &[HistoryRow], before: &[HistoryRow], what: &str) {
             now.len(),
             history_problems(now)
         );
-    }
-}
-
-async fn wait_for<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Vec<String>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        let problems = check().await;
-        if problems.is_empty() {
-            return;
-        }
-        if Instant::now() > deadline {
-            let mut p = problems;
-            p.truncate(20);
-            panic!("{what}: still not true after {within:?}:\n{}", p.join("\n"));
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 

@@ -17,9 +17,13 @@
 #[allow(dead_code)]
 mod pg;
 
+mod support;
+
+use support::{stop, wait_for, KillOnDrop};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -144,17 +148,6 @@ backfill_page_records = 300
     }
 }
 
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 /// A command of the sfsync binary with the test's environment (and the Postgres URL).
 fn sfsync(env: &Env) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sfsync"));
@@ -176,14 +169,6 @@ fn spawn(env: &Env) -> KillOnDrop {
             .spawn()
             .expect("spawning sfsync run"),
     )
-}
-
-/// SIGTERM, then wait for the clean stop.
-fn stop(mut child: KillOnDrop) {
-    let pid = child.0.id().to_string();
-    let _ = Command::new("kill").args(["-TERM", &pid]).status();
-    let status = child.0.wait().unwrap();
-    assert!(status.success(), "sfsync run stopped with {status}");
 }
 
 fn cli(env: &Env, args: &[&str]) -> (bool, String) {
@@ -318,26 +303,6 @@ async fn diff(env: &Env, store: &dyn Warehouse) -> Vec<String> {
         }
     }
     problems
-}
-
-async fn wait_for<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Vec<String>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        let problems = check().await;
-        if problems.is_empty() {
-            return;
-        }
-        if Instant::now() > deadline {
-            let mut p = problems;
-            p.truncate(20);
-            panic!("{what}: still not true after {within:?}:\n{}", p.join("\n"));
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
 }
 
 async fn jobs(store: &dyn Warehouse, kind: SyncJobKind) -> Vec<SyncJob> {
