@@ -341,8 +341,7 @@ pub fn validate_outbox_row(row: &OutboxRow) -> std::result::Result<NewWrite, Str
         },
         (true, _, _) => {
             return Err(
-                "columns record_id and external_id_field/external_id are both set: give one"
-                    .into(),
+                "columns record_id and external_id_field/external_id are both set: give one".into(),
             )
         }
         (false, true, false) => return Err("column external_id is empty".into()),

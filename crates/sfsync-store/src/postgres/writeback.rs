@@ -58,7 +58,10 @@ fn decode(r: &Row) -> Result<LedgerWrite> {
 
 async fn get(c: &impl GenericClient, id: i64) -> Result<Option<LedgerWrite>> {
     let row = c
-        .query_opt(&format!("SELECT {COLUMNS} FROM writes WHERE id = $1"), &[&id])
+        .query_opt(
+            &format!("SELECT {COLUMNS} FROM writes WHERE id = $1"),
+            &[&id],
+        )
         .await
         .map_err(db("read write"))?;
     row.as_ref().map(decode).transpose()
@@ -216,7 +219,10 @@ async fn query(
 impl WriteLedger for PostgresChangeLog {
     async fn submit_writes(&self, writes: &[NewWrite]) -> Result<Vec<SubmitOutcome>> {
         let mut client = self.client.lock().await;
-        let tx = client.transaction().await.map_err(db("begin submit writes"))?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("begin submit writes"))?;
         let now = now_ms();
         let mut out = Vec::with_capacity(writes.len());
         for w in writes {
@@ -235,7 +241,10 @@ impl WriteLedger for PostgresChangeLog {
 
     async fn ingest_outbox(&self, limit: usize) -> Result<OutboxIngest> {
         let mut client = self.client.lock().await;
-        let tx = client.transaction().await.map_err(db("begin ingest outbox"))?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("begin ingest outbox"))?;
         let now = now_ms();
         let rows = tx
             .query(
@@ -260,8 +269,8 @@ impl WriteLedger for PostgresChangeLog {
                 fields: r.get(7),
                 seen_version_ms: r.get(8),
             };
-            let id = if let Some(id) = existing(&tx, &row.source_system, &row.idempotency_key)
-                .await?
+            let id = if let Some(id) =
+                existing(&tx, &row.source_system, &row.idempotency_key).await?
             {
                 report.duplicates += 1;
                 id
@@ -300,7 +309,10 @@ impl WriteLedger for PostgresChangeLog {
             return Err(invalid("claim writes", "the claimer must be named".into()));
         }
         let mut client = self.client.lock().await;
-        let tx = client.transaction().await.map_err(db("begin claim writes"))?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("begin claim writes"))?;
         let now = now_ms();
         let ids: Vec<i64> = tx
             .query(

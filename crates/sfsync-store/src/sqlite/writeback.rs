@@ -112,7 +112,15 @@ fn log_transition(
          VALUES (?1, (SELECT coalesce(max(seq), 0) + 1 FROM write_transitions WHERE write_id = ?1),
              ?2, ?3, ?4, ?5)",
     )
-    .and_then(|mut s| s.execute(params![id, from.map(|f| f.as_str()), to.as_str(), at, detail]))
+    .and_then(|mut s| {
+        s.execute(params![
+            id,
+            from.map(|f| f.as_str()),
+            to.as_str(),
+            at,
+            detail
+        ])
+    })
     .map_err(db("record write transition"))?;
     Ok(())
 }
@@ -188,7 +196,11 @@ fn insert_rejected(conn: &Connection, row: &OutboxRow, reason: &str, now: i64) -
     Ok(id)
 }
 
-pub(super) fn submit(conn: &Connection, writes: &[NewWrite], now: i64) -> Result<Vec<SubmitOutcome>> {
+pub(super) fn submit(
+    conn: &Connection,
+    writes: &[NewWrite],
+    now: i64,
+) -> Result<Vec<SubmitOutcome>> {
     let mut out = Vec::with_capacity(writes.len());
     for w in writes {
         if let Err(reason) = validate_new_write(w) {
@@ -254,7 +266,12 @@ pub(super) fn ingest(conn: &Connection, limit: usize, now: i64) -> Result<Outbox
     Ok(report)
 }
 
-pub(super) fn claim(conn: &Connection, claimer: &str, limit: usize, now: i64) -> Result<Vec<LedgerWrite>> {
+pub(super) fn claim(
+    conn: &Connection,
+    claimer: &str,
+    limit: usize,
+    now: i64,
+) -> Result<Vec<LedgerWrite>> {
     if claimer.is_empty() {
         return Err(invalid("claim writes", "the claimer must be named".into()));
     }
@@ -418,7 +435,11 @@ pub(super) fn list(conn: &Connection, filter: &WriteFilter) -> Result<Vec<Ledger
     query(conn, &sql, args)
 }
 
-pub(super) fn echo(conn: &Connection, object: &str, record_id: &str) -> Result<Option<LedgerWrite>> {
+pub(super) fn echo(
+    conn: &Connection,
+    object: &str,
+    record_id: &str,
+) -> Result<Option<LedgerWrite>> {
     let found = query(
         conn,
         &format!(
