@@ -20,6 +20,7 @@ pub mod quality;
 pub mod reconcile;
 pub mod replay;
 pub mod stats;
+pub mod writeback;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

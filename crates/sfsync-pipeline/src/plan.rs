@@ -63,6 +63,18 @@ pub(crate) fn formula_version(row: &CurrentRow) -> Option<RecordVersion> {
         .copied()
 }
 
+/// Commit time (epoch ms) of the change that last set `column` of `row`: its per-field version
+/// when a partial update set it after the row's last full write, else the full write's version.
+/// Writeback decides conflicts with it ("has Salesforce changed the field since the writer saw
+/// it?"); after a snapshot every field counts as set at the snapshot's time (conservative).
+pub fn field_commit_ms(row: &CurrentRow, column: &str) -> i64 {
+    FieldVersions::parse(row.field_versions.as_deref())
+        .0
+        .get(column)
+        .unwrap_or(&row.base_version)
+        .commit_timestamp
+}
+
 /// Records that a read at `v` set `row`'s formula columns.
 pub(crate) fn set_formula_version(row: &mut CurrentRow, v: RecordVersion) {
     let mut fv = FieldVersions::parse(row.field_versions.as_deref());

@@ -28,6 +28,7 @@ pub mod quality;
 pub mod sqlite;
 mod tail;
 mod warehouse;
+pub mod writeback;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -41,6 +42,7 @@ pub use pii::Keyring;
 pub use postgres::PostgresChangeLog;
 pub use quality::*;
 pub use sqlite::{SqliteChangeLog, SqliteOptions, SqliteSynchronous};
+pub use writeback::*;
 
 /// One raw change as it goes into the log: the identity and ordering fields the apply stage
 /// needs, plus the payload bytes exactly as received (e.g. the Avro record).

@@ -48,6 +48,7 @@ use crate::{
 mod jobs;
 mod quality;
 mod warehouse;
+mod writeback;
 
 const BACKEND: &str = "sqlite";
 
@@ -373,6 +374,66 @@ DROP TABLE sync_jobs;
 ALTER TABLE sync_jobs_v8 RENAME TO sync_jobs;
 CREATE INDEX sync_jobs_status ON sync_jobs (status, id);
 CREATE INDEX sync_jobs_object ON sync_jobs (object, kind, id);
+"#,
+    },
+    Migration {
+        version: 9,
+        name: "writeback: outbox, write ledger and its transitions",
+        // `outbox` is the table other systems INSERT into: only the two key columns are
+        // required, everything else is checked when the row is ingested (a bad row becomes a
+        // rejected write naming the column, never a failed INSERT that loses it).
+        sql: r#"
+CREATE TABLE outbox (
+    id                INTEGER PRIMARY KEY AUTOINCREMENT,
+    source_system     TEXT    NOT NULL CHECK (source_system <> ''),
+    idempotency_key   TEXT    NOT NULL CHECK (idempotency_key <> ''),
+    object            TEXT,
+    external_id_field TEXT,
+    external_id       TEXT,
+    record_id         TEXT,
+    fields            TEXT,
+    seen_version_ms   INTEGER,
+    created_at_ms     INTEGER NOT NULL
+        DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)),
+    ingested_at_ms    INTEGER,
+    write_id          INTEGER,
+    UNIQUE (source_system, idempotency_key)
+);
+CREATE INDEX outbox_waiting ON outbox (id) WHERE ingested_at_ms IS NULL;
+CREATE TABLE writes (
+    id                INTEGER PRIMARY KEY AUTOINCREMENT,
+    source_system     TEXT    NOT NULL,
+    idempotency_key   TEXT    NOT NULL,
+    origin            TEXT    NOT NULL CHECK (origin IN ('api','outbox')),
+    outbox_id         INTEGER,
+    object            TEXT    NOT NULL,
+    external_id_field TEXT,
+    external_id       TEXT,
+    record_id         TEXT,
+    fields            TEXT    NOT NULL,
+    seen_version_ms   INTEGER,
+    state             TEXT    NOT NULL CHECK (state IN ('pending','sent','applied','confirmed',
+                          'conflict','rejected','failed')),
+    attempts          INTEGER NOT NULL DEFAULT 0,
+    last_error        TEXT,
+    reason            TEXT,
+    claimed_by        TEXT,
+    echo_event_key    TEXT,
+    created_at_ms     INTEGER NOT NULL,
+    updated_at_ms     INTEGER NOT NULL,
+    UNIQUE (source_system, idempotency_key)
+);
+CREATE INDEX writes_state ON writes (state, object, id);
+CREATE INDEX writes_record ON writes (object, record_id, state);
+CREATE TABLE write_transitions (
+    write_id   INTEGER NOT NULL,
+    seq        INTEGER NOT NULL,
+    from_state TEXT,
+    to_state   TEXT    NOT NULL,
+    at_ms      INTEGER NOT NULL,
+    detail     TEXT,
+    PRIMARY KEY (write_id, seq)
+);
 "#,
     },
 ];

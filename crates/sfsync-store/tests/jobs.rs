@@ -1159,14 +1159,13 @@ async fn postgres_row_keys_ignore_the_database_collation() {
 /// work afterwards.
 async fn upgrade_to_v8_keeps_jobs(b: &dyn Backend, at_v7: &[i64]) {
     let w = b.open().await;
-    assert_eq!(
+    assert!(
         w.applied_migrations()
             .await
             .unwrap()
-            .last()
-            .unwrap()
-            .version,
-        8
+            .iter()
+            .any(|m| m.version == 8),
+        "migration 8 applied"
     );
     let jobs = w
         .sync_jobs(&SyncJobFilter {

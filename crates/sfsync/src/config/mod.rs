@@ -174,7 +174,14 @@ pub fn load_str(text: &str, file: &str, base_dir: &Path) -> Result<LoadedConfig,
     })
 }
 
-const TABLES: &[&str] = &["salesforce", "objects", "warehouse", "pii", "pipeline"];
+const TABLES: &[&str] = &[
+    "salesforce",
+    "objects",
+    "warehouse",
+    "pii",
+    "pipeline",
+    "writeback",
+];
 
 /// Syntax and shape: every top-level table (and each `[[objects]]` entry) is deserialised on its
 /// own, so all shape errors are reported together.
@@ -228,6 +235,7 @@ pub fn parse(text: &str, file: &str) -> Result<(SfsyncConfig, SpanIndex), Config
                     cfg.pipeline = v;
                 }
             }
+            "writeback" => cfg.writeback = p.de("writeback", value),
             other => p.error(
                 other,
                 key.span(),

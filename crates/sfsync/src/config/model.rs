@@ -20,6 +20,7 @@ pub struct SfsyncConfig {
     pub warehouse: Option<WarehouseConfig>,
     pub pii: Option<PiiConfig>,
     pub pipeline: PipelineConfig,
+    pub writeback: Option<WritebackConfig>,
 }
 
 /// `[salesforce]`: where the org is and how to authenticate.
@@ -437,4 +438,45 @@ impl Default for PipelineConfig {
             formula_refresh_secs: 300,
         }
     }
+}
+
+/// `[writeback]`: which objects other systems may write back to Salesforce, and who owns which
+/// fields (`[[writeback.objects]]`).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WritebackConfig {
+    #[serde(default)]
+    pub objects: Vec<WritebackObjectConfig>,
+}
+
+/// `[[writeback.objects]]`: an object's default owner and policy, with per-field overrides.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WritebackObjectConfig {
+    pub name: String,
+    /// `salesforce`, `shared`, or a system name. Default `salesforce` (nothing writable).
+    #[serde(default = "default_owner")]
+    pub owner: String,
+    #[serde(default = "default_policy")]
+    pub policy: sfsync_pipeline::writeback::ConflictPolicy,
+    #[serde(default)]
+    pub fields: Vec<WritebackFieldConfig>,
+}
+
+/// `[[writeback.objects.fields]]`: one field's owner and (optionally) policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WritebackFieldConfig {
+    pub name: String,
+    pub owner: String,
+    /// Defaults to the object's policy.
+    pub policy: Option<sfsync_pipeline::writeback::ConflictPolicy>,
+}
+
+fn default_owner() -> String {
+    "salesforce".into()
+}
+
+fn default_policy() -> sfsync_pipeline::writeback::ConflictPolicy {
+    sfsync_pipeline::writeback::ConflictPolicy::Manual
 }

@@ -140,7 +140,7 @@ batch_max_records = -1
             "t.toml:8:12: salesforce.auth.password: inline secrets are not allowed; write { env = \"VAR\" } or { file = \"path\" }",
             "t.toml:11:8: warehouse.path: invalid type: integer `3`, expected path string",
             "t.toml:15:21: pipeline.batch_max_records: invalid value: integer `-1`, expected u64",
-            "t.toml:16:2: bogus: unknown table `bogus`, expected one of salesforce, objects, warehouse, pii, pipeline",
+            "t.toml:16:2: bogus: unknown table `bogus`, expected one of salesforce, objects, warehouse, pii, pipeline, writeback",
         ]
     );
 }
@@ -881,5 +881,62 @@ formula_refresh_secs = 0
         e.iter().any(|l| l.contains("objects[0].formula_fields")
             && l.contains("expected true, false or a list of formula field names")),
         "{e:#?}"
+    );
+}
+
+#[test]
+fn writeback_objects_parse_into_the_policy() {
+    use sfsync_pipeline::writeback::{ConflictPolicy, Owner};
+    let t = format!(
+        "{GOOD}\n[[writeback.objects]]\nname = \"Case\"\nowner = \"shared\"\npolicy = \"merge\"\n\
+         fields = [{{ name = \"Status\", owner = \"case_mgmt\", policy = \"source_of_truth\" }},\n\
+         {{ name = \"Priority\", owner = \"salesforce\" }}]\n"
+    );
+    let l = load_t(&t).unwrap();
+    let case = &l.config.writeback.objects["Case"];
+    assert_eq!(case.default.owner, Owner::Shared);
+    assert_eq!(case.default.policy, ConflictPolicy::Merge);
+    let status = case.rule("status");
+    assert_eq!(status.owner, Owner::System("case_mgmt".into()));
+    assert_eq!(status.policy, ConflictPolicy::SourceOfTruth);
+    assert_eq!(case.rule("Priority").owner, Owner::Salesforce);
+    assert_eq!(
+        case.rule("Priority").policy,
+        ConflictPolicy::Merge,
+        "object's policy"
+    );
+    // No [writeback]: an empty policy (everything refused).
+    assert!(load_t(GOOD).unwrap().config.writeback.objects.is_empty());
+}
+
+#[test]
+fn writeback_errors_name_the_key() {
+    let t = format!(
+        "{GOOD}\n[[writeback.objects]]\nname = \"Lead\"\nowner = \"shared\"\npolicy = \"source_of_truth\"\n\
+         fields = [{{ name = \"Bad Name\", owner = \"\" }}, {{ name = \"bad name\", owner = \"x y\" }}]\n"
+    );
+    let e = errs(&t).join("\n");
+    for want in [
+        "writeback.objects[0].name: \"Lead\" is not a synced object",
+        "writeback.objects[0].policy: source_of_truth needs an owner",
+        "writeback.objects[0].fields[0].name: \"Bad Name\" is not a valid field API name",
+        "writeback.objects[0].fields[0].owner: must be salesforce, shared or a system name",
+        "writeback.objects[0].fields[1].owner: \"x y\" is not a valid system name",
+        "writeback.objects[0].fields[1].name: \"bad name\" is listed twice for Lead",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in:\n{e}");
+    }
+    let e = errs(&format!(
+        "{GOOD}\n[[writeback.objects]]\nname = \"Case\"\npolicy = \"newest\"\n"
+    ))
+    .join("\n");
+    assert!(
+        e.contains("writeback.objects[0].policy: unknown variant `newest`"),
+        "{e}"
+    );
+    let e = errs(&format!("{GOOD}\n[writeback]\nobjets = []\n")).join("\n");
+    assert!(
+        e.contains("writeback.objets: unknown field `objets`"),
+        "{e}"
     );
 }

@@ -18,6 +18,8 @@ pub struct ValidConfig {
     pub warehouse: ValidWarehouse,
     pub pii: Option<ValidPii>,
     pub pipeline: PipelineConfig,
+    /// Writeback ownership and conflict rules (no objects: writeback refuses everything).
+    pub writeback: sfsync_pipeline::writeback::WritebackPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -260,8 +262,10 @@ impl SfsyncConfig {
                 ),
             );
         }
+        let writeback = validate_writeback(&mut errs, self.writeback.as_ref(), &self.objects);
         match (salesforce, warehouse) {
             (Some(salesforce), Some(warehouse)) if errs.0.is_empty() => Ok(ValidConfig {
+                writeback,
                 salesforce,
                 objects,
                 warehouse,
@@ -793,4 +797,89 @@ fn validate_objects(
         });
     }
     out
+}
+
+/// `[[writeback.objects]]`: each object synced (`[[objects]]`) and named once, owners non-empty,
+/// field names unique per object, and `source_of_truth` only with an owner (not `shared`).
+/// TODO: field names are not checked against describe yet (unknown fields fail at delivery).
+fn validate_writeback(
+    errs: &mut Errors,
+    wb: Option<&WritebackConfig>,
+    objects: &[ObjectConfig],
+) -> sfsync_pipeline::writeback::WritebackPolicy {
+    use sfsync_pipeline::writeback::{ConflictPolicy, FieldRule, ObjectPolicy, Owner};
+    let mut policy = sfsync_pipeline::writeback::WritebackPolicy::default();
+    let Some(wb) = wb else {
+        return policy;
+    };
+    let rule = |errs: &mut Errors, key: String, owner: &str, p: ConflictPolicy| {
+        if owner.trim().is_empty() {
+            errs.push(
+                format!("{key}.owner"),
+                "must be salesforce, shared or a system name",
+            );
+        } else if !owner
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        {
+            errs.push(
+                format!("{key}.owner"),
+                format!("\"{owner}\" is not a valid system name (letters, digits, `_`, `.`, `-`)"),
+            );
+        }
+        if owner == "shared" && p == ConflictPolicy::SourceOfTruth {
+            errs.push(
+                format!("{key}.policy"),
+                "source_of_truth needs an owner (salesforce or a system), not shared",
+            );
+        }
+        FieldRule {
+            owner: Owner::parse(owner),
+            policy: p,
+        }
+    };
+    for (i, o) in wb.objects.iter().enumerate() {
+        let key = format!("writeback.objects[{i}]");
+        if !objects.iter().any(|s| s.name == o.name) {
+            errs.push(
+                format!("{key}.name"),
+                format!(
+                    "\"{}\" is not a synced object (add it to [[objects]])",
+                    o.name
+                ),
+            );
+        }
+        if policy.objects.contains_key(&o.name) {
+            errs.push(
+                format!("{key}.name"),
+                format!("\"{}\" is listed twice", o.name),
+            );
+        }
+        let default = rule(errs, key.clone(), &o.owner, o.policy);
+        let mut fields = std::collections::BTreeMap::new();
+        for (j, f) in o.fields.iter().enumerate() {
+            let fkey = format!("{key}.fields[{j}]");
+            if !is_api_name(&f.name) {
+                errs.push(
+                    format!("{fkey}.name"),
+                    format!("\"{}\" is not a valid field API name", f.name),
+                );
+            }
+            let r = rule(errs, fkey.clone(), &f.owner, f.policy.unwrap_or(o.policy));
+            if fields
+                .keys()
+                .any(|k: &String| k.eq_ignore_ascii_case(&f.name))
+            {
+                errs.push(
+                    format!("{fkey}.name"),
+                    format!("\"{}\" is listed twice for {}", f.name, o.name),
+                );
+            }
+            fields.insert(f.name.clone(), r);
+        }
+        policy
+            .objects
+            .insert(o.name.clone(), ObjectPolicy { default, fields });
+    }
+    policy
 }

@@ -1,0 +1,502 @@
+//! The outbox and write ledger on SQLite (see [`crate::writeback`]). Every write method runs in
+//! one `BEGIN IMMEDIATE` transaction, so claims from several connections or processes are
+//! serialised and never hand out the same write twice.
+
+use async_trait::async_trait;
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+
+use super::{SqliteChangeLog, BACKEND};
+use crate::error::{Result, StoreError};
+use crate::now_ms;
+use crate::writeback::*;
+
+fn db(op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |e| StoreError::sqlite(op, e)
+}
+
+fn invalid(op: &'static str, reason: String) -> StoreError {
+    StoreError::InvalidInput {
+        backend: BACKEND,
+        op,
+        reason,
+    }
+}
+
+const COLUMNS: &str = "id, source_system, idempotency_key, origin, outbox_id, object,
+    external_id_field, external_id, record_id, fields, seen_version_ms, state, attempts,
+    last_error, reason, claimed_by, echo_event_key, created_at_ms, updated_at_ms";
+
+fn write_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(LedgerWrite, String, String)> {
+    Ok((
+        LedgerWrite {
+            id: r.get(0)?,
+            source_system: r.get(1)?,
+            idempotency_key: r.get(2)?,
+            origin: WriteOrigin::Api,
+            outbox_id: r.get(4)?,
+            object: r.get(5)?,
+            external_id_field: r.get(6)?,
+            external_id: r.get(7)?,
+            record_id: r.get(8)?,
+            fields: r.get(9)?,
+            seen_version_ms: r.get(10)?,
+            state: WriteState::Pending,
+            attempts: r.get(12)?,
+            last_error: r.get(13)?,
+            reason: r.get(14)?,
+            claimed_by: r.get(15)?,
+            echo_event_key: r.get(16)?,
+            created_at_ms: r.get(17)?,
+            updated_at_ms: r.get(18)?,
+        },
+        r.get(3)?,
+        r.get(11)?,
+    ))
+}
+
+fn finish((mut w, origin, state): (LedgerWrite, String, String)) -> Result<LedgerWrite> {
+    w.origin = WriteOrigin::parse(&origin).ok_or_else(|| {
+        invalid(
+            "read writes",
+            format!("write {} has an unknown origin '{origin}'", w.id),
+        )
+    })?;
+    w.state = WriteState::parse(&state).ok_or_else(|| {
+        invalid(
+            "read writes",
+            format!("write {} has an unknown state '{state}'", w.id),
+        )
+    })?;
+    Ok(w)
+}
+
+fn query(conn: &Connection, sql: &str, args: Vec<SqlValue>) -> Result<Vec<LedgerWrite>> {
+    let mut stmt = conn.prepare_cached(sql).map_err(db("read writes"))?;
+    let rows = stmt
+        .query_map(params_from_iter(args), write_from_row)
+        .map_err(db("read writes"))?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(db("read writes"))?;
+    rows.into_iter().map(finish).collect()
+}
+
+fn get(conn: &Connection, id: i64) -> Result<Option<LedgerWrite>> {
+    let row = conn
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM writes WHERE id = ?1"),
+            [id],
+            write_from_row,
+        )
+        .optional()
+        .map_err(db("read write"))?;
+    row.map(finish).transpose()
+}
+
+fn existing(conn: &Connection, source: &str, key: &str) -> Result<Option<i64>> {
+    conn.prepare_cached("SELECT id FROM writes WHERE source_system = ?1 AND idempotency_key = ?2")
+        .and_then(|mut s| s.query_row(params![source, key], |r| r.get(0)).optional())
+        .map_err(db("find write by idempotency key"))
+}
+
+fn log_transition(
+    conn: &Connection,
+    id: i64,
+    from: Option<WriteState>,
+    to: WriteState,
+    at: i64,
+    detail: Option<&str>,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO write_transitions (write_id, seq, from_state, to_state, at_ms, detail)
+         VALUES (?1, (SELECT coalesce(max(seq), 0) + 1 FROM write_transitions WHERE write_id = ?1),
+             ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            id,
+            from.map(|f| f.as_str()),
+            to.as_str(),
+            at,
+            detail
+        ])
+    })
+    .map_err(db("record write transition"))?;
+    Ok(())
+}
+
+/// Stores a write in `state` (pending, or rejected with `reason`) and logs its first entry.
+#[allow(clippy::too_many_arguments)]
+fn insert(
+    conn: &Connection,
+    w: &NewWrite,
+    origin: WriteOrigin,
+    outbox_id: Option<i64>,
+    now: i64,
+) -> Result<i64> {
+    let (xf, xv, rid) = match &w.target {
+        WriteTarget::RecordId(id) => (None, None, Some(id.as_str())),
+        WriteTarget::ExternalId { field, value } => {
+            (Some(field.as_str()), Some(value.as_str()), None)
+        }
+    };
+    let fields = serde_json::Value::Object(w.fields.clone()).to_string();
+    conn.prepare_cached(
+        "INSERT INTO writes (source_system, idempotency_key, origin, outbox_id, object,
+             external_id_field, external_id, record_id, fields, seen_version_ms, state,
+             created_at_ms, updated_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending', ?11, ?11)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            w.source_system,
+            w.idempotency_key,
+            origin.as_str(),
+            outbox_id,
+            w.object,
+            xf,
+            xv,
+            rid,
+            fields,
+            w.seen_version_ms,
+            now
+        ])
+    })
+    .map_err(db("store write"))?;
+    let id = conn.last_insert_rowid();
+    log_transition(conn, id, None, WriteState::Pending, now, None)?;
+    Ok(id)
+}
+
+fn insert_rejected(conn: &Connection, row: &OutboxRow, reason: &str, now: i64) -> Result<i64> {
+    conn.prepare_cached(
+        "INSERT INTO writes (source_system, idempotency_key, origin, outbox_id, object,
+             external_id_field, external_id, record_id, fields, seen_version_ms, state, reason,
+             created_at_ms, updated_at_ms)
+         VALUES (?1, ?2, 'outbox', ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'rejected', ?10, ?11, ?11)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            row.source_system,
+            row.idempotency_key,
+            row.id,
+            row.object.clone().unwrap_or_default(),
+            row.external_id_field,
+            row.external_id,
+            row.record_id,
+            row.fields.clone().unwrap_or_default(),
+            row.seen_version_ms,
+            reason,
+            now
+        ])
+    })
+    .map_err(db("store rejected write"))?;
+    let id = conn.last_insert_rowid();
+    log_transition(conn, id, None, WriteState::Rejected, now, Some(reason))?;
+    Ok(id)
+}
+
+pub(super) fn submit(
+    conn: &Connection,
+    writes: &[NewWrite],
+    now: i64,
+) -> Result<Vec<SubmitOutcome>> {
+    let mut out = Vec::with_capacity(writes.len());
+    for w in writes {
+        if let Err(reason) = validate_new_write(w) {
+            out.push(SubmitOutcome::Rejected { reason });
+            continue;
+        }
+        if let Some(id) = existing(conn, &w.source_system, &w.idempotency_key)? {
+            out.push(SubmitOutcome::Duplicate { id });
+            continue;
+        }
+        let id = insert(conn, w, WriteOrigin::Api, None, now)?;
+        out.push(SubmitOutcome::Accepted { id });
+    }
+    Ok(out)
+}
+
+pub(super) fn ingest(conn: &Connection, limit: usize, now: i64) -> Result<OutboxIngest> {
+    let rows: Vec<OutboxRow> = conn
+        .prepare_cached(
+            "SELECT id, source_system, idempotency_key, object, external_id_field, external_id,
+                 record_id, fields, seen_version_ms
+             FROM outbox WHERE ingested_at_ms IS NULL ORDER BY id LIMIT ?1",
+        )
+        .and_then(|mut s| {
+            s.query_map([limit.max(1) as i64], |r| {
+                Ok(OutboxRow {
+                    id: r.get(0)?,
+                    source_system: r.get(1)?,
+                    idempotency_key: r.get(2)?,
+                    object: r.get(3)?,
+                    external_id_field: r.get(4)?,
+                    external_id: r.get(5)?,
+                    record_id: r.get(6)?,
+                    fields: r.get(7)?,
+                    seen_version_ms: r.get(8)?,
+                })
+            })?
+            .collect()
+        })
+        .map_err(db("read outbox"))?;
+    let mut report = OutboxIngest::default();
+    for row in rows {
+        let id = if let Some(id) = existing(conn, &row.source_system, &row.idempotency_key)? {
+            report.duplicates += 1;
+            id
+        } else {
+            match validate_outbox_row(&row) {
+                Ok(w) => {
+                    report.accepted += 1;
+                    insert(conn, &w, WriteOrigin::Outbox, Some(row.id), now)?
+                }
+                Err(reason) => {
+                    report.rejected += 1;
+                    tracing::warn!(outbox_id = row.id, %reason, "Rejected an outbox row.");
+                    insert_rejected(conn, &row, &reason, now)?
+                }
+            }
+        };
+        conn.prepare_cached("UPDATE outbox SET ingested_at_ms = ?2, write_id = ?3 WHERE id = ?1")
+            .and_then(|mut s| s.execute(params![row.id, now, id]))
+            .map_err(db("mark outbox row ingested"))?;
+    }
+    Ok(report)
+}
+
+pub(super) fn claim(
+    conn: &Connection,
+    claimer: &str,
+    limit: usize,
+    now: i64,
+) -> Result<Vec<LedgerWrite>> {
+    if claimer.is_empty() {
+        return Err(invalid("claim writes", "the claimer must be named".into()));
+    }
+    let ids: Vec<i64> = conn
+        .prepare_cached(
+            "SELECT id FROM writes WHERE state = 'pending'
+             ORDER BY object, coalesce(record_id, external_id_field || '=' || external_id), id
+             LIMIT ?1",
+        )
+        .and_then(|mut s| s.query_map([limit as i64], |r| r.get(0))?.collect())
+        .map_err(db("claim writes"))?;
+    for id in &ids {
+        conn.prepare_cached(
+            "UPDATE writes SET state = 'sent', attempts = attempts + 1, claimed_by = ?2,
+                 updated_at_ms = ?3 WHERE id = ?1 AND state = 'pending'",
+        )
+        .and_then(|mut s| s.execute(params![id, claimer, now]))
+        .map_err(db("claim writes"))?;
+        log_transition(
+            conn,
+            *id,
+            Some(WriteState::Pending),
+            WriteState::Sent,
+            now,
+            Some(claimer),
+        )?;
+    }
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        out.extend(get(conn, id)?);
+    }
+    Ok(out)
+}
+
+pub(super) fn record(conn: &Connection, outcomes: &[(i64, WriteOutcome)], now: i64) -> Result<()> {
+    for (id, outcome) in outcomes {
+        let from: Option<String> = conn
+            .prepare_cached("SELECT state FROM writes WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
+            .map_err(db("record write outcome"))?;
+        let Some(from) = from else {
+            return Err(invalid(
+                "record write outcome",
+                format!("write {id} does not exist"),
+            ));
+        };
+        let from = WriteState::parse(&from).ok_or_else(|| {
+            invalid(
+                "record write outcome",
+                format!("write {id} has an unknown state '{from}'"),
+            )
+        })?;
+        if !outcome.allowed_from(from) {
+            return Err(illegal(*id, from, outcome));
+        }
+        let to = outcome.target().as_str();
+        let detail = outcome.detail();
+        let sql = match outcome {
+            WriteOutcome::Applied { .. } => {
+                "UPDATE writes SET state = ?2, record_id = ?3, updated_at_ms = ?4 WHERE id = ?1"
+            }
+            WriteOutcome::Retry { .. } | WriteOutcome::Failed { .. } => {
+                "UPDATE writes SET state = ?2, last_error = ?3, updated_at_ms = ?4 WHERE id = ?1"
+            }
+            WriteOutcome::Conflict { .. } | WriteOutcome::Rejected { .. } => {
+                "UPDATE writes SET state = ?2, reason = ?3, updated_at_ms = ?4 WHERE id = ?1"
+            }
+            WriteOutcome::Confirmed { .. } => {
+                "UPDATE writes SET state = ?2, echo_event_key = ?3, updated_at_ms = ?4 WHERE id = ?1"
+            }
+            // The note is kept in the transition only.
+            WriteOutcome::Requeue { .. } => {
+                "UPDATE writes SET state = ?2, updated_at_ms = ?3 WHERE id = ?1"
+            }
+        };
+        let done = if matches!(outcome, WriteOutcome::Requeue { .. }) {
+            conn.prepare_cached(sql)
+                .and_then(|mut s| s.execute(params![id, to, now]))
+        } else {
+            conn.prepare_cached(sql)
+                .and_then(|mut s| s.execute(params![id, to, detail, now]))
+        };
+        done.map_err(db("record write outcome"))?;
+        log_transition(conn, *id, Some(from), outcome.target(), now, Some(detail))?;
+    }
+    Ok(())
+}
+
+pub(super) fn illegal(id: i64, from: WriteState, outcome: &WriteOutcome) -> StoreError {
+    StoreError::InvalidInput {
+        backend: BACKEND,
+        op: "record write outcome",
+        reason: format!(
+            "write {id} cannot go from {} to {} ({outcome:?}); nothing was recorded",
+            from.as_str(),
+            outcome.target().as_str()
+        ),
+    }
+}
+
+pub(super) fn transitions(conn: &Connection, id: i64) -> Result<Vec<WriteTransition>> {
+    let rows: Vec<(Option<String>, String, i64, Option<String>)> = conn
+        .prepare_cached(
+            "SELECT from_state, to_state, at_ms, detail FROM write_transitions
+             WHERE write_id = ?1 ORDER BY seq",
+        )
+        .and_then(|mut s| {
+            s.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect()
+        })
+        .map_err(db("read write transitions"))?;
+    let state = |s: &str| {
+        WriteState::parse(s).ok_or_else(|| {
+            invalid(
+                "read write transitions",
+                format!("write {id} has a transition to an unknown state '{s}'"),
+            )
+        })
+    };
+    rows.into_iter()
+        .map(|(f, t, at_ms, detail)| {
+            Ok(WriteTransition {
+                from: f.as_deref().map(state).transpose()?,
+                to: state(&t)?,
+                at_ms,
+                detail,
+            })
+        })
+        .collect()
+}
+
+pub(super) fn list(conn: &Connection, filter: &WriteFilter) -> Result<Vec<LedgerWrite>> {
+    let mut sql = format!("SELECT {COLUMNS} FROM writes WHERE 1 = 1");
+    let mut args: Vec<SqlValue> = Vec::new();
+    if !filter.states.is_empty() {
+        let marks: Vec<String> = filter
+            .states
+            .iter()
+            .map(|s| {
+                args.push(SqlValue::Text(s.as_str().into()));
+                format!("?{}", args.len())
+            })
+            .collect();
+        sql.push_str(&format!(" AND state IN ({})", marks.join(", ")));
+    }
+    if let Some(o) = &filter.object {
+        args.push(SqlValue::Text(o.clone()));
+        sql.push_str(&format!(" AND object = ?{}", args.len()));
+    }
+    if let Some(s) = &filter.source_system {
+        args.push(SqlValue::Text(s.clone()));
+        sql.push_str(&format!(" AND source_system = ?{}", args.len()));
+    }
+    sql.push_str(if filter.newest_first {
+        " ORDER BY id DESC"
+    } else {
+        " ORDER BY id"
+    });
+    args.push(SqlValue::Integer(filter.limit.max(1) as i64));
+    sql.push_str(&format!(" LIMIT ?{}", args.len()));
+    query(conn, &sql, args)
+}
+
+pub(super) fn echo(
+    conn: &Connection,
+    object: &str,
+    record_id: &str,
+) -> Result<Option<LedgerWrite>> {
+    let found = query(
+        conn,
+        &format!(
+            "SELECT {COLUMNS} FROM writes WHERE object = ?1 AND record_id = ?2
+                 AND state = 'applied' ORDER BY updated_at_ms, id LIMIT 1"
+        ),
+        vec![
+            SqlValue::Text(object.into()),
+            SqlValue::Text(record_id.into()),
+        ],
+    )?;
+    Ok(found.into_iter().next())
+}
+
+#[async_trait]
+impl WriteLedger for SqliteChangeLog {
+    async fn submit_writes(&self, writes: &[NewWrite]) -> Result<Vec<SubmitOutcome>> {
+        let writes = writes.to_vec();
+        self.transaction(move |tx| submit(tx.connection(), &writes, now_ms()))
+            .await
+    }
+
+    async fn ingest_outbox(&self, limit: usize) -> Result<OutboxIngest> {
+        self.transaction(move |tx| ingest(tx.connection(), limit, now_ms()))
+            .await
+    }
+
+    async fn claim_writes(&self, claimer: &str, limit: usize) -> Result<Vec<LedgerWrite>> {
+        let claimer = claimer.to_string();
+        self.transaction(move |tx| claim(tx.connection(), &claimer, limit, now_ms()))
+            .await
+    }
+
+    async fn record_write_outcomes(&self, outcomes: &[(i64, WriteOutcome)]) -> Result<()> {
+        let outcomes = outcomes.to_vec();
+        self.transaction(move |tx| record(tx.connection(), &outcomes, now_ms()))
+            .await
+    }
+
+    async fn write(&self, id: i64) -> Result<Option<LedgerWrite>> {
+        self.blocking("read write", move |conn| get(conn, id)).await
+    }
+
+    async fn write_transitions(&self, id: i64) -> Result<Vec<WriteTransition>> {
+        self.blocking("read write transitions", move |conn| transitions(conn, id))
+            .await
+    }
+
+    async fn writes(&self, filter: &WriteFilter) -> Result<Vec<LedgerWrite>> {
+        let filter = filter.clone();
+        self.blocking("read writes", move |conn| list(conn, &filter))
+            .await
+    }
+
+    async fn echo_write(&self, object: &str, record_id: &str) -> Result<Option<LedgerWrite>> {
+        let (o, r) = (object.to_string(), record_id.to_string());
+        self.blocking("find echoed write", move |conn| echo(conn, &o, &r))
+            .await
+    }
+}

@@ -1,0 +1,411 @@
+//! The writeback outbox and write ledger: updates other systems want made in Salesforce, kept
+//! durably from the moment they are accepted until their CDC echo confirms them.
+//!
+//! Guarantees: [`WriteLedger::submit_writes`] commits before it returns, and is idempotent per
+//! (source system, idempotency key): a repeated submission returns the write already stored,
+//! never a second one. Rows other systems INSERT into the `outbox` table directly are taken into
+//! the ledger by [`WriteLedger::ingest_outbox`] exactly once each; a row that fails validation
+//! becomes a `rejected` write whose reason names the column, so nothing inserted is ever lost.
+//! Every state change goes through [`WriteState::can_become`]: an illegal transition is an error
+//! and nothing of its call is written. Each transition is recorded with its time in
+//! `write_transitions`. A claimed batch of pending writes is handed to exactly one claimer.
+//!
+//! Not yet here: PII sealing of write payloads (architecture invariant 10) — field values are
+//! stored as the JSON the writer sent.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::ChangeLog;
+
+/// Where a write stands. See [`WriteState::can_become`] for the legal transitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteState {
+    /// Accepted, waiting for delivery (or back after a retryable error, or a resolved conflict).
+    Pending,
+    /// Claimed by a deliverer and (possibly) sent to Salesforce.
+    Sent,
+    /// Salesforce accepted it; the record id is known.
+    Applied,
+    /// Its CDC echo arrived: the change is visible in the curated model.
+    Confirmed,
+    /// Salesforce changed a field since the version the writer saw; a person decides.
+    Conflict,
+    /// Refused by policy or validation (final), with the reason.
+    Rejected,
+    /// Dead letter: Salesforce refused it permanently, with its error.
+    Failed,
+}
+
+impl WriteState {
+    pub const ALL: [WriteState; 7] = [
+        WriteState::Pending,
+        WriteState::Sent,
+        WriteState::Applied,
+        WriteState::Confirmed,
+        WriteState::Conflict,
+        WriteState::Rejected,
+        WriteState::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteState::Pending => "pending",
+            WriteState::Sent => "sent",
+            WriteState::Applied => "applied",
+            WriteState::Confirmed => "confirmed",
+            WriteState::Conflict => "conflict",
+            WriteState::Rejected => "rejected",
+            WriteState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<WriteState> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The legal transitions (pure):
+    ///
+    /// - pending → sent (claimed), conflict, rejected (policy)
+    /// - sent → applied, failed (dead letter), conflict, pending (retryable error: back in line)
+    /// - applied → confirmed (the echo)
+    /// - conflict → pending (a person chose to apply), rejected (a person discarded it)
+    /// - failed → pending (redrive), rejected (discard)
+    ///
+    /// `confirmed` and `rejected` are final.
+    pub fn can_become(self, next: WriteState) -> bool {
+        use WriteState::*;
+        matches!(
+            (self, next),
+            (Pending, Sent | Conflict | Rejected)
+                | (Sent, Applied | Failed | Conflict | Pending)
+                | (Applied, Confirmed)
+                | (Conflict, Pending | Rejected)
+                | (Failed, Pending | Rejected)
+        )
+    }
+}
+
+/// Which record a write targets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteTarget {
+    /// An existing record by its Salesforce Id.
+    RecordId(String),
+    /// Upsert by an External Id field (`Case_Ref__c` = `C-1`).
+    ExternalId { field: String, value: String },
+}
+
+/// A write as submitted through the store API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewWrite {
+    /// The writing system (`case_mgmt`).
+    pub source_system: String,
+    /// Unique per source system; a repeat returns the stored write.
+    pub idempotency_key: String,
+    /// Object API name (`Case`).
+    pub object: String,
+    pub target: WriteTarget,
+    /// Field API name → new value (JSON `null` sets a null).
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    /// The version of the record the writer last saw (its SystemModstamp or our `_sf_commit_ms`,
+    /// epoch ms); `None` when the writer saw none (a create, or a blind write).
+    pub seen_version_ms: Option<i64>,
+}
+
+/// What became of one submitted write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubmitOutcome {
+    /// Stored as a new pending write.
+    Accepted { id: i64 },
+    /// The (source system, idempotency key) was already stored: this is that write.
+    Duplicate { id: i64 },
+    /// Invalid; nothing stored.
+    Rejected { reason: String },
+}
+
+/// How a write entered the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteOrigin {
+    Api,
+    Outbox,
+}
+
+impl WriteOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteOrigin::Api => "api",
+            WriteOrigin::Outbox => "outbox",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<WriteOrigin> {
+        [WriteOrigin::Api, WriteOrigin::Outbox]
+            .into_iter()
+            .find(|o| o.as_str() == s)
+    }
+}
+
+/// A write in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerWrite {
+    pub id: i64,
+    pub source_system: String,
+    pub idempotency_key: String,
+    pub origin: WriteOrigin,
+    /// The outbox row it came from.
+    pub outbox_id: Option<i64>,
+    /// Empty when an outbox row lacked it (then the write is rejected).
+    pub object: String,
+    pub external_id_field: Option<String>,
+    pub external_id: Option<String>,
+    /// Given by the writer, or learnt when Salesforce applied it.
+    pub record_id: Option<String>,
+    /// The fields as JSON text, as given (for a rejected outbox row, whatever it held).
+    pub fields: String,
+    pub seen_version_ms: Option<i64>,
+    pub state: WriteState,
+    /// Deliveries started (claims).
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    /// Why it was rejected or is in conflict.
+    pub reason: Option<String>,
+    /// The claimer that holds (or last held) it.
+    pub claimed_by: Option<String>,
+    /// Event key of the CDC echo that confirmed it.
+    pub echo_event_key: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// One recorded state change of a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteTransition {
+    /// `None` for the first entry (the write was stored).
+    pub from: Option<WriteState>,
+    pub to: WriteState,
+    pub at_ms: i64,
+    /// Error, reason, record id or note of the change.
+    pub detail: Option<String>,
+}
+
+/// An outcome to record for a write (moves it to a new state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// sent → applied: Salesforce accepted it as this record.
+    Applied { record_id: String },
+    /// sent → pending: a retryable error (lock, 5xx); it goes back in line.
+    Retry { error: String },
+    /// sent → failed: a dead letter with Salesforce's error.
+    Failed { error: String },
+    /// pending|sent → conflict, with what conflicts.
+    Conflict { detail: String },
+    /// pending|conflict|failed → rejected, with the reason.
+    Rejected { reason: String },
+    /// applied → confirmed by the CDC echo with this event key.
+    Confirmed { event_key: String },
+    /// conflict|failed → pending (a person resolved it, or a redrive), with a note.
+    Requeue { note: String },
+}
+
+impl WriteOutcome {
+    pub fn target(&self) -> WriteState {
+        match self {
+            WriteOutcome::Applied { .. } => WriteState::Applied,
+            WriteOutcome::Retry { .. } | WriteOutcome::Requeue { .. } => WriteState::Pending,
+            WriteOutcome::Failed { .. } => WriteState::Failed,
+            WriteOutcome::Conflict { .. } => WriteState::Conflict,
+            WriteOutcome::Rejected { .. } => WriteState::Rejected,
+            WriteOutcome::Confirmed { .. } => WriteState::Confirmed,
+        }
+    }
+
+    /// The text recorded with the transition.
+    pub fn detail(&self) -> &str {
+        match self {
+            WriteOutcome::Applied { record_id } => record_id,
+            WriteOutcome::Retry { error } | WriteOutcome::Failed { error } => error,
+            WriteOutcome::Conflict { detail } => detail,
+            WriteOutcome::Rejected { reason } => reason,
+            WriteOutcome::Confirmed { event_key } => event_key,
+            WriteOutcome::Requeue { note } => note,
+        }
+    }
+
+    /// The state it may be recorded from (legal only if [`WriteState::can_become`]).
+    pub fn allowed_from(&self, from: WriteState) -> bool {
+        from.can_become(self.target())
+            && !(matches!(self, WriteOutcome::Retry { .. }) && from != WriteState::Sent)
+            && !(matches!(self, WriteOutcome::Requeue { .. }) && from == WriteState::Sent)
+    }
+}
+
+/// Which writes to list.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WriteFilter {
+    /// Any of these states (empty: all).
+    pub states: Vec<WriteState>,
+    pub object: Option<String>,
+    pub source_system: Option<String>,
+    /// Newest first when set; oldest first otherwise.
+    pub newest_first: bool,
+    pub limit: usize,
+}
+
+/// What one [`WriteLedger::ingest_outbox`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OutboxIngest {
+    /// Rows that became pending writes.
+    pub accepted: u64,
+    /// Rows whose (source system, idempotency key) was already in the ledger.
+    pub duplicates: u64,
+    /// Rows that failed validation: stored as rejected writes with the reason.
+    pub rejected: u64,
+}
+
+/// An outbox row as other systems wrote it (all columns but the key ones may be NULL).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub source_system: String,
+    pub idempotency_key: String,
+    pub object: Option<String>,
+    pub external_id_field: Option<String>,
+    pub external_id: Option<String>,
+    pub record_id: Option<String>,
+    pub fields: Option<String>,
+    pub seen_version_ms: Option<i64>,
+}
+
+/// Checks a write as submitted (pure); the reason names the field at fault.
+pub fn validate_new_write(w: &NewWrite) -> std::result::Result<(), String> {
+    if w.source_system.trim().is_empty() {
+        return Err("source_system must not be empty".into());
+    }
+    if w.idempotency_key.trim().is_empty() {
+        return Err("idempotency_key must not be empty".into());
+    }
+    if w.object.trim().is_empty() {
+        return Err("object must not be empty".into());
+    }
+    match &w.target {
+        WriteTarget::RecordId(id) if !is_salesforce_id(id) => {
+            return Err(format!(
+                "record_id '{id}' is not a Salesforce Id (15 or 18 letters and digits)"
+            ))
+        }
+        WriteTarget::ExternalId { field, .. } if field.trim().is_empty() => {
+            return Err("external_id_field must not be empty".into())
+        }
+        WriteTarget::ExternalId { value, .. } if value.is_empty() => {
+            return Err("external_id must not be empty".into())
+        }
+        _ => {}
+    }
+    if w.fields.is_empty() {
+        return Err("fields must name at least one field".into());
+    }
+    if let Some(k) = w.fields.keys().find(|k| k.trim().is_empty()) {
+        return Err(format!("fields has an empty field name ('{k}')"));
+    }
+    if let Some(v) = w.seen_version_ms.filter(|v| *v < 0) {
+        return Err(format!("seen_version_ms must not be negative (got {v})"));
+    }
+    Ok(())
+}
+
+fn is_salesforce_id(s: &str) -> bool {
+    (s.len() == 15 || s.len() == 18) && s.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// Turns an outbox row into a write (pure); the reason names the column at fault.
+pub fn validate_outbox_row(row: &OutboxRow) -> std::result::Result<NewWrite, String> {
+    let nonempty = |v: &Option<String>| v.as_deref().filter(|s| !s.trim().is_empty()).is_some();
+    let object = row
+        .object
+        .clone()
+        .filter(|s| !s.trim().is_empty())
+        .ok_or("column object is empty")?;
+    let target = match (
+        nonempty(&row.record_id),
+        nonempty(&row.external_id_field),
+        nonempty(&row.external_id),
+    ) {
+        (true, false, false) => WriteTarget::RecordId(row.record_id.clone().unwrap_or_default()),
+        (false, true, true) => WriteTarget::ExternalId {
+            field: row.external_id_field.clone().unwrap_or_default(),
+            value: row.external_id.clone().unwrap_or_default(),
+        },
+        (true, _, _) => {
+            return Err(
+                "columns record_id and external_id_field/external_id are both set: give one".into(),
+            )
+        }
+        (false, true, false) => return Err("column external_id is empty".into()),
+        (false, false, true) => return Err("column external_id_field is empty".into()),
+        (false, false, false) => {
+            return Err("columns record_id and external_id are both empty: give one".into())
+        }
+    };
+    let text = row
+        .fields
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+        .ok_or("column fields is empty")?;
+    let fields = match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(m)) => m,
+        Ok(_) => return Err("column fields is not a JSON object".into()),
+        Err(e) => return Err(format!("column fields is not valid JSON: {e}")),
+    };
+    let w = NewWrite {
+        source_system: row.source_system.clone(),
+        idempotency_key: row.idempotency_key.clone(),
+        object,
+        target,
+        fields,
+        seen_version_ms: row.seen_version_ms,
+    };
+    validate_new_write(&w).map_err(|reason| format!("column {reason}"))?;
+    Ok(w)
+}
+
+/// The outbox and write ledger of a store.
+///
+/// Contracts: every method is one transaction (atomic, durable when it returns); submissions
+/// and outbox ingestion are idempotent per (source system, idempotency key); a write is handed
+/// to at most one claimer per claim; illegal transitions are errors that write nothing.
+#[async_trait]
+pub trait WriteLedger: ChangeLog {
+    /// Stores each valid write as pending, or returns the existing write for a known
+    /// (source system, idempotency key). Outcomes are in input order.
+    async fn submit_writes(&self, writes: &[NewWrite]) -> Result<Vec<SubmitOutcome>>;
+
+    /// Takes up to `limit` outbox rows not yet ingested (oldest first) into the ledger.
+    async fn ingest_outbox(&self, limit: usize) -> Result<OutboxIngest>;
+
+    /// Moves up to `limit` pending writes to `sent` for `claimer` (attempts + 1) and returns
+    /// them ordered by object, then record (Id or External Id), then id. No write is returned to
+    /// two claims.
+    async fn claim_writes(&self, claimer: &str, limit: usize) -> Result<Vec<LedgerWrite>>;
+
+    /// Records outcomes, all or nothing: when any is illegal from its write's current state (or
+    /// names an unknown write), the error names it and nothing is written.
+    async fn record_write_outcomes(&self, outcomes: &[(i64, WriteOutcome)]) -> Result<()>;
+
+    /// One write.
+    async fn write(&self, id: i64) -> Result<Option<LedgerWrite>>;
+
+    /// A write's recorded transitions, oldest first.
+    async fn write_transitions(&self, id: i64) -> Result<Vec<WriteTransition>>;
+
+    /// Writes matching `filter`.
+    async fn writes(&self, filter: &WriteFilter) -> Result<Vec<LedgerWrite>>;
+
+    /// The write a CDC echo of our own change to `object`/`record_id` confirms: the OLDEST
+    /// `applied` write of that record (echoes arrive in commit order, which is the order our
+    /// writes of one record were applied). The caller has checked the change origin is ours.
+    async fn echo_write(&self, object: &str, record_id: &str) -> Result<Option<LedgerWrite>>;
+}
