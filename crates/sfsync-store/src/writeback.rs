@@ -10,8 +10,10 @@
 //! and nothing of its call is written. Each transition is recorded with its time in
 //! `write_transitions`. A claimed batch of pending writes is handed to exactly one claimer.
 //!
-//! Not yet here: PII sealing of write payloads (architecture invariant 10) — field values are
-//! stored as the JSON the writer sent.
+//! PII: whenever the store has a keyring, a write's fields are stored sealed (AES-256-GCM, AAD
+//! `write.<object>`), also a rejected outbox row's, and an ingested outbox row's `fields` column
+//! is cleared (the ledger holds them); writes to an object with PII columns are refused without
+//! a keyring. Reads return them opened.
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -408,4 +410,51 @@ pub trait WriteLedger: ChangeLog {
     /// `applied` write of that record (echoes arrive in commit order, which is the order our
     /// writes of one record were applied). The caller has checked the change origin is ours.
     async fn echo_write(&self, object: &str, record_id: &str) -> Result<Option<LedgerWrite>>;
+}
+
+/// AAD of a write's sealed fields.
+pub(crate) fn write_aad(object: &str) -> String {
+    format!("write.{object}")
+}
+
+impl crate::warehouse::Ctx {
+    /// A write's fields (JSON text) as stored: sealed whenever a keyring is set; writes to an
+    /// object with PII columns need one.
+    pub(crate) fn seal_write_fields(&self, object: &str, json: &str) -> Result<String> {
+        match &self.keyring {
+            Some(k) => Ok(k.seal(&write_aad(object), json.as_bytes())),
+            None if self.model(object).is_some_and(|m| m.has_pii) => {
+                Err(crate::warehouse::keyring_missing(
+                    self.backend,
+                    "store write",
+                    format!("writes to '{object}' may carry PII"),
+                ))
+            }
+            None => Ok(json.to_string()),
+        }
+    }
+
+    /// A stored write's fields as JSON text: opened when sealed.
+    pub(crate) fn open_write_fields(&self, object: &str, stored: String) -> Result<String> {
+        if !crate::pii::is_sealed(&stored) {
+            return Ok(stored);
+        }
+        let k = self.keyring_for("read writes", || {
+            format!("the fields of writes to '{object}' are sealed")
+        })?;
+        let plain = k.open(&write_aad(object), &stored)?;
+        String::from_utf8(plain).map_err(|_| crate::error::StoreError::InvalidInput {
+            backend: self.backend,
+            op: "read writes",
+            reason: format!("the sealed fields of a write to '{object}' are not UTF-8"),
+        })
+    }
+
+    /// Opens the fields of writes read from the store.
+    pub(crate) fn open_writes(&self, mut writes: Vec<LedgerWrite>) -> Result<Vec<LedgerWrite>> {
+        for w in &mut writes {
+            w.fields = self.open_write_fields(&w.object, std::mem::take(&mut w.fields))?;
+        }
+        Ok(writes)
+    }
 }

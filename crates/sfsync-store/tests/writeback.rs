@@ -3,7 +3,8 @@
 //! idempotent submission, durability across a reopen, the state machine (legal transitions work,
 //! illegal ones error and change nothing), claims that never hand a write to two claimers, outbox
 //! rows inserted with plain SQL ingested (valid → pending, invalid → rejected naming the column),
-//! and the upgrade from schema 8 keeping existing data.
+//! fields sealed at rest with a keyring (also what came through the outbox, whose copy is
+//! cleared), and the upgrade from schema 8 keeping existing data.
 
 mod support;
 
@@ -16,8 +17,12 @@ use sfsync_store::*;
 #[async_trait]
 trait Backend: Send + Sync {
     async fn open(&self) -> Box<dyn WriteLedger>;
+    /// The store with a PII keyring.
+    async fn open_sealed(&self, keyring: Arc<Keyring>) -> Box<dyn WriteLedger>;
     /// Runs plain SQL against the database (as another system would).
     async fn sql(&self, sql: &str);
+    /// The first column of a query, as optional text.
+    async fn texts(&self, sql: &str) -> Vec<Option<String>>;
 }
 
 struct SqliteBackend {
@@ -34,10 +39,27 @@ impl Backend for SqliteBackend {
         )
     }
 
+    async fn open_sealed(&self, keyring: Arc<Keyring>) -> Box<dyn WriteLedger> {
+        let s = SqliteChangeLog::open(self.dir.path().join("sfsync.db"))
+            .await
+            .expect("open SQLite store");
+        s.set_keyring(Some(keyring));
+        Box::new(s)
+    }
+
     async fn sql(&self, sql: &str) {
         let c = rusqlite::Connection::open(self.dir.path().join("sfsync.db")).unwrap();
         c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
         c.execute_batch(sql).unwrap();
+    }
+
+    async fn texts(&self, sql: &str) -> Vec<Option<String>> {
+        let c = rusqlite::Connection::open(self.dir.path().join("sfsync.db")).unwrap();
+        let mut st = c.prepare(sql).unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
     }
 }
 
@@ -62,12 +84,29 @@ impl Backend for PostgresBackend {
         )
     }
 
+    async fn open_sealed(&self, keyring: Arc<Keyring>) -> Box<dyn WriteLedger> {
+        let s = PostgresChangeLog::connect_with(&self.config)
+            .await
+            .expect("connect to Postgres store");
+        s.set_keyring(Some(keyring));
+        Box::new(s)
+    }
+
     async fn sql(&self, sql: &str) {
         let (client, conn) = self.config.connect(tokio_postgres::NoTls).await.unwrap();
         let task = tokio::spawn(conn);
         client.batch_execute(sql).await.unwrap();
         drop(client);
         let _ = task.await;
+    }
+
+    async fn texts(&self, sql: &str) -> Vec<Option<String>> {
+        let (client, conn) = self.config.connect(tokio_postgres::NoTls).await.unwrap();
+        let task = tokio::spawn(conn);
+        let rows = client.query(sql, &[]).await.unwrap();
+        drop(client);
+        let _ = task.await;
+        rows.iter().map(|r| r.get(0)).collect()
     }
 }
 
@@ -569,6 +608,62 @@ async fn echoes_find_their_write(b: &dyn Backend) {
     );
 }
 
+async fn fields_are_sealed_at_rest(b: &dyn Backend) {
+    let keyring = Arc::new(Keyring::from_hex("wb-1", &"7".repeat(64)).unwrap());
+    let w = b.open_sealed(keyring.clone()).await;
+    let mut nw = by_id("sealed-1");
+    nw.fields = serde_json::json!({"Description": "Jane Roe, SSN 123-45-6789"})
+        .as_object()
+        .unwrap()
+        .clone();
+    let id = accepted(&w.submit_writes(&[nw]).await.unwrap()[0]);
+    b.sql(
+        r#"
+INSERT INTO outbox (source_system, idempotency_key, object, record_id, fields)
+    VALUES ('case_mgmt', 'sealed-2', 'Case', '500000000000002AAA', '{"Description":"John Doe, 555-0100"}');
+INSERT INTO outbox (source_system, idempotency_key, object, record_id, fields)
+    VALUES ('case_mgmt', 'sealed-3', 'Case', '500000000000003AAA', '{"Description":"broken');
+"#,
+    )
+    .await;
+    let report = w.ingest_outbox(10).await.unwrap();
+    assert_eq!((report.accepted, report.rejected), (1, 1), "{report:?}");
+    // At rest: no plaintext in the ledger, none left in the outbox.
+    for stored in b.texts("SELECT fields FROM writes ORDER BY id").await {
+        let stored = stored.unwrap_or_default();
+        assert!(
+            !stored.contains("Roe") && !stored.contains("Doe") && !stored.contains("broken"),
+            "plaintext at rest: {stored}"
+        );
+    }
+    assert_eq!(
+        b.texts("SELECT fields FROM outbox ORDER BY id").await,
+        vec![None, None],
+        "ingested outbox rows keep no copy of the fields"
+    );
+    // Read back: opened.
+    let got = w.write(id).await.unwrap().unwrap();
+    assert!(got.fields.contains("Jane Roe"), "{got:?}");
+    let all = w
+        .writes(&WriteFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(all.iter().any(|x| x.fields.contains("John Doe")), "{all:?}");
+    assert!(all.iter().any(|x| x.fields.contains("broken")), "{all:?}");
+    let claimed = w.claim_writes("deliverer", 10).await.unwrap();
+    assert!(
+        !claimed.is_empty() && claimed.iter().all(|x| x.fields.contains("Description")),
+        "{claimed:?}"
+    );
+    // Without the key the fields cannot be read, and the error says why.
+    let plain = b.open().await;
+    let err = plain.write(id).await.unwrap_err().to_string();
+    assert!(err.contains("keyring"), "{err}");
+}
+
 macro_rules! suite {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -599,6 +694,7 @@ suite!(
     claims_never_overlap,
     outbox_rows_are_ingested,
     echoes_find_their_write,
+    fields_are_sealed_at_rest,
 );
 
 // ---- upgrade from schema 8 ----

@@ -4,6 +4,7 @@
 //! stored write is returned), and claims and ingestion lock the rows they take
 //! (`FOR UPDATE SKIP LOCKED`), so no write or outbox row is handed out twice.
 
+use crate::warehouse::Ctx;
 use async_trait::async_trait;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row};
@@ -100,6 +101,7 @@ async fn log_transition(
 /// Stores a pending write unless its key is known; `Err(existing id)` when it is.
 async fn insert(
     c: &impl GenericClient,
+    ctx: &Ctx,
     w: &NewWrite,
     origin: WriteOrigin,
     outbox_id: Option<i64>,
@@ -111,7 +113,10 @@ async fn insert(
             (Some(field.as_str()), Some(value.as_str()), None)
         }
     };
-    let fields = serde_json::Value::Object(w.fields.clone()).to_string();
+    let fields = ctx.seal_write_fields(
+        &w.object,
+        &serde_json::Value::Object(w.fields.clone()).to_string(),
+    )?;
     let row = c
         .query_opt(
             "INSERT INTO writes (source_system, idempotency_key, origin, outbox_id, object,
@@ -159,10 +164,13 @@ async fn insert(
 
 async fn insert_rejected(
     c: &impl GenericClient,
+    ctx: &Ctx,
     row: &OutboxRow,
     reason: &str,
     now: i64,
 ) -> Result<i64> {
+    let object = row.object.clone().unwrap_or_default();
+    let fields = ctx.seal_write_fields(&object, row.fields.as_deref().unwrap_or_default())?;
     let r = c
         .query_one(
             "INSERT INTO writes (source_system, idempotency_key, origin, outbox_id, object,
@@ -174,11 +182,11 @@ async fn insert_rejected(
                 &row.source_system,
                 &row.idempotency_key,
                 &row.id,
-                &row.object.clone().unwrap_or_default(),
+                &object,
                 &row.external_id_field,
                 &row.external_id,
                 &row.record_id,
-                &row.fields.clone().unwrap_or_default(),
+                &fields,
                 &row.seen_version_ms,
                 &reason,
                 &now,
@@ -224,16 +232,19 @@ impl WriteLedger for PostgresChangeLog {
             .await
             .map_err(db("begin submit writes"))?;
         let now = now_ms();
+        let ctx = self.registry.ctx();
         let mut out = Vec::with_capacity(writes.len());
         for w in writes {
             if let Err(reason) = validate_new_write(w) {
                 out.push(SubmitOutcome::Rejected { reason });
                 continue;
             }
-            out.push(match insert(&tx, w, WriteOrigin::Api, None, now).await? {
-                Ok(id) => SubmitOutcome::Accepted { id },
-                Err(id) => SubmitOutcome::Duplicate { id },
-            });
+            out.push(
+                match insert(&tx, &ctx, w, WriteOrigin::Api, None, now).await? {
+                    Ok(id) => SubmitOutcome::Accepted { id },
+                    Err(id) => SubmitOutcome::Duplicate { id },
+                },
+            );
         }
         tx.commit().await.map_err(db("commit submit writes"))?;
         Ok(out)
@@ -246,6 +257,9 @@ impl WriteLedger for PostgresChangeLog {
             .await
             .map_err(db("begin ingest outbox"))?;
         let now = now_ms();
+        let ctx = self.registry.ctx();
+        // With a keyring the ledger holds the fields sealed: no plaintext copy stays behind.
+        let clear = ctx.keyring.is_some();
         let rows = tx
             .query(
                 "SELECT id, source_system, idempotency_key, object, external_id_field,
@@ -276,26 +290,30 @@ impl WriteLedger for PostgresChangeLog {
                 id
             } else {
                 match validate_outbox_row(&row) {
-                    Ok(w) => match insert(&tx, &w, WriteOrigin::Outbox, Some(row.id), now).await? {
-                        Ok(id) => {
-                            report.accepted += 1;
-                            id
+                    Ok(w) => {
+                        match insert(&tx, &ctx, &w, WriteOrigin::Outbox, Some(row.id), now).await? {
+                            Ok(id) => {
+                                report.accepted += 1;
+                                id
+                            }
+                            Err(id) => {
+                                report.duplicates += 1;
+                                id
+                            }
                         }
-                        Err(id) => {
-                            report.duplicates += 1;
-                            id
-                        }
-                    },
+                    }
                     Err(reason) => {
                         report.rejected += 1;
                         tracing::warn!(outbox_id = row.id, %reason, "Rejected an outbox row.");
-                        insert_rejected(&tx, &row, &reason, now).await?
+                        insert_rejected(&tx, &ctx, &row, &reason, now).await?
                     }
                 }
             };
             tx.execute(
-                "UPDATE outbox SET ingested_at_ms = $2, write_id = $3 WHERE id = $1",
-                &[&row.id, &now, &id],
+                "UPDATE outbox SET ingested_at_ms = $2, write_id = $3,
+                     fields = CASE WHEN $4 THEN NULL ELSE fields END
+                 WHERE id = $1",
+                &[&row.id, &now, &id, &clear],
             )
             .await
             .map_err(db("mark outbox row ingested"))?;
@@ -349,7 +367,7 @@ impl WriteLedger for PostgresChangeLog {
             out.extend(get(&tx, *id).await?);
         }
         tx.commit().await.map_err(db("commit claim writes"))?;
-        Ok(out)
+        self.registry.ctx().open_writes(out)
     }
 
     async fn record_write_outcomes(&self, outcomes: &[(i64, WriteOutcome)]) -> Result<()> {
@@ -419,7 +437,12 @@ impl WriteLedger for PostgresChangeLog {
 
     async fn write(&self, id: i64) -> Result<Option<LedgerWrite>> {
         let client = self.reader.lock().await;
-        get(&*client, id).await
+        let w = get(&*client, id).await?;
+        Ok(self
+            .registry
+            .ctx()
+            .open_writes(w.into_iter().collect())?
+            .pop())
     }
 
     async fn write_transitions(&self, id: i64) -> Result<Vec<WriteTransition>> {
@@ -479,6 +502,7 @@ impl WriteLedger for PostgresChangeLog {
             ],
         )
         .await
+        .and_then(|ws| self.registry.ctx().open_writes(ws))
     }
 
     async fn echo_write(&self, object: &str, record_id: &str) -> Result<Option<LedgerWrite>> {
@@ -492,6 +516,6 @@ impl WriteLedger for PostgresChangeLog {
             &[&object, &record_id],
         )
         .await?;
-        Ok(found.into_iter().next())
+        Ok(self.registry.ctx().open_writes(found)?.into_iter().next())
     }
 }

@@ -9,6 +9,7 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use super::{SqliteChangeLog, BACKEND};
 use crate::error::{Result, StoreError};
 use crate::now_ms;
+use crate::warehouse::Ctx;
 use crate::writeback::*;
 
 fn db(op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
@@ -129,6 +130,7 @@ fn log_transition(
 #[allow(clippy::too_many_arguments)]
 fn insert(
     conn: &Connection,
+    ctx: &Ctx,
     w: &NewWrite,
     origin: WriteOrigin,
     outbox_id: Option<i64>,
@@ -140,7 +142,10 @@ fn insert(
             (Some(field.as_str()), Some(value.as_str()), None)
         }
     };
-    let fields = serde_json::Value::Object(w.fields.clone()).to_string();
+    let fields = ctx.seal_write_fields(
+        &w.object,
+        &serde_json::Value::Object(w.fields.clone()).to_string(),
+    )?;
     conn.prepare_cached(
         "INSERT INTO writes (source_system, idempotency_key, origin, outbox_id, object,
              external_id_field, external_id, record_id, fields, seen_version_ms, state,
@@ -168,7 +173,15 @@ fn insert(
     Ok(id)
 }
 
-fn insert_rejected(conn: &Connection, row: &OutboxRow, reason: &str, now: i64) -> Result<i64> {
+fn insert_rejected(
+    conn: &Connection,
+    ctx: &Ctx,
+    row: &OutboxRow,
+    reason: &str,
+    now: i64,
+) -> Result<i64> {
+    let object = row.object.clone().unwrap_or_default();
+    let fields = ctx.seal_write_fields(&object, row.fields.as_deref().unwrap_or_default())?;
     conn.prepare_cached(
         "INSERT INTO writes (source_system, idempotency_key, origin, outbox_id, object,
              external_id_field, external_id, record_id, fields, seen_version_ms, state, reason,
@@ -180,11 +193,11 @@ fn insert_rejected(conn: &Connection, row: &OutboxRow, reason: &str, now: i64) -
             row.source_system,
             row.idempotency_key,
             row.id,
-            row.object.clone().unwrap_or_default(),
+            object,
             row.external_id_field,
             row.external_id,
             row.record_id,
-            row.fields.clone().unwrap_or_default(),
+            fields,
             row.seen_version_ms,
             reason,
             now
@@ -198,6 +211,7 @@ fn insert_rejected(conn: &Connection, row: &OutboxRow, reason: &str, now: i64) -
 
 pub(super) fn submit(
     conn: &Connection,
+    ctx: &Ctx,
     writes: &[NewWrite],
     now: i64,
 ) -> Result<Vec<SubmitOutcome>> {
@@ -211,13 +225,13 @@ pub(super) fn submit(
             out.push(SubmitOutcome::Duplicate { id });
             continue;
         }
-        let id = insert(conn, w, WriteOrigin::Api, None, now)?;
+        let id = insert(conn, ctx, w, WriteOrigin::Api, None, now)?;
         out.push(SubmitOutcome::Accepted { id });
     }
     Ok(out)
 }
 
-pub(super) fn ingest(conn: &Connection, limit: usize, now: i64) -> Result<OutboxIngest> {
+pub(super) fn ingest(conn: &Connection, ctx: &Ctx, limit: usize, now: i64) -> Result<OutboxIngest> {
     let rows: Vec<OutboxRow> = conn
         .prepare_cached(
             "SELECT id, source_system, idempotency_key, object, external_id_field, external_id,
@@ -250,18 +264,24 @@ pub(super) fn ingest(conn: &Connection, limit: usize, now: i64) -> Result<Outbox
             match validate_outbox_row(&row) {
                 Ok(w) => {
                     report.accepted += 1;
-                    insert(conn, &w, WriteOrigin::Outbox, Some(row.id), now)?
+                    insert(conn, ctx, &w, WriteOrigin::Outbox, Some(row.id), now)?
                 }
                 Err(reason) => {
                     report.rejected += 1;
                     tracing::warn!(outbox_id = row.id, %reason, "Rejected an outbox row.");
-                    insert_rejected(conn, &row, &reason, now)?
+                    insert_rejected(conn, ctx, &row, &reason, now)?
                 }
             }
         };
-        conn.prepare_cached("UPDATE outbox SET ingested_at_ms = ?2, write_id = ?3 WHERE id = ?1")
-            .and_then(|mut s| s.execute(params![row.id, now, id]))
-            .map_err(db("mark outbox row ingested"))?;
+        // With a keyring the ledger holds the fields sealed: no plaintext copy stays behind.
+        let clear = ctx.keyring.is_some();
+        conn.prepare_cached(
+            "UPDATE outbox SET ingested_at_ms = ?2, write_id = ?3,
+                 fields = CASE WHEN ?4 THEN NULL ELSE fields END
+             WHERE id = ?1",
+        )
+        .and_then(|mut s| s.execute(params![row.id, now, id, clear]))
+        .map_err(db("mark outbox row ingested"))?;
     }
     Ok(report)
 }
@@ -458,19 +478,23 @@ pub(super) fn echo(
 impl WriteLedger for SqliteChangeLog {
     async fn submit_writes(&self, writes: &[NewWrite]) -> Result<Vec<SubmitOutcome>> {
         let writes = writes.to_vec();
-        self.transaction(move |tx| submit(tx.connection(), &writes, now_ms()))
+        let ctx = self.registry.ctx();
+        self.transaction(move |tx| submit(tx.connection(), &ctx, &writes, now_ms()))
             .await
     }
 
     async fn ingest_outbox(&self, limit: usize) -> Result<OutboxIngest> {
-        self.transaction(move |tx| ingest(tx.connection(), limit, now_ms()))
+        let ctx = self.registry.ctx();
+        self.transaction(move |tx| ingest(tx.connection(), &ctx, limit, now_ms()))
             .await
     }
 
     async fn claim_writes(&self, claimer: &str, limit: usize) -> Result<Vec<LedgerWrite>> {
         let claimer = claimer.to_string();
-        self.transaction(move |tx| claim(tx.connection(), &claimer, limit, now_ms()))
-            .await
+        let claimed = self
+            .transaction(move |tx| claim(tx.connection(), &claimer, limit, now_ms()))
+            .await?;
+        self.registry.ctx().open_writes(claimed)
     }
 
     async fn record_write_outcomes(&self, outcomes: &[(i64, WriteOutcome)]) -> Result<()> {
@@ -480,7 +504,14 @@ impl WriteLedger for SqliteChangeLog {
     }
 
     async fn write(&self, id: i64) -> Result<Option<LedgerWrite>> {
-        self.blocking("read write", move |conn| get(conn, id)).await
+        let w = self
+            .blocking("read write", move |conn| get(conn, id))
+            .await?;
+        Ok(self
+            .registry
+            .ctx()
+            .open_writes(w.into_iter().collect())?
+            .pop())
     }
 
     async fn write_transitions(&self, id: i64) -> Result<Vec<WriteTransition>> {
@@ -490,13 +521,21 @@ impl WriteLedger for SqliteChangeLog {
 
     async fn writes(&self, filter: &WriteFilter) -> Result<Vec<LedgerWrite>> {
         let filter = filter.clone();
-        self.blocking("read writes", move |conn| list(conn, &filter))
-            .await
+        let ws = self
+            .blocking("read writes", move |conn| list(conn, &filter))
+            .await?;
+        self.registry.ctx().open_writes(ws)
     }
 
     async fn echo_write(&self, object: &str, record_id: &str) -> Result<Option<LedgerWrite>> {
         let (o, r) = (object.to_string(), record_id.to_string());
-        self.blocking("find echoed write", move |conn| echo(conn, &o, &r))
-            .await
+        let w = self
+            .blocking("find echoed write", move |conn| echo(conn, &o, &r))
+            .await?;
+        Ok(self
+            .registry
+            .ctx()
+            .open_writes(w.into_iter().collect())?
+            .pop())
     }
 }
