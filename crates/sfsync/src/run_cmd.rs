@@ -166,6 +166,7 @@ pub fn object_specs(config: &ValidConfig) -> Vec<ObjectSpec> {
 pub fn rest_client(config: &ValidConfig, secrets: &ResolvedSecrets) -> Result<SalesforceClient> {
     let mut cc = ClientConfig::new(secrets.instance_url.clone(), secrets.ca_file.clone());
     cc.call_options_client = Some(config.salesforce.client_id_header.clone());
+    cc.budget = config.salesforce.budget.clone();
     Ok(SalesforceClient::new(cc, secrets.credentials.clone())?)
 }
 
