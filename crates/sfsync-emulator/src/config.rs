@@ -72,6 +72,9 @@ pub struct LimitsConfig {
     pub daily_bulk_ingest_records: u64,
     /// A request counts as long-running after this long.
     pub long_running_threshold: Duration,
+    /// Length of the rolling window of the API request allocation (24 h; shorter in tests so
+    /// usage ages out and the allocation refills).
+    pub api_window: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -83,6 +86,7 @@ impl Default for LimitsConfig {
             daily_bulk_query_jobs: 10_000,
             daily_bulk_ingest_records: 150_000_000,
             long_running_threshold: Duration::from_secs(20),
+            api_window: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -13,19 +13,38 @@ use sfsync_org::SfError;
 use crate::config::LimitsConfig;
 
 const WINDOW: Duration = Duration::from_secs(24 * 3600);
-const BUCKET: Duration = Duration::from_secs(60);
 
-/// A count over a rolling window, kept in one-minute buckets.
-#[derive(Debug, Default)]
+/// A count over a rolling window (24 h unless configured), kept in 1/1440-window buckets (one
+/// minute for 24 h).
+#[derive(Debug)]
 struct Rolling {
     buckets: VecDeque<(Instant, u64)>,
     total: u64,
+    window: Duration,
+}
+
+impl Default for Rolling {
+    fn default() -> Self {
+        Rolling::with_window(WINDOW)
+    }
 }
 
 impl Rolling {
+    fn with_window(window: Duration) -> Rolling {
+        Rolling {
+            buckets: VecDeque::new(),
+            total: 0,
+            window: window.max(Duration::from_millis(1)),
+        }
+    }
+
+    fn bucket(&self) -> Duration {
+        (self.window / 1440).max(Duration::from_millis(1))
+    }
+
     fn expire(&mut self, now: Instant) {
         while let Some(&(at, n)) = self.buckets.front() {
-            if now.duration_since(at) >= WINDOW {
+            if now.duration_since(at) >= self.window {
                 self.total -= n;
                 self.buckets.pop_front();
             } else {
@@ -40,8 +59,9 @@ impl Rolling {
     }
 
     fn add(&mut self, now: Instant, n: u64) {
+        let bucket = self.bucket();
         match self.buckets.back_mut() {
-            Some((at, count)) if now.duration_since(*at) < BUCKET => *count += n,
+            Some((at, count)) if now.duration_since(*at) < bucket => *count += n,
             _ => self.buckets.push_back((now, n)),
         }
         self.total += n;
@@ -82,10 +102,11 @@ fn exceeded(message: &str) -> SfError {
 
 impl Limits {
     pub fn new(config: LimitsConfig) -> Limits {
+        let window = config.api_window;
         Limits {
             inner: Mutex::new(Inner {
                 config,
-                api: Rolling::default(),
+                api: Rolling::with_window(window),
                 bulk_batches: Rolling::default(),
                 query_jobs: Rolling::default(),
                 ingest_records: Rolling::default(),
@@ -189,7 +210,12 @@ impl Limits {
 
     /// Replaces the allocations (admin API); usage so far is kept.
     pub fn set_config(&self, config: LimitsConfig) {
-        self.inner.lock().config = config;
+        let mut g = self.inner.lock();
+        if config.api_window != g.api.window {
+            // A new window length starts a fresh count.
+            g.api = Rolling::with_window(config.api_window);
+        }
+        g.config = config;
     }
 
     pub fn config(&self) -> LimitsConfig {
@@ -199,7 +225,7 @@ impl Limits {
     /// Forgets all usage (admin reset; a new 24 h window).
     pub fn reset_usage(&self) {
         let mut g = self.inner.lock();
-        g.api = Rolling::default();
+        g.api = Rolling::with_window(g.config.api_window);
         g.bulk_batches = Rolling::default();
         g.query_jobs = Rolling::default();
         g.ingest_records = Rolling::default();

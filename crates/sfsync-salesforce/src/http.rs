@@ -7,6 +7,12 @@
 //! watch. Errors name the method and path and carry the class from the one error-code table.
 //! Automatic retries (exponential backoff with jitter, bounded) apply only to idempotent requests
 //! and only to errors of class `Retry`.
+//!
+//! Every counted call (everything except the OAuth token endpoint) first takes a permit from the
+//! client's [`Governor`] in the client's [`Lane`] (see [`SalesforceClient::lane`]). A 403
+//! `REQUEST_LIMIT_EXCEEDED` is never returned to the caller: the call waits until the governor
+//! sees room again and is sent again (Salesforce refuses such calls before doing any work, so
+//! this is safe for non-idempotent requests too).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,6 +28,7 @@ use sfsync_core::ErrorClass;
 
 use crate::auth::{AccessToken, Credentials, TokenSource};
 use crate::error::{parse_error_body, snippet, Result, SalesforceError};
+use crate::governor::{BudgetConfig, BudgetStatus, Governor, Lane, Permit, ProbeGuard};
 
 /// Default REST API version.
 pub const DEFAULT_API_VERSION: &str = "66.0";
@@ -45,6 +52,8 @@ pub struct ClientConfig {
     pub user_agent: String,
     /// Retry policy for idempotent calls on `Retry`-class errors.
     pub retry: RetryPolicy,
+    /// The API budget the governor enforces.
+    pub budget: BudgetConfig,
 }
 
 impl Default for ClientConfig {
@@ -58,6 +67,7 @@ impl Default for ClientConfig {
             request_timeout_secs: 600,
             user_agent: format!("sfsync/{}", env!("CARGO_PKG_VERSION")),
             retry: RetryPolicy::default(),
+            budget: BudgetConfig::default(),
         }
     }
 }
@@ -346,6 +356,8 @@ pub struct ApiResponse {
     pub method: Method,
     pub path: String,
     pub response: reqwest::Response,
+    /// Held until the body is read or dropped, so lane concurrency caps cover downloads.
+    _permit: Option<Permit>,
 }
 
 impl ApiResponse {
@@ -427,12 +439,15 @@ struct Inner {
     tokens: TokenSource,
     usage: tokio::sync::watch::Sender<Option<ApiUsage>>,
     call_options: Option<HeaderValue>,
+    governor: Governor,
 }
 
-/// A Salesforce API client. Cheap to clone; clones share the token and the API usage.
+/// A Salesforce API client. Cheap to clone; clones share the token, the API usage and the budget
+/// governor. Each clone tags its calls with a [`Lane`] (default [`Lane::Default`]).
 #[derive(Clone)]
 pub struct SalesforceClient {
     inner: Arc<Inner>,
+    lane: Lane,
 }
 
 impl std::fmt::Debug for SalesforceClient {
@@ -495,6 +510,7 @@ impl SalesforceClient {
         };
         let tokens = TokenSource::new(http.clone(), credentials);
         let (usage, _) = tokio::sync::watch::channel(None);
+        let governor = Governor::new(config.budget.clone());
         Ok(SalesforceClient {
             inner: Arc::new(Inner {
                 http,
@@ -502,8 +518,33 @@ impl SalesforceClient {
                 tokens,
                 usage,
                 call_options,
+                governor,
             }),
+            lane: Lane::Default,
         })
+    }
+
+    /// A clone whose calls go through the governor in `lane` (cheap: shares everything).
+    pub fn lane(&self, lane: Lane) -> SalesforceClient {
+        SalesforceClient {
+            inner: self.inner.clone(),
+            lane,
+        }
+    }
+
+    /// The lane this handle's calls use.
+    pub fn current_lane(&self) -> Lane {
+        self.lane
+    }
+
+    /// The budget governor shared by all clones.
+    pub fn governor(&self) -> &Governor {
+        &self.inner.governor
+    }
+
+    /// API budget usage, per-lane counts, deferred calls and the forecast.
+    pub fn budget_status(&self) -> BudgetStatus {
+        self.inner.governor.status()
     }
 
     pub fn config(&self) -> &ClientConfig {
@@ -557,13 +598,81 @@ impl SalesforceClient {
     /// Sends a request: auth header, call options, usage tracking, one re-auth on 401, retries for
     /// idempotent requests. Non-success statuses become errors, except 300 (returned for callers
     /// that handle multiple matches).
+    ///
+    /// Waits for a permit from the governor first (deferred, never failed, when the budget is
+    /// tight); a `REQUEST_LIMIT_EXCEEDED` answer defers the call and sends it again later.
     pub async fn send(&self, req: ApiRequest) -> Result<ApiResponse> {
         let policy = if req.idempotent {
             self.inner.config.retry.clone()
         } else {
             RetryPolicy::none()
         };
-        policy.run(|_| self.send_once(&req)).await
+        let mut deferrals: u32 = 0;
+        loop {
+            let r = policy
+                .run(|_| async {
+                    let permit = self.permit().await;
+                    self.send_once(&req, Some(permit)).await
+                })
+                .await;
+            match r {
+                Err(SalesforceError::Api(e)) if e.error_code == "REQUEST_LIMIT_EXCEEDED" => {
+                    deferrals += 1;
+                    if e.message.contains("TotalRequests") {
+                        tracing::warn!(method = %req.method, path = %req.place(), lane = self.lane.as_str(), deferrals, "Salesforce refused a call for the daily API limit; deferring it until the budget frees up.");
+                        self.inner.governor.mark_exhausted();
+                    } else {
+                        // Concurrent long-running limit: back off, then try again.
+                        let wait = self.inner.config.retry.backoff(deferrals.min(10));
+                        tracing::warn!(method = %req.method, path = %req.place(), wait_ms = wait.as_millis() as u64, "Salesforce refused a call for concurrent long-running requests; retrying later.");
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Waits for a permit in this handle's lane, running `/limits` probes the governor asks for.
+    async fn permit(&self) -> Permit {
+        self.inner
+            .governor
+            .acquire(self.lane, |guard| self.probe(guard))
+            .await
+    }
+
+    /// Reads `/limits` outside the lanes (the governor has already counted it).
+    async fn probe(&self, guard: ProbeGuard) {
+        let req = ApiRequest::new(Method::GET, self.data_path("limits"));
+        let result = match self.send_once(&req, None).await {
+            Ok(resp) => resp.json::<serde_json::Value>().await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(v) => match Limits::from_json(&v)
+                .as_ref()
+                .and_then(|l| l.get("DailyApiRequests"))
+            {
+                Some(d) => self.inner.governor.observe(
+                    u64::try_from(d.used()).unwrap_or(0),
+                    u64::try_from(d.max).unwrap_or(0),
+                    0,
+                ),
+                None => self.inner.governor.set_blind(),
+            },
+            Err(SalesforceError::Api(e)) if e.error_code == "REQUEST_LIMIT_EXCEEDED" => {
+                self.inner.governor.mark_exhausted();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.report(), "Reading /limits for the API budget failed.");
+                if matches!(e.class(), ErrorClass::User | ErrorClass::Internal)
+                    || matches!(&e, SalesforceError::Api(a) if a.status == 404)
+                {
+                    self.inner.governor.set_blind();
+                }
+            }
+        }
+        drop(guard);
     }
 
     /// Sends and decodes a JSON response.
@@ -583,17 +692,19 @@ impl SalesforceClient {
             .await
     }
 
-    async fn send_once(&self, req: &ApiRequest) -> Result<ApiResponse> {
+    async fn send_once(&self, req: &ApiRequest, permit: Option<Permit>) -> Result<ApiResponse> {
         let mut token = self.inner.tokens.token().await?;
         let mut reauthed = false;
+        let holding = u64::from(permit.is_some());
         loop {
-            let resp = self.dispatch(req, &token).await?;
+            let resp = self.dispatch(req, &token, holding).await?;
             let status = resp.status();
             if status.is_success() || status == StatusCode::MULTIPLE_CHOICES {
                 return Ok(ApiResponse {
                     method: req.method.clone(),
                     path: req.place(),
                     response: resp,
+                    _permit: permit,
                 });
             }
             let body = resp.bytes().await.unwrap_or_default();
@@ -615,7 +726,12 @@ impl SalesforceClient {
         }
     }
 
-    async fn dispatch(&self, req: &ApiRequest, token: &AccessToken) -> Result<reqwest::Response> {
+    async fn dispatch(
+        &self,
+        req: &ApiRequest,
+        token: &AccessToken,
+        holding: u64,
+    ) -> Result<reqwest::Response> {
         let url = if req.path.starts_with("http://") || req.path.starts_with("https://") {
             req.path.clone()
         } else {
@@ -688,6 +804,7 @@ impl SalesforceClient {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_limit_info)
         {
+            self.inner.governor.observe(usage.used, usage.max, holding);
             self.inner.usage.send_replace(Some(usage));
         }
         Ok(resp)

@@ -107,7 +107,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     .context("connecting to the emulator's Pub/Sub API")?;
     let pipeline = sfsync_pipeline::start(
         store.clone(),
-        Arc::new(client.clone()),
+        Arc::new(client.lane(sfsync_salesforce::Lane::GapRepair)),
         subscriber,
         PipelineConfig {
             objects: demo_objects(),

@@ -491,7 +491,7 @@ async fn request_and_follow(
             Some(
                 Applier::new(
                     store.clone(),
-                    Arc::new(client),
+                    Arc::new(client.lane(sfsync_salesforce::Lane::GapRepair)),
                     mappings,
                     pc.apply,
                     Arc::new(PipelineStats::default()),

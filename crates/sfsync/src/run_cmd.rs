@@ -166,6 +166,7 @@ pub fn object_specs(config: &ValidConfig) -> Vec<ObjectSpec> {
 pub fn rest_client(config: &ValidConfig, secrets: &ResolvedSecrets) -> Result<SalesforceClient> {
     let mut cc = ClientConfig::new(secrets.instance_url.clone(), secrets.ca_file.clone());
     cc.call_options_client = Some(config.salesforce.client_id_header.clone());
+    cc.budget = config.salesforce.budget.clone();
     Ok(SalesforceClient::new(cc, secrets.credentials.clone())?)
 }
 
@@ -286,9 +287,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
             args.config.display()
         );
     }
-    let running = sfsync_pipeline::start(store, Arc::new(client), subscriber, pc)
-        .await
-        .context("starting the pipeline")?;
+    let running = sfsync_pipeline::start(
+        store,
+        Arc::new(client.lane(sfsync_salesforce::Lane::GapRepair)),
+        subscriber,
+        pc,
+    )
+    .await
+    .context("starting the pipeline")?;
     eprintln!(
         "sfsync run {}: {} objects into {}",
         running.run_id,

@@ -366,6 +366,7 @@ struct LimitsView {
     daily_bulk_query_jobs: u64,
     daily_bulk_ingest_records: u64,
     long_running_threshold_ms: u64,
+    api_window_ms: u64,
 }
 
 impl From<&LimitsConfig> for LimitsView {
@@ -378,6 +379,7 @@ impl From<&LimitsConfig> for LimitsView {
             daily_bulk_ingest_records: c.daily_bulk_ingest_records,
             long_running_threshold_ms: u64::try_from(c.long_running_threshold.as_millis())
                 .unwrap_or(u64::MAX),
+            api_window_ms: u64::try_from(c.api_window.as_millis()).unwrap_or(u64::MAX),
         }
     }
 }
@@ -392,6 +394,8 @@ struct LimitsUpdate {
     daily_bulk_query_jobs: Option<u64>,
     daily_bulk_ingest_records: Option<u64>,
     long_running_threshold_ms: Option<u64>,
+    /// Rolling window of the API request allocation; changing it starts a fresh count.
+    api_window_ms: Option<u64>,
 }
 
 async fn get_limits(_admin: Admin, State(state): State<AppState>) -> Json<LimitsView> {
@@ -422,6 +426,16 @@ async fn put_limits(
     }
     if let Some(v) = u.long_running_threshold_ms {
         c.long_running_threshold = Duration::from_millis(v);
+    }
+    if let Some(v) = u.api_window_ms {
+        if v == 0 {
+            return Err(ApiError::new(
+                400,
+                "INVALID_INPUT",
+                "api_window_ms must be at least 1",
+            ));
+        }
+        c.api_window = Duration::from_millis(v);
     }
     state.limits.set_config(c.clone());
     Ok(Json(LimitsView::from(&c)))

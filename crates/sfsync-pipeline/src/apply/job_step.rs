@@ -163,6 +163,8 @@ impl Applier {
                 "sync jobs need Bulk API access, which this process was started without",
             ));
         };
+        // Backfills, re-syncs and formula refreshes take the lowest lane of the API budget.
+        let bulk = bulk.lane(sfsync_salesforce::Lane::Backfill);
         let mapping = &self.mappings[&job.object];
         let soql = if job.kind == SyncJobKind::FormulaRefresh {
             let wanted = mapping.formula_fields();
@@ -653,6 +655,7 @@ impl Applier {
         let Some(bulk) = self.bulk.clone() else {
             return Ok(());
         };
+        let bulk = bulk.lane(sfsync_salesforce::Lane::Reconcile);
         let run_id = self.begin(&mut job).await?;
         tracing::info!(job = job.id, object = %job.object, reason = %job.reason, "Reconciliation started.");
         let (tx, rx) = tokio::sync::mpsc::channel(1);

@@ -269,6 +269,7 @@ impl Applier {
                  without",
             ));
         };
+        let bulk = bulk.lane(sfsync_salesforce::Lane::Backfill);
         if let Some(why) = why {
             let selection = ReplaySelection::from_params(&job.params)
                 .map(|s| s.describe(job.since_ms, job.until_ms))

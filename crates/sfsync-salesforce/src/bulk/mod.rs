@@ -410,6 +410,14 @@ impl JobKind {
 }
 
 impl Bulk {
+    /// The same Bulk access with its calls in `lane` of the API budget governor.
+    pub fn lane(&self, lane: crate::Lane) -> Bulk {
+        Bulk {
+            client: self.client.lane(lane),
+            config: self.config.clone(),
+        }
+    }
+
     pub fn config(&self) -> &BulkConfig {
         &self.config
     }

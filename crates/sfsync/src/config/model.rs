@@ -46,6 +46,10 @@ pub struct SalesforceConfig {
     pub client_id_header: String,
     /// Pub/Sub API endpoint, `host:port`.
     pub pubsub_address: Option<String>,
+    /// `[salesforce.budget]`: the share of the org's daily API allocation sfsync may use, lanes'
+    /// reserves and concurrency caps (see `sfsync_salesforce::governor`).
+    #[serde(default)]
+    pub budget: sfsync_salesforce::BudgetConfig,
 }
 
 pub fn default_api_version() -> String {

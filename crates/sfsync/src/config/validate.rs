@@ -32,6 +32,7 @@ pub struct ValidSalesforce {
     pub ca_file: Option<PathBuf>,
     pub client_id_header: String,
     pub pubsub_address: Option<String>,
+    pub budget: sfsync_salesforce::BudgetConfig,
 }
 
 /// Exactly one source of Salesforce credentials.
@@ -376,6 +377,11 @@ fn validate_salesforce(
     sf: &SalesforceConfig,
     base: &Path,
 ) -> Option<ValidSalesforce> {
+    if let Err(budget_errs) = sf.budget.validate() {
+        for (key, message) in budget_errs {
+            errs.push(format!("salesforce.budget.{key}"), message);
+        }
+    }
     if let Some(u) = &sf.instance_url {
         check_url(errs, "salesforce.instance_url", u);
     }
@@ -447,6 +453,7 @@ fn validate_salesforce(
         ca_file: sf.ca_file.as_ref().map(|p| anchor(base, p)),
         client_id_header: sf.client_id_header.clone(),
         pubsub_address: sf.pubsub_address.clone(),
+        budget: sf.budget.clone(),
     })
 }
 
