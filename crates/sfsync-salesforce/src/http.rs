@@ -30,6 +30,11 @@ use crate::auth::{AccessToken, Credentials, TokenSource};
 use crate::error::{parse_error_body, snippet, Result, SalesforceError};
 use crate::governor::{BudgetConfig, BudgetStatus, Governor, Lane, Permit, ProbeGuard};
 
+/// Times one call is deferred after `REQUEST_LIMIT_EXCEEDED` refusals before the refusal is
+/// returned: each deferral waits until `/limits` shows room, so refusals beyond this are not the
+/// daily allocation the governor tracks (another limit, or a proxy answering for Salesforce).
+pub const MAX_LIMIT_DEFERRALS: u32 = 3;
+
 /// Default REST API version.
 pub const DEFAULT_API_VERSION: &str = "66.0";
 
@@ -618,6 +623,12 @@ impl SalesforceClient {
             match r {
                 Err(SalesforceError::Api(e)) if e.error_code == "REQUEST_LIMIT_EXCEEDED" => {
                     deferrals += 1;
+                    if deferrals > MAX_LIMIT_DEFERRALS {
+                        // Refused again each time `/limits` showed room: not the allocation the
+                        // governor tracks. The caller gets the Defer-class error.
+                        tracing::warn!(method = %req.method, path = %req.place(), deferrals, "Salesforce keeps refusing a call for an API limit although /limits shows room; returning the refusal to the caller.");
+                        return Err(SalesforceError::Api(e));
+                    }
                     if e.message.contains("TotalRequests") {
                         tracing::warn!(method = %req.method, path = %req.place(), lane = self.lane.as_str(), deferrals, "Salesforce refused a call for the daily API limit; deferring it until the budget frees up.");
                         self.inner.governor.mark_exhausted();
@@ -634,6 +645,8 @@ impl SalesforceClient {
     }
 
     /// Waits for a permit in this handle's lane, running `/limits` probes the governor asks for.
+    ///
+    /// (See [`MAX_LIMIT_DEFERRALS`] for refusals the budget does not explain.)
     async fn permit(&self) -> Permit {
         self.inner
             .governor
@@ -664,12 +677,11 @@ impl SalesforceClient {
                 self.inner.governor.mark_exhausted();
             }
             Err(e) => {
+                // While usage is unknown, a failed probe (no route, TLS, login, 404) must not hold
+                // the call back: it goes out under the concurrency caps and fails, or succeeds and
+                // reports usage, on its own.
                 tracing::warn!(error = %e.report(), "Reading /limits for the API budget failed.");
-                if matches!(e.class(), ErrorClass::User | ErrorClass::Internal)
-                    || matches!(&e, SalesforceError::Api(a) if a.status == 404)
-                {
-                    self.inner.governor.set_blind();
-                }
+                self.inner.governor.set_blind();
             }
         }
         drop(guard);

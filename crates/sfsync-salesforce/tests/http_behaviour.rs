@@ -368,7 +368,20 @@ async fn limits_and_usage_are_observable() {
 #[tokio::test]
 async fn request_limit_exceeded_defers_without_relogin() {
     let (s, base) = start().await;
-    let c = client(&base);
+    // The stub refuses `limited` whatever `/limits` says: the governor defers the call a few
+    // times (probing `/limits` quickly here), then returns the Defer-class refusal.
+    let mut cfg = ClientConfig::new(&base, None);
+    cfg.budget.probe_initial_ms = 10;
+    cfg.budget.probe_max_ms = 20;
+    let c = SalesforceClient::new(
+        cfg,
+        Credentials::ClientCredentials {
+            instance_url: base.clone(),
+            client_id: "cid".into(),
+            client_secret: "cs".into(),
+        },
+    )
+    .unwrap();
     let err = c
         .get_json::<serde_json::Value>("limited")
         .await
