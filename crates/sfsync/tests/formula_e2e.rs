@@ -24,11 +24,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value as J};
-use sfsync_emulator::{EmulatorConfig, RunningEmulator};
+use sfsync_emulator::RunningEmulator;
 use sfsync_org::{ApiKind, CallContext};
 use sfsync_pipeline::model::FormulaFields;
 use sfsync_pipeline::{ObjectMapping, ObjectSpec};
-use sfsync_salesforce::{AuthFlow, ClientConfig, CredentialsFile, SalesforceClient};
+use sfsync_salesforce::SalesforceClient;
 use sfsync_store::{
     CurrentRow, SqliteChangeLog, SyncJob, SyncJobFilter, SyncJobKind, SyncJobStatus, Value,
     Warehouse,
@@ -46,18 +46,9 @@ struct Env {
 }
 
 async fn env() -> Env {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
-    let emu = sfsync_emulator::start(EmulatorConfig::ephemeral(dir.join("org")))
-        .await
-        .expect("emulator starts");
-    let creds = CredentialsFile::load(&emu.credentials_path).unwrap();
-    let client = SalesforceClient::new(
-        ClientConfig::new(emu.base_url.clone(), Some(emu.ca_pem_path.clone())),
-        creds.credentials(AuthFlow::JwtBearer).unwrap(),
-    )
-    .unwrap();
+    let (emu, client) = support::emulator(&dir).await;
     let d = client.describe_object("Account").await.unwrap();
     let mut spec = ObjectSpec::new("Account");
     spec.history = sfsync_pipeline::HistoryFields::Fields(vec!["Name".into()]);

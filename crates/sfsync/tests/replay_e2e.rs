@@ -26,11 +26,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value as J};
-use sfsync_emulator::{EmulatorConfig, RunningEmulator};
+use sfsync_emulator::RunningEmulator;
 use sfsync_org::{ApiKind, CallContext, DmlOp};
 use sfsync_pipeline::replay::ReplayReport;
-use sfsync_pipeline::{normalize, ObjectMapping, ObjectSpec};
-use sfsync_salesforce::{AuthFlow, ClientConfig, CredentialsFile, SalesforceClient};
+use sfsync_pipeline::{ObjectMapping, ObjectSpec};
+use sfsync_salesforce::SalesforceClient;
 use sfsync_store::{
     HistoryRow, SqliteChangeLog, SyncJob, SyncJobFilter, SyncJobKind, SyncJobStatus, Warehouse,
 };
@@ -47,18 +47,9 @@ struct Env {
 }
 
 async fn env() -> Env {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
-    let emu = sfsync_emulator::start(EmulatorConfig::ephemeral(dir.join("org")))
-        .await
-        .expect("emulator starts");
-    let creds = CredentialsFile::load(&emu.credentials_path).unwrap();
-    let client = SalesforceClient::new(
-        ClientConfig::new(emu.base_url.clone(), Some(emu.ca_pem_path.clone())),
-        creds.credentials(AuthFlow::JwtBearer).unwrap(),
-    )
-    .unwrap();
+    let (emu, client) = support::emulator(&dir).await;
     let d = client.describe_object("Account").await.unwrap();
     let mut spec = ObjectSpec::new("Account");
     spec.history = sfsync_pipeline::HistoryFields::Fields(vec!["Name".into(), "Type".into()]);
@@ -223,52 +214,7 @@ fn log_start(env: &Env) -> String {
 
 /// Differences between the org's live Accounts and the warehouse's live rows.
 async fn diff(env: &Env, store: &dyn Warehouse) -> Vec<String> {
-    let m = &env.mapping;
-    let mut fields = m.soql_fields.clone();
-    fields.push("SystemModstamp".into());
-    let soql = format!("SELECT {} FROM Account", fields.join(", "));
-    let records = env
-        .client
-        .query_all_pages(&soql, Default::default())
-        .await
-        .unwrap();
-    let mut expected = BTreeMap::new();
-    for r in &records {
-        let c = normalize::from_record(m, r).unwrap();
-        expected.insert(c.id.clone(), c);
-    }
-    let rows: BTreeMap<String, sfsync_store::CurrentRow> = store
-        .read_current("Account")
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|r| !r.deleted)
-        .map(|r| (r.id.clone(), r))
-        .collect();
-    let mut problems = Vec::new();
-    for id in rows.keys() {
-        if !expected.contains_key(id) {
-            problems.push(format!("Account {id} is live in the warehouse only"));
-        }
-    }
-    for (id, exp) in &expected {
-        let Some(row) = rows.get(id) else {
-            problems.push(format!("Account {id} is missing from the warehouse"));
-            continue;
-        };
-        for (c, v) in &exp.values {
-            let col = &m.model.columns[*c].name;
-            let got = row
-                .values
-                .get(col)
-                .cloned()
-                .unwrap_or(sfsync_store::Value::Null);
-            if &got != v {
-                problems.push(format!("Account {id} {col}: warehouse {got:?}, org {v:?}"));
-            }
-        }
-    }
-    problems
+    support::live_diff(&env.client, &env.mapping, store).await
 }
 
 /// SCD2 history well-formed: versions 1..n per record, one current at most (the last), windows

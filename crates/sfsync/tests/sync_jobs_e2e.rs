@@ -28,10 +28,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value as J};
-use sfsync_emulator::{EmulatorConfig, RunningEmulator};
+use sfsync_emulator::RunningEmulator;
 use sfsync_org::{ApiKind, CallContext, Drift};
-use sfsync_pipeline::{normalize, ObjectMapping, ObjectSpec};
-use sfsync_salesforce::{AuthFlow, ClientConfig, CredentialsFile, SalesforceClient};
+use sfsync_pipeline::{ObjectMapping, ObjectSpec};
+use sfsync_salesforce::SalesforceClient;
 use sfsync_store::{
     PostgresChangeLog, SqliteChangeLog, SyncJob, SyncJobFilter, SyncJobKind, SyncJobStatus,
     Warehouse,
@@ -81,18 +81,9 @@ struct Env {
 }
 
 async fn env(backend: Db) -> Env {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
-    let emu = sfsync_emulator::start(EmulatorConfig::ephemeral(dir.join("org")))
-        .await
-        .expect("emulator starts");
-    let creds = CredentialsFile::load(&emu.credentials_path).unwrap();
-    let client = SalesforceClient::new(
-        ClientConfig::new(emu.base_url.clone(), Some(emu.ca_pem_path.clone())),
-        creds.credentials(AuthFlow::JwtBearer).unwrap(),
-    )
-    .unwrap();
+    let (emu, client) = support::emulator(&dir).await;
     let d = client.describe_object("Account").await.unwrap();
     let mapping = ObjectMapping::build(&d, &ObjectSpec::new("Account")).unwrap();
     let db = dir.join("wh.db");
@@ -257,52 +248,7 @@ fn ctx(env: &Env) -> CallContext {
 
 /// Differences between the org's live Accounts and the warehouse's live rows.
 async fn diff(env: &Env, store: &dyn Warehouse) -> Vec<String> {
-    let m = &env.mapping;
-    let mut fields = m.soql_fields.clone();
-    fields.push("SystemModstamp".into());
-    let soql = format!("SELECT {} FROM Account", fields.join(", "));
-    let records = env
-        .client
-        .query_all_pages(&soql, Default::default())
-        .await
-        .unwrap();
-    let mut expected = BTreeMap::new();
-    for r in &records {
-        let c = normalize::from_record(m, r).unwrap();
-        expected.insert(c.id.clone(), c);
-    }
-    let rows: BTreeMap<String, sfsync_store::CurrentRow> = store
-        .read_current("Account")
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|r| !r.deleted)
-        .map(|r| (r.id.clone(), r))
-        .collect();
-    let mut problems = Vec::new();
-    for id in rows.keys() {
-        if !expected.contains_key(id) {
-            problems.push(format!("Account {id} is live in the warehouse only"));
-        }
-    }
-    for (id, exp) in &expected {
-        let Some(row) = rows.get(id) else {
-            problems.push(format!("Account {id} is missing from the warehouse"));
-            continue;
-        };
-        for (c, v) in &exp.values {
-            let col = &m.model.columns[*c].name;
-            let got = row
-                .values
-                .get(col)
-                .cloned()
-                .unwrap_or(sfsync_store::Value::Null);
-            if &got != v {
-                problems.push(format!("Account {id} {col}: warehouse {got:?}, org {v:?}"));
-            }
-        }
-    }
-    problems
+    support::live_diff(&env.client, &env.mapping, store).await
 }
 
 async fn jobs(store: &dyn Warehouse, kind: SyncJobKind) -> Vec<SyncJob> {

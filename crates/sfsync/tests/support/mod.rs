@@ -47,3 +47,80 @@ where
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// Starts the emulator with its org under `dir` (CA and credentials there too) and a client
+/// of it (JWT bearer, trusting the emulator's CA).
+pub async fn emulator(
+    dir: &std::path::Path,
+) -> (
+    sfsync_emulator::RunningEmulator,
+    sfsync_salesforce::SalesforceClient,
+) {
+    use sfsync_salesforce::{AuthFlow, ClientConfig, CredentialsFile, SalesforceClient};
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let emu = sfsync_emulator::start(sfsync_emulator::EmulatorConfig::ephemeral(dir.join("org")))
+        .await
+        .expect("emulator starts");
+    let creds = CredentialsFile::load(&emu.credentials_path).unwrap();
+    let client = SalesforceClient::new(
+        ClientConfig::new(emu.base_url.clone(), Some(emu.ca_pem_path.clone())),
+        creds.credentials(AuthFlow::JwtBearer).unwrap(),
+    )
+    .unwrap();
+    (emu, client)
+}
+
+/// Differences between the org's live records of `m`'s object (read over SOQL) and the
+/// warehouse's live rows, column by column.
+pub async fn live_diff(
+    client: &sfsync_salesforce::SalesforceClient,
+    m: &sfsync_pipeline::ObjectMapping,
+    store: &dyn sfsync_store::Warehouse,
+) -> Vec<String> {
+    use std::collections::BTreeMap;
+    let object = m.object();
+    let mut fields = m.soql_fields.clone();
+    fields.push("SystemModstamp".into());
+    let soql = format!("SELECT {} FROM {object}", fields.join(", "));
+    let records = client
+        .query_all_pages(&soql, Default::default())
+        .await
+        .unwrap();
+    let mut expected = BTreeMap::new();
+    for r in &records {
+        let c = sfsync_pipeline::normalize::from_record(m, r).unwrap();
+        expected.insert(c.id.clone(), c);
+    }
+    let rows: BTreeMap<String, sfsync_store::CurrentRow> = store
+        .read_current(object)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| !r.deleted)
+        .map(|r| (r.id.clone(), r))
+        .collect();
+    let mut problems = Vec::new();
+    for id in rows.keys() {
+        if !expected.contains_key(id) {
+            problems.push(format!("{object} {id} is live in the warehouse only"));
+        }
+    }
+    for (id, exp) in &expected {
+        let Some(row) = rows.get(id) else {
+            problems.push(format!("{object} {id} is missing from the warehouse"));
+            continue;
+        };
+        for (c, v) in &exp.values {
+            let col = &m.model.columns[*c].name;
+            let got = row
+                .values
+                .get(col)
+                .cloned()
+                .unwrap_or(sfsync_store::Value::Null);
+            if &got != v {
+                problems.push(format!("{object} {id} {col}: warehouse {got:?}, org {v:?}"));
+            }
+        }
+    }
+    problems
+}
