@@ -245,6 +245,42 @@ impl WriteOutcome {
     }
 }
 
+/// What a write in `conflict` conflicts with, stored as JSON in its `reason` (and the transition
+/// detail) so a person, the CLI and the API can show both sides and resolve it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ConflictDetail {
+    /// The fields Salesforce changed after the version the writer saw.
+    pub fields: Vec<FieldConflict>,
+    /// Fields of the write that do not conflict themselves but wait with it (`manual`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<String>,
+}
+
+/// One conflicting field: Salesforce's current value against the writer's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FieldConflict {
+    /// Field API name.
+    pub field: String,
+    /// Salesforce's current value as JSON (`null`: null).
+    pub salesforce: serde_json::Value,
+    /// The value the writer asked for.
+    pub writer: serde_json::Value,
+    /// Commit time of Salesforce's change (epoch ms).
+    pub salesforce_changed_ms: i64,
+}
+
+impl ConflictDetail {
+    /// The JSON text stored with the write.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a conflict detail serialises")
+    }
+
+    /// Parses a stored detail; `None` when the text is not one (older or hand-written reasons).
+    pub fn parse(text: &str) -> Option<ConflictDetail> {
+        serde_json::from_str(text).ok()
+    }
+}
+
 /// Which writes to list.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct WriteFilter {
