@@ -35,7 +35,7 @@ pub struct PipelineBenchOptions {
 }
 
 /// CPU seconds (user + system) of process `pid` so far, from `/proc/<pid>/stat`.
-fn proc_cpu_secs(pid: u32) -> f64 {
+pub(crate) fn proc_cpu_secs(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
@@ -99,13 +99,13 @@ fn proc_peak_rss_mb(pid: u32) -> f64 {
 }
 
 /// The pipeline process (`sfsync run`) and the stats file it rewrites.
-struct Child {
-    process: tokio::process::Child,
+pub(crate) struct Child {
+    pub(crate) process: tokio::process::Child,
     stats_file: PathBuf,
 }
 
 impl Child {
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.process.id().unwrap_or(0)
     }
 
@@ -164,7 +164,7 @@ impl Child {
         Ok(false)
     }
 
-    async fn stop(mut self) -> Result<()> {
+    pub(crate) async fn stop(mut self) -> Result<()> {
         let pid = self.pid() as i32;
         // SAFETY: kill with a pid we spawned.
         unsafe { kill(pid, 15) };
@@ -258,7 +258,11 @@ backfill_new_objects = false
     Ok(path)
 }
 
-fn spawn_pipeline(config: &Path, stats_file: &Path, postgres_url: Option<&str>) -> Result<Child> {
+pub(crate) fn spawn_pipeline(
+    config: &Path,
+    stats_file: &Path,
+    postgres_url: Option<&str>,
+) -> Result<Child> {
     let exe = std::env::current_exe().context("locating the sfsync binary")?;
     let mut cmd = tokio::process::Command::new(exe);
     cmd.arg("run")

@@ -6,6 +6,7 @@ mod bench_pipeline;
 mod bench_pubsub;
 mod bench_salesforce;
 mod bench_sync;
+mod bench_writeback;
 mod config;
 mod demo;
 mod emulator_cmd;
@@ -102,6 +103,15 @@ struct BenchArgs {
     /// `sfsync emulator` process, so the CPU figure is sfsync's alone).
     #[arg(long)]
     in_process_emulator: bool,
+    /// Writeback suite: Cases seeded and backfilled before the writes.
+    #[arg(long, default_value_t = 20_000)]
+    cases: usize,
+    /// Writeback suite: writes submitted per second.
+    #[arg(long, default_value_t = 500)]
+    writeback_rate: u64,
+    /// Writeback suite: seconds of sustained writes.
+    #[arg(long, default_value_t = 600)]
+    writeback_secs: u64,
     /// Pipeline suite: also measure a Postgres warehouse at this URL (a throwaway schema).
     #[arg(long, env = "SFSYNC_BENCH_POSTGRES_URL")]
     postgres_url: Option<String>,
@@ -118,6 +128,9 @@ enum BenchSuite {
     /// Backfill of N Accounts (records/s, API calls) and reconciliation in sync and with 0.1 %
     /// drift (seconds, API calls).
     Sync,
+    /// Writeback to Salesforce at a sustained rate: accepted→applied/confirmed p50/p99, records
+    /// per API call, over-limit responses.
+    Writeback,
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -143,6 +156,14 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             bench_sync::run(bench_sync::SyncBenchOptions {
                 records: args.records,
                 in_process_emulator: args.in_process_emulator,
+            })
+            .await?
+        }
+        BenchSuite::Writeback => {
+            bench_writeback::run(bench_writeback::WritebackBenchOptions {
+                cases: args.cases,
+                rate: args.writeback_rate,
+                secs: args.writeback_secs,
             })
             .await?
         }
