@@ -11,6 +11,7 @@ mod config;
 mod demo;
 mod emulator_cmd;
 mod jobs_cmd;
+mod map_cmd;
 mod quarantine_cmd;
 mod run_cmd;
 
@@ -65,6 +66,10 @@ enum Command {
     /// Sync jobs (backfills, re-syncs, reconciliations, replays): `list`, `show ID`, `cancel
     /// ID…`.
     Jobs(jobs_cmd::JobsArgs),
+    /// The integration map drawn from the config: every flow's source, target, direction,
+    /// frequency, trigger, transformation, SLA and team (`map --config FILE [--format
+    /// mermaid|dot|json]`).
+    Map(map_cmd::MapArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -223,6 +228,7 @@ fn main() -> anyhow::Result<()> {
         Command::Read(args) => std::process::exit(admin_cmd::read(args)),
         Command::Quarantine(args) => std::process::exit(quarantine_cmd::quarantine(args)),
         Command::Quality(args) => std::process::exit(quarantine_cmd::quality(args)),
+        Command::Map(args) => std::process::exit(map_cmd::map(args)),
         command => command,
     };
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -264,7 +270,8 @@ fn main() -> anyhow::Result<()> {
             | Command::Keys(_)
             | Command::Read(_)
             | Command::Quarantine(_)
-            | Command::Quality(_) => {
+            | Command::Quality(_)
+            | Command::Map(_) => {
                 unreachable!("handled before the runtime starts")
             }
         }

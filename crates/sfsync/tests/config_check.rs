@@ -155,3 +155,49 @@ fn inline_secret_and_missing_file_are_reported() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("cannot read the config file"));
 }
+
+#[test]
+fn map_of_the_example_config_draws_every_flow_in_each_format() {
+    let dir = example_dir();
+    let cfg = dir.path().join("sfsync.toml");
+    let cfg = cfg.to_str().unwrap();
+    // No secrets needed: the map reads the config only.
+    let json = sfsync(&["map", "--config", cfg, "--format", "json"], &[]);
+    assert!(json.status.success(), "{}", text(&json.stderr));
+    let map: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let flows = map["flows"].as_array().unwrap();
+    // Six streamed objects, one formula refresh (Account), Case writeback by case_mgmt and by
+    // any system (its shared fields).
+    let inbound = flows.iter().filter(|f| f["direction"] == "inbound").count();
+    let outbound: Vec<&serde_json::Value> = flows
+        .iter()
+        .filter(|f| f["direction"] == "outbound")
+        .collect();
+    assert_eq!(inbound, 7, "{map:#}");
+    assert_eq!(outbound.len(), 2, "{map:#}");
+    let case = flows
+        .iter()
+        .find(|f| f["object"] == "Case" && f["pattern"] == "CDC stream")
+        .unwrap();
+    assert_eq!(case["sla_secs"], 60);
+    assert_eq!(case["team"], "Case management integration");
+    assert!(outbound
+        .iter()
+        .all(|f| f["sla_secs"] == 300 && f["target"] == "salesforce"));
+
+    let mermaid = sfsync(&["map", "--config", cfg], &[]);
+    let mermaid = text(&mermaid.stdout);
+    assert!(mermaid.starts_with("flowchart LR\n"), "{mermaid}");
+    assert_eq!(mermaid.matches("-->|").count(), flows.len(), "{mermaid}");
+    assert!(mermaid.contains("system_case_mgmt -->|"), "{mermaid}");
+
+    let dot = sfsync(&["map", "--config", cfg, "--format", "dot"], &[]);
+    let dot = text(&dot.stdout);
+    assert!(dot.starts_with("digraph sfsync {"), "{dot}");
+    assert_eq!(dot.matches(" -> ").count(), flows.len(), "{dot}");
+    assert!(dot.contains("salesforce -> warehouse"), "{dot}");
+
+    let bad = sfsync(&["map", "--config", "/nonexistent/sfsync.toml"], &[]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad.stderr).contains("cannot read the config file"));
+}

@@ -206,6 +206,11 @@ pub struct ObjectConfig {
     /// Formula fields synced as columns (change events never carry them; a scheduled refresh
     /// re-reads them): `true` for all, a list of names, or `false` (the default).
     pub formula_fields: Option<FormulaFieldsConfig>,
+    /// Integration map: the team answerable for this flow (shown by `sfsync map`).
+    pub team: Option<String>,
+    /// Integration map: the flow's freshness target in seconds, Salesforce commit → warehouse
+    /// (default 120).
+    pub sla_secs: Option<u64>,
 }
 
 /// `formula_fields = true | false | ["A__c", "B__c"]`.
@@ -465,6 +470,11 @@ pub struct WritebackObjectConfig {
     pub policy: sfsync_pipeline::writeback::ConflictPolicy,
     #[serde(default)]
     pub fields: Vec<WritebackFieldConfig>,
+    /// Integration map: the team answerable for this flow (shown by `sfsync map`).
+    pub team: Option<String>,
+    /// Integration map: the flow's target in seconds, write accepted → applied in Salesforce
+    /// (default 300).
+    pub sla_secs: Option<u64>,
 }
 
 /// `[[writeback.objects.fields]]`: one field's owner and (optionally) policy.

@@ -103,7 +103,7 @@ fn unknown_key_names_path_line_and_column() {
     let t = format!("{HEAD}[[objects]]\nname = \"Case\"\n\n[[objects]]\nname = \"Contact\"\npii_feilds = [\"Email\"]\n");
     assert_eq!(
         errs(&t),
-        ["t.toml:13:1: objects[1].pii_feilds: unknown field `pii_feilds`, expected one of `name`, `channel`, `history`, `pii_fields`, `mode`, `required`, `rules`, `references`, `schema_checks`, `formula_fields`"]
+        ["t.toml:13:1: objects[1].pii_feilds: unknown field `pii_feilds`, expected one of `name`, `channel`, `history`, `pii_fields`, `mode`, `required`, `rules`, `references`, `schema_checks`, `formula_fields`, `team`, `sla_secs`"]
     );
 }
 

@@ -20,6 +20,16 @@ pub struct ValidConfig {
     pub pipeline: PipelineConfig,
     /// Writeback ownership and conflict rules (no objects: writeback refuses everything).
     pub writeback: sfsync_pipeline::writeback::WritebackPolicy,
+    /// Team and SLA of each writeback object's flow, for the integration map (config order).
+    pub writeback_flows: Vec<FlowMeta>,
+}
+
+/// Who answers for a flow and its target, for the integration map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowMeta {
+    pub object: String,
+    pub team: Option<String>,
+    pub sla_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +75,9 @@ pub struct ValidObject {
     pub quality: sfsync_pipeline::quality::QualitySpec,
     /// Formula fields synced as columns (checked against describe at start).
     pub formula_fields: sfsync_pipeline::model::FormulaFields,
+    /// Integration map: the answerable team and the freshness target (seconds).
+    pub team: Option<String>,
+    pub sla_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -264,9 +277,11 @@ impl SfsyncConfig {
             );
         }
         let writeback = validate_writeback(&mut errs, self.writeback.as_ref(), &self.objects);
+        let writeback_flows = writeback_flows(&mut errs, self.writeback.as_ref());
         match (salesforce, warehouse) {
             (Some(salesforce), Some(warehouse)) if errs.0.is_empty() => Ok(ValidConfig {
                 writeback,
+                writeback_flows,
                 salesforce,
                 objects,
                 warehouse,
@@ -756,6 +771,7 @@ fn validate_objects(
                 "PII fields need a key: add a [pii] table with key_file or key_env",
             );
         }
+        check_flow_meta(errs, &p, &o.team, o.sla_secs);
         let quality = validate_quality(errs, &p, o, names);
         use sfsync_pipeline::model::FormulaFields;
         let formula_fields = match &o.formula_fields {
@@ -801,9 +817,43 @@ fn validate_objects(
             mode: o.mode,
             quality,
             formula_fields,
+            team: o.team.clone(),
+            sla_secs: o.sla_secs,
         });
     }
     out
+}
+
+/// The integration-map facts of `[[writeback.objects]]`: `sla_secs` > 0, `team` not blank.
+fn writeback_flows(errs: &mut Errors, wb: Option<&WritebackConfig>) -> Vec<FlowMeta> {
+    let Some(wb) = wb else { return Vec::new() };
+    wb.objects
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            check_flow_meta(
+                errs,
+                &format!("writeback.objects[{i}]"),
+                &o.team,
+                o.sla_secs,
+            );
+            FlowMeta {
+                object: o.name.clone(),
+                team: o.team.clone(),
+                sla_secs: o.sla_secs,
+            }
+        })
+        .collect()
+}
+
+/// `team` (when given) is not blank and `sla_secs` (when given) is > 0.
+fn check_flow_meta(errs: &mut Errors, p: &str, team: &Option<String>, sla_secs: Option<u64>) {
+    if team.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        errs.push(format!("{p}.team"), "must not be blank (or leave it out)");
+    }
+    if sla_secs == Some(0) {
+        errs.push(format!("{p}.sla_secs"), "must be at least 1 second");
+    }
 }
 
 /// `[[writeback.objects]]`: each object synced (`[[objects]]`) and named once, owners non-empty,

@@ -1,0 +1,521 @@
+//! The integration map: every flow sfsync runs, drawn from its config — source, target,
+//! direction, frequency, trigger, transformation, SLA and the team answerable for it.
+//! `sfsync map --config FILE [--format mermaid|dot|json]`; the dashboard draws the same map.
+//!
+//! Pure: [`IntegrationMap::from_config`] reads only the validated config (no secrets, no I/O),
+//! so the map is exactly what the config says will run.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use crate::config::model::SyncMode;
+use crate::config::validate::{ValidConfig, ValidWarehouse};
+
+/// Default freshness target of an inbound flow (commit → warehouse), seconds.
+pub const DEFAULT_INBOUND_SLA_SECS: u64 = 120;
+/// Default target of a writeback flow (accepted → applied in Salesforce), seconds.
+pub const DEFAULT_WRITEBACK_SLA_SECS: u64 = 300;
+
+#[derive(Debug, Args)]
+pub struct MapArgs {
+    /// The sfsync TOML config.
+    #[arg(long)]
+    pub config: PathBuf,
+    #[arg(long, value_enum, default_value_t = MapFormat::Mermaid)]
+    pub format: MapFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum MapFormat {
+    /// A Mermaid `flowchart LR` (renders in GitHub, GitLab, Confluence, the dashboard).
+    Mermaid,
+    /// Graphviz DOT (`dot -Tsvg`).
+    Dot,
+    /// The flows as JSON.
+    Json,
+}
+
+/// A system on the map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Node {
+    /// Stable identifier (letters, digits, `_`), usable in Mermaid and DOT.
+    pub id: String,
+    pub label: String,
+    /// `salesforce`, `sfsync`, `warehouse`, `system`.
+    pub kind: &'static str,
+}
+
+/// One flow: data moving from `source` to `target`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Flow {
+    /// What moves (`Case`).
+    pub object: String,
+    pub source: String,
+    pub target: String,
+    /// `inbound` (into the warehouse) or `outbound` (into Salesforce).
+    pub direction: &'static str,
+    /// `CDC stream`, `polling`, `reconciliation`, `formula refresh`, `writeback`.
+    pub pattern: &'static str,
+    pub frequency: String,
+    pub trigger: String,
+    pub transformation: String,
+    pub sla_secs: u64,
+    /// `None` when the config names no team: the map shows `unowned` so it is seen.
+    pub team: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IntegrationMap {
+    pub nodes: Vec<Node>,
+    pub flows: Vec<Flow>,
+}
+
+const SALESFORCE: &str = "salesforce";
+const WAREHOUSE: &str = "warehouse";
+
+/// A node id from a free-form name: ASCII letters and digits kept, the rest `_`.
+fn node_id(prefix: &str, name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("{prefix}_{clean}")
+}
+
+fn list(items: &[String]) -> String {
+    items.join(", ")
+}
+
+impl IntegrationMap {
+    pub fn from_config(config: &ValidConfig) -> IntegrationMap {
+        let warehouse_label = match &config.warehouse {
+            ValidWarehouse::Sqlite { path } => format!(
+                "Warehouse (SQLite {})",
+                path.file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            ),
+            ValidWarehouse::Postgres { schema, .. } => {
+                format!("Warehouse (Postgres schema {schema})")
+            }
+        };
+        let mut nodes = vec![
+            Node {
+                id: SALESFORCE.into(),
+                label: "Salesforce org".into(),
+                kind: "salesforce",
+            },
+            Node {
+                id: WAREHOUSE.into(),
+                label: warehouse_label,
+                kind: "warehouse",
+            },
+        ];
+        let mut flows = Vec::new();
+        let p = &config.pipeline;
+        for o in &config.objects {
+            let mut steps = vec![format!(
+                "typed columns from describe into table {}",
+                o.name.to_ascii_lowercase()
+            )];
+            match &o.history {
+                Some(crate::config::model::HistoryFields::All) => {
+                    steps.push("SCD2 history of every field".into())
+                }
+                Some(crate::config::model::HistoryFields::List(f)) => {
+                    steps.push(format!("SCD2 history of {}", list(f)))
+                }
+                None => {}
+            }
+            if !o.pii_fields.is_empty() {
+                steps.push(format!("encrypted at rest: {}", list(&o.pii_fields)));
+            }
+            let rules = o.quality.required.len() + o.quality.rules.len();
+            if rules > 0 || !o.quality.references.is_empty() {
+                steps.push(format!(
+                    "{rules} quality rule(s), {} reference check(s); failures quarantined",
+                    o.quality.references.len()
+                ));
+            }
+            let (pattern, frequency, trigger) = match o.mode {
+                SyncMode::Cdc => (
+                    "CDC stream",
+                    "continuous".to_string(),
+                    format!(
+                        "change event on {}",
+                        o.channel.as_deref().unwrap_or("(no channel)")
+                    ),
+                ),
+                SyncMode::Poll => (
+                    "polling",
+                    format!("every {} s", p.poll_interval_secs),
+                    "SystemModstamp newer than the checkpoint".to_string(),
+                ),
+            };
+            let sla = o.sla_secs.unwrap_or(DEFAULT_INBOUND_SLA_SECS);
+            flows.push(Flow {
+                object: o.name.clone(),
+                source: SALESFORCE.into(),
+                target: WAREHOUSE.into(),
+                direction: "inbound",
+                pattern,
+                frequency,
+                trigger,
+                transformation: steps.join("; "),
+                sla_secs: sla,
+                team: o.team.clone(),
+            });
+            if let Some(every) = p.reconcile_interval_secs {
+                flows.push(Flow {
+                    object: o.name.clone(),
+                    source: SALESFORCE.into(),
+                    target: WAREHOUSE.into(),
+                    direction: "inbound",
+                    pattern: "reconciliation",
+                    frequency: format!("every {every} s"),
+                    trigger: "schedule".into(),
+                    transformation: "compare Id + SystemModstamp in buckets; re-read what differs"
+                        .into(),
+                    sla_secs: every,
+                    team: o.team.clone(),
+                });
+            }
+            if !matches!(
+                o.formula_fields,
+                sfsync_pipeline::model::FormulaFields::None
+            ) {
+                flows.push(Flow {
+                    object: o.name.clone(),
+                    source: SALESFORCE.into(),
+                    target: WAREHOUSE.into(),
+                    direction: "inbound",
+                    pattern: "formula refresh",
+                    frequency: format!("every {} s", p.formula_refresh_secs),
+                    trigger: "schedule".into(),
+                    transformation: "formula columns updated in place (no history version)".into(),
+                    sla_secs: p.formula_refresh_secs,
+                    team: o.team.clone(),
+                });
+            }
+        }
+        for (name, policy) in &config.writeback.objects {
+            use sfsync_pipeline::writeback::Owner;
+            let meta = config.writeback_flows.iter().find(|m| &m.object == name);
+            // The systems that may write: named owners; `shared` fields admit any system.
+            let mut systems: Vec<String> = Vec::new();
+            let mut shared = false;
+            for rule in std::iter::once(&policy.default).chain(policy.fields.values()) {
+                match &rule.owner {
+                    Owner::System(s) if !systems.contains(s) => systems.push(s.clone()),
+                    Owner::Shared => shared = true,
+                    _ => {}
+                }
+            }
+            if shared {
+                systems.push("any system".into());
+            }
+            let policies: Vec<String> = {
+                let mut v: Vec<String> = std::iter::once(&policy.default)
+                    .chain(policy.fields.values())
+                    .map(|r| {
+                        serde_json::to_value(r.policy)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                v.sort();
+                v.dedup();
+                v
+            };
+            for system in systems {
+                let id = node_id("system", &system);
+                if !nodes.iter().any(|n| n.id == id) {
+                    nodes.push(Node {
+                        id: id.clone(),
+                        label: system.clone(),
+                        kind: "system",
+                    });
+                }
+                flows.push(Flow {
+                    object: name.clone(),
+                    source: id,
+                    target: SALESFORCE.into(),
+                    direction: "outbound",
+                    pattern: "writeback",
+                    frequency: "continuous".into(),
+                    trigger: "POST /api/v1/writes or an outbox row".into(),
+                    transformation: format!(
+                        "owned fields only; conflicts: {}; upsert by External Id or update by Id",
+                        policies.join(", ")
+                    ),
+                    sla_secs: meta
+                        .and_then(|m| m.sla_secs)
+                        .unwrap_or(DEFAULT_WRITEBACK_SLA_SECS),
+                    team: meta.and_then(|m| m.team.clone()),
+                });
+            }
+        }
+        IntegrationMap { nodes, flows }
+    }
+
+    fn edge_label(f: &Flow) -> String {
+        format!(
+            "{} · {} · {} · SLA {} · {}",
+            f.object,
+            f.pattern,
+            f.frequency,
+            human_secs(f.sla_secs),
+            f.team.as_deref().unwrap_or("unowned")
+        )
+    }
+
+    /// A Mermaid `flowchart LR`.
+    pub fn mermaid(&self) -> String {
+        let mut out = String::from("flowchart LR\n");
+        for n in &self.nodes {
+            let label = mermaid_text(&n.label);
+            let shape = match n.kind {
+                "warehouse" => format!("{}[(\"{label}\")]", n.id),
+                "salesforce" => format!("{}{{{{\"{label}\"}}}}", n.id),
+                _ => format!("{}[\"{label}\"]", n.id),
+            };
+            out.push_str(&format!("  {shape}\n"));
+        }
+        for f in &self.flows {
+            out.push_str(&format!(
+                "  {} -->|\"{}\"| {}\n",
+                f.source,
+                mermaid_text(&Self::edge_label(f)),
+                f.target
+            ));
+        }
+        out
+    }
+
+    /// Graphviz DOT.
+    pub fn dot(&self) -> String {
+        let mut out = String::from(
+            "digraph sfsync {\n  rankdir=LR;\n  node [fontname=\"Helvetica\"];\n  edge [fontname=\"Helvetica\", fontsize=10];\n",
+        );
+        for n in &self.nodes {
+            let shape = match n.kind {
+                "warehouse" => "cylinder",
+                "salesforce" => "hexagon",
+                _ => "box",
+            };
+            out.push_str(&format!(
+                "  {} [label=\"{}\", shape={shape}];\n",
+                n.id,
+                dot_text(&n.label)
+            ));
+        }
+        for f in &self.flows {
+            out.push_str(&format!(
+                "  {} -> {} [label=\"{}\", tooltip=\"{}\"];\n",
+                f.source,
+                f.target,
+                dot_text(&Self::edge_label(f)),
+                dot_text(&format!("trigger: {}; {}", f.trigger, f.transformation))
+            ));
+        }
+        out.push_str("}\n");
+        out
+    }
+}
+
+/// `120 s` → `2 min`, `90 s` → `90 s`, `7200 s` → `2 h`.
+pub fn human_secs(s: u64) -> String {
+    if s >= 3600 && s % 3600 == 0 {
+        format!("{} h", s / 3600)
+    } else if s >= 60 && s % 60 == 0 {
+        format!("{} min", s / 60)
+    } else {
+        format!("{s} s")
+    }
+}
+
+/// Text safe inside a Mermaid quoted label (`"` and `|` would end it; `#` starts an entity).
+fn mermaid_text(s: &str) -> String {
+    s.replace('#', "#35;")
+        .replace('"', "#quot;")
+        .replace('|', "#124;")
+}
+
+/// Text safe inside a DOT double-quoted string.
+fn dot_text(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// `sfsync map`: prints the map; exit 0, or 2 with the config errors.
+pub fn map(args: MapArgs) -> i32 {
+    let loaded = match crate::config::load(&args.config) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
+        }
+    };
+    let map = IntegrationMap::from_config(&loaded.config);
+    match args.format {
+        MapFormat::Mermaid => print!("{}", map.mermaid()),
+        MapFormat::Dot => print!("{}", map.dot()),
+        MapFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&map).expect("the map serialises")
+        ),
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> ValidConfig {
+        let text = format!(
+            r#"[salesforce]
+instance_url = "https://example.my.salesforce.com"
+[salesforce.auth]
+type = "client_credentials"
+client_id = "abc"
+client_secret = {{ env = "SECRET" }}
+
+[[objects]]
+name = "Case"
+history = {{ fields = ["Status"] }}
+team = "Case team"
+sla_secs = 60
+
+[[objects]]
+name = "Contact"
+pii_fields = ["Email"]
+required = ["LastName"]
+
+[warehouse]
+type = "sqlite"
+path = "wh.db"
+
+[pii]
+key_env = "KEY"
+key_id = "k1"
+{extra}"#
+        );
+        crate::config::load_str(&text, "t.toml", std::path::Path::new("."))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .config
+    }
+
+    #[test]
+    fn every_object_and_writeback_system_is_a_flow_with_its_facts() {
+        let c = config(
+            r#"
+[[writeback.objects]]
+name = "Case"
+owner = "case_mgmt"
+policy = "merge"
+team = "CMS team"
+sla_secs = 120
+fields = [{ name = "Priority", owner = "shared", policy = "last_write_wins" }]
+"#,
+        );
+        let m = IntegrationMap::from_config(&c);
+        let case = m
+            .flows
+            .iter()
+            .find(|f| f.object == "Case" && f.direction == "inbound")
+            .unwrap();
+        assert_eq!(case.pattern, "CDC stream");
+        assert_eq!(case.sla_secs, 60);
+        assert_eq!(case.team.as_deref(), Some("Case team"));
+        assert!(case.trigger.contains("/data/CaseChangeEvent"));
+        assert!(case.transformation.contains("SCD2 history of Status"));
+        let contact = m.flows.iter().find(|f| f.object == "Contact").unwrap();
+        assert_eq!(contact.sla_secs, DEFAULT_INBOUND_SLA_SECS);
+        assert_eq!(contact.team, None);
+        assert!(contact.transformation.contains("encrypted at rest: Email"));
+        assert!(contact.transformation.contains("1 quality rule"));
+        let out: Vec<&Flow> = m
+            .flows
+            .iter()
+            .filter(|f| f.direction == "outbound")
+            .collect();
+        let sources: Vec<&str> = out.iter().map(|f| f.source.as_str()).collect();
+        assert_eq!(sources, ["system_case_mgmt", "system_any_system"]);
+        assert!(out
+            .iter()
+            .all(|f| f.target == SALESFORCE && f.sla_secs == 120));
+        assert!(out[0].transformation.contains("last_write_wins, merge"));
+        assert_eq!(out[0].team.as_deref(), Some("CMS team"));
+    }
+
+    #[test]
+    fn mermaid_and_dot_draw_every_node_and_flow_with_escaped_labels() {
+        let c = config(
+            r#"
+[[writeback.objects]]
+name = "Case"
+owner = "payments"
+policy = "manual"
+team = "Pay \"ments\" | x # 1"
+"#,
+        );
+        let m = IntegrationMap::from_config(&c);
+        let mer = m.mermaid();
+        assert!(mer.starts_with("flowchart LR\n"));
+        assert_eq!(mer.matches("-->|").count(), m.flows.len());
+        assert!(mer.contains("salesforce{{\"Salesforce org\"}}"));
+        assert!(mer.contains("warehouse[(\"Warehouse (SQLite wh.db)\")]"));
+        // The quote, pipe and hash of the team are entities, never raw inside a label.
+        assert!(
+            mer.contains("Pay #quot;ments#quot; #124; x #35; 1"),
+            "{mer}"
+        );
+        for line in mer.lines().filter(|l| l.contains("-->|")) {
+            assert_eq!(line.matches('|').count(), 2, "{line}");
+            assert_eq!(line.matches('"').count(), 2, "{line}");
+        }
+        let dot = m.dot();
+        assert!(dot.starts_with("digraph sfsync {"));
+        assert!(dot.trim_end().ends_with('}'));
+        assert_eq!(dot.matches(" -> ").count(), m.flows.len());
+        assert!(
+            dot.contains("SLA 5 min · Pay \\\"ments\\\" | x # 1\""),
+            "{dot}"
+        );
+        assert!(dot.contains("SLA 2 min · unowned"), "{dot}");
+    }
+
+    #[test]
+    fn seconds_read_as_people_say_them() {
+        assert_eq!(human_secs(120), "2 min");
+        assert_eq!(human_secs(90), "90 s");
+        assert_eq!(human_secs(7200), "2 h");
+    }
+
+    #[test]
+    fn blank_team_and_zero_sla_are_config_errors_naming_the_key() {
+        let text = r#"[salesforce]
+instance_url = "https://example.my.salesforce.com"
+[salesforce.auth]
+type = "client_credentials"
+client_id = "abc"
+client_secret = { env = "SECRET" }
+[[objects]]
+name = "Case"
+team = " "
+sla_secs = 0
+[warehouse]
+type = "sqlite"
+path = "wh.db"
+"#;
+        let e = crate::config::load_str(text, "t.toml", std::path::Path::new("."))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("objects[0].team"), "{e}");
+        assert!(e.contains("objects[0].sla_secs"), "{e}");
+    }
+}
