@@ -328,9 +328,9 @@ impl IntegrationMap {
 
 /// `120 s` → `2 min`, `90 s` → `90 s`, `7200 s` → `2 h`.
 pub fn human_secs(s: u64) -> String {
-    if s >= 3600 && s % 3600 == 0 {
+    if s >= 3600 && s.is_multiple_of(3600) {
         format!("{} h", s / 3600)
-    } else if s >= 60 && s % 60 == 0 {
+    } else if s >= 60 && s.is_multiple_of(60) {
         format!("{} min", s / 60)
     } else {
         format!("{s} s")
