@@ -446,6 +446,13 @@ pub trait WriteLedger: ChangeLog {
     /// `applied` write of that record (echoes arrive in commit order, which is the order our
     /// writes of one record were applied). The caller has checked the change origin is ours.
     async fn echo_write(&self, object: &str, record_id: &str) -> Result<Option<LedgerWrite>>;
+
+    /// Returns writes left in `sent` by a deliverer that stopped between sending and recording
+    /// (a crash): every `sent` write claimed before `claimed_before_ms` (epoch ms; its claim time
+    /// is its last update) goes back to `pending`, the transition recorded with `note`. Returns
+    /// their ids, oldest first. Re-sending them is safe: an upsert by External Id never creates a
+    /// second record and an update by Id is idempotent.
+    async fn requeue_abandoned(&self, claimed_before_ms: i64, note: &str) -> Result<Vec<i64>>;
 }
 
 /// AAD of a write's sealed fields.
