@@ -123,6 +123,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             initial: ReplayStart::Earliest,
             idle_wait: Duration::from_millis(200),
             bulk: Some(client.bulk()),
+            echo_ledger: None,
         },
     )
     .await
