@@ -340,6 +340,7 @@ async fn the_state_machine_is_enforced(b: &dyn Backend) {
     )
     .await;
     drive(w, "policy", &[rejected()]).await;
+    drive(w, "policy-at-delivery", &[claim(), rejected()]).await;
 
     let t = w.write_transitions(happy).await.unwrap();
     let steps: Vec<_> = t.iter().map(|t| (t.from, t.to)).collect();
@@ -432,7 +433,7 @@ async fn the_state_machine_is_enforced(b: &dyn Backend) {
                 .map(|t| (f.as_str(), t.as_str()))
         })
         .collect();
-    assert_eq!(legal.len(), 12, "{legal:?}");
+    assert_eq!(legal.len(), 13, "{legal:?}");
 
     let unknown = w
         .record_write_outcomes(&[(999_999, rejected())])
