@@ -601,7 +601,7 @@ async fn lock_errors_and_503s_are_retried_until_applied_once() {
             submit(
                 &ledger,
                 write(
-                    "crm",
+                    "case_mgmt",
                     &format!("f-{i}"),
                     by_ext(&format!("F-{i}")),
                     json!({"Name": format!("Faulty {i}")}),
@@ -665,7 +665,7 @@ async fn a_budget_far_below_the_demand_completes_without_limit_refusals() {
             submit(
                 &ledger,
                 write(
-                    "crm",
+                    "case_mgmt",
                     &format!("b-{i}"),
                     by_ext(&format!("B-{i}")),
                     json!({"Name": format!("Budget {i}")}),
