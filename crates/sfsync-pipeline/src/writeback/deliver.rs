@@ -32,7 +32,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use sfsync_core::ErrorClass;
 use sfsync_salesforce::bulk::IngestOperation;
 use sfsync_salesforce::rest::SaveResult;
@@ -793,7 +792,7 @@ impl Deliverer {
             .writeback
             .records_sent
             .fetch_add(units.len() as u64, Relaxed);
-        let jobs = bulk.ingest(&req, Bytes::from(w.into_bytes())).await?;
+        let jobs = bulk.ingest(&req, w.into_bytes()).await?;
         // create, upload, close per job, then three result reads (each reads the job first).
         self.stats
             .writeback
