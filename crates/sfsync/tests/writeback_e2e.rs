@@ -697,3 +697,70 @@ async fn a_budget_far_below_the_demand_completes_without_limit_refusals() {
     }
     stop(child);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_batches_go_through_bulk_ingest_with_nulls() {
+    let env = env("linger_ms = 300\nbulk_threshold = 10", "").await;
+    let ledger = open(&env).await;
+    let child = run(&env);
+    let batch = |round: &str, fields: &dyn Fn(usize) -> J, seen: Option<i64>| -> Vec<NewWrite> {
+        (0..30)
+            .map(|i| {
+                write(
+                    "case_mgmt",
+                    &format!("{round}-{i}"),
+                    by_ext(&format!("K-{i}")),
+                    fields(i),
+                    seen,
+                )
+            })
+            .collect()
+    };
+    let created: Vec<i64> = ledger
+        .submit_writes(&batch(
+            "c",
+            &|i| json!({"Name": format!("Bulk {i}"), "Phone": "123"}),
+            None,
+        ))
+        .await
+        .unwrap()
+        .iter()
+        .map(id_of)
+        .collect();
+    assert_confirmed(&ledger, &created).await;
+    // Nulls: `#N/A` in the CSV clears the field; an absent column leaves it as it is. The
+    // writer has seen the created records (no conflict under merge).
+    let seen = Some(chrono::Utc::now().timestamp_millis());
+    let nulled: Vec<i64> = ledger
+        .submit_writes(&batch("n", &|_| json!({"Phone": null}), seen))
+        .await
+        .unwrap()
+        .iter()
+        .map(id_of)
+        .collect();
+    wait_states(
+        &ledger,
+        &nulled,
+        WriteState::Confirmed,
+        Duration::from_secs(30),
+    )
+    .await;
+    for i in 0..30 {
+        let ids = ext_ids(&env, &format!("K-{i}"));
+        assert_eq!(ids.len(), 1, "K-{i}");
+        assert_eq!(sf_field(&env, &ids[0], "Phone"), J::Null, "K-{i}");
+        assert_eq!(sf_field(&env, &ids[0], "Name"), json!(format!("Bulk {i}")));
+    }
+    let jobs = env
+        .client
+        .bulk()
+        .list_jobs(sfsync_salesforce::bulk::JobKind::Ingest)
+        .await
+        .unwrap();
+    assert!(
+        jobs.len() >= 2,
+        "the batches went through Bulk ingest jobs ({})",
+        jobs.len()
+    );
+    stop(child);
+}
