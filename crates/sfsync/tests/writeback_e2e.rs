@@ -15,6 +15,10 @@
 //! 5. A budget far smaller than the demand → zero REQUEST_LIMIT_EXCEEDED responses from the
 //!    emulator and all writes applied once the window resets.
 
+#[path = "../../sfsync-store/tests/support/pg.rs"]
+#[allow(dead_code)]
+mod pg;
+
 mod support;
 
 use support::{stop, wait_for, KillOnDrop};
@@ -29,11 +33,41 @@ use sfsync_emulator::RunningEmulator;
 use sfsync_org::{ApiKind, CallContext, DmlOp};
 use sfsync_salesforce::SalesforceClient;
 use sfsync_store::{
-    ConflictDetail, LedgerWrite, NewWrite, SqliteChangeLog, SubmitOutcome, Warehouse, WriteLedger,
-    WriteState, WriteTarget,
+    ConflictDetail, LedgerWrite, NewWrite, PostgresChangeLog, SqliteChangeLog, SubmitOutcome,
+    Warehouse, WriteLedger, WriteState, WriteTarget,
 };
 
+/// The warehouse and ledger as the test reads them.
+trait Store: Warehouse + WriteLedger {}
+impl<T: Warehouse + WriteLedger> Store for T {}
+
+/// A Postgres warehouse: a schema of its own on the shared throwaway server (the child reads
+/// the URL from `SFSYNC_E2E_PG_URL`).
+struct Pg {
+    url: String,
+    schema: String,
+    _server: Arc<pg::PgServer>,
+}
+
+impl Pg {
+    fn new(schema: &str) -> Pg {
+        let server = pg::shared_server();
+        Pg {
+            url: format!("postgres://postgres@127.0.0.1:{}/postgres", server.port),
+            schema: schema.into(),
+            _server: server,
+        }
+    }
+
+    fn config(&self) -> tokio_postgres::Config {
+        let mut cfg: tokio_postgres::Config = self.url.parse().unwrap();
+        cfg.options(format!("-c search_path={}", self.schema));
+        cfg
+    }
+}
+
 struct Env {
+    pg: Option<Pg>,
     emu: RunningEmulator,
     _dir: tempfile::TempDir,
     db: PathBuf,
@@ -58,6 +92,10 @@ fields = [
 /// An emulator and a config for `sfsync run` with `[writeback]` (`extra` goes under
 /// `[writeback]`, `budget` under `[salesforce.budget]`).
 async fn env(extra: &str, budget: &str) -> Env {
+    env_on(None, extra, budget).await
+}
+
+async fn env_on(pg: Option<Pg>, extra: &str, budget: &str) -> Env {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let (emu, client) = support::emulator(&dir).await;
@@ -74,10 +112,7 @@ ca_file = "{ca}"
 [[objects]]
 name = "Account"
 
-[warehouse]
-type = "sqlite"
-path = "{db}"
-
+{warehouse}
 [pipeline]
 batch_max_records = 500
 batch_max_wait_ms = 50
@@ -88,10 +123,32 @@ backfill_new_objects = false
 {WRITEBACK}"#,
         creds = emu.credentials_path.display(),
         ca = emu.ca_pem_path.display(),
-        db = db.display(),
+        warehouse = match &pg {
+            None => format!("[warehouse]\ntype = \"sqlite\"\npath = \"{}\"\n", db.display()),
+            Some(p) => format!(
+                "[warehouse]\ntype = \"postgres\"\nurl = {{ env = \"SFSYNC_E2E_PG_URL\" }}\nschema = \"{}\"\n",
+                p.schema
+            ),
+        },
     );
     std::fs::write(&config, text).unwrap();
+    if let Some(p) = &pg {
+        let mut admin: tokio_postgres::Config = p.url.parse().unwrap();
+        admin.options("");
+        let (client, conn) = admin.connect(tokio_postgres::NoTls).await.unwrap();
+        let task = tokio::spawn(conn);
+        client
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {0} CASCADE; CREATE SCHEMA {0}",
+                p.schema
+            ))
+            .await
+            .unwrap();
+        drop(client);
+        let _ = task.await;
+    }
     Env {
+        pg,
         emu,
         stats: dir.join("stats.json"),
         _dir: tmp,
@@ -102,9 +159,12 @@ backfill_new_objects = false
 }
 
 fn run(env: &Env) -> KillOnDrop {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sfsync"));
+    if let Some(p) = &env.pg {
+        cmd.env("SFSYNC_E2E_PG_URL", &p.url);
+    }
     KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_sfsync"))
-            .args(["run", "--progress-secs", "0", "--stats-file"])
+        cmd.args(["run", "--progress-secs", "0", "--stats-file"])
             .arg(&env.stats)
             .arg("--config")
             .arg(&env.config)
@@ -117,14 +177,17 @@ fn run(env: &Env) -> KillOnDrop {
 }
 
 /// The warehouse as the test sees it (with the Account model registered, to read rows).
-async fn open(env: &Env) -> Arc<SqliteChangeLog> {
-    let store = SqliteChangeLog::open(&env.db).await.unwrap();
+async fn open(env: &Env) -> Arc<dyn Store> {
+    let store: Arc<dyn Store> = match &env.pg {
+        None => Arc::new(SqliteChangeLog::open(&env.db).await.unwrap()),
+        Some(p) => Arc::new(PostgresChangeLog::connect_with(&p.config()).await.unwrap()),
+    };
     let d = env.client.describe_object("Account").await.unwrap();
     let mapping =
         sfsync_pipeline::ObjectMapping::build(&d, &sfsync_pipeline::ObjectSpec::new("Account"))
             .unwrap();
     store.ensure_model(&mapping.model).await.unwrap();
-    Arc::new(store)
+    store
 }
 
 fn ctx(env: &Env) -> CallContext {
@@ -212,16 +275,16 @@ fn id_of(o: &SubmitOutcome) -> i64 {
     }
 }
 
-async fn submit(l: &SqliteChangeLog, w: NewWrite) -> i64 {
+async fn submit(l: &dyn Store, w: NewWrite) -> i64 {
     id_of(&l.submit_writes(&[w]).await.unwrap()[0])
 }
 
-async fn get(l: &SqliteChangeLog, id: i64) -> LedgerWrite {
+async fn get(l: &dyn Store, id: i64) -> LedgerWrite {
     l.write(id).await.unwrap().expect("write exists")
 }
 
 /// Waits until every write in `ids` is in `state`.
-async fn wait_states(l: &SqliteChangeLog, ids: &[i64], state: WriteState, within: Duration) {
+async fn wait_states(l: &dyn Store, ids: &[i64], state: WriteState, within: Duration) {
     wait_for(&format!("writes {state:?}"), within, || async {
         let mut p = Vec::new();
         for id in ids {
@@ -240,7 +303,7 @@ async fn wait_states(l: &SqliteChangeLog, ids: &[i64], state: WriteState, within
 
 /// Waits until the curated row of `id` has `column` = `value` (as text); returns the row's
 /// commit time (ms).
-async fn wait_curated(store: &SqliteChangeLog, id: &str, column: &str, value: &str) -> i64 {
+async fn wait_curated(store: &dyn Store, id: &str, column: &str, value: &str) -> i64 {
     let at = std::sync::atomic::AtomicI64::new(0);
     wait_for(
         &format!("curated {id}.{column} = {value}"),
@@ -267,7 +330,7 @@ async fn wait_curated(store: &SqliteChangeLog, id: &str, column: &str, value: &s
 }
 
 /// Applied writes go on to `confirmed` with the event key of their echo.
-async fn assert_confirmed(l: &SqliteChangeLog, ids: &[i64]) {
+async fn assert_confirmed(l: &dyn Store, ids: &[i64]) {
     wait_states(l, ids, WriteState::Confirmed, Duration::from_secs(30)).await;
     for id in ids {
         let w = get(l, *id).await;
@@ -301,7 +364,7 @@ async fn writes_land_once_are_confirmed_and_follow_the_policies() {
 
     // Crash between sending and recording: claimed and sent by a deliverer that then died.
     let crash = submit(
-        &ledger,
+        &*ledger,
         write(
             "case_mgmt",
             "crash-1",
@@ -329,7 +392,7 @@ async fn writes_land_once_are_confirmed_and_follow_the_policies() {
 
     let child = run(&env);
     // The pipeline knows the record before the policies are exercised.
-    let created_ms = wait_curated(&ledger, &acct, "accountnumber", "A-1").await;
+    let created_ms = wait_curated(&*ledger, &acct, "accountnumber", "A-1").await;
 
     // Duplicates: the same key three times through the API, once more through the outbox.
     let dup = write(
@@ -358,7 +421,7 @@ async fn writes_land_once_are_confirmed_and_follow_the_policies() {
     }
     // source_of_truth: the owner writes Name; another system may not.
     let owner = submit(
-        &ledger,
+        &*ledger,
         write(
             "case_mgmt",
             "name-1",
@@ -369,7 +432,7 @@ async fn writes_land_once_are_confirmed_and_follow_the_policies() {
     )
     .await;
     let intruder = submit(
-        &ledger,
+        &*ledger,
         write(
             "payments",
             "name-2",
@@ -381,16 +444,16 @@ async fn writes_land_once_are_confirmed_and_follow_the_policies() {
     .await;
 
     wait_states(
-        &ledger,
+        &*ledger,
         &[intruder],
         WriteState::Rejected,
         Duration::from_secs(30),
     )
     .await;
-    let reason = get(&ledger, intruder).await.reason.unwrap();
+    let reason = get(&*ledger, intruder).await.reason.unwrap();
     assert!(reason.contains("owned by system 'case_mgmt'"), "{reason}");
-    assert_confirmed(&ledger, &[crash, dup_id, owner]).await;
-    wait_curated(&ledger, &acct, "name", "Acme Renamed").await;
+    assert_confirmed(&*ledger, &[crash, dup_id, owner]).await;
+    wait_curated(&*ledger, &acct, "name", "Acme Renamed").await;
     assert_eq!(sf_field(&env, &acct, "Name"), json!("Acme Renamed"));
     // Exactly one record per External Id, whatever was sent twice.
     assert_eq!(
@@ -411,7 +474,7 @@ async fn writes_land_once_are_confirmed_and_follow_the_policies() {
         }
     })
     .await;
-    let crash_w = get(&ledger, crash).await;
+    let crash_w = get(&*ledger, crash).await;
     assert_eq!(crash_w.attempts, 2, "sent again after the lease");
     assert!(ledger
         .write_transitions(crash)
@@ -421,18 +484,18 @@ async fn writes_land_once_are_confirmed_and_follow_the_policies() {
         .any(|t| t.to == WriteState::Pending
             && t.detail.as_deref().is_some_and(|d| d.contains("lease"))));
     let dup_row = ext_ids(&env, "X-DUP").remove(0);
-    wait_curated(&ledger, &dup_row, "phone", "555").await;
+    wait_curated(&*ledger, &dup_row, "phone", "555").await;
     assert_eq!(
-        get(&ledger, dup_id).await.record_id.as_deref(),
+        get(&*ledger, dup_id).await.record_id.as_deref(),
         Some(dup_row.as_str())
     );
 
     // A Salesforce user changes Phone and Description after the writer's version.
     sf_update(&env, &acct, json!({"Phone": "222", "Description": "d1"}));
-    wait_curated(&ledger, &acct, "phone", "222").await;
+    wait_curated(&*ledger, &acct, "phone", "222").await;
     // merge: AccountNumber applies, Phone waits for a person with both sides.
     let merge = submit(
-        &ledger,
+        &*ledger,
         write(
             "crm",
             "merge-1",
@@ -443,20 +506,20 @@ async fn writes_land_once_are_confirmed_and_follow_the_policies() {
     )
     .await;
     wait_states(
-        &ledger,
+        &*ledger,
         &[merge],
         WriteState::Conflict,
         Duration::from_secs(30),
     )
     .await;
-    let detail = ConflictDetail::parse(&get(&ledger, merge).await.reason.unwrap())
+    let detail = ConflictDetail::parse(&get(&*ledger, merge).await.reason.unwrap())
         .expect("a conflict detail");
     assert_eq!(detail.fields.len(), 1, "{detail:?}");
     assert_eq!(detail.fields[0].field, "Phone");
     assert_eq!(detail.fields[0].salesforce, json!("222"));
     assert_eq!(detail.fields[0].writer, json!("999"));
     assert!(detail.held.is_empty());
-    wait_curated(&ledger, &acct, "accountnumber", "A-2").await;
+    wait_curated(&*ledger, &acct, "accountnumber", "A-2").await;
     assert_eq!(
         sf_field(&env, &acct, "Phone"),
         json!("222"),
@@ -464,7 +527,7 @@ async fn writes_land_once_are_confirmed_and_follow_the_policies() {
     );
     // manual: Description conflicts, so the whole write (with Website) is held; nothing sent.
     let manual = submit(
-        &ledger,
+        &*ledger,
         write(
             "crm",
             "manual-1",
@@ -475,13 +538,13 @@ async fn writes_land_once_are_confirmed_and_follow_the_policies() {
     )
     .await;
     wait_states(
-        &ledger,
+        &*ledger,
         &[manual],
         WriteState::Conflict,
         Duration::from_secs(30),
     )
     .await;
-    let detail = ConflictDetail::parse(&get(&ledger, manual).await.reason.unwrap()).unwrap();
+    let detail = ConflictDetail::parse(&get(&*ledger, manual).await.reason.unwrap()).unwrap();
     assert_eq!(detail.fields[0].field, "Description");
     assert_eq!(detail.held, vec!["Website".to_string()]);
     assert_eq!(
@@ -531,13 +594,13 @@ async fn last_write_wins_both_ways() {
     let a = sf_insert(&env, json!({"Name": "A", "Type": "Prospect"}));
     let b = sf_insert(&env, json!({"Name": "B", "Type": "Prospect"}));
     let child = run(&env);
-    let seen = wait_curated(&ledger, &a, "name", "A").await;
-    wait_curated(&ledger, &b, "name", "B").await;
+    let seen = wait_curated(&*ledger, &a, "name", "A").await;
+    wait_curated(&*ledger, &b, "name", "B").await;
     // Salesforce changed A's Type before the write: the write is later and wins.
     sf_update(&env, &a, json!({"Type": "Other"}));
-    wait_curated(&ledger, &a, "type", "Other").await;
+    wait_curated(&*ledger, &a, "type", "Other").await;
     let newer = submit(
-        &ledger,
+        &*ledger,
         write(
             "crm",
             "lww-1",
@@ -549,7 +612,7 @@ async fn last_write_wins_both_ways() {
     .await;
     // Salesforce changes B's Type after the write was accepted: Salesforce's value stays.
     let older = submit(
-        &ledger,
+        &*ledger,
         write(
             "crm",
             "lww-2",
@@ -561,17 +624,17 @@ async fn last_write_wins_both_ways() {
     .await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     sf_update(&env, &b, json!({"Type": "Other"}));
-    wait_curated(&ledger, &b, "type", "Other").await;
-    assert_confirmed(&ledger, &[newer]).await;
+    wait_curated(&*ledger, &b, "type", "Other").await;
+    assert_confirmed(&*ledger, &[newer]).await;
     assert_eq!(sf_field(&env, &a, "Type"), json!("Customer - Direct"));
     wait_states(
-        &ledger,
+        &*ledger,
         &[older],
         WriteState::Rejected,
         Duration::from_secs(30),
     )
     .await;
-    let reason = get(&ledger, older).await.reason.unwrap();
+    let reason = get(&*ledger, older).await.reason.unwrap();
     assert!(
         reason.contains("last write wins keeps Salesforce's value"),
         "{reason}"
@@ -599,7 +662,7 @@ async fn lock_errors_and_503s_are_retried_until_applied_once() {
     for i in 0..120 {
         ids.push(
             submit(
-                &ledger,
+                &*ledger,
                 write(
                     "case_mgmt",
                     &format!("f-{i}"),
@@ -611,7 +674,7 @@ async fn lock_errors_and_503s_are_retried_until_applied_once() {
             .await,
         );
     }
-    assert_confirmed(&ledger, &ids).await;
+    assert_confirmed(&*ledger, &ids).await;
     let fired: u64 = env
         .emu
         .state
@@ -663,7 +726,7 @@ async fn a_budget_far_below_the_demand_completes_without_limit_refusals() {
     for i in 0..160 {
         ids.push(
             submit(
-                &ledger,
+                &*ledger,
                 write(
                     "case_mgmt",
                     &format!("b-{i}"),
@@ -676,7 +739,7 @@ async fn a_budget_far_below_the_demand_completes_without_limit_refusals() {
         );
     }
     wait_states(
-        &ledger,
+        &*ledger,
         &ids,
         WriteState::Confirmed,
         Duration::from_secs(120),
@@ -727,7 +790,7 @@ async fn large_batches_go_through_bulk_ingest_with_nulls() {
         .iter()
         .map(id_of)
         .collect();
-    assert_confirmed(&ledger, &created).await;
+    assert_confirmed(&*ledger, &created).await;
     // Nulls: `#N/A` in the CSV clears the field; an absent column leaves it as it is. The
     // writer has seen the created records (no conflict under merge).
     let seen = Some(chrono::Utc::now().timestamp_millis());
@@ -739,7 +802,7 @@ async fn large_batches_go_through_bulk_ingest_with_nulls() {
         .map(id_of)
         .collect();
     wait_states(
-        &ledger,
+        &*ledger,
         &nulled,
         WriteState::Confirmed,
         Duration::from_secs(30),
@@ -762,5 +825,54 @@ async fn large_batches_go_through_bulk_ingest_with_nulls() {
         "the batches went through Bulk ingest jobs ({})",
         jobs.len()
     );
+    stop(child);
+}
+
+/// The crash and duplicate scenarios, with echo confirmation, on a Postgres warehouse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_crash_recovery_duplicates_and_echoes() {
+    let env = env_on(
+        Some(Pg::new("wb_e2e")),
+        "linger_ms = 200\nlease_secs = 1",
+        "",
+    )
+    .await;
+    let ledger = open(&env).await;
+    let crash = submit(
+        &*ledger,
+        write(
+            "case_mgmt",
+            "pg-crash",
+            by_ext("PG-CRASH"),
+            json!({"Name": "Crashed on Postgres"}),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(ledger.claim_writes("crashed", 10).await.unwrap().len(), 1);
+    let mut rec = serde_json::Map::new();
+    rec.insert("External_Id__c".into(), json!("PG-CRASH"));
+    rec.insert("Name".into(), json!("Crashed on Postgres"));
+    env.client
+        .collection_upsert("Account", "External_Id__c", &[rec], false)
+        .await
+        .unwrap();
+    let child = run(&env);
+    let dup = write(
+        "case_mgmt",
+        "pg-dup",
+        by_ext("PG-DUP"),
+        json!({"Name": "Dup on Postgres"}),
+        None,
+    );
+    let out = ledger.submit_writes(&[dup.clone(), dup]).await.unwrap();
+    let dup_id = id_of(&out[0]);
+    assert!(matches!(out[1], SubmitOutcome::Duplicate { id } if id == dup_id));
+    assert_confirmed(&*ledger, &[crash, dup_id]).await;
+    assert_eq!(ext_ids(&env, "PG-CRASH").len(), 1, "no duplicate create");
+    assert_eq!(ext_ids(&env, "PG-DUP").len(), 1);
+    let row = ext_ids(&env, "PG-DUP").remove(0);
+    wait_curated(&*ledger, &row, "name", "Dup on Postgres").await;
+    assert_eq!(get(&*ledger, crash).await.attempts, 2);
     stop(child);
 }
