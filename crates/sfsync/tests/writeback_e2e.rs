@@ -443,6 +443,33 @@ async fn writes_land_once_are_confirmed_and_follow_the_policies() {
     )
     .await;
 
+    // A field Salesforce does not know: a dead letter with Salesforce's error; the rest of
+    // its batch is applied.
+    let bad = submit(
+        &*ledger,
+        write(
+            "case_mgmt",
+            "bad-1",
+            by_ext("X-BAD"),
+            json!({"Name": "Bad", "Bogus__c": "x"}),
+            None,
+        ),
+    )
+    .await;
+    wait_states(
+        &*ledger,
+        &[bad],
+        WriteState::Failed,
+        Duration::from_secs(30),
+    )
+    .await;
+    let error = get(&*ledger, bad).await.last_error.unwrap();
+    assert!(
+        error.contains("INVALID_FIELD") && error.contains("Bogus__c"),
+        "{error}"
+    );
+    assert!(ext_ids(&env, "X-BAD").is_empty());
+
     wait_states(
         &*ledger,
         &[intruder],
