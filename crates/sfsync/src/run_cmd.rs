@@ -375,9 +375,19 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     eprintln!("Stopping: committing the final checkpoint…");
     let _ = wb_stop.send(true);
-    if let Some(d) = deliverer {
-        if let Err(e) = d.await {
-            tracing::warn!(error = %e, "The writeback deliverer task ended abnormally.");
+    if let Some(mut d) = deliverer {
+        // A round in the middle of retry backoffs may take long: its writes stay `sent` and
+        // are delivered again after the claim lease.
+        let grace = Duration::from_secs(config.pipeline.shutdown_timeout_secs);
+        match tokio::time::timeout(grace, &mut d).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "The writeback deliverer task ended abnormally.")
+            }
+            Err(_) => {
+                tracing::warn!(grace_secs = grace.as_secs(), "Writeback delivery did not stop in time; its claimed writes are sent again after the claim lease.");
+                d.abort();
+            }
         }
     }
     let stats = running.stats.clone();
