@@ -160,6 +160,8 @@ pub struct Applier {
     /// Repair requests whose re-read failed: attempts so far and when to try again. Others go
     /// ahead meanwhile; a request that cannot succeed ends as a dead letter.
     repair_retries: HashMap<i64, (u32, Instant)>,
+    /// Confirms writeback writes from their CDC echoes (none: writeback is off).
+    echo: Option<Arc<crate::writeback::EchoConfirmer>>,
 }
 
 /// Re-read attempts of a repair request failing with transient errors before it is given up
@@ -233,6 +235,10 @@ impl InFlight {
         offset: Option<LogOffset>,
         batch: Arc<CuratedBatch>,
         done: Option<Committed>,
+        echoes: Option<(
+            Arc<crate::writeback::EchoConfirmer>,
+            Vec<crate::writeback::Echo>,
+        )>,
     ) -> InFlight {
         let index = batch
             .rows
@@ -248,6 +254,10 @@ impl InFlight {
             if let Some(done) = done {
                 done.record(&stats);
             }
+            // Right after the commit (the ledger is not part of the curated transaction).
+            if let Some((confirmer, echoes)) = echoes {
+                confirmer.confirm(echoes).await;
+            }
             Ok(())
         });
         InFlight { task, batch, index }
@@ -256,6 +266,30 @@ impl InFlight {
     fn row(&self, key: &(String, String)) -> Option<&sfsync_store::CurrentRow> {
         self.index.get(key).map(|i| &self.batch.rows[*i].1)
     }
+}
+
+/// The echoes of our own writes in a planned batch (audit entries whose origin client is ours
+/// and whose change reached the curated model), in batch order.
+fn own_echoes(batch: &CuratedBatch, own_client: &str) -> Vec<crate::writeback::Echo> {
+    batch
+        .audit
+        .iter()
+        .filter(|a| a.outcome != "quarantined")
+        .filter(|a| origin_client(&a.change_origin) == Some(own_client))
+        .map(|a| crate::writeback::Echo {
+            object: a.object.clone(),
+            record_id: a.record_id.clone(),
+            event_key: a.event_key.clone(),
+        })
+        .collect()
+}
+
+/// The `client=` part of a `changeOrigin` (as [`sfsync_core::ChangeHeader::origin_client`]).
+fn origin_client(change_origin: &str) -> Option<&str> {
+    let idx = change_origin.find("client=")?;
+    let rest = &change_origin[idx + "client=".len()..];
+    let end = rest.find([';', ',']).unwrap_or(rest.len());
+    Some(rest[..end].trim()).filter(|c| !c.is_empty())
 }
 
 impl Applier {
@@ -291,7 +325,15 @@ impl Applier {
             bulk: None,
             jobs: Default::default(),
             repair_retries: HashMap::new(),
+            echo: None,
         }
+    }
+
+    /// Confirms writeback writes from their CDC echoes: each applied change whose origin client
+    /// is [`ApplyConfig::own_client`] confirms the oldest `applied` write of its record.
+    pub fn with_echo(mut self, confirmer: Arc<crate::writeback::EchoConfirmer>) -> Applier {
+        self.echo = Some(confirmer);
+        self
     }
 
     /// Gives the applier Bulk API access: it then carries out sync jobs (backfills, re-syncs,
@@ -625,6 +667,11 @@ impl Applier {
         self.stats.time_stage(STAGE_APPLY_PLAN, t);
         // The previous batch must be in before this one goes: batches commit in log order.
         self.flush().await?;
+        let echoes = self
+            .echo
+            .as_ref()
+            .filter(|c| done.totals.own_writes > 0 || c.has_unmatched())
+            .map(|c| (c.clone(), own_echoes(&batch, &self.config.own_client)));
         let batch = Arc::new(batch);
         let needs_repair = done.repairs > 0;
         self.in_flight = Some(InFlight::start(
@@ -633,6 +680,7 @@ impl Applier {
             Some(offset),
             batch,
             Some(done),
+            echoes,
         ));
         self.offset = Some(offset);
         if needs_repair {

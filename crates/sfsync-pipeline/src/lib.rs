@@ -48,6 +48,9 @@ pub struct PipelineConfig {
     /// Bulk API 2.0 access for sync jobs (backfills, re-syncs, reconciliations); without it
     /// none is carried out.
     pub bulk: Option<sfsync_salesforce::bulk::Bulk>,
+    /// The write ledger, when writeback is on: echoes of our own writes confirm them
+    /// ([`writeback::EchoConfirmer`]).
+    pub echo_ledger: Option<writeback::EchoLedger>,
 }
 
 /// A running pipeline.
@@ -59,6 +62,9 @@ pub struct RunningPipeline {
     ingest: Vec<JoinHandle<()>>,
     applier: JoinHandle<Result<()>>,
     store: Arc<dyn Warehouse>,
+    /// Confirms writes from their echoes (with [`PipelineConfig::echo_ledger`]); share it with
+    /// the [`writeback::Deliverer`] so echoes that overtake the ledger update are matched.
+    pub echo: Option<Arc<writeback::EchoConfirmer>>,
 }
 
 /// Describes each object, builds its mapping (config + describe) and creates or extends its
@@ -155,6 +161,13 @@ pub async fn start(
     if let Some(bulk) = config.bulk.clone() {
         applier = applier.with_bulk(bulk);
     }
+    let echo = config
+        .echo_ledger
+        .clone()
+        .map(|l| Arc::new(writeback::EchoConfirmer::new(l.0, stats.clone())));
+    if let Some(c) = &echo {
+        applier = applier.with_echo(c.clone());
+    }
     let idle = config.idle_wait;
     let mut arx = rx.clone();
     let applier = tokio::spawn(async move {
@@ -193,6 +206,7 @@ pub async fn start(
         ingest,
         applier,
         store,
+        echo,
     })
 }
 

@@ -53,6 +53,102 @@ pub struct PipelineStats {
     latency_sum_ms: AtomicU64,
     /// Cumulative wall time (ns) per stage: where a batch's time goes (benchmark breakdown).
     pub stage_ns: [AtomicU64; STAGES.len()],
+    /// Writeback delivery and its echoes.
+    pub writeback: WritebackStats,
+}
+
+/// Upper bounds (ms) of the writeback latency buckets (accepted→applied, accepted→confirmed);
+/// the last bucket is open-ended.
+pub const WRITEBACK_BUCKETS_MS: [u64; 10] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000,
+];
+
+/// A fixed-bucket latency histogram (lock-free).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; WRITEBACK_BUCKETS_MS.len() + 1],
+}
+
+impl Histogram {
+    pub fn observe(&self, ms: i64) {
+        let ms = ms.max(0) as u64;
+        let i = WRITEBACK_BUCKETS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(WRITEBACK_BUCKETS_MS.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Bucket counts in [`WRITEBACK_BUCKETS_MS`] order, then the overflow bucket.
+    pub fn counts(&self) -> Vec<u64> {
+        self.counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Quantile `q` (0..1) as the upper bound of its bucket in ms (`u64::MAX`: beyond the last).
+    pub fn quantile_ms(&self, q: f64) -> Option<u64> {
+        quantile_of(&WRITEBACK_BUCKETS_MS, &self.counts(), q)
+    }
+}
+
+/// Counters of writeback: the deliverer counts writes it settles and the calls it makes; the
+/// apply stage counts confirmations (CDC echoes of our writes).
+#[derive(Debug, Default)]
+pub struct WritebackStats {
+    /// Writes taken from the ledger for delivery (claims, including re-deliveries).
+    pub claimed: AtomicU64,
+    pub applied: AtomicU64,
+    pub confirmed: AtomicU64,
+    /// Dead letters (Salesforce refused permanently, or retries ran out).
+    pub failed: AtomicU64,
+    /// Refused by the ownership/conflict policy (whole write).
+    pub rejected: AtomicU64,
+    /// Moved to the conflict queue.
+    pub conflict: AtomicU64,
+    /// Fields dropped from an otherwise applied write by the policy.
+    pub fields_rejected: AtomicU64,
+    /// Retryable failures (lock, 5xx, transport) that sent records again.
+    pub retries: AtomicU64,
+    /// Writes returned to pending after their claim's lease ran out.
+    pub requeued_abandoned: AtomicU64,
+    /// Salesforce API calls made for writeback (Composite calls; Bulk jobs count each request).
+    pub api_calls: AtomicU64,
+    /// Records sent (a record sent twice counts twice).
+    pub records_sent: AtomicU64,
+    /// Accepted (stored in the ledger) → applied (Salesforce accepted it).
+    pub accepted_to_applied: Histogram,
+    /// Accepted → confirmed (its CDC echo was applied).
+    pub accepted_to_confirmed: Histogram,
+}
+
+impl WritebackStats {
+    pub fn snapshot(&self) -> serde_json::Value {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let calls = g(&self.api_calls);
+        serde_json::json!({
+            "claimed": g(&self.claimed),
+            "applied": g(&self.applied),
+            "confirmed": g(&self.confirmed),
+            "failed": g(&self.failed),
+            "rejected": g(&self.rejected),
+            "conflict": g(&self.conflict),
+            "fields_rejected": g(&self.fields_rejected),
+            "retries": g(&self.retries),
+            "requeued_abandoned": g(&self.requeued_abandoned),
+            "api_calls": calls,
+            "records_sent": g(&self.records_sent),
+            "records_per_call": if calls == 0 { 0.0 } else { g(&self.records_sent) as f64 / calls as f64 },
+            "latency_bucket_upper_ms": WRITEBACK_BUCKETS_MS,
+            "accepted_to_applied_counts": self.accepted_to_applied.counts(),
+            "accepted_to_confirmed_counts": self.accepted_to_confirmed.counts(),
+            "accepted_to_applied_p50_ms": self.accepted_to_applied.quantile_ms(0.5),
+            "accepted_to_applied_p99_ms": self.accepted_to_applied.quantile_ms(0.99),
+            "accepted_to_confirmed_p50_ms": self.accepted_to_confirmed.quantile_ms(0.5),
+            "accepted_to_confirmed_p99_ms": self.accepted_to_confirmed.quantile_ms(0.99),
+        })
+    }
 }
 
 /// Stages timed in [`PipelineStats::stage_ns`], in index order.
@@ -141,6 +237,7 @@ impl PipelineStats {
             "latency_bucket_upper_ms": LATENCY_BUCKETS_MS,
             "latency_counts": self.latency_counts(),
             "stage_ns": self.stage_times().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+            "writeback": self.writeback.snapshot(),
         })
     }
 
@@ -152,6 +249,11 @@ impl PipelineStats {
 /// Quantile from bucket counts (upper bound of the bucket; the overflow bucket reports
 /// `u64::MAX`).
 pub fn quantile(counts: &[u64], q: f64) -> Option<u64> {
+    quantile_of(&LATENCY_BUCKETS_MS, counts, q)
+}
+
+/// Quantile from bucket counts against the given upper bounds.
+fn quantile_of(bounds: &[u64], counts: &[u64], q: f64) -> Option<u64> {
     let total: u64 = counts.iter().sum();
     if total == 0 {
         return None;
@@ -161,7 +263,7 @@ pub fn quantile(counts: &[u64], q: f64) -> Option<u64> {
     for (i, c) in counts.iter().enumerate() {
         seen += c;
         if seen >= rank {
-            return Some(LATENCY_BUCKETS_MS.get(i).copied().unwrap_or(u64::MAX));
+            return Some(bounds.get(i).copied().unwrap_or(u64::MAX));
         }
     }
     None
@@ -189,5 +291,19 @@ mod tests {
         assert_eq!(s.latency_quantile_ms(0.5), Some(5));
         assert_eq!(s.latency_quantile_ms(0.99), Some(1_000));
         assert_eq!(quantile(&[0; 17], 0.5), None);
+    }
+
+    #[test]
+    fn writeback_histograms() {
+        let h = Histogram::default();
+        assert_eq!(h.quantile_ms(0.99), None);
+        for ms in [50, 90, 300, 300, 7_000] {
+            h.observe(ms);
+        }
+        assert_eq!(h.quantile_ms(0.5), Some(500));
+        assert_eq!(h.quantile_ms(0.99), Some(10_000));
+        h.observe(1_000_000);
+        assert_eq!(h.quantile_ms(1.0), Some(u64::MAX));
+        assert_eq!(h.counts().len(), WRITEBACK_BUCKETS_MS.len() + 1);
     }
 }

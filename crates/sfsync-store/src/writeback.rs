@@ -71,7 +71,8 @@ impl WriteState {
     /// The legal transitions (pure):
     ///
     /// - pending → sent (claimed), conflict, rejected (policy)
-    /// - sent → applied, failed (dead letter), conflict, pending (retryable error: back in line)
+    /// - sent → applied, failed (dead letter), conflict, rejected (the deliverer decides the
+    ///   policy when it has claimed the write), pending (retryable error: back in line)
     /// - applied → confirmed (the echo)
     /// - conflict → pending (a person chose to apply), rejected (a person discarded it)
     /// - failed → pending (redrive), rejected (discard)
@@ -82,7 +83,7 @@ impl WriteState {
         matches!(
             (self, next),
             (Pending, Sent | Conflict | Rejected)
-                | (Sent, Applied | Failed | Conflict | Pending)
+                | (Sent, Applied | Failed | Conflict | Rejected | Pending)
                 | (Applied, Confirmed)
                 | (Conflict, Pending | Rejected)
                 | (Failed, Pending | Rejected)
@@ -205,7 +206,7 @@ pub enum WriteOutcome {
     Failed { error: String },
     /// pending|sent → conflict, with what conflicts.
     Conflict { detail: String },
-    /// pending|conflict|failed → rejected, with the reason.
+    /// pending|sent|conflict|failed → rejected, with the reason.
     Rejected { reason: String },
     /// applied → confirmed by the CDC echo with this event key.
     Confirmed { event_key: String },
@@ -446,6 +447,13 @@ pub trait WriteLedger: ChangeLog {
     /// `applied` write of that record (echoes arrive in commit order, which is the order our
     /// writes of one record were applied). The caller has checked the change origin is ours.
     async fn echo_write(&self, object: &str, record_id: &str) -> Result<Option<LedgerWrite>>;
+
+    /// Returns writes left in `sent` by a deliverer that stopped between sending and recording
+    /// (a crash): every `sent` write claimed before `claimed_before_ms` (epoch ms; its claim time
+    /// is its last update) goes back to `pending`, the transition recorded with `note`. Returns
+    /// their ids, oldest first. Re-sending them is safe: an upsert by External Id never creates a
+    /// second record and an update by Id is idempotent.
+    async fn requeue_abandoned(&self, claimed_before_ms: i64, note: &str) -> Result<Vec<i64>>;
 }
 
 /// AAD of a write's sealed fields.

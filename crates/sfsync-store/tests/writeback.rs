@@ -340,6 +340,7 @@ async fn the_state_machine_is_enforced(b: &dyn Backend) {
     )
     .await;
     drive(w, "policy", &[rejected()]).await;
+    drive(w, "policy-at-delivery", &[claim(), rejected()]).await;
 
     let t = w.write_transitions(happy).await.unwrap();
     let steps: Vec<_> = t.iter().map(|t| (t.from, t.to)).collect();
@@ -432,7 +433,7 @@ async fn the_state_machine_is_enforced(b: &dyn Backend) {
                 .map(|t| (f.as_str(), t.as_str()))
         })
         .collect();
-    assert_eq!(legal.len(), 12, "{legal:?}");
+    assert_eq!(legal.len(), 13, "{legal:?}");
 
     let unknown = w
         .record_write_outcomes(&[(999_999, rejected())])
@@ -608,6 +609,59 @@ async fn echoes_find_their_write(b: &dyn Backend) {
     );
 }
 
+async fn abandoned_claims_return_to_pending(b: &dyn Backend) {
+    let w = b.open().await;
+    let ids: Vec<i64> = w
+        .submit_writes(&[
+            by_ext("a1", "C-1"),
+            by_ext("a2", "C-2"),
+            by_ext("a3", "C-3"),
+        ])
+        .await
+        .unwrap()
+        .iter()
+        .map(accepted)
+        .collect();
+    let claimed = w.claim_writes("crashed", 2).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    // One claimed write got its outcome before the crash; the other did not.
+    w.record_write_outcomes(&[(ids[1], applied())])
+        .await
+        .unwrap();
+    // A lease that has not run out yet (claimed after the cut-off): nothing moves.
+    assert_eq!(
+        w.requeue_abandoned(0, "lease").await.unwrap(),
+        Vec::<i64>::new()
+    );
+    assert_eq!(state(&*w, ids[0]).await, WriteState::Sent);
+    // Past the lease: only the abandoned `sent` write goes back in line.
+    let back = w
+        .requeue_abandoned(i64::MAX, "claim by crashed expired")
+        .await
+        .unwrap();
+    assert_eq!(back, vec![ids[0]]);
+    assert_eq!(state(&*w, ids[0]).await, WriteState::Pending);
+    assert_eq!(state(&*w, ids[1]).await, WriteState::Applied);
+    assert_eq!(state(&*w, ids[2]).await, WriteState::Pending);
+    let last = w.write_transitions(ids[0]).await.unwrap().pop().unwrap();
+    assert_eq!(
+        (last.from, last.to, last.detail.as_deref()),
+        (
+            Some(WriteState::Sent),
+            WriteState::Pending,
+            Some("claim by crashed expired")
+        )
+    );
+    // Another deliverer claims it again (a second attempt).
+    let again = w.claim_writes("next", 10).await.unwrap();
+    let a = again.iter().find(|x| x.id == ids[0]).expect("reclaimed");
+    assert_eq!((a.attempts, a.claimed_by.as_deref()), (2, Some("next")));
+    assert_eq!(
+        w.requeue_abandoned(0, "x").await.unwrap(),
+        Vec::<i64>::new()
+    );
+}
+
 async fn fields_are_sealed_at_rest(b: &dyn Backend) {
     let keyring = Arc::new(Keyring::from_hex("wb-1", &"7".repeat(64)).unwrap());
     let w = b.open_sealed(keyring.clone()).await;
@@ -694,6 +748,7 @@ suite!(
     claims_never_overlap,
     outbox_rows_are_ingested,
     echoes_find_their_write,
+    abandoned_claims_return_to_pending,
     fields_are_sealed_at_rest,
 );
 

@@ -13,7 +13,7 @@ use sfsync_emulator::EmulatorConfig;
 use sfsync_pipeline::{ApplyConfig, HistoryFields, ObjectSpec, PipelineConfig, PipelineStats};
 use sfsync_salesforce::pubsub::{ReplayStart, Subscriber, SubscriberConfig};
 use sfsync_salesforce::{AuthFlow, ClientConfig, CredentialsFile, SalesforceClient, TokenSource};
-use sfsync_store::{Keyring, SqliteChangeLog, Warehouse};
+use sfsync_store::{Keyring, SqliteChangeLog, Warehouse, WriteLedger};
 use std::sync::Arc;
 
 #[derive(Debug, Args)]
@@ -94,7 +94,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         .await
         .with_context(|| format!("opening {}", warehouse.display()))?;
     store.set_keyring(Some(Arc::new(demo_keyring(&args.data_dir)?)));
-    let store: Arc<dyn Warehouse> = Arc::new(store);
+    let store = Arc::new(store);
+    let ledger: Arc<dyn WriteLedger> = store.clone();
+    let store: Arc<dyn Warehouse> = store;
     let tokens = Arc::new(TokenSource::new(client.http().clone(), credentials));
     let subscriber = Subscriber::connect(
         SubscriberConfig::new(
@@ -123,11 +125,34 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             initial: ReplayStart::Earliest,
             idle_wait: Duration::from_millis(200),
             bulk: Some(client.bulk()),
+            echo_ledger: Some(sfsync_pipeline::writeback::EchoLedger(ledger.clone())),
         },
     )
     .await
     .context("starting the pipeline")?;
     println!("  warehouse     {} (SQLite)", warehouse.display());
+    // Writeback: a system called demo_writer owns Accounts with External_Id__c DEMO-WB-*; it
+    // inserts rows into the outbox table (as any system could) and the deliverer sends them.
+    let (wb_stop, wb_rx) = tokio::sync::watch::channel(false);
+    let deliverer = tokio::spawn(
+        sfsync_pipeline::writeback::Deliverer::new(
+            store.clone(),
+            ledger.clone(),
+            &client,
+            demo_writeback_policy(),
+            sfsync_pipeline::writeback::DeliveryConfig {
+                claimer: format!("demo-pid{}", std::process::id()),
+                ..Default::default()
+            },
+            pipeline.stats.clone(),
+        )
+        .with_echo(pipeline.echo.clone())
+        .run(wb_rx.clone()),
+    );
+    let trickle = tokio::spawn(outbox_trickle(warehouse.clone(), wb_rx));
+    println!(
+        "  writeback     5 writes/s from demo_writer through the outbox table (Account DEMO-WB-*)"
+    );
 
     let started = Instant::now();
     let stop_at = args.duration.map(|s| started + Duration::from_secs(s));
@@ -139,8 +164,18 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let stats = pipeline.stats.clone();
     println!();
     println!(
-        "{:>6} {:>10} {:>11} {:>10} {:>12} {:>9} {:>8} {:>8} {:>8}",
-        "secs", "changes/s", "applied/s", "changes", "applied", "lag", "repairs", "dead", "held"
+        "{:>6} {:>10} {:>11} {:>10} {:>12} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "secs",
+        "changes/s",
+        "applied/s",
+        "changes",
+        "applied",
+        "lag",
+        "repairs",
+        "dead",
+        "held",
+        "wb-appl",
+        "wb-conf"
     );
     loop {
         tokio::select! {
@@ -161,7 +196,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             "-".into()
         };
         println!(
-            "{:>6} {:>10} {:>11} {:>10} {:>12} {:>9} {:>8} {:>8} {:>8}",
+            "{:>6} {:>10} {:>11} {:>10} {:>12} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}",
             started.elapsed().as_secs(),
             now.changes - last.changes,
             applied - last_applied,
@@ -171,6 +206,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             PipelineStats::get(&stats.repairs_done),
             PipelineStats::get(&stats.dead_letters),
             PipelineStats::get(&stats.quarantine_open),
+            PipelineStats::get(&stats.writeback.applied),
+            PipelineStats::get(&stats.writeback.confirmed),
         );
         last = now;
         last_applied = applied;
@@ -191,6 +228,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         }
         previous = processed;
     }
+    let _ = wb_stop.send(true);
+    let _ = trickle.await;
+    let _ = deliverer.await;
     pipeline.shutdown(Duration::from_secs(30)).await?;
     println!();
     println!(
@@ -220,6 +260,21 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     ) {
         println!("Commit → curated latency: p50 ≤ {p50} ms, p99 ≤ {p99} ms.");
     }
+    let wb = &stats.writeback;
+    println!(
+        "Writeback: {} writes applied in {} API calls, {} confirmed by their CDC echo, {} failed; \
+         accepted → applied p99 ≤ {} ms, accepted → confirmed p99 ≤ {} ms.",
+        PipelineStats::get(&wb.applied),
+        PipelineStats::get(&wb.api_calls),
+        PipelineStats::get(&wb.confirmed),
+        PipelineStats::get(&wb.failed),
+        wb.accepted_to_applied
+            .quantile_ms(0.99)
+            .map_or("-".into(), |v| v.to_string()),
+        wb.accepted_to_confirmed
+            .quantile_ms(0.99)
+            .map_or("-".into(), |v| v.to_string()),
+    );
     println!();
     println!("Query the warehouse with the sqlite3 tool, for example:");
     let db = warehouse.display();
@@ -230,6 +285,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     println!(
         "  sqlite3 {db} 'SELECT object, rule, severity, failed, stored, over_cap FROM dq_counts'"
     );
+    println!("  sqlite3 {db} 'SELECT id, state, external_id, record_id, echo_event_key FROM writes ORDER BY id DESC LIMIT 10'");
     println!("Tables: sf_<object> (current state), sf_<object>_history (SCD2), audit_log.");
     println!(
         "The raw change log (raw_changes) is in {}.",
@@ -282,6 +338,69 @@ fn demo_objects() -> Vec<ObjectSpec> {
         with("Service_Request__c", &["Status__c"], &[]),
         with("Payment__c", &["Status__c", "Amount__c"], &[]),
     ]
+}
+
+/// The demo's writeback rules: Accounts' fields are owned by `demo_writer`, whose writes are
+/// the source of truth.
+fn demo_writeback_policy() -> sfsync_pipeline::writeback::WritebackPolicy {
+    use sfsync_pipeline::writeback::{ConflictPolicy, FieldRule, ObjectPolicy, Owner};
+    sfsync_pipeline::writeback::WritebackPolicy {
+        objects: [(
+            "Account".to_string(),
+            ObjectPolicy {
+                default: FieldRule {
+                    owner: Owner::System("demo_writer".into()),
+                    policy: ConflictPolicy::SourceOfTruth,
+                },
+                fields: Default::default(),
+            },
+        )]
+        .into(),
+    }
+}
+
+/// Inserts 5 rows a second into the warehouse's outbox table, as an outside system would: an
+/// upsert creating `DEMO-WB-<n>`, then Phone updates of earlier ones.
+async fn outbox_trickle(warehouse: PathBuf, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let mut n: u64 = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        n += 1;
+        let (ext, fields) = if n % 2 == 1 {
+            (
+                format!("DEMO-WB-{}", n / 2),
+                serde_json::json!({"Name": format!("Writeback demo {}", n / 2)}),
+            )
+        } else {
+            (
+                format!("DEMO-WB-{}", n / 4),
+                serde_json::json!({"Phone": format!("555-{:04}", n % 10_000)}),
+            )
+        };
+        let key = format!("{run}-{n}");
+        let path = warehouse.clone();
+        let inserted = tokio::task::spawn_blocking(move || -> rusqlite::Result<usize> {
+            let c = rusqlite::Connection::open(&path)?;
+            c.busy_timeout(Duration::from_secs(5))?;
+            c.execute(
+                "INSERT INTO outbox (source_system, idempotency_key, object, external_id_field,
+                     external_id, fields) VALUES ('demo_writer', ?1, 'Account', 'External_Id__c', ?2, ?3)",
+                rusqlite::params![key, ext, fields.to_string()],
+            )
+        })
+        .await;
+        if let Ok(Err(e)) = inserted {
+            tracing::warn!(error = %e, "The demo could not insert an outbox row.");
+        }
+    }
 }
 
 /// The demo's PII key: generated once into `DIR/pii.key` (mode 0600).

@@ -13,7 +13,7 @@ use clap::Args;
 use sfsync_pipeline::{ApplyConfig, HistoryFields, ObjectSpec, PipelineConfig, PipelineStats};
 use sfsync_salesforce::pubsub::{ReplayStart, Subscriber, SubscriberConfig};
 use sfsync_salesforce::{ClientConfig, SalesforceClient, TokenSource};
-use sfsync_store::{Keyring, PostgresChangeLog, SqliteChangeLog, Warehouse};
+use sfsync_store::{Keyring, PostgresChangeLog, SqliteChangeLog, Warehouse, WriteLedger};
 
 use crate::config::model::{HistoryFields as CfgHistory, SyncMode};
 use crate::config::secrets::ResolvedSecrets;
@@ -66,8 +66,16 @@ pub async fn open_store(
     config: &ValidConfig,
     secrets: &ResolvedSecrets,
 ) -> Result<Arc<dyn Warehouse>> {
+    Ok(open_stores(config, secrets).await?.0)
+}
+
+/// [`open_store`], also as the write ledger (the same connection).
+pub async fn open_stores(
+    config: &ValidConfig,
+    secrets: &ResolvedSecrets,
+) -> Result<(Arc<dyn Warehouse>, Arc<dyn WriteLedger>)> {
     let keyring = keyring(secrets)?;
-    let store: Arc<dyn Warehouse> = match &config.warehouse {
+    let store: (Arc<dyn Warehouse>, Arc<dyn WriteLedger>) = match &config.warehouse {
         ValidWarehouse::Sqlite { path } => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)
@@ -77,7 +85,8 @@ pub async fn open_store(
                 .await
                 .with_context(|| format!("opening the SQLite warehouse {}", path.display()))?;
             s.set_keyring(keyring);
-            Arc::new(s)
+            let s = Arc::new(s);
+            (s.clone(), s)
         }
         ValidWarehouse::Postgres { schema, .. } => {
             let url = secrets
@@ -86,7 +95,8 @@ pub async fn open_store(
                 .context("the Postgres warehouse URL was not resolved")?;
             let s = connect_postgres(url.expose(), schema).await?;
             s.set_keyring(keyring);
-            Arc::new(s)
+            let s = Arc::new(s);
+            (s.clone(), s)
         }
     };
     Ok(store)
@@ -222,6 +232,25 @@ pub fn pipeline_config(config: &ValidConfig, start: StartAt) -> PipelineConfig {
         },
         idle_wait: Duration::from_millis(config.pipeline.batch_max_wait_ms),
         bulk: None,
+        echo_ledger: None,
+    }
+}
+
+/// The deliverer settings of `[writeback]`; the claimer names this process and run.
+pub fn delivery_config(
+    config: &ValidConfig,
+    run_id: &str,
+) -> sfsync_pipeline::writeback::DeliveryConfig {
+    let d = &config.writeback_delivery;
+    sfsync_pipeline::writeback::DeliveryConfig {
+        claimer: format!("{run_id}-pid{}", std::process::id()),
+        linger: Duration::from_millis(d.linger_ms),
+        max_batch: d.max_batch as usize,
+        bulk_threshold: d.bulk_threshold as usize,
+        max_attempts: d.max_attempts,
+        lease: Duration::from_secs(d.lease_secs),
+        parent_fields: d.parent_fields.clone(),
+        ..Default::default()
     }
 }
 
@@ -277,10 +306,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
         return Ok(());
     }
     let (config, secrets) = load(&args.config)?;
-    let store = open_store(&config, &secrets).await?;
+    let (store, ledger) = open_stores(&config, &secrets).await?;
     let (client, subscriber) = connect_salesforce(&config, &secrets).await?;
     let mut pc = pipeline_config(&config, args.start);
     pc.bulk = Some(client.bulk());
+    let writeback = !config.writeback.objects.is_empty();
+    if writeback {
+        pc.echo_ledger = Some(sfsync_pipeline::writeback::EchoLedger(ledger.clone()));
+    }
     if pc.objects.is_empty() {
         anyhow::bail!(
             "{}: no object with mode = \"cdc\" to sync",
@@ -288,7 +321,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         );
     }
     let running = sfsync_pipeline::start(
-        store,
+        store.clone(),
         Arc::new(client.lane(sfsync_salesforce::Lane::GapRepair)),
         subscriber,
         pc,
@@ -301,6 +334,24 @@ pub async fn run(args: RunArgs) -> Result<()> {
         running.mappings.len(),
         config.warehouse.describe()
     );
+    let (wb_stop, wb_rx) = tokio::sync::watch::channel(false);
+    let deliverer = writeback.then(|| {
+        let d = sfsync_pipeline::writeback::Deliverer::new(
+            store.clone(),
+            ledger.clone(),
+            &client,
+            config.writeback.clone(),
+            delivery_config(&config, &running.run_id),
+            running.stats.clone(),
+        )
+        .with_echo(running.echo.clone());
+        eprintln!(
+            "Writeback: delivering writes to {} object(s) as client={}",
+            config.writeback.objects.len(),
+            config.salesforce.client_id_header
+        );
+        tokio::spawn(d.run(wb_rx))
+    });
     let started = Instant::now();
     let mut last = 0;
     let every = Duration::from_secs(args.progress_secs.max(1));
@@ -323,6 +374,22 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
     }
     eprintln!("Stopping: committing the final checkpoint…");
+    let _ = wb_stop.send(true);
+    if let Some(mut d) = deliverer {
+        // A round in the middle of retry backoffs may take long: its writes stay `sent` and
+        // are delivered again after the claim lease.
+        let grace = Duration::from_secs(config.pipeline.shutdown_timeout_secs);
+        match tokio::time::timeout(grace, &mut d).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "The writeback deliverer task ended abnormally.")
+            }
+            Err(_) => {
+                tracing::warn!(grace_secs = grace.as_secs(), "Writeback delivery did not stop in time; its claimed writes are sent again after the claim lease.");
+                d.abort();
+            }
+        }
+    }
     let stats = running.stats.clone();
     running
         .shutdown(Duration::from_secs(config.pipeline.shutdown_timeout_secs))

@@ -405,6 +405,7 @@ impl Applier {
             None,
             std::sync::Arc::new(batch),
             None,
+            None,
         ));
         if has_repairs {
             // Repairs read their requests back from the store.

@@ -518,4 +518,45 @@ impl WriteLedger for PostgresChangeLog {
         .await?;
         Ok(self.registry.ctx().open_writes(found)?.into_iter().next())
     }
+
+    async fn requeue_abandoned(&self, claimed_before_ms: i64, note: &str) -> Result<Vec<i64>> {
+        let mut client = self.client.lock().await;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("begin requeue abandoned writes"))?;
+        let now = now_ms();
+        let ids: Vec<i64> = tx
+            .query(
+                "SELECT id FROM writes WHERE state = 'sent' AND updated_at_ms < $1
+                 ORDER BY updated_at_ms, id FOR UPDATE SKIP LOCKED",
+                &[&claimed_before_ms],
+            )
+            .await
+            .map_err(db("requeue abandoned writes"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        tx.execute(
+            "UPDATE writes SET state = 'pending', updated_at_ms = $2 WHERE id = ANY($1)",
+            &[&ids, &now],
+        )
+        .await
+        .map_err(db("requeue abandoned writes"))?;
+        for id in &ids {
+            log_transition(
+                &tx,
+                *id,
+                Some(WriteState::Sent),
+                WriteState::Pending,
+                now,
+                Some(note),
+            )
+            .await?;
+        }
+        tx.commit()
+            .await
+            .map_err(db("commit requeue abandoned writes"))?;
+        Ok(ids)
+    }
 }

@@ -474,6 +474,37 @@ pub(super) fn echo(
     Ok(found.into_iter().next())
 }
 
+pub(super) fn requeue_abandoned(
+    conn: &Connection,
+    claimed_before_ms: i64,
+    note: &str,
+    now: i64,
+) -> Result<Vec<i64>> {
+    let ids: Vec<i64> = conn
+        .prepare_cached(
+            "SELECT id FROM writes WHERE state = 'sent' AND updated_at_ms < ?1
+             ORDER BY updated_at_ms, id",
+        )
+        .and_then(|mut s| s.query_map([claimed_before_ms], |r| r.get(0))?.collect())
+        .map_err(db("requeue abandoned writes"))?;
+    for id in &ids {
+        conn.prepare_cached(
+            "UPDATE writes SET state = 'pending', updated_at_ms = ?2 WHERE id = ?1 AND state = 'sent'",
+        )
+        .and_then(|mut s| s.execute(params![id, now]))
+        .map_err(db("requeue abandoned writes"))?;
+        log_transition(
+            conn,
+            *id,
+            Some(WriteState::Sent),
+            WriteState::Pending,
+            now,
+            Some(note),
+        )?;
+    }
+    Ok(ids)
+}
+
 #[async_trait]
 impl WriteLedger for SqliteChangeLog {
     async fn submit_writes(&self, writes: &[NewWrite]) -> Result<Vec<SubmitOutcome>> {
@@ -537,5 +568,13 @@ impl WriteLedger for SqliteChangeLog {
             .ctx()
             .open_writes(w.into_iter().collect())?
             .pop())
+    }
+
+    async fn requeue_abandoned(&self, claimed_before_ms: i64, note: &str) -> Result<Vec<i64>> {
+        let note = note.to_string();
+        self.transaction(move |tx| {
+            requeue_abandoned(tx.connection(), claimed_before_ms, &note, now_ms())
+        })
+        .await
     }
 }

@@ -456,6 +456,37 @@ impl Default for PipelineConfig {
 pub struct WritebackConfig {
     #[serde(default)]
     pub objects: Vec<WritebackObjectConfig>,
+    /// Longest a write waits for others to fill a call (from its acceptance). Default 500.
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+    /// Most writes claimed and delivered per round. Default 2000.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: u64,
+    /// One object's batch larger than this goes through Bulk API 2.0. Default 2000.
+    #[serde(default = "default_bulk_threshold")]
+    pub bulk_threshold: u64,
+    /// Sends of a record on transient errors before it is a dead letter. Default 10.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u64,
+    /// A write claimed this long ago without an outcome is delivered again. Default 120.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
+}
+
+fn default_linger_ms() -> u64 {
+    500
+}
+fn default_max_batch() -> u64 {
+    2_000
+}
+fn default_bulk_threshold() -> u64 {
+    2_000
+}
+fn default_max_attempts() -> u64 {
+    10
+}
+fn default_lease_secs() -> u64 {
+    120
 }
 
 /// `[[writeback.objects]]`: an object's default owner and policy, with per-field overrides.
@@ -475,6 +506,10 @@ pub struct WritebackObjectConfig {
     /// Integration map: the flow's target in seconds, write accepted → applied in Salesforce
     /// (default 300).
     pub sla_secs: Option<u64>,
+    /// A parent reference field (`AccountId`): batches are ordered by its value so children of
+    /// one parent go together (fewer lock conflicts). Default: ordered by record id.
+    #[serde(default)]
+    pub parent_field: Option<String>,
 }
 
 /// `[[writeback.objects.fields]]`: one field's owner and (optionally) policy.

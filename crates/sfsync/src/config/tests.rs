@@ -940,3 +940,40 @@ fn writeback_errors_name_the_key() {
         "{e}"
     );
 }
+
+#[test]
+fn writeback_delivery_keys_parse_and_are_checked() {
+    let t = format!(
+        "{GOOD}\n[writeback]\nlinger_ms = 250\nmax_batch = 400\nbulk_threshold = 300\nmax_attempts = 3\nlease_secs = 30\n\
+         [[writeback.objects]]\nname = \"Case\"\nowner = \"shared\"\nparent_field = \"AccountId\"\n"
+    );
+    let d = load_t(&t).unwrap().config.writeback_delivery;
+    assert_eq!(
+        (
+            d.linger_ms,
+            d.max_batch,
+            d.bulk_threshold,
+            d.max_attempts,
+            d.lease_secs
+        ),
+        (250, 400, 300, 3, 30)
+    );
+    assert_eq!(d.parent_fields["Case"], "AccountId");
+    // Defaults without the keys.
+    let d = load_t(GOOD).unwrap().config.writeback_delivery;
+    assert_eq!((d.linger_ms, d.max_attempts, d.lease_secs), (500, 10, 120));
+    let e = errs(&format!(
+        "{GOOD}\n[writeback]\nlinger_ms = 0\nmax_batch = 0\nmax_attempts = 500\nlease_secs = 0\n\
+         [[writeback.objects]]\nname = \"Case\"\nparent_field = \"Account Id\"\n"
+    ))
+    .join("\n");
+    for want in [
+        "writeback.linger_ms: must be greater than 0",
+        "writeback.max_batch: must be greater than 0",
+        "writeback.lease_secs: must be greater than 0",
+        "writeback.max_attempts: 500 is too many (at most 100)",
+        "writeback.objects[0].parent_field: \"Account Id\" is not a valid field API name",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in:\n{e}");
+    }
+}

@@ -22,6 +22,8 @@ pub struct ValidConfig {
     pub writeback: sfsync_pipeline::writeback::WritebackPolicy,
     /// Team and SLA of each writeback object's flow, for the integration map (config order).
     pub writeback_flows: Vec<FlowMeta>,
+    /// Delivery tuning of `[writeback]` (defaults without it).
+    pub writeback_delivery: WritebackDelivery,
 }
 
 /// Who answers for a flow and its target, for the integration map.
@@ -30,6 +32,31 @@ pub struct FlowMeta {
     pub object: String,
     pub team: Option<String>,
     pub sla_secs: Option<u64>,
+}
+
+/// `[writeback]` delivery settings, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WritebackDelivery {
+    pub linger_ms: u64,
+    pub max_batch: u64,
+    pub bulk_threshold: u64,
+    pub max_attempts: u32,
+    pub lease_secs: u64,
+    /// Object → parent reference field.
+    pub parent_fields: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for WritebackDelivery {
+    fn default() -> Self {
+        WritebackDelivery {
+            linger_ms: 500,
+            max_batch: 2_000,
+            bulk_threshold: 2_000,
+            max_attempts: 10,
+            lease_secs: 120,
+            parent_fields: Default::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -278,10 +305,12 @@ impl SfsyncConfig {
         }
         let writeback = validate_writeback(&mut errs, self.writeback.as_ref(), &self.objects);
         let writeback_flows = writeback_flows(&mut errs, self.writeback.as_ref());
+        let writeback_delivery = validate_writeback_delivery(&mut errs, self.writeback.as_ref());
         match (salesforce, warehouse) {
             (Some(salesforce), Some(warehouse)) if errs.0.is_empty() => Ok(ValidConfig {
                 writeback,
                 writeback_flows,
+                writeback_delivery,
                 salesforce,
                 objects,
                 warehouse,
@@ -939,4 +968,61 @@ fn validate_writeback(
             .insert(o.name.clone(), ObjectPolicy { default, fields });
     }
     policy
+}
+
+/// `[writeback]` delivery keys: every count and time > 0 (`max_batch` ≥ 1, `lease_secs` long
+/// enough for one call), `parent_field` a field API name.
+fn validate_writeback_delivery(
+    errs: &mut Errors,
+    wb: Option<&WritebackConfig>,
+) -> WritebackDelivery {
+    let Some(wb) = wb else {
+        return WritebackDelivery::default();
+    };
+    for (key, v) in [
+        ("writeback.linger_ms", wb.linger_ms),
+        ("writeback.max_batch", wb.max_batch),
+        ("writeback.bulk_threshold", wb.bulk_threshold),
+        ("writeback.max_attempts", wb.max_attempts),
+        ("writeback.lease_secs", wb.lease_secs),
+    ] {
+        if v == 0 {
+            errs.push(key.to_string(), "must be greater than 0");
+        }
+    }
+    if wb.max_attempts > 100 {
+        errs.push(
+            "writeback.max_attempts".to_string(),
+            format!("{} is too many (at most 100)", wb.max_attempts),
+        );
+    }
+    if wb.max_batch > 100_000 {
+        errs.push(
+            "writeback.max_batch".to_string(),
+            format!(
+                "{} is too large (at most 100000 writes per round)",
+                wb.max_batch
+            ),
+        );
+    }
+    let mut parent_fields = std::collections::BTreeMap::new();
+    for (i, o) in wb.objects.iter().enumerate() {
+        if let Some(f) = &o.parent_field {
+            if !is_api_name(f) {
+                errs.push(
+                    format!("writeback.objects[{i}].parent_field"),
+                    format!("\"{f}\" is not a valid field API name"),
+                );
+            }
+            parent_fields.insert(o.name.clone(), f.clone());
+        }
+    }
+    WritebackDelivery {
+        linger_ms: wb.linger_ms,
+        max_batch: wb.max_batch,
+        bulk_threshold: wb.bulk_threshold,
+        max_attempts: wb.max_attempts.min(u64::from(u32::MAX)) as u32,
+        lease_secs: wb.lease_secs,
+        parent_fields,
+    }
 }
