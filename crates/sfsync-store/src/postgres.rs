@@ -331,6 +331,14 @@ CREATE TABLE write_transitions (
 );
 "#,
     },
+    Migration {
+        version: 10,
+        name: "writeback: who made a write's transition and why (operator actions)",
+        sql: r#"
+ALTER TABLE write_transitions ADD COLUMN actor TEXT;
+ALTER TABLE write_transitions ADD COLUMN note TEXT;
+"#,
+    },
 ];
 
 /// The change log in a Postgres database (tables in the connection's `search_path` schema).

@@ -436,6 +436,14 @@ CREATE TABLE write_transitions (
 );
 "#,
     },
+    Migration {
+        version: 10,
+        name: "writeback: who made a write's transition and why (operator actions)",
+        sql: r#"
+ALTER TABLE write_transitions ADD COLUMN actor TEXT;
+ALTER TABLE write_transitions ADD COLUMN note TEXT;
+"#,
+    },
 ];
 
 /// `PRAGMA synchronous` setting; see the module docs.

@@ -1205,6 +1205,61 @@ impl Warehouse for SqliteChangeLog {
         .await
     }
 
+    async fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<StoredDeadLetter>> {
+        let filter = filter.clone();
+        self.blocking("read dead letters", move |conn| {
+            let mut sql = String::from(
+                "SELECT id, channel, replay_id, schema_id, stage, error, object, payload,
+                     created_at_ms FROM dead_letters WHERE 1 = 1",
+            );
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            if !filter.ids.is_empty() {
+                let marks: Vec<String> = filter
+                    .ids
+                    .iter()
+                    .map(|id| {
+                        args.push((*id).into());
+                        format!("?{}", args.len())
+                    })
+                    .collect();
+                sql.push_str(&format!(" AND id IN ({})", marks.join(", ")));
+            }
+            if let Some(o) = &filter.object {
+                args.push(o.clone().into());
+                sql.push_str(&format!(" AND object = ?{}", args.len()));
+            }
+            sql.push_str(if filter.newest_first {
+                " ORDER BY id DESC"
+            } else {
+                " ORDER BY id"
+            });
+            if filter.limit > 0 {
+                args.push((filter.limit as i64).into());
+                sql.push_str(&format!(" LIMIT ?{}", args.len()));
+            }
+            let mut stmt = conn.prepare(&sql).map_err(db("read dead letters"))?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(args), |r| {
+                    let payload: Vec<u8> = r.get(7)?;
+                    Ok(StoredDeadLetter::from_parts(
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        &payload,
+                        r.get(8)?,
+                    ))
+                })
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(db("read dead letters"))?;
+            Ok(rows)
+        })
+        .await
+    }
+
     async fn put_schema(&self, schema_id: &str, json: &str) -> Result<()> {
         let (id, json) = (schema_id.to_string(), json.to_string());
         self.blocking("store schema", move |conn| {
