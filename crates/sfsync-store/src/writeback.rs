@@ -11,7 +11,8 @@
 //! `write_transitions`. A claimed batch of pending writes is handed to exactly one claimer.
 //!
 //! PII: whenever the store has a keyring, a write's fields are stored sealed (AES-256-GCM, AAD
-//! `write.<object>`), also a rejected outbox row's, and an ingested outbox row's `fields` column
+//! `write.<object>`), and so is a conflict's detail (it quotes both sides' values, in `reason`
+//! and the transition), also a rejected outbox row's fields, and an ingested outbox row's `fields` column
 //! is cleared (the ledger holds them); writes to an object with PII columns are refused without
 //! a keyring. Reads return them opened.
 
@@ -742,11 +743,38 @@ impl crate::warehouse::Ctx {
         })
     }
 
-    /// Opens the fields of writes read from the store.
+    /// Opens the fields (and a sealed conflict detail in `reason`) of writes read from the
+    /// store.
     pub(crate) fn open_writes(&self, mut writes: Vec<LedgerWrite>) -> Result<Vec<LedgerWrite>> {
         for w in &mut writes {
             w.fields = self.open_write_fields(&w.object, std::mem::take(&mut w.fields))?;
+            if let Some(r) = w.reason.take() {
+                w.reason = Some(self.open_write_fields(&w.object, r)?);
+            }
         }
         Ok(writes)
+    }
+
+    /// The text a transition or `reason` stores for `outcome` of a write to `object`: a
+    /// conflict's detail quotes field values (both sides), so it is sealed like the fields.
+    pub(crate) fn outcome_text(&self, object: &str, outcome: &WriteOutcome) -> Result<String> {
+        match outcome {
+            WriteOutcome::Conflict { detail } => self.seal_write_fields(object, detail),
+            other => Ok(other.detail().to_string()),
+        }
+    }
+
+    /// Opens the sealed details of a write's transitions.
+    pub(crate) fn open_transitions(
+        &self,
+        object: &str,
+        mut ts: Vec<WriteTransition>,
+    ) -> Result<Vec<WriteTransition>> {
+        for t in &mut ts {
+            if let Some(d) = t.detail.take() {
+                t.detail = Some(self.open_write_fields(object, d)?);
+            }
+        }
+        Ok(ts)
     }
 }

@@ -4,7 +4,9 @@
 //! illegal ones error and change nothing), claims that never hand a write to two claimers, outbox
 //! rows inserted with plain SQL ingested (valid → pending, invalid → rejected naming the column),
 //! fields sealed at rest with a keyring (also what came through the outbox, whose copy is
-//! cleared), and the upgrade from schema 8 keeping existing data.
+//! cleared, and a conflict's detail), operator actions (conflicts resolved each way, dead
+//! letters redriven or discarded, with who and why), and the upgrade from schema 8 keeping
+//! existing data.
 
 mod support;
 
@@ -974,6 +976,26 @@ async fn resolved_fields_stay_sealed(b: &dyn Backend) {
     let keyring = Arc::new(Keyring::from_hex("wb-1", &"7".repeat(64)).unwrap());
     let w = &*b.open_sealed(keyring).await;
     let id = in_conflict(w, "sealed-conflict").await;
+    // The conflict's detail quotes both sides' values: sealed at rest in the reason and the
+    // transition, opened on read.
+    for stored in b
+        .texts("SELECT reason FROM writes UNION ALL SELECT detail FROM write_transitions")
+        .await
+        .into_iter()
+        .flatten()
+    {
+        assert!(!stored.contains("Escalated"), "plaintext at rest: {stored}");
+    }
+    let got = w.write(id).await.unwrap().unwrap();
+    assert_eq!(
+        got.reason.as_deref().and_then(ConflictDetail::parse),
+        Some(conflict_detail())
+    );
+    let logged = w.write_transitions(id).await.unwrap();
+    assert_eq!(
+        logged.last().unwrap().detail.as_deref(),
+        Some(conflict_detail().to_json().as_str())
+    );
     let set = serde_json::json!({"Status": "Call Jane Roe back"})
         .as_object()
         .unwrap()

@@ -12,6 +12,8 @@ mod emulator_cmd;
 mod jobs_cmd;
 mod quarantine_cmd;
 mod run_cmd;
+mod writes_cmd;
+mod writes_ops;
 
 use clap::{Parser, Subcommand};
 
@@ -49,6 +51,12 @@ enum Command {
     Read(admin_cmd::ReadArgs),
     /// Changes the data-quality gates hold: `list`, `show ID`, `release ID…`, `discard ID…`.
     Quarantine(quarantine_cmd::QuarantineArgs),
+    /// Writeback's conflict queue: `list`, `show ID`, `resolve ID --keep-salesforce |
+    /// --take-writer | --set FIELD=VALUE…`.
+    Conflicts(writes_cmd::ConflictsArgs),
+    /// Dead letters (writes Salesforce refused, events that could not be applied): `list`,
+    /// `show ID`, `redrive ID…`, `discard ID…`.
+    Deadletters(writes_cmd::DeadLettersArgs),
     /// Data-quality failure counts per object and rule (`quality report --config FILE`).
     Quality(quarantine_cmd::QualityArgs),
     /// Load objects through Bulk API 2.0 while streaming continues (`backfill --config FILE
@@ -202,6 +210,8 @@ fn main() -> anyhow::Result<()> {
         Command::Read(args) => std::process::exit(admin_cmd::read(args)),
         Command::Quarantine(args) => std::process::exit(quarantine_cmd::quarantine(args)),
         Command::Quality(args) => std::process::exit(quarantine_cmd::quality(args)),
+        Command::Conflicts(args) => std::process::exit(writes_cmd::conflicts(args)),
+        Command::Deadletters(args) => std::process::exit(writes_cmd::deadletters(args)),
         command => command,
     };
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -243,7 +253,9 @@ fn main() -> anyhow::Result<()> {
             | Command::Keys(_)
             | Command::Read(_)
             | Command::Quarantine(_)
-            | Command::Quality(_) => {
+            | Command::Quality(_)
+            | Command::Conflicts(_)
+            | Command::Deadletters(_) => {
                 unreachable!("handled before the runtime starts")
             }
         }

@@ -470,9 +470,13 @@ impl WriteLedger for PostgresChangeLog {
             .await
             .map_err(db("begin record write outcomes"))?;
         let now = now_ms();
+        let ctx = self.registry.ctx();
         for (id, outcome) in outcomes {
             let Some(row) = tx
-                .query_opt("SELECT state FROM writes WHERE id = $1 FOR UPDATE", &[id])
+                .query_opt(
+                    "SELECT state, object FROM writes WHERE id = $1 FOR UPDATE",
+                    &[id],
+                )
                 .await
                 .map_err(db("record write outcome"))?
             else {
@@ -482,6 +486,7 @@ impl WriteLedger for PostgresChangeLog {
                 ));
             };
             let from: String = row.get(0);
+            let object: String = row.get(1);
             let from = WriteState::parse(&from).ok_or_else(|| {
                 invalid(
                     "record write outcome",
@@ -492,7 +497,8 @@ impl WriteLedger for PostgresChangeLog {
                 return Err(illegal(*id, from, outcome));
             }
             let to = outcome.target().as_str();
-            let detail = outcome.detail();
+            let detail = ctx.outcome_text(&object, outcome)?;
+            let detail = detail.as_str();
             let column = match outcome {
                 WriteOutcome::Applied { .. } => Some("record_id"),
                 WriteOutcome::Retry { .. } | WriteOutcome::Failed { .. } => Some("last_error"),
@@ -540,6 +546,10 @@ impl WriteLedger for PostgresChangeLog {
 
     async fn write_transitions(&self, id: i64) -> Result<Vec<WriteTransition>> {
         let client = self.reader.lock().await;
+        let object = get(&*client, id)
+            .await?
+            .map(|w| w.object)
+            .unwrap_or_default();
         let rows = client
             .query(
                 "SELECT from_state, to_state, at_ms, detail, actor, note FROM write_transitions
@@ -569,7 +579,8 @@ impl WriteLedger for PostgresChangeLog {
                     note: r.get(5),
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()
+            .and_then(|ts| self.registry.ctx().open_transitions(&object, ts))
     }
 
     async fn writes(&self, filter: &WriteFilter) -> Result<Vec<LedgerWrite>> {
@@ -632,10 +643,10 @@ impl WriteLedger for PostgresChangeLog {
         if lock_state(&tx, OP, id).await?.is_none() {
             return Err(invalid(OP, format!("write {id} does not exist")));
         }
-        let mut w = get(&tx, id)
+        let w = get(&tx, id)
             .await?
             .ok_or_else(|| invalid(OP, format!("write {id} does not exist")))?;
-        w.fields = ctx.open_write_fields(&w.object, std::mem::take(&mut w.fields))?;
+        let w = ctx.open_writes(vec![w])?.remove(0);
         let plan = plan_resolution(&w, resolution, actor, note).map_err(|r| invalid(OP, r))?;
         let fields = plan
             .fields

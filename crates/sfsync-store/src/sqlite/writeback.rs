@@ -344,13 +344,18 @@ pub(super) fn claim(
     Ok(out)
 }
 
-pub(super) fn record(conn: &Connection, outcomes: &[(i64, WriteOutcome)], now: i64) -> Result<()> {
+pub(super) fn record(
+    conn: &Connection,
+    ctx: &Ctx,
+    outcomes: &[(i64, WriteOutcome)],
+    now: i64,
+) -> Result<()> {
     for (id, outcome) in outcomes {
-        let from: Option<String> = conn
-            .prepare_cached("SELECT state FROM writes WHERE id = ?1")
-            .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
+        let found: Option<(String, String)> = conn
+            .prepare_cached("SELECT state, object FROM writes WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id], |r| Ok((r.get(0)?, r.get(1)?))).optional())
             .map_err(db("record write outcome"))?;
-        let Some(from) = from else {
+        let Some((from, object)) = found else {
             return Err(invalid(
                 "record write outcome",
                 format!("write {id} does not exist"),
@@ -366,7 +371,8 @@ pub(super) fn record(conn: &Connection, outcomes: &[(i64, WriteOutcome)], now: i
             return Err(illegal(*id, from, outcome));
         }
         let to = outcome.target().as_str();
-        let detail = outcome.detail();
+        let detail = ctx.outcome_text(&object, outcome)?;
+        let detail = detail.as_str();
         let sql = match outcome {
             WriteOutcome::Applied { .. } => {
                 "UPDATE writes SET state = ?2, record_id = ?3, updated_at_ms = ?4 WHERE id = ?1"
@@ -521,10 +527,10 @@ pub(super) fn resolve(
     now: i64,
 ) -> Result<LedgerWrite> {
     const OP: &str = "resolve write conflict";
-    let Some(mut w) = get(conn, id)? else {
+    let Some(w) = get(conn, id)? else {
         return Err(invalid(OP, format!("write {id} does not exist")));
     };
-    w.fields = ctx.open_write_fields(&w.object, std::mem::take(&mut w.fields))?;
+    let w = ctx.open_writes(vec![w])?.remove(0);
     let plan = plan_resolution(&w, resolution, actor, note).map_err(|r| invalid(OP, r))?;
     let fields = plan
         .fields
@@ -640,7 +646,8 @@ impl WriteLedger for SqliteChangeLog {
 
     async fn record_write_outcomes(&self, outcomes: &[(i64, WriteOutcome)]) -> Result<()> {
         let outcomes = outcomes.to_vec();
-        self.transaction(move |tx| record(tx.connection(), &outcomes, now_ms()))
+        let ctx = self.registry.ctx();
+        self.transaction(move |tx| record(tx.connection(), &ctx, &outcomes, now_ms()))
             .await
     }
 
@@ -656,8 +663,13 @@ impl WriteLedger for SqliteChangeLog {
     }
 
     async fn write_transitions(&self, id: i64) -> Result<Vec<WriteTransition>> {
-        self.blocking("read write transitions", move |conn| transitions(conn, id))
-            .await
+        let (object, ts) = self
+            .blocking("read write transitions", move |conn| {
+                let object = get(conn, id)?.map(|w| w.object).unwrap_or_default();
+                Ok((object, transitions(conn, id)?))
+            })
+            .await?;
+        self.registry.ctx().open_transitions(&object, ts)
     }
 
     async fn writes(&self, filter: &WriteFilter) -> Result<Vec<LedgerWrite>> {
