@@ -605,6 +605,11 @@ pub trait Warehouse: ChangeLog + crate::WriteLedger {
     /// job that succeeds marks the re-sync request it carries out done, in the same transaction.
     async fn patch_sync_job(&self, id: i64, patch: &crate::jobs::SyncJobPatch) -> Result<()>;
 
+    /// Starts a failed or cancelled job again as a new attempt (see [`crate::jobs::retried`]),
+    /// in one transaction, and returns it. Any other status, or an unknown id, is an error that
+    /// names it and changes nothing.
+    async fn retry_sync_job(&self, id: i64, by: &str) -> Result<crate::jobs::SyncJob>;
+
     /// Turns each pending re-sync request into a re-sync job, once. Returns the new job ids.
     async fn schedule_resyncs(&self, requested_by: &str) -> Result<Vec<i64>>;
 

@@ -444,6 +444,14 @@ ALTER TABLE write_transitions ADD COLUMN actor TEXT;
 ALTER TABLE write_transitions ADD COLUMN note TEXT;
 "#,
     },
+    Migration {
+        version: 11,
+        name: "sync jobs: attempts (an operator's retry starts a new one)",
+        sql: r#"
+ALTER TABLE sync_jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE sync_jobs ADD COLUMN previous_attempts TEXT;
+"#,
+    },
 ];
 
 /// `PRAGMA synchronous` setting; see the module docs.

@@ -69,9 +69,10 @@ enum Command {
     /// Salesforce otherwise (`replay --config FILE [OBJECT…] --since 72h [--until T]` |
     /// `--from-replay-id HEX --channel CHANNEL` | `--ids ID,…`), with a progress bar.
     Replay(jobs_cmd::ReplayArgs),
-    /// Sync jobs (backfills, re-syncs, reconciliations, replays): `list`, `show ID`, `cancel
-    /// ID…`.
-    Jobs(jobs_cmd::JobsArgs),
+    /// Runs of sync jobs (backfills, re-syncs, reconciliations, replays): `list`, `show ID`,
+    /// `cancel ID…`, `retry ID…` (`sfsync jobs` is the same command).
+    #[command(alias = "jobs")]
+    Runs(jobs_cmd::JobsArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -245,8 +246,8 @@ fn main() -> anyhow::Result<()> {
             Command::Replay(args) => {
                 std::process::exit(admin_cmd::finish("replay", jobs_cmd::replay(args).await))
             }
-            Command::Jobs(args) => {
-                std::process::exit(admin_cmd::finish("jobs", jobs_cmd::jobs(args).await))
+            Command::Runs(args) => {
+                std::process::exit(admin_cmd::finish("runs", jobs_cmd::jobs(args).await))
             }
             Command::Config(_)
             | Command::Audit(_)

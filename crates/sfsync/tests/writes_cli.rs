@@ -617,3 +617,116 @@ fn deadletters_list_show_redrive_discard() {
     assert_eq!(o.status.code(), Some(2), "{}", show(&o));
     assert!(stderr(&o).contains("'abc'"), "{}", show(&o));
 }
+
+// ---- runs (sync jobs) ----
+
+#[test]
+fn runs_retry_requeues_failed_and_cancelled_jobs_only() {
+    let site = Site::new();
+    let config = site.config();
+    let job = |object: &str| NewSyncJob {
+        kind: SyncJobKind::Backfill,
+        object: object.into(),
+        reason: "requested by operator".into(),
+        since_ms: None,
+        until_ms: None,
+        params: "{}".into(),
+        requested_by: "operator:ada".into(),
+        resync_id: None,
+    };
+    let status = |s: SyncJobStatus, error: Option<&str>| SyncJobPatch {
+        status: Some(s),
+        error: error.map(str::to_string),
+        counts: SyncCounts {
+            read: 10,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (failed, cancelled, running, succeeded) = block_on(async {
+        let s = site.store().await;
+        let mut ids = Vec::new();
+        for (object, st, err) in [
+            (
+                "Account",
+                SyncJobStatus::Failed,
+                Some("Bulk query job 750x: INVALID_FIELD"),
+            ),
+            ("Case", SyncJobStatus::Cancelled, None),
+            ("Account", SyncJobStatus::Running, None),
+            ("Case", SyncJobStatus::Succeeded, None),
+        ] {
+            let id = s.add_sync_job(&job(object)).await.unwrap();
+            s.patch_sync_job(id, &status(st, err)).await.unwrap();
+            ids.push(id);
+        }
+        (ids[0], ids[1], ids[2], ids[3])
+    });
+    let stored =
+        |id: i64| block_on(async { site.store().await.sync_job(id).await.unwrap().unwrap() });
+    let running_before = stored(running);
+    let succeeded_before = stored(succeeded);
+
+    let o = sfsync(
+        &[
+            "runs",
+            "retry",
+            &failed.to_string(),
+            &running.to_string(),
+            &succeeded.to_string(),
+            "999999",
+        ],
+        &config,
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        stdout(&o).contains(&format!(
+            "sync job {failed}: retried as attempt 2 (by test-operator)"
+        )),
+        "{}",
+        show(&o)
+    );
+    for line in [
+        format!("sync job {running} is running: only a failed or cancelled job can be retried"),
+        format!("sync job {succeeded} is succeeded: only a failed or cancelled job can be retried"),
+        "sync job 999999 does not exist".to_string(),
+    ] {
+        assert!(stderr(&o).contains(&line), "missing '{line}': {}", show(&o));
+    }
+    let j = stored(failed);
+    assert_eq!(
+        (j.status, j.attempts, j.error.as_deref(), j.counts.read),
+        (SyncJobStatus::Pending, 2, None, 0)
+    );
+    assert_eq!(
+        (
+            j.previous_attempts[0].error.as_deref(),
+            j.previous_attempts[0].retried_by.as_str()
+        ),
+        (
+            Some("Bulk query job 750x: INVALID_FIELD"),
+            "operator:test-operator"
+        )
+    );
+    assert_eq!(stored(running), running_before, "nothing changed");
+    assert_eq!(stored(succeeded), succeeded_before, "nothing changed");
+
+    // `sfsync jobs` is the same command.
+    let o = sfsync(
+        &["jobs", "retry", &cancelled.to_string(), "--by", "bob"],
+        &config,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(stored(cancelled).attempts, 2);
+    let o = sfsync(&["runs", "list", "--status", "pending"], &config);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let listed = stdout(&o).lines().skip(1).count();
+    assert_eq!(listed, 2, "{}", show(&o));
+    let o = sfsync(&["runs", "show", &failed.to_string()], &config);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(
+        stdout(&o).contains("attempts: 2") && stdout(&o).contains("INVALID_FIELD"),
+        "{}",
+        show(&o)
+    );
+}

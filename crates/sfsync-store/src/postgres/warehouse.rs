@@ -1473,6 +1473,17 @@ impl Warehouse for PostgresChangeLog {
         tx.commit().await.map_err(db("commit update sync job"))
     }
 
+    async fn retry_sync_job(&self, id: i64, by: &str) -> Result<crate::jobs::SyncJob> {
+        let mut client = self.client.lock().await;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("begin retry sync job"))?;
+        let job = jobs::retry(&tx, &self.statements, id, by, now_ms()).await?;
+        tx.commit().await.map_err(db("commit retry sync job"))?;
+        Ok(job)
+    }
+
     async fn schedule_resyncs(&self, requested_by: &str) -> Result<Vec<i64>> {
         let mut client = self.client.lock().await;
         let tx = client

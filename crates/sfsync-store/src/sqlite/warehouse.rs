@@ -1173,6 +1173,12 @@ impl Warehouse for SqliteChangeLog {
             .await
     }
 
+    async fn retry_sync_job(&self, id: i64, by: &str) -> Result<crate::jobs::SyncJob> {
+        let by = by.to_string();
+        self.transaction(move |tx| super::jobs::retry(tx.connection(), id, &by, now_ms()))
+            .await
+    }
+
     async fn schedule_resyncs(&self, requested_by: &str) -> Result<Vec<i64>> {
         let by = requested_by.to_string();
         self.transaction(move |tx| super::jobs::schedule_resyncs(tx.connection(), &by, now_ms()))
