@@ -643,6 +643,8 @@ mod tests {
             report: None,
             watermark_ms: watermark,
             reread_from_ms: reread,
+            attempts: 1,
+            previous_attempts: Vec::new(),
         }
     }
 

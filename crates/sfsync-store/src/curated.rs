@@ -307,6 +307,66 @@ pub struct DeadLetter {
     pub object: Option<String>,
 }
 
+/// A stored event dead letter as listed: everything but the payload itself (which may hold PII
+/// and is Avro anyway), with its size and whether it is sealed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredDeadLetter {
+    pub id: i64,
+    pub channel: String,
+    /// Hex, as sfsync prints replay ids (`sfsync replay --from-replay-id`).
+    pub replay_id: Option<String>,
+    pub schema_id: String,
+    /// `decode`, `apply`, `repair`, …
+    pub stage: String,
+    pub error: String,
+    pub object: Option<String>,
+    pub payload_bytes: u64,
+    pub payload_sealed: bool,
+    pub created_at_ms: i64,
+}
+
+/// Which event dead letters to read; every given condition must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadLetterFilter {
+    /// Only these ids (empty: any).
+    pub ids: Vec<i64>,
+    pub object: Option<String>,
+    /// Newest first when set; oldest first otherwise.
+    pub newest_first: bool,
+    /// At most this many (0: no limit).
+    pub limit: usize,
+}
+
+impl StoredDeadLetter {
+    /// From a stored row: (id, channel, replay id bytes, schema, stage, error, object, payload,
+    /// created).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn from_parts(
+        id: i64,
+        channel: String,
+        replay_id: Option<Vec<u8>>,
+        schema_id: String,
+        stage: String,
+        error: String,
+        object: Option<String>,
+        payload: &[u8],
+        created_at_ms: i64,
+    ) -> StoredDeadLetter {
+        StoredDeadLetter {
+            id,
+            channel,
+            replay_id: replay_id.map(|b| b.iter().map(|x| format!("{x:02x}")).collect()),
+            schema_id,
+            stage,
+            error,
+            object,
+            payload_bytes: payload.len() as u64,
+            payload_sealed: crate::pii::is_sealed_bytes(payload),
+            created_at_ms,
+        }
+    }
+}
+
 /// Everything the apply stage writes for one batch; committed with the apply offset in one
 /// transaction by [`Warehouse::commit_curated`].
 #[derive(Debug, Clone, Default)]
@@ -405,7 +465,7 @@ pub struct RunRecord {
 /// returns PII opened; a column is never dropped or retyped by sfsync (only added); one process
 /// applies to a database at a time (the apply stage holds [`Warehouse::acquire_apply_lock`]).
 #[async_trait]
-pub trait Warehouse: ChangeLog {
+pub trait Warehouse: ChangeLog + crate::WriteLedger {
     /// Creates the tables of `model` or adds its missing columns, and registers the model (its
     /// PII columns) for sealing. Idempotent.
     async fn ensure_model(&self, model: &ObjectModel) -> Result<ModelChange>;
@@ -478,6 +538,9 @@ pub trait Warehouse: ChangeLog {
     /// Number of stored dead letters.
     async fn dead_letter_count(&self) -> Result<u64>;
 
+    /// Stored event dead letters matching `filter` (read only; payloads are not returned).
+    async fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<StoredDeadLetter>>;
+
     /// Stores a writer schema (JSON) by id; idempotent.
     async fn put_schema(&self, schema_id: &str, json: &str) -> Result<()>;
 
@@ -541,6 +604,11 @@ pub trait Warehouse: ChangeLog {
     /// Changes a job's status, Bulk job, position, totals, error or report (outside a batch). A
     /// job that succeeds marks the re-sync request it carries out done, in the same transaction.
     async fn patch_sync_job(&self, id: i64, patch: &crate::jobs::SyncJobPatch) -> Result<()>;
+
+    /// Starts a failed or cancelled job again as a new attempt (see [`crate::jobs::retried`]),
+    /// in one transaction, and returns it. Any other status, or an unknown id, is an error that
+    /// names it and changes nothing.
+    async fn retry_sync_job(&self, id: i64, by: &str) -> Result<crate::jobs::SyncJob>;
 
     /// Turns each pending re-sync request into a re-sync job, once. Returns the new job ids.
     async fn schedule_resyncs(&self, requested_by: &str) -> Result<Vec<i64>>;

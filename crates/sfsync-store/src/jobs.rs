@@ -94,6 +94,30 @@ impl SyncJobStatus {
     pub fn is_open(self) -> bool {
         matches!(self, SyncJobStatus::Pending | SyncJobStatus::Running)
     }
+
+    /// Failed or cancelled: an operator may start it again as a new attempt
+    /// ([`crate::Warehouse::retry_sync_job`]); a running, pending or succeeded job may not.
+    pub fn can_retry(self) -> bool {
+        matches!(self, SyncJobStatus::Failed | SyncJobStatus::Cancelled)
+    }
+}
+
+/// How one earlier attempt of a job ended (kept when the job is retried).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncJobAttempt {
+    /// 1 for the first.
+    pub attempt: i64,
+    /// Failed or cancelled.
+    pub status: SyncJobStatus,
+    pub error: Option<String>,
+    /// Its run record (`runs` table).
+    pub run_id: Option<String>,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    pub counts: SyncCounts,
+    /// Who retried it, and when.
+    pub retried_by: String,
+    pub retried_at_ms: i64,
 }
 
 /// A job as requested.
@@ -189,6 +213,72 @@ pub struct SyncJob {
     /// brought yet); the next refresh starts no later than this. Only ever lowered, with the
     /// rows it covers.
     pub reread_from_ms: Option<i64>,
+    /// This is attempt number … (1, then one more per retry).
+    pub attempts: i64,
+    /// The earlier attempts, oldest first.
+    pub previous_attempts: Vec<SyncJobAttempt>,
+}
+
+/// The job's row as a retry leaves it (pure): pending, the attempt count raised, the earlier
+/// attempt's outcome appended to `previous_attempts`, and everything of the attempt itself
+/// cleared — run, Bulk job, page position, totals, counts, times, error and report — so the new
+/// attempt starts from the beginning (re-applying what the last one committed is harmless: the
+/// apply path skips rows that are not newer). The watermark and re-read point stay: they only
+/// ever move as far as committed rows allow. Refused (with the reason) unless it failed or was
+/// cancelled.
+pub fn retried(job: &SyncJob, by: &str, now_ms: i64) -> std::result::Result<SyncJob, String> {
+    if by.trim().is_empty() {
+        return Err("the person retrying must be named".into());
+    }
+    if !job.status.can_retry() {
+        return Err(format!(
+            "sync job {} is {}: only a failed or cancelled job can be retried; nothing was changed",
+            job.id,
+            job.status.as_str()
+        ));
+    }
+    let mut next = job.clone();
+    next.previous_attempts.push(SyncJobAttempt {
+        attempt: job.attempts,
+        status: job.status,
+        error: job.error.clone(),
+        run_id: job.run_id.clone(),
+        started_at_ms: job.started_at_ms,
+        finished_at_ms: job.finished_at_ms,
+        counts: job.counts,
+        retried_by: by.to_string(),
+        retried_at_ms: now_ms,
+    });
+    next.attempts = job.attempts + 1;
+    next.status = SyncJobStatus::Pending;
+    next.run_id = None;
+    next.bulk_job_id = None;
+    next.locator = None;
+    next.page_rows_done = 0;
+    next.rows_total = None;
+    next.counts = SyncCounts::default();
+    next.started_at_ms = None;
+    next.finished_at_ms = None;
+    next.error = None;
+    next.report = None;
+    Ok(next)
+}
+
+/// `previous_attempts` as stored (JSON array text).
+pub(crate) fn attempts_json(a: &[SyncJobAttempt]) -> String {
+    serde_json::to_string(a).expect("attempts serialise")
+}
+
+/// Reads stored `previous_attempts`; `None` (NULL) is none.
+pub(crate) fn parse_attempts(
+    id: i64,
+    text: Option<&str>,
+) -> std::result::Result<Vec<SyncJobAttempt>, String> {
+    match text {
+        None => Ok(Vec::new()),
+        Some(t) => serde_json::from_str(t)
+            .map_err(|e| format!("sync job {id} has unreadable previous attempts: {e}")),
+    }
 }
 
 /// Progress of a job committed with the curated rows it covers.

@@ -436,6 +436,22 @@ CREATE TABLE write_transitions (
 );
 "#,
     },
+    Migration {
+        version: 10,
+        name: "writeback: who made a write's transition and why (operator actions)",
+        sql: r#"
+ALTER TABLE write_transitions ADD COLUMN actor TEXT;
+ALTER TABLE write_transitions ADD COLUMN note TEXT;
+"#,
+    },
+    Migration {
+        version: 11,
+        name: "sync jobs: attempts (an operator's retry starts a new one)",
+        sql: r#"
+ALTER TABLE sync_jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE sync_jobs ADD COLUMN previous_attempts TEXT;
+"#,
+    },
 ];
 
 /// `PRAGMA synchronous` setting; see the module docs.

@@ -11,7 +11,8 @@
 //! `write_transitions`. A claimed batch of pending writes is handed to exactly one claimer.
 //!
 //! PII: whenever the store has a keyring, a write's fields are stored sealed (AES-256-GCM, AAD
-//! `write.<object>`), also a rejected outbox row's, and an ingested outbox row's `fields` column
+//! `write.<object>`), and so is a conflict's detail (it quotes both sides' values, in `reason`
+//! and the transition), also a rejected outbox row's fields, and an ingested outbox row's `fields` column
 //! is cleared (the ledger holds them); writes to an object with PII columns are refused without
 //! a keyring. Reads return them opened.
 
@@ -193,6 +194,10 @@ pub struct WriteTransition {
     pub at_ms: i64,
     /// Error, reason, record id or note of the change.
     pub detail: Option<String>,
+    /// Who made the change when a person did (a conflict resolved, a redrive, a discard).
+    pub actor: Option<String>,
+    /// Why, in the person's words (empty notes are not stored).
+    pub note: Option<String>,
 }
 
 /// An outcome to record for a write (moves it to a new state).
@@ -280,6 +285,213 @@ impl ConflictDetail {
     pub fn parse(text: &str) -> Option<ConflictDetail> {
         serde_json::from_str(text).ok()
     }
+}
+
+/// How a person resolves a write in `conflict` (see [`WriteLedger::resolve_conflict`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    /// Salesforce's values stand: the write is rejected (final).
+    KeepSalesforce,
+    /// The writer's values win: the write goes back to pending with its seen version raised to
+    /// the newest Salesforce change of its conflict, so delivery's conflict check passes unless
+    /// Salesforce changes a field again after that (which is then a new conflict).
+    TakeWriter,
+    /// The person's values: these fields of the write are replaced (only fields the write
+    /// carries may be named), the seen version raised as for `TakeWriter`, and the write goes
+    /// back to pending.
+    Value(serde_json::Map<String, serde_json::Value>),
+}
+
+impl Resolution {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Resolution::KeepSalesforce => "keep_salesforce",
+            Resolution::TakeWriter => "take_writer",
+            Resolution::Value(_) => "value",
+        }
+    }
+}
+
+/// What resolving a conflict changes (pure; see [`plan_resolution`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolutionPlan {
+    /// `rejected` or `pending`.
+    pub to: WriteState,
+    /// The write's new fields as JSON text (plaintext: the store seals them), when they change.
+    pub fields: Option<String>,
+    /// The new seen version, when it is raised.
+    pub seen_version_ms: Option<i64>,
+    /// The new `reason` (for `rejected`), when it changes.
+    pub reason: Option<String>,
+    /// What the transition records.
+    pub detail: String,
+}
+
+/// Plans a conflict's resolution (pure): checks the write is in `conflict`, that named fields
+/// are fields of the write, and that the seen version can be raised (the stored reason is a
+/// [`ConflictDetail`]). Each error says why; nothing is to be written then.
+pub fn plan_resolution(
+    w: &LedgerWrite,
+    resolution: &Resolution,
+    actor: &str,
+    note: &str,
+) -> std::result::Result<ResolutionPlan, String> {
+    if actor.trim().is_empty() {
+        return Err("the person resolving it must be named".into());
+    }
+    if w.state != WriteState::Conflict {
+        return Err(format!(
+            "write {} is {}, not in conflict: only a write in conflict can be resolved",
+            w.id,
+            w.state.as_str()
+        ));
+    }
+    if let Resolution::KeepSalesforce = resolution {
+        return Ok(ResolutionPlan {
+            to: WriteState::Rejected,
+            fields: None,
+            seen_version_ms: None,
+            reason: Some(match stored_note(note) {
+                Some(n) => {
+                    format!("conflict resolved: Salesforce's value was kept by {actor}: {n}")
+                }
+                None => format!("conflict resolved: Salesforce's value was kept by {actor}"),
+            }),
+            detail: format!("conflict resolved by {actor}: Salesforce's value kept"),
+        });
+    }
+    let conflict = w
+        .reason
+        .as_deref()
+        .and_then(ConflictDetail::parse)
+        .filter(|c| !c.fields.is_empty())
+        .ok_or_else(|| {
+            format!(
+                "write {} has no readable conflict detail, so the Salesforce version to accept                  is unknown: keep Salesforce's value or discard it",
+                w.id
+            )
+        })?;
+    let newest = conflict
+        .fields
+        .iter()
+        .map(|f| f.salesforce_changed_ms)
+        .max()
+        .unwrap_or_default();
+    let seen = w.seen_version_ms.map_or(newest, |s| s.max(newest));
+    match resolution {
+        Resolution::KeepSalesforce => unreachable!("handled above"),
+        Resolution::TakeWriter => Ok(ResolutionPlan {
+            to: WriteState::Pending,
+            fields: None,
+            seen_version_ms: Some(seen),
+            reason: None,
+            detail: format!(
+                "conflict resolved by {actor}: the writer's values taken (seen version raised                  to {seen})"
+            ),
+        }),
+        Resolution::Value(values) => {
+            if values.is_empty() {
+                return Err("a value resolution must set at least one field".into());
+            }
+            let mut fields = match serde_json::from_str::<serde_json::Value>(&w.fields) {
+                Ok(serde_json::Value::Object(m)) => m,
+                _ => {
+                    return Err(format!(
+                        "write {} has fields that are not a JSON object: it cannot be edited",
+                        w.id
+                    ))
+                }
+            };
+            let mut named = Vec::with_capacity(values.len());
+            for (field, value) in values {
+                // Salesforce field names are case-insensitive: `status` names `Status`.
+                let Some(key) = fields
+                    .keys()
+                    .find(|k| k.eq_ignore_ascii_case(field))
+                    .cloned()
+                else {
+                    return Err(format!(
+                        "field '{field}' is not a field of write {} (its fields: {})",
+                        w.id,
+                        fields.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ));
+                };
+                fields.insert(key.clone(), value.clone());
+                named.push(key);
+            }
+            Ok(ResolutionPlan {
+                to: WriteState::Pending,
+                fields: Some(serde_json::Value::Object(fields).to_string()),
+                seen_version_ms: Some(seen),
+                reason: None,
+                detail: format!(
+                    "conflict resolved by {actor}: values set for {} (seen version raised to                      {seen})",
+                    named.join(", ")
+                ),
+            })
+        }
+    }
+}
+
+/// An operator's action on dead-letter or conflicted writes (see [`WriteLedger::redrive_writes`]
+/// and [`WriteLedger::discard_writes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteAction {
+    /// failed → pending: delivered again (attempts kept).
+    Redrive,
+    /// failed|conflict → rejected: never delivered (kept, with who decided and why).
+    Discard,
+}
+
+impl WriteAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteAction::Redrive => "redrive",
+            WriteAction::Discard => "discard",
+        }
+    }
+
+    /// The state it moves a write to.
+    pub fn target(self) -> WriteState {
+        match self {
+            WriteAction::Redrive => WriteState::Pending,
+            WriteAction::Discard => WriteState::Rejected,
+        }
+    }
+
+    /// The states it may be taken from.
+    pub fn allowed_from(self, from: WriteState) -> bool {
+        match self {
+            WriteAction::Redrive => from == WriteState::Failed,
+            WriteAction::Discard => matches!(from, WriteState::Failed | WriteState::Conflict),
+        }
+    }
+
+    /// What the transition records.
+    pub fn detail(self, actor: &str) -> String {
+        match self {
+            WriteAction::Redrive => format!("redriven by {actor}"),
+            WriteAction::Discard => format!("discarded by {actor}"),
+        }
+    }
+}
+
+/// What an action did to one write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum WriteActOutcome {
+    /// Moved from `from` to the action's state.
+    Done {
+        from: WriteState,
+        to: WriteState,
+    },
+    NotFound,
+    /// Its state does not allow the action; nothing was written for it.
+    NotAllowed {
+        state: WriteState,
+    },
 }
 
 /// Which writes to list.
@@ -454,6 +666,51 @@ pub trait WriteLedger: ChangeLog {
     /// their ids, oldest first. Re-sending them is safe: an upsert by External Id never creates a
     /// second record and an update by Id is idempotent.
     async fn requeue_abandoned(&self, claimed_before_ms: i64, note: &str) -> Result<Vec<i64>>;
+
+    /// A person's decision on a write in `conflict` (see [`Resolution`]), in one transaction:
+    /// the state, fields (sealed again when the store has a keyring) and seen version change
+    /// together, and the transition records `actor` and `note`. A write not in conflict, a field
+    /// the write does not carry, or a conflict without a readable detail is an error that names
+    /// the reason and writes nothing. Returns the write as it now is.
+    async fn resolve_conflict(
+        &self,
+        id: i64,
+        resolution: &Resolution,
+        actor: &str,
+        note: &str,
+    ) -> Result<LedgerWrite>;
+
+    /// Redrives dead letters (failed → pending; attempts and the last error are kept) in one
+    /// transaction, recording `actor` and `note` in each transition. Reported per id, in input
+    /// order: an unknown id or a write in another state is reported and left as it is.
+    async fn redrive_writes(
+        &self,
+        ids: &[i64],
+        actor: &str,
+        note: &str,
+    ) -> Result<Vec<(i64, WriteActOutcome)>>;
+
+    /// Discards failed or conflicted writes (→ rejected, final; the reason names `actor`), as
+    /// [`WriteLedger::redrive_writes`] does.
+    async fn discard_writes(
+        &self,
+        ids: &[i64],
+        actor: &str,
+        note: &str,
+    ) -> Result<Vec<(i64, WriteActOutcome)>>;
+}
+
+/// The `reason` a discarded write keeps.
+pub fn discard_reason(actor: &str, note: &str) -> String {
+    match stored_note(note) {
+        Some(n) => format!("discarded by {actor}: {n}"),
+        None => format!("discarded by {actor}"),
+    }
+}
+
+/// A note as stored: `None` when empty.
+pub fn stored_note(note: &str) -> Option<&str> {
+    Some(note.trim()).filter(|n| !n.is_empty())
 }
 
 /// AAD of a write's sealed fields.
@@ -494,11 +751,38 @@ impl crate::warehouse::Ctx {
         })
     }
 
-    /// Opens the fields of writes read from the store.
+    /// Opens the fields (and a sealed conflict detail in `reason`) of writes read from the
+    /// store.
     pub(crate) fn open_writes(&self, mut writes: Vec<LedgerWrite>) -> Result<Vec<LedgerWrite>> {
         for w in &mut writes {
             w.fields = self.open_write_fields(&w.object, std::mem::take(&mut w.fields))?;
+            if let Some(r) = w.reason.take() {
+                w.reason = Some(self.open_write_fields(&w.object, r)?);
+            }
         }
         Ok(writes)
+    }
+
+    /// The text a transition or `reason` stores for `outcome` of a write to `object`: a
+    /// conflict's detail quotes field values (both sides), so it is sealed like the fields.
+    pub(crate) fn outcome_text(&self, object: &str, outcome: &WriteOutcome) -> Result<String> {
+        match outcome {
+            WriteOutcome::Conflict { detail } => self.seal_write_fields(object, detail),
+            other => Ok(other.detail().to_string()),
+        }
+    }
+
+    /// Opens the sealed details of a write's transitions.
+    pub(crate) fn open_transitions(
+        &self,
+        object: &str,
+        mut ts: Vec<WriteTransition>,
+    ) -> Result<Vec<WriteTransition>> {
+        for t in &mut ts {
+            if let Some(d) = t.detail.take() {
+                t.detail = Some(self.open_write_fields(object, d)?);
+            }
+        }
+        Ok(ts)
     }
 }

@@ -1134,6 +1134,66 @@ async fn dead_letters_sealed_with_checkpoint(b: &dyn Backend) {
         .unwrap_err();
     assert!(err.to_string().contains("keyring"), "{err}");
     assert_eq!(w.dead_letter_count().await.unwrap(), 2);
+
+    // Listed without their payloads: size and whether sealed, replay id in hex; filtered by
+    // id and object, in either order.
+    let all = w.dead_letters(&DeadLetterFilter::default()).await.unwrap();
+    assert_eq!(all.len(), 2, "{all:?}");
+    let (first, second) = (&all[0], &all[1]);
+    assert!(first.id < second.id);
+    assert_eq!(
+        (
+            first.channel.as_str(),
+            first.replay_id.as_deref(),
+            first.stage.as_str(),
+            first.error.as_str(),
+            first.object.as_deref(),
+            first.payload_bytes,
+            first.payload_sealed,
+        ),
+        (
+            ch,
+            Some("0909"),
+            "decode",
+            "decode failed: bad union index",
+            Some(CONTACT),
+            11,
+            false
+        )
+    );
+    assert_eq!(
+        (
+            second.replay_id.as_deref(),
+            second.object.as_deref(),
+            second.payload_sealed
+        ),
+        (Some("090a"), None, true)
+    );
+    let newest = w
+        .dead_letters(&DeadLetterFilter {
+            newest_first: true,
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(newest, vec![second.clone()]);
+    let by_id = w
+        .dead_letters(&DeadLetterFilter {
+            ids: vec![first.id, 999_999],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_id, vec![first.clone()]);
+    let by_object = w
+        .dead_letters(&DeadLetterFilter {
+            object: Some(CONTACT.into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_object, vec![first.clone()]);
 }
 
 /// A stored raw payload without PII: `SFL1`, the size (u32 LE), an LZ4 block.

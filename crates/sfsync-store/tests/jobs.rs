@@ -311,6 +311,8 @@ async fn requests_round_trip_with_filters(b: &dyn Backend) {
             report: None,
             watermark_ms: None,
             reread_from_ms: None,
+            attempts: 1,
+            previous_attempts: Vec::new(),
         },
         "every field round-trips"
     );
@@ -1070,7 +1072,186 @@ macro_rules! suite {
     };
 }
 
+/// A failed or cancelled job is retried as a new attempt: pending again, from the beginning,
+/// with the earlier attempt kept; any other status (and an unknown id) is refused and nothing
+/// changes.
+async fn retries_start_a_new_attempt(b: &dyn Backend) {
+    let w = b.open().await;
+    let id = w
+        .add_sync_job(&job(SyncJobKind::Backfill, ACCOUNT))
+        .await
+        .unwrap();
+    let fresh = get(&*w, id).await;
+    assert_eq!((fresh.attempts, fresh.previous_attempts.len()), (1, 0));
+
+    // Pending, running, succeeded: refused, nothing written.
+    let refuse = |status: &'static str| {
+        move |e: StoreError| {
+            let e = e.to_string();
+            assert!(
+                e.contains(&format!(
+                    "sync job {id} is {status}: only a failed or cancelled job"
+                )),
+                "{e}"
+            );
+        }
+    };
+    w.retry_sync_job(id, "ada")
+        .await
+        .map(|_| panic!("retried a pending job"))
+        .unwrap_or_else(refuse("pending"));
+    w.patch_sync_job(
+        id,
+        &SyncJobPatch {
+            status: Some(SyncJobStatus::Running),
+            run_id: Some("backfill-1-a".into()),
+            bulk_job_id: Some(Some("750x1".into())),
+            position: Some((Some("MTAw".into()), 40)),
+            rows_total: Some(500),
+            counts: counts(140, 100, 40, 6),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let running = get(&*w, id).await;
+    w.retry_sync_job(id, "ada")
+        .await
+        .map(|_| panic!("retried a running job"))
+        .unwrap_or_else(refuse("running"));
+    assert_eq!(get(&*w, id).await, running, "nothing changed");
+
+    w.patch_sync_job(
+        id,
+        &SyncJobPatch {
+            status: Some(SyncJobStatus::Failed),
+            error: Some("Bulk query job 750x1: INVALID_FIELD".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let failed = get(&*w, id).await;
+    let err = w.retry_sync_job(id, " ").await.unwrap_err().to_string();
+    assert!(err.contains("must be named"), "{err}");
+    assert_eq!(get(&*w, id).await, failed, "nothing changed");
+
+    // Retried: pending from the beginning, the failed attempt kept.
+    let before = now_ms();
+    let retried = w.retry_sync_job(id, "operator:ada").await.unwrap();
+    assert_eq!(retried, get(&*w, id).await, "returns the job as stored");
+    assert_eq!(
+        (
+            retried.status,
+            retried.attempts,
+            retried.run_id.as_deref(),
+            retried.bulk_job_id.as_deref(),
+            retried.locator.as_deref(),
+            retried.page_rows_done,
+            retried.rows_total,
+            retried.counts,
+            retried.started_at_ms,
+            retried.finished_at_ms,
+            retried.error.as_deref(),
+        ),
+        (
+            SyncJobStatus::Pending,
+            2,
+            None,
+            None,
+            None,
+            0,
+            None,
+            SyncCounts::default(),
+            None,
+            None,
+            None
+        )
+    );
+    assert_eq!(
+        (
+            retried.kind,
+            retried.object.as_str(),
+            retried.reason.as_str()
+        ),
+        (failed.kind, failed.object.as_str(), failed.reason.as_str()),
+        "the request itself is kept"
+    );
+    let prev = &retried.previous_attempts;
+    assert_eq!(prev.len(), 1);
+    assert_eq!(
+        (
+            prev[0].attempt,
+            prev[0].status,
+            prev[0].error.as_deref(),
+            prev[0].run_id.as_deref(),
+            prev[0].counts,
+            prev[0].started_at_ms,
+            prev[0].finished_at_ms,
+            prev[0].retried_by.as_str(),
+        ),
+        (
+            1,
+            SyncJobStatus::Failed,
+            Some("Bulk query job 750x1: INVALID_FIELD"),
+            Some("backfill-1-a"),
+            counts(140, 100, 40, 6),
+            failed.started_at_ms,
+            failed.finished_at_ms,
+            "operator:ada"
+        )
+    );
+    assert!((before..=now_ms()).contains(&prev[0].retried_at_ms));
+    assert_eq!(
+        ids(&*w, SyncJobFilter::open()).await,
+        vec![id],
+        "open again, for the apply process to take"
+    );
+
+    // Cancelled, then retried again: a third attempt; a succeeded job cannot be retried.
+    w.patch_sync_job(
+        id,
+        &SyncJobPatch {
+            status: Some(SyncJobStatus::Cancelled),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let third = w.retry_sync_job(id, "operator:bob").await.unwrap();
+    assert_eq!(third.attempts, 3);
+    assert_eq!(
+        third
+            .previous_attempts
+            .iter()
+            .map(|a| (a.attempt, a.status))
+            .collect::<Vec<_>>(),
+        vec![(1, SyncJobStatus::Failed), (2, SyncJobStatus::Cancelled)]
+    );
+    w.patch_sync_job(
+        id,
+        &SyncJobPatch {
+            status: Some(SyncJobStatus::Succeeded),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let done = get(&*w, id).await;
+    w.retry_sync_job(id, "ada")
+        .await
+        .map(|_| panic!("retried a succeeded job"))
+        .unwrap_or_else(refuse("succeeded"));
+    assert_eq!(get(&*w, id).await, done, "nothing changed");
+    let err = w.retry_sync_job(999_999, "ada").await.unwrap_err();
+    assert!(
+        err.to_string().contains("sync job 999999 does not exist"),
+        "{err}"
+    );
+}
+
 suite!(
+    retries_start_a_new_attempt,
     requests_round_trip_with_filters,
     patches_follow_the_lifecycle,
     resync_requests_become_jobs_once,

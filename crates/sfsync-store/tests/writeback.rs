@@ -4,7 +4,9 @@
 //! illegal ones error and change nothing), claims that never hand a write to two claimers, outbox
 //! rows inserted with plain SQL ingested (valid → pending, invalid → rejected naming the column),
 //! fields sealed at rest with a keyring (also what came through the outbox, whose copy is
-//! cleared), and the upgrade from schema 8 keeping existing data.
+//! cleared, and a conflict's detail), operator actions (conflicts resolved each way, dead
+//! letters redriven or discarded, with who and why), and the upgrade from schema 8 keeping
+//! existing data.
 
 mod support;
 
@@ -718,6 +720,361 @@ INSERT INTO outbox (source_system, idempotency_key, object, record_id, fields)
     assert!(err.contains("keyring"), "{err}");
 }
 
+// ---- operator actions: conflicts resolved, dead letters redriven or discarded ----
+
+const SEEN: i64 = 1_795_253_400_000;
+
+fn conflict_detail() -> ConflictDetail {
+    ConflictDetail {
+        fields: vec![
+            FieldConflict {
+                field: "Status".into(),
+                salesforce: serde_json::json!("Escalated"),
+                writer: serde_json::json!("Closed"),
+                salesforce_changed_ms: SEEN + 60_000,
+            },
+            FieldConflict {
+                field: "Priority".into(),
+                salesforce: serde_json::json!("High"),
+                writer: serde_json::Value::Null,
+                salesforce_changed_ms: SEEN + 120_000,
+            },
+        ],
+        held: vec![],
+    }
+}
+
+/// Submits a write and moves it to `conflict` with a real [`ConflictDetail`].
+async fn in_conflict(w: &dyn WriteLedger, key: &str) -> i64 {
+    let conflict = WriteOutcome::Conflict {
+        detail: conflict_detail().to_json(),
+    };
+    drive(w, key, &[claim_marker(), conflict]).await
+}
+
+async fn in_failed(w: &dyn WriteLedger, key: &str) -> i64 {
+    let failed = WriteOutcome::Failed {
+        error: "INVALID_FIELD: No such column 'Foo__c' on entity 'Case'".into(),
+    };
+    drive(w, key, &[claim_marker(), failed]).await
+}
+
+fn fields_of(w: &LedgerWrite) -> serde_json::Value {
+    serde_json::from_str(&w.fields).unwrap()
+}
+
+/// Each resolution does what it says and records who and why; a wrong state, an unknown field
+/// or an unreadable conflict is an error that writes nothing.
+async fn conflicts_are_resolved_by_a_person(b: &dyn Backend) {
+    let w = &*b.open().await;
+
+    // Keep Salesforce's value: rejected, the reason names the person.
+    let keep = in_conflict(w, "keep").await;
+    let got = w
+        .resolve_conflict(keep, &Resolution::KeepSalesforce, "ada", "customer called")
+        .await
+        .unwrap();
+    assert_eq!(got.state, WriteState::Rejected);
+    assert_eq!(
+        got.reason.as_deref(),
+        Some("conflict resolved: Salesforce's value was kept by ada: customer called")
+    );
+    assert_eq!(got.seen_version_ms, Some(SEEN), "seen version untouched");
+    let last = w.write_transitions(keep).await.unwrap().pop().unwrap();
+    assert_eq!(
+        (
+            last.from,
+            last.to,
+            last.actor.as_deref(),
+            last.note.as_deref()
+        ),
+        (
+            Some(WriteState::Conflict),
+            WriteState::Rejected,
+            Some("ada"),
+            Some("customer called")
+        )
+    );
+
+    // Take the writer's values: pending, seen version raised to the newest Salesforce change.
+    let take = in_conflict(w, "take").await;
+    let got = w
+        .resolve_conflict(take, &Resolution::TakeWriter, "bob", "")
+        .await
+        .unwrap();
+    assert_eq!(
+        (got.state, got.seen_version_ms),
+        (WriteState::Pending, Some(SEEN + 120_000))
+    );
+    assert_eq!(
+        fields_of(&got),
+        serde_json::json!({"Status": "Closed", "Priority": null})
+    );
+    let last = w.write_transitions(take).await.unwrap().pop().unwrap();
+    assert_eq!(
+        (last.to, last.actor.as_deref(), last.note.as_deref()),
+        (WriteState::Pending, Some("bob"), None),
+        "an empty note is not stored"
+    );
+    // Delivered again: claimable like any pending write.
+    let claimed = w.claim_writes("c", 100).await.unwrap();
+    assert!(claimed.iter().any(|c| c.id == take), "{claimed:?}");
+
+    // A value: only the named field changes (matched case-insensitively), seen version raised.
+    let value = in_conflict(w, "value").await;
+    let set = serde_json::json!({"status": "Escalated"})
+        .as_object()
+        .unwrap()
+        .clone();
+    let got = w
+        .resolve_conflict(value, &Resolution::Value(set), "ada", "agreed with ops")
+        .await
+        .unwrap();
+    assert_eq!(
+        (got.state, got.seen_version_ms),
+        (WriteState::Pending, Some(SEEN + 120_000))
+    );
+    assert_eq!(
+        fields_of(&got),
+        serde_json::json!({"Status": "Escalated", "Priority": null})
+    );
+
+    // Refused, and nothing written: an unknown field, a write not in conflict, an empty actor.
+    let other = in_conflict(w, "unknown-field").await;
+    let before = w.write(other).await.unwrap().unwrap();
+    let before_log = w.write_transitions(other).await.unwrap();
+    let set = serde_json::json!({"Status": "Closed", "Foo__c": 1})
+        .as_object()
+        .unwrap()
+        .clone();
+    let err = w
+        .resolve_conflict(other, &Resolution::Value(set), "ada", "")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("field 'Foo__c' is not a field of write") && err.contains("Priority"),
+        "{err}"
+    );
+    let err = w
+        .resolve_conflict(other, &Resolution::TakeWriter, " ", "")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("must be named"), "{err}");
+    assert_eq!(w.write(other).await.unwrap().unwrap(), before);
+    assert_eq!(w.write_transitions(other).await.unwrap(), before_log);
+
+    let log = w.write_transitions(take).await.unwrap();
+    let err = w
+        .resolve_conflict(take, &Resolution::KeepSalesforce, "ada", "")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("write {take} is sent, not in conflict")),
+        "{err}"
+    );
+    assert_eq!(state(w, take).await, WriteState::Sent);
+    assert_eq!(w.write_transitions(take).await.unwrap(), log);
+    let err = w
+        .resolve_conflict(999_999, &Resolution::TakeWriter, "ada", "")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("write 999999 does not exist"), "{err}");
+
+    // A conflict recorded without a readable detail: no version to accept, so only keeping
+    // Salesforce's value (or discarding) is possible.
+    let opaque = drive(
+        w,
+        "opaque",
+        &[
+            claim_marker(),
+            WriteOutcome::Conflict {
+                detail: "Status changed in Salesforce".into(),
+            },
+        ],
+    )
+    .await;
+    let err = w
+        .resolve_conflict(opaque, &Resolution::TakeWriter, "ada", "")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no readable conflict detail"), "{err}");
+    assert_eq!(state(w, opaque).await, WriteState::Conflict);
+}
+
+/// Redrive takes failed writes back to pending (attempts kept); discard rejects failed and
+/// conflicted writes; other states and unknown ids are reported per id and left alone.
+async fn dead_letters_are_redriven_or_discarded(b: &dyn Backend) {
+    let w = &*b.open().await;
+    let failed = in_failed(w, "failed").await;
+    let failed_2 = in_failed(w, "failed-2").await;
+    let conflicted = in_conflict(w, "conflicted").await;
+    let pending = accepted(&w.submit_writes(&[by_id("pending")]).await.unwrap()[0]);
+
+    let out = w
+        .redrive_writes(
+            &[failed, pending, 999_999, conflicted],
+            "ada",
+            "field added",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            (
+                failed,
+                WriteActOutcome::Done {
+                    from: WriteState::Failed,
+                    to: WriteState::Pending
+                }
+            ),
+            (
+                pending,
+                WriteActOutcome::NotAllowed {
+                    state: WriteState::Pending
+                }
+            ),
+            (999_999, WriteActOutcome::NotFound),
+            (
+                conflicted,
+                WriteActOutcome::NotAllowed {
+                    state: WriteState::Conflict
+                }
+            ),
+        ]
+    );
+    let got = w.write(failed).await.unwrap().unwrap();
+    assert_eq!(
+        (got.state, got.attempts, got.last_error.as_deref()),
+        (
+            WriteState::Pending,
+            1,
+            Some("INVALID_FIELD: No such column 'Foo__c' on entity 'Case'")
+        ),
+        "attempts and the last error are kept"
+    );
+    let last = w.write_transitions(failed).await.unwrap().pop().unwrap();
+    assert_eq!(
+        (
+            last.from,
+            last.to,
+            last.detail.as_deref(),
+            last.actor.as_deref(),
+            last.note.as_deref()
+        ),
+        (
+            Some(WriteState::Failed),
+            WriteState::Pending,
+            Some("redriven by ada"),
+            Some("ada"),
+            Some("field added")
+        )
+    );
+    assert_eq!(state(w, pending).await, WriteState::Pending);
+    assert_eq!(
+        w.write_transitions(pending).await.unwrap().len(),
+        1,
+        "nothing recorded for a refused id"
+    );
+    assert_eq!(state(w, conflicted).await, WriteState::Conflict);
+
+    let out = w
+        .discard_writes(&[failed_2, conflicted, failed], "bob", "")
+        .await
+        .unwrap();
+    assert_eq!(
+        out.iter().map(|(_, o)| o.clone()).collect::<Vec<_>>(),
+        vec![
+            WriteActOutcome::Done {
+                from: WriteState::Failed,
+                to: WriteState::Rejected
+            },
+            WriteActOutcome::Done {
+                from: WriteState::Conflict,
+                to: WriteState::Rejected
+            },
+            WriteActOutcome::NotAllowed {
+                state: WriteState::Pending
+            },
+        ]
+    );
+    let got = w.write(failed_2).await.unwrap().unwrap();
+    assert_eq!(
+        (got.state, got.reason.as_deref()),
+        (WriteState::Rejected, Some("discarded by bob"))
+    );
+    // Discarding twice: reported, nothing written.
+    let log = w.write_transitions(failed_2).await.unwrap();
+    let out = w.discard_writes(&[failed_2], "bob", "again").await.unwrap();
+    assert_eq!(
+        out,
+        vec![(
+            failed_2,
+            WriteActOutcome::NotAllowed {
+                state: WriteState::Rejected
+            }
+        )]
+    );
+    assert_eq!(w.write_transitions(failed_2).await.unwrap(), log);
+    let err = w.redrive_writes(&[failed], "", "").await.unwrap_err();
+    assert!(err.to_string().contains("must be named"), "{err}");
+}
+
+/// A value resolution re-seals the write's fields: the new value is never at rest in plaintext.
+async fn resolved_fields_stay_sealed(b: &dyn Backend) {
+    let keyring = Arc::new(Keyring::from_hex("wb-1", &"7".repeat(64)).unwrap());
+    let w = &*b.open_sealed(keyring).await;
+    let id = in_conflict(w, "sealed-conflict").await;
+    // The conflict's detail quotes both sides' values: sealed at rest in the reason and the
+    // transition, opened on read.
+    for stored in b
+        .texts("SELECT reason FROM writes UNION ALL SELECT detail FROM write_transitions")
+        .await
+        .into_iter()
+        .flatten()
+    {
+        assert!(!stored.contains("Escalated"), "plaintext at rest: {stored}");
+    }
+    let got = w.write(id).await.unwrap().unwrap();
+    assert_eq!(
+        got.reason.as_deref().and_then(ConflictDetail::parse),
+        Some(conflict_detail())
+    );
+    let logged = w.write_transitions(id).await.unwrap();
+    assert_eq!(
+        logged.last().unwrap().detail.as_deref(),
+        Some(conflict_detail().to_json().as_str())
+    );
+    let set = serde_json::json!({"Status": "Call Jane Roe back"})
+        .as_object()
+        .unwrap()
+        .clone();
+    let got = w
+        .resolve_conflict(id, &Resolution::Value(set), "ada", "")
+        .await
+        .unwrap();
+    assert_eq!(fields_of(&got)["Status"], "Call Jane Roe back");
+    let stored = b
+        .texts(&format!("SELECT fields FROM writes WHERE id = {id}"))
+        .await
+        .pop()
+        .flatten()
+        .unwrap();
+    assert!(
+        stored.starts_with(sfsync_store::pii::TEXT_PREFIX) && !stored.contains("Roe"),
+        "plaintext at rest: {stored}"
+    );
+    assert_eq!(
+        fields_of(&w.write(id).await.unwrap().unwrap())["Status"],
+        "Call Jane Roe back"
+    );
+}
+
 macro_rules! suite {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -750,6 +1107,9 @@ suite!(
     echoes_find_their_write,
     abandoned_claims_return_to_pending,
     fields_are_sealed_at_rest,
+    conflicts_are_resolved_by_a_person,
+    dead_letters_are_redriven_or_discarded,
+    resolved_fields_stay_sealed,
 );
 
 // ---- upgrade from schema 8 ----
@@ -770,7 +1130,10 @@ async fn upgrade_keeps_data(b: &dyn Backend) {
         .iter()
         .map(|m| m.version)
         .collect();
-    assert_eq!(versions, (1..=9).collect::<Vec<_>>());
+    assert_eq!(
+        versions,
+        (1..=migrate::latest(sfsync_store::sqlite::MIGRATIONS)).collect::<Vec<_>>()
+    );
     assert_eq!(
         w.checkpoint("/data/CaseChangeEvent")
             .await

@@ -1,4 +1,5 @@
-//! `sfsync backfill`, `sfsync reconcile` and `sfsync jobs`: the operator's side of sync jobs.
+//! `sfsync backfill`, `sfsync reconcile` and `sfsync runs` (alias `sfsync jobs`): the operator's
+//! side of sync jobs.
 //!
 //! A backfill or reconciliation is recorded as a job in the warehouse. When `sfsync run` is
 //! running it carries the job out between streamed batches (it holds the single-applier lock);
@@ -246,6 +247,17 @@ pub enum JobsCommand {
         config: PathBuf,
         #[arg(required = true)]
         ids: Vec<i64>,
+    },
+    /// Start failed or cancelled jobs again as a new attempt, from the beginning (the earlier
+    /// attempt is kept in `show`); the running `sfsync run` carries them out.
+    Retry {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(required = true)]
+        ids: Vec<i64>,
+        /// Who retries (recorded); default $USER.
+        #[arg(long)]
+        by: Option<String>,
     },
 }
 
@@ -660,16 +672,17 @@ pub async fn jobs(args: JobsArgs) -> Result<i32, Failure> {
                 .await
                 .map_err(|e| failed(e.into()))?;
             println!(
-                "{:>6} {:<15} {:<20} {:<10} {:>10} {:>10} {:>9}  reason",
-                "id", "kind", "object", "status", "read", "applied", "api calls"
+                "{:>6} {:<15} {:<20} {:<10} {:>3} {:>10} {:>10} {:>9}  reason",
+                "id", "kind", "object", "status", "try", "read", "applied", "api calls"
             );
             for j in jobs {
                 println!(
-                    "{:>6} {:<15} {:<20} {:<10} {:>10} {:>10} {:>9}  {}",
+                    "{:>6} {:<15} {:<20} {:<10} {:>3} {:>10} {:>10} {:>9}  {}",
                     j.id,
                     j.kind.as_str(),
                     j.object,
                     j.status.as_str(),
+                    j.attempts,
                     j.counts.read,
                     j.counts.applied,
                     j.counts.api_calls,
@@ -713,6 +726,36 @@ pub async fn jobs(args: JobsArgs) -> Result<i32, Failure> {
                         eprintln!("sync job {id} does not exist");
                         code = 1;
                     }
+                }
+            }
+            Ok(code)
+        }
+        JobsCommand::Retry { config, ids, by } => {
+            let by = match by {
+                Some(b) if b.trim().is_empty() => {
+                    return Err(usage(anyhow!("--by must not be empty")))
+                }
+                Some(b) => b.trim().to_string(),
+                None => operator(),
+            };
+            let opened = crate::admin_cmd::open(&config, false).await?;
+            let mut code = 0;
+            for id in ids {
+                match opened
+                    .store
+                    .retry_sync_job(id, &format!("operator:{by}"))
+                    .await
+                {
+                    Ok(j) => println!(
+                        "sync job {id}: retried as attempt {} (by {by}); the running `sfsync run` \
+                         carries it out",
+                        j.attempts
+                    ),
+                    Err(sfsync_store::StoreError::InvalidInput { reason, .. }) => {
+                        eprintln!("{reason}");
+                        code = 1;
+                    }
+                    Err(e) => return Err(failed(e.into())),
                 }
             }
             Ok(code)

@@ -14,6 +14,8 @@ mod jobs_cmd;
 mod map_cmd;
 mod quarantine_cmd;
 mod run_cmd;
+mod writes_cmd;
+mod writes_ops;
 
 use clap::{Parser, Subcommand};
 
@@ -51,6 +53,12 @@ enum Command {
     Read(admin_cmd::ReadArgs),
     /// Changes the data-quality gates hold: `list`, `show ID`, `release ID…`, `discard ID…`.
     Quarantine(quarantine_cmd::QuarantineArgs),
+    /// Writeback's conflict queue: `list`, `show ID`, `resolve ID --keep-salesforce |
+    /// --take-writer | --set FIELD=VALUE…`.
+    Conflicts(writes_cmd::ConflictsArgs),
+    /// Dead letters (writes Salesforce refused, events that could not be applied): `list`,
+    /// `show ID`, `redrive ID…`, `discard ID…`.
+    Deadletters(writes_cmd::DeadLettersArgs),
     /// Data-quality failure counts per object and rule (`quality report --config FILE`).
     Quality(quarantine_cmd::QualityArgs),
     /// Load objects through Bulk API 2.0 while streaming continues (`backfill --config FILE
@@ -63,13 +71,14 @@ enum Command {
     /// Salesforce otherwise (`replay --config FILE [OBJECT…] --since 72h [--until T]` |
     /// `--from-replay-id HEX --channel CHANNEL` | `--ids ID,…`), with a progress bar.
     Replay(jobs_cmd::ReplayArgs),
-    /// Sync jobs (backfills, re-syncs, reconciliations, replays): `list`, `show ID`, `cancel
-    /// ID…`.
-    Jobs(jobs_cmd::JobsArgs),
     /// The integration map drawn from the config: every flow's source, target, direction,
     /// frequency, trigger, transformation, SLA and team (`map --config FILE [--format
     /// mermaid|dot|json]`).
     Map(map_cmd::MapArgs),
+    /// Runs of sync jobs (backfills, re-syncs, reconciliations, replays): `list`, `show ID`,
+    /// `cancel ID…`, `retry ID…` (`sfsync jobs` is the same command).
+    #[command(alias = "jobs")]
+    Runs(jobs_cmd::JobsArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -229,6 +238,8 @@ fn main() -> anyhow::Result<()> {
         Command::Quarantine(args) => std::process::exit(quarantine_cmd::quarantine(args)),
         Command::Quality(args) => std::process::exit(quarantine_cmd::quality(args)),
         Command::Map(args) => std::process::exit(map_cmd::map(args)),
+        Command::Conflicts(args) => std::process::exit(writes_cmd::conflicts(args)),
+        Command::Deadletters(args) => std::process::exit(writes_cmd::deadletters(args)),
         command => command,
     };
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -262,8 +273,8 @@ fn main() -> anyhow::Result<()> {
             Command::Replay(args) => {
                 std::process::exit(admin_cmd::finish("replay", jobs_cmd::replay(args).await))
             }
-            Command::Jobs(args) => {
-                std::process::exit(admin_cmd::finish("jobs", jobs_cmd::jobs(args).await))
+            Command::Runs(args) => {
+                std::process::exit(admin_cmd::finish("runs", jobs_cmd::jobs(args).await))
             }
             Command::Config(_)
             | Command::Audit(_)
@@ -271,7 +282,9 @@ fn main() -> anyhow::Result<()> {
             | Command::Read(_)
             | Command::Quarantine(_)
             | Command::Quality(_)
-            | Command::Map(_) => {
+            | Command::Map(_)
+            | Command::Conflicts(_)
+            | Command::Deadletters(_) => {
                 unreachable!("handled before the runtime starts")
             }
         }

@@ -25,7 +25,8 @@ fn refs(args: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
 const COLUMNS: &str = "id, kind, object, reason, status, since_ms, until_ms, params,
     requested_by, resync_id, run_id, bulk_job_id, locator, page_rows_done, rows_total, rows_read,
     rows_applied, rows_skipped, rows_held, rows_deleted, rows_failed, api_calls, requested_at_ms,
-    started_at_ms, finished_at_ms, error, report, watermark_ms, reread_from_ms";
+    started_at_ms, finished_at_ms, error, report, watermark_ms, reread_from_ms, attempts,
+    previous_attempts";
 
 /// Adds the counts given as parameters `$first` … `$first + 6` to the stored ones.
 fn add_counts_sql(first: usize) -> String {
@@ -105,6 +106,12 @@ fn decode(r: &Row) -> Result<SyncJob> {
         report: r.try_get(26).map_err(&get)?,
         watermark_ms: r.try_get(27).map_err(&get)?,
         reread_from_ms: r.try_get(28).map_err(&get)?,
+        attempts: r.try_get(29).map_err(&get)?,
+        previous_attempts: parse_attempts(
+            id,
+            r.try_get::<_, Option<String>>(30).map_err(&get)?.as_deref(),
+        )
+        .map_err(|reason| invalid("read sync jobs", reason))?,
     })
 }
 
@@ -214,6 +221,41 @@ pub(super) async fn get(
         .as_ref()
         .map(decode)
         .transpose()
+}
+
+/// Starts a failed or cancelled job again as a new attempt (see [`retried`]); the row is locked
+/// for the transaction.
+pub(super) async fn retry(
+    client: &impl GenericClient,
+    cache: &Cache,
+    id: i64,
+    by: &str,
+    now: i64,
+) -> Result<SyncJob> {
+    client
+        .query_opt("SELECT 1 FROM sync_jobs WHERE id = $1 FOR UPDATE", &[&id])
+        .await
+        .map_err(db("retry sync job"))?
+        .ok_or_else(|| missing(id, "retry sync job"))?;
+    let job = get(client, cache, id)
+        .await?
+        .ok_or_else(|| missing(id, "retry sync job"))?;
+    let next = retried(&job, by, now).map_err(|reason| invalid("retry sync job", reason))?;
+    client
+        .execute(
+            "UPDATE sync_jobs SET status = 'pending', attempts = $2, previous_attempts = $3,
+                 run_id = NULL, bulk_job_id = NULL, locator = NULL, page_rows_done = 0,
+                 rows_total = NULL, rows_read = 0, rows_applied = 0, rows_skipped = 0,
+                 rows_held = 0, rows_deleted = 0, rows_failed = 0, api_calls = 0,
+                 started_at_ms = NULL, finished_at_ms = NULL, error = NULL, report = NULL
+             WHERE id = $1",
+            &[&id, &next.attempts, &attempts_json(&next.previous_attempts)],
+        )
+        .await
+        .map_err(db("retry sync job"))?;
+    get(client, cache, id)
+        .await?
+        .ok_or_else(|| missing(id, "retry sync job"))
 }
 
 /// Progress committed inside a curated batch's transaction: the position (when given; the job

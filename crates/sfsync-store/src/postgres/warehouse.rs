@@ -1223,6 +1223,40 @@ impl Warehouse for PostgresChangeLog {
         Ok(n.max(0) as u64)
     }
 
+    async fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<StoredDeadLetter>> {
+        let limit = (filter.limit > 0).then_some(filter.limit as i64);
+        let sql = format!(
+            "SELECT id, channel, replay_id, schema_id, stage, error, object, payload,
+                 created_at_ms FROM dead_letters
+             WHERE (cardinality($1::BIGINT[]) = 0 OR id = ANY($1))
+               AND ($2::TEXT IS NULL OR object = $2)
+             ORDER BY id {} LIMIT $3",
+            if filter.newest_first { "DESC" } else { "ASC" }
+        );
+        let client = self.reader.lock().await;
+        let rows = client
+            .query(&sql, &[&filter.ids, &filter.object, &limit])
+            .await
+            .map_err(db("read dead letters"))?;
+        rows.iter()
+            .map(|r| {
+                let payload: Vec<u8> = r.try_get(7)?;
+                Ok(StoredDeadLetter::from_parts(
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    r.try_get(2)?,
+                    r.try_get(3)?,
+                    r.try_get(4)?,
+                    r.try_get(5)?,
+                    r.try_get(6)?,
+                    &payload,
+                    r.try_get(8)?,
+                ))
+            })
+            .collect::<std::result::Result<Vec<_>, tokio_postgres::Error>>()
+            .map_err(db("read dead letters"))
+    }
+
     async fn put_schema(&self, schema_id: &str, json: &str) -> Result<()> {
         let client = self.client.lock().await;
         client
@@ -1437,6 +1471,17 @@ impl Warehouse for PostgresChangeLog {
             .map_err(db("begin update sync job"))?;
         jobs::patch(&tx, &self.statements, id, patch, now_ms()).await?;
         tx.commit().await.map_err(db("commit update sync job"))
+    }
+
+    async fn retry_sync_job(&self, id: i64, by: &str) -> Result<crate::jobs::SyncJob> {
+        let mut client = self.client.lock().await;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("begin retry sync job"))?;
+        let job = jobs::retry(&tx, &self.statements, id, by, now_ms()).await?;
+        tx.commit().await.map_err(db("commit retry sync job"))?;
+        Ok(job)
     }
 
     async fn schedule_resyncs(&self, requested_by: &str) -> Result<Vec<i64>> {

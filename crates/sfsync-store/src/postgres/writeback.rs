@@ -87,11 +87,35 @@ async fn log_transition(
     at: i64,
     detail: Option<&str>,
 ) -> Result<()> {
+    log_action(c, id, from, to, at, detail, None, None).await
+}
+
+/// Records a transition, with the person who made it and why when one did.
+#[allow(clippy::too_many_arguments)]
+async fn log_action(
+    c: &impl GenericClient,
+    id: i64,
+    from: Option<WriteState>,
+    to: WriteState,
+    at: i64,
+    detail: Option<&str>,
+    actor: Option<&str>,
+    note: Option<&str>,
+) -> Result<()> {
     c.execute(
-        "INSERT INTO write_transitions (write_id, seq, from_state, to_state, at_ms, detail)
+        "INSERT INTO write_transitions (write_id, seq, from_state, to_state, at_ms, detail,
+             actor, note)
          VALUES ($1, (SELECT coalesce(max(seq), 0) + 1 FROM write_transitions WHERE write_id = $1),
-             $2, $3, $4, $5)",
-        &[&id, &from.map(|f| f.as_str()), &to.as_str(), &at, &detail],
+             $2, $3, $4, $5, $6, $7)",
+        &[
+            &id,
+            &from.map(|f| f.as_str()),
+            &to.as_str(),
+            &at,
+            &detail,
+            &actor,
+            &note,
+        ],
     )
     .await
     .map_err(db("record write transition"))?;
@@ -221,6 +245,75 @@ async fn query(
         .iter()
         .map(decode)
         .collect()
+}
+
+/// The state of write `id`, locked for the transaction; `None` when there is none.
+async fn lock_state(
+    c: &impl GenericClient,
+    op: &'static str,
+    id: i64,
+) -> Result<Option<WriteState>> {
+    let Some(row) = c
+        .query_opt("SELECT state FROM writes WHERE id = $1 FOR UPDATE", &[&id])
+        .await
+        .map_err(db(op))?
+    else {
+        return Ok(None);
+    };
+    let state: String = row.get(0);
+    WriteState::parse(&state)
+        .map(Some)
+        .ok_or_else(|| invalid(op, format!("write {id} has an unknown state '{state}'")))
+}
+
+async fn act(
+    c: &impl GenericClient,
+    ids: &[i64],
+    action: WriteAction,
+    actor: &str,
+    note: &str,
+    now: i64,
+) -> Result<Vec<(i64, WriteActOutcome)>> {
+    let op = match action {
+        WriteAction::Redrive => "redrive writes",
+        WriteAction::Discard => "discard writes",
+    };
+    if actor.trim().is_empty() {
+        return Err(invalid(op, "the person acting must be named".into()));
+    }
+    let mut out = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let Some(from) = lock_state(c, op, id).await? else {
+            out.push((id, WriteActOutcome::NotFound));
+            continue;
+        };
+        if !action.allowed_from(from) {
+            out.push((id, WriteActOutcome::NotAllowed { state: from }));
+            continue;
+        }
+        let to = action.target();
+        let reason = (action == WriteAction::Discard).then(|| discard_reason(actor, note));
+        c.execute(
+            "UPDATE writes SET state = $2, reason = coalesce($3, reason), updated_at_ms = $4
+             WHERE id = $1",
+            &[&id, &to.as_str(), &reason, &now],
+        )
+        .await
+        .map_err(db(op))?;
+        log_action(
+            c,
+            id,
+            Some(from),
+            to,
+            now,
+            Some(&action.detail(actor)),
+            Some(actor),
+            stored_note(note),
+        )
+        .await?;
+        out.push((id, WriteActOutcome::Done { from, to }));
+    }
+    Ok(out)
 }
 
 #[async_trait]
@@ -377,9 +470,13 @@ impl WriteLedger for PostgresChangeLog {
             .await
             .map_err(db("begin record write outcomes"))?;
         let now = now_ms();
+        let ctx = self.registry.ctx();
         for (id, outcome) in outcomes {
             let Some(row) = tx
-                .query_opt("SELECT state FROM writes WHERE id = $1 FOR UPDATE", &[id])
+                .query_opt(
+                    "SELECT state, object FROM writes WHERE id = $1 FOR UPDATE",
+                    &[id],
+                )
                 .await
                 .map_err(db("record write outcome"))?
             else {
@@ -389,6 +486,7 @@ impl WriteLedger for PostgresChangeLog {
                 ));
             };
             let from: String = row.get(0);
+            let object: String = row.get(1);
             let from = WriteState::parse(&from).ok_or_else(|| {
                 invalid(
                     "record write outcome",
@@ -399,7 +497,8 @@ impl WriteLedger for PostgresChangeLog {
                 return Err(illegal(*id, from, outcome));
             }
             let to = outcome.target().as_str();
-            let detail = outcome.detail();
+            let detail = ctx.outcome_text(&object, outcome)?;
+            let detail = detail.as_str();
             let column = match outcome {
                 WriteOutcome::Applied { .. } => Some("record_id"),
                 WriteOutcome::Retry { .. } | WriteOutcome::Failed { .. } => Some("last_error"),
@@ -447,9 +546,13 @@ impl WriteLedger for PostgresChangeLog {
 
     async fn write_transitions(&self, id: i64) -> Result<Vec<WriteTransition>> {
         let client = self.reader.lock().await;
+        let object = get(&*client, id)
+            .await?
+            .map(|w| w.object)
+            .unwrap_or_default();
         let rows = client
             .query(
-                "SELECT from_state, to_state, at_ms, detail FROM write_transitions
+                "SELECT from_state, to_state, at_ms, detail, actor, note FROM write_transitions
                  WHERE write_id = $1 ORDER BY seq",
                 &[&id],
             )
@@ -472,9 +575,12 @@ impl WriteLedger for PostgresChangeLog {
                     to: state(&to)?,
                     at_ms: r.get(2),
                     detail: r.get(3),
+                    actor: r.get(4),
+                    note: r.get(5),
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()
+            .and_then(|ts| self.registry.ctx().open_transitions(&object, ts))
     }
 
     async fn writes(&self, filter: &WriteFilter) -> Result<Vec<LedgerWrite>> {
@@ -517,6 +623,102 @@ impl WriteLedger for PostgresChangeLog {
         )
         .await?;
         Ok(self.registry.ctx().open_writes(found)?.into_iter().next())
+    }
+
+    async fn resolve_conflict(
+        &self,
+        id: i64,
+        resolution: &Resolution,
+        actor: &str,
+        note: &str,
+    ) -> Result<LedgerWrite> {
+        const OP: &str = "resolve write conflict";
+        let mut client = self.client.lock().await;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("begin resolve write conflict"))?;
+        let now = now_ms();
+        let ctx = self.registry.ctx();
+        if lock_state(&tx, OP, id).await?.is_none() {
+            return Err(invalid(OP, format!("write {id} does not exist")));
+        }
+        let w = get(&tx, id)
+            .await?
+            .ok_or_else(|| invalid(OP, format!("write {id} does not exist")))?;
+        let w = ctx.open_writes(vec![w])?.remove(0);
+        let plan = plan_resolution(&w, resolution, actor, note).map_err(|r| invalid(OP, r))?;
+        let fields = plan
+            .fields
+            .as_deref()
+            .map(|f| ctx.seal_write_fields(&w.object, f))
+            .transpose()?;
+        tx.execute(
+            "UPDATE writes SET state = $2, fields = coalesce($3, fields),
+                 seen_version_ms = coalesce($4, seen_version_ms), reason = coalesce($5, reason),
+                 updated_at_ms = $6
+             WHERE id = $1",
+            &[
+                &id,
+                &plan.to.as_str(),
+                &fields,
+                &plan.seen_version_ms,
+                &plan.reason,
+                &now,
+            ],
+        )
+        .await
+        .map_err(db(OP))?;
+        log_action(
+            &tx,
+            id,
+            Some(WriteState::Conflict),
+            plan.to,
+            now,
+            Some(&plan.detail),
+            Some(actor),
+            stored_note(note),
+        )
+        .await?;
+        let w = get(&tx, id)
+            .await?
+            .ok_or_else(|| invalid(OP, format!("write {id} vanished")))?;
+        tx.commit()
+            .await
+            .map_err(db("commit resolve write conflict"))?;
+        Ok(ctx.open_writes(vec![w])?.remove(0))
+    }
+
+    async fn redrive_writes(
+        &self,
+        ids: &[i64],
+        actor: &str,
+        note: &str,
+    ) -> Result<Vec<(i64, WriteActOutcome)>> {
+        let mut client = self.client.lock().await;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("begin redrive writes"))?;
+        let out = act(&tx, ids, WriteAction::Redrive, actor, note, now_ms()).await?;
+        tx.commit().await.map_err(db("commit redrive writes"))?;
+        Ok(out)
+    }
+
+    async fn discard_writes(
+        &self,
+        ids: &[i64],
+        actor: &str,
+        note: &str,
+    ) -> Result<Vec<(i64, WriteActOutcome)>> {
+        let mut client = self.client.lock().await;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("begin discard writes"))?;
+        let out = act(&tx, ids, WriteAction::Discard, actor, note, now_ms()).await?;
+        tx.commit().await.map_err(db("commit discard writes"))?;
+        Ok(out)
     }
 
     async fn requeue_abandoned(&self, claimed_before_ms: i64, note: &str) -> Result<Vec<i64>> {

@@ -14,7 +14,8 @@ fn db(op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
 const COLUMNS: &str = "id, kind, object, reason, status, since_ms, until_ms, params,
     requested_by, resync_id, run_id, bulk_job_id, locator, page_rows_done, rows_total, rows_read,
     rows_applied, rows_skipped, rows_held, rows_deleted, rows_failed, api_calls, requested_at_ms,
-    started_at_ms, finished_at_ms, error, report, watermark_ms, reread_from_ms";
+    started_at_ms, finished_at_ms, error, report, watermark_ms, reread_from_ms, attempts,
+    previous_attempts";
 
 fn bad_stored(id: i64, what: &str, value: &str) -> StoreError {
     StoreError::InvalidInput {
@@ -24,7 +25,9 @@ fn bad_stored(id: i64, what: &str, value: &str) -> StoreError {
     }
 }
 
-fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(SyncJob, String, String)> {
+type JobRow = (SyncJob, String, String, Option<String>);
+
+fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
     let kind: String = r.get(1)?;
     let status: String = r.get(4)?;
     Ok((
@@ -60,13 +63,22 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(SyncJob, String, Str
             report: r.get(26)?,
             watermark_ms: r.get(27)?,
             reread_from_ms: r.get(28)?,
+            attempts: r.get(29)?,
+            previous_attempts: Vec::new(),
         },
         kind,
         status,
+        r.get(30)?,
     ))
 }
 
-fn finish_job((mut job, kind, status): (SyncJob, String, String)) -> Result<SyncJob> {
+fn finish_job((mut job, kind, status, previous): JobRow) -> Result<SyncJob> {
+    job.previous_attempts =
+        parse_attempts(job.id, previous.as_deref()).map_err(|reason| StoreError::InvalidInput {
+            backend: BACKEND,
+            op: "read sync jobs",
+            reason,
+        })?;
     job.kind = SyncJobKind::parse(&kind).ok_or_else(|| bad_stored(job.id, "kind", &kind))?;
     job.status =
         SyncJobStatus::parse(&status).ok_or_else(|| bad_stored(job.id, "status", &status))?;
@@ -293,6 +305,38 @@ pub(super) fn patch(conn: &Connection, id: i64, p: &SyncJobPatch, now: i64) -> R
         .map_err(db("update sync job"))?;
     }
     add_counts(conn, id, &p.counts)
+}
+
+/// Starts a failed or cancelled job again as a new attempt (see [`retried`]).
+pub(super) fn retry(conn: &Connection, id: i64, by: &str, now: i64) -> Result<SyncJob> {
+    let Some(job) = get(conn, id)? else {
+        return Err(missing(id, "retry sync job"));
+    };
+    let next = retried(&job, by, now).map_err(|reason| StoreError::InvalidInput {
+        backend: BACKEND,
+        op: "retry sync job",
+        reason,
+    })?;
+    let n = conn
+        .execute(
+            "UPDATE sync_jobs SET status = 'pending', attempts = ?2, previous_attempts = ?3,
+                 run_id = NULL, bulk_job_id = NULL, locator = NULL, page_rows_done = 0,
+                 rows_total = NULL, rows_read = 0, rows_applied = 0, rows_skipped = 0,
+                 rows_held = 0, rows_deleted = 0, rows_failed = 0, api_calls = 0,
+                 started_at_ms = NULL, finished_at_ms = NULL, error = NULL, report = NULL
+             WHERE id = ?1 AND status = ?4",
+            params![
+                id,
+                next.attempts,
+                attempts_json(&next.previous_attempts),
+                job.status.as_str()
+            ],
+        )
+        .map_err(db("retry sync job"))?;
+    if n != 1 {
+        return Err(missing(id, "retry sync job"));
+    }
+    get(conn, id)?.ok_or_else(|| missing(id, "retry sync job"))
 }
 
 /// Turns every pending re-sync request into a re-sync job (once: the request is marked

@@ -1173,6 +1173,12 @@ impl Warehouse for SqliteChangeLog {
             .await
     }
 
+    async fn retry_sync_job(&self, id: i64, by: &str) -> Result<crate::jobs::SyncJob> {
+        let by = by.to_string();
+        self.transaction(move |tx| super::jobs::retry(tx.connection(), id, &by, now_ms()))
+            .await
+    }
+
     async fn schedule_resyncs(&self, requested_by: &str) -> Result<Vec<i64>> {
         let by = requested_by.to_string();
         self.transaction(move |tx| super::jobs::schedule_resyncs(tx.connection(), &by, now_ms()))
@@ -1201,6 +1207,61 @@ impl Warehouse for SqliteChangeLog {
             })
             .map(|n| n.max(0) as u64)
             .map_err(db("count dead letters"))
+        })
+        .await
+    }
+
+    async fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<StoredDeadLetter>> {
+        let filter = filter.clone();
+        self.blocking("read dead letters", move |conn| {
+            let mut sql = String::from(
+                "SELECT id, channel, replay_id, schema_id, stage, error, object, payload,
+                     created_at_ms FROM dead_letters WHERE 1 = 1",
+            );
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            if !filter.ids.is_empty() {
+                let marks: Vec<String> = filter
+                    .ids
+                    .iter()
+                    .map(|id| {
+                        args.push((*id).into());
+                        format!("?{}", args.len())
+                    })
+                    .collect();
+                sql.push_str(&format!(" AND id IN ({})", marks.join(", ")));
+            }
+            if let Some(o) = &filter.object {
+                args.push(o.clone().into());
+                sql.push_str(&format!(" AND object = ?{}", args.len()));
+            }
+            sql.push_str(if filter.newest_first {
+                " ORDER BY id DESC"
+            } else {
+                " ORDER BY id"
+            });
+            if filter.limit > 0 {
+                args.push((filter.limit as i64).into());
+                sql.push_str(&format!(" LIMIT ?{}", args.len()));
+            }
+            let mut stmt = conn.prepare(&sql).map_err(db("read dead letters"))?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(args), |r| {
+                    let payload: Vec<u8> = r.get(7)?;
+                    Ok(StoredDeadLetter::from_parts(
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        &payload,
+                        r.get(8)?,
+                    ))
+                })
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(db("read dead letters"))?;
+            Ok(rows)
         })
         .await
     }

@@ -108,10 +108,26 @@ fn log_transition(
     at: i64,
     detail: Option<&str>,
 ) -> Result<()> {
+    log_action(conn, id, from, to, at, detail, None, None)
+}
+
+/// Records a transition, with the person who made it and why when one did.
+#[allow(clippy::too_many_arguments)]
+fn log_action(
+    conn: &Connection,
+    id: i64,
+    from: Option<WriteState>,
+    to: WriteState,
+    at: i64,
+    detail: Option<&str>,
+    actor: Option<&str>,
+    note: Option<&str>,
+) -> Result<()> {
     conn.prepare_cached(
-        "INSERT INTO write_transitions (write_id, seq, from_state, to_state, at_ms, detail)
+        "INSERT INTO write_transitions (write_id, seq, from_state, to_state, at_ms, detail,
+             actor, note)
          VALUES (?1, (SELECT coalesce(max(seq), 0) + 1 FROM write_transitions WHERE write_id = ?1),
-             ?2, ?3, ?4, ?5)",
+             ?2, ?3, ?4, ?5, ?6, ?7)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -119,7 +135,9 @@ fn log_transition(
             from.map(|f| f.as_str()),
             to.as_str(),
             at,
-            detail
+            detail,
+            actor,
+            note
         ])
     })
     .map_err(db("record write transition"))?;
@@ -326,13 +344,18 @@ pub(super) fn claim(
     Ok(out)
 }
 
-pub(super) fn record(conn: &Connection, outcomes: &[(i64, WriteOutcome)], now: i64) -> Result<()> {
+pub(super) fn record(
+    conn: &Connection,
+    ctx: &Ctx,
+    outcomes: &[(i64, WriteOutcome)],
+    now: i64,
+) -> Result<()> {
     for (id, outcome) in outcomes {
-        let from: Option<String> = conn
-            .prepare_cached("SELECT state FROM writes WHERE id = ?1")
-            .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
+        let found: Option<(String, String)> = conn
+            .prepare_cached("SELECT state, object FROM writes WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id], |r| Ok((r.get(0)?, r.get(1)?))).optional())
             .map_err(db("record write outcome"))?;
-        let Some(from) = from else {
+        let Some((from, object)) = found else {
             return Err(invalid(
                 "record write outcome",
                 format!("write {id} does not exist"),
@@ -348,7 +371,8 @@ pub(super) fn record(conn: &Connection, outcomes: &[(i64, WriteOutcome)], now: i
             return Err(illegal(*id, from, outcome));
         }
         let to = outcome.target().as_str();
-        let detail = outcome.detail();
+        let detail = ctx.outcome_text(&object, outcome)?;
+        let detail = detail.as_str();
         let sql = match outcome {
             WriteOutcome::Applied { .. } => {
                 "UPDATE writes SET state = ?2, record_id = ?3, updated_at_ms = ?4 WHERE id = ?1"
@@ -393,14 +417,31 @@ pub(super) fn illegal(id: i64, from: WriteState, outcome: &WriteOutcome) -> Stor
 }
 
 pub(super) fn transitions(conn: &Connection, id: i64) -> Result<Vec<WriteTransition>> {
-    let rows: Vec<(Option<String>, String, i64, Option<String>)> = conn
+    type Row = (
+        Option<String>,
+        String,
+        i64,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
+    let rows: Vec<Row> = conn
         .prepare_cached(
-            "SELECT from_state, to_state, at_ms, detail FROM write_transitions
+            "SELECT from_state, to_state, at_ms, detail, actor, note FROM write_transitions
              WHERE write_id = ?1 ORDER BY seq",
         )
         .and_then(|mut s| {
-            s.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                .collect()
+            s.query_map([id], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?
+            .collect()
         })
         .map_err(db("read write transitions"))?;
     let state = |s: &str| {
@@ -412,12 +453,14 @@ pub(super) fn transitions(conn: &Connection, id: i64) -> Result<Vec<WriteTransit
         })
     };
     rows.into_iter()
-        .map(|(f, t, at_ms, detail)| {
+        .map(|(f, t, at_ms, detail, actor, note)| {
             Ok(WriteTransition {
                 from: f.as_deref().map(state).transpose()?,
                 to: state(&t)?,
                 at_ms,
                 detail,
+                actor,
+                note,
             })
         })
         .collect()
@@ -472,6 +515,110 @@ pub(super) fn echo(
         ],
     )?;
     Ok(found.into_iter().next())
+}
+
+pub(super) fn resolve(
+    conn: &Connection,
+    ctx: &Ctx,
+    id: i64,
+    resolution: &Resolution,
+    actor: &str,
+    note: &str,
+    now: i64,
+) -> Result<LedgerWrite> {
+    const OP: &str = "resolve write conflict";
+    let Some(w) = get(conn, id)? else {
+        return Err(invalid(OP, format!("write {id} does not exist")));
+    };
+    let w = ctx.open_writes(vec![w])?.remove(0);
+    let plan = plan_resolution(&w, resolution, actor, note).map_err(|r| invalid(OP, r))?;
+    let fields = plan
+        .fields
+        .as_deref()
+        .map(|f| ctx.seal_write_fields(&w.object, f))
+        .transpose()?;
+    conn.prepare_cached(
+        "UPDATE writes SET state = ?2, fields = coalesce(?3, fields),
+             seen_version_ms = coalesce(?4, seen_version_ms), reason = coalesce(?5, reason),
+             updated_at_ms = ?6
+         WHERE id = ?1 AND state = 'conflict'",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            id,
+            plan.to.as_str(),
+            fields,
+            plan.seen_version_ms,
+            plan.reason,
+            now
+        ])
+    })
+    .map_err(db(OP))?;
+    log_action(
+        conn,
+        id,
+        Some(WriteState::Conflict),
+        plan.to,
+        now,
+        Some(&plan.detail),
+        Some(actor),
+        stored_note(note),
+    )?;
+    get(conn, id)?.ok_or_else(|| invalid(OP, format!("write {id} vanished")))
+}
+
+pub(super) fn act(
+    conn: &Connection,
+    ids: &[i64],
+    action: WriteAction,
+    actor: &str,
+    note: &str,
+    now: i64,
+) -> Result<Vec<(i64, WriteActOutcome)>> {
+    let op = match action {
+        WriteAction::Redrive => "redrive writes",
+        WriteAction::Discard => "discard writes",
+    };
+    if actor.trim().is_empty() {
+        return Err(invalid(op, "the person acting must be named".into()));
+    }
+    let mut out = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let from: Option<String> = conn
+            .prepare_cached("SELECT state FROM writes WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
+            .map_err(db(op))?;
+        let Some(from) = from else {
+            out.push((id, WriteActOutcome::NotFound));
+            continue;
+        };
+        let from = WriteState::parse(&from)
+            .ok_or_else(|| invalid(op, format!("write {id} has an unknown state '{from}'")))?;
+        if !action.allowed_from(from) {
+            out.push((id, WriteActOutcome::NotAllowed { state: from }));
+            continue;
+        }
+        let to = action.target();
+        let reason = (action == WriteAction::Discard).then(|| discard_reason(actor, note));
+        conn.prepare_cached(
+            "UPDATE writes SET state = ?2, reason = coalesce(?3, reason), updated_at_ms = ?4
+             WHERE id = ?1",
+        )
+        .and_then(|mut s| s.execute(params![id, to.as_str(), reason, now]))
+        .map_err(db(op))?;
+        log_action(
+            conn,
+            id,
+            Some(from),
+            to,
+            now,
+            Some(&action.detail(actor)),
+            Some(actor),
+            stored_note(note),
+        )?;
+        out.push((id, WriteActOutcome::Done { from, to }));
+    }
+    Ok(out)
 }
 
 pub(super) fn requeue_abandoned(
@@ -530,7 +677,8 @@ impl WriteLedger for SqliteChangeLog {
 
     async fn record_write_outcomes(&self, outcomes: &[(i64, WriteOutcome)]) -> Result<()> {
         let outcomes = outcomes.to_vec();
-        self.transaction(move |tx| record(tx.connection(), &outcomes, now_ms()))
+        let ctx = self.registry.ctx();
+        self.transaction(move |tx| record(tx.connection(), &ctx, &outcomes, now_ms()))
             .await
     }
 
@@ -546,8 +694,13 @@ impl WriteLedger for SqliteChangeLog {
     }
 
     async fn write_transitions(&self, id: i64) -> Result<Vec<WriteTransition>> {
-        self.blocking("read write transitions", move |conn| transitions(conn, id))
-            .await
+        let (object, ts) = self
+            .blocking("read write transitions", move |conn| {
+                let object = get(conn, id)?.map(|w| w.object).unwrap_or_default();
+                Ok((object, transitions(conn, id)?))
+            })
+            .await?;
+        self.registry.ctx().open_transitions(&object, ts)
     }
 
     async fn writes(&self, filter: &WriteFilter) -> Result<Vec<LedgerWrite>> {
@@ -568,6 +721,71 @@ impl WriteLedger for SqliteChangeLog {
             .ctx()
             .open_writes(w.into_iter().collect())?
             .pop())
+    }
+
+    async fn resolve_conflict(
+        &self,
+        id: i64,
+        resolution: &Resolution,
+        actor: &str,
+        note: &str,
+    ) -> Result<LedgerWrite> {
+        let ctx = self.registry.ctx();
+        let (resolution, actor, note) = (resolution.clone(), actor.to_string(), note.to_string());
+        let w = self
+            .transaction(move |tx| {
+                resolve(
+                    tx.connection(),
+                    &ctx,
+                    id,
+                    &resolution,
+                    &actor,
+                    &note,
+                    now_ms(),
+                )
+            })
+            .await?;
+        Ok(self.registry.ctx().open_writes(vec![w])?.remove(0))
+    }
+
+    async fn redrive_writes(
+        &self,
+        ids: &[i64],
+        actor: &str,
+        note: &str,
+    ) -> Result<Vec<(i64, WriteActOutcome)>> {
+        let (ids, actor, note) = (ids.to_vec(), actor.to_string(), note.to_string());
+        self.transaction(move |tx| {
+            act(
+                tx.connection(),
+                &ids,
+                WriteAction::Redrive,
+                &actor,
+                &note,
+                now_ms(),
+            )
+        })
+        .await
+    }
+
+    async fn discard_writes(
+        &self,
+        ids: &[i64],
+        actor: &str,
+        note: &str,
+    ) -> Result<Vec<(i64, WriteActOutcome)>> {
+        let (ids, actor, note) = (ids.to_vec(), actor.to_string(), note.to_string());
+        self.transaction(move |tx| {
+            act(
+                tx.connection(),
+                &ids,
+                WriteAction::Discard,
+                &actor,
+                &note,
+                now_ms(),
+            )
+        })
+        .await
     }
 
     async fn requeue_abandoned(&self, claimed_before_ms: i64, note: &str) -> Result<Vec<i64>> {
