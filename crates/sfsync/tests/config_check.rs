@@ -30,6 +30,13 @@ fn example_dir() -> tempfile::TempDir {
         "-----BEGIN PRIVATE KEY-----\nMIIfixture\n-----END PRIVATE KEY-----\n",
     )
     .unwrap();
+    for (file, token) in [
+        ("api-ops.token", "ops-token-0123456789abcdef"),
+        ("api-viewer.token", "viewer-token-0123456789abcdef"),
+        ("api-case-mgmt.token", "case-mgmt-token-0123456789abcdef"),
+    ] {
+        std::fs::write(dir.path().join("secrets").join(file), token).unwrap();
+    }
     dir
 }
 
