@@ -1282,7 +1282,9 @@ impl Warehouse for PostgresChangeLog {
                 break;
             }
         }
-        Ok(v.finish())
+        let mut out = v.finish();
+        super::operator::verify(&client, &mut out).await?;
+        Ok(out)
     }
 
     async fn rotate_keys(&self) -> Result<RotationReport> {
