@@ -76,6 +76,60 @@ pub trait OperatorLog: ChangeLog {
 
     /// Event dead letters with id > `after` (oldest first), at most `limit`.
     async fn dead_letters(&self, after: i64, limit: usize) -> Result<Vec<DeadLetterSummary>>;
+
+    /// Sizes of the queues operators watch, counted in the database (one consistent read per
+    /// figure; no rows are loaded).
+    async fn ops_counts(&self) -> Result<OpsCounts>;
+}
+
+/// Queue sizes for status and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OpsCounts {
+    /// Writes in the ledger per state (every state, zero included), in [`crate::WriteState::ALL`]
+    /// order.
+    pub writes_by_state: Vec<(crate::WriteState, u64)>,
+    pub pending_repairs: u64,
+    pub pending_resyncs: u64,
+    pub dead_letters: u64,
+    /// Open quarantined changes (held, release or force requested).
+    pub quarantine_open: u64,
+}
+
+/// The SQL of [`OperatorLog::ops_counts`] (the same on both backends): (figure, key, count).
+pub(crate) const OPS_COUNTS_SQL: &str = "
+    SELECT 'writes', state, COUNT(*) FROM writes GROUP BY state
+    UNION ALL SELECT 'repairs', '', COUNT(*) FROM repair_requests WHERE status = 'pending'
+    UNION ALL SELECT 'resyncs', '', COUNT(*) FROM resync_requests WHERE status = 'pending'
+    UNION ALL SELECT 'dead_letters', '', COUNT(*) FROM dead_letters
+    UNION ALL SELECT 'quarantine', '', COUNT(*) FROM quarantine
+        WHERE status IN ('held', 'release_requested', 'force_requested')";
+
+/// Folds the rows of [`OPS_COUNTS_SQL`].
+pub(crate) fn fold_counts(rows: impl IntoIterator<Item = (String, String, i64)>) -> OpsCounts {
+    let mut c = OpsCounts {
+        writes_by_state: crate::WriteState::ALL.iter().map(|s| (*s, 0)).collect(),
+        ..Default::default()
+    };
+    for (figure, key, n) in rows {
+        let n = n.max(0) as u64;
+        match figure.as_str() {
+            "writes" => {
+                if let Some(e) = c
+                    .writes_by_state
+                    .iter_mut()
+                    .find(|(s, _)| s.as_str() == key)
+                {
+                    e.1 = n;
+                }
+            }
+            "repairs" => c.pending_repairs = n,
+            "resyncs" => c.pending_resyncs = n,
+            "dead_letters" => c.dead_letters = n,
+            "quarantine" => c.quarantine_open = n,
+            _ => {}
+        }
+    }
+    c
 }
 
 /// Everything the API needs of a store: the warehouse, the write ledger and the operator log.

@@ -144,6 +144,29 @@ async fn dead_letters_list_without_payloads(db: Db) {
     assert_eq!(dl[0].replay_id_hex.as_deref(), Some("ab01"));
     assert_eq!((dl[0].stage.as_str(), dl[0].payload_bytes), ("decode", 4));
     assert!(store.dead_letters(dl[0].id, 10).await.unwrap().is_empty());
+    store
+        .submit_writes(&[NewWrite {
+            source_system: "case_mgmt".into(),
+            idempotency_key: "k1".into(),
+            object: "Case".into(),
+            target: WriteTarget::RecordId("500000000000001AAA".into()),
+            fields: serde_json::json!({"Status": "Closed"})
+                .as_object()
+                .unwrap()
+                .clone(),
+            seen_version_ms: None,
+        }])
+        .await
+        .unwrap();
+    let c = store.ops_counts().await.unwrap();
+    assert_eq!(c.dead_letters, 1);
+    assert_eq!(
+        (c.pending_repairs, c.pending_resyncs, c.quarantine_open),
+        (0, 0, 0)
+    );
+    assert_eq!(c.writes_by_state.len(), WriteState::ALL.len());
+    assert_eq!(c.writes_by_state[0], (WriteState::Pending, 1));
+    assert!(c.writes_by_state[1..].iter().all(|(_, n)| *n == 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -163,4 +163,22 @@ impl OperatorLog for PostgresChangeLog {
             })
             .collect()
     }
+
+    async fn ops_counts(&self) -> Result<OpsCounts> {
+        let client = self.client.lock().await;
+        let rows = client
+            .query(OPS_COUNTS_SQL, &[])
+            .await
+            .map_err(db("count queues"))?;
+        let mut out = Vec::new();
+        for r in &rows {
+            let get = db("count queues");
+            out.push((
+                r.try_get(0).map_err(&get)?,
+                r.try_get(1).map_err(&get)?,
+                r.try_get(2).map_err(&get)?,
+            ));
+        }
+        Ok(fold_counts(out))
+    }
 }

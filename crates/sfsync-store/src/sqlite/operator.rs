@@ -147,4 +147,17 @@ impl OperatorLog for SqliteChangeLog {
         })
         .await
     }
+
+    async fn ops_counts(&self) -> Result<OpsCounts> {
+        self.blocking("count queues", |conn| {
+            let mut stmt = conn.prepare(OPS_COUNTS_SQL).map_err(db("count queues"))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map_err(db("count queues"))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(db("count queues"))?;
+            Ok(fold_counts(rows))
+        })
+        .await
+    }
 }
