@@ -91,6 +91,11 @@ impl PipelineStats {
             .collect()
     }
 
+    /// Sum of the observed latencies, ms (a histogram's `_sum`).
+    pub fn latency_sum_ms(&self) -> u64 {
+        self.latency_sum_ms.load(Ordering::Relaxed)
+    }
+
     /// The latency quantile `q` (0..1) as the upper bound of its bucket, in ms.
     pub fn latency_quantile_ms(&self, q: f64) -> Option<u64> {
         quantile(&self.latency_counts(), q)
