@@ -448,6 +448,14 @@ async fn quarantine_act(
     };
     caller.require_operator(&format!("{name} "))?;
     let q = quarantine_or_404(s, id).await?;
+    // Refused without an audit entry when it is resolved already (the store re-checks in its
+    // transaction, so a race still answers 409).
+    if !q.status.is_open() {
+        return Err(ApiError::conflict(format!(
+            "quarantined change {id} is {} already",
+            q.status.as_str()
+        )));
+    }
     audit(
         s,
         caller,
@@ -647,8 +655,16 @@ fn parse_write(i: usize, source_system: &str, v: &J, s: &ApiState) -> Result<New
         fields,
         seen_version_ms,
     };
-    sfsync_store::validate_new_write(&w).map_err(|r| format!("{p}.{r}"))?;
+    sfsync_store::validate_new_write(&w).map_err(|r| store_reason(i, &r))?;
     Ok(w)
+}
+
+/// A store validation reason (`record_id '1' is not …`) as `writes[i].record_id: '1' is not …`.
+fn store_reason(i: usize, reason: &str) -> String {
+    match reason.split_once(' ') {
+        Some((field, rest)) => format!("writes[{i}].{field}: {rest}"),
+        None => format!("writes[{i}]: {reason}"),
+    }
 }
 
 pub async fn submit_writes(
@@ -752,7 +768,7 @@ pub async fn submit_writes(
                 }
                 Some(SubmitOutcome::Rejected { reason }) => {
                     rejected += 1;
-                    json!({ "index": i, "status": "rejected", "reason": format!("writes[{i}].{reason}") })
+                    json!({ "index": i, "status": "rejected", "reason": store_reason(i, &reason) })
                 }
                 None => {
                     return Err(ApiError::internal(
