@@ -12,7 +12,7 @@ use sfsync_store::*;
 enum Db {
     Sqlite(tempfile::TempDir),
     Postgres(
-        tokio_postgres::Config,
+        Box<tokio_postgres::Config>,
         #[allow(dead_code)] Option<Arc<support::pg::PgServer>>,
     ),
 }
@@ -177,7 +177,7 @@ async fn sqlite_operator_chain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_operator_chain() {
     let (cfg, server) = support::pg::fresh_schema().await;
-    chain_is_appended_verified_and_tamper_evident(Db::Postgres(cfg, server)).await;
+    chain_is_appended_verified_and_tamper_evident(Db::Postgres(Box::new(cfg), server)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,5 +188,5 @@ async fn sqlite_dead_letters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_dead_letters() {
     let (cfg, server) = support::pg::fresh_schema().await;
-    dead_letters_list_without_payloads(Db::Postgres(cfg, server)).await;
+    dead_letters_list_without_payloads(Db::Postgres(Box::new(cfg), server)).await;
 }

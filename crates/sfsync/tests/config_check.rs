@@ -65,6 +65,7 @@ fn example_config_checks_ok_with_a_summary() {
         "/data/CaseChangeEvent",
         "/data/Payment__ChangeEvent",
         "pii: Email, Phone, Birthdate",
+        "api:        http://127.0.0.1:8787 (3 tokens)",
         "secrets:    all resolved",
     ] {
         assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");
