@@ -715,7 +715,7 @@ async fn upgrade_keeps_data(b: &dyn Backend) {
         .iter()
         .map(|m| m.version)
         .collect();
-    assert_eq!(versions, (1..=9).collect::<Vec<_>>());
+    assert_eq!(versions, (1..=10).collect::<Vec<_>>());
     assert_eq!(
         w.checkpoint("/data/CaseChangeEvent")
             .await
