@@ -726,6 +726,9 @@ async fn api_auth_actions_audit_ingress_openapi_and_metrics() {
         "sfsync_apply_latency_seconds_bucket",
         "sfsync_apply_latency_seconds_sum",
         "sfsync_apply_latency_seconds_count",
+        "sfsync_channel_events_ingested_total",
+        "sfsync_object_changes_total",
+        "sfsync_object_lag_seconds",
     ] {
         assert!(names.contains(want), "missing {want} in\n{text}");
     }
@@ -734,6 +737,32 @@ async fn api_auth_actions_audit_ingress_openapi_and_metrics() {
         "{text}"
     );
     assert!(text.contains("\nsfsync_quarantine_open 0\n"), "{text}");
+    assert!(
+        text.contains("\nsfsync_object_changes_total{object=\"Contact\"} "),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nsfsync_object_lag_seconds{object=\"Contact\"} "),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "\nsfsync_channel_events_ingested_total{channel=\"/data/ContactChangeEvent\"} "
+        ),
+        "{text}"
+    );
+    let status = api.get("/api/v1/status", VIEWER).await;
+    let contact = &status["objects"][1];
+    assert_eq!(contact["name"], "Contact");
+    assert!(contact["lag_seconds"].is_number(), "{status}");
+    assert!(
+        contact["changes_committed"].as_u64().unwrap() >= 2,
+        "{status}"
+    );
+    assert!(
+        contact["channel_events_ingested"].as_u64().unwrap() >= 2,
+        "{status}"
+    );
 
     // ---- durable: SIGKILL, then read the store ----
     child.0.kill().unwrap();

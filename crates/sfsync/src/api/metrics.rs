@@ -185,6 +185,43 @@ pub fn render(
             ((now_ms - last_commit).max(0)) as f64 / 1000.0,
         );
     }
+    o.family(
+        "sfsync_channel_events_ingested_total",
+        "counter",
+        "Change events appended to the raw change log, per channel.",
+    );
+    for (channel, n) in stats.channels() {
+        o.sample(
+            "sfsync_channel_events_ingested_total",
+            &[("channel", &channel)],
+            n as f64,
+        );
+    }
+    let objects = stats.objects();
+    o.family(
+        "sfsync_object_changes_total",
+        "counter",
+        "Record changes committed to the curated tables, per object.",
+    );
+    for (object, v) in &objects {
+        o.sample(
+            "sfsync_object_changes_total",
+            &[("object", object)],
+            v.changes as f64,
+        );
+    }
+    o.family(
+        "sfsync_object_lag_seconds",
+        "gauge",
+        "Now minus the commit time of the object's newest applied change.",
+    );
+    for (object, v) in objects.iter().filter(|(_, v)| v.last_commit_ms > 0) {
+        o.sample(
+            "sfsync_object_lag_seconds",
+            &[("object", object)],
+            ((now_ms - v.last_commit_ms).max(0)) as f64 / 1000.0,
+        );
+    }
     o.one(
         "sfsync_dead_letters",
         "gauge",
@@ -282,6 +319,8 @@ mod tests {
         stats.observe_latency(40);
         stats.observe_latency(4000);
         stats.last_commit_ms.store(1_000, Ordering::Relaxed);
+        stats.add_channel_ingested("/data/AccountChangeEvent", 5);
+        stats.add_object_changes("Account", 4, 500);
         let counts = sfsync_store::OpsCounts {
             writes_by_state: vec![(sfsync_store::WriteState::Pending, 3)],
             dead_letters: 2,
@@ -290,6 +329,11 @@ mod tests {
         let text = render(&stats, &counts, 1.5, 3_500);
         assert!(text.contains("sfsync_events_ingested_total 5\n"), "{text}");
         assert!(text.contains("sfsync_consumer_lag_seconds 2.5\n"), "{text}");
+        assert!(text.contains(
+            "sfsync_channel_events_ingested_total{channel=\"/data/AccountChangeEvent\"} 5\n"
+        ));
+        assert!(text.contains("sfsync_object_changes_total{object=\"Account\"} 4\n"));
+        assert!(text.contains("sfsync_object_lag_seconds{object=\"Account\"} 3\n"));
         assert!(
             text.contains("sfsync_writes{state=\"pending\"} 3\n"),
             "{text}"

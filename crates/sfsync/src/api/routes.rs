@@ -177,15 +177,33 @@ pub async fn status(State(s): S, caller: Caller) -> ApiResult {
     .iter()
     .map(|k| (k.to_string(), snap[*k].clone()))
     .collect();
+    let per_channel = st.channels();
+    let per_object = st.objects();
+    let now = now_ms();
     let objects: Vec<J> = s
         .objects
         .iter()
         .map(|o| {
+            let ingested = o
+                .channel
+                .as_ref()
+                .and_then(|c| per_channel.iter().find(|(k, _)| k == c).map(|(_, n)| *n));
+            let applied = per_object
+                .iter()
+                .find(|(k, _)| *k == o.name)
+                .map(|(_, v)| *v)
+                .unwrap_or_default();
+            let last = applied.last_commit_ms;
             json!({
                 "name": o.name,
                 "mode": o.mode,
                 "channel": o.channel,
                 "writeback": o.writable,
+                // Events of the object's channel (a channel may carry several objects).
+                "channel_events_ingested": ingested.unwrap_or(0),
+                "changes_committed": applied.changes,
+                "last_applied_commit_time": (last > 0).then(|| ts(last)),
+                "lag_seconds": (last > 0).then(|| (now - last).max(0) as f64 / 1000.0),
             })
         })
         .collect();
