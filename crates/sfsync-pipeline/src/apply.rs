@@ -178,6 +178,8 @@ struct Committed {
     resyncs: u64,
     dead_letters: u64,
     commit_times: Vec<i64>,
+    /// (object, changes, newest commit ms) of the batch.
+    objects: HashMap<String, (u64, i64)>,
     quarantine_open_delta: i64,
 }
 
@@ -212,6 +214,9 @@ impl Committed {
         }
         if let Some(max) = self.commit_times.iter().max() {
             st.last_commit_ms.fetch_max(*max, Relaxed);
+        }
+        for (object, (changes, max)) in &self.objects {
+            st.add_object_changes(object, *changes, *max);
         }
         st.last_applied_at_ms.store(now_after, Relaxed);
     }
@@ -623,6 +628,7 @@ impl Applier {
         };
         let mut last_index = cut.unwrap_or(logged.len() - 1);
         let mut commit_times = Vec::new();
+        let mut objects: HashMap<String, (u64, i64)> = HashMap::new();
         let mut totals = crate::plan::PlanStats::default();
         for (i, rs) in &planned {
             let repairs_before = batch.repairs.len();
@@ -641,6 +647,11 @@ impl Applier {
             totals.released += s.released;
             totals.warned += s.warned;
             commit_times.extend(rs.iter().map(|(_, r)| r.version.commit_timestamp));
+            for (object, r) in rs {
+                let e = objects.entry(object.clone()).or_default();
+                e.0 += 1;
+                e.1 = e.1.max(r.version.commit_timestamp);
+            }
             if batch.repairs.len() > repairs_before && cut.is_none_or(|c| *i < c) {
                 last_index = *i;
                 break;
@@ -662,6 +673,7 @@ impl Applier {
             resyncs: batch.resyncs.len() as u64,
             dead_letters: batch.dead_letters.len() as u64,
             commit_times,
+            objects,
             quarantine_open_delta: batch.quarantine.len() as i64,
         };
         self.stats.time_stage(STAGE_APPLY_PLAN, t);

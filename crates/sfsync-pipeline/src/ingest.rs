@@ -195,6 +195,7 @@ impl ChannelIngest {
                     Ok(out) => {
                         sub.ack(&checkpoint);
                         self.stats.ingested.fetch_add(out.appended, Relaxed);
+                        self.stats.add_channel_ingested(&self.channel, out.appended);
                         self.stats.duplicates.fetch_add(out.duplicates, Relaxed);
                         self.stats
                             .dead_letters

@@ -55,6 +55,18 @@ pub struct PipelineStats {
     pub stage_ns: [AtomicU64; STAGES.len()],
     /// Writeback delivery and its echoes.
     pub writeback: WritebackStats,
+    /// Per-channel and per-object figures (status and metrics).
+    per_channel: parking_lot::Mutex<std::collections::BTreeMap<String, u64>>,
+    per_object: parking_lot::Mutex<std::collections::BTreeMap<String, ObjectStats>>,
+}
+
+/// What the apply stage did for one object.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ObjectStats {
+    /// Record changes of the object the apply stage committed (applied, late, stale or held).
+    pub changes: u64,
+    /// Commit timestamp (ms) of the object's newest committed change (0: none yet).
+    pub last_commit_ms: i64,
 }
 
 /// Upper bounds (ms) of the writeback latency buckets (accepted→applied, accepted→confirmed);
@@ -187,6 +199,11 @@ impl PipelineStats {
             .collect()
     }
 
+    /// Sum of the observed latencies, ms (a histogram's `_sum`).
+    pub fn latency_sum_ms(&self) -> u64 {
+        self.latency_sum_ms.load(Ordering::Relaxed)
+    }
+
     /// The latency quantile `q` (0..1) as the upper bound of its bucket, in ms.
     pub fn latency_quantile_ms(&self, q: f64) -> Option<u64> {
         quantile(&self.latency_counts(), q)
@@ -195,6 +212,43 @@ impl PipelineStats {
     /// Adds the time since `since` to stage `i`.
     pub fn time_stage(&self, i: usize, since: std::time::Instant) {
         self.stage_ns[i].fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Counts `n` events appended to the raw log from `channel`.
+    pub fn add_channel_ingested(&self, channel: &str, n: u64) {
+        if n > 0 {
+            *self
+                .per_channel
+                .lock()
+                .entry(channel.to_string())
+                .or_default() += n;
+        }
+    }
+
+    /// Counts `changes` committed changes of `object`, the newest committed at `max_commit_ms`.
+    pub fn add_object_changes(&self, object: &str, changes: u64, max_commit_ms: i64) {
+        let mut m = self.per_object.lock();
+        let e = m.entry(object.to_string()).or_default();
+        e.changes += changes;
+        e.last_commit_ms = e.last_commit_ms.max(max_commit_ms);
+    }
+
+    /// Events ingested per channel, by channel.
+    pub fn channels(&self) -> Vec<(String, u64)> {
+        self.per_channel
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    /// Per-object apply figures, by object.
+    pub fn objects(&self) -> Vec<(String, ObjectStats)> {
+        self.per_object
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
     }
 
     /// Cumulative ns per stage, named.

@@ -432,6 +432,12 @@ pub struct AuditVerification {
     pub first_break: Option<(u64, String)>,
     /// Hex hash of the last entry (the chain head).
     pub head: Option<String>,
+    /// Entries of the operator action chain checked (`operator_actions`, see
+    /// [`crate::operator`]); a break there is reported in `first_break`, named
+    /// `operator_actions`.
+    pub operator_actions: u64,
+    /// Hex hash of the last operator action.
+    pub operator_head: Option<String>,
 }
 
 /// Result of [`Warehouse::rotate_keys`].

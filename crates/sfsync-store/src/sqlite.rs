@@ -46,6 +46,7 @@ use crate::{
 };
 
 mod jobs;
+mod operator;
 mod quality;
 mod warehouse;
 mod writeback;
@@ -450,6 +451,25 @@ ALTER TABLE write_transitions ADD COLUMN note TEXT;
         sql: r#"
 ALTER TABLE sync_jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE sync_jobs ADD COLUMN previous_attempts TEXT;
+"#,
+    },
+    Migration {
+        version: 12,
+        name: "operator actions: hash-chained audit of what operators did through the API",
+        // The chain works like audit_log: hash = SHA-256(prev_hash bytes, entry text); the
+        // plain columns repeat the entry's who/what/target/when for queries and are checked
+        // against the hashed entry by verification.
+        sql: r#"
+CREATE TABLE operator_actions (
+    seq       INTEGER  PRIMARY KEY,
+    actor     TEXT    NOT NULL,
+    action    TEXT    NOT NULL,
+    target    TEXT    NOT NULL,
+    at_ms     INTEGER  NOT NULL,
+    entry     TEXT    NOT NULL,
+    prev_hash TEXT    NOT NULL,
+    hash      TEXT    NOT NULL
+);
 "#,
     },
 ];

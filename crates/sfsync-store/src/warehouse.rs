@@ -1582,6 +1582,8 @@ impl AuditVerifier {
             entries: self.entries,
             first_break: self.first_break,
             head: self.last,
+            operator_actions: 0,
+            operator_head: None,
         }
     }
 }

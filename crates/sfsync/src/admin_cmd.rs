@@ -212,6 +212,7 @@ async fn audit_verify(args: ConfigArg) -> Result<i32, Failure> {
         .map_err(failed)?;
     println!("audit chain of {}", o.config.warehouse.describe());
     println!("entries checked: {}", v.entries);
+    println!("operator actions checked: {}", v.operator_actions);
     match v.first_break {
         None => {
             println!(

@@ -2,6 +2,7 @@
 //! crates; this crate parses arguments, loads configuration and starts the right pieces.
 
 mod admin_cmd;
+mod api;
 mod bench_pipeline;
 mod bench_pubsub;
 mod bench_salesforce;

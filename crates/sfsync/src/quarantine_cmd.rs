@@ -151,7 +151,8 @@ fn ts(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
-fn summary(q: &QuarantineRecord) -> J {
+/// One quarantined change as JSON (`list --json`, the API).
+pub(crate) fn summary(q: &QuarantineRecord) -> J {
     json!({
         "id": q.id,
         "status": q.status.as_str(),
@@ -173,6 +174,30 @@ fn summary(q: &QuarantineRecord) -> J {
         "note": q.note,
         "run_id": q.entry.run_id,
     })
+}
+
+/// One quarantined change in full: [`summary`] plus the held change, the values of `pii`
+/// fields masked (`show`, the API).
+pub(crate) fn detail(q: &QuarantineRecord, pii: &[String]) -> J {
+    let mut out = summary(q);
+    out["change"] = match &q.entry.change {
+        Some(body) => match serde_json::from_slice::<sfsync_pipeline::quality::HeldChange>(body) {
+            Ok(mut h) => {
+                for (f, v) in h.values.iter_mut() {
+                    if pii.iter().any(|p| p.eq_ignore_ascii_case(f)) && !v.is_null() {
+                        *v = sfsync_store::Value::Text(MASK.into());
+                    }
+                }
+                serde_json::to_value(&h).unwrap_or(J::Null)
+            }
+            Err(e) => J::String(format!("(stored change does not parse: {e})")),
+        },
+        None => J::String(format!(
+            "(over the rule's cap: the change is kept in the raw log at offset {})",
+            q.entry.log_offset.unwrap_or_default()
+        )),
+    };
+    out
 }
 
 async fn list(a: ListArgs) -> Result<i32, Failure> {
@@ -241,7 +266,6 @@ async fn show(a: ShowArgs) -> Result<i32, Failure> {
             a.id
         )));
     };
-    let mut out = summary(&q);
     let pii: Vec<String> = o
         .config
         .objects
@@ -249,23 +273,7 @@ async fn show(a: ShowArgs) -> Result<i32, Failure> {
         .find(|x| x.name == q.entry.object)
         .map(|x| x.pii_fields.clone())
         .unwrap_or_default();
-    out["change"] = match &q.entry.change {
-        Some(body) => match serde_json::from_slice::<sfsync_pipeline::quality::HeldChange>(body) {
-            Ok(mut h) => {
-                for (f, v) in h.values.iter_mut() {
-                    if pii.iter().any(|p| p.eq_ignore_ascii_case(f)) && !v.is_null() {
-                        *v = sfsync_store::Value::Text(MASK.into());
-                    }
-                }
-                serde_json::to_value(&h).unwrap_or(J::Null)
-            }
-            Err(e) => J::String(format!("(stored change does not parse: {e})")),
-        },
-        None => J::String(format!(
-            "(over the rule's cap: the change is kept in the raw log at offset {})",
-            q.entry.log_offset.unwrap_or_default()
-        )),
-    };
+    let out = detail(&q, &pii);
     println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     Ok(0)
 }

@@ -13,7 +13,7 @@ use clap::Args;
 use sfsync_pipeline::{ApplyConfig, HistoryFields, ObjectSpec, PipelineConfig, PipelineStats};
 use sfsync_salesforce::pubsub::{ReplayStart, Subscriber, SubscriberConfig};
 use sfsync_salesforce::{ClientConfig, SalesforceClient, TokenSource};
-use sfsync_store::{Keyring, PostgresChangeLog, SqliteChangeLog, Warehouse, WriteLedger};
+use sfsync_store::{Keyring, PostgresChangeLog, SqliteChangeLog, Store, Warehouse, WriteLedger};
 
 use crate::config::model::{HistoryFields as CfgHistory, SyncMode};
 use crate::config::secrets::ResolvedSecrets;
@@ -66,16 +66,31 @@ pub async fn open_store(
     config: &ValidConfig,
     secrets: &ResolvedSecrets,
 ) -> Result<Arc<dyn Warehouse>> {
-    Ok(open_stores(config, secrets).await?.0)
+    Ok(open_stores(config, secrets).await?.warehouse)
 }
 
-/// [`open_store`], also as the write ledger (the same connection).
-pub async fn open_stores(
-    config: &ValidConfig,
-    secrets: &ResolvedSecrets,
-) -> Result<(Arc<dyn Warehouse>, Arc<dyn WriteLedger>)> {
+/// One opened store seen as the pipeline's [`Warehouse`] and as the API's [`Store`] (the same
+/// connection).
+pub struct Stores {
+    pub warehouse: Arc<dyn Warehouse>,
+    pub full: Arc<dyn Store>,
+    /// The write ledger (writeback delivery).
+    pub ledger: Arc<dyn WriteLedger>,
+}
+
+fn both<T: Store + 'static>(s: T) -> Stores {
+    let s = Arc::new(s);
+    Stores {
+        warehouse: s.clone(),
+        ledger: s.clone(),
+        full: s,
+    }
+}
+
+/// Opens the configured warehouse with the PII keyring (when configured).
+pub async fn open_stores(config: &ValidConfig, secrets: &ResolvedSecrets) -> Result<Stores> {
     let keyring = keyring(secrets)?;
-    let store: (Arc<dyn Warehouse>, Arc<dyn WriteLedger>) = match &config.warehouse {
+    let store = match &config.warehouse {
         ValidWarehouse::Sqlite { path } => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)
@@ -85,8 +100,7 @@ pub async fn open_stores(
                 .await
                 .with_context(|| format!("opening the SQLite warehouse {}", path.display()))?;
             s.set_keyring(keyring);
-            let s = Arc::new(s);
-            (s.clone(), s)
+            both(s)
         }
         ValidWarehouse::Postgres { schema, .. } => {
             let url = secrets
@@ -95,8 +109,7 @@ pub async fn open_stores(
                 .context("the Postgres warehouse URL was not resolved")?;
             let s = connect_postgres(url.expose(), schema).await?;
             s.set_keyring(keyring);
-            let s = Arc::new(s);
-            (s.clone(), s)
+            both(s)
         }
     };
     Ok(store)
@@ -306,7 +319,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
         return Ok(());
     }
     let (config, secrets) = load(&args.config)?;
-    let (store, ledger) = open_stores(&config, &secrets).await?;
+    // The API's address and certificate are checked before anything starts.
+    let api = match &config.api {
+        Some(api) => crate::api::bind(api).await?,
+        None => None,
+    };
+    let stores = open_stores(&config, &secrets).await?;
+    let store = stores.warehouse.clone();
+    let ledger = stores.ledger.clone();
     let (client, subscriber) = connect_salesforce(&config, &secrets).await?;
     let mut pc = pipeline_config(&config, args.start);
     pc.bulk = Some(client.bulk());
@@ -352,6 +372,31 @@ pub async fn run(args: RunArgs) -> Result<()> {
         );
         tokio::spawn(d.run(wb_rx))
     });
+    let api = match (api, &config.api) {
+        (Some(bound), Some(api_config)) => {
+            let state = crate::api::ApiState::new(
+                &config,
+                api_config,
+                &secrets.api_tokens,
+                stores.full.clone(),
+                running.stats.clone(),
+                running.run_id.clone(),
+            );
+            let running_api = bound.serve(Arc::new(state));
+            eprintln!(
+                "API on {}://{} ({} tokens)",
+                if api_config.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                },
+                running_api.addr,
+                secrets.api_tokens.len()
+            );
+            Some(running_api)
+        }
+        _ => None,
+    };
     let started = Instant::now();
     let mut last = 0;
     let every = Duration::from_secs(args.progress_secs.max(1));
@@ -372,6 +417,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 }
             }
         }
+    }
+    if let Some(api) = api {
+        api.stop().await;
     }
     eprintln!("Stopping: committing the final checkpoint…");
     let _ = wb_stop.send(true);

@@ -30,6 +30,13 @@ fn example_dir() -> tempfile::TempDir {
         "-----BEGIN PRIVATE KEY-----\nMIIfixture\n-----END PRIVATE KEY-----\n",
     )
     .unwrap();
+    for (file, token) in [
+        ("api-ops.token", "ops-token-0123456789abcdef"),
+        ("api-viewer.token", "viewer-token-0123456789abcdef"),
+        ("api-case-mgmt.token", "case-mgmt-token-0123456789abcdef"),
+    ] {
+        std::fs::write(dir.path().join("secrets").join(file), token).unwrap();
+    }
     dir
 }
 
@@ -58,6 +65,7 @@ fn example_config_checks_ok_with_a_summary() {
         "/data/CaseChangeEvent",
         "/data/Payment__ChangeEvent",
         "pii: Email, Phone, Birthdate",
+        "api:        http://127.0.0.1:8787 (3 tokens)",
         "secrets:    all resolved",
     ] {
         assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");

@@ -238,7 +238,10 @@ fn write_ledger(site: &Site) -> Ledger {
         )
         .await
         .unwrap();
-        let event = s.dead_letters(&DeadLetterFilter::default()).await.unwrap()[0].id;
+        let event = Warehouse::dead_letters(&s, &DeadLetterFilter::default())
+            .await
+            .unwrap()[0]
+            .id;
         Ledger {
             keep: ids[0],
             take: ids[1],

@@ -1316,7 +1316,9 @@ impl Warehouse for PostgresChangeLog {
                 break;
             }
         }
-        Ok(v.finish())
+        let mut out = v.finish();
+        super::operator::verify(&client, &mut out).await?;
+        Ok(out)
     }
 
     async fn rotate_keys(&self) -> Result<RotationReport> {

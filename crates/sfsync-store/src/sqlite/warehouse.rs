@@ -1315,7 +1315,11 @@ impl Warehouse for SqliteChangeLog {
                     hash: r.get(7).map_err(&get)?,
                 });
             }
-            Ok(v.finish())
+            drop(rows);
+            drop(stmt);
+            let mut out = v.finish();
+            super::operator::verify(conn, &mut out)?;
+            Ok(out)
         })
         .await
     }

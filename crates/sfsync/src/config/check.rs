@@ -116,6 +116,16 @@ pub fn summary(l: &LoadedConfig) -> String {
         }
         out.push('\n');
     }
+    match &c.api {
+        None => out.push_str("api:        off\n"),
+        Some(a) => out.push_str(&format!(
+            "api:        {}://{} ({} token{})\n",
+            if a.tls.is_some() { "https" } else { "http" },
+            a.listen,
+            a.tokens.len(),
+            if a.tokens.len() == 1 { "" } else { "s" }
+        )),
+    }
     out.push_str(&format!("objects:    {}\n", c.objects.len()));
     for o in &c.objects {
         out.push_str(&object_line(o));

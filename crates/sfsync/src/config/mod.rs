@@ -36,8 +36,8 @@ pub use secrets::{PiiKey, ResolvedSecrets};
 pub use sfsync_salesforce::Secret;
 pub use span::{LineCol, SpanIndex};
 pub use validate::{
-    CredentialsSource, PiiKeySource, ValidConfig, ValidObject, ValidOldKey, ValidPii,
-    ValidSalesforce, ValidWarehouse,
+    ApiRole, CredentialsSource, PiiKeySource, ValidApi, ValidApiToken, ValidConfig, ValidObject,
+    ValidOldKey, ValidPii, ValidSalesforce, ValidWarehouse,
 };
 
 /// One problem in the config file.
@@ -181,6 +181,7 @@ const TABLES: &[&str] = &[
     "pii",
     "pipeline",
     "writeback",
+    "api",
 ];
 
 /// Syntax and shape: every top-level table (and each `[[objects]]` entry) is deserialised on its
@@ -236,6 +237,7 @@ pub fn parse(text: &str, file: &str) -> Result<(SfsyncConfig, SpanIndex), Config
                 }
             }
             "writeback" => cfg.writeback = p.de("writeback", value),
+            "api" => cfg.api = p.api(value),
             other => p.error(
                 other,
                 key.span(),
@@ -368,6 +370,41 @@ impl Parser<'_> {
             p.old_keys = old_keys;
         }
         pii
+    }
+
+    /// `[api]` and each `[[api.tokens]]` entry on its own (like `[[pii.old_keys]]`).
+    fn api(&mut self, value: &Spanned<DeValue<'_>>) -> Option<ApiConfig> {
+        let DeValue::Table(table) = value.get_ref() else {
+            self.error("api", value.span(), "expected a table");
+            return None;
+        };
+        let mut rest = table.clone();
+        let tokens_value = rest.remove("tokens");
+        let rest = Spanned::new(value.span(), DeValue::Table(rest));
+        let mut api: Option<ApiConfig> = self.de("api", &rest);
+        let mut tokens = Vec::new();
+        if let Some(tv) = tokens_value {
+            match tv.get_ref() {
+                DeValue::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        if let Some(t) =
+                            self.de::<ApiTokenConfig>(&format!("api.tokens[{i}]"), item)
+                        {
+                            tokens.push(t);
+                        }
+                    }
+                }
+                _ => self.error(
+                    "api.tokens",
+                    tv.span(),
+                    "expected an array of tables ([[api.tokens]])",
+                ),
+            }
+        }
+        if let Some(a) = api.as_mut() {
+            a.tokens = tokens;
+        }
+        api
     }
 
     fn salesforce(&mut self, value: &Spanned<DeValue<'_>>) -> Option<SalesforceConfig> {

@@ -21,6 +21,8 @@ pub struct SfsyncConfig {
     pub pii: Option<PiiConfig>,
     pub pipeline: PipelineConfig,
     pub writeback: Option<WritebackConfig>,
+    /// `[api]`; absent: the API is on, on the loopback default (see [`ApiConfig`]).
+    pub api: Option<ApiConfig>,
 }
 
 /// `[salesforce]`: where the org is and how to authenticate.
@@ -528,4 +530,82 @@ fn default_owner() -> String {
 
 fn default_policy() -> sfsync_pipeline::writeback::ConflictPolicy {
     sfsync_pipeline::writeback::ConflictPolicy::Manual
+}
+
+/// `[api]`: the operator HTTP API `sfsync run` serves (versioned JSON under `/api/v1/`,
+/// Prometheus `/metrics`, the writeback ingress). Without the table the API is on at
+/// `127.0.0.1:8787` (loopback only, so plain HTTP), with no tokens: every endpoint but
+/// `/api/v1/openapi.json` then answers 401 until tokens are configured.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// `false` turns the API off.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// `IP:port`. Anything but a loopback address needs `tls_cert_file` and `tls_key_file`.
+    #[serde(default = "default_api_listen")]
+    pub listen: String,
+    /// PEM certificate chain served over TLS.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// `/metrics` without a token (for scrapers that cannot send one); by default it needs a
+    /// viewer or operator token like the rest.
+    #[serde(default)]
+    pub metrics_public: bool,
+    /// Largest request body accepted (larger: 413).
+    #[serde(default = "default_api_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Most writes in one `POST /api/v1/writes` batch.
+    #[serde(default = "default_api_max_batch_writes")]
+    pub max_batch_writes: u64,
+    /// `[[api.tokens]]`: who may call the API. Filled by the parser one entry at a time (see
+    /// [`super::parse`]), so errors name the entry.
+    #[serde(skip)]
+    pub tokens: Vec<ApiTokenConfig>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            enabled: true,
+            listen: default_api_listen(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            metrics_public: false,
+            max_body_bytes: default_api_max_body_bytes(),
+            max_batch_writes: default_api_max_batch_writes(),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+pub fn default_api_listen() -> String {
+    "127.0.0.1:8787".to_string()
+}
+
+fn default_api_max_body_bytes() -> u64 {
+    4 * 1024 * 1024
+}
+
+fn default_api_max_batch_writes() -> u64 {
+    1000
+}
+
+/// One `[[api.tokens]]` entry: a bearer token's name (recorded in the audit trail as who
+/// acted), its role and where the token comes from (`token_env` or `token_file`, never inline).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTokenConfig {
+    pub name: String,
+    /// `viewer` (read), `operator` (read and act, submit writes) or `writer` (the writeback
+    /// ingress only).
+    pub role: String,
+    /// An environment variable holding the token.
+    pub token_env: Option<String>,
+    /// A file holding the token (surrounding whitespace trimmed).
+    pub token_file: Option<PathBuf>,
+    /// Binds the token to one writing system: its writes must carry this `source_system`.
+    /// Required for `writer` tokens.
+    pub source_system: Option<String>,
 }

@@ -25,7 +25,22 @@ pub struct ResolvedSecrets {
     pub pii_key: Option<PiiKey>,
     /// `[[pii.old_keys]]`, in file order: open values sealed under them, never seal.
     pub pii_old_keys: Vec<PiiKey>,
+    /// `[[api.tokens]]` with their tokens, in file order.
+    pub api_tokens: Vec<ApiToken>,
 }
+
+/// A bearer token of the API with its name, role and (optional) bound writing system.
+#[derive(Debug, Clone)]
+pub struct ApiToken {
+    pub name: String,
+    pub role: super::validate::ApiRole,
+    pub source_system: Option<String>,
+    /// Never printed (`Secret` redacts in `Debug`).
+    pub token: Secret,
+}
+
+/// The shortest token accepted: a short token can be guessed.
+pub const MIN_API_TOKEN_CHARS: usize = 16;
 
 /// An AES-256 key and its id.
 #[derive(Clone)]
@@ -304,8 +319,10 @@ pub fn resolve(
             })
             .collect()
     });
+    let api_tokens = resolve_api_tokens(&mut errs, cfg, env);
     match (credentials, instance_url) {
         (Some(credentials), Some(instance_url)) if errs.is_empty() => Ok(ResolvedSecrets {
+            api_tokens,
             credentials,
             instance_url,
             pubsub_address,
@@ -316,6 +333,74 @@ pub fn resolve(
         }),
         _ => Err(errs),
     }
+}
+
+/// Reads each `[[api.tokens]]` token; a short token, or two entries with the same token, is an
+/// error naming the entries (never the value).
+pub(crate) fn resolve_api_tokens(
+    errs: &mut Vec<ConfigError>,
+    cfg: &ValidConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Vec<ApiToken> {
+    let Some(api) = &cfg.api else {
+        return Vec::new();
+    };
+    let mut out: Vec<ApiToken> = Vec::new();
+    let mut index_of = Vec::new();
+    for (i, t) in api.tokens.iter().enumerate() {
+        let table = format!("api.tokens[{i}]");
+        let key = match &t.source {
+            SecretRef::Env(_) => format!("{table}.token_env"),
+            SecretRef::File(_) => format!("{table}.token_file"),
+        };
+        let value = match &t.source {
+            SecretRef::Env(var) => match env(var) {
+                Some(v) => v.trim().to_string(),
+                None => {
+                    errs.push(ConfigError::new(
+                        key,
+                        format!("environment variable {var} is not set"),
+                    ));
+                    continue;
+                }
+            },
+            SecretRef::File(p) => match read_file(&key, p) {
+                Ok(v) => v,
+                Err(e) => {
+                    errs.push(e);
+                    continue;
+                }
+            },
+        };
+        if value.chars().count() < MIN_API_TOKEN_CHARS {
+            errs.push(ConfigError::new(
+                key,
+                format!(
+                    "the token of '{}' is shorter than {MIN_API_TOKEN_CHARS} characters",
+                    t.name
+                ),
+            ));
+            continue;
+        }
+        if let Some(j) = out.iter().position(|o| o.token.expose() == value) {
+            errs.push(ConfigError::new(
+                key,
+                format!(
+                    "'{}' has the same token as '{}' (api.tokens[{}]): each token must be its own",
+                    t.name, out[j].name, index_of[j]
+                ),
+            ));
+            continue;
+        }
+        index_of.push(i);
+        out.push(ApiToken {
+            name: t.name.clone(),
+            role: t.role,
+            source_system: t.source_system.clone(),
+            token: Secret::new(value),
+        });
+    }
+    out
 }
 
 #[cfg(test)]

@@ -140,7 +140,7 @@ batch_max_records = -1
             "t.toml:8:12: salesforce.auth.password: inline secrets are not allowed; write { env = \"VAR\" } or { file = \"path\" }",
             "t.toml:11:8: warehouse.path: invalid type: integer `3`, expected path string",
             "t.toml:15:21: pipeline.batch_max_records: invalid value: integer `-1`, expected u64",
-            "t.toml:16:2: bogus: unknown table `bogus`, expected one of salesforce, objects, warehouse, pii, pipeline, writeback",
+            "t.toml:16:2: bogus: unknown table `bogus`, expected one of salesforce, objects, warehouse, pii, pipeline, writeback, api",
         ]
     );
 }
@@ -596,6 +596,13 @@ pub(crate) fn example_with_fixtures() -> (tempfile::TempDir, Vec<(&'static str, 
         "-----BEGIN PRIVATE KEY-----\nMIIfixture\n-----END PRIVATE KEY-----\n",
     )
     .unwrap();
+    for (file, token) in [
+        ("api-ops.token", "ops-token-0123456789abcdef"),
+        ("api-viewer.token", "viewer-token-0123456789abcdef"),
+        ("api-case-mgmt.token", "case-mgmt-token-0123456789abcdef"),
+    ] {
+        std::fs::write(dir.path().join("secrets").join(file), token).unwrap();
+    }
     let env = vec![
         (
             "SFSYNC_WAREHOUSE_URL",
@@ -976,4 +983,155 @@ fn writeback_delivery_keys_parse_and_are_checked() {
     ] {
         assert!(e.contains(want), "missing {want:?} in:\n{e}");
     }
+}
+
+/// `HEAD` + an `[[objects]]` + `api` text.
+fn with_api(api: &str) -> String {
+    format!("{HEAD}[[objects]]\nname = \"Case\"\n\n{api}")
+}
+
+#[test]
+fn api_defaults_to_loopback_when_absent_and_can_be_turned_off() {
+    let c = load_t(&with_api("")).unwrap().config;
+    let api = c.api.expect("the API is on by default");
+    assert_eq!(api.listen.to_string(), "127.0.0.1:8787");
+    assert!(!api.explicit && api.tls.is_none() && api.tokens.is_empty());
+    assert_eq!(api.max_batch_writes, 1000);
+    let c = load_t(&with_api("[api]\nenabled = false\n"))
+        .unwrap()
+        .config;
+    assert!(c.api.is_none());
+}
+
+#[test]
+fn api_non_loopback_listen_needs_tls_and_names_the_key() {
+    let e = errs(&with_api("[api]\nlisten = \"0.0.0.0:8787\"\n"));
+    assert_eq!(
+        e[0],
+        "t.toml:12:1: api.listen: \"0.0.0.0:8787\" is not a loopback address: serving bearer tokens over plain HTTP is refused; set api.tls_cert_file and api.tls_key_file, or listen on 127.0.0.1"
+    );
+    let e = errs(&with_api(
+        "[api]\nlisten = \"0.0.0.0:8787\"\ntls_cert_file = \"c.pem\"\n",
+    ));
+    assert!(
+        e[0].contains("api.tls_key_file: required with api.tls_cert_file"),
+        "{e:?}"
+    );
+    let c = load_t(&with_api(
+        "[api]\nlisten = \"0.0.0.0:8787\"\ntls_cert_file = \"c.pem\"\ntls_key_file = \"k.pem\"\n",
+    ))
+    .unwrap()
+    .config;
+    let api = c.api.unwrap();
+    assert!(api.explicit);
+    assert_eq!(
+        api.tls,
+        Some((
+            Path::new("/cfg/c.pem").into(),
+            Path::new("/cfg/k.pem").into()
+        ))
+    );
+    let e = errs(&with_api("[api]\nlisten = \"localhost:80\"\n"));
+    assert!(
+        e[0].contains("api.listen: \"localhost:80\" is not IP:port"),
+        "{e:?}"
+    );
+    // IPv6 loopback is loopback.
+    assert!(load_t(&with_api("[api]\nlisten = \"[::1]:8787\"\n")).is_ok());
+}
+
+#[test]
+fn api_token_rules_name_the_entry() {
+    let e = errs(&with_api(
+        r#"[api]
+[[api.tokens]]
+name = "ops"
+role = "admin"
+token_env = "T1"
+[[api.tokens]]
+name = "ops"
+role = "viewer"
+token_env = "T2"
+[[api.tokens]]
+name = "w"
+role = "writer"
+token_file = "w.token"
+[[api.tokens]]
+name = "both"
+role = "viewer"
+token_env = "T3"
+token_file = "t3"
+"#,
+    ));
+    let all = e.join("\n");
+    assert!(
+        all.contains(
+            "api.tokens[0].role: unknown role \"admin\", expected viewer, operator or writer"
+        ),
+        "{all}"
+    );
+    assert!(
+        all.contains("api.tokens[1].name: token name \"ops\" is given twice (also api.tokens[0])"),
+        "{all}"
+    );
+    assert!(
+        all.contains("api.tokens[2].source_system: required for a writer token"),
+        "{all}"
+    );
+    assert!(
+        all.contains("api.tokens[3].token_file: give either token_env or token_file, not both"),
+        "{all}"
+    );
+    let e = errs(&with_api(
+        "[api]\n[[api.tokens]]\nname = \"x\"\nrole = \"viewer\"\ntoken = \"inline\"\n",
+    ));
+    assert!(
+        e[0].contains("api.tokens[0].token: unknown field `token`"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn api_tokens_resolve_without_printing_them() {
+    let l = load_t(&with_api(
+        r#"[api]
+[[api.tokens]]
+name = "ops"
+role = "operator"
+token_env = "OPS"
+[[api.tokens]]
+name = "short"
+role = "viewer"
+token_env = "SHORT"
+[[api.tokens]]
+name = "copy"
+role = "viewer"
+token_env = "COPY"
+"#,
+    ))
+    .unwrap();
+    let long = "a-long-operator-token-123";
+    let env = env_of(&[("OPS", long), ("SHORT", "tiny"), ("COPY", long)]);
+    let e = l.resolve_secrets(&env).unwrap_err().to_string();
+    assert!(
+        e.contains("api.tokens[1].token_env: the token of 'short' is shorter than 16 characters"),
+        "{e}"
+    );
+    assert!(
+        e.contains("api.tokens[2].token_env: 'copy' has the same token as 'ops' (api.tokens[0])"),
+        "{e}"
+    );
+    assert!(!e.contains(long) && !e.contains("tiny"), "{e}");
+    let env = env_of(&[
+        ("OPS", long),
+        ("SHORT", "another-long-token-456"),
+        ("COPY", "a-third-long-token-789"),
+    ]);
+    let mut problems = Vec::new();
+    let tokens = secrets::resolve_api_tokens(&mut problems, &l.config, &env);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(tokens.len(), 3);
+    assert_eq!(tokens[0].role, ApiRole::Operator);
+    assert_eq!(tokens[0].token.expose(), long);
+    assert!(!format!("{tokens:?}").contains(long));
 }

@@ -24,6 +24,8 @@ pub struct ValidConfig {
     pub writeback_flows: Vec<FlowMeta>,
     /// Delivery tuning of `[writeback]` (defaults without it).
     pub writeback_delivery: WritebackDelivery,
+    /// The operator HTTP API; `None` when `[api] enabled = false`.
+    pub api: Option<ValidApi>,
 }
 
 /// Who answers for a flow and its target, for the integration map.
@@ -57,6 +59,65 @@ impl Default for WritebackDelivery {
             parent_fields: Default::default(),
         }
     }
+}
+
+/// A validated `[api]`: a listen address that is loopback unless TLS is configured, unique
+/// token names, known roles, and a `source_system` for every writer token.
+#[derive(Debug, Clone)]
+pub struct ValidApi {
+    pub listen: std::net::SocketAddr,
+    /// `false` when the `[api]` table is absent (the loopback default): a busy default port
+    /// is then reported and the pipeline runs without the API.
+    pub explicit: bool,
+    /// (certificate chain, private key), both PEM files anchored at the config file.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub metrics_public: bool,
+    pub max_body_bytes: u64,
+    pub max_batch_writes: u64,
+    pub tokens: Vec<ValidApiToken>,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiRole {
+    /// Read everything (status, runs, quarantine, dead letters, writes, metrics).
+    Viewer,
+    /// What a viewer may, plus act: cancel runs, release and discard quarantined changes,
+    /// submit writes.
+    Operator,
+    /// The writeback ingress only: submit writes and read them back.
+    Writer,
+}
+
+impl ApiRole {
+    pub const NAMES: &'static str = "viewer, operator or writer";
+
+    pub fn parse(s: &str) -> Option<ApiRole> {
+        match s {
+            "viewer" => Some(ApiRole::Viewer),
+            "operator" => Some(ApiRole::Operator),
+            "writer" => Some(ApiRole::Writer),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiRole::Viewer => "viewer",
+            ApiRole::Operator => "operator",
+            ApiRole::Writer => "writer",
+        }
+    }
+}
+
+/// One validated `[[api.tokens]]` entry (the token itself is read by secret resolution).
+#[derive(Debug, Clone)]
+pub struct ValidApiToken {
+    pub name: String,
+    pub role: ApiRole,
+    /// Where the token is: an environment variable or a file (anchored).
+    pub source: SecretRef,
+    pub source_system: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -306,11 +367,13 @@ impl SfsyncConfig {
         let writeback = validate_writeback(&mut errs, self.writeback.as_ref(), &self.objects);
         let writeback_flows = writeback_flows(&mut errs, self.writeback.as_ref());
         let writeback_delivery = validate_writeback_delivery(&mut errs, self.writeback.as_ref());
+        let api = validate_api(&mut errs, self.api.as_ref(), base_dir);
         match (salesforce, warehouse) {
             (Some(salesforce), Some(warehouse)) if errs.0.is_empty() => Ok(ValidConfig {
                 writeback,
                 writeback_flows,
                 writeback_delivery,
+                api,
                 salesforce,
                 objects,
                 warehouse,
@@ -1025,4 +1088,166 @@ fn validate_writeback_delivery(
         lease_secs: wb.lease_secs,
         parent_fields,
     }
+}
+
+/// `[api]`: `listen` an `IP:port`; a listener that is not loopback-only needs both TLS files
+/// (plain HTTP would carry bearer tokens in the clear); roles known; token names unique; exactly
+/// one of `token_env` / `token_file`; writer tokens bound to a `source_system`.
+fn validate_api(errs: &mut Errors, api: Option<&ApiConfig>, base: &Path) -> Option<ValidApi> {
+    let explicit = api.is_some();
+    let default = ApiConfig::default();
+    let api = api.unwrap_or(&default);
+    if !api.enabled {
+        return None;
+    }
+    let listen = match api.listen.parse::<std::net::SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errs.push(
+                "api.listen",
+                format!(
+                    "\"{}\" is not IP:port (e.g. \"127.0.0.1:8787\", \"0.0.0.0:8787\", \"[::1]:8787\")",
+                    api.listen
+                ),
+            );
+            None
+        }
+    };
+    let tls = match (&api.tls_cert_file, &api.tls_key_file) {
+        (Some(c), Some(k)) => {
+            for (key, p) in [("api.tls_cert_file", c), ("api.tls_key_file", k)] {
+                if p.as_os_str().is_empty() {
+                    errs.push(key, "the path is empty");
+                }
+            }
+            Some((anchor(base, c), anchor(base, k)))
+        }
+        (Some(_), None) => {
+            errs.push("api.tls_key_file", "required with api.tls_cert_file");
+            None
+        }
+        (None, Some(_)) => {
+            errs.push("api.tls_cert_file", "required with api.tls_key_file");
+            None
+        }
+        (None, None) => None,
+    };
+    if let Some(a) = listen {
+        if !a.ip().is_loopback()
+            && tls.is_none()
+            && api.tls_cert_file.is_none()
+            && api.tls_key_file.is_none()
+        {
+            errs.push(
+                "api.listen",
+                format!(
+                    "\"{a}\" is not a loopback address: serving bearer tokens over plain HTTP is refused; set api.tls_cert_file and api.tls_key_file, or listen on 127.0.0.1"
+                ),
+            );
+        }
+    }
+    for (key, v) in [
+        ("api.max_body_bytes", api.max_body_bytes),
+        ("api.max_batch_writes", api.max_batch_writes),
+    ] {
+        if v == 0 {
+            errs.push(key, "must be greater than 0");
+        }
+    }
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut tokens = Vec::new();
+    for (i, t) in api.tokens.iter().enumerate() {
+        let p = format!("api.tokens[{i}]");
+        if t.name.trim().is_empty()
+            || !t
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-@".contains(c))
+        {
+            errs.push(
+                format!("{p}.name"),
+                format!(
+                    "\"{}\" must be non-empty letters, digits, `_`, `.`, `-` or `@` (it is recorded as who acted)",
+                    t.name
+                ),
+            );
+        } else if let Some(first) = seen.insert(&t.name, i) {
+            errs.push(
+                format!("{p}.name"),
+                format!(
+                    "token name \"{}\" is given twice (also api.tokens[{first}])",
+                    t.name
+                ),
+            );
+        }
+        let role = ApiRole::parse(&t.role);
+        if role.is_none() {
+            errs.push(
+                format!("{p}.role"),
+                format!("unknown role \"{}\", expected {}", t.role, ApiRole::NAMES),
+            );
+        }
+        if let Some(s) = &t.source_system {
+            if s.trim().is_empty()
+                || !s
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+            {
+                errs.push(
+                    format!("{p}.source_system"),
+                    format!("\"{s}\" is not a valid system name (letters, digits, `_`, `.`, `-`)"),
+                );
+            }
+        } else if role == Some(ApiRole::Writer) {
+            errs.push(
+                format!("{p}.source_system"),
+                "required for a writer token: it may only write as that system",
+            );
+        }
+        let source = match (&t.token_env, &t.token_file) {
+            (Some(v), None) => {
+                if !is_env_name(v) {
+                    errs.push(
+                        format!("{p}.token_env"),
+                        format!("\"{v}\" is not a valid environment variable name"),
+                    );
+                }
+                Some(SecretRef::Env(v.clone()))
+            }
+            (None, Some(f)) => {
+                if f.as_os_str().is_empty() {
+                    errs.push(format!("{p}.token_file"), "the path is empty");
+                }
+                Some(SecretRef::File(anchor(base, f)))
+            }
+            (Some(_), Some(_)) => {
+                errs.push(
+                    format!("{p}.token_file"),
+                    "give either token_env or token_file, not both",
+                );
+                None
+            }
+            (None, None) => {
+                errs.push(&p, "no token: set token_env or token_file");
+                None
+            }
+        };
+        if let (Some(role), Some(source)) = (role, source) {
+            tokens.push(ValidApiToken {
+                name: t.name.clone(),
+                role,
+                source,
+                source_system: t.source_system.clone(),
+            });
+        }
+    }
+    Some(ValidApi {
+        listen: listen?,
+        explicit,
+        tls,
+        metrics_public: api.metrics_public,
+        max_body_bytes: api.max_body_bytes,
+        max_batch_writes: api.max_batch_writes,
+        tokens,
+    })
 }

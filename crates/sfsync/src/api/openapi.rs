@@ -1,0 +1,300 @@
+//! The OpenAPI 3.1 document of the API, built in code so it is served without a file and
+//! checked against [`super::ROUTES`] by a test (every route documented, nothing else).
+
+use serde_json::{json, Value as J};
+
+fn err(desc: &str) -> J {
+    json!({ "description": desc, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } })
+}
+
+fn ok_json(desc: &str, schema: J) -> J {
+    json!({ "description": desc, "content": { "application/json": { "schema": schema } } })
+}
+
+fn obj() -> J {
+    json!({ "type": "object" })
+}
+
+fn id_param(what: &str) -> J {
+    json!({ "name": "id", "in": "path", "required": true, "description": what, "schema": { "type": "integer", "format": "int64" } })
+}
+
+fn q(name: &str, desc: &str, schema: J) -> J {
+    json!({ "name": name, "in": "query", "required": false, "description": desc, "schema": schema })
+}
+
+fn limit() -> J {
+    q(
+        "limit",
+        "Most rows returned (default 100, at most 1000).",
+        json!({ "type": "integer", "minimum": 1, "maximum": 1000 }),
+    )
+}
+
+/// The standard error responses of an authenticated endpoint.
+fn auth_errors(operation: &mut J, forbidden: &str) {
+    let r = operation["responses"].as_object_mut().expect("responses");
+    r.insert(
+        "401".into(),
+        err("No bearer token, or one that is not configured."),
+    );
+    r.insert("403".into(), err(forbidden));
+    r.insert(
+        "500".into(),
+        err("The store failed; the message names the cause."),
+    );
+}
+
+fn viewer(mut op: J) -> J {
+    op["security"] = json!([{ "bearer": [] }]);
+    op["x-sfsync-roles"] = json!(["viewer", "operator"]);
+    auth_errors(&mut op, "The token's role (writer) may not read this.");
+    op
+}
+
+fn operator(mut op: J) -> J {
+    op["security"] = json!([{ "bearer": [] }]);
+    op["x-sfsync-roles"] = json!(["operator"]);
+    auth_errors(&mut op, "The token's role is not operator.");
+    op["responses"]["404"] = err("No such item.");
+    op["responses"]["409"] = err("The item is not in a state this action applies to.");
+    op
+}
+
+fn action_body() -> J {
+    json!({
+        "required": false,
+        "content": { "application/json": { "schema": {
+            "type": "object",
+            "properties": { "note": { "type": "string", "description": "Why (recorded with the action)." } }
+        } } }
+    })
+}
+
+/// The whole document.
+pub fn document() -> J {
+    let write_item = json!({
+        "type": "object",
+        "required": ["object", "fields", "idempotency_key"],
+        "additionalProperties": false,
+        "properties": {
+            "object": { "type": "string", "description": "Object API name, configured in [[writeback.objects]]." },
+            "record_id": { "type": "string", "description": "Salesforce Id (15 or 18 characters); or give external_id_field + external_id." },
+            "external_id_field": { "type": "string" },
+            "external_id": { "type": "string" },
+            "fields": { "type": "object", "description": "Field API name → new value (null sets null)." },
+            "seen_version_ms": { "type": ["integer", "null"], "description": "The record version the writer last saw (epoch ms)." },
+            "idempotency_key": { "type": "string", "description": "Unique per source system: a repeat returns the stored write." }
+        }
+    });
+    let write_result = json!({
+        "type": "object",
+        "required": ["index", "status"],
+        "properties": {
+            "index": { "type": "integer" },
+            "status": { "enum": ["accepted", "duplicate", "rejected"] },
+            "id": { "type": "integer", "description": "The ledger id (accepted, duplicate)." },
+            "idempotency_key": { "type": "string" },
+            "reason": { "type": "string", "description": "Why it was rejected, naming the field (writes[i].field)." }
+        }
+    });
+    let submit_response = json!({
+        "type": "object",
+        "properties": {
+            "source_system": { "type": "string" },
+            "accepted": { "type": "integer" },
+            "duplicates": { "type": "integer" },
+            "rejected": { "type": "integer" },
+            "results": { "type": "array", "items": write_result }
+        }
+    });
+    let mut submit = json!({
+        "summary": "Submit a batch of writes to Salesforce (the writeback ingress)",
+        "description": "Each valid write is stored durably (pending) before the response; a repeated (source_system, idempotency_key) answers duplicate with the stored id. Roles: operator, or writer (only as the token's source_system). The batch is recorded in the operator audit trail.",
+        "security": [{ "bearer": [] }],
+        "x-sfsync-roles": ["operator", "writer"],
+        "requestBody": { "required": true, "content": { "application/json": { "schema": {
+            "type": "object",
+            "required": ["source_system", "writes"],
+            "additionalProperties": false,
+            "properties": {
+                "source_system": { "type": "string" },
+                "writes": { "type": "array", "minItems": 1, "maxItems": 1000, "items": write_item }
+            }
+        } } } },
+        "responses": {
+            "200": ok_json("Every write accepted or a duplicate.", submit_response.clone()),
+            "207": ok_json("Some writes rejected (each with its reason); the others stored.", submit_response),
+            "400": err("The batch is malformed (not JSON, no source_system, no writes)."),
+            "413": err("The body is over api.max_body_bytes or the batch over api.max_batch_writes.")
+        }
+    });
+    auth_errors(
+        &mut submit,
+        "A viewer token, or a writer token writing as another source_system.",
+    );
+    let mut list_writes = json!({
+        "summary": "List writes in the ledger, newest first",
+        "security": [{ "bearer": [] }],
+        "x-sfsync-roles": ["viewer", "operator", "writer"],
+        "parameters": [
+            q("state", "One state or several, comma-separated: pending, sent, applied, confirmed, conflict, rejected, failed.", json!({ "type": "string" })),
+            q("object", "Only writes to this object.", json!({ "type": "string" })),
+            q("source_system", "Only this system's writes (a writer token sees only its own).", json!({ "type": "string" })),
+            limit()
+        ],
+        "responses": { "200": ok_json("The writes.", json!({ "type": "object", "properties": { "writes": { "type": "array", "items": { "$ref": "#/components/schemas/Write" } } } })), "400": err("A bad filter.") }
+    });
+    auth_errors(
+        &mut list_writes,
+        "A writer token asking for another system's writes.",
+    );
+    let mut show_write = json!({
+        "summary": "One write with its state transitions",
+        "security": [{ "bearer": [] }],
+        "x-sfsync-roles": ["viewer", "operator", "writer"],
+        "parameters": [id_param("The write's ledger id.")],
+        "responses": { "200": ok_json("The write.", json!({ "$ref": "#/components/schemas/Write" })), "404": err("No such write (or another system's, for a writer token).") }
+    });
+    auth_errors(&mut show_write, "Not used.");
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "sfsync operator API",
+            "version": "1",
+            "description": "Served by `sfsync run`. Authenticate with `Authorization: Bearer <token>` ([[api.tokens]]). Errors are {\"error\": {\"code\", \"message\"}}. Every operator action is recorded in the hash-chained audit trail (`sfsync audit verify`)."
+        },
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": { "error": { "type": "object", "required": ["code", "message"], "properties": {
+                        "code": { "type": "string", "examples": ["unauthorized", "forbidden", "not_found", "conflict", "bad_request", "payload_too_large", "internal"] },
+                        "message": { "type": "string" }
+                    } } }
+                },
+                "Run": { "type": "object", "description": "A sync job: backfill, resync, reconcile, replay or formula_refresh.", "properties": {
+                    "id": { "type": "integer" }, "kind": { "type": "string" }, "object": { "type": "string" },
+                    "state": { "enum": ["pending", "running", "succeeded", "failed", "cancelled"] },
+                    "counts": obj(), "error": { "type": ["string", "null"] }
+                } },
+                "QuarantineEntry": { "type": "object", "properties": {
+                    "id": { "type": "integer" }, "status": { "type": "string" }, "object": { "type": "string" },
+                    "record_id": { "type": "string" }, "rule": { "type": "string" }, "reason": { "type": "string" }
+                } },
+                "Write": { "type": "object", "properties": {
+                    "id": { "type": "integer" }, "source_system": { "type": "string" }, "idempotency_key": { "type": "string" },
+                    "object": { "type": "string" }, "fields": obj(),
+                    "state": { "enum": ["pending", "sent", "applied", "confirmed", "conflict", "rejected", "failed"] },
+                    "reason": { "description": "Why it was rejected, or the conflict (both sides per field)." },
+                    "transitions": { "type": "array", "items": obj() }
+                } }
+            }
+        },
+        "paths": {
+            "/api/v1/openapi.json": { "get": {
+                "summary": "This document (no token needed)",
+                "responses": { "200": ok_json("The OpenAPI 3.1 document.", obj()) }
+            } },
+            "/api/v1/status": { "get": viewer(json!({
+                "summary": "Version, uptime, pipeline lag and counters, queue sizes, write ledger counts by state",
+                "responses": { "200": ok_json("The status.", obj()) }
+            })) },
+            "/api/v1/runs": { "get": viewer(json!({
+                "summary": "Sync jobs (runs), newest first",
+                "parameters": [
+                    q("state", "open, all (default), pending, running, succeeded, failed or cancelled.", json!({ "type": "string" })),
+                    q("kind", "backfill, resync, reconcile, replay or formula_refresh.", json!({ "type": "string" })),
+                    q("object", "Only this object's runs.", json!({ "type": "string" })),
+                    limit()
+                ],
+                "responses": { "200": ok_json("The runs.", json!({ "type": "object", "properties": { "runs": { "type": "array", "items": { "$ref": "#/components/schemas/Run" } } } })), "400": err("A bad filter.") }
+            })) },
+            "/api/v1/runs/{id}": { "get": viewer(json!({
+                "summary": "One run",
+                "parameters": [id_param("The run (sync job) id.")],
+                "responses": { "200": ok_json("The run.", json!({ "$ref": "#/components/schemas/Run" })), "404": err("No such run.") }
+            })) },
+            "/api/v1/runs/{id}/cancel": { "post": operator(json!({
+                "summary": "Cancel a pending or running run (audited)",
+                "parameters": [id_param("The run (sync job) id.")],
+                "requestBody": action_body(),
+                "responses": { "200": ok_json("The cancelled run.", json!({ "$ref": "#/components/schemas/Run" })) }
+            })) },
+            "/api/v1/quarantine": { "get": viewer(json!({
+                "summary": "Quarantined changes, oldest first",
+                "parameters": [
+                    q("status", "open (default), all, held, release_requested, force_requested, released or discarded.", json!({ "type": "string" })),
+                    q("object", "Only this object's.", json!({ "type": "string" })),
+                    limit()
+                ],
+                "responses": { "200": ok_json("The entries.", json!({ "type": "object", "properties": { "entries": { "type": "array", "items": { "$ref": "#/components/schemas/QuarantineEntry" } } } })), "400": err("A bad filter.") }
+            })) },
+            "/api/v1/quarantine/{id}": { "get": viewer(json!({
+                "summary": "One quarantined change with the held change (PII masked)",
+                "parameters": [id_param("The quarantine id.")],
+                "responses": { "200": ok_json("The entry.", json!({ "$ref": "#/components/schemas/QuarantineEntry" })), "404": err("No such entry.") }
+            })) },
+            "/api/v1/quarantine/{id}/release": { "post": operator(json!({
+                "summary": "Release a held change: checked again (unless force) and applied by the running pipeline (audited)",
+                "parameters": [id_param("The quarantine id.")],
+                "requestBody": { "required": false, "content": { "application/json": { "schema": {
+                    "type": "object",
+                    "properties": { "note": { "type": "string" }, "force": { "type": "boolean", "description": "Release without checking again." } }
+                } } } },
+                "responses": { "200": ok_json("The request is recorded.", obj()) }
+            })) },
+            "/api/v1/quarantine/{id}/discard": { "post": operator(json!({
+                "summary": "Discard a held change (final; audited)",
+                "parameters": [id_param("The quarantine id.")],
+                "requestBody": action_body(),
+                "responses": { "200": ok_json("Discarded.", obj()) }
+            })) },
+            "/api/v1/deadletters": { "get": viewer(json!({
+                "summary": "Event dead letters (without payloads), oldest first",
+                "parameters": [
+                    q("after", "Only ids above this (paging).", json!({ "type": "integer" })),
+                    limit()
+                ],
+                "responses": { "200": ok_json("The dead letters.", json!({ "type": "object", "properties": { "dead_letters": { "type": "array", "items": obj() } } })), "400": err("A bad filter.") }
+            })) },
+            "/api/v1/writes": { "post": submit, "get": list_writes },
+            "/api/v1/writes/{id}": { "get": show_write },
+            "/metrics": { "get": {
+                "summary": "Prometheus metrics (text format 0.0.4)",
+                "description": "Needs a viewer or operator token unless [api] metrics_public = true.",
+                "security": [{ "bearer": [] }, {}],
+                "x-sfsync-roles": ["viewer", "operator"],
+                "responses": {
+                    "200": { "description": "The exposition.", "content": { "text/plain": { "schema": { "type": "string" } } } },
+                    "401": err("No valid token (and metrics are not public)."),
+                    "403": err("A writer token.")
+                }
+            } }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn the_document_describes_exactly_the_routes() {
+        let doc = super::document();
+        let mut documented = BTreeSet::new();
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for method in ops.as_object().unwrap().keys() {
+                documented.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+        let routed: BTreeSet<(String, String)> = super::super::ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        assert_eq!(documented, routed);
+        assert_eq!(doc["openapi"], "3.1.0");
+    }
+}
