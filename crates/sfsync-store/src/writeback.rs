@@ -506,6 +506,15 @@ pub struct WriteFilter {
     pub limit: usize,
 }
 
+/// What [`WriteLedger::pending_writes`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PendingWrites {
+    /// Pending writes, at most the cap asked for.
+    pub count: usize,
+    /// When the oldest pending write was accepted (ms since the epoch).
+    pub oldest_created_ms: Option<i64>,
+}
+
 /// What one [`WriteLedger::ingest_outbox`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct OutboxIngest {
@@ -636,6 +645,11 @@ pub trait WriteLedger: ChangeLog {
 
     /// Takes up to `limit` outbox rows not yet ingested (oldest first) into the ledger.
     async fn ingest_outbox(&self, limit: usize) -> Result<OutboxIngest>;
+
+    /// How many writes are pending (counted up to `cap`) and when the oldest of them was
+    /// accepted: the deliverer claims only when a batch is full or the oldest has lingered
+    /// long enough, so a write reads `pending` until it is really on its way.
+    async fn pending_writes(&self, cap: usize) -> Result<PendingWrites>;
 
     /// Moves up to `limit` pending writes to `sent` for `claimer` (attempts + 1) and returns
     /// them ordered by object, then record (Id or External Id), then id. No write is returned to

@@ -157,6 +157,13 @@ fn accepted(o: &SubmitOutcome) -> i64 {
     }
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 async fn state(w: &dyn WriteLedger, id: i64) -> WriteState {
     w.write(id).await.unwrap().expect("write exists").state
 }
@@ -448,6 +455,10 @@ async fn the_state_machine_is_enforced(b: &dyn Backend) {
 /// (two store handles, as two processes) never get the same write.
 async fn claims_never_overlap(b: &dyn Backend) {
     let w = b.open().await;
+    assert_eq!(
+        w.pending_writes(100).await.unwrap(),
+        PendingWrites::default()
+    );
     let mut batch = Vec::new();
     for i in 0..60 {
         let mut x = by_ext(&format!("c{i}"), &format!("C-{:03}", 59 - i));
@@ -456,10 +467,21 @@ async fn claims_never_overlap(b: &dyn Backend) {
         }
         batch.push(x);
     }
+    let before = now_ms();
     w.submit_writes(&batch).await.unwrap();
+    let pending = w.pending_writes(100).await.unwrap();
+    assert_eq!(pending.count, 60);
+    let oldest = pending.oldest_created_ms.expect("an oldest pending write");
+    assert!(oldest >= before && oldest <= now_ms());
+    assert_eq!(
+        w.pending_writes(25).await.unwrap().count,
+        25,
+        "counted up to the cap"
+    );
 
     let first = w.claim_writes("one", 7).await.unwrap();
     assert_eq!(first.len(), 7);
+    assert_eq!(w.pending_writes(100).await.unwrap().count, 53);
     assert!(first.iter().all(|x| x.object == "Account"));
     let keys: Vec<_> = first.iter().map(|x| x.external_id.clone()).collect();
     let mut sorted = keys.clone();
@@ -508,6 +530,10 @@ async fn claims_never_overlap(b: &dyn Backend) {
         .unwrap();
     assert_eq!(sent.len(), 60);
     assert!(sent.iter().all(|x| x.attempts == 1));
+    assert_eq!(
+        a.pending_writes(100).await.unwrap(),
+        PendingWrites::default()
+    );
 }
 
 /// Rows other systems insert with plain SQL are ingested once: valid → pending, invalid →

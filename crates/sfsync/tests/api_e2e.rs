@@ -88,6 +88,11 @@ batch_max_records = 100
 batch_max_wait_ms = 50
 backfill_page_records = 100
 
+# Writes linger for an hour: this test reads them back as `pending` (delivery has its own
+# tests in writeback_e2e).
+[writeback]
+linger_ms = 3600000
+
 [[writeback.objects]]
 name = "Account"
 owner = "shared"

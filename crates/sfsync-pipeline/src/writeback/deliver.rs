@@ -176,17 +176,18 @@ impl Deliverer {
     }
 
     /// Runs until `shutdown` turns true. Store and Salesforce errors are logged, counted and
-    /// retried; the loop never gives up. Writes claimed but not yet sent when it stops go back
-    /// to `pending`.
+    /// retried; the loop never gives up. A round in flight when it stops is finished first.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut held: Vec<LedgerWrite> = Vec::new();
         let mut next_lease_check = Instant::now();
         let mut failures: u32 = 0;
+        let full_call = MAX_CALL_RECORDS.min(self.config.max_batch).max(1);
         tracing::info!(claimer = %self.config.claimer, "Writeback delivery started.");
         loop {
             if *shutdown.borrow() {
                 break;
             }
+            // Writes stay `pending` while they linger: they are claimed (and read `sent`) only
+            // when a call is full or the oldest has waited `linger`, then sent at once.
             let step = async {
                 if Instant::now() >= next_lease_check {
                     self.requeue_abandoned().await?;
@@ -194,64 +195,50 @@ impl Deliverer {
                         Instant::now() + (self.config.lease / 4).max(Duration::from_secs(1));
                 }
                 self.ledger.ingest_outbox(self.config.max_batch).await?;
-                let room = self.config.max_batch.saturating_sub(held.len());
-                if room > 0 {
-                    let got = self.ledger.claim_writes(&self.config.claimer, room).await?;
-                    self.stats
-                        .writeback
-                        .claimed
-                        .fetch_add(got.len() as u64, Relaxed);
-                    held.extend(got);
+                let pending = self.ledger.pending_writes(full_call).await?;
+                let Some(oldest) = pending.oldest_created_ms else {
+                    return Ok(Err(self.config.poll));
+                };
+                let due_in = oldest + self.config.linger.as_millis() as i64 - now_ms();
+                if pending.count < full_call && due_in > 0 {
+                    return Ok(Err(
+                        Duration::from_millis(due_in as u64).min(self.config.poll)
+                    ));
                 }
-                Ok::<_, crate::PipelineError>(())
+                let got = self
+                    .ledger
+                    .claim_writes(&self.config.claimer, self.config.max_batch)
+                    .await?;
+                self.stats
+                    .writeback
+                    .claimed
+                    .fetch_add(got.len() as u64, Relaxed);
+                Ok::<_, crate::PipelineError>(Ok(got))
             }
             .await;
-            if let Err(e) = step {
-                failures += 1;
-                self.stats.errors.fetch_add(1, Relaxed);
-                let wait = self.backoff(failures);
-                tracing::warn!(error = %sfsync_salesforce::error::error_chain(&e), wait_ms = wait.as_millis() as u64, "Writeback delivery could not read the ledger; trying again.");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.changed() => {}
+            let wait = match step {
+                Ok(Ok(round)) => {
+                    failures = 0;
+                    if !round.is_empty() {
+                        self.deliver(round).await;
+                    }
+                    continue;
                 }
-                continue;
-            }
-            failures = 0;
-            if held.is_empty() {
-                tokio::select! {
-                    _ = tokio::time::sleep(self.config.poll) => {}
-                    _ = shutdown.changed() => {}
+                Ok(Err(wait)) => {
+                    failures = 0;
+                    wait
                 }
-                continue;
-            }
-            let oldest = held.iter().map(|w| w.created_at_ms).min().unwrap_or(0);
-            let due_in = oldest + self.config.linger.as_millis() as i64 - now_ms();
-            if held.len() >= MAX_CALL_RECORDS.min(self.config.max_batch) || due_in <= 0 {
-                let round = std::mem::take(&mut held);
-                self.deliver(round).await;
-            } else {
-                let wait = Duration::from_millis(due_in as u64).min(self.config.poll);
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.changed() => {}
+                Err(e) => {
+                    failures += 1;
+                    self.stats.errors.fetch_add(1, Relaxed);
+                    let wait = self.backoff(failures);
+                    tracing::warn!(error = %sfsync_salesforce::error::error_chain(&e), wait_ms = wait.as_millis() as u64, "Writeback delivery could not read the ledger; trying again.");
+                    wait
                 }
-            }
-        }
-        if !held.is_empty() {
-            let back: Vec<(i64, WriteOutcome)> = held
-                .iter()
-                .map(|w| {
-                    (
-                        w.id,
-                        WriteOutcome::Retry {
-                            error: "the deliverer stopped before sending it".into(),
-                        },
-                    )
-                })
-                .collect();
-            if let Err(e) = self.ledger.record_write_outcomes(&back).await {
-                tracing::warn!(error = %sfsync_salesforce::error::error_chain(&e), writes = back.len(), "Could not return unsent writes to pending at stop; they return after the claim lease.");
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => {}
             }
         }
         tracing::info!(claimer = %self.config.claimer, "Writeback delivery stopped.");

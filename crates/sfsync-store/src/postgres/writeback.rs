@@ -415,6 +415,25 @@ impl WriteLedger for PostgresChangeLog {
         Ok(report)
     }
 
+    async fn pending_writes(&self, cap: usize) -> Result<PendingWrites> {
+        let client = self.reader.lock().await;
+        // The oldest by id among the first `cap`: ids grow with acceptance time.
+        let row = client
+            .query_one(
+                "SELECT count(*), min(created_at_ms) FROM (
+                     SELECT created_at_ms FROM writes WHERE state = 'pending'
+                     ORDER BY id LIMIT $1) p",
+                &[&(cap as i64)],
+            )
+            .await
+            .map_err(db("count pending writes"))?;
+        let count: i64 = row.get(0);
+        Ok(PendingWrites {
+            count: count as usize,
+            oldest_created_ms: row.get(1),
+        })
+    }
+
     async fn claim_writes(&self, claimer: &str, limit: usize) -> Result<Vec<LedgerWrite>> {
         if claimer.is_empty() {
             return Err(invalid("claim writes", "the claimer must be named".into()));

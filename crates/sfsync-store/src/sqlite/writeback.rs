@@ -667,6 +667,26 @@ impl WriteLedger for SqliteChangeLog {
             .await
     }
 
+    async fn pending_writes(&self, cap: usize) -> Result<PendingWrites> {
+        self.blocking("count pending writes", move |conn| {
+            // The oldest by id among the first `cap`: ids grow with acceptance time.
+            let (count, oldest): (i64, Option<i64>) = conn
+                .query_row(
+                    "SELECT count(*), min(created_at_ms) FROM (
+                         SELECT created_at_ms FROM writes WHERE state = 'pending'
+                         ORDER BY id LIMIT ?1)",
+                    [cap as i64],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(db("count pending writes"))?;
+            Ok(PendingWrites {
+                count: count as usize,
+                oldest_created_ms: oldest,
+            })
+        })
+        .await
+    }
+
     async fn claim_writes(&self, claimer: &str, limit: usize) -> Result<Vec<LedgerWrite>> {
         let claimer = claimer.to_string();
         let claimed = self
