@@ -1,6 +1,7 @@
 //! The operator HTTP API that `sfsync run` serves beside the pipeline: versioned JSON under
 //! `/api/v1/` (status, runs, quarantine, dead letters, the writeback ingress), its OpenAPI 3.1
-//! document, and Prometheus `/metrics`.
+//! document, Prometheus `/metrics`, and the dashboard at `/ui/` ([`ui`], public: it holds no
+//! data, the page fetches every figure with the person's token).
 //!
 //! Guarantees: every endpoint but `/api/v1/openapi.json` (and `/metrics` when
 //! `metrics_public`) needs a configured bearer token ([`auth`]); roles gate reads (viewer),
@@ -18,6 +19,7 @@ pub mod error;
 pub mod metrics;
 pub mod openapi;
 mod routes;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -57,6 +59,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/writes"),
     ("GET", "/api/v1/writes/{id}"),
     ("GET", "/metrics"),
+    ("GET", "/"),
+    ("GET", "/ui/"),
+    ("GET", "/ui/{file}"),
 ];
 
 /// A synced object as status and metrics show it.
@@ -136,6 +141,9 @@ fn method_router(method: &str, path: &str) -> MethodRouter<Arc<ApiState>> {
         ("GET", "/api/v1/writes") => get(list_writes),
         ("GET", "/api/v1/writes/{id}") => get(show_write),
         ("GET", "/metrics") => get(metrics::metrics),
+        ("GET", "/") => get(ui::root),
+        ("GET", "/ui/") => get(ui::index),
+        ("GET", "/ui/{file}") => get(ui::asset),
         _ => unreachable!("ROUTES lists {method} {path} without a handler"),
     }
 }

@@ -272,6 +272,25 @@ pub fn document() -> J {
                     "401": err("No valid token (and metrics are not public)."),
                     "403": err("A writer token.")
                 }
+            } },
+            "/": { "get": {
+                "summary": "Redirects to the dashboard (/ui/)",
+                "security": [{}],
+                "responses": { "302": { "description": "Location: /ui/" } }
+            } },
+            "/ui/": { "get": {
+                "summary": "The dashboard's page (HTML; public: it holds no data, it fetches every figure with the token the person signs in with)",
+                "security": [{}],
+                "responses": { "200": { "description": "The page.", "content": { "text/html": { "schema": { "type": "string" } } } } }
+            } },
+            "/ui/{file}": { "get": {
+                "summary": "A file of the dashboard (JavaScript, CSS, icon)",
+                "security": [{}],
+                "parameters": [{ "name": "file", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "responses": {
+                    "200": { "description": "The file, with its content type." },
+                    "404": err("No such dashboard file.")
+                }
             } }
         }
     })
