@@ -123,7 +123,8 @@ pub(crate) fn fold_counts(rows: impl IntoIterator<Item = (String, String, i64)>)
             _ => {}
         }
     }
-    c.writes_by_object.sort_by(|a, b| (&a.0, a.1.as_str()).cmp(&(&b.0, b.1.as_str())));
+    c.writes_by_object
+        .sort_by(|a, b| (&a.0, a.1.as_str()).cmp(&(&b.0, b.1.as_str())));
     c.oldest_open_write_ms.sort();
     c
 }

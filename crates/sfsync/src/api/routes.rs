@@ -564,7 +564,10 @@ fn write_summary_json(kind: &str, w: &crate::writes_ops::WriteSummary) -> J {
     let mut v = serde_json::to_value(w).unwrap_or(J::Null);
     if let Some(o) = v.as_object_mut() {
         o.insert("kind".into(), json!(kind));
-        o.insert("error".into(), json!(w.last_error.as_deref().or(w.reason.as_deref())));
+        o.insert(
+            "error".into(),
+            json!(w.last_error.as_deref().or(w.reason.as_deref())),
+        );
     }
     v
 }
@@ -682,7 +685,11 @@ async fn dead_letter_act(
                 return Err(ApiError::conflict(format!(
                     "write {id} is {}: only a failed write can be {}",
                     w.state.as_str(),
-                    if redrive { "redriven" } else { "discarded (or a conflicted one)" }
+                    if redrive {
+                        "redriven"
+                    } else {
+                        "discarded (or a conflicted one)"
+                    }
                 )));
             }
             audit(
@@ -700,7 +707,12 @@ async fn dead_letter_act(
         .await
         .map_err(|e| ops_error("acting on the dead letter", e))?
         .pop()
-        .ok_or_else(|| ApiError::internal("acting on the dead letter", anyhow::anyhow!("no outcome reported")))?;
+        .ok_or_else(|| {
+            ApiError::internal(
+                "acting on the dead letter",
+                anyhow::anyhow!("no outcome reported"),
+            )
+        })?;
     match (&done.outcome, done.done) {
         (_, true) => ok(serde_json::to_value(&done).unwrap_or(J::Null)),
         (ActOutcome::Write(sfsync_store::WriteActOutcome::NotFound), _) => {
@@ -800,10 +812,10 @@ pub async fn resolve_conflict(
     let id = path_id(id)?;
     let body = json_body(body)?;
     let note = note(&body)?;
-    if let Some(k) = body
-        .as_object()
-        .and_then(|o| o.keys().find(|k| !["action", "values", "note"].contains(&k.as_str())))
-    {
+    if let Some(k) = body.as_object().and_then(|o| {
+        o.keys()
+            .find(|k| !["action", "values", "note"].contains(&k.as_str()))
+    }) {
         return Err(ApiError::bad_request(format!(
             "{k}: unknown field, expected action, values, note"
         )));

@@ -123,14 +123,20 @@ pub fn flow_id(f: &Flow) -> String {
 fn by_lag(lag: f64, sla: u64, what: &str) -> (&'static str, String) {
     let sla_f = sla as f64;
     if lag > sla_f {
-        ("red", format!("{what} {lag:.0} s is over the SLA of {sla} s"))
+        (
+            "red",
+            format!("{what} {lag:.0} s is over the SLA of {sla} s"),
+        )
     } else if lag > sla_f / 2.0 {
         (
             "amber",
             format!("{what} {lag:.0} s is over half the SLA of {sla} s"),
         )
     } else {
-        ("green", format!("{what} {lag:.1} s within the SLA of {sla} s"))
+        (
+            "green",
+            format!("{what} {lag:.1} s within the SLA of {sla} s"),
+        )
     }
 }
 
@@ -157,152 +163,150 @@ pub async fn flows(State(s): State<Arc<ApiState>>, caller: Caller) -> super::rou
     let mut out = Vec::new();
     for f in &s.map.flows {
         let mut flow = serde_json::to_value(f).unwrap_or(J::Null);
-        let o = flow.as_object_mut().expect("a flow serialises to an object");
+        let o = flow
+            .as_object_mut()
+            .expect("a flow serialises to an object");
         o.remove("sla_secs");
         o.insert("id".into(), json!(flow_id(f)));
         o.insert("sla_seconds".into(), json!(f.sla_secs));
-        let (lag, freshness, last_commit, points, health, counts_json) = match (
-            f.direction,
-            f.pattern,
-        ) {
-            ("inbound", "CDC stream") => {
-                let obj = per_object
-                    .iter()
-                    .find(|(k, _)| *k == f.object)
-                    .map(|(_, v)| *v)
-                    .unwrap_or_default();
-                let last = obj.last_commit_ms;
-                let lag = (last > 0).then(|| secs(now - last));
-                let fresh = (last_applied > 0).then(|| secs(now - last_applied));
-                let points = history.rates(THROUGHPUT_POINTS, |x| {
-                    x.changes.get(&f.object).copied().unwrap_or(0)
-                });
-                let health = match lag {
-                    None => ("grey", "no change of this object applied since start".into()),
-                    Some(l) if backlog == 0 => (
-                        "green",
-                        format!("caught up with the stream; the last change was committed {l:.0} s ago"),
-                    ),
-                    Some(l) => by_lag(l, f.sla_secs, "lag"),
-                };
-                (
-                    lag,
-                    fresh,
-                    (last > 0).then(|| ts(last)),
-                    Some(points),
-                    health,
-                    json!({ "changes_committed": obj.changes, "backlog_events": backlog }),
-                )
-            }
-            ("outbound", _) => {
-                let by_state = |state: WriteState| -> u64 {
-                    counts
-                        .writes_by_object
+        let (lag, freshness, last_commit, points, health, counts_json) =
+            match (f.direction, f.pattern) {
+                ("inbound", "CDC stream") => {
+                    let obj = per_object
                         .iter()
-                        .filter(|(o, s, _)| *o == f.object && *s == state)
-                        .map(|(_, _, n)| n)
-                        .sum()
-                };
-                let oldest = counts
-                    .oldest_open_write_ms
-                    .iter()
-                    .find(|(o, _)| *o == f.object)
-                    .map(|(_, ms)| *ms);
-                let lag = oldest.map(|ms| secs(now - ms)).unwrap_or(0.0);
-                let points = history.rates(THROUGHPUT_POINTS, |x| {
-                    x.writes_applied.get(&f.object).copied().unwrap_or(0)
-                });
-                let failed = by_state(WriteState::Failed);
-                let conflicts = by_state(WriteState::Conflict);
-                let health = if failed > 0 {
-                    (
-                        "red",
-                        format!("{failed} write(s) are dead letters (redrive or discard them)"),
-                    )
-                } else if oldest.is_some() && lag > f.sla_secs as f64 {
-                    by_lag(lag, f.sla_secs, "the oldest write waiting")
-                } else if conflicts > 0 {
-                    (
-                        "amber",
-                        format!("{conflicts} write(s) wait in the conflict queue for a person"),
-                    )
-                } else if oldest.is_some() {
-                    by_lag(lag, f.sla_secs, "the oldest write waiting")
-                } else {
-                    ("green", "no write waiting".to_string())
-                };
-                let mut c = serde_json::Map::new();
-                for state in WriteState::ALL {
-                    c.insert(state.as_str().into(), json!(by_state(state)));
-                }
-                (
-                    Some(lag),
-                    None,
-                    None,
-                    Some(points),
-                    health,
-                    J::Object(c),
-                )
-            }
-            (_, pattern) => {
-                let kind = match pattern {
-                    "reconciliation" => Some(SyncJobKind::Reconcile),
-                    "formula refresh" => Some(SyncJobKind::FormulaRefresh),
-                    _ => None,
-                };
-                let last_run = match kind {
-                    Some(kind) => s
-                        .store
-                        .sync_jobs(&SyncJobFilter {
-                            kind: Some(kind),
-                            object: Some(f.object.clone()),
-                            statuses: vec![SyncJobStatus::Succeeded, SyncJobStatus::Failed],
-                            newest_first: true,
-                            limit: 1,
-                        })
-                        .await
-                        .map_err(|e| ApiError::internal("reading the runs", e))?
-                        .pop(),
-                    None => None,
-                };
-                let health = match &last_run {
-                    None => ("grey", format!("no finished {pattern} run yet")),
-                    Some(j) if j.status == SyncJobStatus::Failed => (
-                        "red",
-                        format!(
-                            "the last {pattern} run ({}) failed: {}",
-                            j.id,
-                            j.error.as_deref().unwrap_or("no error recorded")
+                        .find(|(k, _)| *k == f.object)
+                        .map(|(_, v)| *v)
+                        .unwrap_or_default();
+                    let last = obj.last_commit_ms;
+                    let lag = (last > 0).then(|| secs(now - last));
+                    let fresh = (last_applied > 0).then(|| secs(now - last_applied));
+                    let points = history.rates(THROUGHPUT_POINTS, |x| {
+                        x.changes.get(&f.object).copied().unwrap_or(0)
+                    });
+                    let health = match lag {
+                        None => (
+                            "grey",
+                            "no change of this object applied since start".into(),
                         ),
-                    ),
-                    Some(j) => {
-                        let age = secs(now - j.finished_at_ms.unwrap_or(j.requested_at_ms));
-                        // A scheduled flow is late when its last success is older than two
-                        // periods.
-                        if age > 2.0 * f.sla_secs as f64 {
-                            (
-                                "amber",
-                                format!("the last {pattern} run finished {age:.0} s ago"),
-                            )
-                        } else {
-                            (
-                                "green",
-                                format!("the last {pattern} run ({}) succeeded", j.id),
-                            )
-                        }
+                        Some(l) if backlog == 0 => (
+                            "green",
+                            format!(
+                            "caught up with the stream; the last change was committed {l:.0} s ago"
+                        ),
+                        ),
+                        Some(l) => by_lag(l, f.sla_secs, "lag"),
+                    };
+                    (
+                        lag,
+                        fresh,
+                        (last > 0).then(|| ts(last)),
+                        Some(points),
+                        health,
+                        json!({ "changes_committed": obj.changes, "backlog_events": backlog }),
+                    )
+                }
+                ("outbound", _) => {
+                    let by_state = |state: WriteState| -> u64 {
+                        counts
+                            .writes_by_object
+                            .iter()
+                            .filter(|(o, s, _)| *o == f.object && *s == state)
+                            .map(|(_, _, n)| n)
+                            .sum()
+                    };
+                    let oldest = counts
+                        .oldest_open_write_ms
+                        .iter()
+                        .find(|(o, _)| *o == f.object)
+                        .map(|(_, ms)| *ms);
+                    let lag = oldest.map(|ms| secs(now - ms)).unwrap_or(0.0);
+                    let points = history.rates(THROUGHPUT_POINTS, |x| {
+                        x.writes_applied.get(&f.object).copied().unwrap_or(0)
+                    });
+                    let failed = by_state(WriteState::Failed);
+                    let conflicts = by_state(WriteState::Conflict);
+                    let health = if failed > 0 {
+                        (
+                            "red",
+                            format!("{failed} write(s) are dead letters (redrive or discard them)"),
+                        )
+                    } else if oldest.is_some() && lag > f.sla_secs as f64 {
+                        by_lag(lag, f.sla_secs, "the oldest write waiting")
+                    } else if conflicts > 0 {
+                        (
+                            "amber",
+                            format!("{conflicts} write(s) wait in the conflict queue for a person"),
+                        )
+                    } else if oldest.is_some() {
+                        by_lag(lag, f.sla_secs, "the oldest write waiting")
+                    } else {
+                        ("green", "no write waiting".to_string())
+                    };
+                    let mut c = serde_json::Map::new();
+                    for state in WriteState::ALL {
+                        c.insert(state.as_str().into(), json!(by_state(state)));
                     }
-                };
-                let finished = last_run.as_ref().and_then(|j| j.finished_at_ms);
-                (
-                    None,
-                    finished.map(|ms| secs(now - ms)),
-                    None,
-                    None,
-                    health,
-                    json!({ "last_run_id": last_run.as_ref().map(|j| j.id) }),
-                )
-            }
-        };
+                    (Some(lag), None, None, Some(points), health, J::Object(c))
+                }
+                (_, pattern) => {
+                    let kind = match pattern {
+                        "reconciliation" => Some(SyncJobKind::Reconcile),
+                        "formula refresh" => Some(SyncJobKind::FormulaRefresh),
+                        _ => None,
+                    };
+                    let last_run = match kind {
+                        Some(kind) => s
+                            .store
+                            .sync_jobs(&SyncJobFilter {
+                                kind: Some(kind),
+                                object: Some(f.object.clone()),
+                                statuses: vec![SyncJobStatus::Succeeded, SyncJobStatus::Failed],
+                                newest_first: true,
+                                limit: 1,
+                            })
+                            .await
+                            .map_err(|e| ApiError::internal("reading the runs", e))?
+                            .pop(),
+                        None => None,
+                    };
+                    let health = match &last_run {
+                        None => ("grey", format!("no finished {pattern} run yet")),
+                        Some(j) if j.status == SyncJobStatus::Failed => (
+                            "red",
+                            format!(
+                                "the last {pattern} run ({}) failed: {}",
+                                j.id,
+                                j.error.as_deref().unwrap_or("no error recorded")
+                            ),
+                        ),
+                        Some(j) => {
+                            let age = secs(now - j.finished_at_ms.unwrap_or(j.requested_at_ms));
+                            // A scheduled flow is late when its last success is older than two
+                            // periods.
+                            if age > 2.0 * f.sla_secs as f64 {
+                                (
+                                    "amber",
+                                    format!("the last {pattern} run finished {age:.0} s ago"),
+                                )
+                            } else {
+                                (
+                                    "green",
+                                    format!("the last {pattern} run ({}) succeeded", j.id),
+                                )
+                            }
+                        }
+                    };
+                    let finished = last_run.as_ref().and_then(|j| j.finished_at_ms);
+                    (
+                        None,
+                        finished.map(|ms| secs(now - ms)),
+                        None,
+                        None,
+                        health,
+                        json!({ "last_run_id": last_run.as_ref().map(|j| j.id) }),
+                    )
+                }
+            };
         o.insert("lag_seconds".into(), json!(lag));
         o.insert("freshness_seconds".into(), json!(freshness));
         o.insert(
@@ -386,7 +390,9 @@ pub async fn budget(State(s): State<Arc<ApiState>>, caller: Caller) -> super::ro
         .map(|x| json!({ "at": ts(x.at_ms), "our_used": x.our_used, "org_used": x.org_used }))
         .collect();
     let mut v = serde_json::to_value(&b).map_err(|e| ApiError::internal("encoding", e))?;
-    let o = v.as_object_mut().expect("the status serialises to an object");
+    let o = v
+        .as_object_mut()
+        .expect("the status serialises to an object");
     o.insert(
         "history".into(),
         json!({ "interval_seconds": SAMPLE_EVERY.as_secs(), "points": points }),
@@ -448,6 +454,8 @@ mod tests {
         assert_eq!(by_lag(10.0, 120, "lag").0, "green");
         assert_eq!(by_lag(61.0, 120, "lag").0, "amber");
         assert_eq!(by_lag(121.0, 120, "lag").0, "red");
-        assert!(by_lag(121.0, 120, "lag").1.contains("over the SLA of 120 s"));
+        assert!(by_lag(121.0, 120, "lag")
+            .1
+            .contains("over the SLA of 120 s"));
     }
 }
