@@ -133,9 +133,47 @@ pub struct WritebackStats {
     pub accepted_to_applied: Histogram,
     /// Accepted → confirmed (its CDC echo was applied).
     pub accepted_to_confirmed: Histogram,
+    /// Per object: writes applied and dead-lettered.
+    per_object: parking_lot::Mutex<std::collections::BTreeMap<String, ObjectWriteStats>>,
+}
+
+/// One object's writeback outcomes since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ObjectWriteStats {
+    pub applied: u64,
+    pub failed: u64,
 }
 
 impl WritebackStats {
+    /// Counts a write of `object` Salesforce accepted.
+    pub fn count_applied(&self, object: &str) {
+        self.applied.fetch_add(1, Ordering::Relaxed);
+        self.per_object
+            .lock()
+            .entry(object.to_string())
+            .or_default()
+            .applied += 1;
+    }
+
+    /// Counts a write of `object` that became a dead letter.
+    pub fn count_failed(&self, object: &str) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        self.per_object
+            .lock()
+            .entry(object.to_string())
+            .or_default()
+            .failed += 1;
+    }
+
+    /// Per-object outcomes, by object.
+    pub fn objects(&self) -> Vec<(String, ObjectWriteStats)> {
+        self.per_object
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
     pub fn snapshot(&self) -> serde_json::Value {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let calls = g(&self.api_calls);

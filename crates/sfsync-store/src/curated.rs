@@ -331,6 +331,8 @@ pub struct DeadLetterFilter {
     /// Only these ids (empty: any).
     pub ids: Vec<i64>,
     pub object: Option<String>,
+    /// Only ids above this (paging oldest first).
+    pub after: Option<i64>,
     /// Newest first when set; oldest first otherwise.
     pub newest_first: bool,
     /// At most this many (0: no limit).

@@ -44,24 +44,7 @@ pub struct StoredOperatorAction {
     pub hash: String,
 }
 
-/// An event dead letter without its payload (which may be sealed PII).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetterSummary {
-    pub id: i64,
-    pub channel: String,
-    /// The replay id, hex; `None` when the event had none.
-    pub replay_id_hex: Option<String>,
-    pub schema_id: String,
-    /// `decode`, `apply`, `repair`, …
-    pub stage: String,
-    /// The error with its cause chain.
-    pub error: String,
-    pub object: Option<String>,
-    pub payload_bytes: i64,
-    pub created_at_ms: i64,
-}
-
-/// Operator actions and dead letters of a store.
+/// Operator actions and queue sizes of a store.
 ///
 /// Contracts: `record_operator_action` is one transaction, durable when it returns, appended at
 /// the chain head; reads never change anything.
@@ -74,9 +57,6 @@ pub trait OperatorLog: ChangeLog {
     /// The newest `limit` actions, newest first.
     async fn operator_actions(&self, limit: usize) -> Result<Vec<StoredOperatorAction>>;
 
-    /// Event dead letters with id > `after` (oldest first), at most `limit`.
-    async fn dead_letters(&self, after: i64, limit: usize) -> Result<Vec<DeadLetterSummary>>;
-
     /// Sizes of the queues operators watch, counted in the database (one consistent read per
     /// figure; no rows are loaded).
     async fn ops_counts(&self) -> Result<OpsCounts>;
@@ -88,6 +68,10 @@ pub struct OpsCounts {
     /// Writes in the ledger per state (every state, zero included), in [`crate::WriteState::ALL`]
     /// order.
     pub writes_by_state: Vec<(crate::WriteState, u64)>,
+    /// Writes per object and state (only the pairs that occur), by object then state.
+    pub writes_by_object: Vec<(String, crate::WriteState, u64)>,
+    /// Per object: when its oldest write still on its way (pending or sent) was accepted (ms).
+    pub oldest_open_write_ms: Vec<(String, i64)>,
     pub pending_repairs: u64,
     pub pending_resyncs: u64,
     pub dead_letters: u64,
@@ -97,7 +81,9 @@ pub struct OpsCounts {
 
 /// The SQL of [`OperatorLog::ops_counts`] (the same on both backends): (figure, key, count).
 pub(crate) const OPS_COUNTS_SQL: &str = "
-    SELECT 'writes', state, COUNT(*) FROM writes GROUP BY state
+    SELECT 'writes', object || '|' || state, COUNT(*) FROM writes GROUP BY object, state
+    UNION ALL SELECT 'oldest_open', object, MIN(created_at_ms) FROM writes
+        WHERE state IN ('pending', 'sent') GROUP BY object
     UNION ALL SELECT 'repairs', '', COUNT(*) FROM repair_requests WHERE status = 'pending'
     UNION ALL SELECT 'resyncs', '', COUNT(*) FROM resync_requests WHERE status = 'pending'
     UNION ALL SELECT 'dead_letters', '', COUNT(*) FROM dead_letters
@@ -114,14 +100,22 @@ pub(crate) fn fold_counts(rows: impl IntoIterator<Item = (String, String, i64)>)
         let n = n.max(0) as u64;
         match figure.as_str() {
             "writes" => {
-                if let Some(e) = c
-                    .writes_by_state
-                    .iter_mut()
-                    .find(|(s, _)| s.as_str() == key)
-                {
-                    e.1 = n;
+                let Some((object, state)) = key.rsplit_once('|') else {
+                    continue;
+                };
+                let Some(state) = crate::WriteState::ALL
+                    .iter()
+                    .find(|s| s.as_str() == state)
+                    .copied()
+                else {
+                    continue;
+                };
+                if let Some(e) = c.writes_by_state.iter_mut().find(|(s, _)| *s == state) {
+                    e.1 += n;
                 }
+                c.writes_by_object.push((object.to_string(), state, n));
             }
+            "oldest_open" => c.oldest_open_write_ms.push((key, n as i64)),
             "repairs" => c.pending_repairs = n,
             "resyncs" => c.pending_resyncs = n,
             "dead_letters" => c.dead_letters = n,
@@ -129,6 +123,9 @@ pub(crate) fn fold_counts(rows: impl IntoIterator<Item = (String, String, i64)>)
             _ => {}
         }
     }
+    c.writes_by_object
+        .sort_by(|a, b| (&a.0, a.1.as_str()).cmp(&(&b.0, b.1.as_str())));
+    c.oldest_open_write_ms.sort();
     c
 }
 

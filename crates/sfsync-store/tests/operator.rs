@@ -139,13 +139,17 @@ async fn dead_letters_list_without_payloads(db: Db) {
         )
         .await
         .unwrap();
-    let dl = OperatorLog::dead_letters(store.as_ref(), 0, 10)
-        .await
-        .unwrap();
+    let page = |after| DeadLetterFilter {
+        after,
+        limit: 10,
+        ..Default::default()
+    };
+    let dl = store.dead_letters(&page(Some(0))).await.unwrap();
     assert_eq!(dl.len(), 1);
-    assert_eq!(dl[0].replay_id_hex.as_deref(), Some("ab01"));
+    assert_eq!(dl[0].replay_id.as_deref(), Some("ab01"));
     assert_eq!((dl[0].stage.as_str(), dl[0].payload_bytes), ("decode", 4));
-    assert!(OperatorLog::dead_letters(store.as_ref(), dl[0].id, 10)
+    assert!(store
+        .dead_letters(&page(Some(dl[0].id)))
         .await
         .unwrap()
         .is_empty());

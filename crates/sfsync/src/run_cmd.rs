@@ -381,6 +381,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 stores.full.clone(),
                 running.stats.clone(),
                 running.run_id.clone(),
+                Some({
+                    let client = client.clone();
+                    Arc::new(move || client.budget_status())
+                }),
             );
             let running_api = bound.serve(Arc::new(state));
             eprintln!(

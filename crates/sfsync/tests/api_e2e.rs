@@ -15,6 +15,7 @@
 
 mod support;
 
+use support::api::{free_port, Api};
 use support::{wait_for, KillOnDrop};
 
 use std::collections::BTreeSet;
@@ -40,14 +41,6 @@ struct Env {
     db: PathBuf,
     config: PathBuf,
     port: u16,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The emulator and a config with Account (backfilled when new), Contact (a postal-code rule),
@@ -179,76 +172,6 @@ fn insert_contact(env: &Env, last_name: &str, postal_code: &str) -> String {
     .to_string()
 }
 
-/// A client of the API at `base`.
-struct Api {
-    http: Client,
-    base: String,
-}
-
-impl Api {
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&J>,
-    ) -> (StatusCode, J) {
-        let (status, text) = self.call_text(method, path, token, body).await;
-        let json = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("{method} {path}: {status}: not JSON ({e}): {text}"));
-        (status, json)
-    }
-
-    async fn call_text(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&J>,
-    ) -> (StatusCode, String) {
-        let mut req = self
-            .http
-            .request(method.parse().unwrap(), format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        let status = resp.status();
-        (status, resp.text().await.unwrap())
-    }
-
-    async fn get(&self, path: &str, token: &str) -> J {
-        let (status, body) = self.call("GET", path, Some(token), None).await;
-        assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
-        body
-    }
-
-    /// Waits until the API answers its OpenAPI document.
-    async fn ready(&self) -> J {
-        let mut last = String::new();
-        for _ in 0..240 {
-            match self
-                .http
-                .get(format!("{}/api/v1/openapi.json", self.base))
-                .send()
-                .await
-            {
-                Ok(r) if r.status() == StatusCode::OK => return r.json().await.unwrap(),
-                Ok(r) => last = format!("status {}", r.status()),
-                Err(e) => last = e.to_string(),
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        panic!("the API at {} never came up: {last}", self.base);
-    }
-}
-
 fn assert_error(status: StatusCode, body: &J, want: StatusCode, code: &str) {
     assert_eq!(status, want, "{body}");
     assert_eq!(body["error"]["code"], code, "{body}");
@@ -271,7 +194,15 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/quarantine/{id}"),
     ("POST", "/api/v1/quarantine/{id}/release"),
     ("POST", "/api/v1/quarantine/{id}/discard"),
+    ("GET", "/api/v1/flows"),
+    ("GET", "/api/v1/budget"),
+    ("GET", "/api/v1/map"),
     ("GET", "/api/v1/deadletters"),
+    ("POST", "/api/v1/deadletters/{kind}/{id}/redrive"),
+    ("POST", "/api/v1/deadletters/{kind}/{id}/discard"),
+    ("GET", "/api/v1/conflicts"),
+    ("GET", "/api/v1/conflicts/{id}"),
+    ("POST", "/api/v1/conflicts/{id}/resolve"),
     ("POST", "/api/v1/writes"),
     ("GET", "/api/v1/writes"),
     ("GET", "/api/v1/writes/{id}"),
@@ -359,7 +290,7 @@ async fn api_auth_actions_audit_ingress_openapi_and_metrics() {
         .collect();
     assert_eq!(documented, expected);
     for (method, path) in ROUTES {
-        let concrete = path.replace("{id}", "1");
+        let concrete = path.replace("{id}", "1").replace("{kind}", "write");
         let (status, _) = api.call_text(method, &concrete, None, None).await;
         let want = if *path == "/api/v1/openapi.json" {
             StatusCode::OK
@@ -520,6 +451,80 @@ async fn api_auth_actions_audit_ingress_openapi_and_metrics() {
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
     assert_eq!(
         api.get("/api/v1/deadletters", VIEWER).await["dead_letters"],
+        json!([])
+    );
+    let (status, body) = api
+        .call("GET", "/api/v1/deadletters?kind=nope", Some(VIEWER), None)
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+
+    // ---- flows, map, budget (the dashboard's views) ----
+    let map = api.get("/api/v1/map", VIEWER).await;
+    let flows = api.get("/api/v1/flows", VIEWER).await;
+    let map_ids: Vec<&J> = map["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| &f["id"])
+        .collect();
+    let flow_ids: Vec<&J> = flows["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| &f["id"])
+        .collect();
+    assert_eq!(map_ids, flow_ids, "one flow per map flow, same order");
+    assert!(
+        map["mermaid"].as_str().unwrap().starts_with("flowchart"),
+        "{map}"
+    );
+    assert!(map["dot"].as_str().unwrap().starts_with("digraph"), "{map}");
+    let contact = flows["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["object"] == "Contact" && f["pattern"] == "CDC stream")
+        .unwrap_or_else(|| panic!("no Contact flow: {flows}"));
+    assert!(
+        contact["counts"]["changes_committed"].as_u64().unwrap() >= 2,
+        "{contact}"
+    );
+    assert!(
+        ["green", "amber", "red"].contains(&contact["health"].as_str().unwrap()),
+        "{contact}"
+    );
+    assert_eq!(contact["throughput"]["interval_seconds"], 10, "{contact}");
+    let outbound = flows["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["direction"] == "outbound")
+        .unwrap_or_else(|| panic!("no writeback flow: {flows}"));
+    assert_eq!(outbound["object"], "Account");
+    assert_eq!(outbound["health"], "green", "{outbound}");
+    let budget = api.get("/api/v1/budget", VIEWER).await;
+    assert!(budget["lanes"].as_array().unwrap().len() == 5, "{budget}");
+    assert!(budget["our_used"].as_u64().unwrap() > 0, "{budget}");
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/conflicts/1/resolve",
+            Some(VIEWER),
+            Some(&json!({"action": "keep_salesforce"})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/conflicts/999999/resolve",
+            Some(OPS),
+            Some(&json!({"action": "keep_salesforce"})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(
+        api.get("/api/v1/conflicts", VIEWER).await["conflicts"],
         json!([])
     );
 

@@ -14,6 +14,9 @@
 //! 4. UNABLE_TO_LOCK_ROW and 503 injected → every write applied, none twice.
 //! 5. A budget far smaller than the demand → zero REQUEST_LIMIT_EXCEEDED responses from the
 //!    emulator and all writes applied once the window resets.
+//! 6. Through the operator API: conflicts listed with both sides and resolved by a person,
+//!    the failed write listed as a dead letter, redriven and discarded, every action in the
+//!    operator audit chain; the writeback flow's health and counts; the budget governor's view.
 
 #[path = "../../sfsync-store/tests/support/pg.rs"]
 #[allow(dead_code)]
@@ -21,6 +24,7 @@ mod pg;
 
 mod support;
 
+use support::api::{free_port, Api};
 use support::{stop, wait_for, KillOnDrop};
 
 use std::path::PathBuf;
@@ -33,13 +37,13 @@ use sfsync_emulator::RunningEmulator;
 use sfsync_org::{ApiKind, CallContext, DmlOp};
 use sfsync_salesforce::SalesforceClient;
 use sfsync_store::{
-    ConflictDetail, LedgerWrite, NewWrite, PostgresChangeLog, SqliteChangeLog, SubmitOutcome,
-    Warehouse, WriteLedger, WriteState, WriteTarget,
+    ConflictDetail, LedgerWrite, NewWrite, OperatorLog, PostgresChangeLog, SqliteChangeLog,
+    SubmitOutcome, Warehouse, WriteLedger, WriteState, WriteTarget,
 };
 
 /// The warehouse and ledger as the test reads them.
-trait Store: Warehouse + WriteLedger {}
-impl<T: Warehouse + WriteLedger> Store for T {}
+trait Store: Warehouse + WriteLedger + OperatorLog {}
+impl<T: Warehouse + WriteLedger + OperatorLog> Store for T {}
 
 /// A Postgres warehouse: a schema of its own on the shared throwaway server (the child reads
 /// the URL from `SFSYNC_E2E_PG_URL`).
@@ -74,7 +78,12 @@ struct Env {
     client: SalesforceClient,
     config: PathBuf,
     stats: PathBuf,
+    /// The operator API of `sfsync run`.
+    api: Api,
 }
+
+/// The operator token of the API.
+const OPS: &str = "wb-e2e-operator-token-0001";
 
 const WRITEBACK: &str = r#"
 [[writeback.objects]]
@@ -101,6 +110,8 @@ async fn env_on(pg: Option<Pg>, extra: &str, budget: &str) -> Env {
     let (emu, client) = support::emulator(&dir).await;
     let db = dir.join("wh.db");
     let config = dir.join("sfsync.toml");
+    std::fs::write(dir.join("ops.token"), OPS).unwrap();
+    let port = free_port();
     let text = format!(
         r#"[salesforce]
 credentials_file = "{creds}"
@@ -117,6 +128,14 @@ name = "Account"
 batch_max_records = 500
 batch_max_wait_ms = 50
 backfill_new_objects = false
+
+[api]
+listen = "127.0.0.1:{port}"
+
+[[api.tokens]]
+name = "ops"
+role = "operator"
+token_file = "ops.token"
 
 [writeback]
 {extra}
@@ -155,6 +174,10 @@ backfill_new_objects = false
         db,
         client,
         config,
+        api: Api {
+            http: reqwest::Client::new(),
+            base: format!("http://127.0.0.1:{port}"),
+        },
     }
 }
 
@@ -580,6 +603,8 @@ async fn writes_land_once_are_confirmed_and_follow_the_policies() {
         "a held write sends nothing"
     );
 
+    api_acts_on_conflicts_and_dead_letters(&env, &*ledger, merge, manual, bad).await;
+
     // Metrics reach the stats file.
     wait_for("writeback stats", Duration::from_secs(10), || async {
         let s = stats(&env);
@@ -610,6 +635,215 @@ async fn writes_land_once_are_confirmed_and_follow_the_policies() {
     })
     .await;
     stop(child);
+}
+
+/// The operator API on the writes the main test left: two conflicts (merge, manual) and a
+/// failed write.
+async fn api_acts_on_conflicts_and_dead_letters(
+    env: &Env,
+    ledger: &dyn Store,
+    merge: i64,
+    manual: i64,
+    bad: i64,
+) {
+    let api = &env.api;
+    api.ready().await;
+    // Conflicts: both listed, the merge one shows both sides of Phone.
+    let list = api.get("/api/v1/conflicts?object=Account", OPS).await;
+    let ids: Vec<i64> = list["conflicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![merge, manual], "{list}");
+    let one = api.get(&format!("/api/v1/conflicts/{merge}"), OPS).await;
+    assert_eq!(one["conflict"][0]["field"], "Phone", "{one}");
+    assert_eq!(one["conflict"][0]["salesforce"], "222", "{one}");
+    assert_eq!(one["conflict"][0]["writer"], "999", "{one}");
+    // Bad resolutions are refused with the reason; nothing changes.
+    let (status, body) = api
+        .call(
+            "POST",
+            &format!("/api/v1/conflicts/{merge}/resolve"),
+            Some(OPS),
+            Some(&json!({"action": "set"})),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("values:"),
+        "{body}"
+    );
+    // A person keeps Salesforce's value of the manual conflict: the write is rejected.
+    let r = api
+        .post(
+            &format!("/api/v1/conflicts/{manual}/resolve"),
+            OPS,
+            &json!({"action": "keep_salesforce", "note": "Salesforce is right"}),
+        )
+        .await;
+    assert_eq!(r["resolved"]["state"], "rejected", "{r}");
+    assert_eq!(r["resolved"]["by"], "api:ops", "{r}");
+    assert_eq!(get(ledger, manual).await.state, WriteState::Rejected);
+    // Resolving it again: 409.
+    let (status, _) = api
+        .call(
+            "POST",
+            &format!("/api/v1/conflicts/{manual}/resolve"),
+            Some(OPS),
+            Some(&json!({"action": "take_writer"})),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CONFLICT);
+    // The merge conflict: the person sets Phone; the write goes back to pending and lands.
+    let r = api
+        .post(
+            &format!("/api/v1/conflicts/{merge}/resolve"),
+            OPS,
+            &json!({"action": "set", "values": {"Phone": "333"}}),
+        )
+        .await;
+    assert_eq!(r["resolved"]["resolution"], "value", "{r}");
+    wait_states(
+        ledger,
+        &[merge],
+        WriteState::Confirmed,
+        Duration::from_secs(30),
+    )
+    .await;
+    let acct = get(ledger, merge).await.record_id.unwrap();
+    assert_eq!(sf_field(env, &acct, "Phone"), json!("333"));
+
+    // Dead letters: the failed write is listed with Salesforce's error.
+    let dl = api.get("/api/v1/deadletters?kind=write", OPS).await;
+    let item = dl["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == bad)
+        .unwrap_or_else(|| panic!("write {bad} is not listed: {dl}"))
+        .clone();
+    assert_eq!(item["kind"], "write");
+    assert!(
+        item["error"].as_str().unwrap().contains("INVALID_FIELD"),
+        "{item}"
+    );
+    // Redriven: pending again, sent again, failed again (the field is still unknown).
+    let r = api
+        .post(
+            &format!("/api/v1/deadletters/write/{bad}/redrive"),
+            OPS,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r["done"], true, "{r}");
+    let attempts = get(ledger, bad).await.attempts;
+    wait_for(
+        "the redriven write fails again",
+        Duration::from_secs(30),
+        || async {
+            let w = get(ledger, bad).await;
+            if w.state == WriteState::Failed && w.attempts > attempts {
+                vec![]
+            } else {
+                vec![format!(
+                    "{} after {} attempts",
+                    w.state.as_str(),
+                    w.attempts
+                )]
+            }
+        },
+    )
+    .await;
+    // Discarded: rejected, no longer a dead letter; a second discard is 409.
+    api.post(
+        &format!("/api/v1/deadletters/write/{bad}/discard"),
+        OPS,
+        &json!({"note": "the writer fixes its mapping"}),
+    )
+    .await;
+    assert_eq!(get(ledger, bad).await.state, WriteState::Rejected);
+    let (status, body) = api
+        .call(
+            "POST",
+            &format!("/api/v1/deadletters/write/{bad}/discard"),
+            Some(OPS),
+            None,
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CONFLICT, "{body}");
+    let (status, _) = api
+        .call(
+            "POST",
+            "/api/v1/deadletters/bogus/1/redrive",
+            Some(OPS),
+            None,
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::NOT_FOUND);
+
+    // The writeback flow: counts by state from the ledger, health from them.
+    let flows = api.get("/api/v1/flows", OPS).await;
+    let out = flows["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["direction"] == "outbound" && f["object"] == "Account")
+        .unwrap_or_else(|| panic!("no outbound Account flow: {flows}"))
+        .clone();
+    assert_eq!(out["counts"]["failed"], 0, "{out}");
+    assert_eq!(out["counts"]["conflict"], 0, "{out}");
+    assert!(out["counts"]["rejected"].as_u64().unwrap() >= 3, "{out}");
+    assert!(
+        ["green", "amber"].contains(&out["health"].as_str().unwrap()),
+        "{out}"
+    );
+    let inbound = flows["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["direction"] == "inbound" && f["pattern"] == "CDC stream")
+        .unwrap()
+        .clone();
+    assert!(
+        inbound["counts"]["changes_committed"].as_u64().unwrap() > 0,
+        "{inbound}"
+    );
+    assert!(inbound["last_applied_commit_time"].is_string(), "{inbound}");
+    // The budget governor counted the writeback calls.
+    let budget = api.get("/api/v1/budget", OPS).await;
+    let wb_lane = budget["lanes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["lane"] == "writeback")
+        .unwrap_or_else(|| panic!("no writeback lane: {budget}"))
+        .clone();
+    assert!(wb_lane["calls_window"].as_u64().unwrap() > 0, "{budget}");
+    assert!(budget["forecast"]["text"].is_string(), "{budget}");
+    // Every action is in the operator audit chain, by the token's name.
+    let actions: Vec<String> = ledger
+        .operator_actions(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.action.actor == "ops")
+        .map(|a| a.action.action)
+        .collect();
+    for want in [
+        "conflict.resolve",
+        "deadletter.redrive",
+        "deadletter.discard",
+    ] {
+        assert!(
+            actions.iter().any(|a| a == want),
+            "{want} not audited: {actions:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

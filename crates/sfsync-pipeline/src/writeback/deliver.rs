@@ -338,7 +338,7 @@ impl Deliverer {
                                 }
                             }
                             None => {
-                                self.stats.writeback.applied.fetch_add(1, Relaxed);
+                                self.stats.writeback.count_applied(&object);
                                 self.stats
                                     .writeback
                                     .accepted_to_applied
@@ -347,7 +347,7 @@ impl Deliverer {
                             }
                         },
                         Sent::Failed(error) => {
-                            self.stats.writeback.failed.fetch_add(1, Relaxed);
+                            self.stats.writeback.count_failed(&object);
                             tracing::warn!(write = p.write.id, object = %object, key = %p.key, error = %error, "A write is a dead letter.");
                             WriteOutcome::Failed { error }
                         }
@@ -390,6 +390,7 @@ impl Deliverer {
             let fields = match serde_json::from_str::<serde_json::Value>(&w.fields) {
                 Ok(serde_json::Value::Object(m)) => m,
                 _ => {
+                    self.stats.writeback.count_failed(&w.object);
                     settled.push((
                         w.id,
                         WriteOutcome::Failed {
@@ -491,6 +492,7 @@ impl Deliverer {
                     (Kind::Upsert(f.clone()), v.clone())
                 }
                 _ => {
+                    self.stats.writeback.count_failed(&w.object);
                     settled.push((
                         w.id,
                         WriteOutcome::Failed {

@@ -134,36 +134,6 @@ impl OperatorLog for PostgresChangeLog {
         Ok(out)
     }
 
-    async fn dead_letters(&self, after: i64, limit: usize) -> Result<Vec<DeadLetterSummary>> {
-        let client = self.client.lock().await;
-        let rows = client
-            .query(
-                "SELECT id, channel, replay_id, schema_id, stage, error, object,
-                     octet_length(payload)::BIGINT, created_at_ms
-                 FROM dead_letters WHERE id > $1 ORDER BY id LIMIT $2",
-                &[&after, &(limit as i64)],
-            )
-            .await
-            .map_err(db("read dead letters"))?;
-        rows.iter()
-            .map(|r| {
-                let get = db("read dead letters");
-                let replay: Option<Vec<u8>> = r.try_get(2).map_err(&get)?;
-                Ok(DeadLetterSummary {
-                    id: r.try_get(0).map_err(&get)?,
-                    channel: r.try_get(1).map_err(&get)?,
-                    replay_id_hex: replay.map(hex::encode),
-                    schema_id: r.try_get(3).map_err(&get)?,
-                    stage: r.try_get(4).map_err(&get)?,
-                    error: r.try_get(5).map_err(&get)?,
-                    object: r.try_get(6).map_err(&get)?,
-                    payload_bytes: r.try_get(7).map_err(&get)?,
-                    created_at_ms: r.try_get(8).map_err(&get)?,
-                })
-            })
-            .collect()
-    }
-
     async fn ops_counts(&self) -> Result<OpsCounts> {
         let client = self.client.lock().await;
         let rows = client

@@ -1230,12 +1230,13 @@ impl Warehouse for PostgresChangeLog {
                  created_at_ms FROM dead_letters
              WHERE (cardinality($1::BIGINT[]) = 0 OR id = ANY($1))
                AND ($2::TEXT IS NULL OR object = $2)
+               AND ($4::BIGINT IS NULL OR id > $4)
              ORDER BY id {} LIMIT $3",
             if filter.newest_first { "DESC" } else { "ASC" }
         );
         let client = self.reader.lock().await;
         let rows = client
-            .query(&sql, &[&filter.ids, &filter.object, &limit])
+            .query(&sql, &[&filter.ids, &filter.object, &limit, &filter.after])
             .await
             .map_err(db("read dead letters"))?;
         rows.iter()

@@ -117,37 +117,6 @@ impl OperatorLog for SqliteChangeLog {
         .await
     }
 
-    async fn dead_letters(&self, after: i64, limit: usize) -> Result<Vec<DeadLetterSummary>> {
-        self.blocking("read dead letters", move |conn| {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT id, channel, replay_id, schema_id, stage, error, object,
-                         length(payload), created_at_ms
-                     FROM dead_letters WHERE id > ?1 ORDER BY id LIMIT ?2",
-                )
-                .map_err(db("read dead letters"))?;
-            let rows = stmt
-                .query_map(params![after, limit as i64], |r| {
-                    let replay: Option<Vec<u8>> = r.get(2)?;
-                    Ok(DeadLetterSummary {
-                        id: r.get(0)?,
-                        channel: r.get(1)?,
-                        replay_id_hex: replay.map(hex::encode),
-                        schema_id: r.get(3)?,
-                        stage: r.get(4)?,
-                        error: r.get(5)?,
-                        object: r.get(6)?,
-                        payload_bytes: r.get(7)?,
-                        created_at_ms: r.get(8)?,
-                    })
-                })
-                .map_err(db("read dead letters"))?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(db("read dead letters"))
-        })
-        .await
-    }
-
     async fn ops_counts(&self) -> Result<OpsCounts> {
         self.blocking("count queues", |conn| {
             let mut stmt = conn.prepare(OPS_COUNTS_SQL).map_err(db("count queues"))?;

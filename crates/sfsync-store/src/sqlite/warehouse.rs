@@ -1234,6 +1234,10 @@ impl Warehouse for SqliteChangeLog {
                 args.push(o.clone().into());
                 sql.push_str(&format!(" AND object = ?{}", args.len()));
             }
+            if let Some(after) = filter.after {
+                args.push(after.into());
+                sql.push_str(&format!(" AND id > ?{}", args.len()));
+            }
             sql.push_str(if filter.newest_first {
                 " ORDER BY id DESC"
             } else {

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod openapi;
 mod routes;
 pub mod ui;
+pub mod views;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -54,7 +55,15 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/quarantine/{id}"),
     ("POST", "/api/v1/quarantine/{id}/release"),
     ("POST", "/api/v1/quarantine/{id}/discard"),
+    ("GET", "/api/v1/flows"),
+    ("GET", "/api/v1/budget"),
+    ("GET", "/api/v1/map"),
     ("GET", "/api/v1/deadletters"),
+    ("POST", "/api/v1/deadletters/{kind}/{id}/redrive"),
+    ("POST", "/api/v1/deadletters/{kind}/{id}/discard"),
+    ("GET", "/api/v1/conflicts"),
+    ("GET", "/api/v1/conflicts/{id}"),
+    ("POST", "/api/v1/conflicts/{id}/resolve"),
     ("POST", "/api/v1/writes"),
     ("GET", "/api/v1/writes"),
     ("GET", "/api/v1/writes/{id}"),
@@ -85,6 +94,14 @@ pub struct ApiState {
     pub started: Instant,
     pub metrics_public: bool,
     pub max_batch_writes: usize,
+    /// The integration map drawn from the config.
+    pub map: crate::map_cmd::IntegrationMap,
+    /// Which fields are PII (masked in conflict details).
+    pub pii: crate::writes_ops::Pii,
+    /// The budget governor's state, when this process talks to Salesforce.
+    pub budget: Option<views::BudgetSource>,
+    /// Counter readings for throughput and burn-rate charts ([`views::sampler`]).
+    pub history: parking_lot::Mutex<views::History>,
 }
 
 impl ApiState {
@@ -96,6 +113,7 @@ impl ApiState {
         store: Arc<dyn Store>,
         stats: Arc<PipelineStats>,
         run_id: String,
+        budget: Option<views::BudgetSource>,
     ) -> ApiState {
         let objects = config
             .objects
@@ -120,6 +138,10 @@ impl ApiState {
             started: Instant::now(),
             metrics_public: api.metrics_public,
             max_batch_writes: api.max_batch_writes as usize,
+            map: crate::map_cmd::IntegrationMap::from_config(config),
+            pii: crate::writes_ops::Pii::from_config(config, false),
+            budget,
+            history: Default::default(),
         }
     }
 }
@@ -136,7 +158,15 @@ fn method_router(method: &str, path: &str) -> MethodRouter<Arc<ApiState>> {
         ("GET", "/api/v1/quarantine/{id}") => get(show_quarantine),
         ("POST", "/api/v1/quarantine/{id}/release") => post(release_quarantine),
         ("POST", "/api/v1/quarantine/{id}/discard") => post(discard_quarantine),
+        ("GET", "/api/v1/flows") => get(views::flows),
+        ("GET", "/api/v1/budget") => get(views::budget),
+        ("GET", "/api/v1/map") => get(views::map),
         ("GET", "/api/v1/deadletters") => get(list_dead_letters),
+        ("POST", "/api/v1/deadletters/{kind}/{id}/redrive") => post(redrive_dead_letter),
+        ("POST", "/api/v1/deadletters/{kind}/{id}/discard") => post(discard_dead_letter),
+        ("GET", "/api/v1/conflicts") => get(list_conflicts),
+        ("GET", "/api/v1/conflicts/{id}") => get(show_conflict),
+        ("POST", "/api/v1/conflicts/{id}/resolve") => post(resolve_conflict),
         ("POST", "/api/v1/writes") => post(submit_writes),
         ("GET", "/api/v1/writes") => get(list_writes),
         ("GET", "/api/v1/writes/{id}") => get(show_write),
@@ -231,6 +261,7 @@ pub struct RunningApi {
     pub addr: SocketAddr,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    sampler: tokio::task::JoinHandle<()>,
 }
 
 impl RunningApi {
@@ -238,6 +269,7 @@ impl RunningApi {
     /// with the process).
     pub async fn stop(self) {
         let _ = self.stop.send(true);
+        self.sampler.abort();
         let _ = self.task.await;
     }
 }
@@ -246,6 +278,7 @@ impl BoundApi {
     /// Serves the API with `state` until [`RunningApi::stop`].
     pub fn serve(self, state: Arc<ApiState>) -> RunningApi {
         let (stop, rx) = watch::channel(false);
+        let sampler = tokio::spawn(views::sampler(state.clone()));
         let router = router(state, self.max_body_bytes);
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         tracing::info!(address = %format!("{scheme}://{}", self.addr), "API listening.");
@@ -254,6 +287,7 @@ impl BoundApi {
             addr: self.addr,
             stop,
             task,
+            sampler,
         }
     }
 }

@@ -61,6 +61,10 @@ fn operator(mut op: J) -> J {
     op
 }
 
+fn dl_kind() -> J {
+    json!({ "name": "kind", "in": "path", "required": true, "description": "event or write.", "schema": { "type": "string", "enum": ["event", "write"] } })
+}
+
 fn action_body() -> J {
     json!({
         "required": false,
@@ -68,6 +72,82 @@ fn action_body() -> J {
             "type": "object",
             "properties": { "note": { "type": "string", "description": "Why (recorded with the action)." } }
         } } }
+    })
+}
+
+/// The paths of the dashboard's views and of dead-letter and conflict actions.
+fn dashboard_paths() -> J {
+    json!({
+            "/api/v1/flows": { "get": viewer(json!({
+                "summary": "Every flow of the integration map with lag, freshness, throughput and health",
+                "description": "Inbound CDC flows: lag (now − commit time of the object's last applied change), freshness (now − the pipeline's last applied batch), changes per 10 s. Outbound (writeback) flows: lag = age of the oldest write on its way, writes by state, writes applied per 10 s. Scheduled flows: the last run. health is green, amber, red or grey with health_reason.",
+                "responses": { "200": ok_json("The flows.", json!({ "type": "object", "properties": { "flows": { "type": "array", "items": obj() } } })) }
+            })) },
+            "/api/v1/budget": { "get": viewer(json!({
+                "summary": "The API budget governor: usage against allocation and allowance, lanes, burn-rate history, forecast",
+                "responses": {
+                    "200": ok_json("The budget.", obj()),
+                    "503": err("This process has no Salesforce client.")
+                }
+            })) },
+            "/api/v1/map": { "get": viewer(json!({
+                "summary": "The integration map drawn from the config (nodes, flows, Mermaid and DOT)",
+                "responses": { "200": ok_json("The map.", obj()) }
+            })) },
+            "/api/v1/deadletters": { "get": viewer(json!({
+                "summary": "Dead letters: events (without payloads) and failed writes, oldest first",
+                "parameters": [
+                    q("kind", "event or write (default both).", json!({ "type": "string", "enum": ["event", "write"] })),
+                    q("after", "Event dead letters with ids above this only (paging).", json!({ "type": "integer" })),
+                    q("object", "Only this object.", json!({ "type": "string" })),
+                    limit()
+                ],
+                "responses": { "200": ok_json("The dead letters.", json!({ "type": "object", "properties": { "dead_letters": { "type": "array", "items": obj() } } })), "400": err("A bad filter.") }
+            })) },
+            "/api/v1/deadletters/{kind}/{id}/redrive": { "post": operator(json!({
+                "summary": "Send a failed write again (kind write); an event dead letter answers 409 with how to replay it",
+                "parameters": [dl_kind(), id_param("The dead letter's id.")],
+                "requestBody": action_body(),
+                "responses": { "200": ok_json("Redriven: the write is pending again.", obj()), "400": err("A bad body.") }
+            })) },
+            "/api/v1/deadletters/{kind}/{id}/discard": { "post": operator(json!({
+                "summary": "Give up a failed (or conflicted) write: it becomes rejected",
+                "parameters": [dl_kind(), id_param("The dead letter's id.")],
+                "requestBody": action_body(),
+                "responses": { "200": ok_json("Discarded.", obj()), "400": err("A bad body.") }
+            })) },
+            "/api/v1/conflicts": { "get": viewer(json!({
+                "summary": "Writes waiting in the conflict queue for a person, oldest first",
+                "parameters": [
+                    q("state", "open (the only value).", json!({ "type": "string", "enum": ["open"] })),
+                    q("object", "Only this object.", json!({ "type": "string" })),
+                    limit()
+                ],
+                "responses": { "200": ok_json("The conflicts.", json!({ "type": "object", "properties": { "conflicts": { "type": "array", "items": obj() } } })), "400": err("A bad filter.") }
+            })) },
+            "/api/v1/conflicts/{id}": { "get": viewer(json!({
+                "summary": "One write with both sides of each conflicting field (PII masked) and its transitions",
+                "parameters": [id_param("The write's id.")],
+                "responses": { "200": ok_json("The write.", obj()), "404": err("No such write.") }
+            })) },
+            "/api/v1/conflicts/{id}/resolve": { "post": operator(json!({
+                "summary": "A person's decision: keep Salesforce's values, take the writer's, or set values",
+                "parameters": [id_param("The write's id.")],
+                "requestBody": {
+                    "required": true,
+                    "content": { "application/json": { "schema": {
+                        "type": "object",
+                        "required": ["action"],
+                        "additionalProperties": false,
+                        "properties": {
+                            "action": { "type": "string", "enum": ["keep_salesforce", "take_writer", "set"] },
+                            "values": { "type": "object", "description": "With set: field → value (only fields the write carries)." },
+                            "note": { "type": "string" }
+                        }
+                    } } }
+                },
+                "responses": { "200": ok_json("Resolved.", obj()), "400": err("A bad body.") }
+            })) }
     })
 }
 
@@ -157,7 +237,7 @@ pub fn document() -> J {
         "responses": { "200": ok_json("The write.", json!({ "$ref": "#/components/schemas/Write" })), "404": err("No such write (or another system's, for a writer token).") }
     });
     auth_errors(&mut show_write, "Not used.");
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "sfsync operator API",
@@ -252,14 +332,6 @@ pub fn document() -> J {
                 "requestBody": action_body(),
                 "responses": { "200": ok_json("Discarded.", obj()) }
             })) },
-            "/api/v1/deadletters": { "get": viewer(json!({
-                "summary": "Event dead letters (without payloads), oldest first",
-                "parameters": [
-                    q("after", "Only ids above this (paging).", json!({ "type": "integer" })),
-                    limit()
-                ],
-                "responses": { "200": ok_json("The dead letters.", json!({ "type": "object", "properties": { "dead_letters": { "type": "array", "items": obj() } } })), "400": err("A bad filter.") }
-            })) },
             "/api/v1/writes": { "post": submit, "get": list_writes },
             "/api/v1/writes/{id}": { "get": show_write },
             "/metrics": { "get": {
@@ -293,7 +365,11 @@ pub fn document() -> J {
                 }
             } }
         }
-    })
+    });
+    if let (Some(paths), J::Object(more)) = (doc["paths"].as_object_mut(), dashboard_paths()) {
+        paths.extend(more);
+    }
+    doc
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use super::ApiState;
 use crate::config::validate::ApiRole;
 
 type S = State<Arc<ApiState>>;
-type ApiResult = Result<Response, ApiError>;
+pub(super) type ApiResult = Result<Response, ApiError>;
 
 /// Most rows a list returns.
 const MAX_LIMIT: usize = 1000;
@@ -32,7 +32,7 @@ const DEFAULT_LIMIT: usize = 100;
 /// What PII values read back as.
 const MASK: &str = crate::admin_cmd::MASK;
 
-fn ok(v: J) -> ApiResult {
+pub(super) fn ok(v: J) -> ApiResult {
     Ok(Json(v).into_response())
 }
 
@@ -542,9 +542,34 @@ pub async fn discard_quarantine(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLetterQuery {
-    /// Only ids above this (paging).
+    /// `event`, `write` or both (default).
+    kind: Option<String>,
+    /// Event dead letters with ids above this only (paging).
     after: Option<i64>,
+    object: Option<String>,
     limit: Option<usize>,
+}
+
+fn ops_error(context: &str, e: crate::writes_ops::OpsError) -> ApiError {
+    use crate::writes_ops::OpsError;
+    match e {
+        OpsError::NotFound(m) => ApiError::not_found(m),
+        OpsError::Refused(m) => ApiError::conflict(m),
+        OpsError::Store(e) => ApiError::internal(context, e),
+    }
+}
+
+/// A write as the dead-letter and conflict lists show it.
+fn write_summary_json(kind: &str, w: &crate::writes_ops::WriteSummary) -> J {
+    let mut v = serde_json::to_value(w).unwrap_or(J::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("kind".into(), json!(kind));
+        o.insert(
+            "error".into(),
+            json!(w.last_error.as_deref().or(w.reason.as_deref())),
+        );
+    }
+    v
 }
 
 pub async fn list_dead_letters(
@@ -554,31 +579,306 @@ pub async fn list_dead_letters(
 ) -> ApiResult {
     caller.require_viewer()?;
     let q = query(q)?;
-    let rows = sfsync_store::OperatorLog::dead_letters(
-        s.store.as_ref(),
-        q.after.unwrap_or(0),
-        limit(q.limit)?,
-    )
-    .await
-    .map_err(|e| ApiError::internal("reading the dead letters", e))?;
-    let items: Vec<J> = rows
-        .iter()
-        .map(|d| {
+    let (events, writes) = match q.kind.as_deref() {
+        None => (true, true),
+        Some("event") => (true, false),
+        Some("write") => (false, true),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "kind '{other}': use event or write"
+            )))
+        }
+    };
+    let limit = limit(q.limit)?;
+    let mut items: Vec<J> = Vec::new();
+    if events {
+        let rows = s
+            .store
+            .dead_letters(&sfsync_store::DeadLetterFilter {
+                after: q.after,
+                object: q.object.clone(),
+                limit,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ApiError::internal("reading the dead letters", e))?;
+        items.extend(rows.iter().map(|d| {
             json!({
                 "id": d.id,
                 "kind": "event",
                 "channel": d.channel,
-                "replay_id": d.replay_id_hex,
+                "replay_id": d.replay_id,
                 "schema_id": d.schema_id,
                 "stage": d.stage,
                 "error": d.error,
                 "object": d.object,
                 "payload_bytes": d.payload_bytes,
                 "created_at": ts(d.created_at_ms),
+                "hint": crate::writes_ops::event_redrive_hint(d),
             })
-        })
-        .collect();
+        }));
+    }
+    if writes {
+        let rows = crate::writes_ops::list_failed_writes(
+            s.store.as_ref(),
+            &crate::writes_ops::ListFilter {
+                object: q.object.clone(),
+                limit,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| ops_error("reading the failed writes", e))?;
+        items.extend(rows.iter().map(|w| write_summary_json("write", w)));
+    }
     ok(json!({ "dead_letters": items }))
+}
+
+/// `{kind}/{id}` of a dead-letter action.
+fn dead_letter_ref(
+    p: Result<Path<(String, i64)>, PathRejection>,
+) -> Result<crate::writes_ops::DeadLetterRef, ApiError> {
+    let Path((kind, id)) = p.map_err(ApiError::from)?;
+    match kind.as_str() {
+        "write" => Ok(crate::writes_ops::DeadLetterRef::Write(id)),
+        "event" => Ok(crate::writes_ops::DeadLetterRef::Event(id)),
+        other => Err(ApiError::not_found(format!(
+            "no dead-letter kind '{other}' (event or write)"
+        ))),
+    }
+}
+
+async fn dead_letter_act(
+    s: &ApiState,
+    caller: &Caller,
+    r: crate::writes_ops::DeadLetterRef,
+    redrive: bool,
+    note: String,
+) -> ApiResult {
+    use crate::writes_ops::{ActOutcome, DeadLetterRef};
+    let verb = if redrive { "redrive" } else { "discard" };
+    // Checked before the audit entry: a request that cannot act is refused unrecorded (the
+    // store re-checks in its transaction).
+    match r {
+        DeadLetterRef::Event(id) => {
+            let d = crate::writes_ops::show_event_dead_letter(s.store.as_ref(), id)
+                .await
+                .map_err(|e| ops_error("reading the dead letter", e))?;
+            return Err(ApiError::conflict(if redrive {
+                crate::writes_ops::event_redrive_hint(&d)
+            } else {
+                "event dead letters are kept as a record and cannot be discarded".into()
+            }));
+        }
+        DeadLetterRef::Write(id) => {
+            let w = s
+                .store
+                .write(id)
+                .await
+                .map_err(|e| ApiError::internal("reading the write", e))?
+                .ok_or_else(|| ApiError::not_found(format!("no write has id {id}")))?;
+            let allowed = match redrive {
+                true => w.state == WriteState::Failed,
+                false => matches!(w.state, WriteState::Failed | WriteState::Conflict),
+            };
+            if !allowed {
+                return Err(ApiError::conflict(format!(
+                    "write {id} is {}: only a failed write can be {}",
+                    w.state.as_str(),
+                    if redrive {
+                        "redriven"
+                    } else {
+                        "discarded (or a conflicted one)"
+                    }
+                )));
+            }
+            audit(
+                s,
+                caller,
+                &format!("deadletter.{verb}"),
+                format!("write {id}"),
+                json!({ "object": w.object, "source_system": w.source_system, "note": note }),
+            )
+            .await?;
+        }
+    }
+    let by = format!("api:{}", caller.name);
+    let done = crate::writes_ops::act(s.store.as_ref(), &[r], redrive, &by, &note)
+        .await
+        .map_err(|e| ops_error("acting on the dead letter", e))?
+        .pop()
+        .ok_or_else(|| {
+            ApiError::internal(
+                "acting on the dead letter",
+                anyhow::anyhow!("no outcome reported"),
+            )
+        })?;
+    match (&done.outcome, done.done) {
+        (_, true) => ok(serde_json::to_value(&done).unwrap_or(J::Null)),
+        (ActOutcome::Write(sfsync_store::WriteActOutcome::NotFound), _) => {
+            Err(ApiError::not_found(done.message))
+        }
+        _ => Err(ApiError::conflict(format!("{r}: {}", done.message))),
+    }
+}
+
+pub async fn redrive_dead_letter(
+    State(s): S,
+    caller: Caller,
+    p: Result<Path<(String, i64)>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    caller.require_operator("redriving a dead letter")?;
+    let r = dead_letter_ref(p)?;
+    let body = json_body(body)?;
+    dead_letter_act(&s, &caller, r, true, note(&body)?).await
+}
+
+pub async fn discard_dead_letter(
+    State(s): S,
+    caller: Caller,
+    p: Result<Path<(String, i64)>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    caller.require_operator("discarding a dead letter")?;
+    let r = dead_letter_ref(p)?;
+    let body = json_body(body)?;
+    dead_letter_act(&s, &caller, r, false, note(&body)?).await
+}
+
+// ---- conflicts ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConflictQuery {
+    /// `open` (default: writes in the conflict queue) or `all` (also writes that were in
+    /// conflict once and were resolved).
+    state: Option<String>,
+    object: Option<String>,
+    limit: Option<usize>,
+}
+
+pub async fn list_conflicts(
+    State(s): S,
+    caller: Caller,
+    q: Result<Query<ConflictQuery>, QueryRejection>,
+) -> ApiResult {
+    caller.require_viewer()?;
+    let q = query(q)?;
+    match q.state.as_deref() {
+        None | Some("open") => {}
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "state '{other}': only open conflicts are listed (resolved ones are writes: GET /api/v1/writes/{{id}})"
+            )))
+        }
+    }
+    let rows = crate::writes_ops::list_conflicts(
+        s.store.as_ref(),
+        &crate::writes_ops::ListFilter {
+            object: q.object,
+            limit: limit(q.limit)?,
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| ops_error("reading the conflicts", e))?;
+    ok(json!({
+        "conflicts": rows.iter().map(|w| write_summary_json("conflict", w)).collect::<Vec<_>>()
+    }))
+}
+
+pub async fn show_conflict(
+    State(s): S,
+    caller: Caller,
+    id: Result<Path<i64>, PathRejection>,
+) -> ApiResult {
+    caller.require_viewer()?;
+    let id = path_id(id)?;
+    let view = crate::writes_ops::show_write(s.store.as_ref(), id, &s.pii)
+        .await
+        .map_err(|e| ops_error("reading the write", e))?;
+    ok(serde_json::to_value(&view).map_err(|e| ApiError::internal("encoding", e))?)
+}
+
+pub async fn resolve_conflict(
+    State(s): S,
+    caller: Caller,
+    id: Result<Path<i64>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    use sfsync_store::Resolution;
+    caller.require_operator("resolving a conflict")?;
+    let id = path_id(id)?;
+    let body = json_body(body)?;
+    let note = note(&body)?;
+    if let Some(k) = body.as_object().and_then(|o| {
+        o.keys()
+            .find(|k| !["action", "values", "note"].contains(&k.as_str()))
+    }) {
+        return Err(ApiError::bad_request(format!(
+            "{k}: unknown field, expected action, values, note"
+        )));
+    }
+    let resolution = match (body.get("action").and_then(J::as_str), body.get("values")) {
+        (Some("keep_salesforce"), None | Some(J::Null)) => Resolution::KeepSalesforce,
+        (Some("take_writer"), None | Some(J::Null)) => Resolution::TakeWriter,
+        (Some("set"), Some(J::Object(m))) if !m.is_empty() => Resolution::Value(m.clone()),
+        (Some("set"), _) => {
+            return Err(ApiError::bad_request(
+                "values: action set needs a non-empty object of field → value",
+            ))
+        }
+        (Some("keep_salesforce" | "take_writer"), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "values: only action set takes values",
+            ))
+        }
+        (Some(other), _) => {
+            return Err(ApiError::bad_request(format!(
+                "action '{other}': use keep_salesforce, take_writer or set"
+            )))
+        }
+        (None, _) => {
+            return Err(ApiError::bad_request(
+                "action: missing (keep_salesforce, take_writer or set)",
+            ))
+        }
+    };
+    let w = s
+        .store
+        .write(id)
+        .await
+        .map_err(|e| ApiError::internal("reading the write", e))?
+        .ok_or_else(|| ApiError::not_found(format!("no write has id {id}")))?;
+    if w.state != WriteState::Conflict {
+        return Err(ApiError::conflict(format!(
+            "write {id} is {}, not in conflict",
+            w.state.as_str()
+        )));
+    }
+    audit(
+        &s,
+        &caller,
+        "conflict.resolve",
+        format!("write {id}"),
+        // Values may be PII: the audit names the fields, not their values.
+        json!({
+            "object": w.object,
+            "resolution": resolution.as_str(),
+            "fields": match &resolution {
+                Resolution::Value(m) => m.keys().cloned().collect::<Vec<_>>(),
+                _ => Vec::new(),
+            },
+            "note": note,
+        }),
+    )
+    .await?;
+    let by = format!("api:{}", caller.name);
+    let done = crate::writes_ops::resolve(s.store.as_ref(), id, &resolution, &by, &note)
+        .await
+        .map_err(|e| ops_error("resolving the conflict", e))?;
+    ok(json!({ "resolved": done }))
 }
 
 // ---- writes ----
