@@ -175,7 +175,7 @@ async fn the_dashboard_works_in_headless_chromium_against_the_demo() {
             let mut problems = Vec::new();
             for (path, key) in [
                 ("/api/v1/quarantine?status=held&limit=1", "entries"),
-                ("/api/v1/deadletters?limit=1", "dead_letters"),
+                ("/api/v1/deadletters?kind=write&limit=1", "dead_letters"),
                 ("/api/v1/conflicts?state=open&limit=1", "conflicts"),
             ] {
                 match get(path).await {

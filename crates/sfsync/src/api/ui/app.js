@@ -346,8 +346,11 @@ async function budget() {
     ], 'budget-facts'),
     h('figure', {}, bar, h('figcaption', {}, 'Dark: sfsync’s calls; light: the org’s; marks: sfsync’s allowance (blue) and the org ceiling (red); the bar ends at the org maximum.')),
     h('figure', {}, chart, h('figcaption', {}, h('span', { class: 'key ours' }, '■'), ' sfsync calls used  ', h('span', { class: 'key org' }, '■'), ' org calls used (rolling window)')),
-    table('Lanes (priority order)', ['Lane', 'In flight', 'Waiting', 'Used'], (b.lanes || []).map((l) => h('tr', { testid: 'lane-row', 'data-lane': l.lane },
-      h('th', { scope: 'row' }, l.lane), h('td', { class: 'num' }, num(l.in_flight)), h('td', { class: 'num' }, num(l.waiting)), h('td', { class: 'num' }, num(l.used)))), 'lanes-table'));
+    table('Lanes (priority order: a lane may not spend the reserves of the lanes above it)', ['Lane', 'In flight', 'Waiting', 'Calls in the last hour', 'Calls in the 24 h window', 'Blocked by the budget'],
+      (b.lanes || []).map((l) => h('tr', { testid: 'lane-row', 'data-lane': l.lane },
+        h('th', { scope: 'row' }, l.lane), h('td', { class: 'num' }, num(l.in_flight)), h('td', { class: 'num' }, num(l.deferred ?? l.waiting)),
+        h('td', { class: 'num' }, num(l.calls_last_hour)), h('td', { class: 'num' }, num(l.calls_window ?? l.used)),
+        h('td', {}, l.budget_blocked === undefined ? '—' : l.budget_blocked ? 'yes' : 'no'))), 'lanes-table'));
   return { view, data: b };
 }
 
@@ -399,10 +402,12 @@ async function deadLetters(route) {
   const items = data.dead_letters || [];
   const rows = items.map((d) => h('tr', { testid: 'deadletter-row', 'data-kind': d.kind, 'data-id': d.id },
     h('td', {}, link(`#/deadletters/${d.kind}/${d.id}`, `${d.kind} #${d.id}`, 'deadletter-link')),
-    h('td', {}, show(d.object)), h('td', {}, show(d.state || d.stage)), h('td', { class: 'small' }, show(d.error)), h('td', {}, when(d.created_at))));
+    h('td', {}, show(d.object)), h('td', {}, show(d.kind === 'write' ? d.state : d.stage)),
+    h('td', {}, show(d.kind === 'write' ? `${d.source_system} → ${d.target}` : d.channel)),
+    h('td', { class: 'small' }, show(d.error)), h('td', {}, when(d.created_at))));
   const view = h('div', {},
-    h('p', {}, 'Events that could not be processed and writes Salesforce refused for good. Open one to redrive it (try again) or discard it.'),
-    table(`Dead letters (${items.length})`, ['Item', 'Object', 'Stage / state', 'Error', 'Created'], rows, 'deadletters-table'));
+    h('p', {}, 'Writes Salesforce refused for good (open one to redrive it — deliver it again — or discard it) and change events that could not be processed (kept as a record, with how to recover them).'),
+    table(`Dead letters (${items.length})`, ['Item', 'Object', 'Stage / state', 'Write / channel', 'Error', 'Created'], rows, 'deadletters-table'));
   return { view, data };
 }
 
@@ -415,18 +420,24 @@ async function deadLetterDetail(route) {
   const view = h('div', { testid: 'deadletter-detail', 'data-present': d ? 'yes' : 'no' },
     h('p', {}, link('#/deadletters', '← all dead letters')),
     dl(pairs, 'deadletter-facts'),
-    write ? [h('h3', {}, 'The write'), dl([['State', write.state], ['Source system', write.source_system], ['Fields', write.fields], ['Last error', write.last_error], ['Attempts', write.attempts]]),
-      transitions(write.transitions)] : null);
+    write ? [h('h3', {}, 'The write'), dl([['State', write.state], ['Source system', write.source_system], ['Target', write.target], ['Idempotency key', write.idempotency_key],
+      ['Fields', write.fields], ['Last error', write.last_error], ['Attempts', write.attempts]], 'write-facts'),
+    transitions(write.transitions)] : null);
   return { view, data: d };
 }
 
 function transitions(list) {
-  return table('Transitions', ['From', 'To', 'At', 'Detail'], (list || []).map((t) => [show(t.from), t.to, when(t.at), show(t.detail)]), 'transitions');
+  return table('Transitions', ['From', 'To', 'At', 'By', 'Note', 'Detail'], (list || []).map((t) => [show(t.from), t.to, when(t.at), show(t.actor), show(t.note), h('td', { class: 'small' }, show(t.detail))]), 'transitions');
 }
 
 function deadLetterActions(route, d) {
   if (route.args.length < 2 || !d) return null;
   const [kind, id] = route.args;
+  if (kind === 'event') {
+    // Event dead letters have no redrive of their own: the API says how to recover them.
+    return h('section', { 'aria-label': 'Recovery' }, h('h3', {}, 'Recovery'), h('p', { testid: 'event-hint' }, show(d.hint)));
+  }
+  if (d.state && d.state !== 'failed') return null;
   const base = `/api/v1/deadletters/${encodeURIComponent(kind)}/${encodeURIComponent(id)}`;
   return h('section', { 'aria-label': 'Actions' }, h('h3', {}, 'Actions'), noteField('dl-note'),
     h('p', {},
@@ -470,22 +481,20 @@ function quarantineActions(route, q) {
 
 async function conflicts(route) {
   if (route.args[0]) return conflictDetail(route);
-  const st = route.query.get('state') || 'open';
-  const data = await api(`/api/v1/conflicts?state=${encodeURIComponent(st)}&limit=1000`);
+  const data = await api('/api/v1/conflicts?state=open&limit=1000');
   const rows = (data.conflicts || []).map((c) => h('tr', { testid: 'conflict-row', 'data-id': c.id, 'data-state': c.state },
     h('td', {}, link(`#/conflicts/${c.id}`, `#${c.id}`, 'conflict-link')), h('td', {}, c.object),
-    h('td', {}, c.record_id || (c.external_id ? `${c.external_id_field || 'external id'} ${c.external_id}` : null)),
-    h('td', {}, c.source_system), h('td', {}, c.state), h('td', { class: 'small' }, Object.keys(c.fields || {}).join(', ')), h('td', {}, when(c.created_at))));
+    h('td', {}, show(c.target || c.record_id)), h('td', {}, c.source_system), h('td', { class: 'small' }, show((c.conflict_fields || []).join(', ') || c.reason)),
+    h('td', {}, when(c.created_at)), h('td', {}, when(c.updated_at))));
   const view = h('div', {},
     h('p', {}, 'Writes that would overwrite a newer change made in Salesforce. A person decides: open one to compare the values and resolve it.'),
-    filterSelect('conflicts-filter', 'State', ['open', 'all'], st, (v) => go(`#/conflicts?state=${v}`)),
-    table(`Conflicts (${rows.length})`, ['Write', 'Object', 'Record', 'Source system', 'State', 'Fields', 'Created'], rows, 'conflicts-table'));
+    table(`Open conflicts (${rows.length})`, ['Write', 'Object', 'Record', 'Source system', 'Conflicting fields', 'Created', 'Updated'], rows, 'conflicts-table'));
   return { view, data };
 }
 
 function conflictFields(w) {
-  const c = w.conflict || (w.reason && typeof w.reason === 'object' ? w.reason : null) || {};
-  return (c.fields || []).map((f) => ({
+  const list = Array.isArray(w.conflict) ? w.conflict : (w.conflict && w.conflict.fields) || [];
+  return list.map((f) => ({
     field: f.field,
     writer: 'writer_value' in f ? f.writer_value : f.writer,
     salesforce: 'salesforce_value' in f ? f.salesforce_value : f.salesforce,
@@ -498,8 +507,9 @@ async function conflictDetail(route) {
   const fields = conflictFields(w);
   const view = h('div', { testid: 'conflict-detail', 'data-state': w.state },
     h('p', {}, link('#/conflicts', '← conflicts')),
-    dl([['Write', `#${w.id}`], ['State', w.state], ['Object', w.object], ['Record', w.record_id], ['External id', w.external_id ? `${w.external_id_field} = ${w.external_id}` : null],
-      ['Source system', w.source_system], ['Idempotency key', w.idempotency_key], ['Fields written', w.fields], ['Created', when(w.created_at)], ['Updated', when(w.updated_at)]], 'conflict-facts'),
+    dl([['Write', `#${w.id}`], ['State', w.state], ['Object', w.object], ['Record', w.target || w.record_id], ['Source system', w.source_system],
+      ['Idempotency key', w.idempotency_key], ['Version the writer saw', w.seen_version], ['Fields written', w.fields],
+      ['Waiting with the conflict', (w.held || []).join(', ') || null], ['Created', when(w.created_at)], ['Updated', when(w.updated_at)]], 'conflict-facts'),
     table('Per field: what the writer asked for against what Salesforce has now', ['Field', 'Writer’s value', 'Salesforce’s value', 'Changed in Salesforce'],
       fields.map((f) => h('tr', { testid: 'conflict-field', 'data-field': f.field },
         h('th', { scope: 'row' }, f.field), h('td', { testid: 'writer-value' }, show(f.writer)), h('td', { testid: 'salesforce-value' }, show(f.salesforce)), h('td', {}, when(f.changed)))), 'conflict-fields'),
@@ -549,7 +559,7 @@ function conflictActions(route, data) {
         }
       }
       const label = { keep_salesforce: 'keep Salesforce’s values', take_writer: 'take the writer’s values', set: 'set the values below' }[picked.value];
-      await act(`resolve conflict on write #${w.id} (${w.object} ${w.record_id || w.external_id || ''}): ${label}`, `/api/v1/conflicts/${w.id}/resolve`, body);
+      await act(`resolve conflict on write #${w.id} (${w.object} ${w.target || w.record_id || ''}): ${label}`, `/api/v1/conflicts/${w.id}/resolve`, body);
     }));
   form.addEventListener('submit', (e) => e.preventDefault());
   return h('section', { 'aria-label': 'Actions' }, h('h3', {}, 'Decision'), form);
