@@ -157,6 +157,7 @@ try {
       })),
       quarantine: Number(document.querySelector('[data-testid=stat-quarantine]').dataset.value),
       deadLetters: Number(document.querySelector('[data-testid=stat-dead-letters]').dataset.value),
+      failedWrites: Number(document.querySelector('[data-testid=stat-failed-writes]').dataset.value),
       openRuns: Number(document.querySelector('[data-testid=stat-open-runs]').dataset.value),
     }));
     const after = await api('/api/v1/status');
@@ -169,8 +170,13 @@ try {
       assert(['green', 'amber', 'red', 'grey'].includes(f.health), `flow ${f.id} health ${f.health}`);
       assertEq(f.sparkline, 1, `sparklines of flow ${f.id}`);
     }
-    for (const [what, key, v] of [['quarantine', 'quarantine_open', shown.quarantine], ['dead letters', 'dead_letters', shown.deadLetters]]) {
-      assert(before[key] <= v && v <= after[key], `${what}: the page shows ${v}, the API ${before[key]} before and ${after[key]} after the render`);
+    const counters = [
+      ['quarantine', (x) => x.quarantine_open, shown.quarantine],
+      ['event dead letters', (x) => x.dead_letters, shown.deadLetters],
+      ['failed writes', (x) => (x.writes && x.writes.failed) || 0, shown.failedWrites],
+    ];
+    for (const [what, get, v] of counters) {
+      assert(get(before) <= v && v <= get(after), `${what}: the page shows ${v}, the API ${get(before)} before and ${get(after)} after the render`);
     }
     assert(Number.isInteger(shown.openRuns) && shown.openRuns >= 0, `open runs shows ${shown.openRuns}`);
     await shot(page, 'overview');

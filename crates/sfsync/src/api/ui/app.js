@@ -143,7 +143,7 @@ function readOnlyHint() {
 
 function noteField(id) {
   return h('p', {},
-    h('label', { for: id }, 'Note (recorded with the action)'),
+    h('label', { for: id }, 'Note (recorded with the action): '),
     h('input', { id, type: 'text', testid: 'action-note', size: 50, autocomplete: 'off' }));
 }
 
@@ -285,7 +285,9 @@ async function overview() {
   const stats = h('section', { 'aria-label': 'Headline figures', class: 'stats', testid: 'stats' },
     stat('open runs', num(status.open_runs), 'stat-open-runs', status.open_runs),
     stat('quarantined (open)', num(status.quarantine_open), 'stat-quarantine', status.quarantine_open),
-    stat('dead letters', num(status.dead_letters), 'stat-dead-letters', status.dead_letters),
+    stat('failed writes (dead letters)', num(writes.failed || 0), 'stat-failed-writes', writes.failed || 0),
+    stat('event dead letters', num(status.dead_letters), 'stat-dead-letters', status.dead_letters),
+    stat('open conflicts', num(writes.conflict || 0), 'stat-conflicts', writes.conflict || 0),
     stat('consumer lag', secs(status.pipeline && status.pipeline.lag_seconds), 'stat-lag', status.pipeline && status.pipeline.lag_seconds),
     stat('uptime', secs(status.uptime_seconds), 'stat-uptime', status.uptime_seconds));
   const writeRows = Object.entries(writes).map(([st, n]) => h('tr', { testid: 'writes-row', 'data-state': st }, h('th', { scope: 'row' }, st), h('td', { class: 'num', 'data-value': n }, num(n))));
@@ -303,7 +305,7 @@ async function overview() {
     stats,
     table(`Flows (${(flows.flows || []).length}); SLA and team on the integration map`,
       ['Object', 'Direction', 'Source → target', 'Pattern', 'Lag', 'Freshness', 'Throughput', 'Health', 'Counts'], rows, 'flows-table'),
-    table('Writeback ledger by state', ['State', 'Writes'], writeRows, 'writes-table'),
+    h('div', { class: 'narrow' }, table('Writeback ledger by state', ['State', 'Writes'], writeRows, 'writes-table')),
     h('p', { class: 'small' }, `sfsync ${status.version}, run ${status.run_id}; pending repairs ${num(status.pending_repairs)}, pending re-syncs ${num(status.pending_resyncs)}.`));
   return { view, data: { flows, status } };
 }
@@ -568,12 +570,14 @@ function conflictActions(route, data) {
 async function integrationMap() {
   const m = await api('/api/v1/map');
   const flows = m.flows || [];
+  const names = new Map((m.nodes || []).map((n) => [n.id, n.label]));
+  const label = (id) => names.get(id) || id;
   const view = h('div', {},
     h('p', {}, `${flows.length} flows between ${(m.nodes || []).length} systems, drawn from the running configuration. Hover an arrow for its trigger and transformation.`),
     h('div', { class: 'map-wrap' }, mapDiagram(m)),
     table('Every flow', ['Object', 'Source', 'Target', 'Direction', 'Pattern', 'Frequency', 'Trigger', 'Transformation', 'SLA', 'Owner'],
       flows.map((f) => h('tr', { testid: 'map-flow-row', 'data-object': f.object },
-        h('th', { scope: 'row' }, f.object), h('td', {}, f.source), h('td', {}, f.target), h('td', {}, f.direction), h('td', {}, f.pattern),
+        h('th', { scope: 'row' }, f.object), h('td', {}, label(f.source)), h('td', {}, label(f.target)), h('td', {}, f.direction), h('td', {}, f.pattern),
         h('td', {}, f.frequency), h('td', {}, f.trigger), h('td', { class: 'small' }, f.transformation), h('td', {}, humanSecs(f.sla_secs ?? f.sla_seconds)),
         h('td', {}, f.team || 'unowned'))), 'map-table'),
     h('details', { testid: 'mermaid' }, h('summary', {}, 'Mermaid (paste into a wiki or an issue)'), h('pre', {}, m.mermaid)),

@@ -86,6 +86,19 @@ export function usageBar(parts, max, title) {
   return svg;
 }
 
+/** A node's name centred at (x, y), on two lines when it is long. */
+function nodeLabel(x, y, text) {
+  const t = s('text', { x, y: y + 4, class: 'node-label' });
+  const cut = text.length > 20 ? text.lastIndexOf(' ', Math.ceil(text.length / 2) + 4) : -1;
+  if (cut <= 0) {
+    t.textContent = text;
+    return t;
+  }
+  t.setAttribute('y', y - 4);
+  t.append(s('tspan', { x, dy: 0 }, text.slice(0, cut)), s('tspan', { x, dy: 16 }, text.slice(cut + 1)));
+  return t;
+}
+
 /** `120` → `2 min`, `90` → `90 s`, `7200` → `2 h` (as `sfsync map` writes SLAs). */
 export function humanSecs(v) {
   const n = Number(v);
@@ -129,10 +142,10 @@ export function mapDiagram(map) {
   lanes.sort((x, y) => (x.right.id === y.right.id ? x.i - y.i : x.right.id < y.right.id ? -1 : 1));
   const laneH = 46;
   const top = 20;
-  const w = 1200;
-  const colL = [0, 170];
-  const colM = [540, 660];
-  const colR = [1030, 1200];
+  const w = 1240;
+  const colL = [0, 190];
+  const colM = [550, 670];
+  const colR = [1030, 1240];
   const hgt = top * 2 + Math.max(1, lanes.length) * laneH;
   const laneY = (k) => top + k * laneH + laneH / 2;
   const svg = s('svg', { viewBox: `0 0 ${w} ${hgt}`, class: 'map', role: 'img', 'aria-label': `Integration map: ${flows.length} flows between ${nodes.length} systems`, testid: 'map-diagram' },
@@ -141,7 +154,7 @@ export function mapDiagram(map) {
         s('path', { d: 'M0,0 L10,5 L0,10 z', class: 'arrowhead' }))));
   const box = (x0, x1, y0, y1, n, testid) => s('g', { class: `node kind-${n.kind}`, testid, 'data-node-id': n.id },
     s('rect', { x: x0 + 2, y: y0, width: x1 - x0 - 4, height: y1 - y0, rx: 8 }),
-    s('text', { x: (x0 + x1) / 2, y: (y0 + y1) / 2 + 4, class: 'node-label' }, n.label),
+    nodeLabel((x0 + x1) / 2, (y0 + y1) / 2, n.label),
     s('title', {}, `${n.label} (${n.kind})`));
   // Left-hand nodes (normally only Salesforce), spanning their lanes.
   const spans = (pick) => {
