@@ -68,10 +68,11 @@ pub struct OpsCounts {
     /// Writes in the ledger per state (every state, zero included), in [`crate::WriteState::ALL`]
     /// order.
     pub writes_by_state: Vec<(crate::WriteState, u64)>,
-    /// Writes per object and state (only the pairs that occur), by object then state.
-    pub writes_by_object: Vec<(String, crate::WriteState, u64)>,
-    /// Per object: when its oldest write still on its way (pending or sent) was accepted (ms).
-    pub oldest_open_write_ms: Vec<(String, i64)>,
+    /// Writes per (object, source system) and state (only what occurs), sorted.
+    pub writes_by_object: Vec<(String, String, crate::WriteState, u64)>,
+    /// Per (object, source system): when its oldest write still on its way (pending or sent)
+    /// was accepted (ms).
+    pub oldest_open_write_ms: Vec<(String, String, i64)>,
     pub pending_repairs: u64,
     pub pending_resyncs: u64,
     pub dead_letters: u64,
@@ -81,9 +82,10 @@ pub struct OpsCounts {
 
 /// The SQL of [`OperatorLog::ops_counts`] (the same on both backends): (figure, key, count).
 pub(crate) const OPS_COUNTS_SQL: &str = "
-    SELECT 'writes', object || '|' || state, COUNT(*) FROM writes GROUP BY object, state
-    UNION ALL SELECT 'oldest_open', object, MIN(created_at_ms) FROM writes
-        WHERE state IN ('pending', 'sent') GROUP BY object
+    SELECT 'writes', object || '|' || source_system || '|' || state, COUNT(*) FROM writes
+        GROUP BY object, source_system, state
+    UNION ALL SELECT 'oldest_open', object || '|' || source_system, MIN(created_at_ms) FROM writes
+        WHERE state IN ('pending', 'sent') GROUP BY object, source_system
     UNION ALL SELECT 'repairs', '', COUNT(*) FROM repair_requests WHERE status = 'pending'
     UNION ALL SELECT 'resyncs', '', COUNT(*) FROM resync_requests WHERE status = 'pending'
     UNION ALL SELECT 'dead_letters', '', COUNT(*) FROM dead_letters
@@ -100,7 +102,11 @@ pub(crate) fn fold_counts(rows: impl IntoIterator<Item = (String, String, i64)>)
         let n = n.max(0) as u64;
         match figure.as_str() {
             "writes" => {
-                let Some((object, state)) = key.rsplit_once('|') else {
+                // Object and state never hold '|'; a source system might.
+                let Some((object, rest)) = key.split_once('|') else {
+                    continue;
+                };
+                let Some((source, state)) = rest.rsplit_once('|') else {
                     continue;
                 };
                 let Some(state) = crate::WriteState::ALL
@@ -113,9 +119,15 @@ pub(crate) fn fold_counts(rows: impl IntoIterator<Item = (String, String, i64)>)
                 if let Some(e) = c.writes_by_state.iter_mut().find(|(s, _)| *s == state) {
                     e.1 += n;
                 }
-                c.writes_by_object.push((object.to_string(), state, n));
+                c.writes_by_object
+                    .push((object.to_string(), source.to_string(), state, n));
             }
-            "oldest_open" => c.oldest_open_write_ms.push((key, n as i64)),
+            "oldest_open" => {
+                if let Some((object, source)) = key.split_once('|') {
+                    c.oldest_open_write_ms
+                        .push((object.to_string(), source.to_string(), n as i64));
+                }
+            }
             "repairs" => c.pending_repairs = n,
             "resyncs" => c.pending_resyncs = n,
             "dead_letters" => c.dead_letters = n,
@@ -124,7 +136,7 @@ pub(crate) fn fold_counts(rows: impl IntoIterator<Item = (String, String, i64)>)
         }
     }
     c.writes_by_object
-        .sort_by(|a, b| (&a.0, a.1.as_str()).cmp(&(&b.0, b.1.as_str())));
+        .sort_by(|a, b| (&a.0, &a.1, a.2.as_str()).cmp(&(&b.0, &b.1, b.2.as_str())));
     c.oldest_open_write_ms.sort();
     c
 }

@@ -176,6 +176,19 @@ async fn dead_letters_list_without_payloads(db: Db) {
     assert_eq!(c.writes_by_state.len(), WriteState::ALL.len());
     assert_eq!(c.writes_by_state[0], (WriteState::Pending, 1));
     assert!(c.writes_by_state[1..].iter().all(|(_, n)| *n == 0));
+    assert_eq!(
+        c.writes_by_object,
+        vec![(
+            "Case".to_string(),
+            "case_mgmt".to_string(),
+            WriteState::Pending,
+            1
+        )]
+    );
+    assert_eq!(c.oldest_open_write_ms.len(), 1);
+    let (object, system, at) = &c.oldest_open_write_ms[0];
+    assert_eq!((object.as_str(), system.as_str()), ("Case", "case_mgmt"));
+    assert!(*at > 1_700_000_000_000, "{at}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,9 @@
 //! `sfsync demo`: the embedded emulator, a traffic generator shaped like the design workload
-//! changing records inside the org, and the sfsync client reading the org over HTTPS (SOQL counts
-//! every few seconds and a Bulk API 2.0 export at the end), with live figures once a second.
-//! `--duration SECS` makes it scriptable: it runs that long and exits 0.
+//! changing records inside the org, and the same service `sfsync run` runs (pipeline, writeback
+//! deliverer, operator API and dashboard) from a config the demo writes beside the org, with live
+//! figures once a second. An outside system's writes arrive through the outbox table, with now
+//! and then a conflict for a person and a dead letter, so every dashboard page has something to
+//! show. `--duration SECS` makes it scriptable: it runs that long and exits 0.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -10,11 +12,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use sfsync_emulator::load::{LoadConfig, LoadGenerator};
 use sfsync_emulator::EmulatorConfig;
-use sfsync_pipeline::{ApplyConfig, HistoryFields, ObjectSpec, PipelineConfig, PipelineStats};
-use sfsync_salesforce::pubsub::{ReplayStart, Subscriber, SubscriberConfig};
-use sfsync_salesforce::{AuthFlow, ClientConfig, CredentialsFile, SalesforceClient, TokenSource};
-use sfsync_store::{Keyring, SqliteChangeLog, Warehouse, WriteLedger};
-use std::sync::Arc;
+use sfsync_pipeline::PipelineStats;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -34,6 +32,9 @@ pub struct DemoArgs {
     /// HTTPS listener of the embedded emulator (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub http: std::net::SocketAddr,
+    /// The operator API and dashboard (loopback; port 0 picks a free one, as does a busy port).
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    pub api: std::net::SocketAddr,
 }
 
 pub async fn run(args: DemoArgs) -> Result<()> {
@@ -82,77 +83,43 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     .context("starting the traffic generator")?
     .map_err(|e| anyhow::anyhow!("seeding the demo org: {e}"))?;
 
-    let creds = CredentialsFile::load(&running.credentials_path)?;
-    let mut cc = ClientConfig::new(running.base_url.clone(), Some(running.ca_pem_path.clone()));
-    cc.call_options_client = Some("sfsync".into());
-    let credentials = creds.credentials(AuthFlow::JwtBearer)?;
-    let client = SalesforceClient::new(cc, credentials.clone())?;
-
-    // The pipeline: Pub/Sub CDC → raw change log → curated tables in a local SQLite warehouse.
+    // The demo runs the same service as `sfsync run`, from a config it writes beside the org.
+    let _ = std::fs::remove_file(args.data_dir.join("dashboard.url"));
+    let api_addr = free_or_any(args.api);
+    let (config_path, token) = write_demo_config(&args.data_dir, &running, api_addr)?;
+    let (config, secrets) = crate::run_cmd::load(&config_path)?;
+    let service = crate::run_cmd::start_service(
+        &config,
+        &secrets,
+        crate::run_cmd::StartAt::Earliest,
+        &config_path,
+    )
+    .await?;
     let warehouse = args.data_dir.join("warehouse.db");
-    let store = SqliteChangeLog::open(&warehouse)
-        .await
-        .with_context(|| format!("opening {}", warehouse.display()))?;
-    store.set_keyring(Some(Arc::new(demo_keyring(&args.data_dir)?)));
-    let store = Arc::new(store);
-    let ledger: Arc<dyn WriteLedger> = store.clone();
-    let store: Arc<dyn Warehouse> = store;
-    let tokens = Arc::new(TokenSource::new(client.http().clone(), credentials));
-    let subscriber = Subscriber::connect(
-        SubscriberConfig::new(
-            running.credentials.pubsub_address.clone(),
-            Some(running.ca_pem_path.clone()),
-        ),
-        tokens,
-    )
-    .await
-    .context("connecting to the emulator's Pub/Sub API")?;
-    let pipeline = sfsync_pipeline::start(
-        store.clone(),
-        Arc::new(client.lane(sfsync_salesforce::Lane::GapRepair)),
-        subscriber,
-        PipelineConfig {
-            objects: demo_objects(),
-            apply: ApplyConfig {
-                batch_max_records: 1000,
-                gap_reread_batch_records: 200,
-                own_client: "sfsync".into(),
-                run_id: crate::run_cmd::new_run_id(),
-                max_stored_failures_per_rule:
-                    sfsync_pipeline::apply::DEFAULT_MAX_STORED_FAILURES_PER_RULE,
-                jobs: Default::default(),
-            },
-            initial: ReplayStart::Earliest,
-            idle_wait: Duration::from_millis(200),
-            bulk: Some(client.bulk()),
-            echo_ledger: Some(sfsync_pipeline::writeback::EchoLedger(ledger.clone())),
-        },
-    )
-    .await
-    .context("starting the pipeline")?;
+    println!("  config        {}", config_path.display());
     println!("  warehouse     {} (SQLite)", warehouse.display());
+    if let Some(addr) = service.api_addr {
+        let link = args.data_dir.join("dashboard.url");
+        write_private(
+            &link,
+            &format!("http://{addr}/ui/#token={}\n", token.trim()),
+        )?;
+        println!(
+            "  dashboard     http://{addr}/ui/  (sign-in link with the operator token: {})",
+            link.display()
+        );
+        println!("  API           http://{addr}/api/v1/  (OpenAPI: /api/v1/openapi.json, metrics: /metrics)");
+    }
     // Writeback: a system called demo_writer owns Accounts with External_Id__c DEMO-WB-*; it
     // inserts rows into the outbox table (as any system could) and the deliverer sends them.
     let (wb_stop, wb_rx) = tokio::sync::watch::channel(false);
-    let deliverer = tokio::spawn(
-        sfsync_pipeline::writeback::Deliverer::new(
-            store.clone(),
-            ledger.clone(),
-            &client,
-            demo_writeback_policy(),
-            sfsync_pipeline::writeback::DeliveryConfig {
-                claimer: format!("demo-pid{}", std::process::id()),
-                ..Default::default()
-            },
-            pipeline.stats.clone(),
-        )
-        .with_echo(pipeline.echo.clone())
-        .run(wb_rx.clone()),
-    );
     let trickle = tokio::spawn(outbox_trickle(warehouse.clone(), wb_rx));
     println!(
-        "  writeback     5 writes/s from demo_writer through the outbox table (Account DEMO-WB-*)"
+        "  writeback     5 writes/s from demo_writer through the outbox table (Account DEMO-WB-*); \
+         now and then a write whose Description Salesforce changed (a conflict for a person) or \
+         with a field Account lacks (a dead letter)"
     );
+    let pipeline = &service.running;
 
     let started = Instant::now();
     let stop_at = args.duration.map(|s| started + Duration::from_secs(s));
@@ -230,8 +197,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     }
     let _ = wb_stop.send(true);
     let _ = trickle.await;
-    let _ = deliverer.await;
-    pipeline.shutdown(Duration::from_secs(30)).await?;
+    service.stop().await?;
     println!();
     println!(
         "Summary: {} record changes in {} transactions over {:.0} s ({} rejected by validation); \
@@ -302,65 +268,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     running.shutdown().await
 }
 
-/// The demo's synced objects: the workload's standard and custom objects with SCD2 history on
-/// their status-like fields and the Contact's personal data as PII.
-fn demo_objects() -> Vec<ObjectSpec> {
-    let with = |name: &str, history: &[&str], pii: &[&str]| {
-        let mut s = ObjectSpec::new(name);
-        s.history = HistoryFields::Fields(history.iter().map(|f| f.to_string()).collect());
-        s.pii_fields = pii.iter().map(|f| f.to_string()).collect();
-        s
-    };
-    use sfsync_pipeline::quality::{CheckSpec, ReferenceSpec, RuleSpec, Severity};
-    let mut case = with("Case", &["Status", "Priority", "OwnerId"], &[]);
-    // A Case waits for its Contact (one held by a rule, say) before it is merged.
-    case.quality.references.push(ReferenceSpec {
-        field: "ContactId".into(),
-        parent: "Contact".into(),
-        alert_after_secs: 3600,
-    });
-    let mut contact = with(
-        "Contact",
-        &["AccountId", "Email"],
-        &["Email", "Phone", "Birthdate"],
-    );
-    contact.quality.required.push("LastName".into());
-    contact.quality.rules.push(RuleSpec {
-        field: "MailingPostalCode".into(),
-        check: CheckSpec::Regex("^[0-9]{5}(-[0-9]{4})?$".into()),
-        severity: Severity::Error,
-    });
-    vec![
-        case,
-        with("Account", &["Name", "Type"], &[]),
-        contact,
-        with("Opportunity", &["StageName", "Amount"], &[]),
-        with("Service_Request__c", &["Status__c"], &[]),
-        with("Payment__c", &["Status__c", "Amount__c"], &[]),
-    ]
-}
-
-/// The demo's writeback rules: Accounts' fields are owned by `demo_writer`, whose writes are
-/// the source of truth.
-fn demo_writeback_policy() -> sfsync_pipeline::writeback::WritebackPolicy {
-    use sfsync_pipeline::writeback::{ConflictPolicy, FieldRule, ObjectPolicy, Owner};
-    sfsync_pipeline::writeback::WritebackPolicy {
-        objects: [(
-            "Account".to_string(),
-            ObjectPolicy {
-                default: FieldRule {
-                    owner: Owner::System("demo_writer".into()),
-                    policy: ConflictPolicy::SourceOfTruth,
-                },
-                fields: Default::default(),
-            },
-        )]
-        .into(),
-    }
-}
-
 /// Inserts 5 rows a second into the warehouse's outbox table, as an outside system would: an
-/// upsert creating `DEMO-WB-<n>`, then Phone updates of earlier ones.
+/// upsert creating `DEMO-WB-<n>`, then Phone updates of earlier ones. Now and then (the first
+/// within seconds, then about once a minute) a Description for an Account the traffic changed,
+/// sent with an ancient seen version (a conflict a person decides), and a write naming a field
+/// Account lacks (Salesforce refuses it: a dead letter).
 async fn outbox_trickle(warehouse: PathBuf, mut stop: tokio::sync::watch::Receiver<bool>) {
     let run = uuid::Uuid::new_v4().simple().to_string();
     let mut n: u64 = 0;
@@ -374,22 +286,53 @@ async fn outbox_trickle(warehouse: PathBuf, mut stop: tokio::sync::watch::Receiv
             return;
         }
         n += 1;
-        let (ext, fields) = if n % 2 == 1 {
-            (
-                format!("DEMO-WB-{}", n / 2),
-                serde_json::json!({"Name": format!("Writeback demo {}", n / 2)}),
-            )
-        } else {
-            (
-                format!("DEMO-WB-{}", n / 4),
-                serde_json::json!({"Phone": format!("555-{:04}", n % 10_000)}),
-            )
-        };
         let key = format!("{run}-{n}");
         let path = warehouse.clone();
         let inserted = tokio::task::spawn_blocking(move || -> rusqlite::Result<usize> {
             let c = rusqlite::Connection::open(&path)?;
             c.busy_timeout(Duration::from_secs(5))?;
+            // Both take the place of a Phone update (even n), never of a create.
+            let conflict = n % 300 == 26;
+            let bogus = n % 300 == 42;
+            if conflict {
+                let id: Option<String> = c
+                    .query_row(
+                        "SELECT id FROM sf_account WHERE NOT _sf_deleted
+                         AND (external_id__c IS NULL OR external_id__c NOT LIKE 'DEMO-WB-%')
+                         ORDER BY random() LIMIT 1",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .ok();
+                if let Some(id) = id {
+                    return c.execute(
+                        "INSERT INTO outbox (source_system, idempotency_key, object, record_id,
+                             fields, seen_version_ms) VALUES ('demo_writer', ?1, 'Account', ?2, ?3, 1)",
+                        rusqlite::params![
+                            key,
+                            id,
+                            serde_json::json!({"Description": format!("Eligibility reviewed ({n})")})
+                                .to_string()
+                        ],
+                    );
+                }
+            }
+            let (ext, fields) = if bogus {
+                (
+                    format!("DEMO-WB-BAD-{n}"),
+                    serde_json::json!({"Name": "Mapped wrongly", "Fax_Number__c": "555-0100"}),
+                )
+            } else if n % 2 == 1 {
+                (
+                    format!("DEMO-WB-{}", n / 2),
+                    serde_json::json!({"Name": format!("Writeback demo {}", n / 2)}),
+                )
+            } else {
+                (
+                    format!("DEMO-WB-{}", n / 4),
+                    serde_json::json!({"Phone": format!("555-{:04}", n % 10_000)}),
+                )
+            };
             c.execute(
                 "INSERT INTO outbox (source_system, idempotency_key, object, external_id_field,
                      external_id, fields) VALUES ('demo_writer', ?1, 'Account', 'External_Id__c', ?2, ?3)",
@@ -403,20 +346,134 @@ async fn outbox_trickle(warehouse: PathBuf, mut stop: tokio::sync::watch::Receiv
     }
 }
 
-/// The demo's PII key: generated once into `DIR/pii.key` (mode 0600).
-fn demo_keyring(dir: &std::path::Path) -> Result<Keyring> {
-    let path = dir.join("pii.key");
+/// `addr` when it is free now, else a free port on its address.
+fn free_or_any(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    match std::net::TcpListener::bind(addr) {
+        Ok(l) => l.local_addr().unwrap_or(addr),
+        Err(e) => {
+            eprintln!("API port {} is busy ({e}); using a free port.", addr.port());
+            std::net::TcpListener::bind(std::net::SocketAddr::new(addr.ip(), 0))
+                .and_then(|l| l.local_addr())
+                .unwrap_or(addr)
+        }
+    }
+}
+
+/// Writes `text` to `path` readable by the owner only.
+fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restricting {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// A secret generated once into `dir/name` (64 hex digits, mode 0600) and read back.
+fn generated_secret(dir: &std::path::Path, name: &str) -> Result<String> {
+    let path = dir.join(name);
     if !path.exists() {
         let key: [u8; 32] = rand::random();
         let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-        std::fs::write(&path, hex).with_context(|| format!("writing {}", path.display()))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        }
+        write_private(&path, &hex)?;
     }
-    let hex =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    Keyring::from_hex("demo-1", hex.trim()).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    Ok(std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .trim()
+        .to_string())
+}
+
+/// The demo's config (`DIR/sfsync.toml`, rewritten at every start): the workload's standard and
+/// custom objects with SCD2 history on their status-like fields, the Contact's personal data as
+/// PII (key `DIR/pii.key`), a postal-code rule and a Case → Contact reference check, writeback of
+/// Accounts owned by `demo_writer` (Description shared, conflicts decided by a person), and the
+/// API with an operator token (`DIR/api-operator.token`). Returns the path and the token.
+fn write_demo_config(
+    dir: &std::path::Path,
+    org: &sfsync_emulator::RunningEmulator,
+    api: std::net::SocketAddr,
+) -> Result<(PathBuf, String)> {
+    generated_secret(dir, "pii.key")?;
+    let token = generated_secret(dir, "api-operator.token")?;
+    let text = format!(
+        r#"# Written by `sfsync demo` at every start (edits are overwritten): the demo org's flows.
+[salesforce]
+credentials_file = "{creds}"
+ca_file = "{ca}"
+
+[[objects]]
+name = "Case"
+history = {{ fields = ["Status", "Priority", "OwnerId"] }}
+references = [{{ field = "ContactId", object = "Contact", alert_after_secs = 3600 }}]
+team = "Case management integration"
+sla_secs = 60
+
+[[objects]]
+name = "Account"
+history = {{ fields = ["Name", "Type"] }}
+team = "Customer data"
+
+[[objects]]
+name = "Contact"
+history = {{ fields = ["AccountId", "Email"] }}
+pii_fields = ["Email", "Phone", "Birthdate"]
+required = ["LastName"]
+team = "Customer data"
+
+[[objects.rules]]
+field = "MailingPostalCode"
+check = "regex"
+pattern = "^[0-9]{{5}}(-[0-9]{{4}})?$"
+
+[[objects]]
+name = "Opportunity"
+history = {{ fields = ["StageName", "Amount"] }}
+
+[[objects]]
+name = "Service_Request__c"
+history = {{ fields = ["Status__c"] }}
+team = "Service delivery"
+
+[[objects]]
+name = "Payment__c"
+history = {{ fields = ["Status__c", "Amount__c"] }}
+team = "Payments"
+sla_secs = 300
+
+[warehouse]
+type = "sqlite"
+path = "warehouse.db"
+
+[pii]
+key_file = "pii.key"
+key_id = "demo-1"
+
+[pipeline]
+# The org's whole retained history is replayed from the earliest event instead.
+backfill_new_objects = false
+
+[[writeback.objects]]
+name = "Account"
+owner = "demo_writer"
+policy = "source_of_truth"
+fields = [{{ name = "Description", owner = "shared", policy = "manual" }}]
+team = "Demo writer (outbox)"
+sla_secs = 300
+
+[api]
+listen = "{api}"
+
+[[api.tokens]]
+name = "demo-operator"
+role = "operator"
+token_file = "api-operator.token"
+"#,
+        creds = org.credentials_path.display(),
+        ca = org.ca_pem_path.display(),
+    );
+    let path = dir.join("sfsync.toml");
+    write_private(&path, &text)?;
+    Ok((path, token))
 }

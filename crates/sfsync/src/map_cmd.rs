@@ -45,6 +45,9 @@ pub struct Node {
     pub label: String,
     /// `salesforce`, `sfsync`, `warehouse`, `system`.
     pub kind: &'static str,
+    /// The `source_system` a `system` node stands for (`None`: the "any system" node of shared
+    /// fields, and the other kinds).
+    pub system: Option<String>,
 }
 
 /// One flow: data moving from `source` to `target`.
@@ -73,6 +76,8 @@ pub struct IntegrationMap {
 }
 
 const SALESFORCE: &str = "salesforce";
+/// The writer of `shared` fields: whichever system sends the write.
+const ANY_SYSTEM: &str = "any system";
 const WAREHOUSE: &str = "warehouse";
 
 /// A node id from a free-form name: ASCII letters and digits kept, the rest `_`.
@@ -106,18 +111,20 @@ impl IntegrationMap {
                 id: SALESFORCE.into(),
                 label: "Salesforce org".into(),
                 kind: "salesforce",
+                system: None,
             },
             Node {
                 id: WAREHOUSE.into(),
                 label: warehouse_label,
                 kind: "warehouse",
+                system: None,
             },
         ];
         let mut flows = Vec::new();
         let p = &config.pipeline;
         for o in &config.objects {
             let mut steps = vec![format!(
-                "typed columns from describe into table {}",
+                "typed columns from describe into table sf_{}",
                 o.name.to_ascii_lowercase()
             )];
             match &o.history {
@@ -214,7 +221,7 @@ impl IntegrationMap {
                 }
             }
             if shared {
-                systems.push("any system".into());
+                systems.push(ANY_SYSTEM.into());
             }
             let policies: Vec<String> = {
                 let mut v: Vec<String> = std::iter::once(&policy.default)
@@ -237,6 +244,7 @@ impl IntegrationMap {
                         id: id.clone(),
                         label: system.clone(),
                         kind: "system",
+                        system: (system != ANY_SYSTEM).then(|| system.clone()),
                     });
                 }
                 flows.push(Flow {

@@ -305,30 +305,35 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-pub async fn run(args: RunArgs) -> Result<()> {
-    // Signal handlers first: a SIGTERM during start-up is a graceful stop too.
-    let signal = crate::emulator_cmd::shutdown_signal();
-    tokio::pin!(signal);
-    let mut early = false;
-    tokio::select! {
-        biased;
-        _ = &mut signal => early = true,
-        _ = std::future::ready(()) => {}
-    }
-    if early {
-        return Ok(());
-    }
-    let (config, secrets) = load(&args.config)?;
-    // The API's address and certificate are checked before anything starts.
+/// Everything `sfsync run` serves, started: the pipeline, the writeback deliverer and the API.
+/// `sfsync demo` runs the same service against its embedded org.
+pub struct Service {
+    pub running: sfsync_pipeline::RunningPipeline,
+    /// The API's address (`None`: the API is off or its default address was taken).
+    pub api_addr: Option<std::net::SocketAddr>,
+    api: Option<crate::api::RunningApi>,
+    wb_stop: tokio::sync::watch::Sender<bool>,
+    deliverer: Option<tokio::task::JoinHandle<()>>,
+    shutdown_timeout: Duration,
+}
+
+/// Starts the service of `config` (the API's address and certificate are checked before
+/// anything else starts).
+pub async fn start_service(
+    config: &ValidConfig,
+    secrets: &ResolvedSecrets,
+    start: StartAt,
+    config_path: &Path,
+) -> Result<Service> {
     let api = match &config.api {
         Some(api) => crate::api::bind(api).await?,
         None => None,
     };
-    let stores = open_stores(&config, &secrets).await?;
+    let stores = open_stores(config, secrets).await?;
     let store = stores.warehouse.clone();
     let ledger = stores.ledger.clone();
-    let (client, subscriber) = connect_salesforce(&config, &secrets).await?;
-    let mut pc = pipeline_config(&config, args.start);
+    let (client, subscriber) = connect_salesforce(config, secrets).await?;
+    let mut pc = pipeline_config(config, start);
     pc.bulk = Some(client.bulk());
     let writeback = !config.writeback.objects.is_empty();
     if writeback {
@@ -337,7 +342,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if pc.objects.is_empty() {
         anyhow::bail!(
             "{}: no object with mode = \"cdc\" to sync",
-            args.config.display()
+            config_path.display()
         );
     }
     let running = sfsync_pipeline::start(
@@ -361,7 +366,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             ledger.clone(),
             &client,
             config.writeback.clone(),
-            delivery_config(&config, &running.run_id),
+            delivery_config(config, &running.run_id),
             running.stats.clone(),
         )
         .with_echo(running.echo.clone());
@@ -375,7 +380,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let api = match (api, &config.api) {
         (Some(bound), Some(api_config)) => {
             let state = crate::api::ApiState::new(
-                &config,
+                config,
                 api_config,
                 &secrets.api_tokens,
                 stores.full.clone(),
@@ -387,13 +392,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 }),
             );
             let running_api = bound.serve(Arc::new(state));
+            let tls = api_config.tls.is_some();
             eprintln!(
                 "API on {}://{} ({} tokens)",
-                if api_config.tls.is_some() {
-                    "https"
-                } else {
-                    "http"
-                },
+                if tls { "https" } else { "http" },
                 running_api.addr,
                 secrets.api_tokens.len()
             );
@@ -401,6 +403,61 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
         _ => None,
     };
+    Ok(Service {
+        running,
+        api_addr: api.as_ref().map(|a| a.addr),
+        api,
+        wb_stop,
+        deliverer,
+        shutdown_timeout: Duration::from_secs(config.pipeline.shutdown_timeout_secs),
+    })
+}
+
+impl Service {
+    /// Stops the API, then the deliverer (its round in flight finishes, within the shutdown
+    /// timeout), then the pipeline with its final checkpoint.
+    pub async fn stop(self) -> Result<()> {
+        if let Some(api) = self.api {
+            api.stop().await;
+        }
+        eprintln!("Stopping: committing the final checkpoint…");
+        let _ = self.wb_stop.send(true);
+        if let Some(mut d) = self.deliverer {
+            // A round in the middle of retry backoffs may take long: its writes stay `sent`
+            // and are delivered again after the claim lease.
+            let grace = self.shutdown_timeout;
+            match tokio::time::timeout(grace, &mut d).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "The writeback deliverer task ended abnormally.")
+                }
+                Err(_) => {
+                    tracing::warn!(grace_secs = grace.as_secs(), "Writeback delivery did not stop in time; its claimed writes are sent again after the claim lease.");
+                    d.abort();
+                }
+            }
+        }
+        self.running.shutdown(self.shutdown_timeout).await?;
+        Ok(())
+    }
+}
+
+pub async fn run(args: RunArgs) -> Result<()> {
+    // Signal handlers first: a SIGTERM during start-up is a graceful stop too.
+    let signal = crate::emulator_cmd::shutdown_signal();
+    tokio::pin!(signal);
+    let mut early = false;
+    tokio::select! {
+        biased;
+        _ = &mut signal => early = true,
+        _ = std::future::ready(()) => {}
+    }
+    if early {
+        return Ok(());
+    }
+    let (config, secrets) = load(&args.config)?;
+    let service = start_service(&config, &secrets, args.start, &args.config).await?;
+    let stats = service.running.stats.clone();
     let started = Instant::now();
     let mut last = 0;
     let every = Duration::from_secs(args.progress_secs.max(1));
@@ -412,40 +469,17 @@ pub async fn run(args: RunArgs) -> Result<()> {
             _ = &mut signal => break,
             _ = tick.tick() => {
                 if args.progress_secs > 0 {
-                    eprintln!("{}", progress_line(&running.stats, started.elapsed(), &mut last));
+                    eprintln!("{}", progress_line(&stats, started.elapsed(), &mut last));
                 }
             }
             _ = stats_tick.tick(), if args.stats_file.is_some() => {
                 if let Some(p) = &args.stats_file {
-                    write_stats(p, &running.stats);
+                    write_stats(p, &stats);
                 }
             }
         }
     }
-    if let Some(api) = api {
-        api.stop().await;
-    }
-    eprintln!("Stopping: committing the final checkpoint…");
-    let _ = wb_stop.send(true);
-    if let Some(mut d) = deliverer {
-        // A round in the middle of retry backoffs may take long: its writes stay `sent` and
-        // are delivered again after the claim lease.
-        let grace = Duration::from_secs(config.pipeline.shutdown_timeout_secs);
-        match tokio::time::timeout(grace, &mut d).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "The writeback deliverer task ended abnormally.")
-            }
-            Err(_) => {
-                tracing::warn!(grace_secs = grace.as_secs(), "Writeback delivery did not stop in time; its claimed writes are sent again after the claim lease.");
-                d.abort();
-            }
-        }
-    }
-    let stats = running.stats.clone();
-    running
-        .shutdown(Duration::from_secs(config.pipeline.shutdown_timeout_secs))
-        .await?;
+    service.stop().await?;
     eprintln!("{}", progress_line(&stats, started.elapsed(), &mut last));
     if let Some(p) = &args.stats_file {
         write_stats(p, &stats);

@@ -111,12 +111,24 @@ fn secs(ms: i64) -> f64 {
     ms.max(0) as f64 / 1000.0
 }
 
-/// A stable identifier of a flow: `inbound-cdc-stream-Case-warehouse`.
+/// A stable identifier of a flow: `inbound-CDC-stream-Case-salesforce-warehouse`.
 pub fn flow_id(f: &Flow) -> String {
-    format!("{}-{}-{}-{}", f.direction, f.pattern, f.object, f.target)
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect()
+    format!(
+        "{}-{}-{}-{}-{}",
+        f.direction, f.pattern, f.object, f.source, f.target
+    )
+    .chars()
+    .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+    .collect()
+}
+
+/// The source system a map node stands for (`None` for Salesforce, the warehouse and the
+/// "any system" node of shared fields).
+fn system_of<'a>(map: &'a crate::map_cmd::IntegrationMap, node: &str) -> Option<&'a str> {
+    map.nodes
+        .iter()
+        .find(|n| n.id == node)
+        .and_then(|n| n.system.as_deref())
 }
 
 /// Health from a lag against an SLA: green up to half, amber up to the SLA, red beyond.
@@ -206,19 +218,33 @@ pub async fn flows(State(s): State<Arc<ApiState>>, caller: Caller) -> super::rou
                     )
                 }
                 ("outbound", _) => {
+                    // The writes of this flow's system; the "any system" flow (shared fields)
+                    // has the writes of every system no other flow of the object names.
+                    let named: Vec<&str> = s
+                        .map
+                        .flows
+                        .iter()
+                        .filter(|g| g.direction == "outbound" && g.object == f.object)
+                        .filter_map(|g| system_of(&s.map, &g.source))
+                        .collect();
+                    let mine = |source: &str| match system_of(&s.map, &f.source) {
+                        Some(system) => source == system,
+                        None => !named.contains(&source),
+                    };
                     let by_state = |state: WriteState| -> u64 {
                         counts
                             .writes_by_object
                             .iter()
-                            .filter(|(o, s, _)| *o == f.object && *s == state)
-                            .map(|(_, _, n)| n)
+                            .filter(|(o, src, st, _)| *o == f.object && mine(src) && *st == state)
+                            .map(|(_, _, _, n)| n)
                             .sum()
                     };
                     let oldest = counts
                         .oldest_open_write_ms
                         .iter()
-                        .find(|(o, _)| *o == f.object)
-                        .map(|(_, ms)| *ms);
+                        .filter(|(o, src, _)| *o == f.object && mine(src))
+                        .map(|(_, _, ms)| *ms)
+                        .min();
                     let lag = oldest.map(|ms| secs(now - ms)).unwrap_or(0.0);
                     let points = history.rates(THROUGHPUT_POINTS, |x| {
                         x.writes_applied.get(&f.object).copied().unwrap_or(0)
