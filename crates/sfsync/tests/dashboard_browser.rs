@@ -147,6 +147,31 @@ async fn the_dashboard_works_in_headless_chromium_against_the_demo() {
         .unwrap_or_else(|| panic!("dashboard.url does not point at /ui/: {url}"))
         .to_string();
 
+    // The dashboard's files: public, locked down, and nothing else under /ui/.
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = plain.get(format!("{origin}/")).send().await.unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::FOUND, "GET /");
+    assert_eq!(r.headers()["location"], "/ui/");
+    for (path, status, content_type) in [
+        ("/ui/", 200, Some("text/html; charset=utf-8")),
+        ("/ui/app.js", 200, Some("text/javascript; charset=utf-8")),
+        ("/ui/app.css", 200, Some("text/css; charset=utf-8")),
+        ("/ui/no-such-file.js", 404, None),
+    ] {
+        let r = plain.get(format!("{origin}{path}")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "GET {path}");
+        let h = r.headers();
+        assert_eq!(h["content-security-policy"], "default-src 'self'", "{path}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["cache-control"], "no-cache", "{path}");
+        if let Some(ct) = content_type {
+            assert_eq!(h["content-type"], ct, "{path}");
+        }
+    }
+
     // Wait until the traffic has produced something to act on in every queue.
     let http = reqwest::Client::new();
     let get = |path: &'static str| {
@@ -169,7 +194,7 @@ async fn the_dashboard_works_in_headless_chromium_against_the_demo() {
         }
     };
     wait_for(
-        "a held quarantined change, a dead letter and an open conflict",
+        "a held quarantined change, a failed write (dead letter) and an open conflict",
         ITEMS_WITHIN,
         || async {
             let mut problems = Vec::new();
@@ -233,14 +258,21 @@ async fn the_dashboard_works_in_headless_chromium_against_the_demo() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let output = file_text(&node_log);
-    println!("{output}");
     assert!(
         status.success(),
         "dashboard.mjs failed ({status}); screenshots in {}:\n{output}\n--- sfsync demo ---\n{}",
         artifacts.display(),
         tail(&log)
     );
-    for page in ["overview", "budget", "runs", "deadletters", "quarantine", "conflicts", "map"] {
+    for page in [
+        "overview",
+        "budget",
+        "runs",
+        "deadletters",
+        "quarantine",
+        "conflicts",
+        "map",
+    ] {
         assert!(
             artifacts.join(format!("{page}.png")).exists(),
             "no screenshot of {page} in {}",

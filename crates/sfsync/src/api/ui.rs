@@ -75,7 +75,10 @@ fn serve(name: &str) -> Response {
         Some(a) => secure(
             (
                 StatusCode::OK,
-                [(header::CONTENT_TYPE, HeaderValue::from_static(a.content_type))],
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(a.content_type),
+                )],
                 a.body,
             )
                 .into_response(),
@@ -106,7 +109,9 @@ pub async fn index() -> Response {
 }
 
 /// `GET /ui/{file}`: one of the dashboard's files, 404 for any other name.
-pub async fn asset(file: Result<Path<String>, axum::extract::rejection::PathRejection>) -> Response {
+pub async fn asset(
+    file: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
     match file {
         Ok(Path(name)) => serve(&name),
         Err(r) => secure(ApiError::from(r).into_response()),
@@ -126,7 +131,10 @@ mod tests {
             assert!(named, "{} is embedded but nothing loads it", a.name);
         }
         // No inline script: the policy (default-src 'self') would refuse it.
-        assert!(!index.contains("<script>"), "index.html has an inline script");
+        assert!(
+            !index.contains("<script>"),
+            "index.html has an inline script"
+        );
         assert!(!index.contains("style="), "index.html has an inline style");
     }
 
