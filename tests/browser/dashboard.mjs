@@ -128,6 +128,23 @@ try {
     await ctx.close();
   });
 
+  await check('an API error shows in the banner with the API\'s message', async () => {
+    // Its own tab: the 404 is logged by the browser, which the main tab counts as a problem.
+    const ctx = await browser.newContext();
+    const page = await ctx.newPage();
+    const missing = 2_000_000_000;
+    const resp = await fetch(`${origin}/api/v1/runs/${missing}`, { headers: { Authorization: `Bearer ${token}` } });
+    const message = (await resp.json()).error.message;
+    await page.goto(start);
+    await ready(page, 'overview');
+    await page.evaluate((id) => { window.location.hash = `#/runs/${id}`; }, missing);
+    await page.waitForSelector('[data-testid=error-banner]:not([hidden])', { timeout: WAIT });
+    const text = await page.textContent('[data-testid=error-text]');
+    assert(text.includes(message), `the banner says ${JSON.stringify(text)}, the API ${JSON.stringify(message)}`);
+    await shot(page, 'error-banner');
+    await ctx.close();
+  });
+
   // ---- signed in through the demo's link ----
   const ctx = await browser.newContext({ viewport: { width: 1400, height: 900 } });
   const page = await ctx.newPage();

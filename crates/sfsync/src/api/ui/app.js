@@ -62,14 +62,21 @@ async function api(path, { method = 'GET', body } = {}) {
 
 // ---- banner, notices, confirmation ----
 
-function showError(message) {
+/**
+ * Shows the API's message. `source` is `load` (cleared by the page's next good refresh) or
+ * `action` (stays until dismissed, another action or another page).
+ */
+function showError(message, source = 'load') {
   const b = $('banner');
   $('banner-text').textContent = message;
+  b.dataset.source = source;
   b.hidden = false;
 }
 
-function clearError() {
-  $('banner').hidden = true;
+function clearError(onlyLoad = false) {
+  const b = $('banner');
+  if (onlyLoad && b.dataset.source === 'action') return;
+  b.hidden = true;
   $('banner-text').textContent = '';
 }
 
@@ -120,7 +127,7 @@ async function act(what, path, body) {
       state.built = null;
       await refresh();
     }
-    showError(e.message);
+    showError(e.message, 'action');
     return null;
   }
 }
@@ -253,7 +260,7 @@ async function refresh() {
     main.dataset.ready = route.name;
     main.dataset.refreshes = String(state.refreshes);
     $('updated').replaceChildren('Updated ', when(new Date().toISOString()));
-    if (!page.keepsBanner) clearError();
+    clearError(true);
   } catch (e) {
     if (gen !== state.gen) return;
     if (e.status === 401) return;
@@ -549,7 +556,7 @@ function conflictActions(route, data) {
     actionButton('Resolve…', 'resolve-submit', async () => {
       const picked = form.querySelector('input[name=resolve-action]:checked');
       if (!picked) {
-        showError('Choose how to resolve the conflict first: keep Salesforce, take the writer’s values, or set values.');
+        showError('Choose how to resolve the conflict first: keep Salesforce, take the writer’s values, or set values.', 'action');
         return;
       }
       const body = { action: picked.value, ...noteOf('conflict-note') };
@@ -611,7 +618,7 @@ function start() {
     signIn(token);
   });
   $('signout').addEventListener('click', () => signOut('Signed out.'));
-  $('banner-close').addEventListener('click', clearError);
+  $('banner-close').addEventListener('click', () => clearError());
   $('confirm-ok').addEventListener('click', () => closeConfirm(true));
   $('confirm-cancel').addEventListener('click', () => closeConfirm(false));
   $('confirm').addEventListener('cancel', () => closeConfirm(false));
