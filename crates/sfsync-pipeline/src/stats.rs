@@ -79,6 +79,7 @@ pub const WRITEBACK_BUCKETS_MS: [u64; 10] = [
 #[derive(Debug, Default)]
 pub struct Histogram {
     counts: [AtomicU64; WRITEBACK_BUCKETS_MS.len() + 1],
+    sum_ms: AtomicU64,
 }
 
 impl Histogram {
@@ -89,6 +90,12 @@ impl Histogram {
             .position(|b| ms <= *b)
             .unwrap_or(WRITEBACK_BUCKETS_MS.len());
         self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_ms.fetch_add(ms, Ordering::Relaxed);
+    }
+
+    /// The sum of the observed values (ms).
+    pub fn sum_ms(&self) -> u64 {
+        self.sum_ms.load(Ordering::Relaxed)
     }
 
     /// Bucket counts in [`WRITEBACK_BUCKETS_MS`] order, then the overflow bucket.

@@ -73,6 +73,8 @@ pub struct OpsCounts {
     /// Per (object, source system): when its oldest write still on its way (pending or sent)
     /// was accepted (ms).
     pub oldest_open_write_ms: Vec<(String, String, i64)>,
+    /// Finished runs (sync jobs) recorded, per (kind, status), sorted.
+    pub runs_finished: Vec<(String, String, u64)>,
     pub pending_repairs: u64,
     pub pending_resyncs: u64,
     pub dead_letters: u64,
@@ -86,6 +88,8 @@ pub(crate) const OPS_COUNTS_SQL: &str = "
         GROUP BY object, source_system, state
     UNION ALL SELECT 'oldest_open', object || '|' || source_system, MIN(created_at_ms) FROM writes
         WHERE state IN ('pending', 'sent') GROUP BY object, source_system
+    UNION ALL SELECT 'runs', kind || '|' || status, COUNT(*) FROM sync_jobs
+        WHERE status IN ('succeeded', 'failed', 'cancelled') GROUP BY kind, status
     UNION ALL SELECT 'repairs', '', COUNT(*) FROM repair_requests WHERE status = 'pending'
     UNION ALL SELECT 'resyncs', '', COUNT(*) FROM resync_requests WHERE status = 'pending'
     UNION ALL SELECT 'dead_letters', '', COUNT(*) FROM dead_letters
@@ -128,6 +132,12 @@ pub(crate) fn fold_counts(rows: impl IntoIterator<Item = (String, String, i64)>)
                         .push((object.to_string(), source.to_string(), n as i64));
                 }
             }
+            "runs" => {
+                if let Some((kind, status)) = key.split_once('|') {
+                    c.runs_finished
+                        .push((kind.to_string(), status.to_string(), n));
+                }
+            }
             "repairs" => c.pending_repairs = n,
             "resyncs" => c.pending_resyncs = n,
             "dead_letters" => c.dead_letters = n,
@@ -138,6 +148,7 @@ pub(crate) fn fold_counts(rows: impl IntoIterator<Item = (String, String, i64)>)
     c.writes_by_object
         .sort_by(|a, b| (&a.0, &a.1, a.2.as_str()).cmp(&(&b.0, &b.1, b.2.as_str())));
     c.oldest_open_write_ms.sort();
+    c.runs_finished.sort();
     c
 }
 

@@ -753,6 +753,17 @@ async fn api_auth_actions_audit_ingress_openapi_and_metrics() {
         text.contains("\nsfsync_writes{state=\"pending\"} 4\n"),
         "{text}"
     );
+    // Every metric the shipped alert rules and Grafana dashboard query is exported.
+    let exported = support::metric_names(&text);
+    let ops = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ops");
+    for file in [
+        "prometheus/sfsync-alerts.yml",
+        "grafana/sfsync-dashboard.json",
+    ] {
+        let used = support::metric_names(&std::fs::read_to_string(ops.join(file)).unwrap());
+        let missing: Vec<&String> = used.difference(&exported).collect();
+        assert!(missing.is_empty(), "{file} queries {missing:?}, not exported:\n{text}");
+    }
     assert!(text.contains("\nsfsync_quarantine_open 0\n"), "{text}");
     assert!(
         text.contains("\nsfsync_object_changes_total{object=\"Contact\"} "),

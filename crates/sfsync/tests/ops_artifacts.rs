@@ -3,6 +3,9 @@
 //! Grafana dashboard (well-formed, every panel queries something, every metric it or the rules
 //! name is one sfsync exports).
 
+mod support;
+use support::metric_names;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -56,32 +59,6 @@ fn every_alert_has_a_unit_test() {
             "alert {a} has no test in sfsync-alerts.test.yml"
         );
     }
-}
-
-/// `sfsync_…` metric names in a text (histogram series reduced to the histogram's name).
-pub fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
-    let mut out = std::collections::BTreeSet::new();
-    let b = text.as_bytes();
-    let mut i = 0;
-    while let Some(pos) = text[i..].find("sfsync_") {
-        let start = i + pos;
-        let boundary =
-            start == 0 || !(b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_');
-        let mut end = start;
-        while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
-            end += 1;
-        }
-        if boundary {
-            let name = &text[start..end];
-            let name = ["_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|s| name.strip_suffix(s))
-                .unwrap_or(name);
-            out.insert(name.to_string());
-        }
-        i = end;
-    }
-    out
 }
 
 #[test]

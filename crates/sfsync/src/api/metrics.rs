@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use super::auth::Caller;
 use super::error::ApiError;
 use super::ApiState;
-use sfsync_pipeline::stats::LATENCY_BUCKETS_MS;
+use sfsync_pipeline::stats::{LATENCY_BUCKETS_MS, WRITEBACK_BUCKETS_MS};
 use sfsync_pipeline::PipelineStats;
 
 /// The content type of the text format.
@@ -56,10 +56,41 @@ impl Out {
     }
 }
 
+/// Pub/Sub keeps change events this long (72 h): a replay id older than that cannot be resumed.
+pub const REPLAY_RETENTION_SECS: f64 = 72.0 * 3600.0;
+
+/// What the exposition reads besides the pipeline's counters and the store's queue sizes.
+#[derive(Debug, Default)]
+pub struct Extra {
+    /// The budget governor's view (None: no Salesforce client in this process).
+    pub budget: Option<sfsync_salesforce::BudgetStatus>,
+    /// Per object: records the last successful reconciliation found different.
+    pub drift: Vec<(String, u64)>,
+    /// Per channel: the objects it carries.
+    pub channels: Vec<(String, Vec<String>)>,
+}
+
+/// A histogram family from bucket counts (ms bounds; the last count is the overflow bucket).
+fn histogram(o: &mut Out, name: &str, help: &str, bounds_ms: &[u64], counts: &[u64], sum_ms: u64) {
+    o.family(name, "histogram", help);
+    let mut cum = 0u64;
+    for (i, c) in counts.iter().enumerate() {
+        cum += c;
+        let le = match bounds_ms.get(i) {
+            Some(ms) => format!("{}", *ms as f64 / 1000.0),
+            None => "+Inf".to_string(),
+        };
+        o.sample(&format!("{name}_bucket"), &[("le", &le)], cum as f64);
+    }
+    o.sample(&format!("{name}_sum"), &[], sum_ms as f64 / 1000.0);
+    o.sample(&format!("{name}_count"), &[], cum as f64);
+}
+
 /// The exposition of `stats` and the store's queue sizes.
 pub fn render(
     stats: &PipelineStats,
     counts: &sfsync_store::OpsCounts,
+    extra: &Extra,
     uptime_secs: f64,
     now_ms: i64,
 ) -> String {
@@ -255,28 +286,169 @@ pub fn render(
         o.sample("sfsync_writes", &[("state", state.as_str())], *n as f64);
     }
     // The commit→curated latency histogram (cumulative buckets in seconds).
-    let name = "sfsync_apply_latency_seconds";
-    o.family(
-        name,
-        "histogram",
+    histogram(
+        &mut o,
+        "sfsync_apply_latency_seconds",
         "Salesforce commit to curated-table commit latency of applied changes.",
+        &LATENCY_BUCKETS_MS,
+        &stats.latency_counts(),
+        stats.latency_sum_ms(),
     );
-    let counts_ms = stats.latency_counts();
-    let mut cum = 0u64;
-    for (i, c) in counts_ms.iter().enumerate() {
-        cum += c;
-        let le = match LATENCY_BUCKETS_MS.get(i) {
-            Some(ms) => format!("{}", *ms as f64 / 1000.0),
-            None => "+Inf".to_string(),
-        };
-        o.sample(&format!("{name}_bucket"), &[("le", &le)], cum as f64);
+    // Writeback SLA histograms and outcomes.
+    let wb = &stats.writeback;
+    histogram(
+        &mut o,
+        "sfsync_writeback_applied_seconds",
+        "Writeback latency from acceptance (ledger) to Salesforce accepting the write.",
+        &WRITEBACK_BUCKETS_MS,
+        &wb.accepted_to_applied.counts(),
+        wb.accepted_to_applied.sum_ms(),
+    );
+    histogram(
+        &mut o,
+        "sfsync_writeback_confirmed_seconds",
+        "Writeback latency from acceptance to its CDC echo being applied.",
+        &WRITEBACK_BUCKETS_MS,
+        &wb.accepted_to_confirmed.counts(),
+        wb.accepted_to_confirmed.sum_ms(),
+    );
+    let wb_objects = wb.objects();
+    for (name, help, pick) in [
+        (
+            "sfsync_writeback_applied_total",
+            "Writes Salesforce accepted, per object.",
+            (|v: &sfsync_pipeline::stats::ObjectWriteStats| v.applied)
+                as fn(&sfsync_pipeline::stats::ObjectWriteStats) -> u64,
+        ),
+        (
+            "sfsync_writeback_failed_total",
+            "Writes that became dead letters, per object.",
+            |v: &sfsync_pipeline::stats::ObjectWriteStats| v.failed,
+        ),
+    ] {
+        o.family(name, "counter", help);
+        for (object, v) in &wb_objects {
+            o.sample(name, &[("object", object)], pick(v) as f64);
+        }
     }
-    o.sample(
-        &format!("{name}_sum"),
-        &[],
-        stats.latency_sum_ms() as f64 / 1000.0,
+    o.one(
+        "sfsync_writeback_api_calls_total",
+        "counter",
+        "Salesforce API calls made for writeback.",
+        g(&wb.api_calls),
     );
-    o.sample(&format!("{name}_count"), &[], cum as f64);
+    o.one(
+        "sfsync_writeback_records_sent_total",
+        "counter",
+        "Records sent to Salesforce by writeback (a record sent twice counts twice).",
+        g(&wb.records_sent),
+    );
+    // The API budget.
+    if let Some(b) = &extra.budget {
+        if let (Some(used), Some(max)) = (b.org_used, b.org_max) {
+            o.one(
+                "sfsync_api_requests_used",
+                "gauge",
+                "The org's DailyApiRequests used in the rolling 24 h (all integrations).",
+                used as f64,
+            );
+            o.one(
+                "sfsync_api_requests_limit",
+                "gauge",
+                "The org's DailyApiRequests allocation.",
+                max as f64,
+            );
+        }
+        if let Some(allow) = b.our_allowance {
+            o.one(
+                "sfsync_api_requests_allowance",
+                "gauge",
+                "The most sfsync's own calls may use in the rolling 24 h (share, cap, headroom).",
+                allow as f64,
+            );
+        }
+        o.one(
+            "sfsync_api_requests_ours",
+            "gauge",
+            "sfsync's own calls in the rolling 24 h.",
+            b.our_used as f64,
+        );
+        o.one(
+            "sfsync_api_limit_refusals_total",
+            "counter",
+            "Calls Salesforce refused for the daily limit (REQUEST_LIMIT_EXCEEDED).",
+            b.limit_refusals as f64,
+        );
+        for (name, help, pick) in [
+            (
+                "sfsync_api_lane_calls",
+                "Calls per budget lane in the rolling 24 h.",
+                (|l: &sfsync_salesforce::LaneStatus| l.calls_window as f64)
+                    as fn(&sfsync_salesforce::LaneStatus) -> f64,
+            ),
+            (
+                "sfsync_api_lane_deferred",
+                "Calls waiting for a permit per budget lane.",
+                |l: &sfsync_salesforce::LaneStatus| l.deferred as f64,
+            ),
+        ] {
+            o.family(name, "gauge", help);
+            for l in &b.lanes {
+                let lane = serde_json::to_value(l.lane)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                o.sample(name, &[("lane", &lane)], pick(l));
+            }
+        }
+    }
+    // Replay headroom per channel: the retention window minus the age of the newest applied
+    // change (the checkpoint resumes after it).
+    o.family(
+        "sfsync_replay_headroom_seconds",
+        "gauge",
+        "Seconds until the channel's checkpoint leaves Pub/Sub's 72 h retention window.",
+    );
+    for (channel, objs) in &extra.channels {
+        let newest = objects
+            .iter()
+            .filter(|(o, _)| objs.contains(o))
+            .map(|(_, v)| v.last_commit_ms)
+            .max()
+            .unwrap_or(0);
+        if newest > 0 {
+            let age = (now_ms - newest).max(0) as f64 / 1000.0;
+            o.sample(
+                "sfsync_replay_headroom_seconds",
+                &[("channel", channel)],
+                REPLAY_RETENTION_SECS - age,
+            );
+        }
+    }
+    o.family(
+        "sfsync_reconcile_drift_records",
+        "gauge",
+        "Records the last successful reconciliation found missing, extra or stale, per object.",
+    );
+    for (object, n) in &extra.drift {
+        o.sample(
+            "sfsync_reconcile_drift_records",
+            &[("object", object)],
+            *n as f64,
+        );
+    }
+    o.family(
+        "sfsync_runs_finished_total",
+        "counter",
+        "Runs (sync jobs) finished, per kind and status, as recorded in the store.",
+    );
+    for (kind, status, n) in &counts.runs_finished {
+        o.sample(
+            "sfsync_runs_finished_total",
+            &[("kind", kind), ("status", status)],
+            *n as f64,
+        );
+    }
     o.0
 }
 
@@ -299,9 +471,53 @@ pub async fn metrics(
         .ops_counts()
         .await
         .map_err(|e| ApiError::internal("counting the queues", e))?;
+    // The last successful reconciliation of each object (newest first: the first seen wins).
+    let recent = s
+        .store
+        .sync_jobs(&sfsync_store::SyncJobFilter {
+            kind: Some(sfsync_store::SyncJobKind::Reconcile),
+            statuses: vec![sfsync_store::SyncJobStatus::Succeeded],
+            newest_first: true,
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| ApiError::internal("reading the runs", e))?;
+    let mut drift: Vec<(String, u64)> = Vec::new();
+    for j in recent {
+        if drift.iter().any(|(o, _)| *o == j.object) {
+            continue;
+        }
+        let report: serde_json::Value = j
+            .report
+            .as_deref()
+            .and_then(|r| serde_json::from_str(r).ok())
+            .unwrap_or_default();
+        let n = ["missing", "extra", "stale"]
+            .iter()
+            .map(|k| report[*k].as_u64().unwrap_or(0))
+            .sum();
+        drift.push((j.object, n));
+    }
+    drift.sort();
+    let mut channels: Vec<(String, Vec<String>)> = Vec::new();
+    for o in &s.objects {
+        if let Some(c) = &o.channel {
+            match channels.iter_mut().find(|(k, _)| k == c) {
+                Some((_, v)) => v.push(o.name.clone()),
+                None => channels.push((c.clone(), vec![o.name.clone()])),
+            }
+        }
+    }
+    let extra = Extra {
+        budget: s.budget.as_ref().map(|b| b()),
+        drift,
+        channels,
+    };
     let text = render(
         &s.stats,
         &counts,
+        &extra,
         s.started.elapsed().as_secs_f64(),
         chrono::Utc::now().timestamp_millis(),
     );
@@ -326,7 +542,39 @@ mod tests {
             dead_letters: 2,
             ..Default::default()
         };
-        let text = render(&stats, &counts, 1.5, 3_500);
+        stats.writeback.accepted_to_applied.observe(300);
+        stats.writeback.count_failed("Case");
+        let extra = Extra {
+            drift: vec![("Account".into(), 7)],
+            channels: vec![(
+                "/data/AccountChangeEvent".into(),
+                vec!["Account".to_string()],
+            )],
+            ..Default::default()
+        };
+        let text = render(&stats, &counts, &extra, 1.5, 3_500);
+        assert!(
+            text.contains("sfsync_writeback_applied_seconds_bucket{le=\"0.5\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sfsync_writeback_applied_seconds_sum 0.3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sfsync_writeback_failed_total{object=\"Case\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sfsync_reconcile_drift_records{object=\"Account\"} 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "sfsync_replay_headroom_seconds{channel=\"/data/AccountChangeEvent\"} 259197\n"
+            ),
+            "{text}"
+        );
         assert!(text.contains("sfsync_events_ingested_total 5\n"), "{text}");
         assert!(text.contains("sfsync_consumer_lag_seconds 2.5\n"), "{text}");
         assert!(text.contains(
