@@ -755,7 +755,10 @@ async fn api_auth_actions_audit_ingress_openapi_and_metrics() {
     ] {
         let used = support::metric_names(&std::fs::read_to_string(ops.join(file)).unwrap());
         let missing: Vec<&String> = used.difference(&exported).collect();
-        assert!(missing.is_empty(), "{file} queries {missing:?}, not exported:\n{text}");
+        assert!(
+            missing.is_empty(),
+            "{file} queries {missing:?}, not exported:\n{text}"
+        );
     }
     assert!(text.contains("\nsfsync_quarantine_open 0\n"), "{text}");
     assert!(
