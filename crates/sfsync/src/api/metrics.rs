@@ -466,11 +466,7 @@ pub async fn metrics(
             .await?;
         caller.require_viewer()?;
     }
-    let counts = s
-        .store
-        .ops_counts()
-        .await
-        .map_err(|e| ApiError::internal("counting the queues", e))?;
+    let counts = super::routes::ops_counts(&s).await?;
     // The last successful reconciliation of each object (newest first: the first seen wins).
     let recent = s
         .store

@@ -47,11 +47,11 @@ fn limit(l: Option<usize>) -> Result<usize, ApiError> {
     }
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn ts(ms: i64) -> J {
+pub(super) fn ts(ms: i64) -> J {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| J::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
         .unwrap_or(J::Null)
@@ -113,6 +113,14 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(t)| t).map_err(ApiError::from)
 }
 
+/// The store's queue sizes (one consistent read).
+pub(super) async fn ops_counts(s: &ApiState) -> Result<sfsync_store::OpsCounts, ApiError> {
+    s.store
+        .ops_counts()
+        .await
+        .map_err(|e| ApiError::internal("counting the queues", e))
+}
+
 // ---- fallbacks ----
 
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {
@@ -138,11 +146,7 @@ pub async fn openapi_doc() -> Json<J> {
 
 pub async fn status(State(s): S, caller: Caller) -> ApiResult {
     caller.require_viewer()?;
-    let counts = s
-        .store
-        .ops_counts()
-        .await
-        .map_err(|e| ApiError::internal("counting the queues", e))?;
+    let counts = ops_counts(&s).await?;
     let open_runs = s
         .store
         .sync_jobs(&SyncJobFilter::open())

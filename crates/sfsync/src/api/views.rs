@@ -17,6 +17,7 @@ use sfsync_store::{SyncJobFilter, SyncJobKind, SyncJobStatus, WriteState};
 
 use super::auth::Caller;
 use super::error::ApiError;
+use super::routes::{now_ms, ts};
 use super::ApiState;
 use crate::map_cmd::Flow;
 
@@ -97,16 +98,6 @@ pub async fn sampler(state: Arc<ApiState>) {
     }
 }
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
-fn ts(ms: i64) -> J {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| J::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
-        .unwrap_or(J::Null)
-}
-
 fn secs(ms: i64) -> f64 {
     ms.max(0) as f64 / 1000.0
 }
@@ -155,11 +146,7 @@ fn by_lag(lag: f64, sla: u64, what: &str) -> (&'static str, String) {
 /// `GET /api/v1/flows`: every flow of the integration map with its live figures and health.
 pub async fn flows(State(s): State<Arc<ApiState>>, caller: Caller) -> super::routes::ApiResult {
     caller.require_viewer()?;
-    let counts = s
-        .store
-        .ops_counts()
-        .await
-        .map_err(|e| ApiError::internal("counting the queues", e))?;
+    let counts = super::routes::ops_counts(&s).await?;
     let now = now_ms();
     let st = &s.stats;
     let backlog = st
