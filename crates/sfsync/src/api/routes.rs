@@ -675,12 +675,7 @@ async fn dead_letter_act(
             }));
         }
         DeadLetterRef::Write(id) => {
-            let w = s
-                .store
-                .write(id)
-                .await
-                .map_err(|e| ApiError::internal("reading the write", e))?
-                .ok_or_else(|| ApiError::not_found(format!("no write has id {id}")))?;
+            let w = write_or_404(s, id).await?;
             let allowed = match redrive {
                 true => w.state == WriteState::Failed,
                 false => matches!(w.state, WriteState::Failed | WriteState::Conflict),
@@ -748,6 +743,15 @@ pub async fn discard_dead_letter(
     let r = dead_letter_ref(p)?;
     let body = json_body(body)?;
     dead_letter_act(&s, &caller, r, false, note(&body)?).await
+}
+
+/// One write of the ledger, or 404.
+async fn write_or_404(s: &ApiState, id: i64) -> Result<LedgerWrite, ApiError> {
+    s.store
+        .write(id)
+        .await
+        .map_err(|e| ApiError::internal("reading the write", e))?
+        .ok_or_else(|| ApiError::not_found(format!("no write has id {id}")))
 }
 
 // ---- conflicts ----
@@ -849,12 +853,7 @@ pub async fn resolve_conflict(
             ))
         }
     };
-    let w = s
-        .store
-        .write(id)
-        .await
-        .map_err(|e| ApiError::internal("reading the write", e))?
-        .ok_or_else(|| ApiError::not_found(format!("no write has id {id}")))?;
+    let w = write_or_404(s.as_ref(), id).await?;
     if w.state != WriteState::Conflict {
         return Err(ApiError::conflict(format!(
             "write {id} is {}, not in conflict",
