@@ -201,15 +201,28 @@ fn text(env: &Env, sql: &str) -> Vec<String> {
 }
 
 /// The commit time of the oldest change the raw log retains (RFC 3339): a window starting there
-/// is within the log (an older start is re-read from Salesforce).
+/// is within the log (an older start is re-read from Salesforce). The log is read with a fresh
+/// connection; it is retried for a while so a reader racing the last commit of the stopped
+/// pipeline sees it, and a log that stays empty fails with what was read.
 fn log_start(env: &Env) -> String {
-    let ms: i64 = text(
-        env,
-        "SELECT CAST(min(commit_timestamp) AS TEXT) FROM raw_changes",
-    )[0]
-    .parse()
-    .unwrap();
-    sfsync_pipeline::replay::ts(ms)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let conn = rusqlite::Connection::open(sfsync_store::sqlite::change_log_path(&env.db))
+            .unwrap();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        let (n, min): (i64, Option<i64>) = conn
+            .query_row(
+                "SELECT count(*), min(commit_timestamp) FROM raw_changes",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        match min {
+            Some(ms) => return sfsync_pipeline::replay::ts(ms),
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            None => panic!("the raw log holds {n} changes and no commit time after 30 s"),
+        }
+    }
 }
 
 /// Differences between the org's live Accounts and the warehouse's live rows.
