@@ -367,6 +367,11 @@ CREATE TABLE operator_actions (
 );
 "#,
     },
+    Migration {
+        version: 13,
+        name: "writeback: pending writes in acceptance order (the deliverer's claims)",
+        sql: "CREATE INDEX writes_pending ON writes (state, id);",
+    },
 ];
 
 /// The change log in a Postgres database (tables in the connection's `search_path` schema).

@@ -472,6 +472,11 @@ CREATE TABLE operator_actions (
 );
 "#,
     },
+    Migration {
+        version: 13,
+        name: "writeback: pending writes in acceptance order (the deliverer's claims)",
+        sql: "CREATE INDEX writes_pending ON writes (state, id);",
+    },
 ];
 
 /// `PRAGMA synchronous` setting; see the module docs.

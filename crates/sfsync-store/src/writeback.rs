@@ -506,13 +506,25 @@ pub struct WriteFilter {
     pub limit: usize,
 }
 
-/// What [`WriteLedger::pending_writes`] saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct PendingWrites {
-    /// Pending writes, at most the cap asked for.
+/// Writes that go to Salesforce in the same calls: one object, updated by Salesforce Id
+/// (`external_id_field` None; writes naming neither an Id nor an External Id are here too, and
+/// fail at delivery) or upserted on one External Id field.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WriteGroup {
+    pub object: String,
+    pub external_id_field: Option<String>,
+}
+
+/// What [`WriteLedger::pending_groups`] saw of one group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingGroup {
+    pub group: WriteGroup,
+    /// Pending writes of the group (among the oldest `cap` pending writes).
     pub count: usize,
-    /// When the oldest pending write was accepted (ms since the epoch).
-    pub oldest_created_ms: Option<i64>,
+    /// Of those, the ones accepted at or before the due time asked about.
+    pub due: usize,
+    /// When the oldest of them was accepted (ms since the epoch).
+    pub oldest_created_ms: i64,
 }
 
 /// What one [`WriteLedger::ingest_outbox`] did.
@@ -637,6 +649,16 @@ pub fn validate_outbox_row(row: &OutboxRow) -> std::result::Result<NewWrite, Str
 /// Contracts: every method is one transaction (atomic, durable when it returns); submissions
 /// and outbox ingestion are idempotent per (source system, idempotency key); a write is handed
 /// to at most one claimer per claim; illegal transitions are errors that write nothing.
+/// The first write of each record, in the given (acceptance) order, up to `limit`.
+pub(crate) fn one_per_record(rows: Vec<(i64, String)>, limit: usize) -> Vec<i64> {
+    let mut seen = std::collections::HashSet::new();
+    rows.into_iter()
+        .filter(|(_, key)| seen.insert(key.clone()))
+        .map(|(id, _)| id)
+        .take(limit)
+        .collect()
+}
+
 #[async_trait]
 pub trait WriteLedger: ChangeLog {
     /// Stores each valid write as pending, or returns the existing write for a known
@@ -646,10 +668,22 @@ pub trait WriteLedger: ChangeLog {
     /// Takes up to `limit` outbox rows not yet ingested (oldest first) into the ledger.
     async fn ingest_outbox(&self, limit: usize) -> Result<OutboxIngest>;
 
-    /// How many writes are pending (counted up to `cap`) and when the oldest of them was
-    /// accepted: the deliverer claims only when a batch is full or the oldest has lingered
-    /// long enough, so a write reads `pending` until it is really on its way.
-    async fn pending_writes(&self, cap: usize) -> Result<PendingWrites>;
+    /// The pending writes by [`WriteGroup`], among the oldest `cap` pending writes: how many,
+    /// how many were accepted at or before `due_at_ms`, and when the oldest was. The deliverer
+    /// claims a group only when it fills whole calls or has writes that waited long enough, so
+    /// a write reads `pending` until it is really on its way. Ordered by the first accepted write.
+    async fn pending_groups(&self, cap: usize, due_at_ms: i64) -> Result<Vec<PendingGroup>>;
+
+    /// Moves up to `limit` pending writes of `group` to `sent` for `claimer` (attempts + 1),
+    /// oldest first and at most one per record: a record's later writes wait for a later claim,
+    /// so they reach Salesforce after the earlier ones. Returned in acceptance order. No write
+    /// is returned to two claims.
+    async fn claim_group(
+        &self,
+        claimer: &str,
+        group: &WriteGroup,
+        limit: usize,
+    ) -> Result<Vec<LedgerWrite>>;
 
     /// Moves up to `limit` pending writes to `sent` for `claimer` (attempts + 1) and returns
     /// them ordered by object, then record (Id or External Id), then id. No write is returned to

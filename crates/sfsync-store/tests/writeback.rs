@@ -455,10 +455,7 @@ async fn the_state_machine_is_enforced(b: &dyn Backend) {
 /// (two store handles, as two processes) never get the same write.
 async fn claims_never_overlap(b: &dyn Backend) {
     let w = b.open().await;
-    assert_eq!(
-        w.pending_writes(100).await.unwrap(),
-        PendingWrites::default()
-    );
+    assert_eq!(w.pending_groups(100, now_ms()).await.unwrap(), vec![]);
     let mut batch = Vec::new();
     for i in 0..60 {
         let mut x = by_ext(&format!("c{i}"), &format!("C-{:03}", 59 - i));
@@ -469,19 +466,49 @@ async fn claims_never_overlap(b: &dyn Backend) {
     }
     let before = now_ms();
     w.submit_writes(&batch).await.unwrap();
-    let pending = w.pending_writes(100).await.unwrap();
-    assert_eq!(pending.count, 60);
-    let oldest = pending.oldest_created_ms.expect("an oldest pending write");
-    assert!(oldest >= before && oldest <= now_ms());
+    let pending = w.pending_groups(100, now_ms()).await.unwrap();
+    let summary: Vec<_> = pending
+        .iter()
+        .map(|g| {
+            (
+                g.group.object.as_str(),
+                g.group.external_id_field.as_deref(),
+                g.count,
+                g.due,
+            )
+        })
+        .collect();
     assert_eq!(
-        w.pending_writes(25).await.unwrap().count,
-        25,
-        "counted up to the cap"
+        summary,
+        vec![
+            ("Account", Some("Case_Ref__c"), 20, 20),
+            ("Case", Some("Case_Ref__c"), 40, 40)
+        ]
     );
+    for g in &pending {
+        assert!(g.oldest_created_ms >= before && g.oldest_created_ms <= now_ms());
+    }
+    let not_due = w.pending_groups(100, before - 1).await.unwrap();
+    assert!(not_due.iter().all(|g| g.due == 0), "{not_due:?}");
+    let capped: usize = w
+        .pending_groups(25, now_ms())
+        .await
+        .unwrap()
+        .iter()
+        .map(|g| g.count)
+        .sum();
+    assert_eq!(capped, 25, "counted among the oldest `cap`");
 
     let first = w.claim_writes("one", 7).await.unwrap();
     assert_eq!(first.len(), 7);
-    assert_eq!(w.pending_writes(100).await.unwrap().count, 53);
+    let left: usize = w
+        .pending_groups(100, now_ms())
+        .await
+        .unwrap()
+        .iter()
+        .map(|g| g.count)
+        .sum();
+    assert_eq!(left, 53);
     assert!(first.iter().all(|x| x.object == "Account"));
     let keys: Vec<_> = first.iter().map(|x| x.external_id.clone()).collect();
     let mut sorted = keys.clone();
@@ -530,10 +557,74 @@ async fn claims_never_overlap(b: &dyn Backend) {
         .unwrap();
     assert_eq!(sent.len(), 60);
     assert!(sent.iter().all(|x| x.attempts == 1));
+    assert_eq!(a.pending_groups(100, now_ms()).await.unwrap(), vec![]);
+}
+
+/// A group claim takes the oldest pending writes of one object and target kind, one per
+/// record: a record's next write waits for the next claim, so its writes go out in order.
+async fn group_claims_take_one_write_per_record(b: &dyn Backend) {
+    let w = b.open().await;
+    let other = |key: &str| {
+        let mut x = by_id(key);
+        x.target = WriteTarget::RecordId("500000000000002AAA".into());
+        x
+    };
+    let ids: Vec<i64> = w
+        .submit_writes(&[
+            by_id("a1"),
+            other("b1"),
+            by_ext("x1", "C-1"),
+            by_id("a2"),
+            by_ext("x2", "C-1"),
+            by_ext("y1", "C-2"),
+            by_id("a3"),
+        ])
+        .await
+        .unwrap()
+        .iter()
+        .map(accepted)
+        .collect();
+    let by_id_group = WriteGroup {
+        object: "Case".into(),
+        external_id_field: None,
+    };
+    let ext_group = WriteGroup {
+        object: "Case".into(),
+        external_id_field: Some("Case_Ref__c".into()),
+    };
+    let groups = w.pending_groups(100, now_ms()).await.unwrap();
     assert_eq!(
-        a.pending_writes(100).await.unwrap(),
-        PendingWrites::default()
+        groups
+            .iter()
+            .map(|g| (g.group.clone(), g.count))
+            .collect::<Vec<_>>(),
+        vec![(by_id_group.clone(), 4), (ext_group.clone(), 3)],
+        "ordered by their oldest write"
     );
+    let claim = |g: &WriteGroup, n: usize| {
+        let (w, g) = (&w, g.clone());
+        async move {
+            w.claim_group("d", &g, n)
+                .await
+                .unwrap()
+                .iter()
+                .map(|x| x.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(claim(&by_id_group, 10).await, vec![ids[0], ids[1]]);
+    assert_eq!(claim(&by_id_group, 10).await, vec![ids[3]]);
+    assert_eq!(claim(&ext_group, 1).await, vec![ids[2]], "the limit holds");
+    assert_eq!(claim(&ext_group, 10).await, vec![ids[4], ids[5]]);
+    assert_eq!(claim(&by_id_group, 10).await, vec![ids[6]]);
+    assert_eq!(claim(&by_id_group, 10).await, Vec::<i64>::new());
+    let sent = w.write(ids[6]).await.unwrap().unwrap();
+    assert_eq!((sent.state, sent.attempts), (WriteState::Sent, 1));
+    let err = w
+        .claim_group("", &by_id_group, 1)
+        .await
+        .expect_err("an unnamed claimer");
+    assert!(format!("{err}").contains("claimer"), "{err}");
 }
 
 /// Rows other systems insert with plain SQL are ingested once: valid → pending, invalid →
@@ -1129,6 +1220,7 @@ suite!(
     writes_survive_a_reopen,
     the_state_machine_is_enforced,
     claims_never_overlap,
+    group_claims_take_one_write_per_record,
     outbox_rows_are_ingested,
     echoes_find_their_write,
     abandoned_claims_return_to_pending,

@@ -207,8 +207,8 @@ fn text(env: &Env, sql: &str) -> Vec<String> {
 fn log_start(env: &Env) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let conn = rusqlite::Connection::open(sfsync_store::sqlite::change_log_path(&env.db))
-            .unwrap();
+        let conn =
+            rusqlite::Connection::open(sfsync_store::sqlite::change_log_path(&env.db)).unwrap();
         conn.busy_timeout(Duration::from_secs(10)).unwrap();
         let (n, min): (i64, Option<i64>) = conn
             .query_row(

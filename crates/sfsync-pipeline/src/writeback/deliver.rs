@@ -57,8 +57,9 @@ pub const MAX_CALL_RECORDS: usize = 200;
 pub struct DeliveryConfig {
     /// Names this deliverer's claims in the ledger (unique per process).
     pub claimer: String,
-    /// How long a write may wait for others to fill a call (from its acceptance). A call goes
-    /// out at once when [`MAX_CALL_RECORDS`] writes are pending.
+    /// How long a write may wait for others to fill a call (from its acceptance). Writes that
+    /// one call can carry (same object, same target kind) go out at once when they fill whole
+    /// calls of [`MAX_CALL_RECORDS`].
     pub linger: Duration,
     /// Most writes claimed and delivered per round.
     pub max_batch: usize,
@@ -83,7 +84,7 @@ impl Default for DeliveryConfig {
     fn default() -> Self {
         DeliveryConfig {
             claimer: format!("deliverer-{}", uuid::Uuid::new_v4().simple()),
-            linger: Duration::from_millis(500),
+            linger: Duration::from_millis(2_000),
             max_batch: 2_000,
             bulk_threshold: 2_000,
             max_attempts: 10,
@@ -186,8 +187,10 @@ impl Deliverer {
             if *shutdown.borrow() {
                 break;
             }
-            // Writes stay `pending` while they linger: they are claimed (and read `sent`) only
-            // when a call is full or the oldest has waited `linger`, then sent at once.
+            // Writes stay `pending` while they linger: a group (object × Id or External Id
+            // field, the writes one call can carry) is claimed only for whole calls, or for its
+            // writes that have waited `linger` (topped up to a whole call from the younger
+            // ones), and sent at once.
             let step = async {
                 if Instant::now() >= next_lease_check {
                     self.requeue_abandoned().await?;
@@ -195,25 +198,43 @@ impl Deliverer {
                         Instant::now() + (self.config.lease / 4).max(Duration::from_secs(1));
                 }
                 self.ledger.ingest_outbox(self.config.max_batch).await?;
-                let pending = self.ledger.pending_writes(full_call).await?;
-                let Some(oldest) = pending.oldest_created_ms else {
-                    return Ok(Err(self.config.poll));
-                };
-                let due_in = oldest + self.config.linger.as_millis() as i64 - now_ms();
-                if pending.count < full_call && due_in > 0 {
-                    return Ok(Err(
-                        Duration::from_millis(due_in as u64).min(self.config.poll)
-                    ));
-                }
-                let got = self
+                let linger = self.config.linger.as_millis() as i64;
+                let now = now_ms();
+                let groups = self
                     .ledger
-                    .claim_writes(&self.config.claimer, self.config.max_batch)
+                    .pending_groups(self.config.max_batch.saturating_mul(4), now - linger)
                     .await?;
+                let mut room = self.config.max_batch;
+                let mut round = Vec::new();
+                let mut next_due: Option<i64> = None;
+                for g in groups {
+                    let take = claim_size(g.count, g.due, full_call).min(room);
+                    if take == 0 {
+                        let due = g.oldest_created_ms + linger;
+                        next_due = Some(next_due.map_or(due, |d: i64| d.min(due)));
+                        continue;
+                    }
+                    let got = self
+                        .ledger
+                        .claim_group(&self.config.claimer, &g.group, take)
+                        .await?;
+                    room -= got.len().min(room);
+                    round.extend(got);
+                    if room == 0 {
+                        break;
+                    }
+                }
+                if round.is_empty() {
+                    let wait = next_due.map_or(self.config.poll, |d| {
+                        Duration::from_millis((d - now).max(1) as u64).min(self.config.poll)
+                    });
+                    return Ok(Err(wait));
+                }
                 self.stats
                     .writeback
                     .claimed
-                    .fetch_add(got.len() as u64, Relaxed);
-                Ok::<_, crate::PipelineError>(Ok(got))
+                    .fetch_add(round.len() as u64, Relaxed);
+                Ok::<_, crate::PipelineError>(Ok(round))
             }
             .await;
             let wait = match step {
@@ -888,6 +909,15 @@ fn dead_letter_text(e: &SalesforceError) -> String {
     }
 }
 
+/// How many of a group's `pending` writes to claim now: its whole calls, and when `due` of
+/// them have waited long enough, those topped up to whole calls from the younger ones (a call
+/// that must go anyway carries as many as it can).
+fn claim_size(pending: usize, due: usize, full_call: usize) -> usize {
+    let whole = pending / full_call * full_call;
+    let for_due = due.div_ceil(full_call) * full_call;
+    whole.max(for_due).min(pending)
+}
+
 /// The key of a write's curated row in [`Deliverer::rows_of`]'s map.
 fn row_key(w: &LedgerWrite) -> Option<(String, String)> {
     match (&w.record_id, &w.external_id_field, &w.external_id) {
@@ -940,6 +970,31 @@ mod tests {
             "errors": if success { serde_json::json!([]) } else { serde_json::json!([{"statusCode": code, "message": "m", "fields": []}]) },
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn claims_fill_whole_calls_unless_writes_are_due() {
+        assert_eq!(claim_size(0, 0, 200), 0);
+        assert_eq!(claim_size(199, 0, 200), 0, "a partial call lingers");
+        assert_eq!(
+            claim_size(230, 0, 200),
+            200,
+            "whole calls go, the rest lingers"
+        );
+        assert_eq!(claim_size(650, 0, 200), 600);
+        assert_eq!(
+            claim_size(30, 1, 200),
+            30,
+            "a due write takes what is pending"
+        );
+        assert_eq!(claim_size(450, 10, 200), 400);
+        assert_eq!(
+            claim_size(350, 201, 200),
+            350,
+            "due writes spill into a second call"
+        );
+        assert_eq!(claim_size(450, 201, 200), 400);
+        assert_eq!(claim_size(5, 5, 1), 5);
     }
 
     #[test]

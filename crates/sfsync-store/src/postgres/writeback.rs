@@ -223,6 +223,32 @@ async fn insert_rejected(
     Ok(id)
 }
 
+/// Moves the writes to `sent` for `claimer` and returns them in the given order.
+async fn mark_sent(c: &impl GenericClient, ids: &[i64], claimer: &str) -> Result<Vec<LedgerWrite>> {
+    let now = now_ms();
+    c.execute(
+        "UPDATE writes SET state = 'sent', attempts = attempts + 1, claimed_by = $2,
+             updated_at_ms = $3 WHERE id = ANY($1)",
+        &[&ids, &claimer, &now],
+    )
+    .await
+    .map_err(db("claim writes"))?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        log_transition(
+            c,
+            *id,
+            Some(WriteState::Pending),
+            WriteState::Sent,
+            now,
+            Some(claimer),
+        )
+        .await?;
+        out.extend(get(c, *id).await?);
+    }
+    Ok(out)
+}
+
 fn illegal(id: i64, from: WriteState, outcome: &WriteOutcome) -> StoreError {
     invalid(
         "record write outcome",
@@ -415,23 +441,71 @@ impl WriteLedger for PostgresChangeLog {
         Ok(report)
     }
 
-    async fn pending_writes(&self, cap: usize) -> Result<PendingWrites> {
+    async fn pending_groups(&self, cap: usize, due_at_ms: i64) -> Result<Vec<PendingGroup>> {
         let client = self.reader.lock().await;
-        // The oldest by id among the first `cap`: ids grow with acceptance time.
-        let row = client
-            .query_one(
-                "SELECT count(*), min(created_at_ms) FROM (
-                     SELECT created_at_ms FROM writes WHERE state = 'pending'
-                     ORDER BY id LIMIT $1) p",
-                &[&(cap as i64)],
+        let rows = client
+            .query(
+                "SELECT object, ext, count(*), count(*) FILTER (WHERE created_at_ms <= $2),
+                     min(created_at_ms)
+                 FROM (SELECT id, object,
+                           CASE WHEN record_id IS NULL THEN external_id_field END AS ext,
+                           created_at_ms
+                       FROM writes WHERE state = 'pending' ORDER BY id LIMIT $1) p
+                 GROUP BY object, ext ORDER BY min(id)",
+                &[&(cap as i64), &due_at_ms],
             )
             .await
             .map_err(db("count pending writes"))?;
-        let count: i64 = row.get(0);
-        Ok(PendingWrites {
-            count: count as usize,
-            oldest_created_ms: row.get(1),
-        })
+        Ok(rows
+            .iter()
+            .map(|r| PendingGroup {
+                group: WriteGroup {
+                    object: r.get(0),
+                    external_id_field: r.get(1),
+                },
+                count: r.get::<_, i64>(2) as usize,
+                due: r.get::<_, i64>(3) as usize,
+                oldest_created_ms: r.get(4),
+            })
+            .collect())
+    }
+
+    async fn claim_group(
+        &self,
+        claimer: &str,
+        group: &WriteGroup,
+        limit: usize,
+    ) -> Result<Vec<LedgerWrite>> {
+        if claimer.is_empty() {
+            return Err(invalid("claim writes", "the claimer must be named".into()));
+        }
+        let mut client = self.client.lock().await;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("begin claim writes"))?;
+        // Scanned in acceptance order a bounded window past the limit; a record already taken
+        // leaves its later writes pending.
+        let window = (limit as i64).saturating_mul(4).max(64);
+        let rows: Vec<(i64, String)> = tx
+            .query(
+                "SELECT id, coalesce(record_id, external_id_field || '=' || external_id, '')
+                 FROM writes
+                 WHERE state = 'pending' AND object = $1
+                   AND (CASE WHEN record_id IS NULL THEN external_id_field END)
+                       IS NOT DISTINCT FROM $2
+                 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED",
+                &[&group.object, &group.external_id_field, &window],
+            )
+            .await
+            .map_err(db("claim writes"))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let ids = crate::writeback::one_per_record(rows, limit);
+        let out = mark_sent(&tx, &ids, claimer).await?;
+        tx.commit().await.map_err(db("commit claim writes"))?;
+        self.registry.ctx().open_writes(out)
     }
 
     async fn claim_writes(&self, claimer: &str, limit: usize) -> Result<Vec<LedgerWrite>> {
@@ -443,7 +517,6 @@ impl WriteLedger for PostgresChangeLog {
             .transaction()
             .await
             .map_err(db("begin claim writes"))?;
-        let now = now_ms();
         let ids: Vec<i64> = tx
             .query(
                 "SELECT id FROM writes WHERE state = 'pending'
@@ -458,26 +531,7 @@ impl WriteLedger for PostgresChangeLog {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        tx.execute(
-            "UPDATE writes SET state = 'sent', attempts = attempts + 1, claimed_by = $2,
-                 updated_at_ms = $3 WHERE id = ANY($1)",
-            &[&ids, &claimer, &now],
-        )
-        .await
-        .map_err(db("claim writes"))?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in &ids {
-            log_transition(
-                &tx,
-                *id,
-                Some(WriteState::Pending),
-                WriteState::Sent,
-                now,
-                Some(claimer),
-            )
-            .await?;
-            out.extend(get(&tx, *id).await?);
-        }
+        let out = mark_sent(&tx, &ids, claimer).await?;
         tx.commit().await.map_err(db("commit claim writes"))?;
         self.registry.ctx().open_writes(out)
     }

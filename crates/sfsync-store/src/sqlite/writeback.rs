@@ -321,7 +321,76 @@ pub(super) fn claim(
         )
         .and_then(|mut s| s.query_map([limit as i64], |r| r.get(0))?.collect())
         .map_err(db("claim writes"))?;
-    for id in &ids {
+    mark_sent(conn, &ids, claimer, now)
+}
+
+/// The pending writes among the oldest `cap`, by group (see [`WriteLedger::pending_groups`]).
+pub(super) fn pending_groups(
+    conn: &Connection,
+    cap: usize,
+    due_at: i64,
+) -> Result<Vec<PendingGroup>> {
+    conn.prepare_cached(
+        "SELECT object, ext, count(*), sum(created_at_ms <= ?2), min(created_at_ms) FROM (
+             SELECT id, object, CASE WHEN record_id IS NULL THEN external_id_field END AS ext,
+                 created_at_ms
+             FROM writes WHERE state = 'pending' ORDER BY id LIMIT ?1)
+         GROUP BY object, ext ORDER BY min(id)",
+    )
+    .and_then(|mut s| {
+        s.query_map(params![cap as i64, due_at], |r| {
+            Ok(PendingGroup {
+                group: WriteGroup {
+                    object: r.get(0)?,
+                    external_id_field: r.get(1)?,
+                },
+                count: r.get::<_, i64>(2)? as usize,
+                due: r.get::<_, i64>(3)? as usize,
+                oldest_created_ms: r.get(4)?,
+            })
+        })?
+        .collect()
+    })
+    .map_err(db("count pending writes"))
+}
+
+/// Claims up to `limit` pending writes of one group, oldest first, one per record.
+pub(super) fn claim_group(
+    conn: &Connection,
+    claimer: &str,
+    group: &WriteGroup,
+    limit: usize,
+    now: i64,
+) -> Result<Vec<LedgerWrite>> {
+    if claimer.is_empty() {
+        return Err(invalid("claim writes", "the claimer must be named".into()));
+    }
+    // Scanned in acceptance order a bounded window past the limit; a record already taken
+    // leaves its later writes pending.
+    let window = (limit as i64).saturating_mul(4).max(64);
+    let rows: Vec<(i64, String)> = conn
+        .prepare_cached(
+            "SELECT id, coalesce(record_id, external_id_field || '=' || external_id, '')
+             FROM writes
+             WHERE state = 'pending' AND object = ?1
+               AND CASE WHEN record_id IS NULL THEN external_id_field END IS ?2
+             ORDER BY id LIMIT ?3",
+        )
+        .and_then(|mut s| {
+            s.query_map(
+                params![group.object, group.external_id_field, window],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?
+            .collect()
+        })
+        .map_err(db("claim writes"))?;
+    let ids = crate::writeback::one_per_record(rows, limit);
+    mark_sent(conn, &ids, claimer, now)
+}
+
+/// Moves the writes to `sent` for `claimer` and returns them in the given order.
+fn mark_sent(conn: &Connection, ids: &[i64], claimer: &str, now: i64) -> Result<Vec<LedgerWrite>> {
+    for id in ids {
         conn.prepare_cached(
             "UPDATE writes SET state = 'sent', attempts = attempts + 1, claimed_by = ?2,
                  updated_at_ms = ?3 WHERE id = ?1 AND state = 'pending'",
@@ -339,7 +408,7 @@ pub(super) fn claim(
     }
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
-        out.extend(get(conn, id)?);
+        out.extend(get(conn, *id)?);
     }
     Ok(out)
 }
@@ -667,24 +736,24 @@ impl WriteLedger for SqliteChangeLog {
             .await
     }
 
-    async fn pending_writes(&self, cap: usize) -> Result<PendingWrites> {
+    async fn pending_groups(&self, cap: usize, due_at_ms: i64) -> Result<Vec<PendingGroup>> {
         self.blocking("count pending writes", move |conn| {
-            // The oldest by id among the first `cap`: ids grow with acceptance time.
-            let (count, oldest): (i64, Option<i64>) = conn
-                .query_row(
-                    "SELECT count(*), min(created_at_ms) FROM (
-                         SELECT created_at_ms FROM writes WHERE state = 'pending'
-                         ORDER BY id LIMIT ?1)",
-                    [cap as i64],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .map_err(db("count pending writes"))?;
-            Ok(PendingWrites {
-                count: count as usize,
-                oldest_created_ms: oldest,
-            })
+            pending_groups(conn, cap, due_at_ms)
         })
         .await
+    }
+
+    async fn claim_group(
+        &self,
+        claimer: &str,
+        group: &WriteGroup,
+        limit: usize,
+    ) -> Result<Vec<LedgerWrite>> {
+        let (claimer, group) = (claimer.to_string(), group.clone());
+        let claimed = self
+            .transaction(move |tx| claim_group(tx.connection(), &claimer, &group, limit, now_ms()))
+            .await?;
+        self.registry.ctx().open_writes(claimed)
     }
 
     async fn claim_writes(&self, claimer: &str, limit: usize) -> Result<Vec<LedgerWrite>> {

@@ -476,7 +476,7 @@ pub struct WritebackConfig {
 }
 
 fn default_linger_ms() -> u64 {
-    500
+    2_000
 }
 fn default_max_batch() -> u64 {
     2_000

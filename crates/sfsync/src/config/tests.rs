@@ -968,7 +968,10 @@ fn writeback_delivery_keys_parse_and_are_checked() {
     assert_eq!(d.parent_fields["Case"], "AccountId");
     // Defaults without the keys.
     let d = load_t(GOOD).unwrap().config.writeback_delivery;
-    assert_eq!((d.linger_ms, d.max_attempts, d.lease_secs), (500, 10, 120));
+    assert_eq!(
+        (d.linger_ms, d.max_attempts, d.lease_secs),
+        (2_000, 10, 120)
+    );
     let e = errs(&format!(
         "{GOOD}\n[writeback]\nlinger_ms = 0\nmax_batch = 0\nmax_attempts = 500\nlease_secs = 0\n\
          [[writeback.objects]]\nname = \"Case\"\nparent_field = \"Account Id\"\n"

@@ -51,7 +51,7 @@ pub struct WritebackDelivery {
 impl Default for WritebackDelivery {
     fn default() -> Self {
         WritebackDelivery {
-            linger_ms: 500,
+            linger_ms: 2_000,
             max_batch: 2_000,
             bulk_threshold: 2_000,
             max_attempts: 10,
