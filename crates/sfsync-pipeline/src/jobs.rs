@@ -49,7 +49,16 @@ pub struct JobsConfig {
     /// How often the formula fields of objects configured with them are refreshed (none are
     /// scheduled when `None`; jobs already requested still run).
     pub formula_refresh_every: Option<Duration>,
+    /// A backfill or re-sync whose window (SystemModstamp) spans more than this is carried out
+    /// in slices of this span, each with its own Bulk query and state (none: in one piece).
+    pub slice_span: Option<Duration>,
 }
+
+/// Most slices of one job (the span widens to fit).
+pub const MAX_SLICES: usize = 1_000;
+
+/// Default span of a slice: 30 days of SystemModstamp.
+pub const DEFAULT_SLICE_SPAN: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Default interval of formula refreshes.
 pub const DEFAULT_FORMULA_REFRESH: Duration = Duration::from_secs(300);
@@ -73,6 +82,7 @@ impl Default for JobsConfig {
             poll: Duration::from_secs(1),
             reconcile_every: None,
             formula_refresh_every: Some(DEFAULT_FORMULA_REFRESH),
+            slice_span: Some(DEFAULT_SLICE_SPAN),
         }
     }
 }
@@ -539,17 +549,119 @@ pub(crate) fn run_detail(job: &SyncJob, counts: &SyncCounts, secs: f64) -> Strin
         "reread_from_ms": job.reread_from_ms,
         "counts": counts,
         "seconds": secs,
+        "slices": slices_summary(&job.slices),
     })
     .to_string()
 }
 
-/// Marks a job failed (or cancelled) with its error, and its run.
+/// A run record's view of a job's slices: how many in each state, and the one in progress.
+fn slices_summary(slices: &[sfsync_store::SyncJobSlice]) -> serde_json::Value {
+    if slices.is_empty() {
+        return serde_json::Value::Null;
+    }
+    let mut by_status = serde_json::Map::new();
+    for s in slices {
+        let n = by_status
+            .entry(s.status.as_str())
+            .or_insert(serde_json::json!(0));
+        *n = serde_json::json!(n.as_u64().unwrap_or(0) + 1);
+    }
+    serde_json::json!({
+        "total": slices.len(),
+        "by_status": by_status,
+        "current": sfsync_store::current_slice(slices).map(|s| s.seq),
+    })
+}
+
+/// Ends the slice of job `id` in progress (if any) as `status` with `error`, recording its
+/// counts. A slice that cannot be recorded is logged: the job's own status is what counts.
+pub(crate) async fn end_slice(
+    store: &dyn Warehouse,
+    id: i64,
+    status: sfsync_store::SliceStatus,
+    error: Option<&str>,
+) {
+    let stored = match store.sync_job(id).await {
+        Ok(Some(j)) => j,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(job = id, error = %chain(&e), "Could not read the job to record its slice.");
+            return;
+        }
+    };
+    let Some(seq) = sfsync_store::current_slice(&stored.slices)
+        .filter(|s| s.status == sfsync_store::SliceStatus::Running)
+        .map(|s| s.seq)
+    else {
+        return;
+    };
+    let moved = sfsync_store::slice_moved(
+        &stored.slices,
+        seq,
+        status,
+        &stored.counts,
+        error,
+        crate::apply::now_ms(),
+    );
+    let result = match moved {
+        Ok(slices) => store.set_sync_job_slices(id, &slices, false).await,
+        Err(reason) => {
+            tracing::warn!(job = id, slice = seq, %reason, "A slice's end was not recorded.");
+            return;
+        }
+    };
+    if let Err(e) = result {
+        tracing::warn!(job = id, slice = seq, error = %chain(&e), "A slice's end was not recorded.");
+    }
+}
+
+/// The SystemModstamp (epoch ms) of the object's oldest record (deleted ones too with
+/// `include_deleted`), `None` when it has none: the lower end of a full load's slices.
+pub(crate) async fn earliest_modstamp(
+    bulk: &Bulk,
+    object: &str,
+    include_deleted: bool,
+) -> std::result::Result<Option<i64>, String> {
+    let soql = format!("SELECT SystemModstamp FROM {object} ORDER BY SystemModstamp ASC LIMIT 1");
+    let page = bulk
+        .client()
+        .query_page(
+            &soql,
+            &sfsync_salesforce::QueryOptions {
+                include_deleted,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("{soql}: {}", e.report()))?;
+    let Some(r) = page.records.first() else {
+        return Ok(None);
+    };
+    let text = r
+        .get("SystemModstamp")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| format!("{soql}: the record has no SystemModstamp"))?;
+    crate::convert::parse_datetime(text)
+        .map(Some)
+        .map_err(|e| format!("{soql}: SystemModstamp '{text}': {e}"))
+}
+
+/// Marks a job failed (or cancelled) with its error, and its run; the slice in progress ends
+/// the same way.
 pub(crate) async fn fail_job(
     store: &dyn Warehouse,
     active: &Active,
     status: SyncJobStatus,
     error: &str,
 ) -> Result<()> {
+    if !active.job.slices.is_empty() {
+        let to = if status == SyncJobStatus::Cancelled {
+            sfsync_store::SliceStatus::Cancelled
+        } else {
+            sfsync_store::SliceStatus::Failed
+        };
+        end_slice(store, active.job.id, to, Some(error)).await;
+    }
     store
         .patch_sync_job(
             active.job.id,

@@ -618,6 +618,17 @@ pub trait Warehouse: ChangeLog + crate::WriteLedger {
     /// names it and changes nothing.
     async fn retry_sync_job(&self, id: i64, by: &str) -> Result<crate::jobs::SyncJob>;
 
+    /// Replaces a job's slices, checked against the stored ones (a plan is made once; each slice
+    /// moves only as [`crate::jobs::SliceStatus::can_become`] allows — an illegal move is an
+    /// error naming the slice and changes nothing). With `reset_position` the Bulk job and page
+    /// position are cleared in the same transaction (the next slice starts its own query).
+    async fn set_sync_job_slices(
+        &self,
+        id: i64,
+        slices: &[crate::jobs::SyncJobSlice],
+        reset_position: bool,
+    ) -> Result<()>;
+
     /// Turns each pending re-sync request into a re-sync job, once. Returns the new job ids.
     async fn schedule_resyncs(&self, requested_by: &str) -> Result<Vec<i64>>;
 

@@ -173,6 +173,242 @@ impl SyncCounts {
     pub fn is_zero(&self) -> bool {
         *self == SyncCounts::default()
     }
+
+    /// These counts less `o` (what was added since `o` was taken), never below zero.
+    pub fn since(&self, o: &SyncCounts) -> SyncCounts {
+        SyncCounts {
+            read: (self.read - o.read).max(0),
+            applied: (self.applied - o.applied).max(0),
+            skipped: (self.skipped - o.skipped).max(0),
+            held: (self.held - o.held).max(0),
+            deleted: (self.deleted - o.deleted).max(0),
+            failed: (self.failed - o.failed).max(0),
+            api_calls: (self.api_calls - o.api_calls).max(0),
+        }
+    }
+}
+
+/// Where one slice of a large job stands. Legal moves: pending → running → succeeded | failed
+/// | cancelled, pending → cancelled, and failed | cancelled | running → pending (a retry of the
+/// job); a running slice stays running across a crash and resumes. A succeeded slice never
+/// moves again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SliceStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl SliceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SliceStatus::Pending => "pending",
+            SliceStatus::Running => "running",
+            SliceStatus::Succeeded => "succeeded",
+            SliceStatus::Failed => "failed",
+            SliceStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether a slice may move from this status to `to` (staying put is always allowed).
+    pub fn can_become(self, to: SliceStatus) -> bool {
+        use SliceStatus::*;
+        self == to
+            || matches!(
+                (self, to),
+                (Pending, Running)
+                    | (Pending, Cancelled)
+                    | (Running, Succeeded)
+                    | (Running, Failed)
+                    | (Running, Cancelled)
+                    | (Running, Pending)
+                    | (Failed, Pending)
+                    | (Cancelled, Pending)
+            )
+    }
+}
+
+/// One slice of a large backfill or re-sync: the records whose SystemModstamp is in
+/// `[since_ms, until_ms)` (an open end is unbounded), read by a Bulk query of its own. Slices are
+/// carried out in order, oldest first, so a record modified while the job runs moves into a
+/// later (or the open last) slice that is still to be read, and is never missed. A slice that
+/// succeeded is never read again, also not when the job is retried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncJobSlice {
+    /// 1 for the first.
+    pub seq: u32,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub status: SliceStatus,
+    /// Times it was started (1, then one more per retry of the job).
+    pub attempts: i64,
+    /// What its latest attempt did (known once it ended).
+    pub counts: SyncCounts,
+    /// The job's counts when its latest attempt started (its own are the difference).
+    #[serde(default)]
+    pub counts_before: SyncCounts,
+    pub error: Option<String>,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+}
+
+/// The slices of a window `[since, until)` for slices of `span_ms` (at most `max_slices`: the
+/// span widens to fit), or none when it fits one slice. `earliest_ms` (the oldest record's
+/// SystemModstamp) bounds a window with no start; `now_ms` one with no end. The first slice
+/// keeps the window's own start and the last its own end, so nothing outside the slices
+/// belongs to the window.
+pub fn plan_slices(
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+    earliest_ms: Option<i64>,
+    now_ms: i64,
+    span_ms: i64,
+    max_slices: usize,
+) -> Vec<SyncJobSlice> {
+    let Some(lower) = since_ms.or(earliest_ms) else {
+        return Vec::new();
+    };
+    let upper = until_ms.unwrap_or(now_ms);
+    let width = upper - lower;
+    if span_ms <= 0 || width <= span_ms || max_slices < 2 {
+        return Vec::new();
+    }
+    let mut span = span_ms;
+    if (width + span - 1) / span > max_slices as i64 {
+        span = (width + max_slices as i64 - 1) / max_slices as i64;
+    }
+    let n = ((width + span - 1) / span) as u32;
+    (1..=n)
+        .map(|seq| SyncJobSlice {
+            seq,
+            since_ms: if seq == 1 {
+                since_ms
+            } else {
+                Some(lower + span * (seq as i64 - 1))
+            },
+            until_ms: if seq == n {
+                until_ms
+            } else {
+                Some(lower + span * seq as i64)
+            },
+            status: SliceStatus::Pending,
+            attempts: 0,
+            counts: SyncCounts::default(),
+            counts_before: SyncCounts::default(),
+            error: None,
+            started_at_ms: None,
+            finished_at_ms: None,
+        })
+        .collect()
+}
+
+/// The slice to carry out next: the first that has not succeeded.
+pub fn current_slice(slices: &[SyncJobSlice]) -> Option<&SyncJobSlice> {
+    slices.iter().find(|s| s.status != SliceStatus::Succeeded)
+}
+
+/// `slices` with slice `seq` moved to `to` (pure): running records when its attempt started and
+/// the job's counts then; an end records its counts (the job's `job_counts` less those at its
+/// start), the error and the time. Refused, with the reason, when the move is illegal.
+pub fn slice_moved(
+    slices: &[SyncJobSlice],
+    seq: u32,
+    to: SliceStatus,
+    job_counts: &SyncCounts,
+    error: Option<&str>,
+    now_ms: i64,
+) -> std::result::Result<Vec<SyncJobSlice>, String> {
+    let mut out = slices.to_vec();
+    let Some(s) = out.iter_mut().find(|s| s.seq == seq) else {
+        return Err(format!("the job has no slice {seq}"));
+    };
+    if !s.status.can_become(to) {
+        return Err(format!(
+            "slice {seq} is {} and cannot become {}",
+            s.status.as_str(),
+            to.as_str()
+        ));
+    }
+    if s.status == to {
+        return Ok(out);
+    }
+    match to {
+        SliceStatus::Running => {
+            s.attempts += 1;
+            s.counts_before = *job_counts;
+            s.counts = SyncCounts::default();
+            s.started_at_ms = Some(now_ms);
+            s.finished_at_ms = None;
+            s.error = None;
+        }
+        SliceStatus::Pending => {}
+        _ => {
+            if s.status == SliceStatus::Running {
+                s.counts = job_counts.since(&s.counts_before);
+            }
+            s.finished_at_ms = Some(now_ms);
+            s.error = error.map(str::to_string);
+        }
+    }
+    s.status = to;
+    Ok(out)
+}
+
+/// Checks that a stored job's slices may be replaced by `new`: the same slices (a plan is made
+/// once, when there is none), each moving only as [`SliceStatus::can_become`] allows.
+pub fn check_slices(
+    id: i64,
+    old: &[SyncJobSlice],
+    new: &[SyncJobSlice],
+) -> std::result::Result<(), String> {
+    if old.is_empty() {
+        return Ok(());
+    }
+    if old.len() != new.len() {
+        return Err(format!(
+            "sync job {id} has {} slices; a plan of {} cannot replace them",
+            old.len(),
+            new.len()
+        ));
+    }
+    for (o, n) in old.iter().zip(new) {
+        if (o.seq, o.since_ms, o.until_ms) != (n.seq, n.since_ms, n.until_ms) {
+            return Err(format!(
+                "sync job {id}: slice {} covers another window than the stored one",
+                o.seq
+            ));
+        }
+        if !o.status.can_become(n.status) {
+            return Err(format!(
+                "sync job {id}: slice {} is {} and cannot become {}",
+                o.seq,
+                o.status.as_str(),
+                n.status.as_str()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Stored `slices` (JSON array text; NULL is none).
+pub(crate) fn slices_json(s: &[SyncJobSlice]) -> Option<String> {
+    (!s.is_empty()).then(|| serde_json::to_string(s).expect("slices serialise"))
+}
+
+/// Reads stored `slices`.
+pub(crate) fn parse_slices(
+    id: i64,
+    text: Option<&str>,
+) -> std::result::Result<Vec<SyncJobSlice>, String> {
+    match text {
+        None => Ok(Vec::new()),
+        Some(t) => {
+            serde_json::from_str(t).map_err(|e| format!("sync job {id} has unreadable slices: {e}"))
+        }
+    }
 }
 
 /// A job as stored.
@@ -217,6 +453,8 @@ pub struct SyncJob {
     pub attempts: i64,
     /// The earlier attempts, oldest first.
     pub previous_attempts: Vec<SyncJobAttempt>,
+    /// A large backfill or re-sync, carried out slice by slice (empty: in one piece).
+    pub slices: Vec<SyncJobSlice>,
 }
 
 /// The job's row as a retry leaves it (pure): pending, the attempt count raised, the earlier
@@ -224,7 +462,8 @@ pub struct SyncJob {
 /// cleared — run, Bulk job, page position, totals, counts, times, error and report — so the new
 /// attempt starts from the beginning (re-applying what the last one committed is harmless: the
 /// apply path skips rows that are not newer). The watermark and re-read point stay: they only
-/// ever move as far as committed rows allow. Refused (with the reason) unless it failed or was
+/// ever move as far as committed rows allow. Slices that succeeded stay done (they are not read
+/// again); the others are pending again. Refused (with the reason) unless it failed or was
 /// cancelled.
 pub fn retried(job: &SyncJob, by: &str, now_ms: i64) -> std::result::Result<SyncJob, String> {
     if by.trim().is_empty() {
@@ -261,6 +500,11 @@ pub fn retried(job: &SyncJob, by: &str, now_ms: i64) -> std::result::Result<Sync
     next.finished_at_ms = None;
     next.error = None;
     next.report = None;
+    for s in &mut next.slices {
+        if s.status != SliceStatus::Succeeded {
+            s.status = SliceStatus::Pending;
+        }
+    }
     Ok(next)
 }
 
@@ -343,4 +587,124 @@ pub struct RowKey {
     /// snapshot's SystemModstamp.
     pub commit_ms: i64,
     pub deleted: bool,
+}
+
+#[cfg(test)]
+mod slice_tests {
+    use super::*;
+
+    #[test]
+    fn windows_are_planned_contiguous_and_bounded() {
+        // Fits one slice: none.
+        assert!(plan_slices(Some(0), Some(1_000), None, 5_000, 1_000, 10).is_empty());
+        assert!(
+            plan_slices(None, None, None, 5_000, 1_000, 10).is_empty(),
+            "no records"
+        );
+        let s = plan_slices(None, None, Some(1_000), 3_500, 1_000, 10);
+        let w: Vec<_> = s.iter().map(|s| (s.seq, s.since_ms, s.until_ms)).collect();
+        assert_eq!(
+            w,
+            vec![
+                (1, None, Some(2_000)),
+                (2, Some(2_000), Some(3_000)),
+                (3, Some(3_000), None)
+            ]
+        );
+        let s = plan_slices(Some(0), Some(10_000), None, 0, 10, 4);
+        assert_eq!(s.len(), 4, "the span widens to the cap");
+        assert_eq!((s[0].since_ms, s[3].until_ms), (Some(0), Some(10_000)));
+        assert!(s.iter().all(|s| s.status == SliceStatus::Pending));
+    }
+
+    #[test]
+    fn slices_move_only_along_legal_transitions() {
+        let plan = plan_slices(Some(0), Some(3_000), None, 0, 1_000, 10);
+        let c = |read| SyncCounts {
+            read,
+            ..Default::default()
+        };
+        let s = slice_moved(&plan, 1, SliceStatus::Running, &c(5), None, 10).unwrap();
+        assert_eq!((s[0].attempts, s[0].counts_before.read), (1, 5));
+        let s = slice_moved(&s, 1, SliceStatus::Succeeded, &c(305), None, 20).unwrap();
+        assert_eq!((s[0].counts.read, s[0].finished_at_ms), (300, Some(20)));
+        for to in [
+            SliceStatus::Running,
+            SliceStatus::Pending,
+            SliceStatus::Failed,
+        ] {
+            let e = slice_moved(&s, 1, to, &c(0), None, 30).unwrap_err();
+            assert!(e.contains("slice 1 is succeeded"), "{e}");
+        }
+        assert!(slice_moved(&s, 9, SliceStatus::Running, &c(0), None, 30).is_err());
+        let e = slice_moved(&s, 2, SliceStatus::Succeeded, &c(0), None, 30).unwrap_err();
+        assert!(e.contains("pending and cannot become succeeded"), "{e}");
+        let f = slice_moved(&s, 2, SliceStatus::Running, &c(305), None, 30).unwrap();
+        let f = slice_moved(
+            &f,
+            2,
+            SliceStatus::Failed,
+            &c(310),
+            Some("QUERY_TIMEOUT"),
+            40,
+        )
+        .unwrap();
+        assert_eq!(f[1].error.as_deref(), Some("QUERY_TIMEOUT"));
+        let e = check_slices(7, &s, &f).unwrap_err();
+        assert!(
+            e.contains("slice 2 is pending and cannot become failed"),
+            "{e}"
+        );
+        let running = slice_moved(&s, 2, SliceStatus::Running, &c(305), None, 30).unwrap();
+        assert!(check_slices(7, &s, &running).is_ok() && check_slices(7, &running, &f).is_ok());
+        let e = check_slices(7, &f, &plan).unwrap_err();
+        assert!(
+            e.contains("slice 1 is succeeded and cannot become pending"),
+            "{e}"
+        );
+        let e = check_slices(7, &f, &plan[..2]).unwrap_err();
+        assert!(e.contains("has 3 slices"), "{e}");
+
+        // A retry keeps the finished slice and makes the others pending.
+        let job = SyncJob {
+            id: 7,
+            kind: SyncJobKind::Backfill,
+            object: "Account".into(),
+            reason: "r".into(),
+            status: SyncJobStatus::Failed,
+            since_ms: None,
+            until_ms: None,
+            params: "{}".into(),
+            requested_by: "t".into(),
+            resync_id: None,
+            run_id: None,
+            bulk_job_id: None,
+            locator: None,
+            page_rows_done: 0,
+            rows_total: None,
+            counts: c(310),
+            requested_at_ms: 0,
+            started_at_ms: None,
+            finished_at_ms: None,
+            error: None,
+            report: None,
+            watermark_ms: None,
+            reread_from_ms: None,
+            attempts: 1,
+            previous_attempts: Vec::new(),
+            slices: f.clone(),
+        };
+        let next = retried(&job, "op", 50).unwrap();
+        let st: Vec<_> = next.slices.iter().map(|s| s.status).collect();
+        assert_eq!(
+            st,
+            vec![
+                SliceStatus::Succeeded,
+                SliceStatus::Pending,
+                SliceStatus::Pending
+            ]
+        );
+        assert_eq!(next.slices[0], f[0]);
+        assert!(check_slices(7, &f, &next.slices).is_ok());
+    }
 }

@@ -372,6 +372,11 @@ CREATE TABLE operator_actions (
         name: "writeback: pending writes in acceptance order (the deliverer's claims)",
         sql: "CREATE INDEX writes_pending ON writes (state, id);",
     },
+    Migration {
+        version: 14,
+        name: "sync jobs: per-slice state of large backfills and re-syncs",
+        sql: "ALTER TABLE sync_jobs ADD COLUMN slices TEXT;",
+    },
 ];
 
 /// The change log in a Postgres database (tables in the connection's `search_path` schema).

@@ -477,6 +477,11 @@ CREATE TABLE operator_actions (
         name: "writeback: pending writes in acceptance order (the deliverer's claims)",
         sql: "CREATE INDEX writes_pending ON writes (state, id);",
     },
+    Migration {
+        version: 14,
+        name: "sync jobs: per-slice state of large backfills and re-syncs",
+        sql: "ALTER TABLE sync_jobs ADD COLUMN slices TEXT;",
+    },
 ];
 
 /// `PRAGMA synchronous` setting; see the module docs.

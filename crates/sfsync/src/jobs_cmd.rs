@@ -589,7 +589,17 @@ impl Bar {
         let bar: String = "#".repeat(filled) + &"-".repeat(width - filled);
         let state: Vec<String> = jobs
             .iter()
-            .map(|j| format!("#{} {} {}", j.id, j.object, j.status.as_str()))
+            .map(|j| match sfsync_store::current_slice(&j.slices) {
+                Some(s) => format!(
+                    "#{} {} {} slice {}/{}",
+                    j.id,
+                    j.object,
+                    j.status.as_str(),
+                    s.seq,
+                    j.slices.len()
+                ),
+                None => format!("#{} {} {}", j.id, j.object, j.status.as_str()),
+            })
             .collect();
         let line = format!(
             "[{bar}] {:>5} {read}/{} rows  {:.0} rows/s  api calls {}  {}",
@@ -639,6 +649,34 @@ fn print_outcome(j: &SyncJob) {
     );
     if let Some(r) = &j.report {
         println!("  report: {r}");
+    }
+}
+
+/// A sliced job's slices, one line each.
+fn print_slices(j: &SyncJob) {
+    if j.slices.is_empty() {
+        return;
+    }
+    let at =
+        |ms: Option<i64>| ms.map_or("-".to_string(), |m| sfsync_pipeline::jobs::soql_datetime(m));
+    println!("slices ({}):", j.slices.len());
+    println!(
+        "{:>5} {:<24} {:<24} {:<10} {:>3} {:>10} {:>10} {:>9}  error",
+        "slice", "since", "until", "status", "try", "read", "applied", "api calls"
+    );
+    for s in &j.slices {
+        println!(
+            "{:>5} {:<24} {:<24} {:<10} {:>3} {:>10} {:>10} {:>9}  {}",
+            s.seq,
+            at(s.since_ms),
+            at(s.until_ms),
+            s.status.as_str(),
+            s.attempts,
+            s.counts.read,
+            s.counts.applied,
+            s.counts.api_calls,
+            s.error.as_deref().unwrap_or("")
+        );
     }
 }
 
@@ -702,6 +740,7 @@ pub async fn jobs(args: JobsArgs) -> Result<i32, Failure> {
                 return Err(failed(anyhow!("sync job {id} does not exist")));
             };
             println!("{j:#?}");
+            print_slices(&j);
             Ok(0)
         }
         JobsCommand::Cancel { config, ids } => {

@@ -236,6 +236,7 @@ pub fn pipeline_config(config: &ValidConfig, start: StartAt) -> PipelineConfig {
                 formula_refresh_every: Some(Duration::from_secs(
                     config.pipeline.formula_refresh_secs.max(1),
                 )),
+                slice_span: Some(Duration::from_secs(config.pipeline.job_slice_secs.max(1))),
                 ..Default::default()
             },
         },

@@ -554,3 +554,167 @@ async fn scenario(backend: Db) {
     );
     stop(child);
 }
+
+/// The newest job of `kind`, read again until `done` holds for it (bounded).
+async fn job_until(
+    store: &dyn Warehouse,
+    kind: SyncJobKind,
+    what: &str,
+    done: impl Fn(&SyncJob) -> bool,
+) -> SyncJob {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let j = jobs(store, kind).await.into_iter().max_by_key(|j| j.id);
+        if let Some(j) = j.filter(|j| done(j)) {
+            return j;
+        }
+        assert!(Instant::now() < deadline, "{what}: never happened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn slice_states(j: &SyncJob) -> Vec<(u32, &'static str, i64)> {
+    j.slices
+        .iter()
+        .map(|s| (s.seq, s.status.as_str(), s.attempts))
+        .collect()
+}
+
+/// A backfill spanning more SystemModstamp than `job_slice_secs` runs in slices, oldest first,
+/// each its own Bulk query with its own state: a SIGKILL mid-job resumes in the slice it was
+/// in, a slice Salesforce refuses fails the job with the slice's error, and a retry carries
+/// out only the slices that did not succeed. Every record arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_backfills_run_in_slices_that_a_crash_or_a_retry_never_read_again() {
+    let env = env(Db::Sqlite).await;
+    let mut text = std::fs::read_to_string(&env.config).unwrap();
+    text.push_str("job_slice_secs = 1\n");
+    std::fs::write(&env.config, text).unwrap();
+    // Three generations of records, their SystemModstamps over more than three seconds.
+    for g in 0..3 {
+        if g > 0 {
+            tokio::time::sleep(Duration::from_millis(1_300)).await;
+        }
+        seed(&env, 300, 30 + g);
+    }
+    let slow = || sfsync_emulator::faults::FaultConfig {
+        latency_ms: 250,
+        ..Default::default()
+    };
+    env.emu.state.faults.set(slow());
+
+    // 1. The new object's backfill, SIGKILLed once its first slice is done.
+    let child = spawn(&env);
+    let store = open(&env).await;
+    let before = job_until(&*store, SyncJobKind::Backfill, "slice 1 done", |j| {
+        j.slices.len() >= 3
+            && j.slices[0].status == sfsync_store::SliceStatus::Succeeded
+            && j.status == SyncJobStatus::Running
+    })
+    .await;
+    drop(child); // SIGKILL
+    let n = before.slices.len();
+    assert!(
+        n <= 6,
+        "slices of about a second: {:?}",
+        slice_states(&before)
+    );
+    for w in before.slices.windows(2) {
+        assert_eq!(w[0].until_ms, w[1].since_ms, "contiguous windows");
+    }
+    assert_eq!(
+        before.slices[0].since_ms, None,
+        "a full load starts unbounded"
+    );
+    assert_eq!(before.slices[n - 1].until_ms, None, "and ends open");
+    env.emu.state.faults.set(Default::default());
+    let child = spawn(&env);
+    let done = job_until(
+        &*store,
+        SyncJobKind::Backfill,
+        "the backfill succeeds",
+        |j| j.id == before.id && !j.status.is_open(),
+    )
+    .await;
+    assert_eq!(done.status, SyncJobStatus::Succeeded, "{done:?}");
+    assert!(
+        done.slices
+            .iter()
+            .all(|s| s.status == sfsync_store::SliceStatus::Succeeded && s.attempts == 1),
+        "{:?}",
+        slice_states(&done)
+    );
+    assert_eq!(
+        done.slices[0], before.slices[0],
+        "the finished slice was not read again"
+    );
+    let read: i64 = done.slices.iter().map(|s| s.counts.read).sum();
+    assert_eq!(read, 900, "every record read once: {:?}", done.slices);
+    assert!(diff(&env, &*store).await.is_empty());
+    let history = store.read_history("Account").await.unwrap().len();
+    let (ok, out) = cli(&env, &["jobs", "show", &done.id.to_string()]);
+    assert!(ok && out.contains(&format!("slices ({n}):")), "{out}");
+
+    // 2. An on-demand backfill whose second slice Salesforce refuses: the job fails with the
+    // slice's error; the retry reads only the slices that did not succeed.
+    env.emu.state.faults.set(slow());
+    let (ok, out) = cli(&env, &["backfill", "Account", "--no-wait"]);
+    assert!(ok, "{out}");
+    let first_done = job_until(&*store, SyncJobKind::Backfill, "slice 1 of #2", |j| {
+        j.id > done.id
+            && j.slices
+                .first()
+                .is_some_and(|s| s.status == sfsync_store::SliceStatus::Succeeded)
+    })
+    .await;
+    let mut refuse = slow();
+    refuse.rules.push(sfsync_emulator::faults::FaultRule {
+        path_contains: "/jobs/query".into(),
+        method: Some("POST".into()),
+        kind: sfsync_emulator::faults::FaultKind::QueryTimeout,
+        rate: 1.0,
+        max_count: None,
+        fired: 0,
+    });
+    env.emu.state.faults.set(refuse);
+    let failed = job_until(&*store, SyncJobKind::Backfill, "the job fails", |j| {
+        j.id == first_done.id && !j.status.is_open()
+    })
+    .await;
+    assert_eq!(failed.status, SyncJobStatus::Failed, "{failed:?}");
+    let bad = failed
+        .slices
+        .iter()
+        .find(|s| s.status == sfsync_store::SliceStatus::Failed)
+        .unwrap_or_else(|| panic!("a failed slice: {:?}", slice_states(&failed)));
+    assert!(
+        bad.seq >= 2 && bad.error.as_deref().unwrap_or("").contains("QUERY_TIMEOUT"),
+        "{bad:?}"
+    );
+    let bad_seq = bad.seq;
+    env.emu.state.faults.set(Default::default());
+    let (ok, out) = cli(&env, &["jobs", "retry", &failed.id.to_string()]);
+    assert!(ok, "{out}");
+    let retried = job_until(&*store, SyncJobKind::Backfill, "the retry succeeds", |j| {
+        j.id == failed.id && j.attempts == 2 && !j.status.is_open()
+    })
+    .await;
+    assert_eq!(retried.status, SyncJobStatus::Succeeded, "{retried:?}");
+    for (old, new) in failed.slices.iter().zip(&retried.slices) {
+        assert_eq!(new.status, sfsync_store::SliceStatus::Succeeded);
+        if old.status == sfsync_store::SliceStatus::Succeeded {
+            assert_eq!(old, new, "a finished slice is not read again");
+        } else if old.seq == bad_seq {
+            assert_eq!(new.attempts, 2, "{:?}", slice_states(&retried));
+        } else {
+            assert_eq!(new.attempts, 1, "{:?}", slice_states(&retried));
+        }
+    }
+    assert!(diff(&env, &*store).await.is_empty());
+    assert_eq!(
+        store.read_history("Account").await.unwrap().len(),
+        history,
+        "snapshot rows that are not newer change nothing"
+    );
+    stop(child);
+}

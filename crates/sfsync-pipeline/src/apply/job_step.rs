@@ -63,6 +63,13 @@ impl Applier {
                 let status = self.store.sync_job(id).await?.map(|j| j.status);
                 if status != Some(SyncJobStatus::Running) {
                     self.flush().await?;
+                    jobs::end_slice(
+                        &*self.store,
+                        id,
+                        sfsync_store::SliceStatus::Cancelled,
+                        Some("the job was cancelled"),
+                    )
+                    .await;
                     if let Some(a) = self.jobs.active.take() {
                         let detail =
                             jobs::run_detail(&a.job, &a.counts, a.started.elapsed().as_secs_f64());
@@ -124,9 +131,9 @@ impl Applier {
                 Ok(0)
             }
             Fetched::Done { api_calls } => {
-                // The job succeeds only with all of its rows in.
+                // The job (or its slice) succeeds only with all of its rows in.
                 self.flush().await?;
-                self.finish_job(api_calls).await?;
+                self.end_of_results(api_calls).await?;
                 Ok(0)
             }
             Fetched::Failed { error, permanent } => {
@@ -165,6 +172,9 @@ impl Applier {
         };
         // Backfills, re-syncs and formula refreshes take the lowest lane of the API budget.
         let bulk = bulk.lane(sfsync_salesforce::Lane::Backfill);
+        if matches!(job.kind, SyncJobKind::Backfill | SyncJobKind::Resync) {
+            self.plan_job_slices(&mut job, &bulk).await?;
+        }
         let mapping = &self.mappings[&job.object];
         let soql = if job.kind == SyncJobKind::FormulaRefresh {
             let wanted = mapping.formula_fields();
@@ -196,10 +206,27 @@ impl Applier {
             }
             jobs::formula_soql(mapping, job.since_ms)
         } else {
-            jobs::snapshot_soql(mapping, job.since_ms, job.until_ms)
+            let (since, until) = slice_window(&job);
+            jobs::snapshot_soql(mapping, since, until)
         };
         let run_id = self.begin(&mut job).await?;
-        tracing::info!(job = job.id, kind = job.kind.as_str(), object = %job.object, reason = %job.reason, %soql, "Sync job started.");
+        if let Some(seq) = sfsync_store::current_slice(&job.slices).map(|s| s.seq) {
+            // Running already when a crash interrupted it: it resumes where it stands.
+            let slices = sfsync_store::slice_moved(
+                &job.slices,
+                seq,
+                sfsync_store::SliceStatus::Running,
+                &job.counts,
+                None,
+                now_ms(),
+            )
+            .map_err(|reason| PipelineError::config(&job.object, &reason))?;
+            self.store
+                .set_sync_job_slices(job.id, &slices, false)
+                .await?;
+            job.slices = slices;
+        }
+        tracing::info!(job = job.id, kind = job.kind.as_str(), object = %job.object, reason = %job.reason, slice = ?sfsync_store::current_slice(&job.slices).map(|s| s.seq), slices = job.slices.len(), %soql, "Sync job started.");
         let (rx, task) = jobs::spawn_fetch(
             bulk,
             self.store.clone(),
@@ -803,6 +830,160 @@ impl Applier {
         Ok(())
     }
 
+    /// Plans the slices of a backfill or re-sync that has none and has not begun reading
+    /// (see [`sfsync_store::plan_slices`]); a window that fits one slice stays in one piece.
+    /// A full load's lower end is the oldest record's SystemModstamp (one query); when that
+    /// cannot be read the job runs in one piece.
+    async fn plan_job_slices(
+        &mut self,
+        job: &mut SyncJob,
+        bulk: &sfsync_salesforce::bulk::Bulk,
+    ) -> Result<()> {
+        let Some(span) = self.config.jobs.slice_span else {
+            return Ok(());
+        };
+        if !job.slices.is_empty() || job.bulk_job_id.is_some() || job.locator.is_some() {
+            return Ok(());
+        }
+        let mut calls = 0;
+        let earliest = if job.since_ms.is_none() {
+            calls += 1;
+            // A full backfill reads live records; a re-sync (always windowed) deleted ones too.
+            let include_deleted = job.kind != SyncJobKind::Backfill;
+            match jobs::earliest_modstamp(bulk, &job.object, include_deleted).await {
+                Ok(e) => e,
+                Err(error) => {
+                    tracing::warn!(job = job.id, object = %job.object, %error, "Could not read the oldest SystemModstamp; the job runs in one piece.");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let slices = sfsync_store::plan_slices(
+            job.since_ms,
+            job.until_ms,
+            earliest,
+            now_ms(),
+            span.as_millis() as i64,
+            jobs::MAX_SLICES,
+        );
+        if calls > 0 {
+            self.store
+                .patch_sync_job(
+                    job.id,
+                    &SyncJobPatch {
+                        counts: SyncCounts {
+                            api_calls: calls,
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            job.counts.api_calls += calls;
+        }
+        if slices.is_empty() {
+            return Ok(());
+        }
+        self.store
+            .set_sync_job_slices(job.id, &slices, false)
+            .await?;
+        tracing::info!(job = job.id, object = %job.object, slices = slices.len(), "Sync job planned in slices.");
+        job.slices = slices;
+        Ok(())
+    }
+
+    /// Every page of the running query is applied: the slice in progress succeeded and the next
+    /// one starts its own query, or (no slices, or the last) the job succeeded.
+    async fn end_of_results(&mut self, api_calls: i64) -> Result<()> {
+        let Some(a) = self.jobs.active.as_ref() else {
+            return Ok(());
+        };
+        let Some(seq) = sfsync_store::current_slice(&a.job.slices).map(|s| s.seq) else {
+            return self.finish_job(api_calls).await;
+        };
+        let id = a.job.id;
+        // This step's calls count in the slice.
+        self.store
+            .patch_sync_job(
+                id,
+                &SyncJobPatch {
+                    counts: SyncCounts {
+                        api_calls,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let stored = self
+            .store
+            .sync_job(id)
+            .await?
+            .ok_or_else(|| PipelineError::config(&a.job.object, "the running job is gone"))?;
+        let now = now_ms();
+        let moved = sfsync_store::slice_moved(
+            &stored.slices,
+            seq,
+            sfsync_store::SliceStatus::Succeeded,
+            &stored.counts,
+            None,
+            now,
+        )
+        .and_then(
+            |slices| match sfsync_store::current_slice(&slices).map(|s| s.seq) {
+                Some(next) => sfsync_store::slice_moved(
+                    &slices,
+                    next,
+                    sfsync_store::SliceStatus::Running,
+                    &stored.counts,
+                    None,
+                    now,
+                ),
+                None => Ok(slices),
+            },
+        )
+        .map_err(|reason| PipelineError::config(&stored.object, &reason))?;
+        // The slice's end, the next one's start and the cleared query position: one commit.
+        self.store.set_sync_job_slices(id, &moved, true).await?;
+        let Some(next) = sfsync_store::current_slice(&moved).cloned() else {
+            if let Some(a) = self.jobs.active.as_mut() {
+                a.counts.api_calls += api_calls;
+                a.job.slices = moved;
+            }
+            return self.finish_job(0).await;
+        };
+        tracing::info!(job = id, object = %stored.object, slice = seq, next = next.seq, slices = moved.len(), "Slice done; the next one starts.");
+        let Some(bulk) = self.bulk.clone() else {
+            return Ok(());
+        };
+        let bulk = bulk.lane(sfsync_salesforce::Lane::Backfill);
+        let soql =
+            jobs::snapshot_soql(&self.mappings[&stored.object], next.since_ms, next.until_ms);
+        let Some(a) = self.jobs.active.as_mut() else {
+            return Ok(());
+        };
+        a.counts.api_calls += api_calls;
+        a.job.slices = moved;
+        a.job.bulk_job_id = None;
+        a.job.locator = None;
+        a.job.page_rows_done = 0;
+        a.job.rows_total = None;
+        let (rx, task) = jobs::spawn_fetch(
+            bulk,
+            self.store.clone(),
+            a.job.clone(),
+            soql,
+            self.config.jobs.page_records,
+        );
+        if let Some(old) = a.task.replace(task) {
+            old.abort();
+        }
+        a.rx = rx;
+        Ok(())
+    }
+
     /// Every page is applied: the job succeeded.
     async fn finish_job(&mut self, api_calls: i64) -> Result<()> {
         let Some(mut a) = self.jobs.active.take() else {
@@ -863,4 +1044,11 @@ impl Applier {
         );
         Ok(())
     }
+}
+
+/// The SystemModstamp window the job reads now: its slice in progress, or its own.
+fn slice_window(job: &SyncJob) -> (Option<i64>, Option<i64>) {
+    sfsync_store::current_slice(&job.slices)
+        .map(|s| (s.since_ms, s.until_ms))
+        .unwrap_or((job.since_ms, job.until_ms))
 }

@@ -649,6 +649,11 @@ impl Bulk {
     }
 
     /// `GET /jobs/query/{id}`.
+    /// The client the Bulk calls go through (its lane and options).
+    pub fn client(&self) -> &SalesforceClient {
+        &self.client
+    }
+
     pub async fn query_job(&self, job_id: &str) -> Result<JobInfo> {
         self.job(JobKind::Query, job_id).await
     }

@@ -26,7 +26,7 @@ const COLUMNS: &str = "id, kind, object, reason, status, since_ms, until_ms, par
     requested_by, resync_id, run_id, bulk_job_id, locator, page_rows_done, rows_total, rows_read,
     rows_applied, rows_skipped, rows_held, rows_deleted, rows_failed, api_calls, requested_at_ms,
     started_at_ms, finished_at_ms, error, report, watermark_ms, reread_from_ms, attempts,
-    previous_attempts";
+    previous_attempts, slices";
 
 /// Adds the counts given as parameters `$first` … `$first + 6` to the stored ones.
 fn add_counts_sql(first: usize) -> String {
@@ -110,6 +110,11 @@ fn decode(r: &Row) -> Result<SyncJob> {
         previous_attempts: parse_attempts(
             id,
             r.try_get::<_, Option<String>>(30).map_err(&get)?.as_deref(),
+        )
+        .map_err(|reason| invalid("read sync jobs", reason))?,
+        slices: parse_slices(
+            id,
+            r.try_get::<_, Option<String>>(31).map_err(&get)?.as_deref(),
         )
         .map_err(|reason| invalid("read sync jobs", reason))?,
     })
@@ -247,15 +252,55 @@ pub(super) async fn retry(
                  run_id = NULL, bulk_job_id = NULL, locator = NULL, page_rows_done = 0,
                  rows_total = NULL, rows_read = 0, rows_applied = 0, rows_skipped = 0,
                  rows_held = 0, rows_deleted = 0, rows_failed = 0, api_calls = 0,
-                 started_at_ms = NULL, finished_at_ms = NULL, error = NULL, report = NULL
+                 started_at_ms = NULL, finished_at_ms = NULL, error = NULL, report = NULL,
+                 slices = $4
              WHERE id = $1",
-            &[&id, &next.attempts, &attempts_json(&next.previous_attempts)],
+            &[
+                &id,
+                &next.attempts,
+                &attempts_json(&next.previous_attempts),
+                &slices_json(&next.slices),
+            ],
         )
         .await
         .map_err(db("retry sync job"))?;
     get(client, cache, id)
         .await?
         .ok_or_else(|| missing(id, "retry sync job"))
+}
+
+/// Replaces a job's slices (checked against the stored ones, see [`check_slices`]); with
+/// `reset_position`, the Bulk job and page position are cleared too, in the same statement.
+pub(super) async fn set_slices(
+    client: &impl GenericClient,
+    cache: &Cache,
+    id: i64,
+    slices: &[SyncJobSlice],
+    reset_position: bool,
+) -> Result<()> {
+    client
+        .query_opt("SELECT 1 FROM sync_jobs WHERE id = $1 FOR UPDATE", &[&id])
+        .await
+        .map_err(db("update sync job slices"))?
+        .ok_or_else(|| missing(id, "update sync job slices"))?;
+    let job = get(client, cache, id)
+        .await?
+        .ok_or_else(|| missing(id, "update sync job slices"))?;
+    check_slices(id, &job.slices, slices)
+        .map_err(|reason| invalid("update sync job slices", reason))?;
+    client
+        .execute(
+            "UPDATE sync_jobs SET slices = $2,
+                 bulk_job_id = CASE WHEN $3 THEN NULL ELSE bulk_job_id END,
+                 locator = CASE WHEN $3 THEN NULL ELSE locator END,
+                 page_rows_done = CASE WHEN $3 THEN 0 ELSE page_rows_done END,
+                 rows_total = CASE WHEN $3 THEN NULL ELSE rows_total END
+             WHERE id = $1",
+            &[&id, &slices_json(slices), &reset_position],
+        )
+        .await
+        .map_err(db("update sync job slices"))?;
+    Ok(())
 }
 
 /// Progress committed inside a curated batch's transaction: the position (when given; the job

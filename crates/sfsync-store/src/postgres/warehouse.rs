@@ -1487,6 +1487,23 @@ impl Warehouse for PostgresChangeLog {
         Ok(job)
     }
 
+    async fn set_sync_job_slices(
+        &self,
+        id: i64,
+        slices: &[crate::jobs::SyncJobSlice],
+        reset_position: bool,
+    ) -> Result<()> {
+        let mut client = self.client.lock().await;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("begin update sync job slices"))?;
+        jobs::set_slices(&tx, &self.statements, id, slices, reset_position).await?;
+        tx.commit()
+            .await
+            .map_err(db("commit update sync job slices"))
+    }
+
     async fn schedule_resyncs(&self, requested_by: &str) -> Result<Vec<i64>> {
         let mut client = self.client.lock().await;
         let tx = client

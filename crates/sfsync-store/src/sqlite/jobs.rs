@@ -15,7 +15,7 @@ const COLUMNS: &str = "id, kind, object, reason, status, since_ms, until_ms, par
     requested_by, resync_id, run_id, bulk_job_id, locator, page_rows_done, rows_total, rows_read,
     rows_applied, rows_skipped, rows_held, rows_deleted, rows_failed, api_calls, requested_at_ms,
     started_at_ms, finished_at_ms, error, report, watermark_ms, reread_from_ms, attempts,
-    previous_attempts";
+    previous_attempts, slices";
 
 fn bad_stored(id: i64, what: &str, value: &str) -> StoreError {
     StoreError::InvalidInput {
@@ -25,7 +25,7 @@ fn bad_stored(id: i64, what: &str, value: &str) -> StoreError {
     }
 }
 
-type JobRow = (SyncJob, String, String, Option<String>);
+type JobRow = (SyncJob, String, String, Option<String>, Option<String>);
 
 fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
     let kind: String = r.get(1)?;
@@ -65,20 +65,23 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
             reread_from_ms: r.get(28)?,
             attempts: r.get(29)?,
             previous_attempts: Vec::new(),
+            slices: Vec::new(),
         },
         kind,
         status,
         r.get(30)?,
+        r.get(31)?,
     ))
 }
 
-fn finish_job((mut job, kind, status, previous): JobRow) -> Result<SyncJob> {
-    job.previous_attempts =
-        parse_attempts(job.id, previous.as_deref()).map_err(|reason| StoreError::InvalidInput {
-            backend: BACKEND,
-            op: "read sync jobs",
-            reason,
-        })?;
+fn finish_job((mut job, kind, status, previous, slices): JobRow) -> Result<SyncJob> {
+    let bad = |reason| StoreError::InvalidInput {
+        backend: BACKEND,
+        op: "read sync jobs",
+        reason,
+    };
+    job.previous_attempts = parse_attempts(job.id, previous.as_deref()).map_err(bad)?;
+    job.slices = parse_slices(job.id, slices.as_deref()).map_err(bad)?;
     job.kind = SyncJobKind::parse(&kind).ok_or_else(|| bad_stored(job.id, "kind", &kind))?;
     job.status =
         SyncJobStatus::parse(&status).ok_or_else(|| bad_stored(job.id, "status", &status))?;
@@ -323,13 +326,15 @@ pub(super) fn retry(conn: &Connection, id: i64, by: &str, now: i64) -> Result<Sy
                  run_id = NULL, bulk_job_id = NULL, locator = NULL, page_rows_done = 0,
                  rows_total = NULL, rows_read = 0, rows_applied = 0, rows_skipped = 0,
                  rows_held = 0, rows_deleted = 0, rows_failed = 0, api_calls = 0,
-                 started_at_ms = NULL, finished_at_ms = NULL, error = NULL, report = NULL
+                 started_at_ms = NULL, finished_at_ms = NULL, error = NULL, report = NULL,
+                 slices = ?5
              WHERE id = ?1 AND status = ?4",
             params![
                 id,
                 next.attempts,
                 attempts_json(&next.previous_attempts),
-                job.status.as_str()
+                job.status.as_str(),
+                slices_json(&next.slices)
             ],
         )
         .map_err(db("retry sync job"))?;
@@ -337,6 +342,36 @@ pub(super) fn retry(conn: &Connection, id: i64, by: &str, now: i64) -> Result<Sy
         return Err(missing(id, "retry sync job"));
     }
     get(conn, id)?.ok_or_else(|| missing(id, "retry sync job"))
+}
+
+/// Replaces a job's slices (checked against the stored ones, see [`check_slices`]); with
+/// `reset_position`, the Bulk job and page position are cleared too (the next slice starts its
+/// own query), in the same statement.
+pub(super) fn set_slices(
+    conn: &Connection,
+    id: i64,
+    slices: &[SyncJobSlice],
+    reset_position: bool,
+) -> Result<()> {
+    let Some(job) = get(conn, id)? else {
+        return Err(missing(id, "update sync job slices"));
+    };
+    check_slices(id, &job.slices, slices).map_err(|reason| StoreError::InvalidInput {
+        backend: BACKEND,
+        op: "update sync job slices",
+        reason,
+    })?;
+    conn.execute(
+        "UPDATE sync_jobs SET slices = ?2,
+             bulk_job_id = CASE WHEN ?3 THEN NULL ELSE bulk_job_id END,
+             locator = CASE WHEN ?3 THEN NULL ELSE locator END,
+             page_rows_done = CASE WHEN ?3 THEN 0 ELSE page_rows_done END,
+             rows_total = CASE WHEN ?3 THEN NULL ELSE rows_total END
+         WHERE id = ?1",
+        params![id, slices_json(slices), reset_position],
+    )
+    .map_err(db("update sync job slices"))?;
+    Ok(())
 }
 
 /// Turns every pending re-sync request into a re-sync job (once: the request is marked

@@ -1179,6 +1179,19 @@ impl Warehouse for SqliteChangeLog {
             .await
     }
 
+    async fn set_sync_job_slices(
+        &self,
+        id: i64,
+        slices: &[crate::jobs::SyncJobSlice],
+        reset_position: bool,
+    ) -> Result<()> {
+        let slices = slices.to_vec();
+        self.transaction(move |tx| {
+            super::jobs::set_slices(tx.connection(), id, &slices, reset_position)
+        })
+        .await
+    }
+
     async fn schedule_resyncs(&self, requested_by: &str) -> Result<Vec<i64>> {
         let by = requested_by.to_string();
         self.transaction(move |tx| super::jobs::schedule_resyncs(tx.connection(), &by, now_ms()))

@@ -258,7 +258,12 @@ pub fn document() -> J {
                 "Run": { "type": "object", "description": "A sync job: backfill, resync, reconcile, replay or formula_refresh.", "properties": {
                     "id": { "type": "integer" }, "kind": { "type": "string" }, "object": { "type": "string" },
                     "state": { "enum": ["pending", "running", "succeeded", "failed", "cancelled"] },
-                    "counts": obj(), "error": { "type": ["string", "null"] }
+                    "counts": obj(), "error": { "type": ["string", "null"] },
+                    "slices": { "type": "array", "description": "A large backfill or re-sync runs in SystemModstamp slices, oldest first, each with its own state; a finished slice is never read again.", "items": { "type": "object", "properties": {
+                        "seq": { "type": "integer" }, "since": { "type": ["string", "null"] }, "until": { "type": ["string", "null"] },
+                        "state": { "enum": ["pending", "running", "succeeded", "failed", "cancelled"] },
+                        "attempts": { "type": "integer" }, "counts": obj(), "error": { "type": ["string", "null"] }
+                    } } }
                 } },
                 "QuarantineEntry": { "type": "object", "properties": {
                     "id": { "type": "integer" }, "status": { "type": "string" }, "object": { "type": "string" },

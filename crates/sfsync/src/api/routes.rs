@@ -260,6 +260,26 @@ fn run_json(j: &SyncJob) -> J {
         "finished_at": ts_opt(j.finished_at_ms),
         "error": j.error,
         "report": j.report.as_deref().map(|r| serde_json::from_str::<J>(r).unwrap_or_else(|_| J::String(r.into()))),
+        "slices": j.slices.iter().map(slice_json).collect::<Vec<_>>(),
+    })
+}
+
+/// One slice of a large run (see `sfsync_store::SyncJobSlice`).
+fn slice_json(s: &sfsync_store::SyncJobSlice) -> J {
+    let c = &s.counts;
+    json!({
+        "seq": s.seq,
+        "since": ts_opt(s.since_ms),
+        "until": ts_opt(s.until_ms),
+        "state": s.status.as_str(),
+        "attempts": s.attempts,
+        "counts": {
+            "read": c.read, "applied": c.applied, "skipped": c.skipped, "held": c.held,
+            "deleted": c.deleted, "failed": c.failed, "api_calls": c.api_calls,
+        },
+        "error": s.error,
+        "started_at": ts_opt(s.started_at_ms),
+        "finished_at": ts_opt(s.finished_at_ms),
     })
 }
 

@@ -430,6 +430,8 @@ pub struct PipelineConfig {
     /// Re-read the formula fields of records changed since the last refresh this often (objects
     /// with `formula_fields` only).
     pub formula_refresh_secs: u64,
+    /// Backfills and re-syncs spanning more SystemModstamp than this run in slices of it.
+    pub job_slice_secs: u64,
 }
 
 impl Default for PipelineConfig {
@@ -447,6 +449,7 @@ impl Default for PipelineConfig {
             backfill_page_records: 100_000,
             reconcile_interval_secs: None,
             formula_refresh_secs: 300,
+            job_slice_secs: 30 * 24 * 3600,
         }
     }
 }

@@ -845,6 +845,7 @@ formula_refresh_secs = 30
     // The default interval: five minutes.
     let l = load_t(&format!("{HEAD}[[objects]]\nname = \"Account\"\n")).unwrap();
     assert_eq!(l.config.pipeline.formula_refresh_secs, 300);
+    assert_eq!(l.config.pipeline.job_slice_secs, 30 * 24 * 3600);
 
     let bad = format!(
         r#"{HEAD}[[objects]]
@@ -863,6 +864,7 @@ formula_fields = true
 
 [pipeline]
 formula_refresh_secs = 0
+job_slice_secs = 0
 "#
     );
     let e = errs(&bad);
@@ -881,6 +883,7 @@ formula_refresh_secs = 0
     );
     has("objects[2].formula_fields", "mode = \"cdc\" objects only");
     has("pipeline.formula_refresh_secs", "greater than 0");
+    has("pipeline.job_slice_secs", "greater than 0");
     let e = errs(&format!(
         "{HEAD}[[objects]]\nname = \"Case\"\nformula_fields = \"all\"\n"
     ));

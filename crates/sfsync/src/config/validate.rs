@@ -346,6 +346,7 @@ impl SfsyncConfig {
             ),
             ("backfill_page_records", p.backfill_page_records),
             ("formula_refresh_secs", p.formula_refresh_secs),
+            ("job_slice_secs", p.job_slice_secs),
             (
                 "reconcile_interval_secs",
                 p.reconcile_interval_secs.unwrap_or(1),

@@ -394,9 +394,21 @@ async function runDetail(route) {
       ['Window', r.since || r.until ? `${show(r.since)} … ${show(r.until)}` : null], ['Rows total', r.rows_total],
       ['Requested', when(r.requested_at)], ['Started', when(r.started_at)], ['Finished', when(r.finished_at)], ['Process run id', r.run_id]], 'run-facts'),
     table('Counts', Object.keys(r.counts || {}), [Object.values(r.counts || {}).map((v) => h('td', { class: 'num' }, num(v)))], 'run-counts'),
+    ...sliceTable(r.slices || []),
     h('h3', {}, 'Error'), h('pre', { testid: 'run-error' }, show(r.error)),
     h('h3', {}, 'Report'), h('pre', { testid: 'run-report' }, r.report === null ? '—' : JSON.stringify(r.report, null, 2)));
   return { view, data: r };
+}
+
+/** A large run's slices (SystemModstamp windows, oldest first), one row each; none: nothing. */
+function sliceTable(slices) {
+  if (!slices.length) return [];
+  const done = slices.filter((s) => s.state === 'succeeded').length;
+  const rows = slices.map((s) => h('tr', { testid: 'slice-row', 'data-state': s.state },
+    h('td', { class: 'num' }, num(s.seq)), h('td', {}, show(s.since)), h('td', {}, show(s.until)), h('td', {}, s.state),
+    h('td', { class: 'num' }, num(s.attempts)), h('td', { class: 'num' }, num(s.counts.read)), h('td', { class: 'num' }, num(s.counts.applied)),
+    h('td', { class: 'num' }, num(s.counts.api_calls)), h('td', { class: 'small' }, show(s.error))));
+  return [table(`Slices (${done} of ${slices.length} done)`, ['Slice', 'Since', 'Until', 'State', 'Attempts', 'Read', 'Applied', 'API calls', 'Error'], rows, 'slices-table')];
 }
 
 function runActions(route, r) {
