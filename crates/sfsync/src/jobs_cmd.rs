@@ -657,8 +657,7 @@ fn print_slices(j: &SyncJob) {
     if j.slices.is_empty() {
         return;
     }
-    let at =
-        |ms: Option<i64>| ms.map_or("-".to_string(), |m| sfsync_pipeline::jobs::soql_datetime(m));
+    let at = |ms: Option<i64>| ms.map_or("-".to_string(), sfsync_pipeline::jobs::soql_datetime);
     println!("slices ({}):", j.slices.len());
     println!(
         "{:>5} {:<24} {:<24} {:<10} {:>3} {:>10} {:>10} {:>9}  error",
