@@ -145,6 +145,35 @@ try {
     await ctx.close();
   });
 
+  await check('a viewer token reads but cannot act: 403 in the banner, actions disabled, nothing changed', async () => {
+    // Its own tab: the browser logs the 403, which the main tab would count as a problem.
+    const viewer = process.env.SFSYNC_VIEWER_TOKEN;
+    assert(viewer, 'SFSYNC_VIEWER_TOKEN is not set (the demo writes api-viewer.token)');
+    const d = (await api('/api/v1/deadletters?kind=write&limit=1000')).dead_letters[0];
+    assert(d, 'no failed write among the dead letters');
+    const ctx = await browser.newContext();
+    const page = await ctx.newPage();
+    await page.goto(`${uiUrl}#token=${encodeURIComponent(viewer)}`);
+    await ready(page, 'overview');
+    await goPage(page, `#/deadletters/${d.kind}/${d.id}`, 'deadletters');
+    await page.waitForSelector('[data-testid=deadletter-detail][data-present=yes]', { timeout: WAIT });
+    const clickedAt = Date.now() - 1000;
+    await page.click('[data-testid=redrive]');
+    await page.waitForSelector('[data-testid=confirm][open]', { timeout: WAIT });
+    const [resp] = await Promise.all([
+      page.waitForResponse((r) => r.url().endsWith(`/api/v1/deadletters/${d.kind}/${d.id}/redrive`) && r.request().method() === 'POST', { timeout: WAIT }),
+      page.click('[data-testid=confirm-ok]'),
+    ]);
+    assertEq(resp.status(), 403, 'a viewer\'s redrive answer status');
+    await page.waitForSelector('[data-testid=error-banner]:not([hidden])', { timeout: WAIT });
+    await page.waitForSelector('[data-testid=redrive][disabled]', { timeout: WAIT });
+    const w = await api(`/api/v1/writes/${d.id}`);
+    const moved = (w.transitions || []).filter((x) => Date.parse(x.at) >= clickedAt && /redriven/.test(x.detail || ''));
+    assert(moved.length === 0, `the viewer's redrive changed the write: ${JSON.stringify(moved)}`);
+    await shot(page, 'viewer-refused');
+    await ctx.close();
+  });
+
   // ---- signed in through the demo's link ----
   const ctx = await browser.newContext({ viewport: { width: 1400, height: 900 } });
   const page = await ctx.newPage();

@@ -389,7 +389,8 @@ fn generated_secret(dir: &std::path::Path, name: &str) -> Result<String> {
 /// custom objects with SCD2 history on their status-like fields, the Contact's personal data as
 /// PII (key `DIR/pii.key`), a postal-code rule and a Case → Contact reference check, writeback of
 /// Accounts owned by `demo_writer` (Description shared, conflicts decided by a person), and the
-/// API with an operator token (`DIR/api-operator.token`). Returns the path and the token.
+/// API with an operator token (`DIR/api-operator.token`) and a read-only viewer token
+/// (`DIR/api-viewer.token`). Returns the path and the operator token.
 fn write_demo_config(
     dir: &std::path::Path,
     org: &sfsync_emulator::RunningEmulator,
@@ -397,6 +398,7 @@ fn write_demo_config(
 ) -> Result<(PathBuf, String)> {
     generated_secret(dir, "pii.key")?;
     let token = generated_secret(dir, "api-operator.token")?;
+    generated_secret(dir, "api-viewer.token")?;
     let text = format!(
         r#"# Written by `sfsync demo` at every start (edits are overwritten): the demo org's flows.
 [salesforce]
@@ -469,6 +471,11 @@ listen = "{api}"
 name = "demo-operator"
 role = "operator"
 token_file = "api-operator.token"
+
+[[api.tokens]]
+name = "demo-viewer"
+role = "viewer"
+token_file = "api-viewer.token"
 "#,
         creds = org.credentials_path.display(),
         ca = org.ca_pem_path.display(),

@@ -228,6 +228,11 @@ async fn the_dashboard_works_in_headless_chromium_against_the_demo() {
             }
         }
     }
+    // The demo's viewer token reads; the browser checks it cannot act.
+    let viewer = std::fs::read_to_string(data.join("api-viewer.token"))
+        .expect("the demo writes api-viewer.token")
+        .trim()
+        .to_string();
     let node_log = tmp.path().join("node.log");
     let node_out = std::fs::File::create(&node_log).unwrap();
     let mut node = KillOnDrop(
@@ -236,6 +241,7 @@ async fn the_dashboard_works_in_headless_chromium_against_the_demo() {
             .arg(&url)
             .current_dir(&browser_dir)
             .env("SFSYNC_ARTIFACTS", &artifacts)
+            .env("SFSYNC_VIEWER_TOKEN", &viewer)
             .stdin(Stdio::null())
             .stdout(node_out.try_clone().unwrap())
             .stderr(node_out)
