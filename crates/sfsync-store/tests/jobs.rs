@@ -313,6 +313,7 @@ async fn requests_round_trip_with_filters(b: &dyn Backend) {
             reread_from_ms: None,
             attempts: 1,
             previous_attempts: Vec::new(),
+            slices: Vec::new(),
         },
         "every field round-trips"
     );
@@ -1250,7 +1251,111 @@ async fn retries_start_a_new_attempt(b: &dyn Backend) {
     );
 }
 
+/// A job's slices round-trip; each update is checked against the stored ones (an illegal
+/// move is refused naming the slice, nothing written); finishing a slice can clear the query
+/// position in the same commit; a retry keeps the succeeded slices and reopens the others.
+async fn slices_are_stored_checked_and_kept_by_retries(b: &dyn Backend) {
+    let w = b.open().await;
+    let id = w
+        .add_sync_job(&job(SyncJobKind::Backfill, ACCOUNT))
+        .await
+        .unwrap();
+    let plan = plan_slices(None, None, Some(T0), T0 + 3_500, 1_000, 100);
+    assert_eq!(plan.len(), 4);
+    w.set_sync_job_slices(id, &plan, false).await.unwrap();
+    assert_eq!(get(&*w, id).await.slices, plan);
+    let counts = SyncCounts::default();
+    let running = slice_moved(&plan, 1, SliceStatus::Running, &counts, None, T0).unwrap();
+    w.set_sync_job_slices(id, &running, false).await.unwrap();
+    w.patch_sync_job(
+        id,
+        &SyncJobPatch {
+            status: Some(SyncJobStatus::Running),
+            bulk_job_id: Some(Some("750x".into())),
+            position: Some((Some("LOC".into()), 12)),
+            counts: SyncCounts {
+                read: 40,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let stored = get(&*w, id).await;
+    let done = slice_moved(
+        &stored.slices,
+        1,
+        SliceStatus::Succeeded,
+        &stored.counts,
+        None,
+        T0 + 1,
+    )
+    .and_then(|s| slice_moved(&s, 2, SliceStatus::Running, &stored.counts, None, T0 + 1))
+    .unwrap();
+    w.set_sync_job_slices(id, &done, true).await.unwrap();
+    let after = get(&*w, id).await;
+    assert_eq!(after.slices, done);
+    assert_eq!(after.slices[0].counts.read, 40);
+    assert_eq!(
+        (after.bulk_job_id, after.locator, after.page_rows_done),
+        (None, None, 0),
+        "the next slice starts its own query"
+    );
+    // Illegal: a succeeded slice back to pending; another plan.
+    let err = w.set_sync_job_slices(id, &plan, false).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("slice 1 is succeeded and cannot become pending"),
+        "{err}"
+    );
+    let err = w
+        .set_sync_job_slices(id, &plan[..2], false)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("has 4 slices"), "{err}");
+    assert_eq!(get(&*w, id).await.slices, done, "nothing written");
+
+    let failed = slice_moved(
+        &done,
+        2,
+        SliceStatus::Failed,
+        &after.counts,
+        Some("QUERY_TIMEOUT"),
+        T0 + 2,
+    )
+    .unwrap();
+    w.set_sync_job_slices(id, &failed, false).await.unwrap();
+    w.patch_sync_job(
+        id,
+        &SyncJobPatch {
+            status: Some(SyncJobStatus::Failed),
+            error: Some("slice 2: QUERY_TIMEOUT".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let again = w.retry_sync_job(id, "operator:ada").await.unwrap();
+    let states: Vec<_> = again.slices.iter().map(|s| s.status).collect();
+    assert_eq!(
+        states,
+        vec![
+            SliceStatus::Succeeded,
+            SliceStatus::Pending,
+            SliceStatus::Pending,
+            SliceStatus::Pending
+        ]
+    );
+    assert_eq!(
+        again.slices[0], done[0],
+        "the finished slice is kept as it was"
+    );
+    assert_eq!(get(&*w, id).await, again);
+}
+
 suite!(
+    slices_are_stored_checked_and_kept_by_retries,
     retries_start_a_new_attempt,
     requests_round_trip_with_filters,
     patches_follow_the_lifecycle,
