@@ -757,6 +757,7 @@ mod tests {
             reread_from_ms: reread,
             attempts: 1,
             previous_attempts: Vec::new(),
+            slices: Vec::new(),
         }
     }
 

@@ -501,6 +501,8 @@ pub struct WriteFilter {
     pub states: Vec<WriteState>,
     pub object: Option<String>,
     pub source_system: Option<String>,
+    /// Writes to any of these Salesforce record ids (empty: any).
+    pub record_ids: Vec<String>,
     /// Newest first when set; oldest first otherwise.
     pub newest_first: bool,
     pub limit: usize,

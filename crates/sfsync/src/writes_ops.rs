@@ -299,6 +299,7 @@ async fn list_in(
             source_system: f.source_system.clone(),
             newest_first: false,
             limit: f.limit,
+            ..Default::default()
         })
         .await?;
     Ok(writes.iter().map(summary).collect())

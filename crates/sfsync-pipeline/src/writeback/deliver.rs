@@ -27,7 +27,7 @@
 //! (so no record id is recorded for it and its echo does not confirm it); a person resolving it
 //! requeues the whole write, which is decided afresh like a new one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -405,6 +405,7 @@ impl Deliverer {
     /// outcomes of those settled without sending (rejected, conflict).
     async fn plan(&self, writes: Vec<LedgerWrite>) -> (Vec<Planned>, Vec<(i64, WriteOutcome)>) {
         let rows = self.rows_of(&writes).await;
+        let own = self.own_writes(&writes, &rows).await;
         let mut planned = Vec::new();
         let mut settled = Vec::new();
         for w in writes {
@@ -422,12 +423,27 @@ impl Deliverer {
                 }
             };
             let row = row_key(&w).and_then(|k| rows.get(&k));
+            let mut own_values = serde_json::Map::new();
+            if let Some(earlier) = row
+                .and_then(|r| own.get(&(w.object.clone(), w.source_system.clone(), r.id.clone())))
+            {
+                // Newest first: the latest value per field wins.
+                for (id, set) in earlier {
+                    if *id >= w.id {
+                        continue;
+                    }
+                    for (f, v) in set {
+                        own_values.entry(f.clone()).or_insert_with(|| v.clone());
+                    }
+                }
+            }
             let request = WriteRequest {
                 source_system: w.source_system.clone(),
                 object: w.object.clone(),
                 fields: fields.clone(),
                 seen_version_ms: w.seen_version_ms,
                 changed_at_ms: w.created_at_ms,
+                own_values,
             };
             let decisions = decide(&self.policy, &request, row);
             let manual = |f: &str| {
@@ -544,6 +560,59 @@ impl Deliverer {
             });
         }
         (planned, settled)
+    }
+
+    /// The applied writes (applied or confirmed) of each writer to the records of `writes`,
+    /// newest first with the fields they set, by (object, source system, record id). A lookup
+    /// that fails is logged and treated as none (the conflict check stays strict).
+    async fn own_writes(
+        &self,
+        writes: &[LedgerWrite],
+        rows: &HashMap<(String, String), CurrentRow>,
+    ) -> HashMap<(String, String, String), Vec<(i64, serde_json::Map<String, serde_json::Value>)>>
+    {
+        let mut wanted: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+        for w in writes {
+            if let Some(r) = row_key(w).and_then(|k| rows.get(&k)) {
+                wanted
+                    .entry((w.object.clone(), w.source_system.clone()))
+                    .or_default()
+                    .insert(r.id.clone());
+            }
+        }
+        let mut out: HashMap<_, Vec<_>> = HashMap::new();
+        for ((object, source), ids) in wanted {
+            let filter = sfsync_store::WriteFilter {
+                states: vec![
+                    sfsync_store::WriteState::Applied,
+                    sfsync_store::WriteState::Confirmed,
+                ],
+                object: Some(object.clone()),
+                source_system: Some(source.clone()),
+                record_ids: ids.iter().cloned().collect(),
+                newest_first: true,
+                limit: ids.len() * 8 + 64,
+            };
+            match self.ledger.writes(&filter).await {
+                Ok(found) => {
+                    for e in found {
+                        let (Some(rid), Ok(serde_json::Value::Object(set))) = (
+                            e.record_id.clone(),
+                            serde_json::from_str::<serde_json::Value>(&e.fields),
+                        ) else {
+                            continue;
+                        };
+                        out.entry((object.clone(), source.clone(), rid))
+                            .or_default()
+                            .push((e.id, set));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(object = %object, source = %source, error = %sfsync_salesforce::error::error_chain(&e), "Could not read the writer's earlier writes; its own changes count as Salesforce's.");
+                }
+            }
+        }
+        out
     }
 
     /// The curated rows of the writes' records, keyed by [`row_key`]. A lookup that fails is

@@ -113,6 +113,10 @@ pub struct WriteRequest {
     /// When the writer made the change (epoch ms; the write's acceptance time when it gave
     /// none) — compared under `last_write_wins`.
     pub changed_at_ms: i64,
+    /// The values this writer's own earlier writes to the record set in Salesforce (the latest
+    /// per field, writes accepted before this one and applied): a Salesforce value equal to
+    /// one of them is the writer's own change, never a conflict with its later write.
+    pub own_values: serde_json::Map<String, serde_json::Value>,
 }
 
 /// What happens to one field of a write.
@@ -200,7 +204,11 @@ pub fn decide(
                     Some(seen) => changed_ms > seen,
                     None => current.is_some(),
                 };
-                if !changed_since || same_value(current, value) {
+                let own = write
+                    .own_values
+                    .get(field)
+                    .is_some_and(|mine| same_value(current, mine));
+                if !changed_since || same_value(current, value) || own {
                     FieldDecision::Apply
                 } else {
                     match policy {
@@ -326,6 +334,7 @@ mod tests {
             fields: fields.as_object().unwrap().clone(),
             seen_version_ms: seen,
             changed_at_ms: at,
+            own_values: serde_json::Map::new(),
         }
     }
 
@@ -402,6 +411,33 @@ mod tests {
             matches!(tie["Status"], FieldDecision::Reject { .. }),
             "a tie keeps Salesforce"
         );
+    }
+
+    #[test]
+    fn the_writers_own_earlier_value_is_not_a_conflict() {
+        // Salesforce's Status changed after the writer's version, to the value the writer's own
+        // earlier write set (its echo): no conflict under any policy; another value still is.
+        for policy in [
+            ConflictPolicy::LastWriteWins,
+            ConflictPolicy::Merge,
+            ConflictPolicy::Manual,
+        ] {
+            let p = policy_of(policy);
+            let mut w = stale_write();
+            w.changed_at_ms = T + 400;
+            w.own_values
+                .insert("Status".into(), serde_json::json!("Escalated"));
+            let d = decide(&p, &w, Some(&row(false)));
+            assert_eq!(d["Status"], FieldDecision::Apply, "{policy:?}");
+            w.own_values
+                .insert("Status".into(), serde_json::json!("Working"));
+            let d = decide(&p, &w, Some(&row(false)));
+            assert_ne!(d["Status"], FieldDecision::Apply, "{policy:?}");
+        }
+    }
+
+    fn policy_of(p: ConflictPolicy) -> WritebackPolicy {
+        policy(rule("shared", p), &[])
     }
 
     #[test]

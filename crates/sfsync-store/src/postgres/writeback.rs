@@ -665,6 +665,7 @@ impl WriteLedger for PostgresChangeLog {
              WHERE ($1 OR state = ANY($2))
                AND ($3::TEXT IS NULL OR object = $3)
                AND ($4::TEXT IS NULL OR source_system = $4)
+               AND (cardinality($6::TEXT[]) = 0 OR record_id = ANY($6))
              ORDER BY id {} LIMIT $5",
             if filter.newest_first { "DESC" } else { "ASC" }
         );
@@ -678,6 +679,7 @@ impl WriteLedger for PostgresChangeLog {
                 &filter.object,
                 &filter.source_system,
                 &limit,
+                &filter.record_ids,
             ],
         )
         .await

@@ -557,6 +557,17 @@ pub(super) fn list(conn: &Connection, filter: &WriteFilter) -> Result<Vec<Ledger
         args.push(SqlValue::Text(s.clone()));
         sql.push_str(&format!(" AND source_system = ?{}", args.len()));
     }
+    if !filter.record_ids.is_empty() {
+        let marks: Vec<String> = filter
+            .record_ids
+            .iter()
+            .map(|r| {
+                args.push(SqlValue::Text(r.clone()));
+                format!("?{}", args.len())
+            })
+            .collect();
+        sql.push_str(&format!(" AND record_id IN ({})", marks.join(", ")));
+    }
     sql.push_str(if filter.newest_first {
         " ORDER BY id DESC"
     } else {

@@ -1239,6 +1239,7 @@ pub async fn list_writes(
             source_system,
             newest_first: true,
             limit: limit(q.limit)?,
+            ..Default::default()
         })
         .await
         .map_err(|e| ApiError::internal("reading the writes", e))?;
