@@ -180,6 +180,7 @@ impl Deliverer {
     /// retried; the loop never gives up. A round in flight when it stops is finished first.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut next_lease_check = Instant::now();
+        let mut next_echo_retry = Instant::now();
         let mut failures: u32 = 0;
         let full_call = MAX_CALL_RECORDS.min(self.config.max_batch).max(1);
         tracing::info!(claimer = %self.config.claimer, "Writeback delivery started.");
@@ -247,6 +248,15 @@ impl Deliverer {
                 }
                 Ok(Err(wait)) => {
                     failures = 0;
+                    // Echoes that arrived before their write was recorded `applied` are matched
+                    // again after each recording; this catches one whose retry ran while the
+                    // recording was under way (nothing else may come to wake it).
+                    if Instant::now() >= next_echo_retry {
+                        next_echo_retry = Instant::now() + Duration::from_secs(1);
+                        if let Some(c) = self.echo.as_ref().filter(|c| c.has_unmatched()) {
+                            c.confirm(Vec::new()).await;
+                        }
+                    }
                     wait
                 }
                 Err(e) => {
