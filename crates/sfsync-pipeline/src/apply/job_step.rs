@@ -869,18 +869,7 @@ impl Applier {
             jobs::MAX_SLICES,
         );
         if calls > 0 {
-            self.store
-                .patch_sync_job(
-                    job.id,
-                    &SyncJobPatch {
-                        counts: SyncCounts {
-                            api_calls: calls,
-                            ..Default::default()
-                        },
-                        ..Default::default()
-                    },
-                )
-                .await?;
+            self.add_api_calls(job.id, calls).await?;
             job.counts.api_calls += calls;
         }
         if slices.is_empty() {
@@ -894,6 +883,18 @@ impl Applier {
         Ok(())
     }
 
+    /// Adds API calls made outside a batch to job `id`'s counts.
+    async fn add_api_calls(&self, id: i64, api_calls: i64) -> Result<()> {
+        let patch = SyncJobPatch {
+            counts: SyncCounts {
+                api_calls,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Ok(self.store.patch_sync_job(id, &patch).await?)
+    }
+
     /// Every page of the running query is applied: the slice in progress succeeded and the next
     /// one starts its own query, or (no slices, or the last) the job succeeded.
     async fn end_of_results(&mut self, api_calls: i64) -> Result<()> {
@@ -905,18 +906,7 @@ impl Applier {
         };
         let id = a.job.id;
         // This step's calls count in the slice.
-        self.store
-            .patch_sync_job(
-                id,
-                &SyncJobPatch {
-                    counts: SyncCounts {
-                        api_calls,
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                },
-            )
-            .await?;
+        self.add_api_calls(id, api_calls).await?;
         let stored = self
             .store
             .sync_job(id)

@@ -223,6 +223,38 @@ async fn insert_rejected(
     Ok(id)
 }
 
+impl PostgresChangeLog {
+    /// Claims for `claimer`, in one transaction, the writes `pick` keeps of those `select`
+    /// returns (pending ones as `(id, record key)`, locked with `SKIP LOCKED` so two claimers
+    /// never share one), in the order `pick` gives.
+    async fn claim_selected(
+        &self,
+        claimer: &str,
+        select: &str,
+        args: &[&(dyn ToSql + Sync)],
+        pick: impl FnOnce(Vec<(i64, String)>) -> Vec<i64>,
+    ) -> Result<Vec<LedgerWrite>> {
+        if claimer.is_empty() {
+            return Err(invalid("claim writes", "the claimer must be named".into()));
+        }
+        let mut client = self.client.lock().await;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("begin claim writes"))?;
+        let rows: Vec<(i64, String)> = tx
+            .query(select, args)
+            .await
+            .map_err(db("claim writes"))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let out = mark_sent(&tx, &pick(rows), claimer).await?;
+        tx.commit().await.map_err(db("commit claim writes"))?;
+        self.registry.ctx().open_writes(out)
+    }
+}
+
 /// Moves the writes to `sent` for `claimer` and returns them in the given order.
 async fn mark_sent(c: &impl GenericClient, ids: &[i64], claimer: &str) -> Result<Vec<LedgerWrite>> {
     let now = now_ms();
@@ -476,64 +508,35 @@ impl WriteLedger for PostgresChangeLog {
         group: &WriteGroup,
         limit: usize,
     ) -> Result<Vec<LedgerWrite>> {
-        if claimer.is_empty() {
-            return Err(invalid("claim writes", "the claimer must be named".into()));
-        }
-        let mut client = self.client.lock().await;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(db("begin claim writes"))?;
         // Scanned in acceptance order a bounded window past the limit; a record already taken
         // leaves its later writes pending.
         let window = (limit as i64).saturating_mul(4).max(64);
-        let rows: Vec<(i64, String)> = tx
-            .query(
-                "SELECT id, coalesce(record_id, external_id_field || '=' || external_id, '')
-                 FROM writes
-                 WHERE state = 'pending' AND object = $1
-                   AND (CASE WHEN record_id IS NULL THEN external_id_field END)
-                       IS NOT DISTINCT FROM $2
-                 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED",
-                &[&group.object, &group.external_id_field, &window],
-            )
-            .await
-            .map_err(db("claim writes"))?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        let ids = crate::writeback::one_per_record(rows, limit);
-        let out = mark_sent(&tx, &ids, claimer).await?;
-        tx.commit().await.map_err(db("commit claim writes"))?;
-        self.registry.ctx().open_writes(out)
+        self.claim_selected(
+            claimer,
+            "SELECT id, coalesce(record_id, external_id_field || '=' || external_id, '')
+             FROM writes
+             WHERE state = 'pending' AND object = $1
+               AND (CASE WHEN record_id IS NULL THEN external_id_field END)
+                   IS NOT DISTINCT FROM $2
+             ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED",
+            &[&group.object, &group.external_id_field, &window],
+            |rows| crate::writeback::one_per_record(rows, limit),
+        )
+        .await
     }
 
     async fn claim_writes(&self, claimer: &str, limit: usize) -> Result<Vec<LedgerWrite>> {
-        if claimer.is_empty() {
-            return Err(invalid("claim writes", "the claimer must be named".into()));
-        }
-        let mut client = self.client.lock().await;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(db("begin claim writes"))?;
-        let ids: Vec<i64> = tx
-            .query(
-                "SELECT id FROM writes WHERE state = 'pending'
-                 ORDER BY object COLLATE \"C\",
-                     coalesce(record_id, external_id_field || '=' || external_id) COLLATE \"C\",
-                     id
-                 LIMIT $1 FOR UPDATE SKIP LOCKED",
-                &[&(limit as i64)],
-            )
-            .await
-            .map_err(db("claim writes"))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let out = mark_sent(&tx, &ids, claimer).await?;
-        tx.commit().await.map_err(db("commit claim writes"))?;
-        self.registry.ctx().open_writes(out)
+        self.claim_selected(
+            claimer,
+            "SELECT id, '' FROM writes WHERE state = 'pending'
+             ORDER BY object COLLATE \"C\",
+                 coalesce(record_id, external_id_field || '=' || external_id) COLLATE \"C\",
+                 id
+             LIMIT $1 FOR UPDATE SKIP LOCKED",
+            &[&(limit as i64)],
+            |rows| rows.into_iter().map(|(id, _)| id).collect(),
+        )
+        .await
     }
 
     async fn record_write_outcomes(&self, outcomes: &[(i64, WriteOutcome)]) -> Result<()> {
