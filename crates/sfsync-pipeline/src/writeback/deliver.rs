@@ -591,7 +591,14 @@ impl Deliverer {
             }
         }
         let mut out: HashMap<_, Vec<_>> = HashMap::new();
-        for ((object, source), ids) in wanted {
+        // In chunks: a statement's parameters are bounded (SQLite: 32,766).
+        let chunks = wanted.into_iter().flat_map(|((object, source), ids)| {
+            let ids: Vec<String> = ids.into_iter().collect();
+            ids.chunks(500)
+                .map(|c| (object.clone(), source.clone(), c.to_vec()))
+                .collect::<Vec<_>>()
+        });
+        for (object, source, ids) in chunks {
             let filter = sfsync_store::WriteFilter {
                 states: vec![
                     sfsync_store::WriteState::Applied,
@@ -599,9 +606,9 @@ impl Deliverer {
                 ],
                 object: Some(object.clone()),
                 source_system: Some(source.clone()),
-                record_ids: ids.iter().cloned().collect(),
-                newest_first: true,
                 limit: ids.len() * 8 + 64,
+                record_ids: ids,
+                newest_first: true,
             };
             match self.ledger.writes(&filter).await {
                 Ok(found) => {
