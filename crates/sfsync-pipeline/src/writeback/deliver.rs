@@ -433,17 +433,13 @@ impl Deliverer {
                 }
             };
             let row = row_key(&w).and_then(|k| rows.get(&k));
-            let mut own_values = serde_json::Map::new();
+            let mut own_values: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
             if let Some(earlier) = row
                 .and_then(|r| own.get(&(w.object.clone(), w.source_system.clone(), r.id.clone())))
             {
-                // Newest first: the latest value per field wins.
-                for (id, set) in earlier {
-                    if *id >= w.id {
-                        continue;
-                    }
+                for (_, set) in earlier.iter().filter(|(id, _)| *id < w.id) {
                     for (f, v) in set {
-                        own_values.entry(f.clone()).or_insert_with(|| v.clone());
+                        own_values.entry(f.clone()).or_default().push(v.clone());
                     }
                 }
             }

@@ -113,10 +113,12 @@ pub struct WriteRequest {
     /// When the writer made the change (epoch ms; the write's acceptance time when it gave
     /// none) — compared under `last_write_wins`.
     pub changed_at_ms: i64,
-    /// The values this writer's own earlier writes to the record set in Salesforce (the latest
-    /// per field, writes accepted before this one and applied): a Salesforce value equal to
-    /// one of them is the writer's own change, never a conflict with its later write.
-    pub own_values: serde_json::Map<String, serde_json::Value>,
+    /// The values this writer's own earlier writes to the record set in Salesforce, per field
+    /// (writes accepted before this one and applied): a Salesforce value equal to one of them
+    /// is the writer's own change, never a conflict with its later write. All of them count, not
+    /// only the newest: two earlier writes to one record (one by Id, one by External Id) may
+    /// have reached Salesforce in either order.
+    pub own_values: BTreeMap<String, Vec<serde_json::Value>>,
 }
 
 /// What happens to one field of a write.
@@ -207,7 +209,7 @@ pub fn decide(
                 let own = write
                     .own_values
                     .get(field)
-                    .is_some_and(|mine| same_value(current, mine));
+                    .is_some_and(|mine| mine.iter().any(|v| same_value(current, v)));
                 if !changed_since || same_value(current, value) || own {
                     FieldDecision::Apply
                 } else {
@@ -334,7 +336,7 @@ mod tests {
             fields: fields.as_object().unwrap().clone(),
             seen_version_ms: seen,
             changed_at_ms: at,
-            own_values: serde_json::Map::new(),
+            own_values: BTreeMap::new(),
         }
     }
 
@@ -425,12 +427,14 @@ mod tests {
             let p = policy_of(policy);
             let mut w = stale_write();
             w.changed_at_ms = T + 400;
-            w.own_values
-                .insert("Status".into(), serde_json::json!("Escalated"));
+            w.own_values.insert(
+                "Status".into(),
+                vec![serde_json::json!("New"), serde_json::json!("Escalated")],
+            );
             let d = decide(&p, &w, Some(&row(false)));
             assert_eq!(d["Status"], FieldDecision::Apply, "{policy:?}");
             w.own_values
-                .insert("Status".into(), serde_json::json!("Working"));
+                .insert("Status".into(), vec![serde_json::json!("Working")]);
             let d = decide(&p, &w, Some(&row(false)));
             assert_ne!(d["Status"], FieldDecision::Apply, "{policy:?}");
         }
