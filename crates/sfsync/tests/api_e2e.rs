@@ -336,6 +336,11 @@ async fn api_auth_actions_audit_ingress_openapi_and_metrics() {
     assert_eq!(basic.status(), StatusCode::UNAUTHORIZED);
     let status = api.get("/api/v1/status", VIEWER).await;
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(status["caller"]["role"], "viewer");
+    assert_eq!(
+        api.get("/api/v1/status", OPS).await["caller"]["role"],
+        "operator"
+    );
     assert_eq!(status["writes"]["pending"], 0);
     let names: Vec<&str> = status["objects"]
         .as_array()

@@ -284,7 +284,7 @@ pub fn document() -> J {
                 "responses": { "200": ok_json("The OpenAPI 3.1 document.", obj()) }
             } },
             "/api/v1/status": { "get": viewer(json!({
-                "summary": "Version, uptime, pipeline lag and counters, queue sizes, write ledger counts by state",
+                "summary": "Version, uptime, the caller (name and role), pipeline lag and counters, queue sizes, write ledger counts by state",
                 "responses": { "200": ok_json("The status.", obj()) }
             })) },
             "/api/v1/runs": { "get": viewer(json!({

@@ -219,6 +219,8 @@ pub async fn status(State(s): S, caller: Caller) -> ApiResult {
     ok(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "run_id": s.run_id,
+        // Who is asking: the dashboard shows its actions only to an operator.
+        "caller": { "name": caller.name, "role": caller.role.as_str() },
         "uptime_seconds": s.started.elapsed().as_secs_f64(),
         "pipeline": {
             "last_applied_commit_time": (last_commit > 0).then(|| ts(last_commit)),

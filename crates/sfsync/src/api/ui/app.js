@@ -190,6 +190,22 @@ function signOut(reason) {
   showSignIn(reason);
 }
 
+/** Asks the API who the token is: actions are enabled for an operator only. */
+async function learnRole() {
+  try {
+    const st = await api('/api/v1/status');
+    const readOnly = !(st.caller && st.caller.role === 'operator');
+    if (readOnly) sessionStorage.setItem(READONLY_KEY, '1');
+    else sessionStorage.removeItem(READONLY_KEY);
+    if (readOnly !== state.readOnly) {
+      state.readOnly = readOnly;
+      state.built = null;
+    }
+  } catch {
+    // The page's own refresh shows what went wrong (and a refused token signs out).
+  }
+}
+
 function signIn(token) {
   state.token = token;
   state.readOnly = sessionStorage.getItem(READONLY_KEY) === '1';
@@ -197,7 +213,7 @@ function signIn(token) {
   $('app').hidden = false;
   state.built = null;
   if (!window.location.hash.startsWith('#/')) window.location.hash = '#/overview';
-  refresh();
+  learnRole().then(() => refresh());
 }
 
 // ---- routing ----
