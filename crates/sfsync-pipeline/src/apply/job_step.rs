@@ -949,8 +949,6 @@ impl Applier {
             return Ok(());
         };
         let bulk = bulk.lane(sfsync_salesforce::Lane::Backfill);
-        let soql =
-            jobs::snapshot_soql(&self.mappings[&stored.object], next.since_ms, next.until_ms);
         let Some(a) = self.jobs.active.as_mut() else {
             return Ok(());
         };
@@ -960,6 +958,8 @@ impl Applier {
         a.job.locator = None;
         a.job.page_rows_done = 0;
         a.job.rows_total = None;
+        let (since, until) = slice_window(&a.job);
+        let soql = jobs::snapshot_soql(&self.mappings[&stored.object], since, until);
         let (rx, task) = jobs::spawn_fetch(
             bulk,
             self.store.clone(),
