@@ -673,7 +673,19 @@ impl SqliteChangeLog {
         let log_path = change_log_path(&path);
         let (p, lp) = (path.clone(), log_path.clone());
         let opened = tokio::task::spawn_blocking(move || {
-            let (conn, before) = open_blocking(&p, options, WAREHOUSE_CACHE_KIB)?;
+            // A new warehouse's layout is fixed while its first migrations hold the write
+            // lock: its change-log file is created before they commit, so a process that
+            // opens the warehouse concurrently and finds it migrated also finds the change
+            // log (deciding by `lp.exists()` alone after the commit let two processes pick
+            // different layouts and log to different files).
+            let mut created_log = None;
+            let (conn, before) = open_blocking(&p, options, WAREHOUSE_CACHE_KIB, || {
+                if options.separate_change_log {
+                    created_log =
+                        Some(open_blocking(&lp, options, CHANGE_LOG_CACHE_KIB, || Ok(()))?.0);
+                }
+                Ok(())
+            })?;
             let split = if before > 0 {
                 lp.exists()
             } else {
@@ -682,7 +694,10 @@ impl SqliteChangeLog {
             let reader = open_reader(&p, options)?;
             let models = warehouse::load_models(&conn)?;
             let log = if split {
-                let (log, _) = open_blocking(&lp, options, CHANGE_LOG_CACHE_KIB)?;
+                let log = match created_log {
+                    Some(log) => log,
+                    None => open_blocking(&lp, options, CHANGE_LOG_CACHE_KIB, || Ok(()))?.0,
+                };
                 move_log_past_applied(&conn, &log, &lp)?;
                 Some((log, open_reader(&lp, options)?))
             } else {
@@ -958,8 +973,13 @@ pub fn change_log_path(warehouse: &Path) -> PathBuf {
 
 /// Opens (creating if needed) a database file, sets the writer pragmas and applies pending
 /// migrations; returns the connection and the schema version found before migrating (0 for a
-/// new file).
-fn open_blocking(path: &Path, options: SqliteOptions, cache_kib: u32) -> Result<(Connection, i64)> {
+/// new file). `on_new` runs inside the migration transaction of a new file, before it commits.
+fn open_blocking(
+    path: &Path,
+    options: SqliteOptions,
+    cache_kib: u32,
+    on_new: impl FnOnce() -> Result<()>,
+) -> Result<(Connection, i64)> {
     let mut conn = Connection::open(path).map_err(|e| StoreError::sqlite("open database", e))?;
     conn.busy_timeout(std::time::Duration::from_millis(options.busy_timeout_ms))
         .map_err(|e| StoreError::sqlite("set busy timeout", e))?;
@@ -996,7 +1016,7 @@ fn open_blocking(path: &Path, options: SqliteOptions, cache_kib: u32) -> Result<
     ))
     .map_err(|e| StoreError::sqlite("set pragmas", e))?;
     conn.set_prepared_statement_cache_capacity(256);
-    let before = migrate_blocking(&mut conn)?;
+    let before = migrate_blocking(&mut conn, on_new)?;
     Ok((conn, before))
 }
 
@@ -1038,8 +1058,9 @@ fn move_log_past_applied(warehouse: &Connection, log: &Connection, log_path: &Pa
     Ok(())
 }
 
-/// Applies pending migrations; returns the schema version found before.
-fn migrate_blocking(conn: &mut Connection) -> Result<i64> {
+/// Applies pending migrations; returns the schema version found before. `on_new` runs before
+/// the commit when the file had no schema (version 0).
+fn migrate_blocking(conn: &mut Connection, on_new: impl FnOnce() -> Result<()>) -> Result<i64> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| StoreError::sqlite("begin migrations", e))?;
@@ -1079,6 +1100,9 @@ fn migrate_blocking(conn: &mut Connection) -> Result<i64> {
             name = m.name,
             "Applied SQLite migration."
         );
+    }
+    if current == 0 {
+        on_new()?;
     }
     tx.commit()
         .map_err(|e| StoreError::sqlite("commit migrations", e))?;

@@ -1024,3 +1024,36 @@ async fn sqlite_single_file_layout_is_kept() {
         .unwrap();
     assert_eq!(n, 2);
 }
+
+/// Processes that open one new warehouse at the same moment (`sfsync run` and a CLI command)
+/// agree on its layout: every opener logs to the change-log file, so a change one appends is
+/// seen by all. (Fixed bug: an opener finding the warehouse migrated but its change log not yet
+/// created chose the single-file layout and logged into the warehouse file.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_concurrent_openers_of_a_new_store_agree_on_its_layout() {
+    let ch = "/data/ChangeEvents";
+    for round in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wh.db");
+        let opens = (0..4).map(|_| {
+            let path = path.clone();
+            tokio::spawn(async move { SqliteChangeLog::open(&path).await.unwrap() })
+        });
+        let stores: Vec<SqliteChangeLog> = futures::future::join_all(opens)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        let log_file = sfsync_store::sqlite::change_log_path(&path);
+        for s in &stores {
+            assert_eq!(s.change_log_file(), log_file.as_path(), "round {round}");
+        }
+        stores[0]
+            .append_batch(ch, &batch("a", 3), &ReplayId::from_bytes(vec![3]))
+            .await
+            .unwrap();
+        for s in &stores {
+            assert_eq!(all(s).await.len(), 3, "round {round}");
+        }
+    }
+}
