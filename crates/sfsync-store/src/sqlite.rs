@@ -993,9 +993,7 @@ fn open_blocking(
     // 64 KiB was worse again).
     conn.execute_batch("PRAGMA page_size=16384;")
         .map_err(|e| StoreError::sqlite("set page size", e))?;
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-        .map_err(|e| StoreError::sqlite("enable WAL", e))?;
+    let mode = enable_wal(&conn, options.busy_timeout_ms)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::InvalidInput {
             backend: BACKEND,
@@ -1056,6 +1054,28 @@ fn move_log_past_applied(warehouse: &Connection, log: &Connection, log_path: &Pa
          are applied again as no-ops where the warehouse already has them."
     );
     Ok(())
+}
+
+/// Switches the file to write-ahead logging. Switching a new file takes an exclusive lock that
+/// SQLite does not wait for (no busy handler), so a process opening a new warehouse while
+/// another creates it got "database is locked" (seen: `sfsync run` started beside a CLI
+/// command); a busy answer is retried for up to `busy_timeout_ms`.
+fn enable_wal(conn: &Connection, busy_timeout_ms: u64) -> Result<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(busy_timeout_ms);
+    loop {
+        match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)) {
+            Ok(mode) => return Ok(mode),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => return Err(StoreError::sqlite("enable WAL", e)),
+        }
+    }
 }
 
 /// Applies pending migrations; returns the schema version found before. `on_new` runs before

@@ -716,3 +716,50 @@ fn unusable_config_warehouse_or_object_exits_2_naming_it() {
         show(&o)
     );
 }
+
+/// Several processes creating one new warehouse at the same moment (an operator's command
+/// beside a starting `sfsync run`) all succeed, on one layout: the raw change log in its own
+/// file. (Fixed bugs: switching a new file to WAL answered "database is locked" without
+/// waiting, and an opener could pick the single-file layout while another was still creating
+/// the change-log file.) Repeated: the race is narrow.
+#[test]
+fn processes_creating_one_warehouse_at_once_all_succeed_on_one_layout() {
+    for round in 0..80 {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("client-secret"), "s3cret").unwrap();
+        let config = dir.path().join("sfsync.toml");
+        std::fs::write(
+            &config,
+            "[salesforce]\ninstance_url = \"https://example.my.salesforce.com\"\n\n\
+             [salesforce.auth]\ntype = \"client_credentials\"\nclient_id = \"test-client\"\n\
+             client_secret = { file = \"client-secret\" }\n\n[[objects]]\nname = \"Account\"\n\n\
+             [warehouse]\ntype = \"sqlite\"\npath = \"warehouse.db\"\n",
+        )
+        .unwrap();
+        let children: Vec<_> = (0..6)
+            .map(|_| {
+                Command::new(env!("CARGO_BIN_EXE_sfsync"))
+                    .args(["backfill", "Account", "--no-wait", "--config"])
+                    .arg(&config)
+                    .env("SFSYNC_LOG", "warn")
+                    .env("USER", "test-operator")
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("run sfsync")
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "round {round}: {}", show(&out));
+        }
+        let db = dir.path().join("warehouse.db");
+        let log = sfsync_store::sqlite::change_log_path(&db);
+        assert!(log.exists(), "round {round}: the change-log file exists");
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let jobs: i64 = conn
+            .query_row("SELECT count(*) FROM sync_jobs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(jobs, 6, "round {round}: every request recorded once");
+    }
+}

@@ -304,9 +304,19 @@ async fn last_replay(store: &dyn Warehouse, out: &str) -> (SyncJob, ReplayReport
     (job, report)
 }
 
-async fn converged(env: &Env, store: &dyn Warehouse, what: &str) {
+/// Waits until the warehouse equals the org, its history well-formed; `sfsync run` (`child`)
+/// exiting on the way is named among the problems.
+async fn converged(env: &Env, store: &dyn Warehouse, child: &mut KillOnDrop, what: &str) {
+    let child = std::sync::Mutex::new(child);
+    let child = &child;
     wait_for(what, Duration::from_secs(90), || async move {
-        let mut p = diff(env, store).await;
+        let mut p = Vec::new();
+        if let Ok(Some(status)) = child.lock().unwrap().0.try_wait() {
+            p.push(format!(
+                "sfsync run exited with {status} (its stderr is above)"
+            ));
+        }
+        p.extend(diff(env, store).await);
         p.extend(history_problems(
             &store.read_history("Account").await.unwrap(),
         ));
@@ -331,9 +341,15 @@ async fn replay_rebuilds_damaged_rows_from_the_raw_log_or_salesforce() {
     }
     update(&env, &ids[5], json!({ "Type": "Partner" }));
     update(&env, &ids[5], json!({ "BillingCity": "Ogdenville" }));
-    let child = run(&env);
+    let mut child = run(&env);
     let store = open(&env).await;
-    converged(&env, &*store, "the stream applies the org's history").await;
+    converged(
+        &env,
+        &*store,
+        &mut child,
+        "the stream applies the org's history",
+    )
+    .await;
     stop(child);
     let history_before = store.read_history("Account").await.unwrap();
     // Every create and every Name/Type change is one version: no more, no less.
@@ -670,7 +686,7 @@ async fn replay_rebuilds_damaged_rows_from_the_raw_log_or_salesforce() {
 
     // 5. While streaming: the replay is carried out by `sfsync run` (followed with its
     // progress bar), changes keep arriving, and streaming stays exactly once afterwards.
-    let child = run(&env);
+    let mut child = run(&env);
     damage(
         &env,
         "UPDATE sf_account SET name = 'damaged' WHERE id = ?1",
@@ -706,7 +722,13 @@ async fn replay_rebuilds_damaged_rows_from_the_raw_log_or_salesforce() {
     writer.join().unwrap();
     let new_id = insert(&env, json!({ "Name": "Brand new", "Type": "Prospect" }));
     update(&env, &ids[6], json!({ "Type": "Customer" }));
-    converged(&env, &*store, "streaming continues after the replay").await;
+    converged(
+        &env,
+        &*store,
+        &mut child,
+        "streaming continues after the replay",
+    )
+    .await;
     let history = store.read_history("Account").await.unwrap();
     // 24 Name changes, one create, one Type change since: each exactly once.
     assert_eq!(
@@ -794,7 +816,7 @@ async fn a_killed_replay_resumes_without_rebuilding_a_record_twice() {
     );
     assert_eq!(position.log_records as i64, stored.counts.read);
     // `sfsync run` takes the interrupted job and finishes it.
-    let child = run(&env);
+    let mut child = run(&env);
     wait_for(
         "the replay succeeds after the restart",
         Duration::from_secs(120),
@@ -821,6 +843,7 @@ async fn a_killed_replay_resumes_without_rebuilding_a_record_twice() {
     converged(
         &env,
         &*store,
+        &mut child,
         "the warehouse equals the org after the resumed replay",
     )
     .await;
