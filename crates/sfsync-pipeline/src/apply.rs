@@ -123,6 +123,8 @@ pub struct ApplyConfig {
     pub max_stored_failures_per_rule: u64,
     /// Backfills, re-syncs and reconciliations.
     pub jobs: crate::jobs::JobsConfig,
+    /// The archive and retention jobs.
+    pub maintenance: crate::maintenance::MaintenanceConfig,
 }
 
 /// Stored failures per rule when not configured.

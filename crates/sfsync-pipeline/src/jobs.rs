@@ -233,6 +233,8 @@ pub(crate) enum Fetched {
     Done { api_calls: i64 },
     /// A reconciliation's comparison is complete.
     Reconciled(Box<crate::reconcile::ReconcileOutcome>),
+    /// An archive or retention job is done: its report (JSON) and counts.
+    Maintained { report: String, counts: SyncCounts },
     /// The fetch failed. `permanent`: retrying cannot help (the job fails with the error).
     Failed { error: String, permanent: bool },
 }
@@ -271,6 +273,10 @@ pub(crate) struct JobRunner {
     pub failures: u32,
     pub last_reconcile: Option<Instant>,
     pub last_formula_refresh: Option<Instant>,
+    /// When archive and retention jobs were last scheduled (the first ones one interval after
+    /// the start).
+    pub last_archive: Option<Instant>,
+    pub last_retention: Option<Instant>,
 }
 
 impl JobRunner {

@@ -13,6 +13,7 @@ pub mod error;
 pub mod gate;
 pub mod ingest;
 pub mod jobs;
+pub mod maintenance;
 pub mod model;
 pub mod normalize;
 pub mod plan;

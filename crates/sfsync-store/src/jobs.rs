@@ -26,16 +26,32 @@ pub enum SyncJobKind {
     /// Re-read of the formula fields of records changed since the previous refresh's watermark
     /// (change events never carry formula fields); updates only those columns of existing rows.
     FormulaRefresh,
+    /// Compaction of the applied raw change log into Parquet files on the archive store,
+    /// verified, then pruning of the hot log past its retention (object [`ALL_OBJECTS`]).
+    Archive,
+    /// Deletion of archive partitions and audit entries past their retention (object
+    /// [`ALL_OBJECTS`]).
+    Retention,
 }
 
+/// The `object` of a job that concerns every object (archive, retention).
+pub const ALL_OBJECTS: &str = "*";
+
 impl SyncJobKind {
-    pub const ALL: [SyncJobKind; 5] = [
+    pub const ALL: [SyncJobKind; 7] = [
         SyncJobKind::Backfill,
         SyncJobKind::Resync,
         SyncJobKind::Reconcile,
         SyncJobKind::Replay,
         SyncJobKind::FormulaRefresh,
+        SyncJobKind::Archive,
+        SyncJobKind::Retention,
     ];
+
+    /// Whether a job of this kind concerns the store as a whole, not one object's records.
+    pub fn is_maintenance(self) -> bool {
+        matches!(self, SyncJobKind::Archive | SyncJobKind::Retention)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -44,6 +60,8 @@ impl SyncJobKind {
             SyncJobKind::Reconcile => "reconcile",
             SyncJobKind::Replay => "replay",
             SyncJobKind::FormulaRefresh => "formula_refresh",
+            SyncJobKind::Archive => "archive",
+            SyncJobKind::Retention => "retention",
         }
     }
 

@@ -18,6 +18,7 @@
 //!
 //! This crate never calls Salesforce.
 
+pub mod archive;
 pub mod curated;
 pub mod error;
 pub mod jobs;
@@ -26,6 +27,7 @@ pub mod operator;
 pub mod pii;
 pub mod postgres;
 pub mod quality;
+pub mod retention;
 pub mod sqlite;
 mod tail;
 mod warehouse;
@@ -43,6 +45,7 @@ pub use operator::*;
 pub use pii::Keyring;
 pub use postgres::PostgresChangeLog;
 pub use quality::*;
+pub use retention::{AuditAnchor, AuditPrune, LogPrune, Retention};
 pub use sqlite::{SqliteChangeLog, SqliteOptions, SqliteSynchronous};
 pub use writeback::*;
 

@@ -44,6 +44,12 @@ pub fn raw_aad(entity: &str) -> String {
     format!("raw.{entity}")
 }
 
+/// AAD of an archived raw payload of `entity` (the Avro bytes, sealed; see
+/// [`crate::retention`]).
+pub fn archive_aad(entity: &str) -> String {
+    format!("archive.{entity}")
+}
+
 /// AAD of a dead-letter payload.
 pub fn dead_letter_aad(channel: &str) -> String {
     format!("dead.{channel}")

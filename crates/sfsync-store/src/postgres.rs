@@ -27,6 +27,7 @@ use crate::{
 mod jobs;
 mod operator;
 mod quality;
+mod retention;
 mod warehouse;
 mod writeback;
 
@@ -376,6 +377,44 @@ CREATE TABLE operator_actions (
         version: 14,
         name: "sync jobs: per-slice state of large backfills and re-syncs",
         sql: "ALTER TABLE sync_jobs ADD COLUMN slices TEXT;",
+    },
+    Migration {
+        version: 15,
+        name: "archive and retention: job kinds, archived files, audit chain anchor",
+        // Same tables as SQLite's migration 15.
+        sql: r#"
+ALTER TABLE sync_jobs DROP CONSTRAINT sync_jobs_kind_check;
+ALTER TABLE sync_jobs ADD CONSTRAINT sync_jobs_kind_check
+    CHECK (kind IN ('backfill','resync','reconcile','replay','formula_refresh','archive',
+        'retention'));
+CREATE TABLE archive_files (
+    path          TEXT   PRIMARY KEY,
+    object        TEXT   NOT NULL,
+    day           TEXT   NOT NULL,
+    rows          BIGINT NOT NULL,
+    bytes         BIGINT NOT NULL,
+    payload_bytes BIGINT NOT NULL,
+    sha256        TEXT   NOT NULL,
+    min_offset    BIGINT NOT NULL,
+    max_offset    BIGINT NOT NULL,
+    min_commit_ms BIGINT NOT NULL,
+    max_commit_ms BIGINT NOT NULL,
+    created_at_ms BIGINT NOT NULL
+);
+CREATE INDEX archive_files_partition ON archive_files (object, day);
+CREATE TABLE archive_marks (
+    id               INTEGER PRIMARY KEY CHECK (id = 1),
+    archived_through BIGINT NOT NULL,
+    updated_at_ms    BIGINT NOT NULL
+);
+CREATE TABLE audit_anchor (
+    id             INTEGER PRIMARY KEY CHECK (id = 1),
+    seq            BIGINT NOT NULL,
+    hash           TEXT   NOT NULL,
+    pruned_entries BIGINT NOT NULL,
+    pruned_at_ms   BIGINT NOT NULL
+);
+"#,
     },
 ];
 

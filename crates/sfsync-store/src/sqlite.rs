@@ -48,6 +48,7 @@ use crate::{
 mod jobs;
 mod operator;
 mod quality;
+mod retention;
 mod warehouse;
 mod writeback;
 
@@ -481,6 +482,93 @@ CREATE TABLE operator_actions (
         version: 14,
         name: "sync jobs: per-slice state of large backfills and re-syncs",
         sql: "ALTER TABLE sync_jobs ADD COLUMN slices TEXT;",
+    },
+    Migration {
+        version: 15,
+        name: "archive and retention: job kinds, archived files, audit chain anchor",
+        // The sync_jobs rebuild widens the kind CHECK (as migration 8 did); every column and
+        // the AUTOINCREMENT high-water mark are carried over.
+        sql: r#"
+CREATE TABLE sync_jobs_v15 (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind            TEXT    NOT NULL CHECK (kind IN ('backfill','resync','reconcile','replay',
+                        'formula_refresh','archive','retention')),
+    object          TEXT    NOT NULL CHECK (object <> ''),
+    reason          TEXT    NOT NULL,
+    status          TEXT    NOT NULL CHECK (status IN ('pending','running','succeeded','failed',
+                        'cancelled')),
+    since_ms        INTEGER,
+    until_ms        INTEGER,
+    params          TEXT    NOT NULL,
+    requested_by    TEXT    NOT NULL,
+    resync_id       INTEGER,
+    run_id          TEXT,
+    bulk_job_id     TEXT,
+    locator         TEXT,
+    page_rows_done  INTEGER NOT NULL DEFAULT 0,
+    rows_total      INTEGER,
+    rows_read       INTEGER NOT NULL DEFAULT 0,
+    rows_applied    INTEGER NOT NULL DEFAULT 0,
+    rows_skipped    INTEGER NOT NULL DEFAULT 0,
+    rows_held       INTEGER NOT NULL DEFAULT 0,
+    rows_deleted    INTEGER NOT NULL DEFAULT 0,
+    rows_failed     INTEGER NOT NULL DEFAULT 0,
+    api_calls       INTEGER NOT NULL DEFAULT 0,
+    requested_at_ms INTEGER NOT NULL,
+    started_at_ms   INTEGER,
+    finished_at_ms  INTEGER,
+    error           TEXT,
+    report          TEXT,
+    watermark_ms    INTEGER,
+    reread_from_ms  INTEGER,
+    attempts        INTEGER NOT NULL DEFAULT 1,
+    previous_attempts TEXT,
+    slices          TEXT
+);
+INSERT INTO sync_jobs_v15 SELECT id, kind, object, reason, status, since_ms, until_ms, params,
+    requested_by, resync_id, run_id, bulk_job_id, locator, page_rows_done, rows_total, rows_read,
+    rows_applied, rows_skipped, rows_held, rows_deleted, rows_failed, api_calls, requested_at_ms,
+    started_at_ms, finished_at_ms, error, report, watermark_ms, reread_from_ms, attempts,
+    previous_attempts, slices
+    FROM sync_jobs ORDER BY id;
+INSERT INTO sqlite_sequence (name, seq)
+    SELECT 'sync_jobs_v15', seq FROM sqlite_sequence WHERE name = 'sync_jobs'
+    AND NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'sync_jobs_v15');
+UPDATE sqlite_sequence SET seq = max(seq,
+    (SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'sync_jobs'))
+    WHERE name = 'sync_jobs_v15';
+DROP TABLE sync_jobs;
+ALTER TABLE sync_jobs_v15 RENAME TO sync_jobs;
+CREATE INDEX sync_jobs_status ON sync_jobs (status, id);
+CREATE INDEX sync_jobs_object ON sync_jobs (object, kind, id);
+CREATE TABLE archive_files (
+    path          TEXT    PRIMARY KEY,
+    object        TEXT    NOT NULL,
+    day           TEXT    NOT NULL,
+    rows          INTEGER NOT NULL,
+    bytes         INTEGER NOT NULL,
+    payload_bytes INTEGER NOT NULL,
+    sha256        TEXT    NOT NULL,
+    min_offset    INTEGER NOT NULL,
+    max_offset    INTEGER NOT NULL,
+    min_commit_ms INTEGER NOT NULL,
+    max_commit_ms INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE INDEX archive_files_partition ON archive_files (object, day);
+CREATE TABLE archive_marks (
+    id               INTEGER PRIMARY KEY CHECK (id = 1),
+    archived_through INTEGER NOT NULL,
+    updated_at_ms    INTEGER NOT NULL
+);
+CREATE TABLE audit_anchor (
+    id             INTEGER PRIMARY KEY CHECK (id = 1),
+    seq            INTEGER NOT NULL,
+    hash           TEXT    NOT NULL,
+    pruned_entries INTEGER NOT NULL,
+    pruned_at_ms   INTEGER NOT NULL
+);
+"#,
     },
 ];
 
@@ -1281,6 +1369,43 @@ pub(crate) struct StoredLogRow {
 }
 
 impl StoredLogRow {
+    /// The row as the archive holds it (see [`crate::retention::Retention::archive_rows`]).
+    pub(crate) fn into_archive_row(
+        self,
+        ctx: &Ctx,
+        appended_at_ms: i64,
+    ) -> Result<crate::archive::ArchiveRow> {
+        // Sealed in the archive when the log holds it sealed or the object has PII now (a
+        // payload logged sealed stays sealed even if this process has not registered the
+        // object's model).
+        let sealed = crate::pii::is_sealed_bytes(&self.payload)
+            || ctx.model(&self.entity).is_some_and(|m| m.has_pii);
+        let payload = ctx.decode_raw(&self.entity, self.offset, self.payload)?;
+        let payload = if sealed {
+            let k = ctx.keyring_for("archive rows", || {
+                format!("raw changes of '{}' carry PII", self.entity)
+            })?;
+            k.seal_bytes(&crate::pii::archive_aad(&self.entity), &payload)
+        } else {
+            payload
+        };
+        Ok(crate::archive::ArchiveRow {
+            offset: self.offset,
+            channel: self.channel,
+            event_key: self.event_key,
+            replay_id: self.replay_id,
+            schema_id: self.schema_id,
+            entity: self.entity,
+            change_type: self.change_type,
+            commit_timestamp: self.version.commit_timestamp,
+            commit_number: self.version.commit_number,
+            sequence_number: self.version.sequence_number,
+            payload,
+            sealed,
+            appended_at_ms,
+        })
+    }
+
     /// The logged change, payload opened and decompressed; bad data is an error, never a panic.
     pub(crate) fn decode(self, backend: &'static str, ctx: &Ctx) -> Result<LoggedChange> {
         let offset = self.offset;

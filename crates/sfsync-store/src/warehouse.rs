@@ -1546,6 +1546,15 @@ pub(crate) struct AuditVerifier {
 }
 
 impl AuditVerifier {
+    /// A verifier of a chain whose entries up to the anchor were pruned by retention: the
+    /// first remaining entry must link to the anchor's hash.
+    pub(crate) fn after_anchor(anchor: Option<&crate::retention::AuditAnchor>) -> AuditVerifier {
+        AuditVerifier {
+            last: anchor.map(|a| a.hash.clone()),
+            ..Default::default()
+        }
+    }
+
     pub(crate) fn push(&mut self, r: StoredAudit) {
         self.entries += 1;
         let seq = r.seq.max(0) as u64;

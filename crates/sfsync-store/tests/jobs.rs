@@ -1512,6 +1512,15 @@ async fn upgrade_to_v8_keeps_jobs(b: &dyn Backend, at_v7: &[i64]) {
     .unwrap();
     let j = get(&*w, id).await;
     assert_eq!((j.watermark_ms, j.reread_from_ms), (Some(T0), Some(T0 - 1)));
+    // Migration 15 (rebuilt on SQLite) admits the archive and retention kinds, ids go on.
+    for kind in [SyncJobKind::Archive, SyncJobKind::Retention] {
+        let next = w
+            .add_sync_job(&job(kind, sfsync_store::ALL_OBJECTS))
+            .await
+            .unwrap();
+        assert!(next > id, "{next} after {id}");
+        assert_eq!(get(&*w, next).await.kind, kind);
+    }
 }
 
 const V7_JOBS: &str = "

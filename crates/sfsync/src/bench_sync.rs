@@ -249,6 +249,11 @@ pub async fn run(opts: SyncBenchOptions) -> Result<serde_json::Value> {
             run_id: "bench-sync".into(),
             max_stored_failures_per_rule: 10_000,
             jobs: Default::default(),
+            maintenance: sfsync_pipeline::maintenance::MaintenanceConfig {
+                archive_every: None,
+                retention_every: None,
+                ..Default::default()
+            },
         },
         Arc::new(PipelineStats::default()),
     )

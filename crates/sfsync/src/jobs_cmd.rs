@@ -26,6 +26,31 @@ use sfsync_store::{
 use crate::admin_cmd::{failed, operator, usage, Failure};
 
 #[derive(Debug, Args)]
+pub struct ArchiveArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Request the job and return (a running `sfsync run` carries it out).
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RetentionArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    /// List what would be deleted (archive partitions, audit entries, hot-log entries) and
+    /// delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run: the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Request the job and return (a running `sfsync run` carries it out).
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct BackfillArgs {
     #[arg(long)]
     pub config: PathBuf,
@@ -232,6 +257,10 @@ pub enum JobsCommand {
         /// `open` (pending or running), `all` (the default), or one status.
         #[arg(long, default_value = "all")]
         status: String,
+        /// Only jobs of this kind (backfill, resync, reconcile, replay, formula_refresh,
+        /// archive, retention).
+        #[arg(long)]
+        kind: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
@@ -326,6 +355,88 @@ pub async fn backfill(args: BackfillArgs) -> Result<i32, Failure> {
         args.no_wait,
     )
     .await
+}
+
+/// `sfsync archive`: compacts the applied raw log into the Parquet archive now (a job, as the
+/// schedule runs it), then prunes the hot log past its retention.
+pub async fn archive(args: ArchiveArgs) -> Result<i32, Failure> {
+    let (config, secrets) = crate::run_cmd::load(&args.config).map_err(usage)?;
+    if config.archive.location.is_none() {
+        return Err(usage(anyhow!(
+            "{}: archive.enabled = false: there is no archive to write to",
+            args.config.display()
+        )));
+    }
+    request_and_follow(
+        &config,
+        &secrets,
+        SyncJobKind::Archive,
+        &[sfsync_store::ALL_OBJECTS.to_string()],
+        JobWindow::default(),
+        args.no_wait,
+    )
+    .await
+}
+
+/// `sfsync retention`: deletes what is past its retention (a job), or with `--dry-run` lists
+/// it without deleting anything.
+pub async fn retention(args: RetentionArgs) -> Result<i32, Failure> {
+    let (config, secrets) = crate::run_cmd::load(&args.config).map_err(usage)?;
+    if !args.dry_run {
+        return request_and_follow(
+            &config,
+            &secrets,
+            SyncJobKind::Retention,
+            &[sfsync_store::ALL_OBJECTS.to_string()],
+            JobWindow::default(),
+            args.no_wait,
+        )
+        .await;
+    }
+    let store = crate::run_cmd::open_store(&config, &secrets)
+        .await
+        .map_err(usage)?;
+    let archive = crate::run_cmd::open_archive(&config).map_err(usage)?;
+    let cfg = crate::run_cmd::maintenance_config(&config, archive);
+    let r = sfsync_pipeline::maintenance::run_retention(&*store, &cfg, now_ms(), true)
+        .await
+        .context("computing what retention would delete")
+        .map_err(failed)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+        return Ok(0);
+    }
+    let day = |ms: Option<i64>| ms.map(sfsync_store::archive::utc_day).unwrap_or_default();
+    println!(
+        "Dry run: nothing is deleted. The archive keeps {} and later.",
+        r.archive_keeps_from
+    );
+    if r.partitions.is_empty() {
+        println!("archive partitions: none past retention");
+    }
+    for p in &r.partitions {
+        println!(
+            "archive partition {}/{}: {} files, {} rows, {} bytes would go",
+            p.object, p.day, p.files, p.rows, p.bytes
+        );
+    }
+    println!(
+        "audit trail: {} entries would go{}",
+        r.audit.entries,
+        match (r.audit.entries, r.audit.through_seq) {
+            (0, _) | (_, None) => String::new(),
+            (_, Some(seq)) => format!(
+                " (created {} to {}, through seq {seq})",
+                day(r.audit.oldest_ms),
+                day(r.audit.newest_ms)
+            ),
+        }
+    );
+    println!(
+        "hot raw log: {} entries would go (archived, applied and past the hot retention;          bound offset {})",
+        r.raw_log.entries, r.raw_log.bound
+    );
+    Ok(0)
 }
 
 pub async fn reconcile(args: ReconcileArgs) -> Result<i32, Failure> {
@@ -495,6 +606,9 @@ async fn request_and_follow(
             // This process exits when the operator's jobs end: it schedules no formula
             // refreshes of its own (`sfsync run` does).
             pc.apply.jobs.formula_refresh_every = None;
+            pc.apply.maintenance.archive_every = None;
+            pc.apply.maintenance.retention_every = None;
+            pc.apply.maintenance.archive = crate::run_cmd::open_archive(config).map_err(usage)?;
             let (mappings, _) = sfsync_pipeline::prepare_models(&*store, &client, &pc.objects)
                 .await
                 .context("building the curated models")
@@ -694,14 +808,23 @@ pub async fn jobs(args: JobsArgs) -> Result<i32, Failure> {
         JobsCommand::List {
             config,
             status,
+            kind,
             limit,
         } => {
             let statuses = status_filter(&status).map_err(usage)?;
+            let kind = match kind.as_deref() {
+                None => None,
+                Some(k) => Some(SyncJobKind::parse(k).ok_or_else(|| {
+                    let kinds: Vec<&str> = SyncJobKind::ALL.iter().map(|k| k.as_str()).collect();
+                    usage(anyhow!("--kind {k}: use one of {}", kinds.join(", ")))
+                })?),
+            };
             let opened = crate::admin_cmd::open(&config, false).await?;
             let jobs = opened
                 .store
                 .sync_jobs(&SyncJobFilter {
                     statuses,
+                    kind,
                     newest_first: true,
                     limit,
                     ..Default::default()

@@ -72,6 +72,13 @@ enum Command {
     /// Salesforce otherwise (`replay --config FILE [OBJECT…] --since 72h [--until T]` |
     /// `--from-replay-id HEX --channel CHANNEL` | `--ids ID,…`), with a progress bar.
     Replay(jobs_cmd::ReplayArgs),
+    /// Compact the applied raw change log into the Parquet archive now (`archive --config
+    /// FILE`); `sfsync run` does it every `archive.every_secs`. The hot log is pruned past its
+    /// retention only once archived and verified.
+    Archive(jobs_cmd::ArchiveArgs),
+    /// Delete archive partitions, audit entries and hot-log entries past their retention
+    /// (`retention --config FILE [--dry-run [--json]]`); `sfsync run` does it daily.
+    Retention(jobs_cmd::RetentionArgs),
     /// The integration map drawn from the config: every flow's source, target, direction,
     /// frequency, trigger, transformation, SLA and team (`map --config FILE [--format
     /// mermaid|dot|json]`).
@@ -270,6 +277,13 @@ fn main() -> anyhow::Result<()> {
             Command::Reconcile(args) => std::process::exit(admin_cmd::finish(
                 "reconcile",
                 jobs_cmd::reconcile(args).await,
+            )),
+            Command::Archive(args) => {
+                std::process::exit(admin_cmd::finish("archive", jobs_cmd::archive(args).await))
+            }
+            Command::Retention(args) => std::process::exit(admin_cmd::finish(
+                "retention",
+                jobs_cmd::retention(args).await,
             )),
             Command::Replay(args) => {
                 std::process::exit(admin_cmd::finish("replay", jobs_cmd::replay(args).await))

@@ -239,6 +239,7 @@ pub fn pipeline_config(config: &ValidConfig, start: StartAt) -> PipelineConfig {
                 slice_span: Some(Duration::from_secs(config.pipeline.job_slice_secs.max(1))),
                 ..Default::default()
             },
+            maintenance: maintenance_config(config, None),
         },
         initial: match start {
             StartAt::Earliest => ReplayStart::Earliest,
@@ -248,6 +249,43 @@ pub fn pipeline_config(config: &ValidConfig, start: StartAt) -> PipelineConfig {
         bulk: None,
         echo_ledger: None,
     }
+}
+
+/// Archive and retention settings of `[archive]`, with the opened archive (`archive`; the
+/// pipeline config is built before it is opened, see [`open_archive`]).
+pub fn maintenance_config(
+    config: &ValidConfig,
+    archive: Option<Arc<sfsync_store::archive::Archive>>,
+) -> sfsync_pipeline::maintenance::MaintenanceConfig {
+    let a = &config.archive;
+    let days = |d: u64| Duration::from_secs(d.saturating_mul(86_400));
+    sfsync_pipeline::maintenance::MaintenanceConfig {
+        archive,
+        hot_retention: days(a.hot_retention_days),
+        archive_retention: days(a.retention_days),
+        audit_retention: days(a.audit_retention_days),
+        archive_every: Some(Duration::from_secs(a.every_secs.max(1))),
+        retention_every: Some(Duration::from_secs(a.retention_every_secs.max(1))),
+        ..Default::default()
+    }
+}
+
+/// Opens the configured archive (none when archiving is off).
+pub fn open_archive(config: &ValidConfig) -> Result<Option<Arc<sfsync_store::archive::Archive>>> {
+    use sfsync_store::archive::{Archive, ArchiveLocation};
+    let Some(w) = &config.archive.location else {
+        return Ok(None);
+    };
+    let location = match w {
+        crate::config::ArchiveWhere::Local(p) => ArchiveLocation::Local(p.clone()),
+        crate::config::ArchiveWhere::S3 { bucket, prefix } => ArchiveLocation::S3 {
+            bucket: bucket.clone(),
+            prefix: prefix.clone(),
+        },
+    };
+    let archive = Archive::open(&location)
+        .with_context(|| format!("archive.location: cannot open {}", w.describe()))?;
+    Ok(Some(Arc::new(archive)))
 }
 
 /// The deliverer settings of `[writeback]`; the claimer names this process and run.
@@ -335,6 +373,7 @@ pub async fn start_service(
     let ledger = stores.ledger.clone();
     let (client, subscriber) = connect_salesforce(config, secrets).await?;
     let mut pc = pipeline_config(config, start);
+    pc.apply.maintenance.archive = open_archive(config)?;
     pc.bulk = Some(client.bulk());
     let writeback = !config.writeback.objects.is_empty();
     if writeback {

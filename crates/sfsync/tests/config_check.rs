@@ -66,6 +66,7 @@ fn example_config_checks_ok_with_a_summary() {
         "/data/Payment__ChangeEvent",
         "pii: Email, Phone, Birthdate",
         "api:        http://127.0.0.1:8787 (3 tokens)",
+        "/archive every 3600 s; raw log hot 7 d, archive 396 d, audit 2557 d",
         "secrets:    all resolved",
     ] {
         assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");

@@ -31,10 +31,11 @@ impl Applier {
             self.store.schedule_resyncs("sfsync run").await?;
             self.maybe_schedule_reconcile().await?;
             self.maybe_schedule_formula_refresh().await?;
+            self.maybe_schedule_maintenance().await?;
             let open = self.store.sync_jobs(&SyncJobFilter::open()).await?;
             let Some(job) = open
                 .into_iter()
-                .find(|j| self.mappings.contains_key(&j.object))
+                .find(|j| j.kind.is_maintenance() || self.mappings.contains_key(&j.object))
             else {
                 for j in self.store.sync_jobs(&SyncJobFilter::open()).await? {
                     // A job for an object this process does not sync can never run here.
@@ -130,6 +131,10 @@ impl Applier {
                 self.finish_reconcile(*outcome).await?;
                 Ok(0)
             }
+            Fetched::Maintained { report, counts } => {
+                self.finish_maintenance(report, counts).await?;
+                Ok(0)
+            }
             Fetched::Done { api_calls } => {
                 // The job (or its slice) succeeds only with all of its rows in.
                 self.flush().await?;
@@ -163,6 +168,9 @@ impl Applier {
         }
         if job.kind == SyncJobKind::Replay {
             return self.start_replay(job).await;
+        }
+        if job.kind.is_maintenance() {
+            return self.start_maintenance(job).await;
         }
         let Some(bulk) = self.bulk.clone() else {
             return Err(PipelineError::config(
@@ -788,6 +796,130 @@ impl Applier {
         Ok(())
     }
 
+    /// Starts an archive or retention job in a task of its own (see [`crate::maintenance`]);
+    /// streaming goes on meanwhile.
+    async fn start_maintenance(&mut self, mut job: SyncJob) -> Result<()> {
+        let run_id = self.begin(&mut job).await?;
+        tracing::info!(job = job.id, kind = job.kind.as_str(), reason = %job.reason, "Maintenance job started.");
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let store = self.store.clone();
+        let cfg = self.config.maintenance.clone();
+        let kind = job.kind;
+        let task = tokio::spawn(async move {
+            let now = now_ms();
+            let out = match kind {
+                SyncJobKind::Archive => crate::maintenance::run_archive(&*store, &cfg, now, |_| {})
+                    .await
+                    .map(|r| {
+                        let counts = SyncCounts {
+                            read: r.rows as i64,
+                            deleted: r.pruned.entries as i64,
+                            ..Default::default()
+                        };
+                        (serde_json::to_string(&r).unwrap_or_default(), counts)
+                    }),
+                _ => crate::maintenance::run_retention(&*store, &cfg, now, false)
+                    .await
+                    .map(|r| {
+                        let counts = SyncCounts {
+                            read: r.partitions.iter().map(|p| p.rows as i64).sum(),
+                            deleted: (r.audit.entries + r.raw_log.entries) as i64,
+                            ..Default::default()
+                        };
+                        (serde_json::to_string(&r).unwrap_or_default(), counts)
+                    }),
+            };
+            let msg = match out {
+                Ok((report, counts)) => Fetched::Maintained { report, counts },
+                Err(e) => Fetched::Failed {
+                    permanent: matches!(
+                        e.class(),
+                        sfsync_core::ErrorClass::User | sfsync_core::ErrorClass::Internal
+                    ),
+                    error: chain(&e),
+                },
+            };
+            let _ = tx.send(msg).await;
+        });
+        self.jobs.active = Some(Active {
+            job,
+            run_id,
+            rx,
+            task: Some(task),
+            columns: None,
+            counts: SyncCounts::default(),
+            started: Instant::now(),
+            replay: None,
+        });
+        Ok(())
+    }
+
+    /// Records an archive or retention job's report and counts; the job succeeds.
+    async fn finish_maintenance(&mut self, report: String, counts: SyncCounts) -> Result<()> {
+        let Some(mut a) = self.jobs.active.take() else {
+            return Ok(());
+        };
+        self.store
+            .patch_sync_job(
+                a.job.id,
+                &SyncJobPatch {
+                    status: Some(SyncJobStatus::Succeeded),
+                    report: Some(report.clone()),
+                    counts,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        a.counts = counts;
+        self.stats.jobs_done.fetch_add(1, Relaxed);
+        let detail = serde_json::json!({
+            "job_id": a.job.id,
+            "kind": a.job.kind.as_str(),
+            "object": a.job.object,
+            "reason": a.job.reason,
+            "counts": counts,
+            "seconds": a.started.elapsed().as_secs_f64(),
+            "report": serde_json::from_str::<serde_json::Value>(&report).unwrap_or_default(),
+        });
+        self.store
+            .finish_run(&a.run_id, "succeeded", &detail.to_string())
+            .await?;
+        tracing::info!(job = a.job.id, kind = a.job.kind.as_str(), %report, "Maintenance job done.");
+        Ok(())
+    }
+
+    /// Requests an archive job (when an archive is configured) and a retention job when each
+    /// is due; the first ones one interval after the start. One open job of a kind at most.
+    async fn maybe_schedule_maintenance(&mut self) -> Result<()> {
+        let cfg = self.config.maintenance.clone();
+        let plan = [
+            (
+                SyncJobKind::Archive,
+                cfg.archive.is_some().then_some(cfg.archive_every).flatten(),
+            ),
+            (SyncJobKind::Retention, cfg.retention_every),
+        ];
+        for (kind, every) in plan {
+            let Some(every) = every else {
+                continue;
+            };
+            let last = match kind {
+                SyncJobKind::Archive => &mut self.jobs.last_archive,
+                _ => &mut self.jobs.last_retention,
+            };
+            match last {
+                None => {
+                    *last = Some(Instant::now());
+                    continue;
+                }
+                Some(t) if t.elapsed() < every => continue,
+                Some(t) => *t = Instant::now(),
+            }
+            request_maintenance(&*self.store, kind, "scheduled", "schedule").await?;
+        }
+        Ok(())
+    }
+
     /// With a reconciliation schedule, requests one per synced object when it is due.
     async fn maybe_schedule_reconcile(&mut self) -> Result<()> {
         let Some(every) = self.config.jobs.reconcile_every else {
@@ -1041,4 +1173,35 @@ fn slice_window(job: &SyncJob) -> (Option<i64>, Option<i64>) {
     sfsync_store::current_slice(&job.slices)
         .map(|s| (s.since_ms, s.until_ms))
         .unwrap_or((job.since_ms, job.until_ms))
+}
+
+/// Requests an archive or retention job unless one is open already; returns its id (the open
+/// one's when there is one).
+pub async fn request_maintenance(
+    store: &dyn sfsync_store::Warehouse,
+    kind: SyncJobKind,
+    reason: &str,
+    requested_by: &str,
+) -> Result<i64> {
+    let open = store
+        .sync_jobs(&SyncJobFilter {
+            kind: Some(kind),
+            ..SyncJobFilter::open()
+        })
+        .await?;
+    if let Some(j) = open.first() {
+        return Ok(j.id);
+    }
+    Ok(store
+        .add_sync_job(&sfsync_store::NewSyncJob {
+            kind,
+            object: sfsync_store::ALL_OBJECTS.into(),
+            reason: reason.into(),
+            since_ms: None,
+            until_ms: None,
+            params: "{}".into(),
+            requested_by: requested_by.into(),
+            resync_id: None,
+        })
+        .await?)
 }

@@ -1287,8 +1287,9 @@ impl Warehouse for PostgresChangeLog {
 
     async fn verify_audit(&self) -> Result<AuditVerification> {
         let client = self.client.lock().await;
-        let mut v = wh::AuditVerifier::default();
-        let mut after = i64::MIN;
+        let anchor = super::retention::anchor_in(&*client).await?;
+        let mut v = wh::AuditVerifier::after_anchor(anchor.as_ref());
+        let mut after = anchor.as_ref().map_or(i64::MIN, |a| a.seq);
         loop {
             let rows = client
                 .query(

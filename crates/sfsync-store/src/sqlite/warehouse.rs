@@ -1311,14 +1311,17 @@ impl Warehouse for SqliteChangeLog {
 
     async fn verify_audit(&self) -> Result<AuditVerification> {
         self.blocking("verify audit", |conn| {
+            let anchor = super::retention::anchor_in(conn)?;
             let mut stmt = conn
                 .prepare(
                     "SELECT seq, object, record_id, change_type, event_key, entry, prev_hash, hash
-                     FROM audit_log ORDER BY seq",
+                     FROM audit_log WHERE seq > ?1 ORDER BY seq",
                 )
                 .map_err(db("read audit"))?;
-            let mut rows = stmt.query([]).map_err(db("read audit"))?;
-            let mut v = wh::AuditVerifier::default();
+            let mut rows = stmt
+                .query([anchor.as_ref().map_or(i64::MIN, |a| a.seq)])
+                .map_err(db("read audit"))?;
+            let mut v = wh::AuditVerifier::after_anchor(anchor.as_ref());
             while let Some(r) = rows.next().map_err(db("read audit"))? {
                 let get = db("read audit");
                 v.push(wh::StoredAudit {

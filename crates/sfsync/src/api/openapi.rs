@@ -255,7 +255,7 @@ pub fn document() -> J {
                         "message": { "type": "string" }
                     } } }
                 },
-                "Run": { "type": "object", "description": "A sync job: backfill, resync, reconcile, replay or formula_refresh.", "properties": {
+                "Run": { "type": "object", "description": "A sync job: backfill, resync, reconcile, replay, formula_refresh, archive or retention.", "properties": {
                     "id": { "type": "integer" }, "kind": { "type": "string" }, "object": { "type": "string" },
                     "state": { "enum": ["pending", "running", "succeeded", "failed", "cancelled"] },
                     "counts": obj(), "error": { "type": ["string", "null"] },
@@ -291,7 +291,7 @@ pub fn document() -> J {
                 "summary": "Sync jobs (runs), newest first",
                 "parameters": [
                     q("state", "open, all (default), pending, running, succeeded, failed or cancelled.", json!({ "type": "string" })),
-                    q("kind", "backfill, resync, reconcile, replay or formula_refresh.", json!({ "type": "string" })),
+                    q("kind", "backfill, resync, reconcile, replay, formula_refresh, archive or retention.", json!({ "type": "string" })),
                     q("object", "Only this object's runs.", json!({ "type": "string" })),
                     limit()
                 ],

@@ -314,9 +314,8 @@ pub async fn list_runs(
     let kind = match q.kind.as_deref() {
         None => None,
         Some(k) => Some(SyncJobKind::parse(k).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "kind '{k}': use backfill, resync, reconcile, replay or formula_refresh"
-            ))
+            let kinds: Vec<&str> = SyncJobKind::ALL.iter().map(|k| k.as_str()).collect();
+            ApiError::bad_request(format!("kind '{k}': use one of {}", kinds.join(", ")))
         })?),
     };
     let jobs = s

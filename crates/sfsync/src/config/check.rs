@@ -126,6 +126,18 @@ pub fn summary(l: &LoadedConfig) -> String {
             if a.tokens.len() == 1 { "" } else { "s" }
         )),
     }
+    let a = &c.archive;
+    match &a.location {
+        None => out.push_str("archive:    off (the hot raw log is never pruned)\n"),
+        Some(w) => out.push_str(&format!(
+            "archive:    {} every {} s; raw log hot {} d, archive {} d, audit {} d\n",
+            w.describe(),
+            a.every_secs,
+            a.hot_retention_days,
+            a.retention_days,
+            a.audit_retention_days
+        )),
+    }
     out.push_str(&format!("objects:    {}\n", c.objects.len()));
     for o in &c.objects {
         out.push_str(&object_line(o));

@@ -36,8 +36,8 @@ pub use secrets::{PiiKey, ResolvedSecrets};
 pub use sfsync_salesforce::Secret;
 pub use span::{LineCol, SpanIndex};
 pub use validate::{
-    ApiRole, CredentialsSource, PiiKeySource, ValidApi, ValidApiToken, ValidConfig, ValidObject,
-    ValidOldKey, ValidPii, ValidSalesforce, ValidWarehouse,
+    ApiRole, ArchiveWhere, CredentialsSource, PiiKeySource, ValidApi, ValidApiToken, ValidArchive,
+    ValidConfig, ValidObject, ValidOldKey, ValidPii, ValidSalesforce, ValidWarehouse,
 };
 
 /// One problem in the config file.
@@ -182,6 +182,7 @@ const TABLES: &[&str] = &[
     "pipeline",
     "writeback",
     "api",
+    "archive",
 ];
 
 /// Syntax and shape: every top-level table (and each `[[objects]]` entry) is deserialised on its
@@ -238,6 +239,7 @@ pub fn parse(text: &str, file: &str) -> Result<(SfsyncConfig, SpanIndex), Config
             }
             "writeback" => cfg.writeback = p.de("writeback", value),
             "api" => cfg.api = p.api(value),
+            "archive" => cfg.archive = p.de("archive", value),
             other => p.error(
                 other,
                 key.span(),

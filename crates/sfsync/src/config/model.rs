@@ -23,6 +23,8 @@ pub struct SfsyncConfig {
     pub writeback: Option<WritebackConfig>,
     /// `[api]`; absent: the API is on, on the loopback default (see [`ApiConfig`]).
     pub api: Option<ApiConfig>,
+    /// `[archive]`; absent: the defaults of [`ArchiveConfig`].
+    pub archive: Option<ArchiveConfig>,
 }
 
 /// `[salesforce]`: where the org is and how to authenticate.
@@ -611,4 +613,69 @@ pub struct ApiTokenConfig {
     /// Binds the token to one writing system: its writes must carry this `source_system`.
     /// Required for `writer` tokens.
     pub source_system: Option<String>,
+}
+
+/// `[archive]`: the Parquet archive of the raw change log and the retention of everything.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// `false`: no archive jobs, and the hot raw log is never pruned (it is pruned only once
+    /// archived).
+    #[serde(default = "yes_archive")]
+    pub enabled: bool,
+    /// A local directory (relative to the config file) or `s3://bucket/prefix` (region,
+    /// endpoint and credentials from the standard AWS environment). Default: `archive` beside
+    /// a SQLite warehouse file, or beside the config file.
+    pub location: Option<String>,
+    /// Archive the applied raw log this often.
+    #[serde(default = "default_archive_every")]
+    pub every_secs: u64,
+    /// Raw-log entries stay in the hot log this long after their commit (7 days: beyond the
+    /// 72-hour replay window, so a redelivered event is still recognised by its key; 0 prunes
+    /// entries as soon as they are archived and applied, and a redelivery is then applied
+    /// again as a no-op by its version).
+    #[serde(default = "default_hot_retention_days")]
+    pub hot_retention_days: u64,
+    /// Archive partitions are kept this long (13 months).
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u64,
+    /// Audit-trail entries are kept this long (7 years).
+    #[serde(default = "default_audit_retention_days")]
+    pub audit_retention_days: u64,
+    /// Run retention this often.
+    #[serde(default = "default_retention_every")]
+    pub retention_every_secs: u64,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            enabled: true,
+            location: None,
+            every_secs: default_archive_every(),
+            hot_retention_days: default_hot_retention_days(),
+            retention_days: default_retention_days(),
+            audit_retention_days: default_audit_retention_days(),
+            retention_every_secs: default_retention_every(),
+        }
+    }
+}
+
+fn yes_archive() -> bool {
+    true
+}
+fn default_archive_every() -> u64 {
+    3600
+}
+fn default_hot_retention_days() -> u64 {
+    7
+}
+fn default_retention_days() -> u64 {
+    396
+}
+fn default_audit_retention_days() -> u64 {
+    2557
+}
+fn default_retention_every() -> u64 {
+    86_400
 }

@@ -1141,3 +1141,71 @@ token_env = "COPY"
     assert_eq!(tokens[0].token.expose(), long);
     assert!(!format!("{tokens:?}").contains(long));
 }
+
+#[test]
+fn archive_defaults_locations_and_errors() {
+    // Without [archive]: on, in `archive` beside the SQLite file, with the customer's periods.
+    let l = load_t(&format!("{HEAD}[[objects]]\nname = \"Account\"\n")).unwrap();
+    let a = &l.config.archive;
+    assert_eq!(
+        a.location,
+        Some(ArchiveWhere::Local(PathBuf::from("/cfg/archive")))
+    );
+    assert_eq!(
+        (
+            a.hot_retention_days,
+            a.retention_days,
+            a.audit_retention_days
+        ),
+        (7, 396, 2557)
+    );
+    assert_eq!((a.every_secs, a.retention_every_secs), (3600, 86_400));
+    let with = |table: &str| format!("{HEAD}[[objects]]\nname = \"Account\"\n\n[archive]\n{table}");
+    let l = load_t(&with(
+        "location = \"s3://raw-history/org-a/\"\nhot_retention_days = 0\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        l.config.archive.location,
+        Some(ArchiveWhere::S3 {
+            bucket: "raw-history".into(),
+            prefix: "org-a".into()
+        })
+    );
+    assert_eq!(l.config.archive.hot_retention_days, 0);
+    let l = load_t(&with("location = \"arch\"\n")).unwrap();
+    assert_eq!(
+        l.config.archive.location,
+        Some(ArchiveWhere::Local(PathBuf::from("/cfg/arch")))
+    );
+    let l = load_t(&with("enabled = false\n")).unwrap();
+    assert_eq!(l.config.archive.location, None);
+    let e = errs(&with(
+        "location = \"gs://bucket/x\"\nretention_days = 0\nevery_secs = 0\nhot_retention_days = 30\naudit_retention_days = 0\n",
+    ));
+    let has = |key: &str, msg: &str| {
+        assert!(
+            e.iter().any(|l| l.contains(key) && l.contains(msg)),
+            "no error on {key} saying {msg}: {e:#?}"
+        )
+    };
+    has(
+        "archive.location",
+        "expected a local directory or s3://bucket/prefix",
+    );
+    has("archive.retention_days", "greater than 0");
+    has("archive.every_secs", "greater than 0");
+    has("archive.audit_retention_days", "greater than 0");
+    has(
+        "archive.hot_retention_days",
+        "longer than archive.retention_days",
+    );
+    let e = errs(&with("location = \"s3:///x\"\n"));
+    assert!(e.iter().any(|l| l.contains("names no bucket")), "{e:#?}");
+    let e = errs(&with("keep = 3\n"));
+    assert!(
+        e.iter()
+            .any(|l| l.contains("archive") && l.contains("keep")),
+        "{e:#?}"
+    );
+}

@@ -26,6 +26,108 @@ pub struct ValidConfig {
     pub writeback_delivery: WritebackDelivery,
     /// The operator HTTP API; `None` when `[api] enabled = false`.
     pub api: Option<ValidApi>,
+    /// Archive and retention (`[archive]`, defaults without it).
+    pub archive: ValidArchive,
+}
+
+/// `[archive]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidArchive {
+    /// Where the archive lives (`None`: archiving is off).
+    pub location: Option<ArchiveWhere>,
+    pub every_secs: u64,
+    pub hot_retention_days: u64,
+    pub retention_days: u64,
+    pub audit_retention_days: u64,
+    pub retention_every_secs: u64,
+}
+
+/// An archive location: a local directory (anchored) or S3.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArchiveWhere {
+    Local(PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+impl ArchiveWhere {
+    pub fn describe(&self) -> String {
+        match self {
+            ArchiveWhere::Local(p) => p.display().to_string(),
+            ArchiveWhere::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
+fn validate_archive(
+    errs: &mut Errors,
+    a: Option<&ArchiveConfig>,
+    warehouse: Option<&ValidWarehouse>,
+    base_dir: &Path,
+) -> ValidArchive {
+    let default = ArchiveConfig::default();
+    let a = a.unwrap_or(&default);
+    for (name, v) in [
+        ("every_secs", a.every_secs),
+        ("retention_days", a.retention_days),
+        ("audit_retention_days", a.audit_retention_days),
+        ("retention_every_secs", a.retention_every_secs),
+    ] {
+        if v == 0 {
+            errs.push(format!("archive.{name}"), "must be greater than 0");
+        }
+    }
+    if a.hot_retention_days > a.retention_days {
+        errs.push(
+            "archive.hot_retention_days",
+            format!(
+                "{} days is longer than archive.retention_days ({})",
+                a.hot_retention_days, a.retention_days
+            ),
+        );
+    }
+    let location = match (&a.location, a.enabled) {
+        (_, false) => None,
+        (Some(l), true) => match l.strip_prefix("s3://") {
+            Some(rest) => {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    errs.push("archive.location", format!("`{l}` names no bucket"));
+                    None
+                } else {
+                    Some(ArchiveWhere::S3 {
+                        bucket: bucket.to_string(),
+                        prefix: prefix.trim_matches('/').to_string(),
+                    })
+                }
+            }
+            None if l.contains("://") && !l.starts_with("file://") => {
+                errs.push(
+                    "archive.location",
+                    format!("`{l}`: expected a local directory or s3://bucket/prefix"),
+                );
+                None
+            }
+            None => {
+                let path = l.strip_prefix("file://").unwrap_or(l);
+                Some(ArchiveWhere::Local(anchor(base_dir, Path::new(path))))
+            }
+        },
+        (None, true) => Some(ArchiveWhere::Local(match warehouse {
+            Some(ValidWarehouse::Sqlite { path }) => path
+                .parent()
+                .map(|d| d.join("archive"))
+                .unwrap_or_else(|| base_dir.join("archive")),
+            _ => base_dir.join("archive"),
+        })),
+    };
+    ValidArchive {
+        location,
+        every_secs: a.every_secs,
+        hot_retention_days: a.hot_retention_days,
+        retention_days: a.retention_days,
+        audit_retention_days: a.audit_retention_days,
+        retention_every_secs: a.retention_every_secs,
+    }
 }
 
 /// Who answers for a flow and its target, for the integration map.
@@ -369,8 +471,15 @@ impl SfsyncConfig {
         let writeback_flows = writeback_flows(&mut errs, self.writeback.as_ref());
         let writeback_delivery = validate_writeback_delivery(&mut errs, self.writeback.as_ref());
         let api = validate_api(&mut errs, self.api.as_ref(), base_dir);
+        let archive = validate_archive(
+            &mut errs,
+            self.archive.as_ref(),
+            warehouse.as_ref(),
+            base_dir,
+        );
         match (salesforce, warehouse) {
             (Some(salesforce), Some(warehouse)) if errs.0.is_empty() => Ok(ValidConfig {
+                archive,
                 writeback,
                 writeback_flows,
                 writeback_delivery,
