@@ -68,6 +68,8 @@ pub struct Extra {
     pub drift: Vec<(String, u64)>,
     /// Per channel: the objects it carries.
     pub channels: Vec<(String, Vec<String>)>,
+    /// The raw log's applied offset and the offset through which it is archived.
+    pub archive: Option<(u64, u64)>,
 }
 
 /// A histogram family from bucket counts (ms bounds; the last count is the overflow bucket).
@@ -437,6 +439,20 @@ pub fn render(
             *n as f64,
         );
     }
+    if let Some((applied, archived)) = extra.archive {
+        o.one(
+            "sfsync_archive_archived_through_offset",
+            "gauge",
+            "Every raw-log entry at or below this offset is in the Parquet archive (verified).",
+            archived as f64,
+        );
+        o.one(
+            "sfsync_archive_unarchived_entries",
+            "gauge",
+            "Applied raw-log entries not archived yet (they cannot be pruned from the hot log).",
+            applied.saturating_sub(archived) as f64,
+        );
+    }
     o.family(
         "sfsync_runs_finished_total",
         "counter",
@@ -505,10 +521,21 @@ pub async fn metrics(
             }
         }
     }
+    let applied = s
+        .store
+        .applied_offset(sfsync_pipeline::CURATED_CONSUMER)
+        .await
+        .map_err(|e| ApiError::internal("reading the apply offset", e))?;
+    let archived = s
+        .store
+        .archived_through()
+        .await
+        .map_err(|e| ApiError::internal("reading the archive mark", e))?;
     let extra = Extra {
         budget: s.budget.as_ref().map(|b| b()),
         drift,
         channels,
+        archive: applied.map(|a| (a, archived)),
     };
     let text = render(
         &s.stats,
@@ -546,9 +573,15 @@ mod tests {
                 "/data/AccountChangeEvent".into(),
                 vec!["Account".to_string()],
             )],
+            archive: Some((10, 4)),
             ..Default::default()
         };
         let text = render(&stats, &counts, &extra, 1.5, 3_500);
+        assert!(
+            text.contains("sfsync_archive_unarchived_entries 6\n")
+                && text.contains("sfsync_archive_archived_through_offset 4\n"),
+            "{text}"
+        );
         assert!(
             text.contains("sfsync_writeback_applied_seconds_bucket{le=\"0.5\"} 1\n"),
             "{text}"
