@@ -7,9 +7,15 @@
 //!    streaming goes on exactly once afterwards (new entries are logged, applied, archived);
 //! 3. `sfsync retention --dry-run` lists and deletes nothing; the jobs are runs in
 //!    `sfsync runs list`;
-//! 4. `sfsync archive` with `archive.enabled = false` exits 2 naming the key.
+//! 4. `sfsync archive` with `archive.enabled = false` exits 2 naming the key;
+//! 5. an S3 archive on a local AWS-compatible server (`moto` in server mode, from PyPI through
+//!    tests/compat/requirements.txt), region, endpoint and credentials from the standard AWS
+//!    environment variables.
 
 mod support;
+
+#[path = "../../../tests/compat/python_env.rs"]
+mod python_env;
 
 use support::{stop, wait_for, KillOnDrop};
 
@@ -35,6 +41,8 @@ struct Env {
     client: SalesforceClient,
     account: ObjectMapping,
     config: PathBuf,
+    /// Environment of the sfsync processes (the AWS variables of an S3 archive).
+    vars: Vec<(String, String)>,
 }
 
 async fn env(archive: &str) -> Env {
@@ -87,6 +95,7 @@ backfill_new_objects = false
         client,
         account,
         config,
+        vars: Vec::new(),
     }
 }
 
@@ -117,6 +126,7 @@ fn cli(env: &Env, args: &[&str]) -> (i32, String, String) {
         .arg(&env.config)
         .env("USER", "test-operator")
         .env("SFSYNC_LOG", "warn")
+        .envs(env.vars.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("running the sfsync CLI");
     (
@@ -132,6 +142,7 @@ fn run(env: &Env) -> KillOnDrop {
             .args(["run", "--progress-secs", "0", "--config"])
             .arg(&env.config)
             .env("SFSYNC_LOG", "warn")
+            .envs(env.vars.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -363,4 +374,164 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// A moto S3 server on a free loopback port, stopped on drop.
+struct Moto {
+    _child: KillOnDrop,
+    port: u16,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = KillOnDrop(
+            Command::new(python_env::python())
+                .args([
+                    "-m",
+                    "moto.server",
+                    "-H",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("starting moto (tests/compat/requirements.txt)"),
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto {
+            _child: child,
+            port,
+        }
+    }
+
+    /// One plain HTTP/1.1 request; (status, body).
+    fn http(&self, method: &str, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let status = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// The keys under `prefix` in `bucket`.
+    fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let (status, body) = self.http("GET", &format!("/{bucket}?list-type=2&prefix={prefix}"));
+        assert_eq!(status, 200, "{body}");
+        body.split("<Key>")
+            .skip(1)
+            .filter_map(|k| k.split_once("</Key>").map(|(k, _)| k.to_string()))
+            .collect()
+    }
+
+    fn vars(&self) -> Vec<(String, String)> {
+        [
+            (
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", self.port),
+            ),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_on_s3_of_a_local_aws_compatible_server() {
+    let moto = tokio::task::spawn_blocking(Moto::start).await.unwrap();
+    let (status, body) = moto.http("PUT", "/raw-history");
+    assert_eq!(status, 200, "creating the bucket: {body}");
+    let mut env = env("location = \"s3://raw-history/org-a\"\nhot_retention_days = 0\n").await;
+    env.vars = moto.vars();
+    let accounts: Vec<String> = env
+        .emu
+        .org()
+        .seed(&ctx(&env), "Account", 20, 9)
+        .unwrap()
+        .into_iter()
+        .map(|i| i.to_string())
+        .collect();
+    update(&env, "Account", &accounts[0], json!({ "Name": "On S3" }));
+    let mut child = run(&env);
+    let store = open(&env).await;
+    converged(&env, &store, &mut child, "the stream applies the org").await;
+    wait_for(
+        "every logged change applied",
+        Duration::from_secs(60),
+        || {
+            let store = store.clone();
+            async move {
+                let log = store.archive_rows(1, u64::MAX, 10_000).await.unwrap();
+                let applied = store.applied_offset("curated").await.unwrap().unwrap_or(0);
+                let last = log.last().map_or(0, |r| r.offset as u64);
+                if log.len() == 21 && applied >= last {
+                    vec![]
+                } else {
+                    vec![format!("{} logged, applied through {applied}", log.len())]
+                }
+            }
+        },
+    )
+    .await;
+    let (code, out, err) = cli(&env, &["archive"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("succeeded") && out.contains("s3://raw-history/org-a"),
+        "{out}"
+    );
+    let keys = moto.keys("raw-history", "org-a/");
+    let day =
+        sfsync_store::archive::utc_day(store.archive_files(10).await.unwrap()[0].min_commit_ms);
+    let part = format!("org-a/object=Account/date={day}/");
+    assert!(
+        keys.iter()
+            .any(|k| k.starts_with(&part) && k.ends_with(".parquet")),
+        "{keys:?}"
+    );
+    assert!(keys.contains(&format!("{part}_manifest.json")), "{keys:?}");
+    assert_eq!(
+        hot_log_len(&env),
+        0,
+        "pruned once archived on S3 and verified"
+    );
+    let (code, out, err) = cli(&env, &["retention", "--dry-run"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("archive partitions: none past retention"),
+        "{out}"
+    );
+    stop(child);
 }
