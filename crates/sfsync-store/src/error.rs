@@ -105,6 +105,17 @@ pub enum StoreError {
         #[source]
         source: tokio::task::JoinError,
     },
+    /// An operation on the Parquet archive of the raw change log failed. `path` is where: the
+    /// file, manifest or archive root as `file:///…` or `s3://bucket/prefix/…`.
+    #[error("archive: {op} {path}: {reason}")]
+    Archive {
+        op: &'static str,
+        path: String,
+        reason: String,
+        class: ErrorClass,
+        #[source]
+        source: Option<BoxError>,
+    },
 }
 
 impl StoreError {
@@ -113,7 +124,8 @@ impl StoreError {
         match self {
             StoreError::Database { class, .. }
             | StoreError::Pii { class, .. }
-            | StoreError::CuratedWrite { class, .. } => *class,
+            | StoreError::CuratedWrite { class, .. }
+            | StoreError::Archive { class, .. } => *class,
             StoreError::ApplyLockHeld { .. } => ErrorClass::User,
             StoreError::RejectedChange { .. } | StoreError::InvalidInput { .. } => ErrorClass::User,
             StoreError::SchemaTooNew { .. } => ErrorClass::User,
@@ -162,6 +174,25 @@ pub(crate) fn sqlite_class(e: &rusqlite::Error) -> ErrorClass {
         }
         Some(ConstraintViolation | TooBig) => ErrorClass::User,
         _ => ErrorClass::Internal,
+    }
+}
+
+/// The class of an object-store (archive) error: an unreachable or failing store (network, S3
+/// 5xx, local I/O, all reported as `Generic`) is worth retrying; a missing object, a refused
+/// path or missing permissions or credentials are not; an operation the store lacks is a bug.
+pub(crate) fn object_store_class(e: &object_store::Error) -> ErrorClass {
+    use object_store::Error::*;
+    match e {
+        NotFound { .. }
+        | InvalidPath { .. }
+        | AlreadyExists { .. }
+        | Precondition { .. }
+        | NotModified { .. }
+        | PermissionDenied { .. }
+        | Unauthenticated { .. }
+        | UnknownConfigurationKey { .. } => ErrorClass::User,
+        NotSupported { .. } | NotImplemented { .. } | JoinError { .. } => ErrorClass::Internal,
+        _ => ErrorClass::Retry,
     }
 }
 
