@@ -243,6 +243,9 @@ pub struct Archive {
     root: String,
     /// One lock per partition directory, serialising its writes and deletions.
     locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// [`MULTIPART_THRESHOLD_BYTES`] and [`MULTIPART_PART_BYTES`] (smaller in tests).
+    multipart_threshold_bytes: usize,
+    multipart_part_bytes: usize,
 }
 
 impl fmt::Debug for Archive {
@@ -380,6 +383,8 @@ impl Archive {
             store,
             root,
             locks: parking_lot::Mutex::new(HashMap::new()),
+            multipart_threshold_bytes: MULTIPART_THRESHOLD_BYTES,
+            multipart_part_bytes: MULTIPART_PART_BYTES,
         })
     }
 
@@ -529,7 +534,8 @@ impl Archive {
     }
 
     /// All partitions from their manifests, sorted by (object, day). A partition directory
-    /// without a manifest (only unlisted files of failed writes) is not a partition.
+    /// without a manifest (only unlisted files of failed writes) is not a partition; a manifest
+    /// that cannot be read fails the call with an error naming it.
     pub async fn partitions(&self) -> Result<Vec<Partition>> {
         const OP: &str = "list";
         let top = self
@@ -661,7 +667,7 @@ impl Archive {
     /// Uploads `data`: one put up to [`MULTIPART_THRESHOLD_BYTES`] (atomic on S3 and on a local
     /// directory, which writes a staging file and renames it), a multipart upload above.
     async fn put(&self, op: &'static str, path: &ObjectPath, loc: &str, data: Bytes) -> Result<()> {
-        if data.len() <= MULTIPART_THRESHOLD_BYTES {
+        if data.len() <= self.multipart_threshold_bytes {
             self.store
                 .put(path, PutPayload::from(data))
                 .await
@@ -673,7 +679,8 @@ impl Archive {
             .put_multipart(path)
             .await
             .map_err(|e| store_error(op, loc, "starting the multipart upload failed", e))?;
-        let mut parts = WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART_BYTES);
+        let part_bytes = self.multipart_part_bytes;
+        let mut parts = WriteMultipart::new_with_chunk_size(upload, part_bytes);
         let mut start = 0;
         while start < data.len() {
             if let Err(e) = parts.wait_for_capacity(MULTIPART_CONCURRENCY).await {
@@ -681,7 +688,7 @@ impl Archive {
                 let _ = parts.abort().await;
                 return Err(store_error(op, loc, "uploading a part failed", e));
             }
-            let end = (start + MULTIPART_PART_BYTES).min(data.len());
+            let end = (start + part_bytes).min(data.len());
             parts.put(data.slice(start..end));
             start = end;
         }
@@ -1277,6 +1284,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn archive_multipart_upload_round_trip() {
+        let (_dir, mut archive) = archive();
+        archive.multipart_threshold_bytes = 64 << 10;
+        archive.multipart_part_bytes = 16 << 10;
+        let rows: Vec<ArchiveRow> = (1..=40)
+            .map(|o| ArchiveRow {
+                // Pseudo-random (xorshift), so the file stays well over the threshold.
+                payload: {
+                    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ o as u64;
+                    (0..4096)
+                        .map(|_| {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            x as u8
+                        })
+                        .collect()
+                },
+                ..row(o, "Account", T0 + o)
+            })
+            .collect();
+        let file = archive.write_file(&rows).await.expect("write");
+        assert!(file.bytes > 2 * (64 << 10), "{} bytes", file.bytes);
+        assert_eq!(archive.read_file(&file.path).await.expect("read"), rows);
+        archive.verify_file(&file).await.expect("verify");
+    }
+
+    #[tokio::test]
     async fn archive_refuses_mixed_objects_days_and_order() {
         let (_dir, archive) = archive();
         let cases: Vec<(Vec<ArchiveRow>, &str)> = vec![
@@ -1336,6 +1371,32 @@ mod tests {
         assert_eq!(manifest["object"], "Account");
         assert_eq!(manifest["day"], "2024-03-10");
         assert_eq!(manifest["files"].as_array().map(Vec::len), Some(2));
+    }
+
+    #[tokio::test]
+    async fn archive_write_error_leaves_manifest_unchanged() {
+        let (_dir, archive) = archive();
+        archive
+            .write_file(&[row(1, "Account", T0)])
+            .await
+            .expect("write");
+        let manifest = archive_dir(&archive).join("object=Account/date=2024-03-10/_manifest.json");
+        std::fs::write(&manifest, b"{\"object\": \"Account\", trunc").expect("damage");
+        let err = archive
+            .write_file(&[row(2, "Account", T0 + 1)])
+            .await
+            .expect_err("damaged manifest");
+        assert_eq!(err.class(), ErrorClass::Internal, "{err}");
+        assert!(
+            err.to_string().contains("_manifest.json"),
+            "{}",
+            err.chain()
+        );
+        assert_eq!(
+            std::fs::read(&manifest).expect("manifest"),
+            b"{\"object\": \"Account\", trunc"
+        );
+        assert!(archive.partitions().await.is_err());
     }
 
     #[tokio::test]

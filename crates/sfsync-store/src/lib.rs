@@ -16,6 +16,9 @@
 //! reach the database and opened on read; a store refuses to write them without a keyring
 //! (invariant 10).
 //!
+//! Raw-log rows can be archived as Parquet files in a local directory or an S3 bucket
+//! ([`archive`]); a file enters its partition's manifest only after it was read back and matched.
+//!
 //! This crate never calls Salesforce.
 
 pub mod archive;

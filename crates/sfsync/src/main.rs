@@ -3,6 +3,7 @@
 
 mod admin_cmd;
 mod api;
+mod bench_archive;
 mod bench_pipeline;
 mod bench_pubsub;
 mod bench_salesforce;
@@ -109,7 +110,8 @@ struct BenchArgs {
     /// Salesforce suite: records upserted by Bulk ingest.
     #[arg(long, default_value_t = 100_000)]
     upserts: usize,
-    /// Pub/Sub suite: change events pre-committed and subscribed to.
+    /// Pub/Sub suite: change events pre-committed and subscribed to. Archive suite: raw-log
+    /// rows archived.
     #[arg(long, default_value_t = 200_000)]
     events: usize,
     /// Pipeline suite: Case change events committed before the pipeline starts.
@@ -153,6 +155,9 @@ enum BenchSuite {
     /// Writeback to Salesforce at a sustained rate: accepted→applied/confirmed p50/p99, records
     /// per API call, over-limit responses.
     Writeback,
+    /// The Parquet archive of the raw change log: events/s and MB/s archived (with read-back
+    /// verification), compression ratio, bytes per event, projected storage per day.
+    Archive,
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -186,6 +191,12 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 cases: args.cases,
                 rate: args.writeback_rate,
                 secs: args.writeback_secs,
+            })
+            .await?
+        }
+        BenchSuite::Archive => {
+            bench_archive::run(bench_archive::ArchiveBenchOptions {
+                events: args.events,
             })
             .await?
         }
