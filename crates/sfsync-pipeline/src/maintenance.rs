@@ -52,8 +52,9 @@ pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(2_557 * 24 * 3
 pub const DEFAULT_ARCHIVE_EVERY: Duration = Duration::from_secs(3600);
 /// Default retention interval.
 pub const DEFAULT_RETENTION_EVERY: Duration = Duration::from_secs(24 * 3600);
-/// Default raw-log entries per archive step.
-pub const DEFAULT_CHUNK_ROWS: usize = 50_000;
+/// Default raw-log entries per archive step (~100 MB of 3–8 KB payloads, held about twice while
+/// a file is written and read back).
+pub const DEFAULT_CHUNK_ROWS: usize = 20_000;
 
 impl Default for MaintenanceConfig {
     fn default() -> Self {

@@ -457,12 +457,32 @@ impl Archive {
                 day: plan.day.clone(),
                 files: Vec::new(),
             });
+        // A file whose offsets overlap the new one's is a leftover of an earlier attempt at
+        // the same entries that was never recorded as archived (the archive job writes only
+        // entries past its archived-through mark, split however that attempt split them): the
+        // new file supersedes it, so no entry is listed twice.
+        let (superseded, kept): (Vec<ArchiveFile>, Vec<ArchiveFile>) =
+            manifest.files.drain(..).partition(|f| {
+                f.path != entry.path
+                    && f.min_offset <= entry.max_offset
+                    && f.max_offset >= entry.min_offset
+            });
+        manifest.files = kept;
         manifest.files.retain(|f| f.path != entry.path);
         manifest.files.push(entry.clone());
         manifest
             .files
             .sort_by(|a, b| (a.min_offset, &a.path).cmp(&(b.min_offset, &b.path)));
         self.store_manifest(&manifest).await?;
+        for old in superseded {
+            // Unlisted now; a file that cannot be deleted is removed with its partition.
+            let old_loc = self.locate(&old.path);
+            if let Ok(p) = parse_path(OP, &old_loc, &old.path) {
+                if let Err(e) = self.store.delete(&p).await {
+                    tracing::warn!(file = %old_loc, error = %e, "A superseded archive file could not be deleted; it is no longer listed.");
+                }
+            }
+        }
         Ok(entry)
     }
 
@@ -1371,6 +1391,27 @@ mod tests {
         assert_eq!(manifest["object"], "Account");
         assert_eq!(manifest["day"], "2024-03-10");
         assert_eq!(manifest["files"].as_array().map(Vec::len), Some(2));
+    }
+
+    /// A file over entries an earlier, unrecorded attempt split differently supersedes the
+    /// overlapping files: each entry is listed once, and the old file is gone.
+    #[tokio::test]
+    async fn archive_overlapping_rewrite_supersedes_the_old_files() {
+        let (_dir, archive) = archive();
+        let rows = |r: std::ops::RangeInclusive<i64>| -> Vec<ArchiveRow> {
+            r.map(|o| row(o, "Account", T0 + o)).collect()
+        };
+        let a = archive.write_file(&rows(1..=3)).await.expect("write");
+        let b = archive.write_file(&rows(4..=6)).await.expect("write");
+        let c = archive.write_file(&rows(10..=11)).await.expect("write");
+        let wide = archive.write_file(&rows(2..=8)).await.expect("write");
+        let parts = archive.partitions().await.expect("partitions");
+        assert_eq!(parts[0].files, vec![wide.clone(), c]);
+        let dir = archive_dir(&archive);
+        for gone in [&a, &b] {
+            assert!(!dir.join(&gone.path).exists(), "{} is deleted", gone.path);
+        }
+        assert!(dir.join(&wide.path).exists());
     }
 
     #[tokio::test]
