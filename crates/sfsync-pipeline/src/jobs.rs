@@ -255,6 +255,27 @@ pub(crate) struct Active {
     pub replay: Option<Box<crate::replay::ReplayRun>>,
 }
 
+impl Active {
+    /// A job just started, its work done by `task` (reporting on `rx`).
+    pub fn new(
+        job: SyncJob,
+        run_id: String,
+        rx: mpsc::Receiver<Fetched>,
+        task: Option<tokio::task::JoinHandle<()>>,
+    ) -> Active {
+        Active {
+            job,
+            run_id,
+            rx,
+            task,
+            columns: None,
+            counts: SyncCounts::default(),
+            started: Instant::now(),
+            replay: None,
+        }
+    }
+}
+
 impl Drop for Active {
     fn drop(&mut self) {
         if let Some(t) = &self.task {

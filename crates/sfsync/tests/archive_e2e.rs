@@ -190,6 +190,28 @@ async fn archived(root: &std::path::Path) -> (Vec<String>, Vec<ArchiveRow>) {
     (names, rows)
 }
 
+/// Waits until the raw log holds `n` entries, all applied.
+async fn all_applied(store: &Arc<SqliteChangeLog>, n: usize) {
+    wait_for(
+        "every logged change applied",
+        Duration::from_secs(60),
+        || {
+            let store = store.clone();
+            async move {
+                let log = store.archive_rows(1, u64::MAX, 10_000).await.unwrap();
+                let applied = store.applied_offset("curated").await.unwrap().unwrap_or(0);
+                let last = log.last().map_or(0, |r| r.offset as u64);
+                if log.len() == n && applied >= last {
+                    vec![]
+                } else {
+                    vec![format!("{} logged, applied through {applied}", log.len())]
+                }
+            }
+        },
+    )
+    .await;
+}
+
 fn hot_log_len(env: &Env) -> i64 {
     let conn = rusqlite::Connection::open(sfsync_store::sqlite::change_log_path(&env.db)).unwrap();
     conn.query_row("SELECT count(*) FROM raw_changes", [], |r| r.get(0))
@@ -231,24 +253,7 @@ async fn archive_compacts_the_applied_raw_log_and_prunes_it_while_streaming_goes
     converged(&env, &store, &mut child, "the stream applies the org").await;
     // Every logged change applied (Contacts included) before the log is read for comparison:
     // 30 + 10 creates, 5 + 1 updates.
-    wait_for(
-        "every logged change applied",
-        Duration::from_secs(60),
-        || {
-            let store = store.clone();
-            async move {
-                let log = store.archive_rows(1, u64::MAX, 10_000).await.unwrap();
-                let applied = store.applied_offset("curated").await.unwrap().unwrap_or(0);
-                let last = log.last().map_or(0, |r| r.offset as u64);
-                if log.len() == 46 && applied >= last {
-                    vec![]
-                } else {
-                    vec![format!("{} logged, applied through {applied}", log.len())]
-                }
-            }
-        },
-    )
-    .await;
+    all_applied(&store, 46).await;
     let log = store.archive_rows(1, u64::MAX, 10_000).await.unwrap();
 
     // 1. `sfsync archive` while `sfsync run` runs: it carries the job out.
@@ -488,24 +493,7 @@ async fn archive_on_s3_of_a_local_aws_compatible_server() {
     let mut child = run(&env);
     let store = open(&env).await;
     converged(&env, &store, &mut child, "the stream applies the org").await;
-    wait_for(
-        "every logged change applied",
-        Duration::from_secs(60),
-        || {
-            let store = store.clone();
-            async move {
-                let log = store.archive_rows(1, u64::MAX, 10_000).await.unwrap();
-                let applied = store.applied_offset("curated").await.unwrap().unwrap_or(0);
-                let last = log.last().map_or(0, |r| r.offset as u64);
-                if log.len() == 21 && applied >= last {
-                    vec![]
-                } else {
-                    vec![format!("{} logged, applied through {applied}", log.len())]
-                }
-            }
-        },
-    )
-    .await;
+    all_applied(&store, 21).await;
     let (code, out, err) = cli(&env, &["archive"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(

@@ -242,16 +242,7 @@ impl Applier {
             soql,
             self.config.jobs.page_records,
         );
-        self.jobs.active = Some(Active {
-            job,
-            run_id,
-            rx,
-            task: Some(task),
-            columns: None,
-            counts: SyncCounts::default(),
-            started: Instant::now(),
-            replay: None,
-        });
+        self.jobs.active = Some(Active::new(job, run_id, rx, Some(task)));
         Ok(())
     }
 
@@ -705,16 +696,7 @@ impl Applier {
             };
             let _ = tx.send(msg).await;
         });
-        self.jobs.active = Some(Active {
-            job,
-            run_id,
-            rx,
-            task: Some(task),
-            columns: None,
-            counts: SyncCounts::default(),
-            started: Instant::now(),
-            replay: None,
-        });
+        self.jobs.active = Some(Active::new(job, run_id, rx, Some(task)));
         Ok(())
     }
 
@@ -841,16 +823,7 @@ impl Applier {
             };
             let _ = tx.send(msg).await;
         });
-        self.jobs.active = Some(Active {
-            job,
-            run_id,
-            rx,
-            task: Some(task),
-            columns: None,
-            counts: SyncCounts::default(),
-            started: Instant::now(),
-            replay: None,
-        });
+        self.jobs.active = Some(Active::new(job, run_id, rx, Some(task)));
         Ok(())
     }
 

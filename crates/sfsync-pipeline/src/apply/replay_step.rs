@@ -310,16 +310,7 @@ impl Applier {
             soql,
             self.config.jobs.page_records,
         );
-        self.jobs.active = Some(Active {
-            job,
-            run_id,
-            rx,
-            task: Some(task),
-            columns: None,
-            counts: SyncCounts::default(),
-            started: Instant::now(),
-            replay: None,
-        });
+        self.jobs.active = Some(Active::new(job, run_id, rx, Some(task)));
         Ok(())
     }
 
