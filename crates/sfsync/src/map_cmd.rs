@@ -57,9 +57,10 @@ pub struct Flow {
     pub object: String,
     pub source: String,
     pub target: String,
-    /// `inbound` (into the warehouse) or `outbound` (into Salesforce).
+    /// `inbound` (into the warehouse), `outbound` (into Salesforce) or `archive` (the raw change
+    /// history into the Parquet archive).
     pub direction: &'static str,
-    /// `CDC stream`, `polling`, `reconciliation`, `formula refresh`, `writeback`.
+    /// `CDC stream`, `polling`, `reconciliation`, `formula refresh`, `writeback`, `archive`.
     pub pattern: &'static str,
     pub frequency: String,
     pub trigger: String,
@@ -76,6 +77,10 @@ pub struct IntegrationMap {
 }
 
 const SALESFORCE: &str = "salesforce";
+/// The archive's node, and the `object` of its flow: every object's raw changes (the archive
+/// job's object, [`sfsync_store::ALL_OBJECTS`]).
+const ARCHIVE: &str = "archive";
+pub const ARCHIVED_OBJECTS: &str = sfsync_store::ALL_OBJECTS;
 /// The writer of `shared` fields: whichever system sends the write.
 const ANY_SYSTEM: &str = "any system";
 const WAREHOUSE: &str = "warehouse";
@@ -207,6 +212,31 @@ impl IntegrationMap {
                 });
             }
         }
+        if let Some(location) = &config.archive.location {
+            let a = &config.archive;
+            nodes.push(Node {
+                id: ARCHIVE.into(),
+                label: format!("Parquet archive ({})", location.describe()),
+                kind: "archive",
+                system: None,
+            });
+            flows.push(Flow {
+                object: ARCHIVED_OBJECTS.into(),
+                source: SALESFORCE.into(),
+                target: ARCHIVE.into(),
+                direction: "archive",
+                pattern: "archive",
+                frequency: format!("every {} s", a.every_secs),
+                trigger: "schedule (sfsync archive on demand)".into(),
+                transformation: format!(
+                    "the applied raw change log as Parquet (zstd) by object and day, each file \
+                     verified; PII sealed; hot log pruned after {} d; partitions kept {} d",
+                    a.hot_retention_days, a.retention_days
+                ),
+                sla_secs: a.every_secs.saturating_mul(2),
+                team: None,
+            });
+        }
         for (name, policy) in &config.writeback.objects {
             use sfsync_pipeline::writeback::Owner;
             let meta = config.writeback_flows.iter().find(|m| &m.object == name);
@@ -286,7 +316,7 @@ impl IntegrationMap {
         for n in &self.nodes {
             let label = mermaid_text(&n.label);
             let shape = match n.kind {
-                "warehouse" => format!("{}[(\"{label}\")]", n.id),
+                "warehouse" | "archive" => format!("{}[(\"{label}\")]", n.id),
                 "salesforce" => format!("{}{{{{\"{label}\"}}}}", n.id),
                 _ => format!("{}[\"{label}\"]", n.id),
             };
@@ -457,6 +487,26 @@ fields = [{ name = "Priority", owner = "shared", policy = "last_write_wins" }]
             .all(|f| f.target == SALESFORCE && f.sla_secs == 120));
         assert!(out[0].transformation.contains("last_write_wins, merge"));
         assert_eq!(out[0].team.as_deref(), Some("CMS team"));
+        // The archive (on by default) is a scheduled flow of every object's raw changes.
+        let archive = m.flows.iter().find(|f| f.pattern == "archive").unwrap();
+        assert_eq!(
+            (
+                archive.source.as_str(),
+                archive.target.as_str(),
+                archive.object.as_str()
+            ),
+            (SALESFORCE, ARCHIVE, "*")
+        );
+        assert_eq!(
+            (archive.frequency.as_str(), archive.sla_secs),
+            ("every 3600 s", 7200)
+        );
+        assert!(m
+            .nodes
+            .iter()
+            .any(|n| n.id == ARCHIVE && n.label.contains("archive")));
+        let off = IntegrationMap::from_config(&config("[archive]\nenabled = false\n"));
+        assert!(off.flows.iter().all(|f| f.pattern != "archive"));
     }
 
     #[test]

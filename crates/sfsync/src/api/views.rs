@@ -265,6 +265,7 @@ pub async fn flows(State(s): State<Arc<ApiState>>, caller: Caller) -> super::rou
                     let kind = match pattern {
                         "reconciliation" => Some(SyncJobKind::Reconcile),
                         "formula refresh" => Some(SyncJobKind::FormulaRefresh),
+                        "archive" => Some(SyncJobKind::Archive),
                         _ => None,
                     };
                     let last_run = match kind {
