@@ -216,7 +216,7 @@ impl IntegrationMap {
             let a = &config.archive;
             nodes.push(Node {
                 id: ARCHIVE.into(),
-                label: format!("Parquet archive ({})", location.describe()),
+                label: format!("Parquet archive ({})", location),
                 kind: "archive",
                 system: None,
             });

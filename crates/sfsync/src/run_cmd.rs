@@ -272,19 +272,11 @@ pub fn maintenance_config(
 
 /// Opens the configured archive (none when archiving is off).
 pub fn open_archive(config: &ValidConfig) -> Result<Option<Arc<sfsync_store::archive::Archive>>> {
-    use sfsync_store::archive::{Archive, ArchiveLocation};
-    let Some(w) = &config.archive.location else {
+    let Some(location) = &config.archive.location else {
         return Ok(None);
     };
-    let location = match w {
-        crate::config::ArchiveWhere::Local(p) => ArchiveLocation::Local(p.clone()),
-        crate::config::ArchiveWhere::S3 { bucket, prefix } => ArchiveLocation::S3 {
-            bucket: bucket.clone(),
-            prefix: prefix.clone(),
-        },
-    };
-    let archive = Archive::open(&location)
-        .with_context(|| format!("archive.location: cannot open {}", w.describe()))?;
+    let archive = sfsync_store::archive::Archive::open(location)
+        .with_context(|| format!("archive.location: cannot open {location}"))?;
     Ok(Some(Arc::new(archive)))
 }
 

@@ -131,11 +131,7 @@ pub fn summary(l: &LoadedConfig) -> String {
         None => out.push_str("archive:    off (the hot raw log is never pruned)\n"),
         Some(w) => out.push_str(&format!(
             "archive:    {} every {} s; raw log hot {} d, archive {} d, audit {} d\n",
-            w.describe(),
-            a.every_secs,
-            a.hot_retention_days,
-            a.retention_days,
-            a.audit_retention_days
+            w, a.every_secs, a.hot_retention_days, a.retention_days, a.audit_retention_days
         )),
     }
     out.push_str(&format!("objects:    {}\n", c.objects.len()));

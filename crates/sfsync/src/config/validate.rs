@@ -42,21 +42,9 @@ pub struct ValidArchive {
     pub retention_every_secs: u64,
 }
 
-/// An archive location: a local directory (anchored) or S3.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ArchiveWhere {
-    Local(PathBuf),
-    S3 { bucket: String, prefix: String },
-}
-
-impl ArchiveWhere {
-    pub fn describe(&self) -> String {
-        match self {
-            ArchiveWhere::Local(p) => p.display().to_string(),
-            ArchiveWhere::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
-        }
-    }
-}
+/// An archive location (the store's own type; a local directory is anchored at the config
+/// file's directory).
+pub type ArchiveWhere = sfsync_store::archive::ArchiveLocation;
 
 fn validate_archive(
     errs: &mut Errors,
@@ -87,29 +75,15 @@ fn validate_archive(
     }
     let location = match (&a.location, a.enabled) {
         (_, false) => None,
-        (Some(l), true) => match l.strip_prefix("s3://") {
-            Some(rest) => {
-                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-                if bucket.is_empty() {
-                    errs.push("archive.location", format!("`{l}` names no bucket"));
-                    None
-                } else {
-                    Some(ArchiveWhere::S3 {
-                        bucket: bucket.to_string(),
-                        prefix: prefix.trim_matches('/').to_string(),
-                    })
-                }
-            }
-            None if l.contains("://") && !l.starts_with("file://") => {
+        (Some(l), true) => match ArchiveWhere::parse(l) {
+            Ok(ArchiveWhere::Local(p)) => Some(ArchiveWhere::Local(anchor(base_dir, &p))),
+            Ok(s3) => Some(s3),
+            Err(reason) => {
                 errs.push(
                     "archive.location",
-                    format!("`{l}`: expected a local directory or s3://bucket/prefix"),
+                    format!("expected a local directory or s3://bucket/prefix: {reason}"),
                 );
                 None
-            }
-            None => {
-                let path = l.strip_prefix("file://").unwrap_or(l);
-                Some(ArchiveWhere::Local(anchor(base_dir, Path::new(path))))
             }
         },
         (None, true) => Some(ArchiveWhere::Local(match warehouse {
