@@ -125,6 +125,8 @@ pub struct ApplyConfig {
     pub jobs: crate::jobs::JobsConfig,
     /// The archive and retention jobs.
     pub maintenance: crate::maintenance::MaintenanceConfig,
+    /// Applied changes go to the delivery outbox (a delivery sink is configured).
+    pub deliver: bool,
 }
 
 /// Stored failures per rule when not configured.
@@ -627,6 +629,7 @@ impl Applier {
             run_id: &self.config.run_id,
             own_client: &self.config.own_client,
             now_ms: now,
+            deliver: self.config.deliver,
         };
         let mut last_index = cut.unwrap_or(logged.len() - 1);
         let mut commit_times = Vec::new();
@@ -1064,6 +1067,7 @@ impl Applier {
             run_id: &self.config.run_id,
             own_client: &self.config.own_client,
             now_ms: now,
+            deliver: self.config.deliver,
         };
         let g = self.gate.as_mut().expect("prepared above");
         let mut totals = crate::plan::PlanStats::default();
@@ -1355,6 +1359,7 @@ impl Applier {
             run_id: &self.config.run_id,
             own_client: &self.config.own_client,
             now_ms: now,
+            deliver: self.config.deliver,
         };
         let totals = match self.gate.as_mut().filter(|_| gating) {
             Some(g) => {

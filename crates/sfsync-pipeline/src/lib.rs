@@ -20,6 +20,7 @@ pub mod plan;
 pub mod quality;
 pub mod reconcile;
 pub mod replay;
+pub mod sinks;
 pub mod stats;
 pub mod writeback;
 

@@ -626,6 +626,7 @@ mod tests {
             run_id: "run-1",
             own_client: "sfsync",
             now_ms: 1,
+            deliver: false,
         };
         let mut rows = HashMap::new();
         let mut batch = sfsync_store::CuratedBatch::default();

@@ -20,7 +20,7 @@ use sfsync_store::{
 use crate::model::ObjectMapping;
 use crate::normalize::{Op, RecordChange};
 use crate::quality::{Failure, HeldChange, Lookups, Severity, StoredFailures, RECORD_HELD};
-use sfsync_store::{DqCount, DqFailure, QuarantineEntry, QuarantineUpdate};
+use sfsync_store::{DqCount, DqFailure, OutboxChange, QuarantineEntry, QuarantineUpdate};
 
 /// Counts of one planned batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -133,6 +133,9 @@ pub struct Planner<'a> {
     /// Our own `Sforce-Call-Options` client id.
     pub own_client: &'a str,
     pub now_ms: i64,
+    /// Hand applied changes to the delivery outbox ([`CuratedBatch::deliveries`]): a sink is
+    /// configured.
+    pub deliver: bool,
 }
 
 impl Planner<'_> {
@@ -207,6 +210,24 @@ impl Planner<'_> {
                     o => o,
                 }
             };
+            if self.deliver && matches!(outcome, "applied" | "late" | "replayed") {
+                if let Some(row) = rows.get(&key).filter(|r| !r.partial) {
+                    batch.deliveries.push(OutboxChange {
+                        object: object.clone(),
+                        record_id: ch.id.clone(),
+                        change_type: ch.change_type.to_string(),
+                        event_key: ch.event_key.clone(),
+                        commit_timestamp_ms: ch.version.commit_timestamp,
+                        applied_at_ms: self.now_ms,
+                        source: ch.source,
+                        origin_client: ch.origin_client.clone(),
+                        fields: ch.fields.clone(),
+                        deleted: row.deleted,
+                        values: row.values.clone(),
+                        run_id: self.run_id.to_string(),
+                    });
+                }
+            }
             batch.audit.push(AuditEntry {
                 object: object.clone(),
                 record_id: ch.id.clone(),
@@ -920,6 +941,7 @@ mod tests {
             run_id: "r",
             own_client: "sfsync",
             now_ms: 0,
+            deliver: false,
         };
         let mut rows = HashMap::new();
         let mut history = Vec::new();
@@ -1151,6 +1173,7 @@ mod tests {
             run_id: "replay-1",
             own_client: "sfsync",
             now_ms: 0,
+            deliver: false,
         };
         let mut rows = HashMap::from([(key.clone(), base)]);
         let mut batch = CuratedBatch::default();
@@ -1235,6 +1258,7 @@ mod tests {
             run_id: "r",
             own_client: "sfsync",
             now_ms: 0,
+            deliver: false,
         };
         let mut rows = HashMap::new();
         let mut batch = CuratedBatch::default();

@@ -756,6 +756,7 @@ mod tests {
             run_id: "run-1",
             own_client: "sfsync",
             now_ms: 1_000,
+            deliver: false,
         };
         let mut gate = gate;
         gate.begin_batch(1_000);
@@ -920,6 +921,7 @@ mod tests {
             run_id: "r",
             own_client: "sfsync",
             now_ms: 0,
+            deliver: false,
         };
         let mut g = gate();
         g.begin_batch(0);
@@ -970,6 +972,7 @@ mod tests {
             run_id: "r",
             own_client: "sfsync",
             now_ms: 0,
+            deliver: false,
         };
         g.parents.insert(("Account".into(), "001P".into()));
         let mut batch = CuratedBatch::default();
@@ -998,6 +1001,7 @@ mod tests {
             run_id: "r",
             own_client: "sfsync",
             now_ms: 0,
+            deliver: false,
         };
         let mut g = gate();
         g.begin_batch(0);

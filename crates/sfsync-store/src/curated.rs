@@ -392,6 +392,8 @@ pub struct CuratedBatch {
     pub dq_counts: Vec<DqCount>,
     /// Progress of the sync job (backfill, re-sync, replay) whose rows this batch writes.
     pub job_progress: Option<crate::jobs::SyncJobProgress>,
+    /// The batch's applied changes for the delivery outbox (empty when no sink is configured).
+    pub deliveries: Vec<crate::delivery::OutboxChange>,
 }
 
 impl CuratedBatch {
@@ -399,6 +401,7 @@ impl CuratedBatch {
         self.rows.is_empty()
             && self.history.is_empty()
             && self.audit.is_empty()
+            && self.deliveries.is_empty()
             && self.repairs.is_empty()
             && self.repairs_done.is_empty()
             && self.resyncs.is_empty()
@@ -473,7 +476,7 @@ pub struct RunRecord {
 /// returns PII opened; a column is never dropped or retyped by sfsync (only added); one process
 /// applies to a database at a time (the apply stage holds [`Warehouse::acquire_apply_lock`]).
 #[async_trait]
-pub trait Warehouse: ChangeLog + crate::WriteLedger + crate::Retention {
+pub trait Warehouse: ChangeLog + crate::WriteLedger + crate::Retention + crate::Delivery {
     /// Creates the tables of `model` or adds its missing columns, and registers the model (its
     /// PII columns) for sealing. Idempotent.
     async fn ensure_model(&self, model: &ObjectModel) -> Result<ModelChange>;

@@ -23,6 +23,7 @@
 
 pub mod archive;
 pub mod curated;
+pub mod delivery;
 pub mod error;
 pub mod jobs;
 pub mod migrate;
@@ -41,6 +42,10 @@ use bytes::Bytes;
 use sfsync_core::{Change, ChangeType, EventKey, RecordVersion, ReplayId};
 
 pub use curated::*;
+pub use delivery::{
+    Delivery, DeliveryBacklog, DeliveryDeadFilter, DeliveryDeadLetter, DeliveryDeadState,
+    DeliveryPosition, NewDeliveryDeadLetter, OutboxChange, PiiMode, RedriveOutcome, StoredDelivery,
+};
 pub use error::{Result, StoreError};
 pub use jobs::*;
 pub use migrate::{AppliedMigration, Migration};

@@ -45,6 +45,7 @@ use crate::{
     now_ms, AppendOutcome, ChangeLog, LogMark, LogOffset, LogPoint, LoggedChange, RawChange,
 };
 
+mod delivery;
 mod jobs;
 mod operator;
 mod quality;
@@ -568,6 +569,55 @@ CREATE TABLE audit_anchor (
     pruned_entries INTEGER NOT NULL,
     pruned_at_ms   INTEGER NOT NULL
 );
+"#,
+    },
+    Migration {
+        version: 17,
+        name: "delivery outbox, sink positions and delivery dead letters",
+        sql: r#"
+CREATE TABLE delivery_outbox (
+    seq                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    object              TEXT NOT NULL,
+    record_id           TEXT NOT NULL,
+    change_type         TEXT NOT NULL,
+    event_key           TEXT NOT NULL,
+    commit_timestamp_ms INTEGER NOT NULL,
+    applied_at_ms       INTEGER NOT NULL,
+    source              TEXT NOT NULL,
+    origin_client       TEXT,
+    fields              TEXT NOT NULL,
+    deleted             BOOLEAN NOT NULL,
+    record              TEXT NOT NULL,
+    run_id              TEXT NOT NULL
+);
+CREATE INDEX delivery_outbox_object ON delivery_outbox (object, seq);
+CREATE TABLE delivery_positions (
+    sink          TEXT NOT NULL,
+    object        TEXT NOT NULL,
+    position      INTEGER NOT NULL,
+    delivered     INTEGER NOT NULL DEFAULT 0,
+    updated_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (sink, object)
+);
+CREATE TABLE delivery_dead_letters (
+    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    sink               TEXT NOT NULL,
+    object             TEXT NOT NULL,
+    record_id          TEXT NOT NULL,
+    seq                INTEGER NOT NULL,
+    event_key          TEXT NOT NULL,
+    change             TEXT NOT NULL,
+    reason             TEXT NOT NULL,
+    attempts           INTEGER NOT NULL,
+    first_failed_at_ms INTEGER NOT NULL,
+    state              TEXT NOT NULL CHECK (state IN ('pending','redrive','delivered','discarded')),
+    note               TEXT,
+    created_at_ms      INTEGER NOT NULL,
+    updated_at_ms      INTEGER NOT NULL,
+    UNIQUE (sink, seq)
+);
+CREATE INDEX delivery_dead_letters_open ON delivery_dead_letters (sink, object, state, record_id, seq);
+CREATE INDEX writes_echo_event_key ON writes (echo_event_key) WHERE echo_event_key IS NOT NULL;
 "#,
     },
 ];

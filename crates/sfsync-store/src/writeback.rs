@@ -710,6 +710,13 @@ pub trait WriteLedger: ChangeLog {
     /// writes of one record were applied). The caller has checked the change origin is ours.
     async fn echo_write(&self, object: &str, record_id: &str) -> Result<Option<LedgerWrite>>;
 
+    /// For each of `event_keys` that confirmed a write (its `echo_event_key`), the system that
+    /// wrote it: delivery sinks use it not to send a system's own change back to it.
+    async fn echo_sources(
+        &self,
+        event_keys: &[String],
+    ) -> Result<std::collections::HashMap<String, String>>;
+
     /// Returns writes left in `sent` by a deliverer that stopped between sending and recording
     /// (a crash): every `sent` write claimed before `claimed_before_ms` (epoch ms; its claim time
     /// is its last update) goes back to `pending`, the transition recorded with `note`. Returns

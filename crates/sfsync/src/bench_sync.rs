@@ -254,6 +254,7 @@ pub async fn run(opts: SyncBenchOptions) -> Result<serde_json::Value> {
                 retention_every: None,
                 ..Default::default()
             },
+            deliver: false,
         },
         Arc::new(PipelineStats::default()),
     )

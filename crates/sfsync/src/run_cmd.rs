@@ -240,6 +240,7 @@ pub fn pipeline_config(config: &ValidConfig, start: StartAt) -> PipelineConfig {
                 ..Default::default()
             },
             maintenance: maintenance_config(config, None),
+            deliver: !config.sinks.is_empty(),
         },
         initial: match start {
             StartAt::Earliest => ReplayStart::Earliest,
@@ -345,6 +346,8 @@ pub struct Service {
     api: Option<crate::api::RunningApi>,
     wb_stop: tokio::sync::watch::Sender<bool>,
     deliverer: Option<tokio::task::JoinHandle<()>>,
+    /// The delivery sinks (`None`: no `[[sinks]]`).
+    sinks: Option<sfsync_pipeline::sinks::RunningSinks>,
     shutdown_timeout: Duration,
 }
 
@@ -409,9 +412,10 @@ pub async fn start_service(
         );
         tokio::spawn(d.run(wb_rx))
     });
+    let sinks = start_sinks(config, secrets, store.clone(), ledger.clone())?;
     let api = match (api, &config.api) {
         (Some(bound), Some(api_config)) => {
-            let state = crate::api::ApiState::new(
+            let mut state = crate::api::ApiState::new(
                 config,
                 api_config,
                 &secrets.api_tokens,
@@ -423,6 +427,7 @@ pub async fn start_service(
                     Arc::new(move || client.budget_status())
                 }),
             );
+            state.sinks = sinks.as_ref().map(|s| s.stats.clone());
             let running_api = bound.serve(Arc::new(state));
             let tls = api_config.tls.is_some();
             eprintln!(
@@ -441,8 +446,102 @@ pub async fn start_service(
         api,
         wb_stop,
         deliverer,
+        sinks,
         shutdown_timeout: Duration::from_secs(config.pipeline.shutdown_timeout_secs),
     })
+}
+
+/// The transports of `[[sinks]]`: a bad URL or CA file stops the start with the sink named.
+pub fn sink_specs(
+    config: &ValidConfig,
+    secrets: &ResolvedSecrets,
+) -> Result<Vec<sfsync_pipeline::sinks::SinkSpec>> {
+    use crate::config::SinkTarget;
+    use sfsync_pipeline::sinks::{webhook, SinkSpec, Transport};
+    let mut out = Vec::new();
+    for (i, s) in config.sinks.iter().enumerate() {
+        let transport: Arc<dyn Transport> = match &s.target {
+            SinkTarget::Webhook {
+                url,
+                ca_file,
+                timeout_secs,
+                ..
+            } => {
+                let secret = secrets
+                    .sink_secrets
+                    .get(&s.name)
+                    .with_context(|| format!("sinks[{i}] ({}): no signing secret", s.name))?;
+                let ca_pem = match ca_file {
+                    Some(p) => Some(std::fs::read(p).with_context(|| {
+                        format!("sinks[{i}].ca_file: cannot read {}", p.display())
+                    })?),
+                    None => None,
+                };
+                Arc::new(
+                    webhook::Webhook::new(webhook::WebhookConfig {
+                        sink: s.name.clone(),
+                        url: url.clone(),
+                        secret: secret.expose().as_bytes().to_vec(),
+                        timeout: Duration::from_secs(*timeout_secs),
+                        ca_pem,
+                        headers: Vec::new(),
+                    })
+                    .map_err(|e| anyhow::anyhow!("sinks[{i}] ({}): {e}", s.name))?,
+                )
+            }
+            SinkTarget::Kafka { .. } => {
+                anyhow::bail!(
+                    "sinks[{i}] ({}): kafka sinks are not available in this build",
+                    s.name
+                )
+            }
+        };
+        out.push(SinkSpec {
+            name: s.name.clone(),
+            system: s.system.clone(),
+            objects: s.objects.clone(),
+            batch_max: s.batch_max,
+            pii: s.pii,
+            dead_letter_after: Duration::from_secs(s.dead_letter_after_secs),
+            retry_base: Duration::from_millis(s.retry_base_ms),
+            retry_max: Duration::from_secs(s.retry_max_secs),
+            start: s.start,
+            transport,
+        });
+    }
+    Ok(out)
+}
+
+/// Starts the `[[sinks]]` of `config` (`None` without any).
+fn start_sinks(
+    config: &ValidConfig,
+    secrets: &ResolvedSecrets,
+    store: Arc<dyn sfsync_store::Warehouse>,
+    ledger: Arc<dyn sfsync_store::WriteLedger>,
+) -> Result<Option<sfsync_pipeline::sinks::RunningSinks>> {
+    if config.sinks.is_empty() {
+        return Ok(None);
+    }
+    let specs = sink_specs(config, secrets)?;
+    for s in &specs {
+        eprintln!(
+            "Sink {}: {} {} for {} object(s)",
+            s.name,
+            s.transport.kind(),
+            s.transport.target(),
+            s.objects.len()
+        );
+    }
+    Ok(Some(sfsync_pipeline::sinks::start(
+        store,
+        ledger,
+        sfsync_pipeline::sinks::SinksConfig {
+            sinks: specs,
+            own_client: config.salesforce.client_id_header.clone(),
+            poll: Duration::from_millis(100),
+            prune_every: Duration::from_secs(60),
+        },
+    )))
 }
 
 impl Service {
@@ -453,6 +552,9 @@ impl Service {
             api.stop().await;
         }
         eprintln!("Stopping: committing the final checkpoint…");
+        if let Some(sinks) = self.sinks {
+            sinks.stop(self.shutdown_timeout).await;
+        }
         let _ = self.wb_stop.send(true);
         if let Some(mut d) = self.deliverer {
             // A round in the middle of retry backoffs may take long: its writes stay `sent`

@@ -389,6 +389,7 @@ impl Applier {
             run_id: &run_id,
             own_client: &self.config.own_client,
             now_ms: now,
+            deliver: self.config.deliver,
         };
         let totals = match self.gate.as_mut().filter(|_| gating) {
             Some(g) => {

@@ -620,6 +620,7 @@ impl Applier {
             run_id: &run_id,
             own_client: &self.config.own_client,
             now_ms: now,
+            deliver: self.config.deliver,
         };
         let mut batch = CuratedBatch::default();
         let mut totals = plan::PlanStats::default();

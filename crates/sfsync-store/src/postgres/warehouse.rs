@@ -319,12 +319,12 @@ pub(super) async fn prepare_cached(
 
 impl PostgresChangeLog {
     /// A prepared statement for `sql`, from this connection's cache.
-    async fn prepared(&self, client: &impl GenericClient, sql: &str) -> Result<Statement> {
+    pub(super) async fn prepared(&self, client: &impl GenericClient, sql: &str) -> Result<Statement> {
         prepare_cached(&self.statements, client, sql).await
     }
 
     /// [`Self::prepared`] for the reader connection.
-    async fn reader_prepared(&self, client: &impl GenericClient, sql: &str) -> Result<Statement> {
+    pub(super) async fn reader_prepared(&self, client: &impl GenericClient, sql: &str) -> Result<Statement> {
         prepare_cached(&self.reader_statements, client, sql).await
     }
 
@@ -572,6 +572,49 @@ impl PostgresChangeLog {
                     must_hit: false,
                 });
             }
+            run_steps(tx, &steps).await?;
+        }
+
+        let deliveries = crate::delivery::encode_outbox(ctx, &batch.deliveries)?;
+        if !deliveries.is_empty() {
+            let stmt = self
+                .prepared(
+                    tx,
+                    "INSERT INTO delivery_outbox (object, record_id, change_type, event_key,
+                         commit_timestamp_ms, applied_at_ms, source, origin_client, fields,
+                         deleted, record, run_id)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                )
+                .await?;
+            let steps: Vec<Step<'_>> = deliveries
+                .iter()
+                .map(|e| {
+                    let c = e.change;
+                    Step {
+                        stmt: stmt.clone(),
+                        cells: vec![
+                            Cell::Text(Cow::Borrowed(&c.object)),
+                            Cell::Text(Cow::Borrowed(&c.record_id)),
+                            Cell::Text(Cow::Borrowed(&c.change_type)),
+                            Cell::Text(Cow::Borrowed(&c.event_key)),
+                            Cell::Int(c.commit_timestamp_ms),
+                            Cell::Int(c.applied_at_ms),
+                            Cell::Text(Cow::Borrowed(c.source.as_str())),
+                            c.origin_client
+                                .as_deref()
+                                .map_or(Cell::Null, |o| Cell::Text(Cow::Borrowed(o))),
+                            Cell::Text(Cow::Borrowed(&e.fields)),
+                            Cell::Bool(c.deleted),
+                            Cell::Text(Cow::Borrowed(&e.record)),
+                            Cell::Text(Cow::Borrowed(&c.run_id)),
+                        ],
+                        object: &c.object,
+                        id: &c.record_id,
+                        what: format!("delivery outbox entry of event {}", c.event_key),
+                        must_hit: false,
+                    }
+                })
+                .collect();
             run_steps(tx, &steps).await?;
         }
 

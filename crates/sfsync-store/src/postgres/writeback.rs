@@ -703,6 +703,27 @@ impl WriteLedger for PostgresChangeLog {
         Ok(self.registry.ctx().open_writes(found)?.into_iter().next())
     }
 
+    async fn echo_sources(
+        &self,
+        event_keys: &[String],
+    ) -> Result<std::collections::HashMap<String, String>> {
+        let client = self.reader.lock().await;
+        let rows = client
+            .query(
+                "SELECT echo_event_key, source_system FROM writes
+                 WHERE echo_event_key = ANY($1)",
+                &[&event_keys],
+            )
+            .await
+            .map_err(|e| StoreError::postgres("find echo sources", e))?;
+        rows.iter()
+            .map(|r| {
+                let g = |e| StoreError::postgres("find echo sources", e);
+                Ok((r.try_get(0).map_err(g)?, r.try_get(1).map_err(g)?))
+            })
+            .collect()
+    }
+
     async fn resolve_conflict(
         &self,
         id: i64,

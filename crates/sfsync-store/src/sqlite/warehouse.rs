@@ -61,7 +61,7 @@ fn db(op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
 }
 
 /// A failed write naming the object and record.
-fn write_failed(
+pub(super) fn write_failed(
     object: &str,
     record_id: &str,
     what: impl Into<String>,
@@ -229,6 +229,7 @@ pub(super) struct PreparedCommit<'a> {
     audit: Vec<String>,
     /// Cells of each `HistoryWrite::Open` of the batch, in batch order (none for the others).
     history_open: Vec<Option<Vec<Cell<'a>>>>,
+    deliveries: Vec<crate::delivery::EncodedOutbox<'a>>,
 }
 
 pub(super) fn prepare_commit<'a>(
@@ -274,10 +275,12 @@ pub(super) fn prepare_commit<'a>(
             _ => None,
         });
     }
+    let deliveries = crate::delivery::encode_outbox(ctx, &batch.deliveries)?;
     Ok(PreparedCommit {
         rows,
         audit,
         history_open,
+        deliveries,
     })
 }
 
@@ -352,6 +355,9 @@ fn commit_blocking(
             .map_err(write_failed(&e.object, &e.record_id, "audit entry"))?;
             prev = hash;
         }
+    }
+    if !prepared.deliveries.is_empty() {
+        super::delivery::insert_outbox(conn, &prepared.deliveries)?;
     }
     if !batch.repairs.is_empty() {
         let mut stmt = conn

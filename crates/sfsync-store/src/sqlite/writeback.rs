@@ -823,6 +823,32 @@ impl WriteLedger for SqliteChangeLog {
             .pop())
     }
 
+    async fn echo_sources(
+        &self,
+        event_keys: &[String],
+    ) -> Result<std::collections::HashMap<String, String>> {
+        let keys = event_keys.to_vec();
+        self.blocking_on(&self.reader, "find echo sources", move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT source_system FROM writes WHERE echo_event_key = ?1 LIMIT 1",
+                )
+                .map_err(|e| StoreError::sqlite("find echo sources", e))?;
+            let mut out = std::collections::HashMap::new();
+            for k in keys {
+                let found: Option<String> = stmt
+                    .query_row([&k], |r| r.get(0))
+                    .optional()
+                    .map_err(|e| StoreError::sqlite("find echo sources", e))?;
+                if let Some(s) = found {
+                    out.insert(k, s);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn resolve_conflict(
         &self,
         id: i64,

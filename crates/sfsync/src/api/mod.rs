@@ -102,6 +102,8 @@ pub struct ApiState {
     pub budget: Option<views::BudgetSource>,
     /// Counter readings for throughput and burn-rate charts ([`views::sampler`]).
     pub history: parking_lot::Mutex<views::History>,
+    /// Counters of the delivery sinks this process runs.
+    pub sinks: Option<Arc<sfsync_pipeline::sinks::SinksStats>>,
 }
 
 impl ApiState {
@@ -142,6 +144,7 @@ impl ApiState {
             pii: crate::writes_ops::Pii::from_config(config, false),
             budget,
             history: Default::default(),
+            sinks: None,
         }
     }
 }

@@ -37,7 +37,8 @@ pub use sfsync_salesforce::Secret;
 pub use span::{LineCol, SpanIndex};
 pub use validate::{
     ApiRole, ArchiveWhere, CredentialsSource, PiiKeySource, ValidApi, ValidApiToken, ValidArchive,
-    ValidConfig, ValidObject, ValidOldKey, ValidPii, ValidSalesforce, ValidWarehouse,
+    ValidConfig, ValidObject, ValidOldKey, ValidPii, ValidSalesforce, ValidSink, ValidWarehouse,
+    SinkTarget,
 };
 
 /// One problem in the config file.
@@ -183,6 +184,7 @@ const TABLES: &[&str] = &[
     "writeback",
     "api",
     "archive",
+    "sinks",
 ];
 
 /// Syntax and shape: every top-level table (and each `[[objects]]` entry) is deserialised on its
@@ -240,6 +242,20 @@ pub fn parse(text: &str, file: &str) -> Result<(SfsyncConfig, SpanIndex), Config
             "writeback" => cfg.writeback = p.de("writeback", value),
             "api" => cfg.api = p.api(value),
             "archive" => cfg.archive = p.de("archive", value),
+            "sinks" => match value.get_ref() {
+                DeValue::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        if let Some(s) = p.de::<SinkConfig>(&format!("sinks[{i}]"), item) {
+                            cfg.sinks.push(s);
+                        }
+                    }
+                }
+                _ => p.error(
+                    "sinks",
+                    value.span(),
+                    "expected an array of tables ([[sinks]])",
+                ),
+            },
             other => p.error(
                 other,
                 key.span(),

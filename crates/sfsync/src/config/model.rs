@@ -25,6 +25,8 @@ pub struct SfsyncConfig {
     pub api: Option<ApiConfig>,
     /// `[archive]`; absent: the defaults of [`ArchiveConfig`].
     pub archive: Option<ArchiveConfig>,
+    /// `[[sinks]]`: downstream delivery of the curated change stream.
+    pub sinks: Vec<SinkConfig>,
 }
 
 /// `[salesforce]`: where the org is and how to authenticate.
@@ -678,4 +680,92 @@ fn default_audit_retention_days() -> u64 {
 }
 fn default_retention_every() -> u64 {
     86_400
+}
+
+/// One `[[sinks]]` entry: a downstream consumer of the curated change stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Unique; names the sink's positions and dead letters in the store (keep it stable).
+    pub name: String,
+    /// `webhook` (default) or `kafka`.
+    #[serde(default = "default_sink_kind")]
+    pub kind: String,
+    /// The downstream system this sink feeds, as named in writeback (`source_system`): changes
+    /// that system wrote through sfsync are not delivered back to it.
+    pub system: Option<String>,
+    /// Objects delivered (default: every synced object).
+    pub objects: Option<Vec<String>>,
+    /// Webhook: the receiver's URL (`https://…`; plain `http://` only to a loopback host).
+    pub url: Option<String>,
+    /// Webhook: the HMAC-SHA256 signing secret (at least 16 bytes).
+    pub secret: Option<SecretRef>,
+    /// Webhook: a PEM CA bundle to trust besides the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Webhook: request timeout.
+    #[serde(default = "default_sink_timeout")]
+    pub timeout_secs: u64,
+    /// Kafka: bootstrap servers, `host:port[,host:port…]`.
+    pub brokers: Option<String>,
+    /// Kafka: the topic of each object; `{object}` is replaced by the object's API name.
+    #[serde(default = "default_sink_topic")]
+    pub topic: String,
+    /// Kafka: partitions of topics sfsync creates.
+    #[serde(default = "default_sink_partitions")]
+    pub partitions: i32,
+    /// Kafka: replication factor of topics sfsync creates.
+    #[serde(default = "default_sink_replication")]
+    pub replication_factor: i32,
+    /// Changes per batch (a webhook POST, a Kafka produce round).
+    #[serde(default = "default_sink_batch")]
+    pub batch_max: usize,
+    /// PII fields: `omit` (default), `sealed` (as stored), or `plain` (opened).
+    #[serde(default = "default_sink_pii")]
+    pub pii: String,
+    /// A change still undeliverable this long after the sink started failing becomes a dead
+    /// letter, and the sink moves on.
+    #[serde(default = "default_sink_dead_letter_after")]
+    pub dead_letter_after_secs: u64,
+    /// First retry pause (doubling, with full jitter, up to `retry_max_secs`).
+    #[serde(default = "default_sink_retry_base_ms")]
+    pub retry_base_ms: u64,
+    #[serde(default = "default_sink_retry_max")]
+    pub retry_max_secs: u64,
+    /// Where a new sink starts: `earliest` (the oldest change the outbox holds) or `latest`.
+    #[serde(default = "default_sink_start")]
+    pub start: String,
+}
+
+fn default_sink_kind() -> String {
+    "webhook".into()
+}
+fn default_sink_timeout() -> u64 {
+    30
+}
+fn default_sink_topic() -> String {
+    "sfsync.{object}".into()
+}
+fn default_sink_partitions() -> i32 {
+    6
+}
+fn default_sink_replication() -> i32 {
+    1
+}
+fn default_sink_batch() -> usize {
+    200
+}
+fn default_sink_pii() -> String {
+    "omit".into()
+}
+fn default_sink_dead_letter_after() -> u64 {
+    3600
+}
+fn default_sink_retry_base_ms() -> u64 {
+    500
+}
+fn default_sink_retry_max() -> u64 {
+    60
+}
+fn default_sink_start() -> String {
+    "earliest".into()
 }

@@ -27,6 +27,8 @@ pub struct ResolvedSecrets {
     pub pii_old_keys: Vec<PiiKey>,
     /// `[[api.tokens]]` with their tokens, in file order.
     pub api_tokens: Vec<ApiToken>,
+    /// The signing secret of each webhook sink, by sink name.
+    pub sink_secrets: std::collections::HashMap<String, Secret>,
 }
 
 /// A bearer token of the API with its name, role and (optional) bound writing system.
@@ -320,9 +322,25 @@ pub fn resolve(
             .collect()
     });
     let api_tokens = resolve_api_tokens(&mut errs, cfg, env);
+    let mut sink_secrets = std::collections::HashMap::new();
+    for (i, sink) in cfg.sinks.iter().enumerate() {
+        if let super::validate::SinkTarget::Webhook { secret: r, .. } = &sink.target {
+            if let Some(v) = secret(&mut errs, &format!("sinks[{i}].secret"), r, env) {
+                if v.expose().len() < 16 {
+                    errs.push(ConfigError::new(
+                        format!("sinks[{i}].secret"),
+                        "the signing secret is shorter than 16 bytes",
+                    ));
+                } else {
+                    sink_secrets.insert(sink.name.clone(), v);
+                }
+            }
+        }
+    }
     match (credentials, instance_url) {
         (Some(credentials), Some(instance_url)) if errs.is_empty() => Ok(ResolvedSecrets {
             api_tokens,
+            sink_secrets,
             credentials,
             instance_url,
             pubsub_address,

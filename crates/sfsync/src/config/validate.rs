@@ -28,6 +28,255 @@ pub struct ValidConfig {
     pub api: Option<ValidApi>,
     /// Archive and retention (`[archive]`, defaults without it).
     pub archive: ValidArchive,
+    /// `[[sinks]]`, in file order.
+    pub sinks: Vec<ValidSink>,
+}
+
+/// A `[[sinks]]` entry, validated.
+#[derive(Debug, Clone)]
+pub struct ValidSink {
+    pub name: String,
+    pub system: Option<String>,
+    pub objects: Vec<String>,
+    pub target: SinkTarget,
+    pub batch_max: usize,
+    pub pii: sfsync_store::PiiMode,
+    pub dead_letter_after_secs: u64,
+    pub retry_base_ms: u64,
+    pub retry_max_secs: u64,
+    pub start: sfsync_pipeline::sinks::StartFrom,
+}
+
+/// Where a sink delivers.
+#[derive(Debug, Clone)]
+pub enum SinkTarget {
+    Webhook {
+        url: String,
+        secret: SecretRef,
+        ca_file: Option<PathBuf>,
+        timeout_secs: u64,
+    },
+    Kafka {
+        brokers: String,
+        topic: String,
+        partitions: i32,
+        replication_factor: i32,
+    },
+}
+
+impl SinkTarget {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkTarget::Webhook { .. } => "webhook",
+            SinkTarget::Kafka { .. } => "kafka",
+        }
+    }
+
+    /// Where it delivers, for `config check`, logs and the map (no secrets).
+    pub fn describe(&self) -> String {
+        match self {
+            SinkTarget::Webhook { url, .. } => match reqwest::Url::parse(url) {
+                Ok(mut u) => {
+                    let _ = u.set_username("");
+                    let _ = u.set_password(None);
+                    u.set_query(None);
+                    u.to_string()
+                }
+                Err(_) => url.clone(),
+            },
+            SinkTarget::Kafka { brokers, topic, .. } => format!("kafka://{brokers} topic {topic}"),
+        }
+    }
+}
+
+fn validate_sinks(
+    errs: &mut Errors,
+    sinks: &[SinkConfig],
+    objects: &[ObjectConfig],
+    base_dir: &Path,
+) -> Vec<ValidSink> {
+    let synced: Vec<&str> = objects.iter().map(|o| o.name.as_str()).collect();
+    let mut out = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
+    for (i, s) in sinks.iter().enumerate() {
+        let at = |k: &str| format!("sinks[{i}].{k}");
+        let before = errs.0.len();
+        if s.name.trim().is_empty()
+            || !s
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        {
+            errs.push(
+                at("name"),
+                format!(
+                    "'{}' must be non-empty letters, digits, '_', '-' or '.'",
+                    s.name
+                ),
+            );
+        } else if seen.contains(&s.name.as_str()) {
+            errs.push(at("name"), format!("'{}' is used by another sink", s.name));
+        }
+        seen.push(&s.name);
+        let objects = match &s.objects {
+            None => synced.iter().map(|o| o.to_string()).collect(),
+            Some(list) => {
+                if list.is_empty() {
+                    errs.push(at("objects"), "must name at least one object (or be left out for all)");
+                }
+                for (j, o) in list.iter().enumerate() {
+                    if !synced.contains(&o.as_str()) {
+                        errs.push(
+                            format!("sinks[{i}].objects[{j}]"),
+                            format!("'{o}' is not a synced object ([[objects]])"),
+                        );
+                    }
+                }
+                list.clone()
+            }
+        };
+        for (name, v) in [
+            ("timeout_secs", s.timeout_secs),
+            ("batch_max", s.batch_max as u64),
+            ("dead_letter_after_secs", s.dead_letter_after_secs),
+            ("retry_base_ms", s.retry_base_ms),
+            ("retry_max_secs", s.retry_max_secs),
+        ] {
+            if v == 0 {
+                errs.push(at(name), "must be greater than 0");
+            }
+        }
+        if s.batch_max > 10_000 {
+            errs.push(at("batch_max"), format!("{} is over the maximum of 10000", s.batch_max));
+        }
+        let pii = sfsync_store::PiiMode::parse(&s.pii);
+        if pii.is_none() {
+            errs.push(at("pii"), format!("'{}': expected omit, sealed or plain", s.pii));
+        }
+        let start = match s.start.as_str() {
+            "earliest" => Some(sfsync_pipeline::sinks::StartFrom::Earliest),
+            "latest" => Some(sfsync_pipeline::sinks::StartFrom::Latest),
+            other => {
+                errs.push(at("start"), format!("'{other}': expected earliest or latest"));
+                None
+            }
+        };
+        let webhook_only = [
+            ("url", s.url.is_some()),
+            ("secret", s.secret.is_some()),
+            ("ca_file", s.ca_file.is_some()),
+        ];
+        let kafka_only = [("brokers", s.brokers.is_some())];
+        let target = match s.kind.as_str() {
+            "webhook" => {
+                for (k, set) in kafka_only {
+                    if set {
+                        errs.push(at(k), "is a kafka setting; this sink is a webhook");
+                    }
+                }
+                let url = match &s.url {
+                    None => {
+                        errs.push(at("url"), "a webhook sink needs url");
+                        None
+                    }
+                    Some(u) => match reqwest::Url::parse(u) {
+                        Err(e) => {
+                            errs.push(at("url"), format!("'{u}' is not a URL: {e}"));
+                            None
+                        }
+                        Ok(parsed) => match parsed.scheme() {
+                            "https" => Some(u.clone()),
+                            "http" if sfsync_pipeline::sinks::webhook::plain_http_allowed(&parsed) => {
+                                Some(u.clone())
+                            }
+                            "http" => {
+                                errs.push(
+                                    at("url"),
+                                    format!("'{u}': plain http is allowed to a loopback receiver only; use https"),
+                                );
+                                None
+                            }
+                            other => {
+                                errs.push(at("url"), format!("'{u}': scheme '{other}' is not https"));
+                                None
+                            }
+                        },
+                    },
+                };
+                if s.secret.is_none() {
+                    errs.push(at("secret"), "a webhook sink needs a signing secret: secret = { env = \"VAR\" } or { file = \"path\" }");
+                }
+                match (url, &s.secret) {
+                    (Some(url), Some(secret)) => Some(SinkTarget::Webhook {
+                        url,
+                        secret: match secret {
+                            SecretRef::File(p) => SecretRef::File(anchor(base_dir, p)),
+                            other => other.clone(),
+                        },
+                        ca_file: s.ca_file.as_ref().map(|p| anchor(base_dir, p)),
+                        timeout_secs: s.timeout_secs,
+                    }),
+                    _ => None,
+                }
+            }
+            "kafka" => {
+                for (k, set) in webhook_only {
+                    if set {
+                        errs.push(at(k), "is a webhook setting; this sink is kafka");
+                    }
+                }
+                if !s.topic.contains("{object}") && objects.len() > 1 {
+                    errs.push(
+                        at("topic"),
+                        format!("'{}' has no {{object}}: each object needs a topic of its own", s.topic),
+                    );
+                }
+                if s.partitions < 1 {
+                    errs.push(at("partitions"), "must be at least 1");
+                }
+                if s.replication_factor < 1 {
+                    errs.push(at("replication_factor"), "must be at least 1");
+                }
+                match &s.brokers {
+                    None => {
+                        errs.push(at("brokers"), "a kafka sink needs brokers = \"host:port\"");
+                        None
+                    }
+                    Some(b) if b.split(',').any(|h| h.trim().rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())) => {
+                        errs.push(at("brokers"), format!("'{b}': expected host:port[,host:port…]"));
+                        None
+                    }
+                    Some(b) => Some(SinkTarget::Kafka {
+                        brokers: b.clone(),
+                        topic: s.topic.clone(),
+                        partitions: s.partitions,
+                        replication_factor: s.replication_factor,
+                    }),
+                }
+            }
+            other => {
+                errs.push(at("kind"), format!("'{other}': expected webhook or kafka"));
+                None
+            }
+        };
+        if let (Some(target), Some(pii), Some(start), true) =
+            (target, pii, start, errs.0.len() == before)
+        {
+            out.push(ValidSink {
+                name: s.name.clone(),
+                system: s.system.clone(),
+                objects,
+                target,
+                batch_max: s.batch_max,
+                pii,
+                dead_letter_after_secs: s.dead_letter_after_secs,
+                retry_base_ms: s.retry_base_ms,
+                retry_max_secs: s.retry_max_secs,
+                start,
+            });
+        }
+    }
+    out
 }
 
 /// `[archive]`, validated.
@@ -451,9 +700,11 @@ impl SfsyncConfig {
             warehouse.as_ref(),
             base_dir,
         );
+        let sinks = validate_sinks(&mut errs, &self.sinks, &self.objects, base_dir);
         match (salesforce, warehouse) {
             (Some(salesforce), Some(warehouse)) if errs.0.is_empty() => Ok(ValidConfig {
                 archive,
+                sinks,
                 writeback,
                 writeback_flows,
                 writeback_delivery,
