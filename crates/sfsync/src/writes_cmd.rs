@@ -77,6 +77,8 @@ pub enum Kind {
     Writes,
     /// CDC events that could not be decoded or applied.
     Events,
+    /// Curated changes a delivery sink could not deliver.
+    Deliveries,
     All,
 }
 
@@ -452,14 +454,21 @@ async fn dead_list(a: DeadListArgs) -> Result<i32, Failure> {
         )));
     }
     let o = open(&a.config, true).await?;
-    let writes = if a.kind != Kind::Events {
+    let writes = if matches!(a.kind, Kind::Writes | Kind::All) {
         ops::list_failed_writes(&*o.store, &filter(&a.object, &a.system, a.limit))
             .await
             .map_err(ops_failed)?
     } else {
         Vec::new()
     };
-    let events = if a.kind != Kind::Writes && a.system.is_none() {
+    let deliveries = if matches!(a.kind, Kind::Deliveries | Kind::All) && a.system.is_none() {
+        ops::list_delivery_dead_letters(&*o.store, a.object.as_deref(), None, None, a.limit)
+            .await
+            .map_err(ops_failed)?
+    } else {
+        Vec::new()
+    };
+    let events = if matches!(a.kind, Kind::Events | Kind::All) && a.system.is_none() {
         ops::list_event_dead_letters(&*o.store, a.object.as_deref(), a.limit)
             .await
             .map_err(ops_failed)?
@@ -479,13 +488,35 @@ async fn dead_list(a: DeadListArgs) -> Result<i32, Failure> {
             j["ref"] = J::from(format!("event:{}", e.id));
             println!("{j}");
         }
+        for d in &deliveries {
+            println!("{}", ops::delivery_dead_letter_json(d));
+        }
         return Ok(0);
     }
-    if a.kind != Kind::Events {
+    if matches!(a.kind, Kind::Writes | Kind::All) {
         println!("writes Salesforce refused:");
         print_writes(&writes, "write:", false);
     }
-    if a.kind != Kind::Writes && a.system.is_none() {
+    if matches!(a.kind, Kind::Deliveries | Kind::All) && a.system.is_none() {
+        println!("changes a delivery sink could not deliver:");
+        println!(
+            "{:>14}  {:<14}  {:<14}  {:<18}  {:<9}  {:>3}  reason",
+            "id", "sink", "object", "record", "state", "try"
+        );
+        for d in &deliveries {
+            println!(
+                "{:>14}  {:<14}  {:<14}  {:<18}  {:<9}  {:>3}  {}",
+                format!("delivery:{}", d.id),
+                d.sink,
+                d.change.object,
+                d.change.record_id,
+                d.state.as_str(),
+                d.attempts,
+                d.reason
+            );
+        }
+    }
+    if matches!(a.kind, Kind::Events | Kind::All) && a.system.is_none() {
         println!("events that could not be decoded or applied:");
         println!(
             "{:>12}  {:<14}  {:<28}  {:<10}  {:<24}  error",
@@ -503,7 +534,12 @@ async fn dead_list(a: DeadListArgs) -> Result<i32, Failure> {
             );
         }
     }
-    println!("{} writes, {} events shown", writes.len(), events.len());
+    println!(
+        "{} writes, {} events, {} deliveries shown",
+        writes.len(),
+        events.len(),
+        deliveries.len()
+    );
     Ok(0)
 }
 
@@ -524,6 +560,38 @@ async fn dead_show(a: DeadShowArgs) -> Result<i32, Failure> {
             print_write(&v);
             if a.decrypt {
                 decrypt_notice(v.pii_values_shown, &format!("write {id}"), &o);
+            }
+        }
+        DeadLetterRef::Delivery(id) => {
+            let pii = if a.decrypt {
+                sfsync_store::PiiMode::Plain
+            } else {
+                sfsync_store::PiiMode::Omit
+            };
+            let d = o
+                .store
+                .delivery_dead_letters(
+                    &sfsync_store::DeliveryDeadFilter {
+                        after: Some(id - 1),
+                        limit: 1,
+                        ..Default::default()
+                    },
+                    pii,
+                )
+                .await
+                .map_err(|e| failed(e.into()))?
+                .into_iter()
+                .find(|d| d.id == id)
+                .ok_or_else(|| failed(anyhow!("no delivery dead letter has id {id}")))?;
+            let mut j = ops::delivery_dead_letter_json(&d);
+            j["record"] = J::Object(d.change.record.clone());
+            j["changed_fields"] = json!(d.change.fields);
+            println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default());
+            if a.decrypt {
+                eprintln!(
+                    "PII fields of delivery:{id} shown in plaintext to {}",
+                    operator()
+                );
             }
         }
         DeadLetterRef::Event(id) => {

@@ -177,6 +177,8 @@ pub enum ActOutcome {
     /// An event dead letter: no redrive or discard of its own.
     EventNotActionable,
     EventNotFound,
+    /// A delivery dead letter: `true` when it changed (redrive requested, or discarded).
+    Delivery(bool),
 }
 
 /// A dead letter's id: a write (`12`, `write:12`) or an event dead letter (`event:5`).
@@ -184,6 +186,8 @@ pub enum ActOutcome {
 pub enum DeadLetterRef {
     Write(i64),
     Event(i64),
+    /// A change a delivery sink could not deliver.
+    Delivery(i64),
 }
 
 impl std::str::FromStr for DeadLetterRef {
@@ -196,13 +200,16 @@ impl std::str::FromStr for DeadLetterRef {
             None => ("write", s),
         };
         let id: i64 = num.parse().map_err(|_| {
-            format!("'{s}': a dead letter id is a number (a write), write:N or event:N")
+            format!(
+                "'{s}': a dead letter id is a number (a write), write:N, event:N or delivery:N"
+            )
         })?;
         match kind {
             "write" | "w" => Ok(DeadLetterRef::Write(id)),
             "event" | "e" => Ok(DeadLetterRef::Event(id)),
+            "delivery" | "d" => Ok(DeadLetterRef::Delivery(id)),
             other => Err(format!(
-                "'{s}': unknown kind '{other}' (use write:N or event:N)"
+                "'{s}': unknown kind '{other}' (use write:N, event:N or delivery:N)"
             )),
         }
     }
@@ -213,6 +220,7 @@ impl std::fmt::Display for DeadLetterRef {
         match self {
             DeadLetterRef::Write(id) => write!(f, "write:{id}"),
             DeadLetterRef::Event(id) => write!(f, "event:{id}"),
+            DeadLetterRef::Delivery(id) => write!(f, "delivery:{id}"),
         }
     }
 }
@@ -467,7 +475,7 @@ pub async fn act(
         .iter()
         .filter_map(|r| match r {
             DeadLetterRef::Write(id) => Some(*id),
-            DeadLetterRef::Event(_) => None,
+            DeadLetterRef::Event(_) | DeadLetterRef::Delivery(_) => None,
         })
         .collect();
     let done = if write_ids.is_empty() {
@@ -544,9 +552,100 @@ pub async fn act(
                     },
                 }
             }
+            DeadLetterRef::Delivery(id) => {
+                let stored_note = format!("{verb} by {by}: {note}");
+                let changed = if redrive {
+                    store.request_delivery_redrive(&[*id], &stored_note).await?
+                } else {
+                    store
+                        .discard_delivery_dead_letters(&[*id], &stored_note)
+                        .await?
+                };
+                let done = changed.contains(id);
+                let message = if done {
+                    if redrive {
+                        format!("redrive requested by {by}: the sink delivers it (and its record's held changes, in order) next")
+                    } else {
+                        format!("discarded by {by}")
+                    }
+                } else {
+                    let found = store
+                        .delivery_dead_letters(
+                            &sfsync_store::DeliveryDeadFilter {
+                                after: Some(id - 1),
+                                limit: 1,
+                                ..Default::default()
+                            },
+                            sfsync_store::PiiMode::Omit,
+                        )
+                        .await?
+                        .into_iter()
+                        .find(|d| d.id == *id);
+                    match found {
+                        None => "no such delivery dead letter".into(),
+                        Some(d) => format!(
+                            "is {}: only a pending one can be redriven, an open one discarded",
+                            d.state.as_str()
+                        ),
+                    }
+                };
+                ActResult {
+                    id: r.to_string(),
+                    done,
+                    outcome: ActOutcome::Delivery(done),
+                    message,
+                }
+            }
         });
     }
     Ok(out)
+}
+
+/// A delivery dead letter as the CLI and the API show it (the change's PII omitted).
+pub fn delivery_dead_letter_json(d: &sfsync_store::DeliveryDeadLetter) -> serde_json::Value {
+    serde_json::json!({
+        "id": d.id,
+        "ref": format!("delivery:{}", d.id),
+        "kind": "delivery",
+        "sink": d.sink,
+        "state": d.state.as_str(),
+        "object": d.change.object,
+        "record_id": d.change.record_id,
+        "seq": d.change.seq,
+        "event_key": d.change.event_key,
+        "change_type": d.change.change_type,
+        "reason": d.reason,
+        "attempts": d.attempts,
+        "first_failed_at": ts(d.first_failed_at_ms),
+        "created_at": ts(d.created_at_ms),
+        "updated_at": ts(d.updated_at_ms),
+        "note": d.note,
+    })
+}
+
+/// Open (pending or redrive-requested) delivery dead letters, oldest first.
+pub async fn list_delivery_dead_letters(
+    store: &dyn Warehouse,
+    object: Option<&str>,
+    sink: Option<&str>,
+    after: Option<i64>,
+    limit: usize,
+) -> OpsResult<Vec<sfsync_store::DeliveryDeadLetter>> {
+    Ok(store
+        .delivery_dead_letters(
+            &sfsync_store::DeliveryDeadFilter {
+                sink: sink.map(str::to_string),
+                object: object.map(str::to_string),
+                states: vec![
+                    sfsync_store::DeliveryDeadState::Pending,
+                    sfsync_store::DeliveryDeadState::Redrive,
+                ],
+                after,
+                limit,
+            },
+            sfsync_store::PiiMode::Omit,
+        )
+        .await?)
 }
 
 #[cfg(test)]
@@ -555,6 +654,8 @@ mod tests {
 
     #[test]
     fn dead_letter_ids_parse_with_or_without_kind() {
+        assert_eq!("delivery:7".parse(), Ok(DeadLetterRef::Delivery(7)));
+        assert_eq!("d:7".parse(), Ok(DeadLetterRef::Delivery(7)));
         assert_eq!("12".parse(), Ok(DeadLetterRef::Write(12)));
         assert_eq!("write:12".parse(), Ok(DeadLetterRef::Write(12)));
         assert_eq!("event:5".parse(), Ok(DeadLetterRef::Event(5)));

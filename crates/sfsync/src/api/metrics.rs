@@ -70,6 +70,86 @@ pub struct Extra {
     pub channels: Vec<(String, Vec<String>)>,
     /// The raw log's applied offset and the offset through which it is archived.
     pub archive: Option<(u64, u64)>,
+    /// The delivery sinks of this process.
+    pub sinks: Vec<SinkMetrics>,
+}
+
+/// One delivery sink's readings.
+#[derive(Debug, Clone, Default)]
+pub struct SinkMetrics {
+    pub name: String,
+    pub kind: &'static str,
+    pub delivered: u64,
+    pub failures: u64,
+    pub dead_lettered: u64,
+    pub echoes_skipped: u64,
+    pub redriven: u64,
+    /// Epoch ms since which a lane has been failing (0: none).
+    pub failing_since_ms: i64,
+    /// Per object: changes not delivered yet, and the apply time of the oldest of them.
+    pub lanes: Vec<(String, u64, Option<i64>)>,
+}
+
+fn sink_metrics(o: &mut Out, sinks: &[SinkMetrics], now_ms: i64) {
+    if sinks.is_empty() {
+        return;
+    }
+    type Get = fn(&SinkMetrics) -> u64;
+    let counters: [(&str, &str, Get); 5] = [
+        ("sfsync_sink_delivered_total", "Changes the sink's consumer acknowledged.", |s| s.delivered),
+        ("sfsync_sink_failures_total", "Failed sends to the sink (each retry counts).", |s| s.failures),
+        ("sfsync_sink_dead_lettered_total", "Changes the sink put in its dead letters (rejected, undeliverable, or held behind one).", |s| s.dead_lettered),
+        ("sfsync_sink_echoes_skipped_total", "Changes not sent back to the system that wrote them through writeback.", |s| s.echoes_skipped),
+        ("sfsync_sink_redriven_total", "Dead letters delivered on a redrive.", |s| s.redriven),
+    ];
+    for (name, help, get) in counters {
+        o.family(name, "counter", help);
+        for s in sinks {
+            o.sample(name, &[("sink", &s.name), ("kind", s.kind)], get(s) as f64);
+        }
+    }
+    o.family(
+        "sfsync_sink_failing_seconds",
+        "gauge",
+        "How long the sink has been failing to deliver (0: delivering).",
+    );
+    for s in sinks {
+        let secs = if s.failing_since_ms > 0 {
+            (now_ms - s.failing_since_ms).max(0) as f64 / 1000.0
+        } else {
+            0.0
+        };
+        o.sample("sfsync_sink_failing_seconds", &[("sink", &s.name)], secs);
+    }
+    o.family(
+        "sfsync_sink_backlog_changes",
+        "gauge",
+        "Applied changes the sink has not delivered yet, per object (counted up to 1,000,000).",
+    );
+    for s in sinks {
+        for (object, n, _) in &s.lanes {
+            o.sample(
+                "sfsync_sink_backlog_changes",
+                &[("sink", &s.name), ("object", object)],
+                *n as f64,
+            );
+        }
+    }
+    o.family(
+        "sfsync_sink_lag_seconds",
+        "gauge",
+        "Age of the oldest applied change the sink has not delivered, per object (0: none).",
+    );
+    for s in sinks {
+        for (object, _, oldest) in &s.lanes {
+            let lag = oldest.map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0);
+            o.sample(
+                "sfsync_sink_lag_seconds",
+                &[("sink", &s.name), ("object", object)],
+                lag,
+            );
+        }
+    }
 }
 
 /// A histogram family from bucket counts (ms bounds; the last count is the overflow bucket).
@@ -453,6 +533,7 @@ pub fn render(
             applied.saturating_sub(archived) as f64,
         );
     }
+    sink_metrics(&mut o, &extra.sinks, now_ms);
     o.family(
         "sfsync_runs_finished_total",
         "counter",
@@ -531,11 +612,15 @@ pub async fn metrics(
         .archived_through()
         .await
         .map_err(|e| ApiError::internal("reading the archive mark", e))?;
+    let sinks = sink_readings(&s)
+        .await
+        .map_err(|e| ApiError::internal("reading the delivery positions", e))?;
     let extra = Extra {
         budget: s.budget.as_ref().map(|b| b()),
         drift,
         channels,
         archive: applied.map(|a| (a, archived)),
+        sinks,
     };
     let text = render(
         &s.stats,
@@ -545,6 +630,34 @@ pub async fn metrics(
         chrono::Utc::now().timestamp_millis(),
     );
     Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
+}
+
+/// The sinks' counters with each lane's backlog from the store.
+pub async fn sink_readings(s: &ApiState) -> sfsync_store::Result<Vec<SinkMetrics>> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(stats) = &s.sinks else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for k in &stats.sinks {
+        let mut lanes = Vec::new();
+        for p in s.store.delivery_positions(&k.name).await? {
+            let b = s.store.delivery_backlog(&p.object, p.position).await?;
+            lanes.push((p.object, b.entries, b.oldest_applied_at_ms));
+        }
+        out.push(SinkMetrics {
+            name: k.name.clone(),
+            kind: k.kind,
+            delivered: k.delivered.load(Relaxed),
+            failures: k.failures.load(Relaxed),
+            dead_lettered: k.dead_lettered.load(Relaxed),
+            echoes_skipped: k.echoes_skipped.load(Relaxed),
+            redriven: k.redriven.load(Relaxed),
+            failing_since_ms: k.failing_since_ms.load(Relaxed),
+            lanes,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -604,13 +604,14 @@ pub async fn list_dead_letters(
 ) -> ApiResult {
     caller.require_viewer()?;
     let q = query(q)?;
-    let (events, writes) = match q.kind.as_deref() {
-        None => (true, true),
-        Some("event") => (true, false),
-        Some("write") => (false, true),
+    let (events, writes, deliveries) = match q.kind.as_deref() {
+        None => (true, true, true),
+        Some("event") => (true, false, false),
+        Some("write") => (false, true, false),
+        Some("delivery") => (false, false, true),
         Some(other) => {
             return Err(ApiError::bad_request(format!(
-                "kind '{other}': use event or write"
+                "kind '{other}': use event, write or delivery"
             )))
         }
     };
@@ -656,6 +657,18 @@ pub async fn list_dead_letters(
         .map_err(|e| ops_error("reading the failed writes", e))?;
         items.extend(rows.iter().map(|w| write_summary_json("write", w)));
     }
+    if deliveries {
+        let rows = crate::writes_ops::list_delivery_dead_letters(
+            s.store.as_ref(),
+            q.object.as_deref(),
+            None,
+            q.after,
+            limit,
+        )
+        .await
+        .map_err(|e| ops_error("reading the delivery dead letters", e))?;
+        items.extend(rows.iter().map(crate::writes_ops::delivery_dead_letter_json));
+    }
     ok(json!({ "dead_letters": items }))
 }
 
@@ -667,8 +680,9 @@ fn dead_letter_ref(
     match kind.as_str() {
         "write" => Ok(crate::writes_ops::DeadLetterRef::Write(id)),
         "event" => Ok(crate::writes_ops::DeadLetterRef::Event(id)),
+        "delivery" => Ok(crate::writes_ops::DeadLetterRef::Delivery(id)),
         other => Err(ApiError::not_found(format!(
-            "no dead-letter kind '{other}' (event or write)"
+            "no dead-letter kind '{other}' (event, write or delivery)"
         ))),
     }
 }
@@ -694,6 +708,31 @@ async fn dead_letter_act(
             } else {
                 "event dead letters are kept as a record and cannot be discarded".into()
             }));
+        }
+        DeadLetterRef::Delivery(id) => {
+            let found = s
+                .store
+                .delivery_dead_letters(
+                    &sfsync_store::DeliveryDeadFilter {
+                        after: Some(id - 1),
+                        limit: 1,
+                        ..Default::default()
+                    },
+                    sfsync_store::PiiMode::Omit,
+                )
+                .await
+                .map_err(|e| ApiError::internal("reading the delivery dead letter", e))?
+                .into_iter()
+                .find(|d| d.id == id)
+                .ok_or_else(|| ApiError::not_found(format!("no delivery dead letter has id {id}")))?;
+            audit(
+                s,
+                caller,
+                &format!("deadletter.{verb}"),
+                format!("delivery {id}"),
+                json!({ "sink": found.sink, "object": found.change.object, "record_id": found.change.record_id, "note": note }),
+            )
+            .await?;
         }
         DeadLetterRef::Write(id) => {
             let w = write_or_404(s, id).await?;
