@@ -22,9 +22,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::curated::{ChangeSource, Value};
 use crate::error::{Result, StoreError};
-use sfsync_core::ErrorClass;
 use crate::pii;
 use crate::warehouse::{self as wh, Ctx};
+use sfsync_core::ErrorClass;
 
 /// One curated change handed to the outbox by the apply stage: the record's state after the
 /// change (data columns, PII in the clear in memory) and what changed.
@@ -162,7 +162,10 @@ impl DeliveryDeadState {
 
     /// Still holds its record's later changes.
     pub fn is_open(self) -> bool {
-        matches!(self, DeliveryDeadState::Pending | DeliveryDeadState::Redrive)
+        matches!(
+            self,
+            DeliveryDeadState::Pending | DeliveryDeadState::Redrive
+        )
     }
 }
 
@@ -199,7 +202,9 @@ pub struct DeliveryDeadFilter {
 pub enum RedriveOutcome {
     Delivered,
     /// Failed again: back to pending with the new reason.
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
 }
 
 /// How far behind a sink is on one object.
@@ -379,8 +384,14 @@ pub(crate) fn decode_outbox(
     row: OutboxRow,
     pii: PiiMode,
 ) -> Result<StoredDelivery> {
-    let fields: Vec<String> = serde_json::from_str(&row.fields)
-        .map_err(|e| corrupt(backend, table, row.seq, format!("fields is not a list: {e}")))?;
+    let fields: Vec<String> = serde_json::from_str(&row.fields).map_err(|e| {
+        corrupt(
+            backend,
+            table,
+            row.seq,
+            format!("fields is not a list: {e}"),
+        )
+    })?;
     let mut record = match serde_json::from_str::<serde_json::Value>(&row.record) {
         Ok(serde_json::Value::Object(m)) => m,
         Ok(_) => {

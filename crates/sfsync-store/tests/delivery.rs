@@ -135,7 +135,10 @@ async fn seed(s: &dyn Warehouse) {
 async fn outbox_keeps_apply_order_and_pii_as_asked(b: &dyn Backend) {
     let s = b.open().await;
     seed(&*s).await;
-    let omit = s.outbox_read("Contact", 0, 10, PiiMode::Omit).await.unwrap();
+    let omit = s
+        .outbox_read("Contact", 0, 10, PiiMode::Omit)
+        .await
+        .unwrap();
     let keys: Vec<&str> = omit.iter().map(|d| d.event_key.as_str()).collect();
     assert_eq!(keys, ["ev-003A-1", "ev-003B-1", "ev-003A-3"]);
     assert!(omit.windows(2).all(|w| w[0].seq < w[1].seq));
@@ -147,15 +150,27 @@ async fn outbox_keeps_apply_order_and_pii_as_asked(b: &dyn Backend) {
     assert_eq!(omit[2].fields, ["LastName", "Email"]);
     assert_eq!(omit[0].source, "cdc");
 
-    let sealed = s.outbox_read("Contact", 0, 10, PiiMode::Sealed).await.unwrap();
+    let sealed = s
+        .outbox_read("Contact", 0, 10, PiiMode::Sealed)
+        .await
+        .unwrap();
     let stored = sealed[0].record["Email"].as_str().unwrap().to_string();
     assert!(
         sfsync_store::pii::is_sealed(&stored) && !stored.contains("ada@"),
         "stored {stored}"
     );
-    let plain = s.outbox_read("Contact", 0, 10, PiiMode::Plain).await.unwrap();
-    assert_eq!(plain[0].record["Email"], serde_json::json!("ada@example.org"));
-    assert_eq!(plain[2].record["Email"], serde_json::json!("ada.l@example.org"));
+    let plain = s
+        .outbox_read("Contact", 0, 10, PiiMode::Plain)
+        .await
+        .unwrap();
+    assert_eq!(
+        plain[0].record["Email"],
+        serde_json::json!("ada@example.org")
+    );
+    assert_eq!(
+        plain[2].record["Email"],
+        serde_json::json!("ada.l@example.org")
+    );
     // The same change seen through pii_view.
     let viewed = s.pii_view(&sealed[2], PiiMode::Plain).unwrap();
     assert_eq!(viewed.record, plain[2].record);
@@ -167,18 +182,27 @@ async fn outbox_keeps_apply_order_and_pii_as_asked(b: &dyn Backend) {
         .unwrap();
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].event_key, "ev-003B-1");
-    let accounts = s.outbox_read("Account", 0, 10, PiiMode::Omit).await.unwrap();
+    let accounts = s
+        .outbox_read("Account", 0, 10, PiiMode::Omit)
+        .await
+        .unwrap();
     assert_eq!(accounts.len(), 1);
     let (max, min) = s.outbox_bounds("Contact").await.unwrap();
     assert_eq!((max, min), (omit[2].seq, Some(omit[0].seq)));
-    assert_eq!(s.outbox_head().await.unwrap(), omit[2].seq.max(accounts[0].seq));
+    assert_eq!(
+        s.outbox_head().await.unwrap(),
+        omit[2].seq.max(accounts[0].seq)
+    );
     assert_eq!(s.outbox_bounds("Lead").await.unwrap(), (0, None));
 }
 
 async fn positions_dead_letters_and_redrive(b: &dyn Backend) {
     let s = b.open().await;
     seed(&*s).await;
-    let rows = s.outbox_read("Contact", 0, 10, PiiMode::Sealed).await.unwrap();
+    let rows = s
+        .outbox_read("Contact", 0, 10, PiiMode::Sealed)
+        .await
+        .unwrap();
     // c1's create is rejected; c2 delivered; the position moves past both.
     let dead = NewDeliveryDeadLetter {
         change: rows[0].clone(),
@@ -235,7 +259,10 @@ async fn positions_dead_letters_and_redrive(b: &dyn Backend) {
         )
         .await
         .unwrap();
-    assert_eq!(plain[0].change.record["Email"], serde_json::json!("ada@example.org"));
+    assert_eq!(
+        plain[0].change.record["Email"],
+        serde_json::json!("ada@example.org")
+    );
     assert_eq!(plain[0].reason, "rejected by the consumer: HTTP 422");
 
     // Nothing to redrive until asked; asking twice changes it once.
@@ -245,7 +272,9 @@ async fn positions_dead_letters_and_redrive(b: &dyn Backend) {
         .unwrap()
         .is_empty());
     assert_eq!(
-        s.request_delivery_redrive(&[open[0].id], "by ops").await.unwrap(),
+        s.request_delivery_redrive(&[open[0].id], "by ops")
+            .await
+            .unwrap(),
         [open[0].id]
     );
     assert!(s
@@ -284,7 +313,10 @@ async fn positions_dead_letters_and_redrive(b: &dyn Backend) {
         .unwrap();
     assert_eq!(after[0].state, DeliveryDeadState::Delivered);
     assert_eq!(after[1].state, DeliveryDeadState::Pending);
-    assert_eq!((after[1].reason.as_str(), after[1].attempts), ("HTTP 500", 1));
+    assert_eq!(
+        (after[1].reason.as_str(), after[1].attempts),
+        ("HTTP 500", 1)
+    );
     assert_eq!(s.held_records("hooks", "Contact").await.unwrap(), ["003A"]);
     // Discard: once; a delivered one cannot be.
     assert_eq!(
@@ -299,18 +331,30 @@ async fn positions_dead_letters_and_redrive(b: &dyn Backend) {
 async fn prune_and_backlog(b: &dyn Backend) {
     let s = b.open().await;
     seed(&*s).await;
-    let rows = s.outbox_read("Contact", 0, 10, PiiMode::Omit).await.unwrap();
+    let rows = s
+        .outbox_read("Contact", 0, 10, PiiMode::Omit)
+        .await
+        .unwrap();
     let b0 = s.delivery_backlog("Contact", 0).await.unwrap();
     assert_eq!(b0.entries, 3);
     assert_eq!(b0.oldest_applied_at_ms, Some(rows[0].applied_at_ms));
     let b1 = s.delivery_backlog("Contact", rows[2].seq).await.unwrap();
     assert_eq!((b1.entries, b1.oldest_applied_at_ms), (0, None));
     assert_eq!(s.prune_outbox("Contact", rows[1].seq).await.unwrap(), 2);
-    let left = s.outbox_read("Contact", 0, 10, PiiMode::Omit).await.unwrap();
+    let left = s
+        .outbox_read("Contact", 0, 10, PiiMode::Omit)
+        .await
+        .unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].event_key, "ev-003A-3");
     // Another object's entries are untouched.
-    assert_eq!(s.outbox_read("Account", 0, 10, PiiMode::Omit).await.unwrap().len(), 1);
+    assert_eq!(
+        s.outbox_read("Account", 0, 10, PiiMode::Omit)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 macro_rules! suite {

@@ -538,6 +538,7 @@ fn start_sinks(
         sfsync_pipeline::sinks::SinksConfig {
             sinks: specs,
             own_client: config.salesforce.client_id_header.clone(),
+            echo_lookup: !config.writeback.objects.is_empty(),
             poll: Duration::from_millis(100),
             prune_every: Duration::from_secs(60),
         },

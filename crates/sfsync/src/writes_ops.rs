@@ -200,9 +200,7 @@ impl std::str::FromStr for DeadLetterRef {
             None => ("write", s),
         };
         let id: i64 = num.parse().map_err(|_| {
-            format!(
-                "'{s}': a dead letter id is a number (a write), write:N, event:N or delivery:N"
-            )
+            format!("'{s}': a dead letter id is a number (a write), write:N, event:N or delivery:N")
         })?;
         match kind {
             "write" | "w" => Ok(DeadLetterRef::Write(id)),

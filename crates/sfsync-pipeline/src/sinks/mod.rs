@@ -209,6 +209,9 @@ pub struct SinksConfig {
     pub sinks: Vec<SinkSpec>,
     /// Our own `Sforce-Call-Options` client id (echo recognition).
     pub own_client: String,
+    /// Writeback runs, so our own changes' echoes are matched to their writes (and waited
+    /// for): each delivered change names the system that wrote it.
+    pub echo_lookup: bool,
     /// How often the outbox is probed for new entries.
     pub poll: Duration,
     /// How often the outbox is pruned.
@@ -267,6 +270,7 @@ pub fn start(
                 store: store.clone(),
                 ledger: ledger.clone(),
                 own_client: config.own_client.clone(),
+                echo_lookup: config.echo_lookup,
                 stats: s.clone(),
                 position: 0,
                 held: HashSet::new(),
@@ -410,6 +414,7 @@ struct Lane {
     store: Arc<dyn Warehouse>,
     ledger: Arc<dyn WriteLedger>,
     own_client: String,
+    echo_lookup: bool,
     stats: Arc<SinkStats>,
     position: i64,
     /// Records with open dead letters: their later changes are held behind them.
@@ -599,7 +604,7 @@ impl Lane {
             .filter(|r| r.origin_client.as_deref() == Some(self.own_client.as_str()))
             .map(|r| r.event_key.clone())
             .collect();
-        let sources = if own.is_empty() {
+        let sources = if own.is_empty() || !self.echo_lookup {
             HashMap::new()
         } else {
             self.ledger.echo_sources(&own).await?
@@ -611,7 +616,7 @@ impl Lane {
         for r in rows {
             let is_own = r.origin_client.as_deref() == Some(self.own_client.as_str());
             let origin = sources.get(&r.event_key).cloned();
-            if is_own && origin.is_none() && self.spec.system.is_some() {
+            if is_own && origin.is_none() && self.echo_lookup {
                 if now - r.applied_at_ms < ECHO_WAIT_MS {
                     // Not matched to its write yet: stop before it for now.
                     wait_echo = true;
@@ -665,9 +670,7 @@ impl Lane {
             Err(e) => {
                 let since = *self.failing_since.get_or_insert_with(Instant::now);
                 let failing_ms = i64::try_from(since.elapsed().as_millis()).unwrap_or(0);
-                self.stats
-                    .failing_since_ms
-                    .store(now - failing_ms, Relaxed);
+                self.stats.failing_since_ms.store(now - failing_ms, Relaxed);
                 self.note_error(e.reason().to_string());
                 if since.elapsed() < self.spec.dead_letter_after {
                     // Keep what was settled before the failure; retry the rest after a pause.

@@ -81,7 +81,12 @@ impl Webhook {
                     config.url
                 ))
             }
-            other => return Err(format!("url '{}': scheme '{other}' is not http(s)", config.url)),
+            other => {
+                return Err(format!(
+                    "url '{}': scheme '{other}' is not http(s)",
+                    config.url
+                ))
+            }
         }
         if config.secret.len() < 16 {
             return Err("the signing secret must be at least 16 bytes".into());
@@ -257,7 +262,13 @@ mod tests {
         assert!(h.starts_with("t=1800000000,v1="));
         assert!(verify_signature(secret, &h, body, 1_800_000_100, 300));
         assert!(!verify_signature(secret, &h, b"{}", 1_800_000_100, 300));
-        assert!(!verify_signature(b"another secret 123", &h, body, 1_800_000_100, 300));
+        assert!(!verify_signature(
+            b"another secret 123",
+            &h,
+            body,
+            1_800_000_100,
+            300
+        ));
         // Stale: outside the tolerance.
         assert!(!verify_signature(secret, &h, body, 1_800_001_000, 300));
         assert!(!verify_signature(secret, "v1=00", body, 1_800_000_000, 300));

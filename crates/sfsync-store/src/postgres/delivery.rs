@@ -50,13 +50,11 @@ impl PostgresChangeLog {
                 Ok(DeliveryDeadLetter {
                     id,
                     sink: r.try_get(1).map_err(&g)?,
-                    state: DeliveryDeadState::parse(&state).ok_or_else(|| {
-                        StoreError::Corrupt {
-                            backend: BACKEND,
-                            table: "delivery_dead_letters",
-                            offset: id,
-                            reason: format!("unknown state '{state}'"),
-                        }
+                    state: DeliveryDeadState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+                        backend: BACKEND,
+                        table: "delivery_dead_letters",
+                        offset: id,
+                        reason: format!("unknown state '{state}'"),
                     })?,
                     reason: r.try_get(3).map_err(&g)?,
                     attempts: r.try_get(4).map_err(&g)?,

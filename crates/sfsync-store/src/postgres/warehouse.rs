@@ -319,12 +319,20 @@ pub(super) async fn prepare_cached(
 
 impl PostgresChangeLog {
     /// A prepared statement for `sql`, from this connection's cache.
-    pub(super) async fn prepared(&self, client: &impl GenericClient, sql: &str) -> Result<Statement> {
+    pub(super) async fn prepared(
+        &self,
+        client: &impl GenericClient,
+        sql: &str,
+    ) -> Result<Statement> {
         prepare_cached(&self.statements, client, sql).await
     }
 
     /// [`Self::prepared`] for the reader connection.
-    pub(super) async fn reader_prepared(&self, client: &impl GenericClient, sql: &str) -> Result<Statement> {
+    pub(super) async fn reader_prepared(
+        &self,
+        client: &impl GenericClient,
+        sql: &str,
+    ) -> Result<Statement> {
         prepare_cached(&self.reader_statements, client, sql).await
     }
 

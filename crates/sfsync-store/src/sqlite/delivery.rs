@@ -5,9 +5,9 @@ use async_trait::async_trait;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{SqliteChangeLog, BACKEND};
-use crate::now_ms;
 use crate::delivery::*;
 use crate::error::{Result, StoreError};
+use crate::now_ms;
 
 fn db(op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
     move |e| StoreError::sqlite(op, e)
@@ -109,14 +109,13 @@ impl SqliteChangeLog {
         let ctx = self.registry.ctx();
         rows.into_iter()
             .map(|d| {
-                let state = DeliveryDeadState::parse(&d.state).ok_or_else(|| {
-                    StoreError::Corrupt {
+                let state =
+                    DeliveryDeadState::parse(&d.state).ok_or_else(|| StoreError::Corrupt {
                         backend: BACKEND,
                         table: "delivery_dead_letters",
                         offset: d.id,
                         reason: format!("unknown state '{}'", d.state),
-                    }
-                })?;
+                    })?;
                 Ok(DeliveryDeadLetter {
                     id: d.id,
                     sink: d.sink,
@@ -393,7 +392,9 @@ impl Delivery for SqliteChangeLog {
                 }
                 args.push(lim(f.limit.max(1)).into());
                 sql.push_str(&format!(" ORDER BY id LIMIT ?{}", args.len()));
-                let mut stmt = conn.prepare(&sql).map_err(db("read delivery dead letters"))?;
+                let mut stmt = conn
+                    .prepare(&sql)
+                    .map_err(db("read delivery dead letters"))?;
                 let rows = stmt
                     .query_map(params_from_iter(args), dead_row)
                     .map_err(db("read delivery dead letters"))?
@@ -487,7 +488,8 @@ impl SqliteChangeLog {
                     changed.push(id);
                 }
             }
-            tx.commit().map_err(db("commit change delivery dead letters"))?;
+            tx.commit()
+                .map_err(db("commit change delivery dead letters"))?;
             Ok(changed)
         })
         .await

@@ -667,7 +667,10 @@ pub async fn list_dead_letters(
         )
         .await
         .map_err(|e| ops_error("reading the delivery dead letters", e))?;
-        items.extend(rows.iter().map(crate::writes_ops::delivery_dead_letter_json));
+        items.extend(
+            rows.iter()
+                .map(crate::writes_ops::delivery_dead_letter_json),
+        );
     }
     ok(json!({ "dead_letters": items }))
 }
@@ -724,7 +727,9 @@ async fn dead_letter_act(
                 .map_err(|e| ApiError::internal("reading the delivery dead letter", e))?
                 .into_iter()
                 .find(|d| d.id == id)
-                .ok_or_else(|| ApiError::not_found(format!("no delivery dead letter has id {id}")))?;
+                .ok_or_else(|| {
+                    ApiError::not_found(format!("no delivery dead letter has id {id}"))
+                })?;
             audit(
                 s,
                 caller,

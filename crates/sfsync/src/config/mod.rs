@@ -36,9 +36,9 @@ pub use secrets::{PiiKey, ResolvedSecrets};
 pub use sfsync_salesforce::Secret;
 pub use span::{LineCol, SpanIndex};
 pub use validate::{
-    ApiRole, ArchiveWhere, CredentialsSource, PiiKeySource, ValidApi, ValidApiToken, ValidArchive,
-    ValidConfig, ValidObject, ValidOldKey, ValidPii, ValidSalesforce, ValidSink, ValidWarehouse,
-    SinkTarget,
+    ApiRole, ArchiveWhere, CredentialsSource, PiiKeySource, SinkTarget, ValidApi, ValidApiToken,
+    ValidArchive, ValidConfig, ValidObject, ValidOldKey, ValidPii, ValidSalesforce, ValidSink,
+    ValidWarehouse,
 };
 
 /// One problem in the config file.

@@ -122,7 +122,10 @@ fn validate_sinks(
             None => synced.iter().map(|o| o.to_string()).collect(),
             Some(list) => {
                 if list.is_empty() {
-                    errs.push(at("objects"), "must name at least one object (or be left out for all)");
+                    errs.push(
+                        at("objects"),
+                        "must name at least one object (or be left out for all)",
+                    );
                 }
                 for (j, o) in list.iter().enumerate() {
                     if !synced.contains(&o.as_str()) {
@@ -147,17 +150,26 @@ fn validate_sinks(
             }
         }
         if s.batch_max > 10_000 {
-            errs.push(at("batch_max"), format!("{} is over the maximum of 10000", s.batch_max));
+            errs.push(
+                at("batch_max"),
+                format!("{} is over the maximum of 10000", s.batch_max),
+            );
         }
         let pii = sfsync_store::PiiMode::parse(&s.pii);
         if pii.is_none() {
-            errs.push(at("pii"), format!("'{}': expected omit, sealed or plain", s.pii));
+            errs.push(
+                at("pii"),
+                format!("'{}': expected omit, sealed or plain", s.pii),
+            );
         }
         let start = match s.start.as_str() {
             "earliest" => Some(sfsync_pipeline::sinks::StartFrom::Earliest),
             "latest" => Some(sfsync_pipeline::sinks::StartFrom::Latest),
             other => {
-                errs.push(at("start"), format!("'{other}': expected earliest or latest"));
+                errs.push(
+                    at("start"),
+                    format!("'{other}': expected earliest or latest"),
+                );
                 None
             }
         };
@@ -186,7 +198,9 @@ fn validate_sinks(
                         }
                         Ok(parsed) => match parsed.scheme() {
                             "https" => Some(u.clone()),
-                            "http" if sfsync_pipeline::sinks::webhook::plain_http_allowed(&parsed) => {
+                            "http"
+                                if sfsync_pipeline::sinks::webhook::plain_http_allowed(&parsed) =>
+                            {
                                 Some(u.clone())
                             }
                             "http" => {
@@ -197,7 +211,10 @@ fn validate_sinks(
                                 None
                             }
                             other => {
-                                errs.push(at("url"), format!("'{u}': scheme '{other}' is not https"));
+                                errs.push(
+                                    at("url"),
+                                    format!("'{u}': scheme '{other}' is not https"),
+                                );
                                 None
                             }
                         },
@@ -228,7 +245,10 @@ fn validate_sinks(
                 if !s.topic.contains("{object}") && objects.len() > 1 {
                     errs.push(
                         at("topic"),
-                        format!("'{}' has no {{object}}: each object needs a topic of its own", s.topic),
+                        format!(
+                            "'{}' has no {{object}}: each object needs a topic of its own",
+                            s.topic
+                        ),
                     );
                 }
                 if s.partitions < 1 {
@@ -242,8 +262,17 @@ fn validate_sinks(
                         errs.push(at("brokers"), "a kafka sink needs brokers = \"host:port\"");
                         None
                     }
-                    Some(b) if b.split(',').any(|h| h.trim().rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())) => {
-                        errs.push(at("brokers"), format!("'{b}': expected host:port[,host:port…]"));
+                    Some(b)
+                        if b.split(',').any(|h| {
+                            h.trim()
+                                .rsplit_once(':')
+                                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+                        }) =>
+                    {
+                        errs.push(
+                            at("brokers"),
+                            format!("'{b}': expected host:port[,host:port…]"),
+                        );
                         None
                     }
                     Some(b) => Some(SinkTarget::Kafka {
