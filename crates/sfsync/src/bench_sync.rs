@@ -166,7 +166,7 @@ fn cpu_secs(pid: &str) -> f64 {
     ticks as f64 / 100.0
 }
 
-fn process_cpu_secs() -> f64 {
+pub(crate) fn process_cpu_secs() -> f64 {
     cpu_secs("self")
 }
 

@@ -7,6 +7,7 @@ mod bench_archive;
 mod bench_pipeline;
 mod bench_pubsub;
 mod bench_salesforce;
+mod bench_sinks;
 mod bench_sync;
 mod bench_writeback;
 mod config;
@@ -111,7 +112,7 @@ struct BenchArgs {
     #[arg(long, default_value_t = 100_000)]
     upserts: usize,
     /// Pub/Sub suite: change events pre-committed and subscribed to. Archive suite: raw-log
-    /// rows archived.
+    /// rows archived. Sinks suite: changes delivered per batch size.
     #[arg(long, default_value_t = 200_000)]
     events: usize,
     /// Pipeline suite: Case change events committed before the pipeline starts.
@@ -158,6 +159,9 @@ enum BenchSuite {
     /// The Parquet archive of the raw change log: events/s and MB/s archived (with read-back
     /// verification), compression ratio, bytes per event, projected storage per day.
     Archive,
+    /// Webhook delivery from the delivery outbox to a local receiver: changes/s, requests/s,
+    /// MB/s and CPU per change at three batch sizes.
+    Sinks,
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -196,6 +200,12 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         }
         BenchSuite::Archive => {
             bench_archive::run(bench_archive::ArchiveBenchOptions {
+                events: args.events,
+            })
+            .await?
+        }
+        BenchSuite::Sinks => {
+            bench_sinks::run(bench_sinks::SinksBenchOptions {
                 events: args.events,
             })
             .await?
