@@ -34,6 +34,7 @@ fn example_dir() -> tempfile::TempDir {
         ("api-ops.token", "ops-token-0123456789abcdef"),
         ("api-viewer.token", "viewer-token-0123456789abcdef"),
         ("api-case-mgmt.token", "case-mgmt-token-0123456789abcdef"),
+        ("case-mgmt-hook.secret", "case-mgmt-hook-secret-0123456789"),
     ] {
         std::fs::write(dir.path().join("secrets").join(file), token).unwrap();
     }
@@ -67,6 +68,7 @@ fn example_config_checks_ok_with_a_summary() {
         "pii: Email, Phone, Birthdate",
         "api:        http://127.0.0.1:8787 (3 tokens)",
         "/archive every 3600 s; raw log hot 7 d, archive 396 d, audit 2557 d",
+        "sink:       case-mgmt (webhook) → https://cases.example.org/sfsync/changes; 1 object(s), batch 200, PII omit, dead letters after 3600 s, not back to case_mgmt",
         "secrets:    all resolved",
     ] {
         assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");

@@ -134,6 +134,22 @@ pub fn summary(l: &LoadedConfig) -> String {
             w, a.every_secs, a.hot_retention_days, a.retention_days, a.audit_retention_days
         )),
     }
+    for s in &c.sinks {
+        out.push_str(&format!(
+            "sink:       {} ({}) → {}; {} object(s), batch {}, PII {}, dead letters after {} s{}\n",
+            s.name,
+            s.target.kind(),
+            s.target.describe(),
+            s.objects.len(),
+            s.batch_max,
+            s.pii.as_str(),
+            s.dead_letter_after_secs,
+            s.system
+                .as_ref()
+                .map(|x| format!(", not back to {x}"))
+                .unwrap_or_default()
+        ));
+    }
     out.push_str(&format!("objects:    {}\n", c.objects.len()));
     for o in &c.objects {
         out.push_str(&object_line(o));

@@ -140,7 +140,7 @@ batch_max_records = -1
             "t.toml:8:12: salesforce.auth.password: inline secrets are not allowed; write { env = \"VAR\" } or { file = \"path\" }",
             "t.toml:11:8: warehouse.path: invalid type: integer `3`, expected path string",
             "t.toml:15:21: pipeline.batch_max_records: invalid value: integer `-1`, expected u64",
-            "t.toml:16:2: bogus: unknown table `bogus`, expected one of salesforce, objects, warehouse, pii, pipeline, writeback, api, archive",
+            "t.toml:16:2: bogus: unknown table `bogus`, expected one of salesforce, objects, warehouse, pii, pipeline, writeback, api, archive, sinks",
         ]
     );
 }
@@ -600,6 +600,7 @@ pub(crate) fn example_with_fixtures() -> (tempfile::TempDir, Vec<(&'static str, 
         ("api-ops.token", "ops-token-0123456789abcdef"),
         ("api-viewer.token", "viewer-token-0123456789abcdef"),
         ("api-case-mgmt.token", "case-mgmt-token-0123456789abcdef"),
+        ("case-mgmt-hook.secret", "case-mgmt-hook-secret-0123456789"),
     ] {
         std::fs::write(dir.path().join("secrets").join(file), token).unwrap();
     }
@@ -1208,4 +1209,83 @@ fn archive_defaults_locations_and_errors() {
             .any(|l| l.contains("archive") && l.contains("keep")),
         "{e:#?}"
     );
+}
+
+#[test]
+fn sinks_validate_with_defaults_and_name_each_error() {
+    let with = |sinks: &str| {
+        format!("{HEAD}[[objects]]\nname = \"Account\"\n\n[[objects]]\nname = \"Case\"\n\n{sinks}")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("c.json"),
+        r#"{"instance_url":"https://x","client_id":"cid","client_secret":"cs","username":"u","password":"p"}"#,
+    )
+    .unwrap();
+    let l = load_str(
+        &with(
+            "[[sinks]]\nname = \"hooks\"\nurl = \"https://h.example.org/x?token=abc\"\nsecret = { env = \"HOOK\" }\n\n\
+             [[sinks]]\nname = \"stream\"\nkind = \"kafka\"\nbrokers = \"b1:9092,b2:9092\"\nobjects = [\"Case\"]\npii = \"sealed\"\nstart = \"latest\"\n",
+        ),
+        "t.toml",
+        dir.path(),
+    )
+    .unwrap();
+    let s = &l.config.sinks;
+    assert_eq!(s.len(), 2);
+    assert_eq!(s[0].objects, ["Account", "Case"]);
+    assert_eq!(
+        (s[0].batch_max, s[0].pii, s[0].dead_letter_after_secs),
+        (200, sfsync_store::PiiMode::Omit, 3600)
+    );
+    assert_eq!(s[0].target.kind(), "webhook");
+    // Query strings may hold credentials: never shown.
+    assert_eq!(s[0].target.describe(), "https://h.example.org/x");
+    assert_eq!(s[1].target.kind(), "kafka");
+    assert_eq!(
+        s[1].target.describe(),
+        "kafka://b1:9092,b2:9092 topic sfsync.{object}"
+    );
+    assert_eq!(s[1].start, sfsync_pipeline::sinks::StartFrom::Latest);
+    let r = l
+        .resolve_secrets(&env_of(&[("HOOK", "a-signing-secret-0123456789")]))
+        .unwrap();
+    assert_eq!(
+        r.sink_secrets["hooks"].expose(),
+        "a-signing-secret-0123456789"
+    );
+    let short = l
+        .resolve_secrets(&env_of(&[("HOOK", "tiny-secret")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        short.contains("sinks[0].secret: the signing secret is shorter than 16 bytes"),
+        "{short}"
+    );
+    assert!(!short.contains("tiny-secret"), "{short}");
+
+    let e = errs(&with(
+        "[[sinks]]\nname = \"a\"\nurl = \"http://h.example.org/x\"\n\n\
+         [[sinks]]\nname = \"a\"\nurl = \"https://ok.example.org/\"\nsecret = { env = \"S\" }\nobjects = [\"Lead\"]\nbatch_max = 0\npii = \"clear\"\nbrokers = \"x:1\"\n\n\
+         [[sinks]]\nname = \"k\"\nkind = \"kafka\"\ntopic = \"all-changes\"\nurl = \"https://x/\"\n\n\
+         [[sinks]]\nname = \"q\"\nkind = \"queue\"\nstart = \"middle\"\n",
+    ));
+    let has = |key: &str, msg: &str| {
+        assert!(
+            e.iter().any(|l| l.contains(key) && l.contains(msg)),
+            "no error on {key} saying {msg}: {e:#?}"
+        )
+    };
+    has("sinks[0].url", "loopback receiver only");
+    has("sinks[0].secret", "needs a signing secret");
+    has("sinks[1].name", "used by another sink");
+    has("sinks[1].objects[0]", "'Lead' is not a synced object");
+    has("sinks[1].batch_max", "greater than 0");
+    has("sinks[1].pii", "expected omit, sealed or plain");
+    has("sinks[1].brokers", "kafka setting");
+    has("sinks[2].url", "webhook setting");
+    has("sinks[2].topic", "no {object}");
+    has("sinks[2].brokers", "needs brokers");
+    has("sinks[3].kind", "expected webhook or kafka");
+    has("sinks[3].start", "expected earliest or latest");
 }
