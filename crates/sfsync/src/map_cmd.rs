@@ -57,8 +57,8 @@ pub struct Flow {
     pub object: String,
     pub source: String,
     pub target: String,
-    /// `inbound` (into the warehouse), `outbound` (into Salesforce) or `archive` (the raw change
-    /// history into the Parquet archive).
+    /// `inbound` (into the warehouse), `outbound` (into Salesforce), `archive` (the raw change
+    /// history into the Parquet archive) or `delivery` (curated changes to a downstream sink).
     pub direction: &'static str,
     /// `CDC stream`, `polling`, `reconciliation`, `formula refresh`, `writeback`, `archive`.
     pub pattern: &'static str,
@@ -68,6 +68,9 @@ pub struct Flow {
     pub sla_secs: u64,
     /// `None` when the config names no team: the map shows `unowned` so it is seen.
     pub team: Option<String>,
+    /// The delivery sink of a `delivery` flow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sink: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -84,6 +87,8 @@ pub const ARCHIVED_OBJECTS: &str = sfsync_store::ALL_OBJECTS;
 /// The writer of `shared` fields: whichever system sends the write.
 const ANY_SYSTEM: &str = "any system";
 const WAREHOUSE: &str = "warehouse";
+/// A delivery flow's freshness target: curated changes reach consumers within a minute.
+const DEFAULT_DELIVERY_SLA_SECS: u64 = 60;
 
 /// A node id from a free-form name: ASCII letters and digits kept, the rest `_`.
 fn node_id(prefix: &str, name: &str) -> String {
@@ -178,6 +183,7 @@ impl IntegrationMap {
                 transformation: steps.join("; "),
                 sla_secs: sla,
                 team: o.team.clone(),
+                sink: None,
             });
             if let Some(every) = p.reconcile_interval_secs {
                 flows.push(Flow {
@@ -192,6 +198,7 @@ impl IntegrationMap {
                         .into(),
                     sla_secs: every,
                     team: o.team.clone(),
+                    sink: None,
                 });
             }
             if !matches!(
@@ -209,6 +216,7 @@ impl IntegrationMap {
                     transformation: "formula columns updated in place (no history version)".into(),
                     sla_secs: p.formula_refresh_secs,
                     team: o.team.clone(),
+                    sink: None,
                 });
             }
         }
@@ -235,6 +243,7 @@ impl IntegrationMap {
                 ),
                 sla_secs: a.every_secs.saturating_mul(2),
                 team: None,
+                sink: None,
             });
         }
         for (name, policy) in &config.writeback.objects {
@@ -293,6 +302,48 @@ impl IntegrationMap {
                         .and_then(|m| m.sla_secs)
                         .unwrap_or(DEFAULT_WRITEBACK_SLA_SECS),
                     team: meta.and_then(|m| m.team.clone()),
+                    sink: None,
+                });
+            }
+        }
+        for sink in &config.sinks {
+            // A sink feeding a writeback system points at that system's node.
+            let (id, label) = match &sink.system {
+                Some(sys) => (node_id("system", sys), sys.clone()),
+                None => (
+                    node_id("sink", &sink.name),
+                    format!("{} ({})", sink.name, sink.target.kind()),
+                ),
+            };
+            if !nodes.iter().any(|n| n.id == id) {
+                nodes.push(Node {
+                    id: id.clone(),
+                    label,
+                    kind: "system",
+                    system: sink.system.clone(),
+                });
+            }
+            for object in &sink.objects {
+                flows.push(Flow {
+                    object: object.clone(),
+                    source: WAREHOUSE.into(),
+                    target: id.clone(),
+                    direction: "delivery",
+                    pattern: sink.target.kind(),
+                    frequency: "continuous".into(),
+                    trigger: format!("each applied change (sink {})", sink.name),
+                    transformation: format!(
+                        "the curated change as JSON to {}; PII {}{}",
+                        sink.target.describe(),
+                        sink.pii.as_str(),
+                        sink.system
+                            .as_ref()
+                            .map(|s| format!("; not the changes {s} wrote"))
+                            .unwrap_or_default()
+                    ),
+                    sla_secs: DEFAULT_DELIVERY_SLA_SECS,
+                    team: None,
+                    sink: Some(sink.name.clone()),
                 });
             }
         }

@@ -459,6 +459,31 @@ async fn every_change_once_in_order_to_each_sink_whatever_the_other_does() {
     );
     assert_eq!(b.bad_signatures.load(SeqCst), 0);
 
+    // The sinks on the integration map, with their live figures.
+    wait_for(
+        "delivery flows are green",
+        Duration::from_secs(30),
+        || async {
+            let flows = env.api.get("/api/v1/flows", OPS).await;
+            let mut p = Vec::new();
+            for sink_name in ["audit-feed", "cases"] {
+                let f = flows["flows"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|f| f["direction"] == "delivery" && f["sink"] == sink_name)
+                    .cloned();
+                match f {
+                    None => p.push(format!("no delivery flow for {sink_name}")),
+                    Some(f) if f["health"] != "green" => p.push(format!("{f}")),
+                    Some(_) => {}
+                }
+            }
+            p
+        },
+    )
+    .await;
+
     // The sinks in the metrics.
     let (_, metrics) = env.api.call_text("GET", "/metrics", Some(OPS), None).await;
     assert!(

@@ -261,6 +261,74 @@ pub async fn flows(State(s): State<Arc<ApiState>>, caller: Caller) -> super::rou
                     }
                     (Some(lag), None, None, Some(points), health, J::Object(c))
                 }
+                ("delivery", _) => {
+                    let sink = f.sink.clone().unwrap_or_default();
+                    let position = s
+                        .store
+                        .delivery_positions(&sink)
+                        .await
+                        .map_err(|e| ApiError::internal("reading the delivery positions", e))?
+                        .into_iter()
+                        .find(|p| p.object == f.object);
+                    let (backlog, delivered) = match &position {
+                        Some(p) => (
+                            s.store
+                                .delivery_backlog(&f.object, p.position)
+                                .await
+                                .map_err(|e| {
+                                    ApiError::internal("reading the delivery backlog", e)
+                                })?,
+                            p.delivered,
+                        ),
+                        None => (Default::default(), 0),
+                    };
+                    let dead = s
+                        .store
+                        .delivery_dead_letters(
+                            &sfsync_store::DeliveryDeadFilter {
+                                sink: Some(sink.clone()),
+                                object: Some(f.object.clone()),
+                                states: vec![
+                                    sfsync_store::DeliveryDeadState::Pending,
+                                    sfsync_store::DeliveryDeadState::Redrive,
+                                ],
+                                after: None,
+                                limit: 1000,
+                            },
+                            sfsync_store::PiiMode::Omit,
+                        )
+                        .await
+                        .map_err(|e| ApiError::internal("reading the delivery dead letters", e))?
+                        .len();
+                    let lag = backlog.oldest_applied_at_ms.map(|t| secs(now - t));
+                    let health = if position.is_none() {
+                        (
+                            "grey",
+                            "the sink has not started on this object".to_string(),
+                        )
+                    } else if dead > 0 {
+                        (
+                            "red",
+                            format!("{dead} change(s) are dead letters (redrive or discard them)"),
+                        )
+                    } else if let Some(l) = lag {
+                        by_lag(l, f.sla_secs, "the oldest undelivered change waits")
+                    } else {
+                        ("green", "every applied change delivered".to_string())
+                    };
+                    (
+                        lag,
+                        None,
+                        None,
+                        None,
+                        health,
+                        json!({
+                            "delivered": delivered,
+                            "backlog": backlog.entries,
+                            "dead_letters": dead,
+                        }),
+                    )
+                }
                 (_, pattern) => {
                     let kind = match pattern {
                         "reconciliation" => Some(SyncJobKind::Reconcile),
