@@ -16,6 +16,7 @@ mod jobs_cmd;
 mod map_cmd;
 mod quarantine_cmd;
 mod run_cmd;
+mod sync_status_cmd;
 mod writes_cmd;
 mod writes_ops;
 
@@ -88,6 +89,10 @@ enum Command {
     /// `cancel ID…`, `retry ID…` (`sfsync jobs` is the same command).
     #[command(alias = "jobs")]
     Runs(jobs_cmd::JobsArgs),
+    /// The freshness contract from the warehouse's `sync_status` view, per object
+    /// (`sync-status --config FILE [--object NAME] [--json]`); exit 0 when every object is
+    /// current, 3 when one is delayed, 4 when one is partial — gate downstream jobs on it.
+    SyncStatus(sync_status_cmd::SyncStatusArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -259,6 +264,7 @@ fn main() -> anyhow::Result<()> {
         Command::Map(args) => std::process::exit(map_cmd::map(args)),
         Command::Conflicts(args) => std::process::exit(writes_cmd::conflicts(args)),
         Command::Deadletters(args) => std::process::exit(writes_cmd::deadletters(args)),
+        Command::SyncStatus(args) => std::process::exit(sync_status_cmd::run(args)),
         command => command,
     };
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -310,7 +316,8 @@ fn main() -> anyhow::Result<()> {
             | Command::Quality(_)
             | Command::Map(_)
             | Command::Conflicts(_)
-            | Command::Deadletters(_) => {
+            | Command::Deadletters(_)
+            | Command::SyncStatus(_) => {
                 unreachable!("handled before the runtime starts")
             }
         }

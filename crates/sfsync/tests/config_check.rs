@@ -67,6 +67,7 @@ fn example_config_checks_ok_with_a_summary() {
         "pii: Email, Phone, Birthdate",
         "api:        http://127.0.0.1:8787 (3 tokens)",
         "/archive every 3600 s; raw log hot 7 d, archive 396 d, audit 2557 d",
+        "freshness:  sync_status every 5 s; delayed after 120 s (Case 60 s)",
         "secrets:    all resolved",
     ] {
         assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");

@@ -70,6 +70,8 @@ pub struct Extra {
     pub channels: Vec<(String, Vec<String>)>,
     /// The raw log's applied offset and the offset through which it is archived.
     pub archive: Option<(u64, u64)>,
+    /// Per object: its `sync_status` (the warehouse view) and lag.
+    pub sync_status: Vec<(String, sfsync_store::FreshnessStatus, Option<f64>)>,
 }
 
 /// A histogram family from bucket counts (ms bounds; the last count is the overflow bucket).
@@ -454,6 +456,34 @@ pub fn render(
         );
     }
     o.family(
+        "sfsync_sync_status",
+        "gauge",
+        "1 for the status the warehouse's sync_status view gives the object (current, delayed, partial), 0 for the others.",
+    );
+    for (object, status, _) in &extra.sync_status {
+        for s in sfsync_store::FreshnessStatus::ALL {
+            o.sample(
+                "sfsync_sync_status",
+                &[("object", object), ("status", s.as_str())],
+                if s == *status { 1.0 } else { 0.0 },
+            );
+        }
+    }
+    o.family(
+        "sfsync_sync_status_lag_seconds",
+        "gauge",
+        "Now minus the object's current_as_of in the sync_status view (an idle object that is caught up stays low).",
+    );
+    for (object, _, lag) in &extra.sync_status {
+        if let Some(lag) = lag {
+            o.sample(
+                "sfsync_sync_status_lag_seconds",
+                &[("object", object)],
+                *lag,
+            );
+        }
+    }
+    o.family(
         "sfsync_runs_finished_total",
         "counter",
         "Runs (sync jobs) finished, per kind and status, as recorded in the store.",
@@ -531,11 +561,20 @@ pub async fn metrics(
         .archived_through()
         .await
         .map_err(|e| ApiError::internal("reading the archive mark", e))?;
+    let sync_status = s
+        .store
+        .sync_status(None)
+        .await
+        .map_err(|e| ApiError::internal("reading the warehouse's sync_status view", e))?
+        .into_iter()
+        .map(|r| (r.state.object, r.status, r.lag_seconds))
+        .collect();
     let extra = Extra {
         budget: s.budget.as_ref().map(|b| b()),
         drift,
         channels,
         archive: applied.map(|a| (a, archived)),
+        sync_status,
     };
     let text = render(
         &s.stats,
@@ -574,9 +613,29 @@ mod tests {
                 vec!["Account".to_string()],
             )],
             archive: Some((10, 4)),
+            sync_status: vec![
+                (
+                    "Account".into(),
+                    sfsync_store::FreshnessStatus::Partial,
+                    Some(2.5),
+                ),
+                ("Case".into(), sfsync_store::FreshnessStatus::Delayed, None),
+            ],
             ..Default::default()
         };
         let text = render(&stats, &counts, &extra, 1.5, 3_500);
+        for want in [
+            "sfsync_sync_status{object=\"Account\",status=\"partial\"} 1\n",
+            "sfsync_sync_status{object=\"Account\",status=\"current\"} 0\n",
+            "sfsync_sync_status{object=\"Case\",status=\"delayed\"} 1\n",
+            "sfsync_sync_status_lag_seconds{object=\"Account\"} 2.5\n",
+        ] {
+            assert!(text.contains(want), "missing {want} in {text}");
+        }
+        assert!(
+            !text.contains("sfsync_sync_status_lag_seconds{object=\"Case\"}"),
+            "{text}"
+        );
         assert!(
             text.contains("sfsync_archive_unarchived_entries 6\n")
                 && text.contains("sfsync_archive_archived_through_offset 4\n"),

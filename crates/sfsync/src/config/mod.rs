@@ -183,6 +183,7 @@ const TABLES: &[&str] = &[
     "writeback",
     "api",
     "archive",
+    "freshness",
 ];
 
 /// Syntax and shape: every top-level table (and each `[[objects]]` entry) is deserialised on its
@@ -240,6 +241,7 @@ pub fn parse(text: &str, file: &str) -> Result<(SfsyncConfig, SpanIndex), Config
             "writeback" => cfg.writeback = p.de("writeback", value),
             "api" => cfg.api = p.api(value),
             "archive" => cfg.archive = p.de("archive", value),
+            "freshness" => cfg.freshness = p.de("freshness", value),
             other => p.error(
                 other,
                 key.span(),

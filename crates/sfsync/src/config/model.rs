@@ -25,6 +25,8 @@ pub struct SfsyncConfig {
     pub api: Option<ApiConfig>,
     /// `[archive]`; absent: the defaults of [`ArchiveConfig`].
     pub archive: Option<ArchiveConfig>,
+    /// `[freshness]`; absent: the defaults of [`FreshnessConfig`].
+    pub freshness: Option<FreshnessConfig>,
 }
 
 /// `[salesforce]`: where the org is and how to authenticate.
@@ -213,7 +215,8 @@ pub struct ObjectConfig {
     /// Integration map: the team answerable for this flow (shown by `sfsync map`).
     pub team: Option<String>,
     /// Integration map: the flow's freshness target in seconds, Salesforce commit → warehouse
-    /// (default 120).
+    /// (default `[freshness] delayed_after_secs`, 120). Also the object's `sync_status`
+    /// threshold: `delayed` past it.
     pub sla_secs: Option<u64>,
 }
 
@@ -678,4 +681,25 @@ fn default_audit_retention_days() -> u64 {
 }
 fn default_retention_every() -> u64 {
     86_400
+}
+
+/// `[freshness]`: the consumer freshness contract, `sync_status` in the warehouse (and
+/// `/api/v1/sync-status`), kept up to date by `sfsync run`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FreshnessConfig {
+    /// Seconds between two updates of `sync_status_state`.
+    pub update_every_secs: u64,
+    /// An object is `delayed` once its `current_as_of` is older than this many seconds; an
+    /// object's `sla_secs` replaces it for that object.
+    pub delayed_after_secs: u64,
+}
+
+impl Default for FreshnessConfig {
+    fn default() -> Self {
+        FreshnessConfig {
+            update_every_secs: 5,
+            delayed_after_secs: 120,
+        }
+    }
 }
