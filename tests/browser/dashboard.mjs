@@ -1,9 +1,10 @@
 // Drives the sfsync dashboard in headless Chromium against a running sfsync (the demo):
 //   node tests/browser/dashboard.mjs 'http://127.0.0.1:PORT/ui/#token=TOKEN'
 // Checks: the sign-in form without a token (and after a refused token); every page loads
-// without console errors; the overview's figures agree with /api/v1/flows and /api/v1/status
-// fetched around the render; the map draws one edge per flow; redrive (dead letter), release
-// (quarantine) and resolve (conflict, keep Salesforce) done by clicking show in the API.
+// without console errors; the overview's figures agree with /api/v1/flows, /api/v1/status and
+// /api/v1/sync-status fetched around the render; the map draws one edge per flow; redrive (dead
+// letter), release (quarantine) and resolve (conflict, keep Salesforce) done by clicking show in
+// the API.
 // Screenshots of every page go to $SFSYNC_ARTIFACTS (default ./browser-artifacts).
 // Exits 0 when every check passed, 1 otherwise; prints one line per check and a summary.
 
@@ -227,6 +228,11 @@ try {
       assert(get(before) <= v && v <= get(after), `${what}: the page shows ${v}, the API ${get(before)} before and ${get(after)} after the render`);
     }
     assert(Number.isInteger(shown.openRuns) && shown.openRuns >= 0, `open runs shows ${shown.openRuns}`);
+    // The freshness table lists the objects of /api/v1/sync-status, each with a status.
+    const fresh = await api('/api/v1/sync-status');
+    const freshRows = await page.$$eval('[data-testid=freshness-row]', (rs) => rs.map((r) => ({ object: r.dataset.object, status: r.dataset.status })));
+    assertEq(freshRows.map((r) => r.object).sort(), fresh.objects.map((o) => o.object).sort(), 'freshness objects');
+    for (const r of freshRows) assert(['current', 'delayed', 'partial'].includes(r.status), `freshness of ${r.object}: ${r.status}`);
     await shot(page, 'overview');
   });
 

@@ -220,7 +220,7 @@ impl Committed {
             st.last_commit_ms.fetch_max(*max, Relaxed);
         }
         for (object, (changes, max)) in &self.objects {
-            st.add_object_changes(object, *changes, *max);
+            st.add_object_batch(object, *changes, *max, now_after);
         }
         st.last_applied_at_ms.store(now_after, Relaxed);
     }

@@ -44,14 +44,31 @@ const RESYNC_MARGIN_MS: i64 = 60_000;
 
 impl ChannelIngest {
     /// Runs until `shutdown` turns true (finishing the batch in hand) or a non-retryable error.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    /// The stream's state is kept in the stats ([`PipelineStats::stream_up`] once subscribed,
+    /// down from any failure or re-subscribe until subscribed again, and down when it stops), for
+    /// the freshness contract ([`crate::freshness`]).
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let stats = self.stats.clone();
+        let channel = self.channel.clone();
+        self.stream(shutdown).await;
+        stats.stream_down(&channel, crate::apply::now_ms());
+    }
+
+    async fn stream(self, mut shutdown: watch::Receiver<bool>) {
         let mut schemas: HashSet<String> = HashSet::new();
         let mut failures = 0u32;
         let mut force_earliest = false;
+        let mut first = true;
         'outer: loop {
             if *shutdown.borrow() {
                 return;
             }
+            if !first {
+                // Re-subscribing: nothing streams until the new subscription is up.
+                self.stats
+                    .stream_down(&self.channel, crate::apply::now_ms());
+            }
+            first = false;
             let start = if force_earliest {
                 force_earliest = false;
                 ReplayStart::Earliest
@@ -78,6 +95,7 @@ impl ChannelIngest {
                 }
             };
             tracing::info!(channel = %self.channel, start = ?start, "Subscribed.");
+            self.stats.stream_up(&self.channel, crate::apply::now_ms());
             loop {
                 tokio::select! {
                     _ = self.gate.wait(&self.stats) => {}
@@ -243,6 +261,8 @@ impl ChannelIngest {
     async fn fail(&self, failures: &mut u32, what: &str, error: &str) {
         *failures += 1;
         self.stats.errors.fetch_add(1, Relaxed);
+        self.stats
+            .stream_down(&self.channel, crate::apply::now_ms());
         let delay = Duration::from_millis((200u64 << (*failures).min(7)).min(30_000));
         tracing::warn!(channel = %self.channel, attempt = *failures, error, "Ingest failed while {what}; retrying in {delay:?}.");
         tokio::time::sleep(delay).await;

@@ -10,6 +10,7 @@
 pub mod apply;
 pub mod convert;
 pub mod error;
+pub mod freshness;
 pub mod gate;
 pub mod ingest;
 pub mod jobs;
@@ -53,6 +54,8 @@ pub struct PipelineConfig {
     /// The write ledger, when writeback is on: echoes of our own writes confirm them
     /// ([`writeback::EchoConfirmer`]).
     pub echo_ledger: Option<writeback::EchoLedger>,
+    /// Keep the warehouse's `sync_status` up to date ([`freshness`]); `None`: not written.
+    pub freshness: Option<freshness::FreshnessConfig>,
 }
 
 /// A running pipeline.
@@ -63,6 +66,8 @@ pub struct RunningPipeline {
     shutdown: watch::Sender<bool>,
     ingest: Vec<JoinHandle<()>>,
     applier: JoinHandle<Result<()>>,
+    /// The freshness writer and its stop signal (stopped after the apply stage drained).
+    freshness: Option<(watch::Sender<bool>, JoinHandle<()>)>,
     store: Arc<dyn Warehouse>,
     /// Confirms writes from their echoes (with [`PipelineConfig::echo_ledger`]); share it with
     /// the [`writeback::Deliverer`] so echoes that overtake the ledger update are matched.
@@ -152,6 +157,16 @@ pub async fn start(
             tokio::spawn(task.run(rx.clone()))
         })
         .collect();
+    let freshness = config.freshness.clone().map(|fc| {
+        let objects = config
+            .objects
+            .iter()
+            .map(|o| (o.name.clone(), o.channel.clone()))
+            .collect();
+        let writer = freshness::FreshnessWriter::new(store.clone(), stats.clone(), objects, fc);
+        let (stop, stop_rx) = watch::channel(false);
+        (stop, tokio::spawn(writer.run(stop_rx)))
+    });
     let models = mappings.iter().map(|(_, m)| m.clone()).collect();
     let mut applier = Applier::new(
         store.clone(),
@@ -207,6 +222,7 @@ pub async fn start(
         shutdown: tx,
         ingest,
         applier,
+        freshness,
         store,
         echo,
     })
@@ -222,6 +238,16 @@ impl RunningPipeline {
             let _ = t.await;
         }
         let drained = tokio::time::timeout(timeout, self.applier).await;
+        if let Some((stop, task)) = self.freshness {
+            // One last update: the state the stop leaves behind.
+            let _ = stop.send(true);
+            if tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("The freshness writer did not finish its last update in time.");
+            }
+        }
         let status = match &drained {
             Ok(Ok(Ok(()))) => "succeeded",
             _ => "interrupted",

@@ -20,7 +20,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sfsync_salesforce::bulk::{Bulk, JobState, QueryJobRequest, QueryResultsOptions};
 use sfsync_store::{SyncJob, Warehouse};
 
@@ -35,8 +35,10 @@ pub const BUCKET_ROWS: usize = 50_000;
 /// Samples kept per kind of difference in the report.
 pub const SAMPLES: usize = 10;
 
-/// The outcome of one reconciliation.
-#[derive(Debug, Clone, Default, Serialize)]
+/// The outcome of one reconciliation (stored as the job's JSON report; read back by the
+/// freshness contract, so fields missing from an older report read as empty).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ReconcileReport {
     pub object: String,
     pub since_ms: Option<i64>,
@@ -61,7 +63,8 @@ pub struct ReconcileReport {
 }
 
 /// Differences within one id range.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct BucketDrift {
     pub first_id: String,
     pub last_id: String,

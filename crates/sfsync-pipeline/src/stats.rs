@@ -58,6 +58,19 @@ pub struct PipelineStats {
     /// Per-channel and per-object figures (status and metrics).
     per_channel: parking_lot::Mutex<std::collections::BTreeMap<String, u64>>,
     per_object: parking_lot::Mutex<std::collections::BTreeMap<String, ObjectStats>>,
+    /// Whether each channel's stream is up (set on subscribe, failure and stop; never per event).
+    streams: parking_lot::Mutex<std::collections::BTreeMap<String, StreamState>>,
+}
+
+/// Where a channel's Pub/Sub stream stands, as its ingest task last saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamState {
+    /// Subscribed and streaming since `since_ms` (every change the stream delivered since is in
+    /// the raw log or on its way there).
+    Up { since_ms: i64 },
+    /// Not streaming since `since_ms` (a failure, a re-subscribe, or a stop): nothing committed
+    /// in Salesforce after that moment is known to have arrived.
+    Down { since_ms: i64 },
 }
 
 /// What the apply stage did for one object.
@@ -67,6 +80,8 @@ pub struct ObjectStats {
     pub changes: u64,
     /// Commit timestamp (ms) of the object's newest committed change (0: none yet).
     pub last_commit_ms: i64,
+    /// When (ms) a batch with changes of the object was last committed (0: none yet).
+    pub last_applied_ms: i64,
 }
 
 /// Upper bounds (ms) of the writeback latency buckets (accepted→applied, accepted→confirmed);
@@ -272,10 +287,43 @@ impl PipelineStats {
 
     /// Counts `changes` committed changes of `object`, the newest committed at `max_commit_ms`.
     pub fn add_object_changes(&self, object: &str, changes: u64, max_commit_ms: i64) {
+        self.add_object_batch(object, changes, max_commit_ms, 0);
+    }
+
+    /// [`PipelineStats::add_object_changes`] of a batch committed at `applied_at_ms`.
+    pub fn add_object_batch(
+        &self,
+        object: &str,
+        changes: u64,
+        max_commit_ms: i64,
+        applied_at_ms: i64,
+    ) {
         let mut m = self.per_object.lock();
         let e = m.entry(object.to_string()).or_default();
         e.changes += changes;
         e.last_commit_ms = e.last_commit_ms.max(max_commit_ms);
+        e.last_applied_ms = e.last_applied_ms.max(applied_at_ms);
+    }
+
+    /// Records that `channel`'s stream is up from `at_ms` (kept if it already was).
+    pub fn stream_up(&self, channel: &str, at_ms: i64) {
+        let mut m = self.streams.lock();
+        if !matches!(m.get(channel), Some(StreamState::Up { .. })) {
+            m.insert(channel.to_string(), StreamState::Up { since_ms: at_ms });
+        }
+    }
+
+    /// Records that `channel`'s stream is down from `at_ms` (the first moment is kept).
+    pub fn stream_down(&self, channel: &str, at_ms: i64) {
+        let mut m = self.streams.lock();
+        if !matches!(m.get(channel), Some(StreamState::Down { .. })) {
+            m.insert(channel.to_string(), StreamState::Down { since_ms: at_ms });
+        }
+    }
+
+    /// The state of `channel`'s stream (`None`: not subscribed yet by this process).
+    pub fn stream_state(&self, channel: &str) -> Option<StreamState> {
+        self.streams.lock().get(channel).copied()
     }
 
     /// Events ingested per channel, by channel.
@@ -404,5 +452,39 @@ mod tests {
         h.observe(1_000_000);
         assert_eq!(h.quantile_ms(1.0), Some(u64::MAX));
         assert_eq!(h.counts().len(), WRITEBACK_BUCKETS_MS.len() + 1);
+    }
+
+    #[test]
+    fn stream_states_keep_their_first_moment() {
+        let s = PipelineStats::default();
+        assert_eq!(s.stream_state("/data/CaseChangeEvent"), None);
+        s.stream_up("/data/CaseChangeEvent", 10);
+        s.stream_up("/data/CaseChangeEvent", 20);
+        assert_eq!(
+            s.stream_state("/data/CaseChangeEvent"),
+            Some(StreamState::Up { since_ms: 10 })
+        );
+        s.stream_down("/data/CaseChangeEvent", 30);
+        s.stream_down("/data/CaseChangeEvent", 40);
+        assert_eq!(
+            s.stream_state("/data/CaseChangeEvent"),
+            Some(StreamState::Down { since_ms: 30 })
+        );
+        s.stream_up("/data/CaseChangeEvent", 50);
+        assert_eq!(
+            s.stream_state("/data/CaseChangeEvent"),
+            Some(StreamState::Up { since_ms: 50 })
+        );
+        s.add_object_batch("Case", 2, 7, 100);
+        s.add_object_changes("Case", 1, 5);
+        let (_, case) = s.objects().pop().unwrap();
+        assert_eq!(
+            case,
+            ObjectStats {
+                changes: 3,
+                last_commit_ms: 7,
+                last_applied_ms: 100
+            }
+        );
     }
 }

@@ -476,7 +476,9 @@ pub struct RunRecord {
 /// returns PII opened; a column is never dropped or retyped by sfsync (only added); one process
 /// applies to a database at a time (the apply stage holds [`Warehouse::acquire_apply_lock`]).
 #[async_trait]
-pub trait Warehouse: ChangeLog + crate::WriteLedger + crate::Retention + crate::Delivery {
+pub trait Warehouse:
+    ChangeLog + crate::WriteLedger + crate::Retention + crate::Delivery + crate::SyncStatusStore
+{
     /// Creates the tables of `model` or adds its missing columns, and registers the model (its
     /// PII columns) for sealing. Idempotent.
     async fn ensure_model(&self, model: &ObjectModel) -> Result<ModelChange>;

@@ -33,6 +33,7 @@ pub mod postgres;
 pub mod quality;
 pub mod retention;
 pub mod sqlite;
+pub mod sync_status;
 mod tail;
 mod warehouse;
 pub mod writeback;
@@ -55,6 +56,10 @@ pub use postgres::PostgresChangeLog;
 pub use quality::*;
 pub use retention::{AuditAnchor, AuditPrune, LogPrune, Retention};
 pub use sqlite::{SqliteChangeLog, SqliteOptions, SqliteSynchronous};
+pub use sync_status::{
+    FreshnessStatus, LastReconcile, OpenWork, ReconcileResult, SyncStatus, SyncStatusState,
+    SyncStatusStore,
+};
 pub use writeback::*;
 
 /// One raw change as it goes into the log: the identity and ordering fields the apply stage
@@ -131,6 +136,9 @@ pub enum LogPoint {
         channel: String,
         replay_id: ReplayId,
     },
+    /// The first entry (lowest offset) of `entity` above offset `after`: the oldest change of
+    /// the object an apply offset of `after` has not covered yet.
+    FirstAfter { entity: String, after: LogOffset },
 }
 
 /// What one [`ChangeLog::append_batch`] did.

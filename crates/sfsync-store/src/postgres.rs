@@ -29,6 +29,7 @@ mod jobs;
 mod operator;
 mod quality;
 mod retention;
+mod sync_status;
 mod warehouse;
 mod writeback;
 
@@ -415,6 +416,59 @@ CREATE TABLE audit_anchor (
     pruned_entries BIGINT NOT NULL,
     pruned_at_ms   BIGINT NOT NULL
 );
+"#,
+    },
+    Migration {
+        version: 16,
+        name: "freshness contract: sync_status_state and the sync_status view",
+        // Same table and view as SQLite's migration 16; timestamps are timestamptz like the
+        // curated tables' `_sf_*` metadata, and the view's clock is the server's now().
+        sql: r#"
+CREATE TABLE sync_status_state (
+    object                TEXT        PRIMARY KEY CHECK (object <> ''),
+    last_commit_at        TIMESTAMPTZ,
+    last_applied_at       TIMESTAMPTZ,
+    current_as_of         TIMESTAMPTZ,
+    open_repairs          BIGINT      NOT NULL DEFAULT 0 CHECK (open_repairs >= 0),
+    open_resyncs          BIGINT      NOT NULL DEFAULT 0 CHECK (open_resyncs >= 0),
+    backfill_running      BOOLEAN     NOT NULL DEFAULT FALSE,
+    last_reconcile_at     TIMESTAMPTZ,
+    last_reconcile_result TEXT        CHECK (last_reconcile_result IN ('in_sync','drift',
+                              'repaired','failed')),
+    last_reconcile_detail TEXT,
+    delayed_after_secs    BIGINT      NOT NULL CHECK (delayed_after_secs > 0),
+    updated_at            TIMESTAMPTZ NOT NULL
+);
+CREATE VIEW sync_status AS
+SELECT object, last_commit_at, last_applied_at, current_as_of, open_repairs, open_resyncs,
+    backfill_running, last_reconcile_at, last_reconcile_result, last_reconcile_detail,
+    delayed_after_secs, updated_at, lag_seconds,
+    CASE WHEN is_partial THEN 'partial'
+         WHEN lag_seconds IS NULL OR lag_seconds > delayed_after_secs THEN 'delayed'
+         ELSE 'current' END AS status,
+    rtrim(
+        CASE WHEN open_repairs > 0 THEN open_repairs || ' open repair(s); ' ELSE '' END ||
+        CASE WHEN open_resyncs > 0 THEN open_resyncs || ' open re-sync(s); ' ELSE '' END ||
+        CASE WHEN backfill_running THEN 'a backfill is pending or running; ' ELSE '' END ||
+        CASE WHEN last_reconcile_result = 'drift'
+            THEN 'the last reconciliation found drift not repaired yet ('
+                || coalesce(last_reconcile_detail, '') || '); '
+            ELSE '' END ||
+        CASE WHEN lag_seconds IS NULL THEN 'not yet caught up with the stream'
+            WHEN lag_seconds > delayed_after_secs THEN 'not current for '
+                || round(lag_seconds)::bigint || ' s (delayed after '
+                || delayed_after_secs || ' s)'
+            WHEN is_partial THEN ''
+            ELSE 'caught up as of ' || round(lag_seconds)::bigint || ' s ago (delayed after '
+                || delayed_after_secs || ' s)' END,
+        '; ') AS status_reason
+FROM (SELECT s.*,
+        CASE WHEN s.current_as_of IS NULL THEN NULL
+            ELSE greatest(0, round(extract(epoch FROM (now() - s.current_as_of))::numeric, 3))
+                ::double precision END AS lag_seconds,
+        (s.open_repairs > 0 OR s.open_resyncs > 0 OR s.backfill_running
+            OR coalesce(s.last_reconcile_result = 'drift', FALSE)) AS is_partial
+      FROM sync_status_state s) x;
 "#,
     },
     Migration {
@@ -955,6 +1009,17 @@ impl ChangeLog for PostgresChangeLog {
                              ORDER BY log_offset LIMIT 1"
                         ),
                         &[channel, &replay_id.as_bytes()],
+                    )
+                    .await
+            }
+            LogPoint::FirstAfter { entity, after } => {
+                client
+                    .query_opt(
+                        &format!(
+                            "SELECT {cols} FROM raw_changes WHERE entity = $1 AND log_offset > $2 \
+                             ORDER BY log_offset LIMIT 1"
+                        ),
+                        &[entity, &to_i64(*after)],
                     )
                     .await
             }

@@ -50,6 +50,7 @@ mod jobs;
 mod operator;
 mod quality;
 mod retention;
+mod sync_status;
 mod warehouse;
 mod writeback;
 
@@ -569,6 +570,59 @@ CREATE TABLE audit_anchor (
     pruned_entries INTEGER NOT NULL,
     pruned_at_ms   INTEGER NOT NULL
 );
+"#,
+    },
+    Migration {
+        version: 16,
+        name: "freshness contract: sync_status_state and the sync_status view",
+        // Timestamps as the curated tables' `_sf_*` metadata (RFC 3339 UTC text with
+        // milliseconds). The view uses julianday(), which every SQLite reads the same way (a
+        // downstream job may read the view with an older sqlite3 than sfsync's own library).
+        sql: r#"
+CREATE TABLE sync_status_state (
+    object                TEXT    PRIMARY KEY CHECK (object <> ''),
+    last_commit_at        TEXT,
+    last_applied_at       TEXT,
+    current_as_of         TEXT,
+    open_repairs          INTEGER NOT NULL DEFAULT 0 CHECK (open_repairs >= 0),
+    open_resyncs          INTEGER NOT NULL DEFAULT 0 CHECK (open_resyncs >= 0),
+    backfill_running      INTEGER NOT NULL DEFAULT 0 CHECK (backfill_running IN (0, 1)),
+    last_reconcile_at     TEXT,
+    last_reconcile_result TEXT    CHECK (last_reconcile_result IN ('in_sync','drift','repaired',
+                              'failed')),
+    last_reconcile_detail TEXT,
+    delayed_after_secs    INTEGER NOT NULL CHECK (delayed_after_secs > 0),
+    updated_at            TEXT    NOT NULL
+);
+CREATE VIEW sync_status AS
+SELECT object, last_commit_at, last_applied_at, current_as_of, open_repairs, open_resyncs,
+    backfill_running, last_reconcile_at, last_reconcile_result, last_reconcile_detail,
+    delayed_after_secs, updated_at, lag_seconds,
+    CASE WHEN is_partial THEN 'partial'
+         WHEN lag_seconds IS NULL OR lag_seconds > delayed_after_secs THEN 'delayed'
+         ELSE 'current' END AS status,
+    rtrim(
+        CASE WHEN open_repairs > 0 THEN open_repairs || ' open repair(s); ' ELSE '' END ||
+        CASE WHEN open_resyncs > 0 THEN open_resyncs || ' open re-sync(s); ' ELSE '' END ||
+        CASE WHEN backfill_running <> 0 THEN 'a backfill is pending or running; ' ELSE '' END ||
+        CASE WHEN last_reconcile_result = 'drift'
+            THEN 'the last reconciliation found drift not repaired yet ('
+                || coalesce(last_reconcile_detail, '') || '); '
+            ELSE '' END ||
+        CASE WHEN lag_seconds IS NULL THEN 'not yet caught up with the stream'
+            WHEN lag_seconds > delayed_after_secs THEN 'not current for '
+                || CAST(round(lag_seconds) AS INTEGER) || ' s (delayed after '
+                || delayed_after_secs || ' s)'
+            WHEN is_partial THEN ''
+            ELSE 'caught up as of ' || CAST(round(lag_seconds) AS INTEGER) || ' s ago (delayed after '
+                || delayed_after_secs || ' s)' END,
+        '; ') AS status_reason
+FROM (SELECT *,
+        max(0.0, round((julianday('now') - julianday(current_as_of)) * 86400.0, 3))
+            AS lag_seconds,
+        (open_repairs > 0 OR open_resyncs > 0 OR backfill_running <> 0
+            OR coalesce(last_reconcile_result = 'drift', 0)) AS is_partial
+      FROM sync_status_state);
 "#,
     },
     Migration {
@@ -1601,6 +1655,13 @@ impl ChangeLog for SqliteChangeLog {
                      ORDER BY log_offset LIMIT 1"
                 ),
                 vec![channel.clone().into(), replay_id.as_bytes().to_vec().into()],
+            ),
+            LogPoint::FirstAfter { entity, after } => (
+                format!(
+                    "SELECT {cols} FROM raw_changes WHERE entity = ?1 AND log_offset > ?2 \
+                     ORDER BY log_offset LIMIT 1"
+                ),
+                vec![entity.clone().into(), to_i64(*after).into()],
             ),
         };
         self.blocking_on(&self.log_reader, "locate in log", move |conn| {

@@ -336,7 +336,7 @@ async fn migrations_idempotent(b: &dyn Backend) {
         versions,
         (1..=sfsync_store::migrate::latest(sfsync_store::sqlite::MIGRATIONS)).collect::<Vec<_>>()
     );
-    assert_eq!(*versions.last().unwrap(), 15);
+    assert_eq!(*versions.last().unwrap(), 17);
     // Opening again, and twice at once, applies nothing new.
     let (x, y) = tokio::join!(b.open(), b.open());
     assert_eq!(x.applied_migrations().await.unwrap(), first);
@@ -367,7 +367,8 @@ async fn applied_offsets_only_move_forward(b: &dyn Backend) {
 }
 
 /// A replay's reads: one object's window, exact offsets, and entries found by time, replay id
-/// and age — without the other objects' entries and without parsing replay ids.
+/// and age, an object's first entry past an offset — without the other objects' entries and
+/// without parsing replay ids.
 async fn locate_and_targeted_reads(b: &dyn Backend) {
     let log = b.open().await;
     assert_eq!(
@@ -489,6 +490,27 @@ async fn locate_and_targeted_reads(b: &dyn Backend) {
             .unwrap(),
             expected.map(mark),
             "first Account change committed at or after {commit_ms}"
+        );
+    }
+    // The oldest entry of an object past an apply offset (what freshness waits for).
+    for (entity, after, expected) in [
+        ("Account", 0, Some(0)),
+        ("Account", offsets[0], Some(2)),
+        ("Account", offsets[1], Some(2)),
+        ("Account", offsets[4], None),
+        ("Contact", offsets[2], Some(3)),
+        ("Contact", offsets[5], None),
+        ("Case", 0, None),
+    ] {
+        assert_eq!(
+            log.locate(&LogPoint::FirstAfter {
+                entity: entity.into(),
+                after
+            })
+            .await
+            .unwrap(),
+            expected.map(mark),
+            "first {entity} entry after offset {after}"
         );
     }
     for i in 0..replay_ids.len() {

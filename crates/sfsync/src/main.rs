@@ -17,6 +17,7 @@ mod jobs_cmd;
 mod map_cmd;
 mod quarantine_cmd;
 mod run_cmd;
+mod sync_status_cmd;
 mod writes_cmd;
 mod writes_ops;
 
@@ -89,6 +90,10 @@ enum Command {
     /// `cancel ID…`, `retry ID…` (`sfsync jobs` is the same command).
     #[command(alias = "jobs")]
     Runs(jobs_cmd::JobsArgs),
+    /// The freshness contract from the warehouse's `sync_status` view, per object
+    /// (`sync-status --config FILE [--object NAME] [--json]`); exit 0 when every object is
+    /// current, 3 when one is delayed, 4 when one is partial — gate downstream jobs on it.
+    SyncStatus(sync_status_cmd::SyncStatusArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -269,6 +274,7 @@ fn main() -> anyhow::Result<()> {
         Command::Map(args) => std::process::exit(map_cmd::map(args)),
         Command::Conflicts(args) => std::process::exit(writes_cmd::conflicts(args)),
         Command::Deadletters(args) => std::process::exit(writes_cmd::deadletters(args)),
+        Command::SyncStatus(args) => std::process::exit(sync_status_cmd::run(args)),
         command => command,
     };
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -320,7 +326,8 @@ fn main() -> anyhow::Result<()> {
             | Command::Quality(_)
             | Command::Map(_)
             | Command::Conflicts(_)
-            | Command::Deadletters(_) => {
+            | Command::Deadletters(_)
+            | Command::SyncStatus(_) => {
                 unreachable!("handled before the runtime starts")
             }
         }

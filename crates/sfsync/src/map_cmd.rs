@@ -13,8 +13,6 @@ use serde::Serialize;
 use crate::config::model::SyncMode;
 use crate::config::validate::{ValidConfig, ValidWarehouse};
 
-/// Default freshness target of an inbound flow (commit → warehouse), seconds.
-pub const DEFAULT_INBOUND_SLA_SECS: u64 = 120;
 /// Default target of a writeback flow (accepted → applied in Salesforce), seconds.
 pub const DEFAULT_WRITEBACK_SLA_SECS: u64 = 300;
 
@@ -171,7 +169,7 @@ impl IntegrationMap {
                     "SystemModstamp newer than the checkpoint".to_string(),
                 ),
             };
-            let sla = o.sla_secs.unwrap_or(DEFAULT_INBOUND_SLA_SECS);
+            let sla = o.sla_secs.unwrap_or(config.freshness.delayed_after_secs);
             flows.push(Flow {
                 object: o.name.clone(),
                 source: SALESFORCE.into(),
@@ -522,7 +520,8 @@ fields = [{ name = "Priority", owner = "shared", policy = "last_write_wins" }]
         assert!(case.trigger.contains("/data/CaseChangeEvent"));
         assert!(case.transformation.contains("SCD2 history of Status"));
         let contact = m.flows.iter().find(|f| f.object == "Contact").unwrap();
-        assert_eq!(contact.sla_secs, DEFAULT_INBOUND_SLA_SECS);
+        // The default target of an inbound flow is the freshness threshold.
+        assert_eq!(contact.sla_secs, 120);
         assert_eq!(contact.team, None);
         assert!(contact.transformation.contains("encrypted at rest: Email"));
         assert!(contact.transformation.contains("1 quality rule"));

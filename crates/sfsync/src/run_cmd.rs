@@ -249,6 +249,22 @@ pub fn pipeline_config(config: &ValidConfig, start: StartAt) -> PipelineConfig {
         idle_wait: Duration::from_millis(config.pipeline.batch_max_wait_ms),
         bulk: None,
         echo_ledger: None,
+        freshness: Some(freshness_config(config)),
+    }
+}
+
+/// The freshness contract's settings: `[freshness]`, each object's `sla_secs` as its own
+/// threshold.
+pub fn freshness_config(config: &ValidConfig) -> sfsync_pipeline::freshness::FreshnessConfig {
+    let f = &config.freshness;
+    sfsync_pipeline::freshness::FreshnessConfig {
+        update_every: Duration::from_secs(f.update_every_secs.max(1)),
+        delayed_after_secs: f.delayed_after_secs,
+        delayed_after_by_object: config
+            .objects
+            .iter()
+            .filter_map(|o| o.sla_secs.map(|s| (o.name.clone(), s)))
+            .collect(),
     }
 }
 

@@ -195,6 +195,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/quarantine/{id}/release"),
     ("POST", "/api/v1/quarantine/{id}/discard"),
     ("GET", "/api/v1/flows"),
+    ("GET", "/api/v1/sync-status"),
     ("GET", "/api/v1/budget"),
     ("GET", "/api/v1/map"),
     ("GET", "/api/v1/deadletters"),

@@ -69,6 +69,7 @@ fn example_config_checks_ok_with_a_summary() {
         "api:        http://127.0.0.1:8787 (3 tokens)",
         "/archive every 3600 s; raw log hot 7 d, archive 396 d, audit 2557 d",
         "sink:       case-mgmt (webhook) → https://cases.example.org/sfsync/changes; 1 object(s), batch 200, PII omit, dead letters after 3600 s, not back to case_mgmt",
+        "freshness:  sync_status every 5 s; delayed after 120 s (Case 60 s)",
         "secrets:    all resolved",
     ] {
         assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");

@@ -72,6 +72,8 @@ pub struct Extra {
     pub archive: Option<(u64, u64)>,
     /// The delivery sinks of this process.
     pub sinks: Vec<SinkMetrics>,
+    /// Per object: its `sync_status` (the warehouse view) and lag.
+    pub sync_status: Vec<(String, sfsync_store::FreshnessStatus, Option<f64>)>,
 }
 
 /// One delivery sink's readings.
@@ -535,6 +537,34 @@ pub fn render(
     }
     sink_metrics(&mut o, &extra.sinks, now_ms);
     o.family(
+        "sfsync_sync_status",
+        "gauge",
+        "1 for the status the warehouse's sync_status view gives the object (current, delayed, partial), 0 for the others.",
+    );
+    for (object, status, _) in &extra.sync_status {
+        for s in sfsync_store::FreshnessStatus::ALL {
+            o.sample(
+                "sfsync_sync_status",
+                &[("object", object), ("status", s.as_str())],
+                if s == *status { 1.0 } else { 0.0 },
+            );
+        }
+    }
+    o.family(
+        "sfsync_sync_status_lag_seconds",
+        "gauge",
+        "Now minus the object's current_as_of in the sync_status view (an idle object that is caught up stays low).",
+    );
+    for (object, _, lag) in &extra.sync_status {
+        if let Some(lag) = lag {
+            o.sample(
+                "sfsync_sync_status_lag_seconds",
+                &[("object", object)],
+                *lag,
+            );
+        }
+    }
+    o.family(
         "sfsync_runs_finished_total",
         "counter",
         "Runs (sync jobs) finished, per kind and status, as recorded in the store.",
@@ -615,12 +645,21 @@ pub async fn metrics(
     let sinks = sink_readings(&s)
         .await
         .map_err(|e| ApiError::internal("reading the delivery positions", e))?;
+    let sync_status = s
+        .store
+        .sync_status(None)
+        .await
+        .map_err(|e| ApiError::internal("reading the warehouse's sync_status view", e))?
+        .into_iter()
+        .map(|r| (r.state.object, r.status, r.lag_seconds))
+        .collect();
     let extra = Extra {
         budget: s.budget.as_ref().map(|b| b()),
         drift,
         channels,
         archive: applied.map(|a| (a, archived)),
         sinks,
+        sync_status,
     };
     let text = render(
         &s.stats,
@@ -687,9 +726,29 @@ mod tests {
                 vec!["Account".to_string()],
             )],
             archive: Some((10, 4)),
+            sync_status: vec![
+                (
+                    "Account".into(),
+                    sfsync_store::FreshnessStatus::Partial,
+                    Some(2.5),
+                ),
+                ("Case".into(), sfsync_store::FreshnessStatus::Delayed, None),
+            ],
             ..Default::default()
         };
         let text = render(&stats, &counts, &extra, 1.5, 3_500);
+        for want in [
+            "sfsync_sync_status{object=\"Account\",status=\"partial\"} 1\n",
+            "sfsync_sync_status{object=\"Account\",status=\"current\"} 0\n",
+            "sfsync_sync_status{object=\"Case\",status=\"delayed\"} 1\n",
+            "sfsync_sync_status_lag_seconds{object=\"Account\"} 2.5\n",
+        ] {
+            assert!(text.contains(want), "missing {want} in {text}");
+        }
+        assert!(
+            !text.contains("sfsync_sync_status_lag_seconds{object=\"Case\"}"),
+            "{text}"
+        );
         assert!(
             text.contains("sfsync_archive_unarchived_entries 6\n")
                 && text.contains("sfsync_archive_archived_through_offset 4\n"),

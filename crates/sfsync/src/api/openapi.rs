@@ -80,8 +80,26 @@ fn dashboard_paths() -> J {
     json!({
             "/api/v1/flows": { "get": viewer(json!({
                 "summary": "Every flow of the integration map with lag, freshness, throughput and health",
-                "description": "Inbound CDC flows: lag (now − commit time of the object's last applied change), freshness (now − the pipeline's last applied batch), changes per 10 s. Outbound (writeback) flows: lag = age of the oldest write on its way, writes by state, writes applied per 10 s. Scheduled flows: the last run. health is green, amber, red or grey with health_reason.",
+                "description": "Inbound CDC flows: lag from the object's sync_status row (now − current_as_of, so an idle object that is caught up has a small lag; before the first row, now − commit time of the object's last applied change) and health from its status, freshness (now − the pipeline's last applied batch), changes per 10 s. Outbound (writeback) flows: lag = age of the oldest write on its way, writes by state, writes applied per 10 s. Scheduled flows: the last run. health is green, amber, red or grey with health_reason.",
                 "responses": { "200": ok_json("The flows.", json!({ "type": "object", "properties": { "flows": { "type": "array", "items": obj() } } })) }
+            })) },
+            "/api/v1/sync-status": { "get": viewer(json!({
+                "summary": "The freshness contract per object, from the warehouse's sync_status view",
+                "description": "One entry per synced object with the view's columns: status (current, delayed or partial) and status_reason, lag_seconds (now − current_as_of, by the database's clock), current_as_of (the newest time at which every change received for the object had been applied), last_commit_at, last_applied_at, open_repairs, open_resyncs, backfill_running, last_reconcile_at, last_reconcile_result (in_sync, drift, repaired, failed) with last_reconcile_detail, delayed_after_secs and updated_at. status is partial while repairs, re-syncs or a backfill are open or drift is unrepaired; else delayed once current_as_of is older than delayed_after_secs; else current. An object without a row yet is listed as delayed. The top-level status is the worst of the objects' (partial, then delayed, then current), with counts per status.",
+                "parameters": [ q("object", "Only this object (API name).", json!({ "type": "string" })) ],
+                "responses": {
+                    "200": ok_json("The freshness of each object and overall.", json!({
+                        "type": "object",
+                        "required": ["status", "counts", "objects"],
+                        "properties": {
+                            "status": { "type": "string", "enum": ["current", "delayed", "partial"] },
+                            "counts": obj(),
+                            "objects": { "type": "array", "items": obj() }
+                        }
+                    })),
+                    "400": err("An unknown query parameter."),
+                    "404": err("The object is not synced by this process.")
+                }
             })) },
             "/api/v1/budget": { "get": viewer(json!({
                 "summary": "The API budget governor: usage against allocation and allowance, lanes, burn-rate history, forecast",

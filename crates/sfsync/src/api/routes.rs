@@ -109,7 +109,7 @@ fn path_id(p: Result<Path<i64>, PathRejection>) -> Result<i64, ApiError> {
     p.map(|Path(id)| id).map_err(ApiError::from)
 }
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+pub(super) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(t)| t).map_err(ApiError::from)
 }
 

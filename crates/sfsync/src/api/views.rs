@@ -1,5 +1,6 @@
-//! Read views for the dashboard: flows with their health and throughput, the API budget with
-//! its burn-rate history and forecast, and the integration map.
+//! Read views for the dashboard: flows with their health and throughput, the freshness
+//! contract (the warehouse's `sync_status`), the API budget with its burn-rate history and
+//! forecast, and the integration map.
 //!
 //! Guarantees: every figure is read from the pipeline's counters, the store or the budget
 //! governor when the request is answered; throughput and budget history come from a sampler
@@ -10,10 +11,14 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use serde::Deserialize;
 use serde_json::{json, Value as J};
 use sfsync_salesforce::BudgetStatus;
-use sfsync_store::{SyncJobFilter, SyncJobKind, SyncJobStatus, WriteState};
+use sfsync_store::{
+    FreshnessStatus, SyncJobFilter, SyncJobKind, SyncJobStatus, SyncStatus, WriteState,
+};
 
 use super::auth::Caller;
 use super::error::ApiError;
@@ -143,10 +148,71 @@ fn by_lag(lag: f64, sla: u64, what: &str) -> (&'static str, String) {
     }
 }
 
+/// The objects this process syncs (and writes a `sync_status` row for).
+fn synced_objects(s: &ApiState) -> Vec<String> {
+    s.objects
+        .iter()
+        .filter(|o| o.channel.is_some())
+        .map(|o| o.name.clone())
+        .collect()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncStatusQuery {
+    object: Option<String>,
+}
+
+/// `GET /api/v1/sync-status[?object=NAME]`: the warehouse's `sync_status` rows and the overall
+/// status (see [`crate::sync_status_cmd::report`]).
+pub async fn sync_status(
+    State(s): State<Arc<ApiState>>,
+    caller: Caller,
+    q: Result<Query<SyncStatusQuery>, QueryRejection>,
+) -> super::routes::ApiResult {
+    caller.require_viewer()?;
+    let q = super::routes::query(q)?;
+    let synced = synced_objects(&s);
+    let expected = match &q.object {
+        None => synced,
+        Some(o) if synced.contains(o) => vec![o.clone()],
+        Some(o) => {
+            return Err(ApiError::not_found(format!(
+                "object {o} is not synced by this process (synced: {})",
+                synced.join(", ")
+            )))
+        }
+    };
+    let rows = read_sync_status(&s, q.object.as_deref()).await?;
+    let (_, body) = crate::sync_status_cmd::report(&rows, &expected);
+    super::routes::ok(body)
+}
+
+async fn read_sync_status(s: &ApiState, object: Option<&str>) -> Result<Vec<SyncStatus>, ApiError> {
+    s.store
+        .sync_status(object)
+        .await
+        .map_err(|e| ApiError::internal("reading the warehouse's sync_status view", e))
+}
+
+/// Health of an inbound CDC flow from its `sync_status` row: partial is amber, delayed red,
+/// current by its lag against the SLA (an idle object is current: its lag counts from
+/// `current_as_of`, not from its last change).
+fn inbound_health(row: &SyncStatus, sla: u64) -> (&'static str, String) {
+    match (row.status, row.lag_seconds) {
+        (FreshnessStatus::Partial, _) => ("amber", format!("partial: {}", row.status_reason)),
+        (FreshnessStatus::Delayed, _) | (_, None) => {
+            ("red", format!("delayed: {}", row.status_reason))
+        }
+        (FreshnessStatus::Current, Some(lag)) => by_lag(lag, sla, "lag"),
+    }
+}
+
 /// `GET /api/v1/flows`: every flow of the integration map with its live figures and health.
 pub async fn flows(State(s): State<Arc<ApiState>>, caller: Caller) -> super::routes::ApiResult {
     caller.require_viewer()?;
     let counts = super::routes::ops_counts(&s).await?;
+    let freshness = read_sync_status(&s, None).await?;
     let now = now_ms();
     let st = &s.stats;
     let backlog = st
@@ -176,24 +242,37 @@ pub async fn flows(State(s): State<Arc<ApiState>>, caller: Caller) -> super::rou
                         .find(|(k, _)| *k == f.object)
                         .map(|(_, v)| *v)
                         .unwrap_or_default();
-                    let last = obj.last_commit_ms;
-                    let lag = (last > 0).then(|| secs(now - last));
+                    let row = freshness.iter().find(|r| r.state.object == f.object);
+                    let last = match row.and_then(|r| r.state.last_commit_ms) {
+                        Some(ms) => ms.max(obj.last_commit_ms),
+                        None => obj.last_commit_ms,
+                    };
                     let fresh = (last_applied > 0).then(|| secs(now - last_applied));
                     let points = history.rates(THROUGHPUT_POINTS, |x| {
                         x.changes.get(&f.object).copied().unwrap_or(0)
                     });
-                    let health = match lag {
-                        None => (
-                            "grey",
-                            "no change of this object applied since start".into(),
-                        ),
-                        Some(l) if backlog == 0 => (
-                            "green",
-                            format!(
-                            "caught up with the stream; the last change was committed {l:.0} s ago"
-                        ),
-                        ),
-                        Some(l) => by_lag(l, f.sla_secs, "lag"),
+                    // Lag from the freshness contract (now − current_as_of); without a row yet,
+                    // from the object's last applied change.
+                    let (lag, health) = match row {
+                        Some(r) => (r.lag_seconds, inbound_health(r, f.sla_secs)),
+                        None => {
+                            let lag = (last > 0).then(|| secs(now - last));
+                            let health = match lag {
+                                None => (
+                                    "grey",
+                                    "no change of this object applied since start".into(),
+                                ),
+                                Some(l) if backlog == 0 => (
+                                    "green",
+                                    format!(
+                                        "caught up with the stream; the last change was \
+                                         committed {l:.0} s ago"
+                                    ),
+                                ),
+                                Some(l) => by_lag(l, f.sla_secs, "lag"),
+                            };
+                            (lag, health)
+                        }
                     };
                     (
                         lag,
@@ -529,6 +608,45 @@ mod tests {
         }
         assert_eq!(h.samples.len(), HISTORY_POINTS);
         assert_eq!(h.rates(1, case), vec![1]);
+    }
+
+    #[test]
+    fn inbound_health_follows_the_sync_status() {
+        let row = |status, lag| SyncStatus {
+            state: sfsync_store::SyncStatusState {
+                object: "Case".into(),
+                last_commit_ms: None,
+                last_applied_ms: None,
+                current_as_of_ms: None,
+                open_repairs: 0,
+                open_resyncs: 0,
+                backfill_running: false,
+                last_reconcile_ms: None,
+                last_reconcile_result: None,
+                last_reconcile_detail: None,
+                delayed_after_secs: 120,
+                updated_ms: 0,
+            },
+            lag_seconds: lag,
+            status,
+            status_reason: "why".into(),
+        };
+        assert_eq!(
+            inbound_health(&row(FreshnessStatus::Current, Some(3.0)), 120).0,
+            "green"
+        );
+        assert_eq!(
+            inbound_health(&row(FreshnessStatus::Current, Some(90.0)), 120).0,
+            "amber"
+        );
+        assert_eq!(
+            inbound_health(&row(FreshnessStatus::Partial, Some(3.0)), 120),
+            ("amber", "partial: why".to_string())
+        );
+        assert_eq!(
+            inbound_health(&row(FreshnessStatus::Delayed, None), 120),
+            ("red", "delayed: why".to_string())
+        );
     }
 
     #[test]

@@ -150,6 +150,22 @@ pub fn summary(l: &LoadedConfig) -> String {
                 .unwrap_or_default()
         ));
     }
+    let f = &c.freshness;
+    let own: Vec<String> = c
+        .objects
+        .iter()
+        .filter_map(|o| o.sla_secs.map(|s| format!("{} {s} s", o.name)))
+        .collect();
+    out.push_str(&format!(
+        "freshness:  sync_status every {} s; delayed after {} s{}\n",
+        f.update_every_secs,
+        f.delayed_after_secs,
+        if own.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", own.join(", "))
+        }
+    ));
     out.push_str(&format!("objects:    {}\n", c.objects.len()));
     for o in &c.objects {
         out.push_str(&object_line(o));

@@ -185,6 +185,7 @@ const TABLES: &[&str] = &[
     "api",
     "archive",
     "sinks",
+    "freshness",
 ];
 
 /// Syntax and shape: every top-level table (and each `[[objects]]` entry) is deserialised on its
@@ -256,6 +257,7 @@ pub fn parse(text: &str, file: &str) -> Result<(SfsyncConfig, SpanIndex), Config
                     "expected an array of tables ([[sinks]])",
                 ),
             },
+            "freshness" => cfg.freshness = p.de("freshness", value),
             other => p.error(
                 other,
                 key.span(),

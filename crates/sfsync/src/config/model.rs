@@ -27,6 +27,8 @@ pub struct SfsyncConfig {
     pub archive: Option<ArchiveConfig>,
     /// `[[sinks]]`: downstream delivery of the curated change stream.
     pub sinks: Vec<SinkConfig>,
+    /// `[freshness]`; absent: the defaults of [`FreshnessConfig`].
+    pub freshness: Option<FreshnessConfig>,
 }
 
 /// `[salesforce]`: where the org is and how to authenticate.
@@ -215,7 +217,8 @@ pub struct ObjectConfig {
     /// Integration map: the team answerable for this flow (shown by `sfsync map`).
     pub team: Option<String>,
     /// Integration map: the flow's freshness target in seconds, Salesforce commit → warehouse
-    /// (default 120).
+    /// (default `[freshness] delayed_after_secs`, 120). Also the object's `sync_status`
+    /// threshold: `delayed` past it.
     pub sla_secs: Option<u64>,
 }
 
@@ -768,4 +771,25 @@ fn default_sink_retry_max() -> u64 {
 }
 fn default_sink_start() -> String {
     "earliest".into()
+}
+
+/// `[freshness]`: the consumer freshness contract, `sync_status` in the warehouse (and
+/// `/api/v1/sync-status`), kept up to date by `sfsync run`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FreshnessConfig {
+    /// Seconds between two updates of `sync_status_state`.
+    pub update_every_secs: u64,
+    /// An object is `delayed` once its `current_as_of` is older than this many seconds; an
+    /// object's `sla_secs` replaces it for that object.
+    pub delayed_after_secs: u64,
+}
+
+impl Default for FreshnessConfig {
+    fn default() -> Self {
+        FreshnessConfig {
+            update_every_secs: 5,
+            delayed_after_secs: 120,
+        }
+    }
 }

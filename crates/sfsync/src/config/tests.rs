@@ -140,7 +140,7 @@ batch_max_records = -1
             "t.toml:8:12: salesforce.auth.password: inline secrets are not allowed; write { env = \"VAR\" } or { file = \"path\" }",
             "t.toml:11:8: warehouse.path: invalid type: integer `3`, expected path string",
             "t.toml:15:21: pipeline.batch_max_records: invalid value: integer `-1`, expected u64",
-            "t.toml:16:2: bogus: unknown table `bogus`, expected one of salesforce, objects, warehouse, pii, pipeline, writeback, api, archive, sinks",
+            "t.toml:16:2: bogus: unknown table `bogus`, expected one of salesforce, objects, warehouse, pii, pipeline, writeback, api, archive, sinks, freshness",
         ]
     );
 }
@@ -1209,6 +1209,54 @@ fn archive_defaults_locations_and_errors() {
             .any(|l| l.contains("archive") && l.contains("keep")),
         "{e:#?}"
     );
+}
+
+#[test]
+fn freshness_defaults_and_errors() {
+    // Without [freshness]: every 5 s, delayed after 120 s (the customer's target).
+    let l = load_t(&format!("{HEAD}[[objects]]\nname = \"Account\"\n")).unwrap();
+    let f = &l.config.freshness;
+    assert_eq!((f.update_every_secs, f.delayed_after_secs), (5, 120));
+    let l = load_t(&format!(
+        "{HEAD}[[objects]]\nname = \"Account\"\nsla_secs = 30\n\n[freshness]\nupdate_every_secs = 2\ndelayed_after_secs = 300\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        (
+            l.config.freshness.update_every_secs,
+            l.config.freshness.delayed_after_secs
+        ),
+        (2, 300)
+    );
+    let e = errs(&format!(
+        "{HEAD}[[objects]]\nname = \"Account\"\n\n[freshness]\nupdate_every_secs = 0\ndelayed_after_secs = 0\n"
+    ));
+    let has = |e: &[String], key: &str, msg: &str| {
+        assert!(
+            e.iter().any(|l| l.contains(key) && l.contains(msg)),
+            "no error on {key} saying {msg}: {e:#?}"
+        )
+    };
+    has(&e, "freshness.update_every_secs", "greater than 0");
+    has(&e, "freshness.delayed_after_secs", "greater than 0");
+    // Updates must come more often than any threshold, the objects' own included.
+    let e = errs(&format!(
+        "{HEAD}[[objects]]\nname = \"Account\"\n\n[[objects]]\nname = \"Case\"\nsla_secs = 10\n\n[freshness]\nupdate_every_secs = 10\ndelayed_after_secs = 10\n"
+    ));
+    has(
+        &e,
+        "freshness.update_every_secs",
+        "10 s is not less than freshness.delayed_after_secs (10 s)",
+    );
+    has(
+        &e,
+        "objects[1].sla_secs",
+        "10 s is not more than freshness.update_every_secs (10 s)",
+    );
+    let e = errs(&format!(
+        "{HEAD}[[objects]]\nname = \"Account\"\n\n[freshness]\nevery = 3\n"
+    ));
+    has(&e, "freshness", "unknown field `every`");
 }
 
 #[test]

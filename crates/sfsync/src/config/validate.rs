@@ -30,6 +30,8 @@ pub struct ValidConfig {
     pub archive: ValidArchive,
     /// `[[sinks]]`, in file order.
     pub sinks: Vec<ValidSink>,
+    /// The freshness contract (`[freshness]`, defaults without it).
+    pub freshness: FreshnessConfig,
 }
 
 /// A `[[sinks]]` entry, validated.
@@ -382,6 +384,49 @@ fn validate_archive(
     }
 }
 
+/// `[freshness]`: both figures > 0, and updates more often than any object's threshold (else
+/// a caught-up object would show `delayed` between two updates).
+fn validate_freshness(
+    errs: &mut Errors,
+    f: Option<&FreshnessConfig>,
+    objects: &[ObjectConfig],
+) -> FreshnessConfig {
+    let f = f.cloned().unwrap_or_default();
+    for (name, v) in [
+        ("update_every_secs", f.update_every_secs),
+        ("delayed_after_secs", f.delayed_after_secs),
+    ] {
+        if v == 0 {
+            errs.push(format!("freshness.{name}"), "must be greater than 0");
+        }
+    }
+    if f.update_every_secs > 0 && f.update_every_secs >= f.delayed_after_secs {
+        errs.push(
+            "freshness.update_every_secs",
+            format!(
+                "{} s is not less than freshness.delayed_after_secs ({} s): a caught-up object \
+                 would show delayed between two updates",
+                f.update_every_secs, f.delayed_after_secs
+            ),
+        );
+    }
+    for (i, o) in objects.iter().enumerate() {
+        if let Some(sla) = o.sla_secs.filter(|s| *s > 0) {
+            if f.update_every_secs >= sla {
+                errs.push(
+                    format!("objects[{i}].sla_secs"),
+                    format!(
+                        "{sla} s is not more than freshness.update_every_secs ({} s): the \
+                         object would show delayed in sync_status between two updates",
+                        f.update_every_secs
+                    ),
+                );
+            }
+        }
+    }
+    f
+}
+
 /// Who answers for a flow and its target, for the integration map.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowMeta {
@@ -730,10 +775,12 @@ impl SfsyncConfig {
             base_dir,
         );
         let sinks = validate_sinks(&mut errs, &self.sinks, &self.objects, base_dir);
+        let freshness = validate_freshness(&mut errs, self.freshness.as_ref(), &self.objects);
         match (salesforce, warehouse) {
             (Some(salesforce), Some(warehouse)) if errs.0.is_empty() => Ok(ValidConfig {
                 archive,
                 sinks,
+                freshness,
                 writeback,
                 writeback_flows,
                 writeback_delivery,

@@ -302,8 +302,27 @@ function stat(label, value, testid, raw) {
     h('div', { class: 'stat-value' }, show(value)), h('div', { class: 'stat-label' }, label));
 }
 
+const FRESHNESS_COLOUR = { current: 'green', delayed: 'red', partial: 'amber' };
+
+/** The freshness contract (the warehouse's sync_status view), one row per object. */
+function freshnessTable(fresh) {
+  const rows = (fresh.objects || []).map((o) => h('tr', { testid: 'freshness-row', 'data-object': o.object, 'data-status': o.status },
+    h('th', { scope: 'row' }, o.object),
+    h('td', {}, h('span', { class: `health health-${FRESHNESS_COLOUR[o.status] || 'grey'}`, testid: 'freshness-status' },
+      h('span', { class: 'dot', 'aria-hidden': 'true' }), o.status)),
+    h('td', { class: 'num' }, secs(o.lag_seconds)),
+    h('td', {}, when(o.current_as_of)),
+    h('td', { class: 'num' }, num(o.open_repairs)),
+    h('td', { class: 'num' }, num(o.open_resyncs)),
+    h('td', {}, o.backfill_running ? 'running' : '—'),
+    h('td', {}, o.last_reconcile_result ? `${o.last_reconcile_result}${o.last_reconcile_detail ? ` (${o.last_reconcile_detail})` : ''}` : '—'),
+    h('td', { class: 'small' }, o.status_reason)));
+  return table(`Freshness (sync_status): ${fresh.status}`,
+    ['Object', 'Status', 'Lag', 'Current as of', 'Open repairs', 'Open re-syncs', 'Backfill', 'Last reconciliation', 'Reason'], rows, 'freshness-table');
+}
+
 async function overview() {
-  const [flows, status] = await Promise.all([api('/api/v1/flows'), api('/api/v1/status')]);
+  const [flows, status, fresh] = await Promise.all([api('/api/v1/flows'), api('/api/v1/status'), api('/api/v1/sync-status')]);
   const writes = status.writes || {};
   const stats = h('section', { 'aria-label': 'Headline figures', class: 'stats', testid: 'stats' },
     stat('open runs', num(status.open_runs), 'stat-open-runs', status.open_runs),
@@ -328,9 +347,10 @@ async function overview() {
     stats,
     table(`Flows (${(flows.flows || []).length}); SLA and team on the integration map`,
       ['Object', 'Direction', 'Source → target', 'Pattern', 'Lag', 'Freshness', 'Throughput', 'Health', 'Counts'], rows, 'flows-table'),
+    freshnessTable(fresh),
     h('div', { class: 'narrow' }, table('Writeback ledger by state', ['State', 'Writes'], writeRows, 'writes-table')),
     h('p', { class: 'small' }, `sfsync ${status.version}, run ${status.run_id}; pending repairs ${num(status.pending_repairs)}, pending re-syncs ${num(status.pending_resyncs)}.`));
-  return { view, data: { flows, status } };
+  return { view, data: { flows, status, fresh } };
 }
 
 async function budget() {
