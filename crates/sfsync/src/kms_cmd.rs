@@ -296,7 +296,11 @@ pub async fn rewrap(args: KmsRewrapArgs) -> Result<i32, Failure> {
             moved.source_key_arn, moved.key_arn
         );
         if let Some(table) = &t.table {
-            tables.push(table.clone());
+            tables.push(if table == "pii" {
+                "[pii]".to_string()
+            } else {
+                table.clone()
+            });
         }
     }
     println!(
@@ -305,7 +309,7 @@ pub async fn rewrap(args: KmsRewrapArgs) -> Result<i32, Failure> {
         if tables.is_empty() {
             "where these files are configured".to_string()
         } else {
-            format!("in {}", tables.join(", "))
+            format!("in {}", tables.join(" and "))
         }
     );
     Ok(0)

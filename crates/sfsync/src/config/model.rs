@@ -140,8 +140,8 @@ pub enum SecretRef {
     Env(String),
     /// A file (relative paths are relative to the config file); surrounding whitespace is trimmed.
     File(PathBuf),
-    /// A secret in AWS Secrets Manager, read once at start.
-    Aws(AwsSecretRef),
+    /// A secret in AWS Secrets Manager, read once at start (boxed: the enum stays small).
+    Aws(Box<AwsSecretRef>),
 }
 
 /// `{ aws_secret = "prod/sfsync/salesforce", json_key = "client_secret", version_stage = "…" }`:
@@ -228,11 +228,11 @@ impl<'de> Deserialize<'de> for SecretRef {
                 match (raw.env, raw.file, raw.aws_secret) {
                     (Some(v), None, None) => Ok(SecretRef::Env(v)),
                     (None, Some(p), None) => Ok(SecretRef::File(p)),
-                    (None, None, Some(id)) => Ok(SecretRef::Aws(AwsSecretRef {
+                    (None, None, Some(id)) => Ok(SecretRef::Aws(Box::new(AwsSecretRef {
                         secret_id: id,
                         json_key: raw.json_key,
                         version_stage: raw.version_stage,
-                    })),
+                    }))),
                     (Some(_), Some(_), None) => Err(de::Error::custom(
                         "give either `env` or `file` for a secret, not both",
                     )),

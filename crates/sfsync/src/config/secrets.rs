@@ -450,7 +450,9 @@ fn load_pii_key(
     let text = match source {
         PiiKeySource::Env(var) => read_ref(errs, &key, &SecretRef::Env(var.clone()), env, aws)?,
         PiiKeySource::File(p) => read_ref(errs, &key, &SecretRef::File(p.clone()), env, aws)?,
-        PiiKeySource::Aws(a) => read_ref(errs, &key, &SecretRef::Aws(a.clone()), env, aws)?,
+        PiiKeySource::Aws(a) => {
+            read_ref(errs, &key, &SecretRef::Aws(Box::new(a.clone())), env, aws)?
+        }
         PiiKeySource::Kms {
             kms_key_id,
             wrapped_key_file,

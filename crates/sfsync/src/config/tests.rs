@@ -1264,11 +1264,11 @@ fn aws_references_parse_validate_and_summarise_without_values() {
     match &c.salesforce.credentials {
         CredentialsSource::Auth(AuthConfig::ClientCredentials(a)) => assert_eq!(
             a.client_secret,
-            SecretRef::Aws(AwsSecretRef {
+            SecretRef::Aws(Box::new(AwsSecretRef {
                 secret_id: "prod/sfsync/salesforce".into(),
                 json_key: Some("client_secret".into()),
                 version_stage: None,
-            })
+            }))
         ),
         other => panic!("{other:?}"),
     }

@@ -701,7 +701,7 @@ fn check_key_source(
             match r {
                 SecretRef::Env(v) => PiiKeySource::Env(v),
                 SecretRef::File(p) => PiiKeySource::File(p),
-                SecretRef::Aws(a) => PiiKeySource::Aws(a),
+                SecretRef::Aws(a) => PiiKeySource::Aws(*a),
             },
             field,
         ));
