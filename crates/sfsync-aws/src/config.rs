@@ -42,7 +42,7 @@ const CHAIN_VARS: &[&str] = &[
 /// Which member of the chain supplies the credentials (for summaries; no secret in it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CredentialSource {
-    /// `AWS_ACCESS_KEY_ID` (the id is not secret), with a session token or not.
+    /// `AWS_ACCESS_KEY_ID` (shown by its last four characters), with a session token or not.
     EnvironmentKeys {
         access_key_id: String,
         session_token: bool,
@@ -63,7 +63,12 @@ impl fmt::Display for CredentialSource {
                 session_token,
             } => write!(
                 f,
-                "environment keys (AWS_ACCESS_KEY_ID {access_key_id}{})",
+                // Only the last four characters, as `aws configure list` shows it.
+                "environment keys (AWS_ACCESS_KEY_ID …{}{})",
+                access_key_id
+                    .chars()
+                    .skip(access_key_id.chars().count().saturating_sub(4))
+                    .collect::<String>(),
                 if *session_token {
                     ", with AWS_SESSION_TOKEN"
                 } else {
@@ -337,7 +342,7 @@ mod tests {
         assert_eq!(c.max_attempts, 4);
         assert_eq!(
             c.credential_source.to_string(),
-            "environment keys (AWS_ACCESS_KEY_ID AKIDEXAMPLE)"
+            "environment keys (AWS_ACCESS_KEY_ID …MPLE)"
         );
         vars.push(("AWS_REGION", "cn-north-1"));
         let c = AwsConfig::from_env(&env_of(&vars)).unwrap();

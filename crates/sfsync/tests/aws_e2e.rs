@@ -330,7 +330,7 @@ async fn kms_wrapped_pii_key_seals_opens_rewraps_rotates_and_refuses_the_wrong_k
     assert!(
         out.stdout.contains(
             "secrets:    all resolved (AWS region us-east-1, credentials: environment keys \
-             (AWS_ACCESS_KEY_ID testing); 1 KMS-wrapped data key)"
+             (AWS_ACCESS_KEY_ID …ting); 1 KMS-wrapped data key)"
         ),
         "{}",
         out.all()
@@ -640,7 +640,7 @@ async fn secrets_manager_supplies_the_client_secret_and_an_api_token() {
         out.stdout.contains("auth:       client_credentials")
             && out.stdout.contains(
                 "secrets:    all resolved (AWS region us-east-1, credentials: environment keys \
-                 (AWS_ACCESS_KEY_ID testing); 2 Secrets Manager secrets)"
+                 (AWS_ACCESS_KEY_ID …ting); 2 Secrets Manager secrets)"
             ),
         "{}",
         out.all()
