@@ -553,7 +553,9 @@ async fn upgraded_from_v15(b: &dyn Backend) {
     assert!(versions.contains(&16), "{versions:?}");
     assert_eq!(
         versions.last().copied(),
-        Some(sfsync_store::migrate::latest(sfsync_store::sqlite::MIGRATIONS))
+        Some(sfsync_store::migrate::latest(
+            sfsync_store::sqlite::MIGRATIONS
+        ))
     );
     assert!(w.sync_status(None).await.unwrap().is_empty());
     assert_eq!(w.open_work().await.unwrap()["Case"].repairs, 1);

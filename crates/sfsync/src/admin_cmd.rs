@@ -59,6 +59,13 @@ pub enum KeysCommand {
     /// configured `[pii]` key; values under a retired key need it in `[[pii.old_keys]]`.
     /// Stop `sfsync run` first: rotation takes the applier lock.
     Rotate(ConfigArg),
+    /// Generate a PII data key under an AWS KMS key (GenerateDataKey AES_256) and write it
+    /// wrapped (the base64 CiphertextBlob, for `wrapped_key_file`); the plaintext is never
+    /// written. AWS region, endpoint and credentials from the standard AWS_* variables.
+    KmsGenerate(crate::kms_cmd::KmsGenerateArgs),
+    /// Move wrapped PII data keys to another KMS key (ReEncrypt): KMS key rotation without
+    /// touching any sealed value. Then set `kms_key_id` to the new key.
+    KmsRewrap(crate::kms_cmd::KmsRewrapArgs),
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +135,10 @@ pub fn audit(args: AuditArgs) -> i32 {
 pub fn keys(args: KeysArgs) -> i32 {
     match args.command {
         KeysCommand::Rotate(a) => finish("keys rotate", block_on(keys_rotate(a))),
+        KeysCommand::KmsGenerate(a) => {
+            finish("keys kms-generate", block_on(crate::kms_cmd::generate(a)))
+        }
+        KeysCommand::KmsRewrap(a) => finish("keys kms-rewrap", block_on(crate::kms_cmd::rewrap(a))),
     }
 }
 
@@ -168,7 +179,7 @@ pub(crate) struct Opened {
 /// Loads the config and opens its warehouse, with the PII keyring when `with_keyring`. A
 /// missing SQLite file is an error (opening would create an empty warehouse and report on it).
 pub(crate) async fn open(path: &Path, with_keyring: bool) -> Result<Opened, Failure> {
-    let (config, mut secrets) = run_cmd::load(path).map_err(usage)?;
+    let (config, mut secrets) = run_cmd::load(path).await.map_err(usage)?;
     let has_key = secrets.pii_key.is_some();
     if !with_keyring {
         secrets.pii_key = None;

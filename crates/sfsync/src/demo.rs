@@ -87,7 +87,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let _ = std::fs::remove_file(args.data_dir.join("dashboard.url"));
     let api_addr = free_or_any(args.api);
     let (config_path, token) = write_demo_config(&args.data_dir, &running, api_addr)?;
-    let (config, secrets) = crate::run_cmd::load(&config_path)?;
+    let (config, secrets) = crate::run_cmd::load(&config_path).await?;
     let service = crate::run_cmd::start_service(
         &config,
         &secrets,

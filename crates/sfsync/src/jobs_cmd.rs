@@ -341,7 +341,7 @@ pub async fn backfill(args: BackfillArgs) -> Result<i32, Failure> {
         .map(|s| parse_since(s, now_ms()))
         .transpose()
         .map_err(usage)?;
-    let (config, secrets) = crate::run_cmd::load(&args.config).map_err(usage)?;
+    let (config, secrets) = crate::run_cmd::load(&args.config).await.map_err(usage)?;
     let names = objects_or_all(&config, &args.objects).map_err(usage)?;
     request_and_follow(
         &config,
@@ -360,7 +360,7 @@ pub async fn backfill(args: BackfillArgs) -> Result<i32, Failure> {
 /// `sfsync archive`: compacts the applied raw log into the Parquet archive now (a job, as the
 /// schedule runs it), then prunes the hot log past its retention.
 pub async fn archive(args: ArchiveArgs) -> Result<i32, Failure> {
-    let (config, secrets) = crate::run_cmd::load(&args.config).map_err(usage)?;
+    let (config, secrets) = crate::run_cmd::load(&args.config).await.map_err(usage)?;
     if config.archive.location.is_none() {
         return Err(usage(anyhow!(
             "{}: archive.enabled = false: there is no archive to write to",
@@ -381,7 +381,7 @@ pub async fn archive(args: ArchiveArgs) -> Result<i32, Failure> {
 /// `sfsync retention`: deletes what is past its retention (a job), or with `--dry-run` lists
 /// it without deleting anything.
 pub async fn retention(args: RetentionArgs) -> Result<i32, Failure> {
-    let (config, secrets) = crate::run_cmd::load(&args.config).map_err(usage)?;
+    let (config, secrets) = crate::run_cmd::load(&args.config).await.map_err(usage)?;
     if !args.dry_run {
         return request_and_follow(
             &config,
@@ -446,7 +446,7 @@ pub async fn reconcile(args: ReconcileArgs) -> Result<i32, Failure> {
         .map(|s| parse_since(s, now_ms()))
         .transpose()
         .map_err(usage)?;
-    let (config, secrets) = crate::run_cmd::load(&args.config).map_err(usage)?;
+    let (config, secrets) = crate::run_cmd::load(&args.config).await.map_err(usage)?;
     let names = objects_or_all(&config, &args.objects).map_err(usage)?;
     request_and_follow(
         &config,
@@ -464,7 +464,7 @@ pub async fn reconcile(args: ReconcileArgs) -> Result<i32, Failure> {
 
 pub async fn replay(args: ReplayArgs) -> Result<i32, Failure> {
     let request = replay_request(&args, now_ms()).map_err(usage)?;
-    let (config, secrets) = crate::run_cmd::load(&args.config).map_err(usage)?;
+    let (config, secrets) = crate::run_cmd::load(&args.config).await.map_err(usage)?;
     let specs = crate::run_cmd::object_specs(&config);
     let names = match &request.selection {
         ReplaySelection::Ids { .. } => {

@@ -14,6 +14,7 @@ mod config;
 mod demo;
 mod emulator_cmd;
 mod jobs_cmd;
+mod kms_cmd;
 mod map_cmd;
 mod quarantine_cmd;
 mod run_cmd;
@@ -51,7 +52,8 @@ enum Command {
     Config(config::check::ConfigArgs),
     /// Check the warehouse's audit hash chain (`audit verify --config FILE`; exit 1 when broken).
     Audit(admin_cmd::AuditArgs),
-    /// Manage the PII keys (`keys rotate --config FILE`: re-seal all PII under the current key).
+    /// Manage the PII keys (`keys rotate --config FILE`: re-seal all PII under the current key;
+    /// `keys kms-generate` / `keys kms-rewrap`: data keys wrapped by AWS KMS).
     Keys(admin_cmd::KeysArgs),
     /// Print an object's rows or history from the warehouse, PII masked unless `--decrypt`.
     Read(admin_cmd::ReadArgs),
@@ -261,6 +263,8 @@ fn disable_transparent_huge_pages() {
 fn main() -> anyhow::Result<()> {
     disable_transparent_huge_pages();
     let cli = Cli::parse();
+    // Before any command: the config step may call AWS (Secrets Manager, KMS) over rustls.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     if let Command::Config(args) = cli.command {
         std::process::exit(config::check::run(args));
     }
@@ -277,7 +281,6 @@ fn main() -> anyhow::Result<()> {
         Command::SyncStatus(args) => std::process::exit(sync_status_cmd::run(args)),
         command => command,
     };
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     // The pipeline's blocking work is its database connections (one writer, one reader, a few
     // Postgres calls): a small pool is enough, and every idle pool thread keeps its own
     // allocator heap (measured on `bench pipeline`: peak RSS 480–560 MB with the default 512

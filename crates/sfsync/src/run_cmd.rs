@@ -53,10 +53,11 @@ pub enum StartAt {
 }
 
 /// Loads the config and secrets, or prints every problem (`file:line:col: key: message`).
-pub fn load(path: &Path) -> Result<(ValidConfig, ResolvedSecrets)> {
+pub async fn load(path: &Path) -> Result<(ValidConfig, ResolvedSecrets)> {
     let loaded = crate::config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let secrets = loaded
         .resolve_secrets_from_env()
+        .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok((loaded.config, secrets))
 }
@@ -606,7 +607,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if early {
         return Ok(());
     }
-    let (config, secrets) = load(&args.config)?;
+    let (config, secrets) = load(&args.config).await?;
     let service = start_service(&config, &secrets, args.start, &args.config).await?;
     let stats = service.running.stats.clone();
     let started = Instant::now();

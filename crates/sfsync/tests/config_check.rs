@@ -156,7 +156,7 @@ fn inline_secret_and_missing_file_are_reported() {
     let out = sfsync(&["config", "check", "--config", cfg.to_str().unwrap()], &[]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains(":6:17: salesforce.auth.client_secret: inline secrets are not allowed; write { env = \"VAR\" } or { file = \"path\" }"), "{stderr}");
+    assert!(stderr.contains(":6:17: salesforce.auth.client_secret: inline secrets are not allowed; write { env = \"VAR\" }, { file = \"path\" } or { aws_secret = \"name\" }"), "{stderr}");
     assert!(!stderr.contains("do-not-print"));
 
     let missing = dir.path().join("nope.toml");

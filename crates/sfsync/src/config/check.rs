@@ -43,8 +43,22 @@ fn check(path: &std::path::Path, skip_secrets: bool) -> i32 {
     let secrets_line = if skip_secrets {
         "secrets:    not checked (--skip-secrets)".to_string()
     } else {
-        match loaded.resolve_secrets_from_env() {
-            Ok(_) => "secrets:    all resolved".to_string(),
+        // AWS references (Secrets Manager, KMS) are fetched over HTTPS: a small runtime.
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("sfsync config check: starting the async runtime: {e}");
+                return 1;
+            }
+        };
+        match runtime.block_on(loaded.resolve_secrets_from_env()) {
+            Ok(r) => match r.aws {
+                None => "secrets:    all resolved".to_string(),
+                Some(aws) => format!("secrets:    all resolved (AWS {aws})"),
+            },
             Err(e) => return report(&e),
         }
     };
@@ -115,6 +129,11 @@ pub fn summary(l: &LoadedConfig) -> String {
             }
         }
         out.push('\n');
+        // Where each key comes from (never the key).
+        out.push_str(&format!("  key {}: {}\n", p.key_id, p.key.describe()));
+        for k in &p.old_keys {
+            out.push_str(&format!("  key {}: {}\n", k.key_id, k.key.describe()));
+        }
     }
     match &c.api {
         None => out.push_str("api:        off\n"),

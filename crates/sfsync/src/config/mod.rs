@@ -4,12 +4,13 @@
 //! Guarantees: an unknown key, a wrong type, an inline secret or a semantic mistake is never
 //! ignored — every problem in the file is reported at once, each naming the file, the key path
 //! and the line:column (`sfsync.toml:14:1: objects[2].pii_fields[0]: …`). [`SfsyncConfig::validate`]
-//! does no I/O; only [`LoadedConfig::resolve_secrets`] reads environment variables and secret
-//! files, and the values it returns are [`Secret`]s that never print.
+//! does no I/O; only [`LoadedConfig::resolve_secrets_with_aws`] reads environment variables,
+//! secret files and AWS (Secrets Manager, KMS), and the values it returns are [`Secret`]s that
+//! never print.
 //!
 //! Flow: [`load`] = read file → [`parse`] (syntax + shape, all tables independently) →
 //! [`SfsyncConfig::validate`] (semantics) → [`LoadedConfig`]; then
-//! [`LoadedConfig::resolve_secrets`] → [`ResolvedSecrets`].
+//! [`LoadedConfig::resolve_secrets_with_aws`] → [`ResolvedSecrets`].
 
 // The binary's `run` command is the main consumer of this API and lands later in issue 4; until
 // then some of it (resolved secrets, pipeline figures, re-exports) is only used by tests.
@@ -112,18 +113,45 @@ pub struct LoadedConfig {
 }
 
 impl LoadedConfig {
-    /// The explicit I/O step: reads every referenced environment variable (through `env`) and
-    /// secret file. Reports all failures, each naming the key and the variable or path.
+    /// The explicit I/O step without AWS: reads every referenced environment variable
+    /// (through `env`) and secret file; an AWS reference is reported as not fetched (use
+    /// [`Self::resolve_secrets_with_aws`]). Reports all failures, each naming the key and the
+    /// variable or path.
     pub fn resolve_secrets(
         &self,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<ResolvedSecrets, ConfigErrors> {
-        secrets::resolve(&self.config, env).map_err(|errs| self.locate(errs))
+        secrets::resolve(&self.config, env, &secrets::AwsFetched::default())
+            .map_err(|errs| self.locate(errs))
     }
 
-    /// [`Self::resolve_secrets`] against the process environment.
-    pub fn resolve_secrets_from_env(&self) -> Result<ResolvedSecrets, ConfigErrors> {
-        self.resolve_secrets(&|name| std::env::var(name).ok())
+    /// [`Self::resolve_secrets`] with AWS values already fetched (`aws`); what it asked for is
+    /// recorded in `aws` ([`secrets::AwsFetched::asked`]).
+    pub fn resolve_secrets_fetched(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+        aws: &secrets::AwsFetched,
+    ) -> Result<ResolvedSecrets, ConfigErrors> {
+        secrets::resolve(&self.config, env, aws).map_err(|errs| self.locate(errs))
+    }
+
+    /// The explicit I/O step: environment variables (through `env`), secret files, and the
+    /// AWS references (Secrets Manager secrets, KMS-wrapped PII keys) with a client configured
+    /// from the `AWS_*` variables of `env`. Reports all failures, each naming the key and the
+    /// variable, path or secret id.
+    pub async fn resolve_secrets_with_aws(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<ResolvedSecrets, ConfigErrors> {
+        secrets::resolve_with_aws(&self.config, env)
+            .await
+            .map_err(|errs| self.locate(errs))
+    }
+
+    /// [`Self::resolve_secrets_with_aws`] against the process environment.
+    pub async fn resolve_secrets_from_env(&self) -> Result<ResolvedSecrets, ConfigErrors> {
+        self.resolve_secrets_with_aws(&|name| std::env::var(name).ok())
+            .await
     }
 
     fn locate(&self, errors: Vec<ConfigError>) -> ConfigErrors {

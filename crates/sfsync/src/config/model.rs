@@ -144,10 +144,61 @@ pub enum SecretRef {
     Env(String),
     /// A file (relative paths are relative to the config file); surrounding whitespace is trimmed.
     File(PathBuf),
+    /// A secret in AWS Secrets Manager, read once at start (boxed: the enum stays small).
+    Aws(Box<AwsSecretRef>),
+}
+
+/// `{ aws_secret = "prod/sfsync/salesforce", json_key = "client_secret", version_stage = "…" }`:
+/// a secret in AWS Secrets Manager (region, endpoint and credentials from the standard AWS
+/// environment variables).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AwsSecretRef {
+    /// The secret's name or ARN.
+    pub secret_id: String,
+    /// Picks one field of a JSON-object `SecretString` (without it the whole string is the
+    /// value).
+    pub json_key: Option<String>,
+    /// The version stage; default `AWSCURRENT`.
+    pub version_stage: Option<String>,
+}
+
+impl AwsSecretRef {
+    /// For messages: `'prod/sfsync/salesforce'`, with its JSON key and stage when given.
+    pub fn describe(&self) -> String {
+        let mut s = format!("'{}'", self.secret_id);
+        if let Some(k) = &self.json_key {
+            s.push_str(&format!(" (json_key '{k}')"));
+        }
+        if let Some(v) = &self.version_stage {
+            s.push_str(&format!(" (version_stage '{v}')"));
+        }
+        s
+    }
+}
+
+impl SecretRef {
+    /// The key naming the source inside the reference's table: `env`, `file` or `aws_secret`.
+    pub fn field(&self) -> &'static str {
+        match self {
+            SecretRef::Env(_) => "env",
+            SecretRef::File(_) => "file",
+            SecretRef::Aws(_) => "aws_secret",
+        }
+    }
+
+    /// For summaries and messages (never the value): `environment variable X`, the path, or
+    /// `AWS Secrets Manager secret 'id'`.
+    pub fn describe(&self) -> String {
+        match self {
+            SecretRef::Env(v) => format!("environment variable {v}"),
+            SecretRef::File(p) => p.display().to_string(),
+            SecretRef::Aws(a) => format!("AWS Secrets Manager secret {}", a.describe()),
+        }
+    }
 }
 
 pub const INLINE_SECRET: &str =
-    "inline secrets are not allowed; write { env = \"VAR\" } or { file = \"path\" }";
+    "inline secrets are not allowed; write { env = \"VAR\" }, { file = \"path\" } or { aws_secret = \"name\" }";
 
 impl<'de> Deserialize<'de> for SecretRef {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -155,7 +206,7 @@ impl<'de> Deserialize<'de> for SecretRef {
         impl<'de> Visitor<'de> for V {
             type Value = SecretRef;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("{ env = \"VAR\" } or { file = \"path\" }")
+                f.write_str("{ env = \"VAR\" }, { file = \"path\" } or { aws_secret = \"name\" }")
             }
             fn visit_str<E: de::Error>(self, _: &str) -> Result<SecretRef, E> {
                 Err(E::custom(INLINE_SECRET))
@@ -166,16 +217,34 @@ impl<'de> Deserialize<'de> for SecretRef {
                 struct Raw {
                     env: Option<String>,
                     file: Option<PathBuf>,
+                    aws_secret: Option<String>,
+                    json_key: Option<String>,
+                    version_stage: Option<String>,
                 }
                 let raw = Raw::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                match (raw.env, raw.file) {
-                    (Some(v), None) => Ok(SecretRef::Env(v)),
-                    (None, Some(p)) => Ok(SecretRef::File(p)),
-                    (Some(_), Some(_)) => Err(de::Error::custom(
+                if raw.aws_secret.is_none()
+                    && (raw.json_key.is_some() || raw.version_stage.is_some())
+                {
+                    return Err(de::Error::custom(
+                        "`json_key` and `version_stage` go with `aws_secret`",
+                    ));
+                }
+                match (raw.env, raw.file, raw.aws_secret) {
+                    (Some(v), None, None) => Ok(SecretRef::Env(v)),
+                    (None, Some(p), None) => Ok(SecretRef::File(p)),
+                    (None, None, Some(id)) => Ok(SecretRef::Aws(Box::new(AwsSecretRef {
+                        secret_id: id,
+                        json_key: raw.json_key,
+                        version_stage: raw.version_stage,
+                    }))),
+                    (Some(_), Some(_), None) => Err(de::Error::custom(
                         "give either `env` or `file` for a secret, not both",
                     )),
-                    (None, None) => Err(de::Error::custom(
-                        "a secret needs `env = \"VAR\"` or `file = \"path\"`",
+                    (None, None, None) => Err(de::Error::custom(
+                        "a secret needs `env = \"VAR\"`, `file = \"path\"` or `aws_secret = \"name\"`",
+                    )),
+                    _ => Err(de::Error::custom(
+                        "give one of `env`, `file` or `aws_secret` for a secret, not several",
                     )),
                 }
             }
@@ -378,7 +447,9 @@ fn default_pg_schema() -> String {
     "sfsync".to_string()
 }
 
-/// `[pii]`: the AES-256-GCM key for PII fields.
+/// `[pii]`: the AES-256-GCM key for PII fields, from exactly one of `key_file`, `key_env`,
+/// `key` (any secret reference, e.g. Secrets Manager) or `kms_key_id` + `wrapped_key_file` (a
+/// data key wrapped by AWS KMS).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PiiConfig {
@@ -386,6 +457,13 @@ pub struct PiiConfig {
     pub key_file: Option<PathBuf>,
     /// An environment variable holding the key as 64 hex digits.
     pub key_env: Option<String>,
+    /// A secret reference holding the key as 64 hex digits.
+    pub key: Option<SecretRef>,
+    /// The KMS key (id, ARN, alias name or alias ARN) that wraps `wrapped_key_file`.
+    pub kms_key_id: Option<String>,
+    /// The data key wrapped by KMS: the base64 `CiphertextBlob` of GenerateDataKey, made with the
+    /// encryption context `{"sfsync:pii_key_id": key_id}` (`sfsync keys kms-generate`).
+    pub wrapped_key_file: Option<PathBuf>,
     /// Stored with every encrypted value, so keys can be rotated.
     pub key_id: String,
     /// `[[pii.old_keys]]`: retired keys that still open values sealed under them (never seal),
@@ -403,6 +481,12 @@ pub struct PiiOldKey {
     pub key_file: Option<PathBuf>,
     /// An environment variable holding the key as 64 hex digits.
     pub key_env: Option<String>,
+    /// A secret reference holding the key as 64 hex digits.
+    pub key: Option<SecretRef>,
+    /// The KMS key that wraps `wrapped_key_file`.
+    pub kms_key_id: Option<String>,
+    /// The data key wrapped by KMS (base64 `CiphertextBlob`).
+    pub wrapped_key_file: Option<PathBuf>,
     /// The id the values sealed under this key carry.
     pub key_id: String,
 }
@@ -615,6 +699,9 @@ pub struct ApiTokenConfig {
     pub token_env: Option<String>,
     /// A file holding the token (surrounding whitespace trimmed).
     pub token_file: Option<PathBuf>,
+    /// Any secret reference holding the token (e.g. `{ aws_secret = "prod/sfsync/api",
+    /// json_key = "grafana" }`).
+    pub token: Option<SecretRef>,
     /// Binds the token to one writing system: its writes must carry this `source_system`.
     /// Required for `writer` tokens.
     pub source_system: Option<String>,

@@ -137,7 +137,7 @@ batch_max_records = -1
     assert_eq!(
         errs(t),
         [
-            "t.toml:8:12: salesforce.auth.password: inline secrets are not allowed; write { env = \"VAR\" } or { file = \"path\" }",
+            "t.toml:8:12: salesforce.auth.password: inline secrets are not allowed; write { env = \"VAR\" }, { file = \"path\" } or { aws_secret = \"name\" }",
             "t.toml:11:8: warehouse.path: invalid type: integer `3`, expected path string",
             "t.toml:15:21: pipeline.batch_max_records: invalid value: integer `-1`, expected u64",
             "t.toml:16:2: bogus: unknown table `bogus`, expected one of salesforce, objects, warehouse, pii, pipeline, writeback, api, archive, sinks, freshness",
@@ -353,7 +353,7 @@ key_env = "9BAD"
             "t.toml:17:1: pii.old_keys[1].key_id: \"k2\" is the current key (pii.key_id); old_keys lists only retired keys",
             "t.toml:20:1: pii.old_keys[2].key_id: key id \"k1\" is given twice (also pii.old_keys[0])",
             "t.toml:22:1: pii.old_keys[2].key_env: give either key_file or key_env, not both",
-            "t.toml:23:1: pii.old_keys[3]: no key: set key_file or key_env",
+            "t.toml:23:1: pii.old_keys[3]: no key: set key_file, key_env, key (a secret reference) or kms_key_id + wrapped_key_file",
             "t.toml:26:1: pii.old_keys[4].key_id: must be non-empty letters, digits, `_`, `.` or `-`",
             "t.toml:27:1: pii.old_keys[4].key_env: \"9BAD\" is not a valid environment variable name",
         ]
@@ -375,7 +375,7 @@ fn old_key_shape_errors_are_located() {
     let t = with_old_keys("[[pii.old_keys]]\nkey_id = \"k1\"\nkey_hex = \"00\"\n");
     assert_eq!(
         errs(&t),
-        ["t.toml:15:1: pii.old_keys[0].key_hex: unknown field `key_hex`, expected one of `key_file`, `key_env`, `key_id`"]
+        ["t.toml:15:1: pii.old_keys[0].key_hex: unknown field `key_hex`, expected one of `key_file`, `key_env`, `key`, `kms_key_id`, `wrapped_key_file`, `key_id`"]
     );
     // Each entry on its own: the second entry's missing id and the third's wrong type are both
     // reported, at their entries.
@@ -1092,8 +1092,9 @@ token_file = "t3"
     let e = errs(&with_api(
         "[api]\n[[api.tokens]]\nname = \"x\"\nrole = \"viewer\"\ntoken = \"inline\"\n",
     ));
+    // `token` takes a secret reference, never the token itself.
     assert!(
-        e[0].contains("api.tokens[0].token: unknown field `token`"),
+        e[0].contains("api.tokens[0].token: inline secrets are not allowed"),
         "{e:?}"
     );
 }
@@ -1135,7 +1136,12 @@ token_env = "COPY"
         ("COPY", "a-third-long-token-789"),
     ]);
     let mut problems = Vec::new();
-    let tokens = secrets::resolve_api_tokens(&mut problems, &l.config, &env);
+    let tokens = secrets::resolve_api_tokens(
+        &mut problems,
+        &l.config,
+        &env,
+        &secrets::AwsFetched::default(),
+    );
     assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(tokens.len(), 3);
     assert_eq!(tokens[0].role, ApiRole::Operator);
@@ -1336,4 +1342,273 @@ fn sinks_validate_with_defaults_and_name_each_error() {
     has("sinks[2].brokers", "needs brokers");
     has("sinks[3].kind", "expected webhook or kafka");
     has("sinks[3].start", "expected earliest or latest");
+}
+
+// ---- AWS: Secrets Manager references and KMS-wrapped PII keys ----
+
+/// Client credentials from Secrets Manager, a token from Secrets Manager, a Postgres URL from
+/// the environment: lines 1–23.
+const AWS_REFS: &str = r#"[salesforce]
+instance_url = "https://x"
+[salesforce.auth]
+type = "client_credentials"
+client_id = "cid"
+client_secret = { aws_secret = "prod/sfsync/salesforce", json_key = "client_secret" }
+[warehouse]
+type = "postgres"
+url = { aws_secret = "prod/sfsync/pg", version_stage = "AWSPREVIOUS" }
+[[objects]]
+name = "Contact"
+pii_fields = ["Email"]
+[pii]
+key_id = "k2"
+kms_key_id = "alias/sfsync-pii"
+wrapped_key_file = "keys/k2.kms"
+[[pii.old_keys]]
+key_id = "k1"
+key = { aws_secret = "prod/sfsync/pii", json_key = "k1" }
+[[api.tokens]]
+name = "grafana"
+role = "viewer"
+token = { aws_secret = "prod/sfsync/api", json_key = "grafana" }
+"#;
+
+fn sv(s: &str) -> Result<sfsync_aws::SecretValue, String> {
+    Ok(sfsync_aws::SecretValue::String(s.to_string()))
+}
+
+fn wrapped_k2() -> secrets::WrappedKey {
+    secrets::WrappedKey {
+        key_id: "k2".into(),
+        kms_key_id: "alias/sfsync-pii".into(),
+        file: Path::new("/cfg/keys/k2.kms").to_path_buf(),
+    }
+}
+
+#[test]
+fn aws_references_parse_validate_and_summarise_without_values() {
+    let l = load_t(AWS_REFS).unwrap_or_else(|e| panic!("{e}"));
+    let c = &l.config;
+    match &c.salesforce.credentials {
+        CredentialsSource::Auth(AuthConfig::ClientCredentials(a)) => assert_eq!(
+            a.client_secret,
+            SecretRef::Aws(Box::new(AwsSecretRef {
+                secret_id: "prod/sfsync/salesforce".into(),
+                json_key: Some("client_secret".into()),
+                version_stage: None,
+            }))
+        ),
+        other => panic!("{other:?}"),
+    }
+    let pii = c.pii.as_ref().unwrap();
+    assert_eq!(
+        pii.key,
+        PiiKeySource::Kms {
+            kms_key_id: "alias/sfsync-pii".into(),
+            wrapped_key_file: "/cfg/keys/k2.kms".into(),
+        }
+    );
+    assert_eq!(pii.key_field, "wrapped_key_file");
+    assert_eq!(pii.old_keys[0].key_field, "key.aws_secret");
+    let api = c.api.as_ref().unwrap();
+    assert_eq!(api.tokens[0].source_key, "api.tokens[0].token.aws_secret");
+    let s = check::summary(&l);
+    assert!(
+        s.contains("  key k2: data key /cfg/keys/k2.kms wrapped by KMS key alias/sfsync-pii\n"),
+        "{s}"
+    );
+    assert!(
+        s.contains("  key k1: AWS Secrets Manager secret 'prod/sfsync/pii' (json_key 'k1')\n"),
+        "{s}"
+    );
+}
+
+#[test]
+fn aws_reference_shape_and_value_errors_name_the_key() {
+    let base = "[salesforce]\ninstance_url = \"https://x\"\n[salesforce.auth]\ntype = \"client_credentials\"\nclient_id = \"a\"\n";
+    let e = errs(&format!(
+        "{base}client_secret = {{ env = \"X\", json_key = \"k\" }}\n[warehouse]\ntype = \"postgres\"\nurl = {{ aws_secret = \"db\", file = \"f\" }}\n[[objects]]\nname = \"A\"\n"
+    ));
+    assert_eq!(
+        e,
+        [
+            "t.toml:6:17: salesforce.auth.client_secret: `json_key` and `version_stage` go with `aws_secret`",
+            "t.toml:9:7: warehouse.url: give one of `env`, `file` or `aws_secret` for a secret, not several",
+        ]
+    );
+    let e = errs(&format!(
+        "{base}client_secret = {{ aws_secret = \"has space\", json_key = \"\" }}\n[warehouse]\ntype = \"postgres\"\nurl = {{ aws_secret = \"\", version_stage = \" \" }}\n[[objects]]\nname = \"A\"\n"
+    ));
+    assert_eq!(
+        e,
+        [
+            "t.toml:6:19: salesforce.auth.client_secret.aws_secret: \"has space\" is not a secret name or ARN: it contains whitespace or control characters",
+            "t.toml:6:45: salesforce.auth.client_secret.json_key: must not be empty",
+            "t.toml:9:9: warehouse.url.aws_secret: the secret name or ARN is empty",
+            "t.toml:9:26: warehouse.url.version_stage: must be 1 to 256 characters (e.g. AWSCURRENT, AWSPREVIOUS)",
+        ]
+    );
+}
+
+#[test]
+fn kms_key_source_rules() {
+    let pii =
+        |fields: &str| format!("{HEAD}[[objects]]\nname = \"A\"\n[pii]\nkey_id = \"k\"\n{fields}");
+    assert_eq!(
+        errs(&pii("kms_key_id = \"alias/x\"\n")),
+        ["t.toml:12:1: pii.kms_key_id: needs wrapped_key_file: the data key wrapped by this KMS key (`sfsync keys kms-generate` writes one)"]
+    );
+    assert_eq!(
+        errs(&pii("wrapped_key_file = \"k.kms\"\n")),
+        ["t.toml:12:1: pii.wrapped_key_file: needs kms_key_id: the KMS key that wraps it (id, ARN or alias/…)"]
+    );
+    assert_eq!(
+        errs(&pii("key_env = \"K\"\nkms_key_id = \"alias/x\"\nwrapped_key_file = \"k.kms\"\n")),
+        ["t.toml:14:1: pii.wrapped_key_file: give only one key source (found key_env, wrapped_key_file): key_file, key_env, key or kms_key_id + wrapped_key_file"]
+    );
+    assert_eq!(
+        errs(&pii("kms_key_id = \"\"\nwrapped_key_file = \"k.kms\"\n")),
+        ["t.toml:12:1: pii.kms_key_id: the KMS key id is empty"]
+    );
+    let l = load_t(&pii("key = { env = \"PII\" }\n")).unwrap();
+    let p = l.config.pii.as_ref().unwrap();
+    assert_eq!(p.key, PiiKeySource::Env("PII".into()));
+    assert_eq!(p.key_field, "key.env");
+}
+
+#[test]
+fn aws_values_resolve_into_secrets_and_keys_and_failures_name_key_and_id() {
+    let l = load_t(AWS_REFS).unwrap();
+    // Resolution records what it needs of AWS (the first pass of resolve_with_aws).
+    let probe = secrets::AwsFetched::default();
+    assert!(l.resolve_secrets_fetched(&env_of(&[]), &probe).is_err());
+    let needs = probe.asked();
+    let ids: Vec<(&str, Option<&str>)> = needs
+        .secrets
+        .iter()
+        .map(|(i, s)| (i.as_str(), s.as_deref()))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("prod/sfsync/api", None),
+            ("prod/sfsync/pg", Some("AWSPREVIOUS")),
+            ("prod/sfsync/pii", None),
+            ("prod/sfsync/salesforce", None),
+        ]
+    );
+    assert_eq!(
+        needs.wrapped_keys.iter().collect::<Vec<_>>(),
+        [&wrapped_k2()]
+    );
+
+    // Everything answered: values picked by json_key, trimmed; nothing printable.
+    let mut f = secrets::AwsFetched::default();
+    f.insert_secret(
+        "prod/sfsync/salesforce",
+        None,
+        sv(r#"{"client_id":"cid","client_secret":"sf-secret-value"}"#),
+    );
+    f.insert_secret(
+        "prod/sfsync/pg",
+        Some("AWSPREVIOUS"),
+        sv("postgres://u:pg-pass@h/db\n"),
+    );
+    f.insert_secret(
+        "prod/sfsync/pii",
+        None,
+        sv(&format!(r#"{{"k1":"{}"}}"#, "a1".repeat(32))),
+    );
+    f.insert_secret(
+        "prod/sfsync/api",
+        None,
+        sv(r#"{"grafana":"grafana-token-0123456789"}"#),
+    );
+    f.insert_data_key(wrapped_k2(), Ok([0x42; 32]));
+    let r = l
+        .resolve_secrets_fetched(&env_of(&[]), &f)
+        .unwrap_or_else(|e| panic!("{e}"));
+    match &r.credentials {
+        sfsync_salesforce::Credentials::ClientCredentials { client_secret, .. } => {
+            assert_eq!(client_secret.expose(), "sf-secret-value")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        r.warehouse_url.as_ref().unwrap().expose(),
+        "postgres://u:pg-pass@h/db"
+    );
+    assert_eq!(r.pii_key.as_ref().unwrap().key, [0x42; 32]);
+    assert_eq!(r.pii_old_keys[0].key, [0xa1; 32]);
+    assert_eq!(r.api_tokens[0].token.expose(), "grafana-token-0123456789");
+    let debug = format!("{r:?}");
+    for s in [
+        "sf-secret-value",
+        "pg-pass",
+        "grafana-token",
+        &"a1".repeat(32),
+    ] {
+        assert!(!debug.contains(s), "{s} leaked in {debug}");
+    }
+
+    // Failures: each names the config key and the secret id or file, never a value.
+    let mut f = secrets::AwsFetched::default();
+    f.insert_secret(
+        "prod/sfsync/salesforce",
+        None,
+        sv(r#"{"client_id":"cid","secret":"sf-secret-value"}"#),
+    );
+    f.insert_secret(
+        "prod/sfsync/pg",
+        Some("AWSPREVIOUS"),
+        Err(
+            "Secrets Manager GetSecretValue (secret prod/sfsync/pg, stage AWSPREVIOUS): \
+             ResourceNotFoundException: Secrets Manager can't find the specified secret. \
+             (HTTP 400)"
+                .into(),
+        ),
+    );
+    f.insert_secret("prod/sfsync/pii", None, sv("not-json"));
+    f.insert_secret(
+        "prod/sfsync/api",
+        None,
+        Ok(sfsync_aws::SecretValue::Binary(vec![0xff, 0xfe])),
+    );
+    f.insert_data_key(
+        wrapped_k2(),
+        Err((
+            secrets::WrappedKeyFault::Kms,
+            "KMS Decrypt (key alias/sfsync-pii): AccessDeniedException: no (HTTP 400)".into(),
+        )),
+    );
+    let e = l
+        .resolve_secrets_fetched(&env_of(&[]), &f)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e.lines().collect::<Vec<_>>(),
+        [
+            "t.toml:6:19: salesforce.auth.client_secret.aws_secret: secret 'prod/sfsync/salesforce' has no JSON key 'client_secret' (its keys: client_id, secret)",
+            "t.toml:9:9: warehouse.url.aws_secret: Secrets Manager GetSecretValue (secret prod/sfsync/pg, stage AWSPREVIOUS): ResourceNotFoundException: Secrets Manager can't find the specified secret. (HTTP 400)",
+            "t.toml:15:1: pii.kms_key_id: KMS Decrypt (key alias/sfsync-pii): AccessDeniedException: no (HTTP 400)",
+            "t.toml:19:9: pii.old_keys[0].key.aws_secret: secret 'prod/sfsync/pii' is not JSON, so json_key 'k1' picks nothing",
+            "t.toml:23:11: api.tokens[0].token.aws_secret: secret 'prod/sfsync/api' is binary (SecretBinary) and not UTF-8 text",
+        ]
+    );
+    assert!(!e.contains("sf-secret-value"), "{e}");
+
+    // AWS unusable (no region): every AWS reference says so at its key.
+    let f = secrets::AwsFetched::unavailable(&needs, "no AWS region: set AWS_REGION");
+    let e = l
+        .resolve_secrets_fetched(&env_of(&[]), &f)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("salesforce.auth.client_secret.aws_secret: cannot use AWS Secrets Manager: no AWS region: set AWS_REGION"),
+        "{e}"
+    );
+    assert!(
+        e.contains("pii.kms_key_id: cannot use AWS KMS: no AWS region"),
+        "{e}"
+    );
 }

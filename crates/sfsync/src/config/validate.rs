@@ -514,8 +514,11 @@ impl ApiRole {
 pub struct ValidApiToken {
     pub name: String,
     pub role: ApiRole,
-    /// Where the token is: an environment variable or a file (anchored).
+    /// Where the token is: an environment variable, a file (anchored) or an AWS secret.
     pub source: SecretRef,
+    /// The config key of the source, for errors: `api.tokens[0].token_env`,
+    /// `api.tokens[0].token.aws_secret`.
+    pub source_key: String,
     pub source_system: Option<String>,
 }
 
@@ -585,6 +588,9 @@ impl ValidWarehouse {
 #[derive(Debug, Clone)]
 pub struct ValidPii {
     pub key: PiiKeySource,
+    /// Where `key` is given in the table, for errors: `key_file`, `key.aws_secret`,
+    /// `wrapped_key_file`.
+    pub key_field: String,
     pub key_id: String,
     /// Retired keys, in file order: ids unique and all different from `key_id`.
     pub old_keys: Vec<ValidOldKey>,
@@ -594,13 +600,43 @@ pub struct ValidPii {
 #[derive(Debug, Clone)]
 pub struct ValidOldKey {
     pub key: PiiKeySource,
+    /// As [`ValidPii::key_field`].
+    pub key_field: String,
     pub key_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PiiKeySource {
+    /// `key_file`, or `key = { file = … }` (anchored).
     File(PathBuf),
+    /// `key_env`, or `key = { env = … }`.
     Env(String),
+    /// `key = { aws_secret = … }`: the 64 hex digits in AWS Secrets Manager.
+    Aws(AwsSecretRef),
+    /// `kms_key_id` + `wrapped_key_file`: a data key wrapped by AWS KMS, unwrapped at start.
+    Kms {
+        kms_key_id: String,
+        wrapped_key_file: PathBuf,
+    },
+}
+
+impl PiiKeySource {
+    /// For summaries (never the key): `env SFSYNC_PII_KEY`, `file …`, `AWS Secrets Manager
+    /// secret '…'`, `KMS-wrapped data key … (KMS key …)`.
+    pub fn describe(&self) -> String {
+        match self {
+            PiiKeySource::File(p) => format!("file {}", p.display()),
+            PiiKeySource::Env(v) => format!("environment variable {v}"),
+            PiiKeySource::Aws(a) => format!("AWS Secrets Manager secret {}", a.describe()),
+            PiiKeySource::Kms {
+                kms_key_id,
+                wrapped_key_file,
+            } => format!(
+                "data key {} wrapped by KMS key {kms_key_id}",
+                wrapped_key_file.display()
+            ),
+        }
+    }
 }
 
 /// The default CDC channel of an object: `/data/AccountChangeEvent`,
@@ -647,6 +683,10 @@ fn anchor(base: &Path, p: &Path) -> PathBuf {
 
 fn check_secret(errs: &mut Errors, key: &str, s: &SecretRef, base: &Path) -> SecretRef {
     match s {
+        SecretRef::Aws(a) => {
+            check_aws_secret(errs, key, a);
+            s.clone()
+        }
         SecretRef::Env(v) => {
             if !is_env_name(v) {
                 errs.push(
@@ -661,6 +701,49 @@ fn check_secret(errs: &mut Errors, key: &str, s: &SecretRef, base: &Path) -> Sec
                 errs.push(format!("{key}.file"), "the path is empty");
             }
             SecretRef::File(anchor(base, p))
+        }
+    }
+}
+
+/// The most characters of a Secrets Manager secret name or ARN, or of a KMS key reference.
+const MAX_AWS_ID_CHARS: usize = 2048;
+
+/// An AWS id (secret name or ARN, KMS key id, ARN or alias): non-empty, no whitespace or
+/// control characters, at most [`MAX_AWS_ID_CHARS`].
+fn check_aws_id(errs: &mut Errors, key: &str, v: &str, what: &str) {
+    if v.trim().is_empty() {
+        errs.push(key, format!("the {what} is empty"));
+    } else if v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        errs.push(
+            key,
+            format!("\"{v}\" is not a {what}: it contains whitespace or control characters"),
+        );
+    } else if v.chars().count() > MAX_AWS_ID_CHARS {
+        errs.push(
+            key,
+            format!("the {what} is longer than {MAX_AWS_ID_CHARS} characters"),
+        );
+    }
+}
+
+fn check_aws_secret(errs: &mut Errors, key: &str, a: &AwsSecretRef) {
+    check_aws_id(
+        errs,
+        &format!("{key}.aws_secret"),
+        &a.secret_id,
+        "secret name or ARN",
+    );
+    if let Some(k) = &a.json_key {
+        if k.is_empty() {
+            errs.push(format!("{key}.json_key"), "must not be empty");
+        }
+    }
+    if let Some(v) = &a.version_stage {
+        if v.trim().is_empty() || v.chars().count() > 256 {
+            errs.push(
+                format!("{key}.version_stage"),
+                "must be 1 to 256 characters (e.g. AWSCURRENT, AWSPREVIOUS)",
+            );
         }
     }
 }
@@ -722,10 +805,11 @@ impl SfsyncConfig {
         };
         let pii = self.pii.as_ref().and_then(|pii| {
             check_key_id(&mut errs, "pii.key_id", &pii.key_id);
-            let key = check_key_source(&mut errs, "pii", &pii.key_file, &pii.key_env, base_dir);
+            let key = check_key_source(&mut errs, "pii", pii.into(), base_dir);
             let old_keys = validate_old_keys(&mut errs, pii, base_dir);
-            key.map(|key| ValidPii {
+            key.map(|(key, key_field)| ValidPii {
                 key,
+                key_field,
                 key_id: pii.key_id.clone(),
                 old_keys,
             })
@@ -802,56 +886,167 @@ const MAX_KEY_ID_BYTES: usize = 255;
 /// A PII key id: letters, digits, `_`, `.`, `-`, at most 255 bytes (a subset of what the
 /// keyring accepts, so building it from a valid config cannot fail on an id).
 fn check_key_id(errs: &mut Errors, key: &str, id: &str) {
+    if let Some(problem) = key_id_problem(id) {
+        errs.push(key, problem);
+    }
+}
+
+/// What is wrong with a PII key id, if anything (the rule of `pii.key_id`).
+pub fn key_id_problem(id: &str) -> Option<String> {
     let valid = !id.is_empty()
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
     if !valid {
-        errs.push(key, "must be non-empty letters, digits, `_`, `.` or `-`");
+        Some("must be non-empty letters, digits, `_`, `.` or `-`".into())
     } else if id.len() > MAX_KEY_ID_BYTES {
-        errs.push(
-            key,
-            format!("must be at most {MAX_KEY_ID_BYTES} characters"),
-        );
+        Some(format!("must be at most {MAX_KEY_ID_BYTES} characters"))
+    } else {
+        None
     }
 }
 
-/// Exactly one of `key_file` / `key_env` of the key table at `table` (`pii`,
-/// `pii.old_keys[1]`).
+/// The key-source fields of `[pii]` and of each `[[pii.old_keys]]` entry.
+struct KeyFields<'a> {
+    key_file: &'a Option<PathBuf>,
+    key_env: &'a Option<String>,
+    key: &'a Option<SecretRef>,
+    kms_key_id: &'a Option<String>,
+    wrapped_key_file: &'a Option<PathBuf>,
+}
+
+impl<'a> From<&'a PiiConfig> for KeyFields<'a> {
+    fn from(p: &'a PiiConfig) -> Self {
+        KeyFields {
+            key_file: &p.key_file,
+            key_env: &p.key_env,
+            key: &p.key,
+            kms_key_id: &p.kms_key_id,
+            wrapped_key_file: &p.wrapped_key_file,
+        }
+    }
+}
+
+impl<'a> From<&'a PiiOldKey> for KeyFields<'a> {
+    fn from(p: &'a PiiOldKey) -> Self {
+        KeyFields {
+            key_file: &p.key_file,
+            key_env: &p.key_env,
+            key: &p.key,
+            kms_key_id: &p.kms_key_id,
+            wrapped_key_file: &p.wrapped_key_file,
+        }
+    }
+}
+
+/// Exactly one key source of the key table at `table` (`pii`, `pii.old_keys[1]`): `key_file`,
+/// `key_env`, `key` (a secret reference) or `kms_key_id` + `wrapped_key_file` (both).
 fn check_key_source(
     errs: &mut Errors,
     table: &str,
-    key_file: &Option<PathBuf>,
-    key_env: &Option<String>,
+    f: KeyFields<'_>,
     base: &Path,
-) -> Option<PiiKeySource> {
-    match (key_file, key_env) {
-        (Some(f), None) => {
-            if f.as_os_str().is_empty() {
-                errs.push(format!("{table}.key_file"), "the path is empty");
-            }
-            Some(PiiKeySource::File(anchor(base, f)))
+) -> Option<(PiiKeySource, String)> {
+    let mut ok = true;
+    match (f.kms_key_id, f.wrapped_key_file) {
+        (Some(k), _) => check_aws_id(errs, &format!("{table}.kms_key_id"), k, "KMS key id"),
+        (None, Some(_)) => {
+            errs.push(
+                format!("{table}.wrapped_key_file"),
+                "needs kms_key_id: the KMS key that wraps it (id, ARN or alias/…)",
+            );
+            ok = false;
         }
-        (None, Some(v)) => {
-            if !is_env_name(v) {
-                errs.push(
-                    format!("{table}.key_env"),
-                    format!("\"{v}\" is not a valid environment variable name"),
-                );
-            }
-            Some(PiiKeySource::Env(v.clone()))
+        (None, None) => {}
+    }
+    if f.kms_key_id.is_some() && f.wrapped_key_file.is_none() {
+        errs.push(
+            format!("{table}.kms_key_id"),
+            "needs wrapped_key_file: the data key wrapped by this KMS key (`sfsync keys \
+             kms-generate` writes one)",
+        );
+        ok = false;
+    }
+    let given: Vec<&str> = [
+        ("key_file", f.key_file.is_some()),
+        ("key_env", f.key_env.is_some()),
+        ("key", f.key.is_some()),
+        ("wrapped_key_file", f.wrapped_key_file.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(n, set)| set.then_some(n))
+    .collect();
+    match given.as_slice() {
+        [] if ok => {
+            errs.push(
+                table,
+                "no key: set key_file, key_env, key (a secret reference) or kms_key_id + \
+                 wrapped_key_file",
+            );
+            return None;
         }
-        (Some(_), Some(_)) => {
+        [] => return None,
+        ["key_file", "key_env"] => {
             errs.push(
                 format!("{table}.key_env"),
                 "give either key_file or key_env, not both",
             );
-            None
+            return None;
         }
-        (None, None) => {
-            errs.push(table, "no key: set key_file or key_env");
-            None
+        [_, second, ..] => {
+            errs.push(
+                format!("{table}.{second}"),
+                format!(
+                    "give only one key source (found {}): key_file, key_env, key or \
+                     kms_key_id + wrapped_key_file",
+                    given.join(", ")
+                ),
+            );
+            return None;
         }
+        [_] => {}
+    }
+    if let Some(p) = f.key_file {
+        if p.as_os_str().is_empty() {
+            errs.push(format!("{table}.key_file"), "the path is empty");
+        }
+        return Some((PiiKeySource::File(anchor(base, p)), "key_file".into()));
+    }
+    if let Some(v) = f.key_env {
+        if !is_env_name(v) {
+            errs.push(
+                format!("{table}.key_env"),
+                format!("\"{v}\" is not a valid environment variable name"),
+            );
+        }
+        return Some((PiiKeySource::Env(v.clone()), "key_env".into()));
+    }
+    if let Some(r) = f.key {
+        let r = check_secret(errs, &format!("{table}.key"), r, base);
+        let field = format!("key.{}", r.field());
+        return Some((
+            match r {
+                SecretRef::Env(v) => PiiKeySource::Env(v),
+                SecretRef::File(p) => PiiKeySource::File(p),
+                SecretRef::Aws(a) => PiiKeySource::Aws(*a),
+            },
+            field,
+        ));
+    }
+    match (f.kms_key_id, f.wrapped_key_file) {
+        (Some(k), Some(p)) if ok => {
+            if p.as_os_str().is_empty() {
+                errs.push(format!("{table}.wrapped_key_file"), "the path is empty");
+            }
+            Some((
+                PiiKeySource::Kms {
+                    kms_key_id: k.clone(),
+                    wrapped_key_file: anchor(base, p),
+                },
+                "wrapped_key_file".into(),
+            ))
+        }
+        _ => None,
     }
 }
 
@@ -880,9 +1075,10 @@ fn validate_old_keys(errs: &mut Errors, pii: &PiiConfig, base: &Path) -> Vec<Val
                 ),
             );
         }
-        if let Some(key) = check_key_source(errs, &table, &old.key_file, &old.key_env, base) {
+        if let Some((key, key_field)) = check_key_source(errs, &table, old.into(), base) {
             out.push(ValidOldKey {
                 key,
+                key_field,
                 key_id: old.key_id.clone(),
             });
         }
@@ -1615,39 +1811,67 @@ fn validate_api(errs: &mut Errors, api: Option<&ApiConfig>, base: &Path) -> Opti
                 "required for a writer token: it may only write as that system",
             );
         }
-        let source = match (&t.token_env, &t.token_file) {
-            (Some(v), None) => {
+        let given: Vec<&str> = [
+            ("token_env", t.token_env.is_some()),
+            ("token_file", t.token_file.is_some()),
+            ("token", t.token.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(n, set)| set.then_some(n))
+        .collect();
+        let source = match (given.as_slice(), &t.token_env, &t.token_file, &t.token) {
+            (["token_env"], Some(v), _, _) => {
                 if !is_env_name(v) {
                     errs.push(
                         format!("{p}.token_env"),
                         format!("\"{v}\" is not a valid environment variable name"),
                     );
                 }
-                Some(SecretRef::Env(v.clone()))
+                Some((SecretRef::Env(v.clone()), format!("{p}.token_env")))
             }
-            (None, Some(f)) => {
+            (["token_file"], _, Some(f), _) => {
                 if f.as_os_str().is_empty() {
                     errs.push(format!("{p}.token_file"), "the path is empty");
                 }
-                Some(SecretRef::File(anchor(base, f)))
+                Some((SecretRef::File(anchor(base, f)), format!("{p}.token_file")))
             }
-            (Some(_), Some(_)) => {
+            (["token"], _, _, Some(r)) => {
+                let key = format!("{p}.token");
+                let r = check_secret(errs, &key, r, base);
+                let field = r.field();
+                Some((r, format!("{key}.{field}")))
+            }
+            (["token_env", "token_file"], ..) => {
                 errs.push(
                     format!("{p}.token_file"),
                     "give either token_env or token_file, not both",
                 );
                 None
             }
-            (None, None) => {
-                errs.push(&p, "no token: set token_env or token_file");
+            ([], ..) => {
+                errs.push(
+                    &p,
+                    "no token: set token_env, token_file or token (a secret reference)",
+                );
+                None
+            }
+            (g, ..) => {
+                errs.push(
+                    format!("{p}.{}", g[1]),
+                    format!(
+                        "give only one of token_env, token_file or token (found {})",
+                        g.join(", ")
+                    ),
+                );
                 None
             }
         };
-        if let (Some(role), Some(source)) = (role, source) {
+        if let (Some(role), Some((source, source_key))) = (role, source) {
             tokens.push(ValidApiToken {
                 name: t.name.clone(),
                 role,
                 source,
+                source_key,
                 source_system: t.source_system.clone(),
             });
         }

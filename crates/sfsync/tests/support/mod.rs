@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod moto;
 
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
