@@ -6,18 +6,23 @@
 //! broker restart) neither reorder nor duplicate them — the broker drops a resent record by its
 //! producer id and sequence number (`enable.idempotence=true`, `acks=all`).
 //!
+//! When a batch fails, `send_batch` replaces its librdkafka client with a new one (a new
+//! producer id) and destroys the old one, which purges whatever of the batch it still queued or
+//! was retrying: nothing of a failed batch is sent after `send_batch` returned.
+//!
 //! Duplicates are still possible, and only here:
 //! 1. `send_batch` returned an error and the caller sends the batch again: the records that were
 //!    delivered before the failure ([`KafkaError::Delivery`]'s `delivered`), and records that
-//!    timed out after reaching the broker without an acknowledgement reaching us, are written a
-//!    second time. Their order per key is kept: the batch is resent from its start, so a reader
-//!    sees each key's records in order, possibly followed by the same sequence again from an
-//!    earlier point (`a1 a2 a1 a2 a3`).
-//! 2. The producer is replaced (process restart, or a fatal error after which this type makes a
-//!    new client): a new producer id has no sequence history at the broker, so whatever the
-//!    caller resends is appended again.
-//! 3. A broker that loses its idempotence state (for example a restart of a broker that keeps it
-//!    only in memory) cannot recognise a resend by librdkafka either.
+//!    reached the broker without their acknowledgement reaching us before the delivery timeout
+//!    (for example while the broker was restarting), are written a second time. Order per key is
+//!    kept: the batch is resent from its start after the first attempt has ended, so a reader
+//!    sees each key's records in order, possibly followed by the same records again from an
+//!    earlier point of that batch (`a1 a2 a1 a2 a3`).
+//! 2. The process restarts and resends what it had not recorded as delivered: a new producer id
+//!    has no sequence history at the broker.
+//! 3. A broker that loses its idempotence state (producer ids and sequence numbers) cannot
+//!    recognise librdkafka's own resends. tansu keeps that state in its storage, so a broker
+//!    restart within the delivery timeout causes no duplicates (tested).
 //!
 //! Consumers must therefore treat a record's identity (for the delivery sink: the change's
 //! idempotency key) as the deduplication key. Transactions, which would close case 1, are not
@@ -119,11 +124,24 @@ impl Producer {
     /// many records were and were not delivered. A full local queue (`QueueFull`) is not an
     /// error: the call waits for earlier records' acknowledgements to make room.
     ///
-    /// On error the caller should resend the whole batch (see the module documentation for the
-    /// duplicates that may cause). Cancel-safety: dropping the future stops the waiting, not the
-    /// sending — records already handed to librdkafka may still be written.
+    /// On error the client is replaced (see the module documentation) and the caller should
+    /// resend the whole batch (the module documentation lists the duplicates that may cause).
+    /// Cancel-safety: dropping the future stops the waiting, not the sending — records already
+    /// handed to librdkafka may still be written.
     pub async fn send_batch(&self, records: Vec<Record>) -> Result<Vec<DeliveryReport>> {
         let producer = self.client()?;
+        let result = self.send_with(&producer, &records).await;
+        if result.is_err() {
+            self.retire(producer);
+        }
+        result
+    }
+
+    async fn send_with(
+        &self,
+        producer: &FutureProducer,
+        records: &[Record],
+    ) -> Result<Vec<DeliveryReport>> {
         let timeout = self.options.delivery_timeout();
         let deadline = Instant::now() + timeout + REPORT_GRACE;
         let total = records.len();
@@ -159,7 +177,7 @@ impl Producer {
                             outcome[j] = Some(
                                 await_report(future, deadline)
                                     .await
-                                    .ok_or_else(|| self.stalled(&records, j, total, timeout))?,
+                                    .ok_or_else(|| self.stalled(records, j, total, timeout))?,
                             );
                         } else {
                             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -188,7 +206,7 @@ impl Producer {
             outcome[j] = Some(
                 await_report(future, deadline)
                     .await
-                    .ok_or_else(|| self.stalled(&records, j, total, timeout))?,
+                    .ok_or_else(|| self.stalled(records, j, total, timeout))?,
             );
         }
 
@@ -246,6 +264,30 @@ impl Producer {
                 brokers: self.config.brokers(),
                 source: Box::new(source),
             })
+    }
+
+    /// Replaces the client a batch failed on with a new one (a new producer id), unless a
+    /// concurrent batch did so already. The old client is destroyed once its last batch is done,
+    /// purging whatever it still queues or retries, so nothing of a failed batch is sent after
+    /// `send_batch` returned. This also keeps the producer clear of librdkafka's epoch bump
+    /// after timed-out records (KIP-360), which tansu 0.6 cannot serve.
+    fn retire(&self, failed: Arc<FutureProducer>) {
+        let fresh = match create(&self.config, &self.options) {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not create a new Kafka producer; keeping the old one.");
+                return;
+            }
+        };
+        let old = {
+            let mut current = self.current.lock();
+            Arc::ptr_eq(&current, &failed).then(|| std::mem::replace(&mut *current, fresh))
+        };
+        drop(failed);
+        // Destroying a librdkafka client blocks (purge, flush of up to 500 ms, thread joins).
+        if let Some(old) = old {
+            tokio::task::spawn_blocking(move || drop(old));
+        }
     }
 
     /// The current client, replaced first when it has hit a fatal error.
