@@ -506,12 +506,24 @@ pub fn sink_specs(
                     .map_err(|e| anyhow::anyhow!("sinks[{i}] ({}): {e}", s.name))?,
                 )
             }
-            SinkTarget::Kafka { .. } => {
-                anyhow::bail!(
-                    "sinks[{i}] ({}): kafka sinks are not available in this build",
-                    s.name
+            SinkTarget::Kafka {
+                brokers,
+                topic,
+                partitions,
+                replication_factor,
+            } => Arc::new(
+                sfsync_pipeline::sinks::kafka::KafkaSink::new(
+                    sfsync_pipeline::sinks::kafka::KafkaSinkConfig {
+                        sink: s.name.clone(),
+                        kafka: sfsync_kafka::KafkaConfig::plaintext(brokers.clone()),
+                        topic: topic.clone(),
+                        partitions: u32::try_from(*partitions).unwrap_or(1),
+                        replication_factor: u16::try_from(*replication_factor).unwrap_or(1),
+                        delivery_timeout: Duration::from_secs(30),
+                    },
                 )
-            }
+                .map_err(|e| anyhow::anyhow!("sinks[{i}] ({}): {e}", s.name))?,
+            ),
         };
         out.push(SinkSpec {
             name: s.name.clone(),

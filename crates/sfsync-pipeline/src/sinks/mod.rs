@@ -28,6 +28,7 @@
 //!   opened as configured.
 //! - The outbox is pruned below the lowest position of the configured sinks.
 
+pub mod kafka;
 pub mod webhook;
 
 use std::collections::{HashMap, HashSet};
