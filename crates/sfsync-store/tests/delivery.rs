@@ -210,9 +210,15 @@ async fn positions_dead_letters_and_redrive(b: &dyn Backend) {
         attempts: 1,
         first_failed_at_ms: T0,
     };
-    s.delivery_advance("hooks", "Contact", rows[1].seq, 1, &[dead.clone()])
-        .await
-        .unwrap();
+    s.delivery_advance(
+        "hooks",
+        "Contact",
+        rows[1].seq,
+        1,
+        std::slice::from_ref(&dead),
+    )
+    .await
+    .unwrap();
     // The same dead letter again (a retried commit) is not stored twice; the position never
     // moves back.
     s.delivery_advance("hooks", "Contact", rows[0].seq, 0, &[dead])

@@ -284,7 +284,7 @@ async fn partial_while_work_is_open(b: &dyn Backend) {
             last_reconcile_detail: Some(detail.into()),
             ..state("Case")
         };
-        w.put_sync_status(&[s.clone()]).await.unwrap();
+        w.put_sync_status(std::slice::from_ref(&s)).await.unwrap();
         let r = one(&*w, "Case").await;
         assert_eq!(r.status, FreshnessStatus::Current, "{r:?}");
         assert_eq!(r.state, s);
