@@ -9,6 +9,17 @@
 
 use std::time::{Duration, Instant};
 
+/// CPU seconds (user + system) used so far by process `pid` ("self" for this one).
+fn cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
 use sfsync_kafka::test_support::Broker;
 use sfsync_kafka::{Admin, Compression, Consumer, Producer, ProducerOptions, Record, TopicSpec};
 
@@ -64,6 +75,8 @@ async fn main() {
             v
         };
 
+        let broker_pid = broker.pid().unwrap().to_string();
+        let (client_cpu, broker_cpu) = (cpu_secs("self"), cpu_secs(&broker_pid));
         let started = Instant::now();
         let mut sent = 0;
         while sent < total {
@@ -75,6 +88,8 @@ async fn main() {
             sent += n;
         }
         let produce = started.elapsed();
+        let client_cpu = cpu_secs("self") - client_cpu;
+        let broker_cpu = cpu_secs(&broker_pid) - broker_cpu;
 
         let started = Instant::now();
         let read = Consumer::read_all(&config, &topic, Duration::from_secs(600))
@@ -86,6 +101,7 @@ async fn main() {
         let mb = (total * size) as f64 / 1e6;
         println!(
             "compression {compression:?}: produce {:.0} records/s ({:.1} MB/s, {:.2} s); \
+             CPU while producing: client {client_cpu:.1} s, broker {broker_cpu:.1} s; \
              read back {:.0} records/s ({:.2} s)",
             total as f64 / produce.as_secs_f64(),
             mb / produce.as_secs_f64(),

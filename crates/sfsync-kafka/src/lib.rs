@@ -8,7 +8,7 @@
 //! its caller commits, so consumption is at-least-once. [`Admin::ensure_topics`] is idempotent.
 //!
 //! Features: `tls` (default) links a vendored OpenSSL for `security_protocol = "ssl"` /
-//! `"sasl_ssl"` (Amazon MSK); `test-support` adds [`test_support::Broker`], a tansu broker on
+//! `"sasl_ssl"` (Amazon MSK); `test-support` adds `test_support::Broker`, a tansu broker on
 //! loopback for integration tests.
 
 pub mod admin;
@@ -27,6 +27,8 @@ pub use config::{
 pub use consumer::{Consumer, Message};
 pub use error::{KafkaError, Result};
 pub use producer::{DeliveryReport, Producer, Record};
+/// librdkafka's error codes, as found in [`KafkaError`]'s variants.
+pub use rdkafka::error::RDKafkaErrorCode;
 
 /// The bundled librdkafka's version string, e.g. "2.12.1".
 pub fn librdkafka_version() -> String {

@@ -77,6 +77,8 @@ impl Record {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeliveryReport {
     pub partition: i32,
+    /// -1 when the broker did not report it (a resend the broker recognised as a duplicate is
+    /// acknowledged without an offset).
     pub offset: i64,
 }
 
@@ -148,8 +150,11 @@ impl Producer {
         let mut outcome: Vec<Option<std::result::Result<DeliveryReport, RDKafkaErrorCode>>> =
             vec![None; total];
         let mut pending: VecDeque<(usize, DeliveryFuture)> = VecDeque::new();
+        // A record librdkafka refuses to queue (too large, say) stops the queueing, so that no
+        // later record of its key is written without it; the rest of the batch counts as failed.
+        let mut refused = None;
 
-        for (i, r) in records.iter().enumerate() {
+        'queue: for (i, r) in records.iter().enumerate() {
             let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
             for (name, value) in &r.headers {
                 headers = headers.insert(Header {
@@ -196,8 +201,8 @@ impl Producer {
                         }
                     }
                     Err((e, _)) => {
-                        outcome[i] = Some(Err(code_of(&e)));
-                        break;
+                        refused = Some(code_of(&e));
+                        break 'queue;
                     }
                 }
             }
@@ -214,7 +219,9 @@ impl Producer {
         let mut first_failure = None;
         let mut failed = 0;
         for (i, o) in outcome.into_iter().enumerate() {
-            match o.expect("every record has an outcome") {
+            match o
+                .unwrap_or_else(|| Err(refused.expect("only records after a refusal are unsent")))
+            {
                 Ok(report) => reports.push(report),
                 Err(code) => {
                     failed += 1;

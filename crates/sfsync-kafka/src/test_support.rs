@@ -5,8 +5,12 @@
 //! The binary comes from `SFSYNC_TEST_TANSU` (scripts/test installs tansu and sets it) or from
 //! `tansu` on `PATH`. Without either, [`Broker::start`] panics: Kafka tests never skip.
 //! tansu does not create topics on first use; create them with
-//! [`Admin::ensure_topics`](crate::Admin::ensure_topics). It supports idempotent producers and
-//! consumer groups, not transactions.
+//! [`Admin::ensure_topics`](crate::Admin::ensure_topics). It supports idempotent producers
+//! (keeping producer ids and sequence numbers in its storage, so across restarts) and consumer
+//! groups, not transactions. Its storage task panics, and every later produce fails with
+//! UNKNOWN_SERVER_ERROR until a restart, when a producer bumps its epoch after timed-out records
+//! (KIP-360: InitProducerId with an existing producer id is `todo!()` in 0.6.0); the
+//! [`Producer`](crate::Producer) avoids that by replacing its client after a failed batch.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -111,6 +115,11 @@ impl Broker {
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+    }
+
+    /// The broker process's id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Whether the process is alive.

@@ -217,6 +217,54 @@ async fn delivery_to_a_missing_topic_fails_within_the_timeout_naming_topic_and_k
     );
 }
 
+/// A record librdkafka refuses to queue fails the batch as a user error naming its key, and no
+/// later record of the batch is written (so no key's record overtakes it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_record_fails_the_batch_and_stops_what_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let config = broker.config();
+    Admin::new(&config)
+        .unwrap()
+        .ensure_topics(&[TopicSpec::new("sizes", 1, 1)])
+        .await
+        .unwrap();
+    let producer = Producer::new(&config, ProducerOptions::default()).unwrap();
+    let err = producer
+        .send_batch(vec![
+            Record::new("sizes", "001A", payload("001A", 0, 100)),
+            Record::new("sizes", "001B", payload("001B", 1, 2_000_000)),
+            Record::new("sizes", "001A", payload("001A", 2, 100)),
+        ])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KafkaError::Delivery {
+                code: sfsync_kafka::RDKafkaErrorCode::MessageSizeTooLarge,
+                failed: 2,
+                delivered: 1,
+                total: 3,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("key '001B'"), "{err}");
+    assert_eq!(err.class(), sfsync_core::ErrorClass::User);
+    // The producer goes on working (with a new client).
+    producer
+        .send_batch(vec![Record::new("sizes", "001C", payload("001C", 3, 100))])
+        .await
+        .unwrap();
+    let read = Consumer::read_all(&config, "sizes", READ_TIMEOUT)
+        .await
+        .unwrap();
+    let seqs: Vec<usize> = read.iter().map(seq_of).collect();
+    assert_eq!(seqs, [0, 3]);
+}
+
 /// The broker is SIGKILLed twice while batches are being sent, and restarted each time on the
 /// same port and data: once for 3 s (shorter than the delivery timeout: librdkafka's retries carry
 /// the batch in flight over the restart, `send_batch` succeeds), once until a `send_batch` has
