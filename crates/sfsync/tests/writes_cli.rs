@@ -523,7 +523,8 @@ fn deadletters_list_show_redrive_discard() {
     let o = sfsync(&["deadletters", "list", "--kind", "writes"], &config);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert!(
-        stdout(&o).contains(SF_ERROR) && stdout(&o).contains("2 writes, 0 events, 0 deliveries shown"),
+        stdout(&o).contains(SF_ERROR)
+            && stdout(&o).contains("2 writes, 0 events, 0 deliveries shown"),
         "{}",
         show(&o)
     );
