@@ -501,7 +501,7 @@ pub(crate) fn decode_dead_letter_change(
     text: &str,
     pii: PiiMode,
 ) -> Result<StoredDelivery> {
-    let c: StoredDelivery = serde_json::from_str(text).map_err(|e| {
+    let mut c: StoredDelivery = serde_json::from_str(text).map_err(|e| {
         corrupt(
             backend,
             "delivery_dead_letters",
@@ -509,22 +509,8 @@ pub(crate) fn decode_dead_letter_change(
             format!("change is not a stored delivery: {e}"),
         )
     })?;
-    let row = OutboxRow {
-        seq: c.seq,
-        object: c.object,
-        record_id: c.record_id,
-        change_type: c.change_type,
-        event_key: c.event_key,
-        commit_timestamp_ms: c.commit_timestamp_ms,
-        applied_at_ms: c.applied_at_ms,
-        source: c.source,
-        origin_client: c.origin_client,
-        fields: serde_json::to_string(&c.fields).expect("strings serialise"),
-        deleted: c.deleted,
-        record: serde_json::Value::Object(c.record).to_string(),
-        run_id: c.run_id,
-    };
-    decode_outbox(ctx, backend, "delivery_dead_letters", row, pii)
+    apply_pii(ctx, &c.object, &mut c.record, pii)?;
+    Ok(c)
 }
 
 #[cfg(test)]

@@ -6,64 +6,13 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use async_trait::async_trait;
 use sfsync_store::{
     ChangeSource, ColumnDef, ColumnType, CuratedBatch, DeliveryDeadFilter, DeliveryDeadState,
-    Keyring, NewDeliveryDeadLetter, ObjectModel, OutboxChange, PiiMode, PostgresChangeLog,
-    RedriveOutcome, SqliteChangeLog, Value, Warehouse,
+    NewDeliveryDeadLetter, ObjectModel, OutboxChange, PiiMode, RedriveOutcome, Value, Warehouse,
 };
 
-#[async_trait]
-trait Backend: Send + Sync {
-    async fn open(&self) -> Box<dyn Warehouse>;
-}
-
-struct SqliteBackend {
-    dir: tempfile::TempDir,
-}
-
-#[async_trait]
-impl Backend for SqliteBackend {
-    async fn open(&self) -> Box<dyn Warehouse> {
-        let s = SqliteChangeLog::open(self.dir.path().join("wh.db"))
-            .await
-            .expect("open SQLite store");
-        s.set_keyring(Some(Arc::new(Keyring::new("k1", [7; 32]))));
-        Box::new(s)
-    }
-}
-
-struct PostgresBackend {
-    config: tokio_postgres::Config,
-    _server: Option<Arc<support::pg::PgServer>>,
-}
-
-#[async_trait]
-impl Backend for PostgresBackend {
-    async fn open(&self) -> Box<dyn Warehouse> {
-        let s = PostgresChangeLog::connect_with(&self.config)
-            .await
-            .expect("connect to Postgres store");
-        s.set_keyring(Some(Arc::new(Keyring::new("k1", [7; 32]))));
-        Box::new(s)
-    }
-}
-
-fn sqlite_backend() -> SqliteBackend {
-    SqliteBackend {
-        dir: tempfile::tempdir().expect("temp dir"),
-    }
-}
-
-async fn postgres_backend() -> PostgresBackend {
-    let (config, server) = support::pg::fresh_schema().await;
-    PostgresBackend {
-        config,
-        _server: server,
-    }
-}
+use support::backends::{postgres_backend, sqlite_backend, Backend};
 
 fn model(object: &str) -> ObjectModel {
     let col = |name: &str, ty: ColumnType, pii: bool| ColumnDef {

@@ -5,65 +5,13 @@
 
 mod support;
 
-use std::sync::Arc;
-
-use async_trait::async_trait;
 use sfsync_core::{ChangeType, EventKey, RecordVersion, ReplayId};
 use sfsync_store::archive::ArchiveFile;
 use sfsync_store::{
-    AuditEntry, ColumnDef, ColumnType, CuratedBatch, Keyring, ObjectModel, PostgresChangeLog,
-    RawChange, SqliteChangeLog, Warehouse,
+    AuditEntry, ColumnDef, ColumnType, CuratedBatch, Keyring, ObjectModel, RawChange, Warehouse,
 };
 
-#[async_trait]
-trait Backend: Send + Sync {
-    async fn open(&self) -> Box<dyn Warehouse>;
-}
-
-struct SqliteBackend {
-    dir: tempfile::TempDir,
-}
-
-#[async_trait]
-impl Backend for SqliteBackend {
-    async fn open(&self) -> Box<dyn Warehouse> {
-        let s = SqliteChangeLog::open(self.dir.path().join("wh.db"))
-            .await
-            .expect("open SQLite store");
-        s.set_keyring(Some(Arc::new(Keyring::new("k1", [7; 32]))));
-        Box::new(s)
-    }
-}
-
-struct PostgresBackend {
-    config: tokio_postgres::Config,
-    _server: Option<Arc<support::pg::PgServer>>,
-}
-
-#[async_trait]
-impl Backend for PostgresBackend {
-    async fn open(&self) -> Box<dyn Warehouse> {
-        let s = PostgresChangeLog::connect_with(&self.config)
-            .await
-            .expect("connect to Postgres store");
-        s.set_keyring(Some(Arc::new(Keyring::new("k1", [7; 32]))));
-        Box::new(s)
-    }
-}
-
-fn sqlite_backend() -> SqliteBackend {
-    SqliteBackend {
-        dir: tempfile::tempdir().expect("temp dir"),
-    }
-}
-
-async fn postgres_backend() -> PostgresBackend {
-    let (config, server) = support::pg::fresh_schema().await;
-    PostgresBackend {
-        config,
-        _server: server,
-    }
-}
+use support::backends::{postgres_backend, sqlite_backend, Backend};
 
 const DAY: i64 = 86_400_000;
 const T0: i64 = 1_790_000_000_000;

@@ -568,20 +568,9 @@ async fn dead_show(a: DeadShowArgs) -> Result<i32, Failure> {
             } else {
                 sfsync_store::PiiMode::Omit
             };
-            let d = o
-                .store
-                .delivery_dead_letters(
-                    &sfsync_store::DeliveryDeadFilter {
-                        after: Some(id - 1),
-                        limit: 1,
-                        ..Default::default()
-                    },
-                    pii,
-                )
+            let d = ops::delivery_dead_letter(&*o.store, id, pii)
                 .await
-                .map_err(|e| failed(e.into()))?
-                .into_iter()
-                .find(|d| d.id == id)
+                .map_err(ops_failed)?
                 .ok_or_else(|| failed(anyhow!("no delivery dead letter has id {id}")))?;
             let mut j = ops::delivery_dead_letter_json(&d);
             j["record"] = J::Object(d.change.record.clone());

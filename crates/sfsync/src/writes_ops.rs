@@ -567,19 +567,7 @@ pub async fn act(
                         format!("discarded by {by}")
                     }
                 } else {
-                    let found = store
-                        .delivery_dead_letters(
-                            &sfsync_store::DeliveryDeadFilter {
-                                after: Some(id - 1),
-                                limit: 1,
-                                ..Default::default()
-                            },
-                            sfsync_store::PiiMode::Omit,
-                        )
-                        .await?
-                        .into_iter()
-                        .find(|d| d.id == *id);
-                    match found {
+                    match delivery_dead_letter(store, *id, sfsync_store::PiiMode::Omit).await? {
                         None => "no such delivery dead letter".into(),
                         Some(d) => format!(
                             "is {}: only a pending one can be redriven, an open one discarded",
@@ -619,6 +607,26 @@ pub fn delivery_dead_letter_json(d: &sfsync_store::DeliveryDeadLetter) -> serde_
         "updated_at": ts(d.updated_at_ms),
         "note": d.note,
     })
+}
+
+/// The delivery dead letter `id` (any state), PII as `pii` asks.
+pub async fn delivery_dead_letter(
+    store: &dyn Warehouse,
+    id: i64,
+    pii: sfsync_store::PiiMode,
+) -> OpsResult<Option<sfsync_store::DeliveryDeadLetter>> {
+    Ok(store
+        .delivery_dead_letters(
+            &sfsync_store::DeliveryDeadFilter {
+                after: Some(id - 1),
+                limit: 1,
+                ..Default::default()
+            },
+            pii,
+        )
+        .await?
+        .into_iter()
+        .find(|d| d.id == id))
 }
 
 /// Open (pending or redrive-requested) delivery dead letters, oldest first.

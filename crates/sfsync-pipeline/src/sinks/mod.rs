@@ -480,12 +480,20 @@ impl Lane {
         *self.stats.last_error.lock() = Some(e);
     }
 
-    async fn init(&mut self) -> anyhow_like::Result<()> {
+    /// Prepares the transport and loads the lane's position and held records; the error says
+    /// which step failed.
+    async fn init(&mut self) -> Result<(), String> {
         self.spec
             .transport
             .prepare(std::slice::from_ref(&self.object))
             .await
-            .map_err(|e| anyhow_like::Error(format!("preparing the sink: {}", e.reason())))?;
+            .map_err(|e| format!("preparing the sink: {}", e.reason()))?;
+        self.load_position()
+            .await
+            .map_err(|e| format!("reading the position: {e}"))
+    }
+
+    async fn load_position(&mut self) -> sfsync_store::Result<()> {
         let known: Option<DeliveryPosition> = self
             .store
             .delivery_positions(&self.spec.name)
@@ -820,24 +828,4 @@ impl Lane {
             .collect();
         Ok(Some(pause.map_or(Step::Worked, Step::Wait)))
     }
-}
-
-/// Errors of a lane's start (the store's, or the transport's preparation).
-mod anyhow_like {
-    #[derive(Debug)]
-    pub struct Error(pub String);
-
-    impl std::fmt::Display for Error {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str(&self.0)
-        }
-    }
-
-    impl From<sfsync_store::StoreError> for Error {
-        fn from(e: sfsync_store::StoreError) -> Error {
-            Error(e.to_string())
-        }
-    }
-
-    pub type Result<T> = std::result::Result<T, Error>;
 }

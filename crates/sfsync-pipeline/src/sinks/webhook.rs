@@ -118,16 +118,19 @@ impl Webhook {
     }
 }
 
-/// `t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
-pub fn signature(secret: &[u8], unix_secs: i64, body: &[u8]) -> String {
+/// HMAC-SHA256 over `"<t>.<body>"`.
+fn mac(secret: &[u8], unix_secs: i64, body: &[u8]) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
     mac.update(unix_secs.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    format!(
-        "t={unix_secs},v1={}",
-        hex::encode(mac.finalize().into_bytes())
-    )
+    mac
+}
+
+/// `t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
+pub fn signature(secret: &[u8], unix_secs: i64, body: &[u8]) -> String {
+    let tag = mac(secret, unix_secs, body).finalize().into_bytes();
+    format!("t={unix_secs},v1={}", hex::encode(tag))
 }
 
 /// Checks a signature header as a receiver would (constant-time), within `tolerance_secs` of
@@ -154,11 +157,7 @@ pub fn verify_signature(
     if (now_secs - t).abs() > tolerance_secs {
         return false;
     }
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(t.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    mac.verify_slice(&v1).is_ok()
+    mac(secret, t, body).verify_slice(&v1).is_ok()
 }
 
 fn quote(body: &str) -> String {

@@ -713,23 +713,14 @@ async fn dead_letter_act(
             }));
         }
         DeadLetterRef::Delivery(id) => {
-            let found = s
-                .store
-                .delivery_dead_letters(
-                    &sfsync_store::DeliveryDeadFilter {
-                        after: Some(id - 1),
-                        limit: 1,
-                        ..Default::default()
-                    },
-                    sfsync_store::PiiMode::Omit,
-                )
-                .await
-                .map_err(|e| ApiError::internal("reading the delivery dead letter", e))?
-                .into_iter()
-                .find(|d| d.id == id)
-                .ok_or_else(|| {
-                    ApiError::not_found(format!("no delivery dead letter has id {id}"))
-                })?;
+            let found = crate::writes_ops::delivery_dead_letter(
+                s.store.as_ref(),
+                id,
+                sfsync_store::PiiMode::Omit,
+            )
+            .await
+            .map_err(|e| ops_error("reading the delivery dead letter", e))?
+            .ok_or_else(|| ApiError::not_found(format!("no delivery dead letter has id {id}")))?;
             audit(
                 s,
                 caller,
