@@ -181,6 +181,21 @@ impl Consumer {
             .collect())
     }
 
+    /// Moves the fetch position of an assigned partition to `offset` (the next message read is
+    /// the one at `offset`); messages already fetched for it are discarded. For a consumer whose
+    /// real position is kept outside Kafka.
+    pub async fn seek(&self, topic: &str, partition: i32, offset: i64) -> Result<()> {
+        let inner = self.inner.clone();
+        let t = topic.to_string();
+        let timeout = self.timeout;
+        tokio::task::spawn_blocking(move || {
+            inner.seek(&t, partition, Offset::Offset(offset), timeout)
+        })
+        .await
+        .expect("librdkafka seek panicked")
+        .map_err(|source| self.request(format!("seek of {topic}/{partition} to {offset}"), source))
+    }
+
     /// The partitions currently assigned to this consumer.
     pub fn assignment(&self) -> Result<Vec<(String, i32)>> {
         let tpl = self

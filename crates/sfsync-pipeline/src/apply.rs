@@ -166,6 +166,9 @@ pub struct Applier {
     repair_retries: HashMap<i64, (u32, Instant)>,
     /// Confirms writeback writes from their CDC echoes (none: writeback is off).
     echo: Option<Arc<crate::writeback::EchoConfirmer>>,
+    /// The raw log is a Kafka topic this worker consumes as a group member (none: the store's
+    /// raw log).
+    kafka: Option<crate::kafka_log::KafkaLogReader>,
 }
 
 /// Re-read attempts of a repair request failing with transient errors before it is given up
@@ -226,6 +229,9 @@ impl Committed {
     }
 }
 
+/// Kafka offsets to commit after a batch's store commit: (consumer, [(topic, partition, next)]).
+type Advisory = (Arc<sfsync_kafka::Consumer>, Vec<(String, i32, i64)>);
+
 /// A batch whose commit runs beside the planning of the next one.
 struct InFlight {
     task: tokio::task::JoinHandle<Result<()>>,
@@ -248,6 +254,7 @@ impl InFlight {
             Arc<crate::writeback::EchoConfirmer>,
             Vec<crate::writeback::Echo>,
         )>,
+        advisory: Option<Advisory>,
     ) -> InFlight {
         let index = batch
             .rows
@@ -260,6 +267,12 @@ impl InFlight {
             let t = Instant::now();
             store.commit_curated(CURATED_CONSUMER, offset, &b).await?;
             stats.time_stage(STAGE_APPLY_COMMIT, t);
+            if let Some((consumer, next)) = advisory {
+                // Advisory only: the store holds the real positions.
+                if let Err(e) = consumer.commit(&next).await {
+                    tracing::debug!(error = %e, "Kafka offset commit failed (advisory; the store has the positions).");
+                }
+            }
             if let Some(done) = done {
                 done.record(&stats);
             }
@@ -335,7 +348,16 @@ impl Applier {
             jobs: Default::default(),
             repair_retries: HashMap::new(),
             echo: None,
+            kafka: None,
         }
+    }
+
+    /// Reads the raw change log from Kafka as a consumer-group member instead of the store
+    /// ([`crate::kafka_log`]); each batch's partition offsets commit with its curated rows by
+    /// compare-and-set.
+    pub fn with_kafka(mut self, reader: crate::kafka_log::KafkaLogReader) -> Applier {
+        self.kafka = Some(reader);
+        self
     }
 
     /// Confirms writeback writes from their CDC echoes: each applied change whose origin client
@@ -395,6 +417,9 @@ impl Applier {
         } else {
             0
         };
+        if self.kafka.is_some() {
+            return self.kafka_step(job_rows).await;
+        }
         let from = match self.offset {
             Some(o) => o + 1,
             None => {
@@ -422,8 +447,70 @@ impl Applier {
             self.flush().await?;
             return Ok(job_rows);
         }
-        let n = self.apply_logged(&logged).await?;
+        let n = self.apply_logged(&logged, None).await?;
         Ok(n)
+    }
+
+    /// [`Applier::step`]'s read and apply when the raw log is in Kafka.
+    async fn kafka_step(&mut self, job_rows: usize) -> Result<usize> {
+        let t = Instant::now();
+        let max = self.config.batch_max_records.max(1);
+        let Some(reader) = self.kafka.as_mut() else {
+            return Ok(job_rows);
+        };
+        let batch = match reader
+            .next_batch(&*self.store, max, Duration::from_millis(100))
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                // Messages taken from Kafka in this call are gone from its queue: read the
+                // assigned partitions again from the stored offsets.
+                let _ = reader.reset(&*self.store).await;
+                return Err(e);
+            }
+        };
+        self.stats.time_stage(STAGE_APPLY_READ, t);
+        if batch.is_empty() {
+            self.flush().await?;
+            return Ok(job_rows);
+        }
+        if batch.changes.is_empty() {
+            // Only unreadable messages: dead letters, and the partitions move past them.
+            let settled = reader.settle(batch, 0);
+            let advisory = Some((reader.consumer(), settled.advisory.clone()));
+            let mut curated = CuratedBatch::default();
+            let n = settled.bad.len();
+            curated.dead_letters = kafka_dead_letters(reader.topic(), settled.bad);
+            curated.log_positions = settled.positions;
+            self.stats
+                .dead_letters
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            self.flush().await?;
+            self.in_flight = Some(InFlight::start(
+                self.store.clone(),
+                self.stats.clone(),
+                None,
+                Arc::new(curated),
+                None,
+                None,
+                advisory,
+            ));
+            return Ok(n);
+        }
+        let logged = batch.changes.clone();
+        let applied = self.apply_logged(&logged, Some(batch)).await;
+        if applied.is_err() {
+            // Whatever this batch took from Kafka and did not commit is read again from the
+            // stored offsets (a partition's last messages would otherwise wait for a later one
+            // to reveal the gap).
+            if let Some(reader) = self.kafka.as_mut() {
+                if let Err(e) = reader.reset(&*self.store).await {
+                    tracing::warn!(error = %chain(&e), "Resetting the Kafka positions failed; retried with the next step.");
+                }
+            }
+        }
+        applied
     }
 
     /// Loads the current rows of `ids` of `object` into `rows`.
@@ -509,7 +596,11 @@ impl Applier {
         Ok(())
     }
 
-    async fn apply_logged(&mut self, logged: &[LoggedChange]) -> Result<usize> {
+    async fn apply_logged(
+        &mut self,
+        logged: &[LoggedChange],
+        kafka: Option<crate::kafka_log::KafkaBatch>,
+    ) -> Result<usize> {
         let mut batch = CuratedBatch::default();
         let mut planned: Vec<(usize, Vec<(String, RecordChange)>)> = Vec::new();
         let mut cut: Option<usize> = None;
@@ -553,7 +644,20 @@ impl Applier {
             };
             self.on_schema(&object, &raw.schema_id).await?;
             let mapping = &self.mappings[&object];
-            match normalize::from_cdc(mapping, &lc.channel, &change) {
+            let mut normalized = normalize::from_cdc(mapping, &lc.channel, &change);
+            if self.kafka.is_some() {
+                // A Kafka message carries one record of its change (see `kafka_log`).
+                if let Some(id) = crate::kafka_log::record_of(&raw.event_key) {
+                    match &mut normalized {
+                        Ok(Normalized::Records(rs)) => rs.retain(|r| r.id == id),
+                        Ok(Normalized::Repair(r)) if r.record_ids.iter().any(|x| x == id) => {
+                            r.record_ids.retain(|x| x == id)
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            match normalized {
                 Ok(Normalized::Records(rs)) => {
                     planned.push((i, rs.into_iter().map(|r| (object.clone(), r)).collect()));
                 }
@@ -639,7 +743,8 @@ impl Applier {
             let repairs_before = batch.repairs.len();
             let s = match self.gate.as_mut().filter(|_| gating) {
                 Some(g) => {
-                    g.log_offset = Some(logged[*i].offset);
+                    // Kafka offsets are not store offsets: a held change keeps its body.
+                    g.log_offset = Some(logged[*i].offset).filter(|_| self.kafka.is_none());
                     planner.plan_gated(&mut rows, rs, &mut batch, Some(g))
                 }
                 None => planner.plan(&mut rows, rs, &mut batch),
@@ -671,6 +776,19 @@ impl Applier {
         // Every row in the map is written (unchanged ones are rewritten as they are).
         rows_into(rows, &mut batch);
         let offset = logged[last_index].offset;
+        let mut advisory = None;
+        let commit_offset = match (kafka, self.kafka.as_mut()) {
+            (Some(kb), Some(reader)) => {
+                let settled = reader.settle(kb, last_index + 1);
+                advisory = Some((reader.consumer(), settled.advisory));
+                batch
+                    .dead_letters
+                    .extend(kafka_dead_letters(reader.topic(), settled.bad));
+                batch.log_positions = settled.positions;
+                None
+            }
+            _ => Some(offset),
+        };
         let done = Committed {
             processed: last_index as u64 + 1,
             totals,
@@ -694,10 +812,11 @@ impl Applier {
         self.in_flight = Some(InFlight::start(
             self.store.clone(),
             self.stats.clone(),
-            Some(offset),
+            commit_offset,
             batch,
             Some(done),
             echoes,
+            advisory,
         ));
         self.offset = Some(offset);
         if needs_repair {
@@ -722,6 +841,11 @@ impl Applier {
         };
         if let Err(e) = outcome {
             self.offset = None;
+            if let Some(reader) = self.kafka.as_mut() {
+                if let Err(r) = reader.reset(&*self.store).await {
+                    tracing::warn!(error = %chain(&r), "Resetting the Kafka positions failed; retried with the next step.");
+                }
+            }
             if f.batch.job_progress.is_some() {
                 // The running job resumes from its last committed position.
                 self.jobs.active = None;
@@ -1401,6 +1525,24 @@ pub(crate) type Rows = HashMap<(String, String), sfsync_store::CurrentRow>;
 type ObjectChange = (String, RecordChange);
 
 /// Moves every row of the map into the batch, in key order (one write per record).
+/// Unreadable Kafka messages as dead letters (stage `decode`, their position in the error).
+fn kafka_dead_letters(topic: &str, bad: Vec<crate::kafka_log::BadMessage>) -> Vec<DeadLetter> {
+    bad.into_iter()
+        .map(|b| {
+            tracing::warn!(topic, partition = b.partition, offset = b.offset, reason = %b.reason, "Kafka message kept as a dead letter.");
+            DeadLetter {
+                channel: format!("kafka:{topic}:{}", b.partition),
+                replay_id: None,
+                schema_id: String::new(),
+                stage: "decode".into(),
+                error: format!("{topic}/{}@{}: {}", b.partition, b.offset, b.reason),
+                payload: b.payload,
+                object: None,
+            }
+        })
+        .collect()
+}
+
 fn rows_into(rows: Rows, batch: &mut CuratedBatch) {
     let mut rows: Vec<_> = rows.into_iter().collect();
     rows.sort_by(|a, b| a.0.cmp(&b.0));

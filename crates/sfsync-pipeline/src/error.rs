@@ -24,6 +24,9 @@ pub enum PipelineError {
     Salesforce(#[from] sfsync_salesforce::SalesforceError),
     #[error("pub/sub")]
     PubSub(#[from] sfsync_salesforce::pubsub::PubSubError),
+    /// The raw change log in Kafka (produce, consume, seek).
+    #[error("kafka raw log: {0}")]
+    Kafka(String),
     #[error("shutting down")]
     Shutdown,
     /// The task committing a batch panicked or was cancelled; the batch is re-applied from the
@@ -60,6 +63,7 @@ impl PipelineError {
             PipelineError::Store(e) => e.class(),
             PipelineError::Salesforce(e) => e.class(),
             PipelineError::PubSub(e) => e.class(),
+            PipelineError::Kafka(_) => ErrorClass::Retry,
             PipelineError::Shutdown | PipelineError::CommitTask(_) => ErrorClass::Internal,
         }
     }

@@ -37,6 +37,12 @@ pub struct ChannelIngest {
     pub gate: Arc<crate::gate::LagGate>,
     /// Where to start when the channel has no checkpoint yet.
     pub initial: ReplayStart,
+    /// The raw log is a Kafka topic: changes go there, only the checkpoint (and dead letters)
+    /// to the store, after Kafka acknowledged them (see [`crate::kafka_log`]).
+    pub kafka: Option<Arc<crate::kafka_log::KafkaLogWriter>>,
+    /// The channel's lease (exactly one subscriber across the deployment): the stream runs only
+    /// while it is held, and every store write is fenced by it.
+    pub lease: Option<watch::Receiver<Option<sfsync_store::Fence>>>,
 }
 
 /// How far before the last known commit a re-sync after a rejected replay id starts.
@@ -69,6 +75,22 @@ impl ChannelIngest {
                     .stream_down(&self.channel, crate::apply::now_ms());
             }
             first = false;
+            // With a lease, nothing is read before it is held (another process may be the
+            // channel's subscriber).
+            let mut lease = self.lease.clone();
+            let fence = match lease.as_mut() {
+                None => None,
+                Some(rx) => {
+                    let got = tokio::select! {
+                        f = rx.wait_for(|f| f.is_some()) => f.map(|f| f.clone()).ok().flatten(),
+                        _ = shutdown.changed() => return,
+                    };
+                    match got {
+                        Some(f) => Some(f),
+                        None => return,
+                    }
+                }
+            };
             let start = if force_earliest {
                 force_earliest = false;
                 ReplayStart::Earliest
@@ -97,13 +119,27 @@ impl ChannelIngest {
             tracing::info!(channel = %self.channel, start = ?start, "Subscribed.");
             self.stats.stream_up(&self.channel, crate::apply::now_ms());
             loop {
-                tokio::select! {
-                    _ = self.gate.wait(&self.stats) => {}
-                    _ = shutdown.changed() => return,
+                if self.kafka.is_none() {
+                    tokio::select! {
+                        _ = self.gate.wait(&self.stats) => {}
+                        _ = shutdown.changed() => return,
+                    }
                 }
+                let lost = async {
+                    match lease.as_mut() {
+                        Some(rx) => {
+                            let _ = rx.wait_for(|f| f.as_ref() != fence.as_ref()).await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
                 let next = tokio::select! {
                     n = sub.next_batch() => n,
                     _ = shutdown.changed() => return,
+                    _ = lost => {
+                        tracing::warn!(channel = %self.channel, "Ingest lease lost: unsubscribing until it is held again.");
+                        continue 'outer;
+                    }
                 };
                 let mut batch = match next {
                     None => continue 'outer,
@@ -203,10 +239,18 @@ impl ChannelIngest {
                         object: None,
                     })
                     .collect();
+                if lease
+                    .as_ref()
+                    .is_some_and(|rx| rx.borrow().as_ref() != fence.as_ref())
+                {
+                    // Lost while fetching: write nothing (the store would refuse the checkpoint,
+                    // but an external log would already have taken the changes).
+                    tracing::warn!(channel = %self.channel, "Ingest lease lost: the fetched batch is left to the new holder.");
+                    continue 'outer;
+                }
                 let t = std::time::Instant::now();
                 let appended = self
-                    .store
-                    .append_with_dead_letters(&self.channel, &raws, &dead, &checkpoint)
+                    .append(&batch, raws, &dead, &checkpoint, fence.as_ref())
                     .await;
                 self.stats.time_stage(crate::stats::STAGE_INGEST_WRITE, t);
                 match appended {
@@ -229,6 +273,57 @@ impl ChannelIngest {
                 }
             }
         }
+    }
+
+    /// Stores one fetched batch with the channel's checkpoint: into the store's raw log, or into
+    /// Kafka first and then the checkpoint; fenced by the lease when there is one.
+    async fn append(
+        &self,
+        batch: &sfsync_salesforce::pubsub::Batch,
+        raws: Vec<RawChange>,
+        dead: &[DeadLetter],
+        checkpoint: &sfsync_core::ReplayId,
+        fence: Option<&sfsync_store::Fence>,
+    ) -> crate::Result<sfsync_store::AppendOutcome> {
+        let store = &*self.store;
+        let Some(kafka) = &self.kafka else {
+            return Ok(match fence {
+                Some(f) => {
+                    store
+                        .append_fenced(&self.channel, &raws, dead, checkpoint, f)
+                        .await?
+                }
+                None => {
+                    store
+                        .append_with_dead_letters(&self.channel, &raws, dead, checkpoint)
+                        .await?
+                }
+            });
+        };
+        let per_record: Vec<RawChange> = batch
+            .changes
+            .iter()
+            .zip(&batch.payloads)
+            .flat_map(|(c, p)| crate::kafka_log::per_record(c, p))
+            .collect();
+        let written = kafka.write(store, &self.channel, &per_record).await?;
+        match fence {
+            Some(f) => {
+                store
+                    .append_fenced(&self.channel, &[], dead, checkpoint, f)
+                    .await?
+            }
+            None => {
+                store
+                    .append_with_dead_letters(&self.channel, &[], dead, checkpoint)
+                    .await?
+            }
+        };
+        Ok(sfsync_store::AppendOutcome {
+            appended: written,
+            duplicates: 0,
+            last_offset: None,
+        })
     }
 
     /// Start of the re-sync window after the stored replay id was rejected: the commit time of

@@ -14,6 +14,8 @@ pub mod freshness;
 pub mod gate;
 pub mod ingest;
 pub mod jobs;
+pub mod kafka_log;
+pub mod lease;
 pub mod maintenance;
 pub mod model;
 pub mod normalize;
@@ -56,6 +58,30 @@ pub struct PipelineConfig {
     pub echo_ledger: Option<writeback::EchoLedger>,
     /// Keep the warehouse's `sync_status` up to date ([`freshness`]); `None`: not written.
     pub freshness: Option<freshness::FreshnessConfig>,
+    /// What this process runs (`sfsync run --role`): the ingest subscribers, the apply stage,
+    /// or both.
+    pub roles: Roles,
+    /// The raw change log is a Kafka topic ([`kafka_log`]); `None`: the store's raw log.
+    pub kafka_log: Option<kafka_log::KafkaLogConfig>,
+    /// Each channel's subscriber holds a lease `ingest:<channel>` ([`lease`]) so that exactly
+    /// one process across the deployment ingests it: (holder name, time to live).
+    pub ingest_lease: Option<(String, Duration)>,
+}
+
+/// The pipeline stages a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub ingest: bool,
+    pub apply: bool,
+}
+
+impl Default for Roles {
+    fn default() -> Self {
+        Roles {
+            ingest: true,
+            apply: true,
+        }
+    }
 }
 
 /// A running pipeline.
@@ -72,6 +98,8 @@ pub struct RunningPipeline {
     /// Confirms writes from their echoes (with [`PipelineConfig::echo_ledger`]); share it with
     /// the [`writeback::Deliverer`] so echoes that overtake the ledger update are matched.
     pub echo: Option<Arc<writeback::EchoConfirmer>>,
+    /// The ingest leases kept by this process (released at shutdown).
+    leases: Vec<lease::LeaseKeeper>,
 }
 
 /// Describes each object, builds its mapping (config + describe) and creates or extends its
@@ -112,9 +140,18 @@ pub async fn start(
     subscriber: Subscriber,
     config: PipelineConfig,
 ) -> Result<RunningPipeline> {
-    store.acquire_apply_lock().await?;
+    let roles = config.roles;
+    if roles.apply && config.kafka_log.is_none() {
+        // One applier per warehouse reading the store's raw log; Kafka workers share the
+        // partitions instead (their offsets move by compare-and-set).
+        store.acquire_apply_lock().await?;
+    }
     let (mappings, created) = prepare_models(&*store, &*reader, &config.objects).await?;
-    if config.apply.jobs.backfill_new_objects && config.bulk.is_some() && !created.is_empty() {
+    if roles.apply
+        && config.apply.jobs.backfill_new_objects
+        && config.bulk.is_some()
+        && !created.is_empty()
+    {
         let ids = jobs::request_backfills(&*store, &created, "new object in the config").await?;
         tracing::info!(objects = ?created, jobs = ?ids, "New objects: backfills requested.");
     }
@@ -141,9 +178,31 @@ pub async fn start(
             .or_default()
             .push(spec.name.clone());
     }
+    let kafka_writer = match (&config.kafka_log, roles.ingest) {
+        (Some(k), true) => Some(Arc::new(
+            kafka_log::KafkaLogWriter::connect(k.clone()).await?,
+        )),
+        _ => None,
+    };
+    let mut leases = Vec::new();
+    if !roles.ingest {
+        channels.clear();
+    }
     let ingest = channels
         .into_iter()
         .map(|(channel, objects)| {
+            let lease = config.ingest_lease.as_ref().map(|(holder, ttl)| {
+                let k = lease::LeaseKeeper::spawn(
+                    store.clone(),
+                    format!("ingest:{channel}"),
+                    holder.clone(),
+                    *ttl,
+                    rx.clone(),
+                );
+                let w = k.watch();
+                leases.push(k);
+                w
+            });
             let task = ingest::ChannelIngest {
                 channel,
                 objects,
@@ -153,6 +212,8 @@ pub async fn start(
                 appended: appended.clone(),
                 gate: gate.clone(),
                 initial: config.initial.clone(),
+                kafka: kafka_writer.clone(),
+                lease,
             };
             tokio::spawn(task.run(rx.clone()))
         })
@@ -185,9 +246,16 @@ pub async fn start(
     if let Some(c) = &echo {
         applier = applier.with_echo(c.clone());
     }
+    if let (Some(k), true) = (&config.kafka_log, roles.apply) {
+        applier = applier.with_kafka(kafka_log::KafkaLogReader::connect(k.clone()).await?);
+    }
     let idle = config.idle_wait;
     let mut arx = rx.clone();
     let applier = tokio::spawn(async move {
+        if !roles.apply {
+            let _ = arx.wait_for(|stop| *stop).await;
+            return Ok(());
+        }
         loop {
             match applier.step().await {
                 Ok(0) => {
@@ -225,6 +293,7 @@ pub async fn start(
         freshness,
         store,
         echo,
+        leases,
     })
 }
 
@@ -236,6 +305,9 @@ impl RunningPipeline {
         let _ = self.shutdown.send(true);
         for t in self.ingest {
             let _ = t.await;
+        }
+        for l in self.leases {
+            l.join().await;
         }
         let drained = tokio::time::timeout(timeout, self.applier).await;
         if let Some((stop, task)) = self.freshness {

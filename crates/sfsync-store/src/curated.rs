@@ -394,6 +394,9 @@ pub struct CuratedBatch {
     pub job_progress: Option<crate::jobs::SyncJobProgress>,
     /// The batch's applied changes for the delivery outbox (empty when no sink is configured).
     pub deliveries: Vec<crate::delivery::OutboxChange>,
+    /// Apply offsets moved by compare-and-set with this batch (an external log's partitions);
+    /// when any was moved by another worker, nothing of the batch is written.
+    pub log_positions: Vec<crate::lease::LogPosition>,
 }
 
 impl CuratedBatch {
@@ -411,6 +414,7 @@ impl CuratedBatch {
             && self.dq_failures.is_empty()
             && self.dq_counts.is_empty()
             && self.job_progress.is_none()
+            && self.log_positions.is_empty()
     }
 }
 
@@ -477,11 +481,24 @@ pub struct RunRecord {
 /// applies to a database at a time (the apply stage holds [`Warehouse::acquire_apply_lock`]).
 #[async_trait]
 pub trait Warehouse:
-    ChangeLog + crate::WriteLedger + crate::Retention + crate::Delivery + crate::SyncStatusStore
+    ChangeLog
+    + crate::WriteLedger
+    + crate::Retention
+    + crate::Delivery
+    + crate::SyncStatusStore
+    + crate::Leases
 {
     /// Creates the tables of `model` or adds its missing columns, and registers the model (its
     /// PII columns) for sealing. Idempotent.
     async fn ensure_model(&self, model: &ObjectModel) -> Result<ModelChange>;
+
+    /// Raw-change payloads as this store writes them to its raw log: compressed, and sealed
+    /// (AES-256-GCM, AAD of the object's raw log) when the object's registered model has PII.
+    /// For a raw log kept outside the database (Kafka), so PII rests sealed there too.
+    fn encode_raw_payloads(&self, changes: &[crate::RawChange]) -> Result<Vec<Vec<u8>>>;
+
+    /// Opens and decompresses a payload made by [`Warehouse::encode_raw_payloads`].
+    fn decode_raw_payload(&self, entity: &str, stored: Vec<u8>) -> Result<Vec<u8>>;
 
     /// Current rows of `object` for `ids` (those that exist), PII opened.
     async fn load_current(

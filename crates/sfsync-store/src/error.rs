@@ -51,6 +51,30 @@ pub enum StoreError {
         current: u64,
         requested: u64,
     },
+    /// A compare-and-set apply offset was moved by another worker since this one read it.
+    #[error(
+        "{backend} store: apply offset of consumer '{consumer}' is {found:?}, not {expected:?} \
+         as this worker read it: another worker applied it meanwhile (nothing of this batch was \
+         written)"
+    )]
+    PositionMoved {
+        backend: &'static str,
+        consumer: String,
+        expected: Option<u64>,
+        found: Option<u64>,
+    },
+    /// A write made under a lease that is no longer held (expired, taken over or released).
+    #[error(
+        "{backend} store: lease '{lease}' is no longer held by '{holder}' at epoch {epoch} \
+         (now: {now}); nothing was written"
+    )]
+    Fenced {
+        backend: &'static str,
+        lease: String,
+        holder: String,
+        epoch: i64,
+        now: String,
+    },
     /// The database was migrated by a newer sfsync.
     #[error(
         "{backend} store: database schema is at version {found}, newer than this build knows \
@@ -129,6 +153,7 @@ impl StoreError {
             StoreError::ApplyLockHeld { .. } => ErrorClass::User,
             StoreError::RejectedChange { .. } | StoreError::InvalidInput { .. } => ErrorClass::User,
             StoreError::SchemaTooNew { .. } => ErrorClass::User,
+            StoreError::PositionMoved { .. } | StoreError::Fenced { .. } => ErrorClass::Retry,
             StoreError::OffsetRegression { .. }
             | StoreError::Corrupt { .. }
             | StoreError::Worker { .. } => ErrorClass::Internal,

@@ -26,11 +26,13 @@ pub mod curated;
 pub mod delivery;
 pub mod error;
 pub mod jobs;
+pub mod lease;
 pub mod migrate;
 pub mod operator;
 pub mod pii;
 pub mod postgres;
 pub mod quality;
+pub mod query;
 pub mod retention;
 pub mod sqlite;
 pub mod sync_status;
@@ -49,11 +51,16 @@ pub use delivery::{
 };
 pub use error::{Result, StoreError};
 pub use jobs::*;
+pub use lease::{Fence, Lease, Leases, LogPosition};
 pub use migrate::{AppliedMigration, Migration};
 pub use operator::*;
 pub use pii::Keyring;
 pub use postgres::PostgresChangeLog;
 pub use quality::*;
+pub use query::{
+    CmpOp, Operand, OrderKey, QueryRow, QueryTable, RowFilter, RowQuery, RowStore, StrFn,
+    KEY_COLUMN, OUTBOX_COLUMNS, SYNC_COLUMNS,
+};
 pub use retention::{AuditAnchor, AuditPrune, LogPrune, Retention};
 pub use sqlite::{SqliteChangeLog, SqliteOptions, SqliteSynchronous};
 pub use sync_status::{
@@ -214,6 +221,11 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// Rebuilds an [`EventKey`] from its text form (as stored, or carried in a Kafka header).
+pub fn event_key_from_text(s: &str) -> Option<EventKey> {
+    event_key_from_stored(s)
 }
 
 /// Rebuilds an [`EventKey`] from its stored text form.

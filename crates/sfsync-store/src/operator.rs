@@ -153,9 +153,9 @@ pub(crate) fn fold_counts(rows: impl IntoIterator<Item = (String, String, i64)>)
 }
 
 /// Everything the API needs of a store: the warehouse, the write ledger and the operator log.
-pub trait Store: crate::Warehouse + crate::WriteLedger + OperatorLog {}
+pub trait Store: crate::Warehouse + crate::WriteLedger + OperatorLog + crate::RowStore {}
 
-impl<T: crate::Warehouse + crate::WriteLedger + OperatorLog> Store for T {}
+impl<T: crate::Warehouse + crate::WriteLedger + OperatorLog + crate::RowStore> Store for T {}
 
 /// The canonical (hashed) JSON of an action.
 pub(crate) fn action_json(a: &OperatorAction) -> String {

@@ -26,8 +26,10 @@ use crate::{
 
 mod delivery;
 mod jobs;
+mod lease;
 mod operator;
 mod quality;
+mod query;
 mod retention;
 mod sync_status;
 mod warehouse;
@@ -520,6 +522,20 @@ CREATE INDEX delivery_dead_letters_open ON delivery_dead_letters (sink, object, 
 CREATE INDEX writes_echo_event_key ON writes (echo_event_key) WHERE echo_event_key IS NOT NULL;
 "#,
     },
+    Migration {
+        version: 18,
+        name: "leases with fencing epochs (run roles)",
+        sql: r#"
+CREATE TABLE leases (
+    name           TEXT PRIMARY KEY,
+    holder         TEXT NOT NULL,
+    epoch          BIGINT NOT NULL,
+    acquired_at_ms BIGINT NOT NULL,
+    renewed_at_ms  BIGINT NOT NULL,
+    expires_at_ms  BIGINT NOT NULL
+);
+"#,
+    },
 ];
 
 /// The change log in a Postgres database (tables in the connection's `search_path` schema).
@@ -636,6 +652,7 @@ impl PostgresChangeLog {
         changes: &[RawChange],
         dead_letters: &[DeadLetter],
         checkpoint: &ReplayId,
+        fence: Option<&crate::lease::Fence>,
     ) -> Result<AppendOutcome> {
         check_name("append batch", "channel", channel)?;
         let ctx = self.registry.ctx();
@@ -645,6 +662,12 @@ impl PostgresChangeLog {
             .transaction()
             .await
             .map_err(|e| StoreError::postgres("begin append", e))?;
+        if let Some(fence) = fence {
+            lease::check_fence(&tx, fence).await?;
+        }
+        if changes.is_empty() && dead_letters.is_empty() {
+            return set_checkpoint_in(tx, channel, checkpoint).await;
+        }
         tx.batch_execute("LOCK TABLE raw_changes IN SHARE ROW EXCLUSIVE MODE")
             .await
             .map_err(|e| StoreError::postgres("lock raw_changes", e))?;
@@ -713,17 +736,7 @@ impl PostgresChangeLog {
             }
         }
         warehouse::insert_dead_letters(&tx, &ctx, dead_letters).await?;
-        tx.execute(
-            "INSERT INTO checkpoints (channel, replay_id, updated_at_ms) VALUES ($1, $2, $3)
-             ON CONFLICT (channel) DO UPDATE SET replay_id = excluded.replay_id,
-                 updated_at_ms = excluded.updated_at_ms",
-            &[&channel, &checkpoint.as_bytes(), &now_ms()],
-        )
-        .await
-        .map_err(|e| StoreError::postgres("write checkpoint", e))?;
-        tx.commit()
-            .await
-            .map_err(|e| StoreError::postgres("commit append", e))?;
+        set_checkpoint_in(tx, channel, checkpoint).await?;
         Ok(out)
     }
 
@@ -796,6 +809,26 @@ fn check_name(op: &'static str, what: &str, value: &str) -> Result<()> {
 
 fn to_i64(offset: LogOffset) -> i64 {
     i64::try_from(offset).unwrap_or(i64::MAX)
+}
+
+/// Writes `channel`'s checkpoint in `tx` and commits it.
+async fn set_checkpoint_in(
+    tx: Transaction<'_>,
+    channel: &str,
+    checkpoint: &ReplayId,
+) -> Result<AppendOutcome> {
+    tx.execute(
+        "INSERT INTO checkpoints (channel, replay_id, updated_at_ms) VALUES ($1, $2, $3)
+         ON CONFLICT (channel) DO UPDATE SET replay_id = excluded.replay_id,
+             updated_at_ms = excluded.updated_at_ms",
+        &[&channel, &checkpoint.as_bytes(), &now_ms()],
+    )
+    .await
+    .map_err(|e| StoreError::postgres("write checkpoint", e))?;
+    tx.commit()
+        .await
+        .map_err(|e| StoreError::postgres("commit append", e))?;
+    Ok(AppendOutcome::default())
 }
 
 /// Sets the apply offset of `consumer` inside the caller's transaction (never backwards), so
@@ -900,7 +933,7 @@ impl ChangeLog for PostgresChangeLog {
         changes: &[RawChange],
         checkpoint: &ReplayId,
     ) -> Result<AppendOutcome> {
-        self.append(channel, changes, &[], checkpoint).await
+        self.append(channel, changes, &[], checkpoint, None).await
     }
 
     async fn checkpoint(&self, channel: &str) -> Result<Option<ReplayId>> {

@@ -47,8 +47,10 @@ use crate::{
 
 mod delivery;
 mod jobs;
+mod lease;
 mod operator;
 mod quality;
+mod query;
 mod retention;
 mod sync_status;
 mod warehouse;
@@ -672,6 +674,20 @@ CREATE TABLE delivery_dead_letters (
 );
 CREATE INDEX delivery_dead_letters_open ON delivery_dead_letters (sink, object, state, record_id, seq);
 CREATE INDEX writes_echo_event_key ON writes (echo_event_key) WHERE echo_event_key IS NOT NULL;
+"#,
+    },
+    Migration {
+        version: 18,
+        name: "leases with fencing epochs (run roles)",
+        sql: r#"
+CREATE TABLE leases (
+    name           TEXT PRIMARY KEY,
+    holder         TEXT NOT NULL,
+    epoch          INTEGER NOT NULL,
+    acquired_at_ms INTEGER NOT NULL,
+    renewed_at_ms  INTEGER NOT NULL,
+    expires_at_ms  INTEGER NOT NULL
+);
 "#,
     },
 ];

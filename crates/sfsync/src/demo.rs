@@ -93,6 +93,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         &secrets,
         crate::run_cmd::StartAt::Earliest,
         &config_path,
+        crate::run_cmd::Role::All,
     )
     .await?;
     let warehouse = args.data_dir.join("warehouse.db");

@@ -4,6 +4,7 @@
 mod admin_cmd;
 mod api;
 mod bench_archive;
+mod bench_odata;
 mod bench_pipeline;
 mod bench_pubsub;
 mod bench_salesforce;
@@ -144,6 +145,9 @@ struct BenchArgs {
     /// Writeback suite: seconds of sustained writes.
     #[arg(long, default_value_t = 600)]
     writeback_secs: u64,
+    /// OData suite: rows of the entity set.
+    #[arg(long, default_value_t = 10_000)]
+    odata_rows: usize,
     /// Pipeline suite: also measure a Postgres warehouse at this URL (a throwaway schema).
     #[arg(long, env = "SFSYNC_BENCH_POSTGRES_URL")]
     postgres_url: Option<String>,
@@ -169,6 +173,9 @@ enum BenchSuite {
     /// Webhook delivery from the delivery outbox to a local receiver: changes/s, requests/s,
     /// MB/s and CPU per change at three batch sizes.
     Sinks,
+    /// OData page latency (p50/p99) paging a 10,000-row entity set by @odata.nextLink at the
+    /// default page size, with and without $filter.
+    Odata,
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
@@ -208,6 +215,13 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         BenchSuite::Archive => {
             bench_archive::run(bench_archive::ArchiveBenchOptions {
                 events: args.events,
+            })
+            .await?
+        }
+        BenchSuite::Odata => {
+            bench_odata::run(bench_odata::OdataBenchOptions {
+                rows: args.odata_rows,
+                passes: 5,
             })
             .await?
         }

@@ -56,7 +56,8 @@ pub struct Flow {
     pub source: String,
     pub target: String,
     /// `inbound` (into the warehouse), `outbound` (into Salesforce), `archive` (the raw change
-    /// history into the Parquet archive) or `delivery` (curated changes to a downstream sink).
+    /// history into the Parquet archive), `delivery` (curated changes to a downstream sink),
+    /// `virtual` (OData queries served from the warehouse) or `read` (the read API).
     pub direction: &'static str,
     /// `CDC stream`, `polling`, `reconciliation`, `formula refresh`, `writeback`, `archive`.
     pub pattern: &'static str,
@@ -87,6 +88,8 @@ const ANY_SYSTEM: &str = "any system";
 const WAREHOUSE: &str = "warehouse";
 /// A delivery flow's freshness target: curated changes reach consumers within a minute.
 const DEFAULT_DELIVERY_SLA_SECS: u64 = 60;
+/// A read out of the warehouse (OData, read API) answers within seconds.
+const READ_SLA_SECS: u64 = 5;
 
 /// A node id from a free-form name: ASCII letters and digits kept, the rest `_`.
 fn node_id(prefix: &str, name: &str) -> String {
@@ -342,6 +345,70 @@ impl IntegrationMap {
                     sla_secs: DEFAULT_DELIVERY_SLA_SECS,
                     team: None,
                     sink: Some(sink.name.clone()),
+                });
+            }
+        }
+        // Reads served out of the warehouse: OData virtualization (Salesforce Connect reads
+        // the data where it lives) and the operational read API.
+        if let (Some(o), Some(_)) = (&config.odata, &config.api) {
+            nodes.push(Node {
+                id: "odata".into(),
+                label: "OData clients (Salesforce Connect)".into(),
+                kind: "system",
+                system: None,
+            });
+            let mut sets: Vec<String> = o.entity_sets.clone();
+            if o.outbox {
+                sets.push(crate::api::odata::OUTBOX_SET.into());
+            }
+            for set in sets {
+                flows.push(Flow {
+                    object: set.clone(),
+                    source: WAREHOUSE.into(),
+                    target: "odata".into(),
+                    direction: "virtual",
+                    pattern: "OData",
+                    frequency: "on demand".into(),
+                    trigger: "each OData query (/odata/v4/)".into(),
+                    transformation: format!(
+                        "entity set {set}: $filter/$orderby as parameterised SQL, {} rows a page \
+                         (keyset @odata.nextLink); PII null unless the caller is authorised",
+                        o.page_size
+                    ),
+                    sla_secs: READ_SLA_SECS,
+                    team: None,
+                    sink: None,
+                });
+            }
+        }
+        if let Some(api) = &config.api {
+            if api
+                .tokens
+                .iter()
+                .any(|t| t.role != crate::config::validate::ApiRole::Writer)
+            {
+                nodes.push(Node {
+                    id: "read_api".into(),
+                    label: "Read API clients (/api/v1/records)".into(),
+                    kind: "system",
+                    system: None,
+                });
+                flows.push(Flow {
+                    object: sfsync_store::ALL_OBJECTS.into(),
+                    source: WAREHOUSE.into(),
+                    target: "read_api".into(),
+                    direction: "read",
+                    pattern: "read API",
+                    frequency: "on demand".into(),
+                    trigger: "GET /api/v1/records/… (viewer token)".into(),
+                    transformation: format!(
+                        "records by Id, External Id or field filters with sync metadata and \
+                         freshness; {} reads/s per token",
+                        api.read_rate_per_sec
+                    ),
+                    sla_secs: READ_SLA_SECS,
+                    team: None,
+                    sink: None,
                 });
             }
         }

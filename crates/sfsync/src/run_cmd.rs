@@ -35,6 +35,34 @@ pub struct RunArgs {
     /// scripts and `sfsync bench pipeline`.
     #[arg(long)]
     pub stats_file: Option<PathBuf>,
+    /// What this process runs: everything (`all`, the default), only the ingest subscribers
+    /// (`ingest`; each channel under a lease, so one process across the deployment streams it),
+    /// only the apply stage (`apply`; with `[log] backend = "kafka"` several apply workers share
+    /// the topic's partitions), or only the writeback deliverer and delivery sinks (`writeback`).
+    #[arg(long, value_enum, default_value_t = Role::All)]
+    pub role: Role,
+}
+
+/// `sfsync run --role`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    All,
+    Ingest,
+    Apply,
+    Writeback,
+}
+
+impl Role {
+    fn pipeline(self) -> sfsync_pipeline::Roles {
+        sfsync_pipeline::Roles {
+            ingest: matches!(self, Role::All | Role::Ingest),
+            apply: matches!(self, Role::All | Role::Apply),
+        }
+    }
+
+    fn outbound(self) -> bool {
+        matches!(self, Role::All | Role::Writeback)
+    }
 }
 
 /// Writes `stats` to `path` through a temporary file and a rename, so readers never see half.
@@ -251,6 +279,15 @@ pub fn pipeline_config(config: &ValidConfig, start: StartAt) -> PipelineConfig {
         bulk: None,
         echo_ledger: None,
         freshness: Some(freshness_config(config)),
+        roles: sfsync_pipeline::Roles::default(),
+        kafka_log: config.log.kafka.clone(),
+        // On Postgres several processes may share the warehouse: each channel's subscriber
+        // holds a lease (SQLite is one machine, one process).
+        ingest_lease: matches!(
+            config.warehouse,
+            crate::config::validate::ValidWarehouse::Postgres { .. }
+        )
+        .then(|| (config.log.node_name.clone(), config.log.lease_ttl)),
     }
 }
 
@@ -375,6 +412,7 @@ pub async fn start_service(
     secrets: &ResolvedSecrets,
     start: StartAt,
     config_path: &Path,
+    role: Role,
 ) -> Result<Service> {
     let api = match &config.api {
         Some(api) => crate::api::bind(api).await?,
@@ -385,9 +423,10 @@ pub async fn start_service(
     let ledger = stores.ledger.clone();
     let (client, subscriber) = connect_salesforce(config, secrets).await?;
     let mut pc = pipeline_config(config, start);
+    pc.roles = role.pipeline();
     pc.apply.maintenance.archive = open_archive(config)?;
     pc.bulk = Some(client.bulk());
-    let writeback = !config.writeback.objects.is_empty();
+    let writeback = !config.writeback.objects.is_empty() && role.outbound();
     if writeback {
         pc.echo_ledger = Some(sfsync_pipeline::writeback::EchoLedger(ledger.clone()));
     }
@@ -406,10 +445,14 @@ pub async fn start_service(
     .await
     .context("starting the pipeline")?;
     eprintln!(
-        "sfsync run {}: {} objects into {}",
+        "sfsync run {}: {} objects into {} (role {role:?}, raw log in {})",
         running.run_id,
         running.mappings.len(),
-        config.warehouse.describe()
+        config.warehouse.describe(),
+        match &config.log.kafka {
+            Some(k) => format!("kafka topic {}", k.topic),
+            None => "the warehouse".into(),
+        }
     );
     let (wb_stop, wb_rx) = tokio::sync::watch::channel(false);
     let deliverer = writeback.then(|| {
@@ -429,7 +472,11 @@ pub async fn start_service(
         );
         tokio::spawn(d.run(wb_rx))
     });
-    let sinks = start_sinks(config, secrets, store.clone(), ledger.clone())?;
+    let sinks = if role.outbound() {
+        start_sinks(config, secrets, store.clone(), ledger.clone())?
+    } else {
+        None
+    };
     let api = match (api, &config.api) {
         (Some(bound), Some(api_config)) => {
             let mut state = crate::api::ApiState::new(
@@ -445,6 +492,7 @@ pub async fn start_service(
                 }),
             );
             state.sinks = sinks.as_ref().map(|s| s.stats.clone());
+            state.set_basic_principals(&secrets.odata_basic);
             let running_api = bound.serve(Arc::new(state));
             let tls = api_config.tls.is_some();
             eprintln!(
@@ -620,7 +668,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         return Ok(());
     }
     let (config, secrets) = load(&args.config).await?;
-    let service = start_service(&config, &secrets, args.start, &args.config).await?;
+    let service = start_service(&config, &secrets, args.start, &args.config, args.role).await?;
     let stats = service.running.stats.clone();
     let started = Instant::now();
     let mut last = 0;

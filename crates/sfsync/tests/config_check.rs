@@ -35,6 +35,7 @@ fn example_dir() -> tempfile::TempDir {
         ("api-viewer.token", "viewer-token-0123456789abcdef"),
         ("api-case-mgmt.token", "case-mgmt-token-0123456789abcdef"),
         ("case-mgmt-hook.secret", "case-mgmt-hook-secret-0123456789"),
+        ("odata-connect.password", "odata-connect-password-0123"),
     ] {
         std::fs::write(dir.path().join("secrets").join(file), token).unwrap();
     }

@@ -433,6 +433,7 @@ impl Applier {
             std::sync::Arc::new(batch),
             None,
             None,
+            None,
         ));
         if has_repairs {
             // Repairs read their requests back from the store.

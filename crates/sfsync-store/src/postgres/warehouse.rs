@@ -122,7 +122,7 @@ fn read_cell(row: &Row, idx: usize) -> std::result::Result<Cell<'static>, tokio_
     })
 }
 
-fn read_cells(row: &Row) -> Result<Vec<Cell<'static>>> {
+pub(super) fn read_cells(row: &Row) -> Result<Vec<Cell<'static>>> {
     (0..row.len())
         .map(|i| read_cell(row, i))
         .collect::<std::result::Result<_, _>>()
@@ -168,7 +168,7 @@ pub(super) fn invalid(op: &'static str, reason: String) -> StoreError {
     }
 }
 
-fn params<'a>(cells: &'a [Cell<'_>]) -> Vec<&'a (dyn ToSql + Sync)> {
+pub(super) fn params<'a>(cells: &'a [Cell<'_>]) -> Vec<&'a (dyn ToSql + Sync)> {
     cells.iter().map(|c| c as &(dyn ToSql + Sync)).collect()
 }
 
@@ -696,6 +696,7 @@ impl PostgresChangeLog {
         if let Some(offset) = offset {
             set_applied_offset_in(tx, consumer, offset).await?;
         }
+        super::lease::move_positions(tx, &batch.log_positions).await?;
         Ok(())
     }
 
@@ -992,6 +993,14 @@ impl PostgresChangeLog {
 
 #[async_trait]
 impl Warehouse for PostgresChangeLog {
+    fn encode_raw_payloads(&self, changes: &[crate::RawChange]) -> Result<Vec<Vec<u8>>> {
+        self.registry.ctx().encode_raw_batch(changes)
+    }
+
+    fn decode_raw_payload(&self, entity: &str, stored: Vec<u8>) -> Result<Vec<u8>> {
+        self.registry.ctx().decode_raw(entity, 0, stored)
+    }
+
     async fn ensure_model(&self, model: &ObjectModel) -> Result<ModelChange> {
         wh::validate_model(BACKEND, model)?;
         let ctx = self.registry.ctx();
@@ -1184,7 +1193,7 @@ impl Warehouse for PostgresChangeLog {
         dead_letters: &[DeadLetter],
         checkpoint: &ReplayId,
     ) -> Result<AppendOutcome> {
-        self.append(channel, changes, dead_letters, checkpoint)
+        self.append(channel, changes, dead_letters, checkpoint, None)
             .await
     }
 

@@ -46,7 +46,7 @@ impl ToSql for Cell<'_> {
     }
 }
 
-fn read_cell(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Cell<'static>> {
+pub(super) fn read_cell(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Cell<'static>> {
     Ok(match row.get_ref(idx)? {
         ValueRef::Null => Cell::Null,
         ValueRef::Integer(i) => Cell::Int(i),
@@ -409,6 +409,7 @@ fn commit_blocking(
     if let Some(offset) = offset {
         set_applied_offset_in(conn, consumer, offset)?;
     }
+    super::lease::move_positions(conn, &batch.log_positions)?;
     Ok(())
 }
 
@@ -853,6 +854,14 @@ fn reseal_blobs(
 
 #[async_trait]
 impl Warehouse for SqliteChangeLog {
+    fn encode_raw_payloads(&self, changes: &[crate::RawChange]) -> Result<Vec<Vec<u8>>> {
+        self.registry.ctx().encode_raw_batch(changes)
+    }
+
+    fn decode_raw_payload(&self, entity: &str, stored: Vec<u8>) -> Result<Vec<u8>> {
+        self.registry.ctx().decode_raw(entity, 0, stored)
+    }
+
     async fn ensure_model(&self, model: &ObjectModel) -> Result<ModelChange> {
         wh::validate_model(BACKEND, model)?;
         let ctx = self.registry.ctx();

@@ -23,6 +23,8 @@ pub struct KnownToken {
     pub name: String,
     pub role: ApiRole,
     pub source_system: Option<String>,
+    /// May read PII in clear.
+    pub pii: bool,
     digest: [u8; 32],
 }
 
@@ -32,9 +34,40 @@ impl KnownToken {
             name: t.name.clone(),
             role: t.role,
             source_system: t.source_system.clone(),
+            pii: t.pii,
             digest: digest(t.token.expose()),
         }
     }
+}
+
+/// A configured HTTP Basic principal (OData), kept as the digest of `username:password`.
+#[derive(Debug, Clone)]
+pub struct KnownBasic {
+    pub username: String,
+    pub pii: bool,
+    digest: [u8; 32],
+}
+
+impl KnownBasic {
+    pub fn from_config(b: &crate::config::secrets::BasicPrincipal) -> KnownBasic {
+        KnownBasic {
+            username: b.username.clone(),
+            pii: b.pii,
+            digest: digest(&format!("{}:{}", b.username, b.password.expose())),
+        }
+    }
+}
+
+/// The principal whose `user:password` is `presented`, after comparing against all of them.
+pub fn find_basic<'a>(principals: &'a [KnownBasic], presented: &str) -> Option<&'a KnownBasic> {
+    let d = digest(presented);
+    let mut found = None;
+    for p in principals {
+        if ct_eq(&p.digest, &d) && found.is_none() {
+            found = Some(p);
+        }
+    }
+    found
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -68,6 +101,8 @@ pub struct Caller {
     pub name: String,
     pub role: ApiRole,
     pub source_system: Option<String>,
+    /// May read PII in clear (read API, OData).
+    pub pii: bool,
 }
 
 impl Caller {
@@ -141,6 +176,7 @@ impl FromRequestParts<Arc<ApiState>> for Caller {
                 name: t.name.clone(),
                 role: t.role,
                 source_system: t.source_system.clone(),
+                pii: t.pii,
             }),
             None => {
                 tracing::warn!(path = %parts.uri.path(), "API: a request with an unknown bearer token was refused.");
@@ -159,6 +195,7 @@ mod tests {
             name: name.into(),
             role,
             source_system: None,
+            pii: false,
             digest: digest(value),
         }
     }
@@ -177,11 +214,33 @@ mod tests {
     }
 
     #[test]
+    fn basic_principals_match_user_and_password_together() {
+        let p = |u: &str, pw: &str| {
+            KnownBasic::from_config(&crate::config::secrets::BasicPrincipal {
+                username: u.into(),
+                password: crate::config::Secret::new(pw),
+                pii: false,
+            })
+        };
+        let ps = vec![
+            p("sfconnect", "password-0123456789"),
+            p("bi", "other-password-0123"),
+        ];
+        assert_eq!(
+            find_basic(&ps, "bi:other-password-0123").unwrap().username,
+            "bi"
+        );
+        assert!(find_basic(&ps, "bi:password-0123456789").is_none());
+        assert!(find_basic(&ps, "sfconnect:password-012345678").is_none());
+    }
+
+    #[test]
     fn roles_gate_endpoints() {
         let c = |role| Caller {
             name: "t".into(),
             role,
             source_system: None,
+            pii: false,
         };
         assert!(c(ApiRole::Viewer).require_viewer().is_ok());
         assert!(c(ApiRole::Writer).require_viewer().is_err());

@@ -17,7 +17,11 @@
 pub mod auth;
 pub mod error;
 pub mod metrics;
+pub mod odata;
+pub mod odata_query;
 pub mod openapi;
+pub mod read;
+pub mod read_limit;
 mod routes;
 pub mod ui;
 pub mod views;
@@ -68,6 +72,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/writes"),
     ("GET", "/api/v1/writes"),
     ("GET", "/api/v1/writes/{id}"),
+    ("GET", "/api/v1/records/{object}"),
+    ("GET", "/api/v1/records/{object}/{id}"),
+    ("GET", "/api/v1/records/{object}/by/{field}/{value}"),
+    ("GET", "/odata/v4/"),
+    ("GET", "/odata/v4/$metadata"),
+    ("GET", "/odata/v4/{resource}"),
+    ("GET", "/odata/v4/{resource}/$count"),
     ("GET", "/metrics"),
     ("GET", "/"),
     ("GET", "/ui/"),
@@ -105,6 +116,10 @@ pub struct ApiState {
     pub history: parking_lot::Mutex<views::History>,
     /// Counters of the delivery sinks this process runs.
     pub sinks: Option<Arc<sfsync_pipeline::sinks::SinksStats>>,
+    /// The OData endpoint (`None`: `[odata]` absent or off).
+    pub odata: Option<Arc<odata::OdataService>>,
+    /// Per-caller rate limit of the read API and OData.
+    pub read_limiter: read_limit::ReadLimiter,
 }
 
 impl ApiState {
@@ -146,6 +161,24 @@ impl ApiState {
             budget,
             history: Default::default(),
             sinks: None,
+            odata: config.odata.as_ref().map(|o| {
+                Arc::new(odata::OdataService::from_config(
+                    o,
+                    &config.objects,
+                    api.tls.is_some(),
+                ))
+            }),
+            read_limiter: read_limit::ReadLimiter::new(api.read_rate_per_sec, api.read_burst),
+        }
+    }
+
+    /// Sets the OData endpoint's HTTP Basic principals (resolved secrets).
+    pub fn set_basic_principals(&mut self, principals: &[crate::config::secrets::BasicPrincipal]) {
+        if let Some(o) = self.odata.as_mut() {
+            Arc::make_mut(o).basic = principals
+                .iter()
+                .map(auth::KnownBasic::from_config)
+                .collect();
         }
     }
 }
@@ -175,6 +208,13 @@ fn method_router(method: &str, path: &str) -> MethodRouter<Arc<ApiState>> {
         ("POST", "/api/v1/writes") => post(submit_writes),
         ("GET", "/api/v1/writes") => get(list_writes),
         ("GET", "/api/v1/writes/{id}") => get(show_write),
+        ("GET", "/api/v1/records/{object}") => get(read::list_records),
+        ("GET", "/api/v1/records/{object}/{id}") => get(read::record_by_id),
+        ("GET", "/api/v1/records/{object}/by/{field}/{value}") => get(read::record_by_field),
+        ("GET", "/odata/v4/") => get(odata::service_document),
+        ("GET", "/odata/v4/$metadata") => get(odata::metadata),
+        ("GET", "/odata/v4/{resource}") => get(odata::resource),
+        ("GET", "/odata/v4/{resource}/$count") => get(odata::resource_count),
         ("GET", "/metrics") => get(metrics::metrics),
         ("GET", "/") => get(ui::root),
         ("GET", "/ui/") => get(ui::index),

@@ -61,6 +61,29 @@ fn operator(mut op: J) -> J {
     op
 }
 
+/// A read-API operation: viewer token, rate limited.
+fn reader(op: J) -> J {
+    let mut op = viewer(op);
+    op["responses"]["429"] = err(
+        "Over the caller's read rate ([api] read_rate_per_sec); Retry-After says when to retry.",
+    );
+    op["responses"]["503"] = err("The object is not synced yet.");
+    op
+}
+
+/// An OData operation: bearer (viewer/operator) or HTTP Basic ([[odata.basic_auth]]).
+fn odata(mut op: J) -> J {
+    op["security"] = json!([{ "bearer": [] }, { "basic": [] }]);
+    op["x-sfsync-roles"] = json!(["viewer", "operator", "basic_auth"]);
+    auth_errors(&mut op, "A writer token.");
+    op["responses"]["429"] = err("Over the caller's read rate.");
+    op
+}
+
+fn obj_param() -> J {
+    json!({ "name": "object", "in": "path", "required": true, "description": "Object API name (a synced [[objects]] entry).", "schema": { "type": "string" } })
+}
+
 fn dl_kind() -> J {
     json!({ "name": "kind", "in": "path", "required": true, "description": "event or write.", "schema": { "type": "string", "enum": ["event", "write"] } })
 }
@@ -263,8 +286,24 @@ pub fn document() -> J {
             "description": "Served by `sfsync run`. Authenticate with `Authorization: Bearer <token>` ([[api.tokens]]). Errors are {\"error\": {\"code\", \"message\"}}. Every operator action is recorded in the hash-chained audit trail (`sfsync audit verify`)."
         },
         "components": {
-            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" }, "basic": { "type": "http", "scheme": "basic", "description": "OData only: [[odata.basic_auth]] principals." } },
             "schemas": {
+                "Record": { "type": "object", "description": "A curated record: fields by API name (PII null unless the token has pii), its sync metadata, and (single reads) the object's freshness.", "properties": {
+                    "id": { "type": "string" }, "object": { "type": "string" },
+                    "fields": { "type": "object" },
+                    "sync": { "type": "object", "properties": {
+                        "deleted": { "type": "boolean" }, "change_type": { "type": "string" }, "source": { "type": "string", "enum": ["cdc", "snapshot"] },
+                        "commit_timestamp": { "type": "string", "format": "date-time" }, "commit_number": { "type": "integer" }, "sequence_number": { "type": "integer" },
+                        "version": { "type": "string" }, "event_key": { "type": ["string", "null"] }, "transaction_key": { "type": "string" },
+                        "replay_id": { "type": ["string", "null"] }, "applied_at": { "type": "string", "format": "date-time" }, "run_id": { "type": "string" }, "origin_client": { "type": ["string", "null"] }
+                    } },
+                    "freshness": { "$ref": "#/components/schemas/Freshness" }
+                } },
+                "Freshness": { "type": "object", "description": "The object's row of the sync_status view.", "properties": {
+                    "status": { "type": "string", "enum": ["current", "delayed", "partial"] }, "status_reason": { "type": "string" },
+                    "current_as_of": { "type": ["string", "null"], "format": "date-time" }, "lag_seconds": { "type": ["number", "null"] },
+                    "last_applied_commit_time": { "type": ["string", "null"] }, "last_applied_at": { "type": ["string", "null"] }, "delayed_after_secs": { "type": "integer" }
+                } },
                 "Error": {
                     "type": "object",
                     "required": ["error"],
@@ -357,6 +396,48 @@ pub fn document() -> J {
             })) },
             "/api/v1/writes": { "post": submit, "get": list_writes },
             "/api/v1/writes/{id}": { "get": show_write },
+            "/api/v1/records/{object}": { "get": reader(json!({
+                "summary": "Curated records of an object: equality filters on fields (?Field=value, several are ANDed), keyset paging by Id",
+                "parameters": [
+                    obj_param(),
+                    q("limit", "Most records returned (default 100, at most 1000).", json!({ "type": "integer", "minimum": 1, "maximum": 1000 })),
+                    q("cursor", "next_cursor of the previous page.", json!({ "type": "string" })),
+                    q("include_deleted", "Also records deleted in Salesforce (default false).", json!({ "type": "boolean" }))
+                ],
+                "responses": { "200": ok_json("The page: records (each with fields and sync metadata), next_cursor (null on the last page) and the object's freshness.", json!({ "type": "object", "properties": { "object": { "type": "string" }, "records": { "type": "array", "items": { "$ref": "#/components/schemas/Record" } }, "next_cursor": { "type": ["string", "null"] }, "freshness": { "$ref": "#/components/schemas/Freshness" } } })), "400": err("A bad filter, limit or cursor (the message names it)."), "404": err("The object is not synced here.") }
+            })) },
+            "/api/v1/records/{object}/{id}": { "get": reader(json!({
+                "summary": "One curated record by Salesforce Id (deleted records too, flagged), with its sync metadata and the object's freshness",
+                "parameters": [obj_param(), { "name": "id", "in": "path", "required": true, "description": "The Salesforce Id.", "schema": { "type": "string" } }],
+                "responses": { "200": ok_json("The record.", json!({ "$ref": "#/components/schemas/Record" })), "404": err("No such object or record.") }
+            })) },
+            "/api/v1/records/{object}/by/{field}/{value}": { "get": reader(json!({
+                "summary": "One live curated record by an External Id (or other unique, non-PII) field",
+                "parameters": [
+                    obj_param(),
+                    { "name": "field", "in": "path", "required": true, "description": "Field API name.", "schema": { "type": "string" } },
+                    { "name": "value", "in": "path", "required": true, "description": "The value (typed by the field).", "schema": { "type": "string" } }
+                ],
+                "responses": { "200": ok_json("The record.", json!({ "$ref": "#/components/schemas/Record" })), "404": err("No live record has that value."), "409": err("Several live records have it (not a unique field).") }
+            })) },
+            "/odata/v4/": { "get": odata(json!({
+                "summary": "OData 4.0 service document: the entity sets ([odata] entity_sets, and WritebackOutbox with odata.outbox)",
+                "responses": { "200": { "description": "JSON (odata.metadata=minimal)." } }
+            })) },
+            "/odata/v4/$metadata": { "get": odata(json!({
+                "summary": "OData 4.0 CSDL XML: one entity type per entity set, key Id, properties named by field API names",
+                "responses": { "200": { "description": "CSDL XML.", "content": { "application/xml": { "schema": { "type": "string" } } } }, "503": err("An object is not synced yet.") }
+            })) },
+            "/odata/v4/{resource}": { "get": odata(json!({
+                "summary": "An entity set with $filter, $select, $orderby, $top, $skip, $count and server-driven paging (@odata.nextLink), or one entity by key: Account('001…')",
+                "parameters": [{ "name": "resource", "in": "path", "required": true, "description": "EntitySet or EntitySet(key).", "schema": { "type": "string" } }],
+                "responses": { "200": { "description": "JSON (odata.metadata=minimal): value, @odata.count, @odata.nextLink." }, "400": err("A bad query option: the message names the option, position and token."), "404": err("No such entity set or entity.") }
+            })) },
+            "/odata/v4/{resource}/$count": { "get": odata(json!({
+                "summary": "The number of entities of an entity set matching $filter (text/plain)",
+                "parameters": [{ "name": "resource", "in": "path", "required": true, "description": "The entity set.", "schema": { "type": "string" } }],
+                "responses": { "200": { "description": "The count.", "content": { "text/plain": { "schema": { "type": "integer" } } } }, "400": err("A bad $filter.") }
+            })) },
             "/metrics": { "get": {
                 "summary": "Prometheus metrics (text format 0.0.4)",
                 "description": "Needs a viewer or operator token unless [api] metrics_public = true.",

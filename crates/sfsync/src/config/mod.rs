@@ -38,8 +38,8 @@ pub use sfsync_salesforce::Secret;
 pub use span::{LineCol, SpanIndex};
 pub use validate::{
     ApiRole, ArchiveWhere, CredentialsSource, PiiKeySource, SinkTarget, ValidApi, ValidApiToken,
-    ValidArchive, ValidConfig, ValidObject, ValidOldKey, ValidPii, ValidSalesforce, ValidSink,
-    ValidWarehouse,
+    ValidArchive, ValidConfig, ValidObject, ValidOdata, ValidOldKey, ValidPii, ValidSalesforce,
+    ValidSink, ValidWarehouse,
 };
 
 /// One problem in the config file.
@@ -214,6 +214,8 @@ const TABLES: &[&str] = &[
     "archive",
     "sinks",
     "freshness",
+    "log",
+    "odata",
 ];
 
 /// Syntax and shape: every top-level table (and each `[[objects]]` entry) is deserialised on its
@@ -286,6 +288,8 @@ pub fn parse(text: &str, file: &str) -> Result<(SfsyncConfig, SpanIndex), Config
                 ),
             },
             "freshness" => cfg.freshness = p.de("freshness", value),
+            "log" => cfg.log = p.de("log", value),
+            "odata" => cfg.odata = p.de("odata", value),
             other => p.error(
                 other,
                 key.span(),

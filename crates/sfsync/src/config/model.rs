@@ -29,6 +29,10 @@ pub struct SfsyncConfig {
     pub sinks: Vec<SinkConfig>,
     /// `[freshness]`; absent: the defaults of [`FreshnessConfig`].
     pub freshness: Option<FreshnessConfig>,
+    /// `[log]`; absent: the raw change log is in the warehouse database.
+    pub log: Option<LogConfig>,
+    /// `[odata]`; absent: no OData endpoint.
+    pub odata: Option<OdataConfig>,
 }
 
 /// `[salesforce]`: where the org is and how to authenticate.
@@ -657,6 +661,21 @@ pub struct ApiConfig {
     /// [`super::parse`]), so errors name the entry.
     #[serde(skip)]
     pub tokens: Vec<ApiTokenConfig>,
+    /// Reads of the operational read API (`/api/v1/records`) and the OData endpoint each
+    /// caller may make per second, on average (token bucket; 0: unlimited).
+    #[serde(default = "default_api_read_rate")]
+    pub read_rate_per_sec: u64,
+    /// The bucket's size: reads a caller may make in a burst.
+    #[serde(default = "default_api_read_burst")]
+    pub read_burst: u64,
+}
+
+fn default_api_read_rate() -> u64 {
+    50
+}
+
+fn default_api_read_burst() -> u64 {
+    100
 }
 
 impl Default for ApiConfig {
@@ -670,6 +689,8 @@ impl Default for ApiConfig {
             max_body_bytes: default_api_max_body_bytes(),
             max_batch_writes: default_api_max_batch_writes(),
             tokens: Vec::new(),
+            read_rate_per_sec: default_api_read_rate(),
+            read_burst: default_api_read_burst(),
         }
     }
 }
@@ -705,6 +726,9 @@ pub struct ApiTokenConfig {
     /// Binds the token to one writing system: its writes must carry this `source_system`.
     /// Required for `writer` tokens.
     pub source_system: Option<String>,
+    /// May read PII fields in clear through the read API and OData (default: operators yes,
+    /// viewers no).
+    pub pii: Option<bool>,
 }
 
 /// `[archive]`: the Parquet archive of the raw change log and the retention of everything.
@@ -879,4 +903,88 @@ impl Default for FreshnessConfig {
             delayed_after_secs: 120,
         }
     }
+}
+
+/// `[log]`: where the raw change log lives, and how processes share the deployment (run roles).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `store` (default: the warehouse database's raw log) or `kafka` (a topic partitioned by
+    /// record id; apply workers share it as a consumer group; needs the Postgres warehouse).
+    pub backend: String,
+    /// Kafka: bootstrap servers, `host:port[,host:port…]`.
+    pub brokers: Option<String>,
+    /// Kafka: the raw-log topic.
+    pub topic: String,
+    /// Kafka: partitions of the topic when sfsync creates it (the most apply workers that share
+    /// the work).
+    pub partitions: u32,
+    /// Kafka: replication factor of the topic when sfsync creates it.
+    pub replication_factor: u16,
+    /// Kafka: the apply workers' consumer group.
+    pub group: String,
+    /// Kafka: seconds a produced batch may take to be acknowledged.
+    pub delivery_timeout_secs: u64,
+    /// Seconds an ingest lease lives without renewal (renewed every third of it). A process
+    /// that stops renewing (crash, pause, partition) is replaced after at most this long.
+    pub lease_ttl_secs: u64,
+    /// This process's name in leases (default: host name and process id).
+    pub node_name: Option<String>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            backend: "store".into(),
+            brokers: None,
+            topic: "sfsync.raw".into(),
+            partitions: 12,
+            replication_factor: 1,
+            group: "sfsync-apply".into(),
+            delivery_timeout_secs: 30,
+            lease_ttl_secs: 15,
+            node_name: None,
+        }
+    }
+}
+
+/// `[odata]`: the OData 4.0 endpoint (`/odata/v4/`) for Salesforce Connect and other OData
+/// clients, served by the API's listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OdataConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Curated objects (`[[objects]]` names) exposed as entity sets of the same name.
+    #[serde(default)]
+    pub entity_sets: Vec<String>,
+    /// Also expose the writeback outbox table (rows other systems wrote) as the entity set
+    /// `WritebackOutbox`.
+    #[serde(default)]
+    pub outbox: bool,
+    /// Entities per page before `@odata.nextLink` (server-driven paging).
+    #[serde(default = "default_odata_page_size")]
+    pub page_size: u64,
+    /// The service root as clients reach it (behind a proxy), e.g.
+    /// `https://sfsync.example.com/odata/v4/`; default: from the request's Host header.
+    pub public_url: Option<String>,
+    /// `[[odata.basic_auth]]`: HTTP Basic principals (Salesforce Connect's Named Principal).
+    #[serde(default)]
+    pub basic_auth: Vec<OdataBasicAuthConfig>,
+}
+
+fn default_odata_page_size() -> u64 {
+    500
+}
+
+/// One `[[odata.basic_auth]]` entry: a user name and its password (a secret reference).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OdataBasicAuthConfig {
+    pub username: String,
+    /// `{ env = "VAR" }`, `{ file = "path" }` or `{ aws_secret = "…" }`.
+    pub password: SecretRef,
+    /// May read PII fields in clear (default false).
+    #[serde(default)]
+    pub pii: bool,
 }

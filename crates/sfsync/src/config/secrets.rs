@@ -39,6 +39,8 @@ pub struct ResolvedSecrets {
     pub api_tokens: Vec<ApiToken>,
     /// The signing secret of each webhook sink, by sink name.
     pub sink_secrets: std::collections::HashMap<String, Secret>,
+    /// `[[odata.basic_auth]]` principals with their passwords, in file order.
+    pub odata_basic: Vec<BasicPrincipal>,
     /// What AWS was used for, when it was (`region …, credentials …; 2 Secrets Manager
     /// secrets, 1 KMS-wrapped data key`); no secret in it.
     pub aws: Option<String>,
@@ -52,6 +54,55 @@ pub struct ApiToken {
     pub source_system: Option<String>,
     /// Never printed (`Secret` redacts in `Debug`).
     pub token: Secret,
+    /// May read PII in clear (read API, OData).
+    pub pii: bool,
+}
+
+/// An HTTP Basic principal of the OData endpoint.
+#[derive(Debug, Clone)]
+pub struct BasicPrincipal {
+    pub username: String,
+    /// Never printed.
+    pub password: Secret,
+    pub pii: bool,
+}
+
+/// The shortest Basic password accepted.
+pub const MIN_BASIC_PASSWORD_CHARS: usize = 12;
+
+/// Reads each `[[odata.basic_auth]]` password; a short one is an error naming the entry.
+fn resolve_odata_basic(
+    errs: &mut Vec<ConfigError>,
+    cfg: &ValidConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    aws: &AwsFetched,
+) -> Vec<BasicPrincipal> {
+    let Some(o) = &cfg.odata else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for b in &o.basic_auth {
+        let Some(value) = read_ref(errs, &b.password_key, &b.password, env, aws) else {
+            continue;
+        };
+        let value = value.trim().to_string();
+        if value.chars().count() < MIN_BASIC_PASSWORD_CHARS {
+            errs.push(ConfigError::new(
+                b.password_key.clone(),
+                format!(
+                    "the password of '{}' is shorter than {MIN_BASIC_PASSWORD_CHARS} characters",
+                    b.username
+                ),
+            ));
+            continue;
+        }
+        out.push(BasicPrincipal {
+            username: b.username.clone(),
+            password: Secret::new(value),
+            pii: b.pii,
+        });
+    }
+    out
 }
 
 /// The shortest token accepted: a short token can be guessed.
@@ -662,6 +713,7 @@ pub fn resolve(
             .collect()
     });
     let api_tokens = resolve_api_tokens(&mut errs, cfg, env, aws);
+    let odata_basic = resolve_odata_basic(&mut errs, cfg, env, aws);
     let mut sink_secrets = std::collections::HashMap::new();
     for (i, sink) in cfg.sinks.iter().enumerate() {
         if let super::validate::SinkTarget::Webhook { secret: r, .. } = &sink.target {
@@ -680,6 +732,7 @@ pub fn resolve(
     match (credentials, instance_url) {
         (Some(credentials), Some(instance_url)) if errs.is_empty() => Ok(ResolvedSecrets {
             api_tokens,
+            odata_basic,
             sink_secrets,
             credentials,
             instance_url,
@@ -739,6 +792,7 @@ pub(crate) fn resolve_api_tokens(
             role: t.role,
             source_system: t.source_system.clone(),
             token: Secret::new(value),
+            pii: t.pii,
         });
     }
     out

@@ -140,7 +140,7 @@ batch_max_records = -1
             "t.toml:8:12: salesforce.auth.password: inline secrets are not allowed; write { env = \"VAR\" }, { file = \"path\" } or { aws_secret = \"name\" }",
             "t.toml:11:8: warehouse.path: invalid type: integer `3`, expected path string",
             "t.toml:15:21: pipeline.batch_max_records: invalid value: integer `-1`, expected u64",
-            "t.toml:16:2: bogus: unknown table `bogus`, expected one of salesforce, objects, warehouse, pii, pipeline, writeback, api, archive, sinks, freshness",
+            "t.toml:16:2: bogus: unknown table `bogus`, expected one of salesforce, objects, warehouse, pii, pipeline, writeback, api, archive, sinks, freshness, log, odata",
         ]
     );
 }
@@ -601,6 +601,7 @@ pub(crate) fn example_with_fixtures() -> (tempfile::TempDir, Vec<(&'static str, 
         ("api-viewer.token", "viewer-token-0123456789abcdef"),
         ("api-case-mgmt.token", "case-mgmt-token-0123456789abcdef"),
         ("case-mgmt-hook.secret", "case-mgmt-hook-secret-0123456789"),
+        ("odata-connect.password", "odata-connect-password-0123"),
     ] {
         std::fs::write(dir.path().join("secrets").join(file), token).unwrap();
     }
@@ -1611,4 +1612,97 @@ fn aws_values_resolve_into_secrets_and_keys_and_failures_name_key_and_id() {
         e.contains("pii.kms_key_id: cannot use AWS KMS: no AWS region"),
         "{e}"
     );
+}
+
+#[test]
+fn odata_table_is_validated_naming_each_key() {
+    let text = format!(
+        "{HEAD}[[objects]]\nname = \"Account\"\n\n[odata]\nentity_sets = [\"Account\", \"Lead\", \"Account\"]\npage_size = 0\npublic_url = \"ftp://x\"\n\n[[odata.basic_auth]]\nusername = \"a:b\"\npassword = {{ env = \"1BAD\" }}\n"
+    );
+    let e = errs(&text);
+    let want = [
+        (
+            "t.toml:12:",
+            "odata.entity_sets[1]: 'Lead' is not a synced object ([[objects]])",
+        ),
+        (
+            "t.toml:12:",
+            "odata.entity_sets[2]: 'Account' is given twice",
+        ),
+        ("t.toml:13:", "odata.page_size: 0 is not between 1 and 5000"),
+        (
+            "t.toml:14:",
+            "odata.public_url: \"ftp://x\" is not an http(s) URL",
+        ),
+        (
+            "t.toml:17:",
+            "odata.basic_auth[0].username: \"a:b\" must be non-empty, without ':'",
+        ),
+        (
+            "t.toml:18:",
+            "odata.basic_auth[0].password.env: \"1BAD\" is not a valid environment variable name",
+        ),
+    ];
+    for (at, w) in want {
+        assert!(
+            e.iter().any(|l| l.starts_with(at) && l.contains(w)),
+            "missing {at} {w:?} in {e:#?}"
+        );
+    }
+    // Valid: defaults, a PII flag on tokens, the read rate.
+    let ok = format!(
+        "{HEAD}[[objects]]\nname = \"Account\"\n\n[api]\nread_rate_per_sec = 5\nread_burst = 10\n[[api.tokens]]\nname = \"v\"\nrole = \"viewer\"\ntoken_env = \"T\"\npii = true\n\n[odata]\nentity_sets = [\"Account\"]\noutbox = true\n"
+    );
+    let l = load_t(&ok).unwrap_or_else(|e| panic!("{e}"));
+    let o = l.config.odata.as_ref().unwrap();
+    assert_eq!(
+        (o.entity_sets.as_slice(), o.outbox, o.page_size),
+        (&["Account".to_string()][..], true, 500)
+    );
+    let api = l.config.api.as_ref().unwrap();
+    assert_eq!(
+        (api.read_rate_per_sec, api.read_burst, api.tokens[0].pii),
+        (5, 10, true)
+    );
+    // Nothing to expose is an error; an absent [odata] is no endpoint.
+    let none = format!("{HEAD}[[objects]]\nname = \"Account\"\n\n[odata]\n");
+    assert!(errs(&none)
+        .iter()
+        .any(|l| l.contains("odata.entity_sets: names no object")));
+    let l = load_t(&format!("{HEAD}[[objects]]\nname = \"Account\"\n")).unwrap();
+    assert!(l.config.odata.is_none());
+}
+
+#[test]
+fn log_table_is_validated_naming_each_key() {
+    // Kafka on SQLite, bad brokers, topic and figures: each named.
+    let text = format!(
+        "{HEAD}[[objects]]\nname = \"Account\"\n\n[log]\nbackend = \"kafka\"\nbrokers = \"k1\"\ntopic = \"bad topic\"\npartitions = 0\nlease_ttl_secs = 1\n"
+    );
+    let e = errs(&text);
+    for w in [
+        "log.backend: \"kafka\" needs the Postgres warehouse",
+        "log.brokers: 'k1': expected host:port",
+        "log.topic: 'bad topic'",
+        "log.partitions: must be at least 1",
+        "log.lease_ttl_secs: must be at least 2",
+    ] {
+        assert!(e.iter().any(|l| l.contains(w)), "missing {w:?} in {e:#?}");
+    }
+    let bad = format!("{HEAD}[[objects]]\nname = \"Account\"\n\n[log]\nbackend = \"nats\"\n");
+    assert!(errs(&bad)
+        .iter()
+        .any(|l| l.contains("log.backend: 'nats': expected store or kafka")));
+    // Absent: the store's raw log.
+    let l = load_t(&format!("{HEAD}[[objects]]\nname = \"Account\"\n")).unwrap();
+    assert!(l.config.log.kafka.is_none());
+    // Kafka on Postgres.
+    let pg = "[salesforce]\ninstance_url = \"https://x\"\ncredentials_file = \"c.json\"\n[warehouse]\ntype = \"postgres\"\nurl = { env = \"PG\" }\n[[objects]]\nname = \"A\"\n[log]\nbackend = \"kafka\"\nbrokers = \"127.0.0.1:9092,k2:9093\"\npartitions = 8\nnode_name = \"n1\"\n";
+    let l = load_t(pg).unwrap_or_else(|e| panic!("{e}"));
+    let k = l.config.log.kafka.as_ref().unwrap();
+    assert_eq!(
+        (k.topic.as_str(), k.partitions, k.group.as_str()),
+        ("sfsync.raw", 8, "sfsync-apply")
+    );
+    assert_eq!(l.config.log.node_name, "n1");
 }

@@ -32,6 +32,148 @@ pub struct ValidConfig {
     pub sinks: Vec<ValidSink>,
     /// The freshness contract (`[freshness]`, defaults without it).
     pub freshness: FreshnessConfig,
+    /// Where the raw change log lives (`[log]`) and the lease settings of run roles.
+    pub log: ValidLog,
+    /// The OData endpoint (`[odata]`); `None` when absent or disabled.
+    pub odata: Option<ValidOdata>,
+}
+
+/// A validated `[odata]`: entity sets naming synced objects (each once), a page size within
+/// bounds, basic-auth user names unique.
+#[derive(Debug, Clone)]
+pub struct ValidOdata {
+    pub entity_sets: Vec<String>,
+    pub outbox: bool,
+    pub page_size: usize,
+    /// Ends with `/`.
+    pub public_url: Option<String>,
+    pub basic_auth: Vec<ValidBasicAuth>,
+}
+
+/// One `[[odata.basic_auth]]` principal (the password is read by secret resolution).
+#[derive(Debug, Clone)]
+pub struct ValidBasicAuth {
+    pub username: String,
+    pub password: SecretRef,
+    /// `odata.basic_auth[i].password.env`, … for errors.
+    pub password_key: String,
+    pub pii: bool,
+}
+
+/// The largest OData page.
+pub const MAX_ODATA_PAGE_SIZE: u64 = 5000;
+
+fn validate_odata(
+    errs: &mut Errors,
+    odata: Option<&OdataConfig>,
+    objects: &[ObjectConfig],
+    api: Option<&ValidApi>,
+    base: &Path,
+) -> Option<ValidOdata> {
+    let o = odata?;
+    if !o.enabled {
+        return None;
+    }
+    if api.is_none() {
+        errs.push(
+            "odata.enabled",
+            "the OData endpoint is served by the API's listener, which is off ([api] enabled = false)",
+        );
+    }
+    let mut sets: Vec<String> = Vec::new();
+    for (i, name) in o.entity_sets.iter().enumerate() {
+        let key = format!("odata.entity_sets[{i}]");
+        match objects.iter().find(|ob| &ob.name == name) {
+            None => errs.push(
+                key,
+                format!("'{name}' is not a synced object ([[objects]])"),
+            ),
+            Some(_) if sets.contains(name) => errs.push(key, format!("'{name}' is given twice")),
+            Some(_) if name == "WritebackOutbox" => errs.push(
+                key,
+                "'WritebackOutbox' is the outbox's entity set (odata.outbox)",
+            ),
+            Some(_) => sets.push(name.clone()),
+        }
+    }
+    if o.entity_sets.is_empty() && !o.outbox {
+        errs.push(
+            "odata.entity_sets",
+            "names no object and odata.outbox is false: the endpoint would expose nothing",
+        );
+    }
+    if o.page_size == 0 || o.page_size > MAX_ODATA_PAGE_SIZE {
+        errs.push(
+            "odata.page_size",
+            format!("{} is not between 1 and {MAX_ODATA_PAGE_SIZE}", o.page_size),
+        );
+    }
+    let public_url = match &o.public_url {
+        None => None,
+        Some(u) => match reqwest::Url::parse(u) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.query().is_none() => {
+                Some(if u.ends_with('/') {
+                    u.clone()
+                } else {
+                    format!("{u}/")
+                })
+            }
+            _ => {
+                errs.push(
+                    "odata.public_url",
+                    format!("\"{u}\" is not an http(s) URL without a query (e.g. \"https://sfsync.example.com/odata/v4/\")"),
+                );
+                None
+            }
+        },
+    };
+    let mut basic_auth: Vec<ValidBasicAuth> = Vec::new();
+    for (i, b) in o.basic_auth.iter().enumerate() {
+        let p = format!("odata.basic_auth[{i}]");
+        if b.username.is_empty()
+            || b.username.contains(':')
+            || b.username.chars().any(char::is_control)
+        {
+            errs.push(
+                format!("{p}.username"),
+                format!(
+                    "\"{}\" must be non-empty, without ':' or control characters",
+                    b.username
+                ),
+            );
+        } else if basic_auth.iter().any(|x| x.username == b.username) {
+            errs.push(
+                format!("{p}.username"),
+                format!("\"{}\" is given twice", b.username),
+            );
+        }
+        let key = format!("{p}.password");
+        let password = check_secret(errs, &key, &b.password, base);
+        let field = password.field();
+        basic_auth.push(ValidBasicAuth {
+            username: b.username.clone(),
+            password,
+            password_key: format!("{key}.{field}"),
+            pii: b.pii,
+        });
+    }
+    Some(ValidOdata {
+        entity_sets: sets,
+        outbox: o.outbox,
+        page_size: o.page_size.clamp(1, MAX_ODATA_PAGE_SIZE) as usize,
+        public_url,
+        basic_auth,
+    })
+}
+
+/// `[log]`, validated.
+#[derive(Debug, Clone)]
+pub struct ValidLog {
+    /// The Kafka raw log; `None`: the warehouse database's raw log.
+    pub kafka: Option<sfsync_pipeline::kafka_log::KafkaLogConfig>,
+    pub lease_ttl: std::time::Duration,
+    /// This process's name in leases.
+    pub node_name: String,
 }
 
 /// A `[[sinks]]` entry, validated.
@@ -264,13 +406,7 @@ fn validate_sinks(
                         errs.push(at("brokers"), "a kafka sink needs brokers = \"host:port\"");
                         None
                     }
-                    Some(b)
-                        if b.split(',').any(|h| {
-                            h.trim()
-                                .rsplit_once(':')
-                                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-                        }) =>
-                    {
+                    Some(b) if !brokers_ok(b) => {
                         errs.push(
                             at("brokers"),
                             format!("'{b}': expected host:port[,host:port…]"),
@@ -474,6 +610,9 @@ pub struct ValidApi {
     pub max_body_bytes: u64,
     pub max_batch_writes: u64,
     pub tokens: Vec<ValidApiToken>,
+    /// Read API and OData reads per caller per second (0: unlimited), and the burst.
+    pub read_rate_per_sec: u64,
+    pub read_burst: u64,
 }
 
 /// What a token may do.
@@ -520,6 +659,8 @@ pub struct ValidApiToken {
     /// `api.tokens[0].token.aws_secret`.
     pub source_key: String,
     pub source_system: Option<String>,
+    /// May read PII in clear (read API, OData).
+    pub pii: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -860,11 +1001,21 @@ impl SfsyncConfig {
         );
         let sinks = validate_sinks(&mut errs, &self.sinks, &self.objects, base_dir);
         let freshness = validate_freshness(&mut errs, self.freshness.as_ref(), &self.objects);
+        let log = validate_log(&mut errs, self.log.as_ref(), warehouse.as_ref());
+        let odata = validate_odata(
+            &mut errs,
+            self.odata.as_ref(),
+            &self.objects,
+            api.as_ref(),
+            base_dir,
+        );
         match (salesforce, warehouse) {
             (Some(salesforce), Some(warehouse)) if errs.0.is_empty() => Ok(ValidConfig {
+                odata,
                 archive,
                 sinks,
                 freshness,
+                log,
                 writeback,
                 writeback_flows,
                 writeback_delivery,
@@ -878,6 +1029,129 @@ impl SfsyncConfig {
             _ => Err(errs.0),
         }
     }
+}
+
+/// `[log]`: `store` or `kafka`; Kafka needs brokers, a topic, positive figures and the
+/// Postgres warehouse (apply workers on several machines commit curated rows and partition
+/// offsets in one Postgres transaction).
+fn validate_log(
+    errs: &mut Errors,
+    l: Option<&LogConfig>,
+    warehouse: Option<&ValidWarehouse>,
+) -> ValidLog {
+    let d = LogConfig::default();
+    let l = l.unwrap_or(&d);
+    if l.lease_ttl_secs < 2 {
+        errs.push("log.lease_ttl_secs", "must be at least 2");
+    }
+    let node_name = match &l.node_name {
+        Some(n) if n.trim().is_empty() || n.len() > 200 => {
+            errs.push("log.node_name", "must be 1 to 200 characters");
+            n.clone()
+        }
+        Some(n) => n.clone(),
+        None => format!(
+            "{}-{}",
+            std::env::var("HOSTNAME")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "sfsync".into()),
+            std::process::id()
+        ),
+    };
+    let base = ValidLog {
+        kafka: None,
+        lease_ttl: std::time::Duration::from_secs(l.lease_ttl_secs.max(2)),
+        node_name,
+    };
+    match l.backend.as_str() {
+        "store" => {
+            if l.brokers.is_some() {
+                errs.push(
+                    "log.brokers",
+                    "is a kafka setting; log.backend is \"store\"",
+                );
+            }
+            base
+        }
+        "kafka" => {
+            let before = errs.0.len();
+            if matches!(warehouse, Some(ValidWarehouse::Sqlite { .. })) {
+                errs.push(
+                    "log.backend",
+                    "\"kafka\" needs the Postgres warehouse (curated rows and partition offsets \
+                     commit in one Postgres transaction); set [warehouse] kind = \"postgres\"",
+                );
+            }
+            let topic_ok = !l.topic.is_empty()
+                && l.topic.len() <= 249
+                && l.topic
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+            if !topic_ok {
+                errs.push(
+                    "log.topic",
+                    format!("'{}': 1–249 of letters, digits, '.', '_', '-'", l.topic),
+                );
+            }
+            if l.partitions < 1 {
+                errs.push("log.partitions", "must be at least 1");
+            }
+            if l.replication_factor < 1 {
+                errs.push("log.replication_factor", "must be at least 1");
+            }
+            if l.group.trim().is_empty() {
+                errs.push("log.group", "must not be empty");
+            }
+            if l.delivery_timeout_secs < 1 {
+                errs.push("log.delivery_timeout_secs", "must be at least 1");
+            }
+            let brokers = match &l.brokers {
+                None => {
+                    errs.push(
+                        "log.brokers",
+                        "log.backend = \"kafka\" needs brokers = \"host:port\"",
+                    );
+                    None
+                }
+                Some(b) if !brokers_ok(b) => {
+                    errs.push(
+                        "log.brokers",
+                        format!("'{b}': expected host:port[,host:port…]"),
+                    );
+                    None
+                }
+                Some(b) => Some(b.clone()),
+            };
+            match brokers {
+                Some(b) if errs.0.len() == before => ValidLog {
+                    kafka: Some(sfsync_pipeline::kafka_log::KafkaLogConfig {
+                        kafka: sfsync_kafka::KafkaConfig::plaintext(b),
+                        topic: l.topic.clone(),
+                        partitions: l.partitions,
+                        replication_factor: l.replication_factor,
+                        group: l.group.clone(),
+                        delivery_timeout: std::time::Duration::from_secs(l.delivery_timeout_secs),
+                    }),
+                    ..base
+                },
+                _ => base,
+            }
+        }
+        other => {
+            errs.push("log.backend", format!("'{other}': expected store or kafka"));
+            base
+        }
+    }
+}
+
+/// Kafka bootstrap servers: `host:port[,host:port…]`.
+fn brokers_ok(brokers: &str) -> bool {
+    brokers.split(',').all(|h| {
+        h.trim()
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+    })
 }
 
 /// The longest key id the keyring accepts (it is stored in every sealed value).
@@ -1753,6 +2027,12 @@ fn validate_api(errs: &mut Errors, api: Option<&ApiConfig>, base: &Path) -> Opti
             );
         }
     }
+    if api.read_rate_per_sec > 0 && api.read_burst == 0 {
+        errs.push(
+            "api.read_burst",
+            "must be greater than 0 when api.read_rate_per_sec is set",
+        );
+    }
     for (key, v) in [
         ("api.max_body_bytes", api.max_body_bytes),
         ("api.max_batch_writes", api.max_batch_writes),
@@ -1873,6 +2153,7 @@ fn validate_api(errs: &mut Errors, api: Option<&ApiConfig>, base: &Path) -> Opti
                 source,
                 source_key,
                 source_system: t.source_system.clone(),
+                pii: t.pii.unwrap_or(role == ApiRole::Operator),
             });
         }
     }
@@ -1884,5 +2165,7 @@ fn validate_api(errs: &mut Errors, api: Option<&ApiConfig>, base: &Path) -> Opti
         max_body_bytes: api.max_body_bytes,
         max_batch_writes: api.max_batch_writes,
         tokens,
+        read_rate_per_sec: api.read_rate_per_sec,
+        read_burst: api.read_burst,
     })
 }

@@ -3,7 +3,7 @@
 //! `AWS_*` variables that point a spawned `sfsync` (or the test's own client) at it.
 
 #[path = "../../../../tests/compat/python_env.rs"]
-mod python_env;
+pub mod python_env;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
