@@ -458,6 +458,9 @@ impl Applier {
         let Some(reader) = self.kafka.as_mut() else {
             return Ok(job_rows);
         };
+        if let Err(e) = reader.watchdog(&*self.store).await {
+            tracing::warn!(error = %chain(&e), "The Kafka stall watchdog could not look; it tries again.");
+        }
         let batch = match reader
             .next_batch(&*self.store, max, Duration::from_millis(100))
             .await
