@@ -403,6 +403,24 @@ pub struct Service {
     /// The delivery sinks (`None`: no `[[sinks]]`).
     sinks: Option<sfsync_pipeline::sinks::RunningSinks>,
     shutdown_timeout: Duration,
+    /// The API state of a service in a deployment ([`ServiceApi::Shared`]): the deployment's
+    /// listener serves it under `/orgs/<name>/`.
+    pub api_state: Option<Arc<crate::api::ApiState>>,
+}
+
+/// Which API a service serves.
+#[derive(Clone, Copy)]
+pub enum ServiceApi<'a> {
+    /// Its config's own `[api]` (one org per process).
+    Own,
+    /// No listener of its own: its API state is built with a deployment's `[api]` settings and
+    /// tokens, and the deployment's listener serves it.
+    Shared {
+        api: &'a crate::config::ValidApi,
+        tokens: &'a [crate::config::secrets::ApiToken],
+    },
+    /// No API at all (a deployment whose `[api]` is off).
+    Off,
 }
 
 /// Starts the service of `config` (the API's address and certificate are checked before
@@ -413,10 +431,11 @@ pub async fn start_service(
     start: StartAt,
     config_path: &Path,
     role: Role,
+    service_api: ServiceApi<'_>,
 ) -> Result<Service> {
-    let api = match &config.api {
-        Some(api) => crate::api::bind(api).await?,
-        None => None,
+    let api = match (service_api, &config.api) {
+        (ServiceApi::Own, Some(api)) => crate::api::bind(api).await?,
+        _ => None,
     };
     let stores = open_stores(config, secrets).await?;
     let store = stores.warehouse.clone();
@@ -477,33 +496,44 @@ pub async fn start_service(
     } else {
         None
     };
-    let api = match (api, &config.api) {
-        (Some(bound), Some(api_config)) => {
-            let mut state = crate::api::ApiState::new(
-                config,
-                api_config,
-                &secrets.api_tokens,
-                stores.full.clone(),
-                running.stats.clone(),
-                running.run_id.clone(),
-                Some({
-                    let client = client.clone();
-                    Arc::new(move || client.budget_status())
-                }),
-            );
-            state.sinks = sinks.as_ref().map(|s| s.stats.clone());
-            state.set_basic_principals(&secrets.odata_basic);
-            let running_api = bound.serve(Arc::new(state));
-            let tls = api_config.tls.is_some();
+    let api_settings = match service_api {
+        ServiceApi::Own => config.api.as_ref().map(|a| (a, secrets.api_tokens.as_slice())),
+        ServiceApi::Shared { api, tokens } => Some((api, tokens)),
+        ServiceApi::Off => None,
+    };
+    let state = api_settings.map(|(api_config, tokens)| {
+        let mut state = crate::api::ApiState::new(
+            config,
+            api_config,
+            tokens,
+            stores.full.clone(),
+            running.stats.clone(),
+            running.run_id.clone(),
+            Some({
+                let client = client.clone();
+                Arc::new(move || client.budget_status())
+            }),
+        );
+        state.sinks = sinks.as_ref().map(|s| s.stats.clone());
+        state.set_basic_principals(&secrets.odata_basic);
+        Arc::new(state)
+    });
+    let (api, api_state) = match (api, state) {
+        (Some(bound), Some(state)) => {
+            let running_api = bound.serve(state);
+            let tls = config.api.as_ref().is_some_and(|a| a.tls.is_some());
             eprintln!(
                 "API on {}://{} ({} tokens)",
                 if tls { "https" } else { "http" },
                 running_api.addr,
                 secrets.api_tokens.len()
             );
-            Some(running_api)
+            (Some(running_api), None)
         }
-        _ => None,
+        (None, Some(state)) if matches!(service_api, ServiceApi::Shared { .. }) => {
+            (None, Some(state))
+        }
+        _ => (None, None),
     };
     Ok(Service {
         running,
@@ -513,6 +543,7 @@ pub async fn start_service(
         deliverer,
         sinks,
         shutdown_timeout: Duration::from_secs(config.pipeline.shutdown_timeout_secs),
+        api_state,
     })
 }
 
@@ -667,8 +698,19 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if early {
         return Ok(());
     }
+    if crate::config::deployment::is_deployment_file(&args.config) {
+        return crate::deploy_cmd::run(args, signal).await;
+    }
     let (config, secrets) = load(&args.config).await?;
-    let service = start_service(&config, &secrets, args.start, &args.config, args.role).await?;
+    let service = start_service(
+        &config,
+        &secrets,
+        args.start,
+        &args.config,
+        args.role,
+        ServiceApi::Own,
+    )
+    .await?;
     let stats = service.running.stats.clone();
     let started = Instant::now();
     let mut last = 0;

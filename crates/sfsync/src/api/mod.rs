@@ -15,6 +15,7 @@
 //! get 413 before they are parsed; errors are JSON (`{"error": {"code", "message"}}`).
 
 pub mod auth;
+pub mod deployment;
 pub mod error;
 pub mod metrics;
 pub mod odata;
@@ -319,7 +320,32 @@ impl RunningApi {
     }
 }
 
+/// Starts the sampler of `state`'s throughput and burn-rate charts (a deployment's orgs have no
+/// listener of their own to start it).
+pub fn spawn_sampler(state: Arc<ApiState>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(views::sampler(state))
+}
+
 impl BoundApi {
+    /// Serves `router` (a deployment's, see [`deployment`]) until [`RunningApi::stop`].
+    pub fn serve_router(self, router: Router) -> RunningApi {
+        let (stop, rx) = watch::channel(false);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        tracing::info!(address = %format!("{scheme}://{}", self.addr), "Deployment API listening.");
+        let task = tokio::spawn(accept_loop(self.listener, router, self.tls, rx));
+        RunningApi {
+            addr: self.addr,
+            stop,
+            task,
+            sampler: tokio::spawn(async {}),
+        }
+    }
+
+    /// The most bytes a request body may have.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+
     /// Serves the API with `state` until [`RunningApi::stop`].
     pub fn serve(self, state: Arc<ApiState>) -> RunningApi {
         let (stop, rx) = watch::channel(false);

@@ -17,6 +17,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod check;
+pub mod deployment;
 pub mod model;
 pub mod secrets;
 mod span;

@@ -35,6 +35,16 @@ pub struct SfsyncConfig {
     pub odata: Option<OdataConfig>,
 }
 
+/// One `[[orgs]]` entry of a deployment file (see [`super::deployment`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrgRef {
+    /// The org's label in metrics (`org="…"`), API routes (`/orgs/<name>/…`) and log lines.
+    pub name: String,
+    /// The org's own complete sfsync config, relative to the deployment file.
+    pub config: PathBuf,
+}
+
 /// `[salesforce]`: where the org is and how to authenticate.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -712,7 +712,7 @@ pub fn resolve(
             })
             .collect()
     });
-    let api_tokens = resolve_api_tokens(&mut errs, cfg, env, aws);
+    let api_tokens = resolve_api_tokens(&mut errs, cfg.api.as_ref(), env, aws);
     let odata_basic = resolve_odata_basic(&mut errs, cfg, env, aws);
     let mut sink_secrets = std::collections::HashMap::new();
     for (i, sink) in cfg.sinks.iter().enumerate() {
@@ -751,11 +751,11 @@ pub fn resolve(
 /// error naming the entries (never the value).
 pub(crate) fn resolve_api_tokens(
     errs: &mut Vec<ConfigError>,
-    cfg: &ValidConfig,
+    api: Option<&super::validate::ValidApi>,
     env: &dyn Fn(&str) -> Option<String>,
     aws: &AwsFetched,
 ) -> Vec<ApiToken> {
-    let Some(api) = &cfg.api else {
+    let Some(api) = api else {
         return Vec::new();
     };
     let mut out: Vec<ApiToken> = Vec::new();

@@ -1139,7 +1139,7 @@ token_env = "COPY"
     let mut problems = Vec::new();
     let tokens = secrets::resolve_api_tokens(
         &mut problems,
-        &l.config,
+        l.config.api.as_ref(),
         &env,
         &secrets::AwsFetched::default(),
     );

@@ -1971,6 +1971,16 @@ fn validate_writeback_delivery(
     }
 }
 
+/// A deployment file's `[api]` (see [`super::deployment`]), validated exactly like a config's.
+pub(crate) fn api_table(
+    api: Option<&ApiConfig>,
+    base: &Path,
+) -> (Option<ValidApi>, Vec<ConfigError>) {
+    let mut errs = Errors(Vec::new());
+    let valid = validate_api(&mut errs, api, base);
+    (valid, errs.0)
+}
+
 /// `[api]`: `listen` an `IP:port`; a listener that is not loopback-only needs both TLS files
 /// (plain HTTP would carry bearer tokens in the clear); roles known; token names unique; exactly
 /// one of `token_env` / `token_file`; writer tokens bound to a `source_system`.
