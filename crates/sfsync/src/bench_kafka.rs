@@ -103,7 +103,10 @@ fn latency(children: &[Child]) -> Vec<u64> {
 }
 
 async fn one(workers: usize, opts: &KafkaBenchOptions) -> Result<serde_json::Value> {
-    let name = format!("{workers} apply worker{}", if workers == 1 { "" } else { "s" });
+    let name = format!(
+        "{workers} apply worker{}",
+        if workers == 1 { "" } else { "s" }
+    );
     let dir = tempfile::tempdir()?;
     let running = sfsync_emulator::start(EmulatorConfig::ephemeral(dir.path().join("org"))).await?;
     let org = running.org().clone();

@@ -37,7 +37,10 @@ const MAX_RETRY: Duration = Duration::from_secs(60);
 pub async fn run<S: Future<Output = ()> + Unpin>(args: RunArgs, mut signal: S) -> Result<()> {
     let deployment = load_deployment(&args.config).map_err(|e| {
         let n = e.count();
-        anyhow!("{e}\n{n} error{} in the deployment", if n == 1 { "" } else { "s" })
+        anyhow!(
+            "{e}\n{n} error{} in the deployment",
+            if n == 1 { "" } else { "s" }
+        )
     })?;
     let tokens = deployment
         .resolve_api_tokens(&|name| std::env::var(name).ok())
@@ -153,9 +156,7 @@ fn progress(slots: &[Arc<OrgSlot>], started: Instant, last: &mut HashMap<String,
                     "org {}: {}{}",
                     s.name,
                     st.state,
-                    st.last_error
-                        .map(|e| format!(" ({e})"))
-                        .unwrap_or_default()
+                    st.last_error.map(|e| format!(" ({e})")).unwrap_or_default()
                 );
             }
         }
@@ -202,11 +203,16 @@ async fn supervise(
         }
         slot.set("starting", None);
         let attempt = async {
-            let secrets = org
-                .loaded
-                .resolve_secrets_from_env()
-                .await
-                .map_err(|e| anyhow!("{e}"))?;
+            // Secret resolution reads the environment through a non-`Sync` closure: it runs on
+            // a blocking thread of its own (it may call AWS).
+            let loaded = org.loaded.clone();
+            let handle = tokio::runtime::Handle::current();
+            let secrets = tokio::task::spawn_blocking(move || {
+                handle.block_on(loaded.resolve_secrets_from_env())
+            })
+            .await
+            .map_err(|e| anyhow!("resolving the org's secrets: {e}"))?
+            .map_err(|e| anyhow!("{e}"))?;
             let mode = match api.as_deref() {
                 Some((a, t)) => ServiceApi::Shared { api: a, tokens: t },
                 None => ServiceApi::Off,
@@ -222,7 +228,6 @@ async fn supervise(
         };
         match outcome {
             Ok(service) => {
-                backoff = FIRST_RETRY;
                 let run_id = service.running.run_id.clone();
                 *slot.stats.lock() = Some(service.running.stats.clone());
                 let sampler = service.api_state.clone().map(|state| {

@@ -221,9 +221,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 brokers: args
                     .brokers
                     .context("the kafka suite needs --brokers (or SFSYNC_BENCH_BROKERS)")?,
-                postgres_url: args
-                    .postgres_url
-                    .context("the kafka suite needs --postgres-url (or SFSYNC_BENCH_POSTGRES_URL)")?,
+                postgres_url: args.postgres_url.context(
+                    "the kafka suite needs --postgres-url (or SFSYNC_BENCH_POSTGRES_URL)",
+                )?,
                 backlog: args.backlog,
                 load_secs: args.load_secs,
                 workers: args.workers,

@@ -497,7 +497,10 @@ pub async fn start_service(
         None
     };
     let api_settings = match service_api {
-        ServiceApi::Own => config.api.as_ref().map(|a| (a, secrets.api_tokens.as_slice())),
+        ServiceApi::Own => config
+            .api
+            .as_ref()
+            .map(|a| (a, secrets.api_tokens.as_slice())),
         ServiceApi::Shared { api, tokens } => Some((api, tokens)),
         ServiceApi::Off => None,
     };

@@ -137,11 +137,9 @@ async fn traffic(o: &Org, tag: &str, rounds: usize) -> Vec<String> {
 }
 
 async fn converges(o: &Org, w: &dyn Warehouse, within: Duration) {
-    wait_for(
-        &format!("org {} converges", o.name),
-        within,
-        || async { support::live_diff(&o.client, &o.account, w).await },
-    )
+    wait_for(&format!("org {} converges", o.name), within, || async {
+        support::live_diff(&o.client, &o.account, w).await
+    })
     .await;
 }
 
@@ -237,8 +235,15 @@ token_env = "{TOKEN_VAR}"
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&check.stdout);
-    assert!(check.status.success(), "{out}{}", String::from_utf8_lossy(&check.stderr));
-    assert!(out.contains("deployment: 3 org(s)") && out.contains("[org south]"), "{out}");
+    assert!(
+        check.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        out.contains("deployment: 3 org(s)") && out.contains("[org south]"),
+        "{out}"
+    );
 
     let child = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_sfsync"))
@@ -256,25 +261,39 @@ token_env = "{TOKEN_VAR}"
         http: reqwest::Client::new(),
         base: format!("http://127.0.0.1:{port}"),
     };
-    wait_for("north and south run, east failed", Duration::from_secs(120), || async {
-        let (status, _) = api
-            .call_text("GET", "/api/v1/orgs", Some(TOKEN), None)
-            .await;
-        if status != StatusCode::OK {
-            return vec![format!("status {status}")];
-        }
-        let states = org_states(&api).await;
-        let ok = states.iter().any(|(n, s, _)| n == "north" && s == "running")
-            && states.iter().any(|(n, s, _)| n == "south" && s == "running")
-            && states
+    wait_for(
+        "north and south run, east failed",
+        Duration::from_secs(120),
+        || async {
+            // Not listening yet at first.
+            match api
+                .http
+                .get(format!("{}/api/v1/orgs", api.base))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+            {
+                Ok(r) if r.status() == StatusCode::OK => {}
+                Ok(r) => return vec![format!("status {}", r.status())],
+                Err(e) => return vec![e.to_string()],
+            }
+            let states = org_states(&api).await;
+            let ok = states
                 .iter()
-                .any(|(n, s, e)| n == "east" && s == "failed" && !e.is_empty());
-        if ok {
-            vec![]
-        } else {
-            vec![format!("{states:?}")]
-        }
-    })
+                .any(|(n, s, _)| n == "north" && s == "running")
+                && states
+                    .iter()
+                    .any(|(n, s, _)| n == "south" && s == "running")
+                && states
+                    .iter()
+                    .any(|(n, s, e)| n == "east" && s == "failed" && !e.is_empty());
+            if ok {
+                vec![]
+            } else {
+                vec![format!("{states:?}")]
+            }
+        },
+    )
     .await;
     let (_, _, east_error) = org_states(&api)
         .await
@@ -289,9 +308,24 @@ token_env = "{TOKEN_VAR}"
     traffic(&south, "s1", 20).await;
     converges(&north, &*wn, Duration::from_secs(120)).await;
     converges(&south, &*ws, Duration::from_secs(120)).await;
-    // Each org's rows are in its own schema only.
-    assert!(ws.load_current("Account", &n1).await.unwrap().is_empty());
-    assert_eq!(wn.load_current("Account", &n1).await.unwrap().len(), n1.len());
+    // Each org's rows are in its own schema only (the two orgs hand out the same record ids,
+    // so the names tell them apart).
+    let names = |rows: std::collections::HashMap<String, sfsync_store::CurrentRow>| -> Vec<String> {
+        rows.into_iter()
+            .map(|(_, r)| format!("{:?}", r.values))
+            .collect()
+    };
+    let north_names = names(wn.load_current("Account", &n1).await.unwrap());
+    assert_eq!(north_names.len(), n1.len());
+    assert!(
+        north_names.iter().all(|n| n.contains("n1-")),
+        "{north_names:?}"
+    );
+    let south_names = names(ws.load_current("Account", &n1).await.unwrap());
+    assert!(
+        south_names.iter().all(|n| !n.contains("n1-")),
+        "{south_names:?}"
+    );
 
     // South is throttled: its API allocation is used up, and its next changes arrive as gaps
     // whose repair needs REST re-reads it cannot get.
@@ -336,9 +370,14 @@ token_env = "{TOKEN_VAR}"
         .unwrap_or(0.0);
     let deferred_or_refused = refused > 0.0
         || text.lines().any(|l| {
-            l.starts_with("sfsync_api_lane_deferred") && l.contains("org=\"south\"") && !l.ends_with(" 0")
+            l.starts_with("sfsync_api_lane_deferred")
+                && l.contains("org=\"south\"")
+                && !l.ends_with(" 0")
         });
-    assert!(deferred_or_refused, "south's throttling is not visible:\n{text}");
+    assert!(
+        deferred_or_refused,
+        "south's throttling is not visible:\n{text}"
+    );
     // Each org's own API under /orgs/<name>/.
     let (status, body) = api
         .call("GET", "/orgs/north/api/v1/status", Some(TOKEN), None)

@@ -685,8 +685,7 @@ pub fn merge_labelled(label: &str, parts: &[(&str, &str)]) -> String {
         samples: Vec<String>,
     }
     let mut order: Vec<String> = Vec::new();
-    let mut families: std::collections::HashMap<String, Family> =
-        std::collections::HashMap::new();
+    let mut families: std::collections::HashMap<String, Family> = std::collections::HashMap::new();
     for (value, text) in parts {
         let value = value
             .replace('\\', "\\\\")
@@ -729,7 +728,10 @@ pub fn merge_labelled(label: &str, parts: &[(&str, &str)]) -> String {
                 None => continue,
             };
             let key = if current.is_empty() {
-                line.split(['{', ' ']).next().unwrap_or_default().to_string()
+                line.split(['{', ' '])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
             } else {
                 current.clone()
             };

@@ -79,7 +79,11 @@ fn check_deployment(path: &std::path::Path, skip_secrets: bool) -> i32 {
         Err(e) => {
             eprintln!("{e}");
             let n = e.count();
-            eprintln!("{}: {n} error{}", path.display(), if n == 1 { "" } else { "s" });
+            eprintln!(
+                "{}: {n} error{}",
+                path.display(),
+                if n == 1 { "" } else { "s" }
+            );
             return 1;
         }
     };

@@ -152,7 +152,11 @@ pub fn load_deployment_str(
                         }
                     }
                 }
-                _ => p.error("orgs", value.span(), "expected an array of tables ([[orgs]])"),
+                _ => p.error(
+                    "orgs",
+                    value.span(),
+                    "expected an array of tables ([[orgs]])",
+                ),
             },
             "api" => api_table = p.api(value),
             other => p.error(
@@ -169,7 +173,10 @@ pub fn load_deployment_str(
     let (api, api_errors) = super::validate::api_table(api_table.as_ref(), base);
     errors.extend(api_errors);
     if refs.is_empty() && errors.is_empty() {
-        errors.push(ConfigError::new("orgs", "names no org: add an [[orgs]] entry"));
+        errors.push(ConfigError::new(
+            "orgs",
+            "names no org: add an [[orgs]] entry",
+        ));
     }
 
     let mut org_errors: Vec<ConfigErrors> = Vec::new();
@@ -269,7 +276,7 @@ fn shared_namespaces(orgs: &[DeployedOrg], refs: &[OrgRef]) -> Vec<ConfigError> 
             ));
         }
         if let Some(k) = &c.log.kafka {
-            let brokers = k.kafka.brokers();
+            let brokers = k.kafka.bootstrap_servers.clone();
             if let Some(other) = topics.insert((brokers.clone(), k.topic.clone()), &o.name) {
                 out.push(ConfigError::new(
                     key.clone(),
@@ -384,12 +391,12 @@ mod tests {
         let e = errors_of(text, dir);
         for want in [
             "d.toml:16:2: salesforce: `salesforce` does not belong in a deployment file",
-            "d.toml:5:1: orgs[1].config: org 'b' uses the SQLite file",
+            "d.toml:6:1: orgs[1].config: org 'b' uses the SQLite file",
             "as org 'a' does: each org needs its own warehouse namespace",
-            "d.toml:7:8: orgs[2].name: \"a\" is already the name of orgs[0]",
-            "orgs[2].config: ",
+            "d.toml:8:1: orgs[2].name: \"a\" is already the name of orgs[0]",
+            "d.toml:9:1: orgs[2].config: ",
             "has its own [api]: in a deployment the deployment file's [api] serves every org",
-            "d.toml:10:8: orgs[3].name: \"Bad Name\" is not an org name",
+            "d.toml:11:1: orgs[3].name: \"Bad Name\" is not an org name",
             "broken.toml:2:1: salesforce.nope: unknown field `nope`",
             "missing.toml: cannot read the config file",
         ] {
@@ -424,9 +431,6 @@ mod tests {
             e.contains("org 'b' writes its raw log to topic 'raw', as org 'a' does"),
             "{e}"
         );
-        assert!(
-            e.contains("org 'b' applies as consumer group"),
-            "{e}"
-        );
+        assert!(e.contains("org 'b' applies as consumer group"), "{e}");
     }
 }
