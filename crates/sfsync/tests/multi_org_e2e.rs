@@ -311,8 +311,8 @@ token_env = "{TOKEN_VAR}"
     // Each org's rows are in its own schema only (the two orgs hand out the same record ids,
     // so the names tell them apart).
     let names = |rows: std::collections::HashMap<String, sfsync_store::CurrentRow>| -> Vec<String> {
-        rows.into_iter()
-            .map(|(_, r)| format!("{:?}", r.values))
+        rows.into_values()
+            .map(|r| format!("{:?}", r.values))
             .collect()
     };
     let north_names = names(wn.load_current("Account", &n1).await.unwrap());
