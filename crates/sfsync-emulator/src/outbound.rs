@@ -320,7 +320,7 @@ impl OutboundMessages {
                 let record = match org.retrieve(
                     &rule.spec.object,
                     change.record_id.as_str(),
-                    Some(&select),
+                    Some(select.as_slice()),
                     "66.0",
                 ) {
                     Ok(r) => r,
@@ -490,18 +490,17 @@ impl OutboundMessages {
             let now = now_ms();
             if let Some((url, action, batch)) = self.take_due(now) {
                 let settings = self.settings();
-                let http = match &client {
-                    Some((s, c)) if *s == settings => c.clone(),
-                    _ => match build_client(&settings) {
-                        Ok(c) => {
-                            client = Some((settings.clone(), c.clone()));
-                            c
-                        }
+                if !matches!(&client, Some((s, _)) if *s == settings) {
+                    match build_client(&settings) {
+                        Ok(c) => client = Some((settings.clone(), c)),
                         Err(e) => {
                             self.settle(&batch, Err(e));
                             continue;
                         }
-                    },
+                    }
+                }
+                let Some((_, http)) = client.clone() else {
+                    continue;
                 };
                 let body = self.render(&action, &batch);
                 self.stats.messages_sent.fetch_add(1, Relaxed);

@@ -258,7 +258,7 @@ fn notification(env: &Env, nid: &str, id: &str, fields: &[String]) -> QueuedNoti
     let rec = env
         .emu
         .org()
-        .retrieve("Account", id, Some(&select), "66.0")
+        .retrieve("Account", id, Some(select.as_slice()), "66.0")
         .unwrap();
     let values = fields
         .iter()
@@ -523,7 +523,6 @@ async fn outbound_messages_land_exactly_once() {
 
     // ---- hostile and malformed envelopes: a fault naming the problem, nothing lost ----
     let dead_before = store.dead_letter_count().await.unwrap();
-    let log_before = logged(&store).await.len();
     let (status, text) = post(&env, &env.endpoint(), "<not xml".into()).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{text}");
     assert!(text.contains("<faultcode>soapenv:Client</faultcode>"), "{text}");
@@ -536,6 +535,7 @@ async fn outbound_messages_land_exactly_once() {
     // One readable notification and one without SystemModstamp in one message.
     update(&env, &ids[1], json!({ "Website": "https://mixed.example.org" }));
     wait_queue_empty(&env, Duration::from_secs(30)).await;
+    let log_before = logged(&store).await.len();
     let good = notification(&env, "04l0000000MIX01AAA", &ids[1], &fields);
     let mut bad = notification(&env, "04l0000000MIX02AAA", &ids[2], &fields);
     bad.fields.retain(|(f, _)| f != "SystemModstamp");
