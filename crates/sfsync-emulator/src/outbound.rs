@@ -595,7 +595,7 @@ pub enum Answer {
 /// Reads a listener's answer.
 pub fn read_answer(body: &[u8]) -> Answer {
     let mut reader = NsReader::from_reader(body);
-    reader.config_mut().trim_text(true);
+    reader.config_mut().trim_text(false);
     let mut in_ack = false;
     let mut in_faultstring = false;
     let mut fault = false;
@@ -649,7 +649,7 @@ pub fn read_answer(body: &[u8]) -> Answer {
                 let local = e.local_name();
                 match local.as_ref() {
                     b"Ack" if in_ack => return Answer::Ack(text.trim() == "true"),
-                    b"faultstring" if in_faultstring => return Answer::Fault(text),
+                    b"faultstring" if in_faultstring => return Answer::Fault(text.trim().into()),
                     _ => {}
                 }
             }
