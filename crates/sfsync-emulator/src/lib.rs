@@ -213,7 +213,12 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator> {
             tls_config.clone(),
             rx.clone(),
         )),
-        tokio::spawn(http::serve(grpc_listener, grpc_router, tls_config, rx.clone())),
+        tokio::spawn(http::serve(
+            grpc_listener,
+            grpc_router,
+            tls_config,
+            rx.clone(),
+        )),
         tokio::spawn(outbound.run(rx)),
     ];
     tracing::info!(url = %base_url, "Emulator HTTP listener is up");

@@ -203,8 +203,8 @@ impl OutboundMessages {
                     Some(_) => {}
                 }
             }
-            let url = url::Url::parse(&s.endpoint_url)
-                .map_err(|e| format!("{at}: endpoint_url: {e}"))?;
+            let url =
+                url::Url::parse(&s.endpoint_url).map_err(|e| format!("{at}: endpoint_url: {e}"))?;
             if !matches!(url.scheme(), "http" | "https") {
                 return Err(format!("{at}: endpoint_url must be http(s)"));
             }
@@ -604,9 +604,7 @@ pub fn read_answer(body: &[u8]) -> Answer {
     loop {
         match reader.read_resolved_event() {
             Ok((ns, Event::Start(e))) => {
-                let ns_is = |want: &str| {
-                    matches!(&ns, quick_xml::name::ResolveResult::Bound(n) if n.as_ref() == want.as_bytes())
-                };
+                let ns_is = |want: &str| matches!(&ns, quick_xml::name::ResolveResult::Bound(n) if n.as_ref() == want.as_bytes());
                 let local = e.local_name();
                 match local.as_ref() {
                     b"notificationsResponse" if ns_is(OUTBOUND_NS) => saw_response = true,

@@ -90,10 +90,12 @@ impl OutboundPayload {
         let text = match self.field("SystemModstamp") {
             Some(Some(t)) if !t.trim().is_empty() => t.trim(),
             _ => {
-                return Err("the notification has no SystemModstamp, so it cannot be ordered \
+                return Err(
+                    "the notification has no SystemModstamp, so it cannot be ordered \
                             against other changes of the record: add SystemModstamp to the \
                             Outbound Message's fields"
-                    .into())
+                        .into(),
+                )
             }
         };
         let ms = convert::parse_datetime(text).map_err(|e| format!("SystemModstamp: {e}"))?;
@@ -255,13 +257,20 @@ mod tests {
         );
         assert_eq!(raw.replay_id.as_bytes(), b"04l000000000001AAA");
         assert_eq!(raw.version.commit_timestamp, 1_767_323_045_000);
-        assert_eq!((raw.version.commit_number, raw.version.sequence_number), (0, 0));
+        assert_eq!(
+            (raw.version.commit_number, raw.version.sequence_number),
+            (0, 0)
+        );
         assert_eq!(raw.change_type, ChangeType::Update);
         let Normalized::Records(rs) = normalize(&mapping(), &raw).unwrap() else {
             panic!("not records");
         };
         let r = &rs[0];
-        assert_eq!(r.op, Op::Patch, "AnnualRevenue is not carried: a partial update");
+        assert_eq!(
+            r.op,
+            Op::Patch,
+            "AnnualRevenue is not carried: a partial update"
+        );
         assert_eq!(r.change_type, CHANGE_TYPE);
         assert_eq!(r.source, ChangeSource::OutboundMessage);
         assert_eq!(r.fields, vec!["Name".to_string()]);
@@ -281,7 +290,11 @@ mod tests {
             panic!("not records");
         };
         assert_eq!(rs[0].op, Op::Full);
-        assert!(rs[0].values.contains(&(2, Value::Null)), "{:?}", rs[0].values);
+        assert!(
+            rs[0].values.contains(&(2, Value::Null)),
+            "{:?}",
+            rs[0].values
+        );
     }
 
     #[test]

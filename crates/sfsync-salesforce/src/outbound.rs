@@ -433,18 +433,13 @@ pub fn parse_notifications(body: &[u8]) -> Result<OutboundMessage, OutboundError
             .map(|(ns, ev)| (ns_of(&ns), ev));
         let (ns, event) = match read {
             Ok(x) => x,
-            Err(e) => {
-                return Err(p.err(
-                    reader.error_position(),
-                    format!("malformed XML: {e}"),
-                ))
-            }
+            Err(e) => return Err(p.err(reader.error_position(), format!("malformed XML: {e}"))),
         };
         match event {
             Event::Decl(d) => {
                 if let Some(enc) = d.encoding() {
-                    let enc = enc
-                        .map_err(|e| p.err(before, format!("bad XML declaration: {e}")))?;
+                    let enc =
+                        enc.map_err(|e| p.err(before, format!("bad XML declaration: {e}")))?;
                     if !enc.eq_ignore_ascii_case(b"utf-8") {
                         return Err(p.err(
                             before,
@@ -496,7 +491,8 @@ pub fn parse_notifications(body: &[u8]) -> Result<OutboundMessage, OutboundError
                 for a in e.attributes() {
                     let a = a.map_err(|err| p.err(before, format!("bad attribute: {err}")))?;
                     let (ans, alocal) = reader.resolve_attribute(a.key);
-                    let is_xsi = matches!(&ans, ResolveResult::Bound(n) if n.as_ref() == XSI_NS.as_bytes());
+                    let is_xsi =
+                        matches!(&ans, ResolveResult::Bound(n) if n.as_ref() == XSI_NS.as_bytes());
                     if !is_xsi {
                         continue;
                     }
@@ -527,7 +523,9 @@ pub fn parse_notifications(body: &[u8]) -> Result<OutboundMessage, OutboundError
                                 let prefix = String::from_utf8_lossy(&prefix).into_owned();
                                 p.reject(
                                     before,
-                                    format!("xsi:type \"{t}\" uses the undeclared prefix '{prefix}'"),
+                                    format!(
+                                        "xsi:type \"{t}\" uses the undeclared prefix '{prefix}'"
+                                    ),
                                 );
                             } else {
                                 let object = String::from_utf8_lossy(tlocal.as_ref()).into_owned();
@@ -923,7 +921,12 @@ mod tests {
         assert_eq!(m.notifications.len(), 2);
         let n = &m.notifications[0];
         assert_eq!(
-            (n.index, n.id.as_str(), n.object.as_str(), n.record_id.as_str()),
+            (
+                n.index,
+                n.id.as_str(),
+                n.object.as_str(),
+                n.record_id.as_str()
+            ),
             (1, "04l000000000001AAA", "Account", "001000000000001AAA")
         );
         assert_eq!(n.field("Name"), Some(Some("Acme & Sons")));
@@ -941,11 +944,15 @@ mod tests {
 
     #[test]
     fn a_session_id_is_noticed_but_never_kept() {
-        let body = message(&notification("04l000000000001AAA", "001000000000001AAA", ""))
-            .replace(
-                r#"<SessionId xsi:nil="true"/>"#,
-                "<SessionId>00Dxx!AQ0AQSECRET</SessionId>",
-            );
+        let body = message(&notification(
+            "04l000000000001AAA",
+            "001000000000001AAA",
+            "",
+        ))
+        .replace(
+            r#"<SessionId xsi:nil="true"/>"#,
+            "<SessionId>00Dxx!AQ0AQSECRET</SessionId>",
+        );
         let m = parse_notifications(body.as_bytes()).unwrap();
         assert!(m.has_session_id);
         assert!(!format!("{m:?}").contains("SECRET"));
@@ -974,7 +981,11 @@ mod tests {
             r.error.path,
             "Envelope/Body/notifications/Notification[2]/Id"
         );
-        assert!(r.error.reason.contains("not a Salesforce id"), "{}", r.error);
+        assert!(
+            r.error.reason.contains("not a Salesforce id"),
+            "{}",
+            r.error
+        );
         assert!(m.rejected[1].error.reason.contains("xsi:type"));
         assert_eq!(m.rejected[1].id.as_deref(), Some("04l000000000003AAA"));
         assert!(m.rejected[2].error.reason.contains("child element"));
@@ -990,19 +1001,33 @@ mod tests {
         let e = parse_notifications(xxe.as_bytes()).unwrap_err();
         assert!(e.reason.contains("DOCTYPE"), "{e}");
 
-        let lol = message(&notification("04l000000000001AAA", "001000000000001AAA", ""))
-            .replace("Acme &amp; Sons", "&lol9;");
+        let lol = message(&notification(
+            "04l000000000001AAA",
+            "001000000000001AAA",
+            "",
+        ))
+        .replace("Acme &amp; Sons", "&lol9;");
         let e = parse_notifications(lol.as_bytes()).unwrap_err();
         assert!(e.reason.contains("unknown entity &lol9;"), "{e}");
         assert!(e.path.ends_with("Notification[1]/sObject/Name"), "{e}");
 
         let e = parse_notifications(b"not xml at all").unwrap_err();
-        assert!(e.reason.contains("no SOAP envelope") || e.reason.contains("text"), "{e}");
+        assert!(
+            e.reason.contains("no SOAP envelope") || e.reason.contains("text"),
+            "{e}"
+        );
 
         let e = parse_notifications(b"<a><b></a>").unwrap_err();
-        assert!(e.reason.contains("malformed XML") || e.reason.contains("root"), "{e}");
+        assert!(
+            e.reason.contains("malformed XML") || e.reason.contains("root"),
+            "{e}"
+        );
 
-        let truncated = message(&notification("04l000000000001AAA", "001000000000001AAA", ""));
+        let truncated = message(&notification(
+            "04l000000000001AAA",
+            "001000000000001AAA",
+            "",
+        ));
         let e = parse_notifications(&truncated.as_bytes()[..truncated.len() / 2]).unwrap_err();
         assert!(!e.reason.is_empty());
 
@@ -1018,22 +1043,34 @@ mod tests {
         let e = parse_notifications(soap12.as_bytes()).unwrap_err();
         assert!(e.reason.contains("SOAP 1.2"), "{e}");
 
-        let latin1 = message(&notification("04l000000000001AAA", "001000000000001AAA", ""))
-            .replace("encoding=\"UTF-8\"", "encoding=\"ISO-8859-1\"");
+        let latin1 = message(&notification(
+            "04l000000000001AAA",
+            "001000000000001AAA",
+            "",
+        ))
+        .replace("encoding=\"UTF-8\"", "encoding=\"ISO-8859-1\"");
         let e = parse_notifications(latin1.as_bytes()).unwrap_err();
         assert!(e.reason.contains("UTF-8 only"), "{e}");
 
-        let ctl = message(&notification("04l000000000001AAA", "001000000000001AAA", ""))
-            .replace("Acme &amp; Sons", "Acme\u{1}");
+        let ctl = message(&notification(
+            "04l000000000001AAA",
+            "001000000000001AAA",
+            "",
+        ))
+        .replace("Acme &amp; Sons", "Acme\u{1}");
         let e = parse_notifications(ctl.as_bytes()).unwrap_err();
         assert!(e.reason.contains("U+0001"), "{e}");
 
         let bad_utf8 = [
-            message(&notification("04l000000000001AAA", "001000000000001AAA", ""))
-                .split("Acme")
-                .next()
-                .unwrap()
-                .as_bytes(),
+            message(&notification(
+                "04l000000000001AAA",
+                "001000000000001AAA",
+                "",
+            ))
+            .split("Acme")
+            .next()
+            .unwrap()
+            .as_bytes(),
             &[0xff, 0xfe],
         ]
         .concat();
@@ -1043,13 +1080,7 @@ mod tests {
     #[test]
     fn limits_and_required_parts() {
         let many: String = (0..=MAX_NOTIFICATIONS)
-            .map(|i| {
-                notification(
-                    &format!("04l{i:015}"),
-                    &format!("001{i:015}"),
-                    "",
-                )
-            })
+            .map(|i| notification(&format!("04l{i:015}"), &format!("001{i:015}"), ""))
             .collect::<Vec<_>>()
             .join("\n");
         let e = parse_notifications(message(&many).as_bytes()).unwrap_err();
@@ -1060,8 +1091,12 @@ mod tests {
         let e = parse_notifications(none.as_bytes()).unwrap_err();
         assert_eq!(e.reason, "no Notification");
 
-        let no_org = message(&notification("04l000000000001AAA", "001000000000001AAA", ""))
-            .replace("<OrganizationId>00D000000000062EAA</OrganizationId>", "");
+        let no_org = message(&notification(
+            "04l000000000001AAA",
+            "001000000000001AAA",
+            "",
+        ))
+        .replace("<OrganizationId>00D000000000062EAA</OrganizationId>", "");
         let e = parse_notifications(no_org.as_bytes()).unwrap_err();
         assert_eq!(e.reason, "no OrganizationId");
 
@@ -1070,11 +1105,15 @@ mod tests {
         assert_eq!(e.path, "Envelope/Body");
         assert!(e.reason.contains("unexpected <login>"), "{e}");
 
-        let twice = message(&notification("04l000000000001AAA", "001000000000001AAA", ""))
-            .replace(
-                "<ActionId>04k000000000004AAA</ActionId>",
-                "<ActionId>04k000000000004AAA</ActionId><ActionId>04k000000000005AAA</ActionId>",
-            );
+        let twice = message(&notification(
+            "04l000000000001AAA",
+            "001000000000001AAA",
+            "",
+        ))
+        .replace(
+            "<ActionId>04k000000000004AAA</ActionId>",
+            "<ActionId>04k000000000004AAA</ActionId><ActionId>04k000000000005AAA</ActionId>",
+        );
         let e = parse_notifications(twice.as_bytes()).unwrap_err();
         assert_eq!(e.path, "Envelope/Body/notifications/ActionId");
     }

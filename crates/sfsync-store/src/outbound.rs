@@ -109,8 +109,11 @@ pub trait OutboundReceipts: Send + Sync {
     ) -> Result<OutboundOutcome>;
 
     /// Receipts, most recently received first (of one flow, or all).
-    async fn outbound_receipts(&self, flow: Option<&str>, limit: usize)
-        -> Result<Vec<StoredReceipt>>;
+    async fn outbound_receipts(
+        &self,
+        flow: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StoredReceipt>>;
 
     /// Deletes receipts last received before `before_ms` (Salesforce stops retrying after 24
     /// hours, so a receipt older than that dedupes nothing). Returns how many went.

@@ -81,7 +81,11 @@ async fn notifications_dedupe_by_id(b: &dyn Backend) {
     let first = [
         logged("04l000000000001AAA", "001000000000001AAA", 1_000),
         logged("04l000000000002AAA", "001000000000002AAA", 1_000),
-        rejected("04l000000000003AAA", "001000000000003AAA", "no SystemModstamp"),
+        rejected(
+            "04l000000000003AAA",
+            "001000000000003AAA",
+            "no SystemModstamp",
+        ),
     ];
     let out = s.append_outbound(CHANNEL, &first, &[]).await.unwrap();
     assert_eq!(out.items, vec![Logged, Logged, DeadLettered]);
@@ -133,11 +137,19 @@ async fn notifications_dedupe_by_id(b: &dyn Backend) {
     );
     let fixed = r("04l000000000003AAA");
     assert_eq!(
-        (fixed.status.as_str(), fixed.deliveries, fixed.error.as_deref()),
+        (
+            fixed.status.as_str(),
+            fixed.deliveries,
+            fixed.error.as_deref()
+        ),
         ("logged", 3, None)
     );
     assert_eq!(r("04l000000000004AAA").deliveries, 2);
-    assert!(s.outbound_receipts(Some("other"), 10).await.unwrap().is_empty());
+    assert!(s
+        .outbound_receipts(Some("other"), 10)
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(s.outbound_receipts(None, 2).await.unwrap().len(), 2);
 
     // Another process sees the same receipts (reopened store).

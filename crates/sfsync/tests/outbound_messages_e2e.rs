@@ -51,7 +51,10 @@ struct Env {
 
 impl Env {
     fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}/soap/outbound/{FLOW}/{SECRET}", self.port)
+        format!(
+            "http://127.0.0.1:{}/soap/outbound/{FLOW}/{SECRET}",
+            self.port
+        )
     }
 }
 
@@ -62,8 +65,7 @@ async fn env(mode: &str, fields: Option<Vec<String>>) -> Env {
     let dir = tmp.path().to_path_buf();
     let (emu, client) = support::emulator(&dir).await;
     let d = client.describe_object("Account").await.unwrap();
-    let mapping =
-        ObjectMapping::build(&d, &sfsync_pipeline::ObjectSpec::new("Account")).unwrap();
+    let mapping = ObjectMapping::build(&d, &sfsync_pipeline::ObjectSpec::new("Account")).unwrap();
     let fields = fields.unwrap_or_else(|| all_fields(&mapping));
     let db = dir.join("wh.db");
     let config = dir.join("sfsync.toml");
@@ -222,20 +224,24 @@ async fn logged(store: &SqliteChangeLog) -> Vec<String> {
 }
 
 async fn wait_queue_empty(env: &Env, within: Duration) {
-    wait_for("the emulator's Outbound Message queue drains", within, || async {
-        env.emu
-            .state
-            .outbound
-            .queue()
-            .iter()
-            .map(|n| {
-                format!(
-                    "{} ({}) attempts {} last error {:?}",
-                    n.id, n.record_id, n.attempts, n.last_error
-                )
-            })
-            .collect()
-    })
+    wait_for(
+        "the emulator's Outbound Message queue drains",
+        within,
+        || async {
+            env.emu
+                .state
+                .outbound
+                .queue()
+                .iter()
+                .map(|n| {
+                    format!(
+                        "{} ({}) attempts {} last error {:?}",
+                        n.id, n.record_id, n.attempts, n.last_error
+                    )
+                })
+                .collect()
+        },
+    )
     .await;
 }
 
@@ -248,7 +254,10 @@ async fn wait_equal(env: &Env, store: &SqliteChangeLog, within: Duration) {
 
 /// A message as Salesforce sends it (the emulator's renderer) for the given notifications.
 fn message(env: &Env, notifications: &[QueuedNotification]) -> String {
-    env.emu.state.outbound.render("04k000000000009AAA", notifications)
+    env.emu
+        .state
+        .outbound
+        .render("04k000000000009AAA", notifications)
 }
 
 /// A notification of `id` carrying the record's current values of `fields`.
@@ -266,7 +275,10 @@ fn notification(env: &Env, nid: &str, id: &str, fields: &[String]) -> QueuedNoti
             let v = rec.get(f)?;
             let text = match v {
                 J::Null => return None,
-                J::String(s) => s.strip_suffix("+0000").map(|b| format!("{b}Z")).unwrap_or(s.clone()),
+                J::String(s) => s
+                    .strip_suffix("+0000")
+                    .map(|b| format!("{b}Z"))
+                    .unwrap_or(s.clone()),
                 other => other.to_string(),
             };
             Some((f.clone(), text))
@@ -393,18 +405,26 @@ async fn outbound_messages_land_exactly_once() {
             json!({ "Name": format!("Acme {i}"), "Phone": format!("555-01{i:02}"), "AnnualRevenue": 1000.5 * i as f64 }),
         ));
     }
-    wait_for("deliveries fail while sfsync is down", Duration::from_secs(30), || async {
-        let q = env.emu.state.outbound.queue();
-        let failing = q
-            .iter()
-            .filter(|n| n.attempts >= 2 && n.last_error.is_some())
-            .count();
-        if q.len() == 30 && failing == 30 {
-            Vec::new()
-        } else {
-            vec![format!("{} queued, {failing} failed twice: {:?}", q.len(), q.first())]
-        }
-    })
+    wait_for(
+        "deliveries fail while sfsync is down",
+        Duration::from_secs(30),
+        || async {
+            let q = env.emu.state.outbound.queue();
+            let failing = q
+                .iter()
+                .filter(|n| n.attempts >= 2 && n.last_error.is_some())
+                .count();
+            if q.len() == 30 && failing == 30 {
+                Vec::new()
+            } else {
+                vec![format!(
+                    "{} queued, {failing} failed twice: {:?}",
+                    q.len(),
+                    q.first()
+                )]
+            }
+        },
+    )
     .await;
     let child = run(&env);
     env.api.ready().await;
@@ -415,14 +435,21 @@ async fn outbound_messages_land_exactly_once() {
 
     // ---- updates, some in one transaction (one message may carry several) ----
     for id in &ids[..10] {
-        update(&env, id, json!({ "Phone": "555-9999", "Description": "edited <once> & again" }));
+        update(
+            &env,
+            id,
+            json!({ "Phone": "555-9999", "Description": "edited <once> & again" }),
+        );
     }
     let ops: Vec<DmlOp> = ids[10..20]
         .iter()
         .map(|id| DmlOp::Update {
             object: "Account".into(),
             id: id.clone(),
-            fields: json!({ "Industry": "Banking" }).as_object().unwrap().clone(),
+            fields: json!({ "Industry": "Banking" })
+                .as_object()
+                .unwrap()
+                .clone(),
         })
         .collect();
     for r in env.emu.org().execute(&ctx(&env), ops, true) {
@@ -451,14 +478,18 @@ async fn outbound_messages_land_exactly_once() {
         update(&env, id, json!({ "Type": "Customer - Direct" }));
     }
     let extra = insert(&env, json!({ "Name": "Created while sfsync was down" }));
-    wait_for("deliveries fail while sfsync is stopped", Duration::from_secs(30), || async {
-        let q = env.emu.state.outbound.queue();
-        if q.len() == 6 && q.iter().all(|n| n.attempts >= 1) {
-            Vec::new()
-        } else {
-            vec![format!("{} queued", q.len())]
-        }
-    })
+    wait_for(
+        "deliveries fail while sfsync is stopped",
+        Duration::from_secs(30),
+        || async {
+            let q = env.emu.state.outbound.queue();
+            if q.len() == 6 && q.iter().all(|n| n.attempts >= 1) {
+                Vec::new()
+            } else {
+                vec![format!("{} queued", q.len())]
+            }
+        },
+    )
     .await;
     let child = run(&env);
     env.api.ready().await;
@@ -488,7 +519,10 @@ async fn outbound_messages_land_exactly_once() {
     assert_eq!(receipts.len() as u64, queued);
     assert!(receipts.iter().all(|r| r.status == "logged"));
     let redelivered: i64 = receipts.iter().map(|r| r.deliveries - 1).sum();
-    assert!(redelivered >= 1, "the lost acknowledgements caused redeliveries");
+    assert!(
+        redelivered >= 1,
+        "the lost acknowledgements caused redeliveries"
+    );
     // Applied as Outbound Messages.
     let row = store
         .read_current("Account")
@@ -501,7 +535,11 @@ async fn outbound_messages_land_exactly_once() {
     assert_eq!(row.meta.source, sfsync_store::ChangeSource::OutboundMessage);
 
     // ---- the same notification twice: acknowledged twice, applied once ----
-    update(&env, &ids[0], json!({ "Website": "https://twice.example.org" }));
+    update(
+        &env,
+        &ids[0],
+        json!({ "Website": "https://twice.example.org" }),
+    );
     wait_queue_empty(&env, Duration::from_secs(30)).await;
     let before = logged(&store).await.len();
     let n = notification(&env, "04l0000000DUP01AAA", &ids[0], &fields);
@@ -525,7 +563,10 @@ async fn outbound_messages_land_exactly_once() {
     let dead_before = store.dead_letter_count().await.unwrap();
     let (status, text) = post(&env, &env.endpoint(), "<not xml".into()).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{text}");
-    assert!(text.contains("<faultcode>soapenv:Client</faultcode>"), "{text}");
+    assert!(
+        text.contains("<faultcode>soapenv:Client</faultcode>"),
+        "{text}"
+    );
     assert!(text.contains("the message cannot be read"), "{text}");
     let xxe = r#"<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd"><!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body>&e;&lol2;</soapenv:Body></soapenv:Envelope>"#;
     let (status, text) = post(&env, &env.endpoint(), xxe.into()).await;
@@ -533,7 +574,11 @@ async fn outbound_messages_land_exactly_once() {
     assert!(text.contains("DOCTYPE is not allowed"), "{text}");
     assert!(!text.contains("root:"), "{text}");
     // One readable notification and one without SystemModstamp in one message.
-    update(&env, &ids[1], json!({ "Website": "https://mixed.example.org" }));
+    update(
+        &env,
+        &ids[1],
+        json!({ "Website": "https://mixed.example.org" }),
+    );
     wait_queue_empty(&env, Duration::from_secs(30)).await;
     let log_before = logged(&store).await.len();
     let good = notification(&env, "04l0000000MIX01AAA", &ids[1], &fields);
@@ -541,15 +586,22 @@ async fn outbound_messages_land_exactly_once() {
     bad.fields.retain(|(f, _)| f != "SystemModstamp");
     let (status, text) = post(&env, &env.endpoint(), message(&env, &[good, bad.clone()])).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{text}");
-    assert!(text.contains("Notification[2] (Id 04l0000000MIX02AAA"), "{text}");
+    assert!(
+        text.contains("Notification[2] (Id 04l0000000MIX02AAA"),
+        "{text}"
+    );
     assert!(text.contains("no SystemModstamp"), "{text}");
-    assert_eq!(logged(&store).await.len(), log_before + 1, "the readable one is logged");
-    let dead = env
-        .api
-        .get("/api/v1/deadletters?kind=event", VIEWER)
-        .await;
+    assert_eq!(
+        logged(&store).await.len(),
+        log_before + 1,
+        "the readable one is logged"
+    );
+    let dead = env.api.get("/api/v1/deadletters?kind=event", VIEWER).await;
     let dead = dead.to_string();
-    assert!(dead.contains("/outbound/accounts") && dead.contains("no SystemModstamp"), "{dead}");
+    assert!(
+        dead.contains("/outbound/accounts") && dead.contains("no SystemModstamp"),
+        "{dead}"
+    );
     assert_eq!(store.dead_letter_count().await.unwrap(), dead_before + 3);
     // Redelivered as is: still a fault, the dead letter not stored again, nothing applied twice.
     let (status, _) = post(
@@ -557,7 +609,10 @@ async fn outbound_messages_land_exactly_once() {
         &env.endpoint(),
         message(
             &env,
-            &[notification(&env, "04l0000000MIX01AAA", &ids[1], &fields), bad],
+            &[
+                notification(&env, "04l0000000MIX01AAA", &ids[1], &fields),
+                bad,
+            ],
         ),
     )
     .await;
@@ -588,7 +643,10 @@ async fn outbound_messages_land_exactly_once() {
     let (status, _) = post(&env, &unknown, fresh.clone()).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let foreign = fresh.replace(
-        &format!("<OrganizationId>{}</OrganizationId>", env.emu.credentials.org_id),
+        &format!(
+            "<OrganizationId>{}</OrganizationId>",
+            env.emu.credentials.org_id
+        ),
         "<OrganizationId>00D000000000999AAA</OrganizationId>",
     );
     assert_ne!(foreign, fresh);
@@ -615,7 +673,9 @@ async fn outbound_messages_land_exactly_once() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert!(
-        metrics.contains("sfsync_outbound_notifications_total{flow=\"accounts\",outcome=\"duplicate\"}"),
+        metrics.contains(
+            "sfsync_outbound_notifications_total{flow=\"accounts\",outcome=\"duplicate\"}"
+        ),
         "{metrics}"
     );
     stop(child);
@@ -668,7 +728,11 @@ async fn an_older_notification_never_overwrites_a_newer_cdc_change() {
     let before = logged(&store).await.len();
     let (status, text) = post(&env, &env.endpoint(), message(&env, &[stale])).await;
     assert_eq!(status, StatusCode::OK, "{text}");
-    assert_eq!(logged(&store).await.len(), before + 1, "logged (and applied as stale)");
+    assert_eq!(
+        logged(&store).await.len(),
+        before + 1,
+        "logged (and applied as stale)"
+    );
     // Give the apply stage time to process it, then make sure v2 stands.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(name_of(id.clone()).await.as_deref(), Some("v2"));

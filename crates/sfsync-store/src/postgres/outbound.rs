@@ -107,7 +107,9 @@ impl OutboundReceipts for PostgresChangeLog {
                 (OutboundContent::Change(_), _) => ReceiptOutcome::Logged,
             };
             let (new_status, event_key, error) = match &item.content {
-                OutboundContent::Change(c) => ("logged", Some(c.event_key.as_str().to_string()), None),
+                OutboundContent::Change(c) => {
+                    ("logged", Some(c.event_key.as_str().to_string()), None)
+                }
                 OutboundContent::Rejected(d) => ("dead_letter", None, Some(d.error.clone())),
             };
             match (&item.content, outcome) {

@@ -24,12 +24,10 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use sha2::{Digest, Sha256};
 use sfsync_pipeline::outbound::{OutboundPayload, OUTBOUND_SCHEMA_ID};
 use sfsync_salesforce::outbound::{self as om, FaultCode};
-use sfsync_store::{
-    DeadLetter, OutboundContent, OutboundItem, OutboundReceipt, ReceiptOutcome,
-};
+use sfsync_store::{DeadLetter, OutboundContent, OutboundItem, OutboundReceipt, ReceiptOutcome};
+use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use super::ApiState;
@@ -198,8 +196,7 @@ pub async fn receive(
                 payload: body.to_vec(),
                 object: Some(f.object.clone()),
             };
-            return store_and_answer(&s, service, f, Vec::new(), vec![letter], vec![reason])
-                .await;
+            return store_and_answer(&s, service, f, Vec::new(), vec![letter], vec![reason]).await;
         }
     };
     if !om::same_salesforce_id(&message.organization_id, &f.organization_id) {
@@ -430,7 +427,9 @@ pub async fn list(
         .store
         .outbound_receipts(q.flow.as_deref(), limit)
         .await
-        .map_err(|e| super::error::ApiError::internal("reading the Outbound Message receipts", e))?;
+        .map_err(|e| {
+            super::error::ApiError::internal("reading the Outbound Message receipts", e)
+        })?;
     let mut flows: Vec<serde_json::Value> = Vec::new();
     if let Some(service) = &s.outbound {
         let mut names: Vec<&String> = service.flows.keys().collect();

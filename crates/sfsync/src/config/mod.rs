@@ -294,10 +294,9 @@ pub fn parse(text: &str, file: &str) -> Result<(SfsyncConfig, SpanIndex), Config
             "outbound_messages" => match value.get_ref() {
                 DeValue::Array(items) => {
                     for (i, item) in items.iter().enumerate() {
-                        if let Some(o) = p.de::<OutboundMessageConfig>(
-                            &format!("outbound_messages[{i}]"),
-                            item,
-                        ) {
+                        if let Some(o) =
+                            p.de::<OutboundMessageConfig>(&format!("outbound_messages[{i}]"), item)
+                        {
                             cfg.outbound_messages.push(o);
                         }
                     }

@@ -641,8 +641,16 @@ fn example_config_parses_validates_and_resolves() {
     assert_eq!(c.objects[6].channel, None);
     let om = &c.outbound_messages[0];
     assert_eq!(
-        (om.name.as_str(), om.object.as_str(), om.organization_id.as_str()),
-        ("grant-applications", "Grant_Application__c", "00D5e000000Abc1")
+        (
+            om.name.as_str(),
+            om.object.as_str(),
+            om.organization_id.as_str()
+        ),
+        (
+            "grant-applications",
+            "Grant_Application__c",
+            "00D5e000000Abc1"
+        )
     );
     assert_eq!(
         c.objects[5].channel.as_deref(),
@@ -1762,15 +1770,15 @@ fn outbound_messages_are_validated_naming_each_key() {
     let unknown = format!(
         "{HEAD}[[objects]]\nname = \"Account\"\n\n[[outbound_messages]]\nname = \"a\"\nendpoint = \"x\"\n"
     );
-    assert!(errs(&unknown).iter().any(|l| l.starts_with("t.toml:13:")
-        && l.contains("unknown field `endpoint`")));
+    assert!(errs(&unknown)
+        .iter()
+        .any(|l| l.starts_with("t.toml:13:") && l.contains("unknown field `endpoint`")));
     // The Kafka raw log and a disabled API cannot receive them.
     let off = format!(
         "{HEAD}[[objects]]\nname = \"Account\"\n\n[api]\nenabled = false\n\n[[outbound_messages]]\nname = \"accounts\"\nobject = \"Account\"\norganization_id = \"00D000000000062\"\nsecret = {{ env = \"OM\" }}\nfields = [\"Name\", \"SystemModstamp\"]\n"
     );
-    assert!(errs(&off)
-        .iter()
-        .any(|l| l.contains("outbound_messages[0]: Outbound Messages are received by the API's listener")));
+    assert!(errs(&off).iter().any(|l| l
+        .contains("outbound_messages[0]: Outbound Messages are received by the API's listener")));
     // Valid: an Outbound-Message-only object and a CDC object with a flow too.
     let ok = format!(
         "{HEAD}[[objects]]\nname = \"Account\"\n\n[[objects]]\nname = \"Legacy__c\"\nmode = \"outbound_message\"\n\n[[outbound_messages]]\nname = \"legacy\"\nobject = \"Legacy__c\"\norganization_id = \"00D000000000062EAA\"\nsecret = {{ env = \"OM1\" }}\nfields = [\"Name\", \"SystemModstamp\"]\n\n[[outbound_messages]]\nname = \"accounts\"\nobject = \"Account\"\norganization_id = \"00D000000000062\"\nsecret = {{ env = \"OM2\" }}\nfields = [\"Name\", \"systemmodstamp\"]\n"
@@ -1780,7 +1788,10 @@ fn outbound_messages_are_validated_naming_each_key() {
     assert_eq!(c.objects[1].channel, None);
     assert_eq!(c.outbound_messages.len(), 2);
     assert_eq!(c.outbound_messages[0].organization_id, "00D000000000062");
-    assert_eq!(c.outbound_messages[0].secret_key, "outbound_messages[0].secret.env");
+    assert_eq!(
+        c.outbound_messages[0].secret_key,
+        "outbound_messages[0].secret.env"
+    );
     // Secrets: short or not URL-safe ones are refused, naming the key (never the value).
     let r = l
         .resolve_secrets(&env_of(&[
@@ -1802,7 +1813,9 @@ fn outbound_messages_are_validated_naming_each_key() {
         ]))
         .map(|s| s.outbound_secrets.len());
     assert!(
-        matches!(r, Ok(2)) || r.as_ref().is_err_and(|e| !e.to_string().contains("outbound")),
+        matches!(r, Ok(2))
+            || r.as_ref()
+                .is_err_and(|e| !e.to_string().contains("outbound")),
         "{r:?}"
     );
 }

@@ -60,8 +60,7 @@ pub struct ValidOutboundMessage {
 fn is_flow_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 80
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
@@ -90,7 +89,10 @@ fn validate_outbound_messages(
         } else if let Some(j) = out.iter().position(|o| o.name == f.name) {
             errs.push(
                 format!("{p}.name"),
-                format!("\"{}\" is given twice (also outbound_messages[{j}])", f.name),
+                format!(
+                    "\"{}\" is given twice (also outbound_messages[{j}])",
+                    f.name
+                ),
             );
         }
         if !objects.iter().any(|o| o.name == f.object) {
@@ -120,7 +122,11 @@ fn validate_outbound_messages(
                 format!("{p}.fields"),
                 "lists no field: give the fields the Outbound Message sends, SystemModstamp among them",
             );
-        } else if !f.fields.iter().any(|x| x.eq_ignore_ascii_case("SystemModstamp")) {
+        } else if !f
+            .fields
+            .iter()
+            .any(|x| x.eq_ignore_ascii_case("SystemModstamp"))
+        {
             errs.push(
                 format!("{p}.fields"),
                 "must include SystemModstamp: it orders notifications against other changes of \
