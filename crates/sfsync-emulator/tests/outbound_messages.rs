@@ -200,7 +200,10 @@ async fn rules_fire_batch_retry_and_expire() {
         let ids: Vec<String> = got.iter().flat_map(|(i, _)| i.clone()).collect();
         assert_eq!(ids.len(), 2, "one notification per rule: {got:?}");
         let body = &got.iter().find(|(_, b)| b.contains("<sf:Name>")).unwrap().1;
-        assert!(body.contains("<sf:Name>Acme &amp; &lt;Sons&gt;</sf:Name>"), "{body}");
+        assert!(
+            body.contains("<sf:Name>Acme &amp; &lt;Sons&gt;</sf:Name>"),
+            "{body}"
+        );
         assert!(body.contains(&format!("<sf:Id>{id}</sf:Id>")), "{body}");
         assert!(body.contains("xsi:type=\"sf:Account\""), "{body}");
         assert!(body.contains("<SessionId xsi:nil=\"true\"/>"), "{body}");
@@ -217,7 +220,12 @@ async fn rules_fire_batch_retry_and_expire() {
         .await;
     assert_eq!(r.status, 204);
     wait_until("the Name change is delivered", || {
-        l.received.lock().iter().map(|(i, _)| i.len()).sum::<usize>() == 3
+        l.received
+            .lock()
+            .iter()
+            .map(|(i, _)| i.len())
+            .sum::<usize>()
+            == 3
     })
     .await;
     let r = emu
@@ -228,7 +236,12 @@ async fn rules_fire_batch_retry_and_expire() {
         .await;
     assert_eq!(r.status, 204);
     wait_until("the Phone change is delivered by both rules", || {
-        l.received.lock().iter().map(|(i, _)| i.len()).sum::<usize>() == 5
+        l.received
+            .lock()
+            .iter()
+            .map(|(i, _)| i.len())
+            .sum::<usize>()
+            == 5
     })
     .await;
     // A null field is left out of the message.
@@ -275,7 +288,10 @@ async fn rules_fire_batch_retry_and_expire() {
         Reply::Hang(1_000),
     ]);
     let r = emu
-        .post(&format!("{V}/sobjects/Account"), json!({ "Name": "Retried" }))
+        .post(
+            &format!("{V}/sobjects/Account"),
+            json!({ "Name": "Retried" }),
+        )
         .await;
     assert_eq!(r.status, 201);
     let mut errors: Vec<String> = Vec::new();
@@ -297,12 +313,17 @@ async fn rules_fire_batch_retry_and_expire() {
     assert!(got.len() >= 5, "{got:?}");
     let first = &got[0].0;
     assert_eq!(first.len(), 1);
-    assert!(got.iter().all(|(i, _)| i == first), "the id is stable: {got:?}");
+    assert!(
+        got.iter().all(|(i, _)| i == first),
+        "the id is stable: {got:?}"
+    );
     let all = errors.join(" | ");
     for want in ["HTTP 503", "SOAP fault: store unavailable", "Ack false"] {
         assert!(all.contains(want), "missing {want} in {all}");
     }
-    let r = emu.admin(Method::GET, "/admin/outbound-messages", None).await;
+    let r = emu
+        .admin(Method::GET, "/admin/outbound-messages", None)
+        .await;
     let stats = &r.body["stats"];
     assert!(stats["messages_failed"].as_u64().unwrap() >= 4, "{stats}");
     assert_eq!(stats["notifications_expired"], 0, "{stats}");
@@ -318,13 +339,18 @@ async fn rules_fire_batch_retry_and_expire() {
     assert_eq!(r.status, 200);
     *l.fallback.lock() = Some(Reply::Status(500));
     let r = emu
-        .post(&format!("{V}/sobjects/Account"), json!({ "Name": "Expires" }))
+        .post(
+            &format!("{V}/sobjects/Account"),
+            json!({ "Name": "Expires" }),
+        )
         .await;
     assert_eq!(r.status, 201);
     let q = queue(&emu).await;
     assert!(q.len() <= 1, "{q:?}");
     wait_queue_empty(&emu).await;
-    let r = emu.admin(Method::GET, "/admin/outbound-messages", None).await;
+    let r = emu
+        .admin(Method::GET, "/admin/outbound-messages", None)
+        .await;
     assert_eq!(r.body["stats"]["notifications_expired"], 1, "{:?}", r.body);
     let expired: BTreeMap<String, usize> = l
         .received
