@@ -19,6 +19,7 @@ pub mod lease;
 pub mod maintenance;
 pub mod model;
 pub mod normalize;
+pub mod outbound;
 pub mod plan;
 pub mod quality;
 pub mod reconcile;
@@ -100,6 +101,9 @@ pub struct RunningPipeline {
     pub echo: Option<Arc<writeback::EchoConfirmer>>,
     /// The ingest leases kept by this process (released at shutdown).
     leases: Vec<lease::LeaseKeeper>,
+    /// Wakes the apply stage: notify it after appending to the raw log from outside the
+    /// pipeline (pushed Outbound Messages), so it does not wait for its idle poll.
+    pub appended: Arc<Notify>,
 }
 
 /// Describes each object, builds its mapping (config + describe) and creates or extends its
@@ -172,7 +176,12 @@ pub async fn start(
     ));
 
     let mut channels: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for spec in &config.objects {
+    // Push channels (Outbound Messages) are fed by the API's endpoint, not a subscription.
+    for spec in config
+        .objects
+        .iter()
+        .filter(|s| !outbound::is_push_channel(&s.channel))
+    {
         channels
             .entry(spec.channel.clone())
             .or_default()
@@ -250,6 +259,7 @@ pub async fn start(
         applier = applier.with_kafka(kafka_log::KafkaLogReader::connect(k.clone()).await?);
     }
     let idle = config.idle_wait;
+    let wake = appended.clone();
     let mut arx = rx.clone();
     let applier = tokio::spawn(async move {
         if !roles.apply {
@@ -294,6 +304,7 @@ pub async fn start(
         store,
         echo,
         leases,
+        appended: wake,
     })
 }
 

@@ -132,6 +132,9 @@ pub enum ChangeSource {
     Cdc,
     /// A re-read of the record (gap repair, backfill, reconciliation).
     Snapshot,
+    /// A Salesforce Outbound Message notification (the record's selected fields as of its
+    /// SystemModstamp).
+    OutboundMessage,
 }
 
 impl ChangeSource {
@@ -139,6 +142,7 @@ impl ChangeSource {
         match self {
             ChangeSource::Cdc => "cdc",
             ChangeSource::Snapshot => "snapshot",
+            ChangeSource::OutboundMessage => "outbound_message",
         }
     }
 }
@@ -487,6 +491,7 @@ pub trait Warehouse:
     + crate::Delivery
     + crate::SyncStatusStore
     + crate::Leases
+    + crate::OutboundReceipts
 {
     /// Creates the tables of `model` or adds its missing columns, and registers the model (its
     /// PII columns) for sealing. Idempotent.

@@ -29,6 +29,7 @@ pub mod jobs;
 pub mod lease;
 pub mod migrate;
 pub mod operator;
+pub mod outbound;
 pub mod pii;
 pub mod postgres;
 pub mod quality;
@@ -54,6 +55,10 @@ pub use jobs::*;
 pub use lease::{Fence, Lease, Leases, LogPosition};
 pub use migrate::{AppliedMigration, Migration};
 pub use operator::*;
+pub use outbound::{
+    OutboundContent, OutboundItem, OutboundOutcome, OutboundReceipt, OutboundReceipts,
+    ReceiptOutcome, StoredReceipt,
+};
 pub use pii::Keyring;
 pub use postgres::PostgresChangeLog;
 pub use quality::*;

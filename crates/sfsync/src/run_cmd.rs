@@ -192,7 +192,17 @@ fn keyring(secrets: &ResolvedSecrets) -> Result<Option<Arc<Keyring>>> {
 pub fn object_specs(config: &ValidConfig) -> Vec<ObjectSpec> {
     let mut out = Vec::new();
     for o in &config.objects {
-        let Some(channel) = o.channel.clone() else {
+        // An Outbound-Message-only object is fed through its first flow's push channel.
+        let pushed = (o.mode == SyncMode::OutboundMessage)
+            .then(|| {
+                config
+                    .outbound_messages
+                    .iter()
+                    .find(|f| f.object == o.name)
+                    .map(|f| sfsync_pipeline::outbound::channel(&f.name))
+            })
+            .flatten();
+        let Some(channel) = o.channel.clone().or(pushed) else {
             if matches!(o.mode, SyncMode::Poll) {
                 tracing::warn!(object = %o.name, "mode = \"poll\" is not available yet; the object is not synced.");
             }
@@ -519,6 +529,25 @@ pub async fn start_service(
         );
         state.sinks = sinks.as_ref().map(|s| s.stats.clone());
         state.set_basic_principals(&secrets.odata_basic);
+        if !config.outbound_messages.is_empty() {
+            let mut om = crate::api::outbound::OutboundService::from_config(
+                config,
+                &secrets.outbound_secrets,
+                api_config.max_body_bytes.min(usize::MAX as u64) as usize,
+            );
+            om.wake = Some(running.appended.clone());
+            state.outbound = Some(Arc::new(om));
+            // The push channels are "up" while the endpoint listens (freshness).
+            for f in &config.outbound_messages {
+                running
+                    .stats
+                    .stream_up(&sfsync_pipeline::outbound::channel(&f.name), now_ms());
+            }
+            eprintln!(
+                "Outbound Messages: {} flow(s) at POST /soap/outbound/<flow>/<secret>",
+                config.outbound_messages.len()
+            );
+        }
         Arc::new(state)
     });
     let (api, api_state) = match (api, state) {

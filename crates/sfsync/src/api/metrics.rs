@@ -74,6 +74,48 @@ pub struct Extra {
     pub sinks: Vec<SinkMetrics>,
     /// Per object: its `sync_status` (the warehouse view) and lag.
     pub sync_status: Vec<(String, sfsync_store::FreshnessStatus, Option<f64>)>,
+    /// Per Outbound Message flow: (name, acked, faulted, refused, logged, duplicates,
+    /// dead-lettered); and requests refused before a flow was known.
+    pub outbound: Vec<(String, [u64; 6])>,
+    pub outbound_unauthorised: u64,
+}
+
+/// The Outbound Message families (declared without samples when no flow is configured).
+fn outbound_metrics(o: &mut Out, extra: &Extra) {
+    o.family(
+        "sfsync_outbound_messages_total",
+        "counter",
+        "Outbound Messages received per flow, by answer: acked (<Ack>true</Ack>), faulted (SOAP fault: unreadable, or the store failed), refused (wrong OrganizationId).",
+    );
+    for (flow, c) in &extra.outbound {
+        for (result, v) in [("acked", c[0]), ("faulted", c[1]), ("refused", c[2])] {
+            o.sample(
+                "sfsync_outbound_messages_total",
+                &[("flow", flow), ("result", result)],
+                v as f64,
+            );
+        }
+    }
+    o.family(
+        "sfsync_outbound_notifications_total",
+        "counter",
+        "Outbound Message notifications per flow: logged (new), duplicate (a redelivery of a logged notification id), dead_letter (unreadable, kept with its cause).",
+    );
+    for (flow, c) in &extra.outbound {
+        for (outcome, v) in [("logged", c[3]), ("duplicate", c[4]), ("dead_letter", c[5])] {
+            o.sample(
+                "sfsync_outbound_notifications_total",
+                &[("flow", flow), ("outcome", outcome)],
+                v as f64,
+            );
+        }
+    }
+    o.one(
+        "sfsync_outbound_unauthorised_total",
+        "counter",
+        "Requests to the Outbound Message endpoint refused for an unknown flow or a wrong secret.",
+        extra.outbound_unauthorised as f64,
+    );
 }
 
 /// One delivery sink's readings.
@@ -535,6 +577,7 @@ pub fn render(
         );
     }
     sink_metrics(&mut o, &extra.sinks, now_ms);
+    outbound_metrics(&mut o, extra);
     o.family(
         "sfsync_sync_status",
         "gauge",
@@ -665,6 +708,11 @@ pub async fn exposition(s: &ApiState) -> Result<String, ApiError> {
         archive: applied.map(|a| (a, archived)),
         sinks,
         sync_status,
+        outbound: outbound_readings(&s),
+        outbound_unauthorised: s
+            .outbound
+            .as_ref()
+            .map_or(0, |o| o.unauthorised.load(Ordering::Relaxed)),
     };
     Ok(render(
         &s.stats,
@@ -761,6 +809,34 @@ pub fn merge_labelled(label: &str, parts: &[(&str, &str)]) -> String {
             }
         }
     }
+    out
+}
+
+/// Each Outbound Message flow's counters, by flow name.
+fn outbound_readings(s: &ApiState) -> Vec<(String, [u64; 6])> {
+    let Some(service) = &s.outbound else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, [u64; 6])> = service
+        .flows
+        .values()
+        .map(|f| {
+            let st = &f.stats;
+            let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            (
+                f.name.clone(),
+                [
+                    n(&st.acked),
+                    n(&st.faulted),
+                    n(&st.refused),
+                    n(&st.logged),
+                    n(&st.duplicates),
+                    n(&st.dead_lettered),
+                ],
+            )
+        })
+        .collect();
+    out.sort();
     out
 }
 

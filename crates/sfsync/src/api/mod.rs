@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod odata;
 pub mod odata_query;
 pub mod openapi;
+pub mod outbound;
 pub mod read;
 pub mod read_limit;
 mod routes;
@@ -80,6 +81,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/odata/v4/$metadata"),
     ("GET", "/odata/v4/{resource}"),
     ("GET", "/odata/v4/{resource}/$count"),
+    ("POST", "/soap/outbound/{flow}/{secret}"),
+    ("GET", "/api/v1/outbound-messages"),
     ("GET", "/metrics"),
     ("GET", "/"),
     ("GET", "/ui/"),
@@ -121,6 +124,8 @@ pub struct ApiState {
     pub odata: Option<Arc<odata::OdataService>>,
     /// Per-caller rate limit of the read API and OData.
     pub read_limiter: read_limit::ReadLimiter,
+    /// The Outbound Message endpoint (`None`: no `[[outbound_messages]]`).
+    pub outbound: Option<Arc<outbound::OutboundService>>,
 }
 
 impl ApiState {
@@ -143,6 +148,7 @@ impl ApiState {
                 mode: match o.mode {
                     crate::config::model::SyncMode::Cdc => "cdc",
                     crate::config::model::SyncMode::Poll => "poll",
+                    crate::config::model::SyncMode::OutboundMessage => "outbound_message",
                 },
                 pii_fields: o.pii_fields.clone(),
                 writable: config.writeback.objects.contains_key(&o.name),
@@ -170,6 +176,7 @@ impl ApiState {
                 ))
             }),
             read_limiter: read_limit::ReadLimiter::new(api.read_rate_per_sec, api.read_burst),
+            outbound: None,
         }
     }
 
@@ -216,6 +223,8 @@ fn method_router(method: &str, path: &str) -> MethodRouter<Arc<ApiState>> {
         ("GET", "/odata/v4/$metadata") => get(odata::metadata),
         ("GET", "/odata/v4/{resource}") => get(odata::resource),
         ("GET", "/odata/v4/{resource}/$count") => get(odata::resource_count),
+        ("POST", "/soap/outbound/{flow}/{secret}") => post(outbound::receive),
+        ("GET", "/api/v1/outbound-messages") => get(outbound::list),
         ("GET", "/metrics") => get(metrics::metrics),
         ("GET", "/") => get(ui::root),
         ("GET", "/ui/") => get(ui::index),

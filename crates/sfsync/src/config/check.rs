@@ -152,6 +152,7 @@ fn object_line(o: &ValidObject) -> String {
     let mut s = format!("  {:<20}", o.name);
     match (&o.mode, &o.channel) {
         (SyncMode::Cdc, Some(c)) => s.push_str(&format!(" cdc  {c}")),
+        (SyncMode::OutboundMessage, _) => s.push_str(" outbound messages"),
         _ => s.push_str(" poll"),
     }
     match &o.history {
@@ -240,6 +241,17 @@ pub fn summary(l: &LoadedConfig) -> String {
                 .as_ref()
                 .map(|x| format!(", not back to {x}"))
                 .unwrap_or_default()
+        ));
+    }
+    for m in &c.outbound_messages {
+        out.push_str(&format!(
+            "outbound:   {} → {} at POST /soap/outbound/{}/<secret from {}>; org {}; {} field(s)\n",
+            m.name,
+            m.object,
+            m.name,
+            m.secret.describe(),
+            m.organization_id,
+            m.fields.len()
         ));
     }
     let f = &c.freshness;

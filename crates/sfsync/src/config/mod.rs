@@ -39,8 +39,8 @@ pub use sfsync_salesforce::Secret;
 pub use span::{LineCol, SpanIndex};
 pub use validate::{
     ApiRole, ArchiveWhere, CredentialsSource, PiiKeySource, SinkTarget, ValidApi, ValidApiToken,
-    ValidArchive, ValidConfig, ValidObject, ValidOdata, ValidOldKey, ValidPii, ValidSalesforce,
-    ValidSink, ValidWarehouse,
+    ValidArchive, ValidConfig, ValidObject, ValidOdata, ValidOldKey, ValidOutboundMessage,
+    ValidPii, ValidSalesforce, ValidSink, ValidWarehouse,
 };
 
 /// One problem in the config file.
@@ -217,6 +217,7 @@ const TABLES: &[&str] = &[
     "freshness",
     "log",
     "odata",
+    "outbound_messages",
 ];
 
 /// Syntax and shape: every top-level table (and each `[[objects]]` entry) is deserialised on its
@@ -291,6 +292,22 @@ pub fn parse(text: &str, file: &str) -> Result<(SfsyncConfig, SpanIndex), Config
             "freshness" => cfg.freshness = p.de("freshness", value),
             "log" => cfg.log = p.de("log", value),
             "odata" => cfg.odata = p.de("odata", value),
+            "outbound_messages" => match value.get_ref() {
+                DeValue::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        if let Some(o) =
+                            p.de::<OutboundMessageConfig>(&format!("outbound_messages[{i}]"), item)
+                        {
+                            cfg.outbound_messages.push(o);
+                        }
+                    }
+                }
+                _ => p.error(
+                    "outbound_messages",
+                    value.span(),
+                    "expected an array of tables ([[outbound_messages]])",
+                ),
+            },
             other => p.error(
                 other,
                 key.span(),

@@ -33,6 +33,9 @@ pub struct SfsyncConfig {
     pub log: Option<LogConfig>,
     /// `[odata]`; absent: no OData endpoint.
     pub odata: Option<OdataConfig>,
+    /// `[[outbound_messages]]`: Salesforce Outbound Message definitions whose notifications
+    /// the API's SOAP endpoint receives.
+    pub outbound_messages: Vec<OutboundMessageConfig>,
 }
 
 /// One `[[orgs]]` entry of a deployment file (see [`super::deployment`]).
@@ -386,6 +389,9 @@ pub enum SyncMode {
     Cdc,
     /// Periodic SOQL on `SystemModstamp` (objects without CDC).
     Poll,
+    /// Only Salesforce Outbound Messages pushed to the API's SOAP endpoint (an
+    /// `[[outbound_messages]]` flow names the object); no CDC subscription.
+    OutboundMessage,
 }
 
 /// `history = { fields = [...] }` or `history = { fields = "all" }`.
@@ -997,4 +1003,32 @@ pub struct OdataBasicAuthConfig {
     /// May read PII fields in clear (default false).
     #[serde(default)]
     pub pii: bool,
+}
+
+/// One `[[outbound_messages]]` entry: a Salesforce Outbound Message definition (workflow rule or
+/// flow action "Send Outbound Message") whose notifications sfsync receives at
+/// `POST /soap/outbound/<name>/<secret>` on the API's listener, acknowledges once they are in the
+/// raw change log, and applies like any other change of the object.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundMessageConfig {
+    /// The flow's name: the endpoint's path segment and the raw log's channel
+    /// `/outbound/<name>` (letters, digits, `-`, `_`).
+    pub name: String,
+    /// The object the Outbound Message is defined on (an `[[objects]]` entry).
+    pub object: String,
+    /// The org that may send (15 or 18 characters, `00D…`): a notification naming any other
+    /// org is refused.
+    pub organization_id: String,
+    /// The shared secret in the endpoint URL Salesforce is given (Salesforce cannot send a
+    /// bearer token): at least 24 characters of `A-Z a-z 0-9 - _ . ~`.
+    pub secret: SecretRef,
+    /// The fields the Outbound Message definition sends (`Id` is always sent). Must include
+    /// `SystemModstamp` (the version that orders notifications against other changes); a listed
+    /// field the message leaves out is null (Salesforce leaves empty fields out).
+    pub fields: Vec<String>,
+    /// Integration map: the team answerable for this flow.
+    pub team: Option<String>,
+    /// Integration map: the flow's target in seconds, Salesforce commit → warehouse.
+    pub sla_secs: Option<u64>,
 }
