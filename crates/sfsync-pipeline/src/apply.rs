@@ -640,6 +640,14 @@ impl Applier {
                         vec![id.to_string()],
                         raw.version.commit_timestamp,
                     )
+                } else if crate::poll::is_polled(&raw.schema_id) {
+                    // A polled row: JSON, no writer schema.
+                    let id = raw.event_key.as_str().rsplit('/').next().unwrap_or("");
+                    (
+                        crate::poll::normalize(&self.mappings[&object], raw),
+                        vec![id.to_string()],
+                        raw.version.commit_timestamp,
+                    )
                 } else {
                     let Some(schema) = self.schema(&raw.schema_id).await? else {
                         batch.dead_letters.push(dead(
@@ -1275,9 +1283,16 @@ impl Applier {
                 "raw-log entry {offset} is no longer in the log"
             )));
         };
-        if crate::outbound::is_outbound(&lc.change.schema_id) {
+        if crate::outbound::is_outbound(&lc.change.schema_id)
+            || crate::poll::is_polled(&lc.change.schema_id)
+        {
             let m = &self.mappings[object];
-            return match crate::outbound::normalize(m, &lc.change)? {
+            let normalized = if crate::poll::is_polled(&lc.change.schema_id) {
+                crate::poll::normalize(m, &lc.change)?
+            } else {
+                crate::outbound::normalize(m, &lc.change)?
+            };
+            return match normalized {
                 Normalized::Records(rs) => rs
                     .into_iter()
                     .find(|r| r.id == e.entry.record_id)

@@ -21,6 +21,7 @@ pub mod model;
 pub mod normalize;
 pub mod outbound;
 pub mod plan;
+pub mod poll;
 pub mod quality;
 pub mod reconcile;
 pub mod replay;
@@ -67,6 +68,11 @@ pub struct PipelineConfig {
     /// Each channel's subscriber holds a lease `ingest:<channel>` ([`lease`]) so that exactly
     /// one process across the deployment ingests it: (holder name, time to live).
     pub ingest_lease: Option<(String, Duration)>,
+    /// The REST client `mode = "poll"` objects are read with (in the lane polling is charged
+    /// to); without it a polled object is an error at start.
+    pub poll_client: Option<sfsync_salesforce::SalesforceClient>,
+    /// How polled objects (channel [`poll::channel`]) are read.
+    pub poll: poll::PollConfig,
 }
 
 /// The pipeline stages a process runs.
@@ -176,11 +182,31 @@ pub async fn start(
     ));
 
     let mut channels: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    // Push channels (Outbound Messages) are fed by the API's endpoint, not a subscription.
+    let polled: Vec<ObjectMapping> = mappings
+        .iter()
+        .filter(|(s, _)| poll::is_poll_channel(&s.channel))
+        .map(|(_, m)| m.clone())
+        .collect();
+    if !polled.is_empty() {
+        if config.kafka_log.is_some() {
+            return Err(PipelineError::config(
+                polled[0].object(),
+                "mode = \"poll\" objects cannot be synced with a Kafka raw log yet",
+            ));
+        }
+        if config.poll_client.is_none() {
+            return Err(PipelineError::config(
+                polled[0].object(),
+                "mode = \"poll\" needs a REST client for its SOQL reads",
+            ));
+        }
+    }
+    // Push channels (Outbound Messages) are fed by the API's endpoint and polled channels by
+    // their pollers, not a subscription.
     for spec in config
         .objects
         .iter()
-        .filter(|s| !outbound::is_push_channel(&s.channel))
+        .filter(|s| !outbound::is_push_channel(&s.channel) && !poll::is_poll_channel(&s.channel))
     {
         channels
             .entry(spec.channel.clone())
@@ -197,21 +223,44 @@ pub async fn start(
     if !roles.ingest {
         channels.clear();
     }
-    let ingest = channels
+    let lease_for = |channel: &str, leases: &mut Vec<lease::LeaseKeeper>| {
+        config.ingest_lease.as_ref().map(|(holder, ttl)| {
+            let k = lease::LeaseKeeper::spawn(
+                store.clone(),
+                format!("ingest:{channel}"),
+                holder.clone(),
+                *ttl,
+                rx.clone(),
+            );
+            let w = k.watch();
+            leases.push(k);
+            w
+        })
+    };
+    let mut pollers = Vec::new();
+    if roles.ingest {
+        if let Some(client) = &config.poll_client {
+            for mapping in polled {
+                let channel = poll::channel(mapping.object());
+                let lease = lease_for(&channel, &mut leases);
+                let task = poll::ObjectPoll {
+                    mapping,
+                    channel,
+                    store: store.clone(),
+                    client: client.clone(),
+                    stats: stats.clone(),
+                    appended: appended.clone(),
+                    config: config.poll.clone(),
+                    lease,
+                };
+                pollers.push(tokio::spawn(task.run(rx.clone())));
+            }
+        }
+    }
+    let mut ingest: Vec<JoinHandle<()>> = channels
         .into_iter()
         .map(|(channel, objects)| {
-            let lease = config.ingest_lease.as_ref().map(|(holder, ttl)| {
-                let k = lease::LeaseKeeper::spawn(
-                    store.clone(),
-                    format!("ingest:{channel}"),
-                    holder.clone(),
-                    *ttl,
-                    rx.clone(),
-                );
-                let w = k.watch();
-                leases.push(k);
-                w
-            });
+            let lease = lease_for(&channel, &mut leases);
             let task = ingest::ChannelIngest {
                 channel,
                 objects,
@@ -227,6 +276,7 @@ pub async fn start(
             tokio::spawn(task.run(rx.clone()))
         })
         .collect();
+    ingest.extend(pollers);
     let freshness = config.freshness.clone().map(|fc| {
         let objects = config
             .objects

@@ -135,6 +135,9 @@ pub enum ChangeSource {
     /// A Salesforce Outbound Message notification (the record's selected fields as of its
     /// SystemModstamp).
     OutboundMessage,
+    /// A polled read of the record (`mode = "poll"`: SOQL `queryAll` by SystemModstamp), as of
+    /// its SystemModstamp.
+    Poll,
 }
 
 impl ChangeSource {
@@ -143,6 +146,7 @@ impl ChangeSource {
             ChangeSource::Cdc => "cdc",
             ChangeSource::Snapshot => "snapshot",
             ChangeSource::OutboundMessage => "outbound_message",
+            ChangeSource::Poll => "poll",
         }
     }
 }

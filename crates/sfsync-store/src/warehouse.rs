@@ -1198,6 +1198,7 @@ fn source_of(s: &str) -> Option<ChangeSource> {
         "cdc" => Some(ChangeSource::Cdc),
         "snapshot" => Some(ChangeSource::Snapshot),
         "outbound_message" => Some(ChangeSource::OutboundMessage),
+        "poll" => Some(ChangeSource::Poll),
         _ => None,
     }
 }

@@ -187,8 +187,8 @@ fn keyring(secrets: &ResolvedSecrets) -> Result<Option<Arc<Keyring>>> {
     Ok(Some(Arc::new(ring)))
 }
 
-/// The pipeline's object specs from the config (poll-mode objects are reported and skipped
-/// until polling lands).
+/// The pipeline's object specs from the config: CDC objects on their channel, Outbound-Message
+/// objects on their flow's push channel, polled objects on `/poll/<Object>`.
 pub fn object_specs(config: &ValidConfig) -> Vec<ObjectSpec> {
     let mut out = Vec::new();
     for o in &config.objects {
@@ -202,10 +202,8 @@ pub fn object_specs(config: &ValidConfig) -> Vec<ObjectSpec> {
                     .map(|f| sfsync_pipeline::outbound::channel(&f.name))
             })
             .flatten();
-        let Some(channel) = o.channel.clone().or(pushed) else {
-            if matches!(o.mode, SyncMode::Poll) {
-                tracing::warn!(object = %o.name, "mode = \"poll\" is not available yet; the object is not synced.");
-            }
+        let polled = (o.mode == SyncMode::Poll).then(|| sfsync_pipeline::poll::channel(&o.name));
+        let Some(channel) = o.channel.clone().or(pushed).or(polled) else {
             continue;
         };
         out.push(ObjectSpec {
@@ -298,6 +296,22 @@ pub fn pipeline_config(config: &ValidConfig, start: StartAt) -> PipelineConfig {
             crate::config::validate::ValidWarehouse::Postgres { .. }
         )
         .then(|| (config.log.node_name.clone(), config.log.lease_ttl)),
+        poll_client: None,
+        poll: poll_config(config),
+    }
+}
+
+/// How `mode = "poll"` objects are read (`[pipeline] poll_*`).
+pub fn poll_config(config: &ValidConfig) -> sfsync_pipeline::poll::PollConfig {
+    let p = &config.pipeline;
+    let page = usize::try_from(p.poll_page_records)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    sfsync_pipeline::poll::PollConfig {
+        interval: Duration::from_secs(p.poll_interval_secs.max(1)),
+        overlap: Duration::from_secs(p.poll_overlap_secs),
+        page_records: page,
+        batch_size: page.clamp(200, 2_000) as u32,
     }
 }
 
@@ -455,15 +469,15 @@ pub async fn start_service(
     pc.roles = role.pipeline();
     pc.apply.maintenance.archive = open_archive(config)?;
     pc.bulk = Some(client.bulk());
+    // Polling is the flow's ingest itself: charged with the re-reads that keep other flows
+    // complete (gap repair), after writeback and before reconciliation and backfills.
+    pc.poll_client = Some(client.lane(sfsync_salesforce::Lane::GapRepair));
     let writeback = !config.writeback.objects.is_empty() && role.outbound();
     if writeback {
         pc.echo_ledger = Some(sfsync_pipeline::writeback::EchoLedger(ledger.clone()));
     }
     if pc.objects.is_empty() {
-        anyhow::bail!(
-            "{}: no object with mode = \"cdc\" to sync",
-            config_path.display()
-        );
+        anyhow::bail!("{}: no object to sync", config_path.display());
     }
     let running = sfsync_pipeline::start(
         store.clone(),

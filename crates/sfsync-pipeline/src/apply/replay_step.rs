@@ -473,6 +473,15 @@ impl Applier {
                 _ => Replayed::Undecodable(first_id()),
             });
         }
+        if crate::poll::is_polled(&raw.schema_id) {
+            let Some(mapping) = self.mappings.get(object) else {
+                return Ok(Replayed::Records(Vec::new()));
+            };
+            return Ok(match crate::poll::normalize(mapping, raw) {
+                Ok(Normalized::Records(rs)) => Replayed::Records(rs),
+                _ => Replayed::Undecodable(first_id()),
+            });
+        }
         let Some(schema) = self.schema(&raw.schema_id).await? else {
             return Ok(Replayed::Undecodable(first_id()));
         };

@@ -292,7 +292,7 @@ pub fn document() -> J {
                     "id": { "type": "string" }, "object": { "type": "string" },
                     "fields": { "type": "object" },
                     "sync": { "type": "object", "properties": {
-                        "deleted": { "type": "boolean" }, "change_type": { "type": "string" }, "source": { "type": "string", "enum": ["cdc", "snapshot", "outbound_message"] },
+                        "deleted": { "type": "boolean" }, "change_type": { "type": "string" }, "source": { "type": "string", "enum": ["cdc", "snapshot", "outbound_message", "poll"] },
                         "commit_timestamp": { "type": "string", "format": "date-time" }, "commit_number": { "type": "integer" }, "sequence_number": { "type": "integer" },
                         "version": { "type": "string" }, "event_key": { "type": ["string", "null"] }, "transaction_key": { "type": "string" },
                         "replay_id": { "type": ["string", "null"] }, "applied_at": { "type": "string", "format": "date-time" }, "run_id": { "type": "string" }, "origin_client": { "type": ["string", "null"] }

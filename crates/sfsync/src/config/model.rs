@@ -527,6 +527,12 @@ pub struct PipelineConfig {
     pub gap_reread_batch_records: u64,
     /// Interval of `mode = "poll"` objects.
     pub poll_interval_secs: u64,
+    /// Each poll round re-reads this far before its cursor (SystemModstamp), so a transaction
+    /// committed after a round but stamped before its cursor is still read (commit-order skew).
+    pub poll_overlap_secs: u64,
+    /// Rows per keyset query of a poll round (SOQL `LIMIT`; read in queryMore pages of at most
+    /// 2,000).
+    pub poll_page_records: u64,
     /// Grace period for a final checkpoint on SIGTERM.
     pub shutdown_timeout_secs: u64,
     /// Data-quality failures stored in full per object and rule; beyond, they are counted
@@ -554,6 +560,8 @@ impl Default for PipelineConfig {
             queue_capacity_records: 10_000,
             gap_reread_batch_records: 200,
             poll_interval_secs: 60,
+            poll_overlap_secs: 60,
+            poll_page_records: 2_000,
             shutdown_timeout_secs: 30,
             max_stored_failures_per_rule: 10_000,
             backfill_new_objects: true,

@@ -1114,6 +1114,8 @@ impl SfsyncConfig {
             ("queue_capacity_records", p.queue_capacity_records),
             ("gap_reread_batch_records", p.gap_reread_batch_records),
             ("poll_interval_secs", p.poll_interval_secs),
+            ("poll_overlap_secs", p.poll_overlap_secs),
+            ("poll_page_records", p.poll_page_records),
             ("shutdown_timeout_secs", p.shutdown_timeout_secs),
             (
                 "max_stored_failures_per_rule",
