@@ -708,7 +708,7 @@ pub async fn exposition(s: &ApiState) -> Result<String, ApiError> {
         archive: applied.map(|a| (a, archived)),
         sinks,
         sync_status,
-        outbound: outbound_readings(&s),
+        outbound: outbound_readings(s),
         outbound_unauthorised: s
             .outbound
             .as_ref()
