@@ -356,6 +356,8 @@ impl Applier {
     /// ([`crate::kafka_log`]); each batch's partition offsets commit with its curated rows by
     /// compare-and-set.
     pub fn with_kafka(mut self, reader: crate::kafka_log::KafkaLogReader) -> Applier {
+        // Runs on its own (it ends with the reader's consumer).
+        drop(reader.start_watchdog(self.store.clone()));
         self.kafka = Some(reader);
         self
     }
@@ -458,9 +460,6 @@ impl Applier {
         let Some(reader) = self.kafka.as_mut() else {
             return Ok(job_rows);
         };
-        if let Err(e) = reader.watchdog(&*self.store).await {
-            tracing::warn!(error = %chain(&e), "The Kafka stall watchdog could not look; it tries again.");
-        }
         let batch = match reader
             .next_batch(&*self.store, max, Duration::from_millis(100))
             .await

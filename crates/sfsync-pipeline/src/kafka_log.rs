@@ -262,11 +262,6 @@ pub struct KafkaLogReader {
     /// The partitions assigned at the last batch (sorted): a change drops what was planned or
     /// buffered for the partitions that moved.
     assigned: Vec<i32>,
-    /// The stall watchdog ([`KafkaLogReader::watchdog`]): per partition, the stored offset last
-    /// seen and since when it has not moved while changes waited.
-    watch: BTreeMap<i32, (Option<u64>, Instant)>,
-    last_watch: Option<Instant>,
-    last_rejoin: Option<Instant>,
 }
 
 /// How often the watchdog looks, and how long a partition may have changes waiting with no
@@ -300,9 +295,6 @@ impl KafkaLogReader {
             buffer: VecDeque::new(),
             seq: 0,
             assigned: Vec::new(),
-            watch: BTreeMap::new(),
-            last_watch: None,
-            last_rejoin: None,
         })
     }
 
@@ -323,53 +315,17 @@ impl KafkaLogReader {
             .unwrap_or_default()
     }
 
-    /// The stall watchdog, at most every 5 s. A partition of another worker whose changes wait
-    /// while its stored apply offset has not moved for 30 s is orphaned: its owner is wedged,
-    /// or the group coordinator dropped a dead member without telling the others to rebalance
-    /// (tansu 0.6 does this: the survivors keep their old assignment and the dead member's
-    /// partitions are nobody's). This worker then leaves and rejoins the group (at most once a
-    /// minute), which makes the coordinator assign every partition again. Nothing is lost
-    /// either way; this bounds how long a partition can stand still.
-    pub async fn watchdog(&mut self, store: &dyn Warehouse) -> Result<()> {
-        let now = Instant::now();
-        if self
-            .last_watch
-            .is_some_and(|t| now.duration_since(t) < WATCH_EVERY)
-        {
-            return Ok(());
-        }
-        self.last_watch = Some(now);
-        let ends = self.consumer.high_watermarks(&self.config.topic).await?;
-        let mine = self.assignment();
-        let mut stalled = Vec::new();
-        for (p, high) in ends {
-            let stored = store
-                .applied_offset(&position_consumer(&self.config.topic, p))
-                .await?;
-            let next = stored.map_or(0, |s| s as i64 + 1);
-            let e = self.watch.entry(p).or_insert((stored, now));
-            if e.0 != stored || high <= next {
-                *e = (stored, now);
-                continue;
-            }
-            if !mine.contains(&p) && now.duration_since(e.1) >= STALL_AFTER {
-                stalled.push((p, next, high));
-            }
-        }
-        if stalled.is_empty()
-            || self
-                .last_rejoin
-                .is_some_and(|t| now.duration_since(t) < REJOIN_EVERY)
-        {
-            return Ok(());
-        }
-        tracing::warn!(topic = %self.config.topic, stalled = ?stalled, stall_secs = STALL_AFTER.as_secs(), "Kafka partitions of other workers have changes waiting and none was applied for a while (partition, next offset, end); rejoining the consumer group so they are assigned again.");
-        self.consumer.rejoin(&[self.config.topic.as_str()])?;
-        self.last_rejoin = Some(now);
-        for e in self.watch.values_mut() {
-            e.1 = now;
-        }
-        Ok(())
+    /// Starts the stall watchdog of this worker (see [`Watchdog`]) on its own task, so a slow
+    /// broker answer never holds the apply loop up. It ends when the reader is dropped.
+    pub fn start_watchdog(&self, store: Arc<dyn Warehouse>) -> tokio::task::JoinHandle<()> {
+        let w = Watchdog {
+            consumer: Arc::downgrade(&self.consumer),
+            topic: self.config.topic.clone(),
+            store,
+            watch: BTreeMap::new(),
+            last_rejoin: None,
+        };
+        tokio::spawn(w.run())
     }
 
     /// Notices a rebalance: for every partition that came or went, the planned offset is
@@ -548,6 +504,79 @@ impl KafkaLogReader {
             if let Err(e) = self.consumer.seek(&self.config.topic, p, from).await {
                 tracing::warn!(partition = p, error = %e, "Seeking back after a failed commit failed; the partition is re-read from Kafka's committed offset.");
             }
+        }
+        Ok(())
+    }
+}
+
+/// The stall watchdog of one apply worker. Every 5 s it compares each partition's end offset
+/// with its stored apply offset. A partition of another worker whose changes wait while its
+/// stored offset has not moved for 30 s is orphaned: its owner is wedged, or the group
+/// coordinator dropped a dead member without telling the others to rebalance (tansu 0.6 does
+/// this: the survivors keep their old assignment and the dead member's partitions are nobody's).
+/// The worker then leaves and rejoins the group (at most once a minute), which makes the
+/// coordinator assign every partition again. Nothing is lost either way; this bounds how long a
+/// partition can stand still.
+struct Watchdog {
+    consumer: std::sync::Weak<Consumer>,
+    topic: String,
+    store: Arc<dyn Warehouse>,
+    /// Per partition: the stored offset last seen, and since when it has not moved while
+    /// changes waited.
+    watch: BTreeMap<i32, (Option<u64>, Instant)>,
+    last_rejoin: Option<Instant>,
+}
+
+impl Watchdog {
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(WATCH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(consumer) = self.consumer.upgrade() else {
+                return;
+            };
+            if let Err(e) = self.look(&consumer).await {
+                tracing::debug!(topic = %self.topic, error = %e, "The Kafka stall watchdog could not look; it tries again.");
+            }
+        }
+    }
+
+    async fn look(&mut self, consumer: &Consumer) -> Result<()> {
+        let ends = consumer.high_watermarks(&self.topic).await?;
+        let now = Instant::now();
+        let mine: Vec<i32> = consumer
+            .assignment()
+            .map(|a| a.into_iter().map(|(_, p)| p).collect())
+            .unwrap_or_default();
+        let mut stalled = Vec::new();
+        for (p, high) in ends {
+            let stored = self
+                .store
+                .applied_offset(&position_consumer(&self.topic, p))
+                .await?;
+            let next = stored.map_or(0, |s| s as i64 + 1);
+            let e = self.watch.entry(p).or_insert((stored, now));
+            if e.0 != stored || high <= next {
+                *e = (stored, now);
+                continue;
+            }
+            if !mine.contains(&p) && now.duration_since(e.1) >= STALL_AFTER {
+                stalled.push((p, next, high));
+            }
+        }
+        if stalled.is_empty()
+            || self
+                .last_rejoin
+                .is_some_and(|t| now.duration_since(t) < REJOIN_EVERY)
+        {
+            return Ok(());
+        }
+        tracing::warn!(topic = %self.topic, stalled = ?stalled, stall_secs = STALL_AFTER.as_secs(), "Kafka partitions of other workers have changes waiting and none was applied for a while (partition, next offset, end); rejoining the consumer group so they are assigned again.");
+        consumer.rejoin(&[self.topic.as_str()])?;
+        self.last_rejoin = Some(now);
+        for e in self.watch.values_mut() {
+            e.1 = now;
         }
         Ok(())
     }
