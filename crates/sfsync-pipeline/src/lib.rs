@@ -10,6 +10,7 @@
 pub mod apply;
 pub mod convert;
 pub mod error;
+pub mod events;
 pub mod freshness;
 pub mod gate;
 pub mod ingest;

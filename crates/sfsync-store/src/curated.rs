@@ -487,6 +487,7 @@ pub trait Warehouse:
     + crate::Delivery
     + crate::SyncStatusStore
     + crate::Leases
+    + crate::PlatformEvents
 {
     /// Creates the tables of `model` or adds its missing columns, and registers the model (its
     /// PII columns) for sealing. Idempotent.
