@@ -67,6 +67,10 @@ pub struct PipelineConfig {
     /// Each channel's subscriber holds a lease `ingest:<channel>` ([`lease`]) so that exactly
     /// one process across the deployment ingests it: (holder name, time to live).
     pub ingest_lease: Option<(String, Duration)>,
+    /// Platform-event and custom channels to subscribe to ([`events::ingest`]).
+    pub event_channels: Vec<String>,
+    /// Received platform events enter the delivery outbox (sinks run).
+    pub deliver_events: bool,
 }
 
 /// The pipeline stages a process runs.
@@ -101,6 +105,8 @@ pub struct RunningPipeline {
     pub echo: Option<Arc<writeback::EchoConfirmer>>,
     /// The ingest leases kept by this process (released at shutdown).
     leases: Vec<lease::LeaseKeeper>,
+    /// Counters of platform events in and out.
+    pub events: Arc<events::EventStats>,
 }
 
 /// Describes each object, builds its mapping (config + describe) and creates or extends its
@@ -189,7 +195,41 @@ pub async fn start(
     if !roles.ingest {
         channels.clear();
     }
-    let ingest = channels
+    let event_stats = Arc::new(events::EventStats::default());
+    let event_channels = if roles.ingest {
+        config.event_channels.clone()
+    } else {
+        Vec::new()
+    };
+    let mut ingest: Vec<JoinHandle<()>> = event_channels
+        .into_iter()
+        .map(|channel| {
+            let lease = config.ingest_lease.as_ref().map(|(holder, ttl)| {
+                let k = lease::LeaseKeeper::spawn(
+                    store.clone(),
+                    format!("ingest:{channel}"),
+                    holder.clone(),
+                    *ttl,
+                    rx.clone(),
+                );
+                let w = k.watch();
+                leases.push(k);
+                w
+            });
+            let task = events::ingest::EventIngest {
+                channel,
+                store: store.clone(),
+                subscriber: subscriber.clone(),
+                stats: stats.clone(),
+                events: event_stats.clone(),
+                initial: config.initial.clone(),
+                deliver: config.deliver_events,
+                lease,
+            };
+            tokio::spawn(task.run(rx.clone()))
+        })
+        .collect();
+    let cdc: Vec<JoinHandle<()>> = channels
         .into_iter()
         .map(|(channel, objects)| {
             let lease = config.ingest_lease.as_ref().map(|(holder, ttl)| {
@@ -219,6 +259,7 @@ pub async fn start(
             tokio::spawn(task.run(rx.clone()))
         })
         .collect();
+    ingest.extend(cdc);
     let freshness = config.freshness.clone().map(|fc| {
         let objects = config
             .objects
@@ -295,6 +336,7 @@ pub async fn start(
         store,
         echo,
         leases,
+        events: event_stats,
     })
 }
 

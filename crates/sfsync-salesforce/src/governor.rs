@@ -462,6 +462,8 @@ pub struct BudgetStatus {
     /// None when it depends on other integrations' usage (our own ageing calls do not suffice) or
     /// nothing was observed yet.
     pub backfill_resume_secs: Option<f64>,
+    /// The hourly platform-event publish budget.
+    pub publish: publish::PublishStatus,
 }
 
 impl Governor {
@@ -693,6 +695,7 @@ impl Governor {
             limit_refusals: s.limit_refusals,
             lanes,
             backfill_resume_secs: forecast,
+            publish: self.publish.status(),
         }
     }
 }

@@ -38,8 +38,8 @@ pub use sfsync_salesforce::Secret;
 pub use span::{LineCol, SpanIndex};
 pub use validate::{
     ApiRole, ArchiveWhere, CredentialsSource, PiiKeySource, SinkTarget, ValidApi, ValidApiToken,
-    ValidArchive, ValidConfig, ValidObject, ValidOdata, ValidOldKey, ValidPii, ValidSalesforce,
-    ValidSink, ValidWarehouse,
+    ValidArchive, ValidConfig, ValidObject, ValidOdata, ValidOldKey, ValidPii,
+    ValidPlatformEvents, ValidSalesforce, ValidSink, ValidWarehouse,
 };
 
 /// One problem in the config file.
@@ -216,6 +216,7 @@ const TABLES: &[&str] = &[
     "freshness",
     "log",
     "odata",
+    "platform_events",
 ];
 
 /// Syntax and shape: every top-level table (and each `[[objects]]` entry) is deserialised on its
@@ -290,6 +291,7 @@ pub fn parse(text: &str, file: &str) -> Result<(SfsyncConfig, SpanIndex), Config
             "freshness" => cfg.freshness = p.de("freshness", value),
             "log" => cfg.log = p.de("log", value),
             "odata" => cfg.odata = p.de("odata", value),
+            "platform_events" => cfg.platform_events = p.de("platform_events", value),
             other => p.error(
                 other,
                 key.span(),
