@@ -104,10 +104,14 @@ impl EventSchema {
             FieldValue::Record(fields) => Ok(fields
                 .into_iter()
                 .map(|(name, v)| {
-                    let j = match (&v, self.datetime.contains(&name), self.date.contains(&name)) {
-                        (FieldValue::Long(ms), true, _) => rfc3339(*ms).map_or(Json::Null, Json::String),
-                        (FieldValue::Int(days), _, true) => date_text(*days).map_or(Json::Null, Json::String),
-                        _ => value_json(v),
+                    let j = match v {
+                        FieldValue::Long(ms) if self.datetime.contains(&name) => {
+                            rfc3339(ms).map_or(Json::Null, Json::String)
+                        }
+                        FieldValue::Int(days) if self.date.contains(&name) => {
+                            date_text(days).map_or(Json::Null, Json::String)
+                        }
+                        other => value_json(other),
                     };
                     (name, j)
                 })

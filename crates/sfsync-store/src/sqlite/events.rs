@@ -408,10 +408,12 @@ impl PlatformEvents for SqliteChangeLog {
                          ORDER BY id LIMIT ?3",
                     )
                     .map_err(db("claim platform events"))?;
-                stmt.query_map(params![now, claimer, limit], |r| r.get(0))
+                let rows = stmt
+                    .query_map(params![now, claimer, limit], |r| r.get(0))
                     .map_err(db("claim platform events"))?
                     .collect::<rusqlite::Result<Vec<_>>>()
-                    .map_err(db("claim platform events"))?
+                    .map_err(db("claim platform events"))?;
+                rows
             };
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {

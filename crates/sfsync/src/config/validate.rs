@@ -144,6 +144,7 @@ fn validate_platform_events(
         publish_retry_max_secs: pe.publish_retry_max_secs.max(1),
         max_events_per_request: pe.max_events_per_request.clamp(1, 10_000) as usize,
     }
+}
 
 /// A validated `[odata]`: entity sets naming synced objects (each once), a page size within
 /// bounds, basic-auth user names unique.
