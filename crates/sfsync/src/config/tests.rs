@@ -140,7 +140,7 @@ batch_max_records = -1
             "t.toml:8:12: salesforce.auth.password: inline secrets are not allowed; write { env = \"VAR\" }, { file = \"path\" } or { aws_secret = \"name\" }",
             "t.toml:11:8: warehouse.path: invalid type: integer `3`, expected path string",
             "t.toml:15:21: pipeline.batch_max_records: invalid value: integer `-1`, expected u64",
-            "t.toml:16:2: bogus: unknown table `bogus`, expected one of salesforce, objects, warehouse, pii, pipeline, writeback, api, archive, sinks, freshness, log, odata",
+            "t.toml:16:2: bogus: unknown table `bogus`, expected one of salesforce, objects, warehouse, pii, pipeline, writeback, api, archive, sinks, freshness, log, odata, platform_events",
         ]
     );
 }
