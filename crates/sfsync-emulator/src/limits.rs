@@ -374,7 +374,11 @@ mod tests {
         limits.take_published_event().unwrap();
         let err = limits.take_published_event().unwrap_err();
         assert_eq!(err.error_code, "LIMIT_EXCEEDED");
-        assert!(err.message.contains("hourly publishing limit"), "{}", err.message);
+        assert!(
+            err.message.contains("hourly publishing limit"),
+            "{}",
+            err.message
+        );
         assert_eq!(limits.publish_usage(), (2, 2, 1));
         let v = limits.limits_json(&[]);
         assert_eq!(v["HourlyPublishedPlatformEvents"]["Max"], 2);

@@ -658,8 +658,7 @@ async fn platform_events_publish_and_subscribe() {
 }
 
 #[tokio::test]
-async fn publishes_beyond_the_hourly_allocation_fail_per_event_and_custom_channels_carry_members()
-{
+async fn publishes_beyond_the_hourly_allocation_fail_per_event_and_custom_channels_carry_members() {
     let emu = Emu::start(CdcConfig::default()).await;
     let state = &emu.running.state;
     let field = |n: &str| sfsync_emulator::cdc::schema::PlatformField {
@@ -762,7 +761,11 @@ async fn publishes_beyond_the_hourly_allocation_fail_per_event_and_custom_channe
         .unwrap();
     assert!(state
         .cdc
-        .publish_fields("Order_Lost__e", &serde_json::Map::from_iter([("Nope__c".to_string(), json!(1))]), "x")
+        .publish_fields(
+            "Order_Lost__e",
+            &serde_json::Map::from_iter([("Nope__c".to_string(), json!(1))]),
+            "x"
+        )
         .unwrap_err()
         .contains("Nope__c"));
 

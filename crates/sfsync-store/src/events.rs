@@ -151,16 +151,22 @@ pub struct Enqueued {
 /// What became of a claimed event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OutboundOutcome {
-    Published { replay_id: ReplayId },
+    Published {
+        replay_id: ReplayId,
+    },
     /// Failed; try again at `next_attempt_at_ms` (one more attempt counted).
     Retry {
         error: String,
         next_attempt_at_ms: i64,
     },
     /// Not published for the allocation: back to pending, no attempt counted.
-    Deferred { next_attempt_at_ms: i64 },
+    Deferred {
+        next_attempt_at_ms: i64,
+    },
     /// Failed for good.
-    Dead { error: String },
+    Dead {
+        error: String,
+    },
 }
 
 /// Which events to list.

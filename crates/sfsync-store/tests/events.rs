@@ -48,7 +48,14 @@ async fn received_events_commit_with_their_checkpoint(b: &dyn Backend) {
         object: None,
     };
     let out = s
-        .append_events(CH, &[event(1), event(2)], &[dead.clone()], &rid(3), true, None)
+        .append_events(
+            CH,
+            &[event(1), event(2)],
+            std::slice::from_ref(&dead),
+            &rid(3),
+            true,
+            None,
+        )
         .await
         .unwrap();
     assert_eq!((out.appended, out.duplicates), (2, 0));
@@ -153,7 +160,10 @@ async fn events_to_publish_are_idempotent_claimed_and_settled(b: &dyn Backend) {
         .await
         .unwrap();
     assert!(first.iter().all(|e| e.created));
-    assert_eq!(first[0].event.event_uuid, outbound_event_uuid("Ack__e", "k1"));
+    assert_eq!(
+        first[0].event.event_uuid,
+        outbound_event_uuid("Ack__e", "k1")
+    );
     assert_eq!(first[0].event.state, OutboundState::Pending);
     // The same key again (a retried request) returns the stored event, even with other fields.
     let again = s
@@ -174,12 +184,7 @@ async fn events_to_publish_are_idempotent_claimed_and_settled(b: &dyn Backend) {
     s.settle_outbound(
         "pub-a",
         &[
-            (
-                a[0].id,
-                OutboundOutcome::Published {
-                    replay_id: rid(77),
-                },
-            ),
+            (a[0].id, OutboundOutcome::Published { replay_id: rid(77) }),
             (
                 a[1].id,
                 OutboundOutcome::Retry {
@@ -209,7 +214,10 @@ async fn events_to_publish_are_idempotent_claimed_and_settled(b: &dyn Backend) {
     assert!(e0.published_at_ms.is_some());
     let e1 = s.outbound_event(a[1].id).await.unwrap().unwrap();
     assert_eq!((e1.state, e1.attempts), (OutboundState::Pending, 1));
-    assert_eq!(e1.last_error.as_deref(), Some("PUBLISH: service unavailable"));
+    assert_eq!(
+        e1.last_error.as_deref(),
+        Some("PUBLISH: service unavailable")
+    );
     assert_eq!(
         s.outbound_event(b2[0].id).await.unwrap().unwrap().state,
         OutboundState::Pending
@@ -252,14 +260,25 @@ async fn events_to_publish_are_idempotent_claimed_and_settled(b: &dyn Backend) {
     assert_eq!((counts.pending, counts.published, counts.dead), (1, 1, 1));
     // Redrive once; discard once; a published event is neither.
     assert_eq!(
-        s.redrive_outbound(&[dead[0].id, a[0].id], "fixed").await.unwrap(),
+        s.redrive_outbound(&[dead[0].id, a[0].id], "fixed")
+            .await
+            .unwrap(),
         vec![dead[0].id]
     );
-    assert!(s.redrive_outbound(&[dead[0].id], "again").await.unwrap().is_empty());
+    assert!(s
+        .redrive_outbound(&[dead[0].id], "again")
+        .await
+        .unwrap()
+        .is_empty());
     let r = s.outbound_event(dead[0].id).await.unwrap().unwrap();
-    assert_eq!((r.state, r.attempts, r.note.as_deref()), (OutboundState::Pending, 0, Some("fixed")));
     assert_eq!(
-        s.discard_outbound(&[dead[0].id, a[0].id], "nope").await.unwrap(),
+        (r.state, r.attempts, r.note.as_deref()),
+        (OutboundState::Pending, 0, Some("fixed"))
+    );
+    assert_eq!(
+        s.discard_outbound(&[dead[0].id, a[0].id], "nope")
+            .await
+            .unwrap(),
         vec![dead[0].id]
     );
     let by_name = s

@@ -693,37 +693,6 @@ pub async fn list_delivery_dead_letters(
         .await?)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dead_letter_ids_parse_with_or_without_kind() {
-        assert_eq!("delivery:7".parse(), Ok(DeadLetterRef::Delivery(7)));
-        assert_eq!("d:7".parse(), Ok(DeadLetterRef::Delivery(7)));
-        assert_eq!("12".parse(), Ok(DeadLetterRef::Write(12)));
-        assert_eq!("write:12".parse(), Ok(DeadLetterRef::Write(12)));
-        assert_eq!("event:5".parse(), Ok(DeadLetterRef::Event(5)));
-        assert_eq!(DeadLetterRef::Event(5).to_string(), "event:5");
-        let err = "x:1".parse::<DeadLetterRef>().unwrap_err();
-        assert!(err.contains("unknown kind 'x'"), "{err}");
-        let err = "abc".parse::<DeadLetterRef>().unwrap_err();
-        assert!(err.contains("is a number"), "{err}");
-    }
-
-    #[test]
-    fn pii_values_are_masked_unless_decrypting() {
-        let mut pii = Pii::default();
-        pii.fields.insert("contact".into(), vec!["email".into()]);
-        let v = J::from("ada@example.com");
-        assert_eq!(pii.show("Contact", "Email", &v), (J::from(MASK), false));
-        assert_eq!(pii.show("Contact", "Email", &J::Null), (J::Null, false));
-        assert_eq!(pii.show("Contact", "Phone", &v), (v.clone(), false));
-        pii.decrypt = true;
-        assert_eq!(pii.show("Contact", "Email", &v), (v.clone(), true));
-    }
-}
-
 /// Platform events that could not be published (the publish dead letters), oldest first.
 pub async fn list_publish_dead_letters(
     store: &dyn Warehouse,
@@ -761,4 +730,35 @@ pub fn publish_dead_letter_json(e: &sfsync_store::OutboundEvent) -> serde_json::
         "updated_at": ts(e.updated_at_ms),
         "note": e.note,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letter_ids_parse_with_or_without_kind() {
+        assert_eq!("delivery:7".parse(), Ok(DeadLetterRef::Delivery(7)));
+        assert_eq!("d:7".parse(), Ok(DeadLetterRef::Delivery(7)));
+        assert_eq!("12".parse(), Ok(DeadLetterRef::Write(12)));
+        assert_eq!("write:12".parse(), Ok(DeadLetterRef::Write(12)));
+        assert_eq!("event:5".parse(), Ok(DeadLetterRef::Event(5)));
+        assert_eq!(DeadLetterRef::Event(5).to_string(), "event:5");
+        let err = "x:1".parse::<DeadLetterRef>().unwrap_err();
+        assert!(err.contains("unknown kind 'x'"), "{err}");
+        let err = "abc".parse::<DeadLetterRef>().unwrap_err();
+        assert!(err.contains("is a number"), "{err}");
+    }
+
+    #[test]
+    fn pii_values_are_masked_unless_decrypting() {
+        let mut pii = Pii::default();
+        pii.fields.insert("contact".into(), vec!["email".into()]);
+        let v = J::from("ada@example.com");
+        assert_eq!(pii.show("Contact", "Email", &v), (J::from(MASK), false));
+        assert_eq!(pii.show("Contact", "Email", &J::Null), (J::Null, false));
+        assert_eq!(pii.show("Contact", "Phone", &v), (v.clone(), false));
+        pii.decrypt = true;
+        assert_eq!(pii.show("Contact", "Email", &v), (v.clone(), true));
+    }
 }

@@ -250,14 +250,18 @@ retry_base_ms = 50
     publish_in_org(&e.client, "Order_Returned__e", json!({"Order__c": "R-1"})).await;
     publish_in_org(&e.client, "Order_Lost__e", json!({"Order__c": "L-1"})).await;
     publish_in_org(&e.client, "Unrelated__e", json!({"Order__c": "X-1"})).await;
-    wait_for("6 events at the webhook", Duration::from_secs(60), || async {
-        let n = receiver.got.lock().len();
-        if n >= 6 {
-            vec![]
-        } else {
-            vec![format!("{n} received")]
-        }
-    })
+    wait_for(
+        "6 events at the webhook",
+        Duration::from_secs(60),
+        || async {
+            let n = receiver.got.lock().len();
+            if n >= 6 {
+                vec![]
+            } else {
+                vec![format!("{n} received")]
+            }
+        },
+    )
     .await;
     stop(child);
 
@@ -265,14 +269,18 @@ retry_base_ms = 50
     publish_in_org(&e.client, "Order_Shipped__e", json!({"Order__c": "S-5"})).await;
     publish_in_org(&e.client, "Order_Lost__e", json!({"Order__c": "L-2"})).await;
     let child = run(&e);
-    wait_for("8 events at the webhook", Duration::from_secs(60), || async {
-        let n = receiver.got.lock().len();
-        if n >= 8 {
-            vec![]
-        } else {
-            vec![format!("{n} received")]
-        }
-    })
+    wait_for(
+        "8 events at the webhook",
+        Duration::from_secs(60),
+        || async {
+            let n = receiver.got.lock().len();
+            if n >= 8 {
+                vec![]
+            } else {
+                vec![format!("{n} received")]
+            }
+        },
+    )
     .await;
     // Nothing more arrives (no duplicate, nothing of the unrelated event).
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -315,7 +323,10 @@ retry_base_ms = 50
     assert_eq!(first["change_type"], "EVENT");
     assert_eq!(first["record"]["Amount__c"], 21.0);
     assert_eq!(first["record"]["Shipped_At__c"], "2024-05-01T10:00:00.000Z");
-    assert!(first["record"]["CreatedDate"].as_str().unwrap().ends_with('Z'));
+    assert!(first["record"]["CreatedDate"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
     assert_eq!(first["id"].as_str().unwrap().len(), 36, "the event's uuid");
     assert!(first["idempotency_key"]
         .as_str()
@@ -337,7 +348,11 @@ retry_base_ms = 50
         .await
         .unwrap()
         .unwrap();
-    assert!(cp.to_hex() >= last_shipped, "{} < {last_shipped}", cp.to_hex());
+    assert!(
+        cp.to_hex() >= last_shipped,
+        "{} < {last_shipped}",
+        cp.to_hex()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,7 +404,10 @@ retry_base_ms = 50
     ]});
     let (status, body) = api.call("POST", path, Some(OPS), Some(&batch)).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    assert_eq!((body["accepted"].as_u64(), body["duplicates"].as_u64()), (Some(3), Some(0)));
+    assert_eq!(
+        (body["accepted"].as_u64(), body["duplicates"].as_u64()),
+        (Some(3), Some(0))
+    );
     let uuids: Vec<String> = body["results"]
         .as_array()
         .unwrap()
@@ -399,7 +417,10 @@ retry_base_ms = 50
     // The client retries (its connection dropped before the answer): nothing new.
     let (status, again) = api.call("POST", path, Some(OPS), Some(&batch)).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{again}");
-    assert_eq!((again["accepted"].as_u64(), again["duplicates"].as_u64()), (Some(0), Some(3)));
+    assert_eq!(
+        (again["accepted"].as_u64(), again["duplicates"].as_u64()),
+        (Some(0), Some(3))
+    );
     assert!(again["results"]
         .as_array()
         .unwrap()
@@ -418,7 +439,11 @@ retry_base_ms = 50
             .unwrap();
         assert_eq!(resp.status(), StatusCode::ACCEPTED);
         let b: J = resp.json().await.unwrap();
-        assert_eq!(b["accepted"].as_u64(), Some(if round == 0 { 2 } else { 0 }), "{b}");
+        assert_eq!(
+            b["accepted"].as_u64(),
+            Some(if round == 0 { 2 } else { 0 }),
+            "{b}"
+        );
         assert_eq!(b["results"][1]["idempotency_key"], "batch-7:1");
     }
     // Refused before anything is stored.
@@ -450,14 +475,18 @@ retry_base_ms = 50
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
 
-    wait_for("5 Sync_Ack__e events in the org", Duration::from_secs(60), || async {
-        let n = bus_events(&e.emu, "Sync_Ack__e").len();
-        if n >= 5 {
-            vec![]
-        } else {
-            vec![format!("{n} in the bus")]
-        }
-    })
+    wait_for(
+        "5 Sync_Ack__e events in the org",
+        Duration::from_secs(60),
+        || async {
+            let n = bus_events(&e.emu, "Sync_Ack__e").len();
+            if n >= 5 {
+                vec![]
+            } else {
+                vec![format!("{n} in the bus")]
+            }
+        },
+    )
     .await;
     let dead = wait_dead(api).await;
     assert_eq!(dead.len(), 1, "{dead:?}");
@@ -476,14 +505,18 @@ retry_base_ms = 50
         .unwrap()
         .id
         .unwrap();
-    wait_for("a Record_Applied__e event", Duration::from_secs(60), || async {
-        let ev = bus_events(&e.emu, "Record_Applied__e");
-        if ev.iter().any(|(_, f)| f["Record_Id__c"] == id.as_str()) {
-            vec![]
-        } else {
-            vec![format!("{} Record_Applied__e events", ev.len())]
-        }
-    })
+    wait_for(
+        "a Record_Applied__e event",
+        Duration::from_secs(60),
+        || async {
+            let ev = bus_events(&e.emu, "Record_Applied__e");
+            if ev.iter().any(|(_, f)| f["Record_Id__c"] == id.as_str()) {
+                vec![]
+            } else {
+                vec![format!("{} Record_Applied__e events", ev.len())]
+            }
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
@@ -508,7 +541,9 @@ retry_base_ms = 50
         .await;
     let listed = listed["events"].as_array().unwrap();
     assert_eq!(listed.len(), 5);
-    assert!(listed.iter().all(|e| e["replay_id"].as_str().unwrap().len() == 16));
+    assert!(listed
+        .iter()
+        .all(|e| e["replay_id"].as_str().unwrap().len() == 16));
 
     // The dead letter is discarded through the API (audited).
     let id = dead[0]["id"].as_i64().unwrap();
@@ -522,7 +557,10 @@ retry_base_ms = 50
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let gone = api.get("/api/v1/deadletters?kind=publish", OPS).await;
-    assert!(gone["dead_letters"].as_array().unwrap().is_empty(), "{gone}");
+    assert!(
+        gone["dead_letters"].as_array().unwrap().is_empty(),
+        "{gone}"
+    );
     stop(child);
 }
 
@@ -559,7 +597,12 @@ publish_batch_max = 4
     state.limits.set_config(limits);
     // Another publisher of the org uses 2 of the 5.
     for i in 0..2 {
-        publish_in_org(&e.client, "Sync_Ack__e", json!({"Order__c": format!("other-{i}")})).await;
+        publish_in_org(
+            &e.client,
+            "Sync_Ack__e",
+            json!({"Order__c": format!("other-{i}")}),
+        )
+        .await;
     }
     let child = run(&e);
     e.api.ready().await;
@@ -600,20 +643,32 @@ publish_batch_max = 4
     assert_eq!(refused, 0, "sfsync never published over the allocation");
     let listed = e.api.get("/api/v1/events?event=Sync_Ack__e", OPS).await;
     let counts = &listed["counts"];
-    assert_eq!((counts["published"].as_u64(), counts["pending"].as_u64(), counts["dead"].as_u64()), (Some(3), Some(5), Some(0)), "{listed}");
+    assert_eq!(
+        (
+            counts["published"].as_u64(),
+            counts["pending"].as_u64(),
+            counts["dead"].as_u64()
+        ),
+        (Some(3), Some(5), Some(0)),
+        "{listed}"
+    );
     let budget = e.api.get("/api/v1/budget", OPS).await;
     assert_eq!(budget["publish"]["room"], 0, "{budget}");
 
     // The hour rolls over: the rest is published, still without a refusal.
     state.limits.reset_usage();
-    wait_for("all 8 of ours published", Duration::from_secs(60), || async {
-        let n = ours(&e.emu);
-        if n >= 8 {
-            vec![]
-        } else {
-            vec![format!("{n} published")]
-        }
-    })
+    wait_for(
+        "all 8 of ours published",
+        Duration::from_secs(60),
+        || async {
+            let n = ours(&e.emu);
+            if n >= 8 {
+                vec![]
+            } else {
+                vec![format!("{n} published")]
+            }
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(ours(&e.emu), 8, "each once");

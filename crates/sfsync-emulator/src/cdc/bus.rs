@@ -508,8 +508,15 @@ impl CdcBus {
     /// defined platform events; the caller checks the objects of a change-event channel.
     pub fn define_channel(&self, def: ChannelDef) -> Result<Topic, String> {
         let valid = def.name.ends_with("__chn")
-            && def.name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-            && def.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            && def
+                .name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic())
+            && def
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
             return Err(format!(
                 "channel name {:?} must be an API name ending in __chn",

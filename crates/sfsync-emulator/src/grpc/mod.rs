@@ -124,10 +124,7 @@ impl PubSubService {
         if name == "/data/ChangeEvents" {
             return Some(Topic::AllChanges);
         }
-        if let Some(ch) = name
-            .strip_prefix("/data/")
-            .filter(|c| c.ends_with("__chn"))
-        {
+        if let Some(ch) = name.strip_prefix("/data/").filter(|c| c.ends_with("__chn")) {
             return self.bus().channel(ch, false);
         }
         if let Some(ch) = name

@@ -239,8 +239,7 @@ impl EventIngest {
                         self.stats
                             .dead_letters
                             .fetch_add(dead.len() as u64, Relaxed);
-                        self.stats
-                            .add_channel_ingested(&self.channel, out.appended);
+                        self.stats.add_channel_ingested(&self.channel, out.appended);
                         if out.appended > 0 {
                             tracing::debug!(channel = %self.channel, events = out.appended, "Platform events stored.");
                         }

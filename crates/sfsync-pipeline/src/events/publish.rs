@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sfsync_core::ReplayId;
-use sfsync_salesforce::pubsub::{EventSchema, ProducerEvent, PubSubError, PublishResult, Subscriber};
+use sfsync_salesforce::pubsub::{
+    EventSchema, ProducerEvent, PubSubError, PublishResult, Subscriber,
+};
 use sfsync_salesforce::SalesforceClient;
 use sfsync_store::{OutboundEvent, OutboundOutcome, Warehouse};
 use tokio::sync::{watch, Notify};
@@ -227,7 +229,10 @@ impl Publisher {
     }
 
     /// Publishes events of one name; returns their outcomes and how many were published.
-    async fn publish_group(&mut self, group: &[OutboundEvent]) -> (Vec<(i64, OutboundOutcome)>, u64) {
+    async fn publish_group(
+        &mut self,
+        group: &[OutboundEvent],
+    ) -> (Vec<(i64, OutboundOutcome)>, u64) {
         let name = group[0].name.clone();
         let topic = format!("/event/{name}");
         let mut out = Vec::with_capacity(group.len());
@@ -253,10 +258,14 @@ impl Publisher {
         let mut producer = Vec::new();
         for ev in group {
             let mut fields = ev.fields.clone();
-            if schema.is_nullable("CreatedDate") == Some(false) && !fields.contains_key("CreatedDate") {
+            if schema.is_nullable("CreatedDate") == Some(false)
+                && !fields.contains_key("CreatedDate")
+            {
                 fields.insert("CreatedDate".into(), serde_json::json!(now_ms()));
             }
-            if schema.is_nullable("CreatedById") == Some(false) && !fields.contains_key("CreatedById") {
+            if schema.is_nullable("CreatedById") == Some(false)
+                && !fields.contains_key("CreatedById")
+            {
                 fields.insert("CreatedById".into(), serde_json::json!(user));
             }
             match schema.encode_fields(&fields) {
@@ -270,7 +279,12 @@ impl Publisher {
                     sent.push(ev);
                 }
                 // The event itself is wrong: no attempt will fix it.
-                Err(e) => out.push((ev.id, OutboundOutcome::Dead { error: e.to_string() })),
+                Err(e) => out.push((
+                    ev.id,
+                    OutboundOutcome::Dead {
+                        error: e.to_string(),
+                    },
+                )),
             }
         }
         if producer.is_empty() {
@@ -301,7 +315,9 @@ impl Publisher {
                         .copied()
                         .or_else(|| resp.results.get(idx));
                     let o = match r {
-                        None => self.failed(ev, format!("Publish to {topic}: no result for the event")),
+                        None => {
+                            self.failed(ev, format!("Publish to {topic}: no result for the event"))
+                        }
                         Some(r) => match &r.error {
                             None if !r.replay_id.is_empty() => {
                                 published += 1;
@@ -309,7 +325,10 @@ impl Publisher {
                                     replay_id: ReplayId::from_bytes(r.replay_id.clone()),
                                 }
                             }
-                            None => self.failed(ev, format!("Publish to {topic}: a result without replay id or error")),
+                            None => self.failed(
+                                ev,
+                                format!("Publish to {topic}: a result without replay id or error"),
+                            ),
                             Some(err) if is_limit(&err.msg) => {
                                 limited = true;
                                 OutboundOutcome::Deferred {
@@ -322,7 +341,10 @@ impl Publisher {
                                 }
                                 self.failed(
                                     ev,
-                                    format!("Salesforce refused the event (code {}): {}", err.code, err.msg),
+                                    format!(
+                                        "Salesforce refused the event (code {}): {}",
+                                        err.code, err.msg
+                                    ),
                                 )
                             }
                         },

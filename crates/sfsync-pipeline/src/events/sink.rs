@@ -122,7 +122,11 @@ impl Transport for RecordAppliedSink {
             .enqueue_outbound(&events)
             .await
             .map_err(|e| SendError::Retry {
-                reason: format!("enqueuing {} events: {}", self.event, crate::error::chain(&e)),
+                reason: format!(
+                    "enqueuing {} events: {}",
+                    self.event,
+                    crate::error::chain(&e)
+                ),
                 after: None,
             })?;
         let created = done.iter().filter(|e| e.created).count() as u64;
@@ -165,7 +169,10 @@ mod tests {
         };
         assert_eq!(FieldSource::Field("name".into()).value(&m), "Acme");
         assert_eq!(FieldSource::ChangedFields.value(&m), "Name,Phone");
-        assert_eq!(FieldSource::Field("Missing".into()).value(&m), serde_json::Value::Null);
+        assert_eq!(
+            FieldSource::Field("Missing".into()).value(&m),
+            serde_json::Value::Null
+        );
         assert_eq!(FieldSource::EventKey.value(&m), "tx/1/001");
     }
 }

@@ -425,7 +425,10 @@ mod tests {
         assert_eq!(b.decide(30, now), PublishDecision::Go(20));
         assert!(matches!(b.decide(1, now), PublishDecision::Wait(Some(_))));
         let st = b.status();
-        assert_eq!((st.our_used, st.room, st.our_allowance), (50, Some(0), Some(50)));
+        assert_eq!(
+            (st.our_used, st.room, st.our_allowance),
+            (50, Some(0), Some(50))
+        );
         // Unpublished events go back.
         b.settle(20, 15);
         assert_eq!(b.decide(10, now), PublishDecision::Go(5));
@@ -487,8 +490,16 @@ mod tests {
             refresh_secs: 0,
             ..Default::default()
         };
-        let keys: Vec<String> = bad.validate().unwrap_err().into_iter().map(|e| e.0).collect();
-        assert_eq!(keys, ["share", "headroom", "max_hourly_events", "refresh_secs"]);
+        let keys: Vec<String> = bad
+            .validate()
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.0)
+            .collect();
+        assert_eq!(
+            keys,
+            ["share", "headroom", "max_hourly_events", "refresh_secs"]
+        );
         assert!(PublishBudgetConfig::default().validate().is_ok());
     }
 }

@@ -133,7 +133,10 @@ impl EventSchema {
             reason,
         };
         let rec = &self.schema.records[self.root];
-        if let Some(k) = fields.keys().find(|k| !rec.fields.iter().any(|f| &f.name == *k)) {
+        if let Some(k) = fields
+            .keys()
+            .find(|k| !rec.fields.iter().any(|f| &f.name == *k))
+        {
             return Err(err(
                 k,
                 format!(
@@ -191,7 +194,9 @@ pub fn value_json(v: FieldValue) -> Json {
         FieldValue::Bool(b) => Json::Bool(b),
         FieldValue::Int(i) => Json::from(i),
         FieldValue::Long(i) => Json::from(i),
-        FieldValue::Float(f) => serde_json::Number::from_f64(f64::from(f)).map_or(Json::Null, Json::Number),
+        FieldValue::Float(f) => {
+            serde_json::Number::from_f64(f64::from(f)).map_or(Json::Null, Json::Number)
+        }
         FieldValue::Double(f) => serde_json::Number::from_f64(f).map_or(Json::Null, Json::Number),
         FieldValue::String(s) | FieldValue::Enum(s) => Json::String(s),
         FieldValue::Bytes(b) => Json::String(String::from_utf8_lossy(&b).into_owned()),
@@ -234,7 +239,13 @@ fn bytes(out: &mut Vec<u8>, b: &[u8]) {
 }
 
 /// Writes `v` as `node`; the error is the reason (the caller names the field).
-fn write(schema: &Schema, node: &Node, v: &Json, out: &mut Vec<u8>, depth: usize) -> Result<(), String> {
+fn write(
+    schema: &Schema,
+    node: &Node,
+    v: &Json,
+    out: &mut Vec<u8>,
+    depth: usize,
+) -> Result<(), String> {
     if depth > super::avro::MAX_DEPTH {
         return Err("nested too deep".into());
     }
@@ -295,7 +306,10 @@ fn write(schema: &Schema, node: &Node, v: &Json, out: &mut Vec<u8>, depth: usize
         },
         Node::Enum(i) => {
             let e = &schema.enums[*i];
-            match v.as_str().and_then(|s| e.symbols.iter().position(|x| x == s)) {
+            match v
+                .as_str()
+                .and_then(|s| e.symbols.iter().position(|x| x == s))
+            {
                 Some(p) => {
                     zigzag(out, p as i64);
                     Ok(())
@@ -312,7 +326,8 @@ fn write(schema: &Schema, node: &Node, v: &Json, out: &mut Vec<u8>, depth: usize
                 if !a.is_empty() {
                     zigzag(out, a.len() as i64);
                     for (i, item) in a.iter().enumerate() {
-                        write(schema, items, item, out, depth + 1).map_err(|r| format!("[{i}]: {r}"))?;
+                        write(schema, items, item, out, depth + 1)
+                            .map_err(|r| format!("[{i}]: {r}"))?;
                     }
                 }
                 out.push(0);
@@ -326,7 +341,8 @@ fn write(schema: &Schema, node: &Node, v: &Json, out: &mut Vec<u8>, depth: usize
                     zigzag(out, m.len() as i64);
                     for (k, item) in m {
                         bytes(out, k.as_bytes());
-                        write(schema, values, item, out, depth + 1).map_err(|r| format!("[{k:?}]: {r}"))?;
+                        write(schema, values, item, out, depth + 1)
+                            .map_err(|r| format!("[{k:?}]: {r}"))?;
                     }
                 }
                 out.push(0);
@@ -342,7 +358,8 @@ fn write(schema: &Schema, node: &Node, v: &Json, out: &mut Vec<u8>, depth: usize
                 }
                 for f in &rec.fields {
                     let fv = m.get(&f.name).unwrap_or(&Json::Null);
-                    write(schema, &f.node, fv, out, depth + 1).map_err(|r| format!("{}: {r}", f.name))?;
+                    write(schema, &f.node, fv, out, depth + 1)
+                        .map_err(|r| format!("{}: {r}", f.name))?;
                 }
                 Ok(())
             }
@@ -456,7 +473,13 @@ mod tests {
 
     #[test]
     fn zigzag_matches_the_avro_spec() {
-        for (n, want) in [(0i64, vec![0u8]), (-1, vec![1]), (1, vec![2]), (-64, vec![0x7f]), (64, vec![0x80, 1])] {
+        for (n, want) in [
+            (0i64, vec![0u8]),
+            (-1, vec![1]),
+            (1, vec![2]),
+            (-64, vec![0x7f]),
+            (64, vec![0x80, 1]),
+        ] {
             let mut out = Vec::new();
             zigzag(&mut out, n);
             assert_eq!(out, want, "{n}");

@@ -34,7 +34,7 @@ use sfsync_core::{classify_error_code, Change, ErrorClass, ReplayId};
 use sfsync_pubsub_proto::pub_sub_client::PubSubClient;
 use sfsync_pubsub_proto::{
     FetchRequest, FetchResponse, ProducerEvent, PublishRequest, PublishResponse, ReplayPreset,
-    SchemaRequest, SchemaInfo, TopicInfo, TopicRequest,
+    SchemaInfo, SchemaRequest, TopicInfo, TopicRequest,
 };
 use tokio::sync::{mpsc, Notify, OnceCell};
 use tonic::metadata::MetadataValue;

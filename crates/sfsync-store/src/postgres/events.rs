@@ -84,7 +84,10 @@ impl PostgresChangeLog {
             .map_err(db("change platform events to publish"))?;
         let mut out: Vec<i64> = rows
             .iter()
-            .map(|r| r.try_get(0).map_err(db("change platform events to publish")))
+            .map(|r| {
+                r.try_get(0)
+                    .map_err(db("change platform events to publish"))
+            })
             .collect::<Result<_>>()?;
         out.sort_unstable();
         Ok(out)

@@ -92,7 +92,11 @@ fn decode_out(r: OutRow) -> Result<OutboundEvent> {
     })
 }
 
-fn query_out(conn: &Connection, sql: &str, args: Vec<rusqlite::types::Value>) -> Result<Vec<OutboundEvent>> {
+fn query_out(
+    conn: &Connection,
+    sql: &str,
+    args: Vec<rusqlite::types::Value>,
+) -> Result<Vec<OutboundEvent>> {
     let op = "read platform events to publish";
     let mut stmt = conn.prepare_cached(sql).map_err(db(op))?;
     let rows = stmt
@@ -314,19 +318,21 @@ impl PlatformEvents for SqliteChangeLog {
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(db(op))?;
             rows.into_iter()
-                .map(|(id, channel, replay, name, uuid, schema, created, fields, at)| {
-                    Ok(StoredInboundEvent {
-                        id,
-                        channel,
-                        replay_id: hex::encode(replay),
-                        name,
-                        event_uuid: uuid,
-                        schema_id: schema,
-                        created_ms: created,
-                        fields: fields_of(BACKEND, "platform_events_in", id, &fields)?,
-                        received_at_ms: at,
-                    })
-                })
+                .map(
+                    |(id, channel, replay, name, uuid, schema, created, fields, at)| {
+                        Ok(StoredInboundEvent {
+                            id,
+                            channel,
+                            replay_id: hex::encode(replay),
+                            name,
+                            event_uuid: uuid,
+                            schema_id: schema,
+                            created_ms: created,
+                            fields: fields_of(BACKEND, "platform_events_in", id, &fields)?,
+                            received_at_ms: at,
+                        })
+                    },
+                )
                 .collect()
         })
         .await
@@ -338,7 +344,9 @@ impl PlatformEvents for SqliteChangeLog {
                 return Err(StoreError::InvalidInput {
                     backend: BACKEND,
                     op: "enqueue platform events",
-                    reason: format!("event {i}: the event name and the idempotency key must not be empty"),
+                    reason: format!(
+                        "event {i}: the event name and the idempotency key must not be empty"
+                    ),
                 });
             }
         }
@@ -500,37 +508,46 @@ impl PlatformEvents for SqliteChangeLog {
 
     async fn outbound_events(&self, filter: &OutboundFilter) -> Result<Vec<OutboundEvent>> {
         let f = filter.clone();
-        self.blocking_on(&self.reader, "read platform events to publish", move |conn| {
-            let mut sql = format!("SELECT {OUT_COLUMNS} FROM platform_events_out WHERE id > ?1");
-            let mut args: Vec<rusqlite::types::Value> = vec![f.after.unwrap_or(0).into()];
-            if let Some(n) = &f.name {
-                args.push(n.clone().into());
-                sql.push_str(&format!(" AND name = ?{}", args.len()));
-            }
-            if !f.states.is_empty() {
-                let mut marks = Vec::new();
-                for s in &f.states {
-                    args.push(s.as_str().to_string().into());
-                    marks.push(format!("?{}", args.len()));
+        self.blocking_on(
+            &self.reader,
+            "read platform events to publish",
+            move |conn| {
+                let mut sql =
+                    format!("SELECT {OUT_COLUMNS} FROM platform_events_out WHERE id > ?1");
+                let mut args: Vec<rusqlite::types::Value> = vec![f.after.unwrap_or(0).into()];
+                if let Some(n) = &f.name {
+                    args.push(n.clone().into());
+                    sql.push_str(&format!(" AND name = ?{}", args.len()));
                 }
-                sql.push_str(&format!(" AND state IN ({})", marks.join(", ")));
-            }
-            args.push(lim(f.limit).into());
-            sql.push_str(&format!(" ORDER BY id LIMIT ?{}", args.len()));
-            query_out(conn, &sql, args)
-        })
+                if !f.states.is_empty() {
+                    let mut marks = Vec::new();
+                    for s in &f.states {
+                        args.push(s.as_str().to_string().into());
+                        marks.push(format!("?{}", args.len()));
+                    }
+                    sql.push_str(&format!(" AND state IN ({})", marks.join(", ")));
+                }
+                args.push(lim(f.limit).into());
+                sql.push_str(&format!(" ORDER BY id LIMIT ?{}", args.len()));
+                query_out(conn, &sql, args)
+            },
+        )
         .await
     }
 
     async fn outbound_event(&self, id: i64) -> Result<Option<OutboundEvent>> {
-        self.blocking_on(&self.reader, "read platform event to publish", move |conn| {
-            Ok(query_out(
-                conn,
-                &format!("SELECT {OUT_COLUMNS} FROM platform_events_out WHERE id = ?1"),
-                vec![id.into()],
-            )?
-            .pop())
-        })
+        self.blocking_on(
+            &self.reader,
+            "read platform event to publish",
+            move |conn| {
+                Ok(query_out(
+                    conn,
+                    &format!("SELECT {OUT_COLUMNS} FROM platform_events_out WHERE id = ?1"),
+                    vec![id.into()],
+                )?
+                .pop())
+            },
+        )
         .await
     }
 
@@ -562,8 +579,10 @@ impl PlatformEvents for SqliteChangeLog {
 
     async fn redrive_outbound(&self, ids: &[i64], note: &str) -> Result<Vec<i64>> {
         let (ids, note) = (ids.to_vec(), note.to_string());
-        self.transaction(move |tx| set_state(tx.connection(), &ids, "'dead'", "pending", true, &note))
-            .await
+        self.transaction(move |tx| {
+            set_state(tx.connection(), &ids, "'dead'", "pending", true, &note)
+        })
+        .await
     }
 
     async fn discard_outbound(&self, ids: &[i64], note: &str) -> Result<Vec<i64>> {

@@ -166,8 +166,12 @@ pub async fn publish_events(
     // All or nothing: one bad event rejects the request (nothing stored), naming it.
     let mut parsed = Vec::with_capacity(events.len());
     for (i, v) in events.iter().enumerate() {
-        let (key, fields) = parse_event(i, v, header_key.as_deref()).map_err(ApiError::bad_request)?;
-        if parsed.iter().any(|e: &NewOutboundEvent| e.idempotency_key == key) {
+        let (key, fields) =
+            parse_event(i, v, header_key.as_deref()).map_err(ApiError::bad_request)?;
+        if parsed
+            .iter()
+            .any(|e: &NewOutboundEvent| e.idempotency_key == key)
+        {
             return Err(ApiError::bad_request(format!(
                 "events[{i}].idempotency_key: '{key}' is used twice in the request"
             )));
@@ -287,20 +291,32 @@ mod tests {
 
     #[test]
     fn events_need_a_key_and_plain_fields() {
-        let (k, f) = parse_event(0, &json!({"idempotency_key": "a", "fields": {"X__c": 1}}), None)
-            .unwrap();
+        let (k, f) = parse_event(
+            0,
+            &json!({"idempotency_key": "a", "fields": {"X__c": 1}}),
+            None,
+        )
+        .unwrap();
         assert_eq!((k.as_str(), f["X__c"].clone()), ("a", json!(1)));
         let (k, _) = parse_event(3, &json!({"fields": {}}), Some("req-1")).unwrap();
         assert_eq!(k, "req-1:3");
         let e = parse_event(2, &json!({"fields": {}}), None).unwrap_err();
         assert!(e.starts_with("events[2].idempotency_key"), "{e}");
-        let e = parse_event(0, &json!({"idempotency_key": "a", "fields": {"X": [1]}}), None)
-            .unwrap_err();
+        let e = parse_event(
+            0,
+            &json!({"idempotency_key": "a", "fields": {"X": [1]}}),
+            None,
+        )
+        .unwrap_err();
         assert!(e.starts_with("events[0].fields.X"), "{e}");
         let e = parse_event(0, &json!({"idempotency_key": "a", "extra": 1}), None).unwrap_err();
         assert!(e.contains("events[0].extra"), "{e}");
-        let e = parse_event(0, &json!({"idempotency_key": "a", "fields": {"1x": 1}}), None)
-            .unwrap_err();
+        let e = parse_event(
+            0,
+            &json!({"idempotency_key": "a", "fields": {"1x": 1}}),
+            None,
+        )
+        .unwrap_err();
         assert!(e.contains("fields.1x"), "{e}");
     }
 }

@@ -95,13 +95,41 @@ pub struct EventMetrics {
 
 fn event_metrics(o: &mut Out, e: &EventMetrics) {
     for (name, help, v) in [
-        ("sfsync_platform_events_received_total", "Platform events received and stored (redeliveries not counted).", e.received),
-        ("sfsync_platform_events_duplicates_total", "Redelivered platform events already stored.", e.duplicates),
-        ("sfsync_platform_events_undecodable_total", "Received platform events that could not be decoded (dead letters).", e.undecodable),
-        ("sfsync_platform_events_published_total", "Platform events published to Salesforce.", e.published),
-        ("sfsync_platform_events_deferred_total", "Platform events put back for the hourly publish allocation.", e.deferred),
-        ("sfsync_platform_events_retried_total", "Failed publishes to be tried again.", e.retried),
-        ("sfsync_platform_events_dead_total", "Platform events that failed for good (publish dead letters).", e.dead),
+        (
+            "sfsync_platform_events_received_total",
+            "Platform events received and stored (redeliveries not counted).",
+            e.received,
+        ),
+        (
+            "sfsync_platform_events_duplicates_total",
+            "Redelivered platform events already stored.",
+            e.duplicates,
+        ),
+        (
+            "sfsync_platform_events_undecodable_total",
+            "Received platform events that could not be decoded (dead letters).",
+            e.undecodable,
+        ),
+        (
+            "sfsync_platform_events_published_total",
+            "Platform events published to Salesforce.",
+            e.published,
+        ),
+        (
+            "sfsync_platform_events_deferred_total",
+            "Platform events put back for the hourly publish allocation.",
+            e.deferred,
+        ),
+        (
+            "sfsync_platform_events_retried_total",
+            "Failed publishes to be tried again.",
+            e.retried,
+        ),
+        (
+            "sfsync_platform_events_dead_total",
+            "Platform events that failed for good (publish dead letters).",
+            e.dead,
+        ),
     ] {
         o.one(name, "counter", help, v as f64);
     }

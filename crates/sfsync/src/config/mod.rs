@@ -38,8 +38,8 @@ pub use sfsync_salesforce::Secret;
 pub use span::{LineCol, SpanIndex};
 pub use validate::{
     ApiRole, ArchiveWhere, CredentialsSource, PiiKeySource, SinkTarget, ValidApi, ValidApiToken,
-    ValidArchive, ValidConfig, ValidObject, ValidOdata, ValidOldKey, ValidPii,
-    ValidPlatformEvents, ValidSalesforce, ValidSink, ValidWarehouse,
+    ValidArchive, ValidConfig, ValidObject, ValidOdata, ValidOldKey, ValidPii, ValidPlatformEvents,
+    ValidSalesforce, ValidSink, ValidWarehouse,
 };
 
 /// One problem in the config file.

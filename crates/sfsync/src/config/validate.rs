@@ -60,9 +60,10 @@ impl ValidPlatformEvents {
     /// `__e` name when a custom channel is subscribed, whose members are not known here).
     pub fn deliverable(&self, name: &str) -> bool {
         name.ends_with("__e")
-            && self.subscribe.iter().any(|c| {
-                c.strip_prefix("/event/") == Some(name) || c.ends_with("__chn")
-            })
+            && self
+                .subscribe
+                .iter()
+                .any(|c| c.strip_prefix("/event/") == Some(name) || c.ends_with("__chn"))
     }
 }
 
@@ -1194,8 +1195,7 @@ impl SfsyncConfig {
             warehouse.as_ref(),
             base_dir,
         );
-        let platform_events =
-            validate_platform_events(&mut errs, self.platform_events.as_ref());
+        let platform_events = validate_platform_events(&mut errs, self.platform_events.as_ref());
         let sinks = validate_sinks(
             &mut errs,
             &self.sinks,
