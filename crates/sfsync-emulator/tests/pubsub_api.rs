@@ -788,3 +788,42 @@ async fn publishes_beyond_the_hourly_allocation_fail_per_event_and_custom_channe
     let r = tokio::time::timeout(Duration::from_millis(300), next(&mut s)).await;
     assert!(r.is_err(), "Unrelated__e must not reach the channel: {r:?}");
 }
+
+#[tokio::test]
+async fn change_event_custom_channels_carry_their_member_objects_only() {
+    let emu = Emu::start(CdcConfig::default()).await;
+    let topic = emu
+        .running
+        .state
+        .cdc
+        .define_channel(sfsync_emulator::cdc::bus::ChannelDef {
+            name: "Sales__chn".into(),
+            platform: false,
+            members: vec!["Contact".into()],
+        })
+        .unwrap();
+    assert_eq!(topic.name(), "/data/Sales__chn");
+    // A platform-event channel needs defined events as members.
+    assert!(emu
+        .running
+        .state
+        .cdc
+        .define_channel(sfsync_emulator::cdc::bus::ChannelDef {
+            name: "Bad__chn".into(),
+            platform: true,
+            members: vec!["Undefined__e".into()],
+        })
+        .is_err());
+    let (_tx, mut s) = emu
+        .subscribe("/data/Sales__chn", ReplayPreset::Latest, vec![], 10)
+        .await;
+    emu.insert_account("not on the channel");
+    emu.dml(vec![DmlOp::Insert {
+        object: "Contact".into(),
+        fields: fields(json!({"LastName": "On Channel"})),
+    }]);
+    let (ev, _, _) = one_event(&emu, &mut s).await;
+    assert_eq!(ev.header("entityName"), Avro::String("Contact".into()));
+    let r = tokio::time::timeout(Duration::from_millis(300), next(&mut s)).await;
+    assert!(r.is_err(), "only Contact changes: {r:?}");
+}
