@@ -358,7 +358,7 @@ retry_base_ms = 50
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_posted_to_the_api_land_in_the_org_once_even_when_retried() {
     let extra = r#"[platform_events]
-publish = ["Sync_Ack__e", "Record_Applied__e"]
+publish = ["Sync_Ack__e", "Record_Applied__e", "Never_Defined__e"]
 publish_retry_base_ms = 100
 publish_max_attempts = 3
 
@@ -474,6 +474,16 @@ retry_base_ms = 50
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    // An event the org does not define: Salesforce's refusal, retried, then a dead letter.
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/events/Never_Defined__e",
+            Some(OPS),
+            Some(&json!({"events": [{"idempotency_key": "nd-1", "fields": {}}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
 
     wait_for(
         "5 Sync_Ack__e events in the org",
@@ -488,9 +498,25 @@ retry_base_ms = 50
         },
     )
     .await;
-    let dead = wait_dead(api).await;
-    assert_eq!(dead.len(), 1, "{dead:?}");
+    let all_dead = wait_dead(api, 2).await;
+    assert_eq!(all_dead.len(), 2, "{all_dead:?}");
+    let dead: Vec<J> = all_dead
+        .iter()
+        .filter(|d| d["event"] == "Sync_Ack__e")
+        .cloned()
+        .collect();
     assert_eq!(dead[0]["idempotency_key"], "bad-1");
+    assert_eq!(dead[0]["attempts"], 1, "not retried: no attempt can fix it");
+    let nd = all_dead
+        .iter()
+        .find(|d| d["event"] == "Never_Defined__e")
+        .unwrap();
+    assert_eq!(nd["attempts"], 3, "publish_max_attempts: {nd}");
+    let err = nd["error"].as_str().unwrap();
+    assert!(
+        err.contains("/event/Never_Defined__e") && err.contains("not found"),
+        "Salesforce's error kept: {err}"
+    );
     assert!(
         dead[0]["error"].as_str().unwrap().contains("Nope__c"),
         "{}",
@@ -556,20 +582,19 @@ retry_base_ms = 50
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let gone = api.get("/api/v1/deadletters?kind=publish", OPS).await;
-    assert!(
-        gone["dead_letters"].as_array().unwrap().is_empty(),
-        "{gone}"
-    );
+    let left = api.get("/api/v1/deadletters?kind=publish", OPS).await;
+    let left = left["dead_letters"].as_array().unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0]["event"], "Never_Defined__e");
     stop(child);
 }
 
-async fn wait_dead(api: &Api) -> Vec<J> {
+async fn wait_dead(api: &Api, n: usize) -> Vec<J> {
     let mut out = Vec::new();
     for _ in 0..240 {
         let d = api.get("/api/v1/deadletters?kind=publish", OPS).await;
         out = d["dead_letters"].as_array().unwrap().clone();
-        if !out.is_empty() {
+        if out.len() >= n {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
