@@ -1,7 +1,8 @@
 //! A Salesforce-compatible org served over the same wire protocols as Salesforce: OAuth 2.0 and
 //! SOAP login, REST (describe, records, SOQL, Composite), Bulk API 2.0, limits and (with the
 //! Pub/Sub issue) Change Data Capture over gRPC. Every DML is a transaction recorded with the
-//! metadata CDC needs. HTTPS by default with a locally generated CA; plain HTTP only on loopback.
+//! metadata CDC needs; Outbound Message rules send SOAP notifications to configured endpoints
+//! with Salesforce's retries ([`outbound`]). HTTPS by default with a locally generated CA; plain HTTP only on loopback.
 //! Tools connect with nothing but the URL, the CA and `credentials.json`.
 
 pub mod auth;
@@ -14,6 +15,7 @@ pub mod grpc;
 pub mod http;
 pub mod limits;
 pub mod load;
+pub mod outbound;
 pub mod state;
 pub mod tls;
 
@@ -148,6 +150,9 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator> {
     let cdc = cdc::CdcBus::new(config.cdc.clone(), cdc_dir.as_deref())?;
     cdc.attach(&org);
 
+    let outbound = outbound::OutboundMessages::new(&secrets.org_id, &base_url);
+    outbound.attach(&org);
+
     let users = auth_users(&org, &secrets)?;
     let auth = Arc::new(auth::Auth::new(
         org_id,
@@ -165,6 +170,7 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator> {
         bulk: Arc::new(bulk::BulkJobs::new(org.clone(), limits.clone())),
         org,
         cdc,
+        outbound: outbound.clone(),
         auth,
         limits,
         faults: Arc::new(faults::Faults::new(config.faults.clone())),
@@ -207,7 +213,13 @@ pub async fn start(config: EmulatorConfig) -> Result<RunningEmulator> {
             tls_config.clone(),
             rx.clone(),
         )),
-        tokio::spawn(http::serve(grpc_listener, grpc_router, tls_config, rx)),
+        tokio::spawn(http::serve(
+            grpc_listener,
+            grpc_router,
+            tls_config,
+            rx.clone(),
+        )),
+        tokio::spawn(outbound.run(rx)),
     ];
     tracing::info!(url = %base_url, "Emulator HTTP listener is up");
     tracing::info!(address = %creds.pubsub_address, "Emulator Pub/Sub gRPC listener is up");

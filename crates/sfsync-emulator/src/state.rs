@@ -21,6 +21,8 @@ pub struct AppState {
     pub bulk: Arc<BulkJobs>,
     /// The CDC / platform-event bus behind the Pub/Sub API.
     pub cdc: Arc<CdcBus>,
+    /// Outbound Message rules and their delivery queue.
+    pub outbound: Arc<crate::outbound::OutboundMessages>,
     pub config: Arc<EmulatorConfig>,
     /// `https://127.0.0.1:8443` — what `instance_url` and `serverUrl` point at (no path).
     pub base_url: Arc<str>,

@@ -196,6 +196,36 @@ impl Consumer {
         .map_err(|source| self.request(format!("seek of {topic}/{partition} to {offset}"), source))
     }
 
+    /// Leaves the group and joins it again for `topics`, so the coordinator computes a new
+    /// assignment for every member (a partition left with a member that is gone is handed out
+    /// again).
+    pub fn rejoin(&self, topics: &[&str]) -> Result<()> {
+        self.inner.unsubscribe();
+        self.subscribe(topics)
+    }
+
+    /// Each partition of `topic` with its high watermark (the offset the next message will
+    /// get), from the partition leaders.
+    pub async fn high_watermarks(&self, topic: &str) -> Result<Vec<(i32, i64)>> {
+        let inner = self.inner.clone();
+        let name = topic.to_string();
+        let step = self.timeout.min(Duration::from_secs(10));
+        tokio::task::spawn_blocking(move || -> rdkafka::error::KafkaResult<Vec<(i32, i64)>> {
+            let metadata = inner.fetch_metadata(Some(&name), step)?;
+            let mut out = Vec::new();
+            for t in metadata.topics().iter().filter(|t| t.name() == name) {
+                for p in t.partitions() {
+                    let (_, high) = inner.fetch_watermarks(&name, p.id(), step)?;
+                    out.push((p.id(), high));
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .expect("librdkafka watermark call panicked")
+        .map_err(|source| self.request(format!("high watermarks of topic '{topic}'"), source))
+    }
+
     /// The partitions currently assigned to this consumer.
     pub fn assignment(&self) -> Result<Vec<(String, i32)>> {
         let tpl = self

@@ -547,9 +547,33 @@ impl Org {
     /// operations commit together and failures are reported per operation. Results are in input
     /// order.
     pub fn execute(&self, ctx: &CallContext, ops: Vec<DmlOp>, all_or_none: bool) -> Vec<DmlResult> {
+        self.execute_at(ctx, ops, all_or_none, None)
+    }
+
+    /// [`Org::execute`] for a transaction that took its SystemModstamp at `stamped_ms` but
+    /// commits only now — commit-order skew, as a long Salesforce transaction shows it to
+    /// pollers: its rows appear behind rows already visible with a newer SystemModstamp. For
+    /// tests of polling; the org's clock does not go back.
+    pub fn execute_stamped(
+        &self,
+        ctx: &CallContext,
+        ops: Vec<DmlOp>,
+        all_or_none: bool,
+        stamped_ms: i64,
+    ) -> Vec<DmlResult> {
+        self.execute_at(ctx, ops, all_or_none, Some(stamped_ms))
+    }
+
+    fn execute_at(
+        &self,
+        ctx: &CallContext,
+        ops: Vec<DmlOp>,
+        all_or_none: bool,
+        stamped_ms: Option<i64>,
+    ) -> Vec<DmlResult> {
         let mut side = self.side.lock();
         let mut st = self.state.write();
-        let ts = value::now_ms().max(st.last_ts);
+        let ts = stamped_ms.unwrap_or_else(|| value::now_ms().max(st.last_ts));
         let mut tx = TxBuilder::default();
         let mut undo: Vec<Undo> = Vec::new();
         let mut results: Vec<DmlResult> = Vec::with_capacity(ops.len());
@@ -1660,7 +1684,7 @@ fn build_transaction(
         return None;
     }
     st.commit_number += 1;
-    st.last_ts = ts;
+    st.last_ts = st.last_ts.max(ts);
     st.transactions += 1;
     Some(CommittedTransaction {
         transaction_key: uuid::Uuid::new_v4().to_string(),

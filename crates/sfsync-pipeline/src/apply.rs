@@ -458,6 +458,9 @@ impl Applier {
         let Some(reader) = self.kafka.as_mut() else {
             return Ok(job_rows);
         };
+        if let Err(e) = reader.watchdog(&*self.store).await {
+            tracing::warn!(error = %chain(&e), "The Kafka stall watchdog could not look; it tries again.");
+        }
         let batch = match reader
             .next_batch(&*self.store, max, Duration::from_millis(100))
             .await
@@ -628,23 +631,46 @@ impl Applier {
                 );
                 continue;
             }
-            let Some(schema) = self.schema(&raw.schema_id).await? else {
-                batch.dead_letters.push(dead(
-                    "decode",
-                    format!("writer schema {} is not in the store", raw.schema_id),
-                ));
-                continue;
-            };
-            let change = match schema.decode(&raw.payload, raw.replay_id.clone()) {
-                Ok(c) => c,
-                Err(e) => {
-                    batch.dead_letters.push(dead("decode", chain(&e)));
-                    continue;
-                }
-            };
-            self.on_schema(&object, &raw.schema_id).await?;
-            let mapping = &self.mappings[&object];
-            let mut normalized = normalize::from_cdc(mapping, &lc.channel, &change);
+            let (mut normalized, record_ids, commit_ms) =
+                if crate::outbound::is_outbound(&raw.schema_id) {
+                    // A pushed Outbound Message: JSON, no writer schema.
+                    let id = raw.event_key.as_str().rsplit('/').next().unwrap_or("");
+                    (
+                        crate::outbound::normalize(&self.mappings[&object], raw),
+                        vec![id.to_string()],
+                        raw.version.commit_timestamp,
+                    )
+                } else if crate::poll::is_polled(&raw.schema_id) {
+                    // A polled row: JSON, no writer schema.
+                    let id = raw.event_key.as_str().rsplit('/').next().unwrap_or("");
+                    (
+                        crate::poll::normalize(&self.mappings[&object], raw),
+                        vec![id.to_string()],
+                        raw.version.commit_timestamp,
+                    )
+                } else {
+                    let Some(schema) = self.schema(&raw.schema_id).await? else {
+                        batch.dead_letters.push(dead(
+                            "decode",
+                            format!("writer schema {} is not in the store", raw.schema_id),
+                        ));
+                        continue;
+                    };
+                    let change = match schema.decode(&raw.payload, raw.replay_id.clone()) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            batch.dead_letters.push(dead("decode", chain(&e)));
+                            continue;
+                        }
+                    };
+                    self.on_schema(&object, &raw.schema_id).await?;
+                    let mapping = &self.mappings[&object];
+                    (
+                        normalize::from_cdc(mapping, &lc.channel, &change),
+                        change.header.record_ids.clone(),
+                        change.header.commit_timestamp,
+                    )
+                };
             if self.kafka.is_some() {
                 // A Kafka message carries one record of its change (see `kafka_log`).
                 if let Some(id) = crate::kafka_log::record_of(&raw.event_key) {
@@ -681,10 +707,10 @@ impl Applier {
                     batch.dead_letters.push(dead("apply", chain(&e)));
                     batch.repairs.push(sfsync_store::RepairRequest {
                         object: object.clone(),
-                        record_ids: change.header.record_ids.clone(),
+                        record_ids,
                         reason: "undecodable_change".into(),
                         event_key: raw.event_key.as_str().to_string(),
-                        commit_timestamp_ms: change.header.commit_timestamp,
+                        commit_timestamp_ms: commit_ms,
                     });
                     planned.push((i, Vec::new()));
                     cut = Some(i);
@@ -1257,6 +1283,29 @@ impl Applier {
                 "raw-log entry {offset} is no longer in the log"
             )));
         };
+        if crate::outbound::is_outbound(&lc.change.schema_id)
+            || crate::poll::is_polled(&lc.change.schema_id)
+        {
+            let m = &self.mappings[object];
+            let normalized = if crate::poll::is_polled(&lc.change.schema_id) {
+                crate::poll::normalize(m, &lc.change)?
+            } else {
+                crate::outbound::normalize(m, &lc.change)?
+            };
+            return match normalized {
+                Normalized::Records(rs) => rs
+                    .into_iter()
+                    .find(|r| r.id == e.entry.record_id)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "raw-log entry {offset} does not change this record"
+                        ))
+                    }),
+                _ => Err(bad(format!(
+                    "raw-log entry {offset} is not a record change"
+                ))),
+            };
+        }
         let schema = self.schema(&lc.change.schema_id).await?.ok_or_else(|| {
             bad(format!(
                 "writer schema {} is not in the store",

@@ -79,6 +79,7 @@ pub fn object_state(f: &ObjectFacts<'_>) -> SyncStatusState {
     let horizon = match f.stream {
         Some(StreamState::Up { .. }) => Some(f.check_ms),
         Some(StreamState::Down { since_ms }) => Some(since_ms),
+        Some(StreamState::Polled { through_ms }) => Some(through_ms),
         None => previous_current,
     };
     let current_as_of = match (horizon, f.oldest_waiting_commit_ms) {

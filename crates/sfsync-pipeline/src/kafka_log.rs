@@ -26,7 +26,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sfsync_core::{ChangeType, EventKey, RecordVersion, ReplayId};
@@ -259,7 +259,21 @@ pub struct KafkaLogReader {
     buffer: VecDeque<Message>,
     /// Synthetic in-process offsets for [`LoggedChange::offset`] (log lines only).
     seq: u64,
+    /// The partitions assigned at the last batch (sorted): a change drops what was planned or
+    /// buffered for the partitions that moved.
+    assigned: Vec<i32>,
+    /// The stall watchdog ([`KafkaLogReader::watchdog`]): per partition, the stored offset last
+    /// seen and since when it has not moved while changes waited.
+    watch: BTreeMap<i32, (Option<u64>, Instant)>,
+    last_watch: Option<Instant>,
+    last_rejoin: Option<Instant>,
 }
+
+/// How often the watchdog looks, and how long a partition may have changes waiting with no
+/// worker applying any (three group session timeouts) before a worker rejoins the group.
+const WATCH_EVERY: Duration = Duration::from_secs(5);
+const STALL_AFTER: Duration = Duration::from_secs(30);
+const REJOIN_EVERY: Duration = Duration::from_secs(60);
 
 impl KafkaLogReader {
     /// Creates the topic when it is missing, joins the group and subscribes to the topic.
@@ -285,6 +299,10 @@ impl KafkaLogReader {
             planned: BTreeMap::new(),
             buffer: VecDeque::new(),
             seq: 0,
+            assigned: Vec::new(),
+            watch: BTreeMap::new(),
+            last_watch: None,
+            last_rejoin: None,
         })
     }
 
@@ -303,6 +321,79 @@ impl KafkaLogReader {
             .assignment()
             .map(|a| a.into_iter().map(|(_, p)| p).collect())
             .unwrap_or_default()
+    }
+
+    /// The stall watchdog, at most every 5 s. A partition of another worker whose changes wait
+    /// while its stored apply offset has not moved for 30 s is orphaned: its owner is wedged,
+    /// or the group coordinator dropped a dead member without telling the others to rebalance
+    /// (tansu 0.6 does this: the survivors keep their old assignment and the dead member's
+    /// partitions are nobody's). This worker then leaves and rejoins the group (at most once a
+    /// minute), which makes the coordinator assign every partition again. Nothing is lost
+    /// either way; this bounds how long a partition can stand still.
+    pub async fn watchdog(&mut self, store: &dyn Warehouse) -> Result<()> {
+        let now = Instant::now();
+        if self
+            .last_watch
+            .is_some_and(|t| now.duration_since(t) < WATCH_EVERY)
+        {
+            return Ok(());
+        }
+        self.last_watch = Some(now);
+        let ends = self.consumer.high_watermarks(&self.config.topic).await?;
+        let mine = self.assignment();
+        let mut stalled = Vec::new();
+        for (p, high) in ends {
+            let stored = store
+                .applied_offset(&position_consumer(&self.config.topic, p))
+                .await?;
+            let next = stored.map_or(0, |s| s as i64 + 1);
+            let e = self.watch.entry(p).or_insert((stored, now));
+            if e.0 != stored || high <= next {
+                *e = (stored, now);
+                continue;
+            }
+            if !mine.contains(&p) && now.duration_since(e.1) >= STALL_AFTER {
+                stalled.push((p, next, high));
+            }
+        }
+        if stalled.is_empty()
+            || self
+                .last_rejoin
+                .is_some_and(|t| now.duration_since(t) < REJOIN_EVERY)
+        {
+            return Ok(());
+        }
+        tracing::warn!(topic = %self.config.topic, stalled = ?stalled, stall_secs = STALL_AFTER.as_secs(), "Kafka partitions of other workers have changes waiting and none was applied for a while (partition, next offset, end); rejoining the consumer group so they are assigned again.");
+        self.consumer.rejoin(&[self.config.topic.as_str()])?;
+        self.last_rejoin = Some(now);
+        for e in self.watch.values_mut() {
+            e.1 = now;
+        }
+        Ok(())
+    }
+
+    /// Notices a rebalance: for every partition that came or went, the planned offset is
+    /// forgotten (looked up in the store again: another worker may have moved it meanwhile)
+    /// and buffered messages of partitions no longer assigned are dropped (their new owner
+    /// reads them).
+    fn note_assignment(&mut self) {
+        let mut now = self.assignment();
+        now.sort_unstable();
+        if now == self.assigned {
+            return;
+        }
+        let moved: Vec<i32> = now
+            .iter()
+            .filter(|p| !self.assigned.contains(p))
+            .chain(self.assigned.iter().filter(|p| !now.contains(p)))
+            .copied()
+            .collect();
+        tracing::info!(topic = %self.config.topic, partitions = ?now, before = ?self.assigned, "Kafka partitions assigned to this worker changed.");
+        for p in &moved {
+            self.planned.remove(p);
+        }
+        self.buffer.retain(|m| now.contains(&m.partition));
+        self.assigned = now;
     }
 
     async fn planned_of(&mut self, store: &dyn Warehouse, partition: i32) -> Result<Option<u64>> {
@@ -325,6 +416,7 @@ impl KafkaLogReader {
         max: usize,
         wait: Duration,
     ) -> Result<KafkaBatch> {
+        self.note_assignment();
         let mut raw: Vec<Message> = Vec::new();
         while raw.len() < max {
             match self.buffer.pop_front() {

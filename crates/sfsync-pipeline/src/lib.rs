@@ -20,7 +20,9 @@ pub mod lease;
 pub mod maintenance;
 pub mod model;
 pub mod normalize;
+pub mod outbound;
 pub mod plan;
+pub mod poll;
 pub mod quality;
 pub mod reconcile;
 pub mod replay;
@@ -71,6 +73,11 @@ pub struct PipelineConfig {
     pub event_channels: Vec<String>,
     /// Received platform events enter the delivery outbox (sinks run).
     pub deliver_events: bool,
+    /// The REST client `mode = "poll"` objects are read with (in the lane polling is charged
+    /// to); without it a polled object is an error at start.
+    pub poll_client: Option<sfsync_salesforce::SalesforceClient>,
+    /// How polled objects (channel [`poll::channel`]) are read.
+    pub poll: poll::PollConfig,
 }
 
 /// The pipeline stages a process runs.
@@ -107,6 +114,9 @@ pub struct RunningPipeline {
     leases: Vec<lease::LeaseKeeper>,
     /// Counters of platform events in and out.
     pub events: Arc<events::EventStats>,
+    /// Wakes the apply stage: notify it after appending to the raw log from outside the
+    /// pipeline (pushed Outbound Messages), so it does not wait for its idle poll.
+    pub appended: Arc<Notify>,
 }
 
 /// Describes each object, builds its mapping (config + describe) and creates or extends its
@@ -179,7 +189,32 @@ pub async fn start(
     ));
 
     let mut channels: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for spec in &config.objects {
+    let polled: Vec<ObjectMapping> = mappings
+        .iter()
+        .filter(|(s, _)| poll::is_poll_channel(&s.channel))
+        .map(|(_, m)| m.clone())
+        .collect();
+    if !polled.is_empty() {
+        if config.kafka_log.is_some() {
+            return Err(PipelineError::config(
+                polled[0].object(),
+                "mode = \"poll\" objects cannot be synced with a Kafka raw log yet",
+            ));
+        }
+        if config.poll_client.is_none() {
+            return Err(PipelineError::config(
+                polled[0].object(),
+                "mode = \"poll\" needs a REST client for its SOQL reads",
+            ));
+        }
+    }
+    // Push channels (Outbound Messages) are fed by the API's endpoint and polled channels by
+    // their pollers, not a subscription.
+    for spec in config
+        .objects
+        .iter()
+        .filter(|s| !outbound::is_push_channel(&s.channel) && !poll::is_poll_channel(&s.channel))
+    {
         channels
             .entry(spec.channel.clone())
             .or_default()
@@ -195,6 +230,20 @@ pub async fn start(
     if !roles.ingest {
         channels.clear();
     }
+    let lease_for = |channel: &str, leases: &mut Vec<lease::LeaseKeeper>| {
+        config.ingest_lease.as_ref().map(|(holder, ttl)| {
+            let k = lease::LeaseKeeper::spawn(
+                store.clone(),
+                format!("ingest:{channel}"),
+                holder.clone(),
+                *ttl,
+                rx.clone(),
+            );
+            let w = k.watch();
+            leases.push(k);
+            w
+        })
+    };
     let event_stats = Arc::new(events::EventStats::default());
     let event_channels = if roles.ingest {
         config.event_channels.clone()
@@ -204,18 +253,7 @@ pub async fn start(
     let mut ingest: Vec<JoinHandle<()>> = event_channels
         .into_iter()
         .map(|channel| {
-            let lease = config.ingest_lease.as_ref().map(|(holder, ttl)| {
-                let k = lease::LeaseKeeper::spawn(
-                    store.clone(),
-                    format!("ingest:{channel}"),
-                    holder.clone(),
-                    *ttl,
-                    rx.clone(),
-                );
-                let w = k.watch();
-                leases.push(k);
-                w
-            });
+            let lease = lease_for(&channel, &mut leases);
             let task = events::ingest::EventIngest {
                 channel,
                 store: store.clone(),
@@ -229,21 +267,30 @@ pub async fn start(
             tokio::spawn(task.run(rx.clone()))
         })
         .collect();
+    let mut pollers = Vec::new();
+    if roles.ingest {
+        if let Some(client) = &config.poll_client {
+            for mapping in polled {
+                let channel = poll::channel(mapping.object());
+                let lease = lease_for(&channel, &mut leases);
+                let task = poll::ObjectPoll {
+                    mapping,
+                    channel,
+                    store: store.clone(),
+                    client: client.clone(),
+                    stats: stats.clone(),
+                    appended: appended.clone(),
+                    config: config.poll.clone(),
+                    lease,
+                };
+                pollers.push(tokio::spawn(task.run(rx.clone())));
+            }
+        }
+    }
     let cdc: Vec<JoinHandle<()>> = channels
         .into_iter()
         .map(|(channel, objects)| {
-            let lease = config.ingest_lease.as_ref().map(|(holder, ttl)| {
-                let k = lease::LeaseKeeper::spawn(
-                    store.clone(),
-                    format!("ingest:{channel}"),
-                    holder.clone(),
-                    *ttl,
-                    rx.clone(),
-                );
-                let w = k.watch();
-                leases.push(k);
-                w
-            });
+            let lease = lease_for(&channel, &mut leases);
             let task = ingest::ChannelIngest {
                 channel,
                 objects,
@@ -260,6 +307,7 @@ pub async fn start(
         })
         .collect();
     ingest.extend(cdc);
+    ingest.extend(pollers);
     let freshness = config.freshness.clone().map(|fc| {
         let objects = config
             .objects
@@ -292,6 +340,7 @@ pub async fn start(
         applier = applier.with_kafka(kafka_log::KafkaLogReader::connect(k.clone()).await?);
     }
     let idle = config.idle_wait;
+    let wake = appended.clone();
     let mut arx = rx.clone();
     let applier = tokio::spawn(async move {
         if !roles.apply {
@@ -337,6 +386,7 @@ pub async fn start(
         echo,
         leases,
         events: event_stats,
+        appended: wake,
     })
 }
 

@@ -606,6 +606,7 @@ impl HeldChange {
             "UNDELETE" => "UNDELETE",
             "SNAPSHOT" => "SNAPSHOT",
             "PURGED" => "PURGED",
+            crate::outbound::CHANGE_TYPE => crate::outbound::CHANGE_TYPE,
             other => return Err(bad(format!("unknown change type '{other}'"))),
         };
         let mut dropped = Vec::new();

@@ -45,6 +45,10 @@ pub struct PipelineStats {
     pub quarantine_open: AtomicU64,
     pub errors: AtomicU64,
     pub batches: AtomicU64,
+    /// Poll rounds of `mode = "poll"` objects that completed (every row up to the tip read).
+    pub poll_rounds: AtomicU64,
+    /// Rows polled (SOQL `queryAll` by SystemModstamp), new or already seen.
+    pub poll_rows: AtomicU64,
     /// Commit timestamp (ms) of the newest applied change.
     pub last_commit_ms: AtomicI64,
     /// When (ms) the newest batch was applied.
@@ -71,6 +75,9 @@ pub enum StreamState {
     /// Not streaming since `since_ms` (a failure, a re-subscribe, or a stop): nothing committed
     /// in Salesforce after that moment is known to have arrived.
     Down { since_ms: i64 },
+    /// A polled channel (`mode = "poll"`): the last complete round started at `through_ms`, so
+    /// every change visible in Salesforce by then is in the raw log.
+    Polled { through_ms: i64 },
 }
 
 /// What the apply stage did for one object.
@@ -321,6 +328,14 @@ impl PipelineStats {
         }
     }
 
+    /// Records that a poll round of `channel` that started at `through_ms` read everything up
+    /// to the tip.
+    pub fn polled(&self, channel: &str, through_ms: i64) {
+        self.streams
+            .lock()
+            .insert(channel.to_string(), StreamState::Polled { through_ms });
+    }
+
     /// The state of `channel`'s stream (`None`: not subscribed yet by this process).
     pub fn stream_state(&self, channel: &str) -> Option<StreamState> {
         self.streams.lock().get(channel).copied()
@@ -359,6 +374,8 @@ impl PipelineStats {
         serde_json::json!({
             "ingested": g(&self.ingested),
             "duplicates": g(&self.duplicates),
+            "poll_rounds": g(&self.poll_rounds),
+            "poll_rows": g(&self.poll_rows),
             "processed": g(&self.processed),
             "applied": g(&self.applied),
             "late": g(&self.late),

@@ -18,6 +18,7 @@ pub mod composite;
 pub mod error;
 pub mod governor;
 pub mod http;
+pub mod outbound;
 pub mod pubsub;
 pub mod rest;
 

@@ -132,6 +132,12 @@ pub enum ChangeSource {
     Cdc,
     /// A re-read of the record (gap repair, backfill, reconciliation).
     Snapshot,
+    /// A Salesforce Outbound Message notification (the record's selected fields as of its
+    /// SystemModstamp).
+    OutboundMessage,
+    /// A polled read of the record (`mode = "poll"`: SOQL `queryAll` by SystemModstamp), as of
+    /// its SystemModstamp.
+    Poll,
 }
 
 impl ChangeSource {
@@ -139,6 +145,8 @@ impl ChangeSource {
         match self {
             ChangeSource::Cdc => "cdc",
             ChangeSource::Snapshot => "snapshot",
+            ChangeSource::OutboundMessage => "outbound_message",
+            ChangeSource::Poll => "poll",
         }
     }
 }
@@ -487,6 +495,7 @@ pub trait Warehouse:
     + crate::Delivery
     + crate::SyncStatusStore
     + crate::Leases
+    + crate::OutboundReceipts
     + crate::PlatformEvents
 {
     /// Creates the tables of `model` or adds its missing columns, and registers the model (its

@@ -464,7 +464,7 @@ pub(crate) fn apply_pii(
                 }
             }
         } else if object.ends_with("__e") {
-            // A platform event (migration 19): its fields are stored as received, nothing is
+            // A platform event (migration 20): its fields are stored as received, nothing is
             // sealed.
         } else if pii == PiiMode::Omit {
             // Model unknown: whatever is sealed is PII.

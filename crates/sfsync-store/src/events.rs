@@ -1,4 +1,4 @@
-//! Platform events in both directions (migration 19).
+//! Platform events in both directions (migration 20).
 //!
 //! Inbound: events received on a platform-event or custom channel are kept in
 //! `platform_events_in` together with the channel's replay-id checkpoint
@@ -150,7 +150,7 @@ pub struct Enqueued {
 
 /// What became of a claimed event.
 #[derive(Debug, Clone, PartialEq)]
-pub enum OutboundOutcome {
+pub enum PublishOutcome {
     Published {
         replay_id: ReplayId,
     },
@@ -258,7 +258,7 @@ pub trait PlatformEvents: Send + Sync {
     async fn settle_outbound(
         &self,
         claimer: &str,
-        outcomes: &[(i64, OutboundOutcome)],
+        outcomes: &[(i64, PublishOutcome)],
     ) -> Result<()>;
 
     async fn outbound_events(&self, filter: &OutboundFilter) -> Result<Vec<OutboundEvent>>;

@@ -19,7 +19,7 @@
 //! Raw-log rows can be archived as Parquet files in a local directory or an S3 bucket
 //! ([`archive`]); a file enters its partition's manifest only after it was read back and matched.
 //!
-//! Platform events received and to publish live beside them ([`events`], migration 19): a
+//! Platform events received and to publish live beside them ([`events`], migration 20): a
 //! received batch and its channel's replay id commit in one transaction, and events to publish
 //! are idempotent per (event, key).
 //!
@@ -34,6 +34,7 @@ pub mod jobs;
 pub mod lease;
 pub mod migrate;
 pub mod operator;
+pub mod outbound;
 pub mod pii;
 pub mod postgres;
 pub mod quality;
@@ -57,12 +58,16 @@ pub use delivery::{
 pub use error::{Result, StoreError};
 pub use events::{
     EventAppend, InboundEvent, NewOutboundEvent, OutboundCounts, OutboundEvent, OutboundFilter,
-    OutboundOutcome, OutboundState, PlatformEvents, StoredInboundEvent,
+    OutboundState, PlatformEvents, PublishOutcome, StoredInboundEvent,
 };
 pub use jobs::*;
 pub use lease::{Fence, Lease, Leases, LogPosition};
 pub use migrate::{AppliedMigration, Migration};
 pub use operator::*;
+pub use outbound::{
+    OutboundContent, OutboundItem, OutboundOutcome, OutboundReceipt, OutboundReceipts,
+    ReceiptOutcome, StoredReceipt,
+};
 pub use pii::Keyring;
 pub use postgres::PostgresChangeLog;
 pub use quality::*;

@@ -50,6 +50,7 @@ mod events;
 mod jobs;
 mod lease;
 mod operator;
+mod outbound;
 mod quality;
 mod query;
 mod retention;
@@ -693,6 +694,30 @@ CREATE TABLE leases (
     },
     Migration {
         version: 19,
+        name: "outbound message receipts (dedupe by notification id)",
+        // In the change-log file with raw_changes (SQLite's split layout): a receipt commits in
+        // the same transaction as the raw change its notification becomes.
+        sql: r#"
+CREATE TABLE outbound_notifications (
+    organization_id      TEXT    NOT NULL CHECK (organization_id <> ''),
+    notification_id      TEXT    NOT NULL CHECK (notification_id <> ''),
+    flow                 TEXT    NOT NULL,
+    action_id            TEXT    NOT NULL,
+    object               TEXT    NOT NULL,
+    record_id            TEXT    NOT NULL,
+    status               TEXT    NOT NULL CHECK (status IN ('logged','dead_letter')),
+    event_key            TEXT,
+    error                TEXT,
+    deliveries           INTEGER NOT NULL CHECK (deliveries >= 1),
+    first_received_at_ms INTEGER NOT NULL,
+    last_received_at_ms  INTEGER NOT NULL,
+    PRIMARY KEY (organization_id, notification_id)
+);
+CREATE INDEX outbound_notifications_received ON outbound_notifications (last_received_at_ms);
+"#,
+    },
+    Migration {
+        version: 20,
         name: "platform events: received events with their checkpoints, events to publish",
         sql: r#"
 CREATE TABLE platform_events_in (

@@ -1197,6 +1197,8 @@ fn source_of(s: &str) -> Option<ChangeSource> {
     match s {
         "cdc" => Some(ChangeSource::Cdc),
         "snapshot" => Some(ChangeSource::Snapshot),
+        "outbound_message" => Some(ChangeSource::OutboundMessage),
+        "poll" => Some(ChangeSource::Poll),
         _ => None,
     }
 }

@@ -8,8 +8,8 @@ mod support;
 use sfsync_core::ReplayId;
 use sfsync_store::events::outbound_event_uuid;
 use sfsync_store::{
-    DeadLetter, InboundEvent, NewOutboundEvent, OutboundFilter, OutboundOutcome, OutboundState,
-    PiiMode, Warehouse,
+    DeadLetter, InboundEvent, NewOutboundEvent, OutboundFilter, OutboundState, PiiMode,
+    PublishOutcome, Warehouse,
 };
 
 use support::backends::{postgres_backend, sqlite_backend, Backend};
@@ -184,10 +184,10 @@ async fn events_to_publish_are_idempotent_claimed_and_settled(b: &dyn Backend) {
     s.settle_outbound(
         "pub-a",
         &[
-            (a[0].id, OutboundOutcome::Published { replay_id: rid(77) }),
+            (a[0].id, PublishOutcome::Published { replay_id: rid(77) }),
             (
                 a[1].id,
-                OutboundOutcome::Retry {
+                PublishOutcome::Retry {
                     error: "PUBLISH: service unavailable".into(),
                     next_attempt_at_ms: now - 1,
                 },
@@ -201,7 +201,7 @@ async fn events_to_publish_are_idempotent_claimed_and_settled(b: &dyn Backend) {
         "pub-a",
         &[(
             b2[0].id,
-            OutboundOutcome::Dead {
+            PublishOutcome::Dead {
                 error: "not mine".into(),
             },
         )],
@@ -227,7 +227,7 @@ async fn events_to_publish_are_idempotent_claimed_and_settled(b: &dyn Backend) {
         "pub-b",
         &[(
             b2[0].id,
-            OutboundOutcome::Deferred {
+            PublishOutcome::Deferred {
                 next_attempt_at_ms: now + 3_600_000,
             },
         )],
@@ -240,7 +240,7 @@ async fn events_to_publish_are_idempotent_claimed_and_settled(b: &dyn Backend) {
         "pub-c",
         &[(
             a[1].id,
-            OutboundOutcome::Dead {
+            PublishOutcome::Dead {
                 error: "LIMIT? no: INVALID_FIELD".into(),
             },
         )],

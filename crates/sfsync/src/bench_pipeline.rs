@@ -67,7 +67,7 @@ fn proc_write_bytes(pid: u32) -> u64 {
 
 /// Jiffies all cores spent busy and idle (iowait counts as idle), from the first line of
 /// `/proc/stat`.
-fn machine_busy_idle() -> (u64, u64) {
+pub(crate) fn machine_busy_idle() -> (u64, u64) {
     let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
         return (0, 0);
     };
@@ -85,7 +85,7 @@ fn machine_busy_idle() -> (u64, u64) {
 }
 
 /// Peak resident set (MB) of process `pid`.
-fn proc_peak_rss_mb(pid: u32) -> f64 {
+pub(crate) fn proc_peak_rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -109,16 +109,16 @@ impl Child {
         self.process.id().unwrap_or(0)
     }
 
-    fn stats(&self) -> Option<serde_json::Value> {
+    pub(crate) fn stats(&self) -> Option<serde_json::Value> {
         let text = std::fs::read_to_string(&self.stats_file).ok()?;
         serde_json::from_str(&text).ok()
     }
 
-    fn counter(&self, name: &str) -> u64 {
+    pub(crate) fn counter(&self, name: &str) -> u64 {
         self.stats().and_then(|s| s[name].as_u64()).unwrap_or(0)
     }
 
-    fn latency_counts(&self) -> Vec<u64> {
+    pub(crate) fn latency_counts(&self) -> Vec<u64> {
         self.stats()
             .and_then(|s| {
                 s["latency_counts"]
@@ -188,7 +188,7 @@ extern "C" {
 
 /// The config a user of this workload would write: the six demo objects, Case history on the
 /// owner, Contact PII sealed.
-fn write_config(
+pub(crate) fn write_config(
     dir: &Path,
     running: &sfsync_emulator::RunningEmulator,
     backend: &str,
@@ -263,9 +263,20 @@ pub(crate) fn spawn_pipeline(
     stats_file: &Path,
     postgres_url: Option<&str>,
 ) -> Result<Child> {
+    spawn_role(config, stats_file, postgres_url, "all")
+}
+
+/// `sfsync run --role <role>` of `config`, counters in `stats_file`.
+pub(crate) fn spawn_role(
+    config: &Path,
+    stats_file: &Path,
+    postgres_url: Option<&str>,
+    role: &str,
+) -> Result<Child> {
     let exe = std::env::current_exe().context("locating the sfsync binary")?;
     let mut cmd = tokio::process::Command::new(exe);
     cmd.arg("run")
+        .args(["--role", role])
         .arg("--config")
         .arg(config)
         .args([

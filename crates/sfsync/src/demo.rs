@@ -94,6 +94,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         crate::run_cmd::StartAt::Earliest,
         &config_path,
         crate::run_cmd::Role::All,
+        crate::run_cmd::ServiceApi::Own,
     )
     .await?;
     let warehouse = args.data_dir.join("warehouse.db");

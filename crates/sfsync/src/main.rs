@@ -4,6 +4,7 @@
 mod admin_cmd;
 mod api;
 mod bench_archive;
+mod bench_kafka;
 mod bench_odata;
 mod bench_pipeline;
 mod bench_pubsub;
@@ -13,6 +14,7 @@ mod bench_sync;
 mod bench_writeback;
 mod config;
 mod demo;
+mod deploy_cmd;
 mod emulator_cmd;
 mod jobs_cmd;
 mod kms_cmd;
@@ -151,6 +153,19 @@ struct BenchArgs {
     /// Pipeline suite: also measure a Postgres warehouse at this URL (a throwaway schema).
     #[arg(long, env = "SFSYNC_BENCH_POSTGRES_URL")]
     postgres_url: Option<String>,
+    /// Kafka suite: the broker(s) (`scripts/bench-kafka` starts a throwaway one).
+    #[arg(long, env = "SFSYNC_BENCH_BROKERS")]
+    brokers: Option<String>,
+    /// Kafka suite: the apply worker counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    workers: Vec<usize>,
+    /// Kafka suite: partitions of the raw-log topic.
+    #[arg(long, default_value_t = 8)]
+    partitions: u32,
+    /// Kafka suite: offered load of the latency phase, changes per second (the design point's
+    /// peak is 2,000/s).
+    #[arg(long, default_value_t = 2_000.0)]
+    rate: f64,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -173,12 +188,16 @@ enum BenchSuite {
     /// Webhook delivery from the delivery outbox to a local receiver: changes/s, requests/s,
     /// MB/s and CPU per change at three batch sizes.
     Sinks,
+    /// The scale-out pipeline: ingest → Kafka → 1 and 2 apply workers → Postgres; events/s,
+    /// CPU per event per process, latency and consumer lag at 2,000 changes/s.
+    Kafka,
     /// OData page latency (p50/p99) paging a 10,000-row entity set by @odata.nextLink at the
     /// default page size, with and without $filter.
     Odata,
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
     let report = match args.suite {
         BenchSuite::Salesforce => {
             bench_salesforce::run(bench_salesforce::SalesforceBenchOptions {
@@ -194,6 +213,22 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 backlog: args.backlog,
                 load_secs: args.load_secs,
                 postgres_url: args.postgres_url,
+            })
+            .await?
+        }
+        BenchSuite::Kafka => {
+            bench_kafka::run(bench_kafka::KafkaBenchOptions {
+                brokers: args
+                    .brokers
+                    .context("the kafka suite needs --brokers (or SFSYNC_BENCH_BROKERS)")?,
+                postgres_url: args.postgres_url.context(
+                    "the kafka suite needs --postgres-url (or SFSYNC_BENCH_POSTGRES_URL)",
+                )?,
+                backlog: args.backlog,
+                load_secs: args.load_secs,
+                workers: args.workers,
+                partitions: args.partitions,
+                rate: args.rate,
             })
             .await?
         }

@@ -104,6 +104,24 @@ fn list(items: &[String]) -> String {
     items.join(", ")
 }
 
+/// The trigger of an Outbound-Message-only object: its flows' endpoints and fields.
+fn outbound_trigger(config: &ValidConfig, object: &str) -> String {
+    let flows: Vec<String> = config
+        .outbound_messages
+        .iter()
+        .filter(|f| f.object == object)
+        .map(|f| {
+            format!(
+                "Outbound Message → POST /soap/outbound/{}/… (fields {}; deduplicated by \
+                 notification id, ordered by SystemModstamp)",
+                f.name,
+                list(&f.fields)
+            )
+        })
+        .collect();
+    flows.join("; ")
+}
+
 impl IntegrationMap {
     pub fn from_config(config: &ValidConfig) -> IntegrationMap {
         let warehouse_label = match &config.warehouse {
@@ -171,8 +189,23 @@ impl IntegrationMap {
                     format!("every {} s", p.poll_interval_secs),
                     "SystemModstamp newer than the checkpoint".to_string(),
                 ),
+                SyncMode::OutboundMessage => (
+                    "outbound message",
+                    "on push (Salesforce retries until acknowledged, up to 24 h)".to_string(),
+                    outbound_trigger(config, &o.name),
+                ),
             };
-            let sla = o.sla_secs.unwrap_or(config.freshness.delayed_after_secs);
+            // An Outbound-Message-only object takes its flow's target and team unless it has
+            // its own.
+            let om = config
+                .outbound_messages
+                .iter()
+                .find(|f| f.object == o.name)
+                .filter(|_| o.mode == SyncMode::OutboundMessage);
+            let sla = o
+                .sla_secs
+                .or(om.and_then(|f| f.sla_secs))
+                .unwrap_or(config.freshness.delayed_after_secs);
             flows.push(Flow {
                 object: o.name.clone(),
                 source: SALESFORCE.into(),
@@ -183,7 +216,7 @@ impl IntegrationMap {
                 trigger,
                 transformation: steps.join("; "),
                 sla_secs: sla,
-                team: o.team.clone(),
+                team: o.team.clone().or(om.and_then(|f| f.team.clone())),
                 sink: None,
             });
             if let Some(every) = p.reconcile_interval_secs {
@@ -220,6 +253,33 @@ impl IntegrationMap {
                     sink: None,
                 });
             }
+        }
+        // Outbound Messages beside a CDC stream: a flow of their own.
+        for f in &config.outbound_messages {
+            let streamed = config
+                .objects
+                .iter()
+                .any(|o| o.name == f.object && o.mode != SyncMode::OutboundMessage);
+            if !streamed {
+                continue;
+            }
+            flows.push(Flow {
+                object: f.object.clone(),
+                source: SALESFORCE.into(),
+                target: WAREHOUSE.into(),
+                direction: "inbound",
+                pattern: "outbound message",
+                frequency: "on push (Salesforce retries until acknowledged, up to 24 h)".into(),
+                trigger: format!("Outbound Message → POST /soap/outbound/{}/…", f.name),
+                transformation: format!(
+                    "fields {}; acknowledged once in the raw log; deduplicated by notification \
+                     id; ordered by SystemModstamp (never over a newer CDC change)",
+                    list(&f.fields)
+                ),
+                sla_secs: f.sla_secs.unwrap_or(config.freshness.delayed_after_secs),
+                team: f.team.clone(),
+                sink: None,
+            });
         }
         if let Some(location) = &config.archive.location {
             let a = &config.archive;

@@ -187,15 +187,23 @@ fn keyring(secrets: &ResolvedSecrets) -> Result<Option<Arc<Keyring>>> {
     Ok(Some(Arc::new(ring)))
 }
 
-/// The pipeline's object specs from the config (poll-mode objects are reported and skipped
-/// until polling lands).
+/// The pipeline's object specs from the config: CDC objects on their channel, Outbound-Message
+/// objects on their flow's push channel, polled objects on `/poll/<Object>`.
 pub fn object_specs(config: &ValidConfig) -> Vec<ObjectSpec> {
     let mut out = Vec::new();
     for o in &config.objects {
-        let Some(channel) = o.channel.clone() else {
-            if matches!(o.mode, SyncMode::Poll) {
-                tracing::warn!(object = %o.name, "mode = \"poll\" is not available yet; the object is not synced.");
-            }
+        // An Outbound-Message-only object is fed through its first flow's push channel.
+        let pushed = (o.mode == SyncMode::OutboundMessage)
+            .then(|| {
+                config
+                    .outbound_messages
+                    .iter()
+                    .find(|f| f.object == o.name)
+                    .map(|f| sfsync_pipeline::outbound::channel(&f.name))
+            })
+            .flatten();
+        let polled = (o.mode == SyncMode::Poll).then(|| sfsync_pipeline::poll::channel(&o.name));
+        let Some(channel) = o.channel.clone().or(pushed).or(polled) else {
             continue;
         };
         out.push(ObjectSpec {
@@ -290,6 +298,22 @@ pub fn pipeline_config(config: &ValidConfig, start: StartAt) -> PipelineConfig {
         .then(|| (config.log.node_name.clone(), config.log.lease_ttl)),
         event_channels: config.platform_events.subscribe.clone(),
         deliver_events: !config.sinks.is_empty(),
+        poll_client: None,
+        poll: poll_config(config),
+    }
+}
+
+/// How `mode = "poll"` objects are read (`[pipeline] poll_*`).
+pub fn poll_config(config: &ValidConfig) -> sfsync_pipeline::poll::PollConfig {
+    let p = &config.pipeline;
+    let page = usize::try_from(p.poll_page_records)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    sfsync_pipeline::poll::PollConfig {
+        interval: Duration::from_secs(p.poll_interval_secs.max(1)),
+        overlap: Duration::from_secs(p.poll_overlap_secs),
+        page_records: page,
+        batch_size: page.clamp(200, 2_000) as u32,
     }
 }
 
@@ -423,6 +447,24 @@ pub struct Service {
     /// The delivery sinks (`None`: no `[[sinks]]`).
     sinks: Option<sfsync_pipeline::sinks::RunningSinks>,
     shutdown_timeout: Duration,
+    /// The API state of a service in a deployment ([`ServiceApi::Shared`]): the deployment's
+    /// listener serves it under `/orgs/<name>/`.
+    pub api_state: Option<Arc<crate::api::ApiState>>,
+}
+
+/// Which API a service serves.
+#[derive(Clone, Copy)]
+pub enum ServiceApi<'a> {
+    /// Its config's own `[api]` (one org per process).
+    Own,
+    /// No listener of its own: its API state is built with a deployment's `[api]` settings and
+    /// tokens, and the deployment's listener serves it.
+    Shared {
+        api: &'a crate::config::ValidApi,
+        tokens: &'a [crate::config::secrets::ApiToken],
+    },
+    /// No API at all (a deployment whose `[api]` is off).
+    Off,
 }
 
 /// Starts the service of `config` (the API's address and certificate are checked before
@@ -433,10 +475,11 @@ pub async fn start_service(
     start: StartAt,
     config_path: &Path,
     role: Role,
+    service_api: ServiceApi<'_>,
 ) -> Result<Service> {
-    let api = match &config.api {
-        Some(api) => crate::api::bind(api).await?,
-        None => None,
+    let api = match (service_api, &config.api) {
+        (ServiceApi::Own, Some(api)) => crate::api::bind(api).await?,
+        _ => None,
     };
     let stores = open_stores(config, secrets).await?;
     let store = stores.warehouse.clone();
@@ -447,15 +490,15 @@ pub async fn start_service(
     pc.roles = role.pipeline();
     pc.apply.maintenance.archive = open_archive(config)?;
     pc.bulk = Some(client.bulk());
+    // Polling is the flow's ingest itself: charged with the re-reads that keep other flows
+    // complete (gap repair), after writeback and before reconciliation and backfills.
+    pc.poll_client = Some(client.lane(sfsync_salesforce::Lane::GapRepair));
     let writeback = !config.writeback.objects.is_empty() && role.outbound();
     if writeback {
         pc.echo_ledger = Some(sfsync_pipeline::writeback::EchoLedger(ledger.clone()));
     }
     if pc.objects.is_empty() {
-        anyhow::bail!(
-            "{}: no object with mode = \"cdc\" to sync",
-            config_path.display()
-        );
+        anyhow::bail!("{}: no object to sync", config_path.display());
     }
     let running = sfsync_pipeline::start(
         store.clone(),
@@ -527,37 +570,70 @@ pub async fn start_service(
     } else {
         None
     };
-    let api = match (api, &config.api) {
-        (Some(bound), Some(api_config)) => {
-            let mut state = crate::api::ApiState::new(
+    let api_settings = match service_api {
+        ServiceApi::Own => config
+            .api
+            .as_ref()
+            .map(|a| (a, secrets.api_tokens.as_slice())),
+        ServiceApi::Shared { api, tokens } => Some((api, tokens)),
+        ServiceApi::Off => None,
+    };
+    let state = api_settings.map(|(api_config, tokens)| {
+        let mut state = crate::api::ApiState::new(
+            config,
+            api_config,
+            tokens,
+            stores.full.clone(),
+            running.stats.clone(),
+            running.run_id.clone(),
+            Some({
+                let client = client.clone();
+                Arc::new(move || client.budget_status())
+            }),
+        );
+        state.sinks = sinks.as_ref().map(|s| s.stats.clone());
+        state.events = Some(crate::api::EventsApi {
+            stats: running.events.clone(),
+            publisher: publish_waker.clone(),
+        });
+        state.set_basic_principals(&secrets.odata_basic);
+        if !config.outbound_messages.is_empty() {
+            let mut om = crate::api::outbound::OutboundService::from_config(
                 config,
-                api_config,
-                &secrets.api_tokens,
-                stores.full.clone(),
-                running.stats.clone(),
-                running.run_id.clone(),
-                Some({
-                    let client = client.clone();
-                    Arc::new(move || client.budget_status())
-                }),
+                &secrets.outbound_secrets,
+                api_config.max_body_bytes.min(usize::MAX as u64) as usize,
             );
-            state.sinks = sinks.as_ref().map(|s| s.stats.clone());
-            state.events = Some(crate::api::EventsApi {
-                stats: running.events.clone(),
-                publisher: publish_waker.clone(),
-            });
-            state.set_basic_principals(&secrets.odata_basic);
-            let running_api = bound.serve(Arc::new(state));
-            let tls = api_config.tls.is_some();
+            om.wake = Some(running.appended.clone());
+            state.outbound = Some(Arc::new(om));
+            // The push channels are "up" while the endpoint listens (freshness).
+            for f in &config.outbound_messages {
+                running
+                    .stats
+                    .stream_up(&sfsync_pipeline::outbound::channel(&f.name), now_ms());
+            }
+            eprintln!(
+                "Outbound Messages: {} flow(s) at POST /soap/outbound/<flow>/<secret>",
+                config.outbound_messages.len()
+            );
+        }
+        Arc::new(state)
+    });
+    let (api, api_state) = match (api, state) {
+        (Some(bound), Some(state)) => {
+            let running_api = bound.serve(state);
+            let tls = config.api.as_ref().is_some_and(|a| a.tls.is_some());
             eprintln!(
                 "API on {}://{} ({} tokens)",
                 if tls { "https" } else { "http" },
                 running_api.addr,
                 secrets.api_tokens.len()
             );
-            Some(running_api)
+            (Some(running_api), None)
         }
-        _ => None,
+        (None, Some(state)) if matches!(service_api, ServiceApi::Shared { .. }) => {
+            (None, Some(state))
+        }
+        _ => (None, None),
     };
     Ok(Service {
         running,
@@ -568,6 +644,7 @@ pub async fn start_service(
         publisher,
         sinks,
         shutdown_timeout: Duration::from_secs(config.pipeline.shutdown_timeout_secs),
+        api_state,
     })
 }
 
@@ -751,8 +828,19 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if early {
         return Ok(());
     }
+    if crate::config::deployment::is_deployment_file(&args.config) {
+        return crate::deploy_cmd::run(args, signal).await;
+    }
     let (config, secrets) = load(&args.config).await?;
-    let service = start_service(&config, &secrets, args.start, &args.config, args.role).await?;
+    let service = start_service(
+        &config,
+        &secrets,
+        args.start,
+        &args.config,
+        args.role,
+        ServiceApi::Own,
+    )
+    .await?;
     let stats = service.running.stats.clone();
     let started = Instant::now();
     let mut last = 0;

@@ -232,6 +232,15 @@ impl std::fmt::Display for DeadLetterRef {
 
 /// The same hint for one dead letter, with its replay id, channel and object filled in.
 pub fn event_redrive_hint(d: &StoredDeadLetter) -> String {
+    if sfsync_pipeline::outbound::is_push_channel(&d.channel) {
+        return format!(
+            "no redrive of Outbound Message dead letters: Salesforce delivers the message again \
+             until it is acknowledged (up to 24 h), and a delivery that can be read is logged \
+             then; fix the cause (the Outbound Message's fields, or the flow's config), or \
+             `sfsync reconcile {}` repairs the records from Salesforce",
+            d.object.as_deref().unwrap_or("OBJECT")
+        );
+    }
     let mut out = String::from("no redrive of event dead letters");
     if let Some(r) = &d.replay_id {
         out.push_str(&format!(

@@ -216,6 +216,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/odata/v4/$metadata"),
     ("GET", "/odata/v4/{resource}"),
     ("GET", "/odata/v4/{resource}/$count"),
+    ("POST", "/soap/outbound/{flow}/{secret}"),
+    ("GET", "/api/v1/outbound-messages"),
     ("GET", "/metrics"),
     ("GET", "/"),
     ("GET", "/ui/"),

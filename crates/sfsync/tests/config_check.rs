@@ -36,6 +36,10 @@ fn example_dir() -> tempfile::TempDir {
         ("api-case-mgmt.token", "case-mgmt-token-0123456789abcdef"),
         ("case-mgmt-hook.secret", "case-mgmt-hook-secret-0123456789"),
         ("odata-connect.password", "odata-connect-password-0123"),
+        (
+            "om-grant-applications.secret",
+            "om-grant-applications-secret-0123456789",
+        ),
     ] {
         std::fs::write(dir.path().join("secrets").join(file), token).unwrap();
     }
@@ -63,7 +67,10 @@ fn example_config_checks_ok_with_a_summary() {
     for want in [
         "auth:       jwt_bearer",
         "warehouse:  postgres (schema sfsync)",
-        "objects:    6",
+        "objects:    7",
+        "Grant_Application__c outbound messages",
+        "outbound:   grant-applications → Grant_Application__c at POST /soap/outbound/grant-applications/<secret from",
+        "org 00D5e000000Abc1; 5 field(s)",
         "/data/CaseChangeEvent",
         "/data/Payment__ChangeEvent",
         "pii: Email, Phone, Birthdate",
@@ -179,14 +186,27 @@ fn map_of_the_example_config_draws_every_flow_in_each_format() {
     assert!(json.status.success(), "{}", text(&json.stderr));
     let map: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     let flows = map["flows"].as_array().unwrap();
-    // Six streamed objects, one formula refresh (Account), Case writeback by case_mgmt and by
-    // any system (its shared fields).
+    // Six streamed objects, one formula refresh (Account), one object fed by Outbound
+    // Messages, Case writeback by case_mgmt and by any system (its shared fields).
     let inbound = flows.iter().filter(|f| f["direction"] == "inbound").count();
     let outbound: Vec<&serde_json::Value> = flows
         .iter()
         .filter(|f| f["direction"] == "outbound")
         .collect();
-    assert_eq!(inbound, 7, "{map:#}");
+    assert_eq!(inbound, 8, "{map:#}");
+    let om = flows
+        .iter()
+        .find(|f| f["object"] == "Grant_Application__c")
+        .unwrap();
+    assert_eq!(om["pattern"], "outbound message", "{om:#}");
+    assert_eq!(om["sla_secs"], 300, "{om:#}");
+    assert!(
+        om["trigger"]
+            .as_str()
+            .unwrap()
+            .contains("/soap/outbound/grant-applications/"),
+        "{om:#}"
+    );
     assert_eq!(outbound.len(), 2, "{map:#}");
     let case = flows
         .iter()

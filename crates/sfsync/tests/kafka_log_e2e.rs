@@ -120,7 +120,7 @@ enabled = false
 fn spawn(env: &Env, role: &str, node: &str) -> KillOnDrop {
     KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_sfsync"))
-            .env("SFSYNC_LOG", "warn")
+            .env("SFSYNC_LOG", "warn,sfsync_pipeline::kafka_log=info")
             .env(PG_URL_VAR, &env.url)
             .env("HOSTNAME", node)
             .args(["run", "--progress-secs", "0", "--role", role, "--config"])

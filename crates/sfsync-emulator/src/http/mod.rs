@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod admin_cdc;
+pub mod admin_outbound;
 pub mod bulk;
 pub mod composite;
 pub mod error;
@@ -57,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .merge(bulk::routes())
         .merge(admin::routes())
         .merge(admin_cdc::routes())
+        .merge(admin_outbound::routes())
         .fallback(|| async { ApiError::not_found() })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

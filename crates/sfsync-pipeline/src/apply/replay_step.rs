@@ -464,6 +464,24 @@ impl Applier {
                 .map(|s| vec![s.to_string()])
                 .unwrap_or_default()
         };
+        if crate::outbound::is_outbound(&raw.schema_id) {
+            let Some(mapping) = self.mappings.get(object) else {
+                return Ok(Replayed::Records(Vec::new()));
+            };
+            return Ok(match crate::outbound::normalize(mapping, raw) {
+                Ok(Normalized::Records(rs)) => Replayed::Records(rs),
+                _ => Replayed::Undecodable(first_id()),
+            });
+        }
+        if crate::poll::is_polled(&raw.schema_id) {
+            let Some(mapping) = self.mappings.get(object) else {
+                return Ok(Replayed::Records(Vec::new()));
+            };
+            return Ok(match crate::poll::normalize(mapping, raw) {
+                Ok(Normalized::Records(rs)) => Replayed::Records(rs),
+                _ => Replayed::Undecodable(first_id()),
+            });
+        }
         let Some(schema) = self.schema(&raw.schema_id).await? else {
             return Ok(Replayed::Undecodable(first_id()));
         };

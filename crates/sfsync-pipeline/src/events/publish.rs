@@ -13,7 +13,7 @@ use sfsync_salesforce::pubsub::{
     EventSchema, ProducerEvent, PubSubError, PublishResult, Subscriber,
 };
 use sfsync_salesforce::SalesforceClient;
-use sfsync_store::{OutboundEvent, OutboundOutcome, Warehouse};
+use sfsync_store::{OutboundEvent, PublishOutcome, Warehouse};
 use tokio::sync::{watch, Notify};
 
 use super::EventStats;
@@ -109,13 +109,13 @@ impl Publisher {
     }
 
     /// A failed attempt: retried, or dead once `max_attempts` are used.
-    fn failed(&self, e: &OutboundEvent, error: String) -> OutboundOutcome {
+    fn failed(&self, e: &OutboundEvent, error: String) -> PublishOutcome {
         if e.attempts + 1 >= i64::from(self.config.max_attempts) {
-            OutboundOutcome::Dead {
+            PublishOutcome::Dead {
                 error: format!("{error} (after {} attempts)", e.attempts + 1),
             }
         } else {
-            OutboundOutcome::Retry {
+            PublishOutcome::Retry {
                 error,
                 next_attempt_at_ms: self.retry_at(e.attempts),
             }
@@ -176,12 +176,12 @@ impl Publisher {
             _ = stop.changed() => None,
         };
         let granted = granted.unwrap_or(0).min(want) as usize;
-        let mut outcomes: Vec<(i64, OutboundOutcome)> = Vec::with_capacity(claimed.len());
+        let mut outcomes: Vec<(i64, PublishOutcome)> = Vec::with_capacity(claimed.len());
         let (go, wait) = claimed.split_at(granted);
         for e in wait {
             outcomes.push((
                 e.id,
-                OutboundOutcome::Deferred {
+                PublishOutcome::Deferred {
                     next_attempt_at_ms: now_ms(),
                 },
             ));
@@ -232,7 +232,7 @@ impl Publisher {
     async fn publish_group(
         &mut self,
         group: &[OutboundEvent],
-    ) -> (Vec<(i64, OutboundOutcome)>, u64) {
+    ) -> (Vec<(i64, PublishOutcome)>, u64) {
         let name = group[0].name.clone();
         let topic = format!("/event/{name}");
         let mut out = Vec::with_capacity(group.len());
@@ -243,7 +243,7 @@ impl Publisher {
                 let not_publishable = matches!(e, PubSubError::NotPublishable { .. });
                 for ev in group {
                     let o = if not_publishable {
-                        OutboundOutcome::Dead { error: msg.clone() }
+                        PublishOutcome::Dead { error: msg.clone() }
                     } else {
                         self.failed(ev, msg.clone())
                     };
@@ -281,7 +281,7 @@ impl Publisher {
                 // The event itself is wrong: no attempt will fix it.
                 Err(e) => out.push((
                     ev.id,
-                    OutboundOutcome::Dead {
+                    PublishOutcome::Dead {
                         error: e.to_string(),
                     },
                 )),
@@ -321,7 +321,7 @@ impl Publisher {
                         Some(r) => match &r.error {
                             None if !r.replay_id.is_empty() => {
                                 published += 1;
-                                OutboundOutcome::Published {
+                                PublishOutcome::Published {
                                     replay_id: ReplayId::from_bytes(r.replay_id.clone()),
                                 }
                             }
@@ -331,7 +331,7 @@ impl Publisher {
                             ),
                             Some(err) if is_limit(&err.msg) => {
                                 limited = true;
-                                OutboundOutcome::Deferred {
+                                PublishOutcome::Deferred {
                                     next_attempt_at_ms: now_ms(),
                                 }
                             }
@@ -361,13 +361,13 @@ impl Publisher {
         (out, published)
     }
 
-    fn count(&self, outcomes: &[(i64, OutboundOutcome)]) {
+    fn count(&self, outcomes: &[(i64, PublishOutcome)]) {
         for (_, o) in outcomes {
             let c = match o {
-                OutboundOutcome::Published { .. } => &self.stats.published,
-                OutboundOutcome::Deferred { .. } => &self.stats.deferred,
-                OutboundOutcome::Retry { .. } => &self.stats.retried,
-                OutboundOutcome::Dead { .. } => &self.stats.dead,
+                PublishOutcome::Published { .. } => &self.stats.published,
+                PublishOutcome::Deferred { .. } => &self.stats.deferred,
+                PublishOutcome::Retry { .. } => &self.stats.retried,
+                PublishOutcome::Dead { .. } => &self.stats.dead,
             };
             c.fetch_add(1, Relaxed);
         }

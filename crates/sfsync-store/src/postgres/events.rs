@@ -1,4 +1,4 @@
-//! [`PlatformEvents`] on Postgres (migration 19): writes on the main connection, one
+//! [`PlatformEvents`] on Postgres (migration 20): writes on the main connection, one
 //! transaction each (a fence is checked inside it, as for fenced appends); lists on the reader.
 
 use async_trait::async_trait;
@@ -350,7 +350,7 @@ impl PlatformEvents for PostgresChangeLog {
     async fn settle_outbound(
         &self,
         claimer: &str,
-        outcomes: &[(i64, OutboundOutcome)],
+        outcomes: &[(i64, PublishOutcome)],
     ) -> Result<()> {
         let now = now_ms();
         let mut client = self.client.lock().await;
@@ -367,7 +367,7 @@ impl PlatformEvents for PostgresChangeLog {
                 i64,
                 Option<i64>,
             ) = match o {
-                OutboundOutcome::Published { replay_id } => (
+                PublishOutcome::Published { replay_id } => (
                     "published",
                     Some(replay_id.as_bytes().to_vec()),
                     None,
@@ -375,7 +375,7 @@ impl PlatformEvents for PostgresChangeLog {
                     0,
                     Some(now),
                 ),
-                OutboundOutcome::Retry {
+                PublishOutcome::Retry {
                     error,
                     next_attempt_at_ms,
                 } => (
@@ -386,10 +386,10 @@ impl PlatformEvents for PostgresChangeLog {
                     1,
                     None,
                 ),
-                OutboundOutcome::Deferred { next_attempt_at_ms } => {
+                PublishOutcome::Deferred { next_attempt_at_ms } => {
                     ("pending", None, None, Some(*next_attempt_at_ms), 0, None)
                 }
-                OutboundOutcome::Dead { error } => {
+                PublishOutcome::Dead { error } => {
                     ("dead", None, Some(error.as_str()), None, 1, None)
                 }
             };

@@ -1,4 +1,4 @@
-//! [`PlatformEvents`] on SQLite (migration 19): every table in the warehouse file, beside the
+//! [`PlatformEvents`] on SQLite (migration 20): every table in the warehouse file, beside the
 //! delivery outbox and the leases, so a received batch, its outbox entries, its dead letters
 //! and its checkpoint commit in one transaction (and a fence is checked in it too).
 
@@ -445,7 +445,7 @@ impl PlatformEvents for SqliteChangeLog {
     async fn settle_outbound(
         &self,
         claimer: &str,
-        outcomes: &[(i64, OutboundOutcome)],
+        outcomes: &[(i64, PublishOutcome)],
     ) -> Result<()> {
         let claimer = claimer.to_string();
         let outcomes = outcomes.to_vec();
@@ -462,7 +462,7 @@ impl PlatformEvents for SqliteChangeLog {
                     i64,
                     Option<i64>,
                 ) = match o {
-                    OutboundOutcome::Published { replay_id } => (
+                    PublishOutcome::Published { replay_id } => (
                         "published",
                         Some(replay_id.as_bytes().to_vec()),
                         None,
@@ -470,7 +470,7 @@ impl PlatformEvents for SqliteChangeLog {
                         0,
                         Some(now),
                     ),
-                    OutboundOutcome::Retry {
+                    PublishOutcome::Retry {
                         error,
                         next_attempt_at_ms,
                     } => (
@@ -481,10 +481,10 @@ impl PlatformEvents for SqliteChangeLog {
                         1,
                         None,
                     ),
-                    OutboundOutcome::Deferred { next_attempt_at_ms } => {
+                    PublishOutcome::Deferred { next_attempt_at_ms } => {
                         ("pending", None, None, Some(*next_attempt_at_ms), 0, None)
                     }
-                    OutboundOutcome::Dead { error } => {
+                    PublishOutcome::Dead { error } => {
                         ("dead", None, Some(error.as_str()), None, 1, None)
                     }
                 };

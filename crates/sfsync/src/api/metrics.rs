@@ -76,6 +76,48 @@ pub struct Extra {
     pub sync_status: Vec<(String, sfsync_store::FreshnessStatus, Option<f64>)>,
     /// Platform events in and out (`None`: none configured).
     pub events: Option<EventMetrics>,
+    /// Per Outbound Message flow: (name, acked, faulted, refused, logged, duplicates,
+    /// dead-lettered); and requests refused before a flow was known.
+    pub outbound: Vec<(String, [u64; 6])>,
+    pub outbound_unauthorised: u64,
+}
+
+/// The Outbound Message families (declared without samples when no flow is configured).
+fn outbound_metrics(o: &mut Out, extra: &Extra) {
+    o.family(
+        "sfsync_outbound_messages_total",
+        "counter",
+        "Outbound Messages received per flow, by answer: acked (<Ack>true</Ack>), faulted (SOAP fault: unreadable, or the store failed), refused (wrong OrganizationId).",
+    );
+    for (flow, c) in &extra.outbound {
+        for (result, v) in [("acked", c[0]), ("faulted", c[1]), ("refused", c[2])] {
+            o.sample(
+                "sfsync_outbound_messages_total",
+                &[("flow", flow), ("result", result)],
+                v as f64,
+            );
+        }
+    }
+    o.family(
+        "sfsync_outbound_notifications_total",
+        "counter",
+        "Outbound Message notifications per flow: logged (new), duplicate (a redelivery of a logged notification id), dead_letter (unreadable, kept with its cause).",
+    );
+    for (flow, c) in &extra.outbound {
+        for (outcome, v) in [("logged", c[3]), ("duplicate", c[4]), ("dead_letter", c[5])] {
+            o.sample(
+                "sfsync_outbound_notifications_total",
+                &[("flow", flow), ("outcome", outcome)],
+                v as f64,
+            );
+        }
+    }
+    o.one(
+        "sfsync_outbound_unauthorised_total",
+        "counter",
+        "Requests to the Outbound Message endpoint refused for an unknown flow or a wrong secret.",
+        extra.outbound_unauthorised as f64,
+    );
 }
 
 /// Platform-event readings: this process's counters and the store's publish queue.
@@ -625,6 +667,7 @@ pub fn render(
             p.our_used as f64,
         );
     }
+    outbound_metrics(&mut o, extra);
     o.family(
         "sfsync_sync_status",
         "gauge",
@@ -682,7 +725,13 @@ pub async fn metrics(
             .await?;
         caller.require_viewer()?;
     }
-    let counts = super::routes::ops_counts(&s).await?;
+    let text = exposition(&s).await?;
+    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
+}
+
+/// The exposition of one service's state (what `GET /metrics` answers).
+pub async fn exposition(s: &ApiState) -> Result<String, ApiError> {
+    let counts = super::routes::ops_counts(s).await?;
     // The last successful reconciliation of each object (newest first: the first seen wins).
     let recent = s
         .store
@@ -731,7 +780,7 @@ pub async fn metrics(
         .archived_through()
         .await
         .map_err(|e| ApiError::internal("reading the archive mark", e))?;
-    let sinks = sink_readings(&s)
+    let sinks = sink_readings(s)
         .await
         .map_err(|e| ApiError::internal("reading the delivery positions", e))?;
     let sync_status = s
@@ -773,15 +822,136 @@ pub async fn metrics(
         sinks,
         sync_status,
         events,
+        outbound: outbound_readings(s),
+        outbound_unauthorised: s
+            .outbound
+            .as_ref()
+            .map_or(0, |o| o.unauthorised.load(Ordering::Relaxed)),
     };
-    let text = render(
+    Ok(render(
         &s.stats,
         &counts,
         &extra,
         s.started.elapsed().as_secs_f64(),
         chrono::Utc::now().timestamp_millis(),
-    );
-    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
+    ))
+}
+
+/// Several expositions as one, each sample labelled `label="<value>"` (first among its labels)
+/// by the part it comes from: families keep their first-seen order, each with one `# HELP` and
+/// `# TYPE` and then the samples of every part in part order (the text format wants a family's
+/// samples together).
+pub fn merge_labelled(label: &str, parts: &[(&str, &str)]) -> String {
+    struct Family {
+        head: Vec<String>,
+        samples: Vec<String>,
+    }
+    let mut order: Vec<String> = Vec::new();
+    let mut families: std::collections::HashMap<String, Family> = std::collections::HashMap::new();
+    for (value, text) in parts {
+        let value = value
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        let mut current = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line
+                .strip_prefix("# HELP ")
+                .or_else(|| line.strip_prefix("# TYPE "))
+            {
+                let name = rest.split(' ').next().unwrap_or_default().to_string();
+                let f = families.entry(name.clone()).or_insert_with(|| {
+                    order.push(name.clone());
+                    Family {
+                        head: Vec::new(),
+                        samples: Vec::new(),
+                    }
+                });
+                if f.head.len() < 2 && !f.head.iter().any(|h| h == line) {
+                    f.head.push(line.to_string());
+                }
+                current = name;
+                continue;
+            }
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let labelled = match line.find(['{', ' ']) {
+                Some(i) if line.as_bytes()[i] == b'{' => {
+                    let inner_empty = line[i + 1..].starts_with('}');
+                    format!(
+                        "{}{{{label}=\"{value}\"{}{}",
+                        &line[..i],
+                        if inner_empty { "" } else { "," },
+                        &line[i + 1..]
+                    )
+                }
+                Some(i) => format!("{}{{{label}=\"{value}\"}}{}", &line[..i], &line[i..]),
+                None => continue,
+            };
+            let key = if current.is_empty() {
+                line.split(['{', ' '])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            } else {
+                current.clone()
+            };
+            families
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    order.push(key.clone());
+                    Family {
+                        head: Vec::new(),
+                        samples: Vec::new(),
+                    }
+                })
+                .samples
+                .push(labelled);
+        }
+    }
+    let mut out = String::new();
+    for name in order {
+        if let Some(f) = families.get(&name) {
+            for h in &f.head {
+                out.push_str(h);
+                out.push('\n');
+            }
+            for l in &f.samples {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// Each Outbound Message flow's counters, by flow name.
+fn outbound_readings(s: &ApiState) -> Vec<(String, [u64; 6])> {
+    let Some(service) = &s.outbound else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, [u64; 6])> = service
+        .flows
+        .values()
+        .map(|f| {
+            let st = &f.stats;
+            let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            (
+                f.name.clone(),
+                [
+                    n(&st.acked),
+                    n(&st.faulted),
+                    n(&st.refused),
+                    n(&st.logged),
+                    n(&st.duplicates),
+                    n(&st.dead_lettered),
+                ],
+            )
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// The sinks' counters with each lane's backlog from the store.
@@ -907,5 +1077,28 @@ mod tests {
             text.contains("sfsync_apply_latency_seconds_sum 4.04\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn merged_expositions_label_every_sample_and_keep_families_together() {
+        let a = "# HELP x_total X.\n# TYPE x_total counter\nx_total 1\n\
+                 # HELP h_seconds H.\n# TYPE h_seconds histogram\n\
+                 h_seconds_bucket{le=\"1\"} 2\nh_seconds_sum 3\nh_seconds_count 2\n";
+        let b = "# HELP x_total X.\n# TYPE x_total counter\nx_total 5\n\
+                 # HELP y Y.\n# TYPE y gauge\ny{kind=\"a\"} 7\n";
+        let text = merge_labelled("org", &[("dhs", a), ("co\"urts", b)]);
+        assert_eq!(
+            text,
+            "# HELP x_total X.\n# TYPE x_total counter\n\
+             x_total{org=\"dhs\"} 1\nx_total{org=\"co\\\"urts\"} 5\n\
+             # HELP h_seconds H.\n# TYPE h_seconds histogram\n\
+             h_seconds_bucket{org=\"dhs\",le=\"1\"} 2\nh_seconds_sum{org=\"dhs\"} 3\n\
+             h_seconds_count{org=\"dhs\"} 2\n\
+             # HELP y Y.\n# TYPE y gauge\ny{org=\"co\\\"urts\",kind=\"a\"} 7\n"
+        );
+        // Every sample line parses as name{labels} value with the label first.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.contains("{org=\""), "{line}");
+        }
     }
 }

@@ -15,12 +15,14 @@
 //! get 413 before they are parsed; errors are JSON (`{"error": {"code", "message"}}`).
 
 pub mod auth;
+pub mod deployment;
 pub mod error;
 pub mod events;
 pub mod metrics;
 pub mod odata;
 pub mod odata_query;
 pub mod openapi;
+pub mod outbound;
 pub mod read;
 pub mod read_limit;
 mod routes;
@@ -83,6 +85,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/odata/v4/$metadata"),
     ("GET", "/odata/v4/{resource}"),
     ("GET", "/odata/v4/{resource}/$count"),
+    ("POST", "/soap/outbound/{flow}/{secret}"),
+    ("GET", "/api/v1/outbound-messages"),
     ("GET", "/metrics"),
     ("GET", "/"),
     ("GET", "/ui/"),
@@ -130,6 +134,8 @@ pub struct ApiState {
     pub publishable: Vec<String>,
     /// Most events in one `POST /api/v1/events/{name}`.
     pub max_events_per_request: usize,
+    /// The Outbound Message endpoint (`None`: no `[[outbound_messages]]`).
+    pub outbound: Option<Arc<outbound::OutboundService>>,
 }
 
 impl ApiState {
@@ -152,6 +158,7 @@ impl ApiState {
                 mode: match o.mode {
                     crate::config::model::SyncMode::Cdc => "cdc",
                     crate::config::model::SyncMode::Poll => "poll",
+                    crate::config::model::SyncMode::OutboundMessage => "outbound_message",
                 },
                 pii_fields: o.pii_fields.clone(),
                 writable: config.writeback.objects.contains_key(&o.name),
@@ -182,6 +189,7 @@ impl ApiState {
             events: None,
             publishable: config.platform_events.publish.clone(),
             max_events_per_request: config.platform_events.max_events_per_request.max(1),
+            outbound: None,
         }
     }
 
@@ -230,6 +238,8 @@ fn method_router(method: &str, path: &str) -> MethodRouter<Arc<ApiState>> {
         ("GET", "/odata/v4/$metadata") => get(odata::metadata),
         ("GET", "/odata/v4/{resource}") => get(odata::resource),
         ("GET", "/odata/v4/{resource}/$count") => get(odata::resource_count),
+        ("POST", "/soap/outbound/{flow}/{secret}") => post(outbound::receive),
+        ("GET", "/api/v1/outbound-messages") => get(outbound::list),
         ("GET", "/metrics") => get(metrics::metrics),
         ("GET", "/") => get(ui::root),
         ("GET", "/ui/") => get(ui::index),
@@ -334,7 +344,32 @@ impl RunningApi {
     }
 }
 
+/// Starts the sampler of `state`'s throughput and burn-rate charts (a deployment's orgs have no
+/// listener of their own to start it).
+pub fn spawn_sampler(state: Arc<ApiState>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(views::sampler(state))
+}
+
 impl BoundApi {
+    /// Serves `router` (a deployment's, see [`deployment`]) until [`RunningApi::stop`].
+    pub fn serve_router(self, router: Router) -> RunningApi {
+        let (stop, rx) = watch::channel(false);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        tracing::info!(address = %format!("{scheme}://{}", self.addr), "Deployment API listening.");
+        let task = tokio::spawn(accept_loop(self.listener, router, self.tls, rx));
+        RunningApi {
+            addr: self.addr,
+            stop,
+            task,
+            sampler: tokio::spawn(async {}),
+        }
+    }
+
+    /// The most bytes a request body may have.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+
     /// Serves the API with `state` until [`RunningApi::stop`].
     pub fn serve(self, state: Arc<ApiState>) -> RunningApi {
         let (stop, rx) = watch::channel(false);

@@ -323,7 +323,7 @@ pub fn document() -> J {
                     "id": { "type": "string" }, "object": { "type": "string" },
                     "fields": { "type": "object" },
                     "sync": { "type": "object", "properties": {
-                        "deleted": { "type": "boolean" }, "change_type": { "type": "string" }, "source": { "type": "string", "enum": ["cdc", "snapshot"] },
+                        "deleted": { "type": "boolean" }, "change_type": { "type": "string" }, "source": { "type": "string", "enum": ["cdc", "snapshot", "outbound_message", "poll"] },
                         "commit_timestamp": { "type": "string", "format": "date-time" }, "commit_number": { "type": "integer" }, "sequence_number": { "type": "integer" },
                         "version": { "type": "string" }, "event_key": { "type": ["string", "null"] }, "transaction_key": { "type": "string" },
                         "replay_id": { "type": ["string", "null"] }, "applied_at": { "type": "string", "format": "date-time" }, "run_id": { "type": "string" }, "origin_client": { "type": ["string", "null"] }
@@ -515,7 +515,47 @@ pub fn document() -> J {
     if let (Some(paths), J::Object(more)) = (doc["paths"].as_object_mut(), dashboard_paths()) {
         paths.extend(more);
     }
+    if let (Some(paths), J::Object(more)) = (doc["paths"].as_object_mut(), outbound_paths()) {
+        paths.extend(more);
+    }
     doc
+}
+
+/// The Outbound Message listener and its receipts (a `json!` of their own: the macro's
+/// recursion limit).
+fn outbound_paths() -> J {
+    json!({
+            "/soap/outbound/{flow}/{secret}": { "post": {
+                "summary": "Salesforce Outbound Message listener (SOAP 1.1, text/xml)",
+                "description": "Receives the `notifications` message Salesforce sends for an [[outbound_messages]] flow. Salesforce cannot send a bearer token: the flow's shared secret is the last path segment (give Salesforce the whole URL as the Outbound Message's endpoint), and the message's OrganizationId must be the flow's org. Answers `<Ack>true</Ack>` once every notification is durable in the raw change log (a redelivered notification id is acknowledged again and applied once); a SOAP fault (HTTP 500) names what could not be read — kept as a dead letter — and Salesforce delivers the message again.",
+                "security": [{}],
+                "parameters": [
+                    { "name": "flow", "in": "path", "required": true, "description": "The [[outbound_messages]] name.", "schema": { "type": "string" } },
+                    { "name": "secret", "in": "path", "required": true, "description": "The flow's URL secret.", "schema": { "type": "string" } }
+                ],
+                "requestBody": { "required": true, "content": { "text/xml": { "schema": { "type": "string" } } } },
+                "responses": {
+                    "200": { "description": "notificationsResponse with <Ack>true</Ack>.", "content": { "text/xml": { "schema": { "type": "string" } } } },
+                    "401": { "description": "SOAP fault: unknown flow or wrong secret.", "content": { "text/xml": { "schema": { "type": "string" } } } },
+                    "403": { "description": "SOAP fault: the OrganizationId is not the flow's org.", "content": { "text/xml": { "schema": { "type": "string" } } } },
+                    "413": { "description": "SOAP fault: the message is larger than [api] max_body_bytes.", "content": { "text/xml": { "schema": { "type": "string" } } } },
+                    "500": { "description": "SOAP fault: the message or some notifications cannot be read (kept as dead letters; the readable ones are stored), or the store failed. Not acknowledged.", "content": { "text/xml": { "schema": { "type": "string" } } } }
+                }
+            } },
+            "/api/v1/outbound-messages": { "get": {
+                "summary": "Outbound Message flows (counters) and the most recent receipts by notification id",
+                "security": [{ "bearer": [] }],
+                "x-sfsync-roles": ["viewer", "operator"],
+                "parameters": [
+                    { "name": "flow", "in": "query", "required": false, "schema": { "type": "string" } },
+                    { "name": "limit", "in": "query", "required": false, "description": "1 to 1000 (default 100).", "schema": { "type": "integer" } }
+                ],
+                "responses": {
+                    "200": { "description": "`{flows: [...], unauthorised, receipts: [{notification_id, status (logged | dead_letter), deliveries, event_key, error, ...}]}`", "content": { "application/json": { "schema": { "type": "object" } } } },
+                    "401": err("No valid token.")
+                }
+            } }
+    })
 }
 
 #[cfg(test)]

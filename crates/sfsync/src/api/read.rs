@@ -151,7 +151,9 @@ fn record_json(props: &[Prop], row: &QueryRow, pii: bool) -> J {
             "sequence_number": m.version.sequence_number,
             "version": format!("{}:{}:{}", m.version.commit_timestamp, m.version.commit_number, m.version.sequence_number),
             "event_key": match m.source {
-                sfsync_store::ChangeSource::Cdc => J::String(
+                sfsync_store::ChangeSource::Cdc
+                | sfsync_store::ChangeSource::OutboundMessage
+                | sfsync_store::ChangeSource::Poll => J::String(
                     sfsync_core::EventKey::new(&m.transaction_key, m.version.sequence_number, &id).to_string(),
                 ),
                 sfsync_store::ChangeSource::Snapshot => J::Null,

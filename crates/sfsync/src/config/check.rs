@@ -36,6 +36,9 @@ pub fn run(args: ConfigArgs) -> i32 {
 }
 
 fn check(path: &std::path::Path, skip_secrets: bool) -> i32 {
+    if super::deployment::is_deployment_file(path) {
+        return check_deployment(path, skip_secrets);
+    }
     let loaded = match load(path) {
         Ok(l) => l,
         Err(e) => return report(&e),
@@ -68,6 +71,76 @@ fn check(path: &std::path::Path, skip_secrets: bool) -> i32 {
     0
 }
 
+/// A deployment file: the file itself, every org's config, and (unless skipped) every org's
+/// secrets and the deployment API's tokens.
+fn check_deployment(path: &std::path::Path, skip_secrets: bool) -> i32 {
+    let d = match super::deployment::load_deployment(path) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("{e}");
+            let n = e.count();
+            eprintln!(
+                "{}: {n} error{}",
+                path.display(),
+                if n == 1 { "" } else { "s" }
+            );
+            return 1;
+        }
+    };
+    let mut failed = false;
+    let mut secret_lines = Vec::new();
+    if skip_secrets {
+        secret_lines.push("secrets:    not checked (--skip-secrets)".to_string());
+    } else {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("sfsync config check: starting the async runtime: {e}");
+                return 1;
+            }
+        };
+        if let Err(e) = d.resolve_api_tokens(&|n| std::env::var(n).ok()) {
+            eprintln!("{e}");
+            failed = true;
+        }
+        for o in &d.orgs {
+            match runtime.block_on(o.loaded.resolve_secrets_from_env()) {
+                Ok(_) => secret_lines.push(format!("secrets:    org {}: all resolved", o.name)),
+                Err(e) => {
+                    eprintln!("{e}");
+                    failed = true;
+                }
+            }
+        }
+    }
+    if failed {
+        return 1;
+    }
+    println!("ok");
+    println!("deployment: {} org(s)", d.orgs.len());
+    match &d.api {
+        None => println!("api:        off"),
+        Some(a) => println!(
+            "api:        {}://{} ({} token{}; each org under /orgs/<name>/)",
+            if a.tls.is_some() { "https" } else { "http" },
+            a.listen,
+            a.tokens.len(),
+            if a.tokens.len() == 1 { "" } else { "s" }
+        ),
+    }
+    for o in &d.orgs {
+        println!("\n[org {}] {}", o.name, o.path.display());
+        print!("{}", summary(&o.loaded));
+    }
+    for l in secret_lines {
+        println!("{l}");
+    }
+    0
+}
+
 fn report(e: &super::ConfigErrors) -> i32 {
     eprintln!("{e}");
     let n = e.errors.len();
@@ -79,6 +152,7 @@ fn object_line(o: &ValidObject) -> String {
     let mut s = format!("  {:<20}", o.name);
     match (&o.mode, &o.channel) {
         (SyncMode::Cdc, Some(c)) => s.push_str(&format!(" cdc  {c}")),
+        (SyncMode::OutboundMessage, _) => s.push_str(" outbound messages"),
         _ => s.push_str(" poll"),
     }
     match &o.history {
@@ -184,6 +258,17 @@ pub fn summary(l: &LoadedConfig) -> String {
             list(&pe.publish),
             pe.publish_batch_max,
             pe.publish_max_attempts
+        ));
+    }
+    for m in &c.outbound_messages {
+        out.push_str(&format!(
+            "outbound:   {} → {} at POST /soap/outbound/{}/<secret from {}>; org {}; {} field(s)\n",
+            m.name,
+            m.object,
+            m.name,
+            m.secret.describe(),
+            m.organization_id,
+            m.fields.len()
         ));
     }
     let f = &c.freshness;

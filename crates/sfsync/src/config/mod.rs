@@ -17,6 +17,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod check;
+pub mod deployment;
 pub mod model;
 pub mod secrets;
 mod span;
@@ -38,8 +39,8 @@ pub use sfsync_salesforce::Secret;
 pub use span::{LineCol, SpanIndex};
 pub use validate::{
     ApiRole, ArchiveWhere, CredentialsSource, PiiKeySource, SinkTarget, ValidApi, ValidApiToken,
-    ValidArchive, ValidConfig, ValidObject, ValidOdata, ValidOldKey, ValidPii, ValidPlatformEvents,
-    ValidSalesforce, ValidSink, ValidWarehouse,
+    ValidArchive, ValidConfig, ValidObject, ValidOdata, ValidOldKey, ValidOutboundMessage,
+    ValidPii, ValidPlatformEvents, ValidSalesforce, ValidSink, ValidWarehouse,
 };
 
 /// One problem in the config file.
@@ -216,6 +217,7 @@ const TABLES: &[&str] = &[
     "freshness",
     "log",
     "odata",
+    "outbound_messages",
     "platform_events",
 ];
 
@@ -292,6 +294,22 @@ pub fn parse(text: &str, file: &str) -> Result<(SfsyncConfig, SpanIndex), Config
             "log" => cfg.log = p.de("log", value),
             "odata" => cfg.odata = p.de("odata", value),
             "platform_events" => cfg.platform_events = p.de("platform_events", value),
+            "outbound_messages" => match value.get_ref() {
+                DeValue::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        if let Some(o) =
+                            p.de::<OutboundMessageConfig>(&format!("outbound_messages[{i}]"), item)
+                        {
+                            cfg.outbound_messages.push(o);
+                        }
+                    }
+                }
+                _ => p.error(
+                    "outbound_messages",
+                    value.span(),
+                    "expected an array of tables ([[outbound_messages]])",
+                ),
+            },
             other => p.error(
                 other,
                 key.span(),

@@ -35,6 +35,19 @@ pub struct SfsyncConfig {
     pub odata: Option<OdataConfig>,
     /// `[platform_events]`; absent: no platform events in or out.
     pub platform_events: Option<PlatformEventsConfig>,
+    /// `[[outbound_messages]]`: Salesforce Outbound Message definitions whose notifications
+    /// the API's SOAP endpoint receives.
+    pub outbound_messages: Vec<OutboundMessageConfig>,
+}
+
+/// One `[[orgs]]` entry of a deployment file (see [`super::deployment`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrgRef {
+    /// The org's label in metrics (`org="…"`), API routes (`/orgs/<name>/…`) and log lines.
+    pub name: String,
+    /// The org's own complete sfsync config, relative to the deployment file.
+    pub config: PathBuf,
 }
 
 /// `[salesforce]`: where the org is and how to authenticate.
@@ -378,6 +391,9 @@ pub enum SyncMode {
     Cdc,
     /// Periodic SOQL on `SystemModstamp` (objects without CDC).
     Poll,
+    /// Only Salesforce Outbound Messages pushed to the API's SOAP endpoint (an
+    /// `[[outbound_messages]]` flow names the object); no CDC subscription.
+    OutboundMessage,
 }
 
 /// `history = { fields = [...] }` or `history = { fields = "all" }`.
@@ -513,6 +529,12 @@ pub struct PipelineConfig {
     pub gap_reread_batch_records: u64,
     /// Interval of `mode = "poll"` objects.
     pub poll_interval_secs: u64,
+    /// Each poll round re-reads this far before its cursor (SystemModstamp), so a transaction
+    /// committed after a round but stamped before its cursor is still read (commit-order skew).
+    pub poll_overlap_secs: u64,
+    /// Rows per keyset query of a poll round (SOQL `LIMIT`; read in queryMore pages of at most
+    /// 2,000).
+    pub poll_page_records: u64,
     /// Grace period for a final checkpoint on SIGTERM.
     pub shutdown_timeout_secs: u64,
     /// Data-quality failures stored in full per object and rule; beyond, they are counted
@@ -540,6 +562,8 @@ impl Default for PipelineConfig {
             queue_capacity_records: 10_000,
             gap_reread_batch_records: 200,
             poll_interval_secs: 60,
+            poll_overlap_secs: 60,
+            poll_page_records: 2_000,
             shutdown_timeout_secs: 30,
             max_stored_failures_per_rule: 10_000,
             backfill_new_objects: true,
@@ -1041,4 +1065,32 @@ fn default_pe_retry_max() -> u64 {
 }
 fn default_pe_request() -> u64 {
     1000
+}
+
+/// One `[[outbound_messages]]` entry: a Salesforce Outbound Message definition (workflow rule or
+/// flow action "Send Outbound Message") whose notifications sfsync receives at
+/// `POST /soap/outbound/<name>/<secret>` on the API's listener, acknowledges once they are in the
+/// raw change log, and applies like any other change of the object.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundMessageConfig {
+    /// The flow's name: the endpoint's path segment and the raw log's channel
+    /// `/outbound/<name>` (letters, digits, `-`, `_`).
+    pub name: String,
+    /// The object the Outbound Message is defined on (an `[[objects]]` entry).
+    pub object: String,
+    /// The org that may send (15 or 18 characters, `00D…`): a notification naming any other
+    /// org is refused.
+    pub organization_id: String,
+    /// The shared secret in the endpoint URL Salesforce is given (Salesforce cannot send a
+    /// bearer token): at least 24 characters of `A-Z a-z 0-9 - _ . ~`.
+    pub secret: SecretRef,
+    /// The fields the Outbound Message definition sends (`Id` is always sent). Must include
+    /// `SystemModstamp` (the version that orders notifications against other changes); a listed
+    /// field the message leaves out is null (Salesforce leaves empty fields out).
+    pub fields: Vec<String>,
+    /// Integration map: the team answerable for this flow.
+    pub team: Option<String>,
+    /// Integration map: the flow's target in seconds, Salesforce commit → warehouse.
+    pub sla_secs: Option<u64>,
 }

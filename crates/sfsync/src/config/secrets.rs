@@ -41,6 +41,8 @@ pub struct ResolvedSecrets {
     pub sink_secrets: std::collections::HashMap<String, Secret>,
     /// `[[odata.basic_auth]]` principals with their passwords, in file order.
     pub odata_basic: Vec<BasicPrincipal>,
+    /// The URL secret of each `[[outbound_messages]]` flow, by flow name.
+    pub outbound_secrets: std::collections::HashMap<String, Secret>,
     /// What AWS was used for, when it was (`region …, credentials …; 2 Secrets Manager
     /// secrets, 1 KMS-wrapped data key`); no secret in it.
     pub aws: Option<String>,
@@ -101,6 +103,43 @@ fn resolve_odata_basic(
             password: Secret::new(value),
             pii: b.pii,
         });
+    }
+    out
+}
+
+/// The shortest Outbound Message URL secret accepted.
+pub const MIN_OUTBOUND_SECRET_CHARS: usize = 24;
+
+/// Reads each `[[outbound_messages]]` secret: at least [`MIN_OUTBOUND_SECRET_CHARS`] URL-safe
+/// characters (it is a path segment of the endpoint URL), else an error naming the entry.
+fn resolve_outbound_secrets(
+    errs: &mut Vec<ConfigError>,
+    cfg: &ValidConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    aws: &AwsFetched,
+) -> std::collections::HashMap<String, Secret> {
+    let mut out = std::collections::HashMap::new();
+    for f in &cfg.outbound_messages {
+        let Some(value) = read_ref(errs, &f.secret_key, &f.secret, env, aws) else {
+            continue;
+        };
+        let value = value.trim().to_string();
+        let url_safe = value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'));
+        if value.chars().count() < MIN_OUTBOUND_SECRET_CHARS || !url_safe {
+            errs.push(ConfigError::new(
+                f.secret_key.clone(),
+                format!(
+                    "the secret of outbound message flow '{}' must be at least \
+                     {MIN_OUTBOUND_SECRET_CHARS} characters of A-Z a-z 0-9 - _ . ~ (it goes in the \
+                     endpoint URL)",
+                    f.name
+                ),
+            ));
+            continue;
+        }
+        out.insert(f.name.clone(), Secret::new(value));
     }
     out
 }
@@ -712,8 +751,9 @@ pub fn resolve(
             })
             .collect()
     });
-    let api_tokens = resolve_api_tokens(&mut errs, cfg, env, aws);
+    let api_tokens = resolve_api_tokens(&mut errs, cfg.api.as_ref(), env, aws);
     let odata_basic = resolve_odata_basic(&mut errs, cfg, env, aws);
+    let outbound_secrets = resolve_outbound_secrets(&mut errs, cfg, env, aws);
     let mut sink_secrets = std::collections::HashMap::new();
     for (i, sink) in cfg.sinks.iter().enumerate() {
         if let super::validate::SinkTarget::Webhook { secret: r, .. } = &sink.target {
@@ -733,6 +773,7 @@ pub fn resolve(
         (Some(credentials), Some(instance_url)) if errs.is_empty() => Ok(ResolvedSecrets {
             api_tokens,
             odata_basic,
+            outbound_secrets,
             sink_secrets,
             credentials,
             instance_url,
@@ -751,11 +792,11 @@ pub fn resolve(
 /// error naming the entries (never the value).
 pub(crate) fn resolve_api_tokens(
     errs: &mut Vec<ConfigError>,
-    cfg: &ValidConfig,
+    api: Option<&super::validate::ValidApi>,
     env: &dyn Fn(&str) -> Option<String>,
     aws: &AwsFetched,
 ) -> Vec<ApiToken> {
-    let Some(api) = &cfg.api else {
+    let Some(api) = api else {
         return Vec::new();
     };
     let mut out: Vec<ApiToken> = Vec::new();

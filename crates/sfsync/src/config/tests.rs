@@ -140,7 +140,7 @@ batch_max_records = -1
             "t.toml:8:12: salesforce.auth.password: inline secrets are not allowed; write { env = \"VAR\" }, { file = \"path\" } or { aws_secret = \"name\" }",
             "t.toml:11:8: warehouse.path: invalid type: integer `3`, expected path string",
             "t.toml:15:21: pipeline.batch_max_records: invalid value: integer `-1`, expected u64",
-            "t.toml:16:2: bogus: unknown table `bogus`, expected one of salesforce, objects, warehouse, pii, pipeline, writeback, api, archive, sinks, freshness, log, odata, platform_events",
+            "t.toml:16:2: bogus: unknown table `bogus`, expected one of salesforce, objects, warehouse, pii, pipeline, writeback, api, archive, sinks, freshness, log, odata, outbound_messages, platform_events",
         ]
     );
 }
@@ -602,6 +602,10 @@ pub(crate) fn example_with_fixtures() -> (tempfile::TempDir, Vec<(&'static str, 
         ("api-case-mgmt.token", "case-mgmt-token-0123456789abcdef"),
         ("case-mgmt-hook.secret", "case-mgmt-hook-secret-0123456789"),
         ("odata-connect.password", "odata-connect-password-0123"),
+        (
+            "om-grant-applications.secret",
+            "om-grant-applications-secret-0123456789",
+        ),
     ] {
         std::fs::write(dir.path().join("secrets").join(file), token).unwrap();
     }
@@ -629,8 +633,24 @@ fn example_config_parses_validates_and_resolves() {
             "Contact",
             "Opportunity",
             "Service_Request__c",
-            "Payment__c"
+            "Payment__c",
+            "Grant_Application__c"
         ]
+    );
+    assert_eq!(c.objects[6].mode, SyncMode::OutboundMessage);
+    assert_eq!(c.objects[6].channel, None);
+    let om = &c.outbound_messages[0];
+    assert_eq!(
+        (
+            om.name.as_str(),
+            om.object.as_str(),
+            om.organization_id.as_str()
+        ),
+        (
+            "grant-applications",
+            "Grant_Application__c",
+            "00D5e000000Abc1"
+        )
     );
     assert_eq!(
         c.objects[5].channel.as_deref(),
@@ -1139,7 +1159,7 @@ token_env = "COPY"
     let mut problems = Vec::new();
     let tokens = secrets::resolve_api_tokens(
         &mut problems,
-        &l.config,
+        l.config.api.as_ref(),
         &env,
         &secrets::AwsFetched::default(),
     );
@@ -1816,4 +1836,97 @@ fn log_table_is_validated_naming_each_key() {
         ("sfsync.raw", 8, "sfsync-apply")
     );
     assert_eq!(l.config.log.node_name, "n1");
+}
+
+#[test]
+fn outbound_messages_are_validated_naming_each_key() {
+    let text = format!(
+        "{HEAD}[[objects]]\nname = \"Account\"\n\n[[objects]]\nname = \"Legacy__c\"\nmode = \"outbound_message\"\n\n[[outbound_messages]]\nname = \"a b\"\nobject = \"Lead\"\norganization_id = \"001000000000001\"\nsecret = {{ env = \"1BAD\" }}\nfields = [\"Name\", \"Name\", \"bad-field\"]\nsla_secs = 0\n\n[[outbound_messages]]\nname = \"accounts\"\nobject = \"Account\"\norganization_id = \"00D000000000062EAA\"\nsecret = {{ env = \"OM\" }}\nfields = []\n"
+    );
+    let e = errs(&text);
+    let want = [
+        ("t.toml:16:", "outbound_messages[0].name: \"a b\" must be 1 to 80 letters"),
+        (
+            "t.toml:17:",
+            "outbound_messages[0].object: 'Lead' is not a synced object ([[objects]])",
+        ),
+        (
+            "t.toml:18:",
+            "outbound_messages[0].organization_id: \"001000000000001\" is not an org id",
+        ),
+        (
+            "t.toml:19:",
+            "outbound_messages[0].secret.env: \"1BAD\" is not a valid environment variable name",
+        ),
+        ("t.toml:20:", "outbound_messages[0].fields: must include SystemModstamp"),
+        ("t.toml:20:", "outbound_messages[0].fields[1]: \"Name\" is given twice"),
+        (
+            "t.toml:20:",
+            "outbound_messages[0].fields[2]: \"bad-field\" is not a field API name",
+        ),
+        ("t.toml:21:", "outbound_messages[0].sla_secs: must be greater than 0"),
+        ("t.toml:28:", "outbound_messages[1].fields: lists no field"),
+        (
+            "t.toml:13:",
+            "objects[1].mode: mode = \"outbound_message\" but no [[outbound_messages]] entry has object = \"Legacy__c\"",
+        ),
+    ];
+    for (at, w) in want {
+        assert!(
+            e.iter().any(|l| l.starts_with(at) && l.contains(w)),
+            "missing {at} {w:?} in {e:#?}"
+        );
+    }
+    // An unknown key in an entry is named with its line.
+    let unknown = format!(
+        "{HEAD}[[objects]]\nname = \"Account\"\n\n[[outbound_messages]]\nname = \"a\"\nendpoint = \"x\"\n"
+    );
+    assert!(errs(&unknown)
+        .iter()
+        .any(|l| l.starts_with("t.toml:13:") && l.contains("unknown field `endpoint`")));
+    // The Kafka raw log and a disabled API cannot receive them.
+    let off = format!(
+        "{HEAD}[[objects]]\nname = \"Account\"\n\n[api]\nenabled = false\n\n[[outbound_messages]]\nname = \"accounts\"\nobject = \"Account\"\norganization_id = \"00D000000000062\"\nsecret = {{ env = \"OM\" }}\nfields = [\"Name\", \"SystemModstamp\"]\n"
+    );
+    assert!(errs(&off).iter().any(|l| l
+        .contains("outbound_messages[0]: Outbound Messages are received by the API's listener")));
+    // Valid: an Outbound-Message-only object and a CDC object with a flow too.
+    let ok = format!(
+        "{HEAD}[[objects]]\nname = \"Account\"\n\n[[objects]]\nname = \"Legacy__c\"\nmode = \"outbound_message\"\n\n[[outbound_messages]]\nname = \"legacy\"\nobject = \"Legacy__c\"\norganization_id = \"00D000000000062EAA\"\nsecret = {{ env = \"OM1\" }}\nfields = [\"Name\", \"SystemModstamp\"]\n\n[[outbound_messages]]\nname = \"accounts\"\nobject = \"Account\"\norganization_id = \"00D000000000062\"\nsecret = {{ env = \"OM2\" }}\nfields = [\"Name\", \"systemmodstamp\"]\n"
+    );
+    let l = load_t(&ok).unwrap_or_else(|e| panic!("{e}"));
+    let c = &l.config;
+    assert_eq!(c.objects[1].channel, None);
+    assert_eq!(c.outbound_messages.len(), 2);
+    assert_eq!(c.outbound_messages[0].organization_id, "00D000000000062");
+    assert_eq!(
+        c.outbound_messages[0].secret_key,
+        "outbound_messages[0].secret.env"
+    );
+    // Secrets: short or not URL-safe ones are refused, naming the key (never the value).
+    let r = l
+        .resolve_secrets(&env_of(&[
+            ("OM1", "short"),
+            ("OM2", "has a space but is long enough!!"),
+        ]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        r.contains("outbound_messages[0].secret.env: the secret of outbound message flow 'legacy' must be at least 24 characters"),
+        "{r}"
+    );
+    assert!(r.contains("outbound_messages[1].secret.env"), "{r}");
+    assert!(!r.contains("has a space"), "{r}");
+    let r = l
+        .resolve_secrets(&env_of(&[
+            ("OM1", "legacy-secret-0123456789abcdef"),
+            ("OM2", "accounts-secret-0123456789abcdef"),
+        ]))
+        .map(|s| s.outbound_secrets.len());
+    assert!(
+        matches!(r, Ok(2))
+            || r.as_ref()
+                .is_err_and(|e| !e.to_string().contains("outbound")),
+        "{r:?}"
+    );
 }

@@ -38,6 +38,8 @@ pub struct ValidConfig {
     pub odata: Option<ValidOdata>,
     /// Platform events in and out (`[platform_events]`; empty without it).
     pub platform_events: ValidPlatformEvents,
+    /// `[[outbound_messages]]`, in file order.
+    pub outbound_messages: Vec<ValidOutboundMessage>,
 }
 
 /// A validated `[platform_events]`: well-formed, unique channels and event names, figures
@@ -145,6 +147,155 @@ fn validate_platform_events(
         publish_retry_max_secs: pe.publish_retry_max_secs.max(1),
         max_events_per_request: pe.max_events_per_request.clamp(1, 10_000) as usize,
     }
+}
+
+/// A validated `[[outbound_messages]]` entry (the secret is read by secret resolution).
+#[derive(Debug, Clone)]
+pub struct ValidOutboundMessage {
+    pub name: String,
+    pub object: String,
+    /// The org id in its 15-character form.
+    pub organization_id: String,
+    pub secret: SecretRef,
+    /// `outbound_messages[i].secret.env`, … for errors.
+    pub secret_key: String,
+    /// Field API names as configured (`SystemModstamp` among them).
+    pub fields: Vec<String>,
+    pub team: Option<String>,
+    pub sla_secs: Option<u64>,
+}
+
+/// Whether `s` can be an `[[outbound_messages]]` name (a URL path segment).
+fn is_flow_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 80
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// `[[outbound_messages]]`: unique names, synced objects, an org id, a secret reference, the
+/// fields with `SystemModstamp`; the API must be on and the raw log in the warehouse; every
+/// `mode = "outbound_message"` object needs a flow.
+fn validate_outbound_messages(
+    errs: &mut Errors,
+    flows: &[OutboundMessageConfig],
+    objects: &[ObjectConfig],
+    api: Option<&ValidApi>,
+    log: &ValidLog,
+    base: &Path,
+) -> Vec<ValidOutboundMessage> {
+    let mut out: Vec<ValidOutboundMessage> = Vec::new();
+    for (i, f) in flows.iter().enumerate() {
+        let p = format!("outbound_messages[{i}]");
+        if !is_flow_name(&f.name) {
+            errs.push(
+                format!("{p}.name"),
+                format!(
+                    "\"{}\" must be 1 to 80 letters, digits, '-' or '_' (it is a URL path segment)",
+                    f.name
+                ),
+            );
+        } else if let Some(j) = out.iter().position(|o| o.name == f.name) {
+            errs.push(
+                format!("{p}.name"),
+                format!(
+                    "\"{}\" is given twice (also outbound_messages[{j}])",
+                    f.name
+                ),
+            );
+        }
+        if !objects.iter().any(|o| o.name == f.object) {
+            errs.push(
+                format!("{p}.object"),
+                format!("'{}' is not a synced object ([[objects]])", f.object),
+            );
+        }
+        let org = f.organization_id.trim();
+        let org_ok = (org.len() == 15 || org.len() == 18)
+            && org.starts_with("00D")
+            && org.bytes().all(|b| b.is_ascii_alphanumeric());
+        if !org_ok {
+            errs.push(
+                format!("{p}.organization_id"),
+                format!(
+                    "\"{}\" is not an org id (15 or 18 letters and digits starting with 00D)",
+                    f.organization_id
+                ),
+            );
+        }
+        let key = format!("{p}.secret");
+        let secret = check_secret(errs, &key, &f.secret, base);
+        let field = secret.field();
+        if f.fields.is_empty() {
+            errs.push(
+                format!("{p}.fields"),
+                "lists no field: give the fields the Outbound Message sends, SystemModstamp among them",
+            );
+        } else if !f
+            .fields
+            .iter()
+            .any(|x| x.eq_ignore_ascii_case("SystemModstamp"))
+        {
+            errs.push(
+                format!("{p}.fields"),
+                "must include SystemModstamp: it orders notifications against other changes of \
+                 the record (add it to the Outbound Message in Salesforce too)",
+            );
+        }
+        let mut seen: Vec<String> = Vec::new();
+        for (j, name) in f.fields.iter().enumerate() {
+            if !is_api_name(name) {
+                errs.push(
+                    format!("{p}.fields[{j}]"),
+                    format!("\"{name}\" is not a field API name"),
+                );
+            } else if seen.contains(&name.to_ascii_lowercase()) {
+                errs.push(
+                    format!("{p}.fields[{j}]"),
+                    format!("\"{name}\" is given twice"),
+                );
+            }
+            seen.push(name.to_ascii_lowercase());
+        }
+        if f.sla_secs == Some(0) {
+            errs.push(format!("{p}.sla_secs"), "must be greater than 0");
+        }
+        if api.is_none() {
+            errs.push(
+                p.clone(),
+                "Outbound Messages are received by the API's listener, which is off ([api] enabled = false)",
+            );
+        }
+        if log.kafka.is_some() {
+            errs.push(
+                p.clone(),
+                "Outbound Messages need the warehouse's raw log (log.backend = \"store\"): their \
+                 receipts dedupe in the same transaction as the append",
+            );
+        }
+        out.push(ValidOutboundMessage {
+            name: f.name.clone(),
+            object: f.object.clone(),
+            organization_id: org.get(..15).unwrap_or(org).to_string(),
+            secret,
+            secret_key: format!("{key}.{field}"),
+            fields: f.fields.clone(),
+            team: f.team.clone(),
+            sla_secs: f.sla_secs,
+        });
+    }
+    for (i, o) in objects.iter().enumerate() {
+        if o.mode == SyncMode::OutboundMessage && !flows.iter().any(|f| f.object == o.name) {
+            errs.push(
+                format!("objects[{i}].mode"),
+                format!(
+                    "mode = \"outbound_message\" but no [[outbound_messages]] entry has object = \"{}\"",
+                    o.name
+                ),
+            );
+        }
+    }
+    out
 }
 
 /// A validated `[odata]`: entity sets naming synced objects (each once), a page size within
@@ -1159,6 +1310,8 @@ impl SfsyncConfig {
             ("queue_capacity_records", p.queue_capacity_records),
             ("gap_reread_batch_records", p.gap_reread_batch_records),
             ("poll_interval_secs", p.poll_interval_secs),
+            ("poll_overlap_secs", p.poll_overlap_secs),
+            ("poll_page_records", p.poll_page_records),
             ("shutdown_timeout_secs", p.shutdown_timeout_secs),
             (
                 "max_stored_failures_per_rule",
@@ -1212,10 +1365,19 @@ impl SfsyncConfig {
             api.as_ref(),
             base_dir,
         );
+        let outbound_messages = validate_outbound_messages(
+            &mut errs,
+            &self.outbound_messages,
+            &self.objects,
+            api.as_ref(),
+            &log,
+            base_dir,
+        );
         match (salesforce, warehouse) {
             (Some(salesforce), Some(warehouse)) if errs.0.is_empty() => Ok(ValidConfig {
                 odata,
                 platform_events,
+                outbound_messages,
                 archive,
                 sinks,
                 freshness,
@@ -1896,14 +2058,14 @@ fn validate_objects(
             );
         }
         let channel = match (o.mode, &o.channel) {
-            (SyncMode::Poll, Some(_)) => {
+            (SyncMode::Poll | SyncMode::OutboundMessage, Some(_)) => {
                 errs.push(
                     format!("{p}.channel"),
                     "a channel is only used with mode = \"cdc\"",
                 );
                 None
             }
-            (SyncMode::Poll, None) => None,
+            (SyncMode::Poll | SyncMode::OutboundMessage, None) => None,
             (SyncMode::Cdc, None) => Some(default_channel(&o.name)),
             (SyncMode::Cdc, Some(c)) => {
                 let own = default_channel(&o.name);
@@ -2173,6 +2335,16 @@ fn validate_writeback_delivery(
         lease_secs: wb.lease_secs,
         parent_fields,
     }
+}
+
+/// A deployment file's `[api]` (see [`super::deployment`]), validated exactly like a config's.
+pub(crate) fn api_table(
+    api: Option<&ApiConfig>,
+    base: &Path,
+) -> (Option<ValidApi>, Vec<ConfigError>) {
+    let mut errs = Errors(Vec::new());
+    let valid = validate_api(&mut errs, api, base);
+    (valid, errs.0)
 }
 
 /// `[api]`: `listen` an `IP:port`; a listener that is not loopback-only needs both TLS files

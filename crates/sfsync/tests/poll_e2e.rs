@@ -1,0 +1,444 @@
+//! Polling (`mode = "poll"`) end to end: `sfsync run` (a child process, SQLite warehouse) reads
+//! Account from the emulator over loopback TLS through SOQL `queryAll` by SystemModstamp.
+//!
+//! `polling_loses_nothing_at_the_cursor_boundary`:
+//! - 450 records committed in ONE transaction (one SystemModstamp millisecond) are read across
+//!   several keyset pages (`poll_page_records = 300`, each read in queryMore pages of 200) and
+//!   all land, once;
+//! - late commits — a transaction stamped before the poller's cursor that becomes visible after
+//!   the cursor passed it (commit-order skew) — land through the overlap window;
+//! - deletes (queryAll `IsDeleted`) and undeletes land;
+//! - a graceful restart with changes (ties again, a delete, a late commit behind the stored
+//!   cursor) made while sfsync is down, and a SIGKILL in the middle of reading a large tie,
+//!   resume from the checkpoint with no loss and no duplicate: every raw-log entry is a distinct
+//!   (Id, SystemModstamp), no history version repeats its predecessor, and records untouched
+//!   since the first phase keep exactly one history version;
+//! - at the end the curated state equals the org (live rows column by column, deleted rows
+//!   flagged), rows carry source `poll`, and `sync_status` reports the object current.
+
+mod support;
+
+use support::{stop, wait_for, KillOnDrop};
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value as J};
+use sfsync_emulator::RunningEmulator;
+use sfsync_org::{ApiKind, CallContext, DmlOp};
+use sfsync_pipeline::poll::Cursor;
+use sfsync_pipeline::ObjectMapping;
+use sfsync_salesforce::SalesforceClient;
+use sfsync_store::{ChangeLog, SqliteChangeLog, SyncStatusStore, Warehouse};
+
+const CHANNEL: &str = "/poll/Account";
+
+struct Env {
+    emu: RunningEmulator,
+    _dir: tempfile::TempDir,
+    db: PathBuf,
+    client: SalesforceClient,
+    config: PathBuf,
+    mapping: ObjectMapping,
+}
+
+async fn env() -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let (emu, client) = support::emulator(&dir).await;
+    let d = client.describe_object("Account").await.unwrap();
+    // As the config below: full history.
+    let mut spec = sfsync_pipeline::ObjectSpec::new("Account");
+    spec.history = sfsync_pipeline::HistoryFields::All;
+    let mapping = ObjectMapping::build(&d, &spec).unwrap();
+    let db = dir.join("wh.db");
+    let config = dir.join("sfsync.toml");
+    let text = format!(
+        r#"[salesforce]
+credentials_file = "{creds}"
+ca_file = "{ca}"
+
+[[objects]]
+name = "Account"
+mode = "poll"
+history = {{ fields = "all" }}
+
+[warehouse]
+type = "sqlite"
+path = "{db}"
+
+[pipeline]
+batch_max_records = 500
+batch_max_wait_ms = 50
+backfill_new_objects = false
+poll_interval_secs = 1
+poll_overlap_secs = 30
+poll_page_records = 300
+
+[freshness]
+update_every_secs = 1
+"#,
+        creds = emu.credentials_path.display(),
+        ca = emu.ca_pem_path.display(),
+        db = db.display(),
+    );
+    std::fs::write(&config, text).unwrap();
+    Env {
+        emu,
+        _dir: tmp,
+        db,
+        client,
+        config,
+        mapping,
+    }
+}
+
+fn run(env: &Env) -> KillOnDrop {
+    KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_sfsync"))
+            .args(["run", "--progress-secs", "0", "--config"])
+            .arg(&env.config)
+            .env("SFSYNC_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning sfsync run"),
+    )
+}
+
+fn ctx(env: &Env) -> CallContext {
+    CallContext {
+        user_id: env.emu.org().admin_user_id(),
+        api: ApiKind::Rest,
+        api_version: "66.0".into(),
+        client: None,
+    }
+}
+
+/// Runs `ops` as one transaction (stamped `stamped_ms` when given: a late commit); the ids.
+fn exec(env: &Env, ops: Vec<DmlOp>, stamped_ms: Option<i64>) -> Vec<String> {
+    let org = env.emu.org();
+    let results = match stamped_ms {
+        Some(ts) => org.execute_stamped(&ctx(env), ops, true, ts),
+        None => org.execute(&ctx(env), ops, true),
+    };
+    results
+        .into_iter()
+        .map(|r| r.expect("DML succeeds").id().to_string())
+        .collect()
+}
+
+fn inserts(prefix: &str, n: usize) -> Vec<DmlOp> {
+    (0..n)
+        .map(|i| DmlOp::Insert {
+            object: "Account".into(),
+            fields: json!({ "Name": format!("{prefix} {i}"), "AnnualRevenue": i as f64 })
+                .as_object()
+                .unwrap()
+                .clone(),
+        })
+        .collect()
+}
+
+fn updates(ids: &[String], fields: J) -> Vec<DmlOp> {
+    ids.iter()
+        .map(|id| DmlOp::Update {
+            object: "Account".into(),
+            id: id.clone(),
+            fields: fields.as_object().unwrap().clone(),
+        })
+        .collect()
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The org's SystemModstamp of a record (queryAll, so deleted ones too).
+async fn modstamp(env: &Env, id: &str) -> i64 {
+    let rows = env
+        .client
+        .query_all_pages(
+            &format!("SELECT Id, SystemModstamp FROM Account WHERE Id = '{id}'"),
+            sfsync_salesforce::rest::QueryOptions {
+                include_deleted: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    sfsync_pipeline::convert::parse_datetime(rows[0]["SystemModstamp"].as_str().unwrap()).unwrap()
+}
+
+async fn open(env: &Env) -> Arc<SqliteChangeLog> {
+    let s = SqliteChangeLog::open(&env.db).await.unwrap();
+    s.ensure_model(&env.mapping.model).await.unwrap();
+    Arc::new(s)
+}
+
+/// The poller's stored cursor.
+async fn cursor(store: &SqliteChangeLog) -> Option<Cursor> {
+    store
+        .checkpoint(CHANNEL)
+        .await
+        .unwrap()
+        .map(|r| Cursor::from_replay_id(&r).expect("a poll cursor"))
+}
+
+/// Problems of the curated state against the org: live rows column by column, and `deleted`
+/// records flagged deleted in the warehouse.
+async fn diff(env: &Env, store: &SqliteChangeLog, deleted: &BTreeSet<String>) -> Vec<String> {
+    let mut p = support::live_diff(&env.client, &env.mapping, store).await;
+    let rows: BTreeMap<String, bool> = store
+        .read_current("Account")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.id.clone(), r.deleted))
+        .collect();
+    for id in deleted {
+        if rows.get(id) != Some(&true) {
+            p.push(format!(
+                "Account {id}: deleted in the org, {:?} in the warehouse",
+                rows.get(id)
+            ));
+        }
+    }
+    p
+}
+
+async fn wait_equal(env: &Env, store: &SqliteChangeLog, deleted: &BTreeSet<String>, what: &str) {
+    wait_for(what, Duration::from_secs(90), || async {
+        diff(env, store, deleted).await
+    })
+    .await;
+}
+
+/// Raw-log entries of the poll channel: (event key, SystemModstamp) — every one distinct.
+async fn logged(store: &SqliteChangeLog) -> Vec<String> {
+    let keys: Vec<String> = store
+        .read_from(0, 10_000_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.channel == CHANNEL)
+        .map(|l| l.change.event_key.as_str().to_string())
+        .collect();
+    let distinct: BTreeSet<&String> = keys.iter().collect();
+    assert_eq!(distinct.len(), keys.len(), "a polled row was logged twice");
+    keys
+}
+
+/// Per record: its history versions. Panics on a version that repeats its predecessor's values
+/// (but after a delete), overlapping windows, or more than one current version.
+async fn history(store: &SqliteChangeLog) -> BTreeMap<String, usize> {
+    let mut by_id: BTreeMap<String, Vec<sfsync_store::HistoryRow>> = BTreeMap::new();
+    for h in store.read_history("Account").await.unwrap() {
+        by_id.entry(h.id.clone()).or_default().push(h);
+    }
+    let mut out = BTreeMap::new();
+    for (id, mut hs) in by_id {
+        hs.sort_by_key(|h| h.version);
+        assert!(
+            hs.iter().filter(|h| h.is_current).count() <= 1,
+            "{id}: several current versions"
+        );
+        for w in hs.windows(2) {
+            // A delete closes a version; the undelete opens the next with the same values.
+            if w[0].end_change_type.as_deref() == Some("DELETE") {
+                continue;
+            }
+            assert_ne!(
+                w[0].values, w[1].values,
+                "{id}: version {} repeats version {}",
+                w[1].version, w[0].version
+            );
+            let to = w[0].valid_to_ms.expect("an older version is closed");
+            assert!(to <= w[1].valid_from_ms, "{id}: overlapping versions");
+        }
+        out.insert(id, hs.len());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_loses_nothing_at_the_cursor_boundary() {
+    let env = env().await;
+    let store = open(&env).await;
+    let mut deleted: BTreeSet<String> = BTreeSet::new();
+
+    // Phase 1: a tie larger than a keyset page (and than a queryMore page).
+    let tie = exec(&env, inserts("Tie", 450), None);
+    let tie_ms = modstamp(&env, &tie[0]).await;
+    assert_eq!(
+        modstamp(&env, &tie[449]).await,
+        tie_ms,
+        "one transaction, one stamp"
+    );
+    let child = run(&env);
+    wait_equal(&env, &store, &deleted, "the 450 tied records land").await;
+    assert_eq!(logged(&store).await.len(), 450);
+    let c = cursor(&store).await.expect("a stored cursor");
+    assert_eq!(c.modstamp_ms, tie_ms);
+    assert_eq!(
+        c.id,
+        *tie.iter().max().unwrap(),
+        "the cursor is at the tie's last Id"
+    );
+    let row = store.read_current("Account").await.unwrap().remove(0);
+    assert_eq!(row.meta.source, sfsync_store::ChangeSource::Poll);
+
+    // Phase 2: late commits inside the overlap window. A fresh update moves the cursor to
+    // now; then transactions stamped 5 s before it become visible (behind the cursor).
+    // (At least 6 s after the tie, so the late commit below is newer than it.)
+    let wait = (tie_ms + 6_000 - now_ms()).max(1_200);
+    tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+    let fresh = exec(&env, updates(&tie[..3], json!({ "Name": "Fresh" })), None);
+    let fresh_ms = modstamp(&env, &fresh[0]).await;
+    wait_for(
+        "the cursor passes the fresh update",
+        Duration::from_secs(30),
+        || async {
+            match cursor(&store).await {
+                Some(c) if c.modstamp_ms >= fresh_ms => vec![],
+                c => vec![format!("cursor {c:?}, fresh update at {fresh_ms}")],
+            }
+        },
+    )
+    .await;
+    let late_ms = fresh_ms - 5_000;
+    assert!(late_ms > tie_ms, "the late commit is newer than the tie");
+    let late_new = exec(&env, inserts("Late", 3), Some(late_ms));
+    exec(
+        &env,
+        updates(&tie[10..12], json!({ "Name": "Late update" })),
+        Some(late_ms),
+    );
+    wait_equal(
+        &env,
+        &store,
+        &deleted,
+        "late commits land through the overlap",
+    )
+    .await;
+    assert_eq!(modstamp(&env, &late_new[0]).await, late_ms);
+
+    // Phase 3: deletes, then undeletes of some of them.
+    let gone: Vec<String> = tie[20..25].to_vec();
+    exec(
+        &env,
+        gone.iter()
+            .map(|id| DmlOp::Delete { id: id.clone() })
+            .collect(),
+        None,
+    );
+    deleted.extend(gone.iter().cloned());
+    wait_equal(&env, &store, &deleted, "deletes land").await;
+    exec(
+        &env,
+        gone[..2]
+            .iter()
+            .map(|id| DmlOp::Undelete { id: id.clone() })
+            .collect(),
+        None,
+    );
+    for id in &gone[..2] {
+        deleted.remove(id);
+    }
+    wait_equal(&env, &store, &deleted, "undeletes land").await;
+    let before = history(&store).await;
+    stop(child);
+
+    // Phase 4: changes while sfsync is down — ties again, a delete, and a late commit stamped
+    // before the stored cursor — then a restart from the checkpoint.
+    let stored = cursor(&store).await.unwrap();
+    exec(
+        &env,
+        updates(&tie[100..200], json!({ "Name": "While down" })),
+        None,
+    );
+    exec(
+        &env,
+        vec![DmlOp::Delete {
+            id: tie[30].clone(),
+        }],
+        None,
+    );
+    deleted.insert(tie[30].clone());
+    let down_late = exec(
+        &env,
+        inserts("Late while down", 2),
+        Some(stored.modstamp_ms - 2_000),
+    );
+    let child = run(&env);
+    wait_equal(
+        &env,
+        &store,
+        &deleted,
+        "changes made while down land after the restart",
+    )
+    .await;
+
+    // Phase 5: SIGKILL while a large tie is being read, then a restart.
+    let big: Vec<String> = tie[..300]
+        .iter()
+        .filter(|id| !deleted.contains(*id))
+        .cloned()
+        .collect();
+    exec(&env, updates(&big, json!({ "Name": "Big tie" })), None);
+    let more = exec(&env, inserts("More", 700), None);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    drop(child);
+    let child = run(&env);
+    wait_equal(&env, &store, &deleted, "everything lands after a SIGKILL").await;
+    // One more round over the overlap changes nothing.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(diff(&env, &store, &deleted).await.is_empty());
+
+    let keys = logged(&store).await;
+    assert!(keys.len() >= 450 + 3 + 3 + 2 + 5 + 2 + 100 + 1 + 2 + big.len() + 700);
+    let after = history(&store).await;
+    // Records untouched since phase 1 kept exactly their one version through every overlap
+    // re-read, restart and SIGKILL.
+    for id in &tie[300..] {
+        assert_eq!(
+            before.get(id),
+            Some(&1),
+            "{id}: one version before the restarts"
+        );
+        assert_eq!(
+            after.get(id),
+            Some(&1),
+            "{id}: one version after the restarts"
+        );
+    }
+    for id in late_new.iter().chain(&down_late).chain(&more) {
+        assert_eq!(after.get(id), Some(&1), "{id}: one version");
+    }
+    for id in &tie[40..60] {
+        // Created, then renamed to "Big tie" once.
+        assert_eq!(after.get(id), Some(&2), "{id}: two versions");
+    }
+
+    // The flow's state: current (polled to the tip), read through `sync_status`.
+    wait_for(
+        "sync_status reports Account current",
+        Duration::from_secs(20),
+        || async {
+            let rows = store.sync_status(None).await.unwrap();
+            rows.iter()
+                .filter(|r| {
+                    r.state.object != "Account"
+                        || r.status != sfsync_store::FreshnessStatus::Current
+                })
+                .map(|r| format!("{}: {:?} ({})", r.state.object, r.status, r.status_reason))
+                .chain(rows.is_empty().then(|| "no rows".to_string()))
+                .collect()
+        },
+    )
+    .await;
+    stop(child);
+}
