@@ -75,6 +75,12 @@ pub struct LimitsConfig {
     /// Length of the rolling window of the API request allocation (24 h; shorter in tests so
     /// usage ages out and the allocation refills).
     pub api_window: Duration,
+    /// Platform events that may be published per rolling hour (`HourlyPublishedPlatformEvents`;
+    /// Salesforce: 250,000 for Enterprise/Unlimited high-volume events). A publish beyond it
+    /// fails per event with `LIMIT_EXCEEDED`.
+    pub hourly_published_platform_events: u64,
+    /// Length of the rolling window of the publish allocation (1 h; shorter in tests).
+    pub publish_window: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -87,6 +93,8 @@ impl Default for LimitsConfig {
             daily_bulk_ingest_records: 150_000_000,
             long_running_threshold: Duration::from_secs(20),
             api_window: Duration::from_secs(24 * 3600),
+            hourly_published_platform_events: 250_000,
+            publish_window: Duration::from_secs(3600),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Org allocations and their enforcement: rolling-24 h API requests, concurrent long-running
 //! requests, Bulk batches, Bulk query jobs and ingest records. Exceeding one answers 403
 //! `REQUEST_LIMIT_EXCEEDED` with Salesforce's message; usage is reported by `/limits` and the
-//! `Sforce-Limit-Info` header.
+//! `Sforce-Limit-Info` header. The hourly platform-event publish allocation
+//! (`HourlyPublishedPlatformEvents`) is taken per event by every publish path (Pub/Sub
+//! `Publish`, REST); an event beyond it is refused with `LIMIT_EXCEEDED` and not published.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -74,6 +76,9 @@ struct Inner {
     bulk_batches: Rolling,
     query_jobs: Rolling,
     ingest_records: Rolling,
+    published: Rolling,
+    /// Events refused for the hourly publish allocation.
+    publish_refused: u64,
     in_flight: HashMap<u64, Instant>,
     next_request: u64,
     refused: u64,
@@ -103,10 +108,13 @@ fn exceeded(message: &str) -> SfError {
 impl Limits {
     pub fn new(config: LimitsConfig) -> Limits {
         let window = config.api_window;
+        let publish_window = config.publish_window;
         Limits {
             inner: Mutex::new(Inner {
                 config,
                 api: Rolling::with_window(window),
+                published: Rolling::with_window(publish_window),
+                publish_refused: 0,
                 bulk_batches: Rolling::default(),
                 query_jobs: Rolling::default(),
                 ingest_records: Rolling::default(),
@@ -208,12 +216,43 @@ impl Limits {
         Ok(())
     }
 
+    /// Takes one event from the hourly publish allocation, or refuses it with Salesforce's
+    /// `LIMIT_EXCEEDED` status code (the event is then not published).
+    pub fn take_published_event(&self) -> Result<(), SfError> {
+        let now = Instant::now();
+        let mut g = self.inner.lock();
+        let max = g.config.hourly_published_platform_events;
+        if g.published.used(now) >= max {
+            g.refused += 1;
+            g.publish_refused += 1;
+            return Err(SfError::new(
+                400,
+                "LIMIT_EXCEEDED",
+                format!(
+                    "The number of published platform event messages exceeded the hourly publishing limit ({max})."
+                ),
+            ));
+        }
+        g.published.add(now, 1);
+        Ok(())
+    }
+
+    /// `(used, max, refused)` of the hourly publish allocation.
+    pub fn publish_usage(&self) -> (u64, u64, u64) {
+        let mut g = self.inner.lock();
+        let max = g.config.hourly_published_platform_events;
+        (g.published.used(Instant::now()), max, g.publish_refused)
+    }
+
     /// Replaces the allocations (admin API); usage so far is kept.
     pub fn set_config(&self, config: LimitsConfig) {
         let mut g = self.inner.lock();
         if config.api_window != g.api.window {
             // A new window length starts a fresh count.
             g.api = Rolling::with_window(config.api_window);
+        }
+        if config.publish_window != g.published.window {
+            g.published = Rolling::with_window(config.publish_window);
         }
         g.config = config;
     }
@@ -229,6 +268,8 @@ impl Limits {
         g.bulk_batches = Rolling::default();
         g.query_jobs = Rolling::default();
         g.ingest_records = Rolling::default();
+        g.published = Rolling::with_window(g.config.publish_window);
+        g.publish_refused = 0;
         g.refused = 0;
     }
 
@@ -245,6 +286,7 @@ impl Limits {
         let api_used = g.api.used(now);
         let batches = g.bulk_batches.used(now);
         let qjobs = g.query_jobs.used(now);
+        let published = g.published.used(now);
         let mut out = json!({
             "ConcurrentAsyncGetReportInstances": {"Max": 200, "Remaining": 200},
             "ConcurrentSyncReportRuns": {"Max": 20, "Remaining": 20},
@@ -260,7 +302,7 @@ impl Limits {
             "DataStorageMB": {"Max": 1073741, "Remaining": 1073741},
             "DurableStreamingApiConcurrentClients": {"Max": 2000, "Remaining": 2000},
             "FileStorageMB": {"Max": 1073741, "Remaining": 1073741},
-            "HourlyPublishedPlatformEvents": {"Max": 250000, "Remaining": 250000},
+            "HourlyPublishedPlatformEvents": {"Max": c.hourly_published_platform_events, "Remaining": c.hourly_published_platform_events.saturating_sub(published)},
             "MassEmail": {"Max": 5000, "Remaining": 5000},
             "SingleEmail": {"Max": 5000, "Remaining": 5000},
             "StreamingApiConcurrentClients": {"Max": 2000, "Remaining": 2000},
@@ -319,5 +361,30 @@ mod tests {
         let v = limits.limits_json(&[("DailyDeliveredPlatformEvents", 50000, 49000)]);
         assert_eq!(v["DailyApiRequests"]["Remaining"], 299_999);
         assert_eq!(v["DailyDeliveredPlatformEvents"]["Remaining"], 49000);
+        assert_eq!(v["HourlyPublishedPlatformEvents"]["Max"], 250_000);
+    }
+
+    #[test]
+    fn hourly_publish_allocation_is_enforced_per_event() {
+        let limits = Limits::new(LimitsConfig {
+            hourly_published_platform_events: 2,
+            ..LimitsConfig::default()
+        });
+        limits.take_published_event().unwrap();
+        limits.take_published_event().unwrap();
+        let err = limits.take_published_event().unwrap_err();
+        assert_eq!(err.error_code, "LIMIT_EXCEEDED");
+        assert!(
+            err.message.contains("hourly publishing limit"),
+            "{}",
+            err.message
+        );
+        assert_eq!(limits.publish_usage(), (2, 2, 1));
+        let v = limits.limits_json(&[]);
+        assert_eq!(v["HourlyPublishedPlatformEvents"]["Max"], 2);
+        assert_eq!(v["HourlyPublishedPlatformEvents"]["Remaining"], 0);
+        limits.reset_usage();
+        assert!(limits.take_published_event().is_ok());
+        assert_eq!(limits.publish_usage(), (1, 2, 0));
     }
 }

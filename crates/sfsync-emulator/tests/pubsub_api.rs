@@ -656,3 +656,174 @@ async fn platform_events_publish_and_subscribe() {
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
 }
+
+#[tokio::test]
+async fn publishes_beyond_the_hourly_allocation_fail_per_event_and_custom_channels_carry_members() {
+    let emu = Emu::start(CdcConfig::default()).await;
+    let state = &emu.running.state;
+    let field = |n: &str| sfsync_emulator::cdc::schema::PlatformField {
+        name: n.into(),
+        field_type: "string".into(),
+    };
+    let shipped = state
+        .cdc
+        .define_platform_event("Order_Shipped__e", vec![field("Order__c")])
+        .unwrap();
+    state
+        .cdc
+        .define_platform_event("Order_Lost__e", vec![field("Order__c")])
+        .unwrap();
+    state
+        .cdc
+        .define_platform_event("Unrelated__e", vec![field("Order__c")])
+        .unwrap();
+    let channel = state
+        .cdc
+        .define_channel(sfsync_emulator::cdc::bus::ChannelDef {
+            name: "Orders__chn".into(),
+            platform: true,
+            members: vec!["Order_Shipped__e".into(), "Order_Lost__e".into()],
+        })
+        .unwrap();
+    assert_eq!(channel.name(), "/event/Orders__chn");
+    let info = emu
+        .client
+        .clone()
+        .get_topic(emu.req(TopicRequest {
+            topic_name: "/event/Orders__chn".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(info.can_subscribe && !info.can_publish, "{info:?}");
+    let (_tx, mut s) = emu
+        .subscribe("/event/Orders__chn", ReplayPreset::Latest, vec![], 10)
+        .await;
+
+    let mut limits = state.limits.config();
+    limits.hourly_published_platform_events = 2;
+    state.limits.set_config(limits);
+    use sfsync_emulator::cdc::FieldValue;
+    let event = |id: &str| ProducerEvent {
+        id: id.into(),
+        schema_id: shipped.id.clone(),
+        payload: sfsync_emulator::cdc::encode::encode_platform_event(
+            &shipped,
+            &[
+                FieldValue::Long(1_700_000_000_000),
+                FieldValue::String("005000000000001AAA".into()),
+                FieldValue::String(id.into()),
+            ],
+        )
+        .unwrap(),
+        headers: vec![],
+    };
+    let resp = emu
+        .client
+        .clone()
+        .publish(emu.req(PublishRequest {
+            topic_name: "/event/Order_Shipped__e".into(),
+            events: vec![event("a"), event(""), event("c")],
+            auth_refresh: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.results.len(), 3);
+    assert_eq!(resp.results[0].correlation_key, "a");
+    assert!(resp.results[0].error.is_none());
+    // An empty id gets a generated UUID as its correlation key.
+    assert_eq!(resp.results[1].correlation_key.len(), 36);
+    assert!(resp.results[1].error.is_none());
+    assert_eq!(resp.results[2].correlation_key, "c");
+    let err = resp.results[2].error.as_ref().expect("over the allocation");
+    assert!(err.msg.starts_with("LIMIT_EXCEEDED"), "{}", err.msg);
+    assert!(resp.results[2].replay_id.is_empty());
+    assert_eq!(state.limits.publish_usage(), (2, 2, 1));
+    let v = state.limits.limits_json(&[]);
+    assert_eq!(v["HourlyPublishedPlatformEvents"]["Remaining"], 0);
+
+    // The REST path shares the allocation: refused now, published after a reset.
+    let fields = serde_json::Map::from_iter([("Order__c".to_string(), json!("rest"))]);
+    assert_eq!(
+        state.limits.take_published_event().unwrap_err().error_code,
+        "LIMIT_EXCEEDED"
+    );
+    state.limits.reset_usage();
+    state.limits.take_published_event().unwrap();
+    state
+        .cdc
+        .publish_fields("Order_Lost__e", &fields, "005000000000001AAA")
+        .unwrap();
+    state
+        .cdc
+        .publish_fields("Unrelated__e", &fields, "005000000000001AAA")
+        .unwrap();
+    assert!(state
+        .cdc
+        .publish_fields(
+            "Order_Lost__e",
+            &serde_json::Map::from_iter([("Nope__c".to_string(), json!(1))]),
+            "x"
+        )
+        .unwrap_err()
+        .contains("Nope__c"));
+
+    // The channel carries its members' events, in replay order, and nothing else.
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let r = next(&mut s).await.unwrap();
+        for e in r.events {
+            let ev = e.event.unwrap();
+            let json = emu.schema_json(&ev.schema_id).await;
+            got.push((
+                json.contains("Order_Shipped__e"),
+                decode(&json, &ev.payload).get("Order__c"),
+            ));
+        }
+    }
+    assert_eq!(got[0], (true, Some(Avro::String("a".into()))));
+    assert!(got[1].0);
+    assert_eq!(got[2], (false, Some(Avro::String("rest".into()))));
+    let r = tokio::time::timeout(Duration::from_millis(300), next(&mut s)).await;
+    assert!(r.is_err(), "Unrelated__e must not reach the channel: {r:?}");
+}
+
+#[tokio::test]
+async fn change_event_custom_channels_carry_their_member_objects_only() {
+    let emu = Emu::start(CdcConfig::default()).await;
+    let topic = emu
+        .running
+        .state
+        .cdc
+        .define_channel(sfsync_emulator::cdc::bus::ChannelDef {
+            name: "Sales__chn".into(),
+            platform: false,
+            members: vec!["Contact".into()],
+        })
+        .unwrap();
+    assert_eq!(topic.name(), "/data/Sales__chn");
+    // A platform-event channel needs defined events as members.
+    assert!(emu
+        .running
+        .state
+        .cdc
+        .define_channel(sfsync_emulator::cdc::bus::ChannelDef {
+            name: "Bad__chn".into(),
+            platform: true,
+            members: vec!["Undefined__e".into()],
+        })
+        .is_err());
+    let (_tx, mut s) = emu
+        .subscribe("/data/Sales__chn", ReplayPreset::Latest, vec![], 10)
+        .await;
+    emu.insert_account("not on the channel");
+    emu.dml(vec![DmlOp::Insert {
+        object: "Contact".into(),
+        fields: fields(json!({"LastName": "On Channel"})),
+    }]);
+    let (ev, _, _) = one_event(&emu, &mut s).await;
+    assert_eq!(ev.header("entityName"), Avro::String("Contact".into()));
+    let r = tokio::time::timeout(Duration::from_millis(300), next(&mut s)).await;
+    assert!(r.is_err(), "only Contact changes: {r:?}");
+}

@@ -10,6 +10,7 @@
 pub mod apply;
 pub mod convert;
 pub mod error;
+pub mod events;
 pub mod freshness;
 pub mod gate;
 pub mod ingest;
@@ -68,6 +69,10 @@ pub struct PipelineConfig {
     /// Each channel's subscriber holds a lease `ingest:<channel>` ([`lease`]) so that exactly
     /// one process across the deployment ingests it: (holder name, time to live).
     pub ingest_lease: Option<(String, Duration)>,
+    /// Platform-event and custom channels to subscribe to ([`events::ingest`]).
+    pub event_channels: Vec<String>,
+    /// Received platform events enter the delivery outbox (sinks run).
+    pub deliver_events: bool,
     /// The REST client `mode = "poll"` objects are read with (in the lane polling is charged
     /// to); without it a polled object is an error at start.
     pub poll_client: Option<sfsync_salesforce::SalesforceClient>,
@@ -107,6 +112,8 @@ pub struct RunningPipeline {
     pub echo: Option<Arc<writeback::EchoConfirmer>>,
     /// The ingest leases kept by this process (released at shutdown).
     leases: Vec<lease::LeaseKeeper>,
+    /// Counters of platform events in and out.
+    pub events: Arc<events::EventStats>,
     /// Wakes the apply stage: notify it after appending to the raw log from outside the
     /// pipeline (pushed Outbound Messages), so it does not wait for its idle poll.
     pub appended: Arc<Notify>,
@@ -237,6 +244,29 @@ pub async fn start(
             w
         })
     };
+    let event_stats = Arc::new(events::EventStats::default());
+    let event_channels = if roles.ingest {
+        config.event_channels.clone()
+    } else {
+        Vec::new()
+    };
+    let mut ingest: Vec<JoinHandle<()>> = event_channels
+        .into_iter()
+        .map(|channel| {
+            let lease = lease_for(&channel, &mut leases);
+            let task = events::ingest::EventIngest {
+                channel,
+                store: store.clone(),
+                subscriber: subscriber.clone(),
+                stats: stats.clone(),
+                events: event_stats.clone(),
+                initial: config.initial.clone(),
+                deliver: config.deliver_events,
+                lease,
+            };
+            tokio::spawn(task.run(rx.clone()))
+        })
+        .collect();
     let mut pollers = Vec::new();
     if roles.ingest {
         if let Some(client) = &config.poll_client {
@@ -257,7 +287,7 @@ pub async fn start(
             }
         }
     }
-    let mut ingest: Vec<JoinHandle<()>> = channels
+    let cdc: Vec<JoinHandle<()>> = channels
         .into_iter()
         .map(|(channel, objects)| {
             let lease = lease_for(&channel, &mut leases);
@@ -276,6 +306,7 @@ pub async fn start(
             tokio::spawn(task.run(rx.clone()))
         })
         .collect();
+    ingest.extend(cdc);
     ingest.extend(pollers);
     let freshness = config.freshness.clone().map(|fc| {
         let objects = config
@@ -354,6 +385,7 @@ pub async fn start(
         store,
         echo,
         leases,
+        events: event_stats,
         appended: wake,
     })
 }

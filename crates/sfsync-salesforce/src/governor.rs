@@ -10,7 +10,8 @@
 //! assumed: it is observed by re-reading `/limits` on a backoff while blocked.
 //!
 //! The governor is pure bookkeeping (no I/O); [`SalesforceClient`](crate::SalesforceClient) drives
-//! it and performs the `/limits` probes it asks for.
+//! it and performs the `/limits` probes it asks for. It also keeps the hourly platform-event
+//! publish allocation ([`publish`]), which Pub/Sub `Publish` draws on instead of API requests.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -94,6 +95,8 @@ pub struct BudgetConfig {
     pub default: LaneConfig,
     pub reconcile: LaneConfig,
     pub backfill: LaneConfig,
+    /// `[salesforce.budget.publish]`: the share of the hourly platform-event publish allocation.
+    pub publish: publish::PublishBudgetConfig,
 }
 
 impl Default for BudgetConfig {
@@ -125,6 +128,7 @@ impl Default for BudgetConfig {
                 reserve: 0.0,
                 max_in_flight: 8,
             },
+            publish: publish::PublishBudgetConfig::default(),
         }
     }
 }
@@ -189,6 +193,9 @@ impl BudgetConfig {
                 "reserve".into(),
                 format!("the lanes' reserves add up to {total}, must be below 1"),
             ));
+        }
+        if let Err(p) = self.publish.validate() {
+            errs.extend(p.into_iter().map(|(k, m)| (format!("publish.{k}"), m)));
         }
         if errs.is_empty() {
             Ok(())
@@ -366,6 +373,7 @@ pub(crate) enum Decision {
 pub struct Governor {
     state: Arc<Mutex<State>>,
     notify: Arc<Notify>,
+    publish: Arc<publish::PublishBudget>,
 }
 
 /// Permission to send one request in a lane; releases its slot when dropped.
@@ -454,12 +462,15 @@ pub struct BudgetStatus {
     /// None when it depends on other integrations' usage (our own ageing calls do not suffice) or
     /// nothing was observed yet.
     pub backfill_resume_secs: Option<f64>,
+    /// The hourly platform-event publish budget.
+    pub publish: publish::PublishStatus,
 }
 
 impl Governor {
     pub fn new(config: BudgetConfig) -> Governor {
         let window = Duration::from_secs(config.window_secs.max(1));
         let probe = Duration::from_millis(config.probe_initial_ms.max(1));
+        let publish = Arc::new(publish::PublishBudget::new(config.publish.clone()));
         let lane = || LaneState {
             in_flight: 0,
             next_ticket: 0,
@@ -482,7 +493,13 @@ impl Governor {
                 blind: false,
             })),
             notify: Arc::new(Notify::new()),
+            publish,
         }
+    }
+
+    /// The hourly platform-event publish budget.
+    pub fn publish_budget(&self) -> &publish::PublishBudget {
+        &self.publish
     }
 
     pub fn config(&self) -> BudgetConfig {
@@ -678,9 +695,12 @@ impl Governor {
             limit_refusals: s.limit_refusals,
             lanes,
             backfill_resume_secs: forecast,
+            publish: self.publish.status(),
         }
     }
 }
+
+pub mod publish;
 
 #[cfg(test)]
 mod tests;

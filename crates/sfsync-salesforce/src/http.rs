@@ -654,6 +654,63 @@ impl SalesforceClient {
             .await
     }
 
+    /// Waits until up to `want` platform events may be published under the hourly publish
+    /// budget ([`crate::governor::publish`]) and returns how many (at least 1 when `want` > 0;
+    /// they are counted as published — hand back what was not with
+    /// [`PublishBudget::settle`](crate::governor::publish::PublishBudget::settle)). Reads
+    /// `/limits` through the governor (an API request in the default lane) when the budget asks
+    /// for it. Cancellation-safe.
+    pub async fn publish_allowance(&self, want: u64) -> u64 {
+        use crate::governor::publish::PublishDecision;
+        let budget = self.inner.governor.publish_budget();
+        loop {
+            let changed = budget.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match budget.decide(want, tokio::time::Instant::now()) {
+                PublishDecision::Go(n) => return n,
+                PublishDecision::Probe => {
+                    // A cancelled read must not leave the budget waiting for it.
+                    struct Abandon<'a>(&'a crate::governor::publish::PublishBudget, bool);
+                    impl Drop for Abandon<'_> {
+                        fn drop(&mut self) {
+                            if !self.1 {
+                                self.0.abandon_probe();
+                            }
+                        }
+                    }
+                    let mut guard = Abandon(budget, false);
+                    let read = self.lane(Lane::Default).limits().await;
+                    guard.1 = true;
+                    match read
+                        .as_ref()
+                        .ok()
+                        .and_then(|l| l.get("HourlyPublishedPlatformEvents"))
+                    {
+                        Some(v) => budget.observe(
+                            u64::try_from(v.used()).unwrap_or(0),
+                            u64::try_from(v.max).unwrap_or(0),
+                        ),
+                        None => {
+                            match &read {
+                                Err(e) => tracing::warn!(error = %e.report(), "Reading /limits for the publish budget failed."),
+                                Ok(_) => tracing::warn!("/limits has no HourlyPublishedPlatformEvents; publishing under max_hourly_events and Salesforce's refusals only."),
+                            }
+                            budget.observe_failed();
+                        }
+                    }
+                }
+                PublishDecision::Wait(Some(at)) => {
+                    tokio::select! {
+                        _ = &mut changed => {}
+                        _ = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                PublishDecision::Wait(None) => changed.await,
+            }
+        }
+    }
+
     /// Reads `/limits` outside the lanes (the governor has already counted it).
     async fn probe(&self, guard: ProbeGuard) {
         let req = ApiRequest::new(Method::GET, self.data_path("limits"));

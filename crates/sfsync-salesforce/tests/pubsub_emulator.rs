@@ -537,3 +537,101 @@ async fn waiting_batches_merge_in_order_without_loss() {
     assert!(merged_any, "some waiting batches were merged");
     assert_eq!(seen, ids, "every event once, in stream order");
 }
+
+#[tokio::test]
+async fn platform_events_are_published_and_received_as_fields_within_the_publish_budget() {
+    let emu = emulator(|c| c.limits.hourly_published_platform_events = 3).await;
+    emu.running
+        .state
+        .cdc
+        .define_platform_event(
+            "Order_Shipped__e",
+            vec![
+                sfsync_emulator::cdc::schema::PlatformField {
+                    name: "Order__c".into(),
+                    field_type: "string".into(),
+                },
+                sfsync_emulator::cdc::schema::PlatformField {
+                    name: "Shipped_At__c".into(),
+                    field_type: "datetime".into(),
+                },
+            ],
+        )
+        .unwrap();
+    let sub = subscriber(&emu, 10).await;
+    // Change-event topics are not publishable.
+    assert!(matches!(
+        sub.publish_schema("/data/AccountChangeEvent").await,
+        Err(PubSubError::NotPublishable { .. })
+    ));
+    let (info, schema) = sub.publish_schema("/event/Order_Shipped__e").await.unwrap();
+    assert_eq!(info.schema_id, schema.schema_id());
+    let mut s = sub
+        .subscribe_events("/event/Order_Shipped__e", ReplayStart::Latest)
+        .await
+        .unwrap();
+
+    // The budget reads /limits first and grants sfsync's share of what is left (default share
+    // 0.5 of 3: 1).
+    let client = rest(&emu);
+    assert_eq!(client.publish_allowance(5).await, 1);
+    let budget = client.budget_status().publish;
+    assert_eq!(
+        (budget.org_max, budget.our_allowance, budget.room),
+        (Some(3), Some(1), Some(0))
+    );
+
+    let event = |id: &str, order: &str| {
+        let f = json!({"CreatedDate": 1_700_000_000_000i64, "CreatedById": "005000000000001AAA", "Order__c": order, "Shipped_At__c": "2024-05-01T10:00:00Z"});
+        sfsync_salesforce::pubsub::ProducerEvent {
+            id: id.into(),
+            schema_id: schema.schema_id().into(),
+            payload: schema.encode_fields(f.as_object().unwrap()).unwrap(),
+            headers: vec![],
+        }
+    };
+    let resp = sub
+        .publish(
+            "/event/Order_Shipped__e",
+            vec![
+                event("e1", "O-1"),
+                event("e2", "O-2"),
+                event("e3", "O-3"),
+                event("e4", "O-4"),
+            ],
+        )
+        .await
+        .unwrap();
+    let keys: Vec<&str> = resp
+        .results
+        .iter()
+        .map(|r| r.correlation_key.as_str())
+        .collect();
+    assert_eq!(keys, ["e1", "e2", "e3", "e4"]);
+    assert!(resp.results[..3].iter().all(|r| r.error.is_none()));
+    assert!(resp.results[3]
+        .error
+        .as_ref()
+        .is_some_and(|e| e.msg.contains("LIMIT_EXCEEDED")));
+
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let b = tokio::time::timeout(Duration::from_secs(10), s.next_batch())
+            .await
+            .expect("events arrive")
+            .unwrap()
+            .unwrap();
+        assert!(b.changes.is_empty() && b.undecoded.is_empty());
+        got.extend(b.events);
+    }
+    assert_eq!(got[0].name, "Order_Shipped__e");
+    assert_eq!(got[0].event_id, "e1");
+    assert_eq!(got[0].fields["Order__c"], "O-1");
+    assert_eq!(got[0].fields["Shipped_At__c"], "2024-05-01T10:00:00.000Z");
+    assert_eq!(got[0].fields["CreatedDate"], "2023-11-14T22:13:20.000Z");
+    assert_eq!(got[2].event_id, "e3");
+    assert_eq!(
+        ReplayId::from_bytes(resp.results[0].replay_id.clone()),
+        got[0].replay_id
+    );
+}

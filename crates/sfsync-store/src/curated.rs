@@ -496,6 +496,7 @@ pub trait Warehouse:
     + crate::SyncStatusStore
     + crate::Leases
     + crate::OutboundReceipts
+    + crate::PlatformEvents
 {
     /// Creates the tables of `model` or adds its missing columns, and registers the model (its
     /// PII columns) for sealing. Idempotent.

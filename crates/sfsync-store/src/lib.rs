@@ -19,12 +19,17 @@
 //! Raw-log rows can be archived as Parquet files in a local directory or an S3 bucket
 //! ([`archive`]); a file enters its partition's manifest only after it was read back and matched.
 //!
+//! Platform events received and to publish live beside them ([`events`], migration 20): a
+//! received batch and its channel's replay id commit in one transaction, and events to publish
+//! are idempotent per (event, key).
+//!
 //! This crate never calls Salesforce.
 
 pub mod archive;
 pub mod curated;
 pub mod delivery;
 pub mod error;
+pub mod events;
 pub mod jobs;
 pub mod lease;
 pub mod migrate;
@@ -51,6 +56,10 @@ pub use delivery::{
     DeliveryPosition, NewDeliveryDeadLetter, OutboxChange, PiiMode, RedriveOutcome, StoredDelivery,
 };
 pub use error::{Result, StoreError};
+pub use events::{
+    EventAppend, InboundEvent, NewOutboundEvent, OutboundCounts, OutboundEvent, OutboundFilter,
+    OutboundState, PlatformEvents, PublishOutcome, StoredInboundEvent,
+};
 pub use jobs::*;
 pub use lease::{Fence, Lease, Leases, LogPosition};
 pub use migrate::{AppliedMigration, Migration};

@@ -46,6 +46,7 @@ use crate::{
 };
 
 mod delivery;
+mod events;
 mod jobs;
 mod lease;
 mod operator;
@@ -713,6 +714,51 @@ CREATE TABLE outbound_notifications (
     PRIMARY KEY (organization_id, notification_id)
 );
 CREATE INDEX outbound_notifications_received ON outbound_notifications (last_received_at_ms);
+"#,
+    },
+    Migration {
+        version: 20,
+        name: "platform events: received events with their checkpoints, events to publish",
+        sql: r#"
+CREATE TABLE platform_events_in (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel        TEXT    NOT NULL CHECK (channel <> ''),
+    replay_id      BLOB    NOT NULL,
+    name           TEXT    NOT NULL,
+    event_uuid     TEXT    NOT NULL,
+    schema_id      TEXT    NOT NULL,
+    created_ms     INTEGER NOT NULL,
+    fields         TEXT    NOT NULL,
+    payload        BLOB    NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    UNIQUE (channel, replay_id)
+);
+CREATE TABLE platform_event_checkpoints (
+    channel       TEXT    PRIMARY KEY CHECK (channel <> ''),
+    replay_id     BLOB    NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE TABLE platform_events_out (
+    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    name               TEXT    NOT NULL CHECK (name <> ''),
+    idempotency_key    TEXT    NOT NULL CHECK (idempotency_key <> ''),
+    event_uuid         TEXT    NOT NULL,
+    source             TEXT    NOT NULL,
+    fields             TEXT    NOT NULL,
+    state              TEXT    NOT NULL CHECK (state IN ('pending','published','dead','discarded')),
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at_ms INTEGER NOT NULL,
+    claimed_by         TEXT,
+    claimed_until_ms   INTEGER,
+    replay_id          BLOB,
+    last_error         TEXT,
+    note               TEXT,
+    created_at_ms      INTEGER NOT NULL,
+    updated_at_ms      INTEGER NOT NULL,
+    published_at_ms    INTEGER,
+    UNIQUE (name, idempotency_key)
+);
+CREATE INDEX platform_events_out_due ON platform_events_out (state, next_attempt_at_ms, id);
 "#,
     },
 ];

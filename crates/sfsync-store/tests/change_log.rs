@@ -336,7 +336,7 @@ async fn migrations_idempotent(b: &dyn Backend) {
         versions,
         (1..=sfsync_store::migrate::latest(sfsync_store::sqlite::MIGRATIONS)).collect::<Vec<_>>()
     );
-    assert_eq!(*versions.last().unwrap(), 19);
+    assert_eq!(*versions.last().unwrap(), 20);
     // Opening again, and twice at once, applies nothing new.
     let (x, y) = tokio::join!(b.open(), b.open());
     assert_eq!(x.applied_migrations().await.unwrap(), first);

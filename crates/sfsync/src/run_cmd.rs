@@ -296,6 +296,8 @@ pub fn pipeline_config(config: &ValidConfig, start: StartAt) -> PipelineConfig {
             crate::config::validate::ValidWarehouse::Postgres { .. }
         )
         .then(|| (config.log.node_name.clone(), config.log.lease_ttl)),
+        event_channels: config.platform_events.subscribe.clone(),
+        deliver_events: !config.sinks.is_empty(),
         poll_client: None,
         poll: poll_config(config),
     }
@@ -312,6 +314,22 @@ pub fn poll_config(config: &ValidConfig) -> sfsync_pipeline::poll::PollConfig {
         overlap: Duration::from_secs(p.poll_overlap_secs),
         page_records: page,
         batch_size: page.clamp(200, 2_000) as u32,
+    }
+}
+
+/// The publisher settings of `[platform_events]`; the claimer names this process and run.
+pub fn publisher_config(
+    config: &ValidConfig,
+    run_id: &str,
+) -> sfsync_pipeline::events::publish::PublisherConfig {
+    let pe = &config.platform_events;
+    sfsync_pipeline::events::publish::PublisherConfig {
+        claimer: format!("{run_id}-pid{}", std::process::id()),
+        batch_max: pe.publish_batch_max,
+        max_attempts: pe.publish_max_attempts,
+        retry_base: Duration::from_millis(pe.publish_retry_base_ms),
+        retry_max: Duration::from_secs(pe.publish_retry_max_secs),
+        ..Default::default()
     }
 }
 
@@ -424,6 +442,8 @@ pub struct Service {
     api: Option<crate::api::RunningApi>,
     wb_stop: tokio::sync::watch::Sender<bool>,
     deliverer: Option<tokio::task::JoinHandle<()>>,
+    /// The platform-event publisher (`None`: nothing to publish, or not this role).
+    publisher: Option<tokio::task::JoinHandle<()>>,
     /// The delivery sinks (`None`: no `[[sinks]]`).
     sinks: Option<sfsync_pipeline::sinks::RunningSinks>,
     shutdown_timeout: Duration,
@@ -465,6 +485,7 @@ pub async fn start_service(
     let store = stores.warehouse.clone();
     let ledger = stores.ledger.clone();
     let (client, subscriber) = connect_salesforce(config, secrets).await?;
+    let publish_subscriber = subscriber.clone();
     let mut pc = pipeline_config(config, start);
     pc.roles = role.pipeline();
     pc.apply.maintenance.archive = open_archive(config)?;
@@ -498,6 +519,7 @@ pub async fn start_service(
         }
     );
     let (wb_stop, wb_rx) = tokio::sync::watch::channel(false);
+    let publish_rx = wb_rx.clone();
     let deliverer = writeback.then(|| {
         let d = sfsync_pipeline::writeback::Deliverer::new(
             store.clone(),
@@ -515,8 +537,36 @@ pub async fn start_service(
         );
         tokio::spawn(d.run(wb_rx))
     });
+    let publisher = (role.outbound() && !config.platform_events.publish.is_empty()).then(|| {
+        sfsync_pipeline::events::publish::Publisher::new(
+            store.clone(),
+            client.clone(),
+            publish_subscriber,
+            publisher_config(config, &running.run_id),
+            running.events.clone(),
+        )
+    });
+    let publish_waker = publisher.as_ref().map(|p| p.waker());
+    if publisher.is_some() {
+        eprintln!(
+            "Platform events: publishing {} within the hourly allocation",
+            config.platform_events.publish.join(", ")
+        );
+    }
+    let publisher = publisher.map(|p| tokio::spawn(p.run(publish_rx)));
+    if !config.platform_events.subscribe.is_empty() && role.pipeline().ingest {
+        eprintln!(
+            "Platform events: subscribed to {}",
+            config.platform_events.subscribe.join(", ")
+        );
+    }
     let sinks = if role.outbound() {
-        start_sinks(config, secrets, store.clone(), ledger.clone())?
+        let events = SinkEvents {
+            store: store.clone(),
+            stats: running.events.clone(),
+            publisher: publish_waker.clone(),
+        };
+        start_sinks(config, secrets, store.clone(), ledger.clone(), &events)?
     } else {
         None
     };
@@ -542,6 +592,10 @@ pub async fn start_service(
             }),
         );
         state.sinks = sinks.as_ref().map(|s| s.stats.clone());
+        state.events = Some(crate::api::EventsApi {
+            stats: running.events.clone(),
+            publisher: publish_waker.clone(),
+        });
         state.set_basic_principals(&secrets.odata_basic);
         if !config.outbound_messages.is_empty() {
             let mut om = crate::api::outbound::OutboundService::from_config(
@@ -587,22 +641,41 @@ pub async fn start_service(
         api,
         wb_stop,
         deliverer,
+        publisher,
         sinks,
         shutdown_timeout: Duration::from_secs(config.pipeline.shutdown_timeout_secs),
         api_state,
     })
 }
 
+/// What a `platform_event` sink needs: the store it enqueues into and the publisher to wake.
+pub struct SinkEvents {
+    pub store: Arc<dyn sfsync_store::Warehouse>,
+    pub stats: Arc<sfsync_pipeline::events::EventStats>,
+    pub publisher: Option<Arc<tokio::sync::Notify>>,
+}
+
 /// The transports of `[[sinks]]`: a bad URL or CA file stops the start with the sink named.
 pub fn sink_specs(
     config: &ValidConfig,
     secrets: &ResolvedSecrets,
+    events: &SinkEvents,
 ) -> Result<Vec<sfsync_pipeline::sinks::SinkSpec>> {
     use crate::config::SinkTarget;
     use sfsync_pipeline::sinks::{webhook, SinkSpec, Transport};
     let mut out = Vec::new();
     for (i, s) in config.sinks.iter().enumerate() {
         let transport: Arc<dyn Transport> = match &s.target {
+            SinkTarget::PlatformEvent { event, fields } => {
+                Arc::new(sfsync_pipeline::events::sink::RecordAppliedSink {
+                    sink: s.name.clone(),
+                    event: event.clone(),
+                    fields: fields.clone(),
+                    store: events.store.clone(),
+                    stats: events.stats.clone(),
+                    publisher: events.publisher.clone(),
+                })
+            }
             SinkTarget::Webhook {
                 url,
                 ca_file,
@@ -672,11 +745,12 @@ fn start_sinks(
     secrets: &ResolvedSecrets,
     store: Arc<dyn sfsync_store::Warehouse>,
     ledger: Arc<dyn sfsync_store::WriteLedger>,
+    events: &SinkEvents,
 ) -> Result<Option<sfsync_pipeline::sinks::RunningSinks>> {
     if config.sinks.is_empty() {
         return Ok(None);
     }
-    let specs = sink_specs(config, secrets)?;
+    let specs = sink_specs(config, secrets, events)?;
     for s in &specs {
         eprintln!(
             "Sink {}: {} {} for {} object(s)",
@@ -711,6 +785,16 @@ impl Service {
             sinks.stop(self.shutdown_timeout).await;
         }
         let _ = self.wb_stop.send(true);
+        if let Some(mut p) = self.publisher {
+            // A Publish in flight finishes; its results are recorded before the task ends.
+            if tokio::time::timeout(self.shutdown_timeout, &mut p)
+                .await
+                .is_err()
+            {
+                tracing::warn!("The platform-event publisher did not stop in time; its claimed events are taken again after the claim lease.");
+                p.abort();
+            }
+        }
         if let Some(mut d) = self.deliverer {
             // A round in the middle of retry backoffs may take long: its writes stay `sent`
             // and are delivered again after the claim lease.

@@ -79,6 +79,8 @@ pub enum Kind {
     Events,
     /// Curated changes a delivery sink could not deliver.
     Deliveries,
+    /// Platform events that could not be published.
+    Publishes,
     All,
 }
 
@@ -468,6 +470,13 @@ async fn dead_list(a: DeadListArgs) -> Result<i32, Failure> {
     } else {
         Vec::new()
     };
+    let publishes = if matches!(a.kind, Kind::Publishes | Kind::All) && a.system.is_none() {
+        ops::list_publish_dead_letters(&*o.store, a.object.as_deref(), None, a.limit)
+            .await
+            .map_err(ops_failed)?
+    } else {
+        Vec::new()
+    };
     let events = if matches!(a.kind, Kind::Events | Kind::All) && a.system.is_none() {
         ops::list_event_dead_letters(&*o.store, a.object.as_deref(), a.limit)
             .await
@@ -490,6 +499,9 @@ async fn dead_list(a: DeadListArgs) -> Result<i32, Failure> {
         }
         for d in &deliveries {
             println!("{}", ops::delivery_dead_letter_json(d));
+        }
+        for e in &publishes {
+            println!("{}", ops::publish_dead_letter_json(e));
         }
         return Ok(0);
     }
@@ -534,11 +546,29 @@ async fn dead_list(a: DeadListArgs) -> Result<i32, Failure> {
             );
         }
     }
+    if matches!(a.kind, Kind::Publishes | Kind::All) && a.system.is_none() {
+        println!("platform events that could not be published:");
+        println!(
+            "{:>12}  {:<24}  {:<20}  {:>3}  error",
+            "id", "event", "idempotency key", "try"
+        );
+        for e in &publishes {
+            println!(
+                "{:>12}  {:<24}  {:<20}  {:>3}  {}",
+                format!("publish:{}", e.id),
+                e.name,
+                e.idempotency_key,
+                e.attempts,
+                e.last_error.as_deref().unwrap_or("-")
+            );
+        }
+    }
     println!(
-        "{} writes, {} events, {} deliveries shown",
+        "{} writes, {} events, {} deliveries shown, {} publishes",
         writes.len(),
         events.len(),
-        deliveries.len()
+        deliveries.len(),
+        publishes.len()
     );
     Ok(0)
 }
@@ -582,6 +612,19 @@ async fn dead_show(a: DeadShowArgs) -> Result<i32, Failure> {
                     operator()
                 );
             }
+        }
+        DeadLetterRef::Publish(id) => {
+            let e = o
+                .store
+                .outbound_event(id)
+                .await
+                .map_err(|e| failed(anyhow!(e)))?
+                .ok_or_else(|| failed(anyhow!("no platform event to publish has id {id}")))?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&ops::publish_dead_letter_json(&e))
+                    .unwrap_or_default()
+            );
         }
         DeadLetterRef::Event(id) => {
             let d = ops::show_event_dead_letter(&*o.store, id)

@@ -179,6 +179,9 @@ pub enum ActOutcome {
     EventNotFound,
     /// A delivery dead letter: `true` when it changed (redrive requested, or discarded).
     Delivery(bool),
+    /// A platform event that could not be published: `true` when it changed (pending again,
+    /// or discarded).
+    Publish(bool),
 }
 
 /// A dead letter's id: a write (`12`, `write:12`) or an event dead letter (`event:5`).
@@ -188,6 +191,8 @@ pub enum DeadLetterRef {
     Event(i64),
     /// A change a delivery sink could not deliver.
     Delivery(i64),
+    /// A platform event that could not be published.
+    Publish(i64),
 }
 
 impl std::str::FromStr for DeadLetterRef {
@@ -200,14 +205,15 @@ impl std::str::FromStr for DeadLetterRef {
             None => ("write", s),
         };
         let id: i64 = num.parse().map_err(|_| {
-            format!("'{s}': a dead letter id is a number (a write), write:N, event:N or delivery:N")
+            format!("'{s}': a dead letter id is a number (a write), write:N, event:N, delivery:N or publish:N")
         })?;
         match kind {
             "write" | "w" => Ok(DeadLetterRef::Write(id)),
             "event" | "e" => Ok(DeadLetterRef::Event(id)),
             "delivery" | "d" => Ok(DeadLetterRef::Delivery(id)),
+            "publish" | "p" => Ok(DeadLetterRef::Publish(id)),
             other => Err(format!(
-                "'{s}': unknown kind '{other}' (use write:N, event:N or delivery:N)"
+                "'{s}': unknown kind '{other}' (use write:N, event:N, delivery:N or publish:N)"
             )),
         }
     }
@@ -219,6 +225,7 @@ impl std::fmt::Display for DeadLetterRef {
             DeadLetterRef::Write(id) => write!(f, "write:{id}"),
             DeadLetterRef::Event(id) => write!(f, "event:{id}"),
             DeadLetterRef::Delivery(id) => write!(f, "delivery:{id}"),
+            DeadLetterRef::Publish(id) => write!(f, "publish:{id}"),
         }
     }
 }
@@ -482,7 +489,9 @@ pub async fn act(
         .iter()
         .filter_map(|r| match r {
             DeadLetterRef::Write(id) => Some(*id),
-            DeadLetterRef::Event(_) | DeadLetterRef::Delivery(_) => None,
+            DeadLetterRef::Event(_) | DeadLetterRef::Delivery(_) | DeadLetterRef::Publish(_) => {
+                None
+            }
         })
         .collect();
     let done = if write_ids.is_empty() {
@@ -591,6 +600,36 @@ pub async fn act(
                     message,
                 }
             }
+            DeadLetterRef::Publish(id) => {
+                let stored_note = format!("{verb} by {by}: {note}");
+                let changed = if redrive {
+                    store.redrive_outbound(&[*id], &stored_note).await?
+                } else {
+                    store.discard_outbound(&[*id], &stored_note).await?
+                };
+                let done = changed.contains(id);
+                let message = if done {
+                    if redrive {
+                        format!("redriven by {by}: pending again, the running publisher sends it")
+                    } else {
+                        format!("discarded by {by}")
+                    }
+                } else {
+                    match store.outbound_event(*id).await? {
+                        None => "no such platform event to publish".into(),
+                        Some(e) => format!(
+                            "is {}: only a dead one can be redriven, a dead or unclaimed pending one discarded",
+                            e.state.as_str()
+                        ),
+                    }
+                };
+                ActResult {
+                    id: r.to_string(),
+                    done,
+                    outcome: ActOutcome::Publish(done),
+                    message,
+                }
+            }
         });
     }
     Ok(out)
@@ -661,6 +700,45 @@ pub async fn list_delivery_dead_letters(
             sfsync_store::PiiMode::Omit,
         )
         .await?)
+}
+
+/// Platform events that could not be published (the publish dead letters), oldest first.
+pub async fn list_publish_dead_letters(
+    store: &dyn Warehouse,
+    name: Option<&str>,
+    after: Option<i64>,
+    limit: usize,
+) -> OpsResult<Vec<sfsync_store::OutboundEvent>> {
+    Ok(store
+        .outbound_events(&sfsync_store::OutboundFilter {
+            name: name.map(str::to_string),
+            states: vec![sfsync_store::OutboundState::Dead],
+            after,
+            limit,
+        })
+        .await?)
+}
+
+/// A platform event to publish as the CLI and the API show it (fields included: platform
+/// events carry no PII fields).
+pub fn publish_dead_letter_json(e: &sfsync_store::OutboundEvent) -> serde_json::Value {
+    serde_json::json!({
+        "id": e.id,
+        "ref": format!("publish:{}", e.id),
+        "kind": "publish",
+        "event": e.name,
+        "object": e.name,
+        "idempotency_key": e.idempotency_key,
+        "event_uuid": e.event_uuid,
+        "source": e.source,
+        "state": e.state.as_str(),
+        "attempts": e.attempts,
+        "error": e.last_error,
+        "fields": e.fields,
+        "created_at": ts(e.created_at_ms),
+        "updated_at": ts(e.updated_at_ms),
+        "note": e.note,
+    })
 }
 
 #[cfg(test)]

@@ -207,6 +207,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/writes"),
     ("GET", "/api/v1/writes"),
     ("GET", "/api/v1/writes/{id}"),
+    ("POST", "/api/v1/events/{name}"),
+    ("GET", "/api/v1/events"),
     ("GET", "/api/v1/records/{object}"),
     ("GET", "/api/v1/records/{object}/{id}"),
     ("GET", "/api/v1/records/{object}/by/{field}/{value}"),

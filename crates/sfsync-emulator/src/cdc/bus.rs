@@ -12,6 +12,9 @@
 //!   per entity. Nothing is dropped silently.
 //! - Events older than the retention window are dropped from the front of the log; replay ids
 //!   before them are then rejected (see [`CdcBus::check_replay`]).
+//! - Platform events share the log (and so the replay-id sequence and retention); custom
+//!   channels (`/event/<Name>__chn`, `/data/<Name>__chn`) are views of the log that carry the
+//!   events of their members.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -68,6 +71,13 @@ pub enum Topic {
     Object(String),
     /// `/event/<Name>__e`.
     Platform(String),
+    /// A custom channel (`/event/<Name>__chn` of platform events, `/data/<Name>__chn` of change
+    /// events): the events of its members (platform event or object names).
+    Channel {
+        name: String,
+        kind: EventKind,
+        members: Vec<String>,
+    },
 }
 
 impl Topic {
@@ -76,6 +86,9 @@ impl Topic {
             Topic::AllChanges => e.kind == EventKind::Change,
             Topic::Object(o) => e.kind == EventKind::Change && *e.entity == **o,
             Topic::Platform(p) => e.kind == EventKind::Platform && *e.entity == **p,
+            Topic::Channel { kind, members, .. } => {
+                e.kind == *kind && members.iter().any(|m| **m == *e.entity)
+            }
         }
     }
 
@@ -85,6 +98,12 @@ impl Topic {
             Topic::AllChanges => "/data/ChangeEvents".to_string(),
             Topic::Object(o) => schema::channel_name(o),
             Topic::Platform(p) => format!("/event/{p}"),
+            Topic::Channel {
+                name,
+                kind: EventKind::Platform,
+                ..
+            } => format!("/event/{name}"),
+            Topic::Channel { name, .. } => format!("/data/{name}"),
         }
     }
 }
@@ -153,6 +172,18 @@ pub struct BusStats {
 /// A platform event's declared fields and generated schema.
 type PlatformDef = (Vec<PlatformField>, Arc<CdcSchema>);
 
+/// A custom channel's definition (persisted as `channels.json`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChannelDef {
+    /// `Orders__chn`.
+    pub name: String,
+    /// `true`: a platform-event channel (`/event/…`); `false`: a change-event channel
+    /// (`/data/…`).
+    pub platform: bool,
+    /// Platform event names or object API names.
+    pub members: Vec<String>,
+}
+
 /// The org's event bus. Create with [`CdcBus::new`], connect with [`CdcBus::attach`].
 pub struct CdcBus {
     config: RwLock<CdcConfig>,
@@ -161,6 +192,7 @@ pub struct CdcBus {
     registry: RwLock<HashMap<String, Arc<str>>>,
     cache: Mutex<SchemaCache>,
     platform: RwLock<HashMap<String, PlatformDef>>,
+    channels: RwLock<HashMap<String, ChannelDef>>,
     faults: Mutex<GapFaults>,
     delivered: Mutex<Delivered>,
     notify: watch::Sender<u64>,
@@ -189,6 +221,7 @@ impl CdcBus {
         let mut log = Log::default();
         let mut registry = HashMap::new();
         let mut platform = HashMap::new();
+        let mut channels = HashMap::new();
         if let Some(d) = dir {
             let (file, events) = LogFile::open(d)?;
             let cutoff = now_ms() - config.retention.as_millis() as i64;
@@ -217,6 +250,16 @@ impl CdcBus {
                     platform.insert(name, (fields, Arc::new(s)));
                 }
             }
+            let ch = d.join("channels.json");
+            if ch.exists() {
+                let text = std::fs::read_to_string(&ch)
+                    .with_context(|| format!("reading {}", ch.display()))?;
+                let defs: Vec<ChannelDef> = serde_json::from_str(&text)
+                    .with_context(|| format!("parsing {}", ch.display()))?;
+                for c in defs {
+                    channels.insert(c.name.clone(), c);
+                }
+            }
         }
         let (notify, _) = watch::channel(log.last_id);
         Ok(Arc::new(CdcBus {
@@ -225,6 +268,7 @@ impl CdcBus {
             registry: RwLock::new(registry),
             cache: Mutex::new(SchemaCache::default()),
             platform: RwLock::new(platform),
+            channels: RwLock::new(channels),
             faults: Mutex::new(GapFaults::default()),
             delivered: Mutex::new(Delivered::default()),
             notify,
@@ -458,6 +502,127 @@ impl CdcBus {
         let mut v: Vec<String> = self.platform.read().keys().cloned().collect();
         v.sort();
         v
+    }
+
+    /// Defines (or redefines) a custom channel. Members of a platform-event channel must be
+    /// defined platform events; the caller checks the objects of a change-event channel.
+    pub fn define_channel(&self, def: ChannelDef) -> Result<Topic, String> {
+        let valid = def.name.ends_with("__chn")
+            && def
+                .name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic())
+            && def
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(format!(
+                "channel name {:?} must be an API name ending in __chn",
+                def.name
+            ));
+        }
+        if def.members.is_empty() {
+            return Err(format!("channel {} needs at least one member", def.name));
+        }
+        if def.platform {
+            let p = self.platform.read();
+            if let Some(m) = def.members.iter().find(|m| !p.contains_key(*m)) {
+                return Err(format!(
+                    "member {m:?} of {} is not a defined platform event",
+                    def.name
+                ));
+            }
+        }
+        let mut ch = self.channels.write();
+        ch.insert(def.name.clone(), def.clone());
+        if let Some(d) = &self.dir {
+            let mut all: Vec<&ChannelDef> = ch.values().collect();
+            all.sort_by(|a, b| a.name.cmp(&b.name));
+            let path = d.join("channels.json");
+            let text = serde_json::to_string_pretty(&all).map_err(|e| e.to_string())?;
+            std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        }
+        Ok(Self::channel_topic(&def))
+    }
+
+    fn channel_topic(def: &ChannelDef) -> Topic {
+        Topic::Channel {
+            name: def.name.clone(),
+            kind: if def.platform {
+                EventKind::Platform
+            } else {
+                EventKind::Change
+            },
+            members: def.members.clone(),
+        }
+    }
+
+    /// The custom channel `name` (`Orders__chn`) of the given kind.
+    pub fn channel(&self, name: &str, platform: bool) -> Option<Topic> {
+        self.channels
+            .read()
+            .get(name)
+            .filter(|c| c.platform == platform)
+            .map(Self::channel_topic)
+    }
+
+    /// Every custom channel, by name.
+    pub fn channels(&self) -> Vec<ChannelDef> {
+        let mut v: Vec<ChannelDef> = self.channels.read().values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Encodes and appends a platform event given as field name → REST JSON value (as Apex,
+    /// Flow or the REST API publish one inside the org). `CreatedDate` is now and
+    /// `CreatedById` is `user_id`; an unknown field or a value of the wrong type is an error
+    /// naming it. The caller takes the publish allocation. Returns (event uuid, replay id).
+    pub fn publish_fields(
+        &self,
+        name: &str,
+        fields: &serde_json::Map<String, Json>,
+        user_id: &str,
+    ) -> Result<(String, u64), String> {
+        let schema = self
+            .platform_schema(name)
+            .ok_or_else(|| format!("{name} is not a defined platform event"))?;
+        let mut values = Vec::with_capacity(schema.fields.len());
+        for k in fields.keys() {
+            if !schema.fields.iter().any(|f| f.name() == k) {
+                return Err(format!("No such column '{k}' on sobject of type {name}"));
+            }
+            if k == "CreatedDate" || k == "CreatedById" {
+                return Err(format!("Unable to create/update fields: {k}. Please check the security settings of this field."));
+            }
+        }
+        for f in &schema.fields {
+            match f {
+                TopField::Required { name: n, .. } if n == "CreatedDate" => {
+                    values.push(FieldValue::Long(now_ms()))
+                }
+                TopField::Required { name: n, .. } if n == "CreatedById" => {
+                    values.push(FieldValue::String(user_id.to_string()))
+                }
+                TopField::Scalar { name: n, kind } | TopField::Required { name: n, kind } => {
+                    let v = fields.get(n).unwrap_or(&Json::Null);
+                    let value = json_to_value(*kind, v);
+                    if value == FieldValue::Null && !v.is_null() {
+                        return Err(format!(
+                            "Cannot deserialize value {v} of field {n} ({kind:?})"
+                        ));
+                    }
+                    values.push(value);
+                }
+                _ => values.push(FieldValue::Null),
+            }
+        }
+        let payload = super::encode::encode_platform_event(&schema, &values)
+            .map_err(|e| format!("encoding {name}: {e}"))?;
+        let id = event_uuid();
+        let replay = self.publish(name, &schema.id, id.clone(), Bytes::from(payload));
+        Ok((id, replay))
     }
 
     /// Appends a published platform event (payload already validated); returns its replay id.

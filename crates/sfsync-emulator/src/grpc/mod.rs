@@ -9,7 +9,11 @@
 //! exact `pending_num_requested` in every response, sends an empty keepalive response carrying
 //! `latest_replay_id` while demand is outstanding and the channel is quiet, closes a stream left
 //! without demand for the idle timeout, and counts every delivered event against the rolling
-//! 24 h delivery allocation.
+//! 24 h delivery allocation. Publish answers one `PublishResult` per event, in order, whose
+//! `correlation_key` echoes the event's `id` (a generated UUID when empty); each published event
+//! takes one from the hourly publish allocation, and an event beyond it fails alone with
+//! `LIMIT_EXCEEDED` (nothing of it is published). Only platform-event topics are publishable
+//! (`can_publish`); custom channels and change-event topics are not.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -120,6 +124,15 @@ impl PubSubService {
         if name == "/data/ChangeEvents" {
             return Some(Topic::AllChanges);
         }
+        if let Some(ch) = name.strip_prefix("/data/").filter(|c| c.ends_with("__chn")) {
+            return self.bus().channel(ch, false);
+        }
+        if let Some(ch) = name
+            .strip_prefix("/event/")
+            .filter(|c| c.ends_with("__chn"))
+        {
+            return self.bus().channel(ch, true);
+        }
         if let Some(ev) = name.strip_prefix("/data/") {
             let object = if let Some(base) = ev.strip_suffix("__ChangeEvent") {
                 format!("{base}__c")
@@ -144,7 +157,7 @@ impl PubSubService {
             error(
                 Code::NotFound,
                 codes::TOPIC_NOT_FOUND,
-                format!("Topic {name:?} not found: use /data/ChangeEvents, /data/<Object>ChangeEvent, /data/<Name>__ChangeEvent or a defined /event/<Name>__e."),
+                format!("Topic {name:?} not found: use /data/ChangeEvents, /data/<Object>ChangeEvent, /data/<Name>__ChangeEvent, a defined /event/<Name>__e or a defined custom channel /event/<Name>__chn or /data/<Name>__chn."),
                 rpc_id,
             )
         })
@@ -152,7 +165,7 @@ impl PubSubService {
 
     fn current_schema(&self, topic: &Topic) -> Option<Arc<CdcSchema>> {
         match topic {
-            Topic::AllChanges => None,
+            Topic::AllChanges | Topic::Channel { .. } => None,
             Topic::Object(o) => self.bus().object_schema(&self.state.org.schema(), o),
             Topic::Platform(p) => self.bus().platform_schema(p),
         }
@@ -194,6 +207,9 @@ impl PubSubService {
                 schema.id
             ));
         }
+        if let Err(e) = self.state.limits.take_published_event() {
+            return fail(format!("{}: {}", e.error_code, e.message));
+        }
         let replay = self
             .bus()
             .publish(name, &schema.id, key.clone(), Bytes::from(ev.payload));
@@ -215,7 +231,7 @@ impl PubSubService {
                 Code::PermissionDenied,
                 codes::NOT_PUBLISHABLE,
                 format!(
-                    "Topic {} is a change-event channel and cannot be published to.",
+                    "Topic {} is a change-event or custom channel and cannot be published to.",
                     req.topic_name
                 ),
                 rpc_id,

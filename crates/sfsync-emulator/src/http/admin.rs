@@ -367,6 +367,11 @@ struct LimitsView {
     daily_bulk_ingest_records: u64,
     long_running_threshold_ms: u64,
     api_window_ms: u64,
+    hourly_published_platform_events: u64,
+    publish_window_ms: u64,
+    /// Events published in the current publish window, and events refused for it so far.
+    published_events: u64,
+    publish_refused: u64,
 }
 
 impl From<&LimitsConfig> for LimitsView {
@@ -380,6 +385,10 @@ impl From<&LimitsConfig> for LimitsView {
             long_running_threshold_ms: u64::try_from(c.long_running_threshold.as_millis())
                 .unwrap_or(u64::MAX),
             api_window_ms: u64::try_from(c.api_window.as_millis()).unwrap_or(u64::MAX),
+            hourly_published_platform_events: c.hourly_published_platform_events,
+            publish_window_ms: u64::try_from(c.publish_window.as_millis()).unwrap_or(u64::MAX),
+            published_events: 0,
+            publish_refused: 0,
         }
     }
 }
@@ -396,10 +405,21 @@ struct LimitsUpdate {
     long_running_threshold_ms: Option<u64>,
     /// Rolling window of the API request allocation; changing it starts a fresh count.
     api_window_ms: Option<u64>,
+    hourly_published_platform_events: Option<u64>,
+    /// Rolling window of the publish allocation; changing it starts a fresh count.
+    publish_window_ms: Option<u64>,
+}
+
+fn limits_view(state: &AppState) -> LimitsView {
+    let mut v = LimitsView::from(&state.limits.config());
+    let (used, _, refused) = state.limits.publish_usage();
+    v.published_events = used;
+    v.publish_refused = refused;
+    v
 }
 
 async fn get_limits(_admin: Admin, State(state): State<AppState>) -> Json<LimitsView> {
-    Json(LimitsView::from(&state.limits.config()))
+    Json(limits_view(&state))
 }
 
 async fn put_limits(
@@ -437,8 +457,21 @@ async fn put_limits(
         }
         c.api_window = Duration::from_millis(v);
     }
-    state.limits.set_config(c.clone());
-    Ok(Json(LimitsView::from(&c)))
+    if let Some(v) = u.hourly_published_platform_events {
+        c.hourly_published_platform_events = v;
+    }
+    if let Some(v) = u.publish_window_ms {
+        if v == 0 {
+            return Err(ApiError::new(
+                400,
+                "INVALID_INPUT",
+                "publish_window_ms must be at least 1",
+            ));
+        }
+        c.publish_window = Duration::from_millis(v);
+    }
+    state.limits.set_config(c);
+    Ok(Json(limits_view(&state)))
 }
 
 async fn add_field(

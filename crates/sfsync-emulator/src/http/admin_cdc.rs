@@ -1,6 +1,6 @@
 //! Admin API for CDC and Pub/Sub (`/admin/cdc/…`, `/admin/platform-events`): which objects are
-//! CDC-enabled, gap fault injection, delivery allocation, retention, and platform-event
-//! definitions.
+//! CDC-enabled, gap fault injection, delivery allocation, retention, platform-event definitions
+//! and custom channels (`/admin/platform-events/channels`).
 //!
 //! Guarantee: same as the other admin endpoints — the admin token is required, bad input gets
 //! a 400 naming the problem, and changes apply to events committed after the call.
@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::cdc::bus::ChannelDef;
 use crate::cdc::schema::PlatformField;
 use crate::http::admin::Admin;
 use crate::http::error::ApiError;
@@ -30,6 +31,7 @@ pub fn routes() -> Router<AppState> {
             "/admin/platform-events",
             get(list_platform_events).post(define_platform_event),
         )
+        .route("/admin/platform-events/channels", post(define_channel))
         .method_not_allowed_fallback(method_not_allowed)
 }
 
@@ -198,7 +200,58 @@ async fn list_platform_events(_a: Admin, State(state): State<AppState>) -> Json<
             Some(json!({"name": n, "topic": format!("/event/{n}"), "schema_id": s.id}))
         })
         .collect();
-    Json(json!({ "platform_events": list }))
+    let channels: Vec<Value> = state
+        .cdc
+        .channels()
+        .into_iter()
+        .map(|c| {
+            let prefix = if c.platform { "/event/" } else { "/data/" };
+            json!({"name": c.name, "topic": format!("{prefix}{}", c.name), "members": c.members})
+        })
+        .collect();
+    Json(json!({ "platform_events": list, "channels": channels }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelRequest {
+    name: String,
+    /// `platform_event` (default; `/event/<Name>__chn`) or `change_event` (`/data/<Name>__chn`).
+    #[serde(default)]
+    kind: Option<String>,
+    members: Vec<String>,
+}
+
+async fn define_channel(
+    _a: Admin,
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let r: ChannelRequest = parse(&body, "custom channel")?;
+    let platform = match r.kind.as_deref() {
+        None | Some("platform_event") => true,
+        Some("change_event") => false,
+        Some(other) => {
+            return Err(bad(format!(
+                "kind {other:?}: expected platform_event or change_event"
+            )))
+        }
+    };
+    if !platform {
+        let schema = state.org.schema();
+        if let Some(m) = r.members.iter().find(|m| schema.object(m).is_none()) {
+            return Err(bad(format!("members: unknown object {m:?}")));
+        }
+    }
+    let topic = state
+        .cdc
+        .define_channel(ChannelDef {
+            name: r.name,
+            platform,
+            members: r.members,
+        })
+        .map_err(bad)?;
+    Ok(Json(json!({"topic": topic.name()})))
 }
 
 async fn define_platform_event(

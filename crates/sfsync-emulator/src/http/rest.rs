@@ -469,8 +469,49 @@ async fn create(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let version = api_version(&v)?;
+    if obj.ends_with("__e") {
+        return publish_event(&session, &state, &obj, &body);
+    }
     let p = prepare_create(&state, &obj, &body)?;
     run_prepared(&state, &session, &version, &headers, p).await
+}
+
+/// `POST /sobjects/<Name>__e`: publishes one platform event (as Apex, Flow or an integration
+/// would inside the org), taking one from the hourly publish allocation. 201
+/// `{"id", "success": true, "errors": []}`; an unknown event is `NOT_FOUND`, a bad field
+/// `INVALID_FIELD`, an exhausted allocation `LIMIT_EXCEEDED` (nothing published).
+fn publish_event(
+    session: &Session,
+    state: &AppState,
+    name: &str,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    if state.cdc.platform_schema(name).is_none() {
+        return Err(SfError::invalid_type(name).into());
+    }
+    let fields = parse_record_body(body)?;
+    // Validate before taking the allocation: a refused event must not use it up.
+    let schema = state.cdc.platform_schema(name).expect("checked above");
+    if let Some(k) = fields
+        .keys()
+        .find(|k| !schema.fields.iter().any(|f| f.name() == k.as_str()))
+    {
+        return Err(ApiError::new(
+            400,
+            "INVALID_FIELD",
+            format!("No such column '{k}' on sobject of type {name}"),
+        ));
+    }
+    state.limits.take_published_event()?;
+    let (id, _replay) = state
+        .cdc
+        .publish_fields(name, &fields, session.user_id.as_str())
+        .map_err(|e| ApiError::new(400, "INVALID_FIELD", e))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": id, "success": true, "errors": []})),
+    )
+        .into_response())
 }
 
 pub(crate) fn fields_param(params: &HashMap<String, String>) -> Option<Vec<String>> {

@@ -1,5 +1,6 @@
-//! Change Data Capture over the Salesforce Pub/Sub API (gRPC): the subscriber, the Avro payload
-//! decoder, the field bitmaps and long-text diff reconstruction.
+//! Change Data Capture and platform events over the Salesforce Pub/Sub API (gRPC): the
+//! subscriber (and `Publish`), the Avro payload decoder, the platform-event codec, the field
+//! bitmaps and long-text diff reconstruction.
 //!
 //! Guarantees: every event is decoded with its own writer schema (cached by schema id); a
 //! [`Change`](sfsync_core::Change) carries only the fields its change type makes meaningful, with
@@ -11,12 +12,15 @@
 pub mod avro;
 pub mod bitmap;
 pub mod diff;
+pub mod event;
 pub mod subscriber;
 
 pub use avro::{ChangeSchema, DecodeError, Schema, SchemaError};
 pub use bitmap::{BitmapError, FieldRef, FieldTree};
 pub use diff::DiffOutcome;
+pub use event::{EncodeError, EventSchema};
+pub use sfsync_pubsub_proto::{ProducerEvent, PublishResponse, PublishResult};
 pub use subscriber::{
-    BackoffConfig, Batch, PubSubError, ReplayStart, Subscriber, SubscriberConfig, Subscription,
-    UndecodedEvent,
+    BackoffConfig, Batch, PlatformEvent, PubSubError, ReplayStart, Subscriber, SubscriberConfig,
+    Subscription, UndecodedEvent,
 };

@@ -18,6 +18,10 @@
 //!   (never a silent restart at LATEST), an exhausted delivery allocation is
 //!   [`PubSubError::AllocationExceeded`], an auth failure refreshes the token once and retries;
 //!   everything else is classified with the one error-code table of `sfsync-core`.
+//! - **Platform events** ([`Subscriber::subscribe_events`]) stream with the same flow control,
+//!   resume and error rules; each event is decoded with its own writer schema into JSON fields
+//!   ([`PlatformEvent`]). [`Subscriber::publish`] sends `Publish` (one token refresh and retry
+//!   on an auth failure, never a blind retry of the events themselves).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -29,7 +33,8 @@ use parking_lot::Mutex;
 use sfsync_core::{classify_error_code, Change, ErrorClass, ReplayId};
 use sfsync_pubsub_proto::pub_sub_client::PubSubClient;
 use sfsync_pubsub_proto::{
-    FetchRequest, FetchResponse, ReplayPreset, SchemaRequest, TopicInfo, TopicRequest,
+    FetchRequest, FetchResponse, ProducerEvent, PublishRequest, PublishResponse, ReplayPreset,
+    SchemaInfo, SchemaRequest, TopicInfo, TopicRequest,
 };
 use tokio::sync::{mpsc, Notify, OnceCell};
 use tonic::metadata::MetadataValue;
@@ -37,6 +42,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use super::avro::{ChangeSchema, DecodeError};
+use super::event::EventSchema;
 use crate::auth::{AccessToken, TokenSource};
 
 /// The most events one Subscribe call may have outstanding.
@@ -171,6 +177,8 @@ pub enum PubSubError {
     },
     #[error("topic {topic} cannot be subscribed to (can_subscribe = false)")]
     NotSubscribable { topic: String },
+    #[error("topic {topic} cannot be published to (can_publish = false)")]
+    NotPublishable { topic: String },
     #[error("{rpc} failed with gRPC status {grpc_code:?}{}{}: {message}", error_code.as_ref().map(|c| format!(", error-code {c}")).unwrap_or_default(), rpc_id.as_ref().map(|c| format!(", rpc-id {c}")).unwrap_or_default())]
     Status {
         rpc: &'static str,
@@ -197,7 +205,9 @@ impl PubSubError {
             PubSubError::ReplayIdInvalid { .. } => ErrorClass::User,
             PubSubError::AllocationExceeded { .. } => ErrorClass::Defer,
             PubSubError::Auth { .. } => ErrorClass::RefreshAuth,
-            PubSubError::NotSubscribable { .. } | PubSubError::Config { .. } => ErrorClass::User,
+            PubSubError::NotSubscribable { .. }
+            | PubSubError::NotPublishable { .. }
+            | PubSubError::Config { .. } => ErrorClass::User,
             PubSubError::Status { class, .. } | PubSubError::Token { class, .. } => *class,
             PubSubError::Transport { .. } => ErrorClass::Retry,
             PubSubError::Schema { .. } => ErrorClass::Internal,
@@ -287,11 +297,38 @@ pub struct UndecodedEvent {
     pub error: DecodeError,
 }
 
+/// A platform event (or an event of a custom channel) as received and decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlatformEvent {
+    pub replay_id: ReplayId,
+    /// `ProducerEvent.id`: the event's UUID (as the publisher set it).
+    pub event_id: String,
+    pub schema_id: String,
+    /// The event's API name (its schema's record name, `Order_Shipped__e`).
+    pub name: String,
+    /// Field name → value (times as RFC 3339 text, see [`EventSchema::decode_fields`]).
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    /// The Avro payload as received.
+    pub payload: bytes::Bytes,
+}
+
+/// What a subscription decodes its events as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamKind {
+    /// Change events (a `ChangeEventHeader` first): [`Batch::changes`].
+    Changes,
+    /// Platform events: [`Batch::events`].
+    Events,
+}
+
 /// The decoded content of one `FetchResponse`.
 #[derive(Debug, Clone)]
 pub struct Batch {
-    /// Decoded events in stream order.
+    /// Decoded change events in stream order.
     pub changes: Vec<Change>,
+    /// Decoded platform events in stream order (subscriptions made with
+    /// [`Subscriber::subscribe_events`]).
+    pub events: Vec<PlatformEvent>,
     /// The Avro payload bytes of each of `changes` (same index), as received, for a raw log.
     pub payloads: Vec<bytes::Bytes>,
     /// Events that could not be decoded (stream order among themselves).
@@ -314,6 +351,7 @@ impl Batch {
     /// acknowledged with `next`'s checkpoint.
     pub fn merge(&mut self, next: Batch) {
         self.changes.extend(next.changes);
+        self.events.extend(next.events);
         self.payloads.extend(next.payloads);
         self.undecoded.extend(next.undecoded);
         if next.latest_replay_id.is_some() {
@@ -325,7 +363,7 @@ impl Batch {
     }
 
     pub fn len(&self) -> usize {
-        self.changes.len() + self.undecoded.len()
+        self.changes.len() + self.events.len() + self.undecoded.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -344,11 +382,18 @@ struct SchemaCache {
     map: Mutex<HashMap<String, Arc<OnceCell<Arc<ChangeSchema>>>>>,
 }
 
+/// Platform-event writer schemas by schema id (same single-flight rule).
+#[derive(Default)]
+struct EventSchemaCache {
+    map: Mutex<HashMap<String, Arc<OnceCell<Arc<EventSchema>>>>>,
+}
+
 struct Inner {
     client: PubSubClient<Channel>,
     tokens: Arc<TokenSource>,
     config: SubscriberConfig,
     schemas: SchemaCache,
+    event_schemas: EventSchemaCache,
     schema_fetches: AtomicU64,
 }
 
@@ -432,6 +477,7 @@ impl Subscriber {
                 tokens,
                 config,
                 schemas: SchemaCache::default(),
+                event_schemas: EventSchemaCache::default(),
                 schema_fetches: AtomicU64::new(0),
             }),
         })
@@ -456,12 +502,63 @@ impl Subscriber {
         self.inner.schema(schema_id).await
     }
 
+    /// The compiled platform-event writer schema of `schema_id`, from the cache or `GetSchema`.
+    pub async fn event_schema(&self, schema_id: &str) -> Result<Arc<EventSchema>, PubSubError> {
+        self.inner.event_schema(schema_id).await
+    }
+
+    /// `GetTopic` of a topic to publish to (`can_publish` checked) and its current schema.
+    pub async fn publish_schema(
+        &self,
+        topic: &str,
+    ) -> Result<(TopicInfo, Arc<EventSchema>), PubSubError> {
+        let info = self.inner.get_topic(topic).await?;
+        if !info.can_publish {
+            return Err(PubSubError::NotPublishable {
+                topic: topic.to_string(),
+            });
+        }
+        let schema = self.inner.event_schema(&info.schema_id).await?;
+        Ok((info, schema))
+    }
+
+    /// `Publish` of `events` to `topic` (one token refresh and retry on an auth failure, which
+    /// the server refuses before publishing anything). The response has one result per event,
+    /// in order; a transport failure is an error — the events may or may not have been
+    /// published, so their ids should stay the same when they are sent again.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        events: Vec<ProducerEvent>,
+    ) -> Result<PublishResponse, PubSubError> {
+        self.inner.publish(topic, events).await
+    }
+
     /// Checks the topic with `GetTopic` (`can_subscribe`) and starts streaming it from `start`
     /// (the caller's stored replay id as [`ReplayStart::After`], else a preset).
     pub async fn subscribe(
         &self,
         topic: &str,
         start: ReplayStart,
+    ) -> Result<Subscription, PubSubError> {
+        self.subscribe_as(topic, start, StreamKind::Changes).await
+    }
+
+    /// [`Self::subscribe`] for a platform-event channel (`/event/<Name>__e`) or a custom
+    /// platform-event channel (`/event/<Name>__chn`): batches carry [`Batch::events`].
+    pub async fn subscribe_events(
+        &self,
+        topic: &str,
+        start: ReplayStart,
+    ) -> Result<Subscription, PubSubError> {
+        self.subscribe_as(topic, start, StreamKind::Events).await
+    }
+
+    async fn subscribe_as(
+        &self,
+        topic: &str,
+        start: ReplayStart,
+        kind: StreamKind,
     ) -> Result<Subscription, PubSubError> {
         let info = self.inner.get_topic(topic).await?;
         if !info.can_subscribe {
@@ -483,7 +580,7 @@ impl Subscriber {
             reconnects: AtomicU64::new(0),
             restart: Notify::new(),
         });
-        let task = tokio::spawn(run(self.inner.clone(), topic, shared.clone(), tx));
+        let task = tokio::spawn(run(self.inner.clone(), topic, kind, shared.clone(), tx));
         Ok(Subscription {
             rx,
             shared,
@@ -572,7 +669,35 @@ impl Inner {
         }
     }
 
-    async fn fetch_schema(&self, schema_id: &str) -> Result<Arc<ChangeSchema>, PubSubError> {
+    async fn publish(
+        &self,
+        topic: &str,
+        events: Vec<ProducerEvent>,
+    ) -> Result<PublishResponse, PubSubError> {
+        let call = |token: Arc<AccessToken>, events: Vec<ProducerEvent>| async move {
+            let req = self.request(
+                PublishRequest {
+                    topic_name: topic.to_string(),
+                    events,
+                    auth_refresh: String::new(),
+                },
+                &token,
+            )?;
+            self.client
+                .clone()
+                .publish(req)
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|s| PubSubError::from_status("Publish", &s, None))
+        };
+        let token = self.token().await?;
+        match call(token.clone(), events.clone()).await {
+            Err(PubSubError::Auth { .. }) => call(self.refresh(&token).await?, events).await,
+            other => other,
+        }
+    }
+
+    async fn fetch_schema_info(&self, schema_id: &str) -> Result<SchemaInfo, PubSubError> {
         let call = |token: Arc<AccessToken>| async move {
             let req = self.request(
                 SchemaRequest {
@@ -589,16 +714,43 @@ impl Inner {
                 .map_err(|s| PubSubError::from_status("GetSchema", &s, None))
         };
         let token = self.token().await?;
-        let info = match call(token.clone()).await {
+        match call(token.clone()).await {
             Err(PubSubError::Auth { .. }) => call(self.refresh(&token).await?).await,
             other => other,
-        }?;
+        }
+    }
+
+    async fn fetch_schema(&self, schema_id: &str) -> Result<Arc<ChangeSchema>, PubSubError> {
+        let info = self.fetch_schema_info(schema_id).await?;
         let schema =
             ChangeSchema::parse(schema_id, &info.schema_json).map_err(|e| PubSubError::Schema {
                 schema_id: schema_id.to_string(),
                 reason: e.to_string(),
             })?;
         Ok(Arc::new(schema))
+    }
+
+    async fn fetch_event_schema(&self, schema_id: &str) -> Result<Arc<EventSchema>, PubSubError> {
+        let info = self.fetch_schema_info(schema_id).await?;
+        let schema =
+            EventSchema::parse(schema_id, &info.schema_json).map_err(|e| PubSubError::Schema {
+                schema_id: schema_id.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(Arc::new(schema))
+    }
+
+    async fn event_schema(&self, schema_id: &str) -> Result<Arc<EventSchema>, PubSubError> {
+        let cell = self
+            .event_schemas
+            .map
+            .lock()
+            .entry(schema_id.to_string())
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| self.fetch_event_schema(schema_id))
+            .await
+            .cloned()
     }
 
     async fn schema(&self, schema_id: &str) -> Result<Arc<ChangeSchema>, PubSubError> {
@@ -744,6 +896,7 @@ enum StreamEnd {
 async fn run(
     inner: Arc<Inner>,
     topic: String,
+    kind: StreamKind,
     shared: Arc<Shared>,
     tx: mpsc::Sender<Result<Batch, PubSubError>>,
 ) {
@@ -756,6 +909,7 @@ async fn run(
         let result = stream_once(
             &inner,
             &topic,
+            kind,
             &shared,
             &tx,
             start.clone(),
@@ -809,9 +963,11 @@ async fn run(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn stream_once(
     inner: &Inner,
     topic: &str,
+    kind: StreamKind,
     shared: &Shared,
     tx: &mpsc::Sender<Result<Batch, PubSubError>>,
     start: ReplayStart,
@@ -880,7 +1036,10 @@ async fn stream_once(
         if let Some(l) = &latest {
             *shared.latest.lock() = Some(l.clone());
         }
-        let batch = decode_response(inner, resp, latest, epoch, &start).await?;
+        let batch = match kind {
+            StreamKind::Changes => decode_response(inner, resp, latest, epoch, &start).await?,
+            StreamKind::Events => decode_events(inner, resp, latest, epoch, &start).await?,
+        };
         if batch.is_empty() {
             // A keepalive only carries a checkpoint; never block the stream for it.
             match tx.try_send(Ok(batch)) {
@@ -979,7 +1138,109 @@ async fn decode_response(
     let checkpoint = last.or_else(|| latest.clone());
     Ok(Batch {
         changes,
+        events: Vec::new(),
         payloads,
+        undecoded,
+        latest_replay_id: latest,
+        checkpoint,
+        epoch,
+        rpc_id: resp.rpc_id,
+        started_from: start.clone(),
+    })
+}
+
+/// Whether a schema lookup failure makes the event undecodable (kept as such) rather than the
+/// stream failing (retried).
+fn schema_unusable(e: &PubSubError) -> bool {
+    matches!(
+        e,
+        PubSubError::Status {
+            grpc_code: Code::NotFound,
+            ..
+        } | PubSubError::Status {
+            class: ErrorClass::User,
+            ..
+        } | PubSubError::Schema { .. }
+    )
+}
+
+/// [`decode_response`] for platform events.
+async fn decode_events(
+    inner: &Inner,
+    resp: FetchResponse,
+    latest: Option<ReplayId>,
+    epoch: u64,
+    start: &ReplayStart,
+) -> Result<Batch, PubSubError> {
+    let mut events = Vec::with_capacity(resp.events.len());
+    let mut undecoded = Vec::new();
+    let mut last: Option<ReplayId> = None;
+    let mut cached: Option<Arc<EventSchema>> = None;
+    for ev in resp.events {
+        let replay_id = ReplayId::from_bytes(ev.replay_id);
+        last = Some(replay_id.clone());
+        let Some(pe) = ev.event else {
+            undecoded.push(UndecodedEvent {
+                replay_id,
+                schema_id: String::new(),
+                event_id: String::new(),
+                payload: bytes::Bytes::new(),
+                error: DecodeError::UnknownSchemaId {
+                    schema_id: String::new(),
+                },
+            });
+            continue;
+        };
+        let schema = match &cached {
+            Some(s) if s.schema_id() == pe.schema_id => Ok(s.clone()),
+            _ => inner.event_schema(&pe.schema_id).await,
+        };
+        let schema = match schema {
+            Ok(s) => s,
+            Err(e) if schema_unusable(&e) => {
+                tracing::warn!(schema_id = %pe.schema_id, error = %e, "Platform event with an unusable schema id");
+                undecoded.push(UndecodedEvent {
+                    replay_id,
+                    schema_id: pe.schema_id.clone(),
+                    event_id: pe.id,
+                    payload: pe.payload.into(),
+                    error: match e {
+                        PubSubError::Schema { schema_id, reason } => {
+                            DecodeError::NotAChangeEvent { schema_id, reason }
+                        }
+                        _ => DecodeError::UnknownSchemaId {
+                            schema_id: pe.schema_id,
+                        },
+                    },
+                });
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        match schema.decode_fields(&pe.payload) {
+            Ok(fields) => events.push(PlatformEvent {
+                replay_id,
+                event_id: pe.id,
+                schema_id: pe.schema_id,
+                name: schema.name.clone(),
+                fields,
+                payload: bytes::Bytes::from(pe.payload),
+            }),
+            Err(error) => undecoded.push(UndecodedEvent {
+                replay_id,
+                schema_id: pe.schema_id,
+                event_id: pe.id,
+                payload: pe.payload.into(),
+                error,
+            }),
+        }
+        cached = Some(schema);
+    }
+    let checkpoint = last.or_else(|| latest.clone());
+    Ok(Batch {
+        changes: Vec::new(),
+        events,
+        payloads: Vec::new(),
         undecoded,
         latest_replay_id: latest,
         checkpoint,

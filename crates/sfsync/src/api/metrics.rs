@@ -74,6 +74,8 @@ pub struct Extra {
     pub sinks: Vec<SinkMetrics>,
     /// Per object: its `sync_status` (the warehouse view) and lag.
     pub sync_status: Vec<(String, sfsync_store::FreshnessStatus, Option<f64>)>,
+    /// Platform events in and out (`None`: none configured).
+    pub events: Option<EventMetrics>,
     /// Per Outbound Message flow: (name, acked, faulted, refused, logged, duplicates,
     /// dead-lettered); and requests refused before a flow was known.
     pub outbound: Vec<(String, [u64; 6])>,
@@ -115,6 +117,75 @@ fn outbound_metrics(o: &mut Out, extra: &Extra) {
         "counter",
         "Requests to the Outbound Message endpoint refused for an unknown flow or a wrong secret.",
         extra.outbound_unauthorised as f64,
+    );
+}
+
+/// Platform-event readings: this process's counters and the store's publish queue.
+#[derive(Debug, Clone, Default)]
+pub struct EventMetrics {
+    pub received: u64,
+    pub duplicates: u64,
+    pub undecodable: u64,
+    pub published: u64,
+    pub deferred: u64,
+    pub retried: u64,
+    pub dead: u64,
+    /// Events waiting to be published, and dead ones (the store's counts).
+    pub pending: u64,
+    pub dead_open: u64,
+}
+
+fn event_metrics(o: &mut Out, e: &EventMetrics) {
+    for (name, help, v) in [
+        (
+            "sfsync_platform_events_received_total",
+            "Platform events received and stored (redeliveries not counted).",
+            e.received,
+        ),
+        (
+            "sfsync_platform_events_duplicates_total",
+            "Redelivered platform events already stored.",
+            e.duplicates,
+        ),
+        (
+            "sfsync_platform_events_undecodable_total",
+            "Received platform events that could not be decoded (dead letters).",
+            e.undecodable,
+        ),
+        (
+            "sfsync_platform_events_published_total",
+            "Platform events published to Salesforce.",
+            e.published,
+        ),
+        (
+            "sfsync_platform_events_deferred_total",
+            "Platform events put back for the hourly publish allocation.",
+            e.deferred,
+        ),
+        (
+            "sfsync_platform_events_retried_total",
+            "Failed publishes to be tried again.",
+            e.retried,
+        ),
+        (
+            "sfsync_platform_events_dead_total",
+            "Platform events that failed for good (publish dead letters).",
+            e.dead,
+        ),
+    ] {
+        o.one(name, "counter", help, v as f64);
+    }
+    o.one(
+        "sfsync_platform_events_pending",
+        "gauge",
+        "Platform events waiting to be published.",
+        e.pending as f64,
+    );
+    o.one(
+        "sfsync_platform_events_dead",
+        "gauge",
+        "Publish dead letters waiting for an operator.",
+        e.dead_open as f64,
     );
 }
 
@@ -577,6 +648,25 @@ pub fn render(
         );
     }
     sink_metrics(&mut o, &extra.sinks, now_ms);
+    if let Some(e) = &extra.events {
+        event_metrics(&mut o, e);
+    }
+    if let Some(p) = extra.budget.as_ref().map(|b| &b.publish) {
+        if let Some(room) = p.room {
+            o.one(
+                "sfsync_publish_budget_room_events",
+                "gauge",
+                "Platform events the hourly publish budget allows right now.",
+                room as f64,
+            );
+        }
+        o.one(
+            "sfsync_publish_budget_used_events",
+            "gauge",
+            "Platform events sfsync published in the rolling hour.",
+            p.our_used as f64,
+        );
+    }
     outbound_metrics(&mut o, extra);
     o.family(
         "sfsync_sync_status",
@@ -701,6 +791,29 @@ pub async fn exposition(s: &ApiState) -> Result<String, ApiError> {
         .into_iter()
         .map(|r| (r.state.object, r.status, r.lag_seconds))
         .collect();
+    let events = match &s.events {
+        None => None,
+        Some(ev) => {
+            use std::sync::atomic::Ordering::Relaxed;
+            let c = s
+                .store
+                .outbound_counts()
+                .await
+                .map_err(|e| ApiError::internal("counting the platform events", e))?;
+            let st = &ev.stats;
+            Some(EventMetrics {
+                received: st.received.load(Relaxed),
+                duplicates: st.duplicates.load(Relaxed),
+                undecodable: st.undecodable.load(Relaxed),
+                published: st.published.load(Relaxed),
+                deferred: st.deferred.load(Relaxed),
+                retried: st.retried.load(Relaxed),
+                dead: st.dead.load(Relaxed),
+                pending: c.pending,
+                dead_open: c.dead,
+            })
+        }
+    };
     let extra = Extra {
         budget: s.budget.as_ref().map(|b| b()),
         drift,
@@ -708,6 +821,7 @@ pub async fn exposition(s: &ApiState) -> Result<String, ApiError> {
         archive: applied.map(|a| (a, archived)),
         sinks,
         sync_status,
+        events,
         outbound: outbound_readings(s),
         outbound_unauthorised: s
             .outbound

@@ -17,6 +17,7 @@
 pub mod auth;
 pub mod deployment;
 pub mod error;
+pub mod events;
 pub mod metrics;
 pub mod odata;
 pub mod odata_query;
@@ -48,6 +49,7 @@ use tower::Service;
 use crate::config::secrets::ApiToken;
 use crate::config::validate::{ValidApi, ValidConfig};
 use auth::KnownToken;
+pub use events::EventsApi;
 
 /// Every route: (method, path). The router is built from this list and the OpenAPI document
 /// must describe exactly these (checked by a test).
@@ -74,6 +76,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/writes"),
     ("GET", "/api/v1/writes"),
     ("GET", "/api/v1/writes/{id}"),
+    ("POST", "/api/v1/events/{name}"),
+    ("GET", "/api/v1/events"),
     ("GET", "/api/v1/records/{object}"),
     ("GET", "/api/v1/records/{object}/{id}"),
     ("GET", "/api/v1/records/{object}/by/{field}/{value}"),
@@ -124,6 +128,12 @@ pub struct ApiState {
     pub odata: Option<Arc<odata::OdataService>>,
     /// Per-caller rate limit of the read API and OData.
     pub read_limiter: read_limit::ReadLimiter,
+    /// Platform events this process publishes and counts (`None`: not this process).
+    pub events: Option<EventsApi>,
+    /// Platform events that may be published (`[platform_events] publish`).
+    pub publishable: Vec<String>,
+    /// Most events in one `POST /api/v1/events/{name}`.
+    pub max_events_per_request: usize,
     /// The Outbound Message endpoint (`None`: no `[[outbound_messages]]`).
     pub outbound: Option<Arc<outbound::OutboundService>>,
 }
@@ -176,6 +186,9 @@ impl ApiState {
                 ))
             }),
             read_limiter: read_limit::ReadLimiter::new(api.read_rate_per_sec, api.read_burst),
+            events: None,
+            publishable: config.platform_events.publish.clone(),
+            max_events_per_request: config.platform_events.max_events_per_request.max(1),
             outbound: None,
         }
     }
@@ -216,6 +229,8 @@ fn method_router(method: &str, path: &str) -> MethodRouter<Arc<ApiState>> {
         ("POST", "/api/v1/writes") => post(submit_writes),
         ("GET", "/api/v1/writes") => get(list_writes),
         ("GET", "/api/v1/writes/{id}") => get(show_write),
+        ("POST", "/api/v1/events/{name}") => post(events::publish_events),
+        ("GET", "/api/v1/events") => get(events::list_events),
         ("GET", "/api/v1/records/{object}") => get(read::list_records),
         ("GET", "/api/v1/records/{object}/{id}") => get(read::record_by_id),
         ("GET", "/api/v1/records/{object}/by/{field}/{value}") => get(read::record_by_field),

@@ -85,7 +85,7 @@ fn obj_param() -> J {
 }
 
 fn dl_kind() -> J {
-    json!({ "name": "kind", "in": "path", "required": true, "description": "event or write.", "schema": { "type": "string", "enum": ["event", "write"] } })
+    json!({ "name": "kind", "in": "path", "required": true, "description": "event, write, delivery or publish.", "schema": { "type": "string", "enum": ["event", "write", "delivery", "publish"] } })
 }
 
 fn action_body() -> J {
@@ -138,7 +138,7 @@ fn dashboard_paths() -> J {
             "/api/v1/deadletters": { "get": viewer(json!({
                 "summary": "Dead letters: events (without payloads) and failed writes, oldest first",
                 "parameters": [
-                    q("kind", "event or write (default both).", json!({ "type": "string", "enum": ["event", "write"] })),
+                    q("kind", "event, write, delivery or publish (platform events that could not be published); default all.", json!({ "type": "string", "enum": ["event", "write", "delivery", "publish"] })),
                     q("after", "Event dead letters with ids above this only (paging).", json!({ "type": "integer" })),
                     q("object", "Only this object.", json!({ "type": "string" })),
                     limit()
@@ -254,6 +254,37 @@ pub fn document() -> J {
         &mut submit,
         "A viewer token, or a writer token writing as another source_system.",
     );
+    let mut events_publish = json!({
+        "summary": "Publish platform events to Salesforce: stored durably (and audited) before 202; the publisher sends them within the hourly publish allocation",
+        "description": "Each event needs an idempotency key (per event, or the request's Idempotency-Key header as `<key>:<index>`); it becomes the event's ProducerEvent id, and a retried request answers `duplicate` for known keys without publishing again. One malformed event rejects the whole request (400, naming events[i]).",
+        "parameters": [{ "name": "name", "in": "path", "required": true, "description": "The platform event (listed in [platform_events] publish).", "schema": { "type": "string" } },
+            { "name": "Idempotency-Key", "in": "header", "required": false, "description": "Stands for missing per-event keys.", "schema": { "type": "string" } }],
+        "requestBody": {
+            "required": true,
+            "content": { "application/json": { "schema": {
+                "type": "object",
+                "required": ["events"],
+                "additionalProperties": false,
+                "properties": { "events": { "type": "array", "minItems": 1, "items": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "properties": {
+                        "idempotency_key": { "type": "string", "maxLength": 255 },
+                        "fields": { "type": "object", "description": "Event field → text, number, boolean or null (DateTime fields take RFC 3339 text)." }
+                    }
+                } } }
+            } } }
+        },
+        "responses": {
+            "202": ok_json("Stored: accepted and duplicate counts, and each event (index, status accepted|duplicate, id, state, replay_id once published).", obj()),
+            "400": err("The request is malformed (the message names events[i] and the field)."),
+            "404": err("The platform event is not in [platform_events] publish."),
+            "413": err("Over [platform_events] max_events_per_request or api.max_body_bytes.")
+        }
+    });
+    events_publish["security"] = json!([{ "bearer": [] }]);
+    events_publish["x-sfsync-roles"] = json!(["operator", "writer"]);
+    auth_errors(&mut events_publish, "A viewer token.");
     let mut list_writes = json!({
         "summary": "List writes in the ledger, newest first",
         "security": [{ "bearer": [] }],
@@ -395,6 +426,17 @@ pub fn document() -> J {
                 "responses": { "200": ok_json("Discarded.", obj()) }
             })) },
             "/api/v1/writes": { "post": submit, "get": list_writes },
+            "/api/v1/events/{name}": { "post": events_publish },
+            "/api/v1/events": { "get": viewer(json!({
+                "summary": "Platform events to publish, oldest first, with their state (pending, published with its replay id, dead with Salesforce's error, discarded) and counts by state",
+                "parameters": [
+                    q("event", "Only this platform event.", json!({ "type": "string" })),
+                    q("state", "pending, published, dead or discarded.", json!({ "type": "string", "enum": ["pending", "published", "dead", "discarded"] })),
+                    q("after", "Ids above this only (paging).", json!({ "type": "integer" })),
+                    limit()
+                ],
+                "responses": { "200": ok_json("The events and counts.", json!({ "type": "object", "properties": { "events": { "type": "array", "items": obj() }, "counts": obj() } })), "400": err("A bad filter.") }
+            })) },
             "/api/v1/writes/{id}": { "get": show_write },
             "/api/v1/records/{object}": { "get": reader(json!({
                 "summary": "Curated records of an object: equality filters on fields (?Field=value, several are ANDed), keyset paging by Id",

@@ -62,7 +62,7 @@ fn ts_opt(ms: Option<i64>) -> J {
 }
 
 /// Records an operator action before it is carried out: no audit entry, no action.
-async fn audit(
+pub(super) async fn audit(
     s: &ApiState,
     caller: &Caller,
     action: &str,
@@ -84,7 +84,7 @@ async fn audit(
 }
 
 /// A JSON object body; an empty body is `{}`.
-fn json_body(body: Result<Bytes, BytesRejection>) -> Result<J, ApiError> {
+pub(super) fn json_body(body: Result<Bytes, BytesRejection>) -> Result<J, ApiError> {
     let body = body.map_err(|r| {
         let status = r.status();
         let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -604,14 +604,15 @@ pub async fn list_dead_letters(
 ) -> ApiResult {
     caller.require_viewer()?;
     let q = query(q)?;
-    let (events, writes, deliveries) = match q.kind.as_deref() {
-        None => (true, true, true),
-        Some("event") => (true, false, false),
-        Some("write") => (false, true, false),
-        Some("delivery") => (false, false, true),
+    let (events, writes, deliveries, publishes) = match q.kind.as_deref() {
+        None => (true, true, true, true),
+        Some("event") => (true, false, false, false),
+        Some("write") => (false, true, false, false),
+        Some("delivery") => (false, false, true, false),
+        Some("publish") => (false, false, false, true),
         Some(other) => {
             return Err(ApiError::bad_request(format!(
-                "kind '{other}': use event, write or delivery"
+                "kind '{other}': use event, write, delivery or publish"
             )))
         }
     };
@@ -672,6 +673,17 @@ pub async fn list_dead_letters(
                 .map(crate::writes_ops::delivery_dead_letter_json),
         );
     }
+    if publishes {
+        let rows = crate::writes_ops::list_publish_dead_letters(
+            s.store.as_ref(),
+            q.object.as_deref(),
+            q.after,
+            limit,
+        )
+        .await
+        .map_err(|e| ops_error("reading the platform events that could not be published", e))?;
+        items.extend(rows.iter().map(crate::writes_ops::publish_dead_letter_json));
+    }
     ok(json!({ "dead_letters": items }))
 }
 
@@ -684,8 +696,9 @@ fn dead_letter_ref(
         "write" => Ok(crate::writes_ops::DeadLetterRef::Write(id)),
         "event" => Ok(crate::writes_ops::DeadLetterRef::Event(id)),
         "delivery" => Ok(crate::writes_ops::DeadLetterRef::Delivery(id)),
+        "publish" => Ok(crate::writes_ops::DeadLetterRef::Publish(id)),
         other => Err(ApiError::not_found(format!(
-            "no dead-letter kind '{other}' (event, write or delivery)"
+            "no dead-letter kind '{other}' (event, write, delivery or publish)"
         ))),
     }
 }
@@ -727,6 +740,24 @@ async fn dead_letter_act(
                 &format!("deadletter.{verb}"),
                 format!("delivery {id}"),
                 json!({ "sink": found.sink, "object": found.change.object, "record_id": found.change.record_id, "note": note }),
+            )
+            .await?;
+        }
+        DeadLetterRef::Publish(id) => {
+            let e = s
+                .store
+                .outbound_event(id)
+                .await
+                .map_err(|e| ApiError::internal("reading the platform event", e))?
+                .ok_or_else(|| {
+                    ApiError::not_found(format!("no platform event to publish has id {id}"))
+                })?;
+            audit(
+                s,
+                caller,
+                &format!("deadletter.{verb}"),
+                format!("publish {id}"),
+                json!({ "event": e.name, "idempotency_key": e.idempotency_key, "note": note }),
             )
             .await?;
         }

@@ -243,6 +243,23 @@ pub fn summary(l: &LoadedConfig) -> String {
                 .unwrap_or_default()
         ));
     }
+    let pe = &c.platform_events;
+    if !pe.subscribe.is_empty() || !pe.publish.is_empty() {
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        out.push_str(&format!(
+            "events:     subscribe {}; publish {} (batch {}, dead letters after {} attempts)\n",
+            list(&pe.subscribe),
+            list(&pe.publish),
+            pe.publish_batch_max,
+            pe.publish_max_attempts
+        ));
+    }
     for m in &c.outbound_messages {
         out.push_str(&format!(
             "outbound:   {} → {} at POST /soap/outbound/{}/<secret from {}>; org {}; {} field(s)\n",

@@ -40,7 +40,7 @@ pub use span::{LineCol, SpanIndex};
 pub use validate::{
     ApiRole, ArchiveWhere, CredentialsSource, PiiKeySource, SinkTarget, ValidApi, ValidApiToken,
     ValidArchive, ValidConfig, ValidObject, ValidOdata, ValidOldKey, ValidOutboundMessage,
-    ValidPii, ValidSalesforce, ValidSink, ValidWarehouse,
+    ValidPii, ValidPlatformEvents, ValidSalesforce, ValidSink, ValidWarehouse,
 };
 
 /// One problem in the config file.
@@ -218,6 +218,7 @@ const TABLES: &[&str] = &[
     "log",
     "odata",
     "outbound_messages",
+    "platform_events",
 ];
 
 /// Syntax and shape: every top-level table (and each `[[objects]]` entry) is deserialised on its
@@ -292,6 +293,7 @@ pub fn parse(text: &str, file: &str) -> Result<(SfsyncConfig, SpanIndex), Config
             "freshness" => cfg.freshness = p.de("freshness", value),
             "log" => cfg.log = p.de("log", value),
             "odata" => cfg.odata = p.de("odata", value),
+            "platform_events" => cfg.platform_events = p.de("platform_events", value),
             "outbound_messages" => match value.get_ref() {
                 DeValue::Array(items) => {
                     for (i, item) in items.iter().enumerate() {

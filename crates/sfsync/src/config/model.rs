@@ -33,6 +33,8 @@ pub struct SfsyncConfig {
     pub log: Option<LogConfig>,
     /// `[odata]`; absent: no OData endpoint.
     pub odata: Option<OdataConfig>,
+    /// `[platform_events]`; absent: no platform events in or out.
+    pub platform_events: Option<PlatformEventsConfig>,
     /// `[[outbound_messages]]`: Salesforce Outbound Message definitions whose notifications
     /// the API's SOAP endpoint receives.
     pub outbound_messages: Vec<OutboundMessageConfig>,
@@ -826,7 +828,8 @@ fn default_retention_every() -> u64 {
 pub struct SinkConfig {
     /// Unique; names the sink's positions and dead letters in the store (keep it stable).
     pub name: String,
-    /// `webhook` (default) or `kafka`.
+    /// `webhook` (default), `kafka` or `platform_event` ("record applied" notifications
+    /// published to Salesforce).
     #[serde(default = "default_sink_kind")]
     pub kind: String,
     /// The downstream system this sink feeds, as named in writeback (`source_system`): changes
@@ -845,6 +848,12 @@ pub struct SinkConfig {
     pub timeout_secs: u64,
     /// Kafka: bootstrap servers, `host:port[,host:port…]`.
     pub brokers: Option<String>,
+    /// Platform event: the event each change becomes (`Record_Applied__e`; listed in
+    /// `[platform_events] publish`).
+    pub event: Option<String>,
+    /// Platform event: event field → value source (`id`, `object`, `change_type`,
+    /// `commit_timestamp`, `applied_at`, `event_key`, `changed_fields`, `record.<Field>`).
+    pub fields: Option<std::collections::BTreeMap<String, String>>,
     /// Kafka: the topic of each object; `{object}` is replaced by the object's API name.
     #[serde(default = "default_sink_topic")]
     pub topic: String,
@@ -1011,6 +1020,51 @@ pub struct OdataBasicAuthConfig {
     /// May read PII fields in clear (default false).
     #[serde(default)]
     pub pii: bool,
+}
+
+/// `[platform_events]`: platform events in (subscribed channels, delivered by the sinks like
+/// curated changes) and out (published through Pub/Sub `Publish` within the hourly allocation).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformEventsConfig {
+    /// Channels to subscribe to: `/event/<Name>__e` or a custom channel `/event/<Name>__chn`.
+    /// Sinks name the events by their API name (`objects = ["Order_Shipped__e"]`).
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+    /// Platform events sfsync may publish (`POST /api/v1/events/{name}`, `platform_event`
+    /// sinks).
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Events per Pub/Sub `Publish` call (at most 200).
+    #[serde(default = "default_pe_batch")]
+    pub publish_batch_max: u64,
+    /// Failed publish attempts after which an event is a dead letter.
+    #[serde(default = "default_pe_attempts")]
+    pub publish_max_attempts: u32,
+    /// First retry pause after a failed publish (doubling, up to `publish_retry_max_secs`).
+    #[serde(default = "default_pe_retry_base")]
+    pub publish_retry_base_ms: u64,
+    #[serde(default = "default_pe_retry_max")]
+    pub publish_retry_max_secs: u64,
+    /// Most events in one `POST /api/v1/events/{name}`.
+    #[serde(default = "default_pe_request")]
+    pub max_events_per_request: u64,
+}
+
+fn default_pe_batch() -> u64 {
+    200
+}
+fn default_pe_attempts() -> u32 {
+    8
+}
+fn default_pe_retry_base() -> u64 {
+    1000
+}
+fn default_pe_retry_max() -> u64 {
+    300
+}
+fn default_pe_request() -> u64 {
+    1000
 }
 
 /// One `[[outbound_messages]]` entry: a Salesforce Outbound Message definition (workflow rule or

@@ -140,7 +140,7 @@ batch_max_records = -1
             "t.toml:8:12: salesforce.auth.password: inline secrets are not allowed; write { env = \"VAR\" }, { file = \"path\" } or { aws_secret = \"name\" }",
             "t.toml:11:8: warehouse.path: invalid type: integer `3`, expected path string",
             "t.toml:15:21: pipeline.batch_max_records: invalid value: integer `-1`, expected u64",
-            "t.toml:16:2: bogus: unknown table `bogus`, expected one of salesforce, objects, warehouse, pii, pipeline, writeback, api, archive, sinks, freshness, log, odata, outbound_messages",
+            "t.toml:16:2: bogus: unknown table `bogus`, expected one of salesforce, objects, warehouse, pii, pipeline, writeback, api, archive, sinks, freshness, log, odata, outbound_messages, platform_events",
         ]
     );
 }
@@ -1363,6 +1363,117 @@ fn sinks_validate_with_defaults_and_name_each_error() {
     has("sinks[2].brokers", "needs brokers");
     has("sinks[3].kind", "expected webhook or kafka");
     has("sinks[3].start", "expected earliest or latest");
+}
+
+#[test]
+fn platform_events_validate_and_name_each_error_with_its_line() {
+    let with = |extra: &str| format!("{HEAD}[[objects]]\nname = \"Account\"\n\n{extra}");
+    let l = load_t(&with(
+        "[platform_events]\nsubscribe = [\"/event/Order_Shipped__e\", \"/event/Orders__chn\"]\npublish = [\"Record_Applied__e\"]\n\n\
+         [[sinks]]\nname = \"applied\"\nkind = \"platform_event\"\nevent = \"Record_Applied__e\"\nfields = { Record_Id__c = \"id\", Name__c = \"record.Name\" }\n\n\
+         [[sinks]]\nname = \"orders\"\nurl = \"http://127.0.0.1:9/x\"\nsecret = { env = \"S\" }\nobjects = [\"Order_Shipped__e\", \"Order_Lost__e\", \"Account\"]\n",
+    ))
+    .unwrap();
+    let pe = &l.config.platform_events;
+    assert_eq!(
+        pe.subscribe,
+        ["/event/Order_Shipped__e", "/event/Orders__chn"]
+    );
+    assert_eq!(pe.publish, ["Record_Applied__e"]);
+    assert_eq!(
+        (
+            pe.publish_batch_max,
+            pe.publish_max_attempts,
+            pe.max_events_per_request
+        ),
+        (200, 8, 1000)
+    );
+    let s = &l.config.sinks;
+    assert_eq!(s[0].target.kind(), "platform_event");
+    assert_eq!(s[0].target.describe(), "/event/Record_Applied__e");
+    assert_eq!(s[0].objects, ["Account"]);
+    assert_eq!(s[1].objects.len(), 3);
+    // Without [platform_events] nothing is subscribed or published.
+    assert!(load_t(&with(""))
+        .unwrap()
+        .config
+        .platform_events
+        .subscribe
+        .is_empty());
+
+    // Lines: HEAD is 7, [[objects]] 8-9, blank 10, [platform_events] at 11.
+    let e = errs(&with(
+        "[platform_events]\nsubscribe = [\"/data/AccountChangeEvent\", \"/event/A__e\", \"/event/A__e\"]\npublish = [\"Nope\"]\npublish_batch_max = 500\npublish_max_attempts = 0\nunknown_key = 1\n",
+    ));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].starts_with("t.toml:16:1: platform_events.unknown_key: unknown field `unknown_key`"),
+        "{e:#?}"
+    );
+    let e = errs(&with(
+        "[platform_events]\nsubscribe = [\"/data/AccountChangeEvent\", \"/event/A__e\", \"/event/A__e\"]\npublish = [\"Nope\"]\npublish_batch_max = 500\npublish_max_attempts = 0\n\n\
+         [[sinks]]\nname = \"ev\"\nkind = \"platform_event\"\nevent = \"Other__e\"\nurl = \"https://x/\"\nfields = { Bad = \"nope\" }\n\n\
+         [[sinks]]\nname = \"hook\"\nurl = \"https://x/\"\nsecret = { env = \"S\" }\nobjects = [\"Unknown__e\"]\nevent = \"A__e\"\n",
+    ));
+    let has = |prefix: &str, msg: &str| {
+        assert!(
+            e.iter().any(|l| l.starts_with(prefix) && l.contains(msg)),
+            "no error {prefix} saying {msg}: {e:#?}"
+        )
+    };
+    has("t.toml:12:", "platform_events.subscribe[0]: \"/data/AccountChangeEvent\" is not a platform-event channel");
+    has(
+        "t.toml:12:",
+        "platform_events.subscribe[2]: \"/event/A__e\" is subscribed twice",
+    );
+    has(
+        "t.toml:13:",
+        "platform_events.publish[0]: \"Nope\" is not a platform event API name",
+    );
+    has(
+        "t.toml:14:",
+        "platform_events.publish_batch_max: 500 must be 1 to 200",
+    );
+    has(
+        "t.toml:15:",
+        "platform_events.publish_max_attempts: must be greater than 0",
+    );
+    has(
+        "t.toml:20:",
+        "sinks[0].event: 'Other__e' is not in [platform_events] publish",
+    );
+    has(
+        "t.toml:21:",
+        "sinks[0].url: is not a platform_event setting",
+    );
+    has(
+        "t.toml:22:",
+        "sinks[0].fields.Bad: 'nope': expected id, object",
+    );
+    has(
+        "t.toml:",
+        "sinks[1].objects[0]: 'Unknown__e' is not a subscribed platform event",
+    );
+    has(
+        "t.toml:",
+        "sinks[1].event: is a platform_event setting; this sink is webhook",
+    );
+}
+
+#[test]
+fn the_publish_budget_is_validated_under_salesforce_budget() {
+    let text = "[salesforce]\ninstance_url = \"https://x\"\ncredentials_file = \"c.json\"\n[salesforce.budget.publish]\nshare = 0.0\nheadroom = 1.5\n[warehouse]\ntype = \"sqlite\"\npath = \"w.db\"\n[[objects]]\nname = \"Account\"\n";
+    let e = errs(text);
+    assert!(
+        e.iter()
+            .any(|l| l.contains("salesforce.budget.publish.share") && l.contains("(0, 1]")),
+        "{e:#?}"
+    );
+    assert!(
+        e.iter()
+            .any(|l| l.contains("salesforce.budget.publish.headroom")),
+        "{e:#?}"
+    );
 }
 
 // ---- AWS: Secrets Manager references and KMS-wrapped PII keys ----

@@ -36,8 +36,117 @@ pub struct ValidConfig {
     pub log: ValidLog,
     /// The OData endpoint (`[odata]`); `None` when absent or disabled.
     pub odata: Option<ValidOdata>,
+    /// Platform events in and out (`[platform_events]`; empty without it).
+    pub platform_events: ValidPlatformEvents,
     /// `[[outbound_messages]]`, in file order.
     pub outbound_messages: Vec<ValidOutboundMessage>,
+}
+
+/// A validated `[platform_events]`: well-formed, unique channels and event names, figures
+/// within bounds.
+#[derive(Debug, Clone, Default)]
+pub struct ValidPlatformEvents {
+    /// `/event/<Name>__e` or `/event/<Name>__chn`, in file order.
+    pub subscribe: Vec<String>,
+    /// Events that may be published.
+    pub publish: Vec<String>,
+    pub publish_batch_max: usize,
+    pub publish_max_attempts: u32,
+    pub publish_retry_base_ms: u64,
+    pub publish_retry_max_secs: u64,
+    pub max_events_per_request: usize,
+}
+
+impl ValidPlatformEvents {
+    /// Event names a sink may deliver: those of `/event/<Name>__e` subscriptions (and any
+    /// `__e` name when a custom channel is subscribed, whose members are not known here).
+    pub fn deliverable(&self, name: &str) -> bool {
+        name.ends_with("__e")
+            && self
+                .subscribe
+                .iter()
+                .any(|c| c.strip_prefix("/event/") == Some(name) || c.ends_with("__chn"))
+    }
+}
+
+/// A platform event API name: `<Name>__e`.
+fn is_event_name(s: &str) -> bool {
+    s.strip_suffix("__e")
+        .is_some_and(|b| !b.is_empty() && is_api_name(b))
+}
+
+fn validate_platform_events(
+    errs: &mut Errors,
+    pe: Option<&PlatformEventsConfig>,
+) -> ValidPlatformEvents {
+    let Some(pe) = pe else {
+        return ValidPlatformEvents::default();
+    };
+    let mut seen: Vec<&str> = Vec::new();
+    for (i, c) in pe.subscribe.iter().enumerate() {
+        let key = format!("platform_events.subscribe[{i}]");
+        let ok = c.strip_prefix("/event/").is_some_and(|n| {
+            is_event_name(n)
+                || n.strip_suffix("__chn")
+                    .is_some_and(|b| !b.is_empty() && is_api_name(b))
+        });
+        if !ok {
+            errs.push(
+                key,
+                format!("\"{c}\" is not a platform-event channel: use \"/event/<Name>__e\" or a custom channel \"/event/<Name>__chn\""),
+            );
+        } else if seen.contains(&c.as_str()) {
+            errs.push(key, format!("\"{c}\" is subscribed twice"));
+        }
+        seen.push(c);
+    }
+    let mut names: Vec<&str> = Vec::new();
+    for (i, n) in pe.publish.iter().enumerate() {
+        let key = format!("platform_events.publish[{i}]");
+        if !is_event_name(n) {
+            errs.push(
+                key,
+                format!("\"{n}\" is not a platform event API name (<Name>__e)"),
+            );
+        } else if names.contains(&n.as_str()) {
+            errs.push(key, format!("\"{n}\" is listed twice"));
+        }
+        names.push(n);
+    }
+    if pe.publish_batch_max == 0 || pe.publish_batch_max > 200 {
+        errs.push(
+            "platform_events.publish_batch_max",
+            format!(
+                "{} must be 1 to 200 (events per Publish call)",
+                pe.publish_batch_max
+            ),
+        );
+    }
+    for (k, v) in [
+        ("publish_max_attempts", u64::from(pe.publish_max_attempts)),
+        ("publish_retry_base_ms", pe.publish_retry_base_ms),
+        ("publish_retry_max_secs", pe.publish_retry_max_secs),
+        ("max_events_per_request", pe.max_events_per_request),
+    ] {
+        if v == 0 {
+            errs.push(format!("platform_events.{k}"), "must be greater than 0");
+        }
+    }
+    if pe.max_events_per_request > 10_000 {
+        errs.push(
+            "platform_events.max_events_per_request",
+            format!("{} is over the maximum of 10000", pe.max_events_per_request),
+        );
+    }
+    ValidPlatformEvents {
+        subscribe: pe.subscribe.clone(),
+        publish: pe.publish.clone(),
+        publish_batch_max: pe.publish_batch_max.clamp(1, 200) as usize,
+        publish_max_attempts: pe.publish_max_attempts.max(1),
+        publish_retry_base_ms: pe.publish_retry_base_ms.max(1),
+        publish_retry_max_secs: pe.publish_retry_max_secs.max(1),
+        max_events_per_request: pe.max_events_per_request.clamp(1, 10_000) as usize,
+    }
 }
 
 /// A validated `[[outbound_messages]]` entry (the secret is read by secret resolution).
@@ -357,6 +466,12 @@ pub enum SinkTarget {
         partitions: i32,
         replication_factor: i32,
     },
+    /// "Record applied" notifications: each change becomes platform event `event`.
+    PlatformEvent {
+        event: String,
+        /// Event field → value source (see `sfsync_pipeline::events::sink::FieldSource`).
+        fields: Vec<(String, sfsync_pipeline::events::sink::FieldSource)>,
+    },
 }
 
 impl SinkTarget {
@@ -364,6 +479,7 @@ impl SinkTarget {
         match self {
             SinkTarget::Webhook { .. } => "webhook",
             SinkTarget::Kafka { .. } => "kafka",
+            SinkTarget::PlatformEvent { .. } => "platform_event",
         }
     }
 
@@ -380,6 +496,7 @@ impl SinkTarget {
                 Err(_) => url.clone(),
             },
             SinkTarget::Kafka { brokers, topic, .. } => format!("kafka://{brokers} topic {topic}"),
+            SinkTarget::PlatformEvent { event, .. } => format!("/event/{event}"),
         }
     }
 }
@@ -388,6 +505,7 @@ fn validate_sinks(
     errs: &mut Errors,
     sinks: &[SinkConfig],
     objects: &[ObjectConfig],
+    events: &ValidPlatformEvents,
     base_dir: &Path,
 ) -> Vec<ValidSink> {
     let synced: Vec<&str> = objects.iter().map(|o| o.name.as_str()).collect();
@@ -423,7 +541,19 @@ fn validate_sinks(
                     );
                 }
                 for (j, o) in list.iter().enumerate() {
-                    if !synced.contains(&o.as_str()) {
+                    if o.ends_with("__e") {
+                        if !events.deliverable(o) {
+                            errs.push(
+                                format!("sinks[{i}].objects[{j}]"),
+                                format!("'{o}' is not a subscribed platform event ([platform_events] subscribe = [\"/event/{o}\"])"),
+                            );
+                        } else if s.kind == "platform_event" {
+                            errs.push(
+                                format!("sinks[{i}].objects[{j}]"),
+                                format!("'{o}': a platform_event sink publishes record changes, not received events"),
+                            );
+                        }
+                    } else if !synced.contains(&o.as_str()) {
                         errs.push(
                             format!("sinks[{i}].objects[{j}]"),
                             format!("'{o}' is not a synced object ([[objects]])"),
@@ -474,7 +604,70 @@ fn validate_sinks(
             ("ca_file", s.ca_file.is_some()),
         ];
         let kafka_only = [("brokers", s.brokers.is_some())];
+        let event_only = [("event", s.event.is_some()), ("fields", s.fields.is_some())];
+        if s.kind != "platform_event" {
+            for (k, set) in event_only {
+                if set {
+                    errs.push(
+                        at(k),
+                        format!("is a platform_event setting; this sink is {}", s.kind),
+                    );
+                }
+            }
+        }
         let target = match s.kind.as_str() {
+            "platform_event" => {
+                for (k, set) in webhook_only.into_iter().chain(kafka_only) {
+                    if set {
+                        errs.push(at(k), "is not a platform_event setting");
+                    }
+                }
+                let event = match &s.event {
+                    None => {
+                        errs.push(
+                            at("event"),
+                            "a platform_event sink needs event = \"<Name>__e\"",
+                        );
+                        None
+                    }
+                    Some(e) if !events.publish.contains(e) => {
+                        errs.push(
+                            at("event"),
+                            format!("'{e}' is not in [platform_events] publish"),
+                        );
+                        None
+                    }
+                    Some(e) => Some(e.clone()),
+                };
+                let mut fields = Vec::new();
+                match &s.fields {
+                    None => errs.push(
+                        at("fields"),
+                        "a platform_event sink needs fields = { <Event_Field__c> = \"<source>\" }",
+                    ),
+                    Some(m) if m.is_empty() => {
+                        errs.push(at("fields"), "must map at least one event field")
+                    }
+                    Some(m) => {
+                        for (k, v) in m {
+                            if !is_api_name(k) {
+                                errs.push(
+                                    format!("sinks[{i}].fields.{k}"),
+                                    format!("'{k}' is not a field API name"),
+                                );
+                            }
+                            match sfsync_pipeline::events::sink::FieldSource::parse(v) {
+                                Some(src) => fields.push((k.clone(), src)),
+                                None => errs.push(
+                                    format!("sinks[{i}].fields.{k}"),
+                                    format!("'{v}': expected id, object, change_type, commit_timestamp, applied_at, event_key, changed_fields or record.<Field>"),
+                                ),
+                            }
+                        }
+                    }
+                }
+                event.map(|event| SinkTarget::PlatformEvent { event, fields })
+            }
             "webhook" => {
                 for (k, set) in kafka_only {
                     if set {
@@ -573,7 +766,10 @@ fn validate_sinks(
                 }
             }
             other => {
-                errs.push(at("kind"), format!("'{other}': expected webhook or kafka"));
+                errs.push(
+                    at("kind"),
+                    format!("'{other}': expected webhook or kafka (or platform_event)"),
+                );
                 None
             }
         };
@@ -1152,7 +1348,14 @@ impl SfsyncConfig {
             warehouse.as_ref(),
             base_dir,
         );
-        let sinks = validate_sinks(&mut errs, &self.sinks, &self.objects, base_dir);
+        let platform_events = validate_platform_events(&mut errs, self.platform_events.as_ref());
+        let sinks = validate_sinks(
+            &mut errs,
+            &self.sinks,
+            &self.objects,
+            &platform_events,
+            base_dir,
+        );
         let freshness = validate_freshness(&mut errs, self.freshness.as_ref(), &self.objects);
         let log = validate_log(&mut errs, self.log.as_ref(), warehouse.as_ref());
         let odata = validate_odata(
@@ -1173,6 +1376,7 @@ impl SfsyncConfig {
         match (salesforce, warehouse) {
             (Some(salesforce), Some(warehouse)) if errs.0.is_empty() => Ok(ValidConfig {
                 odata,
+                platform_events,
                 outbound_messages,
                 archive,
                 sinks,
