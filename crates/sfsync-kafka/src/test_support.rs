@@ -9,7 +9,7 @@
 //! (keeping producer ids and sequence numbers in its storage, so across restarts) and consumer
 //! groups, not transactions. Its storage task panics, and every later produce fails with
 //! UNKNOWN_SERVER_ERROR until a restart, when a producer bumps its epoch after timed-out records
-//! (KIP-360: InitProducerId with an existing producer id is `todo!()` in 0.6.0); the
+//! (KIP-360: InitProducerId with an existing producer id is unimplemented in 0.6.0); the
 //! [`Producer`](crate::Producer) avoids that by replacing its client after a failed batch.
 
 use std::fs::{File, OpenOptions};
