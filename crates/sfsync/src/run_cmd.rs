@@ -487,6 +487,9 @@ pub async fn start_service(
     let (client, subscriber) = connect_salesforce(config, secrets).await?;
     let publish_subscriber = subscriber.clone();
     let mut pc = pipeline_config(config, start);
+    if let Some(k) = pc.kafka_log.as_mut() {
+        k.kafka.sasl_password = secrets.log_sasl_password.clone();
+    }
     pc.roles = role.pipeline();
     pc.apply.maintenance.archive = open_archive(config)?;
     pc.bulk = Some(client.bulk());

@@ -963,6 +963,19 @@ pub struct LogConfig {
     pub lease_ttl_secs: u64,
     /// This process's name in leases (default: host name and process id).
     pub node_name: Option<String>,
+    /// Kafka: `plaintext` (default), `ssl` (TLS) or `sasl_ssl` (SASL over TLS, e.g. Amazon
+    /// MSK's SCRAM listener).
+    pub security_protocol: String,
+    /// Kafka with TLS: PEM file of the CA(s) that sign the brokers' certificates (default: the
+    /// system's trust store).
+    pub ca_file: Option<PathBuf>,
+    /// Kafka with `sasl_ssl`: `scram_sha_512`, `scram_sha_256` or `plain`.
+    pub sasl_mechanism: Option<String>,
+    /// Kafka with `sasl_ssl`: the user name.
+    pub sasl_username: Option<String>,
+    /// Kafka with `sasl_ssl`: the password, as a secret reference (`{ env = "…" }`,
+    /// `{ file = "…" }` or `{ aws_secret = "…" }`).
+    pub sasl_password: Option<SecretRef>,
 }
 
 impl Default for LogConfig {
@@ -977,6 +990,11 @@ impl Default for LogConfig {
             delivery_timeout_secs: 30,
             lease_ttl_secs: 15,
             node_name: None,
+            security_protocol: "plaintext".into(),
+            ca_file: None,
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password: None,
         }
     }
 }

@@ -39,6 +39,8 @@ pub struct ResolvedSecrets {
     pub api_tokens: Vec<ApiToken>,
     /// The signing secret of each webhook sink, by sink name.
     pub sink_secrets: std::collections::HashMap<String, Secret>,
+    /// The Kafka raw log's SASL password (`[log] sasl_password`).
+    pub log_sasl_password: Option<Secret>,
     /// `[[odata.basic_auth]]` principals with their passwords, in file order.
     pub odata_basic: Vec<BasicPrincipal>,
     /// The URL secret of each `[[outbound_messages]]` flow, by flow name.
@@ -754,6 +756,11 @@ pub fn resolve(
     let api_tokens = resolve_api_tokens(&mut errs, cfg.api.as_ref(), env, aws);
     let odata_basic = resolve_odata_basic(&mut errs, cfg, env, aws);
     let outbound_secrets = resolve_outbound_secrets(&mut errs, cfg, env, aws);
+    let log_sasl_password = cfg
+        .log
+        .sasl_password
+        .as_ref()
+        .and_then(|r| secret(&mut errs, "log.sasl_password", r, env, aws));
     let mut sink_secrets = std::collections::HashMap::new();
     for (i, sink) in cfg.sinks.iter().enumerate() {
         if let super::validate::SinkTarget::Webhook { secret: r, .. } = &sink.target {
@@ -775,6 +782,7 @@ pub fn resolve(
             odata_basic,
             outbound_secrets,
             sink_secrets,
+            log_sasl_password,
             credentials,
             instance_url,
             pubsub_address,

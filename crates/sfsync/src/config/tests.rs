@@ -1836,6 +1836,46 @@ fn log_table_is_validated_naming_each_key() {
         ("sfsync.raw", 8, "sfsync-apply")
     );
     assert_eq!(l.config.log.node_name, "n1");
+    assert_eq!(
+        k.kafka.security_protocol,
+        sfsync_kafka::SecurityProtocol::Plaintext
+    );
+    // MSK's SCRAM listener: SASL over TLS, the password a secret reference resolved later.
+    let msk = format!(
+        "{pg}security_protocol = \"sasl_ssl\"\nsasl_mechanism = \"scram_sha_512\"\n\
+         sasl_username = \"sfsync\"\nsasl_password = {{ env = \"KAFKA_PW\" }}\nca_file = \"ca.pem\"\n"
+    );
+    let l = load_t(&msk).unwrap_or_else(|e| panic!("{e}"));
+    let k = &l.config.log.kafka.as_ref().unwrap().kafka;
+    assert_eq!(k.security_protocol, sfsync_kafka::SecurityProtocol::SaslSsl);
+    assert_eq!(
+        k.sasl_mechanism,
+        Some(sfsync_kafka::SaslMechanism::ScramSha512)
+    );
+    assert_eq!(k.sasl_username.as_deref(), Some("sfsync"));
+    assert_eq!(k.ca_file.as_deref(), Some(Path::new("/cfg/ca.pem")));
+    assert!(
+        matches!(&l.config.log.sasl_password, Some(SecretRef::Env(v)) if v == "KAFKA_PW"),
+        "{:?}",
+        l.config.log.sasl_password
+    );
+    // Inconsistent security settings are each named.
+    let bad = format!(
+        "{pg}security_protocol = \"tls\"\nsasl_username = \"u\"\nsasl_mechanism = \"gssapi\"\n"
+    );
+    let e = errs(&bad).join("\n");
+    for want in [
+        "log.security_protocol: 'tls': expected plaintext, ssl or sasl_ssl",
+        "log.sasl_mechanism: 'gssapi': expected scram_sha_512, scram_sha_256 or plain",
+        "log.sasl_username: is a SASL setting; set security_protocol = \"sasl_ssl\" to use it",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in:\n{e}");
+    }
+    let e = errs(&format!("{pg}security_protocol = \"sasl_ssl\"\n")).join("\n");
+    assert!(
+        e.contains("log.sasl_password: security_protocol = \"sasl_ssl\" needs it"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -434,6 +434,8 @@ pub struct ValidLog {
     pub lease_ttl: std::time::Duration,
     /// This process's name in leases.
     pub node_name: String,
+    /// The SASL password's reference (`[log] sasl_password`), read by secret resolution.
+    pub sasl_password: Option<SecretRef>,
 }
 
 /// A `[[sinks]]` entry, validated.
@@ -1357,7 +1359,7 @@ impl SfsyncConfig {
             base_dir,
         );
         let freshness = validate_freshness(&mut errs, self.freshness.as_ref(), &self.objects);
-        let log = validate_log(&mut errs, self.log.as_ref(), warehouse.as_ref());
+        let log = validate_log(&mut errs, self.log.as_ref(), warehouse.as_ref(), base_dir);
         let odata = validate_odata(
             &mut errs,
             self.odata.as_ref(),
@@ -1404,6 +1406,7 @@ fn validate_log(
     errs: &mut Errors,
     l: Option<&LogConfig>,
     warehouse: Option<&ValidWarehouse>,
+    base_dir: &Path,
 ) -> ValidLog {
     let d = LogConfig::default();
     let l = l.unwrap_or(&d);
@@ -1426,6 +1429,7 @@ fn validate_log(
         ),
     };
     let base = ValidLog {
+        sasl_password: None,
         kafka: None,
         lease_ttl: std::time::Duration::from_secs(l.lease_ttl_secs.max(2)),
         node_name,
@@ -1489,10 +1493,21 @@ fn validate_log(
                 }
                 Some(b) => Some(b.clone()),
             };
+            let security = kafka_security(errs, l);
             match brokers {
                 Some(b) if errs.0.len() == before => ValidLog {
+                    sasl_password: l
+                        .sasl_password
+                        .as_ref()
+                        .map(|r| check_secret(errs, "log.sasl_password", r, base_dir)),
                     kafka: Some(sfsync_pipeline::kafka_log::KafkaLogConfig {
-                        kafka: sfsync_kafka::KafkaConfig::plaintext(b),
+                        kafka: sfsync_kafka::KafkaConfig {
+                            security_protocol: security.0,
+                            sasl_mechanism: security.1,
+                            sasl_username: l.sasl_username.clone(),
+                            ca_file: l.ca_file.as_ref().map(|p| anchor(base_dir, p)),
+                            ..sfsync_kafka::KafkaConfig::plaintext(b)
+                        },
                         topic: l.topic.clone(),
                         partitions: l.partitions,
                         replication_factor: l.replication_factor,
@@ -1509,6 +1524,69 @@ fn validate_log(
             base
         }
     }
+}
+
+/// `[log]`'s Kafka security settings: the protocol and SASL mechanism, with every
+/// inconsistency reported (SASL fields without `sasl_ssl`, `sasl_ssl` without them).
+fn kafka_security(
+    errs: &mut Errors,
+    l: &LogConfig,
+) -> (
+    sfsync_kafka::SecurityProtocol,
+    Option<sfsync_kafka::SaslMechanism>,
+) {
+    use sfsync_kafka::{SaslMechanism, SecurityProtocol};
+    let protocol = match l.security_protocol.as_str() {
+        "plaintext" => SecurityProtocol::Plaintext,
+        "ssl" => SecurityProtocol::Ssl,
+        "sasl_ssl" => SecurityProtocol::SaslSsl,
+        other => {
+            errs.push(
+                "log.security_protocol",
+                format!("'{other}': expected plaintext, ssl or sasl_ssl"),
+            );
+            SecurityProtocol::Plaintext
+        }
+    };
+    let mechanism = match l.sasl_mechanism.as_deref() {
+        None => None,
+        Some("scram_sha_512") => Some(SaslMechanism::ScramSha512),
+        Some("scram_sha_256") => Some(SaslMechanism::ScramSha256),
+        Some("plain") => Some(SaslMechanism::Plain),
+        Some(other) => {
+            errs.push(
+                "log.sasl_mechanism",
+                format!("'{other}': expected scram_sha_512, scram_sha_256 or plain"),
+            );
+            None
+        }
+    };
+    let sasl = protocol == SecurityProtocol::SaslSsl;
+    for (key, set) in [
+        ("log.sasl_mechanism", l.sasl_mechanism.is_some()),
+        ("log.sasl_username", l.sasl_username.is_some()),
+        ("log.sasl_password", l.sasl_password.is_some()),
+    ] {
+        if sasl && !set {
+            errs.push(key, "security_protocol = \"sasl_ssl\" needs it");
+        } else if !sasl && set {
+            errs.push(
+                key,
+                "is a SASL setting; set security_protocol = \"sasl_ssl\" to use it",
+            );
+        }
+    }
+    if let Some(p) = &l.ca_file {
+        if protocol == SecurityProtocol::Plaintext {
+            errs.push(
+                "log.ca_file",
+                "is a TLS setting; security_protocol is \"plaintext\"",
+            );
+        } else if p.as_os_str().is_empty() {
+            errs.push("log.ca_file", "the path is empty");
+        }
+    }
+    (protocol, mechanism)
 }
 
 /// Kafka bootstrap servers: `host:port[,host:port…]`.
