@@ -175,11 +175,7 @@ fn write_stats(path: &std::path::Path, slots: &[Arc<OrgSlot>]) {
             .unwrap_or(serde_json::Value::Null);
         orgs.insert(s.name.clone(), v);
     }
-    let text = serde_json::json!({ "orgs": orgs }).to_string();
-    let tmp = path.with_extension("tmp");
-    if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)) {
-        tracing::warn!(path = %path.display(), error = %e, "Could not write the stats file.");
-    }
+    crate::run_cmd::write_stats_text(path, &serde_json::json!({ "orgs": orgs }).to_string());
 }
 
 /// Starts `org`'s service, retrying with backoff while it fails, and keeps it until `stop`.

@@ -67,8 +67,12 @@ impl Role {
 
 /// Writes `stats` to `path` through a temporary file and a rename, so readers never see half.
 fn write_stats(path: &Path, stats: &PipelineStats) {
+    write_stats_text(path, &stats.snapshot().to_string());
+}
+
+/// Replaces the stats file at `path` with `text` through a temporary file and a rename.
+pub fn write_stats_text(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");
-    let text = stats.snapshot().to_string();
     if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)) {
         tracing::warn!(path = %path.display(), error = %e, "Could not write the stats file.");
     }
