@@ -78,6 +78,10 @@ pub struct PipelineConfig {
     pub poll_client: Option<sfsync_salesforce::SalesforceClient>,
     /// How polled objects (channel [`poll::channel`]) are read.
     pub poll: poll::PollConfig,
+    /// CDC objects fall back to polling after their stream has been down this long, or at once
+    /// when the delivery allocation is exhausted ([`ingest::Fallback`]); `None`: never. Needs
+    /// [`Self::poll_client`] and the store's raw log.
+    pub cdc_fallback: Option<Duration>,
 }
 
 /// The pipeline stages a process runs.
@@ -282,15 +286,50 @@ pub async fn start(
                     appended: appended.clone(),
                     config: config.poll.clone(),
                     lease,
+                    finish: None,
                 };
                 pollers.push(tokio::spawn(task.run(rx.clone())));
             }
+        }
+    }
+    let fallback_client = match (&config.cdc_fallback, &config.poll_client, &config.kafka_log) {
+        (Some(after), Some(client), None) => Some((*after, client.clone())),
+        (Some(_), _, Some(_)) => {
+            tracing::warn!(
+                "The CDC → polling fallback is off: it needs the store's raw log, not Kafka."
+            );
+            None
+        }
+        _ => None,
+    };
+    for (spec, m) in &mappings {
+        let mode = if poll::is_poll_channel(&spec.channel) {
+            stats::FlowMode::Poll
+        } else {
+            stats::FlowMode::Cdc
+        };
+        if !outbound::is_push_channel(&spec.channel) {
+            stats.set_flow_mode(m.object(), mode);
         }
     }
     let cdc: Vec<JoinHandle<()>> = channels
         .into_iter()
         .map(|(channel, objects)| {
             let lease = lease_for(&channel, &mut leases);
+            let fallback = fallback_client
+                .as_ref()
+                .map(|(after, client)| ingest::Fallback {
+                    client: client.clone(),
+                    poll: config.poll.clone(),
+                    mappings: mappings
+                        .iter()
+                        .filter(|(s, _)| s.channel == channel)
+                        .map(|(_, m)| m.clone())
+                        .collect(),
+                    after: *after,
+                    run_id: run_id.clone(),
+                    appended: appended.clone(),
+                });
             let task = ingest::ChannelIngest {
                 channel,
                 objects,
@@ -302,6 +341,7 @@ pub async fn start(
                 initial: config.initial.clone(),
                 kafka: kafka_writer.clone(),
                 lease,
+                fallback,
             };
             tokio::spawn(task.run(rx.clone()))
         })

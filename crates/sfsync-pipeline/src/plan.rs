@@ -342,6 +342,10 @@ impl Planner<'_> {
 
         let v = ch.version;
         let in_order = v > row.meta.version;
+        if in_order && covered_by_poll(m, row, ch) {
+            stats.stale += 1;
+            return "covered";
+        }
         // A full re-read of a record known only from partial updates completes it even when the
         // snapshot is not newer than those updates.
         let completes_partial = row.partial && ch.op == Op::Full;
@@ -379,9 +383,15 @@ impl Planner<'_> {
                         continue;
                     }
                     if fv.get(name, base) < v {
-                        row.values.insert(name.clone(), val.clone());
+                        // A read that shows what is already there changes nothing (its version
+                        // still wins the field): e.g. a poll re-reading a change the stream
+                        // delivered, across a CDC → polling switch.
+                        let before = row.values.insert(name.clone(), val.clone());
+                        any |= match &before {
+                            None | Some(Value::Null) => !val.is_null(),
+                            Some(b) => b != val,
+                        };
                         fv.0.insert(name.clone(), v);
-                        any = true;
                     }
                 }
                 if formula_set && fv.0.get(FORMULA) != Some(&v) {
@@ -389,9 +399,9 @@ impl Planner<'_> {
                     any = true;
                 }
                 if fv.get(LIVE, base) < v {
+                    any |= row.deleted != ch.deleted;
                     row.deleted = ch.deleted;
                     fv.0.insert(LIVE.into(), v);
-                    any = true;
                 }
                 if in_order {
                     // Every field is now at `v`: compact.
@@ -541,6 +551,39 @@ impl Planner<'_> {
             "late"
         }
     }
+}
+
+/// Whether `ch`, a stream change newer than `row`'s version, is one the record's last poll
+/// already showed: the row was last written by a polled read stamped at the change's own commit
+/// time, and the change would alter nothing (same deleted state, every value it carries
+/// already there). A polled row is versioned `(SystemModstamp, 0, 0)`, below every stream
+/// change of that millisecond, so without this the stream's copy of a change the poll already
+/// applied — both read across a CDC ↔ polling switch — would be applied and delivered twice.
+/// Nothing is written for it; the audit trail records it as `covered`.
+fn covered_by_poll(m: &ObjectMapping, row: &CurrentRow, ch: &RecordChange) -> bool {
+    if row.meta.source != sfsync_store::ChangeSource::Poll
+        || ch.source == sfsync_store::ChangeSource::Poll
+        || row.meta.version.commit_timestamp != ch.version.commit_timestamp
+        || row.partial
+        || !ch.diffs.is_empty()
+    {
+        return false;
+    }
+    let deleted_after = match ch.op {
+        Op::Delete => true,
+        Op::Full => ch.deleted,
+        Op::Patch => row.deleted,
+    };
+    if deleted_after != row.deleted {
+        return false;
+    }
+    let cols = &m.model.columns;
+    ch.values
+        .iter()
+        .all(|(c, v)| match row.values.get(&cols[*c].name) {
+            None | Some(Value::Null) => v.is_null(),
+            Some(b) => b == v,
+        })
 }
 
 /// The row a replay or an authoritative re-read (reconciliation, replay from Salesforce) plans
@@ -1113,6 +1156,80 @@ mod tests {
             })
             .collect();
         assert_eq!(kinds, ["open", "touch", "close", "open", "close"]);
+    }
+
+    /// Across a CDC ↔ polling switch the same change can arrive twice: as a polled row
+    /// (version `(T, 0, 0)`) and as the stream's event (commit time T). Whichever comes first,
+    /// it is applied, written to history and delivered once; a different change of the same
+    /// millisecond is still applied.
+    #[test]
+    fn a_change_both_polled_and_streamed_is_applied_and_delivered_once() {
+        let m = mapping();
+        let mut mappings = HashMap::new();
+        mappings.insert("Case".to_string(), m);
+        let planner = Planner {
+            mappings: &mappings,
+            run_id: "r",
+            own_client: "sfsync",
+            now_ms: 0,
+            deliver: true,
+        };
+        let t = |s: &str| Value::Text(s.into());
+        let polled = |ts: i64, status: &str| {
+            let mut c = change("5001", Op::Full, ts, vec![(1, t(status)), (3, t("s"))]);
+            c.version = RecordVersion {
+                commit_timestamp: ts,
+                commit_number: 0,
+                sequence_number: 0,
+            };
+            c.change_type = "POLL";
+            c.source = ChangeSource::Poll;
+            c.event_key = format!("poll-{ts}/0/5001");
+            c
+        };
+        let create = change("5001", Op::Full, 10, vec![(1, t("New")), (3, t("s"))]);
+        let update = change("5001", Op::Patch, 20, vec![(1, t("Working"))]);
+        let run_all = |changes: Vec<RecordChange>| {
+            let mut rows = HashMap::new();
+            let mut batch = CuratedBatch::default();
+            let changes: Vec<_> = changes
+                .into_iter()
+                .map(|c| ("Case".to_string(), c))
+                .collect();
+            let stats = planner.plan(&mut rows, &changes, &mut batch);
+            let outcomes: Vec<String> = batch.audit.iter().map(|a| a.outcome.clone()).collect();
+            let row = rows[&("Case".to_string(), "5001".to_string())].clone();
+            (row, batch, stats, outcomes)
+        };
+        // Stream first (before the fallback), then the poll re-reads the overlap.
+        let (row, batch, _, outcomes) =
+            run_all(vec![create.clone(), update.clone(), polled(20, "Working")]);
+        assert_eq!(outcomes, ["applied", "applied", "stale"]);
+        assert_eq!(row.values["status"], t("Working"));
+        assert_eq!(batch.deliveries.len(), 2);
+        // Poll first (during the fallback), then the stream's copies (after the switch back).
+        let (row, batch, stats, outcomes) =
+            run_all(vec![polled(20, "Working"), create.clone(), update.clone()]);
+        assert_eq!(outcomes, ["applied", "stale", "covered"]);
+        assert_eq!(row.values["status"], t("Working"));
+        assert_eq!(batch.deliveries.len(), 1);
+        assert_eq!(stats.stale, 2);
+        let opens = batch
+            .history
+            .iter()
+            .filter(|h| matches!(h, HistoryWrite::Open { .. }))
+            .count();
+        assert_eq!(opens, 1, "{:?}", batch.history);
+        // A second change in the same millisecond the poll did not see is applied.
+        let other = change("5001", Op::Patch, 20, vec![(1, t("Escalated"))]);
+        let (row, batch, _, outcomes) = run_all(vec![polled(20, "Working"), other]);
+        assert_eq!(outcomes, ["applied", "applied"]);
+        assert_eq!(row.values["status"], t("Escalated"));
+        assert_eq!(batch.deliveries.len(), 2);
+        // A later change is applied normally.
+        let later = change("5001", Op::Patch, 21, vec![(1, t("Working"))]);
+        let (_, _, _, outcomes) = run_all(vec![polled(20, "Working"), later]);
+        assert_eq!(outcomes, ["applied", "applied"]);
     }
 
     fn history_row(

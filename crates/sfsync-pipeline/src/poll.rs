@@ -229,6 +229,9 @@ pub struct ObjectPoll {
     /// The channel's lease (one poller across the deployment): rounds run only while it is
     /// held, and every store write is fenced by it.
     pub lease: Option<watch::Receiver<Option<sfsync_store::Fence>>>,
+    /// Set for a CDC object polled while its stream is down ([`crate::ingest::Fallback`]): once
+    /// it turns true, the poller runs one more round that starts after that moment, then stops.
+    pub finish: Option<watch::Receiver<bool>>,
 }
 
 /// What one round did.
@@ -244,13 +247,18 @@ impl ObjectPoll {
     /// Polls every [`PollConfig::interval`] until `shutdown` turns true (the page in hand is
     /// committed first). A failed round is logged, counted and retried with backoff; the
     /// checkpoint keeps everything committed before it.
+    ///
+    /// With [`ObjectPoll::finish`]: the first round that starts after it turned true and
+    /// succeeds is the last one.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut seen = BTreeSet::new();
         let mut failures = 0u32;
+        let mut finish = self.finish.clone();
         loop {
             if *shutdown.borrow() {
                 return;
             }
+            let last = finish.as_mut().is_some_and(|f| *f.borrow_and_update());
             let fence = match self.lease.clone() {
                 None => None,
                 Some(mut rx) => {
@@ -268,6 +276,10 @@ impl ObjectPoll {
                 Ok(out) => {
                     failures = 0;
                     tracing::debug!(channel = %self.channel, rows = out.rows, appended = out.appended, calls = out.calls, "Poll round done.");
+                    if last && !*shutdown.borrow() {
+                        tracing::info!(channel = %self.channel, "Final poll round done; the stream carries the object again.");
+                        return;
+                    }
                     self.config.interval
                 }
                 Err(e) => {
@@ -279,8 +291,19 @@ impl ObjectPoll {
                     delay
                 }
             };
+            let finishing = async {
+                match finish.as_mut() {
+                    Some(f) if !last => {
+                        if f.wait_for(|done| *done).await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    _ => std::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
+                _ = finishing => {}
                 _ = shutdown.changed() => return,
             }
         }

@@ -47,6 +47,8 @@ pub struct PipelineStats {
     pub batches: AtomicU64,
     /// Poll rounds of `mode = "poll"` objects that completed (every row up to the tip read).
     pub poll_rounds: AtomicU64,
+    /// CDC channels that fell back to polling (automatic degradation).
+    pub poll_fallbacks: AtomicU64,
     /// Rows polled (SOQL `queryAll` by SystemModstamp), new or already seen.
     pub poll_rows: AtomicU64,
     /// Commit timestamp (ms) of the newest applied change.
@@ -64,6 +66,30 @@ pub struct PipelineStats {
     per_object: parking_lot::Mutex<std::collections::BTreeMap<String, ObjectStats>>,
     /// Whether each channel's stream is up (set on subscribe, failure and stop; never per event).
     streams: parking_lot::Mutex<std::collections::BTreeMap<String, StreamState>>,
+    /// How each object is synced right now.
+    flow_modes: parking_lot::Mutex<std::collections::BTreeMap<String, FlowMode>>,
+}
+
+/// How an object's changes reach the raw log right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowMode {
+    /// Change Data Capture over Pub/Sub.
+    Cdc,
+    /// Polling by configuration (`mode = "poll"`).
+    Poll,
+    /// A CDC object polled because its stream is down or out of delivery allocation.
+    DegradedPoll,
+}
+
+impl FlowMode {
+    /// The mode's name in the API and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowMode::Cdc => "cdc",
+            FlowMode::Poll => "poll",
+            FlowMode::DegradedPoll => "degraded_poll",
+        }
+    }
 }
 
 /// Where a channel's Pub/Sub stream stands, as its ingest task last saw it.
@@ -334,6 +360,16 @@ impl PipelineStats {
         self.streams
             .lock()
             .insert(channel.to_string(), StreamState::Polled { through_ms });
+    }
+
+    /// Records how `object` is synced from now on.
+    pub fn set_flow_mode(&self, object: &str, mode: FlowMode) {
+        self.flow_modes.lock().insert(object.to_string(), mode);
+    }
+
+    /// How each object is synced, by object.
+    pub fn flow_modes(&self) -> std::collections::BTreeMap<String, FlowMode> {
+        self.flow_modes.lock().clone()
     }
 
     /// The state of `channel`'s stream (`None`: not subscribed yet by this process).

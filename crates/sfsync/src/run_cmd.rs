@@ -304,6 +304,10 @@ pub fn pipeline_config(config: &ValidConfig, start: StartAt) -> PipelineConfig {
         deliver_events: !config.sinks.is_empty(),
         poll_client: None,
         poll: poll_config(config),
+        cdc_fallback: config
+            .pipeline
+            .cdc_fallback
+            .then(|| Duration::from_secs(config.pipeline.cdc_fallback_after_secs)),
     }
 }
 

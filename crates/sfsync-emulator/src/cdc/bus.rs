@@ -292,8 +292,11 @@ impl CdcBus {
         self.config.read().clone()
     }
 
+    /// Replaces the settings and wakes every open subscription, so a change (the service
+    /// going down, a smaller allocation) reaches them at once.
     pub fn set_config(&self, c: CdcConfig) {
         *self.config.write() = c;
+        self.notify.send_modify(|_| {});
     }
 
     /// Changes which objects have CDC enabled (`None` = all).

@@ -46,6 +46,11 @@ pub struct CdcConfig {
     /// A Subscribe stream with no outstanding demand is closed this long after the last
     /// FetchResponse (Salesforce: 60 s).
     pub idle_timeout: Duration,
+    /// `false`: the Pub/Sub service is down — Subscribe is refused and open subscriptions are
+    /// closed with `UNAVAILABLE` / `sfdc.platform.eventbus.grpc.service.unavailable` (what a
+    /// Salesforce incident or maintenance looks like to a subscriber). Events are still
+    /// captured and retained.
+    pub service_available: bool,
 }
 
 impl Default for CdcConfig {
@@ -58,6 +63,7 @@ impl Default for CdcConfig {
             daily_delivery_allocation: 50_000_000,
             keepalive_interval: Duration::from_secs(240),
             idle_timeout: Duration::from_secs(60),
+            service_available: true,
         }
     }
 }

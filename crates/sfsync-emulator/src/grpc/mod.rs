@@ -408,6 +408,31 @@ impl PubSubService {
         Ok(n)
     }
 
+    /// `UNAVAILABLE` while the service is down ([`crate::cdc::CdcConfig::service_available`]).
+    fn check_service(bus: &CdcBus, rpc_id: &str) -> Result<(), Status> {
+        if bus.config().service_available {
+            return Ok(());
+        }
+        Err(error(
+            Code::Unavailable,
+            codes::SERVICE_UNAVAILABLE,
+            "The Pub/Sub service is temporarily unavailable. Try again later.",
+            rpc_id,
+        ))
+    }
+
+    fn over_allocation(bus: &CdcBus, rpc_id: &str) -> Status {
+        error(
+            Code::ResourceExhausted,
+            codes::LIMIT_EXCEEDED,
+            format!(
+                "The org's 24-hour event delivery allocation ({}) is exhausted; subscription disconnected.",
+                bus.delivery_usage().0
+            ),
+            rpc_id,
+        )
+    }
+
     /// One Subscribe call: returns the status that ends it (Ok = client went away).
     async fn run_subscription(
         &self,
@@ -421,6 +446,12 @@ impl PubSubService {
         let topic = self.topic_or_404(&first.topic_name, rpc_id)?;
         let mut demand = Self::check_demand(first.num_requested, rpc_id)?.min(MAX_DEMAND);
         let bus = self.bus().clone();
+        Self::check_service(&bus, rpc_id)?;
+        if bus.delivery_usage().1 == 0 {
+            // Over the allocation a new subscription is refused at once (an open one is
+            // disconnected at its next delivery, below).
+            return Err(Self::over_allocation(&bus, rpc_id));
+        }
         let mut cursor = match ReplayPreset::try_from(first.replay_preset) {
             Ok(ReplayPreset::Latest) => bus.latest_id(),
             Ok(ReplayPreset::Earliest) => bus.earliest_cursor(),
@@ -445,6 +476,7 @@ impl PubSubService {
         let mut last_sent = Instant::now();
         let mut inbound_open = true;
         loop {
+            Self::check_service(&bus, rpc_id)?;
             // Deliver what is there, up to the demand.
             while demand > 0 {
                 watch.borrow_and_update();
@@ -456,15 +488,7 @@ impl PubSubService {
                 }
                 let granted = bus.take_deliveries(events.len() as u64) as usize;
                 if granted == 0 {
-                    return Err(error(
-                        Code::ResourceExhausted,
-                        codes::LIMIT_EXCEEDED,
-                        format!(
-                            "The org's 24-hour event delivery allocation ({}) is exhausted; subscription disconnected.",
-                            bus.delivery_usage().0
-                        ),
-                        rpc_id,
-                    ));
+                    return Err(Self::over_allocation(&bus, rpc_id));
                 }
                 if granted < events.len() {
                     events.truncate(granted);

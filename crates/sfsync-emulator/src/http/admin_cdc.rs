@@ -59,6 +59,7 @@ fn view(state: &AppState) -> Value {
         "daily_delivery_remaining": remaining,
         "keepalive_interval_secs": c.keepalive_interval.as_secs_f64(),
         "idle_timeout_secs": c.idle_timeout.as_secs_f64(),
+        "service_available": c.service_available,
         "latest_replay_id": bus.latest_id(),
         "events": n(&s.events),
         "gaps": n(&s.gaps),
@@ -85,6 +86,7 @@ struct CdcUpdate {
     daily_delivery_allocation: Option<u64>,
     keepalive_interval_secs: Option<f64>,
     idle_timeout_secs: Option<f64>,
+    service_available: Option<bool>,
 }
 
 mod double_option {
@@ -141,6 +143,9 @@ async fn put_cdc(
     }
     if let Some(v) = u.idle_timeout_secs {
         c.idle_timeout = secs(v, "idle_timeout_secs")?;
+    }
+    if let Some(v) = u.service_available {
+        c.service_available = v;
     }
     state.cdc.set_config(c);
     Ok(Json(view(&state)))

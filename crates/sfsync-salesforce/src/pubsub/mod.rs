@@ -21,6 +21,6 @@ pub use diff::DiffOutcome;
 pub use event::{EncodeError, EventSchema};
 pub use sfsync_pubsub_proto::{ProducerEvent, PublishResponse, PublishResult};
 pub use subscriber::{
-    BackoffConfig, Batch, PlatformEvent, PubSubError, ReplayStart, Subscriber, SubscriberConfig,
-    Subscription, UndecodedEvent,
+    BackoffConfig, Batch, PlatformEvent, PubSubError, ReplayStart, StreamHealth, Subscriber,
+    SubscriberConfig, Subscription, UndecodedEvent,
 };

@@ -579,6 +579,7 @@ impl Subscriber {
             epoch: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             restart: Notify::new(),
+            failing: Mutex::new(None),
         });
         let task = tokio::spawn(run(self.inner.clone(), topic, kind, shared.clone(), tx));
         Ok(Subscription {
@@ -774,6 +775,9 @@ struct Shared {
     epoch: AtomicU64,
     reconnects: AtomicU64,
     restart: Notify,
+    /// Since when reconnect attempts have been failing, and the last failure (cleared once a
+    /// stream delivers again).
+    failing: Mutex<Option<(std::time::Instant, String)>>,
 }
 
 impl Shared {
@@ -882,9 +886,27 @@ impl Subscription {
         self.shared.reconnects.load(Ordering::Relaxed)
     }
 
+    /// A handle that tells, while [`Self::next_batch`] waits, whether the stream is failing
+    /// and being re-established in the background ([`StreamHealth::failing_since`]).
+    pub fn health(&self) -> StreamHealth {
+        StreamHealth(self.shared.clone())
+    }
+
     /// Forces a reconnect (from the acknowledged replay id), as after a transport failure.
     pub fn reconnect(&self) {
         self.shared.restart.notify_one();
+    }
+}
+
+/// See [`Subscription::health`].
+#[derive(Clone)]
+pub struct StreamHealth(Arc<Shared>);
+
+impl StreamHealth {
+    /// Since when the stream's reconnect attempts have been failing, and the last failure;
+    /// `None` while it delivers (or before its first failure).
+    pub fn failing_since(&self) -> Option<(std::time::Instant, String)> {
+        self.0.failing.lock().clone()
     }
 }
 
@@ -920,6 +942,7 @@ async fn run(
         if progressed {
             failures = 0;
             auth_retried = false;
+            *shared.failing.lock() = None;
         }
         match result {
             Ok(StreamEnd::Closed) => return,
@@ -942,6 +965,14 @@ async fn run(
             }
             Err(e) if e.is_reconnectable() => {
                 failures += 1;
+                {
+                    let mut f = shared.failing.lock();
+                    let since = f
+                        .as_ref()
+                        .map(|(t, _)| *t)
+                        .unwrap_or_else(std::time::Instant::now);
+                    *f = Some((since, e.to_string()));
+                }
                 if failures > inner.config.backoff.max_attempts {
                     let _ = tx.send(Err(e)).await;
                     return;
@@ -1018,6 +1049,9 @@ async fn stream_once(
             }
             Err(s) => return Err(PubSubError::from_status("Subscribe", &s, stored.as_ref())),
         };
+        if !*progressed {
+            *shared.failing.lock() = None;
+        }
         *progressed = true;
         let pending = u32::try_from(resp.pending_num_requested.max(0)).unwrap_or(0);
         // Top up before decoding and delivering, so the server keeps producing meanwhile.

@@ -535,6 +535,12 @@ pub struct PipelineConfig {
     /// Rows per keyset query of a poll round (SOQL `LIMIT`; read in queryMore pages of at most
     /// 2,000).
     pub poll_page_records: u64,
+    /// CDC objects are polled (like `mode = "poll"`) while their Pub/Sub stream is down or the
+    /// org's event delivery allocation is exhausted, and go back to CDC when it recovers.
+    pub cdc_fallback: bool,
+    /// How long a stream must have been failing before its objects are polled (an exhausted
+    /// delivery allocation falls back at once).
+    pub cdc_fallback_after_secs: u64,
     /// Grace period for a final checkpoint on SIGTERM.
     pub shutdown_timeout_secs: u64,
     /// Data-quality failures stored in full per object and rule; beyond, they are counted
@@ -564,6 +570,8 @@ impl Default for PipelineConfig {
             poll_interval_secs: 60,
             poll_overlap_secs: 60,
             poll_page_records: 2_000,
+            cdc_fallback: true,
+            cdc_fallback_after_secs: 60,
             shutdown_timeout_secs: 30,
             max_stored_failures_per_rule: 10_000,
             backfill_new_objects: true,

@@ -1314,6 +1314,7 @@ impl SfsyncConfig {
             ("poll_interval_secs", p.poll_interval_secs),
             ("poll_overlap_secs", p.poll_overlap_secs),
             ("poll_page_records", p.poll_page_records),
+            ("cdc_fallback_after_secs", p.cdc_fallback_after_secs),
             ("shutdown_timeout_secs", p.shutdown_timeout_secs),
             (
                 "max_stored_failures_per_rule",
