@@ -170,6 +170,23 @@ pub struct FreshnessWriter {
 }
 
 impl FreshnessWriter {
+    /// The state of the flow feeding `object`: its channel's stream, or — while that stream is
+    /// down and the object is polled in its place (CDC → polling fallback) — the poll's, once a
+    /// round that started after the stream went down has completed.
+    fn stream_state(&self, object: &str, channel: &str) -> Option<StreamState> {
+        let stream = self.stats.stream_state(channel);
+        if let Some(StreamState::Down { since_ms }) = stream {
+            if let Some(StreamState::Polled { through_ms }) =
+                self.stats.stream_state(&crate::poll::channel(object))
+            {
+                if through_ms >= since_ms {
+                    return Some(StreamState::Polled { through_ms });
+                }
+            }
+        }
+        stream
+    }
+
     pub fn new(
         store: Arc<dyn Warehouse>,
         stats: Arc<PipelineStats>,
@@ -221,7 +238,7 @@ impl FreshnessWriter {
             states.push(object_state(&ObjectFacts {
                 object,
                 check_ms,
-                stream: self.stats.stream_state(channel),
+                stream: self.stream_state(object, channel),
                 oldest_waiting_commit_ms: waiting,
                 applied: stats.get(object).copied().unwrap_or_default(),
                 work: work.get(object),

@@ -298,18 +298,23 @@ impl ChannelIngest {
                 };
                 // A stream failing in the background (reconnecting) for the fallback's delay
                 // makes the channel polled.
+                // It is down from its first failed attempt (for the freshness contract).
                 let health = sub.health();
                 let failing = async {
-                    match (&self.fallback, flow.degraded.is_some()) {
-                        (Some(fb), false) => loop {
-                            tokio::time::sleep(Duration::from_millis(250)).await;
-                            if let Some((since, error)) = health.failing_since() {
-                                if since.elapsed() >= fb.after {
-                                    break (since, error);
-                                }
+                    let fallback_after = match (&self.fallback, flow.degraded.is_some()) {
+                        (Some(fb), false) => Some(fb.after),
+                        _ => None,
+                    };
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        if let Some((since, error)) = health.failing_since() {
+                            let since_ms =
+                                crate::apply::now_ms() - since.elapsed().as_millis() as i64;
+                            self.stats.stream_down(&self.channel, since_ms);
+                            if fallback_after.is_some_and(|after| since.elapsed() >= after) {
+                                break (since, error);
                             }
-                        },
-                        _ => std::future::pending().await,
+                        }
                     }
                 };
                 let next = tokio::select! {
@@ -375,6 +380,7 @@ impl ChannelIngest {
                 };
                 failures = 0;
                 flow.down_since = None;
+                self.stats.stream_up(&self.channel, crate::apply::now_ms());
                 self.reap(flow);
                 if let Some(d) = flow.degraded.as_mut().filter(|d| d.completion.is_none()) {
                     // The stream answered: its start is fixed. One more poll round each, then
