@@ -765,13 +765,14 @@ pub fn render(
         event_metrics(&mut o, e);
     }
     if let Some(p) = extra.budget.as_ref().map(|b| &b.publish) {
+        // Declared even before /limits is read (rules and dashboards find them).
+        o.family(
+            "sfsync_publish_budget_room_events",
+            "gauge",
+            "Platform events the hourly publish budget allows right now.",
+        );
         if let Some(room) = p.room {
-            o.one(
-                "sfsync_publish_budget_room_events",
-                "gauge",
-                "Platform events the hourly publish budget allows right now.",
-                room as f64,
-            );
+            o.sample("sfsync_publish_budget_room_events", &[], room as f64);
         }
         o.one(
             "sfsync_publish_budget_used_events",
@@ -779,11 +780,15 @@ pub fn render(
             "Platform events sfsync published in the rolling hour.",
             p.our_used as f64,
         );
+        o.family(
+            "sfsync_publish_budget_allowance_events",
+            "gauge",
+            "The most platform events sfsync may publish in the rolling hour (share, cap and headroom of the org's hourly allocation applied).",
+        );
         if let Some(allowance) = p.our_allowance {
-            o.one(
+            o.sample(
                 "sfsync_publish_budget_allowance_events",
-                "gauge",
-                "The most platform events sfsync may publish in the rolling hour (share, cap and headroom of the org's hourly allocation applied).",
+                &[],
                 allowance as f64,
             );
         }
