@@ -280,6 +280,10 @@ try {
     const want = m.flows.map((f) => `${f.object}|${f.pattern}|${f.source}|${f.target}`);
     assertEq(edges.sort(), want.sort(), 'map edges');
     assertEq(await page.$$eval('[data-testid=map-flow-row]', (r) => r.length), m.flows.length, 'map table rows');
+    // CDC and polled flows show their live mode (cdc, poll, degraded-poll) as the API gives it.
+    const lives = await page.$$eval('[data-testid=map-live]', (cs) => cs.map((c) => c.dataset.mode));
+    assertEq(lives.sort(), m.flows.filter((f) => f.live).map((f) => f.live.mode).sort(), 'live modes');
+    if (!m.flows.some((f) => f.live)) throw new Error('no flow of the demo has a live state');
     const mermaid = await page.$eval('[data-testid=mermaid] pre', (p) => p.textContent);
     assertEq(mermaid, m.mermaid, 'mermaid text');
     await shot(page, 'map');

@@ -27,7 +27,7 @@
 //!   overwrites a change as new as itself.
 //! - **Crash-safe.** The fallback is persisted (checkpoint `/fallback/<channel>`) until the final
 //!   rounds are done: a restart in the middle polls again and switches back the same way.
-//! - **Visible.** The objects' flow mode is `degraded_poll` while it lasts
+//! - **Visible.** The objects' flow mode is `degraded-poll` while it lasts
 //!   ([`PipelineStats::flow_modes`]), and each fallback is a run (`poll-fallback`) with its reason
 //!   and counts.
 

@@ -153,6 +153,23 @@ pub async fn prepare_models(
     Ok((mappings, created))
 }
 
+/// Records each object's flow mode as configured (CDC stream or polling; Outbound-Message-only
+/// objects have no ingest task of their own) and each polled channel's interval and overlap.
+fn record_flows(stats: &PipelineStats, config: &PipelineConfig) {
+    for spec in &config.objects {
+        if poll::is_poll_channel(&spec.channel) {
+            stats.start_flow(&spec.name, &spec.channel, stats::FlowMode::Poll);
+            stats.poll_configured(
+                &spec.channel,
+                config.poll.interval.as_millis() as u64,
+                config.poll.overlap.as_millis() as u64,
+            );
+        } else if !outbound::is_push_channel(&spec.channel) {
+            stats.start_flow(&spec.name, &spec.channel, stats::FlowMode::Cdc);
+        }
+    }
+}
+
 /// Builds the curated models (describe + config), creates or extends their tables, and starts
 /// the ingest tasks and the apply stage.
 pub async fn start(
@@ -184,6 +201,9 @@ pub async fn start(
         .start_run(&run_id, "stream", &detail.to_string())
         .await?;
     let stats = Arc::new(PipelineStats::default());
+    if roles.ingest {
+        record_flows(&stats, &config);
+    }
     let (tx, rx) = watch::channel(false);
     let appended = Arc::new(Notify::new());
     // Apply reads what ingest appended from the store's memory while it stays within ~2 batches.
@@ -302,16 +322,6 @@ pub async fn start(
         }
         _ => None,
     };
-    for (spec, m) in &mappings {
-        let mode = if poll::is_poll_channel(&spec.channel) {
-            stats::FlowMode::Poll
-        } else {
-            stats::FlowMode::Cdc
-        };
-        if !outbound::is_push_channel(&spec.channel) {
-            stats.set_flow_mode(m.object(), mode);
-        }
-    }
     let cdc: Vec<JoinHandle<()>> = channels
         .into_iter()
         .map(|(channel, objects)| {

@@ -333,6 +333,9 @@ impl ObjectPoll {
                 )
             })?),
         };
+        if let Some(c) = &cursor {
+            self.stats.poll_cursor(&self.channel, c.modstamp_ms);
+        }
         let overlap = self.config.overlap.as_millis() as i64;
         // Start `overlap` before the cursor, before every row of that millisecond.
         let mut after = cursor.as_ref().map(|c| Cursor {
@@ -352,6 +355,7 @@ impl ObjectPoll {
             let soql = page_soql(&self.mapping, after.as_ref(), self.config.page_records);
             let mut page: QueryPage = self.client.query_page(&soql, &opts).await?;
             out.calls += 1;
+            self.stats.add_poll_calls(&self.channel, 1);
             let mut in_query = 0usize;
             loop {
                 in_query += page.records.len();
@@ -370,6 +374,7 @@ impl ObjectPoll {
                         }
                         page = self.client.query_more(&url, &opts).await?;
                         out.calls += 1;
+                        self.stats.add_poll_calls(&self.channel, 1);
                     }
                     _ => break,
                 }
@@ -380,6 +385,8 @@ impl ObjectPoll {
         }
         self.stats.poll_rounds.fetch_add(1, Relaxed);
         self.stats.polled(&self.channel, started);
+        self.stats
+            .poll_round_done(&self.channel, crate::apply::now_ms());
         Ok(out)
     }
 
@@ -395,6 +402,7 @@ impl ObjectPoll {
         out: &mut RoundOutcome,
     ) -> Result<Option<Cursor>> {
         let object = self.mapping.object();
+        let seen_before = out.duplicates;
         let mut raws = Vec::new();
         let mut dead = Vec::new();
         let mut last = None;
@@ -433,6 +441,12 @@ impl ObjectPoll {
             (None, _) => None,
         };
         if raws.is_empty() && dead.is_empty() && advanced.is_none() {
+            self.stats.add_poll_page(
+                &self.channel,
+                records.len() as u64,
+                0,
+                out.duplicates - seen_before,
+            );
             return Ok(last);
         }
         let checkpoint = advanced
@@ -463,6 +477,15 @@ impl ObjectPoll {
         seen.extend(keys);
         out.appended += appended.appended;
         out.duplicates += appended.duplicates;
+        self.stats.add_poll_page(
+            &self.channel,
+            records.len() as u64,
+            appended.appended,
+            out.duplicates - seen_before,
+        );
+        if let Some(c) = cursor.as_ref() {
+            self.stats.poll_cursor(&self.channel, c.modstamp_ms);
+        }
         self.stats.ingested.fetch_add(appended.appended, Relaxed);
         self.stats
             .add_channel_ingested(&self.channel, appended.appended);

@@ -66,29 +66,83 @@ pub struct PipelineStats {
     per_object: parking_lot::Mutex<std::collections::BTreeMap<String, ObjectStats>>,
     /// Whether each channel's stream is up (set on subscribe, failure and stop; never per event).
     streams: parking_lot::Mutex<std::collections::BTreeMap<String, StreamState>>,
-    /// How each object is synced right now.
-    flow_modes: parking_lot::Mutex<std::collections::BTreeMap<String, FlowMode>>,
+    /// Per polled channel (`/poll/<Object>`): rounds, rows, calls, cursor.
+    per_poll: parking_lot::Mutex<std::collections::BTreeMap<String, PollStats>>,
+    /// Per object: how its changes arrive right now (CDC, polling, or polling instead of CDC).
+    flows: parking_lot::Mutex<std::collections::BTreeMap<String, FlowState>>,
 }
 
-/// How an object's changes reach the raw log right now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How an object's changes arrive right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum FlowMode {
-    /// Change Data Capture over Pub/Sub.
+    /// A Change Data Capture stream (the object's configured channel).
     Cdc,
-    /// Polling by configuration (`mode = "poll"`).
+    /// Polled by SystemModstamp because the config says so (`mode = "poll"`).
     Poll,
-    /// A CDC object polled because its stream is down or out of delivery allocation.
+    /// A CDC object polled because its stream is unusable (automatic degradation).
     DegradedPoll,
 }
 
 impl FlowMode {
-    /// The mode's name in the API and logs.
+    /// The value of the `sfsync_flow_mode` gauge: 0 = cdc, 1 = poll, 2 = degraded-poll.
+    pub fn gauge(self) -> u8 {
+        match self {
+            FlowMode::Cdc => 0,
+            FlowMode::Poll => 1,
+            FlowMode::DegradedPoll => 2,
+        }
+    }
+
+    /// `cdc`, `poll`, `degraded-poll`.
     pub fn as_str(self) -> &'static str {
         match self {
             FlowMode::Cdc => "cdc",
             FlowMode::Poll => "poll",
-            FlowMode::DegradedPoll => "degraded_poll",
+            FlowMode::DegradedPoll => "degraded-poll",
         }
+    }
+}
+
+/// One object's flow mode and the channel it is reported under.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FlowState {
+    /// The object's configured channel (`/data/CaseChangeEvent`, `/poll/Case`): a degraded CDC
+    /// object keeps its CDC channel here.
+    pub channel: String,
+    pub mode: FlowMode,
+    /// When (ms) the mode was last changed (0: set at start-up and never changed).
+    pub since_ms: i64,
+}
+
+/// One polled channel's figures since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PollStats {
+    /// Rounds that read every row up to the tip.
+    pub rounds: u64,
+    /// Rows read (new, re-read in the overlap, or unreadable).
+    pub rows: u64,
+    /// Rows appended to the raw log (new ones).
+    pub appended: u64,
+    /// Rows dropped as already logged (seen by this process, or already in the raw log).
+    pub duplicates: u64,
+    /// Salesforce API calls made (queries and queryMore pages).
+    pub api_calls: u64,
+    /// SystemModstamp (ms) of the cursor: the newest row read (0: no cursor yet).
+    pub cursor_ms: i64,
+    /// When (ms) the last complete round finished (0: none yet).
+    pub last_round_ms: i64,
+    /// The configured interval and overlap (ms; 0 when not recorded).
+    pub interval_ms: u64,
+    pub overlap_ms: u64,
+}
+
+impl PollStats {
+    /// The cursor lag a healthy polled flow stays under, ms: two intervals (one of waiting, one
+    /// for a round's own reading) plus the overlap (a row whose SystemModstamp was taken up to
+    /// the overlap before it committed becomes visible that late). `None` without an interval.
+    pub fn lag_bound_ms(&self) -> Option<u64> {
+        (self.interval_ms > 0).then(|| 2 * self.interval_ms + self.overlap_ms)
     }
 }
 
@@ -362,14 +416,102 @@ impl PipelineStats {
             .insert(channel.to_string(), StreamState::Polled { through_ms });
     }
 
-    /// Records how `object` is synced from now on.
-    pub fn set_flow_mode(&self, object: &str, mode: FlowMode) {
-        self.flow_modes.lock().insert(object.to_string(), mode);
+    /// Records the interval and overlap of polled `channel` (start-up; the lag bound reads them).
+    pub fn poll_configured(&self, channel: &str, interval_ms: u64, overlap_ms: u64) {
+        let mut m = self.per_poll.lock();
+        let e = m.entry(channel.to_string()).or_default();
+        e.interval_ms = interval_ms;
+        e.overlap_ms = overlap_ms;
     }
 
-    /// How each object is synced, by object.
-    pub fn flow_modes(&self) -> std::collections::BTreeMap<String, FlowMode> {
-        self.flow_modes.lock().clone()
+    /// Counts `n` Salesforce API calls of polled `channel`.
+    pub fn add_poll_calls(&self, channel: &str, n: u64) {
+        self.per_poll
+            .lock()
+            .entry(channel.to_string())
+            .or_default()
+            .api_calls += n;
+    }
+
+    /// Counts one page of polled `channel`: rows read, appended and dropped as duplicates.
+    pub fn add_poll_page(&self, channel: &str, rows: u64, appended: u64, duplicates: u64) {
+        let mut m = self.per_poll.lock();
+        let e = m.entry(channel.to_string()).or_default();
+        e.rows += rows;
+        e.appended += appended;
+        e.duplicates += duplicates;
+    }
+
+    /// Records the cursor of polled `channel` (the stored one at a round's start, the new one
+    /// after a committed page); it never moves back.
+    pub fn poll_cursor(&self, channel: &str, modstamp_ms: i64) {
+        let mut m = self.per_poll.lock();
+        let e = m.entry(channel.to_string()).or_default();
+        e.cursor_ms = e.cursor_ms.max(modstamp_ms);
+    }
+
+    /// Counts a complete round of polled `channel` that finished at `at_ms`.
+    pub fn poll_round_done(&self, channel: &str, at_ms: i64) {
+        let mut m = self.per_poll.lock();
+        let e = m.entry(channel.to_string()).or_default();
+        e.rounds += 1;
+        e.last_round_ms = e.last_round_ms.max(at_ms);
+    }
+
+    /// Per polled channel figures, by channel.
+    pub fn poll_channels(&self) -> Vec<(String, PollStats)> {
+        self.per_poll
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    /// One polled channel's figures (`None`: not polled by this process).
+    pub fn poll_channel(&self, channel: &str) -> Option<PollStats> {
+        self.per_poll.lock().get(channel).copied()
+    }
+
+    /// Records `object`'s flow at start-up: its configured channel and mode.
+    pub fn start_flow(&self, object: &str, channel: &str, mode: FlowMode) {
+        self.flows.lock().insert(
+            object.to_string(),
+            FlowState {
+                channel: channel.to_string(),
+                mode,
+                since_ms: 0,
+            },
+        );
+    }
+
+    /// Sets `object`'s flow mode (CDC → degraded-poll and back); the channel recorded at
+    /// start-up is kept (an object not recorded yet is reported under its poll channel).
+    pub fn set_flow_mode(&self, object: &str, mode: FlowMode) {
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut m = self.flows.lock();
+        let e = m.entry(object.to_string()).or_insert_with(|| FlowState {
+            channel: crate::poll::channel(object),
+            mode,
+            since_ms: now,
+        });
+        if e.mode != mode {
+            e.mode = mode;
+            e.since_ms = now;
+        }
+    }
+
+    /// `object`'s flow (`None`: not recorded).
+    pub fn flow_mode(&self, object: &str) -> Option<FlowState> {
+        self.flows.lock().get(object).cloned()
+    }
+
+    /// Every recorded flow, by object.
+    pub fn flow_modes(&self) -> Vec<(String, FlowState)> {
+        self.flows
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// The state of `channel`'s stream (`None`: not subscribed yet by this process).
@@ -438,6 +580,8 @@ impl PipelineStats {
             "latency_counts": self.latency_counts(),
             "stage_ns": self.stage_times().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
             "writeback": self.writeback.snapshot(),
+            "poll_channels": self.poll_channels().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+            "flow_modes": self.flow_modes().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
         })
     }
 
@@ -505,6 +649,83 @@ mod tests {
         h.observe(1_000_000);
         assert_eq!(h.quantile_ms(1.0), Some(u64::MAX));
         assert_eq!(h.counts().len(), WRITEBACK_BUCKETS_MS.len() + 1);
+    }
+
+    #[test]
+    fn poll_figures_add_up_per_channel_and_the_cursor_never_moves_back() {
+        let s = PipelineStats::default();
+        assert_eq!(s.poll_channel("/poll/Lead"), None);
+        s.poll_configured("/poll/Lead", 60_000, 30_000);
+        s.add_poll_calls("/poll/Lead", 2);
+        s.add_poll_page("/poll/Lead", 5, 4, 1);
+        s.add_poll_page("/poll/Lead", 3, 0, 3);
+        s.poll_cursor("/poll/Lead", 2_000);
+        s.poll_cursor("/poll/Lead", 1_000);
+        s.poll_round_done("/poll/Lead", 5_000);
+        s.poll_round_done("/poll/Lead", 9_000);
+        s.add_poll_calls("/poll/Account", 1);
+        let lead = s.poll_channel("/poll/Lead").unwrap();
+        assert_eq!(
+            lead,
+            PollStats {
+                rounds: 2,
+                rows: 8,
+                appended: 4,
+                duplicates: 4,
+                api_calls: 2,
+                cursor_ms: 2_000,
+                last_round_ms: 9_000,
+                interval_ms: 60_000,
+                overlap_ms: 30_000,
+            }
+        );
+        assert_eq!(lead.lag_bound_ms(), Some(150_000));
+        assert_eq!(
+            s.poll_channel("/poll/Account").unwrap().lag_bound_ms(),
+            None
+        );
+        let names: Vec<String> = s.poll_channels().into_iter().map(|(c, _)| c).collect();
+        assert_eq!(names, ["/poll/Account", "/poll/Lead"]);
+        let snap = s.snapshot();
+        assert_eq!(snap["poll_channels"]["/poll/Lead"]["rounds"], 2);
+        assert_eq!(snap["poll_channels"]["/poll/Lead"]["cursor_ms"], 2_000);
+    }
+
+    #[test]
+    fn flow_modes_keep_the_configured_channel_and_when_they_changed() {
+        let s = PipelineStats::default();
+        s.start_flow("Case", "/data/CaseChangeEvent", FlowMode::Cdc);
+        s.start_flow("Lead", "/poll/Lead", FlowMode::Poll);
+        assert_eq!(s.flow_mode("Case").unwrap().since_ms, 0);
+        s.set_flow_mode("Case", FlowMode::DegradedPoll);
+        let case = s.flow_mode("Case").unwrap();
+        assert_eq!(
+            (case.channel.as_str(), case.mode),
+            ("/data/CaseChangeEvent", FlowMode::DegradedPoll)
+        );
+        assert!(case.since_ms > 0);
+        // Setting the same mode again keeps the moment it changed.
+        s.set_flow_mode("Case", FlowMode::DegradedPoll);
+        assert_eq!(s.flow_mode("Case").unwrap().since_ms, case.since_ms);
+        // An object not recorded at start-up is reported under its poll channel.
+        s.set_flow_mode("Task", FlowMode::DegradedPoll);
+        assert_eq!(s.flow_mode("Task").unwrap().channel, "/poll/Task");
+        let gauges: Vec<(String, u8)> = s
+            .flow_modes()
+            .into_iter()
+            .map(|(o, f)| (o, f.mode.gauge()))
+            .collect();
+        assert_eq!(
+            gauges,
+            [
+                ("Case".to_string(), 2),
+                ("Lead".to_string(), 1),
+                ("Task".to_string(), 2)
+            ]
+        );
+        let snap = s.snapshot();
+        assert_eq!(snap["flow_modes"]["Lead"]["mode"], "poll");
+        assert_eq!(snap["flow_modes"]["Case"]["mode"], "degraded-poll");
     }
 
     #[test]

@@ -59,7 +59,9 @@ pub struct Flow {
     /// history into the Parquet archive), `delivery` (curated changes to a downstream sink),
     /// `virtual` (OData queries served from the warehouse) or `read` (the read API).
     pub direction: &'static str,
-    /// `CDC stream`, `polling`, `reconciliation`, `formula refresh`, `writeback`, `archive`.
+    /// `CDC stream`, `polling`, `outbound message`, `platform event`, `reconciliation`,
+    /// `formula refresh`, `writeback`, `archive`, a sink kind (`webhook`, `kafka`,
+    /// `platform_event`), `OData`, `read API`.
     pub pattern: &'static str,
     pub frequency: String,
     pub trigger: String,
@@ -102,6 +104,19 @@ fn node_id(prefix: &str, name: &str) -> String {
 
 fn list(items: &[String]) -> String {
     items.join(", ")
+}
+
+/// The hourly publish budget in words: sfsync's share of `HourlyPublishedPlatformEvents`, its
+/// cap, and the headroom left to the org's other publishers.
+fn publish_budget(b: &sfsync_salesforce::governor::publish::PublishBudgetConfig) -> String {
+    format!(
+        "{}% of the org's HourlyPublishedPlatformEvents{}, {}% left to other publishers",
+        (b.share * 100.0).round(),
+        b.max_hourly_events
+            .map(|m| format!(" (at most {m} an hour)"))
+            .unwrap_or_default(),
+        (b.headroom * 100.0).round()
+    )
 }
 
 /// The trigger of an Outbound-Message-only object: its flows' endpoints and fields.
@@ -186,8 +201,18 @@ impl IntegrationMap {
                 ),
                 SyncMode::Poll => (
                     "polling",
-                    format!("every {} s", p.poll_interval_secs),
-                    "SystemModstamp newer than the checkpoint".to_string(),
+                    format!(
+                        "every {} s (overlap {} s)",
+                        p.poll_interval_secs, p.poll_overlap_secs
+                    ),
+                    format!(
+                        "SOQL queryAll of {} by SystemModstamp newer than the cursor less the \
+                         {} s overlap, {} rows a query (channel {})",
+                        o.name,
+                        p.poll_overlap_secs,
+                        p.poll_page_records,
+                        sfsync_pipeline::poll::channel(&o.name)
+                    ),
                 ),
                 SyncMode::OutboundMessage => (
                     "outbound message",
@@ -281,6 +306,83 @@ impl IntegrationMap {
                 sink: None,
             });
         }
+        // Platform events in: each subscribed channel into the store, delivered by the sinks
+        // that name its events.
+        let pe = &config.platform_events;
+        for channel in &pe.subscribe {
+            let name = channel.strip_prefix("/event/").unwrap_or(channel);
+            let custom = name.ends_with("__chn");
+            let sinks: Vec<String> = config
+                .sinks
+                .iter()
+                .filter(|k| {
+                    k.objects
+                        .iter()
+                        .any(|o| o == name || (custom && o.ends_with("__e")))
+                })
+                .map(|k| k.name.clone())
+                .collect();
+            flows.push(Flow {
+                object: name.to_string(),
+                source: SALESFORCE.into(),
+                target: WAREHOUSE.into(),
+                direction: "inbound",
+                pattern: "platform event",
+                frequency: "continuous".into(),
+                trigger: format!("subscription to {channel} (Pub/Sub, from the stored replay id)"),
+                transformation: format!(
+                    "each event stored once with its replay id (redeliveries dropped); {}",
+                    if sinks.is_empty() {
+                        "no sink delivers it".to_string()
+                    } else {
+                        format!("delivered by sink(s) {}", list(&sinks))
+                    }
+                ),
+                sla_secs: config.freshness.delayed_after_secs,
+                team: None,
+                sink: None,
+            });
+        }
+        // Platform events out: sfsync publishes each from its durable queue in the store,
+        // within its share of the org's hourly publish allocation.
+        let budget = &config.salesforce.budget.publish;
+        for event in &pe.publish {
+            let mut triggers = Vec::new();
+            if config.api.is_some() {
+                triggers.push(format!("POST /api/v1/events/{event} (writer token)"));
+            }
+            let sinks: Vec<String> = config
+                .sinks
+                .iter()
+                .filter(|k| matches!(&k.target, crate::config::validate::SinkTarget::PlatformEvent { event: e, .. } if e == event))
+                .map(|k| k.name.clone())
+                .collect();
+            if !sinks.is_empty() {
+                triggers.push(format!("platform_event sink(s) {}", list(&sinks)));
+            }
+            if triggers.is_empty() {
+                triggers.push("nothing enqueues it (no API, no platform_event sink)".into());
+            }
+            flows.push(Flow {
+                object: event.clone(),
+                source: WAREHOUSE.into(),
+                target: SALESFORCE.into(),
+                direction: "outbound",
+                pattern: "platform event",
+                frequency: "on demand, within the hourly publish budget".into(),
+                trigger: triggers.join("; "),
+                transformation: format!(
+                    "queued durably under an idempotency key (the event's id); Pub/Sub Publish \
+                     of {} events a call, dead after {} attempts; hourly publish budget: {}",
+                    pe.publish_batch_max,
+                    pe.publish_max_attempts,
+                    publish_budget(budget)
+                ),
+                sla_secs: DEFAULT_DELIVERY_SLA_SECS,
+                team: None,
+                sink: None,
+            });
+        }
         if let Some(location) = &config.archive.location {
             let a = &config.archive;
             nodes.push(Node {
@@ -368,9 +470,17 @@ impl IntegrationMap {
             }
         }
         for sink in &config.sinks {
-            // A sink feeding a writeback system points at that system's node.
+            // A sink feeding a writeback system points at that system's node; a platform_event
+            // sink publishes into Salesforce.
             let (id, label) = match &sink.system {
                 Some(sys) => (node_id("system", sys), sys.clone()),
+                None if matches!(
+                    sink.target,
+                    crate::config::validate::SinkTarget::PlatformEvent { .. }
+                ) =>
+                {
+                    (SALESFORCE.to_string(), String::new())
+                }
                 None => (
                     node_id("sink", &sink.name),
                     format!("{} ({})", sink.name, sink.target.kind()),
@@ -721,6 +831,176 @@ team = "Pay \"ments\" | x # 1"
             "{dot}"
         );
         assert!(dot.contains("SLA 2 min · unowned"), "{dot}");
+    }
+
+    /// One edge of `m` by direction, pattern and object.
+    fn edge<'a>(m: &'a IntegrationMap, direction: &str, pattern: &str, object: &str) -> &'a Flow {
+        m.flows
+            .iter()
+            .find(|f| f.direction == direction && f.pattern == pattern && f.object == object)
+            .unwrap_or_else(|| panic!("no {direction} {pattern} flow of {object} in {m:#?}"))
+    }
+
+    #[test]
+    fn every_sync_pattern_is_an_edge_of_its_own_kind() {
+        let c = config(
+            r#"
+[[objects]]
+name = "Lead"
+mode = "poll"
+team = "Sales ops"
+
+[[objects]]
+name = "Legacy__c"
+mode = "outbound_message"
+
+[pipeline]
+poll_interval_secs = 30
+poll_overlap_secs = 45
+
+[salesforce.budget.publish]
+share = 0.25
+max_hourly_events = 5000
+
+[platform_events]
+subscribe = ["/event/Order_Shipped__e", "/event/Orders__chn"]
+publish = ["Record_Applied__e", "Unused__e"]
+publish_batch_max = 100
+
+[[sinks]]
+name = "shipping"
+url = "https://hooks.example.org/shipping"
+secret = { env = "HOOK" }
+objects = ["Order_Shipped__e"]
+
+[[sinks]]
+name = "case-applied"
+kind = "platform_event"
+event = "Record_Applied__e"
+objects = ["Case"]
+fields = { Record_Id__c = "id" }
+
+[[outbound_messages]]
+name = "legacy"
+object = "Legacy__c"
+organization_id = "00D000000000062EAA"
+secret = { env = "OM" }
+fields = ["Name", "SystemModstamp"]
+
+[api]
+[[api.tokens]]
+name = "v"
+role = "viewer"
+token_env = "T"
+
+[odata]
+entity_sets = ["Case"]
+"#,
+        );
+        let m = IntegrationMap::from_config(&c);
+        // CDC stream.
+        let case = edge(&m, "inbound", "CDC stream", "Case");
+        assert_eq!(
+            (case.source.as_str(), case.target.as_str()),
+            (SALESFORCE, WAREHOUSE)
+        );
+        // Polling: interval, overlap, page size and channel.
+        let lead = edge(&m, "inbound", "polling", "Lead");
+        assert_eq!(lead.frequency, "every 30 s (overlap 45 s)");
+        assert!(
+            lead.trigger.contains("less the 45 s overlap"),
+            "{}",
+            lead.trigger
+        );
+        assert!(
+            lead.trigger.contains("channel /poll/Lead"),
+            "{}",
+            lead.trigger
+        );
+        assert_eq!(lead.team.as_deref(), Some("Sales ops"));
+        // Outbound Messages: Salesforce → the SOAP endpoint → the warehouse.
+        let om = edge(&m, "inbound", "outbound message", "Legacy__c");
+        assert_eq!(
+            (om.source.as_str(), om.target.as_str()),
+            (SALESFORCE, WAREHOUSE)
+        );
+        assert!(
+            om.trigger.contains("POST /soap/outbound/legacy/"),
+            "{}",
+            om.trigger
+        );
+        // Platform events subscribed: one edge per channel, naming the sinks that deliver it.
+        let shipped = edge(&m, "inbound", "platform event", "Order_Shipped__e");
+        assert_eq!(
+            (shipped.source.as_str(), shipped.target.as_str()),
+            (SALESFORCE, WAREHOUSE)
+        );
+        assert!(shipped.trigger.contains("/event/Order_Shipped__e"));
+        assert!(
+            shipped
+                .transformation
+                .contains("delivered by sink(s) shipping"),
+            "{}",
+            shipped.transformation
+        );
+        let chn = edge(&m, "inbound", "platform event", "Orders__chn");
+        assert!(
+            chn.transformation.contains("sink(s) shipping"),
+            "{}",
+            chn.transformation
+        );
+        // …and the sink's delivery of the received events.
+        let delivered = edge(&m, "delivery", "webhook", "Order_Shipped__e");
+        assert_eq!(delivered.sink.as_deref(), Some("shipping"));
+        // Platform events published: sfsync's queue → Salesforce, with the hourly budget.
+        let published = edge(&m, "outbound", "platform event", "Record_Applied__e");
+        assert_eq!(
+            (published.source.as_str(), published.target.as_str()),
+            (WAREHOUSE, SALESFORCE)
+        );
+        assert!(
+            published
+                .trigger
+                .contains("POST /api/v1/events/Record_Applied__e")
+                && published
+                    .trigger
+                    .contains("platform_event sink(s) case-applied"),
+            "{}",
+            published.trigger
+        );
+        assert!(
+            published.transformation.contains(
+                "hourly publish budget: 25% of the org's HourlyPublishedPlatformEvents (at most \
+                 5000 an hour), 10% left to other publishers"
+            ) && published.transformation.contains("100 events a call"),
+            "{}",
+            published.transformation
+        );
+        let unused = edge(&m, "outbound", "platform event", "Unused__e");
+        assert!(!unused.trigger.contains("sink"), "{}", unused.trigger);
+        // A platform_event sink publishes into Salesforce (no node of its own).
+        let applied = edge(&m, "delivery", "platform_event", "Case");
+        assert_eq!(
+            (applied.source.as_str(), applied.target.as_str()),
+            (WAREHOUSE, SALESFORCE)
+        );
+        assert!(!m.nodes.iter().any(|n| n.id == "sink_case_applied"));
+        // OData (Salesforce Connect) and the read API.
+        let odata = edge(&m, "virtual", "OData", "Case");
+        assert_eq!(odata.target, "odata");
+        let read = edge(&m, "read", "read API", "*");
+        assert_eq!(read.target, "read_api");
+        // Every edge's ends are nodes of the map, and Mermaid and DOT draw every edge.
+        for f in &m.flows {
+            for end in [&f.source, &f.target] {
+                assert!(m.nodes.iter().any(|n| &n.id == end), "{end} of {f:?}");
+            }
+        }
+        assert_eq!(m.mermaid().matches("-->|").count(), m.flows.len());
+        assert_eq!(m.dot().matches(" -> ").count(), m.flows.len());
+        // Without [platform_events] there is no platform-event edge.
+        let plain = IntegrationMap::from_config(&config(""));
+        assert!(plain.flows.iter().all(|f| f.pattern != "platform event"));
     }
 
     #[test]

@@ -187,13 +187,56 @@ fn map_of_the_example_config_draws_every_flow_in_each_format() {
     let map: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     let flows = map["flows"].as_array().unwrap();
     // Six streamed objects, one formula refresh (Account), one object fed by Outbound
-    // Messages, Case writeback by case_mgmt and by any system (its shared fields).
+    // Messages, one subscribed platform event; Case writeback by case_mgmt and by any system
+    // (its shared fields), and one published platform event.
     let inbound = flows.iter().filter(|f| f["direction"] == "inbound").count();
     let outbound: Vec<&serde_json::Value> = flows
         .iter()
-        .filter(|f| f["direction"] == "outbound")
+        .filter(|f| f["direction"] == "outbound" && f["pattern"] == "writeback")
         .collect();
-    assert_eq!(inbound, 8, "{map:#}");
+    assert_eq!(inbound, 9, "{map:#}");
+    let edge = |direction: &str, pattern: &str, object: &str| {
+        flows
+            .iter()
+            .find(|f| {
+                f["direction"] == direction && f["pattern"] == pattern && f["object"] == object
+            })
+            .unwrap_or_else(|| panic!("no {direction} {pattern} edge of {object}: {map:#}"))
+    };
+    let escalated = edge("inbound", "platform event", "Case_Escalated__e");
+    assert!(
+        escalated["transformation"]
+            .as_str()
+            .unwrap()
+            .contains("delivered by sink(s) escalations"),
+        "{escalated:#}"
+    );
+    let applied = edge("outbound", "platform event", "Record_Applied__e");
+    assert_eq!(
+        (&applied["source"], &applied["target"]),
+        (
+            &serde_json::json!("warehouse"),
+            &serde_json::json!("salesforce")
+        )
+    );
+    let trigger = applied["trigger"].as_str().unwrap();
+    assert!(
+        trigger.contains("POST /api/v1/events/Record_Applied__e")
+            && trigger.contains("platform_event sink(s) case-applied"),
+        "{trigger}"
+    );
+    assert!(
+        applied["transformation"]
+            .as_str()
+            .unwrap()
+            .contains("hourly publish budget: "),
+        "{applied:#}"
+    );
+    // The "record applied" sink publishes into Salesforce.
+    assert_eq!(
+        edge("delivery", "platform_event", "Case")["target"],
+        "salesforce"
+    );
     let om = flows
         .iter()
         .find(|f| f["object"] == "Grant_Application__c")

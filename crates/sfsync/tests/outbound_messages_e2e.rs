@@ -678,6 +678,26 @@ async fn outbound_messages_land_exactly_once() {
         ),
         "{metrics}"
     );
+    // Notifications received and acknowledged: every acknowledged one was received, and so
+    // was every one logged or found a duplicate.
+    let value = |series: &str| {
+        support::metric_value(&metrics, series).unwrap_or_else(|| panic!("no {series}: {metrics}"))
+    };
+    let received = value("sfsync_outbound_notifications_received_total{flow=\"accounts\"}");
+    let acked = value("sfsync_outbound_notifications_acknowledged_total{flow=\"accounts\"}");
+    let logged_n =
+        value("sfsync_outbound_notifications_total{flow=\"accounts\",outcome=\"logged\"}");
+    let duplicate_n =
+        value("sfsync_outbound_notifications_total{flow=\"accounts\",outcome=\"duplicate\"}");
+    assert!(acked >= 1.0, "{metrics}");
+    assert!(
+        received >= acked,
+        "received {received} < acknowledged {acked}"
+    );
+    assert!(
+        received >= logged_n + duplicate_n,
+        "received {received} < logged {logged_n} + duplicates {duplicate_n}"
+    );
     stop(child);
 }
 

@@ -284,6 +284,21 @@ retry_base_ms = 50
     .await;
     // Nothing more arrives (no duplicate, nothing of the unrelated event).
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    // This process received one new event per channel (S-5, L-2), resuming after the stored
+    // replay ids.
+    e.api.ready().await;
+    let (status, metrics) = e.api.call_text("GET", "/metrics", Some(OPS), None).await;
+    assert_eq!(status, StatusCode::OK, "{metrics}");
+    for channel in ["/event/Order_Shipped__e", "/event/Returns__chn"] {
+        assert_eq!(
+            support::metric_value(
+                &metrics,
+                &format!("sfsync_platform_events_received_total{{channel=\"{channel}\"}}")
+            ),
+            Some(1.0),
+            "{channel}: {metrics}"
+        );
+    }
     stop(child);
 
     let got = receiver.got.lock().clone();
@@ -586,6 +601,27 @@ retry_base_ms = 50
     let left = left["dead_letters"].as_array().unwrap();
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(left[0]["event"], "Never_Defined__e");
+    // Published per event on /metrics (every publishable event listed, 0 when none was).
+    let (status, metrics) = api.call_text("GET", "/metrics", Some(OPS), None).await;
+    assert_eq!(status, StatusCode::OK, "{metrics}");
+    for (event, n) in [
+        ("Sync_Ack__e", 5.0),
+        ("Record_Applied__e", 1.0),
+        ("Never_Defined__e", 0.0),
+    ] {
+        assert_eq!(
+            support::metric_value(
+                &metrics,
+                &format!("sfsync_platform_events_published_total{{event=\"{event}\"}}")
+            ),
+            Some(n),
+            "{event}: {metrics}"
+        );
+    }
+    assert!(
+        support::metric_value(&metrics, "sfsync_publish_budget_used_events") >= Some(6.0),
+        "{metrics}"
+    );
     stop(child);
 }
 

@@ -14,11 +14,15 @@
 //!   (Id, SystemModstamp), no history version repeats its predecessor, and records untouched
 //!   since the first phase keep exactly one history version;
 //! - at the end the curated state equals the org (live rows column by column, deleted rows
-//!   flagged), rows carry source `poll`, and `sync_status` reports the object current.
+//!   flagged), rows carry source `poll`, and `sync_status` reports the object current;
+//! - `/metrics` reports the flow as polled (`sfsync_flow_mode` 1) with its rounds, rows read and
+//!   appended, duplicates dropped (the overlap re-reads), API calls, cursor lag and last round
+//!   moving, and `GET /api/v1/map` gives the polled flow's live state.
 
 mod support;
 
-use support::{stop, wait_for, KillOnDrop};
+use support::api::{free_port, Api};
+use support::{metric_value, stop, wait_for, KillOnDrop};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -35,6 +39,9 @@ use sfsync_salesforce::SalesforceClient;
 use sfsync_store::{ChangeLog, SqliteChangeLog, SyncStatusStore, Warehouse};
 
 const CHANNEL: &str = "/poll/Account";
+const VIEWER: &str = "viewer-token-0123456789abcdef";
+/// The labels of the polled flow's series.
+const LABELS: &str = "{channel=\"/poll/Account\",object=\"Account\"}";
 
 struct Env {
     emu: RunningEmulator,
@@ -43,6 +50,7 @@ struct Env {
     client: SalesforceClient,
     config: PathBuf,
     mapping: ObjectMapping,
+    api: Api,
 }
 
 async fn env() -> Env {
@@ -56,6 +64,8 @@ async fn env() -> Env {
     let mapping = ObjectMapping::build(&d, &spec).unwrap();
     let db = dir.join("wh.db");
     let config = dir.join("sfsync.toml");
+    std::fs::write(dir.join("viewer.token"), VIEWER).unwrap();
+    let port = free_port();
     let text = format!(
         r#"[salesforce]
 credentials_file = "{creds}"
@@ -80,6 +90,14 @@ poll_page_records = 300
 
 [freshness]
 update_every_secs = 1
+
+[api]
+listen = "127.0.0.1:{port}"
+
+[[api.tokens]]
+name = "viewer"
+role = "viewer"
+token_file = "viewer.token"
 "#,
         creds = emu.credentials_path.display(),
         ca = emu.ca_pem_path.display(),
@@ -93,7 +111,33 @@ update_every_secs = 1
         client,
         config,
         mapping,
+        api: Api {
+            http: reqwest::Client::new(),
+            base: format!("http://127.0.0.1:{port}"),
+        },
     }
+}
+
+/// The polled flow's figures on `/metrics`: rounds, rows read, appended, duplicates dropped,
+/// API calls, cursor lag, last round (Unix s), flow mode.
+async fn poll_metrics(env: &Env) -> (String, [Option<f64>; 8]) {
+    let (status, text) = env
+        .api
+        .call_text("GET", "/metrics", Some(VIEWER), None)
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{text}");
+    let v = |name: &str| metric_value(&text, &format!("{name}{LABELS}"));
+    let values = [
+        v("sfsync_poll_rounds_total"),
+        v("sfsync_poll_rows_read_total"),
+        v("sfsync_poll_rows_appended_total"),
+        v("sfsync_poll_duplicates_dropped_total"),
+        v("sfsync_poll_api_calls_total"),
+        v("sfsync_poll_cursor_lag_seconds"),
+        v("sfsync_poll_last_round_timestamp_seconds"),
+        v("sfsync_flow_mode"),
+    ];
+    (text, values)
 }
 
 fn run(env: &Env) -> KillOnDrop {
@@ -291,6 +335,60 @@ async fn polling_loses_nothing_at_the_cursor_boundary() {
     let row = store.read_current("Account").await.unwrap().remove(0);
     assert_eq!(row.meta.source, sfsync_store::ChangeSource::Poll);
 
+    // The flow on /metrics: polled (mode 1), the tie read and appended, calls counted (at
+    // least the two keyset queries of 300 and 150 rows), the cursor at the tie.
+    env.api.ready().await;
+    let (text, first) = poll_metrics(&env).await;
+    let [rounds, read, appended, _, calls, lag, last_round, mode] = first;
+    assert_eq!(
+        mode,
+        Some(1.0),
+        "flow mode of a mode = \"poll\" object:\n{text}"
+    );
+    assert!(rounds >= Some(1.0), "{text}");
+    assert!(read >= Some(450.0), "{text}");
+    assert!(appended >= Some(450.0), "{text}");
+    assert!(calls >= Some(2.0), "{text}");
+    let lag = lag.expect("a cursor lag");
+    let tie_age = (now_ms() - tie_ms) as f64 / 1000.0;
+    assert!(
+        lag >= 0.0 && lag <= tie_age + 1.0,
+        "cursor lag {lag} s, tie {tie_age} s ago"
+    );
+    assert!(last_round.unwrap() * 1000.0 >= tie_ms as f64, "{text}");
+    for family in [
+        "sfsync_flow_mode gauge",
+        "sfsync_poll_rounds_total counter",
+        "sfsync_poll_cursor_lag_seconds gauge",
+        "sfsync_poll_lag_bound_seconds gauge",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family}\n")),
+            "{family}: {text}"
+        );
+    }
+    // Interval 1 s, overlap 30 s: the bound is 2 × 1 + 30.
+    assert_eq!(
+        metric_value(&text, &format!("sfsync_poll_lag_bound_seconds{LABELS}")),
+        Some(32.0)
+    );
+    // The map's polled flow: interval and overlap, and its live state.
+    let map = env.api.get("/api/v1/map", VIEWER).await;
+    let flow = map["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["pattern"] == "polling" && f["object"] == "Account")
+        .unwrap_or_else(|| panic!("no polling flow: {map}"));
+    assert_eq!(flow["frequency"], "every 1 s (overlap 30 s)", "{flow}");
+    assert_eq!(flow["live"]["mode"], "poll", "{flow}");
+    assert_eq!(flow["live"]["channel"], CHANNEL, "{flow}");
+    assert!(
+        flow["live"]["poll"]["rounds"].as_u64().unwrap() >= 1,
+        "{flow}"
+    );
+    assert!(flow["live"]["poll"]["last_round_at"].is_string(), "{flow}");
+
     // Phase 2: late commits inside the overlap window. A fresh update moves the cursor to
     // now; then transactions stamped 5 s before it become visible (behind the cursor).
     // (At least 6 s after the tie, so the late commit below is newer than it.)
@@ -350,6 +448,23 @@ async fn polling_loses_nothing_at_the_cursor_boundary() {
     }
     wait_equal(&env, &store, &deleted, "undeletes land").await;
     let before = history(&store).await;
+    // The counters moved: more rounds, rows and calls; the overlap's re-reads (the fresh
+    // update and late commits sit within 30 s of the cursor) were dropped as duplicates.
+    let (text, now) = poll_metrics(&env).await;
+    for (i, what) in ["rounds", "rows read", "rows appended", "", "API calls"]
+        .iter()
+        .enumerate()
+    {
+        if !what.is_empty() {
+            assert!(
+                now[i] > first[i],
+                "{what} did not move: {first:?} → {now:?}\n{text}"
+            );
+        }
+    }
+    assert!(now[3] > Some(0.0), "no duplicates dropped: {text}");
+    assert!(now[6] > first[6], "the last round did not move: {text}");
+    assert_eq!(now[7], Some(1.0));
     stop(child);
 
     // Phase 4: changes while sfsync is down — ties again, a delete, and a late commit stamped

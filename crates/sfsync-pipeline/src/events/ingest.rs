@@ -80,6 +80,7 @@ impl EventIngest {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut failures = 0u32;
         let mut force_earliest = false;
+        self.events.count_received(&self.channel, 0, 0);
         'outer: loop {
             if *shutdown.borrow() {
                 break;
@@ -233,6 +234,8 @@ impl EventIngest {
                         sub.ack(&checkpoint);
                         self.events.received.fetch_add(out.appended, Relaxed);
                         self.events.duplicates.fetch_add(out.duplicates, Relaxed);
+                        self.events
+                            .count_received(&self.channel, out.appended, out.duplicates);
                         self.events
                             .undecodable
                             .fetch_add(dead.len() as u64, Relaxed);

@@ -22,6 +22,7 @@ pub mod ingest;
 pub mod publish;
 pub mod sink;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 
 /// Counters of the platform-event stages (metrics, status, tests).
@@ -45,4 +46,49 @@ pub struct EventStats {
     pub dead: AtomicU64,
     /// `Publish` calls made.
     pub publish_calls: AtomicU64,
+    /// Per subscribed channel: events received and stored, and redeliveries.
+    per_channel: parking_lot::Mutex<BTreeMap<String, ChannelEvents>>,
+    /// Per event name: events published.
+    per_event: parking_lot::Mutex<BTreeMap<String, u64>>,
+}
+
+/// One subscribed channel's counts since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChannelEvents {
+    pub received: u64,
+    pub duplicates: u64,
+}
+
+impl EventStats {
+    /// Counts events of `channel` stored (`received`) and redelivered (`duplicates`); with
+    /// zeros it makes the channel known (reported from its subscription on).
+    pub fn count_received(&self, channel: &str, received: u64, duplicates: u64) {
+        let mut m = self.per_channel.lock();
+        let e = m.entry(channel.to_string()).or_default();
+        e.received += received;
+        e.duplicates += duplicates;
+    }
+
+    /// Counts `n` events of `name` published.
+    pub fn count_published(&self, name: &str, n: u64) {
+        *self.per_event.lock().entry(name.to_string()).or_default() += n;
+    }
+
+    /// Per channel counts, by channel.
+    pub fn channels(&self) -> Vec<(String, ChannelEvents)> {
+        self.per_channel
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    /// Events published per event name, by name.
+    pub fn published_by_event(&self) -> Vec<(String, u64)> {
+        self.per_event
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
 }

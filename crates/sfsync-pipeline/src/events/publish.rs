@@ -358,6 +358,7 @@ impl Publisher {
             }
         }
         self.count(&out);
+        self.stats.count_published(&name, published);
         (out, published)
     }
 

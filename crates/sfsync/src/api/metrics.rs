@@ -77,8 +77,9 @@ pub struct Extra {
     /// Platform events in and out (`None`: none configured).
     pub events: Option<EventMetrics>,
     /// Per Outbound Message flow: (name, acked, faulted, refused, logged, duplicates,
-    /// dead-lettered); and requests refused before a flow was known.
-    pub outbound: Vec<(String, [u64; 6])>,
+    /// dead-lettered, notifications received, notifications acknowledged); and requests
+    /// refused before a flow was known.
+    pub outbound: Vec<(String, [u64; 8])>,
     pub outbound_unauthorised: u64,
 }
 
@@ -112,6 +113,23 @@ fn outbound_metrics(o: &mut Out, extra: &Extra) {
             );
         }
     }
+    for (name, help, i) in [
+        (
+            "sfsync_outbound_notifications_received_total",
+            "Outbound Message notifications received per flow in messages that reached the store (readable or not; redeliveries count again).",
+            6,
+        ),
+        (
+            "sfsync_outbound_notifications_acknowledged_total",
+            "Outbound Message notifications per flow in messages answered <Ack>true</Ack> (durable in the raw log; Salesforce stops sending them).",
+            7,
+        ),
+    ] {
+        o.family(name, "counter", help);
+        for (flow, c) in &extra.outbound {
+            o.sample(name, &[("flow", flow)], c[i] as f64);
+        }
+    }
     o.one(
         "sfsync_outbound_unauthorised_total",
         "counter",
@@ -123,10 +141,11 @@ fn outbound_metrics(o: &mut Out, extra: &Extra) {
 /// Platform-event readings: this process's counters and the store's publish queue.
 #[derive(Debug, Clone, Default)]
 pub struct EventMetrics {
-    pub received: u64,
-    pub duplicates: u64,
+    /// Per subscribed channel: received (stored) and redelivered events.
+    pub channels: Vec<(String, sfsync_pipeline::events::ChannelEvents)>,
+    /// Per publishable event name (every configured one, 0 until published): published events.
+    pub published: Vec<(String, u64)>,
     pub undecodable: u64,
-    pub published: u64,
     pub deferred: u64,
     pub retried: u64,
     pub dead: u64,
@@ -136,26 +155,42 @@ pub struct EventMetrics {
 }
 
 fn event_metrics(o: &mut Out, e: &EventMetrics) {
-    for (name, help, v) in [
+    type Get = fn(&sfsync_pipeline::events::ChannelEvents) -> u64;
+    let per_channel: [(&str, &str, Get); 2] = [
         (
             "sfsync_platform_events_received_total",
-            "Platform events received and stored (redeliveries not counted).",
-            e.received,
+            "Platform events received and stored per subscribed channel (redeliveries not counted).",
+            |c| c.received,
         ),
         (
             "sfsync_platform_events_duplicates_total",
-            "Redelivered platform events already stored.",
-            e.duplicates,
+            "Redelivered platform events already stored, per subscribed channel.",
+            |c| c.duplicates,
         ),
+    ];
+    for (name, help, get) in per_channel {
+        o.family(name, "counter", help);
+        for (channel, c) in &e.channels {
+            o.sample(name, &[("channel", channel)], get(c) as f64);
+        }
+    }
+    o.family(
+        "sfsync_platform_events_published_total",
+        "counter",
+        "Platform events published to Salesforce, per event (the channel /event/<event>).",
+    );
+    for (event, n) in &e.published {
+        o.sample(
+            "sfsync_platform_events_published_total",
+            &[("event", event)],
+            *n as f64,
+        );
+    }
+    for (name, help, v) in [
         (
             "sfsync_platform_events_undecodable_total",
             "Received platform events that could not be decoded (dead letters).",
             e.undecodable,
-        ),
-        (
-            "sfsync_platform_events_published_total",
-            "Platform events published to Salesforce.",
-            e.published,
         ),
         (
             "sfsync_platform_events_deferred_total",
@@ -187,6 +222,83 @@ fn event_metrics(o: &mut Out, e: &EventMetrics) {
         "Publish dead letters waiting for an operator.",
         e.dead_open as f64,
     );
+}
+
+/// The flow-mode gauge and the polled channels' families (declared without samples when no
+/// object is polled, so rules and dashboards find them).
+fn flow_metrics(o: &mut Out, stats: &PipelineStats, now_ms: i64) {
+    o.family(
+        "sfsync_flow_mode",
+        "gauge",
+        "How the object's changes arrive: 0 = cdc (Change Data Capture stream), 1 = poll (mode = \"poll\"), 2 = degraded-poll (a CDC object polled while its stream is unusable).",
+    );
+    for (object, f) in stats.flow_modes() {
+        o.sample(
+            "sfsync_flow_mode",
+            &[("channel", &f.channel), ("object", &object)],
+            f64::from(f.mode.gauge()),
+        );
+    }
+    let polled = stats.poll_channels();
+    let object_of = |channel: &str| {
+        channel
+            .strip_prefix(sfsync_pipeline::poll::CHANNEL_PREFIX)
+            .unwrap_or(channel)
+            .to_string()
+    };
+    type Get = fn(&sfsync_pipeline::stats::PollStats) -> u64;
+    let counters: [(&str, &str, Get); 5] = [
+        ("sfsync_poll_rounds_total", "Poll rounds that read every row up to the tip, per polled channel.", |p| p.rounds),
+        ("sfsync_poll_rows_read_total", "Rows read by polling (SOQL queryAll by SystemModstamp), new, re-read in the overlap or unreadable.", |p| p.rows),
+        ("sfsync_poll_rows_appended_total", "Polled rows appended to the raw change log (new ones).", |p| p.appended),
+        ("sfsync_poll_duplicates_dropped_total", "Polled rows dropped as already logged (overlap re-reads, restarts).", |p| p.duplicates),
+        ("sfsync_poll_api_calls_total", "Salesforce API calls made by polling (queries and queryMore pages).", |p| p.api_calls),
+    ];
+    for (name, help, get) in counters {
+        o.family(name, "counter", help);
+        for (channel, p) in &polled {
+            o.sample(
+                name,
+                &[("channel", channel), ("object", &object_of(channel))],
+                get(p) as f64,
+            );
+        }
+    }
+    type Gauge = fn(&sfsync_pipeline::stats::PollStats, i64) -> Option<f64>;
+    let gauges: [(&str, &str, Gauge); 4] = [
+        (
+            "sfsync_poll_cursor_lag_seconds",
+            "Now minus the SystemModstamp of the polled channel's cursor (the newest row read). An idle object's cursor ages too: read it with sfsync_poll_last_round_timestamp_seconds.",
+            |p, now| (p.cursor_ms > 0).then(|| (now - p.cursor_ms).max(0) as f64 / 1000.0),
+        ),
+        (
+            "sfsync_poll_last_round_timestamp_seconds",
+            "When the polled channel's last complete round finished (Unix seconds).",
+            |p, _| (p.last_round_ms > 0).then(|| p.last_round_ms as f64 / 1000.0),
+        ),
+        (
+            "sfsync_poll_interval_seconds",
+            "The configured pause between poll rounds.",
+            |p, _| (p.interval_ms > 0).then(|| p.interval_ms as f64 / 1000.0),
+        ),
+        (
+            "sfsync_poll_lag_bound_seconds",
+            "The cursor lag a healthy polled flow stays under: two intervals plus the overlap.",
+            |p, _| p.lag_bound_ms().map(|ms| ms as f64 / 1000.0),
+        ),
+    ];
+    for (name, help, get) in gauges {
+        o.family(name, "gauge", help);
+        for (channel, p) in &polled {
+            if let Some(v) = get(p, now_ms) {
+                o.sample(
+                    name,
+                    &[("channel", channel), ("object", &object_of(channel))],
+                    v,
+                );
+            }
+        }
+    }
 }
 
 /// One delivery sink's readings.
@@ -424,6 +536,7 @@ pub fn render(
             n as f64,
         );
     }
+    flow_metrics(&mut o, stats, now_ms);
     let objects = stats.objects();
     o.family(
         "sfsync_object_changes_total",
@@ -652,13 +765,14 @@ pub fn render(
         event_metrics(&mut o, e);
     }
     if let Some(p) = extra.budget.as_ref().map(|b| &b.publish) {
+        // Declared even before /limits is read (rules and dashboards find them).
+        o.family(
+            "sfsync_publish_budget_room_events",
+            "gauge",
+            "Platform events the hourly publish budget allows right now.",
+        );
         if let Some(room) = p.room {
-            o.one(
-                "sfsync_publish_budget_room_events",
-                "gauge",
-                "Platform events the hourly publish budget allows right now.",
-                room as f64,
-            );
+            o.sample("sfsync_publish_budget_room_events", &[], room as f64);
         }
         o.one(
             "sfsync_publish_budget_used_events",
@@ -666,6 +780,18 @@ pub fn render(
             "Platform events sfsync published in the rolling hour.",
             p.our_used as f64,
         );
+        o.family(
+            "sfsync_publish_budget_allowance_events",
+            "gauge",
+            "The most platform events sfsync may publish in the rolling hour (share, cap and headroom of the org's hourly allocation applied).",
+        );
+        if let Some(allowance) = p.our_allowance {
+            o.sample(
+                "sfsync_publish_budget_allowance_events",
+                &[],
+                allowance as f64,
+            );
+        }
     }
     outbound_metrics(&mut o, extra);
     o.family(
@@ -801,11 +927,17 @@ pub async fn exposition(s: &ApiState) -> Result<String, ApiError> {
                 .await
                 .map_err(|e| ApiError::internal("counting the platform events", e))?;
             let st = &ev.stats;
+            let mut published = st.published_by_event();
+            for name in &s.publishable {
+                if !published.iter().any(|(n, _)| n == name) {
+                    published.push((name.clone(), 0));
+                }
+            }
+            published.sort();
             Some(EventMetrics {
-                received: st.received.load(Relaxed),
-                duplicates: st.duplicates.load(Relaxed),
+                channels: st.channels(),
+                published,
                 undecodable: st.undecodable.load(Relaxed),
-                published: st.published.load(Relaxed),
                 deferred: st.deferred.load(Relaxed),
                 retried: st.retried.load(Relaxed),
                 dead: st.dead.load(Relaxed),
@@ -927,11 +1059,11 @@ pub fn merge_labelled(label: &str, parts: &[(&str, &str)]) -> String {
 }
 
 /// Each Outbound Message flow's counters, by flow name.
-fn outbound_readings(s: &ApiState) -> Vec<(String, [u64; 6])> {
+fn outbound_readings(s: &ApiState) -> Vec<(String, [u64; 8])> {
     let Some(service) = &s.outbound else {
         return Vec::new();
     };
-    let mut out: Vec<(String, [u64; 6])> = service
+    let mut out: Vec<(String, [u64; 8])> = service
         .flows
         .values()
         .map(|f| {
@@ -946,6 +1078,8 @@ fn outbound_readings(s: &ApiState) -> Vec<(String, [u64; 6])> {
                     n(&st.logged),
                     n(&st.duplicates),
                     n(&st.dead_lettered),
+                    n(&st.notifications_received),
+                    n(&st.notifications_acked),
                 ],
             )
         })
@@ -1020,6 +1154,7 @@ mod tests {
             ..Default::default()
         };
         let text = render(&stats, &counts, &extra, 1.5, 3_500);
+        assert_well_formed(&text);
         for want in [
             "sfsync_sync_status{object=\"Account\",status=\"partial\"} 1\n",
             "sfsync_sync_status{object=\"Account\",status=\"current\"} 0\n",
@@ -1077,6 +1212,106 @@ mod tests {
             text.contains("sfsync_apply_latency_seconds_sum 4.04\n"),
             "{text}"
         );
+    }
+
+    /// Every `# TYPE` line is preceded by its `# HELP`, and every sample belongs to the family
+    /// declared last (its name, or its name less a histogram suffix).
+    fn assert_well_formed(text: &str) {
+        let mut family = String::new();
+        let mut helped = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                helped = rest.split(' ').next().unwrap().to_string();
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                family = rest.split(' ').next().unwrap().to_string();
+                assert_eq!(family, helped, "TYPE without HELP: {line}");
+            } else {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert!(
+                    name.starts_with(&family),
+                    "{line} outside its family {family}"
+                );
+                let value = line.rsplit(' ').next().unwrap();
+                assert!(value.parse::<f64>().is_ok(), "{line}");
+            }
+        }
+    }
+
+    #[test]
+    fn polled_channels_flow_modes_events_and_outbound_messages_render_with_labels() {
+        use sfsync_pipeline::stats::FlowMode;
+        let stats = PipelineStats::default();
+        stats.start_flow("Case", "/data/CaseChangeEvent", FlowMode::Cdc);
+        stats.start_flow("Lead", "/poll/Lead", FlowMode::Poll);
+        stats.start_flow("Account", "/data/AccountChangeEvent", FlowMode::Cdc);
+        stats.set_flow_mode("Account", FlowMode::DegradedPoll);
+        stats.poll_configured("/poll/Lead", 60_000, 30_000);
+        stats.add_poll_calls("/poll/Lead", 3);
+        stats.add_poll_page("/poll/Lead", 10, 7, 3);
+        stats.poll_cursor("/poll/Lead", 100_000);
+        stats.poll_round_done("/poll/Lead", 250_000);
+        let extra = Extra {
+            events: Some(EventMetrics {
+                channels: vec![(
+                    "/event/Order_Shipped__e".into(),
+                    sfsync_pipeline::events::ChannelEvents {
+                        received: 4,
+                        duplicates: 1,
+                    },
+                )],
+                published: vec![("Record_Applied__e".into(), 9), ("Unused__e".into(), 0)],
+                ..Default::default()
+            }),
+            outbound: vec![("legacy".into(), [2, 1, 0, 5, 2, 1, 8, 7])],
+            ..Default::default()
+        };
+        let text = render(
+            &stats,
+            &sfsync_store::OpsCounts::default(),
+            &extra,
+            1.0,
+            400_000,
+        );
+        assert_well_formed(&text);
+        let lead = "{channel=\"/poll/Lead\",object=\"Lead\"}";
+        for want in [
+            "# TYPE sfsync_flow_mode gauge\n".to_string(),
+            "sfsync_flow_mode{channel=\"/data/CaseChangeEvent\",object=\"Case\"} 0\n".into(),
+            format!("sfsync_flow_mode{lead} 1\n"),
+            "sfsync_flow_mode{channel=\"/data/AccountChangeEvent\",object=\"Account\"} 2\n".into(),
+            "# TYPE sfsync_poll_rounds_total counter\n".into(),
+            format!("sfsync_poll_rounds_total{lead} 1\n"),
+            format!("sfsync_poll_rows_read_total{lead} 10\n"),
+            format!("sfsync_poll_rows_appended_total{lead} 7\n"),
+            format!("sfsync_poll_duplicates_dropped_total{lead} 3\n"),
+            format!("sfsync_poll_api_calls_total{lead} 3\n"),
+            "# TYPE sfsync_poll_cursor_lag_seconds gauge\n".into(),
+            format!("sfsync_poll_cursor_lag_seconds{lead} 300\n"),
+            format!("sfsync_poll_last_round_timestamp_seconds{lead} 250\n"),
+            format!("sfsync_poll_interval_seconds{lead} 60\n"),
+            format!("sfsync_poll_lag_bound_seconds{lead} 150\n"),
+            "sfsync_platform_events_received_total{channel=\"/event/Order_Shipped__e\"} 4\n".into(),
+            "sfsync_platform_events_duplicates_total{channel=\"/event/Order_Shipped__e\"} 1\n"
+                .into(),
+            "sfsync_platform_events_published_total{event=\"Record_Applied__e\"} 9\n".into(),
+            "sfsync_platform_events_published_total{event=\"Unused__e\"} 0\n".into(),
+            "sfsync_outbound_notifications_received_total{flow=\"legacy\"} 8\n".into(),
+            "sfsync_outbound_notifications_acknowledged_total{flow=\"legacy\"} 7\n".into(),
+            "sfsync_outbound_notifications_total{flow=\"legacy\",outcome=\"duplicate\"} 2\n".into(),
+        ] {
+            assert!(text.contains(&want), "missing {want} in {text}");
+        }
+        // Nothing polled: the families are declared without samples (rules find them).
+        let none = render(
+            &PipelineStats::default(),
+            &sfsync_store::OpsCounts::default(),
+            &Extra::default(),
+            1.0,
+            400_000,
+        );
+        assert_well_formed(&none);
+        assert!(none.contains("# TYPE sfsync_poll_cursor_lag_seconds gauge\n"));
+        assert!(!none.contains("sfsync_poll_cursor_lag_seconds{"), "{none}");
     }
 
     #[test]

@@ -132,7 +132,7 @@ fn dashboard_paths() -> J {
                 }
             })) },
             "/api/v1/map": { "get": viewer(json!({
-                "summary": "The integration map drawn from the config (nodes, flows, Mermaid and DOT)",
+                "summary": "The integration map drawn from the config (nodes, flows, Mermaid and DOT); CDC and polled flows carry their live state (mode, and while polled rounds, calls, cursor and its lag)",
                 "responses": { "200": ok_json("The map.", obj()) }
             })) },
             "/api/v1/deadletters": { "get": viewer(json!({

@@ -67,6 +67,10 @@ pub struct FlowStats {
     pub dead_lettered: AtomicU64,
     /// Requests refused: wrong OrganizationId.
     pub refused: AtomicU64,
+    /// Notifications received in messages that reached the store (readable or not).
+    pub notifications_received: AtomicU64,
+    /// Notifications in messages answered `<Ack>true</Ack>` (Salesforce stops sending them).
+    pub notifications_acked: AtomicU64,
 }
 
 /// The endpoint's flows and counters.
@@ -317,6 +321,9 @@ async fn store_and_answer(
     letters: Vec<DeadLetter>,
     problems: Vec<String>,
 ) -> Response {
+    f.stats
+        .notifications_received
+        .fetch_add((items.len() + letters.len()) as u64, Relaxed);
     let stored = s.store.append_outbound(&f.channel, &items, &letters).await;
     let outcome = match stored {
         Ok(o) => o,
@@ -354,6 +361,9 @@ async fn store_and_answer(
     prune_now_and_then(s, service).await;
     if problems.is_empty() {
         f.stats.acked.fetch_add(1, Relaxed);
+        f.stats
+            .notifications_acked
+            .fetch_add(outcome.items.len() as u64, Relaxed);
         tracing::debug!(
             flow = %f.name,
             logged = counts[0],

@@ -572,14 +572,47 @@ pub async fn map(State(s): State<Arc<ApiState>>, caller: Caller) -> super::route
     let o = v.as_object_mut().expect("the map serialises to an object");
     o.insert("mermaid".into(), json!(s.map.mermaid()));
     o.insert("dot".into(), json!(s.map.dot()));
+    let now = now_ms();
     if let Some(flows) = o.get_mut("flows").and_then(J::as_array_mut) {
         for (f, j) in s.map.flows.iter().zip(flows.iter_mut()) {
             if let Some(j) = j.as_object_mut() {
                 j.insert("id".into(), json!(flow_id(f)));
+                if let Some(live) = ingest_live(&s.stats, f, now) {
+                    j.insert("live".into(), live);
+                }
             }
         }
     }
     super::routes::ok(v)
+}
+
+/// The live state of a CDC or polled flow: its mode now (a CDC object may be polled while its
+/// stream is unusable) and, while it is polled, its rounds, calls and cursor.
+fn ingest_live(stats: &sfsync_pipeline::PipelineStats, f: &Flow, now: i64) -> Option<J> {
+    if f.direction != "inbound" || !matches!(f.pattern, "CDC stream" | "polling") {
+        return None;
+    }
+    let flow = stats.flow_mode(&f.object)?;
+    let mut live = json!({
+        "mode": flow.mode.as_str(),
+        "channel": flow.channel,
+        "mode_since": (flow.since_ms > 0).then(|| ts(flow.since_ms)),
+    });
+    if let Some(p) = stats.poll_channel(&sfsync_pipeline::poll::channel(&f.object)) {
+        live["poll"] = json!({
+            "rounds": p.rounds,
+            "rows_read": p.rows,
+            "rows_appended": p.appended,
+            "duplicates_dropped": p.duplicates,
+            "api_calls": p.api_calls,
+            "cursor": (p.cursor_ms > 0).then(|| ts(p.cursor_ms)),
+            "cursor_lag_seconds": (p.cursor_ms > 0).then(|| secs(now - p.cursor_ms)),
+            "last_round_at": (p.last_round_ms > 0).then(|| ts(p.last_round_ms)),
+            "last_round_seconds_ago": (p.last_round_ms > 0).then(|| secs(now - p.last_round_ms)),
+            "lag_bound_seconds": p.lag_bound_ms().map(|ms| ms as f64 / 1000.0),
+        });
+    }
+    Some(live)
 }
 
 #[cfg(test)]

@@ -153,3 +153,12 @@ pub fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
     }
     out
 }
+
+/// The value of the sample `series` (name with its labels exactly as exposed, e.g.
+/// `sfsync_flow_mode{channel="/poll/Account",object="Account"}`) in a Prometheus text
+/// exposition; `None` when absent.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}

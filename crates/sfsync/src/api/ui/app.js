@@ -622,6 +622,19 @@ function conflictActions(route, data) {
   return h('section', { 'aria-label': 'Actions' }, h('h3', {}, 'Decision'), form);
 }
 
+// A CDC or polled flow's state now: its mode and, while polled, its last round and cursor lag.
+function liveCell(live) {
+  if (!live) return h('td', { class: 'small' }, '');
+  const p = live.poll;
+  const parts = [live.mode];
+  if (p) {
+    parts.push(p.last_round_seconds_ago == null ? 'no complete round yet' : `last round ${humanSecs(Math.round(p.last_round_seconds_ago))} ago`);
+    if (p.cursor_lag_seconds != null) parts.push(`cursor lag ${humanSecs(Math.round(p.cursor_lag_seconds))}${p.lag_bound_seconds ? ` (bound ${humanSecs(p.lag_bound_seconds)})` : ''}`);
+    parts.push(`${num(p.rows_appended)} rows appended, ${num(p.api_calls)} calls`);
+  }
+  return h('td', { class: 'small', testid: 'map-live', 'data-mode': live.mode }, parts.join(' · '));
+}
+
 async function integrationMap() {
   const m = await api('/api/v1/map');
   const flows = m.flows || [];
@@ -630,11 +643,11 @@ async function integrationMap() {
   const view = h('div', {},
     h('p', {}, `${flows.length} flows between ${(m.nodes || []).length} systems, drawn from the running configuration. Hover an arrow for its trigger and transformation.`),
     h('div', { class: 'map-wrap' }, mapDiagram(m)),
-    table('Every flow', ['Object', 'Source', 'Target', 'Direction', 'Pattern', 'Frequency', 'Trigger', 'Transformation', 'SLA', 'Owner'],
+    table('Every flow', ['Object', 'Source', 'Target', 'Direction', 'Pattern', 'Frequency', 'Trigger', 'Transformation', 'SLA', 'Owner', 'Live'],
       flows.map((f) => h('tr', { testid: 'map-flow-row', 'data-object': f.object },
         h('th', { scope: 'row' }, f.object), h('td', {}, label(f.source)), h('td', {}, label(f.target)), h('td', {}, f.direction), h('td', {}, f.pattern),
         h('td', {}, f.frequency), h('td', {}, f.trigger), h('td', { class: 'small' }, f.transformation), h('td', {}, humanSecs(f.sla_secs ?? f.sla_seconds)),
-        h('td', {}, f.team || 'unowned'))), 'map-table'),
+        h('td', {}, f.team || 'unowned'), liveCell(f.live))), 'map-table'),
     h('details', { testid: 'mermaid' }, h('summary', {}, 'Mermaid (paste into a wiki or an issue)'), h('pre', {}, m.mermaid)),
     m.dot ? h('details', {}, h('summary', {}, 'Graphviz DOT'), h('pre', {}, m.dot)) : null);
   return { view, data: m };
