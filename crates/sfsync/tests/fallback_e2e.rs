@@ -20,7 +20,8 @@
 
 mod support;
 
-use support::{stop, wait_for, KillOnDrop};
+use support::api::{free_port, Api};
+use support::{metric_value, stop, wait_for, KillOnDrop};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -37,6 +38,7 @@ use sfsync_store::{ChangeLog, SqliteChangeLog, SyncStatusStore, Warehouse};
 
 const CHANNEL: &str = "/data/AccountChangeEvent";
 const POLL_CHANNEL: &str = "/poll/Account";
+const VIEWER: &str = "viewer-token-0123456789abcdef";
 
 struct Env {
     emu: RunningEmulator,
@@ -45,6 +47,7 @@ struct Env {
     client: SalesforceClient,
     config: PathBuf,
     mapping: ObjectMapping,
+    api: Api,
 }
 
 async fn env() -> Env {
@@ -62,6 +65,8 @@ async fn env() -> Env {
     let mapping = ObjectMapping::build(&d, &spec).unwrap();
     let db = dir.join("wh.db");
     let config = dir.join("sfsync.toml");
+    std::fs::write(dir.join("viewer.token"), VIEWER).unwrap();
+    let port = free_port();
     let text = format!(
         r#"[salesforce]
 credentials_file = "{creds}"
@@ -88,6 +93,14 @@ cdc_fallback_after_secs = 2
 [freshness]
 update_every_secs = 1
 delayed_after_secs = 4
+
+[api]
+listen = "127.0.0.1:{port}"
+
+[[api.tokens]]
+name = "viewer"
+role = "viewer"
+token_file = "viewer.token"
 "#,
         creds = emu.credentials_path.display(),
         ca = emu.ca_pem_path.display(),
@@ -101,7 +114,35 @@ delayed_after_secs = 4
         client,
         config,
         mapping,
+        api: Api {
+            http: reqwest::Client::new(),
+            base: format!("http://127.0.0.1:{port}"),
+        },
     }
+}
+
+/// The `sfsync_flow_mode` gauge of Account (0 cdc, 2 polled in the stream's place).
+async fn flow_mode(env: &Env) -> Option<f64> {
+    let (status, text) = env
+        .api
+        .call_text("GET", "/metrics", Some(VIEWER), None)
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{text}");
+    metric_value(
+        &text,
+        &format!("sfsync_flow_mode{{channel=\"{CHANNEL}\",object=\"Account\"}}"),
+    )
+}
+
+async fn wait_mode(env: &Env, mode: f64, what: &str) {
+    env.api.ready().await;
+    wait_for(what, Duration::from_secs(30), || async {
+        match flow_mode(env).await {
+            Some(m) if m == mode => vec![],
+            m => vec![format!("sfsync_flow_mode {m:?}")],
+        }
+    })
+    .await;
 }
 
 fn run(env: &Env) -> KillOnDrop {
@@ -331,6 +372,7 @@ async fn cdc_falls_back_to_polling_and_back_without_loss_or_duplicates() {
     let base = exec(&env, inserts("Base", 300), None);
     let child = run(&env);
     wait_equal(&env, &store, &deleted, "the base records stream in").await;
+    wait_mode(&env, 0.0, "the flow is CDC").await;
     assert_eq!(fallback_on(&store).await, None, "never fell back yet");
 
     // 1. Pub/Sub goes down. Changes right away (the stream is retrying, not degraded yet).
@@ -342,6 +384,7 @@ async fn cdc_falls_back_to_polling_and_back_without_loss_or_duplicates() {
     );
     let early = exec(&env, inserts("Early outage", 10), None);
     wait_fallback(&store, true, "the channel falls back to polling").await;
+    wait_mode(&env, 2.0, "the flow shows degraded-poll").await;
     // While polled: a tie larger than a keyset page, deletes, and a late commit inside the
     // overlap.
     exec(
@@ -407,6 +450,7 @@ async fn cdc_falls_back_to_polling_and_back_without_loss_or_duplicates() {
     set_pubsub(&env, true);
     let during = changes.join().unwrap();
     wait_fallback(&store, false, "the stream carries the channel again").await;
+    wait_mode(&env, 0.0, "the flow is CDC again").await;
     wait_equal(
         &env,
         &store,
@@ -484,11 +528,13 @@ async fn cdc_falls_back_to_polling_and_back_without_loss_or_duplicates() {
         Some(true),
         "still polled after the restart"
     );
+    wait_mode(&env, 2.0, "the restarted process shows degraded-poll").await;
     let changes = burst(&env, &base[290..300], Duration::from_secs(3));
     tokio::time::sleep(Duration::from_millis(500)).await;
     set_allocation(&env, 50_000_000);
     let closing = changes.join().unwrap();
     wait_fallback(&store, false, "the stream is back after the allocation").await;
+    wait_mode(&env, 0.0, "the flow is CDC at the end").await;
     wait_equal(&env, &store, &deleted, "everything converges").await;
     stop(child);
 
