@@ -542,6 +542,70 @@ async fn delivery_allocation_is_enforced() {
 }
 
 #[tokio::test]
+async fn an_exhausted_allocation_refuses_new_subscriptions() {
+    let emu = Emu::start(CdcConfig {
+        daily_delivery_allocation: 2,
+        ..CdcConfig::default()
+    })
+    .await;
+    emu.insert_account("A");
+    emu.insert_account("B");
+    let (_tx, mut s) = emu
+        .subscribe(ACCOUNT, ReplayPreset::Earliest, vec![], 10)
+        .await;
+    assert_eq!(next(&mut s).await.unwrap().events.len(), 2);
+    // Nothing left: even a subscription at the tip with nothing to deliver is refused.
+    let (_tx, mut s) = emu
+        .subscribe(ACCOUNT, ReplayPreset::Latest, vec![], 10)
+        .await;
+    let e = next(&mut s).await.unwrap_err();
+    assert_pubsub_error(
+        &e,
+        Code::ResourceExhausted,
+        "sfdc.platform.eventbus.grpc.subscription.limit.exceeded",
+    );
+}
+
+#[tokio::test]
+async fn a_pubsub_outage_closes_streams_and_refuses_subscriptions_until_it_ends() {
+    let emu = Emu::start(CdcConfig::default()).await;
+    let (_tx, mut s) = emu
+        .subscribe(ACCOUNT, ReplayPreset::Latest, vec![], 10)
+        .await;
+    emu.insert_account("before");
+    assert_eq!(next(&mut s).await.unwrap().events.len(), 1);
+    let set = |available: bool| {
+        let mut c = emu.running.state.cdc.config();
+        c.service_available = available;
+        emu.running.state.cdc.set_config(c);
+    };
+    set(false);
+    // The open stream is closed at once, without waiting for an event.
+    let e = next(&mut s).await.unwrap_err();
+    assert_pubsub_error(
+        &e,
+        Code::Unavailable,
+        "sfdc.platform.eventbus.grpc.service.unavailable",
+    );
+    let (_tx, mut s) = emu
+        .subscribe(ACCOUNT, ReplayPreset::Earliest, vec![], 10)
+        .await;
+    let e = next(&mut s).await.unwrap_err();
+    assert_pubsub_error(
+        &e,
+        Code::Unavailable,
+        "sfdc.platform.eventbus.grpc.service.unavailable",
+    );
+    // Changes made during the outage are retained and delivered after it.
+    emu.insert_account("during");
+    set(true);
+    let (_tx, mut s) = emu
+        .subscribe(ACCOUNT, ReplayPreset::Earliest, vec![], 10)
+        .await;
+    assert_eq!(next(&mut s).await.unwrap().events.len(), 2);
+}
+
+#[tokio::test]
 async fn added_field_gives_a_new_schema_id_mid_stream() {
     let emu = Emu::start(CdcConfig::default()).await;
     let (_tx, mut s) = emu
