@@ -269,6 +269,16 @@ async fn forward(s: &DeploymentState, org: &str, rest: &str, mut req: Request<Bo
         Ok(uri) => *req.uri_mut() = uri,
         Err(_) => return ApiError::bad_request("the request path is not valid").into_response(),
     }
+    // Links the org's API builds (OData's @odata.nextLink and context) stay under its prefix.
+    let prefix = req
+        .headers()
+        .get("x-forwarded-prefix")
+        .and_then(|h| h.to_str().ok())
+        .map(|p| p.trim_end_matches('/').to_string())
+        .unwrap_or_default();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("{prefix}/orgs/{org}")) {
+        req.headers_mut().insert("x-forwarded-prefix", v);
+    }
     match router.oneshot(req).await {
         Ok(r) => r,
         Err(e) => match e {},
