@@ -513,6 +513,15 @@ pub struct PiiOldKey {
     pub key_id: String,
 }
 
+/// Default `[pipeline] poll_bulk_threshold`: 25 REST pages of 2,000 rows, against about
+/// 6–10 calls for a Bulk job (count, upper bound, create, status polls, one result page).
+pub const DEFAULT_POLL_BULK_THRESHOLD: u64 = 50_000;
+
+/// Smallest non-zero `[pipeline] poll_bulk_threshold`: one REST page reads fewer rows for
+/// fewer calls than a Bulk job takes, and every job counts against the org's 10,000 Bulk
+/// query jobs a day.
+pub const MIN_POLL_BULK_THRESHOLD: u64 = 2_000;
+
 /// `[pipeline]`: batching and timing. Every value must be > 0.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -535,6 +544,11 @@ pub struct PipelineConfig {
     /// Rows per keyset query of a poll round (SOQL `LIMIT`; read in queryMore pages of at most
     /// 2,000).
     pub poll_page_records: u64,
+    /// A poll round whose first keyset page comes back full and that has at least this many
+    /// rows left (SOQL `COUNT()`) reads them through one Bulk API 2.0 `queryAll` job over a
+    /// SystemModstamp window instead of REST pages (result pages of `backfill_page_records`).
+    /// 0: never.
+    pub poll_bulk_threshold: u64,
     /// Grace period for a final checkpoint on SIGTERM.
     pub shutdown_timeout_secs: u64,
     /// Data-quality failures stored in full per object and rule; beyond, they are counted
@@ -564,6 +578,7 @@ impl Default for PipelineConfig {
             poll_interval_secs: 60,
             poll_overlap_secs: 60,
             poll_page_records: 2_000,
+            poll_bulk_threshold: DEFAULT_POLL_BULK_THRESHOLD,
             shutdown_timeout_secs: 30,
             max_stored_failures_per_rule: 10_000,
             backfill_new_objects: true,
