@@ -83,8 +83,8 @@ pub struct PollConfig {
     pub page_records: usize,
     /// `Sforce-Query-Options: batchSize` of those pages (200–2000).
     pub batch_size: u32,
-    /// A round whose first keyset page comes back full and that has at least this many rows
-    /// left reads them through one Bulk API 2.0 job ([`crate::poll_bulk`]); 0: never.
+    /// A round whose first keyset query past the stored cursor comes back full and that has at
+    /// least this many rows after the cursor left reads them through one Bulk API 2.0 job ([`crate::poll_bulk`]); 0: never.
     pub bulk_threshold: u64,
     /// `maxRecords` per Bulk result page.
     pub bulk_page_records: u64,
@@ -336,7 +336,10 @@ impl ObjectPoll {
             include_deleted: true,
         };
         let mut out = RoundOutcome::default();
+        // The Bulk decision is taken once, at the first full query that reads past the stored
+        // cursor: pages of the overlap alone are re-reads, not a backlog.
         let mut bulk_tried = false;
+        let start = cursor.clone();
         loop {
             let soql = page_soql(&self.mapping, after.as_ref(), self.config.page_records);
             let mut page: QueryPage = self.client.query_page(&soql, &opts).await?;
@@ -366,8 +369,8 @@ impl ObjectPoll {
             if in_query < self.config.page_records || *shutdown.borrow() {
                 break;
             }
-            // A backlog beyond the first page: large ones are read through Bulk API 2.0.
-            if let (false, Some(at)) = (bulk_tried, after.clone()) {
+            // A backlog beyond this page: large ones are read through Bulk API 2.0.
+            if let (false, true, Some(at)) = (bulk_tried, cursor > start, after.clone()) {
                 bulk_tried = true;
                 match self
                     .read_backlog_in_bulk(&at, &mut cursor, seen, fence, shutdown, &mut out)

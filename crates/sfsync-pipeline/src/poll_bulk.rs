@@ -1,6 +1,7 @@
-//! Polling a large backlog through Bulk API 2.0: when a poll round's first keyset page comes
-//! back full and `SELECT COUNT()` finds at least [`crate::poll::PollConfig::bulk_threshold`]
-//! rows at or after the cursor (rows only the overlap re-reads do not count), the rest of the backlog is read by ONE Bulk 2.0 `queryAll` job over a bounded
+//! Polling a large backlog through Bulk API 2.0: when a poll round's first keyset query that
+//! reads past the stored cursor comes back full (queries that only re-read the overlap do not
+//! count) and `SELECT COUNT()` finds at least [`crate::poll::PollConfig::bulk_threshold`] rows
+//! after the cursor, the rest of the backlog is read by ONE Bulk 2.0 `queryAll` job over a bounded
 //! SystemModstamp window instead of many REST pages.
 //!
 //! Guarantees (the same as REST polling, see [`crate::poll`]):
@@ -59,7 +60,8 @@ pub enum BulkStep {
     Interrupted,
 }
 
-/// Whether a backlog of `remaining` rows (after a full first keyset page) is read through Bulk:
+/// Whether a backlog of `remaining` rows (after a full keyset query past the cursor) is read
+/// through Bulk:
 /// `threshold` 0 never; otherwise at `remaining >= threshold`.
 pub fn wants_bulk(threshold: u64, remaining: u64) -> bool {
     threshold > 0 && remaining >= threshold
@@ -231,7 +233,8 @@ fn real(text: &str) -> J {
 }
 
 impl ObjectPoll {
-    /// Called after a full first keyset page whose last row is `after`: counts the rows still
+    /// Called after the round's first full keyset query past the stored cursor, whose last row is
+    /// `after`: counts the rows still
     /// to read and, at [`crate::poll::PollConfig::bulk_threshold`] or more, reads them through
     /// one Bulk `queryAll` job (see the module doc). Errors of the Bulk path fall back to REST
     /// ([`BulkStep::NotNeeded`]); only store errors are returned.

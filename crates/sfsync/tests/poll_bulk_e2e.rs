@@ -1,8 +1,8 @@
 //! Polling a large backlog through Bulk API 2.0, end to end: `sfsync run` (a child process,
 //! SQLite warehouse) polls Account (`mode = "poll"`, keyset pages of 300, `poll_bulk_threshold =
-//! 2000`, Bulk result pages of 500) from the emulator over loopback TLS. The overlap is 2 s and
-//! each phase starts once the previous one is out of it, so idle rounds' first pages are not
-//! full and the round that first sees a backlog makes the Bulk decision after it is committed.
+//! 2000`, Bulk result pages of 500) from the emulator over loopback TLS. Each backlog is ONE
+//! transaction (or its first transaction is the large one): the Bulk decision is taken at the
+//! first full query past the cursor, so it always sees the whole backlog it decides on.
 //!
 //! `large_poll_backlogs_are_read_through_bulk_and_converge`:
 //! - a backlog made before the start — 2,500 inserts in ONE transaction (one SystemModstamp, so
@@ -107,7 +107,10 @@ fn run(env: &Env) -> KillOnDrop {
             .arg(stats_path(env))
             .arg("--config")
             .arg(&env.config)
-            .env("SFSYNC_LOG", "warn")
+            .env(
+                "SFSYNC_LOG",
+                std::env::var("POLL_BULK_E2E_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -259,11 +262,6 @@ async fn logged(store: &SqliteChangeLog) -> usize {
     keys.len()
 }
 
-/// Until the last phase's rows are out of the overlap (2 s).
-async fn quiet() {
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_poll_backlogs_are_read_through_bulk_and_converge() {
     let env = env().await;
@@ -298,7 +296,6 @@ async fn large_poll_backlogs_are_read_through_bulk_and_converge() {
     let row = store.read_current("Account").await.unwrap().remove(0);
     assert_eq!(row.meta.source, sfsync_store::ChangeSource::Poll);
 
-    quiet().await;
     // Phase 2: a backlog while running — a 2,400-row update in one transaction, deletes and
     // undeletes.
     exec(
@@ -321,7 +318,6 @@ async fn large_poll_backlogs_are_read_through_bulk_and_converge() {
     assert_eq!(bulk_jobs(&env).await, 2, "a second Bulk job");
     logged(&store).await;
 
-    quiet().await;
     // Phase 3: a slow job, watched, then SIGKILL mid-job.
     env.emu.state.faults.set(FaultConfig {
         latency_ms: 400,
@@ -329,12 +325,18 @@ async fn large_poll_backlogs_are_read_through_bulk_and_converge() {
     });
     let before = cursor(&store).await.unwrap();
     let logged_before = logged(&store).await;
-    exec(&env, updates(&small[50..], json!({ "Name": "Slow" })));
-    exec(
-        &env,
-        updates(&tie[30..2_500], json!({ "Name": "Slow tie" })),
-    );
+    // One transaction: a round cannot see part of it, decide for REST, then read the rest.
+    let mut ops = updates(&small[50..], json!({ "Name": "Slow" }));
+    ops.extend(updates(&tie[30..2_500], json!({ "Name": "Slow tie" })));
+    exec(&env, ops);
     let upper = newest_stamp(&env).await;
+    let top = small[50..].iter().chain(&tie[30..]).max().unwrap().clone();
+    // The window is that one transaction's millisecond: the job is done when the cursor
+    // stands at its highest Id.
+    let end = Cursor {
+        modstamp_ms: upper,
+        id: top,
+    };
     // Rows of the job are committed (beyond the first keyset page) while the stored cursor
     // has not reached the window's end.
     wait_for(
@@ -343,11 +345,11 @@ async fn large_poll_backlogs_are_read_through_bulk_and_converge() {
         || async {
             let n = logged(&store).await - logged_before;
             let c = cursor(&store).await.unwrap();
-            if n >= 300 + 500 && c.modstamp_ms < upper && bulk_jobs(&env).await == 3 {
+            if n >= 300 + 500 && c < end && bulk_jobs(&env).await == 3 {
                 vec![]
             } else {
                 vec![format!(
-                    "{n} new entries, cursor {c:?} (before {before:?}, window end {upper})"
+                    "{n} new entries, cursor {c:?} (before {before:?}, window end {end:?})"
                 )]
             }
         },
@@ -358,10 +360,9 @@ async fn large_poll_backlogs_are_read_through_bulk_and_converge() {
     let child = run(&env);
     wait_equal(&env, &store, &deleted, "the killed window lands").await;
     assert_eq!(bulk_jobs(&env).await, 4, "the window is read again");
-    assert_eq!(cursor(&store).await.unwrap().modstamp_ms, upper);
+    assert_eq!(cursor(&store).await.unwrap(), end);
     logged(&store).await;
 
-    quiet().await;
     // Phase 4: Bulk refused → the round goes on through REST pages.
     env.emu.state.faults.set(FaultConfig {
         rules: vec![FaultRule {
@@ -388,7 +389,6 @@ async fn large_poll_backlogs_are_read_through_bulk_and_converge() {
     assert_eq!(bulk_jobs(&env).await, 4, "no job was created");
     env.emu.state.faults.set(FaultConfig::default());
 
-    quiet().await;
     // Phase 5: a small backlog (two keyset pages, below the threshold): no job.
     exec(
         &env,

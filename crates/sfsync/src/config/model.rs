@@ -544,8 +544,8 @@ pub struct PipelineConfig {
     /// Rows per keyset query of a poll round (SOQL `LIMIT`; read in queryMore pages of at most
     /// 2,000).
     pub poll_page_records: u64,
-    /// A poll round whose first keyset page comes back full and that has at least this many
-    /// rows left (SOQL `COUNT()`) reads them through one Bulk API 2.0 `queryAll` job over a
+    /// A poll round whose first keyset query past its cursor comes back full and that has at least
+    /// this many rows after the cursor (SOQL `COUNT()`) reads them through one Bulk API 2.0 `queryAll` job over a
     /// SystemModstamp window instead of REST pages (result pages of `backfill_page_records`).
     /// 0: never.
     pub poll_bulk_threshold: u64,
