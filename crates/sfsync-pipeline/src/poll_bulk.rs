@@ -349,7 +349,12 @@ impl ObjectPoll {
                 },
             )
             .await?;
-        let mut shape: Option<CsvShape> = None;
+        // The header is read ahead: a batch can be handed out before its page's end, when the
+        // stream only knows the header if asked.
+        let shape = match stream.read_header().await? {
+            Some(h) => Some(CsvShape::new(&self.mapping, &h)?),
+            None => None,
+        };
         // The batch in hand is committed once the next one is known to exist: the last one
         // carries the window's cursor.
         let mut pending: Option<(Vec<RawChange>, Vec<DeadLetter>, usize)> = None;
@@ -370,11 +375,14 @@ impl ObjectPoll {
                 self.commit_bulk(raws, dead, n, &keep, false, &w, seen, fence, out)
                     .await?;
             }
-            if shape.is_none() {
-                let header = stream.header().map(<[String]>::to_vec).unwrap_or_default();
-                shape = Some(CsvShape::new(&self.mapping, &header)?);
-            }
-            let shape = shape.as_ref().expect("set above");
+            let Some(shape) = shape.as_ref() else {
+                return Err(PipelineError::bad_change(
+                    "poll bulk results",
+                    object,
+                    "-",
+                    format!("Bulk job {} returned rows but no header row", info.id),
+                ));
+            };
             let mut raws = Vec::with_capacity(batch.len());
             let mut dead = Vec::new();
             for row in batch.iter() {
