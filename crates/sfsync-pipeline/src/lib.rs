@@ -23,6 +23,7 @@ pub mod normalize;
 pub mod outbound;
 pub mod plan;
 pub mod poll;
+pub mod poll_bulk;
 pub mod quality;
 pub mod reconcile;
 pub mod replay;

@@ -51,6 +51,10 @@ pub struct PipelineStats {
     pub poll_fallbacks: AtomicU64,
     /// Rows polled (SOQL `queryAll` by SystemModstamp), new or already seen.
     pub poll_rows: AtomicU64,
+    /// Bulk API 2.0 jobs created to read large poll backlogs.
+    pub poll_bulk_jobs: AtomicU64,
+    /// Rows of [`Self::poll_rows`] read through those jobs.
+    pub poll_bulk_rows: AtomicU64,
     /// Commit timestamp (ms) of the newest applied change.
     pub last_commit_ms: AtomicI64,
     /// When (ms) the newest batch was applied.
@@ -554,6 +558,8 @@ impl PipelineStats {
             "duplicates": g(&self.duplicates),
             "poll_rounds": g(&self.poll_rounds),
             "poll_rows": g(&self.poll_rows),
+            "poll_bulk_jobs": g(&self.poll_bulk_jobs),
+            "poll_bulk_rows": g(&self.poll_bulk_rows),
             "processed": g(&self.processed),
             "applied": g(&self.applied),
             "late": g(&self.late),

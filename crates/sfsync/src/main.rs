@@ -7,6 +7,7 @@ mod bench_archive;
 mod bench_kafka;
 mod bench_odata;
 mod bench_pipeline;
+mod bench_poll;
 mod bench_pubsub;
 mod bench_salesforce;
 mod bench_sinks;
@@ -153,6 +154,12 @@ struct BenchArgs {
     /// Pipeline suite: also measure a Postgres warehouse at this URL (a throwaway schema).
     #[arg(long, env = "SFSYNC_BENCH_POSTGRES_URL")]
     postgres_url: Option<String>,
+    /// Poll suite: changes committed (60 % creates, 40 % updates of Accounts and Cases).
+    #[arg(long, default_value_t = 50_000)]
+    changes: usize,
+    /// Poll suite: `poll_bulk_threshold` of the Bulk way.
+    #[arg(long, default_value_t = 2_000)]
+    bulk_threshold: u64,
     /// Kafka suite: the broker(s) (`scripts/bench-kafka` starts a throwaway one).
     #[arg(long, env = "SFSYNC_BENCH_BROKERS")]
     brokers: Option<String>,
@@ -191,6 +198,9 @@ enum BenchSuite {
     /// The scale-out pipeline: ingest → Kafka → 1 and 2 apply workers → Postgres; events/s,
     /// CPU per event per process, latency and consumer lag at 2,000 changes/s.
     Kafka,
+    /// One workload of Account and Case changes synced three ways — CDC, polling through REST,
+    /// polling through Bulk 2.0: changes/s to convergence, API calls per 10,000 changes, CPU.
+    Poll,
     /// OData page latency (p50/p99) paging a 10,000-row entity set by @odata.nextLink at the
     /// default page size, with and without $filter.
     Odata,
@@ -257,6 +267,13 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             bench_odata::run(bench_odata::OdataBenchOptions {
                 rows: args.odata_rows,
                 passes: 5,
+            })
+            .await?
+        }
+        BenchSuite::Poll => {
+            bench_poll::run(bench_poll::PollBenchOptions {
+                changes: args.changes,
+                bulk_threshold: args.bulk_threshold,
             })
             .await?
         }

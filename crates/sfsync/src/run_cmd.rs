@@ -311,7 +311,8 @@ pub fn pipeline_config(config: &ValidConfig, start: StartAt) -> PipelineConfig {
     }
 }
 
-/// How `mode = "poll"` objects are read (`[pipeline] poll_*`).
+/// How `mode = "poll"` objects are read (`[pipeline] poll_*`; Bulk result pages of
+/// `backfill_page_records`).
 pub fn poll_config(config: &ValidConfig) -> sfsync_pipeline::poll::PollConfig {
     let p = &config.pipeline;
     let page = usize::try_from(p.poll_page_records)
@@ -322,6 +323,8 @@ pub fn poll_config(config: &ValidConfig) -> sfsync_pipeline::poll::PollConfig {
         overlap: Duration::from_secs(p.poll_overlap_secs),
         page_records: page,
         batch_size: page.clamp(200, 2_000) as u32,
+        bulk_threshold: p.poll_bulk_threshold,
+        bulk_page_records: p.backfill_page_records.max(1),
     }
 }
 

@@ -513,6 +513,15 @@ pub struct PiiOldKey {
     pub key_id: String,
 }
 
+/// Default `[pipeline] poll_bulk_threshold`: 25 REST pages of 2,000 rows, against about
+/// 6–10 calls for a Bulk job (count, upper bound, create, status polls, one result page).
+pub const DEFAULT_POLL_BULK_THRESHOLD: u64 = 50_000;
+
+/// Smallest non-zero `[pipeline] poll_bulk_threshold`: one REST page reads fewer rows for
+/// fewer calls than a Bulk job takes, and every job counts against the org's 10,000 Bulk
+/// query jobs a day.
+pub const MIN_POLL_BULK_THRESHOLD: u64 = 2_000;
+
 /// `[pipeline]`: batching and timing. Every value must be > 0.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -541,6 +550,11 @@ pub struct PipelineConfig {
     /// How long a stream must have been failing before its objects are polled (an exhausted
     /// delivery allocation falls back at once).
     pub cdc_fallback_after_secs: u64,
+    /// A poll round whose first keyset query past its cursor comes back full and that has at least
+    /// this many rows after the cursor (SOQL `COUNT()`) reads them through one Bulk API 2.0 `queryAll` job over a
+    /// SystemModstamp window instead of REST pages (result pages of `backfill_page_records`).
+    /// 0: never.
+    pub poll_bulk_threshold: u64,
     /// Grace period for a final checkpoint on SIGTERM.
     pub shutdown_timeout_secs: u64,
     /// Data-quality failures stored in full per object and rule; beyond, they are counted
@@ -572,6 +586,7 @@ impl Default for PipelineConfig {
             poll_page_records: 2_000,
             cdc_fallback: true,
             cdc_fallback_after_secs: 60,
+            poll_bulk_threshold: DEFAULT_POLL_BULK_THRESHOLD,
             shutdown_timeout_secs: 30,
             max_stored_failures_per_rule: 10_000,
             backfill_new_objects: true,

@@ -279,6 +279,26 @@ fn pipeline_units_must_be_positive() {
 }
 
 #[test]
+fn poll_bulk_threshold_is_zero_or_at_least_one_rest_page() {
+    let t = format!("{HEAD}[[objects]]\nname = \"A\"\nmode = \"poll\"\n[pipeline]\npoll_bulk_threshold = 1999\n");
+    assert_eq!(
+        errs(&t),
+        ["t.toml:12:1: pipeline.poll_bulk_threshold: 1999 is below 2000: use 0 (never read a poll backlog through Bulk API 2.0) or at least 2000 rows (one REST page)"]
+    );
+    for ok in [0u64, 2_000, 1_000_000] {
+        let t = format!("{HEAD}[[objects]]\nname = \"A\"\nmode = \"poll\"\n[pipeline]\npoll_bulk_threshold = {ok}\n");
+        let c = load_t(&t).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        assert_eq!(c.config.pipeline.poll_bulk_threshold, ok);
+        assert_eq!(crate::run_cmd::poll_config(&c.config).bulk_threshold, ok);
+    }
+    let t = format!("{HEAD}[[objects]]\nname = \"A\"\n");
+    assert_eq!(
+        load_t(&t).unwrap().config.pipeline.poll_bulk_threshold,
+        DEFAULT_POLL_BULK_THRESHOLD
+    );
+}
+
+#[test]
 fn pii_table_rules() {
     let t = format!("{HEAD}[[objects]]\nname = \"A\"\n[pii]\nkey_file = \"k\"\nkey_env = \"K\"\nkey_id = \"bad id\"\n");
     assert_eq!(

@@ -1332,6 +1332,15 @@ impl SfsyncConfig {
                 errs.push(format!("pipeline.{name}"), "must be greater than 0");
             }
         }
+        if p.poll_bulk_threshold != 0 && p.poll_bulk_threshold < MIN_POLL_BULK_THRESHOLD {
+            errs.push(
+                "pipeline.poll_bulk_threshold",
+                format!(
+                    "{} is below {MIN_POLL_BULK_THRESHOLD}: use 0 (never read a poll backlog through Bulk API 2.0) or at least {MIN_POLL_BULK_THRESHOLD} rows (one REST page)",
+                    p.poll_bulk_threshold
+                ),
+            );
+        }
         if p.fetch_records > 100 {
             errs.push(
                 "pipeline.fetch_records",
