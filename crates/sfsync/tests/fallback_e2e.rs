@@ -20,6 +20,7 @@
 
 mod support;
 
+use support::accounts::{self, inserts, updates};
 use support::api::{free_port, Api};
 use support::{metric_value, stop, wait_for, KillOnDrop};
 
@@ -31,7 +32,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value as J};
 use sfsync_emulator::RunningEmulator;
-use sfsync_org::{ApiKind, CallContext, DmlOp};
+use sfsync_org::{CallContext, DmlOp};
 use sfsync_pipeline::ObjectMapping;
 use sfsync_salesforce::SalesforceClient;
 use sfsync_store::{ChangeLog, SqliteChangeLog, SyncStatusStore, Warehouse};
@@ -162,46 +163,11 @@ fn run(env: &Env) -> KillOnDrop {
 }
 
 fn ctx(env: &Env) -> CallContext {
-    CallContext {
-        user_id: env.emu.org().admin_user_id(),
-        api: ApiKind::Rest,
-        api_version: "66.0".into(),
-        client: None,
-    }
+    accounts::ctx(&env.emu)
 }
 
 fn exec(env: &Env, ops: Vec<DmlOp>, stamped_ms: Option<i64>) -> Vec<String> {
-    let org = env.emu.org();
-    let results = match stamped_ms {
-        Some(ts) => org.execute_stamped(&ctx(env), ops, true, ts),
-        None => org.execute(&ctx(env), ops, true),
-    };
-    results
-        .into_iter()
-        .map(|r| r.expect("DML succeeds").id().to_string())
-        .collect()
-}
-
-fn inserts(prefix: &str, n: usize) -> Vec<DmlOp> {
-    (0..n)
-        .map(|i| DmlOp::Insert {
-            object: "Account".into(),
-            fields: json!({ "Name": format!("{prefix} {i}"), "AnnualRevenue": i as f64 })
-                .as_object()
-                .unwrap()
-                .clone(),
-        })
-        .collect()
-}
-
-fn updates(ids: &[String], fields: J) -> Vec<DmlOp> {
-    ids.iter()
-        .map(|id| DmlOp::Update {
-            object: "Account".into(),
-            id: id.clone(),
-            fields: fields.as_object().unwrap().clone(),
-        })
-        .collect()
+    accounts::exec(&env.emu, ops, stamped_ms)
 }
 
 /// Commits a change every 5 ms for `span` on another thread (alternately a new record and an
@@ -252,32 +218,9 @@ async fn open(env: &Env) -> Arc<SqliteChangeLog> {
     Arc::new(s)
 }
 
-/// The curated state against the org: live rows column by column, deleted ones flagged.
-async fn diff(env: &Env, store: &SqliteChangeLog, deleted: &BTreeSet<String>) -> Vec<String> {
-    let mut p = support::live_diff(&env.client, &env.mapping, store).await;
-    let rows: BTreeMap<String, bool> = store
-        .read_current("Account")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| (r.id.clone(), r.deleted))
-        .collect();
-    for id in deleted {
-        if rows.get(id) != Some(&true) {
-            p.push(format!(
-                "Account {id}: deleted in the org, {:?} in the warehouse",
-                rows.get(id)
-            ));
-        }
-    }
-    p
-}
-
 async fn wait_equal(env: &Env, store: &SqliteChangeLog, deleted: &BTreeSet<String>, what: &str) {
-    wait_for(what, Duration::from_secs(90), || async {
-        diff(env, store, deleted).await
-    })
-    .await;
+    let within = Duration::from_secs(90);
+    accounts::wait_equal(&env.client, &env.mapping, store, deleted, within, what).await;
 }
 
 /// The fallback state sfsync keeps for the channel: `Some(true)` while polled.
@@ -328,34 +271,6 @@ fn audit(env: &Env) -> BTreeMap<(String, i64), Vec<String>> {
         out.entry((id, ts)).or_default().push(outcome);
     }
     out
-}
-
-/// Every history version differs from its predecessor (but after a delete), windows never
-/// overlap, at most one is current.
-async fn check_history(store: &SqliteChangeLog) {
-    let mut by_id: BTreeMap<String, Vec<sfsync_store::HistoryRow>> = BTreeMap::new();
-    for h in store.read_history("Account").await.unwrap() {
-        by_id.entry(h.id.clone()).or_default().push(h);
-    }
-    for (id, mut hs) in by_id {
-        hs.sort_by_key(|h| h.version);
-        assert!(
-            hs.iter().filter(|h| h.is_current).count() <= 1,
-            "{id}: several current versions"
-        );
-        for w in hs.windows(2) {
-            if w[0].end_change_type.as_deref() == Some("DELETE") {
-                continue;
-            }
-            assert_ne!(
-                w[0].values, w[1].values,
-                "{id}: version {} repeats version {}",
-                w[1].version, w[0].version
-            );
-            let to = w[0].valid_to_ms.expect("an older version is closed");
-            assert!(to <= w[1].valid_from_ms, "{id}: overlapping versions");
-        }
-    }
 }
 
 fn now_ms() -> i64 {
@@ -564,7 +479,7 @@ async fn cdc_falls_back_to_polling_and_back_without_loss_or_duplicates() {
         "audit: {} changes, {covered} stream copies covered by a poll",
         trail.len()
     );
-    check_history(&store).await;
+    accounts::history(&store).await;
     let verified = store.verify_audit().await.unwrap();
     assert!(verified.first_break.is_none(), "{verified:?}");
     let runs = store.runs(100).await.unwrap();

@@ -21,9 +21,10 @@
 
 mod support;
 
+use support::accounts::{self, updates};
 use support::{stop, wait_for, KillOnDrop};
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -32,7 +33,7 @@ use std::time::Duration;
 use serde_json::{json, Value as J};
 use sfsync_emulator::faults::{FaultConfig, FaultKind, FaultRule};
 use sfsync_emulator::RunningEmulator;
-use sfsync_org::{ApiKind, CallContext, DmlOp};
+use sfsync_org::DmlOp;
 use sfsync_pipeline::poll::Cursor;
 use sfsync_pipeline::ObjectMapping;
 use sfsync_salesforce::bulk::JobKind;
@@ -128,44 +129,15 @@ fn counter(path: &Path, name: &str) -> u64 {
 }
 
 fn exec(env: &Env, ops: Vec<DmlOp>) -> Vec<String> {
-    let ctx = CallContext {
-        user_id: env.emu.org().admin_user_id(),
-        api: ApiKind::Rest,
-        api_version: "66.0".into(),
-        client: None,
-    };
-    env.emu
-        .org()
-        .execute(&ctx, ops, true)
-        .into_iter()
-        .map(|r| r.expect("DML succeeds").id().to_string())
-        .collect()
+    accounts::exec(&env.emu, ops, None)
 }
 
 fn inserts(prefix: &str, n: usize) -> Vec<DmlOp> {
-    (0..n)
-        .map(|i| DmlOp::Insert {
-            object: "Account".into(),
-            fields: json!({
-                "Name": format!("{prefix} {i}"),
-                "AnnualRevenue": (i * 7) as f64 + 0.5,
-                "NumberOfEmployees": i as i64,
-            })
-            .as_object()
-            .unwrap()
-            .clone(),
-        })
-        .collect()
-}
-
-fn updates(ids: &[String], fields: J) -> Vec<DmlOp> {
-    ids.iter()
-        .map(|id| DmlOp::Update {
-            object: "Account".into(),
-            id: id.clone(),
-            fields: fields.as_object().unwrap().clone(),
-        })
-        .collect()
+    accounts::inserts_with(
+        prefix,
+        n,
+        |i| json!({ "AnnualRevenue": (i * 7) as f64 + 0.5, "NumberOfEmployees": i as i64 }),
+    )
 }
 
 fn deletes(ids: &[String]) -> Vec<DmlOp> {
@@ -219,32 +191,9 @@ async fn newest_stamp(env: &Env) -> i64 {
         .unwrap()
 }
 
-/// Live rows column by column against the org, and `deleted` flagged deleted.
-async fn diff(env: &Env, store: &SqliteChangeLog, deleted: &BTreeSet<String>) -> Vec<String> {
-    let mut p = support::live_diff(&env.client, &env.mapping, store).await;
-    let rows: BTreeMap<String, bool> = store
-        .read_current("Account")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| (r.id.clone(), r.deleted))
-        .collect();
-    for id in deleted {
-        if rows.get(id) != Some(&true) {
-            p.push(format!(
-                "Account {id}: deleted in the org, {:?} in the warehouse",
-                rows.get(id)
-            ));
-        }
-    }
-    p
-}
-
 async fn wait_equal(env: &Env, store: &SqliteChangeLog, deleted: &BTreeSet<String>, what: &str) {
-    wait_for(what, Duration::from_secs(120), || async {
-        diff(env, store, deleted).await
-    })
-    .await;
+    let within = Duration::from_secs(120);
+    accounts::wait_equal(&env.client, &env.mapping, store, deleted, within, what).await;
 }
 
 /// Raw-log entries of the poll channel; panics if one (Id, SystemModstamp) is logged twice.

@@ -21,18 +21,19 @@
 
 mod support;
 
+use support::accounts::{self, inserts, updates};
 use support::api::{free_port, Api};
 use support::{metric_value, stop, wait_for, KillOnDrop};
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value as J};
+use serde_json::json;
 use sfsync_emulator::RunningEmulator;
-use sfsync_org::{ApiKind, CallContext, DmlOp};
+use sfsync_org::DmlOp;
 use sfsync_pipeline::poll::Cursor;
 use sfsync_pipeline::ObjectMapping;
 use sfsync_salesforce::SalesforceClient;
@@ -153,48 +154,8 @@ fn run(env: &Env) -> KillOnDrop {
     )
 }
 
-fn ctx(env: &Env) -> CallContext {
-    CallContext {
-        user_id: env.emu.org().admin_user_id(),
-        api: ApiKind::Rest,
-        api_version: "66.0".into(),
-        client: None,
-    }
-}
-
-/// Runs `ops` as one transaction (stamped `stamped_ms` when given: a late commit); the ids.
 fn exec(env: &Env, ops: Vec<DmlOp>, stamped_ms: Option<i64>) -> Vec<String> {
-    let org = env.emu.org();
-    let results = match stamped_ms {
-        Some(ts) => org.execute_stamped(&ctx(env), ops, true, ts),
-        None => org.execute(&ctx(env), ops, true),
-    };
-    results
-        .into_iter()
-        .map(|r| r.expect("DML succeeds").id().to_string())
-        .collect()
-}
-
-fn inserts(prefix: &str, n: usize) -> Vec<DmlOp> {
-    (0..n)
-        .map(|i| DmlOp::Insert {
-            object: "Account".into(),
-            fields: json!({ "Name": format!("{prefix} {i}"), "AnnualRevenue": i as f64 })
-                .as_object()
-                .unwrap()
-                .clone(),
-        })
-        .collect()
-}
-
-fn updates(ids: &[String], fields: J) -> Vec<DmlOp> {
-    ids.iter()
-        .map(|id| DmlOp::Update {
-            object: "Account".into(),
-            id: id.clone(),
-            fields: fields.as_object().unwrap().clone(),
-        })
-        .collect()
+    accounts::exec(&env.emu, ops, stamped_ms)
 }
 
 fn now_ms() -> i64 {
@@ -232,33 +193,13 @@ async fn cursor(store: &SqliteChangeLog) -> Option<Cursor> {
         .map(|r| Cursor::from_replay_id(&r).expect("a poll cursor"))
 }
 
-/// Problems of the curated state against the org: live rows column by column, and `deleted`
-/// records flagged deleted in the warehouse.
 async fn diff(env: &Env, store: &SqliteChangeLog, deleted: &BTreeSet<String>) -> Vec<String> {
-    let mut p = support::live_diff(&env.client, &env.mapping, store).await;
-    let rows: BTreeMap<String, bool> = store
-        .read_current("Account")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| (r.id.clone(), r.deleted))
-        .collect();
-    for id in deleted {
-        if rows.get(id) != Some(&true) {
-            p.push(format!(
-                "Account {id}: deleted in the org, {:?} in the warehouse",
-                rows.get(id)
-            ));
-        }
-    }
-    p
+    accounts::diff(&env.client, &env.mapping, store, deleted).await
 }
 
 async fn wait_equal(env: &Env, store: &SqliteChangeLog, deleted: &BTreeSet<String>, what: &str) {
-    wait_for(what, Duration::from_secs(90), || async {
-        diff(env, store, deleted).await
-    })
-    .await;
+    let within = Duration::from_secs(90);
+    accounts::wait_equal(&env.client, &env.mapping, store, deleted, within, what).await;
 }
 
 /// Raw-log entries of the poll channel: (event key, SystemModstamp) — every one distinct.
@@ -274,38 +215,6 @@ async fn logged(store: &SqliteChangeLog) -> Vec<String> {
     let distinct: BTreeSet<&String> = keys.iter().collect();
     assert_eq!(distinct.len(), keys.len(), "a polled row was logged twice");
     keys
-}
-
-/// Per record: its history versions. Panics on a version that repeats its predecessor's values
-/// (but after a delete), overlapping windows, or more than one current version.
-async fn history(store: &SqliteChangeLog) -> BTreeMap<String, usize> {
-    let mut by_id: BTreeMap<String, Vec<sfsync_store::HistoryRow>> = BTreeMap::new();
-    for h in store.read_history("Account").await.unwrap() {
-        by_id.entry(h.id.clone()).or_default().push(h);
-    }
-    let mut out = BTreeMap::new();
-    for (id, mut hs) in by_id {
-        hs.sort_by_key(|h| h.version);
-        assert!(
-            hs.iter().filter(|h| h.is_current).count() <= 1,
-            "{id}: several current versions"
-        );
-        for w in hs.windows(2) {
-            // A delete closes a version; the undelete opens the next with the same values.
-            if w[0].end_change_type.as_deref() == Some("DELETE") {
-                continue;
-            }
-            assert_ne!(
-                w[0].values, w[1].values,
-                "{id}: version {} repeats version {}",
-                w[1].version, w[0].version
-            );
-            let to = w[0].valid_to_ms.expect("an older version is closed");
-            assert!(to <= w[1].valid_from_ms, "{id}: overlapping versions");
-        }
-        out.insert(id, hs.len());
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -447,7 +356,7 @@ async fn polling_loses_nothing_at_the_cursor_boundary() {
         deleted.remove(id);
     }
     wait_equal(&env, &store, &deleted, "undeletes land").await;
-    let before = history(&store).await;
+    let before = accounts::history(&store).await;
     // The counters moved: more rounds, rows and calls; the overlap's re-reads (the fresh
     // update and late commits sit within 30 s of the cursor) were dropped as duplicates.
     let (text, now) = poll_metrics(&env).await;
@@ -515,7 +424,7 @@ async fn polling_loses_nothing_at_the_cursor_boundary() {
 
     let keys = logged(&store).await;
     assert!(keys.len() >= 450 + 3 + 3 + 2 + 5 + 2 + 100 + 1 + 2 + big.len() + 700);
-    let after = history(&store).await;
+    let after = accounts::history(&store).await;
     // Records untouched since phase 1 kept exactly their one version through every overlap
     // re-read, restart and SIGKILL.
     for id in &tie[300..] {
