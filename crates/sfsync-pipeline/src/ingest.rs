@@ -130,14 +130,7 @@ async fn set_checkpoint(
     value: &ReplayId,
     fence: Option<&Fence>,
 ) -> crate::Result<()> {
-    match fence {
-        Some(f) => store.append_fenced(channel, &[], &[], value, f).await?,
-        None => {
-            store
-                .append_with_dead_letters(channel, &[], &[], value)
-                .await?
-        }
-    };
+    crate::lease::append(store, channel, &[], &[], value, fence).await?;
     Ok(())
 }
 
@@ -713,18 +706,8 @@ impl ChannelIngest {
     ) -> crate::Result<sfsync_store::AppendOutcome> {
         let store = &*self.store;
         let Some(kafka) = &self.kafka else {
-            return Ok(match fence {
-                Some(f) => {
-                    store
-                        .append_fenced(&self.channel, &raws, dead, checkpoint, f)
-                        .await?
-                }
-                None => {
-                    store
-                        .append_with_dead_letters(&self.channel, &raws, dead, checkpoint)
-                        .await?
-                }
-            });
+            return crate::lease::append(store, &self.channel, &raws, dead, checkpoint, fence)
+                .await;
         };
         let per_record: Vec<RawChange> = batch
             .changes
@@ -733,18 +716,7 @@ impl ChannelIngest {
             .flat_map(|(c, p)| crate::kafka_log::per_record(c, p))
             .collect();
         let written = kafka.write(store, &self.channel, &per_record).await?;
-        match fence {
-            Some(f) => {
-                store
-                    .append_fenced(&self.channel, &[], dead, checkpoint, f)
-                    .await?
-            }
-            None => {
-                store
-                    .append_with_dead_letters(&self.channel, &[], dead, checkpoint)
-                    .await?
-            }
-        };
+        crate::lease::append(store, &self.channel, &[], dead, checkpoint, fence).await?;
         Ok(sfsync_store::AppendOutcome {
             appended: written,
             duplicates: 0,

@@ -103,3 +103,27 @@ impl LeaseKeeper {
         let _ = self.task.await;
     }
 }
+
+/// Appends `changes` and `dead` letters with `channel`'s checkpoint in one transaction, fenced by
+/// the lease when one is held (a lost lease refuses the write), plain otherwise.
+pub async fn append(
+    store: &dyn sfsync_store::Warehouse,
+    channel: &str,
+    changes: &[sfsync_store::RawChange],
+    dead: &[sfsync_store::DeadLetter],
+    checkpoint: &sfsync_core::ReplayId,
+    fence: Option<&Fence>,
+) -> crate::Result<sfsync_store::AppendOutcome> {
+    Ok(match fence {
+        Some(f) => {
+            store
+                .append_fenced(channel, changes, dead, checkpoint, f)
+                .await?
+        }
+        None => {
+            store
+                .append_with_dead_letters(channel, changes, dead, checkpoint)
+                .await?
+        }
+    })
+}

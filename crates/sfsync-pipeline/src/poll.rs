@@ -485,18 +485,15 @@ impl ObjectPoll {
             })
             .to_replay_id();
         let t = std::time::Instant::now();
-        let appended = match fence {
-            Some(f) => {
-                self.store
-                    .append_fenced(&self.channel, &raws, &dead, &checkpoint, f)
-                    .await?
-            }
-            None => {
-                self.store
-                    .append_with_dead_letters(&self.channel, &raws, &dead, &checkpoint)
-                    .await?
-            }
-        };
+        let appended = crate::lease::append(
+            &*self.store,
+            &self.channel,
+            &raws,
+            &dead,
+            &checkpoint,
+            fence,
+        )
+        .await?;
         self.stats.time_stage(crate::stats::STAGE_INGEST_WRITE, t);
         if let Some(a) = advanced {
             *cursor = Some(a);

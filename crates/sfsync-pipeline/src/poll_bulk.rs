@@ -462,18 +462,15 @@ impl ObjectPoll {
         }
         let checkpoint = checkpoint.to_replay_id();
         let t = std::time::Instant::now();
-        let appended = match fence {
-            Some(f) => {
-                self.store
-                    .append_fenced(&self.channel, &fresh, &dead, &checkpoint, f)
-                    .await?
-            }
-            None => {
-                self.store
-                    .append_with_dead_letters(&self.channel, &fresh, &dead, &checkpoint)
-                    .await?
-            }
-        };
+        let appended = crate::lease::append(
+            &*self.store,
+            &self.channel,
+            &fresh,
+            &dead,
+            &checkpoint,
+            fence,
+        )
+        .await?;
         self.stats.time_stage(crate::stats::STAGE_INGEST_WRITE, t);
         seen.extend(keys);
         out.appended += appended.appended;
