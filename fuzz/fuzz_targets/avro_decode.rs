@@ -49,7 +49,14 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if pick & 1 == 0 {
-        if let Err(e) = cdc.decode(payload, sfsync_core::ReplayId::default()) {
+        let full = cdc.decode(payload, sfsync_core::ReplayId::default());
+        let header = cdc.decode_header(payload, sfsync_core::ReplayId::default());
+        // The header-only decode rejects exactly what the full decode rejects.
+        assert_eq!(
+            full.as_ref().err().map(|e| e.to_string()),
+            header.as_ref().err().map(|e| e.to_string())
+        );
+        if let Err(e) = full {
             assert_eq!(e.schema_id(), "fuzzCdc");
             assert!(!e.to_string().is_empty());
         }

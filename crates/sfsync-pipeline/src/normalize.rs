@@ -119,18 +119,28 @@ pub fn from_cdc(mapping: &ObjectMapping, channel: &str, change: &Change) -> Resu
         }
     }
     let origin_client = h.origin_client().map(str::to_string);
-    let records = h
-        .record_ids
-        .iter()
-        .map(|id| RecordChange {
+    let n = h.record_ids.len();
+    let mut records = Vec::with_capacity(n);
+    for (i, id) in h.record_ids.iter().enumerate() {
+        // The last (usually the only) record takes the values; the others get copies.
+        let (values, diffs, fields) = if i + 1 == n {
+            (
+                std::mem::take(&mut values),
+                std::mem::take(&mut diffs),
+                std::mem::take(&mut fields),
+            )
+        } else {
+            (values.clone(), diffs.clone(), fields.clone())
+        };
+        records.push(RecordChange {
             id: id.clone(),
             op,
             change_type: label,
             version: h.version(),
-            values: values.clone(),
-            diffs: diffs.clone(),
+            values,
+            diffs,
             deleted: false,
-            fields: fields.clone(),
+            fields,
             event_key: EventKey::new(&h.transaction_key, h.sequence_number, id)
                 .as_str()
                 .to_string(),
@@ -140,8 +150,8 @@ pub fn from_cdc(mapping: &ObjectMapping, channel: &str, change: &Change) -> Resu
             change_origin: h.change_origin.clone(),
             origin_client: origin_client.clone(),
             source: ChangeSource::Cdc,
-        })
-        .collect();
+        });
+    }
     Ok(Normalized::Records(records))
 }
 

@@ -553,6 +553,49 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// `decode_header` accepts and rejects exactly what `decode` does (with the same error),
+    /// and yields the same change without its values — on valid events and on damaged ones
+    /// (bytes flipped, cut short, extended).
+    #[test]
+    fn header_decode_agrees_with_the_full_decode(
+        object in prop_oneof![Just("Account"), Just("Contact"), Just("Case"), Just("Opportunity")],
+        ct in 0usize..CHANGE_TYPES.len(),
+        seed in 1u64..u64::MAX,
+        damage in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+        cut in proptest::option::of(any::<prop::sample::Index>()),
+        tail in proptest::collection::vec(any::<u8>(), 0..3),
+    ) {
+        let schema = demo_schema(object);
+        let mut rng = Rng(seed);
+        let (event, ..) = random_event(&schema, CHANGE_TYPES[ct], &mut rng);
+        let mut payload = emu::encode_event(&schema, &event).expect("emulator encodes");
+        for (at, byte) in &damage {
+            let i = at.index(payload.len());
+            payload[i] ^= *byte;
+        }
+        if let Some(at) = cut {
+            payload.truncate(at.index(payload.len() + 1));
+        }
+        payload.extend_from_slice(&tail);
+        let ours = ChangeSchema::parse(&schema.id, &schema.json).expect("compiles");
+        let replay = ReplayId::from_bytes(vec![0, 0, 0, 0, 0, 0, 3, 4]);
+        let full = ours.decode(&payload, replay.clone());
+        let header = ours.decode_header(&payload, replay);
+        match (full, header) {
+            (Ok(mut f), Ok(h)) => {
+                prop_assert!(h.fields.is_empty());
+                f.fields.clear();
+                prop_assert_eq!(f, h);
+            }
+            (Err(f), Err(h)) => prop_assert_eq!(f.to_string(), h.to_string()),
+            (f, h) => prop_assert!(false, "full decode {:?}, header decode {:?}", f.is_ok(), h.is_ok()),
+        }
+    }
+}
+
 // ------------------------------------------------------------------------------ golden vectors
 
 /// The fact sheet's worked-example layout: 0 header, 4 BillingAddress, 6 Phone, 7 Fax,

@@ -380,6 +380,8 @@ async fn one_backend(name: &str, opts: &PipelineBenchOptions) -> Result<serde_js
         let before = child.latency_counts();
         let applied0 = child.counter("applied");
         let cpu_before = proc_cpu_secs(pid);
+        let emu_before = proc_cpu_secs(std::process::id());
+        let machine_before = machine_busy_idle();
         let o = org.clone();
         let load = tokio::task::spawn_blocking(move || {
             LoadGenerator::start(
@@ -398,20 +400,39 @@ async fn one_backend(name: &str, opts: &PipelineBenchOptions) -> Result<serde_js
         tokio::time::sleep(Duration::from_secs(opts.load_secs)).await;
         let made = load.stop();
         let offered_secs = t.elapsed().as_secs_f64();
+        // What the pipeline applied while the load was offered (the rate it kept up with),
+        // before the tail drains.
+        let applied_in_window = child.counter("applied").saturating_sub(applied0);
+        let emu_window = proc_cpu_secs(std::process::id()) - emu_before;
+        let machine_after = machine_busy_idle();
+        let busy_window = {
+            let busy = machine_after.0.saturating_sub(machine_before.0) as f64;
+            let idle = machine_after.1.saturating_sub(machine_before.1) as f64;
+            100.0 * busy / (busy + idle).max(1.0)
+        };
+        let t_drain = Instant::now();
         // Let the tail drain (bounded) so its latencies are counted.
         let drained = child.wait_drained(Duration::from_secs(120)).await?;
+        let drain_secs = t_drain.elapsed().as_secs_f64();
         let applied_n = child.counter("applied") - applied0;
         let cpu_load = proc_cpu_secs(pid) - cpu_before;
         let counts = diff_counts(&child.latency_counts(), &before);
         let p50 = quantile(&counts, 0.5);
         let p99 = quantile(&counts, 0.99);
         let achieved = made.changes as f64 / offered_secs;
+        let kept_up = applied_in_window as f64 / offered_secs;
         let us = cpu_load * 1e6 / applied_n.max(1) as f64;
         println!(
             "[{name}] offered {rate:.0}/s: emulator committed {achieved:.0} changes/s; latency p50 ≤ {} ms, p99 ≤ {} ms; pipeline CPU {us:.1} µs/event{}",
             p50.map(|v| v.to_string()).unwrap_or("-".into()),
             p99.map(|v| v.to_string()).unwrap_or("-".into()),
             if drained { "" } else { " — DID NOT DRAIN" }
+        );
+        // Applied counts the configured objects' record changes only, so it can sit a little
+        // below what the emulator committed even when the pipeline keeps up.
+        let emu_us = emu_window * 1e6 / (made.changes as f64).max(1.0);
+        println!(
+            "[{name}]   applied {kept_up:.0} changes/s while offered, then {drain_secs:.1} s to drain the rest; emulator + load generator (this process) CPU {emu_us:.1} µs/change; machine busy {busy_window:.0} % of all cores while offered"
         );
         loads.push(json!({
             "offered_per_sec": rate,
@@ -423,6 +444,10 @@ async fn one_backend(name: &str, opts: &PipelineBenchOptions) -> Result<serde_js
             "latency_bucket_upper_ms": LATENCY_BUCKETS_MS,
             "latency_bucket_counts": counts,
             "pipeline_cpu_us_per_event": us,
+            "applied_per_sec_while_offered": kept_up,
+            "drain_secs": drain_secs,
+            "emulator_cpu_us_per_change": emu_us,
+            "machine_busy_percent_while_offered": busy_window,
         }));
     }
     let rss = proc_peak_rss_mb(pid);

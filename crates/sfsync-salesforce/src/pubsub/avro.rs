@@ -564,6 +564,103 @@ impl Schema {
         self.read(r, node, depth + 1)
     }
 
+    /// Walks one value exactly as [`Schema::read`] does — same checks, same errors (UTF-8 of
+    /// strings, enum and union indexes, block counts, nesting) — without materialising it.
+    fn check(&self, r: &mut Reader<'_>, node: &Node, depth: usize) -> Result<(), Box<RawError>> {
+        match node {
+            Node::Null => {}
+            Node::Boolean => {
+                r.boolean()?;
+            }
+            Node::Int => {
+                r.int()?;
+            }
+            Node::Long => {
+                r.long()?;
+            }
+            Node::Float => {
+                r.fixed::<4>()?;
+            }
+            Node::Double => {
+                r.fixed::<8>()?;
+            }
+            Node::Bytes => {
+                r.bytes()?;
+            }
+            Node::String => {
+                r.str()?;
+            }
+            Node::Fixed(n) => {
+                r.take(*n)?;
+            }
+            Node::Enum(i) => {
+                let at = r.pos;
+                let idx = r.long()?;
+                let n = self.enums[*i].symbols.len();
+                if usize::try_from(idx).map_or(true, |k| k >= n) {
+                    return Err(RawError::at(
+                        RawKind::BadEnum {
+                            index: idx,
+                            symbols: n,
+                        },
+                        at,
+                    ));
+                }
+            }
+            Node::Union(branches) => {
+                let branch = Self::branch(r, branches)?;
+                if depth >= MAX_DEPTH {
+                    return Err(RawError::at(RawKind::Malformed("nesting too deep"), r.pos));
+                }
+                self.check(r, branch, depth + 1)?;
+            }
+            Node::Record(i) => {
+                if depth >= MAX_DEPTH {
+                    return Err(RawError::at(RawKind::Malformed("nesting too deep"), r.pos));
+                }
+                for f in &self.records[*i].fields {
+                    self.check(r, &f.node, depth + 1)
+                        .map_err(|e| e.within(&f.name))?;
+                }
+            }
+            Node::Array(items) => {
+                if depth >= MAX_DEPTH {
+                    return Err(RawError::at(RawKind::Malformed("nesting too deep"), r.pos));
+                }
+                let width = self.node_min_size(items);
+                let mut seen = 0usize;
+                loop {
+                    let n = self.block_count(r, width)?;
+                    if n == 0 {
+                        break;
+                    }
+                    for k in 0..n {
+                        self.check(r, items, depth + 1)
+                            .map_err(|e| e.within_index(seen.max(k as usize)))?;
+                        seen += 1;
+                    }
+                }
+            }
+            Node::Map(values) => {
+                if depth >= MAX_DEPTH {
+                    return Err(RawError::at(RawKind::Malformed("nesting too deep"), r.pos));
+                }
+                let width = 1 + self.node_min_size(values);
+                loop {
+                    let n = self.block_count(r, width)?;
+                    if n == 0 {
+                        break;
+                    }
+                    for _ in 0..n {
+                        let k = r.str()?;
+                        self.check(r, values, depth + 1).map_err(|e| e.within(k))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn branch<'n>(r: &mut Reader<'_>, branches: &'n [Node]) -> Result<&'n Node, Box<RawError>> {
         let at = r.pos;
         let idx = r.long()?;
@@ -1135,6 +1232,27 @@ impl ChangeSchema {
 
     /// Decodes one payload into a [`Change`].
     pub fn decode(&self, payload: &[u8], replay_id: ReplayId) -> Result<Change, DecodeError> {
+        self.decode_as(payload, replay_id, true)
+    }
+
+    /// [`Self::decode`] without the field values: the same checks and errors (a payload one
+    /// rejects, the other rejects too), the same header, and [`Change::fields`] left empty. For
+    /// consumers that keep the payload and decode its values later (the raw change log): the
+    /// values of a 3–8 KB event are most of its decoding cost.
+    pub fn decode_header(
+        &self,
+        payload: &[u8],
+        replay_id: ReplayId,
+    ) -> Result<Change, DecodeError> {
+        self.decode_as(payload, replay_id, false)
+    }
+
+    fn decode_as(
+        &self,
+        payload: &[u8],
+        replay_id: ReplayId,
+        with_values: bool,
+    ) -> Result<Change, DecodeError> {
         let sid = self.schema_id();
         let mut r = Reader::new(payload);
         let fields = &self.schema.records[self.root].fields;
@@ -1201,12 +1319,14 @@ impl ChangeSchema {
         want[self.header_pos] = false;
         let mut values: Vec<Option<FieldValue>> = vec![None; n];
         for (i, f) in fields.iter().enumerate().skip(self.header_pos + 1) {
-            let res = if want[i] {
+            let res = if !want[i] {
+                self.schema.skip(&mut r, &f.node, 1)
+            } else if with_values {
                 self.schema
                     .read(&mut r, &f.node, 1)
                     .map(|v| values[i] = Some(v))
             } else {
-                self.schema.skip(&mut r, &f.node, 1)
+                self.schema.check(&mut r, &f.node, 1)
             };
             res.map_err(|e| e.within(&f.name).into_error(sid))?;
         }
@@ -1217,12 +1337,23 @@ impl ChangeSchema {
                     buf: payload,
                     pos: at,
                 };
-                let v = self
-                    .schema
-                    .read(&mut r2, &fields[i].node, 1)
-                    .map_err(|e| e.within(&fields[i].name).into_error(sid))?;
-                values[i] = Some(v);
+                let res = if with_values {
+                    self.schema
+                        .read(&mut r2, &fields[i].node, 1)
+                        .map(|v| values[i] = Some(v))
+                } else {
+                    self.schema.check(&mut r2, &fields[i].node, 1)
+                };
+                res.map_err(|e| e.within(&fields[i].name).into_error(sid))?;
             }
+        }
+        if !with_values {
+            return Ok(Change {
+                header,
+                schema_id: sid.to_string(),
+                replay_id,
+                fields: Vec::new(),
+            });
         }
 
         let is_diff = |fr: &FieldRef| diff_refs.contains(fr);

@@ -317,6 +317,8 @@ pub struct PlatformEvent {
 enum StreamKind {
     /// Change events (a `ChangeEventHeader` first): [`Batch::changes`].
     Changes,
+    /// Change events decoded to their headers only ([`ChangeSchema::decode_header`]).
+    ChangeHeaders,
     /// Platform events: [`Batch::events`].
     Events,
 }
@@ -542,6 +544,19 @@ impl Subscriber {
         start: ReplayStart,
     ) -> Result<Subscription, PubSubError> {
         self.subscribe_as(topic, start, StreamKind::Changes).await
+    }
+
+    /// [`Self::subscribe`] for a consumer that stores each event's payload and decodes its
+    /// values later (the raw change log): every event is checked exactly as by
+    /// [`Self::subscribe`] (an event one delivers as undecodable, so does the other), but each
+    /// [`Change`] carries its header only, [`Change::fields`] empty.
+    pub async fn subscribe_headers(
+        &self,
+        topic: &str,
+        start: ReplayStart,
+    ) -> Result<Subscription, PubSubError> {
+        self.subscribe_as(topic, start, StreamKind::ChangeHeaders)
+            .await
     }
 
     /// [`Self::subscribe`] for a platform-event channel (`/event/<Name>__e`) or a custom
@@ -1071,7 +1086,12 @@ async fn stream_once(
             *shared.latest.lock() = Some(l.clone());
         }
         let batch = match kind {
-            StreamKind::Changes => decode_response(inner, resp, latest, epoch, &start).await?,
+            StreamKind::Changes => {
+                decode_response(inner, resp, latest, epoch, &start, true).await?
+            }
+            StreamKind::ChangeHeaders => {
+                decode_response(inner, resp, latest, epoch, &start, false).await?
+            }
             StreamKind::Events => decode_events(inner, resp, latest, epoch, &start).await?,
         };
         if batch.is_empty() {
@@ -1095,6 +1115,7 @@ async fn decode_response(
     latest: Option<ReplayId>,
     epoch: u64,
     start: &ReplayStart,
+    with_values: bool,
 ) -> Result<Batch, PubSubError> {
     let mut changes = Vec::with_capacity(resp.events.len());
     let mut payloads = Vec::with_capacity(resp.events.len());
@@ -1154,7 +1175,12 @@ async fn decode_response(
             }
             Err(e) => return Err(e),
         };
-        match schema.decode(&pe.payload, replay_id.clone()) {
+        let decoded = if with_values {
+            schema.decode(&pe.payload, replay_id.clone())
+        } else {
+            schema.decode_header(&pe.payload, replay_id.clone())
+        };
+        match decoded {
             Ok(c) => {
                 changes.push(c);
                 payloads.push(bytes::Bytes::from(pe.payload));

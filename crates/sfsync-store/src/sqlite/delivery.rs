@@ -46,7 +46,7 @@ pub(super) fn insert_outbox(conn: &Connection, entries: &[EncodedOutbox<'_>]) ->
         .map_err(super::warehouse::write_failed(
             &c.object,
             &c.record_id,
-            format!("delivery outbox entry of event {}", c.event_key),
+            || format!("delivery outbox entry of event {}", c.event_key),
         ))?;
     }
     Ok(())

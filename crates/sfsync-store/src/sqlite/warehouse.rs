@@ -60,20 +60,19 @@ fn db(op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
     move |e| StoreError::sqlite(op, e)
 }
 
-/// A failed write naming the object and record.
-pub(super) fn write_failed(
-    object: &str,
-    record_id: &str,
-    what: impl Into<String>,
-) -> impl FnOnce(rusqlite::Error) -> StoreError {
-    let object = object.to_string();
-    let record_id = record_id.to_string();
-    let what = what.into();
+/// A failed write naming the object and record. Nothing is allocated unless the write fails
+/// (it is built for every bound cell of every row: measured ~2 % of pipeline CPU when it copied
+/// its strings up front); `what` says what was written, formatted only on failure.
+pub(super) fn write_failed<'a, W: Into<String>>(
+    object: &'a str,
+    record_id: &'a str,
+    what: impl FnOnce() -> W + 'a,
+) -> impl FnOnce(rusqlite::Error) -> StoreError + 'a {
     move |e| StoreError::CuratedWrite {
         backend: BACKEND,
-        object,
-        record_id,
-        what,
+        object: object.to_string(),
+        record_id: record_id.to_string(),
+        what: what().into(),
         class: sqlite_class(&e),
         source: Box::new(e),
     }
@@ -163,7 +162,7 @@ pub(super) fn insert_dead_letters(
         .map_err(write_failed(
             d.object.as_deref().unwrap_or("(unknown object)"),
             "-",
-            format!("dead letter of channel '{}'", d.channel),
+            || format!("dead letter of channel '{}'", d.channel),
         ))?;
     }
     Ok(())
@@ -298,24 +297,22 @@ fn commit_blocking(
     let mut current: Option<(&str, rusqlite::CachedStatement<'_>)> = None;
     for (object, row, reg, cells) in &prepared.rows {
         let object = *object;
-        let failed = || {
-            write_failed(
-                object,
-                &row.id,
-                format!("upsert into table '{}'", reg.model.table),
-            )
+        let failed = |e| {
+            write_failed(object, &row.id, || {
+                format!("upsert into table '{}'", reg.model.table)
+            })(e)
         };
         if current.as_ref().is_none_or(|(o, _)| *o != object) {
             current = Some((
                 object,
-                conn.prepare_cached(&reg.sql.upsert).map_err(failed())?,
+                conn.prepare_cached(&reg.sql.upsert).map_err(failed)?,
             ));
         }
         let (_, stmt) = current.as_mut().expect("set above");
         for (i, c) in cells.iter().enumerate() {
-            stmt.raw_bind_parameter(i + 1, c).map_err(failed())?;
+            stmt.raw_bind_parameter(i + 1, c).map_err(failed)?;
         }
-        stmt.raw_execute().map_err(failed())?;
+        stmt.raw_execute().map_err(failed)?;
     }
     drop(current);
     for (step, open) in batch.history.iter().zip(&prepared.history_open) {
@@ -352,7 +349,7 @@ fn commit_blocking(
                 hash,
                 now
             ])
-            .map_err(write_failed(&e.object, &e.record_id, "audit entry"))?;
+            .map_err(write_failed(&e.object, &e.record_id, || "audit entry"))?;
             prev = hash;
         }
     }
@@ -380,7 +377,7 @@ fn commit_blocking(
             .map_err(write_failed(
                 &r.object,
                 r.record_ids.first().map_or("-", String::as_str),
-                "repair request",
+                || "repair request",
             ))?;
         }
     }
@@ -471,7 +468,7 @@ fn history_step(
                 Cell::Int(*version),
             ];
             let n = exec_cells(conn, &reg.sql.hist_close, &cells)
-                .map_err(|e| write_failed(object, id, what())(e))?;
+                .map_err(write_failed(object, id, what))?;
             if n != 1 {
                 return Err(wh_error(
                     object,
@@ -498,7 +495,7 @@ fn history_step(
                 )
             })?;
             exec_cells(conn, &reg.sql.hist_insert, cells)
-                .map_err(|e| write_failed(object, id, what())(e))?;
+                .map_err(write_failed(object, id, what))?;
         }
         HistoryWrite::Touch {
             object,
@@ -512,7 +509,7 @@ fn history_step(
             cells.push(Cell::Text(Cow::Borrowed(id)));
             cells.push(Cell::Int(*version));
             let n = exec_cells(conn, &reg.sql.hist_touch, &cells)
-                .map_err(|e| write_failed(object, id, what())(e))?;
+                .map_err(write_failed(object, id, what))?;
             if n != 1 {
                 return Err(wh_error(
                     object,
