@@ -891,3 +891,59 @@ async fn change_event_custom_channels_carry_their_member_objects_only() {
     let r = tokio::time::timeout(Duration::from_millis(300), next(&mut s)).await;
     assert!(r.is_err(), "only Contact changes: {r:?}");
 }
+
+/// A run of more than one bounded log scan (`SCAN_LIMIT`) of events that are not on the
+/// subscription's topic (here: Account changes before a Case change) must not stop delivery
+/// until the next keepalive (240 s by default): the subscription keeps scanning while demand is
+/// outstanding. Seen as a ~242 s stall of `sfsync bench poll --changes 100000`, whose 50,000
+/// Account events precede the Case events on the bus.
+#[tokio::test]
+async fn a_run_of_other_topics_events_longer_than_one_scan_does_not_stall_delivery() {
+    const CASE: &str = "/data/CaseChangeEvent";
+    let emu = Emu::start(CdcConfig::default()).await;
+    let insert_case = |subject: &str| {
+        emu.dml(vec![DmlOp::Insert {
+            object: "Case".into(),
+            fields: fields(json!({"Subject": subject, "Status": "New"})),
+        }])
+    };
+    // A caught-up live subscription.
+    insert_case("first");
+    let (_live_tx, mut live) = emu
+        .subscribe(CASE, ReplayPreset::Earliest, vec![], 100)
+        .await;
+    let (ev, _, _) = one_event(&emu, &mut live).await;
+    assert_eq!(ev.get("Subject"), Some(Avro::String("first".into())));
+    // More Account events than one scan covers, then a Case change (no await in between, so
+    // the live subscription sees them all at once).
+    let bus = &emu.running.state.cdc;
+    let schema = emu.running.org().schema();
+    for _ in 0..sfsync_emulator::cdc::bus::SCAN_LIMIT + 10 {
+        bus.inject_change_event(&schema, "Account", None, vec![0].into())
+            .expect("Account has a CDC schema");
+    }
+    insert_case("second");
+    // `next` panics after 5 s, far below the 240 s keepalive that used to resume delivery.
+    let (ev, _, _) = one_event(&emu, &mut live).await;
+    assert_eq!(ev.get("Subject"), Some(Avro::String("second".into())));
+    // A new subscription over the backlog gets both.
+    let (_tx, mut backlog) = emu
+        .subscribe(CASE, ReplayPreset::Earliest, vec![], 100)
+        .await;
+    let mut subjects = Vec::new();
+    while subjects.len() < 2 {
+        let r = next(&mut backlog).await.expect("FetchResponse");
+        for e in &r.events {
+            let ev = e.event.as_ref().unwrap();
+            let d = decode(&emu.schema_json(&ev.schema_id).await, &ev.payload);
+            subjects.push(d.get("Subject"));
+        }
+    }
+    assert_eq!(
+        subjects,
+        vec![
+            Some(Avro::String("first".into())),
+            Some(Avro::String("second".into()))
+        ]
+    );
+}

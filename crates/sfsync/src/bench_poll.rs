@@ -17,10 +17,6 @@
 //!
 //! Polling sees each record once as of its latest change, CDC every change: both converge to the
 //! same tables. Tests never assert on these figures.
-//!
-//! Known: with `--changes 100000` the CDC way converges only after ~242 s (twice, on a loaded
-//! 2-core machine) — about the emulator's 240 s Pub/Sub keepalive — against ~2–4 s at 50,000 and
-//! 60,000; a delivery stall in the emulator or the subscriber, not investigated here.
 
 use std::collections::HashMap;
 use std::path::Path;

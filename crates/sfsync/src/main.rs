@@ -155,7 +155,7 @@ struct BenchArgs {
     #[arg(long, env = "SFSYNC_BENCH_POSTGRES_URL")]
     postgres_url: Option<String>,
     /// Poll suite: changes committed (60 % creates, 40 % updates of Accounts and Cases).
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(long, default_value_t = 100_000)]
     changes: usize,
     /// Poll suite: `poll_bulk_threshold` of the Bulk way.
     #[arg(long, default_value_t = 2_000)]

@@ -62,6 +62,9 @@ pub struct StoredEvent {
     pub payload: Bytes,
 }
 
+/// Most log entries one `fetch` scans (it holds the log lock meanwhile).
+pub const SCAN_LIMIT: usize = 50_000;
+
 /// What a Subscribe call listens to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Topic {
@@ -393,7 +396,7 @@ impl CdcBus {
         let start = (after + 1).saturating_sub(first) as usize;
         let mut bytes = 0usize;
         // Bound the scan so a quiet channel on a busy bus never holds the lock for long.
-        for e in log.events.iter().skip(start).take(50_000) {
+        for e in log.events.iter().skip(start).take(SCAN_LIMIT) {
             if out.len() >= max || (bytes >= max_bytes && !out.is_empty()) {
                 break;
             }

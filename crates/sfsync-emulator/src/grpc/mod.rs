@@ -483,7 +483,16 @@ impl PubSubService {
                 let (mut events, scanned) =
                     bus.fetch(&topic, cursor, demand as usize, MAX_RESPONSE_BYTES);
                 if events.is_empty() {
+                    let advanced = scanned > cursor;
                     cursor = scanned;
+                    // One scan is bounded (`SCAN_LIMIT` log entries): a long run of other
+                    // topics' events ends it empty short of the log's end. Scan on rather than
+                    // wait for a commit notification (already consumed above), which would
+                    // hold the backlog until the next keepalive.
+                    if advanced && cursor < bus.latest_id() {
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
                     break;
                 }
                 let granted = bus.take_deliveries(events.len() as u64) as usize;
