@@ -374,6 +374,32 @@ async fn polling_loses_nothing_at_the_cursor_boundary() {
     assert!(now[3] > Some(0.0), "no duplicates dropped: {text}");
     assert!(now[6] > first[6], "the last round did not move: {text}");
     assert_eq!(now[7], Some(1.0));
+
+    // Queries refused for a while: the rounds fail, and their calls still count (Salesforce
+    // counted them against the org's limits).
+    let failing = |rate: f64| sfsync_emulator::faults::FaultConfig {
+        rules: vec![sfsync_emulator::faults::FaultRule {
+            path_contains: "/query".into(),
+            method: None,
+            kind: sfsync_emulator::faults::FaultKind::QueryTimeout,
+            rate,
+            max_count: None,
+            fired: 0,
+        }],
+        ..Default::default()
+    };
+    env.emu.state.faults.set(failing(1.0));
+    // A round that started before the rule may still finish: settle, then measure.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (_, during0) = poll_metrics(&env).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (text, during) = poll_metrics(&env).await;
+    env.emu.state.faults.set(Default::default());
+    assert_eq!(during[0], during0[0], "no round succeeds: {text}");
+    assert!(
+        during[4] > during0[4],
+        "failed rounds' calls are counted: {during0:?} → {during:?}\n{text}"
+    );
     stop(child);
 
     // Phase 4: changes while sfsync is down — ties again, a delete, and a late commit stamped
