@@ -299,6 +299,20 @@ retry_base_ms = 50
             "{channel}: {metrics}"
         );
     }
+    // The inbound platform-event flow's health and counts on /api/v1/flows.
+    let flows = e.api.get("/api/v1/flows", OPS).await;
+    let shipped = flows["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| {
+            f["pattern"] == "platform event"
+                && f["direction"] == "inbound"
+                && f["object"] == "Order_Shipped__e"
+        })
+        .unwrap_or_else(|| panic!("no inbound platform event flow: {flows}"));
+    assert_eq!(shipped["health"], "green", "{shipped}");
+    assert_eq!(shipped["counts"]["received"], 1, "{shipped}");
     stop(child);
 
     let got = receiver.got.lock().clone();
@@ -713,6 +727,20 @@ publish_batch_max = 4
         (Some(3), Some(5), Some(0)),
         "{listed}"
     );
+    let flows = e.api.get("/api/v1/flows", OPS).await;
+    let ack = flows["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| {
+            f["pattern"] == "platform event"
+                && f["direction"] == "outbound"
+                && f["object"] == "Sync_Ack__e"
+        })
+        .unwrap_or_else(|| panic!("no outbound platform event flow: {flows}"));
+    assert_eq!(ack["counts"]["published"], 3, "{ack}");
+    assert_eq!(ack["counts"]["pending_all_events"], 5, "{ack}");
+    assert_eq!(ack["health"], "green", "{ack}");
     let budget = e.api.get("/api/v1/budget", OPS).await;
     assert_eq!(budget["publish"]["room"], 0, "{budget}");
 

@@ -297,6 +297,28 @@ async fn polling_loses_nothing_at_the_cursor_boundary() {
         "{flow}"
     );
     assert!(flow["live"]["poll"]["last_round_at"].is_string(), "{flow}");
+    // Its health on /api/v1/flows comes from the object's freshness (sync_status, written
+    // every few seconds), as a stream's does.
+    wait_for(
+        "the polled flow is healthy on /api/v1/flows",
+        Duration::from_secs(20),
+        || async {
+            let flows = env.api.get("/api/v1/flows", VIEWER).await;
+            let flow = flows["flows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["pattern"] == "polling" && f["object"] == "Account")
+                .cloned()
+                .unwrap_or_else(|| panic!("no polling flow: {flows}"));
+            if flow["health"] == "green" && flow["lag_seconds"].is_number() {
+                vec![]
+            } else {
+                vec![format!("{flow}")]
+            }
+        },
+    )
+    .await;
 
     // Phase 2: late commits inside the overlap window. A fresh update moves the cursor to
     // now; then transactions stamped 5 s before it become visible (behind the cursor).
