@@ -301,16 +301,12 @@ retry_base_ms = 50
     }
     // The inbound platform-event flow's health and counts on /api/v1/flows.
     let flows = e.api.get("/api/v1/flows", OPS).await;
-    let shipped = flows["flows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| {
-            f["pattern"] == "platform event"
-                && f["direction"] == "inbound"
-                && f["object"] == "Order_Shipped__e"
-        })
-        .unwrap_or_else(|| panic!("no inbound platform event flow: {flows}"));
+    let shipped = support::flow(
+        &flows,
+        "platform event",
+        Some("inbound"),
+        "Order_Shipped__e",
+    );
     assert_eq!(shipped["health"], "green", "{shipped}");
     assert_eq!(shipped["counts"]["received"], 1, "{shipped}");
     stop(child);
@@ -728,16 +724,7 @@ publish_batch_max = 4
         "{listed}"
     );
     let flows = e.api.get("/api/v1/flows", OPS).await;
-    let ack = flows["flows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| {
-            f["pattern"] == "platform event"
-                && f["direction"] == "outbound"
-                && f["object"] == "Sync_Ack__e"
-        })
-        .unwrap_or_else(|| panic!("no outbound platform event flow: {flows}"));
+    let ack = support::flow(&flows, "platform event", Some("outbound"), "Sync_Ack__e");
     assert_eq!(ack["counts"]["published"], 3, "{ack}");
     assert_eq!(ack["counts"]["pending_all_events"], 5, "{ack}");
     assert_eq!(ack["health"], "green", "{ack}");

@@ -283,12 +283,7 @@ async fn polling_loses_nothing_at_the_cursor_boundary() {
     );
     // The map's polled flow: interval and overlap, and its live state.
     let map = env.api.get("/api/v1/map", VIEWER).await;
-    let flow = map["flows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["pattern"] == "polling" && f["object"] == "Account")
-        .unwrap_or_else(|| panic!("no polling flow: {map}"));
+    let flow = support::flow(&map, "polling", None, "Account");
     assert_eq!(flow["frequency"], "every 1 s (overlap 30 s)", "{flow}");
     assert_eq!(flow["live"]["mode"], "poll", "{flow}");
     assert_eq!(flow["live"]["channel"], CHANNEL, "{flow}");
@@ -304,13 +299,7 @@ async fn polling_loses_nothing_at_the_cursor_boundary() {
         Duration::from_secs(20),
         || async {
             let flows = env.api.get("/api/v1/flows", VIEWER).await;
-            let flow = flows["flows"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|f| f["pattern"] == "polling" && f["object"] == "Account")
-                .cloned()
-                .unwrap_or_else(|| panic!("no polling flow: {flows}"));
+            let flow = support::flow(&flows, "polling", None, "Account");
             if flow["health"] == "green" && flow["lag_seconds"].is_number() {
                 vec![]
             } else {
