@@ -166,6 +166,8 @@ pub struct Applier {
     repair_retries: HashMap<i64, (u32, Instant)>,
     /// Confirms writeback writes from their CDC echoes (none: writeback is off).
     echo: Option<Arc<crate::writeback::EchoConfirmer>>,
+    /// Notified when a sync job's fetch task hands over a batch (see [`Applier::with_wake`]).
+    fetch_wake: Option<Arc<tokio::sync::Notify>>,
     /// The raw log is a Kafka topic this worker consumes as a group member (none: the store's
     /// raw log).
     kafka: Option<crate::kafka_log::KafkaLogReader>,
@@ -348,6 +350,7 @@ impl Applier {
             jobs: Default::default(),
             repair_retries: HashMap::new(),
             echo: None,
+            fetch_wake: None,
             kafka: None,
         }
     }
@@ -366,6 +369,13 @@ impl Applier {
     /// is [`ApplyConfig::own_client`] confirms the oldest `applied` write of its record.
     pub fn with_echo(mut self, confirmer: Arc<crate::writeback::EchoConfirmer>) -> Applier {
         self.echo = Some(confirmer);
+        self
+    }
+
+    /// Notifies `wake` whenever a sync job's fetch task has a batch ready, so a loop that waits
+    /// on it between idle steps takes the batch at once instead of after its idle wait.
+    pub fn with_wake(mut self, wake: Arc<tokio::sync::Notify>) -> Applier {
+        self.fetch_wake = Some(wake);
         self
     }
 
