@@ -218,6 +218,8 @@ struct Worker {
     deleted: IdSet,
     /// Random text that [`Worker::words`] slices (see [`Corpus`]).
     corpus: Corpus,
+    /// Records a generated child looks up (see [`Worker::parent`]).
+    referenced: std::collections::HashSet<SfId>,
     picklists: HashMap<(String, String), Vec<String>>,
     users: Vec<CallContext>,
     serial: u64,
@@ -318,6 +320,7 @@ impl Worker {
         Ok(Worker {
             rng,
             corpus,
+            referenced: Default::default(),
             org,
             config,
             live,
@@ -428,6 +431,15 @@ impl Worker {
         self.live.get(object)?.pick(&mut self.rng)
     }
 
+    /// A live record for a lookup of a new record; it is never deleted afterwards, as
+    /// Salesforce refuses to delete a record its children still look up (a Contact with Cases)
+    /// or clears or cascades the lookup, so no child ever points at a deleted parent.
+    fn parent(&mut self, object: &str) -> Option<SfId> {
+        let id = self.random_live(object)?;
+        self.referenced.insert(id);
+        Some(id)
+    }
+
     fn fields_for_create(&mut self, object: &str) -> Fields {
         self.serial += 1;
         self.last_bad = false;
@@ -444,10 +456,10 @@ impl Worker {
                 if let Some(s) = self.pick("Case", "Origin") {
                     f.insert("Origin".into(), json!(s));
                 }
-                if let Some(a) = self.random_live("Account") {
+                if let Some(a) = self.parent("Account") {
                     f.insert("AccountId".into(), json!(a.to_string()));
                 }
-                if let Some(c) = self.random_live("Contact") {
+                if let Some(c) = self.parent("Contact") {
                     f.insert("ContactId".into(), json!(c.to_string()));
                 }
             }
@@ -461,7 +473,7 @@ impl Worker {
                 if let Some(s) = self.pick("Service_Request__c", "Status__c") {
                     f.insert("Status__c".into(), json!(s));
                 }
-                if let Some(c) = self.random_live("Contact") {
+                if let Some(c) = self.parent("Contact") {
                     f.insert("Contact__c".into(), json!(c.to_string()));
                 }
                 let amount = self.rng.random_range(10.0..5000.0f64);
@@ -490,7 +502,7 @@ impl Worker {
                     self.last_bad = bad;
                 }
                 f.insert("Description".into(), json!(desc));
-                if let Some(a) = self.random_live("Account") {
+                if let Some(a) = self.parent("Account") {
                     f.insert("AccountId".into(), json!(a.to_string()));
                 }
             }
@@ -505,7 +517,7 @@ impl Worker {
                 if let Some(s) = self.pick("Payment__c", "Status__c") {
                     f.insert("Status__c".into(), json!(s));
                 }
-                if let Some(sr) = self.random_live("Service_Request__c") {
+                if let Some(sr) = self.parent("Service_Request__c") {
                     f.insert("Service_Request__c".into(), json!(sr.to_string()));
                 }
             }
@@ -632,8 +644,10 @@ impl Worker {
             }
         } else if roll < 0.96 {
             if let Some(id) = self.random_live(object) {
-                // Keep a floor of live records to update.
-                if self.live.get(object).map_or(0, IdSet::len) > 20 {
+                // Keep a floor of live records to update; parents of generated children stay.
+                if self.live.get(object).map_or(0, IdSet::len) > 20
+                    && !self.referenced.contains(&id)
+                {
                     ops.push(DmlOp::Delete { id: id.to_string() });
                 }
             }
