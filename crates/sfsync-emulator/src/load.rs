@@ -138,12 +138,86 @@ const OBJECTS: [&str; 7] = [
     "Lead",
 ];
 
+/// Ids with O(1) insert, remove and uniform random pick (the generator tracks every live and
+/// deleted record; a linear `retain` per change made it cost more as a run went on).
+#[derive(Default)]
+struct IdSet {
+    ids: Vec<SfId>,
+    at: HashMap<SfId, usize>,
+}
+
+impl IdSet {
+    fn from(ids: Vec<SfId>) -> IdSet {
+        let mut set = IdSet::default();
+        for id in ids {
+            set.insert(id);
+        }
+        set
+    }
+
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn insert(&mut self, id: SfId) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.at.entry(id) {
+            e.insert(self.ids.len());
+            self.ids.push(id);
+        }
+    }
+
+    fn remove(&mut self, id: &SfId) {
+        if let Some(i) = self.at.remove(id) {
+            self.ids.swap_remove(i);
+            if let Some(moved) = self.ids.get(i) {
+                self.at.insert(*moved, i);
+            }
+        }
+    }
+
+    fn pick(&self, rng: &mut StdRng) -> Option<SfId> {
+        if self.ids.is_empty() {
+            return None;
+        }
+        Some(self.ids[rng.random_range(0..self.ids.len())])
+    }
+}
+
+/// Random text built once per generator: descriptions are slices of it at random word
+/// boundaries, instead of thousands of random picks per change (the load generator shares the
+/// machine with the pipeline it measures, so its own cost matters).
+struct Corpus {
+    text: String,
+    /// Byte offset of every word; the last entry is the text's length plus one.
+    starts: Vec<usize>,
+}
+
+impl Corpus {
+    const WORDS: usize = 16_384;
+
+    fn new(rng: &mut StdRng) -> Corpus {
+        let mut text = String::with_capacity(Self::WORDS * 10);
+        let mut starts = Vec::with_capacity(Self::WORDS + 1);
+        for i in 0..Self::WORDS {
+            if i > 0 {
+                text.push(if i % 14 == 0 { '\n' } else { ' ' });
+            }
+            starts.push(text.len());
+            text.push_str(WORDS[rng.random_range(0..WORDS.len())]);
+        }
+        starts.push(text.len() + 1);
+        Corpus { text, starts }
+    }
+}
+
 struct Worker {
     org: Arc<Org>,
     config: LoadConfig,
     rng: StdRng,
-    live: HashMap<&'static str, Vec<SfId>>,
-    deleted: Vec<SfId>,
+    live: HashMap<&'static str, IdSet>,
+    deleted: IdSet,
+    /// Random text that [`Worker::words`] slices (see [`Corpus`]).
+    corpus: Corpus,
     picklists: HashMap<(String, String), Vec<String>>,
     users: Vec<CallContext>,
     serial: u64,
@@ -226,7 +300,7 @@ impl Worker {
             api_version: "66.0".into(),
             client: None,
         };
-        let mut live: HashMap<&'static str, Vec<SfId>> = HashMap::new();
+        let mut live: HashMap<&'static str, IdSet> = HashMap::new();
         for (i, o) in OBJECTS.iter().enumerate() {
             if schema.object(o).is_none() {
                 continue;
@@ -237,14 +311,17 @@ impl Worker {
                 config.initial_records,
                 config.seed * 100 + i as u64,
             )?;
-            live.insert(o, ids);
+            live.insert(o, IdSet::from(ids));
         }
+        let mut rng = StdRng::seed_from_u64(config.seed);
+        let corpus = Corpus::new(&mut rng);
         Ok(Worker {
-            rng: StdRng::seed_from_u64(config.seed),
+            rng,
+            corpus,
             org,
             config,
             live,
-            deleted: Vec::new(),
+            deleted: IdSet::default(),
             picklists,
             users,
             serial: 0,
@@ -313,32 +390,27 @@ impl Worker {
         match out {
             DmlOutcome::Created(id) | DmlOutcome::Undeleted(id) => {
                 if let Some(o) = object_of(&id) {
-                    self.live.entry(o).or_default().push(id);
+                    self.live.entry(o).or_default().insert(id);
                 }
-                self.deleted.retain(|d| *d != id);
+                self.deleted.remove(&id);
             }
             DmlOutcome::Deleted(id) => {
                 if let Some(o) = object_of(&id) {
                     if let Some(v) = self.live.get_mut(o) {
-                        v.retain(|x| *x != id);
+                        v.remove(&id);
                     }
                 }
-                self.deleted.push(id);
+                self.deleted.insert(id);
             }
             DmlOutcome::Updated(_) | DmlOutcome::HardDeleted(_) => {}
         }
     }
 
+    /// `min..=max` words of random text: a slice of the corpus at a random word.
     fn words(&mut self, min: usize, max: usize) -> String {
         let n = self.rng.random_range(min..=max);
-        let mut s = String::with_capacity(n * 9);
-        for i in 0..n {
-            if i > 0 {
-                s.push(if i % 14 == 0 { '\n' } else { ' ' });
-            }
-            s.push_str(WORDS[self.rng.random_range(0..WORDS.len())]);
-        }
-        s
+        let first = self.rng.random_range(0..=self.corpus.starts.len() - 1 - n);
+        self.corpus.text[self.corpus.starts[first]..self.corpus.starts[first + n] - 1].to_string()
     }
 
     fn pick(&mut self, object: &str, field: &str) -> Option<String> {
@@ -353,11 +425,7 @@ impl Worker {
     }
 
     fn random_live(&mut self, object: &str) -> Option<SfId> {
-        let v = self.live.get(object)?;
-        if v.is_empty() {
-            return None;
-        }
-        Some(v[self.rng.random_range(0..v.len())])
+        self.live.get(object)?.pick(&mut self.rng)
     }
 
     fn fields_for_create(&mut self, object: &str) -> Fields {
@@ -565,15 +633,12 @@ impl Worker {
         } else if roll < 0.96 {
             if let Some(id) = self.random_live(object) {
                 // Keep a floor of live records to update.
-                if self.live.get(object).map_or(0, Vec::len) > 20 {
+                if self.live.get(object).map_or(0, IdSet::len) > 20 {
                     ops.push(DmlOp::Delete { id: id.to_string() });
                 }
             }
-        } else if !self.deleted.is_empty() {
-            let i = self.rng.random_range(0..self.deleted.len());
-            ops.push(DmlOp::Undelete {
-                id: self.deleted[i].to_string(),
-            });
+        } else if let Some(id) = self.deleted.pick(&mut self.rng) {
+            ops.push(DmlOp::Undelete { id: id.to_string() });
         }
         if ops.is_empty() {
             let fields = self.fields_for_create(object);

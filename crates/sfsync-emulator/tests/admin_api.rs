@@ -46,6 +46,21 @@ async fn seed_snapshot_and_reset() {
     assert_eq!(r.body["created"], json!({"Account": 30, "Contact": 12}));
     assert_eq!(emu.count("SELECT COUNT() FROM Account").await, 30);
     assert_eq!(emu.count("SELECT COUNT() FROM Contact").await, 12);
+    // Lean records: no long Description.
+    let r = emu
+        .admin(
+            Method::POST,
+            "/admin/seed",
+            Some(json!({"objects": {"Lead": 20}, "seed": 1, "long_text_percent": 0})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        emu.count("SELECT COUNT() FROM Lead WHERE Description != null")
+            .await,
+        0
+    );
+    assert_eq!(emu.count("SELECT COUNT() FROM Lead").await, 20);
 
     let r = emu.admin(Method::GET, "/admin/snapshot", None).await;
     assert_eq!(r.status, 200);
@@ -72,6 +87,7 @@ async fn seed_snapshot_and_reset() {
         json!({"objects": {"Nope__c": 1}}),
         json!({"objects": {"Account": -1}}),
         json!({"objects": {"Account": 1}, "extra": true}),
+        json!({"objects": {"Account": 1}, "long_text_percent": 101}),
     ] {
         let r = emu
             .admin(Method::POST, "/admin/seed", Some(bad.clone()))

@@ -780,6 +780,21 @@ impl Org {
         count: usize,
         seed: u64,
     ) -> Result<Vec<SfId>, SfError> {
+        self.seed_with(ctx, object, count, seed, 100)
+    }
+
+    /// [`Org::seed`], with long text fields (Description…) filled on only `long_text_percent`
+    /// (0–100) of the records, the others null: records of a few hundred bytes instead of
+    /// several KB, as many real orgs hold.
+    pub fn seed_with(
+        &self,
+        ctx: &CallContext,
+        object: &str,
+        count: usize,
+        seed: u64,
+        long_text_percent: u8,
+    ) -> Result<Vec<SfId>, SfError> {
+        let long_text_percent = long_text_percent.min(100);
         let obj = {
             let st = self.state.read();
             st.compiled
@@ -805,6 +820,7 @@ impl Org {
                 transaction_key: uuid::Uuid::new_v4().to_string(),
                 user: ctx.user_id,
                 origin: ctx.change_origin(),
+                long_text_percent,
             };
             let created = crate::seed::apply_chunk(&mut st, &chunk)
                 .map_err(|e| err(400, "INVALID_OPERATION", e))?;

@@ -29,6 +29,18 @@ pub(crate) struct Chunk {
     pub transaction_key: String,
     pub user: SfId,
     pub origin: String,
+    /// Share (0–100) of the records whose long text fields (Description…) are filled; the
+    /// others leave them null. Journals written before the option existed mean 100.
+    #[serde(default = "all_records", skip_serializing_if = "is_all_records")]
+    pub long_text_percent: u8,
+}
+
+fn all_records() -> u8 {
+    100
+}
+
+fn is_all_records(p: &u8) -> bool {
+    *p >= 100
 }
 
 const FIRST: &[&str] = &[
@@ -344,7 +356,18 @@ pub(crate) fn apply_chunk(st: &mut State, ch: &Chunk) -> Result<Vec<SfId>, Strin
             if !matches!(c.kinds[i], FKind::Stored) {
                 continue;
             }
-            let v = gen_field(st, c, i, &person, n, &mut rng, today, ts, pool);
+            let v = gen_field(
+                st,
+                c,
+                i,
+                &person,
+                n,
+                &mut rng,
+                today,
+                ts,
+                pool,
+                ch.long_text_percent,
+            );
             rec.set(i, v);
         }
         if let Some(o) = c.owner_f {
@@ -381,6 +404,7 @@ fn gen_field(
     today: i32,
     ts: i64,
     pool: &[Arc<str>],
+    long_text_percent: u8,
 ) -> Val {
     let f = c.fd(i);
     if !f.createable {
@@ -442,6 +466,10 @@ fn gen_field(
         }),
         FieldType::Textarea => {
             if f.length >= 1000 {
+                // At 100 % no extra draw, so older journals replay to the same records.
+                if long_text_percent < 100 && rng.random_range(0..100u8) >= long_text_percent {
+                    return Val::Null;
+                }
                 Val::Str(pool[rng.random_range(0..pool.len())].clone())
             } else if suffix("Street") {
                 Val::str(&format!(

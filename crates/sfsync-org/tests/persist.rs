@@ -78,6 +78,8 @@ fn history(org: &Org) {
     );
     org.seed(&ctx(org), "Contact", 250, 7).unwrap();
     org.seed(&ctx(org), "Service_Request__c", 30, 7).unwrap();
+    // Long text on a share of the records only: the journal carries the share.
+    org.seed_with(&ctx(org), "Account", 40, 8, 25).unwrap();
 }
 
 #[test]

@@ -107,3 +107,34 @@ fn seed_emits_transactions_of_at_most_200() {
         .unwrap();
     assert_eq!(found.len(), 1);
 }
+
+#[test]
+fn long_text_fills_the_requested_share_of_records() {
+    let org = org();
+    let c = ctx(&org);
+    let count = |org: &sfsync_org::Org| {
+        org.query(
+            "SELECT COUNT() FROM Account WHERE Description != null",
+            false,
+        )
+        .unwrap()
+        .total_size
+    };
+    org.seed_with(&c, "Account", 400, 42, 0).unwrap();
+    assert_eq!(count(&org), 0);
+    // Everything else is still filled.
+    let r = org
+        .query("SELECT COUNT() FROM Account WHERE Phone != null", false)
+        .unwrap();
+    assert!(r.total_size > 300, "{}", r.total_size);
+    org.seed_with(&c, "Account", 400, 43, 25).unwrap();
+    let some = count(&org);
+    assert!(
+        (60..140).contains(&some),
+        "{some} of 400 with a Description at 25 %"
+    );
+    org.seed(&c, "Account", 400, 44).unwrap();
+    // The default fills every record (optional fields are sometimes empty: 12 %).
+    let all = count(&org) - some;
+    assert!(all > 300, "{all} of 400 with a Description by default");
+}

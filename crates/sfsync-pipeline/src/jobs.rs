@@ -324,15 +324,35 @@ pub(crate) fn job_run_id(job: &SyncJob) -> String {
     format!("{}-{}-{}", job.kind.as_str(), job.id, &short[..8])
 }
 
-/// Starts the fetch task of a backfill or re-sync.
+/// The fetch task's side of its channel: each message handed over also wakes the apply loop
+/// (`wake`), which otherwise would find the next batch only after its idle wait.
+pub(crate) struct FetchSender {
+    tx: mpsc::Sender<Fetched>,
+    wake: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl FetchSender {
+    async fn send(&self, msg: Fetched) -> std::result::Result<(), mpsc::error::SendError<Fetched>> {
+        self.tx.send(msg).await?;
+        if let Some(w) = &self.wake {
+            w.notify_one();
+        }
+        Ok(())
+    }
+}
+
+/// Starts the fetch task of a backfill or re-sync. `wake` is notified whenever it hands over a
+/// message.
 pub(crate) fn spawn_fetch(
     bulk: Bulk,
     store: Arc<dyn Warehouse>,
     job: SyncJob,
     soql: String,
     page_records: u64,
+    wake: Option<Arc<tokio::sync::Notify>>,
 ) -> (mpsc::Receiver<Fetched>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(4);
+    let tx = FetchSender { tx, wake };
     let task = tokio::spawn(async move {
         let out = fetch(&bulk, &*store, &job, &soql, page_records, &tx).await;
         if let Err((error, permanent)) = out {
@@ -360,7 +380,7 @@ async fn fetch(
     job: &SyncJob,
     soql: &str,
     page_records: u64,
-    tx: &mpsc::Sender<Fetched>,
+    tx: &FetchSender,
 ) -> std::result::Result<(), FetchError> {
     let mut calls = 0i64;
     let mut bulk_id = job.bulk_job_id.clone();

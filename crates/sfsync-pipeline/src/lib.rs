@@ -378,7 +378,8 @@ pub async fn start(
         stats.clone(),
     );
     if let Some(bulk) = config.bulk.clone() {
-        applier = applier.with_bulk(bulk);
+        // Fetched Bulk batches wake the apply loop like appended changes do.
+        applier = applier.with_bulk(bulk).with_wake(appended.clone());
     }
     let echo = config
         .echo_ledger

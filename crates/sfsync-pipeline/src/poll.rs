@@ -329,6 +329,20 @@ impl ObjectPoll {
         fence: Option<&sfsync_store::Fence>,
         shutdown: &watch::Receiver<bool>,
     ) -> Result<RoundOutcome> {
+        let mut out = RoundOutcome::default();
+        let r = self.round_into(seen, fence, shutdown, &mut out).await;
+        // Calls of a failed round count too: Salesforce counted them against the org's limits.
+        self.stats.add_poll_calls(&self.channel, out.calls);
+        r.map(|()| out)
+    }
+
+    async fn round_into(
+        &self,
+        seen: &mut BTreeSet<(i64, String)>,
+        fence: Option<&sfsync_store::Fence>,
+        shutdown: &watch::Receiver<bool>,
+        out: &mut RoundOutcome,
+    ) -> Result<()> {
         let started = crate::apply::now_ms();
         let stored = self.store.checkpoint(&self.channel).await?;
         let mut cursor = match &stored {
@@ -361,21 +375,20 @@ impl ObjectPoll {
             batch_size: Some(self.config.batch_size.clamp(200, 2_000)),
             include_deleted: true,
         };
-        let mut out = RoundOutcome::default();
         // The Bulk decision is taken once, at the first full query that reads past the stored
         // cursor: pages of the overlap alone are re-reads, not a backlog.
         let mut bulk_tried = false;
         let start = cursor.clone();
         loop {
             let soql = page_soql(&self.mapping, after.as_ref(), self.config.page_records);
-            let mut page: QueryPage = self.client.query_page(&soql, &opts).await?;
+            let page = self.client.query_page(&soql, &opts).await;
             out.calls += 1;
-            self.stats.add_poll_calls(&self.channel, 1);
+            let mut page: QueryPage = page?;
             let mut in_query = 0usize;
             loop {
                 in_query += page.records.len();
                 let last = self
-                    .commit_page(&page.records, &mut cursor, seen, fence, &mut out)
+                    .commit_page(&page.records, &mut cursor, seen, fence, out)
                     .await?;
                 if let Some(l) = last {
                     after = Some(l);
@@ -385,11 +398,11 @@ impl ObjectPoll {
                     Some(url) if !page.done => {
                         if *shutdown.borrow() {
                             // Everything read is committed; the next start goes on from there.
-                            return Ok(out);
+                            return Ok(());
                         }
-                        page = self.client.query_more(&url, &opts).await?;
+                        let more = self.client.query_more(&url, &opts).await;
                         out.calls += 1;
-                        self.stats.add_poll_calls(&self.channel, 1);
+                        page = more?;
                     }
                     _ => break,
                 }
@@ -401,12 +414,12 @@ impl ObjectPoll {
             if let (false, true, Some(at)) = (bulk_tried, cursor > start, after.clone()) {
                 bulk_tried = true;
                 match self
-                    .read_backlog_in_bulk(&at, &mut cursor, seen, fence, shutdown, &mut out)
+                    .read_backlog_in_bulk(&at, &mut cursor, seen, fence, shutdown, out)
                     .await?
                 {
                     crate::poll_bulk::BulkStep::NotNeeded => {}
                     crate::poll_bulk::BulkStep::Read(end) => after = Some(end),
-                    crate::poll_bulk::BulkStep::Interrupted => return Ok(out),
+                    crate::poll_bulk::BulkStep::Interrupted => return Ok(()),
                 }
             }
         }
@@ -414,7 +427,7 @@ impl ObjectPoll {
         self.stats.polled(&self.channel, started);
         self.stats
             .poll_round_done(&self.channel, crate::apply::now_ms());
-        Ok(out)
+        Ok(())
     }
 
     /// Appends one page's new rows with the advanced cursor (one transaction); returns the

@@ -284,16 +284,18 @@ impl ObjectPoll {
                 &count_soql(object, &count_from(after, cursor.as_ref())),
                 &all,
             )
-            .await?;
+            .await;
         out.calls += 1;
+        let counted = counted?;
         if !wants_bulk(self.config.bulk_threshold, counted.total_size) {
             return Ok(BulkStep::NotNeeded);
         }
         let newest = self
             .client
             .query_page(&upper_soql(object, after.modstamp_ms), &all)
-            .await?;
+            .await;
         out.calls += 1;
+        let newest = newest?;
         let newest_ms = match newest
             .records
             .first()
@@ -312,21 +314,24 @@ impl ObjectPoll {
         let bulk = self.client.bulk();
         let job = bulk
             .create_query_job(&QueryJobRequest::query_all(soql.as_str()))
-            .await?;
+            .await;
         out.calls += 1;
+        let job = job?;
         self.stats.poll_bulk_jobs.fetch_add(1, Relaxed);
         tracing::info!(channel = %self.channel, bulk_job = %job.id, rows = counted.total_size, lower_ms = w.lower_ms, upper_ms = w.upper_ms, "Reading a poll backlog through a Bulk API 2.0 queryAll job.");
         let mut calls = 0i64;
         let mut stop = shutdown.clone();
         let info = tokio::select! {
-            r = crate::jobs::wait(&bulk, &job.id, &mut calls) => r?,
+            r = crate::jobs::wait(&bulk, &job.id, &mut calls) => r,
             _ = async { drop(stop.wait_for(|s| *s).await) } => {
                 // Best effort: the job's results would expire unread anyway.
                 let _ = bulk.abort_query(&job.id).await;
+                out.calls += calls as u64 + 1;
                 return Ok(BulkStep::Interrupted);
             }
         };
         out.calls += calls as u64;
+        let info = info?;
         if info.state != JobState::JobComplete {
             return Err(sfsync_salesforce::SalesforceError::JobFailed {
                 job_id: info.id.clone(),
@@ -365,7 +370,13 @@ impl ObjectPoll {
             id: String::new(),
         });
         loop {
-            let batch = stream.next_batch().await?;
+            let batch = match stream.next_batch().await {
+                Ok(b) => b,
+                Err(e) => {
+                    out.calls += stream.pages();
+                    return Err(e.into());
+                }
+            };
             if batch.is_some() && *shutdown.borrow() {
                 out.calls += stream.pages();
                 return Ok(BulkStep::Interrupted);

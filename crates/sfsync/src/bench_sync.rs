@@ -3,8 +3,10 @@
 //!
 //! Measures: a backfill of N Accounts (records/s, API calls), a reconciliation of the N records
 //! in sync (seconds, API calls), and one after 0.1 % of them were changed behind the stream's
-//! back (seconds, API calls, drift found). Every Account the emulator seeds carries a 2–6 KB
-//! Description, so the backfill moves several KB per record; the report gives MB/s too.
+//! back (seconds, API calls, drift found). By default every Account the emulator seeds carries a
+//! 2–6 KB Description, so the backfill moves several KB per record; `--long-text-percent`
+//! fills it on only that share of the records (0: a few hundred bytes per record). The report
+//! gives the warehouse MB/s written too.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +23,8 @@ pub struct SyncBenchOptions {
     /// Run the emulator inside this process instead of as a child process (then the CPU figure
     /// covers both sides).
     pub in_process_emulator: bool,
+    /// Share (0–100) of the Accounts with their long Description filled.
+    pub long_text_percent: u8,
 }
 
 /// The org the bench reads: the emulator in this process, or `sfsync emulator` as a child
@@ -214,7 +218,8 @@ pub async fn run(opts: SyncBenchOptions) -> Result<serde_json::Value> {
     let org = Org::start(dir.path(), opts.in_process_emulator).await?;
     let n = opts.records;
     println!(
-        "Seeding {n} Accounts in the emulator ({})…",
+        "Seeding {n} Accounts ({}% with a 2–6 KB Description) in the emulator ({})…",
+        opts.long_text_percent,
         if opts.in_process_emulator {
             "in this process"
         } else {
@@ -224,7 +229,8 @@ pub async fn run(opts: SyncBenchOptions) -> Result<serde_json::Value> {
     let t = Instant::now();
     org.admin(
         "/admin/seed",
-        json!({"objects": {"Account": n}, "seed": 42}),
+        json!({"objects": {"Account": n}, "seed": 42,
+               "long_text_percent": opts.long_text_percent}),
     )
     .await?;
     println!("  seeded in {:.1}s", t.elapsed().as_secs_f64());
@@ -335,6 +341,7 @@ pub async fn run(opts: SyncBenchOptions) -> Result<serde_json::Value> {
     Ok(json!({
         "suite": "sync",
         "records": n,
+        "long_text_percent": opts.long_text_percent,
         "emulator": if opts.in_process_emulator { "in_process" } else { "child_process" },
         "backfill": {
             "seconds": b_secs,

@@ -139,6 +139,10 @@ struct BenchArgs {
     /// `sfsync emulator` process, so the CPU figure is sfsync's alone).
     #[arg(long)]
     in_process_emulator: bool,
+    /// Sync suite: share (0–100) of the seeded Accounts whose 2–6 KB Description is filled; the
+    /// others leave it null (a few hundred bytes per record instead of several KB).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u8).range(0..=100))]
+    long_text_percent: u8,
     /// Writeback suite: Cases seeded and backfilled before the writes.
     #[arg(long, default_value_t = 20_000)]
     cases: usize,
@@ -246,6 +250,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             bench_sync::run(bench_sync::SyncBenchOptions {
                 records: args.records,
                 in_process_emulator: args.in_process_emulator,
+                long_text_percent: args.long_text_percent,
             })
             .await?
         }

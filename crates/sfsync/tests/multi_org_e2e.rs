@@ -387,6 +387,24 @@ token_env = "{TOKEN_VAR}"
         .call("GET", "/orgs/east/api/v1/status", Some(TOKEN), None)
         .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    // An org's root leads to its own dashboard, which calls the API under the same prefix.
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = plain
+        .get(format!("{}/orgs/north/", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND);
+    assert_eq!(r.headers()["location"], "/orgs/north/ui/");
+    let r = plain
+        .get(format!("{}/orgs/north/ui/", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
     let (status, _) = api
         .call("GET", "/orgs/nowhere/api/v1/status", Some(TOKEN), None)
         .await;

@@ -299,6 +299,16 @@ retry_base_ms = 50
             "{channel}: {metrics}"
         );
     }
+    // The inbound platform-event flow's health and counts on /api/v1/flows.
+    let flows = e.api.get("/api/v1/flows", OPS).await;
+    let shipped = support::flow(
+        &flows,
+        "platform event",
+        Some("inbound"),
+        "Order_Shipped__e",
+    );
+    assert_eq!(shipped["health"], "green", "{shipped}");
+    assert_eq!(shipped["counts"]["received"], 1, "{shipped}");
     stop(child);
 
     let got = receiver.got.lock().clone();
@@ -713,6 +723,11 @@ publish_batch_max = 4
         (Some(3), Some(5), Some(0)),
         "{listed}"
     );
+    let flows = e.api.get("/api/v1/flows", OPS).await;
+    let ack = support::flow(&flows, "platform event", Some("outbound"), "Sync_Ack__e");
+    assert_eq!(ack["counts"]["published"], 3, "{ack}");
+    assert_eq!(ack["counts"]["pending_all_events"], 5, "{ack}");
+    assert_eq!(ack["health"], "green", "{ack}");
     let budget = e.api.get("/api/v1/budget", OPS).await;
     assert_eq!(budget["publish"]["room"], 0, "{budget}");
 

@@ -283,12 +283,7 @@ async fn polling_loses_nothing_at_the_cursor_boundary() {
     );
     // The map's polled flow: interval and overlap, and its live state.
     let map = env.api.get("/api/v1/map", VIEWER).await;
-    let flow = map["flows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["pattern"] == "polling" && f["object"] == "Account")
-        .unwrap_or_else(|| panic!("no polling flow: {map}"));
+    let flow = support::flow(&map, "polling", None, "Account");
     assert_eq!(flow["frequency"], "every 1 s (overlap 30 s)", "{flow}");
     assert_eq!(flow["live"]["mode"], "poll", "{flow}");
     assert_eq!(flow["live"]["channel"], CHANNEL, "{flow}");
@@ -297,6 +292,22 @@ async fn polling_loses_nothing_at_the_cursor_boundary() {
         "{flow}"
     );
     assert!(flow["live"]["poll"]["last_round_at"].is_string(), "{flow}");
+    // Its health on /api/v1/flows comes from the object's freshness (sync_status, written
+    // every few seconds), as a stream's does.
+    wait_for(
+        "the polled flow is healthy on /api/v1/flows",
+        Duration::from_secs(20),
+        || async {
+            let flows = env.api.get("/api/v1/flows", VIEWER).await;
+            let flow = support::flow(&flows, "polling", None, "Account");
+            if flow["health"] == "green" && flow["lag_seconds"].is_number() {
+                vec![]
+            } else {
+                vec![format!("{flow}")]
+            }
+        },
+    )
+    .await;
 
     // Phase 2: late commits inside the overlap window. A fresh update moves the cursor to
     // now; then transactions stamped 5 s before it become visible (behind the cursor).
@@ -374,6 +385,32 @@ async fn polling_loses_nothing_at_the_cursor_boundary() {
     assert!(now[3] > Some(0.0), "no duplicates dropped: {text}");
     assert!(now[6] > first[6], "the last round did not move: {text}");
     assert_eq!(now[7], Some(1.0));
+
+    // Queries refused for a while: the rounds fail, and their calls still count (Salesforce
+    // counted them against the org's limits).
+    let failing = |rate: f64| sfsync_emulator::faults::FaultConfig {
+        rules: vec![sfsync_emulator::faults::FaultRule {
+            path_contains: "/query".into(),
+            method: None,
+            kind: sfsync_emulator::faults::FaultKind::QueryTimeout,
+            rate,
+            max_count: None,
+            fired: 0,
+        }],
+        ..Default::default()
+    };
+    env.emu.state.faults.set(failing(1.0));
+    // A round that started before the rule may still finish: settle, then measure.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (_, during0) = poll_metrics(&env).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (text, during) = poll_metrics(&env).await;
+    env.emu.state.faults.set(Default::default());
+    assert_eq!(during[0], during0[0], "no round succeeds: {text}");
+    assert!(
+        during[4] > during0[4],
+        "failed rounds' calls are counted: {during0:?} → {during:?}\n{text}"
+    );
     stop(child);
 
     // Phase 4: changes while sfsync is down — ties again, a delete, and a late commit stamped

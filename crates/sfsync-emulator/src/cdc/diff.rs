@@ -86,6 +86,27 @@ pub fn text_diff(old: &str, new: &str) -> Option<String> {
     }
     let a: Vec<&str> = old.split('\n').collect();
     let b: Vec<&str> = new.split('\n').collect();
+    // No common subsequence is longer than the lines both sides share (as multisets), so when
+    // even that leaves more than a quarter of the lines changed, the value goes in full without
+    // the quadratic edit script (a rewritten description, the common case).
+    let mut counts: std::collections::HashMap<&str, usize> =
+        std::collections::HashMap::with_capacity(a.len());
+    for l in &a {
+        *counts.entry(l).or_default() += 1;
+    }
+    let shared = b
+        .iter()
+        .filter(|l| match counts.get_mut(*l) {
+            Some(c) if *c > 0 => {
+                *c -= 1;
+                true
+            }
+            _ => false,
+        })
+        .count();
+    if (a.len() - shared).max(b.len() - shared) * 4 > a.len().max(b.len()) {
+        return None;
+    }
     let ops = script(&a, &b);
     let dels = ops.iter().filter(|o| **o == Op::Del).count();
     let ins = ops.iter().filter(|o| **o == Op::Ins).count();

@@ -98,6 +98,13 @@ struct SeedRequest {
     objects: serde_json::Map<String, Value>,
     #[serde(default)]
     seed: u64,
+    /// Share (0–100) of the records with their long text fields filled (default 100).
+    #[serde(default = "all_records")]
+    long_text_percent: u8,
+}
+
+fn all_records() -> u8 {
+    100
 }
 
 async fn seed(
@@ -128,12 +135,26 @@ async fn seed(
     let org = state.org.clone();
     let ctx = admin_context(&state);
     let seed = req.seed;
+    let long_text_percent = req.long_text_percent;
+    if long_text_percent > 100 {
+        return Err(ApiError::new(
+            400,
+            "INVALID_INPUT",
+            format!("long_text_percent must be 0–100, found {long_text_percent}"),
+        ));
+    }
     let created = blocking(
         move || -> Result<serde_json::Map<String, Value>, ApiError> {
             let mut created = serde_json::Map::new();
             for (i, (object, n)) in plan.into_iter().enumerate() {
                 // A different stream per object so Account and Contact do not share names.
-                let ids = org.seed(&ctx, &object, n, seed.wrapping_add(i as u64))?;
+                let ids = org.seed_with(
+                    &ctx,
+                    &object,
+                    n,
+                    seed.wrapping_add(i as u64),
+                    long_text_percent,
+                )?;
                 created.insert(object, json!(ids.len()));
             }
             Ok(created)

@@ -241,6 +241,7 @@ impl Applier {
             job.clone(),
             soql,
             self.config.jobs.page_records,
+            self.fetch_wake.clone(),
         );
         self.jobs.active = Some(Active::new(job, run_id, rx, Some(task)));
         Ok(())
@@ -1073,6 +1074,7 @@ impl Applier {
             a.job.clone(),
             soql,
             self.config.jobs.page_records,
+            self.fetch_wake.clone(),
         );
         if let Some(old) = a.task.replace(task) {
             old.abort();

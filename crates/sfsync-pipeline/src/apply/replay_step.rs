@@ -309,6 +309,7 @@ impl Applier {
             job.clone(),
             soql,
             self.config.jobs.page_records,
+            self.fetch_wake.clone(),
         );
         self.jobs.active = Some(Active::new(job, run_id, rx, Some(task)));
         Ok(())

@@ -285,7 +285,7 @@ fn service_root(svc: &OdataService, headers: &HeaderMap) -> String {
 /// The path the API is served under, from `X-Forwarded-Prefix` (set by a deployment for each
 /// org's API under `/orgs/<name>`, or by a reverse proxy): empty when absent or not a plain
 /// path (`/` followed by letters, digits, `-`, `_`, `.` and `/`), so links stay on this server.
-fn forwarded_prefix(headers: &HeaderMap) -> String {
+pub(crate) fn forwarded_prefix(headers: &HeaderMap) -> String {
     let Some(p) = headers
         .get("x-forwarded-prefix")
         .and_then(|h| h.to_str().ok())

@@ -92,15 +92,12 @@ fn serve(name: &str) -> Response {
     }
 }
 
-/// `GET /`: 302 to the dashboard.
-pub async fn root() -> Response {
-    secure(
-        (
-            StatusCode::FOUND,
-            [(header::LOCATION, HeaderValue::from_static("/ui/"))],
-        )
-            .into_response(),
-    )
+/// `GET /`: 302 to the dashboard — under the path the API is served under (`/orgs/<name>` in
+/// a deployment, or a reverse proxy's `X-Forwarded-Prefix`).
+pub async fn root(headers: axum::http::HeaderMap) -> Response {
+    let to = format!("{}/ui/", super::odata::forwarded_prefix(&headers));
+    let location = HeaderValue::from_str(&to).unwrap_or(HeaderValue::from_static("/ui/"));
+    secure((StatusCode::FOUND, [(header::LOCATION, location)]).into_response())
 }
 
 /// `GET /ui/`: the dashboard's page.
@@ -140,7 +137,11 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_files_are_404_and_every_answer_is_locked_down() {
-        for resp in [serve("app.js"), serve("nope.js"), root().await] {
+        for resp in [
+            serve("app.js"),
+            serve("nope.js"),
+            root(axum::http::HeaderMap::new()).await,
+        ] {
             let h = resp.headers();
             assert_eq!(h[header::CONTENT_SECURITY_POLICY], "default-src 'self'");
             assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
@@ -154,8 +155,19 @@ mod tests {
             js.headers()[header::CONTENT_TYPE],
             "text/javascript; charset=utf-8"
         );
-        let r = root().await;
+        let r = root(axum::http::HeaderMap::new()).await;
         assert_eq!(r.status(), StatusCode::FOUND);
+        assert_eq!(r.headers()[header::LOCATION], "/ui/");
+        // One org of a deployment (or behind a reverse proxy): its own dashboard; a prefix that
+        // is not a plain path is ignored.
+        let under = |prefix: &str| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert("x-forwarded-prefix", HeaderValue::from_str(prefix).unwrap());
+            h
+        };
+        let r = root(under("/orgs/east")).await;
+        assert_eq!(r.headers()[header::LOCATION], "/orgs/east/ui/");
+        let r = root(under("https://evil.example/x")).await;
         assert_eq!(r.headers()[header::LOCATION], "/ui/");
     }
 }

@@ -236,7 +236,9 @@ pub async fn flows(State(s): State<Arc<ApiState>>, caller: Caller) -> super::rou
         o.insert("sla_seconds".into(), json!(f.sla_secs));
         let (lag, freshness, last_commit, points, health, counts_json) =
             match (f.direction, f.pattern) {
-                ("inbound", "CDC stream") => {
+                // Every way a record's changes land in its curated table: freshness from the
+                // object's sync_status row.
+                ("inbound", "CDC stream" | "polling" | "outbound message") => {
                     let obj = per_object
                         .iter()
                         .find(|(k, _)| *k == f.object)
@@ -282,6 +284,9 @@ pub async fn flows(State(s): State<Arc<ApiState>>, caller: Caller) -> super::rou
                         health,
                         json!({ "changes_committed": obj.changes, "backlog_events": backlog }),
                     )
+                }
+                (direction, "platform event") => {
+                    platform_event_flow(&s, direction, &f.object).await?
                 }
                 ("outbound", _) => {
                     // The writes of this flow's system; the "any system" flow (shared fields)
@@ -584,6 +589,102 @@ pub async fn map(State(s): State<Arc<ApiState>>, caller: Caller) -> super::route
         }
     }
     super::routes::ok(v)
+}
+
+/// What `flows` reports of one flow: lag, freshness, last commit, throughput points, health,
+/// counts.
+type FlowFigures = (
+    Option<f64>,
+    Option<f64>,
+    Option<J>,
+    Option<Vec<u64>>,
+    (&'static str, String),
+    J,
+);
+
+/// A platform-event flow's figures: in, the events of `/event/<name>` stored since start; out,
+/// the events of `<name>` published and the publish queue (waiting, dead).
+async fn platform_event_flow(
+    s: &ApiState,
+    direction: &str,
+    name: &str,
+) -> Result<FlowFigures, ApiError> {
+    let Some(ev) = &s.events else {
+        return Ok((
+            None,
+            None,
+            None,
+            None,
+            (
+                "grey",
+                "platform events are not running in this process".into(),
+            ),
+            J::Null,
+        ));
+    };
+    if direction == "inbound" {
+        let channel = format!("/event/{name}");
+        let c = ev
+            .stats
+            .channels()
+            .into_iter()
+            .find(|(k, _)| *k == channel)
+            .map(|(_, c)| c)
+            .unwrap_or_default();
+        let health = if c.received > 0 {
+            (
+                "green",
+                format!("{} event(s) stored since start", c.received),
+            )
+        } else {
+            ("grey", "no event received since start".to_string())
+        };
+        return Ok((
+            None,
+            None,
+            None,
+            None,
+            health,
+            json!({ "received": c.received, "duplicates": c.duplicates }),
+        ));
+    }
+    let published = ev
+        .stats
+        .published_by_event()
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map_or(0, |(_, n)| n);
+    let q = s
+        .store
+        .outbound_counts()
+        .await
+        .map_err(|e| ApiError::internal("counting the platform events", e))?;
+    // The queue's counts cover every event name.
+    let health = if q.dead > 0 {
+        (
+            "red",
+            format!("{} platform event(s) are publish dead letters", q.dead),
+        )
+    } else if q.pending > 0 {
+        (
+            "green",
+            format!("{} platform event(s) waiting to be published", q.pending),
+        )
+    } else {
+        ("green", "nothing waiting to be published".to_string())
+    };
+    Ok((
+        None,
+        None,
+        None,
+        None,
+        health,
+        json!({
+            "published": published,
+            "pending_all_events": q.pending,
+            "dead_all_events": q.dead,
+        }),
+    ))
 }
 
 /// The live state of a CDC or polled flow: its mode now (a CDC object may be polled while its

@@ -163,3 +163,25 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// The flow of `/api/v1/flows` or `/api/v1/map` (`answer`) with this pattern, object and (when
+/// given) direction; panics with the answer when there is none.
+#[allow(dead_code)]
+pub fn flow(
+    answer: &serde_json::Value,
+    pattern: &str,
+    direction: Option<&str>,
+    object: &str,
+) -> serde_json::Value {
+    answer["flows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| {
+            f["pattern"] == pattern
+                && f["object"] == object
+                && direction.is_none_or(|d| f["direction"] == d)
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("no {pattern} flow of {object}: {answer}"))
+}

@@ -32,6 +32,12 @@ class ApiError extends Error {
   }
 }
 
+/**
+ * Where the API is: the path this page is served under, less its `/ui/` (empty for `/ui/`;
+ * `/orgs/<name>` for one org of a deployment, or a reverse proxy's prefix).
+ */
+const API_BASE = window.location.pathname.replace(/\/ui(\/[^/]*)?$/, '');
+
 /** Calls the API with the bearer token; non-2xx answers throw with the API's message. */
 async function api(path, { method = 'GET', body } = {}) {
   if (!state.token) throw new ApiError(401, 'unauthorized', 'not signed in');
@@ -39,7 +45,7 @@ async function api(path, { method = 'GET', body } = {}) {
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   let resp;
   try {
-    resp = await fetch(path, { method, headers, cache: 'no-store', body: body === undefined ? undefined : JSON.stringify(body) });
+    resp = await fetch(API_BASE + path, { method, headers, cache: 'no-store', body: body === undefined ? undefined : JSON.stringify(body) });
   } catch (e) {
     throw new ApiError(0, 'network', `${method} ${path}: cannot reach the API (${e.message})`);
   }
