@@ -444,6 +444,19 @@ async fn rows_round_trip_every_type_with_pii_sealed(b: &dyn Backend) {
     assert_eq!(loaded["0031"], expected[1]);
     assert_eq!(loaded["0034"], expected[4]);
     assert!(w.load_current(CONTACT, &[]).await.unwrap().is_empty());
+    // Lists of other lengths (the SQLite backend pads them to a few statement shapes) and of
+    // more ids than one statement takes.
+    let mut many: Vec<String> = expected.iter().map(|r| r.id.clone()).collect();
+    many.push("missing".into());
+    let loaded = w.load_current(CONTACT, &many).await.unwrap();
+    assert_eq!(loaded.len(), expected.len());
+    for r in &expected {
+        assert_eq!(loaded[&r.id], *r);
+    }
+    many.extend((0..1_200).map(|i| format!("absent-{i}")));
+    many.push(expected[0].id.clone());
+    let loaded = w.load_current(CONTACT, &many).await.unwrap();
+    assert_eq!(loaded.len(), expected.len());
 
     // Upsert replaces the row.
     let mut changed = expected[1].clone();

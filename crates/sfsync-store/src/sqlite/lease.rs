@@ -31,12 +31,8 @@ fn err(op: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
 pub(crate) fn move_positions(conn: &Connection, positions: &[LogPosition]) -> Result<()> {
     for p in positions {
         let found: Option<i64> = conn
-            .query_row(
-                "SELECT log_offset FROM apply_offsets WHERE consumer = ?1",
-                [&p.consumer],
-                |r| r.get(0),
-            )
-            .optional()
+            .prepare_cached("SELECT log_offset FROM apply_offsets WHERE consumer = ?1")
+            .and_then(|mut s| s.query_row([&p.consumer], |r| r.get(0)).optional())
             .map_err(err("read log position"))?;
         let found = found.map(|v| v.max(0) as u64);
         if found != p.expected {
