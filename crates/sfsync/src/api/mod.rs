@@ -436,3 +436,49 @@ async fn accept_loop(
         });
     }
 }
+
+/// The path the API is served under, from `X-Forwarded-Prefix` (set by a deployment for each
+/// org's API under `/orgs/<name>`, or by a reverse proxy): empty when absent or not a plain
+/// path (`/` followed by letters, digits, `-`, `_`, `.` and `/`), so links stay on this server.
+pub(crate) fn forwarded_prefix(headers: &axum::http::HeaderMap) -> String {
+    let Some(p) = headers
+        .get("x-forwarded-prefix")
+        .and_then(|h| h.to_str().ok())
+    else {
+        return String::new();
+    };
+    let p = p.trim_end_matches('/');
+    let plain = p.starts_with('/')
+        && !p.contains("//")
+        && !p.split('/').any(|seg| seg == "..")
+        && p.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+    if plain {
+        p.to_string()
+    } else {
+        String::new()
+    }
+}
+
+#[cfg(test)]
+mod forwarded_prefix_tests {
+    use super::forwarded_prefix;
+
+    #[test]
+    fn links_follow_a_forwarded_prefix_when_it_is_a_plain_path() {
+        let h = |v: &str| {
+            let mut m = axum::http::HeaderMap::new();
+            m.insert(
+                "x-forwarded-prefix",
+                axum::http::HeaderValue::from_str(v).unwrap(),
+            );
+            m
+        };
+        assert_eq!(forwarded_prefix(&axum::http::HeaderMap::new()), "");
+        assert_eq!(forwarded_prefix(&h("/orgs/east")), "/orgs/east");
+        assert_eq!(forwarded_prefix(&h("/orgs/east/")), "/orgs/east");
+        for bad in ["orgs", "//evil.example", "/a/../b", "/a?b", "/a b", "/é"] {
+            assert_eq!(forwarded_prefix(&h(bad)), "", "{bad}");
+        }
+    }
+}

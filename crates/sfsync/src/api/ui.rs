@@ -95,7 +95,7 @@ fn serve(name: &str) -> Response {
 /// `GET /`: 302 to the dashboard — under the path the API is served under (`/orgs/<name>` in
 /// a deployment, or a reverse proxy's `X-Forwarded-Prefix`).
 pub async fn root(headers: axum::http::HeaderMap) -> Response {
-    let to = format!("{}/ui/", super::odata::forwarded_prefix(&headers));
+    let to = format!("{}/ui/", super::forwarded_prefix(&headers));
     let location = HeaderValue::from_str(&to).unwrap_or(HeaderValue::from_static("/ui/"));
     secure((StatusCode::FOUND, [(header::LOCATION, location)]).into_response())
 }

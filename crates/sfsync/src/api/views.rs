@@ -225,6 +225,8 @@ pub async fn flows(State(s): State<Arc<ApiState>>, caller: Caller) -> super::rou
     let per_object = st.objects();
     // A copy: the lock is never held across an await.
     let history = s.history.lock().clone();
+    // The publish queue's counts, read once for every outbound platform-event flow.
+    let mut publish_queue = None;
     let mut out = Vec::new();
     for f in &s.map.flows {
         let mut flow = serde_json::to_value(f).unwrap_or(J::Null);
@@ -286,7 +288,7 @@ pub async fn flows(State(s): State<Arc<ApiState>>, caller: Caller) -> super::rou
                     )
                 }
                 (direction, "platform event") => {
-                    platform_event_flow(&s, direction, &f.object).await?
+                    platform_event_flow(&s, direction, &f.object, &mut publish_queue).await?
                 }
                 ("outbound", _) => {
                     // The writes of this flow's system; the "any system" flow (shared fields)
@@ -603,11 +605,13 @@ type FlowFigures = (
 );
 
 /// A platform-event flow's figures: in, the events of `/event/<name>` stored since start; out,
-/// the events of `<name>` published and the publish queue (waiting, dead).
+/// the events of `<name>` published and the publish queue (waiting, dead), read into `queue`
+/// by the first outbound flow that needs it.
 async fn platform_event_flow(
     s: &ApiState,
     direction: &str,
     name: &str,
+    queue: &mut Option<sfsync_store::OutboundCounts>,
 ) -> Result<FlowFigures, ApiError> {
     let Some(ev) = &s.events else {
         return Ok((
@@ -654,11 +658,15 @@ async fn platform_event_flow(
         .into_iter()
         .find(|(k, _)| k == name)
         .map_or(0, |(_, n)| n);
-    let q = s
-        .store
-        .outbound_counts()
-        .await
-        .map_err(|e| ApiError::internal("counting the platform events", e))?;
+    let q = match *queue {
+        Some(q) => q,
+        None => *queue.insert(
+            s.store
+                .outbound_counts()
+                .await
+                .map_err(|e| ApiError::internal("counting the platform events", e))?,
+        ),
+    };
     // The queue's counts cover every event name.
     let health = if q.dead > 0 {
         (
